@@ -1,0 +1,64 @@
+#include "client/ckptctl/status_format.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "common/units.h"
+
+namespace ckpt::ctl {
+
+nlohmann::json StatusJson(const v1::StatusResponse& s) {
+  nlohmann::json gpus = nlohmann::json::array();
+  for (const v1::GpuStatus& g : s.gpus()) {
+    gpus.push_back({{"index", g.index()},
+                    {"name", g.name()},
+                    {"uuid", g.uuid()},
+                    {"total_memory_bytes", g.total_memory_bytes()},
+                    {"pci_bus_id", g.pci_bus_id()}});
+  }
+  return {
+      {"daemon_version", s.daemon_version()},
+      {"pid", s.pid()},
+      {"uptime_seconds", s.uptime_seconds()},
+      {"started_unix_ms", s.started_unix_ms()},
+      {"backend", s.backend()},
+      {"gpus", gpus},
+      {"no_gpu_reason", s.no_gpu_reason()},
+      {"host_memory_budget_bytes", s.host_memory_budget_bytes()},
+      {"host_memory_used_bytes", s.host_memory_used_bytes()},
+      {"gpu_memory_per_gpu_bytes", s.gpu_memory_per_gpu_bytes()},
+      {"listen_addresses", std::vector<std::string>(s.listen_addresses().begin(),
+                                                    s.listen_addresses().end())},
+      {"latest_committed_version", s.latest_committed_version()},
+      {"attached_workers", s.attached_workers()},
+  };
+}
+
+std::string StatusText(const v1::StatusResponse& s) {
+  std::string out = absl::StrCat("ckpt-engined ", s.daemon_version(), " (pid ", s.pid(), "), up ",
+                                 HumanDuration(absl::Seconds(s.uptime_seconds())), "\n");
+  absl::StrAppend(&out, "  backend:      ", s.backend(), "\n");
+  if (s.gpus().empty()) {
+    absl::StrAppend(&out, "  gpus:         none",
+                    s.no_gpu_reason().empty() ? "" : absl::StrCat(" (", s.no_gpu_reason(), ")"),
+                    "\n");
+  } else {
+    absl::StrAppend(&out, "  gpus:         ", s.gpus_size(), "\n");
+    for (const v1::GpuStatus& g : s.gpus()) {
+      absl::StrAppend(&out, "    [", g.index(), "] ", g.name(), "  ", g.uuid(), "  ",
+                      FormatBytes(g.total_memory_bytes()), "  ", g.pci_bus_id(), "\n");
+    }
+  }
+  absl::StrAppend(&out, "  host memory:  ", FormatBytes(s.host_memory_used_bytes()), " used of ",
+                  FormatBytes(s.host_memory_budget_bytes()), " budget\n");
+  absl::StrAppend(&out, "  versions:     ",
+                  s.latest_committed_version() == 0
+                      ? std::string("none committed")
+                      : absl::StrCat("latest committed ", s.latest_committed_version()),
+                  "\n");
+  absl::StrAppend(&out, "  workers:      ", s.attached_workers(), " attached\n");
+  absl::StrAppend(&out, "  listening:    ", absl::StrJoin(s.listen_addresses(), ", "), "\n");
+  return out;
+}
+
+}  // namespace ckpt::ctl

@@ -1,0 +1,97 @@
+#include "client/daemon_client.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/defaults.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace ckpt::client {
+
+absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path, const std::string& address) {
+  if (!socket_path.empty() && !address.empty()) {
+    return absl::InvalidArgumentError("give either --socket or --address, not both");
+  }
+  Endpoint e;
+  if (!address.empty()) {
+    e.target = address;
+    return e;
+  }
+  std::string path = socket_path;
+  if (path.empty()) {
+    const char* env = std::getenv(kSocketEnvVar);
+    path = env != nullptr && *env != '\0' ? env : kDefaultSocketPath;
+  }
+  e.unix_path = path;
+  e.target = "unix:" + path;
+  return e;
+}
+
+absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc, const Endpoint& endpoint) {
+  auto code = static_cast<absl::StatusCode>(status.error_code());
+  std::string where = endpoint.unix_path.empty() ? endpoint.target : endpoint.unix_path;
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      if (!endpoint.unix_path.empty() && absl::StrContains(status.error_message(), "refused")) {
+        return absl::UnavailableError(
+            absl::StrCat("ckpt-engined is not running at ", where,
+                         " (connection refused: the socket is stale)"));
+      }
+      return absl::UnavailableError(absl::StrCat("cannot reach ckpt-engined at ", where, ": ",
+                                                 status.error_message()));
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return absl::DeadlineExceededError(
+          absl::StrCat("ckpt-engined at ", where, " did not answer ", rpc, " in time"));
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return absl::UnimplementedError(absl::StrCat("ckpt-engined at ", where, " does not support ",
+                                                   rpc, " (is it an older release?)"));
+    default:
+      return absl::Status(code, absl::StrCat(rpc, " failed: ", status.error_message()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<DaemonClient>> DaemonClient::Connect(const Endpoint& endpoint) {
+  if (!endpoint.unix_path.empty()) {
+    const std::string& path = endpoint.unix_path;
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) {
+      if (errno == ENOENT) {
+        return absl::UnavailableError(absl::StrCat(
+            "no ckpt-engined socket at ", path,
+            " (is the daemon running? choose the socket with --socket or CKPT_SOCKET)"));
+      }
+      return absl::Status(errno == EACCES ? absl::StatusCode::kPermissionDenied
+                                          : absl::StatusCode::kUnavailable,
+                          absl::StrCat("cannot access ", path, ": ", std::strerror(errno)));
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+      return absl::FailedPreconditionError(absl::StrCat(path, " is not a socket"));
+    }
+    if (::access(path.c_str(), R_OK | W_OK) != 0) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "permission denied on ", path,
+          " (the socket is mode 0600: run as the daemon's user or root)"));
+    }
+  }
+  auto channel = grpc::CreateChannel(endpoint.target, grpc::InsecureChannelCredentials());
+  return std::unique_ptr<DaemonClient>(
+      new DaemonClient(endpoint, v1::Admin::NewStub(std::move(channel))));
+}
+
+absl::StatusOr<v1::StatusResponse> DaemonClient::Status(absl::Duration timeout) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  v1::StatusResponse response;
+  grpc::Status s = admin_->Status(&context, v1::StatusRequest(), &response);
+  if (!s.ok()) return FromGrpc(s, "Status", endpoint_);
+  return response;
+}
+
+}  // namespace ckpt::client

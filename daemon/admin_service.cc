@@ -1,0 +1,37 @@
+#include "daemon/admin_service.h"
+
+#include <unistd.h>
+
+#include "common/version.h"
+
+namespace ckpt::daemon {
+
+void AdminService::SetListenAddresses(std::vector<std::string> addresses) {
+  absl::MutexLock lock(&mu_);
+  listen_addresses_ = std::move(addresses);
+}
+
+grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::StatusRequest* request,
+                                  v1::StatusResponse* response) {
+  absl::Time now = absl::Now();
+  response->set_daemon_version(kVersion);
+  response->set_pid(::getpid());
+  response->set_uptime_seconds(absl::ToDoubleSeconds(now - facts_.started));
+  response->set_started_unix_ms(absl::ToUnixMillis(facts_.started));
+  response->set_backend(std::string(BackendName(facts_.backend)));
+  for (const gpu::GpuInfo& g : facts_.gpus.gpus) {
+    v1::GpuStatus* out = response->add_gpus();
+    out->set_index(g.index);
+    out->set_name(g.name);
+    out->set_uuid(g.uuid);
+    out->set_total_memory_bytes(g.total_memory_bytes);
+    out->set_pci_bus_id(g.pci_bus_id);
+  }
+  response->set_no_gpu_reason(facts_.gpus.no_gpu_reason);
+  response->set_host_memory_budget_bytes(facts_.host_memory_budget_bytes);
+  absl::MutexLock lock(&mu_);
+  for (const std::string& a : listen_addresses_) response->add_listen_addresses(a);
+  return grpc::Status::OK;
+}
+
+}  // namespace ckpt::daemon

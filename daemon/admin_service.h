@@ -1,0 +1,45 @@
+// The Admin gRPC service (proto/admin.proto): status for ckptctl and operators.
+#ifndef CKPT_DAEMON_ADMIN_SERVICE_H_
+#define CKPT_DAEMON_ADMIN_SERVICE_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "daemon/config.h"
+#include "daemon/gpu/gpu_info.h"
+#include "proto/admin.grpc.pb.h"
+
+namespace ckpt::daemon {
+
+// What Status reports that does not change while the daemon runs.
+struct DaemonFacts {
+  BackendKind backend = BackendKind::kHost;
+  gpu::GpuProbe gpus;
+  uint64_t host_memory_budget_bytes = 0;
+  absl::Time started = absl::Now();
+};
+
+// Thread-safe. The listen addresses are known only once the server has bound its ports (TCP port 0), so
+// they are set after start; everything else is fixed at construction. RPCs this class does not override
+// (ListVersions, Update, Drop) answer UNIMPLEMENTED until the version store lands.
+class AdminService final : public v1::Admin::Service {
+ public:
+  explicit AdminService(DaemonFacts facts) : facts_(std::move(facts)) {}
+
+  void SetListenAddresses(std::vector<std::string> addresses) ABSL_LOCKS_EXCLUDED(mu_);
+
+  grpc::Status Status(grpc::ServerContext* context, const v1::StatusRequest* request,
+                      v1::StatusResponse* response) override ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  const DaemonFacts facts_;
+  absl::Mutex mu_;
+  std::vector<std::string> listen_addresses_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ckpt::daemon
+
+#endif  // CKPT_DAEMON_ADMIN_SERVICE_H_

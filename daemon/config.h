@@ -1,0 +1,71 @@
+// The daemon's configuration: one typed struct, filled from defaults, then a TOML file, then flags.
+//
+// Every key is documented in kConfigKeys (config.cc) and in deploy/ckpt-engined.example.toml; a test
+// checks that the two agree. A key present but invalid fails start-up with a message naming the key.
+#ifndef CKPT_DAEMON_CONFIG_H_
+#define CKPT_DAEMON_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/defaults.h"
+
+namespace ckpt::daemon {
+
+enum class BackendKind { kAuto, kCuda, kHost };
+
+// "auto", "cuda", "host".
+absl::string_view BackendName(BackendKind kind);
+
+struct Config {
+  // Path of the Unix socket that local clients (ckptctl, workers) use. Created with mode 0600; its
+  // directory is created if missing.
+  std::string listen_unix = kDefaultSocketPath;
+  // "HOST:PORT" to also serve on TCP (port 0 picks a free port); empty: off.
+  std::string listen_tcp;
+  // Data-plane backend. auto: cuda when a GPU is visible, else host.
+  BackendKind backend = BackendKind::kAuto;
+  // Pinned host memory for checkpoint versions, in bytes. 0 means "auto": half of physical memory.
+  uint64_t host_memory_budget = 0;
+  // trace, debug, info, warn, error, critical, off.
+  std::string log_level = "info";
+  // How long in-flight RPCs may run on after SIGTERM/SIGINT before they are cancelled.
+  absl::Duration shutdown_grace = absl::Seconds(5);
+};
+
+// One configuration key: its TOML name, flag name ("--" + name with '_' -> '-'), help and default.
+struct ConfigKey {
+  const char* name;
+  const char* help;
+  const char* default_text;
+};
+
+// Every key the daemon accepts, in documentation order.
+const std::vector<ConfigKey>& ConfigKeys();
+
+// Sets `key` from its text form (as written after a flag). INVALID_ARGUMENT naming the key for a bad
+// value or NOT_FOUND for an unknown key; `config` is unchanged on error.
+absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_view value);
+
+// Applies the keys of a TOML file on top of `config`. Errors name the file and the key (unknown key,
+// value of the wrong type, invalid value) or say why the file cannot be read or parsed. On error `config`
+// may hold some of the file's keys: callers discard it.
+absl::Status ApplyConfigFile(Config& config, const std::string& path);
+
+// Checks relations between keys (each key's own value is checked when set).
+absl::Status ValidateConfig(const Config& config);
+
+// Resolves "auto" values against this machine: host_memory_budget 0 becomes half of physical memory.
+Config ResolveConfig(Config config);
+
+// One line, "key=value ...", for the start-up log.
+std::string DescribeConfig(const Config& config);
+
+}  // namespace ckpt::daemon
+
+#endif  // CKPT_DAEMON_CONFIG_H_

@@ -1,0 +1,52 @@
+// ckpt-engined's top-level object: claims the socket path, probes GPUs, picks the backend and serves the
+// gRPC APIs on the Unix socket (and optionally TCP) until Shutdown.
+#ifndef CKPT_DAEMON_DAEMON_H_
+#define CKPT_DAEMON_DAEMON_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "daemon/admin_service.h"
+#include "daemon/config.h"
+#include "daemon/socket_path.h"
+#include "grpcpp/server.h"
+
+namespace ckpt::daemon {
+
+class Daemon {
+ public:
+  // Starts serving. Errors are start-up failures, each naming what failed (socket path in use, directory
+  // not writable, TCP address unavailable, cuda backend without a GPU, ...); nothing is left behind.
+  // `config` must be resolved (ResolveConfig).
+  static absl::StatusOr<std::unique_ptr<Daemon>> Start(const Config& config);
+
+  // Shuts down with no grace if Shutdown was not called.
+  ~Daemon();
+
+  // Addresses actually served, e.g. "unix:/run/ckpt-engine/ckpt-engined.sock", "127.0.0.1:41234".
+  const std::vector<std::string>& listen_addresses() const { return listen_addresses_; }
+  BackendKind backend() const { return backend_; }
+  const gpu::GpuProbe& gpus() const { return gpus_; }
+
+  // Stops accepting RPCs; in-flight RPCs may finish until now + `grace`, then they are cancelled.
+  // Returns when the server has stopped. Idempotent. Not thread-safe against itself.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  Daemon() = default;
+
+  BackendKind backend_ = BackendKind::kHost;
+  gpu::GpuProbe gpus_;
+  std::vector<std::string> listen_addresses_;
+  // Declared before server_: the socket is removed only after the server has stopped.
+  SocketPathClaim socket_claim_;
+  std::unique_ptr<AdminService> admin_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+}  // namespace ckpt::daemon
+
+#endif  // CKPT_DAEMON_DAEMON_H_

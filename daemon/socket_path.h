@@ -1,0 +1,41 @@
+// Claims the path of the daemon's Unix socket for this process.
+//
+// A lock file beside the socket ("<path>.lock", flock) tells a live daemon from a stale socket left by a
+// dead one: the lock dies with its process. Claiming makes the socket's directory if missing, refuses a
+// path held by a live daemon, replaces a stale socket, and refuses to remove anything that is not a socket.
+#ifndef CKPT_DAEMON_SOCKET_PATH_H_
+#define CKPT_DAEMON_SOCKET_PATH_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/scoped_fd.h"
+
+namespace ckpt::daemon {
+
+class SocketPathClaim {
+ public:
+  // Claims `socket_path` (absolute, at most 107 bytes). Errors, all naming the path:
+  //   FAILED_PRECONDITION: the directory cannot be created or written, or the path is not a socket;
+  //   ALREADY_EXISTS: a live daemon holds the path (its pid is in the message).
+  // On success the socket path is free to bind, and the lock file holds this process's pid.
+  static absl::StatusOr<SocketPathClaim> Claim(const std::string& socket_path);
+
+  SocketPathClaim() = default;
+  SocketPathClaim(SocketPathClaim&&) = default;
+  SocketPathClaim& operator=(SocketPathClaim&&);
+  ~SocketPathClaim();
+
+  const std::string& path() const { return path_; }
+
+ private:
+  // Removes the socket and the lock file (while still holding the lock), then releases the lock.
+  void Release();
+
+  std::string path_;
+  ScopedFd lock_fd_;
+};
+
+}  // namespace ckpt::daemon
+
+#endif  // CKPT_DAEMON_SOCKET_PATH_H_

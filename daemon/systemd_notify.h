@@ -1,0 +1,17 @@
+// Readiness and stopping notifications to systemd (Type=notify units) through libsystemd's sd_notify.
+// Without systemd (NOTIFY_SOCKET unset) every call does nothing. Thread-safe.
+#ifndef CKPT_DAEMON_SYSTEMD_NOTIFY_H_
+#define CKPT_DAEMON_SYSTEMD_NOTIFY_H_
+
+#include <string>
+
+namespace ckpt::daemon {
+
+// "READY=1" plus a STATUS= line.
+void NotifyReady(const std::string& status);
+// "STOPPING=1" plus a STATUS= line.
+void NotifyStopping(const std::string& status);
+
+}  // namespace ckpt::daemon
+
+#endif  // CKPT_DAEMON_SYSTEMD_NOTIFY_H_
