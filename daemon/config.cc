@@ -1,5 +1,6 @@
 #include "daemon/config.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -116,6 +117,11 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
 }
 
 absl::Status ApplyConfigFile(Config& config, const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read config file ", path, ": it is a directory"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::FailedPreconditionError(

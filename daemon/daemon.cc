@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "daemon/backend.h"
+#include "daemon/grpc_log.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 
@@ -38,6 +39,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
 
   // The socket must never be reachable with wider permissions than 0600: gRPC creates it with the
   // process umask, so narrow that around the bind (nothing else creates files at this point), then chmod.
+  GrpcLogCapture grpc_log;
   mode_t old_umask = ::umask(0177);
   d->server_ = builder.BuildAndStart();
   ::umask(old_umask);
@@ -47,8 +49,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     if (!config.listen_tcp.empty()) {
       absl::StrAppend(&what, what.empty() ? "" : " and ", "tcp ", config.listen_tcp);
     }
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot listen on ", what, " (address in use or not available)"));
+    std::string why = grpc_log.ErrorSummary();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot listen on ", what, ": ", why.empty() ? "address in use or not available" : why));
   }
   if (!config.listen_unix.empty()) {
     if (::chmod(config.listen_unix.c_str(), 0600) != 0) {

@@ -14,6 +14,7 @@
 #include "daemon/config.h"
 #include "daemon/daemon.h"
 #include "daemon/flags.h"
+#include "daemon/grpc_log.h"
 #include "daemon/systemd_notify.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
   spdlog::set_level(spdlog::level::from_str(config.log_level));
+  RouteGrpcLogsToSpdlog();
 
   // Signals are taken synchronously by this thread (sigtimedwait below), so block them before any other
   // thread exists: gRPC's threads inherit the mask.

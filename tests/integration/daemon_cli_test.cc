@@ -1,0 +1,305 @@
+// Starts the real ckpt-engined (host backend) and talks to it with the real ckptctl.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "tests/testing/subprocess.h"
+
+namespace ckpt::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr uid_t kNobody = 65534;
+
+std::string Daemon() { return Runfile("daemon/ckpt-engined"); }
+std::string Ctl() { return Runfile("client/ckptctl/ckptctl"); }
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+// A daemon on a socket in its own temporary directory, ready (it sent READY=1) when constructed.
+struct RunningDaemon {
+  explicit RunningDaemon(std::vector<std::string> extra = {}) : notify(dir / "notify") {
+    socket = dir / "d.sock";
+    std::vector<std::string> argv = {Daemon(), "--backend", "host", "--listen-unix", socket,
+                                     "--host-memory-budget", "64MiB"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    SpawnOptions options;
+    options.env = {{"NOTIFY_SOCKET", notify.path()}};
+    proc = std::make_unique<Subprocess>(argv, options);
+    ready = notify.WaitFor("READY=1", 20s);
+    INFO("daemon stderr: " << proc->Stderr());
+    REQUIRE(ready.has_value());
+  }
+
+  RunResult Ctl(std::vector<std::string> args, const SpawnOptions& options = {}) {
+    args.insert(args.begin(), {testing::Runfile("client/ckptctl/ckptctl"), "--socket", socket});
+    return Run(args, options);
+  }
+
+  TempDir dir;
+  FakeNotifySocket notify;
+  std::string socket;
+  std::unique_ptr<Subprocess> proc;
+  std::optional<std::string> ready;
+};
+
+// Starts a daemon expected to fail at start-up and returns what it printed and its exit status.
+RunResult StartFailing(std::vector<std::string> args, const SpawnOptions& options = {}) {
+  args.insert(args.begin(), Daemon());
+  return Run(args, options, 20s);
+}
+
+void RequireStartupFailure(const RunResult& r, const std::string& needle) {
+  INFO("stdout: " << r.out);
+  INFO("stderr: " << r.err);
+  REQUIRE(r.exit.exited);
+  CHECK(r.exit.code == 2);
+  std::vector<std::string> lines = Lines(r.err);
+  REQUIRE(lines.size() == 1);
+  CHECK(Contains(lines[0], "ckpt-engined: "));
+  CHECK(Contains(lines[0], needle));
+}
+
+TEST_CASE("ckptctl status --json reports the running daemon") {
+  RunningDaemon d;
+  CHECK(Contains(*d.ready, "STATUS=serving on unix:" + d.socket));
+
+  struct stat st;
+  REQUIRE(::stat(d.socket.c_str(), &st) == 0);
+  CHECK(S_ISSOCK(st.st_mode));
+  CHECK((st.st_mode & 0777) == 0600);
+
+  RunResult r = d.Ctl({"status", "--json"});
+  INFO("stderr: " << r.err);
+  REQUIRE(r.exit.code == 0);
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  CHECK(j["backend"] == "host");
+  CHECK(j["pid"] == d.proc->pid());
+  CHECK(j["daemon_version"] == "0.1.0");
+  CHECK(j["host_memory_budget_bytes"] == 64ull << 20);
+  CHECK(j["uptime_seconds"].get<double>() >= 0.0);
+  CHECK(j["uptime_seconds"].get<double>() < 60.0);
+  CHECK(j["listen_addresses"] == nlohmann::json::array({"unix:" + d.socket}));
+  CHECK(j["gpus"].is_array());
+  // This test passes on GPU machines too: either GPUs are listed or the reason why not.
+  CHECK(j["gpus"].empty() != j["no_gpu_reason"].get<std::string>().empty());
+
+  RunResult text = d.Ctl({"status"});
+  REQUIRE(text.exit.code == 0);
+  CHECK(Contains(text.out, "backend:      host"));
+  CHECK(Contains(text.out, "(pid " + std::to_string(d.proc->pid()) + ")"));
+
+  // SIGTERM: STOPPING=1, exit 0, socket and lock file removed.
+  d.proc->Signal(SIGTERM);
+  CHECK(d.notify.WaitFor("STOPPING=1", 20s).has_value());
+  ExitInfo e = d.proc->Wait(20s);
+  CHECK(e.exited);
+  CHECK(e.code == 0);
+  CHECK_FALSE(Exists(d.socket));
+  CHECK_FALSE(Exists(d.socket + ".lock"));
+}
+
+TEST_CASE("SIGINT shuts down cleanly too") {
+  RunningDaemon d;
+  d.proc->Signal(SIGINT);
+  ExitInfo e = d.proc->Wait(20s);
+  CHECK(e.exited);
+  CHECK(e.code == 0);
+  CHECK(Contains(d.proc->Stderr(), "stopped"));
+}
+
+TEST_CASE("TCP listening on port 0 reports the chosen port and serves ckptctl --address") {
+  RunningDaemon d({"--listen-tcp", "127.0.0.1:0"});
+  RunResult r = d.Ctl({"status", "--json"});
+  REQUIRE(r.exit.code == 0);
+  auto addresses = nlohmann::json::parse(r.out)["listen_addresses"];
+  REQUIRE(addresses.size() == 2);
+  std::string tcp = addresses[1];
+  CHECK(tcp.rfind("127.0.0.1:", 0) == 0);
+  CHECK(tcp != "127.0.0.1:0");
+  RunResult over_tcp = Run({Ctl(), "--address", tcp, "status", "--json"});
+  INFO(over_tcp.err);
+  REQUIRE(over_tcp.exit.code == 0);
+  CHECK(nlohmann::json::parse(over_tcp.out)["pid"] == d.proc->pid());
+}
+
+TEST_CASE("CKPT_SOCKET chooses the socket") {
+  RunningDaemon d;
+  SpawnOptions env;
+  env.env = {{"CKPT_SOCKET", d.socket}};
+  RunResult r = Run({Ctl(), "status", "--json"}, env);
+  REQUIRE(r.exit.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["pid"] == d.proc->pid());
+}
+
+TEST_CASE("ckptctl fails with one line when no daemon runs") {
+  TempDir dir;
+  RunResult r = Run({Ctl(), "--socket", dir / "none.sock", "status"});
+  CHECK(r.exit.code == 1);
+  REQUIRE(Lines(r.err).size() == 1);
+  CHECK(Contains(r.err, "no ckpt-engined socket at " + (dir / "none.sock")));
+  CHECK(r.out.empty());
+
+  // A stale socket file: nobody listens.
+  std::string stale = dir / "stale.sock";
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, stale.c_str(), sizeof(addr.sun_path) - 1);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  ::close(fd);
+  r = Run({Ctl(), "--socket", stale, "--timeout", "3s", "status"});
+  CHECK(r.exit.code == 1);
+  REQUIRE(Lines(r.err).size() == 1);
+  CHECK(Contains(r.err, stale));
+}
+
+TEST_CASE("ckptctl reports permission denied on a socket it may not use") {
+  RunningDaemon d;
+  SpawnOptions options;
+  std::string ctl = Ctl();
+  if (::geteuid() == 0) {
+    // Root may open anything: run ckptctl as nobody, from a copy it can execute, through a directory
+    // it can enter.
+    REQUIRE(::chmod(d.dir.path().c_str(), 0755) == 0);
+    ctl = CopyExecutable(ctl, d.dir.path());
+    options.run_as_uid = kNobody;
+  } else {
+    REQUIRE(::chmod(d.socket.c_str(), 0) == 0);
+  }
+  RunResult r = Run({ctl, "--socket", d.socket, "status"}, options);
+  INFO(r.err);
+  CHECK(r.exit.code == 1);
+  REQUIRE(Lines(r.err).size() == 1);
+  CHECK(Contains(r.err, "permission denied on " + d.socket));
+}
+
+TEST_CASE("ckptctl usage errors exit 2") {
+  CHECK(Run({Ctl()}).exit.code == 2);
+  CHECK(Run({Ctl(), "frobnicate"}).exit.code == 2);
+  CHECK(Run({Ctl(), "--socket", "/a", "--address", "b:1", "status"}).exit.code == 2);
+  CHECK(Run({Ctl(), "--timeout", "soon", "status"}).exit.code == 2);
+}
+
+TEST_CASE("start-up fails with exit code 2 and one line naming the problem") {
+  TempDir dir;
+  std::string sock = dir / "d.sock";
+
+  SECTION("unknown config key") {
+    std::ofstream(dir / "c.toml") << "backend = \"host\"\nlisten_unix = \"" << sock
+                                  << "\"\nbucket_bytes = 5\n";
+    RequireStartupFailure(StartFailing({"--config", dir / "c.toml"}), "'bucket_bytes'");
+    CHECK_FALSE(Exists(sock));
+  }
+  SECTION("bad value in the config file") {
+    std::ofstream(dir / "c.toml") << "backend = \"tpu\"\n";
+    RequireStartupFailure(StartFailing({"--config", dir / "c.toml", "--listen-unix", sock}),
+                          "'backend': invalid value 'tpu'");
+  }
+  SECTION("bad value in a flag") {
+    RequireStartupFailure(
+        StartFailing({"--listen-unix", sock, "--host-memory-budget", "plenty"}),
+        "--host-memory-budget");
+  }
+  SECTION("unreadable config file") {
+    RequireStartupFailure(StartFailing({"--config", dir / "missing.toml", "--listen-unix", sock}),
+                          "cannot read config file " + (dir / "missing.toml"));
+    RequireStartupFailure(StartFailing({"--config", dir.path(), "--listen-unix", sock}),
+                          "cannot read config file " + dir.path());
+  }
+  SECTION("malformed config file") {
+    std::ofstream(dir / "c.toml") << "backend = = host\n";
+    RequireStartupFailure(StartFailing({"--config", dir / "c.toml", "--listen-unix", sock}),
+                          dir / "c.toml:1:");
+  }
+  SECTION("socket path in use by a live daemon") {
+    RunningDaemon live;
+    RequireStartupFailure(StartFailing({"--backend", "host", "--listen-unix", live.socket}),
+                          "in use by a running ckpt-engined (pid " +
+                              std::to_string(live.proc->pid()) + ")");
+    // The live daemon is untouched.
+    CHECK(live.Ctl({"status"}).exit.code == 0);
+  }
+  SECTION("socket directory not writable") {
+    SpawnOptions options;
+    std::string daemon = Daemon();
+    std::string locked = dir / "locked";
+    REQUIRE(::mkdir(locked.c_str(), 0555) == 0);
+    if (::geteuid() == 0) {
+      REQUIRE(::chmod(dir.path().c_str(), 0755) == 0);
+      daemon = CopyExecutable(daemon, dir.path());
+      options.run_as_uid = kNobody;
+    }
+    RunResult r = Run({daemon, "--backend", "host", "--listen-unix", locked + "/d.sock"}, options);
+    RequireStartupFailure(r, "socket directory " + locked + " is not writable");
+  }
+  SECTION("socket path that is not a socket is kept") {
+    std::ofstream(sock) << "precious";
+    RequireStartupFailure(StartFailing({"--backend", "host", "--listen-unix", sock}),
+                          "not a socket");
+    std::ifstream in(sock);
+    std::string content;
+    in >> content;
+    CHECK(content == "precious");
+  }
+  SECTION("TCP address that cannot be bound") {
+    RequireStartupFailure(
+        StartFailing({"--backend", "host", "--listen-unix", sock, "--listen-tcp", "192.0.2.1:1"}),
+        "cannot listen on");
+    CHECK_FALSE(Exists(sock + ".lock"));
+  }
+  SECTION("cuda backend without a GPU, when none is visible") {
+    SpawnOptions hide;
+    hide.env = {{"CUDA_VISIBLE_DEVICES", ""}};
+    RequireStartupFailure(
+        StartFailing({"--backend", "cuda", "--listen-unix", sock}, hide),
+        "backend 'cuda' was requested but no CUDA device is visible");
+  }
+}
+
+TEST_CASE("a stale socket left by a killed daemon is replaced") {
+  TempDir dir;
+  std::string sock = dir / "d.sock";
+  {
+    Subprocess first({Daemon(), "--backend", "host", "--listen-unix", sock});
+    // Wait until it serves, then kill it hard: it cannot clean up.
+    auto deadline = Clock::now() + 20s;
+    while (Run({Ctl(), "--socket", sock, "status"}).exit.code != 0) {
+      REQUIRE(Clock::now() < deadline);
+    }
+    first.Signal(SIGKILL);
+    first.Wait(20s);
+  }
+  REQUIRE(Exists(sock));
+  FakeNotifySocket notify(dir / "notify");
+  SpawnOptions options;
+  options.env = {{"NOTIFY_SOCKET", notify.path()}};
+  Subprocess second({Daemon(), "--backend", "host", "--listen-unix", sock}, options);
+  REQUIRE(notify.WaitFor("READY=1", 20s).has_value());
+  CHECK(Contains(second.Stderr(), "replaced stale socket"));
+  RunResult r = Run({Ctl(), "--socket", sock, "status", "--json"});
+  REQUIRE(r.exit.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["pid"] == second.pid());
+}
+
+}  // namespace
+}  // namespace ckpt::testing
