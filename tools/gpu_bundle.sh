@@ -34,12 +34,15 @@ log "tests:   $(echo $tests)"
 log "benches: $(echo ${benches:-none})"
 
 # --- 2. Build (same flags as a plain `bazel build`, so the cache is shared) ---------------------------
+# The product's binaries travel too (sbin/): integration tests start them (tests/testing/subprocess.h
+# finds them through CKPT_BIN_DIR when there are no Bazel runfiles).
+tools="//daemon:ckpt-engined //client/ckptctl:ckptctl"
 # shellcheck disable=SC2086
-bazel build --noshow_progress "$@" $tests $benches >&2 || die "bazel build failed"
+bazel build --noshow_progress "$@" $tests $benches $tools >&2 || die "bazel build failed"
 
 # --- 3. Collect binaries and their libraries ---------------------------------------------------------
 rm -rf "$BUNDLE"
-mkdir -p "$BUNDLE/bin" "$BUNDLE/bench" "$BUNDLE/lib"
+mkdir -p "$BUNDLE/bin" "$BUNDLE/bench" "$BUNDLE/lib" "$BUNDLE/sbin"
 
 # Libraries NOT carried:
 # - glibc's family, libstdc++ and libgcc_s: Ubuntu 24.04 has newer, backward-compatible ones (glibc
@@ -90,6 +93,7 @@ copy_target() {  # label destdir
 
 for t in $tests; do copy_target "$t" "$BUNDLE/bin"; done
 for b in $benches; do copy_target "$b" "$BUNDLE/bench"; done
+for t in $tools; do copy_target "$t" "$BUNDLE/sbin"; done
 
 # --- 4. The runner -----------------------------------------------------------------------------------
 cat >"$BUNDLE/run_gpu_tests.sh" <<'RUNNER'
@@ -102,6 +106,8 @@ cat >"$BUNDLE/run_gpu_tests.sh" <<'RUNNER'
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export LD_LIBRARY_PATH="$HERE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# ckpt-engined and ckptctl for the integration tests.
+export CKPT_BIN_DIR="$HERE/sbin"
 # NVLink multicast must stay off on the shared GPU machines (a program using it can take the host's
 # GPUs out of service); keep the related switches off too.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

@@ -40,8 +40,16 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << app.help();
+    return 0;
+  } catch (const CLI::CallForVersion&) {
+    std::cout << "ckptctl " << ckpt::kVersion << "\n";
+    return 0;
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // CLI11 has its own exit codes; ours are 0, 1 (the command failed) and 2 (bad usage).
+    std::fprintf(stderr, "ckptctl: %s (see ckptctl --help)\n", e.what());
+    return 2;
   }
 
   auto timeout = ckpt::ParseDuration(timeout_text);

@@ -35,9 +35,15 @@ std::string ReadFile(const std::string& path) {
 }  // namespace
 
 std::string Runfile(const std::string& workspace_relative) {
+  const char* bin_dir = std::getenv("CKPT_BIN_DIR");
+  if (bin_dir != nullptr && *bin_dir != '\0') {
+    return std::string(bin_dir) + "/" +
+           std::filesystem::path(workspace_relative).filename().string();
+  }
   const char* srcdir = std::getenv("TEST_SRCDIR");
   const char* workspace = std::getenv("TEST_WORKSPACE");
-  if (srcdir == nullptr) throw std::runtime_error("TEST_SRCDIR is not set: run under bazel test");
+  if (srcdir == nullptr) throw std::runtime_error(
+        "TEST_SRCDIR is not set: run under bazel test (or set CKPT_BIN_DIR to a folder of binaries)");
   return std::string(srcdir) + "/" + (workspace ? workspace : "ckpt_engine") + "/" +
          workspace_relative;
 }

@@ -18,7 +18,8 @@ namespace ckpt::testing {
 
 using Clock = std::chrono::steady_clock;
 
-// Absolute path of a file in the test's runfiles, e.g. Runfile("daemon/ckpt-engined").
+// Absolute path of a file in the test's runfiles, e.g. Runfile("daemon/ckpt-engined"). Outside Bazel
+// (the GPU bundle), $CKPT_BIN_DIR/<file name> when CKPT_BIN_DIR is set.
 std::string Runfile(const std::string& workspace_relative);
 
 // A fresh directory, short enough for socket paths, removed with its contents on destruction.

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The main job on a built-in default, no GPU needed: builds ckpt-engined and ckptctl, starts the daemon
+# with the host backend on a private socket, shows its status as an operator sees it (text and JSON),
+# then stops it with SIGTERM and checks that it shut down cleanly. Grows as features land.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "== building ckpt-engined and ckptctl"
+bazel build --noshow_progress //daemon:ckpt-engined //client/ckptctl:ckptctl 2>&1 | grep -vE '^(INFO|Loading|Analyzing)' || true
+daemon=bazel-bin/daemon/ckpt-engined
+ctl=bazel-bin/client/ckptctl/ckptctl
+[[ -x $daemon && -x $ctl ]] || { echo "demo: build failed" >&2; exit 1; }
+
+dir=$(mktemp -d /tmp/ckpt-demo.XXXXXX)
+sock=$dir/ckpt-engined.sock
+pid=""
+cleanup() {
+  [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+echo "== starting: $daemon --backend host --listen-unix $sock --host-memory-budget 1GiB"
+$daemon --backend host --listen-unix "$sock" --host-memory-budget 1GiB 2>"$dir/daemon.log" &
+pid=$!
+
+# Wait (at most 30 s) until the daemon answers.
+deadline=$((SECONDS + 30))
+until $ctl --socket "$sock" --timeout 1s status >/dev/null 2>&1; do
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "demo: ckpt-engined exited during start-up:" >&2
+    cat "$dir/daemon.log" >&2
+    exit 1
+  fi
+  ((SECONDS < deadline)) || { echo "demo: ckpt-engined did not answer within 30 s" >&2; exit 1; }
+  sleep 0.1
+done
+
+echo "== ckptctl --socket $sock status"
+$ctl --socket "$sock" status
+echo "== ckptctl --socket $sock status --json"
+$ctl --socket "$sock" status --json
+
+echo "== stopping with SIGTERM"
+kill -TERM "$pid"
+rc=0
+wait "$pid" || rc=$?
+pid=""
+echo "== daemon log"
+cat "$dir/daemon.log"
+if ((rc != 0)); then
+  echo "demo: ckpt-engined exited with code $rc" >&2
+  exit 1
+fi
+[[ ! -e $sock ]] || { echo "demo: socket $sock was left behind" >&2; exit 1; }
+echo "== demo finished: the daemon served, answered status and shut down cleanly"
