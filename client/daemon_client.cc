@@ -15,7 +15,8 @@
 
 namespace ckpt::client {
 
-absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path, const std::string& address) {
+absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path,
+                                         const std::string& address) {
   if (!socket_path.empty() && !address.empty()) {
     return absl::InvalidArgumentError("give either --socket or --address, not both");
   }
@@ -34,18 +35,18 @@ absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path, const s
   return e;
 }
 
-absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc, const Endpoint& endpoint) {
+absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc,
+                      const Endpoint& endpoint) {
   auto code = static_cast<absl::StatusCode>(status.error_code());
   std::string where = endpoint.unix_path.empty() ? endpoint.target : endpoint.unix_path;
   switch (status.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
       if (!endpoint.unix_path.empty() && absl::StrContains(status.error_message(), "refused")) {
-        return absl::UnavailableError(
-            absl::StrCat("ckpt-engined is not running at ", where,
-                         " (connection refused: the socket is stale)"));
+        return absl::UnavailableError(absl::StrCat("ckpt-engined is not running at ", where,
+                                                   " (connection refused: the socket is stale)"));
       }
-      return absl::UnavailableError(absl::StrCat("cannot reach ckpt-engined at ", where, ": ",
-                                                 status.error_message()));
+      return absl::UnavailableError(
+          absl::StrCat("cannot reach ckpt-engined at ", where, ": ", status.error_message()));
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       return absl::DeadlineExceededError(
           absl::StrCat("ckpt-engined at ", where, " did not answer ", rpc, " in time"));
@@ -67,17 +68,17 @@ absl::StatusOr<std::unique_ptr<DaemonClient>> DaemonClient::Connect(const Endpoi
             "no ckpt-engined socket at ", path,
             " (is the daemon running? choose the socket with --socket or CKPT_SOCKET)"));
       }
-      return absl::Status(errno == EACCES ? absl::StatusCode::kPermissionDenied
-                                          : absl::StatusCode::kUnavailable,
-                          absl::StrCat("cannot access ", path, ": ", std::strerror(errno)));
+      return absl::Status(
+          errno == EACCES ? absl::StatusCode::kPermissionDenied : absl::StatusCode::kUnavailable,
+          absl::StrCat("cannot access ", path, ": ", std::strerror(errno)));
     }
     if (!S_ISSOCK(st.st_mode)) {
       return absl::FailedPreconditionError(absl::StrCat(path, " is not a socket"));
     }
     if (::access(path.c_str(), R_OK | W_OK) != 0) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          "permission denied on ", path,
-          " (the socket is mode 0600: run as the daemon's user or root)"));
+      return absl::PermissionDeniedError(
+          absl::StrCat("permission denied on ", path,
+                       " (the socket is mode 0600: run as the daemon's user or root)"));
     }
   }
   auto channel = grpc::CreateChannel(endpoint.target, grpc::InsecureChannelCredentials());

@@ -1,7 +1,8 @@
-// C++ client of a local or remote ckpt-engined: finds the daemon's endpoint and calls its Admin API.
+// C++ client of a local or remote ckpt-engined: finds the daemon's endpoint and calls its Admin
+// API.
 //
-// Errors come back as absl::Status with one-line messages meant for operators: the daemon is not running,
-// the socket is not accessible, the call timed out, ...
+// Errors come back as absl::Status with one-line messages meant for operators: the daemon is not
+// running, the socket is not accessible, the call timed out, ...
 #ifndef CKPT_CLIENT_DAEMON_CLIENT_H_
 #define CKPT_CLIENT_DAEMON_CLIENT_H_
 
@@ -21,9 +22,10 @@ struct Endpoint {
   std::string unix_path;
 };
 
-// Picks the endpoint: `socket_path` if set, else `address` if set, else $CKPT_SOCKET, else the default
-// socket. Setting both is INVALID_ARGUMENT.
-absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path, const std::string& address);
+// Picks the endpoint: `socket_path` if set, else `address` if set, else $CKPT_SOCKET, else the
+// default socket. Setting both is INVALID_ARGUMENT.
+absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path,
+                                         const std::string& address);
 
 // Converts a failed RPC into a Status whose message says what failed where. Codes are kept.
 absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc, const Endpoint& endpoint);
@@ -31,7 +33,8 @@ absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc, const 
 // Thread-safe; one channel per client.
 class DaemonClient {
  public:
-  // Checks what can be checked before connecting (a Unix socket exists, is a socket, is accessible):
+  // Checks what can be checked before connecting (a Unix socket exists, is a socket, is
+  // accessible):
   //   UNAVAILABLE: no socket at the path (daemon not running);
   //   PERMISSION_DENIED: the socket exists but this user may not use it;
   //   FAILED_PRECONDITION: the path is not a socket.

@@ -26,7 +26,8 @@ TEST_CASE("connect explains a missing socket and a path that is not a socket") {
   auto missing = DaemonClient::Connect(*ResolveEndpoint(dir + "/none.sock", ""));
   REQUIRE_FALSE(missing.ok());
   CHECK(missing.status().code() == absl::StatusCode::kUnavailable);
-  CHECK(std::string(missing.status().message()).find("is the daemon running?") != std::string::npos);
+  CHECK(std::string(missing.status().message()).find("is the daemon running?") !=
+        std::string::npos);
 
   std::ofstream(dir + "/file.sock") << "x";
   auto file = DaemonClient::Connect(*ResolveEndpoint(dir + "/file.sock", ""));
@@ -39,7 +40,8 @@ TEST_CASE("gRPC errors keep their code and name the endpoint") {
   absl::Status s = FromGrpc(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "late"), "Status", e);
   CHECK(s.code() == absl::StatusCode::kDeadlineExceeded);
   CHECK(std::string(s.message()).find("/tmp/x.sock") != std::string::npos);
-  s = FromGrpc(grpc::Status(grpc::StatusCode::UNAVAILABLE, "connect: Connection refused"), "Status", e);
+  s = FromGrpc(grpc::Status(grpc::StatusCode::UNAVAILABLE, "connect: Connection refused"), "Status",
+               e);
   CHECK(s.code() == absl::StatusCode::kUnavailable);
   CHECK(std::string(s.message()).find("stale") != std::string::npos);
   s = FromGrpc(grpc::Status(grpc::StatusCode::NOT_FOUND, "no version 7"), "Update", e);

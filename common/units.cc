@@ -55,7 +55,8 @@ absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
   } else if (unit == "tb") {
     multiplier = 1e12;
   } else {
-    return bad(absl::StrCat("unknown unit '", unit, "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"));
+    return bad(
+        absl::StrCat("unknown unit '", unit, "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"));
   }
   if (multiplier == 1 && number.find('.') == std::string::npos) {
     uint64_t v;

@@ -23,7 +23,8 @@ TEST_CASE("ParseByteSize refuses garbage with a message naming the text") {
     auto r = ParseByteSize(bad);
     REQUIRE_FALSE(r.ok());
     CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
-    CHECK(std::string(r.status().message()).find(std::string("'") + bad + "'") != std::string::npos);
+    CHECK(std::string(r.status().message()).find(std::string("'") + bad + "'") !=
+          std::string::npos);
   }
 }
 

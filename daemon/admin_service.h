@@ -22,9 +22,9 @@ struct DaemonFacts {
   absl::Time started = absl::Now();
 };
 
-// Thread-safe. The listen addresses are known only once the server has bound its ports (TCP port 0), so
-// they are set after start; everything else is fixed at construction. RPCs this class does not override
-// (ListVersions, Update, Drop) answer UNIMPLEMENTED until the version store lands.
+// Thread-safe. The listen addresses are known only once the server has bound its ports (TCP port
+// 0), so they are set after start; everything else is fixed at construction. RPCs this class does
+// not override (ListVersions, Update, Drop) answer UNIMPLEMENTED until the version store lands.
 class AdminService final : public v1::Admin::Service {
  public:
   explicit AdminService(DaemonFacts facts) : facts_(std::move(facts)) {}

@@ -8,8 +8,8 @@
 
 namespace ckpt::daemon {
 
-// auto -> cuda when `probe` has GPUs, else host. cuda without GPUs -> FAILED_PRECONDITION with the probe's
-// reason. host is always possible. Never returns kAuto.
+// auto -> cuda when `probe` has GPUs, else host. cuda without GPUs -> FAILED_PRECONDITION with the
+// probe's reason. host is always possible. Never returns kAuto.
 absl::StatusOr<BackendKind> ResolveBackend(BackendKind requested, const gpu::GpuProbe& probe);
 
 }  // namespace ckpt::daemon

@@ -14,8 +14,8 @@ gpu::GpuProbe NoGpu() {
 
 gpu::GpuProbe OneGpu() {
   gpu::GpuProbe p;
-  p.gpus.push_back({0, "NVIDIA H200", "GPU-00000000-0000-0000-0000-000000000000", 1ull << 37,
-                    "0000:1b:00.0"});
+  p.gpus.push_back(
+      {0, "NVIDIA H200", "GPU-00000000-0000-0000-0000-000000000000", 1ull << 37, "0000:1b:00.0"});
   return p;
 }
 

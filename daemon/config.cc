@@ -1,13 +1,13 @@
 #include "daemon/config.h"
 
 #include <sys/stat.h>
+#include <toml++/toml.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -73,8 +73,9 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     if (value[0] != '/') return BadValue(key, value, "must be an absolute path");
     // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
     if (value.size() > 107) {
-      return BadValue(key, value, absl::StrCat("path is ", value.size(),
-                                               " bytes; a Unix socket path may have at most 107"));
+      return BadValue(key, value,
+                      absl::StrCat("path is ", value.size(),
+                                   " bytes; a Unix socket path may have at most 107"));
     }
     config.listen_unix = std::string(value);
   } else if (key == "listen_tcp") {
@@ -104,7 +105,8 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
                                               "error", "critical", "off"};
     bool ok = false;
     for (const char* l : kLevels) ok = ok || value == l;
-    if (!ok) return BadValue(key, value, "expected trace, debug, info, warn, error, critical or off");
+    if (!ok)
+      return BadValue(key, value, "expected trace, debug, info, warn, error, critical or off");
     config.log_level = std::string(value);
   } else if (key == "shutdown_grace") {
     auto d = ParseDuration(value);
@@ -140,7 +142,8 @@ absl::Status ApplyConfigFile(Config& config, const std::string& path) {
   } catch (const toml::parse_error& e) {
     const auto& where = e.source().begin;
     return absl::InvalidArgumentError(absl::StrCat("config file ", path, ":", where.line, ":",
-                                                   where.column, ": ", std::string(e.description())));
+                                                   where.column, ": ",
+                                                   std::string(e.description())));
   }
   for (const auto& [toml_key, node] : table) {
     std::string key(toml_key.str());
@@ -162,10 +165,9 @@ absl::Status ApplyConfigFile(Config& config, const std::string& path) {
     }
     absl::Status s = SetConfigValue(config, key, value);
     if (!s.ok()) {
-      return absl::Status(s.code() == absl::StatusCode::kNotFound
-                              ? absl::StatusCode::kInvalidArgument
-                              : s.code(),
-                          absl::StrCat("config file ", path, ": ", s.message()));
+      return absl::Status(
+          s.code() == absl::StatusCode::kNotFound ? absl::StatusCode::kInvalidArgument : s.code(),
+          absl::StrCat("config file ", path, ": ", s.message()));
     }
   }
   return absl::OkStatus();
@@ -190,12 +192,12 @@ Config ResolveConfig(Config config) {
 }
 
 std::string DescribeConfig(const Config& config) {
-  return absl::StrCat("listen_unix=", config.listen_unix,
-                      " listen_tcp=", config.listen_tcp.empty() ? "off" : config.listen_tcp,
-                      " backend=", BackendName(config.backend), " host_memory_budget=",
-                      config.host_memory_budget == 0 ? "auto" : FormatBytes(config.host_memory_budget),
-                      " log_level=", config.log_level,
-                      " shutdown_grace=", HumanDuration(config.shutdown_grace));
+  return absl::StrCat(
+      "listen_unix=", config.listen_unix,
+      " listen_tcp=", config.listen_tcp.empty() ? "off" : config.listen_tcp,
+      " backend=", BackendName(config.backend), " host_memory_budget=",
+      config.host_memory_budget == 0 ? "auto" : FormatBytes(config.host_memory_budget),
+      " log_level=", config.log_level, " shutdown_grace=", HumanDuration(config.shutdown_grace));
 }
 
 }  // namespace ckpt::daemon

@@ -1,7 +1,8 @@
 // The daemon's configuration: one typed struct, filled from defaults, then a TOML file, then flags.
 //
-// Every key is documented in kConfigKeys (config.cc) and in deploy/ckpt-engined.example.toml; a test
-// checks that the two agree. A key present but invalid fails start-up with a message naming the key.
+// Every key is documented in kConfigKeys (config.cc) and in deploy/ckpt-engined.example.toml; a
+// test checks that the two agree. A key present but invalid fails start-up with a message naming
+// the key.
 #ifndef CKPT_DAEMON_CONFIG_H_
 #define CKPT_DAEMON_CONFIG_H_
 
@@ -48,19 +49,20 @@ struct ConfigKey {
 // Every key the daemon accepts, in documentation order.
 const std::vector<ConfigKey>& ConfigKeys();
 
-// Sets `key` from its text form (as written after a flag). INVALID_ARGUMENT naming the key for a bad
-// value or NOT_FOUND for an unknown key; `config` is unchanged on error.
+// Sets `key` from its text form (as written after a flag). INVALID_ARGUMENT naming the key for a
+// bad value or NOT_FOUND for an unknown key; `config` is unchanged on error.
 absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_view value);
 
-// Applies the keys of a TOML file on top of `config`. Errors name the file and the key (unknown key,
-// value of the wrong type, invalid value) or say why the file cannot be read or parsed. On error `config`
-// may hold some of the file's keys: callers discard it.
+// Applies the keys of a TOML file on top of `config`. Errors name the file and the key (unknown
+// key, value of the wrong type, invalid value) or say why the file cannot be read or parsed. On
+// error `config` may hold some of the file's keys: callers discard it.
 absl::Status ApplyConfigFile(Config& config, const std::string& path);
 
 // Checks relations between keys (each key's own value is checked when set).
 absl::Status ValidateConfig(const Config& config);
 
-// Resolves "auto" values against this machine: host_memory_budget 0 becomes half of physical memory.
+// Resolves "auto" values against this machine: host_memory_budget 0 becomes half of physical
+// memory.
 Config ResolveConfig(Config config);
 
 // One line, "key=value ...", for the start-up log.

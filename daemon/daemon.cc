@@ -38,7 +38,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   builder.RegisterService(d->admin_.get());
 
   // The socket must never be reachable with wider permissions than 0600: gRPC creates it with the
-  // process umask, so narrow that around the bind (nothing else creates files at this point), then chmod.
+  // process umask, so narrow that around the bind (nothing else creates files at this point), then
+  // chmod.
   GrpcLogCapture grpc_log;
   mode_t old_umask = ::umask(0177);
   d->server_ = builder.BuildAndStart();

@@ -1,5 +1,5 @@
-// ckpt-engined's top-level object: claims the socket path, probes GPUs, picks the backend and serves the
-// gRPC APIs on the Unix socket (and optionally TCP) until Shutdown.
+// ckpt-engined's top-level object: claims the socket path, probes GPUs, picks the backend and
+// serves the gRPC APIs on the Unix socket (and optionally TCP) until Shutdown.
 #ifndef CKPT_DAEMON_DAEMON_H_
 #define CKPT_DAEMON_DAEMON_H_
 
@@ -18,9 +18,9 @@ namespace ckpt::daemon {
 
 class Daemon {
  public:
-  // Starts serving. Errors are start-up failures, each naming what failed (socket path in use, directory
-  // not writable, TCP address unavailable, cuda backend without a GPU, ...); nothing is left behind.
-  // `config` must be resolved (ResolveConfig).
+  // Starts serving. Errors are start-up failures, each naming what failed (socket path in use,
+  // directory not writable, TCP address unavailable, cuda backend without a GPU, ...); nothing is
+  // left behind. `config` must be resolved (ResolveConfig).
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const Config& config);
 
   // Shuts down with no grace if Shutdown was not called.

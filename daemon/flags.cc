@@ -12,8 +12,9 @@
 namespace ckpt::daemon {
 
 absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) {
-  CLI::App app("ckpt-engined: moves new checkpoint versions into the inference workers of this node",
-               "ckpt-engined");
+  CLI::App app(
+      "ckpt-engined: moves new checkpoint versions into the inference workers of this node",
+      "ckpt-engined");
   app.set_version_flag("--version", std::string(kVersion));
   std::string config_file;
   app.add_option("--config", config_file, "TOML config file (flags override its keys)");
@@ -24,10 +25,9 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
   std::map<std::string, CLI::Option*> options;
   for (const ConfigKey& key : ConfigKeys()) {
     std::string flag = absl::StrCat("--", absl::StrReplaceAll(key.name, {{"_", "-"}}));
-    options[key.name] =
-        app.add_option(flag, flag_values[key.name],
-                       absl::StrCat(key.help, " (default: ",
-                                    *key.default_text ? key.default_text : "empty", ")"));
+    options[key.name] = app.add_option(
+        flag, flag_values[key.name],
+        absl::StrCat(key.help, " (default: ", *key.default_text ? key.default_text : "empty", ")"));
   }
 
   CommandLine result;

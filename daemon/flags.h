@@ -1,4 +1,5 @@
-// Command line of ckpt-engined: every config key is also a flag (--listen-unix for listen_unix, ...);
+// Command line of ckpt-engined: every config key is also a flag (--listen-unix for listen_unix,
+// ...);
 // --config FILE reads a TOML file first, and flags given on the command line override it.
 #ifndef CKPT_DAEMON_FLAGS_H_
 #define CKPT_DAEMON_FLAGS_H_
@@ -17,8 +18,8 @@ struct CommandLine {
   std::string output;
 };
 
-// Parses argv. Errors (unknown flag, bad value, unreadable or invalid config file) come back as one-line
-// INVALID_ARGUMENT / FAILED_PRECONDITION statuses naming the flag, key or file.
+// Parses argv. Errors (unknown flag, bad value, unreadable or invalid config file) come back as
+// one-line INVALID_ARGUMENT / FAILED_PRECONDITION statuses naming the flag, key or file.
 absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv);
 
 }  // namespace ckpt::daemon

@@ -12,8 +12,8 @@ namespace ckpt::daemon {
 namespace {
 
 std::mutex mu;
-bool capturing = false;                 // guarded by mu
-std::vector<std::string> captured;      // guarded by mu: error lines while capturing
+bool capturing = false;             // guarded by mu
+std::vector<std::string> captured;  // guarded by mu: error lines while capturing
 
 void Sink(gpr_log_func_args* args) {
   std::string message = args->message ? args->message : "";
@@ -61,7 +61,8 @@ std::string SummarizeGrpcError(const std::string& message) {
   std::string head = message.substr(0, message.find(" {"));
   absl::string_view what = absl::StripAsciiWhitespace(head);
   size_t colon = what.find(':');
-  if (colon != absl::string_view::npos && what.substr(0, colon).find(' ') == absl::string_view::npos) {
+  if (colon != absl::string_view::npos &&
+      what.substr(0, colon).find(' ') == absl::string_view::npos) {
     what.remove_prefix(colon + 1);  // drop the "UNKNOWN:" code prefix
   }
   std::string out(what);

@@ -1,5 +1,6 @@
-// gRPC's own log lines (gpr_log) go through spdlog, so that the daemon's stderr has one format, and can
-// be captured while the server starts, so that a failed start reports gRPC's reason in its single line.
+// gRPC's own log lines (gpr_log) go through spdlog, so that the daemon's stderr has one format, and
+// can be captured while the server starts, so that a failed start reports gRPC's reason in its
+// single line.
 #ifndef CKPT_DAEMON_GRPC_LOG_H_
 #define CKPT_DAEMON_GRPC_LOG_H_
 
@@ -12,7 +13,8 @@ namespace ckpt::daemon {
 // error level and other severities at debug.
 void RouteGrpcLogsToSpdlog();
 
-// While alive, gRPC log lines are held here instead of logged. One capture at a time (start-up only).
+// While alive, gRPC log lines are held here instead of logged. One capture at a time (start-up
+// only).
 class GrpcLogCapture {
  public:
   GrpcLogCapture();

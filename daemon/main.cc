@@ -1,7 +1,7 @@
 // ckpt-engined: parse flags and config, start the daemon, serve until SIGINT/SIGTERM.
 //
-// Exit codes: 0 after a clean shutdown (or --help/--version), 2 when start-up fails (bad flag or config,
-// socket in use, ...: one line on stderr names the problem), 1 for failures after start-up.
+// Exit codes: 0 after a clean shutdown (or --help/--version), 2 when start-up fails (bad flag or
+// config, socket in use, ...: one line on stderr names the problem), 1 for failures after start-up.
 #include <signal.h>
 
 #include <cstdio>
@@ -45,8 +45,8 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(config.log_level));
   RouteGrpcLogsToSpdlog();
 
-  // Signals are taken synchronously by this thread (sigtimedwait below), so block them before any other
-  // thread exists: gRPC's threads inherit the mask.
+  // Signals are taken synchronously by this thread (sigtimedwait below), so block them before any
+  // other thread exists: gRPC's threads inherit the mask.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
     spdlog::info("backend {}; no GPU visible ({})", std::string(BackendName((*daemon)->backend())),
                  gpus.no_gpu_reason);
   } else {
-    spdlog::info("backend {}; {} GPU(s): {}", std::string(BackendName((*daemon)->backend())), gpus.gpus.size(),
+    spdlog::info("backend {}; {} GPU(s): {}", std::string(BackendName((*daemon)->backend())),
+                 gpus.gpus.size(),
                  absl::StrJoin(gpus.gpus, ", ", [](std::string* out, const auto& g) {
                    absl::StrAppend(out, g.index, " ", g.name, " ", g.uuid);
                  }));

@@ -25,8 +25,8 @@ absl::Status MakeDirs(const std::string& dir) {
   struct stat st;
   if (::stat(dir.c_str(), &st) == 0) {
     if (!S_ISDIR(st.st_mode)) {
-      return absl::FailedPreconditionError(absl::StrCat("socket directory ", dir,
-                                                        " exists and is not a directory"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("socket directory ", dir, " exists and is not a directory"));
     }
     return absl::OkStatus();
   }
@@ -69,8 +69,9 @@ absl::StatusOr<SocketPathClaim> SocketPathClaim::Claim(const std::string& socket
 
   std::string lock_path = socket_path + ".lock";
   ScopedFd fd;
-  // The lock file of a daemon that is exiting may be unlinked between our open() and flock(); then we
-  // hold a lock on a dead inode, so check that the path still names the file we locked, and retry.
+  // The lock file of a daemon that is exiting may be unlinked between our open() and flock(); then
+  // we hold a lock on a dead inode, so check that the path still names the file we locked, and
+  // retry.
   for (int attempt = 0;; ++attempt) {
     fd.reset(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
     if (!fd.valid()) {
@@ -83,8 +84,7 @@ absl::StatusOr<SocketPathClaim> SocketPathClaim::Claim(const std::string& socket
                                                      " is in use by a running ckpt-engined (pid ",
                                                      ReadPid(fd.get()), ")"));
       }
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot lock ", lock_path, ": ", Errno()));
+      return absl::FailedPreconditionError(absl::StrCat("cannot lock ", lock_path, ": ", Errno()));
     }
     struct stat held, named;
     if (::fstat(fd.get(), &held) == 0 && ::stat(lock_path.c_str(), &named) == 0 &&
@@ -108,7 +108,8 @@ absl::StatusOr<SocketPathClaim> SocketPathClaim::Claim(const std::string& socket
       return absl::FailedPreconditionError(
           absl::StrCat("cannot remove stale socket ", socket_path, ": ", Errno()));
     }
-    spdlog::warn("replaced stale socket {} left by a daemon that is no longer running", socket_path);
+    spdlog::warn("replaced stale socket {} left by a daemon that is no longer running",
+                 socket_path);
   } else if (errno != ENOENT) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot inspect socket path ", socket_path, ": ", Errno()));

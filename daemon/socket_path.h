@@ -1,8 +1,9 @@
 // Claims the path of the daemon's Unix socket for this process.
 //
-// A lock file beside the socket ("<path>.lock", flock) tells a live daemon from a stale socket left by a
-// dead one: the lock dies with its process. Claiming makes the socket's directory if missing, refuses a
-// path held by a live daemon, replaces a stale socket, and refuses to remove anything that is not a socket.
+// A lock file beside the socket ("<path>.lock", flock) tells a live daemon from a stale socket left
+// by a dead one: the lock dies with its process. Claiming makes the socket's directory if missing,
+// refuses a path held by a live daemon, replaces a stale socket, and refuses to remove anything
+// that is not a socket.
 #ifndef CKPT_DAEMON_SOCKET_PATH_H_
 #define CKPT_DAEMON_SOCKET_PATH_H_
 

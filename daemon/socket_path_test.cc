@@ -26,7 +26,8 @@ bool Exists(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0;
 }
 
-// Binds a socket at `path` and closes it: the file stays, nobody listens (a dead daemon's leftover).
+// Binds a socket at `path` and closes it: the file stays, nobody listens (a dead daemon's
+// leftover).
 void MakeStaleSocket(const std::string& path) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
   REQUIRE(fd >= 0);

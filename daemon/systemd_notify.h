@@ -1,5 +1,5 @@
-// Readiness and stopping notifications to systemd (Type=notify units) through libsystemd's sd_notify.
-// Without systemd (NOTIFY_SOCKET unset) every call does nothing. Thread-safe.
+// Readiness and stopping notifications to systemd (Type=notify units) through libsystemd's
+// sd_notify. Without systemd (NOTIFY_SOCKET unset) every call does nothing. Thread-safe.
 #ifndef CKPT_DAEMON_SYSTEMD_NOTIFY_H_
 #define CKPT_DAEMON_SYSTEMD_NOTIFY_H_
 

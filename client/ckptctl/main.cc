@@ -29,7 +29,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string socket_path, address, timeout_text = "5s";
   auto* socket_opt = app.add_option(
-      "--socket", socket_path, "daemon's Unix socket (default: $CKPT_SOCKET, else /run/ckpt-engine/ckpt-engined.sock)");
+      "--socket", socket_path,
+      "daemon's Unix socket (default: $CKPT_SOCKET, else /run/ckpt-engine/ckpt-engined.sock)");
   auto* address_opt = app.add_option("--address", address, "daemon's TCP address HOST:PORT");
   socket_opt->excludes(address_opt);
   app.add_option("--timeout", timeout_text, "deadline of each request (default 5s)");
@@ -54,7 +55,8 @@ int main(int argc, char** argv) {
 
   auto timeout = ckpt::ParseDuration(timeout_text);
   if (!timeout.ok()) {
-    std::fprintf(stderr, "ckptctl: --timeout: %s\n", std::string(timeout.status().message()).c_str());
+    std::fprintf(stderr, "ckptctl: --timeout: %s\n",
+                 std::string(timeout.status().message()).c_str());
     return 2;
   }
   auto endpoint = ckpt::client::ResolveEndpoint(socket_path, address);

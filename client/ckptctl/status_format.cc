@@ -27,8 +27,8 @@ nlohmann::json StatusJson(const v1::StatusResponse& s) {
       {"host_memory_budget_bytes", s.host_memory_budget_bytes()},
       {"host_memory_used_bytes", s.host_memory_used_bytes()},
       {"gpu_memory_per_gpu_bytes", s.gpu_memory_per_gpu_bytes()},
-      {"listen_addresses", std::vector<std::string>(s.listen_addresses().begin(),
-                                                    s.listen_addresses().end())},
+      {"listen_addresses",
+       std::vector<std::string>(s.listen_addresses().begin(), s.listen_addresses().end())},
       {"latest_committed_version", s.latest_committed_version()},
       {"attached_workers", s.attached_workers()},
   };

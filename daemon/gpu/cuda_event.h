@@ -11,10 +11,9 @@
 //   returns FAILED_PRECONDITION.
 // - An event never recorded counts as complete (CUDA's semantics).
 // - Waits never block inside CUDA: they poll cudaEventQuery with a backoff (yield, then sleeps of
-// 10 us
-//   doubling to 1 ms), so a hung GPU or a peer that never arrives costs the waiter at most its
-//   deadline, and the thread stays responsive to cancellation by deadline. The price is up to ~1 ms
-//   of extra latency on long waits.
+//   10 us doubling to 1 ms), so a hung GPU or a peer that never arrives costs the waiter at most
+//   its deadline, and the thread stays responsive to cancellation by deadline. The price is up to
+//   ~1 ms of extra latency on long waits.
 // - Thread-safety: Query and the waits may be called from several threads at once; Record must not
 //   race with other calls on the same event (CUDA's rule).
 // - Create() leaves the calling thread's current device unchanged.

@@ -10,11 +10,9 @@
 // - The stream is created with cudaStreamNonBlocking: it never synchronizes implicitly with the
 //   legacy default stream, so a library or engine using stream 0 cannot stall our copies.
 // - Move-only; a default-constructed or moved-from CudaStream is empty (get() == nullptr, which
-// CUDA
-//   would read as the default stream: do not enqueue on an empty CudaStream).
+//   CUDA would read as the default stream: do not enqueue on an empty CudaStream).
 // - Thread-safe in CUDA's sense: enqueueing from several threads is allowed, ordering between them
-// is
-//   the caller's business. The object itself must not be moved or destroyed while others use it.
+//   is the caller's business. The object itself must not be moved or destroyed while others use it.
 // - Create() leaves the calling thread's current device unchanged, on success and failure.
 #ifndef CKPT_DAEMON_GPU_CUDA_STREAM_H_
 #define CKPT_DAEMON_GPU_CUDA_STREAM_H_

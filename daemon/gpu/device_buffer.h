@@ -9,10 +9,9 @@
 // - Move-only; a default-constructed or moved-from DeviceBuffer is empty (data() == nullptr,
 //   size() == 0).
 // - Destruction calls cudaFree, which waits for all work on the device to finish (CUDA's
-// semantics):
-//   free buffers at quiet points (start-up, shutdown, reconfiguration), not on the hot path.
-//   Buffers still mapped by other processes through IPC stay alive in the driver until those unmap
-//   them.
+//   semantics): free buffers at quiet points (start-up, shutdown, reconfiguration), not on the hot
+//   path. Buffers still mapped by other processes through IPC stay alive in the driver until those
+//   unmap them.
 // - Create() on failure allocates nothing; out of memory is RESOURCE_EXHAUSTED and leaves the CUDA
 //   context usable. The calling thread's current device is unchanged either way.
 // - The object is not synchronized: share it between threads only for reading data()/size().

@@ -10,13 +10,11 @@
 //
 // Contract:
 // - A handle names a whole cudaMalloc allocation and owns nothing: it stays meaningful only while
-// the
-//   exporting process keeps the allocation alive. Exporting is cheap and may be repeated; the
+//   the exporting process keeps the allocation alive. Exporting is cheap and may be repeated; the
 //   handle of an allocation does not change.
 // - Export needs memory from plain cudaMalloc (DeviceBuffer), not from cudaMallocAsync pools,
-// managed
-//   or host memory. Pass the allocation's base address: the importer maps the whole allocation and
-//   gets its base back.
+//   managed or host memory. Pass the allocation's base address: the importer maps the whole
+//   allocation and gets its base back.
 // - Thread-safe (a value; Export only reads the allocation's metadata).
 #ifndef CKPT_DAEMON_GPU_IPC_HANDLE_H_
 #define CKPT_DAEMON_GPU_IPC_HANDLE_H_

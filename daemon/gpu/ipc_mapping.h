@@ -7,9 +7,8 @@
 //
 // Contract:
 // - Opened with cudaIpcMemLazyEnablePeerAccess, so the allocation may live on another GPU of the
-// node
-//   than `device` (peer access over NVLink/PCIe is enabled on first use); opening on the exporter's
-//   own GPU is the common case and needs no peer access.
+//   node than `device` (peer access over NVLink/PCIe is enabled on first use); opening on the
+//   exporter's own GPU is the common case and needs no peer access.
 // - The handle must come from another process: CUDA refuses to open a handle in the process that
 //   exported it. A garbage or stale handle fails with a status (never a crash).
 // - The exporter must keep the allocation alive until every importer has closed its mapping; the
@@ -17,8 +16,7 @@
 //   ordered with the exporter's work only by explicit synchronization (events, acks over the
 //   control channel).
 // - `bytes` is the size the caller expects (from the control plane); CUDA does not report it, so it
-// is
-//   recorded, not checked.
+//   is recorded, not checked.
 // - Move-only; a default-constructed or moved-from IpcMapping is empty (data() == nullptr).
 // - On failure nothing is mapped. The calling thread's current device is unchanged.
 // - The object is not synchronized; the mapped memory may be used from any thread.

@@ -4,11 +4,11 @@
 // local GPU, created together and kept for the daemon's lifetime (re-creating NCCL per update is
 // one of the reference system's costs we avoid):
 //
-//   ASSIGN_OR_RETURN(std::vector<NcclComm> comms, NcclComm::CreateLocal({0, 1, 2, 3},
-//   absl::Seconds(60)));
+//   ASSIGN_OR_RETURN(std::vector<NcclComm> comms,
+//                    NcclComm::CreateLocal({0, 1, 2, 3}, absl::Seconds(60)));
 //   // per bucket, from one thread:
 //   RETURN_IF_ERROR(NcclComm::GroupBroadcast(absl::MakeSpan(comms), buffers, bytes, root,
-//   absl::Seconds(5)));
+//                                            absl::Seconds(5)));
 //   // then wait on a CudaEvent recorded on each stream, with a deadline.
 //
 // For several nodes each daemon will own one or more ranks of a larger communicator built from an
@@ -22,22 +22,19 @@
 // below handle it).
 //
 // Contract:
-// - Every wait has a deadline: creation and enqueueing poll ncclCommGetAsyncError (backoff up to 2
-// ms)
-//   until ready, failed, or the deadline; on error or timeout the communicators involved are
+// - Every wait has a deadline: creation and enqueueing poll ncclCommGetAsyncError (backoff up to
+//   2 ms) until ready, failed, or the deadline; on error or timeout the communicators involved are
 //   aborted (ncclCommAbort) before the error is returned, since a half-initialized or half-enqueued
 //   clique would leave its peers blocked.
 // - Broadcast/GroupBroadcast return once the work is enqueued on the given streams, not completed:
 //   completion is observed with CudaEvent::WaitWithDeadline. If that wait times out (a peer died, a
 //   kernel hangs), call Abort() on the ranks: only an abort unblocks NCCL kernels.
 // - Destruction: ncclCommDestroy when healthy (it is local: ranks of one process may be destroyed
-// one
-//   by one, in any order), ncclCommAbort after an error. Destroy waits for this rank's queued NCCL
-//   work; wait for it with a deadline first, or Abort().
+//   one by one, in any order), ncclCommAbort after an error. Destroy waits for this rank's queued
+//   NCCL work; wait for it with a deadline first, or Abort().
 // - Move-only; a default-constructed, moved-from or aborted NcclComm is empty.
 // - Threads: NCCL forbids concurrent calls on one communicator; a group of local ranks must be
-// driven
-//   by one thread. The object is not synchronized.
+//   driven by one thread. The object is not synchronized.
 // - NCCL reads its environment at the first communicator's creation; on the shared GPU machines
 //   NCCL_NVLS_ENABLE=0 must be set before that (the test runner does).
 #ifndef CKPT_DAEMON_GPU_NCCL_COMM_H_

@@ -19,7 +19,7 @@
 // - not Mapped: we never dereference host memory from kernels; copies use the DMA engines, and with
 //   unified addressing the registered range is usable in cudaMemcpy* as is.
 // - not ReadOnly: D2H copies write into registered memory (and the flag is optional hardware
-// support).
+//   support).
 // - not IoMemory: this is system RAM, not a PCIe BAR.
 //
 // Contract:
@@ -27,7 +27,7 @@
 // - Destruction unregisters (and for Create(), unmaps). Copies into or out of the region must have
 //   completed first: wait on their CudaEvent before destroying the region.
 // - On failure nothing stays registered or mapped. The calling thread's current device is
-// unchanged.
+//   unchanged.
 // - The object is not synchronized; the memory itself may be used from any thread.
 #ifndef CKPT_DAEMON_GPU_PINNED_REGION_H_
 #define CKPT_DAEMON_GPU_PINNED_REGION_H_

@@ -39,8 +39,8 @@ bool Exists(const std::string& path) {
 struct RunningDaemon {
   explicit RunningDaemon(std::vector<std::string> extra = {}) : notify(dir / "notify") {
     socket = dir / "d.sock";
-    std::vector<std::string> argv = {Daemon(), "--backend", "host", "--listen-unix", socket,
-                                     "--host-memory-budget", "64MiB"};
+    std::vector<std::string> argv = {
+        Daemon(), "--backend", "host", "--listen-unix", socket, "--host-memory-budget", "64MiB"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     SpawnOptions options;
     options.env = {{"NOTIFY_SOCKET", notify.path()}};
@@ -178,8 +178,8 @@ TEST_CASE("ckptctl reports permission denied on a socket it may not use") {
   SpawnOptions options;
   std::string ctl = Ctl();
   if (::geteuid() == 0) {
-    // Root may open anything: run ckptctl as nobody, from a copy it can execute, through a directory
-    // it can enter.
+    // Root may open anything: run ckptctl as nobody, from a copy it can execute, through a
+    // directory it can enter.
     REQUIRE(::chmod(d.dir.path().c_str(), 0755) == 0);
     ctl = CopyExecutable(ctl, d.dir.path());
     options.run_as_uid = kNobody;
@@ -216,9 +216,8 @@ TEST_CASE("start-up fails with exit code 2 and one line naming the problem") {
                           "'backend': invalid value 'tpu'");
   }
   SECTION("bad value in a flag") {
-    RequireStartupFailure(
-        StartFailing({"--listen-unix", sock, "--host-memory-budget", "plenty"}),
-        "--host-memory-budget");
+    RequireStartupFailure(StartFailing({"--listen-unix", sock, "--host-memory-budget", "plenty"}),
+                          "--host-memory-budget");
   }
   SECTION("unreadable config file") {
     RequireStartupFailure(StartFailing({"--config", dir / "missing.toml", "--listen-unix", sock}),
@@ -233,9 +232,9 @@ TEST_CASE("start-up fails with exit code 2 and one line naming the problem") {
   }
   SECTION("socket path in use by a live daemon") {
     RunningDaemon live;
-    RequireStartupFailure(StartFailing({"--backend", "host", "--listen-unix", live.socket}),
-                          "in use by a running ckpt-engined (pid " +
-                              std::to_string(live.proc->pid()) + ")");
+    RequireStartupFailure(
+        StartFailing({"--backend", "host", "--listen-unix", live.socket}),
+        "in use by a running ckpt-engined (pid " + std::to_string(live.proc->pid()) + ")");
     // The live daemon is untouched.
     CHECK(live.Ctl({"status"}).exit.code == 0);
   }
@@ -270,9 +269,8 @@ TEST_CASE("start-up fails with exit code 2 and one line naming the problem") {
   SECTION("cuda backend without a GPU, when none is visible") {
     SpawnOptions hide;
     hide.env = {{"CUDA_VISIBLE_DEVICES", ""}};
-    RequireStartupFailure(
-        StartFailing({"--backend", "cuda", "--listen-unix", sock}, hide),
-        "backend 'cuda' was requested but no CUDA device is visible");
+    RequireStartupFailure(StartFailing({"--backend", "cuda", "--listen-unix", sock}, hide),
+                          "backend 'cuda' was requested but no CUDA device is visible");
   }
 }
 

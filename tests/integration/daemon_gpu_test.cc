@@ -1,5 +1,5 @@
-// GPU machine only: the real daemon picks the cuda backend by itself and reports the GPUs it sees, by
-// UUID, whatever CUDA_VISIBLE_DEVICES says about their order.
+// GPU machine only: the real daemon picks the cuda backend by itself and reports the GPUs it sees,
+// by UUID, whatever CUDA_VISIBLE_DEVICES says about their order.
 #include <signal.h>
 
 #include <catch2/catch.hpp>
@@ -80,9 +80,8 @@ TEST_CASE("hiding every GPU makes auto fall back to host and cuda fail at start-
   CHECK(j["gpus"].empty());
   CHECK(j["no_gpu_reason"] != "");
   TempDir dir;
-  RunResult r = Run({Runfile("daemon/ckpt-engined"), "--backend", "cuda", "--listen-unix",
-                     dir / "d.sock"},
-                    hide);
+  RunResult r = Run(
+      {Runfile("daemon/ckpt-engined"), "--backend", "cuda", "--listen-unix", dir / "d.sock"}, hide);
   CHECK(r.exit.code == 2);
   CHECK(r.err.find("no CUDA device is visible") != std::string::npos);
 }

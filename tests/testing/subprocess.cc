@@ -42,8 +42,10 @@ std::string Runfile(const std::string& workspace_relative) {
   }
   const char* srcdir = std::getenv("TEST_SRCDIR");
   const char* workspace = std::getenv("TEST_WORKSPACE");
-  if (srcdir == nullptr) throw std::runtime_error(
-        "TEST_SRCDIR is not set: run under bazel test (or set CKPT_BIN_DIR to a folder of binaries)");
+  if (srcdir == nullptr)
+    throw std::runtime_error(
+        "TEST_SRCDIR is not set: run under bazel test (or set CKPT_BIN_DIR to a folder of "
+        "binaries)");
   return std::string(srcdir) + "/" + (workspace ? workspace : "ckpt_engine") + "/" +
          workspace_relative;
 }
@@ -90,7 +92,8 @@ Subprocess::Subprocess(std::vector<std::string> argv, const SpawnOptions& option
     for (const auto& k : options.unset_env) ::unsetenv(k.c_str());
     if (options.run_as_uid.has_value() && ::geteuid() == 0) {
       gid_t gid = *options.run_as_uid;
-      if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(*options.run_as_uid) != 0) {
+      if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 ||
+          ::setuid(*options.run_as_uid) != 0) {
         ::_exit(126);
       }
     }
@@ -171,7 +174,8 @@ FakeNotifySocket::FakeNotifySocket(const std::string& path) : path_(path) {
   if (!fd_.valid()) Die("socket");
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) throw std::runtime_error("notify path too long: " + path);
+  if (path.size() >= sizeof(addr.sun_path))
+    throw std::runtime_error("notify path too long: " + path);
   std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
   if (::bind(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) Die("bind " + path);
 }

@@ -1,6 +1,6 @@
-// Test helpers for starting real binaries: child processes with captured output and deadlines, short
-// temporary directories (Unix socket paths must stay under 108 bytes), runfiles lookup, and a fake
-// systemd notify socket.
+// Test helpers for starting real binaries: child processes with captured output and deadlines,
+// short temporary directories (Unix socket paths must stay under 108 bytes), runfiles lookup, and a
+// fake systemd notify socket.
 #ifndef CKPT_TESTS_TESTING_SUBPROCESS_H_
 #define CKPT_TESTS_TESTING_SUBPROCESS_H_
 
@@ -18,8 +18,8 @@ namespace ckpt::testing {
 
 using Clock = std::chrono::steady_clock;
 
-// Absolute path of a file in the test's runfiles, e.g. Runfile("daemon/ckpt-engined"). Outside Bazel
-// (the GPU bundle), $CKPT_BIN_DIR/<file name> when CKPT_BIN_DIR is set.
+// Absolute path of a file in the test's runfiles, e.g. Runfile("daemon/ckpt-engined"). Outside
+// Bazel (the GPU bundle), $CKPT_BIN_DIR/<file name> when CKPT_BIN_DIR is set.
 std::string Runfile(const std::string& workspace_relative);
 
 // A fresh directory, short enough for socket paths, removed with its contents on destruction.
@@ -53,8 +53,8 @@ struct ExitInfo {
   bool timed_out = false;  // the deadline passed first (the child was killed)
 };
 
-// A child process whose stdout and stderr go to files. The destructor kills (SIGKILL) and reaps it if
-// it is still running.
+// A child process whose stdout and stderr go to files. The destructor kills (SIGKILL) and reaps it
+// if it is still running.
 class Subprocess {
  public:
   Subprocess(std::vector<std::string> argv, const SpawnOptions& options = {});
