@@ -1,0 +1,74 @@
+#include "daemon/range_allocator.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace ckpt::daemon {
+
+RangeAllocator::RangeAllocator(uint64_t capacity, uint64_t alignment)
+    : capacity_(capacity / alignment * alignment),
+      alignment_(alignment),
+      free_bytes_(capacity_) {
+  if (capacity_ > 0) free_[0] = capacity_;
+}
+
+uint64_t RangeAllocator::Rounded(uint64_t size) const {
+  if (size == 0) return alignment_;
+  return (size + alignment_ - 1) / alignment_ * alignment_;
+}
+
+absl::StatusOr<uint64_t> RangeAllocator::Allocate(uint64_t size) {
+  uint64_t need = Rounded(size);
+  for (auto it = free_.begin(); it != free_.end(); ++it) {
+    if (it->second < need) continue;
+    uint64_t offset = it->first;
+    uint64_t rest = it->second - need;
+    free_.erase(it);
+    if (rest > 0) free_[offset + need] = rest;
+    free_bytes_ -= need;
+    return offset;
+  }
+  return absl::ResourceExhaustedError(absl::StrCat("no free range of ", need, " bytes (free ",
+                                                   free_bytes_, ", largest ", largest_free(), ")"));
+}
+
+absl::Status RangeAllocator::Free(uint64_t offset, uint64_t size) {
+  uint64_t len = Rounded(size);
+  if (offset % alignment_ != 0 || offset + len > capacity_) {
+    return absl::InternalError(absl::StrCat("freeing a range that was never allocated: ", offset,
+                                            "+", len));
+  }
+  auto next = free_.lower_bound(offset);
+  if (next != free_.end() && next->first < offset + len) {
+    return absl::InternalError(absl::StrCat("double free of range ", offset, "+", len));
+  }
+  if (next != free_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second > offset) {
+      return absl::InternalError(absl::StrCat("double free of range ", offset, "+", len));
+    }
+  }
+  uint64_t start = offset;
+  uint64_t end = offset + len;
+  if (next != free_.end() && next->first == end) {
+    end += next->second;
+    next = free_.erase(next);
+  }
+  if (next != free_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == start) {
+      start = prev->first;
+      free_.erase(prev);
+    }
+  }
+  free_[start] = end - start;
+  free_bytes_ += len;
+  return absl::OkStatus();
+}
+
+uint64_t RangeAllocator::largest_free() const {
+  uint64_t best = 0;
+  for (const auto& [offset, size] : free_) best = std::max(best, size);
+  return best;
+}
+
+}  // namespace ckpt::daemon

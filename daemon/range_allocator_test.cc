@@ -1,0 +1,78 @@
+#include "daemon/range_allocator.h"
+
+#include <catch2/catch.hpp>
+#include <random>
+#include <vector>
+
+namespace ckpt::daemon {
+namespace {
+
+TEST_CASE("allocations are aligned, disjoint and coalesce when freed") {
+  RangeAllocator a(4096, 256);
+  auto x = a.Allocate(1);
+  auto y = a.Allocate(300);
+  auto z = a.Allocate(0);
+  REQUIRE(x.ok());
+  REQUIRE(y.ok());
+  REQUIRE(z.ok());
+  CHECK(*x == 0);
+  CHECK(*y == 256);
+  CHECK(*z == 768);
+  CHECK(a.free_bytes() == 4096 - 256 - 512 - 256);
+  REQUIRE(a.Free(*y, 300).ok());
+  REQUIRE(a.Free(*x, 1).ok());
+  // Free now: [0, 768) (x and y merged) and [1024, 4096).
+  CHECK(a.free_bytes() == 768 + 3072);
+  CHECK(a.largest_free() == 3072);
+  auto w = a.Allocate(768);
+  REQUIRE(w.ok());
+  CHECK(*w == 0);  // first fit reuses the merged hole
+  REQUIRE(a.Free(*w, 768).ok());
+  REQUIRE(a.Free(*z, 0).ok());
+  CHECK(a.free_bytes() == 4096);
+  CHECK(a.largest_free() == 4096);
+}
+
+TEST_CASE("exhaustion and bad frees are reported") {
+  RangeAllocator a(1024, 256);
+  REQUIRE(a.Allocate(1024).ok());
+  auto r = a.Allocate(1);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
+  REQUIRE(a.Free(0, 1024).ok());
+  CHECK(a.Free(0, 256).code() == absl::StatusCode::kInternal);  // double free
+  CHECK(a.Free(3, 1).code() == absl::StatusCode::kInternal);    // misaligned
+  CHECK(a.Free(1024, 1).code() == absl::StatusCode::kInternal);  // out of range
+  CHECK(a.free_bytes() == 1024);
+}
+
+TEST_CASE("random allocate/free keeps the books balanced") {
+  RangeAllocator a(1 << 20, 256);
+  std::mt19937_64 rng(7);
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  for (int i = 0; i < 5000; ++i) {
+    if (live.empty() || rng() % 3 != 0) {
+      uint64_t size = rng() % 20000;
+      auto r = a.Allocate(size);
+      if (r.ok()) {
+        for (auto& [o, s] : live) {
+          bool disjoint = *r + a.Rounded(size) <= o || o + a.Rounded(s) <= *r;
+          REQUIRE(disjoint);
+        }
+        live.push_back({*r, size});
+      }
+    } else {
+      size_t k = rng() % live.size();
+      REQUIRE(a.Free(live[k].first, live[k].second).ok());
+      live.erase(live.begin() + k);
+    }
+  }
+  uint64_t used = 0;
+  for (auto& [o, s] : live) used += a.Rounded(s);
+  CHECK(a.free_bytes() == a.capacity() - used);
+  for (auto& [o, s] : live) REQUIRE(a.Free(o, s).ok());
+  CHECK(a.largest_free() == a.capacity());
+}
+
+}  // namespace
+}  // namespace ckpt::daemon

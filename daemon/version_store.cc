@@ -1,0 +1,540 @@
+#include "daemon/version_store.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+#include "daemon/manifest.h"
+#include "spdlog/spdlog.h"
+
+namespace ckpt::daemon {
+
+// The arena ranges of one version; returned to the allocator on destruction.
+class VersionStore::Ranges {
+ public:
+  explicit Ranges(VersionStore* store) : store_(store) {}
+  ~Ranges() {
+    absl::MutexLock lock(&store_->alloc_mu_);
+    for (const auto& [offset, size] : ranges_) {
+      absl::Status s = store_->allocator_.Free(offset, size);
+      if (!s.ok()) spdlog::error("version store: {}", std::string(s.message()));
+    }
+  }
+  void Add(uint64_t offset, uint64_t size) { ranges_.push_back({offset, size}); }
+  uint64_t offset(size_t i) const { return ranges_[i].first; }
+
+ private:
+  VersionStore* store_;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges_;
+};
+
+struct VersionStore::Version {
+  uint64_t id = 0;
+  std::string token;
+  std::string label;
+  v1::Manifest manifest;
+  bool verify_checksums = true;
+  uint64_t total_bytes = 0;
+  std::unordered_map<std::string, int> index;
+  std::unique_ptr<Ranges> ranges;
+  absl::Time created;
+  absl::Time committed;
+  // STAGING or COMMITTED; a version being committed stays STAGING with `committing` set.
+  v1::VersionState state = v1::VERSION_STATE_STAGING;
+  std::atomic<int64_t> last_activity_ns{0};
+
+  mutable absl::Mutex mu;
+  bool committing ABSL_GUARDED_BY(mu) = false;
+  int writers ABSL_GUARDED_BY(mu) = 0;
+  // Received byte intervals per tensor: start -> end, disjoint and not touching.
+  std::vector<std::map<uint64_t, uint64_t>> received ABSL_GUARDED_BY(mu);
+  uint64_t received_bytes ABSL_GUARDED_BY(mu) = 0;
+
+  void Touch() { last_activity_ns = absl::ToUnixNanos(absl::Now()); }
+
+  // Adds [begin, end) to tensor i's intervals; returns the bytes that were new.
+  uint64_t MarkReceived(int i, uint64_t begin, uint64_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto& m = received[i];
+    const uint64_t chunk = end - begin;
+    uint64_t overlap = 0;
+    uint64_t lo = begin, hi = end;
+    auto it = m.upper_bound(begin);
+    if (it != m.begin() && std::prev(it)->second >= begin) --it;
+    while (it != m.end() && it->first <= end) {
+      if (it->second > begin && it->first < end) {
+        overlap += std::min(end, it->second) - std::max(begin, it->first);
+      }
+      lo = std::min(lo, it->first);
+      hi = std::max(hi, it->second);
+      it = m.erase(it);
+    }
+    m[lo] = hi;
+    return chunk - overlap;
+  }
+};
+
+namespace {
+
+std::string NewToken() {
+  std::random_device rd;
+  uint64_t a = (static_cast<uint64_t>(rd()) << 32) | rd();
+  uint64_t b = (static_cast<uint64_t>(rd()) << 32) | rd();
+  char buf[33];
+  std::snprintf(buf, sizeof(buf), "%016llx%016llx", static_cast<unsigned long long>(a),
+                static_cast<unsigned long long>(b));
+  return buf;
+}
+
+}  // namespace
+
+VersionStore::VersionStore(std::unique_ptr<HostArena> arena, Options options)
+    : arena_(std::move(arena)), options_(options), allocator_(arena_->size(), 256) {}
+
+VersionStore::~VersionStore() {
+  // Versions hold Ranges that point back here: drop them while the allocator exists.
+  std::map<uint64_t, std::shared_ptr<Version>> versions;
+  {
+    absl::MutexLock lock(&mu_);
+    versions.swap(versions_);
+  }
+}
+
+v1::VersionInfo VersionStore::Info(const Version& v) const {
+  v1::VersionInfo info;
+  info.set_version(v.id);
+  info.set_state(v.state);
+  info.set_tensor_count(v.manifest.tensors_size());
+  info.set_total_bytes(v.total_bytes);
+  info.set_created_unix_ms(absl::ToUnixMillis(v.created));
+  if (v.state == v1::VERSION_STATE_COMMITTED) {
+    info.set_committed_unix_ms(absl::ToUnixMillis(v.committed));
+  }
+  info.set_label(v.label);
+  absl::MutexLock lock(&v.mu);
+  info.set_received_bytes(v.received_bytes);
+  return info;
+}
+
+uint64_t VersionStore::RetirableBytes() const {
+  uint64_t bytes = 0;
+  bool newest = true;
+  for (auto it = versions_.rbegin(); it != versions_.rend(); ++it) {
+    if (it->second->state != v1::VERSION_STATE_COMMITTED) continue;
+    if (newest) {
+      newest = false;
+      continue;
+    }
+    for (const auto& t : it->second->manifest.tensors()) bytes += allocator_.Rounded(t.byte_size());
+  }
+  return bytes;
+}
+
+bool VersionStore::RetireOldest(std::vector<std::shared_ptr<Version>>* graveyard) {
+  int committed = 0;
+  for (const auto& [id, v] : versions_) committed += v->state == v1::VERSION_STATE_COMMITTED;
+  if (committed < 2) return false;
+  for (auto it = versions_.begin(); it != versions_.end(); ++it) {
+    if (it->second->state != v1::VERSION_STATE_COMMITTED) continue;
+    spdlog::info("version {} retired", it->first);
+    graveyard->push_back(std::move(it->second));
+    versions_.erase(it);
+    return true;
+  }
+  return false;
+}
+
+absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& manifest,
+                                                        uint64_t requested_version,
+                                                        const std::string& label,
+                                                        bool verify_checksums) {
+  uint64_t total = 0;
+  RETURN_IF_ERROR(ValidateManifest(manifest, &total));
+  auto v = std::make_shared<Version>();
+  v->manifest = manifest;
+  v->label = label;
+  v->verify_checksums = verify_checksums;
+  v->total_bytes = total;
+  v->token = NewToken();
+  v->created = absl::Now();
+  v->Touch();
+  v->index.reserve(manifest.tensors_size());
+  for (int i = 0; i < manifest.tensors_size(); ++i) v->index[manifest.tensors(i).name()] = i;
+  {
+    absl::MutexLock vlock(&v->mu);
+    v->received.resize(manifest.tensors_size());
+  }
+
+  std::vector<std::shared_ptr<Version>> graveyard;  // destroyed after mu_ is released
+  absl::MutexLock lock(&mu_);
+  if (requested_version != 0) {
+    if (versions_.count(requested_version) != 0) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("version ", requested_version, " is already in use"));
+    }
+    if (requested_version <= max_committed_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "version ids must increase: ", requested_version, " is not above the last committed id ",
+          max_committed_));
+    }
+    v->id = requested_version;
+  } else {
+    v->id = std::max(max_committed_, max_begun_) + 1;
+    while (versions_.count(v->id) != 0) ++v->id;
+  }
+
+  uint64_t needed = 0;
+  for (const auto& t : manifest.tensors()) needed += allocator_.Rounded(t.byte_size());
+  uint64_t free_bytes;
+  {
+    absl::MutexLock alock(&alloc_mu_);
+    free_bytes = allocator_.free_bytes();
+  }
+  if (needed > free_bytes + RetirableBytes()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "version of ", manifest.tensors_size(), " tensors needs ", needed, " bytes (",
+        FormatBytes(needed), ") but only ", free_bytes, " bytes (", FormatBytes(free_bytes),
+        ") are free of the ", FormatBytes(arena_->size()), " host_memory_budget, and ",
+        FormatBytes(RetirableBytes()), " more could be freed by retiring older versions"));
+  }
+  // Per-tensor first fit; retire old versions while something does not fit.
+  for (;;) {
+    auto ranges = std::make_unique<Ranges>(this);
+    bool fits = true;
+    {
+      absl::MutexLock alock(&alloc_mu_);
+      for (const auto& t : manifest.tensors()) {
+        auto offset = allocator_.Allocate(t.byte_size());
+        if (!offset.ok()) {
+          fits = false;
+          break;
+        }
+        ranges->Add(*offset, t.byte_size());
+      }
+    }
+    if (fits) {
+      v->ranges = std::move(ranges);
+      break;
+    }
+    ranges.reset();  // returns the partial allocation
+    if (!RetireOldest(&graveyard)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "version of ", manifest.tensors_size(), " tensors needs ", needed,
+          " bytes but the free memory of the host_memory_budget is too fragmented for it"));
+    }
+    graveyard.clear();  // frees the retired version's ranges now (takes alloc_mu_ only)
+  }
+  max_begun_ = std::max(max_begun_, v->id);
+  versions_[v->id] = v;
+  spdlog::info("version {} staging: {} tensors, {}{}", v->id, manifest.tensors_size(),
+               FormatBytes(total), label.empty() ? "" : absl::StrCat(", label '", label, "'"));
+  return Begun{v->id, v->token};
+}
+
+std::shared_ptr<VersionStore::Version> VersionStore::FindStaging(uint64_t version,
+                                                                 const std::string& token,
+                                                                 absl::Status* error) const {
+  auto it = versions_.find(version);
+  if (it == versions_.end() || it->second->state != v1::VERSION_STATE_STAGING) {
+    *error = absl::NotFoundError(absl::StrCat("no staging version ", version,
+                                              " (never begun, committed, or aborted)"));
+    return nullptr;
+  }
+  if (!token.empty() && it->second->token != token) {
+    *error = absl::PermissionDeniedError(
+        absl::StrCat("wrong upload token for version ", version));
+    return nullptr;
+  }
+  return it->second;
+}
+
+absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token,
+                                      const std::string& tensor, uint64_t offset, const void* data,
+                                      uint64_t size) {
+  if (token.empty()) return absl::PermissionDeniedError("chunk without an upload token");
+  std::shared_ptr<Version> v;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    absl::Status error;
+    v = FindStaging(version, token, &error);
+    if (v == nullptr) return error;
+  }
+  auto it = v->index.find(tensor);
+  if (it == v->index.end()) {
+    return absl::NotFoundError(absl::StrCat("version ", version, " has no tensor '", tensor, "'"));
+  }
+  const int i = it->second;
+  const uint64_t tensor_size = v->manifest.tensors(i).byte_size();
+  if (offset > tensor_size || size > tensor_size - offset) {
+    return absl::OutOfRangeError(absl::StrCat("chunk [", offset, ", ", offset + size,
+                                              ") is past the end of tensor '", tensor, "' (",
+                                              tensor_size, " bytes)"));
+  }
+  {
+    absl::MutexLock vlock(&v->mu);
+    if (v->committing) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("version ", version, " is being committed; no more chunks"));
+    }
+    ++v->writers;
+  }
+  v->Touch();
+  std::memcpy(arena_->data() + v->ranges->offset(i) + offset, data, size);
+  absl::MutexLock vlock(&v->mu);
+  if (size > 0) v->received_bytes += v->MarkReceived(i, offset, offset + size);
+  --v->writers;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint8_t*>> VersionStore::TensorAddresses(uint64_t version,
+                                                                   const std::string& token) {
+  std::shared_ptr<Version> v;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    absl::Status error;
+    v = FindStaging(version, token, &error);
+    if (v == nullptr) return error;
+  }
+  std::vector<uint8_t*> out;
+  out.reserve(v->manifest.tensors_size());
+  for (int i = 0; i < v->manifest.tensors_size(); ++i) {
+    out.push_back(arena_->data() + v->ranges->offset(i));
+  }
+  return out;
+}
+
+absl::Status VersionStore::MarkAllReceived(uint64_t version, const std::string& token) {
+  std::shared_ptr<Version> v;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    absl::Status error;
+    v = FindStaging(version, token, &error);
+    if (v == nullptr) return error;
+  }
+  absl::MutexLock vlock(&v->mu);
+  for (int i = 0; i < v->manifest.tensors_size(); ++i) {
+    uint64_t size = v->manifest.tensors(i).byte_size();
+    if (size > 0) v->received_bytes += v->MarkReceived(i, 0, size);
+  }
+  v->Touch();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std::string& token) {
+  std::shared_ptr<Version> v;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    absl::Status error;
+    v = FindStaging(version, token, &error);
+    if (v == nullptr) return error;
+  }
+  {
+    absl::MutexLock vlock(&v->mu);
+    if (v->committing) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("version ", version, " is already being committed"));
+    }
+    v->committing = true;
+    // Chunk copies that started before this point finish first (they are memcpy calls: short).
+    auto no_writers = [&v]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(v->mu) { return v->writers == 0; };
+    if (!v->mu.AwaitWithTimeout(absl::Condition(&no_writers), absl::Seconds(30))) {
+      v->committing = false;
+      return absl::DeadlineExceededError(
+          absl::StrCat("version ", version, ": chunk copies did not finish within 30 s"));
+    }
+  }
+  v->Touch();
+  auto fail = [&v](absl::Status s) {
+    absl::MutexLock vlock(&v->mu);
+    v->committing = false;
+    v->Touch();
+    return s;
+  };
+
+  // Every byte present?
+  std::vector<std::string> problems;
+  uint64_t missing_tensors = 0;
+  {
+    absl::MutexLock vlock(&v->mu);
+    for (int i = 0; i < v->manifest.tensors_size(); ++i) {
+      const auto& spec = v->manifest.tensors(i);
+      const auto& got = v->received[i];
+      uint64_t have = got.empty() ? 0 : (got.begin()->first == 0 ? got.begin()->second : 0);
+      if (spec.byte_size() == 0 || (got.size() == 1 && have == spec.byte_size())) continue;
+      ++missing_tensors;
+      if (problems.size() < 8) {
+        uint64_t present = 0;
+        for (const auto& [b, e] : got) present += e - b;
+        problems.push_back(absl::StrCat("'", spec.name(), "' has ", spec.byte_size() - present,
+                                        " of ", spec.byte_size(), " bytes missing (first gap at ",
+                                        have, ")"));
+      }
+    }
+  }
+  if (missing_tensors > 0) {
+    return fail(absl::FailedPreconditionError(absl::StrCat(
+        "version ", version, " is incomplete: ", missing_tensors, " tensor(s) lack bytes: ",
+        absl::StrJoin(problems, "; "), missing_tensors > problems.size() ? "; ..." : "")));
+  }
+
+  // Checksums, in parallel over tensors.
+  const int n = v->manifest.tensors_size();
+  std::vector<uint64_t> sums(n);
+  std::atomic<int> next{0};
+  auto hash = [&] {
+    for (int i = next++; i < n; i = next++) {
+      sums[i] = XXH3_64bits(arena_->data() + v->ranges->offset(i), v->manifest.tensors(i).byte_size());
+    }
+  };
+  int threads = std::max(1, std::min(options_.hash_threads, n));
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(hash);
+  hash();
+  for (auto& t : pool) t.join();
+  if (v->verify_checksums) {
+    uint64_t mismatches = 0;
+    for (int i = 0; i < n; ++i) {
+      const auto& spec = v->manifest.tensors(i);
+      if (sums[i] == spec.xxh3()) continue;
+      ++mismatches;
+      if (problems.size() < 8) {
+        problems.push_back(absl::StrFormat("'%s' has xxh3 %016x, manifest says %016x", spec.name(),
+                                           sums[i], spec.xxh3()));
+      }
+    }
+    if (mismatches > 0) {
+      return fail(absl::FailedPreconditionError(absl::StrCat(
+          "version ", version, ": checksum mismatch in ", mismatches, " tensor(s): ",
+          absl::StrJoin(problems, "; "), mismatches > problems.size() ? "; ..." : "")));
+    }
+  } else {
+    for (int i = 0; i < n; ++i) v->manifest.mutable_tensors(i)->set_xxh3(sums[i]);
+  }
+
+  std::vector<std::shared_ptr<Version>> graveyard;
+  v1::VersionInfo info;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = versions_.find(version);
+    if (it == versions_.end() || it->second != v) {
+      return absl::AbortedError(absl::StrCat("version ", version, " was aborted during commit"));
+    }
+    if (version <= max_committed_) {
+      // A newer version committed while this one was staging: committing this one would make
+      // readers see ids go backwards.
+      return fail(absl::FailedPreconditionError(absl::StrCat(
+          "version ", version, " cannot commit after the newer version ", max_committed_)));
+    }
+    v->state = v1::VERSION_STATE_COMMITTED;
+    v->committed = absl::Now();
+    max_committed_ = version;
+    int committed = 0;
+    for (const auto& [id, other] : versions_) committed += other->state == v1::VERSION_STATE_COMMITTED;
+    for (; committed > options_.max_versions && RetireOldest(&graveyard); --committed) {
+    }
+    info = Info(*v);
+  }
+  spdlog::info("version {} committed: {} tensors, {}", version, n, FormatBytes(v->total_bytes));
+  return info;
+}
+
+absl::Status VersionStore::Abort(uint64_t version, const std::string& token,
+                                 const std::string& why) {
+  std::shared_ptr<Version> victim;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::Status error;
+    victim = FindStaging(version, token, &error);
+    if (victim == nullptr) return error;
+    versions_.erase(version);
+  }
+  spdlog::info("version {} aborted: {}", version, why);
+  return absl::OkStatus();
+}
+
+absl::Status VersionStore::Drop(uint64_t version) {
+  std::shared_ptr<Version> victim;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = versions_.find(version);
+    if (it == versions_.end()) {
+      return absl::NotFoundError(absl::StrCat("no version ", version));
+    }
+    victim = std::move(it->second);
+    versions_.erase(it);
+  }
+  spdlog::info("version {} dropped by request", version);
+  return absl::OkStatus();
+}
+
+std::vector<v1::VersionInfo> VersionStore::List() const {
+  absl::ReaderMutexLock lock(&mu_);
+  std::vector<v1::VersionInfo> out;
+  for (const auto& [id, v] : versions_) out.push_back(Info(*v));
+  return out;
+}
+
+absl::StatusOr<v1::GetVersionResponse> VersionStore::Get(uint64_t version) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = versions_.find(version);
+  if (it == versions_.end()) return absl::NotFoundError(absl::StrCat("no version ", version));
+  v1::GetVersionResponse r;
+  *r.mutable_info() = Info(*it->second);
+  *r.mutable_manifest() = it->second->manifest;
+  return r;
+}
+
+int VersionStore::AbortStale(absl::Time now) {
+  std::vector<std::shared_ptr<Version>> victims;
+  const int64_t cutoff = absl::ToUnixNanos(now - options_.staging_timeout);
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = versions_.begin(); it != versions_.end();) {
+      Version& v = *it->second;
+      bool stale = v.state == v1::VERSION_STATE_STAGING && v.last_activity_ns.load() < cutoff;
+      if (stale) {
+        absl::MutexLock vlock(&v.mu);
+        stale = !v.committing && v.writers == 0;
+      }
+      if (stale) {
+        spdlog::warn("version {} aborted: no activity for {}", it->first,
+                     HumanDuration(options_.staging_timeout));
+        victims.push_back(std::move(it->second));
+        it = versions_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  return static_cast<int>(victims.size());
+}
+
+VersionStore::Usage VersionStore::GetUsage() const {
+  Usage u;
+  u.budget_bytes = arena_->size();
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [id, v] : versions_) {
+      if (v->state == v1::VERSION_STATE_COMMITTED) {
+        ++u.committed;
+        u.latest_committed = std::max(u.latest_committed, id);
+      } else {
+        ++u.staging;
+      }
+    }
+  }
+  absl::MutexLock alock(&alloc_mu_);
+  u.used_bytes = allocator_.capacity() - allocator_.free_bytes();
+  return u;
+}
+
+}  // namespace ckpt::daemon

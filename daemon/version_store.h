@@ -1,0 +1,134 @@
+// VersionStore: checkpoint versions in the daemon's host arena.
+//
+// A version is STAGING from Begin until Commit has found every byte present and every XXH3-64
+// checksum matching; then COMMITTED (visible to readers) until it is retired (Drop, or pushed out by
+// newer versions: at most max_versions stay committed) or, while STAGING, aborted (Abort, a broken
+// push stream, or no activity for staging_timeout). Retired and aborted versions are forgotten and
+// their memory returns to the arena.
+//
+// Memory: each tensor gets its own 256-byte aligned range of the arena at Begin (admission control:
+// RESOURCE_EXHAUSTED when the version cannot fit even after retiring the committed versions that may
+// be retired: every committed version but the newest). Chunks are copied straight from the RPC's
+// buffers into those ranges; a chunk sent twice writes the same bytes again and counts once.
+//
+// Version ids: 0 asks the store for the next id. A given id must not be in use (ALREADY_EXISTS) and
+// must be greater than every id committed so far (FAILED_PRECONDITION), so readers only ever see ids
+// increase. An aborted id may be used again.
+//
+// Thread-safety: every method may be called from any thread. Chunk copies of one or several versions
+// run in parallel (the store lock is not held while copying).
+#ifndef CKPT_DAEMON_VERSION_STORE_H_
+#define CKPT_DAEMON_VERSION_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "daemon/host_arena.h"
+#include "daemon/range_allocator.h"
+#include "proto/admin.pb.h"
+#include "proto/common.pb.h"
+
+namespace ckpt::daemon {
+
+class VersionStore {
+ public:
+  struct Options {
+    // Committed versions kept at most; the oldest are retired when a commit exceeds it.
+    int max_versions = 2;
+    // A STAGING version without any chunk, commit or begin for this long is aborted (AbortStale).
+    absl::Duration staging_timeout = absl::Minutes(5);
+    // Threads that verify checksums at commit.
+    int hash_threads = 8;
+  };
+
+  struct Begun {
+    uint64_t version = 0;
+    std::string upload_token;
+  };
+
+  struct Usage {
+    uint64_t budget_bytes = 0;
+    uint64_t used_bytes = 0;
+    uint32_t staging = 0;
+    uint32_t committed = 0;
+    uint64_t latest_committed = 0;
+  };
+
+  VersionStore(std::unique_ptr<HostArena> arena, Options options);
+  ~VersionStore();
+  VersionStore(const VersionStore&) = delete;
+  VersionStore& operator=(const VersionStore&) = delete;
+
+  // Opens a STAGING version. `verify_checksums` false: the manifest carries no checksums; Commit
+  // computes and records them (LoadFiles). Errors: INVALID_ARGUMENT (manifest), ALREADY_EXISTS /
+  // FAILED_PRECONDITION (id), RESOURCE_EXHAUSTED (needed and free bytes in the message).
+  absl::StatusOr<Begun> Begin(const v1::Manifest& manifest, uint64_t requested_version,
+                              const std::string& label, bool verify_checksums = true);
+
+  // Copies `size` bytes to `offset` of `tensor`. Errors: NOT_FOUND (version not staging, unknown
+  // tensor), PERMISSION_DENIED (token), OUT_OF_RANGE (past the tensor's end).
+  absl::Status WriteChunk(uint64_t version, const std::string& token, const std::string& tensor,
+                          uint64_t offset, const void* data, uint64_t size);
+
+  // For readers that fill a STAGING version themselves (LoadFiles): the address of each tensor's
+  // bytes, in manifest order. Call MarkAllReceived once they are written.
+  absl::StatusOr<std::vector<uint8_t*>> TensorAddresses(uint64_t version, const std::string& token);
+  absl::Status MarkAllReceived(uint64_t version, const std::string& token);
+
+  // STAGING -> COMMITTED. FAILED_PRECONDITION listing tensors with missing bytes or a checksum
+  // mismatch (the version stays STAGING: the trainer may resend and commit again, or abort).
+  absl::StatusOr<v1::VersionInfo> Commit(uint64_t version, const std::string& token);
+
+  // Forgets a STAGING version and frees its memory (once in-flight chunk copies end).
+  // `token` empty: internal callers (broken stream, timeout) that need none.
+  absl::Status Abort(uint64_t version, const std::string& token, const std::string& why);
+
+  // Retires a COMMITTED version or aborts a STAGING one. NOT_FOUND if neither.
+  absl::Status Drop(uint64_t version);
+
+  // STAGING and COMMITTED versions, by id.
+  std::vector<v1::VersionInfo> List() const;
+  absl::StatusOr<v1::GetVersionResponse> Get(uint64_t version) const;
+
+  // Aborts STAGING versions idle since before now - staging_timeout. Returns how many.
+  int AbortStale(absl::Time now);
+
+  Usage GetUsage() const;
+
+ private:
+  struct Version;
+  class Ranges;
+
+  std::shared_ptr<Version> FindStaging(uint64_t version, const std::string& token,
+                                       absl::Status* error) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Bytes held by committed versions that may be retired to make room: all but the newest.
+  uint64_t RetirableBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes the oldest retirable committed version; false if there is none.
+  bool RetireOldest(std::vector<std::shared_ptr<Version>>* graveyard)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::VersionInfo Info(const Version& v) const;
+
+  const std::unique_ptr<HostArena> arena_;
+  const Options options_;
+
+  // Lock order: mu_ before alloc_mu_ (a version's ranges go back to the allocator when its last
+  // reference drops, which may happen under mu_).
+  mutable absl::Mutex mu_;
+  std::map<uint64_t, std::shared_ptr<Version>> versions_ ABSL_GUARDED_BY(mu_);
+  uint64_t max_committed_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t max_begun_ ABSL_GUARDED_BY(mu_) = 0;
+
+  mutable absl::Mutex alloc_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  RangeAllocator allocator_ ABSL_GUARDED_BY(alloc_mu_);
+};
+
+}  // namespace ckpt::daemon
+
+#endif  // CKPT_DAEMON_VERSION_STORE_H_

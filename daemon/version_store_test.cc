@@ -1,0 +1,300 @@
+#include "daemon/version_store.h"
+
+#include <xxhash.h>
+
+#include <catch2/catch.hpp>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/dtype.h"
+
+namespace ckpt::daemon {
+namespace {
+
+struct Tensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+Tensor MakeTensor(const std::string& name, std::vector<int64_t> shape, uint64_t seed) {
+  uint64_t n = 4;  // float32
+  for (int64_t d : shape) n *= d;
+  std::string bytes(n, '\0');
+  std::mt19937_64 rng(seed);
+  for (auto& c : bytes) c = static_cast<char>(rng());
+  return {name, std::move(shape), std::move(bytes)};
+}
+
+v1::Manifest ManifestOf(const std::vector<Tensor>& tensors) {
+  v1::Manifest m;
+  for (const Tensor& t : tensors) {
+    v1::TensorSpec* s = m.add_tensors();
+    s->set_name(t.name);
+    s->set_dtype(v1::DTYPE_FLOAT32);
+    for (int64_t d : t.shape) s->add_shape(d);
+    s->set_byte_size(t.bytes.size());
+    s->set_xxh3(XXH3_64bits(t.bytes.data(), t.bytes.size()));
+  }
+  return m;
+}
+
+std::unique_ptr<VersionStore> NewStore(uint64_t budget, VersionStore::Options options = {}) {
+  auto arena = HostArena::Create(HostArena::Kind::kShared, budget);
+  REQUIRE(arena.ok());
+  return std::make_unique<VersionStore>(std::move(*arena), options);
+}
+
+// Pushes every tensor in chunks of `chunk` bytes, in reverse order (any order must work).
+void PushAll(VersionStore& store, const VersionStore::Begun& b, const std::vector<Tensor>& ts,
+             uint64_t chunk = 1000) {
+  for (const Tensor& t : ts) {
+    for (uint64_t off = 0; off < t.bytes.size(); off += chunk) {
+      uint64_t end = std::min<uint64_t>(t.bytes.size(), off + chunk);
+      REQUIRE(store.WriteChunk(b.version, b.upload_token, t.name, t.bytes.size() - end,
+                               t.bytes.data() + t.bytes.size() - end, end - off)
+                  .ok());
+    }
+  }
+}
+
+bool Contains(absl::string_view s, absl::string_view needle) {
+  return s.find(needle) != absl::string_view::npos;
+}
+
+TEST_CASE("begin, push in any order, commit: the version is committed with its manifest") {
+  auto store = NewStore(1 << 20);
+  std::vector<Tensor> ts = {MakeTensor("a", {10, 10}, 1), MakeTensor("b", {333}, 2),
+                            MakeTensor("empty", {0}, 3)};
+  auto b = store->Begin(ManifestOf(ts), 0, "step-1");
+  REQUIRE(b.ok());
+  CHECK(b->version == 1);
+  CHECK(b->upload_token.size() == 32);
+  CHECK(store->GetUsage().staging == 1);
+  PushAll(*store, *b, ts);
+  // Resending a chunk is harmless and counts once.
+  REQUIRE(store->WriteChunk(b->version, b->upload_token, "a", 0, ts[0].bytes.data(), 100).ok());
+  auto info = store->Commit(b->version, b->upload_token);
+  REQUIRE(info.ok());
+  CHECK(info->state() == v1::VERSION_STATE_COMMITTED);
+  CHECK(info->total_bytes() == 400 + 1332);
+  CHECK(info->received_bytes() == 400 + 1332);
+  CHECK(info->label() == "step-1");
+  auto got = store->Get(b->version);
+  REQUIRE(got.ok());
+  CHECK(got->manifest().tensors_size() == 3);
+  auto usage = store->GetUsage();
+  CHECK(usage.committed == 1);
+  CHECK(usage.staging == 0);
+  CHECK(usage.latest_committed == 1);
+  CHECK(usage.used_bytes == 512 + 1536 + 256);
+}
+
+TEST_CASE("commit names missing bytes and checksum mismatches and keeps the version staging") {
+  auto store = NewStore(1 << 20);
+  std::vector<Tensor> ts = {MakeTensor("w", {256}, 1)};
+  auto b = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(b.ok());
+  REQUIRE(store->WriteChunk(b->version, b->upload_token, "w", 0, ts[0].bytes.data(), 512).ok());
+  auto r = store->Commit(b->version, b->upload_token);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(r.status().message(), "'w' has 512 of 1024 bytes missing (first gap at 512)"));
+
+  std::string wrong = ts[0].bytes.substr(512);
+  wrong[7] ^= 1;
+  REQUIRE(store->WriteChunk(b->version, b->upload_token, "w", 512, wrong.data(), 512).ok());
+  r = store->Commit(b->version, b->upload_token);
+  REQUIRE_FALSE(r.ok());
+  CHECK(Contains(r.status().message(), "checksum mismatch"));
+  CHECK(Contains(r.status().message(), "'w'"));
+  // The trainer resends the right bytes and commits.
+  REQUIRE(store->WriteChunk(b->version, b->upload_token, "w", 512, ts[0].bytes.data() + 512, 512)
+              .ok());
+  CHECK(store->Commit(b->version, b->upload_token).ok());
+}
+
+TEST_CASE("chunk errors: token, version, tensor, range") {
+  auto store = NewStore(1 << 20);
+  std::vector<Tensor> ts = {MakeTensor("w", {16}, 1)};
+  auto b = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(b.ok());
+  char buf[100] = {};
+  CHECK(store->WriteChunk(b->version, "bad", "w", 0, buf, 4).code() ==
+        absl::StatusCode::kPermissionDenied);
+  CHECK(store->WriteChunk(b->version, "", "w", 0, buf, 4).code() ==
+        absl::StatusCode::kPermissionDenied);
+  CHECK(store->WriteChunk(99, b->upload_token, "w", 0, buf, 4).code() ==
+        absl::StatusCode::kNotFound);
+  CHECK(store->WriteChunk(b->version, b->upload_token, "x", 0, buf, 4).code() ==
+        absl::StatusCode::kNotFound);
+  absl::Status past = store->WriteChunk(b->version, b->upload_token, "w", 60, buf, 5);
+  CHECK(past.code() == absl::StatusCode::kOutOfRange);
+  CHECK(Contains(past.message(), "past the end of tensor 'w' (64 bytes)"));
+  CHECK(store->WriteChunk(b->version, b->upload_token, "w", ~0ull, buf, 2).code() ==
+        absl::StatusCode::kOutOfRange);
+}
+
+TEST_CASE("manifest errors at begin leave nothing behind") {
+  auto store = NewStore(1 << 20);
+  auto bad = [&](v1::Manifest m, const char* needle) {
+    INFO(needle);
+    auto r = store->Begin(m, 0, "");
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(Contains(r.status().message(), needle));
+  };
+  bad(v1::Manifest(), "no tensors");
+  v1::Manifest dup = ManifestOf({MakeTensor("a", {1}, 1), MakeTensor("a", {2}, 2)});
+  bad(dup, "duplicate tensor name 'a'");
+  v1::Manifest dtype = ManifestOf({MakeTensor("a", {1}, 1)});
+  dtype.mutable_tensors(0)->set_dtype(static_cast<v1::DType>(77));
+  bad(dtype, "unknown dtype 77");
+  v1::Manifest size = ManifestOf({MakeTensor("a", {3}, 1)});
+  size.mutable_tensors(0)->set_byte_size(13);
+  bad(size, "byte_size 13 does not match shape [3] of float32 (12 bytes)");
+  CHECK(store->GetUsage().used_bytes == 0);
+  CHECK(store->List().empty());
+}
+
+TEST_CASE("version ids: given ids must be unused and increase") {
+  auto store = NewStore(1 << 20);
+  std::vector<Tensor> ts = {MakeTensor("w", {4}, 1)};
+  auto b = store->Begin(ManifestOf(ts), 10, "");
+  REQUIRE(b.ok());
+  CHECK(b->version == 10);
+  CHECK(store->Begin(ManifestOf(ts), 10, "").status().code() ==
+        absl::StatusCode::kAlreadyExists);
+  PushAll(*store, *b, ts);
+  REQUIRE(store->Commit(10, b->upload_token).ok());
+  CHECK(store->Begin(ManifestOf(ts), 5, "").status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  auto next = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(next.ok());
+  CHECK(next->version == 11);
+  // An aborted id may be used again.
+  REQUIRE(store->Abort(11, next->upload_token, "test").ok());
+  CHECK(store->Begin(ManifestOf(ts), 11, "").ok());
+}
+
+TEST_CASE("admission control refuses what cannot fit, with needed and free bytes") {
+  auto store = NewStore(64 * 1024);
+  std::vector<Tensor> big = {MakeTensor("w", {20000}, 1)};  // 80000 bytes
+  auto r = store->Begin(ManifestOf(big), 0, "");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(Contains(r.status().message(), "needs 80128 bytes"));
+  CHECK(Contains(r.status().message(), "only 65536 bytes"));
+  CHECK(store->GetUsage().used_bytes == 0);
+}
+
+TEST_CASE("old versions are retired: at most max_versions, and to make room for a new one") {
+  VersionStore::Options options;
+  options.max_versions = 2;
+  auto store = NewStore(35000, options);
+  std::vector<Tensor> ts = {MakeTensor("w", {2500}, 1)};  // 10000 (10240 aligned): 3 fit, 4 do not
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto b = store->Begin(ManifestOf(ts), 0, "");
+    REQUIRE(b.ok());
+    PushAll(*store, *b, ts, 4096);
+    REQUIRE(store->Commit(b->version, b->upload_token).ok());
+    ids.push_back(b->version);
+  }
+  // The third commit retired the first.
+  auto list = store->List();
+  REQUIRE(list.size() == 2);
+  CHECK(list[0].version() == ids[1]);
+  CHECK(list[1].version() == ids[2]);
+  CHECK(store->Get(ids[0]).status().code() == absl::StatusCode::kNotFound);
+
+  // Two staging versions fill the memory; the older committed one is retired for the second, the
+  // newest committed one never is.
+  auto s1 = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(s1.ok());
+  auto s2 = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(s2.ok());
+  list = store->List();
+  REQUIRE(list.size() == 3);
+  CHECK(list[0].version() == ids[2]);
+  auto s3 = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE_FALSE(s3.ok());
+  CHECK(s3.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(store->Get(ids[2]).ok());
+}
+
+TEST_CASE("abort, drop and stale staging versions return their memory") {
+  VersionStore::Options options;
+  options.staging_timeout = absl::Seconds(10);
+  auto store = NewStore(1 << 20, options);
+  std::vector<Tensor> ts = {MakeTensor("w", {1000}, 1)};
+  auto a = store->Begin(ManifestOf(ts), 0, "");
+  auto b = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(store->Abort(a->version, "wrong", "x").code() == absl::StatusCode::kPermissionDenied);
+  REQUIRE(store->Abort(a->version, a->upload_token, "test").ok());
+  CHECK(store->Abort(a->version, a->upload_token, "again").code() ==
+        absl::StatusCode::kNotFound);
+  CHECK(store->AbortStale(absl::Now()) == 0);
+  CHECK(store->AbortStale(absl::Now() + absl::Seconds(11)) == 1);
+  CHECK(store->GetUsage().used_bytes == 0);
+  CHECK(store->GetUsage().staging == 0);
+
+  auto c = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(c.ok());
+  PushAll(*store, *c, ts);
+  REQUIRE(store->Commit(c->version, c->upload_token).ok());
+  REQUIRE(store->Drop(c->version).ok());
+  CHECK(store->Drop(c->version).code() == absl::StatusCode::kNotFound);
+  CHECK(store->GetUsage().used_bytes == 0);
+}
+
+TEST_CASE("parallel writers into one version") {
+  auto store = NewStore(16 << 20);
+  std::vector<Tensor> ts;
+  for (int i = 0; i < 16; ++i) ts.push_back(MakeTensor("t" + std::to_string(i), {40000}, i));
+  auto b = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(b.ok());
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int k = 0; k < 4; ++k) {
+    threads.emplace_back([&, k] {
+      for (size_t i = k; i < ts.size(); i += 4) {
+        for (uint64_t off = 0; off < ts[i].bytes.size(); off += 7000) {
+          uint64_t n = std::min<uint64_t>(7000, ts[i].bytes.size() - off);
+          if (!store->WriteChunk(b->version, b->upload_token, ts[i].name, off,
+                                 ts[i].bytes.data() + off, n)
+                   .ok()) {
+            ++failures;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failures == 0);
+  CHECK(store->Commit(b->version, b->upload_token).ok());
+}
+
+TEST_CASE("LoadFiles path: addresses, mark received, checksums computed at commit") {
+  auto store = NewStore(1 << 20);
+  std::vector<Tensor> ts = {MakeTensor("x", {8}, 5)};
+  v1::Manifest m = ManifestOf(ts);
+  m.mutable_tensors(0)->clear_xxh3();
+  auto b = store->Begin(m, 0, "", /*verify_checksums=*/false);
+  REQUIRE(b.ok());
+  auto addrs = store->TensorAddresses(b->version, b->upload_token);
+  REQUIRE(addrs.ok());
+  std::memcpy((*addrs)[0], ts[0].bytes.data(), ts[0].bytes.size());
+  REQUIRE(store->MarkAllReceived(b->version, b->upload_token).ok());
+  REQUIRE(store->Commit(b->version, b->upload_token).ok());
+  auto got = store->Get(b->version);
+  REQUIRE(got.ok());
+  CHECK(got->manifest().tensors(0).xxh3() == XXH3_64bits(ts[0].bytes.data(), ts[0].bytes.size()));
+}
+
+}  // namespace
+}  // namespace ckpt::daemon
