@@ -12,6 +12,7 @@
 #include "common/defaults.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 
 namespace ckpt::client {
 
@@ -58,7 +59,8 @@ absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc,
   }
 }
 
-absl::StatusOr<std::unique_ptr<DaemonClient>> DaemonClient::Connect(const Endpoint& endpoint) {
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(const Endpoint& endpoint,
+                                                           bool private_connection) {
   if (!endpoint.unix_path.empty()) {
     const std::string& path = endpoint.unix_path;
     struct stat st;
@@ -81,9 +83,19 @@ absl::StatusOr<std::unique_ptr<DaemonClient>> DaemonClient::Connect(const Endpoi
                        " (the socket is mode 0600: run as the daemon's user or root)"));
     }
   }
-  auto channel = grpc::CreateChannel(endpoint.target, grpc::InsecureChannelCredentials());
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(256 << 20);
+  // Channels with equal arguments share a subchannel (one connection) through gRPC's global pool;
+  // a local pool gives this channel a connection of its own.
+  if (private_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(endpoint.target, grpc::InsecureChannelCredentials(), args);
+}
+
+absl::StatusOr<std::unique_ptr<DaemonClient>> DaemonClient::Connect(const Endpoint& endpoint) {
+  auto channel = OpenChannel(endpoint);
+  if (!channel.ok()) return channel.status();
   return std::unique_ptr<DaemonClient>(
-      new DaemonClient(endpoint, v1::Admin::NewStub(std::move(channel))));
+      new DaemonClient(endpoint, v1::Admin::NewStub(*std::move(channel))));
 }
 
 absl::StatusOr<v1::StatusResponse> DaemonClient::Status(absl::Duration timeout) {
@@ -93,6 +105,46 @@ absl::StatusOr<v1::StatusResponse> DaemonClient::Status(absl::Duration timeout) 
   grpc::Status s = admin_->Status(&context, v1::StatusRequest(), &response);
   if (!s.ok()) return FromGrpc(s, "Status", endpoint_);
   return response;
+}
+
+namespace {
+
+void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+}  // namespace
+
+absl::StatusOr<v1::ListVersionsResponse> DaemonClient::ListVersions(absl::Duration timeout) {
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout);
+  v1::ListVersionsResponse response;
+  grpc::Status s = admin_->ListVersions(&context, v1::ListVersionsRequest(), &response);
+  if (!s.ok()) return FromGrpc(s, "ListVersions", endpoint_);
+  return response;
+}
+
+absl::StatusOr<v1::GetVersionResponse> DaemonClient::GetVersion(uint64_t version,
+                                                                absl::Duration timeout) {
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout);
+  v1::GetVersionRequest request;
+  request.set_version(version);
+  v1::GetVersionResponse response;
+  grpc::Status s = admin_->GetVersion(&context, request, &response);
+  if (!s.ok()) return FromGrpc(s, "GetVersion", endpoint_);
+  return response;
+}
+
+absl::Status DaemonClient::Drop(uint64_t version, absl::Duration timeout) {
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout);
+  v1::DropRequest request;
+  request.set_version(version);
+  v1::DropResponse response;
+  grpc::Status s = admin_->Drop(&context, request, &response);
+  if (!s.ok()) return FromGrpc(s, "Drop", endpoint_);
+  return absl::OkStatus();
 }
 
 }  // namespace ckpt::client

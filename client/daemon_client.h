@@ -1,16 +1,18 @@
 // C++ client of a local or remote ckpt-engined: finds the daemon's endpoint and calls its Admin
-// API.
+// API (status, versions). The Trainer API is in trainer_client.h.
 //
 // Errors come back as absl::Status with one-line messages meant for operators: the daemon is not
 // running, the socket is not accessible, the call timed out, ...
 #ifndef CKPT_CLIENT_DAEMON_CLIENT_H_
 #define CKPT_CLIENT_DAEMON_CLIENT_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "grpcpp/channel.h"
 #include "proto/admin.grpc.pb.h"
 
 namespace ckpt::client {
@@ -30,19 +32,36 @@ absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path,
 // Converts a failed RPC into a Status whose message says what failed where. Codes are kept.
 absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc, const Endpoint& endpoint);
 
+// Checks what can be checked before connecting (a Unix socket exists, is a socket, is accessible)
+// and creates a channel to `endpoint`:
+//   UNAVAILABLE: no socket at the path (daemon not running);
+//   PERMISSION_DENIED: the socket exists but this user may not use it;
+//   FAILED_PRECONDITION: the path is not a socket.
+// The connection itself is made lazily by the first call. `private_connection`: the channel gets
+// its own connection instead of sharing one with other channels to the same target (parallel
+// upload streams use one each). Responses up to 256 MiB are accepted (large manifests).
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(const Endpoint& endpoint,
+                                                           bool private_connection = false);
+
 // Thread-safe; one channel per client.
 class DaemonClient {
  public:
-  // Checks what can be checked before connecting (a Unix socket exists, is a socket, is
-  // accessible):
-  //   UNAVAILABLE: no socket at the path (daemon not running);
-  //   PERMISSION_DENIED: the socket exists but this user may not use it;
-  //   FAILED_PRECONDITION: the path is not a socket.
-  // The connection itself is made lazily by the first call.
+  // The checks and errors of OpenChannel.
   static absl::StatusOr<std::unique_ptr<DaemonClient>> Connect(const Endpoint& endpoint);
 
   // Admin.Status with a deadline of now + `timeout`.
   absl::StatusOr<v1::StatusResponse> Status(absl::Duration timeout);
+
+  // Admin.ListVersions: every version the daemon holds (STAGING and COMMITTED), as the daemon
+  // orders them.
+  absl::StatusOr<v1::ListVersionsResponse> ListVersions(absl::Duration timeout);
+
+  // Admin.GetVersion: one version with its manifest; NOT_FOUND for an unknown or retired version.
+  absl::StatusOr<v1::GetVersionResponse> GetVersion(uint64_t version, absl::Duration timeout);
+
+  // Admin.Drop: retires a COMMITTED version (FAILED_PRECONDITION while workers read it) or aborts a
+  // STAGING one; NOT_FOUND for an unknown version.
+  absl::Status Drop(uint64_t version, absl::Duration timeout);
 
   const Endpoint& endpoint() const { return endpoint_; }
 

@@ -1,0 +1,341 @@
+#include "client/trainer_client.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <numeric>
+#include <system_error>
+#include <thread>
+#include <unordered_set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+
+namespace ckpt::client {
+namespace {
+
+constexpr int kMaxStreams = 64;
+// How often the calling thread wakes up during the upload: progress, cancellation, stall checks.
+constexpr absl::Duration kTick = absl::Milliseconds(50);
+// Commit verifies every checksum on the daemon: its deadline grows with the bytes.
+constexpr double kCommitVerifyBytesPerSecond = 2.0 * (1ull << 30);
+
+void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+std::string Quoted(const std::string& name) { return absl::StrCat("'", name, "'"); }
+
+}  // namespace
+
+absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOptions& options) {
+  if (tensors.empty()) return absl::InvalidArgumentError("nothing to push: no tensors");
+  if (options.streams < 1 || options.streams > kMaxStreams) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("streams must be 1..", kMaxStreams, ", not ", options.streams));
+  }
+  if (options.chunk_bytes < 1 || options.chunk_bytes > kMaxChunkBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("chunk_bytes must be 1..", kMaxChunkBytes,
+                                                   " (16 MiB), not ", options.chunk_bytes));
+  }
+  if (options.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("timeout must be positive");
+  }
+  if (!(options.min_bytes_per_second > 0)) {
+    return absl::InvalidArgumentError("min_bytes_per_second must be positive");
+  }
+  std::unordered_set<std::string> names;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorView& t = tensors[i];
+    if (t.name.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor #", i, " has an empty name"));
+    }
+    if (!names.insert(t.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name ", Quoted(t.name)));
+    }
+    if (!DTypeFromWire(static_cast<int>(t.dtype)).has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", Quoted(t.name), ": unknown dtype ", static_cast<int>(t.dtype)));
+    }
+    auto expected = TensorByteSize(t.dtype, t.shape);
+    if (!expected.ok()) return Annotate(expected.status(), absl::StrCat("tensor ", Quoted(t.name)));
+    if (*expected != t.bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", Quoted(t.name), ": ", t.bytes, " bytes given, but shape [",
+          absl::StrJoin(t.shape, ", "), "] of ", DTypeName(t.dtype), " needs ", *expected));
+    }
+    if (t.bytes > 0 && t.data == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", Quoted(t.name), ": data is null for ", t.bytes, " bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<uint64_t> HashTensors(const std::vector<TensorView>& tensors, int threads) {
+  std::vector<uint64_t> hashes(tensors.size());
+  // Largest first, handed out one at a time: the threads finish close together.
+  std::vector<size_t> order(tensors.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return tensors[a].bytes > tensors[b].bytes; });
+  if (threads <= 0) {
+    threads = std::min<int>(8, std::max(1u, std::thread::hardware_concurrency()));
+  }
+  threads = std::max(1, std::min<int>(threads, static_cast<int>(tensors.size())));
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t k = next.fetch_add(1); k < order.size(); k = next.fetch_add(1)) {
+      const TensorView& t = tensors[order[k]];
+      hashes[order[k]] = XXH3_64bits(t.bytes > 0 ? t.data : "", t.bytes);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int i = 1; i < threads; ++i) pool.emplace_back(work);
+  work();
+  for (std::thread& t : pool) t.join();
+  return hashes;
+}
+
+v1::Manifest BuildManifest(const std::vector<TensorView>& tensors,
+                           const std::vector<uint64_t>& xxh3) {
+  v1::Manifest manifest;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    v1::TensorSpec* spec = manifest.add_tensors();
+    spec->set_name(tensors[i].name);
+    spec->set_dtype(static_cast<v1::DType>(tensors[i].dtype));
+    for (int64_t d : tensors[i].shape) spec->add_shape(d);
+    spec->set_byte_size(tensors[i].bytes);
+    spec->set_xxh3(i < xxh3.size() ? xxh3[i] : 0);
+  }
+  return manifest;
+}
+
+std::vector<ChunkRef> PlanChunks(const std::vector<TensorView>& tensors, size_t chunk_bytes) {
+  std::vector<ChunkRef> chunks;
+  if (chunk_bytes == 0) return chunks;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    for (uint64_t offset = 0; offset < tensors[i].bytes; offset += chunk_bytes) {
+      chunks.push_back(
+          {i, offset,
+           static_cast<size_t>(std::min<uint64_t>(chunk_bytes, tensors[i].bytes - offset))});
+    }
+  }
+  return chunks;
+}
+
+TrainerClient::TrainerClient(Endpoint endpoint, std::shared_ptr<grpc::Channel> channel)
+    : endpoint_(std::move(endpoint)), stub_(v1::Trainer::NewStub(std::move(channel))) {}
+
+absl::StatusOr<std::unique_ptr<TrainerClient>> TrainerClient::Connect(const Endpoint& endpoint) {
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, OpenChannel(endpoint));
+  return std::unique_ptr<TrainerClient>(new TrainerClient(endpoint, std::move(channel)));
+}
+
+absl::StatusOr<v1::Trainer::Stub*> TrainerClient::StreamStub(int i) {
+  absl::MutexLock lock(&mu_);
+  if (static_cast<int>(stream_stubs_.size()) <= i) stream_stubs_.resize(i + 1);
+  if (stream_stubs_[i] == nullptr) {
+    ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
+                     OpenChannel(endpoint_, /*private_connection=*/true));
+    stream_stubs_[i] = v1::Trainer::NewStub(std::move(channel));
+  }
+  return stream_stubs_[i].get();
+}
+
+void TrainerClient::AbortQuietly(uint64_t version, const std::string& token,
+                                 absl::Duration timeout) {
+  grpc::ClientContext context;
+  SetDeadline(&context, std::min(timeout, absl::Seconds(10)));
+  v1::AbortRequest request;
+  request.set_version(version);
+  request.set_upload_token(token);
+  v1::AbortResponse response;
+  stub_->Abort(&context, request, &response);  // Best effort: the push's own error is reported.
+}
+
+namespace {
+
+// One PushChunks stream of a push. The context lives here so that the calling thread can cancel
+// the stream while a worker thread blocks in Write.
+struct Stream {
+  grpc::ClientContext context;
+  // absl::Now() in nanoseconds when the stream last sent a chunk (or started).
+  std::atomic<int64_t> last_progress_ns{0};
+  std::atomic<bool> finished{false};
+  absl::Status status;  // Written by the worker before `finished`.
+  v1::PushChunksResponse response;
+};
+
+int64_t NowNs() { return absl::ToUnixNanos(absl::Now()); }
+
+}  // namespace
+
+absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<TensorView>& tensors,
+                                                           const PushOptions& options) {
+  RETURN_IF_ERROR(ValidatePush(tensors, options));
+  auto cancelled = [&] { return options.cancel != nullptr && options.cancel->load(); };
+  const std::vector<uint64_t> hashes = HashTensors(tensors, options.hash_threads);
+  if (cancelled()) return absl::CancelledError("push cancelled before it began");
+
+  uint64_t total = 0;
+  for (const TensorView& t : tensors) total += t.bytes;
+
+  v1::BeginVersionRequest begin;
+  *begin.mutable_manifest() = BuildManifest(tensors, hashes);
+  begin.set_version(options.version);
+  begin.set_label(options.label);
+  v1::BeginVersionResponse began;
+  {
+    grpc::ClientContext context;
+    SetDeadline(&context, options.timeout);
+    grpc::Status s = stub_->BeginVersion(&context, begin, &began);
+    if (!s.ok()) {
+      return Annotate(
+          FromGrpc(s, "BeginVersion", endpoint_),
+          absl::StrCat("push of ", tensors.size(), " tensors (", FormatBytes(total), ")"));
+    }
+  }
+  const uint64_t version = began.version();
+  const std::string& token = began.upload_token();
+  const std::string context_text = absl::StrCat("push of version ", version);
+  auto fail = [&](const absl::Status& status) {
+    AbortQuietly(version, token, options.timeout);
+    return Annotate(status, context_text);
+  };
+
+  // Upload: each stream takes the next chunk in tensor order until none is left.
+  const std::vector<ChunkRef> chunks = PlanChunks(tensors, options.chunk_bytes);
+  const int n = static_cast<int>(std::min<size_t>(options.streams, chunks.size()));
+  std::vector<std::unique_ptr<Stream>> streams;
+  std::vector<v1::Trainer::Stub*> stubs;
+  for (int i = 0; i < n; ++i) {
+    auto stub = StreamStub(i);
+    if (!stub.ok()) return fail(stub.status());
+    stubs.push_back(*stub);
+    streams.push_back(std::make_unique<Stream>());
+  }
+  const absl::Duration hard_limit =
+      options.timeout + absl::Seconds(static_cast<double>(total) / options.min_bytes_per_second);
+  std::atomic<size_t> next_chunk{0};
+  std::atomic<uint64_t> sent{0};
+  std::atomic<bool> stop{false};
+
+  auto run_stream = [&](int i) {
+    Stream& st = *streams[i];
+    auto writer = stubs[i]->PushChunks(&st.context, &st.response);
+    v1::Chunk chunk;
+    chunk.set_version(version);
+    chunk.set_upload_token(token);
+    bool write_failed = false;
+    for (size_t k = next_chunk.fetch_add(1); k < chunks.size() && !stop.load();
+         k = next_chunk.fetch_add(1)) {
+      const ChunkRef& c = chunks[k];
+      const TensorView& t = tensors[c.tensor];
+      chunk.set_tensor(t.name);
+      chunk.set_offset(c.offset);
+      chunk.mutable_data()->assign(static_cast<const char*>(t.data) + c.offset, c.bytes);
+      if (!writer->Write(chunk)) {
+        write_failed = true;  // The stream broke; Finish says why.
+        break;
+      }
+      sent.fetch_add(c.bytes);
+      st.last_progress_ns.store(NowNs());
+    }
+    if (stop.load() && !write_failed) st.context.TryCancel();
+    if (!write_failed) writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    if (!s.ok()) {
+      st.status = FromGrpc(s, "PushChunks", endpoint_);
+    } else if (stop.load()) {
+      st.status = absl::CancelledError("stopped");
+    }
+    st.finished.store(true);
+  };
+
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    streams[i]->context.set_deadline(absl::ToChronoTime(absl::Now() + hard_limit));
+    streams[i]->last_progress_ns.store(NowNs());
+    threads.emplace_back(run_stream, i);
+  }
+
+  // The calling thread reports progress and watches for cancellation and stalled streams.
+  absl::Status failure;
+  uint64_t reported = 0;
+  bool have_reported = false;
+  auto stop_all = [&](absl::Status why) {
+    if (failure.ok()) failure = std::move(why);
+    stop.store(true);
+    for (auto& st : streams) st->context.TryCancel();
+  };
+  for (;;) {
+    bool all_finished = true;
+    for (int i = 0; i < n; ++i) {
+      Stream& st = *streams[i];
+      if (st.finished.load()) {
+        if (!st.status.ok() && failure.ok() && !stop.load()) stop_all(st.status);
+        continue;
+      }
+      all_finished = false;
+      absl::Duration idle = absl::Nanoseconds(NowNs() - st.last_progress_ns.load());
+      if (failure.ok() && idle > options.timeout) {
+        stop_all(absl::DeadlineExceededError(absl::StrCat(
+            "PushChunks stream ", i, " of ", n, " made no progress for ", HumanDuration(idle), " (",
+            FormatBytes(sent.load()), " of ", FormatBytes(total), " sent)")));
+      }
+    }
+    if (failure.ok() && cancelled()) stop_all(absl::CancelledError("push cancelled"));
+    if (all_finished) break;
+    uint64_t done = sent.load();
+    if (options.progress && done < total && (!have_reported || done != reported)) {
+      options.progress(done, total);
+      reported = done;
+      have_reported = true;
+    }
+    absl::SleepFor(kTick);
+  }
+  for (std::thread& t : threads) t.join();
+  if (!failure.ok()) return fail(failure);
+  if (cancelled()) return fail(absl::CancelledError("push cancelled"));
+  if (options.progress) options.progress(total, total);
+
+  v1::CommitRequest commit;
+  commit.set_version(version);
+  commit.set_upload_token(token);
+  v1::VersionInfo info;
+  grpc::ClientContext context;
+  SetDeadline(&context, options.timeout + absl::Seconds(static_cast<double>(total) /
+                                                        kCommitVerifyBytesPerSecond));
+  grpc::Status s = stub_->Commit(&context, commit, &info);
+  if (!s.ok()) return fail(FromGrpc(s, "Commit", endpoint_));
+  return info;
+}
+
+absl::StatusOr<v1::VersionInfo> TrainerClient::LoadFiles(const std::vector<std::string>& paths,
+                                                         uint64_t version, const std::string& label,
+                                                         absl::Duration timeout) {
+  if (paths.empty()) return absl::InvalidArgumentError("no files to load");
+  v1::LoadFilesRequest request;
+  for (const std::string& p : paths) {
+    if (p.empty()) return absl::InvalidArgumentError("empty file path");
+    std::error_code ec;
+    std::filesystem::path absolute = std::filesystem::absolute(p, ec);
+    if (ec) return absl::InvalidArgumentError(absl::StrCat("path ", p, ": ", ec.message()));
+    request.add_paths(absolute.lexically_normal().string());
+  }
+  request.set_version(version);
+  request.set_label(label);
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout);
+  v1::VersionInfo info;
+  grpc::Status s = stub_->LoadFiles(&context, request, &info);
+  if (!s.ok()) return FromGrpc(s, "LoadFiles", endpoint_);
+  return info;
+}
+
+}  // namespace ckpt::client

@@ -1,0 +1,139 @@
+// C++ client of ckpt-engined's Trainer API (proto/trainer.proto): pushes a named-tensor state dict
+// as a new checkpoint version (BeginVersion, parallel PushChunks streams, Commit), or asks the
+// daemon to load safetensors files itself (LoadFiles).
+//
+// Errors come back as absl::Status with one-line messages that say which step failed and why; the
+// codes are the daemon's (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) or the client's own checks'.
+// Nothing throws.
+#ifndef CKPT_CLIENT_TRAINER_CLIENT_H_
+#define CKPT_CLIENT_TRAINER_CLIENT_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "client/daemon_client.h"
+#include "common/dtype.h"
+#include "proto/trainer.grpc.pb.h"
+
+namespace ckpt::client {
+
+// The daemon accepts chunks of at most this many data bytes.
+inline constexpr size_t kMaxChunkBytes = 16u << 20;
+
+// One tensor to push. The bytes are the caller's: they must stay valid and unchanged until
+// PushTensors returns (they are read in place, never copied as a whole).
+struct TensorView {
+  std::string name;
+  DType dtype = DType::kUnspecified;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  // Must equal product(shape) * DTypeSize(dtype).
+  size_t bytes = 0;
+};
+
+// Called with the bytes sent so far and the total; see PushOptions::progress.
+using ProgressCallback = std::function<void(uint64_t bytes_done, uint64_t bytes_total)>;
+
+struct PushOptions {
+  // Version id to create; 0: the daemon picks the next one.
+  uint64_t version = 0;
+  // Free-form label stored with the version (e.g. "step-1200").
+  std::string label;
+  // Parallel PushChunks streams, each on its own connection: 1..64.
+  int streams = 4;
+  // Data bytes per chunk: 1..kMaxChunkBytes.
+  size_t chunk_bytes = 4u << 20;
+  // Deadline of BeginVersion and Abort, and of Commit plus one second per 2 GiB (the daemon
+  // verifies the checksums). For the PushChunks streams: how long a stream may go without sending a
+  // chunk before the push is cancelled with DEADLINE_EXCEEDED (a stalled daemon or network).
+  absl::Duration timeout = absl::Seconds(60);
+  // The push's slowest acceptable average rate: every stream also has a hard deadline of `timeout`
+  // + total bytes / min_bytes_per_second.
+  double min_bytes_per_second = 16.0 * (1 << 20);
+  // Called on the thread that called PushTensors, never concurrently: every ~50 ms while bytes go
+  // out (only when the count changed), and once with bytes_done == bytes_total after the last
+  // stream finished, before Commit. bytes_done never decreases. May be empty.
+  ProgressCallback progress;
+  // When set and it becomes true, the push stops within ~50 ms, aborts the version and returns
+  // CANCELLED.
+  const std::atomic<bool>* cancel = nullptr;
+  // Threads computing the checksums; 0: min(8, hardware threads, tensors).
+  int hash_threads = 0;
+};
+
+// Local checks of a push before anything goes to the daemon: at least one tensor; names non-empty
+// and unique; known dtypes; non-negative dimensions; bytes == product(shape) * element size; data
+// set when bytes > 0; options in range. INVALID_ARGUMENT naming the tensor and the problem.
+absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOptions& options);
+
+// XXH3-64 (seed 0) of each tensor's bytes, computed on up to `threads` threads (0: automatic).
+std::vector<uint64_t> HashTensors(const std::vector<TensorView>& tensors, int threads);
+
+// The manifest of a push (TensorSpec per tensor, in order) from the views and their checksums.
+v1::Manifest BuildManifest(const std::vector<TensorView>& tensors,
+                           const std::vector<uint64_t>& xxh3);
+
+// One chunk of a tensor: bytes [offset, offset + bytes) of tensors[tensor].
+struct ChunkRef {
+  size_t tensor = 0;
+  uint64_t offset = 0;
+  size_t bytes = 0;
+};
+
+// Cuts every tensor into chunks of at most `chunk_bytes`, in tensor order; tensors of 0 bytes get
+// none.
+std::vector<ChunkRef> PlanChunks(const std::vector<TensorView>& tensors, size_t chunk_bytes);
+
+// Thread-safe: PushTensors and LoadFiles may run concurrently from several threads.
+class TrainerClient {
+ public:
+  // The checks and errors of OpenChannel (daemon_client.h); connections are made lazily.
+  static absl::StatusOr<std::unique_ptr<TrainerClient>> Connect(const Endpoint& endpoint);
+
+  // Pushes `tensors` as one new version and commits it: ValidatePush, checksums (in parallel),
+  // BeginVersion, `options.streams` parallel PushChunks streams (chunks handed out in tensor order
+  // to whichever stream is free), Commit. Returns the committed version's VersionInfo.
+  //
+  // On any failure after BeginVersion the version is aborted (best effort: a broken stream aborts
+  // it on the daemon's side anyway) and nothing is left behind; the error names the step, e.g.
+  // "push of version 7: PushChunks failed: ...". The caller's memory is only read.
+  absl::StatusOr<v1::VersionInfo> PushTensors(const std::vector<TensorView>& tensors,
+                                              const PushOptions& options);
+
+  // Trainer.LoadFiles: the daemon reads the safetensors files itself and commits one new version
+  // (0: the daemon picks the id). Relative paths are made absolute against this process's working
+  // directory (the daemon's differs); the files must be readable by the daemon. Deadline: now +
+  // `timeout`.
+  absl::StatusOr<v1::VersionInfo> LoadFiles(const std::vector<std::string>& paths, uint64_t version,
+                                            const std::string& label, absl::Duration timeout);
+
+  const Endpoint& endpoint() const { return endpoint_; }
+
+ private:
+  TrainerClient(Endpoint endpoint, std::shared_ptr<grpc::Channel> channel);
+
+  // The stub of upload stream `i`: one private connection per stream, created on first use and
+  // kept for later pushes.
+  absl::StatusOr<v1::Trainer::Stub*> StreamStub(int i) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Best-effort Abort of a version this client began.
+  void AbortQuietly(uint64_t version, const std::string& token, absl::Duration timeout);
+
+  const Endpoint endpoint_;
+  const std::unique_ptr<v1::Trainer::Stub> stub_;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<v1::Trainer::Stub>> stream_stubs_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ckpt::client
+
+#endif  // CKPT_CLIENT_TRAINER_CLIENT_H_
