@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "common/version.h"
+#include "daemon/grpc_status.h"
 
 namespace ckpt::daemon {
 
@@ -28,10 +29,36 @@ grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::Status
     out->set_pci_bus_id(g.pci_bus_id);
   }
   response->set_no_gpu_reason(facts_.gpus.no_gpu_reason);
-  response->set_host_memory_budget_bytes(facts_.host_memory_budget_bytes);
+  VersionStore::Usage usage = store_->GetUsage();
+  response->set_host_memory_budget_bytes(usage.budget_bytes);
+  response->set_host_memory_used_bytes(usage.used_bytes);
+  response->set_latest_committed_version(usage.latest_committed);
+  response->set_staging_versions(usage.staging);
+  response->set_committed_versions(usage.committed);
   absl::MutexLock lock(&mu_);
   for (const std::string& a : listen_addresses_) response->add_listen_addresses(a);
   return grpc::Status::OK;
+}
+
+grpc::Status AdminService::ListVersions(grpc::ServerContext* context,
+                                        const v1::ListVersionsRequest* request,
+                                        v1::ListVersionsResponse* response) {
+  for (v1::VersionInfo& info : store_->List()) *response->add_versions() = std::move(info);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::GetVersion(grpc::ServerContext* context,
+                                      const v1::GetVersionRequest* request,
+                                      v1::GetVersionResponse* response) {
+  auto got = store_->Get(request->version());
+  if (!got.ok()) return ToGrpc(got.status());
+  *response = std::move(*got);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::Drop(grpc::ServerContext* context, const v1::DropRequest* request,
+                                v1::DropResponse* response) {
+  return ToGrpc(store_->Drop(request->version()));
 }
 
 }  // namespace ckpt::daemon

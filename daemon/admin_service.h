@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "daemon/config.h"
 #include "daemon/gpu/gpu_info.h"
+#include "daemon/version_store.h"
 #include "proto/admin.grpc.pb.h"
 
 namespace ckpt::daemon {
@@ -18,7 +19,6 @@ namespace ckpt::daemon {
 struct DaemonFacts {
   BackendKind backend = BackendKind::kHost;
   gpu::GpuProbe gpus;
-  uint64_t host_memory_budget_bytes = 0;
   absl::Time started = absl::Now();
 };
 
@@ -27,15 +27,23 @@ struct DaemonFacts {
 // not override (ListVersions, Update, Drop) answer UNIMPLEMENTED until the version store lands.
 class AdminService final : public v1::Admin::Service {
  public:
-  explicit AdminService(DaemonFacts facts) : facts_(std::move(facts)) {}
+  AdminService(DaemonFacts facts, VersionStore* store)
+      : facts_(std::move(facts)), store_(store) {}
 
   void SetListenAddresses(std::vector<std::string> addresses) ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::Status Status(grpc::ServerContext* context, const v1::StatusRequest* request,
                       v1::StatusResponse* response) override ABSL_LOCKS_EXCLUDED(mu_);
+  grpc::Status ListVersions(grpc::ServerContext* context, const v1::ListVersionsRequest* request,
+                            v1::ListVersionsResponse* response) override;
+  grpc::Status GetVersion(grpc::ServerContext* context, const v1::GetVersionRequest* request,
+                          v1::GetVersionResponse* response) override;
+  grpc::Status Drop(grpc::ServerContext* context, const v1::DropRequest* request,
+                    v1::DropResponse* response) override;
 
  private:
   const DaemonFacts facts_;
+  VersionStore* const store_;
   absl::Mutex mu_;
   std::vector<std::string> listen_addresses_ ABSL_GUARDED_BY(mu_);
 };

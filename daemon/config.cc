@@ -63,6 +63,10 @@ const std::vector<ConfigKey>& ConfigKeys() {
       {"log_level", "trace, debug, info, warn, error, critical or off", "info"},
       {"shutdown_grace", "how long in-flight RPCs may finish after SIGTERM before being cancelled",
        "5s"},
+      {"max_versions", "committed versions kept at most; older ones are retired", "2"},
+      {"staging_timeout", "a staging version idle this long is aborted and its memory returned",
+       "5m"},
+      {"load_threads", "threads that read safetensors files in LoadFiles (1 to 256)", "8"},
   };
   return kKeys;
 }
@@ -112,6 +116,18 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     auto d = ParseDuration(value);
     if (!d.ok()) return BadValue(key, value, d.status().message());
     config.shutdown_grace = *d;
+  } else if (key == "max_versions" || key == "load_threads") {
+    int n;
+    int max = key == "max_versions" ? 1000 : 256;
+    if (!absl::SimpleAtoi(value, &n) || n < 1 || n > max) {
+      return BadValue(key, value, absl::StrCat("expected a whole number from 1 to ", max));
+    }
+    (key == "max_versions" ? config.max_versions : config.load_threads) = n;
+  } else if (key == "staging_timeout") {
+    auto d = ParseDuration(value);
+    if (!d.ok()) return BadValue(key, value, d.status().message());
+    if (*d < absl::Seconds(1)) return BadValue(key, value, "must be at least 1s");
+    config.staging_timeout = *d;
   } else {
     return absl::NotFoundError(absl::StrCat("unknown config key '", key, "'"));
   }
@@ -197,7 +213,9 @@ std::string DescribeConfig(const Config& config) {
       " listen_tcp=", config.listen_tcp.empty() ? "off" : config.listen_tcp,
       " backend=", BackendName(config.backend), " host_memory_budget=",
       config.host_memory_budget == 0 ? "auto" : FormatBytes(config.host_memory_budget),
-      " log_level=", config.log_level, " shutdown_grace=", HumanDuration(config.shutdown_grace));
+      " log_level=", config.log_level, " shutdown_grace=", HumanDuration(config.shutdown_grace),
+      " max_versions=", config.max_versions, " staging_timeout=",
+      HumanDuration(config.staging_timeout), " load_threads=", config.load_threads);
 }
 
 }  // namespace ckpt::daemon

@@ -37,6 +37,12 @@ struct Config {
   std::string log_level = "info";
   // How long in-flight RPCs may run on after SIGTERM/SIGINT before they are cancelled.
   absl::Duration shutdown_grace = absl::Seconds(5);
+  // Committed versions kept at most (>= 1); the oldest unused ones are retired.
+  int max_versions = 2;
+  // A STAGING version without activity for this long is aborted and its memory returned.
+  absl::Duration staging_timeout = absl::Minutes(5);
+  // Threads that read safetensors files in LoadFiles (1..256).
+  int load_threads = 8;
 };
 
 // One configuration key: its TOML name, flag name ("--" + name with '_' -> '-'), help and default.

@@ -4,8 +4,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <set>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/units.h"
 #include "common/status_macros.h"
 #include "daemon/backend.h"
 #include "daemon/grpc_log.h"
@@ -13,22 +17,61 @@
 #include "grpcpp/server_builder.h"
 
 namespace ckpt::daemon {
+namespace {
+
+// Chunks carry at most 16 MiB of data (docs/protocol.md); room for the other fields.
+constexpr int kMaxMessageBytes = 32 << 20;
+
+// The NUMA nodes of the GPUs' PCI devices, for placing pinned memory; empty when unknown.
+std::vector<int> GpuNumaNodes(const gpu::GpuProbe& probe) {
+  std::set<int> nodes;
+  for (const gpu::GpuInfo& g : probe.gpus) {
+    std::ifstream in("/sys/bus/pci/devices/" + absl::AsciiStrToLower(g.pci_bus_id) + "/numa_node");
+    int node = -1;
+    if (in >> node && node >= 0) nodes.insert(node);
+  }
+  return std::vector<int>(nodes.begin(), nodes.end());
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   std::unique_ptr<Daemon> d(new Daemon());
   d->gpus_ = gpu::ProbeGpus();
   ASSIGN_OR_RETURN(d->backend_, ResolveBackend(config.backend, d->gpus_));
 
+  // Claim the socket before reserving memory: a second daemon on the same path fails fast.
+  if (!config.listen_unix.empty()) {
+    ASSIGN_OR_RETURN(d->socket_claim_, SocketPathClaim::Claim(config.listen_unix));
+  }
+
+  HostArena::Kind kind =
+      d->backend_ == BackendKind::kCuda ? HostArena::Kind::kPinned : HostArena::Kind::kShared;
+  absl::Time reserve_start = absl::Now();
+  ASSIGN_OR_RETURN(std::unique_ptr<HostArena> arena,
+                   HostArena::Create(kind, config.host_memory_budget, GpuNumaNodes(d->gpus_),
+                                     config.load_threads));
+  d->arena_note_ = absl::StrCat(FormatBytes(arena->size()), " of ",
+                                kind == HostArena::Kind::kPinned ? "pinned" : "shared",
+                                " host memory reserved in ",
+                                HumanDuration(absl::Now() - reserve_start));
+  VersionStore::Options store_options;
+  store_options.max_versions = config.max_versions;
+  store_options.staging_timeout = config.staging_timeout;
+  store_options.hash_threads = config.load_threads;
+  d->store_ = std::make_unique<VersionStore>(std::move(arena), store_options);
+
   DaemonFacts facts;
   facts.backend = d->backend_;
   facts.gpus = d->gpus_;
-  facts.host_memory_budget_bytes = config.host_memory_budget;
   facts.started = absl::Now();
-  d->admin_ = std::make_unique<AdminService>(std::move(facts));
+  d->admin_ = std::make_unique<AdminService>(std::move(facts), d->store_.get());
+  TrainerService::Options trainer_options;
+  trainer_options.load_threads = config.load_threads;
+  d->trainer_ = std::make_unique<TrainerService>(d->store_.get(), trainer_options);
 
   grpc::ServerBuilder builder;
   if (!config.listen_unix.empty()) {
-    ASSIGN_OR_RETURN(d->socket_claim_, SocketPathClaim::Claim(config.listen_unix));
     builder.AddListeningPort("unix:" + config.listen_unix, grpc::InsecureServerCredentials());
   }
   int tcp_port = -1;
@@ -36,6 +79,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     builder.AddListeningPort(config.listen_tcp, grpc::InsecureServerCredentials(), &tcp_port);
   }
   builder.RegisterService(d->admin_.get());
+  builder.RegisterService(d->trainer_.get());
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
 
   // The socket must never be reachable with wider permissions than 0600: gRPC creates it with the
   // process umask, so narrow that around the bind (nothing else creates files at this point), then
@@ -66,16 +111,31 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     d->listen_addresses_.push_back(absl::StrCat(host, ":", tcp_port));
   }
   d->admin_->SetListenAddresses(d->listen_addresses_);
+  d->reaper_ = std::thread([daemon = d.get()] { daemon->ReapStaleVersions(); });
   return d;
+}
+
+void Daemon::ReapStaleVersions() {
+  absl::MutexLock lock(&reaper_mu_);
+  while (!stopping_) {
+    reaper_mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
+    if (!stopping_) store_->AbortStale(absl::Now());
+  }
 }
 
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 
 void Daemon::Shutdown(absl::Duration grace) {
-  if (server_ == nullptr) return;
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
-  server_->Wait();
-  server_.reset();
+  if (server_ != nullptr) {
+    server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+    server_->Wait();
+    server_.reset();
+  }
+  {
+    absl::MutexLock lock(&reaper_mu_);
+    stopping_ = true;
+  }
+  if (reaper_.joinable()) reaper_.join();
 }
 
 }  // namespace ckpt::daemon

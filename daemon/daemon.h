@@ -5,13 +5,17 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/admin_service.h"
 #include "daemon/config.h"
 #include "daemon/socket_path.h"
+#include "daemon/trainer_service.h"
+#include "daemon/version_store.h"
 #include "grpcpp/server.h"
 
 namespace ckpt::daemon {
@@ -30,6 +34,8 @@ class Daemon {
   const std::vector<std::string>& listen_addresses() const { return listen_addresses_; }
   BackendKind backend() const { return backend_; }
   const gpu::GpuProbe& gpus() const { return gpus_; }
+  // "64.0 GiB of pinned host memory reserved in 5.1s": for the start-up log.
+  const std::string& arena_note() const { return arena_note_; }
 
   // Stops accepting RPCs; in-flight RPCs may finish until now + `grace`, then they are cancelled.
   // Returns when the server has stopped. Idempotent. Not thread-safe against itself.
@@ -38,13 +44,24 @@ class Daemon {
  private:
   Daemon() = default;
 
+  // Aborts idle STAGING versions every second until Shutdown.
+  void ReapStaleVersions();
+
   BackendKind backend_ = BackendKind::kHost;
   gpu::GpuProbe gpus_;
   std::vector<std::string> listen_addresses_;
-  // Declared before server_: the socket is removed only after the server has stopped.
+  std::string arena_note_;
+  // Members are destroyed bottom-up: the server first, then the services it calls, then the store
+  // they use; the socket is removed only after the server has stopped.
   SocketPathClaim socket_claim_;
+  std::unique_ptr<VersionStore> store_;
   std::unique_ptr<AdminService> admin_;
+  std::unique_ptr<TrainerService> trainer_;
   std::unique_ptr<grpc::Server> server_;
+
+  absl::Mutex reaper_mu_;
+  bool stopping_ ABSL_GUARDED_BY(reaper_mu_) = false;
+  std::thread reaper_;
 };
 
 }  // namespace ckpt::daemon

@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
                    absl::StrAppend(out, g.index, " ", g.name, " ", g.uuid);
                  }));
   }
+  spdlog::info("version store: {}", (*daemon)->arena_note());
   std::string serving = absl::StrJoin((*daemon)->listen_addresses(), " and ");
   spdlog::info("serving on {}", serving);
   NotifyReady("serving on " + serving);

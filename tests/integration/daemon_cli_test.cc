@@ -262,8 +262,15 @@ TEST_CASE("start-up fails with exit code 2 and one line naming the problem") {
   }
   SECTION("TCP address that cannot be bound") {
     RequireStartupFailure(
-        StartFailing({"--backend", "host", "--listen-unix", sock, "--listen-tcp", "192.0.2.1:1"}),
+        StartFailing({"--backend", "host", "--listen-unix", sock, "--host-memory-budget", "16MiB",
+                      "--listen-tcp", "192.0.2.1:1"}),
         "cannot listen on");
+    CHECK_FALSE(Exists(sock + ".lock"));
+  }
+  SECTION("a memory budget this machine cannot hold") {
+    RequireStartupFailure(StartFailing({"--backend", "host", "--listen-unix", sock,
+                                        "--host-memory-budget", "100TiB"}),
+                          "cannot reserve 100.0 TiB (host_memory_budget)");
     CHECK_FALSE(Exists(sock + ".lock"));
   }
   SECTION("cuda backend without a GPU, when none is visible") {
@@ -278,7 +285,8 @@ TEST_CASE("a stale socket left by a killed daemon is replaced") {
   TempDir dir;
   std::string sock = dir / "d.sock";
   {
-    Subprocess first({Daemon(), "--backend", "host", "--listen-unix", sock});
+    Subprocess first(
+        {Daemon(), "--backend", "host", "--listen-unix", sock, "--host-memory-budget", "16MiB"});
     // Wait until it serves, then kill it hard: it cannot clean up.
     auto deadline = Clock::now() + 20s;
     while (Run({Ctl(), "--socket", sock, "status"}).exit.code != 0) {
@@ -291,7 +299,9 @@ TEST_CASE("a stale socket left by a killed daemon is replaced") {
   FakeNotifySocket notify(dir / "notify");
   SpawnOptions options;
   options.env = {{"NOTIFY_SOCKET", notify.path()}};
-  Subprocess second({Daemon(), "--backend", "host", "--listen-unix", sock}, options);
+  Subprocess second(
+      {Daemon(), "--backend", "host", "--listen-unix", sock, "--host-memory-budget", "16MiB"},
+      options);
   REQUIRE(notify.WaitFor("READY=1", 20s).has_value());
   CHECK(Contains(second.Stderr(), "replaced stale socket"));
   RunResult r = Run({Ctl(), "--socket", sock, "status", "--json"});
