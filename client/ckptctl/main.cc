@@ -1,43 +1,52 @@
 // ckptctl: the operator's command line for ckpt-engined.
 //
-//   ckptctl [--socket PATH | --address HOST:PORT] [--timeout 5s] status [--json]
+//   ckptctl [--socket PATH | --address HOST:PORT] [--timeout 5s] COMMAND ...
+//     status [--json]                     the daemon's state
+//     versions [--json]                   the versions it holds
+//     show VERSION|latest [--json] [--tensors]
+//     push FILE.safetensors... [--wait] [--version N] [--label L] [--json] [--load-timeout 30m]
+//     drop VERSION
 //
-// Exit codes: 0 success; 1 the command failed (one line on stderr says why); 2 bad usage.
+// Exit codes: 0 success; 1 the command failed (one line on stderr says why); 2 bad usage. Each
+// command lives in <name>_command.{h,cc}.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
 #include <string>
 
-#include "absl/strings/str_cat.h"
-#include "client/ckptctl/status_format.h"
-#include "client/daemon_client.h"
+#include "client/ckptctl/command.h"
+#include "client/ckptctl/drop_command.h"
+#include "client/ckptctl/push_command.h"
+#include "client/ckptctl/show_command.h"
+#include "client/ckptctl/status_command.h"
+#include "client/ckptctl/versions_command.h"
 #include "common/units.h"
 #include "common/version.h"
 
-namespace {
-
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "ckptctl: %s\n", std::string(status.message()).c_str());
-  return 1;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
+  using namespace ckpt::ctl;
   CLI::App app("ckptctl: status and control of ckpt-engined", "ckptctl");
   app.set_version_flag("--version", std::string(ckpt::kVersion));
   app.require_subcommand(1);
-  std::string socket_path, address, timeout_text = "5s";
+  GlobalOptions global;
+  std::string timeout_text = "5s";
   auto* socket_opt = app.add_option(
-      "--socket", socket_path,
+      "--socket", global.socket_path,
       "daemon's Unix socket (default: $CKPT_SOCKET, else /run/ckpt-engine/ckpt-engined.sock)");
-  auto* address_opt = app.add_option("--address", address, "daemon's TCP address HOST:PORT");
+  auto* address_opt = app.add_option("--address", global.address, "daemon's TCP address HOST:PORT");
   socket_opt->excludes(address_opt);
   app.add_option("--timeout", timeout_text, "deadline of each request (default 5s)");
 
-  bool json = false;
-  CLI::App* status_cmd = app.add_subcommand("status", "show the daemon's state");
-  status_cmd->add_flag("--json", json, "print JSON");
+  StatusArgs status_args;
+  VersionsArgs versions_args;
+  ShowArgs show_args;
+  PushArgs push_args;
+  DropArgs drop_args;
+  CLI::App* status_cmd = AddStatusCommand(&app, &status_args);
+  CLI::App* versions_cmd = AddVersionsCommand(&app, &versions_args);
+  CLI::App* show_cmd = AddShowCommand(&app, &show_args);
+  CLI::App* push_cmd = AddPushCommand(&app, &push_args);
+  CLI::App* drop_cmd = AddDropCommand(&app, &drop_args);
 
   try {
     app.parse(argc, argv);
@@ -59,19 +68,12 @@ int main(int argc, char** argv) {
                  std::string(timeout.status().message()).c_str());
     return 2;
   }
-  auto endpoint = ckpt::client::ResolveEndpoint(socket_path, address);
-  if (!endpoint.ok()) return Fail(endpoint.status());
-  auto client = ckpt::client::DaemonClient::Connect(*endpoint);
-  if (!client.ok()) return Fail(client.status());
+  global.timeout = *timeout;
 
-  if (status_cmd->parsed()) {
-    auto status = (*client)->Status(*timeout);
-    if (!status.ok()) return Fail(status.status());
-    if (json) {
-      std::cout << ckpt::ctl::StatusJson(*status).dump(2) << "\n";
-    } else {
-      std::cout << ckpt::ctl::StatusText(*status);
-    }
-  }
-  return 0;
+  if (status_cmd->parsed()) return RunStatusCommand(global, status_args);
+  if (versions_cmd->parsed()) return RunVersionsCommand(global, versions_args);
+  if (show_cmd->parsed()) return RunShowCommand(global, show_args);
+  if (push_cmd->parsed()) return RunPushCommand(global, push_args);
+  if (drop_cmd->parsed()) return RunDropCommand(global, drop_args);
+  return 2;
 }

@@ -1,0 +1,39 @@
+#include "client/ckptctl/command.h"
+
+#include <cstdio>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace ckpt::ctl {
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "ckptctl: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
+int UsageError(const absl::Status& status) {
+  std::fprintf(stderr, "ckptctl: %s (see ckptctl --help)\n", std::string(status.message()).c_str());
+  return 2;
+}
+
+absl::StatusOr<client::Endpoint> ResolveEndpoint(const GlobalOptions& options) {
+  return client::ResolveEndpoint(options.socket_path, options.address);
+}
+
+absl::StatusOr<std::unique_ptr<client::DaemonClient>> ConnectAdmin(const GlobalOptions& options) {
+  auto endpoint = ResolveEndpoint(options);
+  if (!endpoint.ok()) return endpoint.status();
+  return client::DaemonClient::Connect(*endpoint);
+}
+
+absl::StatusOr<uint64_t> ParseVersionId(const std::string& text) {
+  uint64_t v = 0;
+  if (text.empty() || text[0] == '-' || text[0] == '+' || !absl::SimpleAtoi(text, &v) || v == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid version '", text, "': expected a version number such as 7"));
+  }
+  return v;
+}
+
+}  // namespace ckpt::ctl
