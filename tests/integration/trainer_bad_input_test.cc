@@ -1,0 +1,357 @@
+// Every bad input of the Trainer API against the real daemon (host backend), each checked for its
+// status code, its message, and for leaving nothing behind: no STAGING version and no memory in use.
+#include <signal.h>
+#include <xxhash.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "proto/admin.grpc.pb.h"
+#include "proto/trainer.grpc.pb.h"
+#include "tests/testing/safetensors_writer.h"
+#include "tests/testing/subprocess.h"
+
+namespace ckpt::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::chrono::system_clock::time_point In(std::chrono::seconds s) {
+  return std::chrono::system_clock::now() + s;
+}
+
+// A daemon with a 1 MiB store and a 1 s staging timeout, and stubs to talk to it.
+struct Daemon {
+  Daemon() : notify(dir / "notify") {
+    socket = dir / "d.sock";
+    SpawnOptions options;
+    options.env = {{"NOTIFY_SOCKET", notify.path()}};
+    proc = std::make_unique<Subprocess>(
+        std::vector<std::string>{Runfile("daemon/ckpt-engined"), "--backend", "host",
+                                 "--listen-unix", socket, "--host-memory-budget", "1MiB",
+                                 "--staging-timeout", "1s", "--log-level", "warn"},
+        options);
+    REQUIRE(notify.WaitFor("READY=1", 20s).has_value());
+    auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+    trainer = v1::Trainer::NewStub(channel);
+    admin = v1::Admin::NewStub(channel);
+  }
+
+  v1::StatusResponse Status() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(10s));
+    v1::StatusResponse r;
+    REQUIRE(admin->Status(&ctx, v1::StatusRequest(), &r).ok());
+    return r;
+  }
+
+  // Nothing left behind: no staging version, no memory in use.
+  void RequireClean() {
+    v1::StatusResponse s = Status();
+    CHECK(s.staging_versions() == 0);
+    CHECK(s.host_memory_used_bytes() == 0);
+  }
+
+  grpc::Status Begin(const v1::Manifest& m, v1::BeginVersionResponse* out, uint64_t id = 0) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(10s));
+    v1::BeginVersionRequest req;
+    *req.mutable_manifest() = m;
+    req.set_version(id);
+    return trainer->BeginVersion(&ctx, req, out);
+  }
+
+  grpc::Status Push(const std::vector<v1::Chunk>& chunks) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(10s));
+    v1::PushChunksResponse r;
+    auto w = trainer->PushChunks(&ctx, &r);
+    for (const auto& c : chunks) {
+      if (!w->Write(c)) break;
+    }
+    w->WritesDone();
+    return w->Finish();
+  }
+
+  grpc::Status Commit(const v1::BeginVersionResponse& b, v1::VersionInfo* info) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(10s));
+    v1::CommitRequest req;
+    req.set_version(b.version());
+    req.set_upload_token(b.upload_token());
+    return trainer->Commit(&ctx, req, info);
+  }
+
+  grpc::Status Abort(const v1::BeginVersionResponse& b) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(10s));
+    v1::AbortRequest req;
+    req.set_version(b.version());
+    req.set_upload_token(b.upload_token());
+    v1::AbortResponse r;
+    return trainer->Abort(&ctx, req, &r);
+  }
+
+  grpc::Status LoadFiles(const std::vector<std::string>& paths, v1::VersionInfo* info) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(20s));
+    v1::LoadFilesRequest req;
+    for (const auto& p : paths) req.add_paths(p);
+    return trainer->LoadFiles(&ctx, req, info);
+  }
+
+  TempDir dir;
+  FakeNotifySocket notify;
+  std::string socket;
+  std::unique_ptr<Subprocess> proc;
+  std::unique_ptr<v1::Trainer::Stub> trainer;
+  std::unique_ptr<v1::Admin::Stub> admin;
+};
+
+std::string Bytes(size_t n, int seed) { return RandomBytes(n, seed); }
+
+v1::TensorSpec Spec(const std::string& name, const std::string& bytes) {
+  v1::TensorSpec s;
+  s.set_name(name);
+  s.set_dtype(v1::DTYPE_FLOAT32);
+  s.add_shape(bytes.size() / 4);
+  s.set_byte_size(bytes.size());
+  s.set_xxh3(XXH3_64bits(bytes.data(), bytes.size()));
+  return s;
+}
+
+v1::Chunk MakeChunk(const v1::BeginVersionResponse& b, const std::string& tensor, uint64_t offset,
+                    const std::string& data) {
+  v1::Chunk c;
+  c.set_version(b.version());
+  c.set_upload_token(b.upload_token());
+  c.set_tensor(tensor);
+  c.set_offset(offset);
+  c.set_data(data);
+  return c;
+}
+
+void RequireError(const grpc::Status& s, grpc::StatusCode code, const std::string& needle) {
+  INFO("status " << s.error_code() << ": " << s.error_message());
+  CHECK(s.error_code() == code);
+  CHECK(Contains(s.error_message(), needle));
+}
+
+TEST_CASE("a good push commits and is listed") {
+  Daemon d;
+  std::string a = Bytes(4096, 1), b = Bytes(1000, 2);
+  v1::Manifest m;
+  *m.add_tensors() = Spec("a", a);
+  *m.add_tensors() = Spec("b", b);
+  v1::BeginVersionResponse begun;
+  REQUIRE(d.Begin(m, &begun).ok());
+  REQUIRE(d.Push({MakeChunk(begun, "b", 0, b), MakeChunk(begun, "a", 2048, a.substr(2048)),
+                  MakeChunk(begun, "a", 0, a.substr(0, 2048)),
+                  MakeChunk(begun, "a", 0, a.substr(0, 2048))})
+              .ok());
+  v1::VersionInfo info;
+  REQUIRE(d.Commit(begun, &info).ok());
+  CHECK(info.state() == v1::VERSION_STATE_COMMITTED);
+  CHECK(info.total_bytes() == 5096);
+  v1::StatusResponse s = d.Status();
+  CHECK(s.committed_versions() == 1);
+  CHECK(s.latest_committed_version() == begun.version());
+  CHECK(s.host_memory_used_bytes() == 4096 + 1024);
+}
+
+TEST_CASE("bad manifests are refused at begin") {
+  Daemon d;
+  v1::BeginVersionResponse begun;
+  std::string x = Bytes(64, 1);
+
+  v1::Manifest dup;
+  *dup.add_tensors() = Spec("w", x);
+  *dup.add_tensors() = Spec("w", x);
+  RequireError(d.Begin(dup, &begun), grpc::StatusCode::INVALID_ARGUMENT,
+               "duplicate tensor name 'w'");
+
+  v1::Manifest dtype;
+  *dtype.add_tensors() = Spec("w", x);
+  dtype.mutable_tensors(0)->set_dtype(static_cast<v1::DType>(42));
+  RequireError(d.Begin(dtype, &begun), grpc::StatusCode::INVALID_ARGUMENT, "unknown dtype 42");
+
+  v1::Manifest shape;
+  *shape.add_tensors() = Spec("w", x);
+  shape.mutable_tensors(0)->set_shape(0, 15);
+  RequireError(d.Begin(shape, &begun), grpc::StatusCode::INVALID_ARGUMENT,
+               "byte_size 64 does not match shape [15] of float32 (60 bytes)");
+
+  RequireError(d.Begin(v1::Manifest(), &begun), grpc::StatusCode::INVALID_ARGUMENT,
+               "manifest has no tensors");
+
+  v1::Manifest big;
+  *big.add_tensors() = Spec("w", std::string(2 << 20, 'x'));
+  RequireError(d.Begin(big, &begun), grpc::StatusCode::RESOURCE_EXHAUSTED,
+               "needs 2097152 bytes");
+  d.RequireClean();
+}
+
+TEST_CASE("a second begin with an id in use is refused") {
+  Daemon d;
+  v1::Manifest m;
+  *m.add_tensors() = Spec("w", Bytes(64, 1));
+  v1::BeginVersionResponse first, second;
+  REQUIRE(d.Begin(m, &first, 7).ok());
+  RequireError(d.Begin(m, &second, 7), grpc::StatusCode::ALREADY_EXISTS,
+               "version 7 is already in use");
+  REQUIRE(d.Abort(first).ok());
+  d.RequireClean();
+}
+
+TEST_CASE("bad chunks are refused and an aborted version leaves nothing") {
+  Daemon d;
+  std::string w = Bytes(256, 3);
+  v1::Manifest m;
+  *m.add_tensors() = Spec("w", w);
+  v1::BeginVersionResponse begun;
+  REQUIRE(d.Begin(m, &begun).ok());
+  RequireError(d.Push({MakeChunk(begun, "w", 200, w.substr(0, 100))}),
+               grpc::StatusCode::OUT_OF_RANGE, "past the end of tensor 'w' (256 bytes)");
+  RequireError(d.Push({MakeChunk(begun, "nope", 0, w)}), grpc::StatusCode::NOT_FOUND,
+               "has no tensor 'nope'");
+  v1::Chunk bad_token = MakeChunk(begun, "w", 0, w);
+  bad_token.set_upload_token("0123");
+  RequireError(d.Push({bad_token}), grpc::StatusCode::PERMISSION_DENIED, "wrong upload token");
+  v1::BeginVersionResponse unknown = begun;
+  unknown.set_version(999);
+  RequireError(d.Push({MakeChunk(unknown, "w", 0, w)}), grpc::StatusCode::NOT_FOUND,
+               "no staging version 999");
+  REQUIRE(d.Abort(begun).ok());
+  d.RequireClean();
+}
+
+TEST_CASE("commit with missing bytes, then with a checksum mismatch") {
+  Daemon d;
+  std::string w = Bytes(1024, 4);
+  v1::Manifest m;
+  *m.add_tensors() = Spec("w", w);
+  v1::BeginVersionResponse begun;
+  REQUIRE(d.Begin(m, &begun).ok());
+  REQUIRE(d.Push({MakeChunk(begun, "w", 0, w.substr(0, 512))}).ok());
+  v1::VersionInfo info;
+  RequireError(d.Commit(begun, &info), grpc::StatusCode::FAILED_PRECONDITION,
+               "'w' has 512 of 1024 bytes missing");
+  std::string corrupt = w.substr(512);
+  corrupt[0] ^= 0x40;
+  REQUIRE(d.Push({MakeChunk(begun, "w", 512, corrupt)}).ok());
+  RequireError(d.Commit(begun, &info), grpc::StatusCode::FAILED_PRECONDITION,
+               "checksum mismatch in 1 tensor(s): 'w'");
+  REQUIRE(d.Abort(begun).ok());
+  d.RequireClean();
+}
+
+TEST_CASE("bad safetensors files are refused by LoadFiles and leave nothing") {
+  Daemon d;
+  v1::VersionInfo info;
+  std::string good = d.dir / "good.safetensors";
+  REQUIRE(WriteSafetensors(good, {{"a", DType::kFloat32, {4, 4}, Bytes(64, 1)},
+                                  {"b", DType::kBfloat16, {8}, Bytes(16, 2)}})
+              .ok());
+  REQUIRE(d.LoadFiles({good}, &info).ok());
+  CHECK(info.tensor_count() == 2);
+  CHECK(info.total_bytes() == 80);
+
+  struct Case {
+    const char* name;
+    std::string header;
+    std::string data;
+    int64_t header_length;
+    const char* needle;
+  };
+  std::vector<Case> cases = {
+      {"truncated", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_", "", -1, ""},
+      {"malformed", "this is not json", "", -1, ""},
+      {"header larger than the file", "{}", "", 1 << 20, ""},
+      {"overlapping", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+       std::string(12, 'x'), -1, "overlap"},
+      {"out of range", R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
+       std::string(8, 'x'), -1, "'a'"},
+      {"unknown dtype", R"({"a":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})",
+       std::string(8, 'x'), -1, "C64"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    std::string path = d.dir / (std::string(c.name) + ".safetensors");
+    for (char& ch : path) ch = ch == ' ' ? '_' : ch;
+    REQUIRE(WriteRawSafetensors(path, c.header, c.data, c.header_length).ok());
+    grpc::Status s = d.LoadFiles({path}, &info);
+    INFO(s.error_message());
+    CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(Contains(s.error_message(), path));
+    CHECK(Contains(s.error_message(), c.needle));
+  }
+  grpc::Status missing = d.LoadFiles({good, d.dir / "missing.safetensors"}, &info);
+  CHECK(missing.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+  CHECK(Contains(missing.error_message(), "missing.safetensors"));
+  grpc::Status twice = d.LoadFiles({good, good}, &info);
+  CHECK(twice.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(Contains(twice.error_message(), "tensor 'a' is in both"));
+  v1::StatusResponse s = d.Status();
+  CHECK(s.staging_versions() == 0);
+  CHECK(s.committed_versions() == 1);
+  CHECK(s.host_memory_used_bytes() == 256 + 256);
+}
+
+TEST_CASE("a trainer killed at any point of a push leaves nothing behind") {
+  Daemon d;
+  const uint64_t before = d.Status().host_memory_used_bytes();
+  std::mt19937 rng(12345);
+  int killed_mid_push = 0, committed = 0;
+  for (int round = 0; round < 12; ++round) {
+    Subprocess pusher({Runfile("tests/integration/push_client"), d.socket, "8", "65536", "4096",
+                       "2"});
+    // Cut points from before BeginVersion to after the end of the push.
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 60000));
+    pusher.Signal(SIGKILL);
+    pusher.Wait(20s);
+    killed_mid_push += Contains(pusher.Stdout(), "begun");
+    // A broken stream aborts at once; a kill between two calls is caught by staging_timeout (1 s).
+    auto deadline = Clock::now() + 15s;
+    v1::StatusResponse s = d.Status();
+    while (s.staging_versions() != 0 && Clock::now() < deadline) {
+      std::this_thread::sleep_for(50ms);
+      s = d.Status();
+    }
+    // Drop what did commit (the pusher may die after its commit), so every round starts alike.
+    grpc::ClientContext list_ctx;
+    list_ctx.set_deadline(In(10s));
+    v1::ListVersionsResponse list;
+    REQUIRE(d.admin->ListVersions(&list_ctx, v1::ListVersionsRequest(), &list).ok());
+    for (const v1::VersionInfo& v : list.versions()) {
+      CHECK(v.state() == v1::VERSION_STATE_COMMITTED);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(In(10s));
+      v1::DropRequest req;
+      req.set_version(v.version());
+      v1::DropResponse r;
+      REQUIRE(d.admin->Drop(&ctx, req, &r).ok());
+      ++committed;
+    }
+    s = d.Status();
+    INFO("round " << round);
+    CHECK(s.staging_versions() == 0);
+    CHECK(s.host_memory_used_bytes() == before);
+  }
+  WARN("of 12 pushes, " << killed_mid_push << " were killed after BeginVersion, " << committed
+                         << " committed before the kill");
+}
+
+}  // namespace
+}  // namespace ckpt::testing
