@@ -313,12 +313,26 @@ TEST_CASE("a trainer killed at any point of a push leaves nothing behind") {
   Daemon d;
   const uint64_t before = d.Status().host_memory_used_bytes();
   std::mt19937 rng(12345);
+  const std::vector<std::string> push = {Runfile("tests/integration/push_client"), d.socket, "16",
+                                         "32768", "1024", "2"};
+  // One push to the end first: it must commit, and its duration spans the cut points below.
+  auto started = Clock::now();
+  RunResult full = Run(push);
+  auto push_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started);
+  REQUIRE(full.exit.code == 0);
+  REQUIRE(Contains(full.out, "committed"));
   int killed_mid_push = 0, committed = 0;
-  for (int round = 0; round < 12; ++round) {
-    Subprocess pusher({Runfile("tests/integration/push_client"), d.socket, "8", "65536", "4096",
-                       "2"});
-    // Cut points from before BeginVersion to after the end of the push.
-    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 60000));
+  for (int round = 0; round < 16; ++round) {
+    Subprocess pusher(push);
+    if (round % 4 != 0) {
+      // Most cut points fall between BeginVersion and the end of the push.
+      auto deadline = Clock::now() + 20s;
+      while (!Contains(pusher.Stdout(), "begun") && pusher.running() && Clock::now() < deadline) {
+        std::this_thread::sleep_for(200us);
+      }
+      // (Half the full run: start-up and connecting take the other half.)
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % (push_us.count() / 2 + 1)));
+    }
     pusher.Signal(SIGKILL);
     pusher.Wait(20s);
     killed_mid_push += Contains(pusher.Stdout(), "begun");
@@ -349,7 +363,7 @@ TEST_CASE("a trainer killed at any point of a push leaves nothing behind") {
     CHECK(s.staging_versions() == 0);
     CHECK(s.host_memory_used_bytes() == before);
   }
-  WARN("of 12 pushes, " << killed_mid_push << " were killed after BeginVersion, " << committed
+  WARN("a full push took " << push_us.count() << " us; of 16 killed pushes, " << killed_mid_push << " were killed after BeginVersion, " << committed
                          << " committed before the kill");
 }
 
