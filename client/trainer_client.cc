@@ -303,6 +303,7 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<Ten
   if (!failure.ok()) return fail(failure);
   if (cancelled()) return fail(absl::CancelledError("push cancelled"));
   if (options.progress) options.progress(total, total);
+  if (cancelled()) return fail(absl::CancelledError("push cancelled"));
 
   v1::CommitRequest commit;
   commit.set_version(version);

@@ -64,7 +64,7 @@ struct PushOptions {
   // stream finished, before Commit. bytes_done never decreases. May be empty.
   ProgressCallback progress;
   // When set and it becomes true, the push stops within ~50 ms, aborts the version and returns
-  // CANCELLED.
+  // CANCELLED. It is checked last after the final progress call, before Commit.
   const std::atomic<bool>* cancel = nullptr;
   // Threads computing the checksums; 0: min(8, hardware threads, tensors).
   int hash_threads = 0;

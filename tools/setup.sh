@@ -15,6 +15,8 @@ PACKAGES=(
   libspdlog-dev libfmt-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev catch2
   # system integration
   libsystemd-dev libnuma-dev libxxhash-dev
+  # Python client tests (tests/python, run by /usr/bin/python3): numpy and torch
+  python3-numpy python3-torch
 )
 
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"

@@ -1,0 +1,269 @@
+// The C ABI over TrainerClient and DaemonClient. Only the functions declared in c_api.h are
+// exported from libckpt_client.so (they carry CKPT_API; everything else is hidden: the library is
+// compiled with -fvisibility=hidden and the static archives it links are excluded from export).
+#include "client/c_api.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "client/ckptctl/version_format.h"
+#include "client/daemon_client.h"
+#include "client/trainer_client.h"
+#include "common/version.h"
+
+struct ckpt_client {
+  std::unique_ptr<ckpt::client::TrainerClient> trainer;
+  std::unique_ptr<ckpt::client::DaemonClient> admin;
+  std::atomic<double> timeout_s{10.0};
+};
+
+namespace {
+
+using ckpt::client::DaemonClient;
+using ckpt::client::TrainerClient;
+
+int Report(const absl::Status& status, char* err, size_t errlen) {
+  if (!status.ok() && err != nullptr && errlen > 0) {
+    std::string message(status.message());
+    size_t n = std::min(message.size(), errlen - 1);
+    std::memcpy(err, message.data(), n);
+    err[n] = '\0';
+  }
+  return static_cast<int>(status.code());
+}
+
+char* CopyString(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out != nullptr) std::memcpy(out, s.c_str(), s.size() + 1);
+  return out;
+}
+
+// Stores `json` into *out when out is not NULL; RESOURCE_EXHAUSTED if it cannot be allocated.
+absl::Status Output(const nlohmann::json& json, char** out) {
+  if (out == nullptr) return absl::OkStatus();
+  *out = CopyString(json.dump());
+  if (*out == nullptr) return absl::ResourceExhaustedError("out of memory for the answer");
+  return absl::OkStatus();
+}
+
+void ClearOutput(char** out) {
+  if (out != nullptr) *out = nullptr;
+}
+
+absl::Duration AdminTimeout(const ckpt_client* client) {
+  return absl::Seconds(client->timeout_s.load());
+}
+
+// Runs `body`, turning an escaping C++ exception (std::bad_alloc, ...) into a status: none may
+// cross the C boundary.
+template <typename Body>
+int Guard(char* err, size_t errlen, Body body) {
+  try {
+    return Report(body(), err, errlen);
+  } catch (const std::exception& e) {
+    return Report(absl::InternalError(absl::StrCat("ckpt client: ", e.what())), err, errlen);
+  } catch (...) {
+    return Report(absl::InternalError("ckpt client: unknown exception"), err, errlen);
+  }
+}
+
+absl::Status NeedClient(const ckpt_client* client) {
+  return client == nullptr ? absl::InvalidArgumentError("client is NULL") : absl::OkStatus();
+}
+
+}  // namespace
+
+extern "C" {
+
+void ckpt_push_options_init(ckpt_push_options* options) {
+  if (options == nullptr) return;
+  std::memset(options, 0, sizeof(*options));
+  options->streams = 4;
+  options->chunk_bytes = 4u << 20;
+  options->timeout_s = 60.0;
+}
+
+int ckpt_client_open2(const char* socket, const char* address, ckpt_client** out, char* err,
+                      size_t errlen) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (out == nullptr) return absl::InvalidArgumentError("out is NULL");
+    auto endpoint = ckpt::client::ResolveEndpoint(socket ? socket : "", address ? address : "");
+    if (!endpoint.ok()) return endpoint.status();
+    auto trainer = TrainerClient::Connect(*endpoint);
+    if (!trainer.ok()) return trainer.status();
+    auto admin = DaemonClient::Connect(*endpoint);
+    if (!admin.ok()) return admin.status();
+    auto client = std::make_unique<ckpt_client>();
+    client->trainer = std::move(*trainer);
+    client->admin = std::move(*admin);
+    *out = client.release();
+    return absl::OkStatus();
+  });
+}
+
+ckpt_client* ckpt_client_open(const char* socket, const char* address, char* err, size_t errlen) {
+  ckpt_client* client = nullptr;
+  ckpt_client_open2(socket, address, &client, err, errlen);
+  return client;
+}
+
+void ckpt_client_set_timeout(ckpt_client* client, double seconds) {
+  if (client != nullptr && seconds > 0) client->timeout_s.store(seconds);
+}
+
+void ckpt_client_close(ckpt_client* client) { delete client; }
+
+int ckpt_push(ckpt_client* client, const ckpt_tensor* tensors, size_t count,
+              const ckpt_push_options* options, uint64_t* version_out, char** info_json_out,
+              char* err, size_t errlen) {
+  ClearOutput(info_json_out);
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedClient(client); !s.ok()) return s;
+    if (tensors == nullptr && count > 0) return absl::InvalidArgumentError("tensors is NULL");
+    std::vector<ckpt::client::TensorView> views(count);
+    for (size_t i = 0; i < count; ++i) {
+      const ckpt_tensor& t = tensors[i];
+      if (t.name == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor #", i, ": name is NULL"));
+      }
+      if (t.ndim < 0 || (t.ndim > 0 && t.shape == nullptr)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", t.name, "': ndim ", t.ndim, " with ",
+                         t.shape == nullptr ? "a NULL shape" : "a shape"));
+      }
+      views[i].name = t.name;
+      views[i].dtype = static_cast<ckpt::DType>(t.dtype);
+      views[i].shape.assign(t.shape, t.shape + t.ndim);
+      views[i].data = t.data;
+      views[i].bytes = t.nbytes;
+    }
+    ckpt_push_options defaults;
+    ckpt_push_options_init(&defaults);
+    const ckpt_push_options& o = options != nullptr ? *options : defaults;
+    ckpt::client::PushOptions push;
+    push.version = o.version;
+    if (o.label != nullptr) push.label = o.label;
+    if (o.streams != 0) push.streams = o.streams;
+    if (o.chunk_bytes != 0) push.chunk_bytes = o.chunk_bytes;
+    if (o.timeout_s > 0) push.timeout = absl::Seconds(o.timeout_s);
+    std::atomic<bool> cancel{false};
+    push.cancel = &cancel;
+    if (o.progress != nullptr) {
+      ckpt_progress_fn fn = o.progress;
+      void* user = o.progress_user;
+      push.progress = [fn, user, &cancel](uint64_t done, uint64_t total) {
+        if (fn(done, total, user) != 0) cancel.store(true);
+      };
+    }
+    auto info = client->trainer->PushTensors(views, push);
+    if (!info.ok()) return info.status();
+    if (version_out != nullptr) *version_out = info->version();
+    return Output(ckpt::ctl::VersionInfoJson(*info), info_json_out);
+  });
+}
+
+int ckpt_load_files(ckpt_client* client, const char* const* paths, size_t count, uint64_t version,
+                    const char* label, double timeout_s, uint64_t* version_out,
+                    char** info_json_out, char* err, size_t errlen) {
+  ClearOutput(info_json_out);
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedClient(client); !s.ok()) return s;
+    if (paths == nullptr && count > 0) return absl::InvalidArgumentError("paths is NULL");
+    std::vector<std::string> files;
+    for (size_t i = 0; i < count; ++i) {
+      if (paths[i] == nullptr)
+        return absl::InvalidArgumentError(absl::StrCat("path #", i, " is NULL"));
+      files.emplace_back(paths[i]);
+    }
+    absl::Duration timeout = timeout_s > 0 ? absl::Seconds(timeout_s) : absl::Minutes(30);
+    auto info = client->trainer->LoadFiles(files, version, label ? label : "", timeout);
+    if (!info.ok()) return info.status();
+    if (version_out != nullptr) *version_out = info->version();
+    return Output(ckpt::ctl::VersionInfoJson(*info), info_json_out);
+  });
+}
+
+int ckpt_list_versions(ckpt_client* client, char** json_out, char* err, size_t errlen) {
+  ClearOutput(json_out);
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedClient(client); !s.ok()) return s;
+    if (json_out == nullptr) return absl::InvalidArgumentError("json_out is NULL");
+    auto versions = client->admin->ListVersions(AdminTimeout(client));
+    if (!versions.ok()) return versions.status();
+    return Output(ckpt::ctl::VersionsJson(*versions), json_out);
+  });
+}
+
+int ckpt_get_version(ckpt_client* client, uint64_t version, char** json_out, char* err,
+                     size_t errlen) {
+  ClearOutput(json_out);
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedClient(client); !s.ok()) return s;
+    if (json_out == nullptr) return absl::InvalidArgumentError("json_out is NULL");
+    auto detail = client->admin->GetVersion(version, AdminTimeout(client));
+    if (!detail.ok()) return detail.status();
+    return Output(ckpt::ctl::VersionDetailJson(*detail), json_out);
+  });
+}
+
+int ckpt_drop_version(ckpt_client* client, uint64_t version, char* err, size_t errlen) {
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedClient(client); !s.ok()) return s;
+    return client->admin->Drop(version, AdminTimeout(client));
+  });
+}
+
+void ckpt_free(void* p) { std::free(p); }
+
+const char* ckpt_status_name(int code) {
+  switch (code) {
+    case 0:
+      return "OK";
+    case 1:
+      return "CANCELLED";
+    case 2:
+      return "UNKNOWN";
+    case 3:
+      return "INVALID_ARGUMENT";
+    case 4:
+      return "DEADLINE_EXCEEDED";
+    case 5:
+      return "NOT_FOUND";
+    case 6:
+      return "ALREADY_EXISTS";
+    case 7:
+      return "PERMISSION_DENIED";
+    case 8:
+      return "RESOURCE_EXHAUSTED";
+    case 9:
+      return "FAILED_PRECONDITION";
+    case 10:
+      return "ABORTED";
+    case 11:
+      return "OUT_OF_RANGE";
+    case 12:
+      return "UNIMPLEMENTED";
+    case 13:
+      return "INTERNAL";
+    case 14:
+      return "UNAVAILABLE";
+    case 15:
+      return "DATA_LOSS";
+    case 16:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
+  }
+}
+
+const char* ckpt_version(void) { return ckpt::kVersion; }
+
+}  // extern "C"

@@ -1,0 +1,149 @@
+/* C ABI of the ckpt-engine client: libckpt_client.so.
+ *
+ * For trainers in any language (Python uses it through ctypes: client/python/ckpt_engine). Plain C,
+ * no CPython API: one build serves every Python version.
+ *
+ * Conventions:
+ * - Functions that can fail return an int status code: absl's (= gRPC's) canonical codes, 0 for
+ *   success (CKPT_OK), e.g. 3 INVALID_ARGUMENT, 5 NOT_FOUND, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE.
+ *   On failure the message (one line, NUL-terminated, truncated to fit) is written to the caller's
+ *   buffer `err` of `errlen` bytes; `err` may be NULL or `errlen` 0 to ignore it. On success `err`
+ *   is left untouched.
+ * - Strings returned through `char** out` are NUL-terminated JSON, allocated by the library: free
+ *   them with ckpt_free. On failure `*out` is set to NULL.
+ * - Nothing throws, nothing prints, nothing aborts the process on a bad argument (NULL pointers
+ *   where data is required give INVALID_ARGUMENT).
+ * - Threads: a ckpt_client may be used from several threads at once, except ckpt_client_close,
+ *   which must be the last call on it. Calls block the calling thread; every request to the daemon
+ *   has a deadline.
+ *
+ * JSON shapes (the same as `ckptctl versions --json` / `ckptctl show --json`):
+ * - version info: {"version", "state" ("staging"|"committed"|"retired"), "tensor_count",
+ *   "total_bytes", "created_unix_ms", "committed_unix_ms", "label", "received_bytes"};
+ * - list: {"versions": [version info, ...]};
+ * - detail: version info plus "dtypes": {"bfloat16": {"tensors": n, "bytes": b}, ...} and
+ * "tensors":
+ *   [{"name", "dtype", "shape", "byte_size", "xxh3" (16 hex digits)}, ...].
+ */
+#ifndef CKPT_CLIENT_C_API_H_
+#define CKPT_CLIENT_C_API_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CKPT_API __attribute__((visibility("default")))
+
+#define CKPT_OK 0
+
+/* Element types: the ckpt.v1.DType wire numbers. */
+enum {
+  CKPT_DTYPE_BOOL = 1,
+  CKPT_DTYPE_UINT8 = 2,
+  CKPT_DTYPE_INT8 = 3,
+  CKPT_DTYPE_INT16 = 4,
+  CKPT_DTYPE_INT32 = 5,
+  CKPT_DTYPE_INT64 = 6,
+  CKPT_DTYPE_FLOAT16 = 7,
+  CKPT_DTYPE_BFLOAT16 = 8,
+  CKPT_DTYPE_FLOAT32 = 9,
+  CKPT_DTYPE_FLOAT64 = 10,
+  CKPT_DTYPE_FLOAT8_E4M3FN = 11,
+  CKPT_DTYPE_FLOAT8_E5M2 = 12,
+};
+
+/* A connection to one daemon. Opaque. */
+typedef struct ckpt_client ckpt_client;
+
+/* One tensor to push. Everything it points to is the caller's and is only read, in place, until
+ * the push call returns. `nbytes` must equal product(shape) * element size; `data` may be NULL
+ * only when nbytes is 0; `ndim` 0 is a scalar. */
+typedef struct ckpt_tensor {
+  const char* name;
+  int dtype;
+  int ndim;
+  const int64_t* shape;
+  const void* data;
+  uint64_t nbytes;
+} ckpt_tensor;
+
+/* Progress of a push: bytes sent so far and the total. Called on the thread that called
+ * ckpt_push, never concurrently, about every 50 ms while bytes go out and once with done == total
+ * before the commit; `done` never decreases. Return 0 to go on, non-zero to cancel the push (it
+ * then returns CANCELLED = 1 and leaves no version behind). */
+typedef int (*ckpt_progress_fn)(uint64_t done, uint64_t total, void* user);
+
+/* Options of a push. Fill with ckpt_push_options_init, then change what you need: zero fields mean
+ * the defaults, so a zeroed struct works too. */
+typedef struct ckpt_push_options {
+  uint64_t version;          /* id to create; 0: the daemon picks the next one */
+  const char* label;         /* NULL or "": none */
+  int streams;               /* parallel upload streams, 1..64; 0: 4 */
+  uint64_t chunk_bytes;      /* bytes per chunk, 1..16 MiB; 0: 4 MiB */
+  double timeout_s;          /* per-request deadline and stall limit of a stream; 0: 60 s */
+  ckpt_progress_fn progress; /* NULL: none */
+  void* progress_user;       /* passed to `progress` */
+} ckpt_push_options;
+
+/* Defaults: version 0, no label, 4 streams, 4 MiB chunks, 60 s, no progress. */
+CKPT_API void ckpt_push_options_init(ckpt_push_options* options);
+
+/* Opens a client for the daemon at `socket` (a Unix socket path) or `address` (HOST:PORT); both
+ * NULL or "": $CKPT_SOCKET, else /run/ckpt-engine/ckpt-engined.sock. Setting both is an error.
+ * Checks that a Unix socket exists and is accessible; the connection is made by the first call.
+ * Returns NULL on failure with the message in `err`. */
+CKPT_API ckpt_client* ckpt_client_open(const char* socket, const char* address, char* err,
+                                       size_t errlen);
+
+/* ckpt_client_open that also returns the status code: *out is the client or NULL. */
+CKPT_API int ckpt_client_open2(const char* socket, const char* address, ckpt_client** out,
+                               char* err, size_t errlen);
+
+/* Deadline of the admin calls below (list, get, drop); default 10 s. Values <= 0 are ignored. */
+CKPT_API void ckpt_client_set_timeout(ckpt_client* client, double seconds);
+
+/* Closes the client; NULL is a no-op. */
+CKPT_API void ckpt_client_close(ckpt_client* client);
+
+/* Pushes `count` tensors as one new version and commits it: checksums, BeginVersion, parallel
+ * upload, Commit. `options` NULL: defaults. On success *version_out (if not NULL) is the committed
+ * version and *info_json_out (if not NULL) its version info JSON. On failure nothing is left on
+ * the daemon. */
+CKPT_API int ckpt_push(ckpt_client* client, const ckpt_tensor* tensors, size_t count,
+                       const ckpt_push_options* options, uint64_t* version_out,
+                       char** info_json_out, char* err, size_t errlen);
+
+/* The daemon loads `count` safetensors files itself into one new version (0: next id) and commits
+ * it. Relative paths are resolved against this process's working directory. `timeout_s` <= 0:
+ * 30 minutes. Outputs as for ckpt_push. */
+CKPT_API int ckpt_load_files(ckpt_client* client, const char* const* paths, size_t count,
+                             uint64_t version, const char* label, double timeout_s,
+                             uint64_t* version_out, char** info_json_out, char* err, size_t errlen);
+
+/* The versions the daemon holds: list JSON into *json_out. */
+CKPT_API int ckpt_list_versions(ckpt_client* client, char** json_out, char* err, size_t errlen);
+
+/* One version with its manifest: detail JSON into *json_out. NOT_FOUND for an unknown version. */
+CKPT_API int ckpt_get_version(ckpt_client* client, uint64_t version, char** json_out, char* err,
+                              size_t errlen);
+
+/* Retires a committed version or aborts a staging one. */
+CKPT_API int ckpt_drop_version(ckpt_client* client, uint64_t version, char* err, size_t errlen);
+
+/* Frees a string returned by this library; NULL is a no-op. */
+CKPT_API void ckpt_free(void* p);
+
+/* "INVALID_ARGUMENT", ... for a status code; "UNKNOWN" for others. Static storage. */
+CKPT_API const char* ckpt_status_name(int code);
+
+/* The client library's release, e.g. "0.1.0". Static storage. */
+CKPT_API const char* ckpt_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CKPT_CLIENT_C_API_H_ */

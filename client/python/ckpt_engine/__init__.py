@@ -1,0 +1,227 @@
+"""ckpt_engine: push checkpoint versions to ckpt-engined from Python.
+
+Pure Python over the C ABI of libckpt_client.so (ctypes; no compiled extension, so one build
+serves every Python 3). The library is found through $CKPT_CLIENT_LIB, else next to this package,
+else in the repository's bazel-bin/client/.
+
+    import ckpt_engine as ce
+
+    client = ce.Client()                       # $CKPT_SOCKET or the default socket
+    version = ce.push_state_dict(client, model.state_dict(), label="step-1200",
+                                 progress=lambda done, total: print(done, "/", total))
+    print(ce.get_version(client, version)["total_bytes"])
+
+Tensors: torch.Tensor (any dtype of ckpt.v1: bool, (u)int8..int64, float16, bfloat16, float32,
+float64, float8_e4m3fn, float8_e5m2) and numpy.ndarray. Contiguous CPU tensors are read in place
+(zero copy); non-contiguous ones are made contiguous and CUDA tensors copied to host memory first.
+Errors raise CkptError(code, message) with the daemon's or the client's status code.
+"""
+
+import ctypes
+import json
+import os
+
+from . import _native
+from ._tensors import DTYPES, DTYPE_NAMES, Unsupported, describe
+
+__all__ = [
+    "CkptError", "Client", "push_state_dict", "push_files", "list_versions", "get_version",
+    "drop_version", "DTYPES", "library_version",
+]
+
+_ERR_LEN = 4096
+
+# absl / gRPC canonical codes.
+OK = 0
+CANCELLED = 1
+INVALID_ARGUMENT = 3
+NOT_FOUND = 5
+
+
+class CkptError(Exception):
+    """A failed call: `code` is the status code (gRPC's canonical codes: 3 INVALID_ARGUMENT, 5
+    NOT_FOUND, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE, ...), `code_name` its name, `message` the
+    one-line explanation."""
+
+    def __init__(self, code, message):
+        self.code = int(code)
+        self.message = message
+        super().__init__(f"{self.code_name}: {message}")
+
+    @property
+    def code_name(self):
+        return _native.lib().ckpt_status_name(self.code).decode()
+
+
+def _check(code, err):
+    if code != OK:
+        raise CkptError(code, err.value.decode("utf-8", "replace"))
+
+
+def _take_json(ptr):
+    """Reads and frees a JSON string returned by the library."""
+    try:
+        return json.loads(ctypes.string_at(ptr.value).decode("utf-8"))
+    finally:
+        _native.lib().ckpt_free(ptr)
+
+
+def _fspath(path):
+    return os.fsencode(os.fspath(path))
+
+
+def library_version():
+    """The client library's release, e.g. "0.1.0"."""
+    return _native.lib().ckpt_version().decode()
+
+
+class Client:
+    """A connection to one ckpt-engined.
+
+    `socket`: the daemon's Unix socket path; `address`: HOST:PORT for TCP; neither:
+    $CKPT_SOCKET, else /run/ckpt-engine/ckpt-engined.sock. `timeout`: the deadline in seconds of
+    list/get/drop calls. Opening checks that the socket exists and may be used (CkptError
+    UNAVAILABLE or PERMISSION_DENIED otherwise); the connection is made by the first call.
+    Thread-safe; close() (or a with block) releases it.
+    """
+
+    def __init__(self, socket=None, address=None, timeout=10.0):
+        self._lib = _native.lib()
+        self._handle = None
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        handle = ctypes.c_void_p()
+        code = self._lib.ckpt_client_open2(
+            _fspath(socket) if socket else None, address.encode() if address else None,
+            ctypes.byref(handle), err, _ERR_LEN)
+        _check(code, err)
+        self._handle = handle
+        self._lib.ckpt_client_set_timeout(self._handle, float(timeout))
+
+    def close(self):
+        if self._handle is not None:
+            self._lib.ckpt_client_close(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _h(self):
+        if self._handle is None:
+            raise CkptError(INVALID_ARGUMENT, "the client is closed")
+        return self._handle
+
+    def push_state_dict(self, tensors, version=0, label="", streams=4, progress=None,
+                        chunk_bytes=0, timeout=60.0):
+        """Pushes a {name: tensor} mapping as one new version and commits it; returns the version.
+
+        `version` 0 lets the daemon pick the next id. `progress(done_bytes, total_bytes)` is
+        called on this thread about every 50 ms and once at the end with done == total; if it
+        raises, the push is cancelled (nothing is left on the daemon) and the exception
+        propagates. Ctrl-C cancels the push the same way. `timeout` (seconds) is the deadline of
+        each request and how long an upload stream may stall.
+        """
+        try:
+            descs, keep, _ = describe(tensors)
+        except Unsupported as e:
+            raise CkptError(INVALID_ARGUMENT, str(e)) from None
+        raised = []
+
+        def on_progress(done, total, _user):
+            try:
+                if progress is not None:
+                    progress(done, total)
+                return 0
+            except BaseException as e:  # noqa: B902 - KeyboardInterrupt cancels too.
+                raised.append(e)
+                return 1
+
+        callback = _native.PROGRESS_FN(on_progress)
+        options = _native.PushOptions()
+        self._lib.ckpt_push_options_init(ctypes.byref(options))
+        options.version = int(version)
+        options.label = label.encode("utf-8") if label else None
+        options.streams = int(streams)
+        options.chunk_bytes = int(chunk_bytes)
+        options.timeout_s = float(timeout)
+        options.progress = callback
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        out_version = ctypes.c_uint64()
+        code = self._lib.ckpt_push(self._h(), descs, len(descs), ctypes.byref(options),
+                                   ctypes.byref(out_version), None, err, _ERR_LEN)
+        del keep  # The tensors (and any copies) may go now.
+        if raised:
+            raise raised[0]
+        _check(code, err)
+        return out_version.value
+
+    def push_files(self, paths, version=0, label="", timeout=1800.0):
+        """The daemon loads the safetensors files itself into one new version and commits it;
+        returns the version. Relative paths are resolved here; the daemon must be able to read
+        the files."""
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            paths = [paths]
+        encoded = [os.fsencode(os.path.abspath(os.fspath(p))) for p in paths]
+        array = (ctypes.c_char_p * max(1, len(encoded)))(*encoded)
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        out_version = ctypes.c_uint64()
+        code = self._lib.ckpt_load_files(
+            self._h(), array, len(encoded), int(version), label.encode("utf-8") if label else None,
+            float(timeout), ctypes.byref(out_version), None, err, _ERR_LEN)
+        _check(code, err)
+        return out_version.value
+
+    def list_versions(self):
+        """Every version the daemon holds: a list of dicts (version, state, tensor_count,
+        total_bytes, created_unix_ms, committed_unix_ms, label, received_bytes)."""
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        out = ctypes.c_void_p()
+        _check(self._lib.ckpt_list_versions(self._h(), ctypes.byref(out), err, _ERR_LEN), err)
+        return _take_json(out)["versions"]
+
+    def get_version(self, version):
+        """One version: list_versions' fields plus "dtypes" ({dtype: {"tensors", "bytes"}}) and
+        "tensors" ([{"name", "dtype", "shape", "byte_size", "xxh3" (16 hex digits)}]).
+        CkptError NOT_FOUND for an unknown version."""
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        out = ctypes.c_void_p()
+        code = self._lib.ckpt_get_version(self._h(), int(version), ctypes.byref(out), err,
+                                          _ERR_LEN)
+        _check(code, err)
+        return _take_json(out)
+
+    def drop_version(self, version):
+        """Retires a committed version or aborts a staging one."""
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        _check(self._lib.ckpt_drop_version(self._h(), int(version), err, _ERR_LEN), err)
+
+
+def push_state_dict(client, tensors, version=0, label="", streams=4, progress=None, **kwargs):
+    """Client.push_state_dict as a function; returns the committed version."""
+    return client.push_state_dict(tensors, version=version, label=label, streams=streams,
+                                  progress=progress, **kwargs)
+
+
+def push_files(client, paths, version=0, label="", **kwargs):
+    """Client.push_files as a function; returns the committed version."""
+    return client.push_files(paths, version=version, label=label, **kwargs)
+
+
+def list_versions(client):
+    return client.list_versions()
+
+
+def get_version(client, version):
+    return client.get_version(version)
+
+
+def drop_version(client, version):
+    client.drop_version(version)

@@ -1,0 +1,107 @@
+"""Loads libckpt_client.so and declares the C ABI of client/c_api.h for ctypes."""
+
+import ctypes
+import os
+from pathlib import Path
+
+LIB_ENV = "CKPT_CLIENT_LIB"
+LIB_NAME = "libckpt_client.so"
+
+PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p)
+
+
+class Tensor(ctypes.Structure):
+    """struct ckpt_tensor."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("dtype", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("data", ctypes.c_void_p),
+        ("nbytes", ctypes.c_uint64),
+    ]
+
+
+class PushOptions(ctypes.Structure):
+    """struct ckpt_push_options."""
+
+    _fields_ = [
+        ("version", ctypes.c_uint64),
+        ("label", ctypes.c_char_p),
+        ("streams", ctypes.c_int),
+        ("chunk_bytes", ctypes.c_uint64),
+        ("timeout_s", ctypes.c_double),
+        ("progress", PROGRESS_FN),
+        ("progress_user", ctypes.c_void_p),
+    ]
+
+
+def candidate_paths():
+    """Where the library is looked for, in order: $CKPT_CLIENT_LIB, next to the package, the
+    repository's bazel-bin (when the package runs from a source checkout)."""
+    here = Path(__file__).resolve().parent
+    env = os.environ.get(LIB_ENV)
+    paths = [Path(env)] if env else []
+    paths += [here / LIB_NAME, here.parent / LIB_NAME]
+    # client/python/ckpt_engine -> the repository root is three levels up.
+    paths.append(here.parents[2] / "bazel-bin" / "client" / LIB_NAME)
+    return paths
+
+
+def _declare(lib):
+    c = ctypes
+    err = [c.c_char_p, c.c_size_t]
+    lib.ckpt_push_options_init.argtypes = [c.POINTER(PushOptions)]
+    lib.ckpt_push_options_init.restype = None
+    lib.ckpt_client_open2.argtypes = [c.c_char_p, c.c_char_p, c.POINTER(c.c_void_p)] + err
+    lib.ckpt_client_open2.restype = c.c_int
+    lib.ckpt_client_set_timeout.argtypes = [c.c_void_p, c.c_double]
+    lib.ckpt_client_set_timeout.restype = None
+    lib.ckpt_client_close.argtypes = [c.c_void_p]
+    lib.ckpt_client_close.restype = None
+    lib.ckpt_push.argtypes = [
+        c.c_void_p, c.POINTER(Tensor), c.c_size_t, c.POINTER(PushOptions),
+        c.POINTER(c.c_uint64), c.POINTER(c.c_void_p)] + err
+    lib.ckpt_push.restype = c.c_int
+    lib.ckpt_load_files.argtypes = [
+        c.c_void_p, c.POINTER(c.c_char_p), c.c_size_t, c.c_uint64, c.c_char_p, c.c_double,
+        c.POINTER(c.c_uint64), c.POINTER(c.c_void_p)] + err
+    lib.ckpt_load_files.restype = c.c_int
+    lib.ckpt_list_versions.argtypes = [c.c_void_p, c.POINTER(c.c_void_p)] + err
+    lib.ckpt_list_versions.restype = c.c_int
+    lib.ckpt_get_version.argtypes = [c.c_void_p, c.c_uint64, c.POINTER(c.c_void_p)] + err
+    lib.ckpt_get_version.restype = c.c_int
+    lib.ckpt_drop_version.argtypes = [c.c_void_p, c.c_uint64] + err
+    lib.ckpt_drop_version.restype = c.c_int
+    lib.ckpt_free.argtypes = [c.c_void_p]
+    lib.ckpt_free.restype = None
+    lib.ckpt_status_name.argtypes = [c.c_int]
+    lib.ckpt_status_name.restype = c.c_char_p
+    lib.ckpt_version.argtypes = []
+    lib.ckpt_version.restype = c.c_char_p
+    return lib
+
+
+_lib = None
+
+
+def lib():
+    """The loaded library (loaded on first use). OSError naming every place tried if none loads."""
+    global _lib
+    if _lib is None:
+        tried = []
+        for path in candidate_paths():
+            if not path.is_file():
+                tried.append(f"{path} (missing)")
+                continue
+            try:
+                _lib = _declare(ctypes.CDLL(str(path)))
+                break
+            except OSError as e:
+                tried.append(f"{path} ({e})")
+        if _lib is None:
+            raise OSError(
+                f"cannot load {LIB_NAME}: set ${LIB_ENV} to its path "
+                f"(bazel build //client:{LIB_NAME}); tried: " + "; ".join(tried))
+    return _lib
