@@ -22,8 +22,7 @@
  *   "total_bytes", "created_unix_ms", "committed_unix_ms", "label", "received_bytes"};
  * - list: {"versions": [version info, ...]};
  * - detail: version info plus "dtypes": {"bfloat16": {"tensors": n, "bytes": b}, ...} and
- * "tensors":
- *   [{"name", "dtype", "shape", "byte_size", "xxh3" (16 hex digits)}, ...].
+ *   "tensors": [{"name", "dtype", "shape", "byte_size", "xxh3" (16 hex digits)}, ...].
  */
 #ifndef CKPT_CLIENT_C_API_H_
 #define CKPT_CLIENT_C_API_H_
