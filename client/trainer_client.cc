@@ -197,7 +197,8 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<Ten
     if (!s.ok()) {
       return Annotate(
           FromGrpc(s, "BeginVersion", endpoint_),
-          absl::StrCat("push of ", tensors.size(), " tensors (", FormatBytes(total), ")"));
+          absl::StrCat("push of ", tensors.size(), tensors.size() == 1 ? " tensor (" : " tensors (",
+                       FormatBytes(total), ")"));
     }
   }
   const uint64_t version = began.version();
