@@ -8,6 +8,7 @@ import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -246,6 +247,14 @@ class PushTest(unittest.TestCase):
 
         with self.assertRaisesRegex(ValueError, "stop here"):
             self.client.push_state_dict({"w": torch.randn(256, 1024)}, progress=boom)
+        after = [v for v in self.client.list_versions() if v["version"] not in before]
+        self.assertEqual([v for v in after if v["state"] in ("staging", "committed")], [])
+
+    def test_ctrl_c_during_a_push_cancels_it(self):
+        before = {v["version"] for v in self.client.list_versions()}
+        with self.assertRaises(KeyboardInterrupt):
+            self.client.push_state_dict({"w": torch.randn(256, 1024)},
+                                        progress=lambda d, t: os.kill(os.getpid(), signal.SIGINT))
         after = [v for v in self.client.list_versions() if v["version"] not in before]
         self.assertEqual([v for v in after if v["state"] in ("staging", "committed")], [])
 
