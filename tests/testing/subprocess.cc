@@ -40,14 +40,20 @@ std::string Runfile(const std::string& workspace_relative) {
     return std::string(bin_dir) + "/" +
            std::filesystem::path(workspace_relative).filename().string();
   }
-  const char* srcdir = std::getenv("TEST_SRCDIR");
   const char* workspace = std::getenv("TEST_WORKSPACE");
-  if (srcdir == nullptr)
-    throw std::runtime_error(
-        "TEST_SRCDIR is not set: run under bazel test (or set CKPT_BIN_DIR to a folder of "
-        "binaries)");
-  return std::string(srcdir) + "/" + (workspace ? workspace : "ckpt_engine") + "/" +
-         workspace_relative;
+  std::string ws = workspace ? workspace : "ckpt_engine";
+  for (const char* var : {"TEST_SRCDIR", "RUNFILES_DIR"}) {
+    const char* dir = std::getenv(var);
+    if (dir != nullptr && *dir != '\0') return std::string(dir) + "/" + ws + "/" + workspace_relative;
+  }
+  // A binary started by hand from bazel-bin: its runfiles tree sits beside it.
+  std::error_code ec;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  std::string beside = self.string() + ".runfiles/" + ws + "/" + workspace_relative;
+  if (!ec && std::filesystem::exists(beside)) return beside;
+  throw std::runtime_error(
+      "cannot find " + workspace_relative +
+      ": no TEST_SRCDIR or RUNFILES_DIR, no runfiles beside the binary, no CKPT_BIN_DIR");
 }
 
 TempDir::TempDir() {
