@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a built-in default, no GPU needed: builds ckpt-engined and ckptctl, starts the daemon
 # with the host backend on a private socket, shows its status as an operator sees it (text and JSON),
-# then stops it with SIGTERM and checks that it shut down cleanly. Grows as features land.
+# pushes a small safetensors checkpoint and shows the committed version, then stops the daemon with
+# SIGTERM and checks that it shut down cleanly. Grows as features land.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -41,6 +42,32 @@ $ctl --socket "$sock" status
 echo "== ckptctl --socket $sock status --json"
 $ctl --socket "$sock" status --json
 
+echo "== a checkpoint: writing $dir/demo.safetensors (3 tensors, stdlib Python) and pushing it"
+python3 - "$dir/demo.safetensors" <<'PY'
+import json, struct, sys
+tensors = {"embed.weight": ("BF16", [64, 32]), "layer0.mlp.weight": ("F32", [32, 32]),
+           "layer0.norm.weight": ("F32", [32])}
+sizes = {"BF16": 2, "F32": 4}
+header, data, offset = {}, b"", 0
+for i, (name, (dtype, shape)) in enumerate(tensors.items()):
+    n = sizes[dtype]
+    for d in shape:
+        n *= d
+    header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+    data += bytes((i * 7 + j) % 251 for j in range(n))
+    offset += n
+text = json.dumps(header).encode()
+text += b" " * (-len(text) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(text)) + text + data)
+PY
+echo "== ckptctl push $dir/demo.safetensors --label demo"
+$ctl --socket "$sock" push "$dir/demo.safetensors" --label demo
+echo "== ckptctl versions"
+$ctl --socket "$sock" versions
+echo "== ckptctl show latest --tensors"
+$ctl --socket "$sock" show latest --tensors
+
 echo "== stopping with SIGTERM"
 kill -TERM "$pid"
 rc=0
@@ -53,4 +80,4 @@ if ((rc != 0)); then
   exit 1
 fi
 [[ ! -e $sock ]] || { echo "demo: socket $sock was left behind" >&2; exit 1; }
-echo "== demo finished: the daemon served, answered status and shut down cleanly"
+echo "== demo finished: the daemon served, took a checkpoint version, showed it and shut down cleanly"
