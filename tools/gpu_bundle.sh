@@ -36,7 +36,7 @@ log "benches: $(echo ${benches:-none})"
 # --- 2. Build (same flags as a plain `bazel build`, so the cache is shared) ---------------------------
 # The product's binaries travel too (sbin/): integration tests start them (tests/testing/subprocess.h
 # finds them through CKPT_BIN_DIR when there are no Bazel runfiles).
-tools="//daemon:ckpt-engined //client/ckptctl:ckptctl"
+tools="//daemon:ckpt-engined //client/ckptctl:ckptctl //client:libckpt_client.so"
 # shellcheck disable=SC2086
 bazel build --noshow_progress "$@" $tests $benches $tools >&2 || die "bazel build failed"
 
@@ -94,6 +94,10 @@ copy_target() {  # label destdir
 for t in $tests; do copy_target "$t" "$BUNDLE/bin"; done
 for b in $benches; do copy_target "$b" "$BUNDLE/bench"; done
 for t in $tools; do copy_target "$t" "$BUNDLE/sbin"; done
+# The Python client (pure Python over libckpt_client.so) and its GPU check.
+mv "$BUNDLE/sbin/libckpt_client.so" "$BUNDLE/lib/"
+cp -r client/python "$BUNDLE/python"
+cp tests/python/cuda_push_check.py "$BUNDLE/"
 
 # --- 4. The runner -----------------------------------------------------------------------------------
 cat >"$BUNDLE/run_gpu_tests.sh" <<'RUNNER'
