@@ -1,0 +1,87 @@
+#include "daemon/update_plan.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/units.h"
+
+namespace ckpt::daemon {
+namespace {
+
+uint64_t AlignUp(uint64_t v) { return (v + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment; }
+
+// Fills the segments of `b`: [0, used) cut into `uploaders` aligned pieces, each turned into
+// copies.
+void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t bucket_index,
+                 Bucket* b) {
+  const uint64_t units = b->used_bytes / kSlotAlignment;
+  uint64_t start = 0;
+  size_t t = 0;  // first placement that may overlap the current segment
+  for (int u = 0; u < uploaders; ++u) {
+    // Units split as evenly as possible; the (units % uploaders) spare units go to uploaders in
+    // turn across buckets, starting after the previous bucket's, so no uploader gets all of them.
+    uint64_t rank = (static_cast<uint64_t>(u) + uploaders - bucket_index % uploaders) % uploaders;
+    uint64_t n = units / uploaders + (rank < units % uploaders ? 1 : 0);
+    Segment s;
+    s.uploader = u;
+    s.slot_offset = start;
+    s.bytes = n * kSlotAlignment;
+    const uint64_t end = start + s.bytes;
+    // Copies: the parts of tensors (not of alignment padding) inside [start, end).
+    while (t < b->tensors.size() && b->tensors[t].slot_offset + b->tensors[t].bytes <= start) ++t;
+    for (size_t k = t; k < b->tensors.size() && b->tensors[k].slot_offset < end; ++k) {
+      const TensorPlacement& p = b->tensors[k];
+      uint64_t lo = std::max(start, p.slot_offset);
+      uint64_t hi = std::min(end, p.slot_offset + p.bytes);
+      if (lo >= hi) continue;
+      s.copies.push_back({tensors[p.tensor].host_offset + (lo - p.slot_offset), lo, hi - lo});
+    }
+    b->segments.push_back(std::move(s));
+    start = end;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<UpdatePlan> PlanUpdate(const std::vector<PlanTensor>& tensors, uint64_t bucket_bytes,
+                                      int uploaders) {
+  if (uploaders < 1) return absl::InvalidArgumentError("an update needs at least one uploader GPU");
+  if (bucket_bytes == 0 || bucket_bytes % kSlotAlignment != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bucket_bytes ", bucket_bytes, " must be a positive multiple of ", kSlotAlignment));
+  }
+  UpdatePlan plan;
+  plan.bucket_bytes = bucket_bytes;
+  plan.uploaders = uploaders;
+  plan.upload_bytes.assign(uploaders, 0);
+  Bucket current;
+  for (int i = 0; i < static_cast<int>(tensors.size()); ++i) {
+    const PlanTensor& t = tensors[i];
+    if (AlignUp(t.bytes) > bucket_bytes) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("tensor '", t.name, "' has ", t.bytes, " bytes (", FormatBytes(t.bytes),
+                       "), more than a bucket of ", FormatBytes(bucket_bytes),
+                       ": bucket_bytes must be at least ", AlignUp(t.bytes)));
+    }
+    uint64_t offset = current.used_bytes;
+    if (offset + t.bytes > bucket_bytes) {
+      plan.buckets.push_back(std::move(current));
+      current = Bucket();
+      offset = 0;
+    }
+    current.tensors.push_back({i, offset, t.bytes});
+    current.used_bytes = AlignUp(offset + t.bytes);
+    plan.total_tensor_bytes += t.bytes;
+  }
+  if (!current.tensors.empty()) plan.buckets.push_back(std::move(current));
+  for (size_t i = 0; i < plan.buckets.size(); ++i) {
+    Bucket& b = plan.buckets[i];
+    CutSegments(tensors, uploaders, i, &b);
+    for (const Segment& s : b.segments) {
+      for (const Copy& c : s.copies) plan.upload_bytes[s.uploader] += c.bytes;
+    }
+  }
+  return plan;
+}
+
+}  // namespace ckpt::daemon
