@@ -1,9 +1,9 @@
 #include "common/dtype.h"
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 
 namespace ckpt {
 namespace {
@@ -76,15 +76,14 @@ absl::StatusOr<DType> ParseDType(absl::string_view text) {
   if (lower == "fp16") return DType::kFloat16;
   std::vector<std::string> names;
   for (const Info& i : kInfos) names.push_back(i.name);
-  return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", text, "' (supported: ",
-                                                 absl::StrJoin(names, ", "), ")"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype '", text, "' (supported: ", absl::StrJoin(names, ", "), ")"));
 }
 
 absl::StatusOr<uint64_t> TensorByteSize(DType dtype, const std::vector<int64_t>& shape) {
   int size = DTypeSize(dtype);
   if (size == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown dtype ", static_cast<int>(dtype)));
+    return absl::InvalidArgumentError(absl::StrCat("unknown dtype ", static_cast<int>(dtype)));
   }
   unsigned __int128 total = static_cast<unsigned>(size);
   for (int64_t d : shape) {

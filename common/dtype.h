@@ -1,4 +1,5 @@
-// Tensor element types: sizes, names, and conversions between the wire enum (ckpt.v1.DType), safetensors
+// Tensor element types: sizes, names, and conversions between the wire enum (ckpt.v1.DType),
+// safetensors
 // ("BF16") and PyTorch/numpy ("bfloat16") spellings.
 #ifndef CKPT_COMMON_DTYPE_H_
 #define CKPT_COMMON_DTYPE_H_
@@ -39,15 +40,15 @@ const char* DTypeName(DType dtype);
 // Known wire number -> DType; nullopt otherwise.
 std::optional<DType> DTypeFromWire(int value);
 
-// "bfloat16", "bf16", "BF16", "float32", "F32", "torch.float16", ... -> DType (case-insensitive for the
-// safetensors spellings). INVALID_ARGUMENT naming the text otherwise.
+// "bfloat16", "bf16", "BF16", "float32", "F32", "torch.float16", ... -> DType (case-insensitive for
+// the safetensors spellings). INVALID_ARGUMENT naming the text otherwise.
 absl::StatusOr<DType> ParseDType(absl::string_view text);
 
 // The safetensors header spelling ("BF16", "F8_E4M3", ...).
 const char* DTypeSafetensorsName(DType dtype);
 
-// product(shape) * DTypeSize(dtype); INVALID_ARGUMENT for a negative dimension, an unknown dtype or an
-// overflow of 64 bits.
+// product(shape) * DTypeSize(dtype); INVALID_ARGUMENT for a negative dimension, an unknown dtype or
+// an overflow of 64 bits.
 absl::StatusOr<uint64_t> TensorByteSize(DType dtype, const std::vector<int64_t>& shape);
 
 }  // namespace ckpt

@@ -27,8 +27,7 @@ struct DaemonFacts {
 // not override (ListVersions, Update, Drop) answer UNIMPLEMENTED until the version store lands.
 class AdminService final : public v1::Admin::Service {
  public:
-  AdminService(DaemonFacts facts, VersionStore* store)
-      : facts_(std::move(facts)), store_(store) {}
+  AdminService(DaemonFacts facts, VersionStore* store) : facts_(std::move(facts)), store_(store) {}
 
   void SetListenAddresses(std::vector<std::string> addresses) ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -214,8 +214,9 @@ std::string DescribeConfig(const Config& config) {
       " backend=", BackendName(config.backend), " host_memory_budget=",
       config.host_memory_budget == 0 ? "auto" : FormatBytes(config.host_memory_budget),
       " log_level=", config.log_level, " shutdown_grace=", HumanDuration(config.shutdown_grace),
-      " max_versions=", config.max_versions, " staging_timeout=",
-      HumanDuration(config.staging_timeout), " load_threads=", config.load_threads);
+      " max_versions=", config.max_versions,
+      " staging_timeout=", HumanDuration(config.staging_timeout),
+      " load_threads=", config.load_threads);
 }
 
 }  // namespace ckpt::daemon

@@ -9,8 +9,8 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "common/units.h"
 #include "common/status_macros.h"
+#include "common/units.h"
 #include "daemon/backend.h"
 #include "daemon/grpc_log.h"
 #include "grpcpp/security/server_credentials.h"
@@ -51,10 +51,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   ASSIGN_OR_RETURN(std::unique_ptr<HostArena> arena,
                    HostArena::Create(kind, config.host_memory_budget, GpuNumaNodes(d->gpus_),
                                      config.load_threads));
-  d->arena_note_ = absl::StrCat(FormatBytes(arena->size()), " of ",
-                                kind == HostArena::Kind::kPinned ? "pinned" : "shared",
-                                " host memory reserved in ",
-                                HumanDuration(absl::Now() - reserve_start));
+  d->arena_note_ = absl::StrCat(
+      FormatBytes(arena->size()), " of ", kind == HostArena::Kind::kPinned ? "pinned" : "shared",
+      " host memory reserved in ", HumanDuration(absl::Now() - reserve_start));
   VersionStore::Options store_options;
   store_options.max_versions = config.max_versions;
   store_options.staging_timeout = config.staging_timeout;

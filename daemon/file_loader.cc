@@ -36,8 +36,8 @@ absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
     for (const SafetensorsEntry& e : file.tensors) {
       auto [it, fresh] = owner.emplace(e.name, path);
       if (!fresh) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor '", e.name, "' is in both ",
-                                                       it->second, " and ", path));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", e.name, "' is in both ", it->second, " and ", path));
       }
       v1::TensorSpec* spec = manifest.add_tensors();
       spec->set_name(e.name);

@@ -82,13 +82,13 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(Kind kind, uint64_t
       return absl::ResourceExhaustedError(absl::StrCat("memfd_create for ", what, ": ", Errno()));
     }
     if (::ftruncate(a->memfd_.get(), static_cast<off_t>(a->mapped_)) != 0) {
-      return absl::ResourceExhaustedError(absl::StrCat("cannot size shared memory to ", what, ": ",
-                                                       Errno()));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot size shared memory to ", what, ": ", Errno()));
     }
     // Reserve the pages now: without this, running out of memory would show up later as SIGBUS.
     if (int err = ::posix_fallocate(a->memfd_.get(), 0, static_cast<off_t>(a->mapped_)); err != 0) {
-      return absl::ResourceExhaustedError(absl::StrCat("cannot reserve ", what,
-                                                       " of shared memory: ", std::strerror(err)));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot reserve ", what, " of shared memory: ", std::strerror(err)));
     }
     // MAP_POPULATE maps every page now: otherwise each first write to a page of a new version takes
     // a page fault, which cost more than the copy itself (measured: ~4 s of CPU per GiB pushed).
@@ -101,13 +101,14 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(Kind kind, uint64_t
     return a;
   }
 
-  void* p = ::mmap(nullptr, a->mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS |
-                   MAP_NORESERVE, -1, 0);
+  void* p = ::mmap(nullptr, a->mapped_, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
     return absl::ResourceExhaustedError(absl::StrCat("cannot map ", what, ": ", Errno()));
   }
   a->data_ = static_cast<uint8_t*>(p);
-  // Huge pages where the kernel allows them: fewer faults while touching, fewer TLB misses in copies.
+  // Huge pages where the kernel allows them: fewer faults while touching, fewer TLB misses in
+  // copies.
   (void)::madvise(a->data_, a->mapped_, MADV_HUGEPAGE);
   // Place pages before they are faulted in: interleaved over the GPUs' nodes, so that every GPU's
   // uploads read from memory near it as often as from far.
@@ -121,8 +122,8 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(Kind kind, uint64_t
   auto pinned = gpu::PinnedRegion::Register(a->data_, a->mapped_);
   if (!pinned.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "cannot pin ", what, " with cudaHostRegister (is LimitMEMLOCK=infinity set?): ",
-        pinned.status().message()));
+        "cannot pin ", what,
+        " with cudaHostRegister (is LimitMEMLOCK=infinity set?): ", pinned.status().message()));
   }
   a->pinned_ = std::move(*pinned);
   return a;

@@ -37,8 +37,8 @@ absl::Status ValidateManifest(const v1::Manifest& manifest, uint64_t* total_byte
     std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
     auto size = TensorByteSize(*dtype, shape);
     if (!size.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name(), "': ",
-                                                     size.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name(), "': ", size.status().message()));
     }
     if (*size != t.byte_size()) {
       return absl::InvalidArgumentError(absl::StrCat(

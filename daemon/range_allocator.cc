@@ -5,9 +5,7 @@
 namespace ckpt::daemon {
 
 RangeAllocator::RangeAllocator(uint64_t capacity, uint64_t alignment)
-    : capacity_(capacity / alignment * alignment),
-      alignment_(alignment),
-      free_bytes_(capacity_) {
+    : capacity_(capacity / alignment * alignment), alignment_(alignment), free_bytes_(capacity_) {
   if (capacity_ > 0) free_[0] = capacity_;
 }
 
@@ -34,8 +32,8 @@ absl::StatusOr<uint64_t> RangeAllocator::Allocate(uint64_t size) {
 absl::Status RangeAllocator::Free(uint64_t offset, uint64_t size) {
   uint64_t len = Rounded(size);
   if (offset % alignment_ != 0 || offset + len > capacity_) {
-    return absl::InternalError(absl::StrCat("freeing a range that was never allocated: ", offset,
-                                            "+", len));
+    return absl::InternalError(
+        absl::StrCat("freeing a range that was never allocated: ", offset, "+", len));
   }
   auto next = free_.lower_bound(offset);
   if (next != free_.end() && next->first < offset + len) {

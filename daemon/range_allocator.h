@@ -16,8 +16,8 @@ class RangeAllocator {
   explicit RangeAllocator(uint64_t capacity, uint64_t alignment = 256);
 
   // The offset of a new range of `size` bytes (rounded up to the alignment; 0 allocates one
-  // alignment unit so that every range has a distinct offset). RESOURCE_EXHAUSTED when no free range
-  // is large enough.
+  // alignment unit so that every range has a distinct offset). RESOURCE_EXHAUSTED when no free
+  // range is large enough.
   absl::StatusOr<uint64_t> Allocate(uint64_t size);
   // Returns a range from Allocate (same size as asked). Freeing what was not allocated is a bug:
   // checked, it returns INTERNAL and changes nothing.

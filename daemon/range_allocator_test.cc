@@ -40,8 +40,8 @@ TEST_CASE("exhaustion and bad frees are reported") {
   REQUIRE_FALSE(r.ok());
   CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
   REQUIRE(a.Free(0, 1024).ok());
-  CHECK(a.Free(0, 256).code() == absl::StatusCode::kInternal);  // double free
-  CHECK(a.Free(3, 1).code() == absl::StatusCode::kInternal);    // misaligned
+  CHECK(a.Free(0, 256).code() == absl::StatusCode::kInternal);   // double free
+  CHECK(a.Free(3, 1).code() == absl::StatusCode::kInternal);     // misaligned
   CHECK(a.Free(1024, 1).code() == absl::StatusCode::kInternal);  // out of range
   CHECK(a.free_bytes() == 1024);
 }

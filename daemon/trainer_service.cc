@@ -46,8 +46,8 @@ grpc::Status TrainerService::PushChunks(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status TrainerService::Commit(grpc::ServerContext* context,
-                                    const v1::CommitRequest* request, v1::VersionInfo* response) {
+grpc::Status TrainerService::Commit(grpc::ServerContext* context, const v1::CommitRequest* request,
+                                    v1::VersionInfo* response) {
   auto info = store_->Commit(request->version(), request->upload_token());
   if (!info.ok()) return ToGrpc(info.status());
   *response = std::move(*info);
@@ -65,8 +65,8 @@ grpc::Status TrainerService::Abort(grpc::ServerContext* context, const v1::Abort
 grpc::Status TrainerService::LoadFiles(grpc::ServerContext* context,
                                        const v1::LoadFilesRequest* request,
                                        v1::VersionInfo* response) {
-  absl::Time deadline = std::min(absl::Now() + options_.load_timeout,
-                                 absl::FromChrono(context->deadline()));
+  absl::Time deadline =
+      std::min(absl::Now() + options_.load_timeout, absl::FromChrono(context->deadline()));
   std::vector<std::string> paths(request->paths().begin(), request->paths().end());
   auto info = LoadSafetensorsFiles(*store_, paths, request->version(), request->label(),
                                    options_.load_threads, deadline);

@@ -182,9 +182,9 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
           absl::StrCat("version ", requested_version, " is already in use"));
     }
     if (requested_version <= max_committed_) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "version ids must increase: ", requested_version, " is not above the last committed id ",
-          max_committed_));
+      return absl::FailedPreconditionError(
+          absl::StrCat("version ids must increase: ", requested_version,
+                       " is not above the last committed id ", max_committed_));
     }
     v->id = requested_version;
   } else {
@@ -245,13 +245,12 @@ std::shared_ptr<VersionStore::Version> VersionStore::FindStaging(uint64_t versio
                                                                  absl::Status* error) const {
   auto it = versions_.find(version);
   if (it == versions_.end() || it->second->state != v1::VERSION_STATE_STAGING) {
-    *error = absl::NotFoundError(absl::StrCat("no staging version ", version,
-                                              " (never begun, committed, or aborted)"));
+    *error = absl::NotFoundError(
+        absl::StrCat("no staging version ", version, " (never begun, committed, or aborted)"));
     return nullptr;
   }
   if (!token.empty() && it->second->token != token) {
-    *error = absl::PermissionDeniedError(
-        absl::StrCat("wrong upload token for version ", version));
+    *error = absl::PermissionDeniedError(absl::StrCat("wrong upload token for version ", version));
     return nullptr;
   }
   return it->second;
@@ -296,7 +295,7 @@ absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token
 }
 
 absl::StatusOr<std::vector<uint8_t*>> VersionStore::TensorAddresses(uint64_t version,
-                                                                   const std::string& token) {
+                                                                    const std::string& token) {
   std::shared_ptr<Version> v;
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -392,7 +391,8 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
   std::atomic<int> next{0};
   auto hash = [&] {
     for (int i = next++; i < n; i = next++) {
-      sums[i] = XXH3_64bits(arena_->data() + v->ranges->offset(i), v->manifest.tensors(i).byte_size());
+      sums[i] =
+          XXH3_64bits(arena_->data() + v->ranges->offset(i), v->manifest.tensors(i).byte_size());
     }
   };
   int threads = std::max(1, std::min(options_.hash_threads, n));
@@ -438,7 +438,8 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
     v->committed = absl::Now();
     max_committed_ = version;
     int committed = 0;
-    for (const auto& [id, other] : versions_) committed += other->state == v1::VERSION_STATE_COMMITTED;
+    for (const auto& [id, other] : versions_)
+      committed += other->state == v1::VERSION_STATE_COMMITTED;
     for (; committed > options_.max_versions && RetireOldest(&graveyard); --committed) {
     }
     info = Info(*v);

@@ -1,22 +1,22 @@
 // VersionStore: checkpoint versions in the daemon's host arena.
 //
 // A version is STAGING from Begin until Commit has found every byte present and every XXH3-64
-// checksum matching; then COMMITTED (visible to readers) until it is retired (Drop, or pushed out by
-// newer versions: at most max_versions stay committed) or, while STAGING, aborted (Abort, a broken
-// push stream, or no activity for staging_timeout). Retired and aborted versions are forgotten and
-// their memory returns to the arena.
+// checksum matching; then COMMITTED (visible to readers) until it is retired (Drop, or pushed out
+// by newer versions: at most max_versions stay committed) or, while STAGING, aborted (Abort, a
+// broken push stream, or no activity for staging_timeout). Retired and aborted versions are
+// forgotten and their memory returns to the arena.
 //
 // Memory: each tensor gets its own 256-byte aligned range of the arena at Begin (admission control:
-// RESOURCE_EXHAUSTED when the version cannot fit even after retiring the committed versions that may
-// be retired: every committed version but the newest). Chunks are copied straight from the RPC's
-// buffers into those ranges; a chunk sent twice writes the same bytes again and counts once.
+// RESOURCE_EXHAUSTED when the version cannot fit even after retiring the committed versions that
+// may be retired: every committed version but the newest). Chunks are copied straight from the
+// RPC's buffers into those ranges; a chunk sent twice writes the same bytes again and counts once.
 //
 // Version ids: 0 asks the store for the next id. A given id must not be in use (ALREADY_EXISTS) and
-// must be greater than every id committed so far (FAILED_PRECONDITION), so readers only ever see ids
-// increase. An aborted id may be used again.
+// must be greater than every id committed so far (FAILED_PRECONDITION), so readers only ever see
+// ids increase. An aborted id may be used again.
 //
-// Thread-safety: every method may be called from any thread. Chunk copies of one or several versions
-// run in parallel (the store lock is not held while copying).
+// Thread-safety: every method may be called from any thread. Chunk copies of one or several
+// versions run in parallel (the store lock is not held while copying).
 #ifndef CKPT_DAEMON_VERSION_STORE_H_
 #define CKPT_DAEMON_VERSION_STORE_H_
 

@@ -53,8 +53,9 @@ void PushAll(VersionStore& store, const VersionStore::Begun& b, const std::vecto
   for (const Tensor& t : ts) {
     for (uint64_t off = 0; off < t.bytes.size(); off += chunk) {
       uint64_t end = std::min<uint64_t>(t.bytes.size(), off + chunk);
-      REQUIRE(store.WriteChunk(b.version, b.upload_token, t.name, t.bytes.size() - end,
-                               t.bytes.data() + t.bytes.size() - end, end - off)
+      REQUIRE(store
+                  .WriteChunk(b.version, b.upload_token, t.name, t.bytes.size() - end,
+                              t.bytes.data() + t.bytes.size() - end, end - off)
                   .ok());
     }
   }
@@ -111,8 +112,8 @@ TEST_CASE("commit names missing bytes and checksum mismatches and keeps the vers
   CHECK(Contains(r.status().message(), "checksum mismatch"));
   CHECK(Contains(r.status().message(), "'w'"));
   // The trainer resends the right bytes and commits.
-  REQUIRE(store->WriteChunk(b->version, b->upload_token, "w", 512, ts[0].bytes.data() + 512, 512)
-              .ok());
+  REQUIRE(
+      store->WriteChunk(b->version, b->upload_token, "w", 512, ts[0].bytes.data() + 512, 512).ok());
   CHECK(store->Commit(b->version, b->upload_token).ok());
 }
 
@@ -165,8 +166,7 @@ TEST_CASE("version ids: given ids must be unused and increase") {
   auto b = store->Begin(ManifestOf(ts), 10, "");
   REQUIRE(b.ok());
   CHECK(b->version == 10);
-  CHECK(store->Begin(ManifestOf(ts), 10, "").status().code() ==
-        absl::StatusCode::kAlreadyExists);
+  CHECK(store->Begin(ManifestOf(ts), 10, "").status().code() == absl::StatusCode::kAlreadyExists);
   PushAll(*store, *b, ts);
   REQUIRE(store->Commit(10, b->upload_token).ok());
   CHECK(store->Begin(ManifestOf(ts), 5, "").status().code() ==
@@ -236,8 +236,7 @@ TEST_CASE("abort, drop and stale staging versions return their memory") {
   REQUIRE(b.ok());
   CHECK(store->Abort(a->version, "wrong", "x").code() == absl::StatusCode::kPermissionDenied);
   REQUIRE(store->Abort(a->version, a->upload_token, "test").ok());
-  CHECK(store->Abort(a->version, a->upload_token, "again").code() ==
-        absl::StatusCode::kNotFound);
+  CHECK(store->Abort(a->version, a->upload_token, "again").code() == absl::StatusCode::kNotFound);
   CHECK(store->AbortStale(absl::Now()) == 0);
   CHECK(store->AbortStale(absl::Now() + absl::Seconds(11)) == 1);
   CHECK(store->GetUsage().used_bytes == 0);
@@ -265,8 +264,9 @@ TEST_CASE("parallel writers into one version") {
       for (size_t i = k; i < ts.size(); i += 4) {
         for (uint64_t off = 0; off < ts[i].bytes.size(); off += 7000) {
           uint64_t n = std::min<uint64_t>(7000, ts[i].bytes.size() - off);
-          if (!store->WriteChunk(b->version, b->upload_token, ts[i].name, off,
-                                 ts[i].bytes.data() + off, n)
+          if (!store
+                   ->WriteChunk(b->version, b->upload_token, ts[i].name, off,
+                                ts[i].bytes.data() + off, n)
                    .ok()) {
             ++failures;
           }

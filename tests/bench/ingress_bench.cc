@@ -2,9 +2,11 @@
 //
 // Starts the real ckpt-engined (from Bazel runfiles, or $CKPT_BIN_DIR on the GPU machine), then:
 //   1. pushes a synthetic version of --gib GiB (tensors shaped like a dense LLM's layers) with the
-//      C++ TrainerClient over 1 stream and over each count in --streams, on the Unix socket and (with
+//      C++ TrainerClient over 1 stream and over each count in --streams, on the Unix socket and
+//      (with
 //      --tcp) over TCP loopback;
-//   2. writes the same tensors as a safetensors file under --dir, reads it once so it is in the page
+//   2. writes the same tensors as a safetensors file under --dir, reads it once so it is in the
+//   page
 //      cache, and loads it with LoadFiles.
 // Each run prints GB/s (bytes of the version / wall time from the call to the committed version)
 // and its stages: checksums on the client, transfer (BeginVersion to the last chunk sent), commit
@@ -109,8 +111,9 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
 
   const uint64_t bytes = static_cast<uint64_t>(gib * (1ull << 30));
-  std::printf("== ingress_bench: %.2f GiB version, chunks of %d MiB, backend %s, %u hardware threads\n",
-              gib, chunk_mib, backend.c_str(), std::thread::hardware_concurrency());
+  std::printf(
+      "== ingress_bench: %.2f GiB version, chunks of %d MiB, backend %s, %u hardware threads\n",
+      gib, chunk_mib, backend.c_str(), std::thread::hardware_concurrency());
   Synthetic tensors = MakeTensors(bytes);
   std::printf("== %zu tensors, %.3f GB\n", tensors.names.size(), tensors.total / 1e9);
 
@@ -130,8 +133,8 @@ int main(int argc, char** argv) {
   if (!notify.WaitFor("READY=1", std::chrono::seconds(300))) {
     return Fail("daemon did not start: " + daemon.Stderr());
   }
-  std::printf("== daemon ready in %.2f s (reserving %s bytes)\n", Seconds(Clock::now() - start_wait),
-              budget.c_str());
+  std::printf("== daemon ready in %.2f s (reserving %s bytes)\n",
+              Seconds(Clock::now() - start_wait), budget.c_str());
 
   auto unix_ep = ckpt::client::ResolveEndpoint(sock, "");
   auto admin = ckpt::client::DaemonClient::Connect(*unix_ep);
@@ -140,7 +143,8 @@ int main(int argc, char** argv) {
   if (!status.ok()) return Fail(std::string(status.status().message()));
   std::printf("== daemon backend %s\n", status->backend().c_str());
   std::vector<std::pair<std::string, ckpt::client::Endpoint>> endpoints = {{"unix", *unix_ep}};
-  if (tcp) endpoints.push_back({"tcp", *ckpt::client::ResolveEndpoint("", status->listen_addresses(1))});
+  if (tcp)
+    endpoints.push_back({"tcp", *ckpt::client::ResolveEndpoint("", status->listen_addresses(1))});
 
   std::vector<int> stream_counts;
   for (absl::string_view s : absl::StrSplit(streams_text, ',')) {
@@ -208,9 +212,9 @@ int main(int argc, char** argv) {
   auto t1 = Clock::now();
   ::unlink(path.c_str());
   if (!info.ok()) return Fail(std::string(info.status().message()));
-  std::printf("loadfiles page-cached %7.3f GB in %6.3f s = %6.2f GB/s (read + checksums + commit)\n",
-              info->total_bytes() / 1e9, Seconds(t1 - t0),
-              info->total_bytes() / 1e9 / Seconds(t1 - t0));
+  std::printf(
+      "loadfiles page-cached %7.3f GB in %6.3f s = %6.2f GB/s (read + checksums + commit)\n",
+      info->total_bytes() / 1e9, Seconds(t1 - t0), info->total_bytes() / 1e9 / Seconds(t1 - t0));
   daemon.Signal(SIGTERM);
   daemon.Wait(std::chrono::seconds(60));
   return 0;

@@ -25,8 +25,8 @@ int main(int argc, char** argv) {
   size_t tensor_bytes = std::strtoull(argv[3], nullptr, 10);
   size_t chunk = std::strtoull(argv[4], nullptr, 10);
   int streams = std::atoi(argv[5]);
-  auto stub = ckpt::v1::Trainer::NewStub(
-      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  auto stub =
+      ckpt::v1::Trainer::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
   std::string bytes(tensor_bytes, '\0');
   for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 131 + 7);
   ckpt::v1::BeginVersionRequest begin;

@@ -1,5 +1,6 @@
 // Every bad input of the Trainer API against the real daemon (host backend), each checked for its
-// status code, its message, and for leaving nothing behind: no STAGING version and no memory in use.
+// status code, its message, and for leaving nothing behind: no STAGING version and no memory in
+// use.
 #include <signal.h>
 #include <xxhash.h>
 
@@ -198,8 +199,7 @@ TEST_CASE("bad manifests are refused at begin") {
 
   v1::Manifest big;
   *big.add_tensors() = Spec("w", std::string(2 << 20, 'x'));
-  RequireError(d.Begin(big, &begun), grpc::StatusCode::RESOURCE_EXHAUSTED,
-               "needs 2097152 bytes");
+  RequireError(d.Begin(big, &begun), grpc::StatusCode::RESOURCE_EXHAUSTED, "needs 2097152 bytes");
   d.RequireClean();
 }
 
@@ -279,7 +279,8 @@ TEST_CASE("bad safetensors files are refused by LoadFiles and leave nothing") {
       {"truncated", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_", "", -1, ""},
       {"malformed", "this is not json", "", -1, ""},
       {"header larger than the file", "{}", "", 1 << 20, ""},
-      {"overlapping", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+      {"overlapping",
+       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
        std::string(12, 'x'), -1, "overlap"},
       {"out of range", R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
        std::string(8, 'x'), -1, "'a'"},
@@ -313,8 +314,8 @@ TEST_CASE("a trainer killed at any point of a push leaves nothing behind") {
   Daemon d;
   const uint64_t before = d.Status().host_memory_used_bytes();
   std::mt19937 rng(12345);
-  const std::vector<std::string> push = {Runfile("tests/integration/push_client"), d.socket, "16",
-                                         "32768", "1024", "2"};
+  const std::vector<std::string> push = {
+      Runfile("tests/integration/push_client"), d.socket, "16", "32768", "1024", "2"};
   // One push to the end first: it must commit, and its duration spans the cut points below.
   auto started = Clock::now();
   RunResult full = Run(push);
@@ -363,8 +364,9 @@ TEST_CASE("a trainer killed at any point of a push leaves nothing behind") {
     CHECK(s.staging_versions() == 0);
     CHECK(s.host_memory_used_bytes() == before);
   }
-  WARN("a full push took " << push_us.count() << " us; of 16 killed pushes, " << killed_mid_push << " were killed after BeginVersion, " << committed
-                         << " committed before the kill");
+  WARN("a full push took " << push_us.count() << " us; of 16 killed pushes, " << killed_mid_push
+                           << " were killed after BeginVersion, " << committed
+                           << " committed before the kill");
 }
 
 }  // namespace

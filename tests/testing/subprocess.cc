@@ -44,7 +44,8 @@ std::string Runfile(const std::string& workspace_relative) {
   std::string ws = workspace ? workspace : "ckpt_engine";
   for (const char* var : {"TEST_SRCDIR", "RUNFILES_DIR"}) {
     const char* dir = std::getenv(var);
-    if (dir != nullptr && *dir != '\0') return std::string(dir) + "/" + ws + "/" + workspace_relative;
+    if (dir != nullptr && *dir != '\0')
+      return std::string(dir) + "/" + ws + "/" + workspace_relative;
   }
   // A binary started by hand from bazel-bin: its runfiles tree sits beside it.
   std::error_code ec;
