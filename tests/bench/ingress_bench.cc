@@ -117,24 +117,17 @@ int main(int argc, char** argv) {
   Synthetic tensors = MakeTensors(bytes);
   std::printf("== %zu tensors, %.3f GB\n", tensors.names.size(), tensors.total / 1e9);
 
-  ckpt::testing::TempDir tmp;
-  ckpt::testing::FakeNotifySocket notify(tmp / "notify");
-  std::string sock = tmp / "d.sock";
   // Room for two versions (the store keeps the newest committed one while the next is pushed).
   std::string budget = absl::StrCat(2 * tensors.total + (256 << 20));
-  ckpt::testing::SpawnOptions opts;
-  opts.env = {{"NOTIFY_SOCKET", notify.path()}};
-  ckpt::testing::Subprocess daemon(
-      {ckpt::testing::Runfile("daemon/ckpt-engined"), "--backend", backend, "--listen-unix", sock,
-       "--listen-tcp", "127.0.0.1:0", "--host-memory-budget", budget, "--load-threads", "16",
-       "--log-level", "warn"},
-      opts);
   auto start_wait = Clock::now();
-  if (!notify.WaitFor("READY=1", std::chrono::seconds(300))) {
-    return Fail("daemon did not start: " + daemon.Stderr());
-  }
+  ckpt::testing::DaemonProcess daemon(
+      {"--backend", backend, "--listen-tcp", "127.0.0.1:0", "--host-memory-budget", budget,
+       "--load-threads", "16", "--log-level", "warn"},
+      {}, std::chrono::seconds(300));
+  if (!daemon.ready()) return Fail("daemon did not start: " + daemon.proc->Stderr());
   std::printf("== daemon ready in %.2f s (reserving %s bytes)\n",
               Seconds(Clock::now() - start_wait), budget.c_str());
+  const std::string& sock = daemon.socket;
 
   auto unix_ep = ckpt::client::ResolveEndpoint(sock, "");
   auto admin = ckpt::client::DaemonClient::Connect(*unix_ep);
@@ -215,7 +208,7 @@ int main(int argc, char** argv) {
   std::printf(
       "loadfiles page-cached %7.3f GB in %6.3f s = %6.2f GB/s (read + checksums + commit)\n",
       info->total_bytes() / 1e9, Seconds(t1 - t0), info->total_bytes() / 1e9 / Seconds(t1 - t0));
-  daemon.Signal(SIGTERM);
-  daemon.Wait(std::chrono::seconds(60));
+  daemon.proc->Signal(SIGTERM);
+  daemon.proc->Wait(std::chrono::seconds(60));
   return 0;
 }

@@ -35,31 +35,19 @@ bool Exists(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0;
 }
 
-// A daemon on a socket in its own temporary directory, ready (it sent READY=1) when constructed.
-struct RunningDaemon {
-  explicit RunningDaemon(std::vector<std::string> extra = {}) : notify(dir / "notify") {
-    socket = dir / "d.sock";
-    std::vector<std::string> argv = {
-        Daemon(), "--backend", "host", "--listen-unix", socket, "--host-memory-budget", "64MiB"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    SpawnOptions options;
-    options.env = {{"NOTIFY_SOCKET", notify.path()}};
-    proc = std::make_unique<Subprocess>(argv, options);
-    ready = notify.WaitFor("READY=1", 20s);
+// A host-backend daemon, ready (it sent READY=1) when constructed.
+struct RunningDaemon : DaemonProcess {
+  explicit RunningDaemon(std::vector<std::string> extra = {})
+      : DaemonProcess(WithDefaults(std::move(extra))) {
     INFO("daemon stderr: " << proc->Stderr());
-    REQUIRE(ready.has_value());
+    REQUIRE(ready());
   }
 
-  RunResult Ctl(std::vector<std::string> args, const SpawnOptions& options = {}) {
-    args.insert(args.begin(), {testing::Runfile("client/ckptctl/ckptctl"), "--socket", socket});
-    return Run(args, options);
+  static std::vector<std::string> WithDefaults(std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--backend", "host", "--host-memory-budget", "64MiB"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
   }
-
-  TempDir dir;
-  FakeNotifySocket notify;
-  std::string socket;
-  std::unique_ptr<Subprocess> proc;
-  std::optional<std::string> ready;
 };
 
 // Starts a daemon expected to fail at start-up and returns what it printed and its exit status.
@@ -81,7 +69,7 @@ void RequireStartupFailure(const RunResult& r, const std::string& needle) {
 
 TEST_CASE("ckptctl status --json reports the running daemon") {
   RunningDaemon d;
-  CHECK(Contains(*d.ready, "STATUS=serving on unix:" + d.socket));
+  CHECK(Contains(*d.ready_message, "STATUS=serving on unix:" + d.socket));
 
   struct stat st;
   REQUIRE(::stat(d.socket.c_str(), &st) == 0);

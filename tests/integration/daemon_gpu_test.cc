@@ -17,21 +17,15 @@ namespace {
 using namespace std::chrono_literals;
 
 nlohmann::json StatusOfDaemon(const std::string& backend, const SpawnOptions& options) {
-  TempDir dir;
-  FakeNotifySocket notify(dir / "notify");
-  SpawnOptions with_notify = options;
-  with_notify.env.push_back({"NOTIFY_SOCKET", notify.path()});
-  std::string sock = dir / "d.sock";
-  Subprocess daemon({Runfile("daemon/ckpt-engined"), "--backend", backend, "--listen-unix", sock,
-                     "--host-memory-budget", "1GiB"},
-                    with_notify);
-  INFO("daemon stderr: " << daemon.Stderr());
-  REQUIRE(notify.WaitFor("READY=1", 30s).has_value());
-  RunResult r = Run({Runfile("client/ckptctl/ckptctl"), "--socket", sock, "status", "--json"});
+  DaemonProcess daemon({"--backend", backend, "--host-memory-budget", "1GiB"}, options,
+                       std::chrono::seconds(30));
+  INFO("daemon stderr: " << daemon.proc->Stderr());
+  REQUIRE(daemon.ready());
+  RunResult r = daemon.Ctl({"status", "--json"});
   INFO("ckptctl stderr: " << r.err);
   REQUIRE(r.exit.code == 0);
-  daemon.Signal(SIGTERM);
-  ExitInfo e = daemon.Wait(30s);
+  daemon.proc->Signal(SIGTERM);
+  ExitInfo e = daemon.proc->Wait(30s);
   CHECK(e.exited);
   CHECK(e.code == 0);
   return nlohmann::json::parse(r.out);

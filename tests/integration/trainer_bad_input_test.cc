@@ -34,17 +34,12 @@ std::chrono::system_clock::time_point In(std::chrono::seconds s) {
 }
 
 // A daemon with a 1 MiB store and a 1 s staging timeout, and stubs to talk to it.
-struct Daemon {
-  Daemon() : notify(dir / "notify") {
-    socket = dir / "d.sock";
-    SpawnOptions options;
-    options.env = {{"NOTIFY_SOCKET", notify.path()}};
-    proc = std::make_unique<Subprocess>(
-        std::vector<std::string>{Runfile("daemon/ckpt-engined"), "--backend", "host",
-                                 "--listen-unix", socket, "--host-memory-budget", "1MiB",
-                                 "--staging-timeout", "1s", "--log-level", "warn"},
-        options);
-    REQUIRE(notify.WaitFor("READY=1", 20s).has_value());
+struct Daemon : DaemonProcess {
+  Daemon()
+      : DaemonProcess({"--backend", "host", "--host-memory-budget", "1MiB", "--staging-timeout",
+                       "1s", "--log-level", "warn"}) {
+    INFO("daemon stderr: " << proc->Stderr());
+    REQUIRE(ready());
     auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
     trainer = v1::Trainer::NewStub(channel);
     admin = v1::Admin::NewStub(channel);
@@ -113,10 +108,6 @@ struct Daemon {
     return trainer->LoadFiles(&ctx, req, info);
   }
 
-  TempDir dir;
-  FakeNotifySocket notify;
-  std::string socket;
-  std::unique_ptr<Subprocess> proc;
   std::unique_ptr<v1::Trainer::Stub> trainer;
   std::unique_ptr<v1::Admin::Stub> admin;
 };

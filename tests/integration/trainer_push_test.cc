@@ -40,26 +40,15 @@ std::string Hex(uint64_t v) {
 }
 
 // A ready daemon on a private socket, with clients for it.
-struct Daemon {
-  Daemon() : notify(dir / "notify") {
-    socket = dir / "d.sock";
-    SpawnOptions options;
-    options.env = {{"NOTIFY_SOCKET", notify.path()}};
-    proc = std::make_unique<Subprocess>(
-        std::vector<std::string>{Runfile("daemon/ckpt-engined"), "--backend", "host",
-                                 "--listen-unix", socket, "--host-memory-budget", "256MiB",
-                                 "--log-level", "warn"},
-        options);
+struct Daemon : DaemonProcess {
+  Daemon()
+      : DaemonProcess(
+            {"--backend", "host", "--host-memory-budget", "256MiB", "--log-level", "warn"}) {
     INFO("daemon stderr: " << proc->Stderr());
-    REQUIRE(notify.WaitFor("READY=1", 20s).has_value());
+    REQUIRE(ready());
     endpoint = *client::ResolveEndpoint(socket, "");
     trainer = std::move(*TrainerClient::Connect(endpoint));
     admin = std::move(*DaemonClient::Connect(endpoint));
-  }
-
-  RunResult Ctl(std::vector<std::string> args) {
-    args.insert(args.begin(), {Runfile("client/ckptctl/ckptctl"), "--socket", socket});
-    return Run(args);
   }
 
   v1::StatusResponse Status() {
@@ -68,10 +57,6 @@ struct Daemon {
     return *s;
   }
 
-  TempDir dir;
-  FakeNotifySocket notify;
-  std::string socket;
-  std::unique_ptr<Subprocess> proc;
   client::Endpoint endpoint;
   std::unique_ptr<TrainerClient> trainer;
   std::unique_ptr<DaemonClient> admin;

@@ -209,6 +209,21 @@ std::optional<std::string> FakeNotifySocket::WaitFor(const std::string& needle,
   }
 }
 
+DaemonProcess::DaemonProcess(std::vector<std::string> args, const SpawnOptions& options,
+                             std::chrono::milliseconds timeout)
+    : notify(dir / "notify"), socket(dir / "d.sock") {
+  args.insert(args.begin(), {Runfile("daemon/ckpt-engined"), "--listen-unix", socket});
+  SpawnOptions with_notify = options;
+  with_notify.env.push_back({"NOTIFY_SOCKET", notify.path()});
+  proc = std::make_unique<Subprocess>(std::move(args), with_notify);
+  ready_message = notify.WaitFor("READY=1", timeout);
+}
+
+RunResult DaemonProcess::Ctl(std::vector<std::string> args, const SpawnOptions& options) const {
+  args.insert(args.begin(), {Runfile("client/ckptctl/ckptctl"), "--socket", socket});
+  return Run(std::move(args), options);
+}
+
 std::string CopyExecutable(const std::string& source, const std::string& dir) {
   std::string dest = dir + "/" + std::filesystem::path(source).filename().string();
   std::filesystem::copy_file(source, dest, std::filesystem::copy_options::overwrite_existing);

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -103,6 +104,27 @@ class FakeNotifySocket {
  private:
   std::string path_;
   ScopedFd fd_;
+};
+
+// A real ckpt-engined on a socket in its own temporary directory: started as
+//   ckpt-engined --listen-unix <dir>/d.sock ARGS...
+// with NOTIFY_SOCKET pointing at a FakeNotifySocket, and waited for (READY=1) until `timeout`.
+// Callers check ready() (false: the daemon did not report ready in time; see proc->Stderr()).
+struct DaemonProcess {
+  explicit DaemonProcess(std::vector<std::string> args, const SpawnOptions& options = {},
+                         std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
+  bool ready() const { return ready_message.has_value(); }
+  // Runs ckptctl --socket <socket> ARGS... to completion.
+  RunResult Ctl(std::vector<std::string> args, const SpawnOptions& options = {}) const;
+
+  // Declared first: removed last, after the process is gone.
+  TempDir dir;
+  FakeNotifySocket notify;
+  std::string socket;
+  std::unique_ptr<Subprocess> proc;
+  // The READY=1 datagram (with its STATUS= line).
+  std::optional<std::string> ready_message;
 };
 
 // Copies an executable into `dir` (mode 0755) and returns the copy's path: lets a child running as
