@@ -3,6 +3,7 @@
 // compiled with -fvisibility=hidden and the static archives it links are excluded from export).
 #include "client/c_api.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -13,7 +14,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "client/ckptctl/update_format.h"
 #include "client/ckptctl/version_format.h"
+#include "client/consumer.h"
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
 #include "common/version.h"
@@ -22,6 +25,13 @@ struct ckpt_client {
   std::unique_ptr<ckpt::client::TrainerClient> trainer;
   std::unique_ptr<ckpt::client::DaemonClient> admin;
   std::atomic<double> timeout_s{10.0};
+};
+
+struct ckpt_consumer {
+  std::unique_ptr<ckpt::client::Consumer> consumer;
+  // The last event's views and the storage they point into.
+  ckpt::client::ConsumerEvent event;
+  std::vector<ckpt_tensor_view> views;
 };
 
 namespace {
@@ -220,6 +230,148 @@ int ckpt_drop_version(ckpt_client* client, uint64_t version, char* err, size_t e
     return client->admin->Drop(version, AdminTimeout(client));
   });
 }
+
+int ckpt_update(ckpt_client* client, uint64_t version, int force, double timeout_s,
+                char** json_out, char* err, size_t errlen) {
+  ClearOutput(json_out);
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedClient(client); !s.ok()) return s;
+    ckpt::v1::UpdateRequest request;
+    request.set_version(version);
+    request.set_force(force != 0);
+    auto response = client->admin->Update(request, absl::Seconds(timeout_s > 0 ? timeout_s : 600));
+    if (!response.ok()) return response.status();
+    return Output(ckpt::ctl::UpdateJson(*response), json_out);
+  });
+}
+
+namespace {
+
+absl::Status NeedConsumer(const ckpt_consumer* consumer) {
+  return consumer == nullptr ? absl::InvalidArgumentError("consumer is NULL") : absl::OkStatus();
+}
+
+// Fills the C view of consumer->event.
+void PublishEvent(ckpt_consumer* c, ckpt_consumer_event* out) {
+  c->views.clear();
+  for (const ckpt::client::ReceivedTensor& t : c->event.tensors) {
+    ckpt_tensor_view v;
+    v.name = t.name.c_str();
+    v.dtype = static_cast<int>(t.dtype);
+    v.ndim = static_cast<int>(t.shape.size());
+    v.shape = t.shape.data();
+    v.data = t.data;
+    v.nbytes = t.bytes;
+    c->views.push_back(v);
+  }
+  out->kind = c->event.kind == ckpt::client::ConsumerEvent::Kind::kBucket
+                  ? CKPT_EVENT_BUCKET
+                  : CKPT_EVENT_VERSION_DONE;
+  out->version = c->event.version;
+  out->bucket = c->event.bucket;
+  out->last = c->event.last ? 1 : 0;
+  out->count = c->views.size();
+  out->tensors = c->views.data();
+}
+
+}  // namespace
+
+int ckpt_consumer_attach(const char* socket, int cuda_device, const char* engine,
+                         const char* const* tensor_names, size_t name_count, double timeout_s,
+                         ckpt_consumer** out, char* err, size_t errlen) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (out == nullptr) return absl::InvalidArgumentError("out is NULL");
+    if (name_count > 0 && tensor_names == nullptr) {
+      return absl::InvalidArgumentError("tensor_names is NULL but name_count > 0");
+    }
+    auto endpoint = ckpt::client::ResolveEndpoint(socket ? socket : "", "");
+    if (!endpoint.ok()) return endpoint.status();
+    ckpt::client::ConsumerOptions options;
+    options.cuda_device = cuda_device;
+    options.engine = engine != nullptr && engine[0] != '\0' ? engine : "c";
+    for (size_t i = 0; i < name_count; ++i) {
+      if (tensor_names[i] == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor_names[", i, "] is NULL"));
+      }
+      options.tensor_names.emplace_back(tensor_names[i]);
+    }
+    if (timeout_s > 0) options.attach_timeout = absl::Seconds(timeout_s);
+    auto consumer = ckpt::client::Consumer::Attach(*endpoint, std::move(options));
+    if (!consumer.ok()) return consumer.status();
+    auto c = std::make_unique<ckpt_consumer>();
+    c->consumer = std::move(*consumer);
+    *out = c.release();
+    return absl::OkStatus();
+  });
+}
+
+int ckpt_consumer_next(ckpt_consumer* consumer, double timeout_s, ckpt_consumer_event* event,
+                       char* err, size_t errlen) {
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedConsumer(consumer); !s.ok()) return s;
+    if (event == nullptr) return absl::InvalidArgumentError("event is NULL");
+    std::memset(event, 0, sizeof(*event));
+    auto next = consumer->consumer->Next(absl::Now() + absl::Seconds(std::max(0.0, timeout_s)));
+    if (!next.ok()) return next.status();
+    consumer->event = std::move(*next);
+    PublishEvent(consumer, event);
+    return absl::OkStatus();
+  });
+}
+
+int ckpt_consumer_ack(ckpt_consumer* consumer, uint64_t version, uint64_t bucket,
+                      const char* error, char* err, size_t errlen) {
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedConsumer(consumer); !s.ok()) return s;
+    return consumer->consumer->Ack(version, bucket, error != nullptr ? error : "");
+  });
+}
+
+int ckpt_consumer_loaded(ckpt_consumer* consumer, uint64_t version, uint64_t tensors,
+                         uint64_t bytes, const char* error, char* err, size_t errlen) {
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedConsumer(consumer); !s.ok()) return s;
+    return consumer->consumer->Loaded(version, tensors, bytes, error != nullptr ? error : "");
+  });
+}
+
+int ckpt_consumer_receive_version(ckpt_consumer* consumer, double timeout_s, ckpt_bucket_fn fn,
+                                  void* user, uint64_t* version_out, char* err, size_t errlen) {
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedConsumer(consumer); !s.ok()) return s;
+    if (fn == nullptr) return absl::InvalidArgumentError("fn is NULL");
+    auto loaded = consumer->consumer->ReceiveVersion(
+        [&](const ckpt::client::ConsumerEvent& event) -> absl::Status {
+          consumer->event = event;
+          ckpt_consumer_event view;
+          PublishEvent(consumer, &view);
+          char why[1024] = {0};
+          if (fn(&view, user, why, sizeof(why)) == 0) return absl::OkStatus();
+          return absl::AbortedError(why[0] != '\0' ? why : "the bucket callback failed");
+        },
+        absl::Seconds(timeout_s > 0 ? timeout_s : 86400));
+    if (!loaded.ok()) return loaded.status();
+    if (version_out != nullptr) *version_out = loaded->version;
+    return absl::OkStatus();
+  });
+}
+
+int ckpt_consumer_info(ckpt_consumer* consumer, char** json_out, char* err, size_t errlen) {
+  ClearOutput(json_out);
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedConsumer(consumer); !s.ok()) return s;
+    if (json_out == nullptr) return absl::InvalidArgumentError("json_out is NULL");
+    const auto& c = *consumer->consumer;
+    return Output({{"backend", c.backend()},
+                   {"gpu_uuid", c.gpu_uuid()},
+                   {"slots", c.slot_count()},
+                   {"slot_bytes", c.slot_bytes()}},
+                  json_out);
+  });
+}
+
+void ckpt_consumer_close(ckpt_consumer* consumer) { delete consumer; }
 
 void ckpt_free(void* p) { std::free(p); }
 

@@ -132,6 +132,92 @@ CKPT_API int ckpt_get_version(ckpt_client* client, uint64_t version, char** json
 /* Retires a committed version or aborts a staging one. */
 CKPT_API int ckpt_drop_version(ckpt_client* client, uint64_t version, char* err, size_t errlen);
 
+/* Admin.Update: sends a COMMITTED version (0: the newest) to the attached workers and waits up to
+ * `timeout_s` (0: 600 s) for all of them. `force` non-zero resends to workers that hold it.
+ * `*json_out` (may be NULL) gets {"version", "seconds", "bytes", "buckets", "gb_per_s",
+ * "wait_slot_seconds", "fill_seconds", "load_seconds", "finish_seconds", "workers": [{"pid",
+ * "gpu_uuid", "engine", "ok", "skipped", "error", "tensors", "bytes"}]}. Errors: NOT_FOUND (unknown
+ * or retired version), FAILED_PRECONDITION (an update runs; no worker attached), ABORTED /
+ * DEADLINE_EXCEEDED naming the workers that failed. */
+CKPT_API int ckpt_update(ckpt_client* client, uint64_t version, int force, double timeout_s,
+                         char** json_out, char* err, size_t errlen);
+
+/* ---- Workers: receiving versions from the daemon (docs/clients.md, "Workers") ----
+ *
+ * An inference worker attaches once, then receives each version bucket by bucket. The tensors of a
+ * bucket are views into the daemon's staging slots, mapped once at attach: device pointers on the
+ * worker's GPU (cuda backend, CUDA IPC) or read-only host pointers (host backend, shared memory).
+ * A view is valid until its bucket is acked; copy what you keep before acking.
+ * Unlike ckpt_client, a ckpt_consumer is driven by one thread at a time. */
+
+typedef struct ckpt_consumer ckpt_consumer;
+
+typedef struct ckpt_tensor_view {
+  const char* name;
+  int dtype; /* CKPT_DTYPE_* */
+  int ndim;
+  const int64_t* shape;
+  void* data; /* device pointer (cuda) or host pointer (host); read only */
+  uint64_t nbytes;
+} ckpt_tensor_view;
+
+enum {
+  CKPT_EVENT_BUCKET = 1,       /* tensors to load, then ckpt_consumer_ack */
+  CKPT_EVENT_VERSION_DONE = 2, /* all buckets of `version` sent: ckpt_consumer_loaded */
+};
+
+/* Owned by the consumer; valid until the next ckpt_consumer_next / _receive_version / _close. */
+typedef struct ckpt_consumer_event {
+  int kind;
+  uint64_t version;
+  uint64_t bucket;
+  int last; /* the version's last bucket */
+  size_t count;
+  const ckpt_tensor_view* tensors;
+} ckpt_consumer_event;
+
+/* Attaches to the daemon on Unix socket `socket` (NULL or "": $CKPT_SOCKET, else the default
+ * path). `cuda_device`: the CUDA device ordinal this worker loads into (-1: none; host backend).
+ * `engine`: "vllm", "sglang", ... (NULL: "c"). `tensor_names`: only these (NULL/0: all).
+ * `timeout_s` 0: 30 s. Errors keep the daemon's code: PERMISSION_DENIED (uid not allowed),
+ * FAILED_PRECONDITION (a GPU the daemon does not drive), UNAVAILABLE (no daemon). */
+CKPT_API int ckpt_consumer_attach(const char* socket, int cuda_device, const char* engine,
+                                  const char* const* tensor_names, size_t name_count,
+                                  double timeout_s, ckpt_consumer** out, char* err,
+                                  size_t errlen);
+
+/* Waits up to `timeout_s` (0: return at once if nothing is queued) for the next event.
+ * DEADLINE_EXCEEDED (4) when none came; UNAVAILABLE (14) when the daemon ended the stream (its
+ * reason in `err`, e.g. shutting down): attach again later. */
+CKPT_API int ckpt_consumer_next(ckpt_consumer* consumer, double timeout_s,
+                                ckpt_consumer_event* event, char* err, size_t errlen);
+
+/* Acks a bucket (frees its slot). `error` non-NULL and non-empty: this worker failed to load it. */
+CKPT_API int ckpt_consumer_ack(ckpt_consumer* consumer, uint64_t version, uint64_t bucket,
+                               const char* error, char* err, size_t errlen);
+
+/* Answers CKPT_EVENT_VERSION_DONE with what was loaded (or the worker's error). */
+CKPT_API int ckpt_consumer_loaded(ckpt_consumer* consumer, uint64_t version, uint64_t tensors,
+                                  uint64_t bytes, const char* error, char* err, size_t errlen);
+
+/* Called per bucket by ckpt_consumer_receive_version. Return 0 when loaded; otherwise non-zero
+ * after writing the reason into `why` (why_len bytes): it is reported to the daemon. */
+typedef int (*ckpt_bucket_fn)(const ckpt_consumer_event* bucket, void* user, char* why,
+                              size_t why_len);
+
+/* Waits up to `timeout_s` for the next version and receives all of it: `fn` per bucket, acked when
+ * it returns, then reports the version loaded. `*version_out` (may be NULL) gets its id. */
+CKPT_API int ckpt_consumer_receive_version(ckpt_consumer* consumer, double timeout_s,
+                                           ckpt_bucket_fn fn, void* user, uint64_t* version_out,
+                                           char* err, size_t errlen);
+
+/* {"backend": "cuda"|"host", "gpu_uuid", "slots", "slot_bytes"}. */
+CKPT_API int ckpt_consumer_info(ckpt_consumer* consumer, char** json_out, char* err,
+                                size_t errlen);
+
+/* Detaches and unmaps the slots. NULL is ignored. */
+CKPT_API void ckpt_consumer_close(ckpt_consumer* consumer);
+
 /* Frees a string returned by this library; NULL is a no-op. */
 CKPT_API void ckpt_free(void* p);
 

@@ -147,4 +147,14 @@ absl::Status DaemonClient::Drop(uint64_t version, absl::Duration timeout) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<v1::UpdateResponse> DaemonClient::Update(const v1::UpdateRequest& request,
+                                                        absl::Duration timeout) {
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout);
+  v1::UpdateResponse response;
+  grpc::Status s = admin_->Update(&context, request, &response);
+  if (!s.ok()) return FromGrpc(s, "Update", endpoint_);
+  return response;
+}
+
 }  // namespace ckpt::client

@@ -63,6 +63,11 @@ class DaemonClient {
   // STAGING one; NOT_FOUND for an unknown version.
   absl::Status Drop(uint64_t version, absl::Duration timeout);
 
+  // Admin.Update: sends a committed version to the attached workers and waits until they have it
+  // (or `timeout`). The daemon's errors keep their code (see UpdateEngine::Update).
+  absl::StatusOr<v1::UpdateResponse> Update(const v1::UpdateRequest& request,
+                                            absl::Duration timeout);
+
   const Endpoint& endpoint() const { return endpoint_; }
 
  private:

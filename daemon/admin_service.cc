@@ -35,6 +35,12 @@ grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::Status
   response->set_latest_committed_version(usage.latest_committed);
   response->set_staging_versions(usage.staging);
   response->set_committed_versions(usage.committed);
+  response->set_gpu_memory_per_gpu_bytes(engine_->gpu_bytes_per_gpu());
+  response->set_bucket_bytes(engine_->options().bucket_bytes);
+  response->set_slots_per_gpu(engine_->options().slots_per_gpu);
+  response->set_updating_version(engine_->updating_version());
+  for (v1::WorkerStatus& w : engine_->Workers()) *response->add_workers() = std::move(w);
+  response->set_attached_workers(response->workers_size());
   absl::MutexLock lock(&mu_);
   for (const std::string& a : listen_addresses_) response->add_listen_addresses(a);
   return grpc::Status::OK;
@@ -59,6 +65,14 @@ grpc::Status AdminService::GetVersion(grpc::ServerContext* context,
 grpc::Status AdminService::Drop(grpc::ServerContext* context, const v1::DropRequest* request,
                                 v1::DropResponse* response) {
   return ToGrpc(store_->Drop(request->version()));
+}
+
+grpc::Status AdminService::Update(grpc::ServerContext* context, const v1::UpdateRequest* request,
+                                  v1::UpdateResponse* response) {
+  auto result = engine_->Update(*request);
+  if (!result.ok()) return ToGrpc(result.status());
+  *response = std::move(*result);
+  return grpc::Status::OK;
 }
 
 }  // namespace ckpt::daemon

@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "daemon/config.h"
 #include "daemon/gpu/gpu_info.h"
+#include "daemon/update_engine.h"
 #include "daemon/version_store.h"
 #include "proto/admin.grpc.pb.h"
 
@@ -23,11 +24,11 @@ struct DaemonFacts {
 };
 
 // Thread-safe. The listen addresses are known only once the server has bound its ports (TCP port
-// 0), so they are set after start; everything else is fixed at construction. RPCs this class does
-// not override (ListVersions, Update, Drop) answer UNIMPLEMENTED until the version store lands.
+// 0), so they are set after start; everything else is fixed at construction.
 class AdminService final : public v1::Admin::Service {
  public:
-  AdminService(DaemonFacts facts, VersionStore* store) : facts_(std::move(facts)), store_(store) {}
+  AdminService(DaemonFacts facts, VersionStore* store, UpdateEngine* engine)
+      : facts_(std::move(facts)), store_(store), engine_(engine) {}
 
   void SetListenAddresses(std::vector<std::string> addresses) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -39,10 +40,14 @@ class AdminService final : public v1::Admin::Service {
                           v1::GetVersionResponse* response) override;
   grpc::Status Drop(grpc::ServerContext* context, const v1::DropRequest* request,
                     v1::DropResponse* response) override;
+  // Blocks until the update ends (UpdateEngine::Update).
+  grpc::Status Update(grpc::ServerContext* context, const v1::UpdateRequest* request,
+                      v1::UpdateResponse* response) override;
 
  private:
   const DaemonFacts facts_;
   VersionStore* const store_;
+  UpdateEngine* const engine_;
   absl::Mutex mu_;
   std::vector<std::string> listen_addresses_ ABSL_GUARDED_BY(mu_);
 };

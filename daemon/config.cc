@@ -67,6 +67,15 @@ const std::vector<ConfigKey>& ConfigKeys() {
       {"staging_timeout", "a staging version idle this long is aborted and its memory returned",
        "5m"},
       {"load_threads", "threads that read safetensors files in LoadFiles (1 to 256)", "8"},
+      {"slots_per_gpu", "staging slots per GPU that updates fill in turn (1 to 16)", "2"},
+      {"bucket_bytes",
+       "size of one staging slot (largest bucket of an update; holds the largest tensor); auto: "
+       "min(2 GiB, free GPU memory / (4 x slots_per_gpu)) on cuda, 64 MiB on host",
+       "auto"},
+      {"ack_timeout", "a worker that does not ack a bucket this long fails the update", "60s"},
+      {"allowed_uids", "uids besides the daemon's own that may attach as workers, e.g. \"0,1000\"",
+       ""},
+      {"auto_update", "send every newly committed version to the attached workers", "false"},
   };
   return kKeys;
 }
@@ -116,13 +125,47 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     auto d = ParseDuration(value);
     if (!d.ok()) return BadValue(key, value, d.status().message());
     config.shutdown_grace = *d;
-  } else if (key == "max_versions" || key == "load_threads") {
+  } else if (key == "max_versions" || key == "load_threads" || key == "slots_per_gpu") {
     int n;
-    int max = key == "max_versions" ? 1000 : 256;
+    int max = key == "max_versions" ? 1000 : key == "load_threads" ? 256 : 16;
     if (!absl::SimpleAtoi(value, &n) || n < 1 || n > max) {
       return BadValue(key, value, absl::StrCat("expected a whole number from 1 to ", max));
     }
-    (key == "max_versions" ? config.max_versions : config.load_threads) = n;
+    (key == "max_versions"    ? config.max_versions
+     : key == "load_threads" ? config.load_threads
+                             : config.slots_per_gpu) = n;
+  } else if (key == "bucket_bytes") {
+    if (value == "auto") {
+      config.bucket_bytes = 0;
+    } else {
+      auto bytes = ParseByteSize(value);
+      if (!bytes.ok()) return BadValue(key, value, bytes.status().message());
+      if (*bytes < 4096) return BadValue(key, value, "must be at least 4 KiB (or auto)");
+      config.bucket_bytes = (*bytes + 255) / 256 * 256;
+    }
+  } else if (key == "ack_timeout") {
+    auto d = ParseDuration(value);
+    if (!d.ok()) return BadValue(key, value, d.status().message());
+    if (*d < absl::Milliseconds(100)) return BadValue(key, value, "must be at least 100ms");
+    config.ack_timeout = *d;
+  } else if (key == "allowed_uids") {
+    std::vector<uint32_t> uids;
+    for (absl::string_view part : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+      uint32_t uid;
+      if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &uid)) {
+        return BadValue(key, value, "expected numeric uids separated by commas, e.g. 0,1000");
+      }
+      uids.push_back(uid);
+    }
+    config.allowed_uids = std::move(uids);
+  } else if (key == "auto_update") {
+    if (value == "true") {
+      config.auto_update = true;
+    } else if (value == "false") {
+      config.auto_update = false;
+    } else {
+      return BadValue(key, value, "expected true or false");
+    }
   } else if (key == "staging_timeout") {
     auto d = ParseDuration(value);
     if (!d.ok()) return BadValue(key, value, d.status().message());
@@ -172,6 +215,10 @@ absl::Status ApplyConfigFile(Config& config, const std::string& path) {
       value = absl::StrCat(f->get());
     } else if (const auto* b = node.as_boolean()) {
       value = b->get() ? "true" : "false";
+    } else if (const auto* a = node.as_array(); a != nullptr && a->is_homogeneous<int64_t>()) {
+      std::vector<std::string> items;
+      for (const auto& item : *a) items.push_back(absl::StrCat(item.as_integer()->get()));
+      value = absl::StrJoin(items, ",");
     } else {
       std::ostringstream type;
       type << node.type();
@@ -216,7 +263,11 @@ std::string DescribeConfig(const Config& config) {
       " log_level=", config.log_level, " shutdown_grace=", HumanDuration(config.shutdown_grace),
       " max_versions=", config.max_versions,
       " staging_timeout=", HumanDuration(config.staging_timeout),
-      " load_threads=", config.load_threads);
+      " load_threads=", config.load_threads, " slots_per_gpu=", config.slots_per_gpu,
+      " bucket_bytes=", config.bucket_bytes == 0 ? "auto" : FormatBytes(config.bucket_bytes),
+      " ack_timeout=", HumanDuration(config.ack_timeout), " allowed_uids=",
+      config.allowed_uids.empty() ? "none" : absl::StrJoin(config.allowed_uids, ","),
+      " auto_update=", config.auto_update ? "true" : "false");
 }
 
 }  // namespace ckpt::daemon

@@ -43,6 +43,17 @@ struct Config {
   absl::Duration staging_timeout = absl::Minutes(5);
   // Threads that read safetensors files in LoadFiles (1..256).
   int load_threads = 8;
+  // Staging slots per GPU (host backend: in shared memory) that updates fill in turn (1..16).
+  int slots_per_gpu = 2;
+  // Size of one staging slot = the largest bucket of an update. 0 means "auto": on cuda
+  // min(2 GiB, free GPU memory / (4 x slots_per_gpu)), on host 64 MiB.
+  uint64_t bucket_bytes = 0;
+  // A worker that does not ack a bucket (or report a version loaded) this long is failed.
+  absl::Duration ack_timeout = absl::Seconds(60);
+  // Uids besides the daemon's own that may attach as workers.
+  std::vector<uint32_t> allowed_uids;
+  // Send every newly committed version to the attached workers.
+  bool auto_update = false;
 };
 
 // One configuration key: its TOML name, flag name ("--" + name with '_' -> '-'), help and default.

@@ -1,5 +1,6 @@
 #include "daemon/daemon.h"
 
+#include <cuda_runtime_api.h>
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -12,6 +13,8 @@
 #include "common/status_macros.h"
 #include "common/units.h"
 #include "daemon/backend.h"
+#include "daemon/gpu/cuda_status.h"
+#include "daemon/gpu/scoped_device.h"
 #include "daemon/grpc_log.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
@@ -31,6 +34,27 @@ std::vector<int> GpuNumaNodes(const gpu::GpuProbe& probe) {
     if (in >> node && node >= 0) nodes.insert(node);
   }
   return std::vector<int>(nodes.begin(), nodes.end());
+}
+
+// bucket_bytes "auto": min(2 GiB, free memory of the fullest GPU / (4 x slots)) on cuda, rounded
+// down to a MiB; 64 MiB on host.
+absl::StatusOr<uint64_t> AutoBucketBytes(BackendKind backend, const gpu::GpuProbe& probe,
+                                         int slots) {
+  constexpr uint64_t kMiB = 1 << 20;
+  if (backend != BackendKind::kCuda) return 64 * kMiB;
+  uint64_t least_free = UINT64_MAX;
+  for (const gpu::GpuInfo& g : probe.gpus) {
+    ASSIGN_OR_RETURN(gpu::ScopedDevice device, gpu::ScopedDevice::Create(g.index));
+    size_t free_bytes = 0, total = 0;
+    CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total));
+    least_free = std::min<uint64_t>(least_free, free_bytes);
+  }
+  const uint64_t bytes = std::min<uint64_t>(2048 * kMiB, least_free / (4 * slots)) / kMiB * kMiB;
+  if (bytes < kMiB) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "bucket_bytes auto: only ", FormatBytes(least_free), " of GPU memory are free"));
+  }
+  return bytes;
 }
 
 }  // namespace
@@ -60,11 +84,35 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   store_options.hash_threads = config.load_threads;
   d->store_ = std::make_unique<VersionStore>(std::move(arena), store_options);
 
+  UpdateEngine::Options engine_options;
+  engine_options.slots_per_gpu = config.slots_per_gpu;
+  engine_options.ack_timeout = config.ack_timeout;
+  engine_options.bucket_bytes = config.bucket_bytes;
+  if (engine_options.bucket_bytes == 0) {
+    ASSIGN_OR_RETURN(engine_options.bucket_bytes,
+                     AutoBucketBytes(d->backend_, d->gpus_, config.slots_per_gpu));
+  }
+  ASSIGN_OR_RETURN(d->engine_, UpdateEngine::Create(d->backend_, d->gpus_.gpus, d->store_.get(),
+                                                    engine_options));
+  d->slots_note_ = absl::StrCat(
+      config.slots_per_gpu, " x ", FormatBytes(engine_options.bucket_bytes), " staging slots ",
+      d->backend_ == BackendKind::kCuda ? "per GPU" : "in shared memory");
+  if (config.auto_update) {
+    d->store_->SetCommitListener(
+        [engine = d->engine_.get()](uint64_t version) { engine->RequestAutoUpdate(version); });
+  }
+  std::vector<uid_t> allowed_uids(config.allowed_uids.begin(), config.allowed_uids.end());
+  if (!config.listen_unix.empty()) {
+    ASSIGN_OR_RETURN(d->attach_socket_, AttachSocket::Listen(config.listen_unix + ".fds"));
+    d->consumer_ = std::make_unique<ConsumerService>(d->engine_.get(), d->attach_socket_.get(),
+                                                     std::move(allowed_uids));
+  }
+
   DaemonFacts facts;
   facts.backend = d->backend_;
   facts.gpus = d->gpus_;
   facts.started = absl::Now();
-  d->admin_ = std::make_unique<AdminService>(std::move(facts), d->store_.get());
+  d->admin_ = std::make_unique<AdminService>(std::move(facts), d->store_.get(), d->engine_.get());
   TrainerService::Options trainer_options;
   trainer_options.load_threads = config.load_threads;
   d->trainer_ = std::make_unique<TrainerService>(d->store_.get(), trainer_options);
@@ -79,6 +127,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   }
   builder.RegisterService(d->admin_.get());
   builder.RegisterService(d->trainer_.get());
+  if (d->consumer_ != nullptr) builder.RegisterService(d->consumer_.get());
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
 
   // The socket must never be reachable with wider permissions than 0600: gRPC creates it with the
@@ -125,6 +174,9 @@ void Daemon::ReapStaleVersions() {
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 
 void Daemon::Shutdown(absl::Duration grace) {
+  // Cancel a running update and end the workers' streams (Detached) before the server waits for
+  // in-flight calls: those streams would otherwise last until the grace period ends.
+  if (engine_ != nullptr) engine_->Stop("ckpt-engined is shutting down");
   if (server_ != nullptr) {
     server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
     server_->Wait();

@@ -12,9 +12,12 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/admin_service.h"
+#include "daemon/attach_socket.h"
+#include "daemon/consumer_service.h"
 #include "daemon/config.h"
 #include "daemon/socket_path.h"
 #include "daemon/trainer_service.h"
+#include "daemon/update_engine.h"
 #include "daemon/version_store.h"
 #include "grpcpp/server.h"
 
@@ -36,6 +39,8 @@ class Daemon {
   const gpu::GpuProbe& gpus() const { return gpus_; }
   // "64.0 GiB of pinned host memory reserved in 5.1s": for the start-up log.
   const std::string& arena_note() const { return arena_note_; }
+  // "2 x 1.0 GiB staging slots per GPU": for the start-up log.
+  const std::string& slots_note() const { return slots_note_; }
 
   // Stops accepting RPCs; in-flight RPCs may finish until now + `grace`, then they are cancelled.
   // Returns when the server has stopped. Idempotent. Not thread-safe against itself.
@@ -51,12 +56,16 @@ class Daemon {
   gpu::GpuProbe gpus_;
   std::vector<std::string> listen_addresses_;
   std::string arena_note_;
+  std::string slots_note_;
   // Members are destroyed bottom-up: the server first, then the services it calls, then the store
   // they use; the socket is removed only after the server has stopped.
   SocketPathClaim socket_claim_;
   std::unique_ptr<VersionStore> store_;
+  std::unique_ptr<UpdateEngine> engine_;
+  std::unique_ptr<AttachSocket> attach_socket_;
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<TrainerService> trainer_;
+  std::unique_ptr<ConsumerService> consumer_;
   std::unique_ptr<grpc::Server> server_;
 
   absl::Mutex reaper_mu_;

@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
                  }));
   }
   spdlog::info("version store: {}", (*daemon)->arena_note());
+  spdlog::info("updates: {}", (*daemon)->slots_note());
   std::string serving = absl::StrJoin((*daemon)->listen_addresses(), " and ");
   spdlog::info("serving on {}", serving);
   NotifyReady("serving on " + serving);

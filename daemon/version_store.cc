@@ -52,6 +52,8 @@ struct VersionStore::Version {
   // STAGING or COMMITTED; a version being committed stays STAGING with `committing` set.
   v1::VersionState state = v1::VERSION_STATE_STAGING;
   std::atomic<int64_t> last_activity_ns{0};
+  // Live ReadLeases (guarded by the store's mu_): a leased version is not retired or dropped.
+  int readers = 0;
 
   mutable absl::Mutex mu;
   bool committing ABSL_GUARDED_BY(mu) = false;
@@ -134,6 +136,7 @@ uint64_t VersionStore::RetirableBytes() const {
       newest = false;
       continue;
     }
+    if (it->second->readers > 0) continue;
     for (const auto& t : it->second->manifest.tensors()) bytes += allocator_.Rounded(t.byte_size());
   }
   return bytes;
@@ -143,8 +146,14 @@ bool VersionStore::RetireOldest(std::vector<std::shared_ptr<Version>>* graveyard
   int committed = 0;
   for (const auto& [id, v] : versions_) committed += v->state == v1::VERSION_STATE_COMMITTED;
   if (committed < 2) return false;
+  uint64_t newest = 0;
+  for (const auto& [id, v] : versions_) {
+    if (v->state == v1::VERSION_STATE_COMMITTED) newest = id;
+  }
   for (auto it = versions_.begin(); it != versions_.end(); ++it) {
     if (it->second->state != v1::VERSION_STATE_COMMITTED) continue;
+    if (it->first == newest) return false;
+    if (it->second->readers > 0) continue;  // being sent to workers
     spdlog::info("version {} retired", it->first);
     graveyard->push_back(std::move(it->second));
     versions_.erase(it);
@@ -445,6 +454,7 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
     info = Info(*v);
   }
   spdlog::info("version {} committed: {} tensors, {}", version, n, FormatBytes(v->total_bytes));
+  if (commit_listener_) commit_listener_(version);
   return info;
 }
 
@@ -469,6 +479,10 @@ absl::Status VersionStore::Drop(uint64_t version) {
     auto it = versions_.find(version);
     if (it == versions_.end()) {
       return absl::NotFoundError(absl::StrCat("no version ", version));
+    }
+    if (it->second->readers > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "version ", version, " is being sent to workers; drop it after the update ends"));
     }
     victim = std::move(it->second);
     versions_.erase(it);
@@ -517,6 +531,42 @@ int VersionStore::AbortStale(absl::Time now) {
     }
   }
   return static_cast<int>(victims.size());
+}
+
+VersionStore::ReadLease::~ReadLease() {
+  absl::MutexLock lock(&store_->mu_);
+  --const_cast<Version&>(*v_).readers;
+}
+
+uint64_t VersionStore::ReadLease::version() const { return v_->id; }
+const v1::Manifest& VersionStore::ReadLease::manifest() const { return v_->manifest; }
+const uint8_t* VersionStore::ReadLease::data(int i) const {
+  return store_->arena_->data() + v_->ranges->offset(i);
+}
+uint64_t VersionStore::ReadLease::arena_offset(int i) const { return v_->ranges->offset(i); }
+
+absl::StatusOr<std::shared_ptr<VersionStore::ReadLease>> VersionStore::Lease(uint64_t version) {
+  absl::MutexLock lock(&mu_);
+  std::shared_ptr<Version> found;
+  if (version == 0) {
+    for (const auto& [id, v] : versions_) {
+      if (v->state == v1::VERSION_STATE_COMMITTED) found = v;
+    }
+    if (found == nullptr) return absl::NotFoundError("no version is committed yet");
+  } else {
+    auto it = versions_.find(version);
+    if (it == versions_.end()) {
+      return absl::NotFoundError(absl::StrCat(
+          "no version ", version,
+          version <= max_committed_ ? " (it was retired or dropped)" : " (never committed)"));
+    }
+    if (it->second->state != v1::VERSION_STATE_COMMITTED) {
+      return absl::NotFoundError(absl::StrCat("version ", version, " is still staging"));
+    }
+    found = it->second;
+  }
+  ++found->readers;
+  return std::shared_ptr<ReadLease>(new ReadLease(this, std::move(found)));
 }
 
 VersionStore::Usage VersionStore::GetUsage() const {

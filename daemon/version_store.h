@@ -21,6 +21,7 @@
 #define CKPT_DAEMON_VERSION_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -38,6 +39,10 @@
 namespace ckpt::daemon {
 
 class VersionStore {
+ private:
+  struct Version;
+  class Ranges;
+
  public:
   struct Options {
     // Committed versions kept at most; the oldest are retired when a commit exceeds it.
@@ -102,10 +107,41 @@ class VersionStore {
 
   Usage GetUsage() const;
 
- private:
-  struct Version;
-  class Ranges;
+  // A COMMITTED version held for reading (an update sends it to workers): while a lease lives the
+  // version is neither retired nor dropped (Drop answers FAILED_PRECONDITION). The store must
+  // outlive its leases.
+  class ReadLease {
+   public:
+    ~ReadLease();
+    ReadLease(const ReadLease&) = delete;
+    ReadLease& operator=(const ReadLease&) = delete;
 
+    uint64_t version() const;
+    const v1::Manifest& manifest() const;
+    // The bytes of tensor i (manifest order) and their offset in the host arena.
+    const uint8_t* data(int i) const;
+    uint64_t arena_offset(int i) const;
+
+   private:
+    friend class VersionStore;
+    ReadLease(VersionStore* store, std::shared_ptr<const Version> v) : store_(store), v_(std::move(v)) {}
+    VersionStore* store_;
+    std::shared_ptr<const Version> v_;
+  };
+
+  // Leases COMMITTED version `version` (0: the newest committed). NOT_FOUND for an unknown,
+  // retired or still STAGING version (the message says which).
+  absl::StatusOr<std::shared_ptr<ReadLease>> Lease(uint64_t version);
+
+  const HostArena& arena() const { return *arena_; }
+
+  // Called (outside the store's locks) after every commit with the new version's id; for
+  // auto_update. Set once, before the store is shared.
+  void SetCommitListener(std::function<void(uint64_t)> listener) {
+    commit_listener_ = std::move(listener);
+  }
+
+ private:
   std::shared_ptr<Version> FindStaging(uint64_t version, const std::string& token,
                                        absl::Status* error) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Bytes held by committed versions that may be retired to make room: all but the newest.
@@ -117,6 +153,7 @@ class VersionStore {
 
   const std::unique_ptr<HostArena> arena_;
   const Options options_;
+  std::function<void(uint64_t)> commit_listener_;
 
   // Lock order: mu_ before alloc_mu_ (a version's ranges go back to the allocator when its last
   // reference drops, which may happen under mu_).

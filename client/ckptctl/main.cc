@@ -6,6 +6,7 @@
 //     show VERSION|latest [--json] [--tensors]
 //     push FILE.safetensors... [--wait] [--version N] [--label L] [--json] [--load-timeout 30m]
 //     drop VERSION
+//     update VERSION|latest [--force] [--json] [--wait-timeout 10m]
 //
 // Exit codes: 0 success; 1 the command failed (one line on stderr says why); 2 bad usage. Each
 // command lives in <name>_command.{h,cc}.
@@ -19,6 +20,7 @@
 #include "client/ckptctl/push_command.h"
 #include "client/ckptctl/show_command.h"
 #include "client/ckptctl/status_command.h"
+#include "client/ckptctl/update_command.h"
 #include "client/ckptctl/versions_command.h"
 #include "common/units.h"
 #include "common/version.h"
@@ -42,11 +44,13 @@ int main(int argc, char** argv) {
   ShowArgs show_args;
   PushArgs push_args;
   DropArgs drop_args;
+  UpdateArgs update_args;
   CLI::App* status_cmd = AddStatusCommand(&app, &status_args);
   CLI::App* versions_cmd = AddVersionsCommand(&app, &versions_args);
   CLI::App* show_cmd = AddShowCommand(&app, &show_args);
   CLI::App* push_cmd = AddPushCommand(&app, &push_args);
   CLI::App* drop_cmd = AddDropCommand(&app, &drop_args);
+  CLI::App* update_cmd = AddUpdateCommand(&app, &update_args);
 
   try {
     app.parse(argc, argv);
@@ -75,5 +79,6 @@ int main(int argc, char** argv) {
   if (show_cmd->parsed()) return RunShowCommand(global, show_args);
   if (push_cmd->parsed()) return RunPushCommand(global, push_args);
   if (drop_cmd->parsed()) return RunDropCommand(global, drop_args);
+  if (update_cmd->parsed()) return RunUpdateCommand(global, update_args);
   return 2;
 }

@@ -16,6 +16,16 @@ nlohmann::json StatusJson(const v1::StatusResponse& s) {
                     {"total_memory_bytes", g.total_memory_bytes()},
                     {"pci_bus_id", g.pci_bus_id()}});
   }
+  nlohmann::json workers = nlohmann::json::array();
+  for (const v1::WorkerStatus& w : s.workers()) {
+    workers.push_back({{"pid", w.pid()},
+                       {"uid", w.uid()},
+                       {"engine", w.engine()},
+                       {"gpu_uuid", w.gpu_uuid()},
+                       {"loaded_version", w.loaded_version()},
+                       {"attached_unix_ms", w.attached_unix_ms()},
+                       {"tensor_filter", w.tensor_filter()}});
+  }
   return {
       {"daemon_version", s.daemon_version()},
       {"pid", s.pid()},
@@ -31,6 +41,10 @@ nlohmann::json StatusJson(const v1::StatusResponse& s) {
        std::vector<std::string>(s.listen_addresses().begin(), s.listen_addresses().end())},
       {"latest_committed_version", s.latest_committed_version()},
       {"attached_workers", s.attached_workers()},
+      {"workers", workers},
+      {"bucket_bytes", s.bucket_bytes()},
+      {"slots_per_gpu", s.slots_per_gpu()},
+      {"updating_version", s.updating_version()},
   };
 }
 
@@ -56,7 +70,23 @@ std::string StatusText(const v1::StatusResponse& s) {
                       ? std::string("none committed")
                       : absl::StrCat("latest committed ", s.latest_committed_version()),
                   "\n");
+  absl::StrAppend(&out, "  slots:        ", s.slots_per_gpu(), " x ", FormatBytes(s.bucket_bytes()),
+                  s.gpus().empty() ? " in shared memory"
+                                   : absl::StrCat(" per GPU (", FormatBytes(s.gpu_memory_per_gpu_bytes()),
+                                                  " of GPU memory each)"),
+                  "\n");
+  if (s.updating_version() != 0) {
+    absl::StrAppend(&out, "  updating:     version ", s.updating_version(), "\n");
+  }
   absl::StrAppend(&out, "  workers:      ", s.attached_workers(), " attached\n");
+  for (const v1::WorkerStatus& w : s.workers()) {
+    absl::StrAppend(&out, "    pid ", w.pid(), "  ", w.engine().empty() ? "?" : w.engine(), "  ",
+                    w.gpu_uuid().empty() ? "host" : w.gpu_uuid(), "  ",
+                    w.loaded_version() == 0 ? std::string("no version loaded")
+                                            : absl::StrCat("holds version ", w.loaded_version()),
+                    w.tensor_filter() == 0 ? "" : absl::StrCat("  (", w.tensor_filter(), " tensors)"),
+                    "\n");
+  }
   absl::StrAppend(&out, "  listening:    ", absl::StrJoin(s.listen_addresses(), ", "), "\n");
   return out;
 }

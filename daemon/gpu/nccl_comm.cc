@@ -244,6 +244,57 @@ absl::Status NcclComm::GroupBroadcast(absl::Span<NcclComm> comms,
   return status;
 }
 
+absl::Status NcclComm::GroupBroadcastInPlace(absl::Span<NcclComm> comms,
+                                             absl::Span<void* const> bases,
+                                             absl::Span<const cudaStream_t> streams,
+                                             absl::Span<const InPlaceOp> ops,
+                                             absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  if (comms.empty() || comms.size() != bases.size() || comms.size() != streams.size()) {
+    return absl::InvalidArgumentError(
+        "NcclComm::GroupBroadcastInPlace: one base pointer and stream per rank needed");
+  }
+  for (const NcclComm& comm : comms) {
+    if (comm.empty() || comm.failed_) {
+      return absl::FailedPreconditionError(
+          "NcclComm::GroupBroadcastInPlace: empty or failed communicator (recreate it)");
+    }
+    for (const InPlaceOp& op : ops) {
+      if (op.root < 0 || op.root >= comm.nranks_) {
+        return absl::InvalidArgumentError(absl::StrCat("NcclComm::GroupBroadcastInPlace: root ",
+                                                       op.root, " out of range [0, ",
+                                                       comm.nranks_, ")"));
+      }
+    }
+  }
+  absl::Status status;
+  NCCL_RETURN_IF_ERROR(ncclGroupStart());
+  for (const InPlaceOp& op : ops) {
+    if (op.bytes == 0) continue;
+    for (size_t i = 0; i < comms.size(); ++i) {
+      void* data = static_cast<uint8_t*>(bases[i]) + op.offset;
+      const ncclResult_t result =
+          ncclBroadcast(data, data, op.bytes, ncclUint8, op.root, comms[i].comm_, streams[i]);
+      if (!Accepted(result) && status.ok()) {
+        status = NcclStatus(result, "ncclBroadcast(data, data, bytes, ncclUint8, root, comm, stream)",
+                            __FILE__, __LINE__);
+      }
+    }
+  }
+  const ncclResult_t end = ncclGroupEnd();
+  if (!Accepted(end) && status.ok()) status = NcclStatus(end, "ncclGroupEnd()", __FILE__, __LINE__);
+  if (status.ok()) {
+    std::vector<ncclComm_t> raw;
+    raw.reserve(comms.size());
+    for (const NcclComm& comm : comms) raw.push_back(comm.comm_);
+    status = AwaitReady(raw, deadline, "NcclComm::GroupBroadcastInPlace (enqueue)");
+  }
+  if (!status.ok()) {
+    for (NcclComm& comm : comms) comm.Abort();
+  }
+  return status;
+}
+
 absl::Status NcclComm::CheckAsyncError() const {
   if (comm_ == nullptr) return absl::FailedPreconditionError("NcclComm: empty communicator");
   ncclResult_t state = ncclSuccess;

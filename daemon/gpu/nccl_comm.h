@@ -105,6 +105,23 @@ class NcclComm {
                                      absl::Span<const NcclBroadcastBuffers> buffers, size_t bytes,
                                      int root, absl::Duration timeout);
 
+  // One broadcast of a grouped in-place set: every rank's bytes [offset, offset + bytes) of its own
+  // base pointer, from rank `root`.
+  struct InPlaceOp {
+    int root = 0;
+    size_t offset = 0;
+    size_t bytes = 0;
+  };
+
+  // Enqueues all `ops` in one NCCL group across several ranks driven by this thread: for rank i
+  // the data is at bases[i] + op.offset, on streams[i]. Used for a bucket whose segments have
+  // different roots (every GPU uploads one segment, then each is broadcast from its uploader).
+  // On failure every rank in `comms` is aborted.
+  static absl::Status GroupBroadcastInPlace(absl::Span<NcclComm> comms,
+                                            absl::Span<void* const> bases,
+                                            absl::Span<const cudaStream_t> streams,
+                                            absl::Span<const InPlaceOp> ops, absl::Duration timeout);
+
   // OK, or the error NCCL recorded asynchronously (a peer died, a network error). Cheap: poll it
   // while waiting for collectives to complete.
   absl::Status CheckAsyncError() const;

@@ -4,8 +4,8 @@
 // The host backend shares its staging slots (memfds) with local workers this way; gRPC cannot carry
 // descriptors, so they travel on a plain Unix socket beside the gRPC one. Every wait has a
 // deadline.
-#ifndef CKPT_DAEMON_FD_PASSING_H_
-#define CKPT_DAEMON_FD_PASSING_H_
+#ifndef CKPT_COMMON_FD_PASSING_H_
+#define CKPT_COMMON_FD_PASSING_H_
 
 #include <sys/types.h>
 
@@ -16,7 +16,7 @@
 #include "absl/time/time.h"
 #include "common/scoped_fd.h"
 
-namespace ckpt::daemon {
+namespace ckpt {
 
 // At most this many descriptors in one message.
 inline constexpr int kMaxFdsPerMessage = 64;
@@ -48,6 +48,6 @@ struct ReceivedMessage {
 absl::StatusOr<ReceivedMessage> ReceiveWithFds(int socket, absl::Time deadline,
                                                size_t max_payload = 64 << 10);
 
-}  // namespace ckpt::daemon
+}  // namespace ckpt
 
-#endif  // CKPT_DAEMON_FD_PASSING_H_
+#endif  // CKPT_COMMON_FD_PASSING_H_

@@ -1,4 +1,4 @@
-#include "daemon/fd_passing.h"
+#include "common/fd_passing.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace ckpt::daemon {
+namespace ckpt {
 namespace {
 
 std::string Errno() { return std::strerror(errno); }
@@ -119,4 +119,4 @@ absl::StatusOr<ReceivedMessage> ReceiveWithFds(int socket, absl::Time deadline,
   return out;
 }
 
-}  // namespace ckpt::daemon
+}  // namespace ckpt

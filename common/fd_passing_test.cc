@@ -1,4 +1,4 @@
-#include "daemon/fd_passing.h"
+#include "common/fd_passing.h"
 
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -8,7 +8,7 @@
 #include <cstring>
 #include <string>
 
-namespace ckpt::daemon {
+namespace ckpt {
 namespace {
 
 struct Pair {
@@ -85,4 +85,4 @@ TEST_CASE("a payload longer than the receiver allows is reported, not silently c
 }
 
 }  // namespace
-}  // namespace ckpt::daemon
+}  // namespace ckpt

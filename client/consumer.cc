@@ -1,0 +1,325 @@
+#include "client/consumer.h"
+
+#include <cuda_runtime_api.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "common/fd_passing.h"
+#include "common/scoped_fd.h"
+#include "common/status_macros.h"
+#include "daemon/gpu/cuda_status.h"
+#include "daemon/gpu/gpu_info.h"
+#include "daemon/gpu/ipc_handle.h"
+#include "daemon/gpu/ipc_mapping.h"
+
+namespace ckpt::client {
+namespace {
+
+std::string NewNonce() {
+  std::random_device rd;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 32; ++i) out.push_back(kHex[rd() % 16]);
+  return out;
+}
+
+absl::StatusOr<std::string> DeviceUuid(int device) {
+  cudaDeviceProp prop{};
+  CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
+  unsigned char uuid[16];
+  for (int k = 0; k < 16; ++k) uuid[k] = static_cast<unsigned char>(prop.uuid.bytes[k]);
+  return gpu::FormatGpuUuid(uuid);
+}
+
+}  // namespace
+
+// The worker's mappings of the daemon's slots: read-only shared memory (host) or CUDA IPC
+// mappings (cuda). Unmapped on destruction.
+class Consumer::Slots {
+ public:
+  ~Slots() {
+    for (auto [data, size] : host_) ::munmap(data, size);
+  }
+  absl::Status MapHost(const std::vector<ScopedFd>& fds, uint64_t bytes) {
+    for (const ScopedFd& fd : fds) {
+      void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd.get(), 0);
+      if (p == MAP_FAILED) {
+        return absl::InternalError(
+            absl::StrCat("mapping a staging slot of ", bytes, " bytes: ", std::strerror(errno)));
+      }
+      host_.push_back({p, bytes});
+    }
+    return absl::OkStatus();
+  }
+  absl::Status MapCuda(int device, const v1::SlotGrant& grant) {
+    for (const auto& slot : grant.slots()) {
+      ASSIGN_OR_RETURN(gpu::IpcHandle handle, gpu::IpcHandle::FromBytes(slot.ipc_handle()));
+      auto mapping = gpu::IpcMapping::Open(device, handle, slot.byte_size());
+      if (!mapping.ok()) {
+        return Annotate(mapping.status(), absl::StrCat("opening staging slot ", slot.index(),
+                                                       " on CUDA device ", device));
+      }
+      cuda_.push_back(*std::move(mapping));
+    }
+    return absl::OkStatus();
+  }
+  std::vector<uint8_t*> Addresses() const {
+    std::vector<uint8_t*> out;
+    for (auto [data, size] : host_) out.push_back(static_cast<uint8_t*>(data));
+    for (const auto& m : cuda_) out.push_back(static_cast<uint8_t*>(m.data()));
+    return out;
+  }
+
+ private:
+  std::vector<std::pair<void*, uint64_t>> host_;
+  std::vector<gpu::IpcMapping> cuda_;
+};
+
+absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Attach(const Endpoint& endpoint,
+                                                           ConsumerOptions options) {
+  const absl::Time deadline = absl::Now() + options.attach_timeout;
+  if (endpoint.unix_path.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "workers attach over the daemon's Unix socket, not ", endpoint.target,
+        " (CUDA IPC and shared memory only work on the same node)"));
+  }
+  std::unique_ptr<Consumer> c(new Consumer);
+  c->endpoint_ = endpoint;
+  c->options_ = options;
+  if (options.cuda_device >= 0) {
+    auto uuid = DeviceUuid(options.cuda_device);
+    if (!uuid.ok()) {
+      return Annotate(uuid.status(), absl::StrCat("CUDA device ", options.cuda_device));
+    }
+    c->gpu_uuid_ = *uuid;
+  }
+
+  // 1. Identity: present a nonce on the descriptor socket.
+  const std::string fds_path = endpoint.unix_path + ".fds";
+  ScopedFd side(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!side.valid()) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (fds_path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat("socket path ", fds_path, " is too long"));
+  }
+  std::memcpy(addr.sun_path, fds_path.c_str(), fds_path.size() + 1);
+  if (::connect(side.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    const int err = errno;
+    return absl::UnavailableError(absl::StrCat(
+        "cannot connect to the daemon's descriptor socket ", fds_path, ": ", std::strerror(err),
+        err == ENOENT || err == ECONNREFUSED ? " (is ckpt-engined running on this socket?)" : ""));
+  }
+  const std::string nonce = NewNonce();
+  RETURN_IF_ERROR(SendWithFds(side.get(), nonce, {}, deadline));
+
+  // 2. The stream, read by a background thread from now on.
+  ASSIGN_OR_RETURN(c->channel_, OpenChannel(endpoint, /*private_connection=*/true));
+  c->stub_ = v1::Consumer::NewStub(c->channel_);
+  c->context_ = std::make_unique<grpc::ClientContext>();
+  c->stream_ = c->stub_->Attach(c->context_.get());
+  c->reader_ = std::thread([raw = c.get()] { raw->ReadLoop(); });
+  v1::WorkerMessage hello;
+  v1::AttachRequest* request = hello.mutable_attach();
+  request->set_gpu_uuid(c->gpu_uuid_);
+  request->set_pid(::getpid());
+  request->set_engine(options.engine);
+  for (const std::string& name : options.tensor_names) request->add_tensor_names(name);
+  request->set_nonce(nonce);
+  // A failed write shows up as the stream's end below.
+  (void)c->Write(hello);
+
+  // 3. The daemon's verdict on the descriptor socket ("ok" + memfds on host), then SlotGrant.
+  auto verdict = ReceiveWithFds(side.get(), deadline);
+  v1::DaemonMessage grant;
+  {
+    absl::MutexLock lock(&c->mu_);
+    auto ready = [raw = c.get()]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(raw->mu_) {
+      return raw->ended_ || !raw->inbox_.empty();
+    };
+    c->mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+    if (!c->inbox_.empty() && c->inbox_.front().has_slots()) {
+      grant = std::move(c->inbox_.front());
+      c->inbox_.pop_front();
+    } else if (c->ended_) {
+      return absl::Status(absl::StatusCode::kUnavailable, c->end_reason_);
+    }
+  }
+  if (!grant.has_slots()) {
+    // The destructor cancels the stream.
+    if (!verdict.ok()) {
+      return Annotate(verdict.status(), absl::StrCat("attaching to ", endpoint.target));
+    }
+    return absl::DeadlineExceededError(absl::StrCat("attaching to ", endpoint.target,
+                                                    ": no slots granted within ",
+                                                    absl::FormatDuration(options.attach_timeout)));
+  }
+  if (!verdict.ok() || verdict->payload != "ok") {
+    return absl::InternalError(absl::StrCat("attaching to ", endpoint.target,
+                                            ": slots granted but the descriptor socket said ",
+                                            verdict.ok() ? verdict->payload
+                                                         : std::string(verdict.status().message())));
+  }
+  const v1::SlotGrant& slots = grant.slots();
+  c->backend_ = slots.backend();
+  c->slot_bytes_ = slots.slots_size() > 0 ? slots.slots(0).byte_size() : 0;
+  c->mappings_ = std::make_unique<Slots>();
+  if (c->backend_ == "host") {
+    if (verdict->fds.size() != static_cast<size_t>(slots.slots_size())) {
+      return absl::InternalError(absl::StrCat("daemon granted ", slots.slots_size(),
+                                              " slots but sent ", verdict->fds.size(),
+                                              " descriptors"));
+    }
+    RETURN_IF_ERROR(c->mappings_->MapHost(verdict->fds, c->slot_bytes_));
+  } else {
+    if (options.cuda_device < 0) {
+      return absl::FailedPreconditionError(
+          "the daemon runs the cuda backend: attach with the worker's CUDA device");
+    }
+    RETURN_IF_ERROR(c->mappings_->MapCuda(options.cuda_device, slots));
+  }
+  c->slots_ = c->mappings_->Addresses();
+  return c;
+}
+
+Consumer::~Consumer() {
+  if (stream_ != nullptr) {
+    {
+      absl::MutexLock lock(&write_mu_);
+      if (!finished_) stream_->WritesDone();
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      if (!mu_.AwaitWithTimeout(absl::Condition(&ended_), absl::Seconds(5))) {
+        context_->TryCancel();
+      }
+    }
+  }
+  if (reader_.joinable()) reader_.join();
+  // Mappings go before the stream: the daemon may reuse the slots once the stream has ended.
+  mappings_.reset();
+}
+
+void Consumer::ReadLoop() {
+  v1::DaemonMessage message;
+  std::string detached;
+  while (stream_->Read(&message)) {
+    if (message.has_detached()) detached = message.detached().reason();
+    absl::MutexLock lock(&mu_);
+    inbox_.push_back(std::move(message));
+  }
+  grpc::Status status;
+  {
+    absl::MutexLock lock(&write_mu_);
+    status = stream_->Finish();
+    finished_ = true;
+  }
+  absl::MutexLock lock(&mu_);
+  ended_ = true;
+  if (!detached.empty()) {
+    end_reason_ = absl::StrCat("the daemon ended the stream: ", detached);
+  } else {
+    end_reason_ = std::string(FromGrpc(status, "Consumer.Attach", endpoint_).message());
+    if (status.ok()) end_reason_ = absl::StrCat("the daemon at ", endpoint_.target, " ended the stream");
+  }
+}
+
+absl::Status Consumer::Write(const v1::WorkerMessage& message) {
+  absl::MutexLock lock(&write_mu_);
+  if (finished_ || !stream_->Write(message)) {
+    return absl::UnavailableError(absl::StrCat("the stream to ", endpoint_.target, " is closed"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ConsumerEvent> Consumer::Next(absl::Time deadline) {
+  v1::DaemonMessage m;
+  {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ended_ || !inbox_.empty(); };
+    mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+    if (inbox_.empty()) {
+      if (ended_) return absl::UnavailableError(end_reason_);
+      return absl::DeadlineExceededError("no update from the daemon in time");
+    }
+    m = std::move(inbox_.front());
+    inbox_.pop_front();
+  }
+  if (m.has_detached()) {
+    return absl::UnavailableError(absl::StrCat("the daemon ended the stream: ", m.detached().reason()));
+  }
+  ConsumerEvent event;
+  if (m.has_done()) {
+    event.kind = ConsumerEvent::Kind::kVersionDone;
+    event.version = m.done().version();
+    return event;
+  }
+  if (!m.has_bucket()) return absl::InternalError("unexpected message from the daemon");
+  const v1::BucketReady& b = m.bucket();
+  event.kind = ConsumerEvent::Kind::kBucket;
+  event.version = b.version();
+  event.bucket = b.bucket();
+  event.last = b.last();
+  if (b.slot() >= slots_.size()) {
+    return absl::InternalError(absl::StrCat("daemon named slot ", b.slot(), " of ", slots_.size()));
+  }
+  for (const v1::TensorPlacement& t : b.tensors()) {
+    ReceivedTensor v;
+    v.name = t.spec().name();
+    v.dtype = static_cast<DType>(t.spec().dtype());
+    v.shape.assign(t.spec().shape().begin(), t.spec().shape().end());
+    v.bytes = t.spec().byte_size();
+    if (t.slot_offset() > slot_bytes_ || v.bytes > slot_bytes_ - t.slot_offset()) {
+      return absl::InternalError(absl::StrCat("tensor ", v.name, " lies outside its slot"));
+    }
+    v.data = slots_[b.slot()] + t.slot_offset();
+    event.tensors.push_back(std::move(v));
+  }
+  return event;
+}
+
+absl::Status Consumer::Ack(uint64_t version, uint64_t bucket, const std::string& error) {
+  v1::WorkerMessage m;
+  m.mutable_ack()->set_version(version);
+  m.mutable_ack()->set_bucket(bucket);
+  m.mutable_ack()->set_error(error);
+  return Write(m);
+}
+
+absl::Status Consumer::Loaded(uint64_t version, uint64_t tensors, uint64_t bytes,
+                              const std::string& error) {
+  v1::WorkerMessage m;
+  m.mutable_loaded()->set_version(version);
+  m.mutable_loaded()->set_tensors(tensors);
+  m.mutable_loaded()->set_bytes(bytes);
+  m.mutable_loaded()->set_error(error);
+  return Write(m);
+}
+
+absl::StatusOr<LoadedVersion> Consumer::ReceiveVersion(
+    const std::function<absl::Status(const ConsumerEvent&)>& on_bucket, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  LoadedVersion loaded;
+  for (;;) {
+    ASSIGN_OR_RETURN(ConsumerEvent event, Next(deadline));
+    if (event.kind == ConsumerEvent::Kind::kVersionDone) {
+      loaded.version = event.version;
+      RETURN_IF_ERROR(Loaded(event.version, loaded.tensors, loaded.bytes));
+      return loaded;
+    }
+    absl::Status s = on_bucket(event);
+    RETURN_IF_ERROR(Ack(event.version, event.bucket, s.ok() ? "" : std::string(s.message())));
+    if (!s.ok()) return s;
+    loaded.tensors += event.tensors.size();
+    for (const ReceivedTensor& t : event.tensors) loaded.bytes += t.bytes;
+  }
+}
+
+}  // namespace ckpt::client

@@ -1,0 +1,141 @@
+// Consumer: the worker side of an update. An inference worker attaches to its node's daemon, maps
+// the staging slots once, and then receives each version bucket by bucket as views into the slots.
+//
+//   ckpt::client::ConsumerOptions options;
+//   options.cuda_device = 0;                      // -1: host tensors (host backend)
+//   ASSIGN_OR_RETURN(auto consumer, Consumer::Attach(endpoint, options));
+//   ASSIGN_OR_RETURN(LoadedVersion v, consumer->ReceiveVersion(
+//       [&](const ConsumerBucket& bucket) -> absl::Status {
+//         for (const ReceivedTensor& t : bucket.tensors) CopyIntoModel(t);   // before returning
+//         return absl::OkStatus();
+//       }, absl::Minutes(10)));
+//
+// Views are valid only until the bucket is acked (ReceiveVersion: when the callback returns; Next:
+// at the next Ack): the daemon then fills the slot again. cuda views are device pointers on the
+// worker's GPU, mapped through CUDA IPC; host views point into shared memory (read-only).
+//
+// Thread-safety: one thread drives a Consumer (Next/Ack/Loaded or ReceiveVersion); a background
+// thread reads the stream. Every wait has a deadline.
+#ifndef CKPT_CLIENT_CONSUMER_H_
+#define CKPT_CLIENT_CONSUMER_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "client/daemon_client.h"
+#include "common/dtype.h"
+#include "proto/consumer.grpc.pb.h"
+
+namespace ckpt::client {
+
+struct ConsumerOptions {
+  // The CUDA device (ordinal in this process) the worker loads into; its UUID is sent to the
+  // daemon. -1: no GPU (host backend; the views are host memory).
+  int cuda_device = -1;
+  // "vllm", "sglang", ...: shown in `ckptctl status` and in errors.
+  std::string engine = "cpp";
+  // Only these tensors are sent; empty: all.
+  std::vector<std::string> tensor_names;
+  // Deadline of the attach (descriptor socket, stream, slot mapping).
+  absl::Duration attach_timeout = absl::Seconds(30);
+};
+
+struct ReceivedTensor {
+  std::string name;
+  DType dtype = DType::kUnspecified;
+  std::vector<int64_t> shape;
+  void* data = nullptr;  // device pointer (cuda) or host pointer (host)
+  uint64_t bytes = 0;
+};
+
+struct ConsumerEvent {
+  enum class Kind {
+    kBucket,       // tensors to load; Ack when done with them
+    kVersionDone,  // every bucket of `version` was sent; answer with Loaded
+  };
+  Kind kind = Kind::kBucket;
+  uint64_t version = 0;
+  uint64_t bucket = 0;
+  bool last = false;
+  std::vector<ReceivedTensor> tensors;
+};
+
+struct LoadedVersion {
+  uint64_t version = 0;
+  uint64_t tensors = 0;
+  uint64_t bytes = 0;
+};
+
+class Consumer {
+ public:
+  // Attaches: proves this process's identity on `<socket>.fds`, opens the Attach stream, maps the
+  // slots. Errors from the daemon keep its code (PERMISSION_DENIED for a disallowed uid,
+  // FAILED_PRECONDITION for a GPU it does not drive) and name the daemon. Unix sockets only.
+  static absl::StatusOr<std::unique_ptr<Consumer>> Attach(const Endpoint& endpoint,
+                                                          ConsumerOptions options);
+  // Detaches (closes the stream) and unmaps the slots.
+  ~Consumer();
+  Consumer(const Consumer&) = delete;
+  Consumer& operator=(const Consumer&) = delete;
+
+  // The next event, waiting until `deadline`. DEADLINE_EXCEEDED when none came; UNAVAILABLE when
+  // the daemon ended the stream (the message gives its reason, e.g. shutting down) or it broke.
+  absl::StatusOr<ConsumerEvent> Next(absl::Time deadline);
+  // Acks a bucket (frees its slot on the daemon). A non-empty `error` reports that this worker
+  // failed to load it (the update then fails naming this worker).
+  absl::Status Ack(uint64_t version, uint64_t bucket, const std::string& error = "");
+  // Answers VersionDone.
+  absl::Status Loaded(uint64_t version, uint64_t tensors, uint64_t bytes,
+                      const std::string& error = "");
+
+  // Waits (until now + `timeout`) for the next version and receives all of it: `on_bucket` per
+  // bucket (its error is reported to the daemon and returned), then reports it loaded.
+  absl::StatusOr<LoadedVersion> ReceiveVersion(
+      const std::function<absl::Status(const ConsumerEvent&)>& on_bucket, absl::Duration timeout);
+
+  // "cuda" or "host".
+  const std::string& backend() const { return backend_; }
+  const std::string& gpu_uuid() const { return gpu_uuid_; }
+  int slot_count() const { return static_cast<int>(slots_.size()); }
+  uint64_t slot_bytes() const { return slot_bytes_; }
+
+ private:
+  class Slots;
+  Consumer() = default;
+  void ReadLoop();
+  absl::Status Write(const v1::WorkerMessage& message);
+
+  Endpoint endpoint_;
+  ConsumerOptions options_;
+  std::string backend_;
+  std::string gpu_uuid_;
+  uint64_t slot_bytes_ = 0;
+  std::vector<uint8_t*> slots_;
+  std::unique_ptr<Slots> mappings_;
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Consumer::Stub> stub_;
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerMessage, v1::DaemonMessage>> stream_;
+  absl::Mutex write_mu_;
+  bool finished_ ABSL_GUARDED_BY(write_mu_) = false;  // Finish was called
+  std::thread reader_;
+
+  absl::Mutex mu_;
+  std::deque<v1::DaemonMessage> inbox_ ABSL_GUARDED_BY(mu_);
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  std::string end_reason_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ckpt::client
+
+#endif  // CKPT_CLIENT_CONSUMER_H_

@@ -1,0 +1,640 @@
+#include "daemon/update_engine.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <unordered_set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+#include "daemon/gpu/cuda_event.h"
+#include "daemon/gpu/cuda_status.h"
+#include "daemon/gpu/cuda_stream.h"
+#include "daemon/gpu/nccl_comm.h"
+#include "daemon/gpu/scoped_device.h"
+#include "daemon/update_plan.h"
+#include "spdlog/spdlog.h"
+
+namespace ckpt::daemon {
+
+// Fills slot `slot` of every slot set with one bucket of the plan. Fill enqueues (cuda) or copies
+// (host); Filled polls whether the bucket is complete in every set.
+class Filler {
+ public:
+  virtual ~Filler() = default;
+  virtual absl::Status Fill(const Bucket& bucket, int slot, const uint8_t* arena) = 0;
+  virtual absl::StatusOr<bool> Filled(int slot) = 0;
+  // Waits for all enqueued work (before an error return leaves slots to be reused).
+  virtual absl::Status Drain(absl::Time deadline) = 0;
+};
+
+namespace {
+
+class HostFiller final : public Filler {
+ public:
+  explicit HostFiller(const SlotSet* slots) : slots_(slots) {}
+  absl::Status Fill(const Bucket& bucket, int slot, const uint8_t* arena) override {
+    uint8_t* base = slots_->data(slot);
+    for (const Segment& segment : bucket.segments) {
+      for (const Copy& c : segment.copies) {
+        std::memcpy(base + c.slot_offset, arena + c.host_offset, c.bytes);
+      }
+    }
+    return absl::OkStatus();
+  }
+  absl::StatusOr<bool> Filled(int) override { return true; }
+  absl::Status Drain(absl::Time) override { return absl::OkStatus(); }
+
+ private:
+  const SlotSet* slots_;
+};
+
+// Per GPU g: uploads of its segment on copy_[g], then (several GPUs) a grouped in-place broadcast
+// per segment on nccl_[g] after every GPU's upload event.
+class CudaFiller final : public Filler {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaFiller>> Create(
+      const std::vector<std::unique_ptr<SlotSet>>& slots, absl::Duration timeout) {
+    std::unique_ptr<CudaFiller> f(new CudaFiller);
+    f->timeout_ = timeout;
+    std::vector<int> devices;
+    for (const auto& set : slots) {
+      f->slots_.push_back(set.get());
+      devices.push_back(set->device());
+      ASSIGN_OR_RETURN(gpu::CudaStream copy, gpu::CudaStream::Create(set->device()));
+      ASSIGN_OR_RETURN(gpu::CudaStream nccl, gpu::CudaStream::Create(set->device()));
+      f->copy_.push_back(std::move(copy));
+      f->nccl_.push_back(std::move(nccl));
+      f->uploaded_.emplace_back();
+      f->filled_.emplace_back();
+      for (int s = 0; s < set->count(); ++s) {
+        ASSIGN_OR_RETURN(gpu::CudaEvent up, gpu::CudaEvent::Create(set->device()));
+        ASSIGN_OR_RETURN(gpu::CudaEvent done, gpu::CudaEvent::Create(set->device()));
+        f->uploaded_.back().push_back(std::move(up));
+        f->filled_.back().push_back(std::move(done));
+      }
+    }
+    if (devices.size() > 1) {
+      auto comms = gpu::NcclComm::CreateLocal(devices, timeout);
+      if (!comms.ok()) {
+        return Annotate(comms.status(), absl::StrCat("NCCL communicator over the ", devices.size(),
+                                                     " GPUs of this node"));
+      }
+      f->comms_ = *std::move(comms);
+    }
+    return f;
+  }
+
+  absl::Status Fill(const Bucket& bucket, int slot, const uint8_t* arena) override {
+    const size_t n = slots_.size();
+    for (size_t g = 0; g < n; ++g) {
+      ASSIGN_OR_RETURN(gpu::ScopedDevice device, gpu::ScopedDevice::Create(slots_[g]->device()));
+      uint8_t* base = slots_[g]->data(slot);
+      for (const Copy& c : bucket.segments[g].copies) {
+        CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(base + c.slot_offset, arena + c.host_offset, c.bytes,
+                                             cudaMemcpyHostToDevice, copy_[g].get()));
+      }
+      RETURN_IF_ERROR(uploaded_[g][slot].Record(copy_[g]));
+    }
+    if (n == 1) return filled_[0][slot].Record(copy_[0]);
+    std::vector<void*> bases;
+    std::vector<cudaStream_t> streams;
+    for (size_t g = 0; g < n; ++g) {
+      ASSIGN_OR_RETURN(gpu::ScopedDevice device, gpu::ScopedDevice::Create(slots_[g]->device()));
+      for (size_t h = 0; h < n; ++h) RETURN_IF_ERROR(uploaded_[h][slot].StreamWait(nccl_[g].get()));
+      bases.push_back(slots_[g]->data(slot));
+      streams.push_back(nccl_[g].get());
+    }
+    std::vector<gpu::NcclComm::InPlaceOp> ops;
+    for (const Segment& s : bucket.segments) ops.push_back({s.uploader, s.slot_offset, s.bytes});
+    RETURN_IF_ERROR(gpu::NcclComm::GroupBroadcastInPlace(absl::MakeSpan(comms_), bases, streams,
+                                                         ops, timeout_));
+    for (size_t g = 0; g < n; ++g) RETURN_IF_ERROR(filled_[g][slot].Record(nccl_[g]));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<bool> Filled(int slot) override {
+    for (size_t g = 0; g < slots_.size(); ++g) {
+      ASSIGN_OR_RETURN(bool done, filled_[g][slot].Query());
+      if (!done) {
+        for (auto& comm : comms_) RETURN_IF_ERROR(comm.CheckAsyncError());
+        return false;
+      }
+    }
+    return true;
+  }
+
+  absl::Status Drain(absl::Time deadline) override {
+    for (size_t g = 0; g < slots_.size(); ++g) {
+      for (auto& e : filled_[g]) RETURN_IF_ERROR(e.WaitUntil(deadline));
+      for (auto& e : uploaded_[g]) RETURN_IF_ERROR(e.WaitUntil(deadline));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  CudaFiller() = default;
+  absl::Duration timeout_;
+  std::vector<const SlotSet*> slots_;
+  std::vector<gpu::CudaStream> copy_;
+  std::vector<gpu::CudaStream> nccl_;
+  std::vector<std::vector<gpu::CudaEvent>> uploaded_;  // [gpu][slot]
+  std::vector<std::vector<gpu::CudaEvent>> filled_;    // [gpu][slot]
+  std::vector<gpu::NcclComm> comms_;
+};
+
+std::string Seconds(absl::Duration d) { return absl::StrFormat("%.3fs", absl::ToDoubleSeconds(d)); }
+
+}  // namespace
+
+struct UpdateEngine::WorkerEntry {
+  uint64_t id = 0;
+  WorkerIdentity identity;
+  std::unordered_set<std::string> wanted;  // empty: all
+  std::shared_ptr<WorkerChannel> channel;
+  absl::Time attached;
+  uint64_t loaded_version = 0;
+
+  std::string Describe() const {
+    return absl::StrCat("worker pid ", identity.pid, " (", identity.engine.empty() ? "?" : identity.engine,
+                        identity.gpu_uuid.empty() ? "" : absl::StrCat(", ", identity.gpu_uuid), ")");
+  }
+};
+
+struct UpdateEngine::Participant {
+  std::shared_ptr<WorkerEntry> entry;
+  std::string error;  // set once failed
+  bool timed_out = false;
+  std::map<uint64_t, absl::Time> outstanding;  // bucket -> when BucketReady was sent
+  bool done_sent = false;
+  absl::Time done_sent_at;
+  bool loaded = false;
+  uint64_t tensors = 0;
+  uint64_t bytes = 0;
+  bool active() const { return error.empty(); }
+};
+
+UpdateEngine::UpdateEngine(BackendKind backend, VersionStore* store, Options options)
+    : backend_(backend), store_(store), options_(options) {}
+
+absl::StatusOr<std::unique_ptr<UpdateEngine>> UpdateEngine::Create(
+    BackendKind backend, const std::vector<gpu::GpuInfo>& gpus, VersionStore* store,
+    Options options) {
+  if (options.slots_per_gpu < 1 || options.bucket_bytes == 0 ||
+      options.bucket_bytes % kSlotAlignment != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "update engine: need slots_per_gpu >= 1 and bucket_bytes a positive multiple of ",
+        kSlotAlignment, " (got ", options.slots_per_gpu, ", ", options.bucket_bytes, ")"));
+  }
+  std::unique_ptr<UpdateEngine> e(new UpdateEngine(backend, store, options));
+  if (backend == BackendKind::kCuda) {
+    if (gpus.empty()) return absl::FailedPreconditionError("update engine: cuda backend without GPUs");
+    e->gpus_ = gpus;
+    for (const gpu::GpuInfo& g : gpus) {
+      ASSIGN_OR_RETURN(auto set,
+                       SlotSet::CreateCuda(g.index, options.slots_per_gpu, options.bucket_bytes));
+      e->slots_.push_back(std::move(set));
+    }
+    ASSIGN_OR_RETURN(auto filler, CudaFiller::Create(e->slots_, options.gpu_timeout));
+    e->filler_ = std::move(filler);
+  } else {
+    ASSIGN_OR_RETURN(auto set, SlotSet::CreateHost(options.slots_per_gpu, options.bucket_bytes));
+    e->slots_.push_back(std::move(set));
+    e->filler_ = std::make_unique<HostFiller>(e->slots_[0].get());
+  }
+  e->auto_thread_ = std::thread([raw = e.get()] { raw->AutoUpdateLoop(); });
+  return e;
+}
+
+UpdateEngine::~UpdateEngine() {
+  Stop("ckpt-engined is shutting down");
+  if (auto_thread_.joinable()) auto_thread_.join();
+}
+
+uint64_t UpdateEngine::gpu_bytes_per_gpu() const {
+  if (backend_ != BackendKind::kCuda) return 0;
+  return static_cast<uint64_t>(options_.slots_per_gpu) * options_.bucket_bytes;
+}
+
+absl::StatusOr<int> UpdateEngine::GpuForUuid(const std::string& uuid) const {
+  if (backend_ != BackendKind::kCuda) return 0;
+  std::vector<std::string> known;
+  for (size_t i = 0; i < gpus_.size(); ++i) {
+    if (gpus_[i].uuid == uuid) return static_cast<int>(i);
+    known.push_back(gpus_[i].uuid);
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "this daemon does not drive GPU '", uuid, "'; its GPUs are ", absl::StrJoin(known, ", "),
+      " (check the daemon's CUDA_VISIBLE_DEVICES and the worker's GPU)"));
+}
+
+uint64_t UpdateEngine::AddWorker(WorkerIdentity identity, std::shared_ptr<WorkerChannel> channel) {
+  auto entry = std::make_shared<WorkerEntry>();
+  entry->identity = std::move(identity);
+  entry->wanted.insert(entry->identity.tensor_names.begin(), entry->identity.tensor_names.end());
+  entry->channel = std::move(channel);
+  entry->attached = absl::Now();
+  absl::MutexLock lock(&mu_);
+  entry->id = next_worker_id_++;
+  workers_[entry->id] = entry;
+  spdlog::info("{} attached", entry->Describe());
+  if (stopping_) entry->channel->Close(stop_reason_);
+  return entry->id;
+}
+
+void UpdateEngine::RemoveWorker(uint64_t id, const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(id);
+  if (it == workers_.end()) return;
+  spdlog::info("{} detached: {}", it->second->Describe(), why);
+  ++events_;
+  if (participants_ != nullptr) {
+    for (Participant& p : *participants_) {
+      if (p.entry->id == id && p.active() && !p.loaded) {
+        p.error = absl::StrCat("detached mid-update: ", why);
+        p.outstanding.clear();
+      }
+    }
+  }
+  workers_.erase(it);
+}
+
+void UpdateEngine::OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message) {
+  absl::MutexLock lock(&mu_);
+  ++events_;
+  if (participants_ == nullptr) return;  // a late message of a finished update
+  for (Participant& p : *participants_) {
+    if (p.entry->id != id || !p.active()) continue;
+    if (message.has_ack()) {
+      if (message.ack().version() != updating_) return;
+      if (!message.ack().error().empty()) {
+        p.error = absl::StrCat("failed to load bucket ", message.ack().bucket(), ": ",
+                               message.ack().error());
+        p.outstanding.clear();
+      } else {
+        p.outstanding.erase(message.ack().bucket());
+      }
+    } else if (message.has_loaded()) {
+      if (message.loaded().version() != updating_ || !p.done_sent) return;
+      if (!message.loaded().error().empty()) {
+        p.error = absl::StrCat("failed to finish the version: ", message.loaded().error());
+      } else {
+        p.loaded = true;
+        p.tensors = message.loaded().tensors();
+        p.bytes = message.loaded().bytes();
+        p.entry->loaded_version = updating_;
+      }
+    }
+    return;
+  }
+}
+
+absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest& request) {
+  const absl::Time started = absl::Now();
+  // Claim the one update slot, pick the participants.
+  auto lease = store_->Lease(request.version());
+  if (!lease.ok()) return lease.status();
+  const uint64_t version = (*lease)->version();
+  const v1::Manifest& manifest = (*lease)->manifest();
+
+  std::vector<PlanTensor> tensors;
+  tensors.reserve(manifest.tensors_size());
+  for (int i = 0; i < manifest.tensors_size(); ++i) {
+    tensors.push_back({manifest.tensors(i).name(), (*lease)->arena_offset(i),
+                       manifest.tensors(i).byte_size()});
+  }
+  auto plan = PlanUpdate(tensors, options_.bucket_bytes, static_cast<int>(slots_.size()));
+  if (!plan.ok()) return Annotate(plan.status(), absl::StrCat("update to version ", version));
+
+  std::vector<Participant> participants;
+  v1::UpdateResponse response;
+  response.set_version(version);
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError(stop_reason_);
+    if (updating_ != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "an update to version ", updating_,
+          " is running; one update runs at a time: retry when it ends (ckptctl status)"));
+    }
+    std::set<int> pids(request.worker_pids().begin(), request.worker_pids().end());
+    std::set<int> found;
+    for (const auto& [id, entry] : workers_) {
+      if (!pids.empty() && pids.count(entry->identity.pid) == 0) continue;
+      found.insert(entry->identity.pid);
+      if (entry->loaded_version == version && !request.force()) {
+        v1::WorkerResult* r = response.add_workers();
+        r->set_pid(entry->identity.pid);
+        r->set_gpu_uuid(entry->identity.gpu_uuid);
+        r->set_engine(entry->identity.engine);
+        r->set_ok(true);
+        r->set_skipped(true);
+        continue;
+      }
+      Participant p;
+      p.entry = entry;
+      participants.push_back(std::move(p));
+    }
+    for (int pid : pids) {
+      if (found.count(pid) == 0) {
+        return absl::NotFoundError(absl::StrCat("no attached worker has pid ", pid));
+      }
+    }
+    if (participants.empty() && response.workers().empty()) {
+      return absl::FailedPreconditionError(
+          "no worker is attached: start the inference workers (they attach to this daemon's "
+          "socket) before asking for an update");
+    }
+    if (participants.empty()) return response;  // every one holds it already
+    updating_ = version;
+    participants_ = &participants;
+  }
+  spdlog::info("update to version {}: {} buckets of up to {}, {} workers", version,
+               plan->buckets.size(), FormatBytes(options_.bucket_bytes), participants.size());
+
+  // The pipeline (see the class comment).
+  const int n = static_cast<int>(plan->buckets.size());
+  const int k_slots = options_.slots_per_gpu;
+  const uint8_t* arena = store_->arena().data();
+  // The BucketReady of each bucket with every tensor; filtered per worker when sending.
+  auto bucket_message = [&](int k) {
+    v1::DaemonMessage m;
+    v1::BucketReady* b = m.mutable_bucket();
+    b->set_version(version);
+    b->set_bucket(k);
+    b->set_slot(k % k_slots);
+    b->set_last(k == n - 1);
+    for (const TensorPlacement& t : plan->buckets[k].tensors) {
+      v1::TensorPlacement* tp = b->add_tensors();
+      *tp->mutable_spec() = manifest.tensors(t.tensor);
+      tp->mutable_spec()->clear_xxh3();
+      tp->set_slot_offset(t.slot_offset);
+    }
+    return m;
+  };
+
+  absl::Status failure;  // of the daemon itself (GPU, shutdown)
+  absl::Duration wait_slot, fill, load;
+  std::vector<absl::Time> notified(n);
+  int next_fill = 0, next_notify = 0, released = 0;
+  absl::Time fill_candidate_since = absl::Now();
+  std::vector<absl::Time> fill_started(n);
+
+  absl::MutexLock lock(&mu_);
+  // Marks participants whose oldest outstanding ack is older than ack_timeout as failed.
+  auto expire = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const absl::Time now = absl::Now();
+    for (Participant& p : participants) {
+      if (!p.active()) continue;
+      std::string why;
+      if (!p.outstanding.empty() && now - p.outstanding.begin()->second > options_.ack_timeout) {
+        why = absl::StrCat("did not ack bucket ", p.outstanding.begin()->first, " of version ",
+                           version, " within ack_timeout ", HumanDuration(options_.ack_timeout));
+      } else if (p.done_sent && !p.loaded && now - p.done_sent_at > options_.ack_timeout) {
+        why = absl::StrCat("did not report version ", version, " loaded within ack_timeout ",
+                           HumanDuration(options_.ack_timeout));
+      }
+      if (why.empty()) continue;
+      p.error = why;
+      p.timed_out = true;
+      p.outstanding.clear();
+      p.entry->channel->Close(absl::StrCat("the daemon gave up on this worker: it ", why));
+    }
+  };
+  auto all_acked = [&](int k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (const Participant& p : participants) {
+      if (p.active() && p.outstanding.count(k) > 0) return false;
+    }
+    return true;
+  };
+  auto any_active = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (const Participant& p : participants) {
+      if (p.active()) return true;
+    }
+    return false;
+  };
+
+  while (failure.ok() && any_active() && released < n) {
+    if (stopping_) {
+      failure = absl::UnavailableError(absl::StrCat("update to version ", version,
+                                                    " cancelled: ", stop_reason_));
+      break;
+    }
+    expire();
+    bool progress = false;
+    // Release notified buckets whose every active worker acked.
+    while (released < next_notify && all_acked(released)) {
+      load += absl::Now() - notified[released];
+      ++released;
+      progress = true;
+    }
+    // Fill the next bucket when its slot is free (the bucket k_slots before it released).
+    if (next_fill < n && next_fill - k_slots < released) {
+      const absl::Time t0 = absl::Now();
+      wait_slot += t0 - fill_candidate_since;
+      fill_started[next_fill] = t0;
+      mu_.Unlock();
+      absl::Status s = filler_->Fill(plan->buckets[next_fill], next_fill % k_slots, arena);
+      mu_.Lock();
+      if (!s.ok()) {
+        failure = Annotate(s, absl::StrCat("filling bucket ", next_fill, " of version ", version));
+        break;
+      }
+      ++next_fill;
+      fill_candidate_since = absl::Now();
+      progress = true;
+    }
+    // Tell the workers about the oldest filled bucket.
+    if (next_notify < next_fill) {
+      auto filled = filler_->Filled(next_notify % k_slots);
+      if (!filled.ok()) {
+        failure = Annotate(filled.status(), absl::StrCat("bucket ", next_notify));
+        break;
+      }
+      if (*filled) {
+        const absl::Time now = absl::Now();
+        fill += now - fill_started[next_notify];
+        const v1::DaemonMessage full = bucket_message(next_notify);
+        for (Participant& p : participants) {
+          if (!p.active()) continue;
+          v1::DaemonMessage m = full;
+          if (!p.entry->wanted.empty()) {
+            auto* ts = m.mutable_bucket()->mutable_tensors();
+            ts->erase(std::remove_if(ts->begin(), ts->end(),
+                                     [&](const v1::TensorPlacement& t) {
+                                       return p.entry->wanted.count(t.spec().name()) == 0;
+                                     }),
+                      ts->end());
+            if (ts->empty()) continue;  // nothing it wants in this bucket: no ack needed
+          }
+          p.outstanding[next_notify] = now;
+          if (!p.entry->channel->Send(std::move(m))) {
+            p.error = "its stream closed mid-update";
+            p.outstanding.clear();
+          }
+        }
+        notified[next_notify] = now;
+        ++next_notify;
+        progress = true;
+      } else if (absl::Now() - fill_started[next_notify] > options_.gpu_timeout) {
+        failure = absl::DeadlineExceededError(
+            absl::StrCat("bucket ", next_notify, " of version ", version, " not filled within ",
+                         HumanDuration(options_.gpu_timeout), " (GPU copies or NCCL stalled)"));
+        break;
+      }
+    }
+    if (progress) continue;
+    // Nothing to do now: GPU work in flight is polled often; acks and detaches wake us up.
+    const uint64_t seen = events_;
+    auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || events_ != seen; };
+    mu_.AwaitWithTimeout(absl::Condition(&changed), next_notify < next_fill
+                                                        ? absl::Microseconds(20)
+                                                        : absl::Milliseconds(50));
+  }
+  // VersionDone to the workers still going, then wait for their VersionLoaded.
+  const absl::Time finish_start = absl::Now();
+  if (failure.ok()) {
+    for (Participant& p : participants) {
+      if (!p.active()) continue;
+      v1::DaemonMessage m;
+      m.mutable_done()->set_version(version);
+      p.done_sent = true;
+      p.done_sent_at = absl::Now();
+      if (!p.entry->channel->Send(std::move(m))) p.error = "its stream closed mid-update";
+    }
+    auto finished = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      if (stopping_) return true;
+      for (const Participant& p : participants) {
+        if (p.active() && !p.loaded) return false;
+      }
+      return true;
+    };
+    while (!finished()) {
+      mu_.AwaitWithTimeout(absl::Condition(&finished), absl::Milliseconds(100));
+      expire();
+    }
+    if (stopping_) {
+      failure = absl::UnavailableError(absl::StrCat("update to version ", version,
+                                                    " cancelled: ", stop_reason_));
+    }
+  }
+  if (next_notify < next_fill || !failure.ok()) {
+    // Slots may still be written by GPU work of this update: let it end before they are reused.
+    mu_.Unlock();
+    absl::Status drained = filler_->Drain(absl::Now() + options_.gpu_timeout);
+    mu_.Lock();
+    if (!drained.ok()) spdlog::error("update to version {}: {}", version, std::string(drained.message()));
+  }
+  participants_ = nullptr;
+  updating_ = 0;
+
+  const absl::Time end = absl::Now();
+  response.set_seconds(absl::ToDoubleSeconds(end - started));
+  response.set_bytes(plan->total_tensor_bytes);
+  response.set_buckets(n);
+  response.set_wait_slot_seconds(absl::ToDoubleSeconds(wait_slot));
+  response.set_fill_seconds(absl::ToDoubleSeconds(fill));
+  response.set_load_seconds(absl::ToDoubleSeconds(load));
+  response.set_finish_seconds(absl::ToDoubleSeconds(end - finish_start));
+  std::vector<std::string> failed;
+  bool timed_out = false;
+  for (const Participant& p : participants) {
+    v1::WorkerResult* r = response.add_workers();
+    r->set_pid(p.entry->identity.pid);
+    r->set_gpu_uuid(p.entry->identity.gpu_uuid);
+    r->set_engine(p.entry->identity.engine);
+    r->set_ok(p.active() && p.loaded);
+    r->set_error(p.error);
+    r->set_tensors(p.tensors);
+    r->set_bytes(p.bytes);
+    if (!r->ok()) {
+      failed.push_back(absl::StrCat(p.entry->Describe(), ": ",
+                                    p.error.empty() ? "did not finish" : p.error));
+      timed_out = timed_out || p.timed_out;
+    }
+  }
+  if (!failure.ok()) {
+    spdlog::error("update to version {} failed: {}", version, std::string(failure.message()));
+    return failure;
+  }
+  if (!failed.empty()) {
+    const std::string message = absl::StrCat(
+        "update to version ", version, ": ", failed.size(), " of ", participants.size(),
+        " workers failed (", absl::StrJoin(failed, "; "), "); ",
+        participants.size() - failed.size(), " loaded it");
+    spdlog::error("{}", message);
+    return timed_out ? absl::DeadlineExceededError(message) : absl::AbortedError(message);
+  }
+  spdlog::info("update to version {}: {} to {} workers in {} ({:.2f} GB/s)", version,
+               FormatBytes(plan->total_tensor_bytes), participants.size(),
+               Seconds(end - started),
+               plan->total_tensor_bytes / 1e9 / std::max(1e-9, absl::ToDoubleSeconds(end - started)));
+  return response;
+}
+
+void UpdateEngine::RequestAutoUpdate(uint64_t version) {
+  absl::MutexLock lock(&mu_);
+  auto_pending_ = std::max(auto_pending_, version);
+}
+
+void UpdateEngine::AutoUpdateLoop() {
+  for (;;) {
+    uint64_t version = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || (auto_pending_ != 0 && updating_ == 0);
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (stopping_) return;
+      version = std::exchange(auto_pending_, 0);
+      if (workers_.empty()) {
+        spdlog::info("auto_update: version {} committed, no worker attached", version);
+        continue;
+      }
+    }
+    v1::UpdateRequest request;
+    request.set_version(version);
+    auto result = Update(request);
+    if (!result.ok()) {
+      spdlog::warn("auto_update to version {}: {}", version, std::string(result.status().message()));
+    }
+  }
+}
+
+void UpdateEngine::Stop(const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  stopping_ = true;
+  stop_reason_ = reason;
+  for (const auto& [id, entry] : workers_) entry->channel->Close(reason);
+}
+
+std::vector<v1::WorkerStatus> UpdateEngine::Workers() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::WorkerStatus> out;
+  for (const auto& [id, e] : workers_) {
+    v1::WorkerStatus w;
+    w.set_pid(e->identity.pid);
+    w.set_uid(e->identity.uid);
+    w.set_engine(e->identity.engine);
+    w.set_gpu_uuid(e->identity.gpu_uuid);
+    w.set_loaded_version(e->loaded_version);
+    w.set_attached_unix_ms(absl::ToUnixMillis(e->attached));
+    w.set_tensor_filter(static_cast<uint32_t>(e->wanted.size()));
+    out.push_back(std::move(w));
+  }
+  return out;
+}
+
+uint64_t UpdateEngine::updating_version() const {
+  absl::MutexLock lock(&mu_);
+  return updating_;
+}
+
+}  // namespace ckpt::daemon

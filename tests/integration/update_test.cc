@@ -1,0 +1,475 @@
+// Updates on the host backend, end to end: the real daemon, a pushed version, worker processes (the
+// C++ worker_client and the Python worker_process.py) that attach and receive it bit-exact, and
+// every fault of issue 4: a worker killed mid-update, a worker that stops acking, a disallowed
+// uid, unknown and retired versions, a second update while one runs, SIGTERM mid-update.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/daemon_client.h"
+#include "client/trainer_client.h"
+#include "common/dtype.h"
+#include "tests/testing/subprocess.h"
+
+namespace ckpt {
+namespace {
+
+using client::DaemonClient;
+using client::TensorView;
+using client::TrainerClient;
+using testing::DaemonProcess;
+using testing::Runfile;
+using testing::RunResult;
+using testing::SpawnOptions;
+using testing::Subprocess;
+using namespace std::chrono_literals;
+
+constexpr uid_t kNobody = 65534;
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// Polls `done` every 20 ms until it holds or `timeout` passes.
+template <typename F>
+bool WaitUntil(F done, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return done();
+}
+
+std::string Hex(const std::string& bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
+// Tensors with random contents; `storage` owns the bytes the views point to.
+struct StateDict {
+  std::vector<std::string> storage;
+  std::vector<TensorView> views;
+
+  void Add(const std::string& name, DType dtype, std::vector<int64_t> shape, uint32_t seed) {
+    const uint64_t bytes = *TensorByteSize(dtype, shape);
+    std::mt19937 rng(seed);
+    std::string data(bytes, '\0');
+    for (auto& c : data) c = static_cast<char>(rng());
+    storage.push_back(std::move(data));
+    views.push_back({name, dtype, std::move(shape), nullptr, bytes});
+    for (size_t i = 0; i < views.size(); ++i) views[i].data = storage[i].data();
+  }
+};
+
+// About 300 KiB in 20 tensors of several dtypes, each under the 64 KiB buckets of these tests, so
+// that a version spans several buckets and both slots.
+StateDict Model(uint32_t seed) {
+  StateDict m;
+  m.Add("model.embed_tokens.weight", DType::kBFloat16, {128, 200}, seed + 1);
+  for (int layer = 0; layer < 3; ++layer) {
+    const std::string p = "model.layers." + std::to_string(layer) + ".";
+    m.Add(p + "self_attn.q_proj.weight", DType::kBFloat16, {96, 96}, seed + 10 * layer + 2);
+    m.Add(p + "self_attn.k_proj.weight", DType::kFloat16, {32, 96}, seed + 10 * layer + 3);
+    m.Add(p + "self_attn.v_proj.weight", DType::kFloat32, {32, 96}, seed + 10 * layer + 4);
+    m.Add(p + "mlp.gate_up_proj.weight", DType::kBFloat16, {160, 96}, seed + 10 * layer + 5);
+    m.Add(p + "mlp.down_proj.weight", DType::kFloat8E4M3FN, {96, 160}, seed + 10 * layer + 6);
+    m.Add(p + "input_layernorm.weight", DType::kFloat32, {96}, seed + 10 * layer + 7);
+  }
+  m.Add("model.norm.weight", DType::kFloat32, {96}, seed + 98);
+  m.Add("scalar.step", DType::kInt64, {}, seed + 99);
+  return m;
+}
+
+// A ready host-backend daemon with 64 KiB buckets, and clients for it.
+struct Daemon : DaemonProcess {
+  explicit Daemon(std::vector<std::string> extra = {}, const SpawnOptions& options = {})
+      : DaemonProcess(Args(std::move(extra)), options) {
+    INFO("daemon stderr: " << proc->Stderr());
+    REQUIRE(ready());
+    endpoint = *client::ResolveEndpoint(socket, "");
+    trainer = std::move(*TrainerClient::Connect(endpoint));
+    admin = std::move(*DaemonClient::Connect(endpoint));
+  }
+  static std::vector<std::string> Args(std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--backend",      "host",  "--host-memory-budget",
+                                     "64MiB",          "--bucket-bytes", "64KiB",
+                                     "--log-level",    "info"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+
+  uint64_t Push(const StateDict& m, uint64_t version = 0) {
+    client::PushOptions options;
+    options.version = version;
+    auto info = trainer->PushTensors(m.views, options);
+    INFO(info.status().ToString());
+    REQUIRE(info.ok());
+    return info->version();
+  }
+
+  nlohmann::json StatusJson() const {
+    RunResult r = Ctl({"status", "--json"});
+    INFO(r.err);
+    REQUIRE(r.exit.code == 0);
+    return nlohmann::json::parse(r.out);
+  }
+
+  size_t Workers() const { return StatusJson()["workers"].size(); }
+
+  absl::StatusOr<v1::UpdateResponse> Update(uint64_t version, bool force = false) {
+    v1::UpdateRequest request;
+    request.set_version(version);
+    request.set_force(force);
+    return admin->Update(request, absl::Seconds(60));
+  }
+
+  client::Endpoint endpoint;
+  std::unique_ptr<TrainerClient> trainer;
+  std::unique_ptr<DaemonClient> admin;
+};
+
+// A worker process: the C++ worker_client or the Python worker_process.py, with the same flags.
+struct Worker {
+  enum class Kind { kCpp, kPython };
+
+  Worker(Kind kind, const Daemon& daemon, const testing::TempDir& dir, const std::string& name,
+         std::vector<std::string> extra = {}, const SpawnOptions& base = {},
+         const std::string& binary_override = "")
+      : out(dir / (name + ".json")), ready(dir / (name + ".ready")) {
+    std::vector<std::string> argv;
+    SpawnOptions options = base;
+    if (kind == Kind::kCpp) {
+      argv = {binary_override.empty() ? Runfile("tests/integration/worker_client")
+                                      : binary_override};
+    } else {
+      argv = {"/usr/bin/python3", Runfile("tests/python/worker_process.py")};
+      const std::string init = Runfile("client/python/ckpt_engine/__init__.py");
+      options.env.push_back({"PYTHONPATH", init.substr(0, init.rfind("/ckpt_engine/"))});
+      options.env.push_back({"CKPT_CLIENT_LIB", Runfile("client/libckpt_client.so")});
+      options.env.push_back({"PYTHONDONTWRITEBYTECODE", "1"});
+    }
+    argv.insert(argv.end(), {"--socket", daemon.socket, "--out", out, "--ready", ready,
+                             "--engine", kind == Kind::kCpp ? "cpp-test" : "python-test"});
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    proc = std::make_unique<Subprocess>(argv, options);
+  }
+
+  // Waits until the worker has attached (wrote its ready file) or exited.
+  void WaitAttached() {
+    INFO("worker stderr: " << proc->Stderr());
+    REQUIRE(WaitUntil([&] { return Exists(ready) || !proc->running(); }, 30s));
+    REQUIRE(Exists(ready));
+  }
+
+  // The last version report, once it names `version`.
+  nlohmann::json Report(uint64_t version) {
+    nlohmann::json report;
+    bool got = WaitUntil(
+        [&] {
+          if (!Exists(out)) return false;
+          report = nlohmann::json::parse(ReadFile(out), nullptr, false);
+          return !report.is_discarded() && report["version"] == version;
+        },
+        30s);
+    INFO("worker stderr: " << proc->Stderr());
+    REQUIRE(got);
+    return report;
+  }
+
+  std::string out, ready;
+  std::unique_ptr<Subprocess> proc;
+};
+
+// Every tensor of `m` (or those named in `only`) arrived with its dtype, shape and bytes.
+void CheckReport(const nlohmann::json& report, const StateDict& m,
+                 const std::vector<std::string>& only = {}) {
+  std::map<std::string, nlohmann::json> got;
+  for (const auto& t : report["tensors"]) got[t["name"].get<std::string>()] = t;
+  size_t expected = 0;
+  for (size_t i = 0; i < m.views.size(); ++i) {
+    const TensorView& v = m.views[i];
+    if (!only.empty() && std::find(only.begin(), only.end(), v.name) == only.end()) continue;
+    ++expected;
+    INFO(v.name);
+    REQUIRE(got.count(v.name) == 1);
+    CHECK(got[v.name]["dtype"] == static_cast<int>(v.dtype));
+    CHECK(got[v.name]["shape"].get<std::vector<int64_t>>() == v.shape);
+    CHECK(got[v.name]["hex"] == Hex(m.storage[i]));
+  }
+  CHECK(got.size() == expected);
+}
+
+TEST_CASE("a C++ and a Python worker receive a pushed version bit-exact") {
+  Daemon d;
+  testing::TempDir dir;
+  StateDict m = Model(7);
+  const uint64_t version = d.Push(m);
+
+  Worker cpp(Worker::Kind::kCpp, d, dir, "cpp", {"--versions", "2"});
+  Worker py(Worker::Kind::kPython, d, dir, "py", {"--versions", "2"});
+  cpp.WaitAttached();
+  py.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+
+  auto result = d.Update(version);
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  CHECK(result->version() == version);
+  CHECK(result->buckets() >= 4);
+  REQUIRE(result->workers_size() == 2);
+  for (const auto& w : result->workers()) {
+    CHECK(w.ok());
+    CHECK(w.tensors() == m.views.size());
+  }
+  CheckReport(cpp.Report(version), m);
+  CheckReport(py.Report(version), m);
+
+  nlohmann::json status = d.StatusJson();
+  REQUIRE(status["workers"].size() == 2);
+  for (const auto& w : status["workers"]) CHECK(w["loaded_version"] == version);
+  CHECK(status["bucket_bytes"] == 64 * 1024);
+  CHECK(status["slots_per_gpu"] == 2);
+
+  SECTION("a second update of the same version skips them; --force resends") {
+    auto again = d.Update(version);
+    REQUIRE(again.ok());
+    for (const auto& w : again->workers()) CHECK(w.skipped());
+    RunResult forced = d.Ctl({"update", std::to_string(version), "--force"});
+    INFO(forced.err);
+    CHECK(forced.exit.code == 0);
+    CHECK(Contains(forced.out, "sent to 2 workers"));
+    CHECK(cpp.proc->Wait(20s).code == 0);
+    CHECK(py.proc->Wait(20s).code == 0);
+  }
+  SECTION("ckptctl update latest sends the newest version") {
+    StateDict m2 = Model(8);
+    const uint64_t v2 = d.Push(m2);
+    RunResult r = d.Ctl({"update", "latest", "--json"});
+    INFO(r.err);
+    REQUIRE(r.exit.code == 0);
+    nlohmann::json j = nlohmann::json::parse(r.out);
+    CHECK(j["version"] == v2);
+    CHECK(j["bytes"].get<uint64_t>() > 0);
+    CheckReport(cpp.Report(v2), m2);
+    CheckReport(py.Report(v2), m2);
+  }
+}
+
+TEST_CASE("a worker that asks for some tensors gets only those") {
+  Daemon d;
+  testing::TempDir dir;
+  StateDict m = Model(3);
+  const uint64_t version = d.Push(m);
+  const std::vector<std::string> only = {"model.norm.weight", "model.layers.1.mlp.down_proj.weight"};
+  Worker cpp(Worker::Kind::kCpp, d, dir, "cpp", {"--tensor", only[0], "--tensor", only[1]});
+  cpp.WaitAttached();
+  REQUIRE(d.Update(version).ok());
+  CheckReport(cpp.Report(version), m, only);
+}
+
+TEST_CASE("updates refuse unknown, retired and missing things with clear errors") {
+  Daemon d({"--max-versions", "1"});
+  testing::TempDir dir;
+  StateDict m = Model(1);
+
+  RunResult none = d.Ctl({"update", "latest"});
+  CHECK(none.exit.code == 1);
+  CHECK(Contains(none.err, "no version is committed yet"));
+
+  const uint64_t v1 = d.Push(m);
+  RunResult no_workers = d.Ctl({"update", std::to_string(v1)});
+  CHECK(no_workers.exit.code == 1);
+  CHECK(Contains(no_workers.err, "FAILED_PRECONDITION"));
+  CHECK(Contains(no_workers.err, "no worker is attached"));
+
+  Worker cpp(Worker::Kind::kCpp, d, dir, "cpp");
+  cpp.WaitAttached();
+  RunResult unknown = d.Ctl({"update", "99"});
+  CHECK(unknown.exit.code == 1);
+  CHECK(Contains(unknown.err, "NOT_FOUND"));
+  CHECK(Contains(unknown.err, "no version 99 (never committed)"));
+
+  d.Push(Model(2));  // retires v1 (max_versions 1)
+  auto retired = d.Update(v1);
+  CHECK(retired.status().code() == absl::StatusCode::kNotFound);
+  CHECK(Contains(std::string(retired.status().message()), "retired or dropped"));
+
+  RunResult bad = d.Ctl({"update", "abc"});
+  CHECK(bad.exit.code == 2);
+}
+
+TEST_CASE("a worker killed mid-update fails alone; the others finish") {
+  Daemon d({"--ack-timeout", "60s"});
+  testing::TempDir dir;
+  StateDict m = Model(11);
+  const uint64_t version = d.Push(m);
+  Worker good(Worker::Kind::kCpp, d, dir, "good");
+  Worker staller(Worker::Kind::kCpp, d, dir, "staller", {"--stall-after-buckets", "1"});
+  good.WaitAttached();
+  staller.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+
+  const auto start = std::chrono::steady_clock::now();
+  auto update = std::async(std::launch::async, [&] { return d.Update(version); });
+  REQUIRE(WaitUntil([&] { return d.StatusJson()["updating_version"] == version; }, 10s));
+
+  // While it runs: a second update and a drop of the version are refused.
+  RunResult second = d.Ctl({"update", std::to_string(version), "--force"});
+  CHECK(second.exit.code == 1);
+  CHECK(Contains(second.err, "an update to version " + std::to_string(version) + " is running"));
+  RunResult drop = d.Ctl({"drop", std::to_string(version)});
+  CHECK(drop.exit.code == 1);
+  CHECK(Contains(drop.err, "being sent to workers"));
+
+  staller.proc->Signal(SIGKILL);
+  REQUIRE(update.wait_for(30s) == std::future_status::ready);
+  auto result = update.get();
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  CHECK(elapsed < 30s);  // far below ack_timeout: the death was noticed, not waited out
+  REQUIRE(result.status().code() == absl::StatusCode::kAborted);
+  const std::string message(result.status().message());
+  CHECK(Contains(message, "worker pid " + std::to_string(staller.proc->pid())));
+  CHECK(Contains(message, "detached mid-update"));
+  CHECK(Contains(message, "1 loaded it"));
+  CheckReport(good.Report(version), m);
+  REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+  // Its slots are free again: the next update goes through.
+  CHECK(d.Update(version, /*force=*/true).ok());
+}
+
+TEST_CASE("a worker that stops acking fails the update after ack_timeout, naming it") {
+  Daemon d({"--ack-timeout", "1s"});
+  testing::TempDir dir;
+  StateDict m = Model(12);
+  const uint64_t version = d.Push(m);
+  Worker good(Worker::Kind::kPython, d, dir, "good");
+  Worker staller(Worker::Kind::kCpp, d, dir, "staller", {"--stall-after-buckets", "2"});
+  good.WaitAttached();
+  staller.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+
+  auto result = d.Update(version);
+  REQUIRE(result.status().code() == absl::StatusCode::kDeadlineExceeded);
+  const std::string message(result.status().message());
+  CHECK(Contains(message, "worker pid " + std::to_string(staller.proc->pid())));
+  CHECK(Contains(message, "did not ack bucket 2"));
+  CHECK(Contains(message, "within ack_timeout 1s"));
+  CheckReport(good.Report(version), m);
+  // The daemon closed the staller's stream.
+  CHECK(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+}
+
+TEST_CASE("SIGTERM mid-update ends the workers' streams cleanly") {
+  Daemon d({"--ack-timeout", "60s", "--shutdown-grace", "5s"});
+  testing::TempDir dir;
+  const uint64_t version = d.Push(Model(13));
+  Worker waiting(Worker::Kind::kCpp, d, dir, "waiting", {"--versions", "2"});
+  Worker py(Worker::Kind::kPython, d, dir, "py", {"--versions", "2"});
+  Worker staller(Worker::Kind::kCpp, d, dir, "staller", {"--stall-after-buckets", "1"});
+  waiting.WaitAttached();
+  py.WaitAttached();
+  staller.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 3; }, 10s));
+
+  auto update = std::async(std::launch::async, [&] { return d.Update(version); });
+  REQUIRE(WaitUntil([&] { return d.StatusJson()["updating_version"] == version; }, 10s));
+  d.proc->Signal(SIGTERM);
+  testing::ExitInfo daemon_exit = d.proc->Wait(20s);
+  INFO("daemon stderr: " << d.proc->Stderr());
+  CHECK(daemon_exit.exited);
+  CHECK(daemon_exit.code == 0);
+  REQUIRE(update.wait_for(20s) == std::future_status::ready);
+  auto result = update.get();
+  CHECK_FALSE(result.ok());
+  // The workers saw the daemon's reason, not a hang or a bare broken pipe.
+  for (Worker* w : {&waiting, &py}) {
+    testing::ExitInfo e = w->proc->Wait(20s);
+    INFO("worker stderr: " << w->proc->Stderr());
+    CHECK_FALSE(e.timed_out);
+    CHECK(e.code == 1);
+    CHECK(Contains(w->proc->Stderr(), "shutting down"));
+  }
+}
+
+TEST_CASE("auto_update sends every commit to the attached workers") {
+  Daemon d({"--auto-update", "true"});
+  testing::TempDir dir;
+  Worker cpp(Worker::Kind::kCpp, d, dir, "cpp", {"--versions", "2"});
+  cpp.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+  StateDict m1 = Model(21);
+  const uint64_t v1 = d.Push(m1);
+  CheckReport(cpp.Report(v1), m1);
+  StateDict m2 = Model(22);
+  const uint64_t v2 = d.Push(m2);
+  CheckReport(cpp.Report(v2), m2);
+  CHECK(cpp.proc->Wait(20s).code == 0);
+}
+
+TEST_CASE("only the daemon's uid and allowed_uids may attach") {
+  if (::geteuid() != 0) {
+    WARN("not root: cannot run a worker as another user; skipped");
+    return;
+  }
+  for (bool allowed : {false, true}) {
+    INFO("allowed: " << allowed);
+    std::vector<std::string> extra;
+    if (allowed) extra = {"--allowed-uids", std::to_string(kNobody)};
+    Daemon d(extra);
+    testing::TempDir dir;
+    // Let nobody reach the sockets (the daemon makes them 0600) and run a copy of the worker.
+    REQUIRE(::chmod(d.dir.path().c_str(), 0755) == 0);
+    REQUIRE(::chmod(d.socket.c_str(), 0666) == 0);
+    REQUIRE(::chmod((d.socket + ".fds").c_str(), 0666) == 0);
+    REQUIRE(::chmod(dir.path().c_str(), 0777) == 0);
+    const std::string binary =
+        testing::CopyExecutable(Runfile("tests/integration/worker_client"), dir.path());
+    SpawnOptions as_nobody;
+    as_nobody.run_as_uid = kNobody;
+    Worker w(Worker::Kind::kCpp, d, dir, "nobody", {}, as_nobody, binary);
+    if (!allowed) {
+      testing::ExitInfo e = w.proc->Wait(20s);
+      INFO("worker stderr: " << w.proc->Stderr());
+      CHECK(e.code == 1);
+      CHECK(Contains(w.proc->Stderr(), "PERMISSION_DENIED"));
+      CHECK(Contains(w.proc->Stderr(), "uid 65534 may not attach"));
+      CHECK(d.Workers() == 0);
+    } else {
+      w.WaitAttached();
+      REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+      CHECK(d.StatusJson()["workers"][0]["uid"] == kNobody);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ckpt

@@ -1,0 +1,192 @@
+// A C++ inference-worker stand-in for tests and benchmarks: attaches to the daemon with
+// client::Consumer, receives versions, and reports what it got.
+//
+//   worker_client --socket PATH [--out FILE] [--engine NAME] [--versions N] [--ready FILE]
+//                 [--tensor NAME]... [--stall-after-buckets K] [--cuda-device D]
+//                 [--copy-into-bytes B]
+//
+// --out: after each version, FILE is replaced (temp + rename) by JSON {"version", "tensors":
+// [{"name", "dtype", "shape", "hex"}]} (the bytes as received; from the GPU through a host copy).
+// --copy-into-bytes: instead of dumping, copy every tensor into one preallocated buffer of B bytes
+// (device memory with --cuda-device) before acking, as an engine's load_weights would; prints one
+// JSON line per version with the copied bytes and the time from the first bucket to the ack.
+// --stall-after-buckets K: stop acking after K buckets and sleep (ack-timeout tests).
+// Exit 0 on success; 1 with one line on stderr otherwise.
+#include <cuda_runtime_api.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "client/consumer.h"
+#include "client/daemon_client.h"
+
+namespace {
+
+int Die(const std::string& message) {
+  std::fprintf(stderr, "worker_client: %s\n", message.c_str());
+  return 1;
+}
+
+std::string Hex(const uint8_t* data, size_t n) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(2 * n, '0');
+  for (size_t i = 0; i < n; ++i) {
+    out[2 * i] = kHex[data[i] >> 4];
+    out[2 * i + 1] = kHex[data[i] & 15];
+  }
+  return out;
+}
+
+bool WriteAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out.good()) return false;
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string socket, out_path, ready_path, engine = "cpp";
+  int versions = 1, cuda_device = -1;
+  int64_t stall_after = -1;
+  uint64_t copy_bytes = 0;
+  std::vector<std::string> names;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "worker_client: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    bool ok = true;
+    if (a == "--socket") {
+      socket = value();
+    } else if (a == "--out") {
+      out_path = value();
+    } else if (a == "--ready") {
+      ready_path = value();
+    } else if (a == "--engine") {
+      engine = value();
+    } else if (a == "--tensor") {
+      names.push_back(value());
+    } else if (a == "--versions") {
+      ok = absl::SimpleAtoi(value(), &versions);
+    } else if (a == "--cuda-device") {
+      ok = absl::SimpleAtoi(value(), &cuda_device);
+    } else if (a == "--stall-after-buckets") {
+      ok = absl::SimpleAtoi(value(), &stall_after);
+    } else if (a == "--copy-into-bytes") {
+      ok = absl::SimpleAtoi(value(), &copy_bytes);
+    } else {
+      ok = false;
+    }
+    if (!ok) return Die(absl::StrCat("bad argument ", a));
+  }
+  auto endpoint = ckpt::client::ResolveEndpoint(socket, "");
+  if (!endpoint.ok()) return Die(std::string(endpoint.status().message()));
+  ckpt::client::ConsumerOptions options;
+  options.cuda_device = cuda_device;
+  options.engine = engine;
+  options.tensor_names = names;
+  auto consumer = ckpt::client::Consumer::Attach(*endpoint, options);
+  if (!consumer.ok()) return Die(consumer.status().ToString());
+
+  // The engine's own weights, preallocated once.
+  void* own = nullptr;
+  cudaStream_t stream = nullptr;
+  if (copy_bytes > 0) {
+    if (cuda_device >= 0) {
+      if (cudaSetDevice(cuda_device) != cudaSuccess || cudaMalloc(&own, copy_bytes) != cudaSuccess ||
+          cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+        return Die("cannot allocate the worker's own GPU buffer");
+      }
+    } else {
+      own = std::malloc(copy_bytes);
+      if (own == nullptr) return Die("cannot allocate the worker's own buffer");
+      std::memset(own, 0, copy_bytes);
+    }
+  }
+  if (!ready_path.empty() && !WriteAtomically(ready_path, std::to_string(::getpid()))) {
+    return Die("cannot write " + ready_path);
+  }
+
+  int64_t buckets_seen = 0;
+  for (int v = 0; v < versions; ++v) {
+    nlohmann::json dump = nlohmann::json::array();
+    uint64_t offset = 0;
+    auto first = std::chrono::steady_clock::time_point();
+    auto loaded = (*consumer)->ReceiveVersion(
+        [&](const ckpt::client::ConsumerEvent& bucket) -> absl::Status {
+          if (first == std::chrono::steady_clock::time_point()) first = std::chrono::steady_clock::now();
+          if (stall_after >= 0 && buckets_seen >= stall_after) {
+            std::this_thread::sleep_for(std::chrono::minutes(10));
+          }
+          ++buckets_seen;
+          for (const auto& t : bucket.tensors) {
+            if (copy_bytes > 0) {
+              if (offset + t.bytes > copy_bytes) offset = 0;  // wrap: the bench sizes it to fit
+              if (cuda_device >= 0) {
+                if (cudaMemcpyAsync(static_cast<uint8_t*>(own) + offset, t.data, t.bytes,
+                                    cudaMemcpyDeviceToDevice, stream) != cudaSuccess) {
+                  return absl::InternalError("cudaMemcpyAsync failed");
+                }
+              } else {
+                std::memcpy(static_cast<uint8_t*>(own) + offset, t.data, t.bytes);
+              }
+              offset += (t.bytes + 255) / 256 * 256;
+              continue;
+            }
+            std::vector<uint8_t> host(t.bytes);
+            if (cuda_device >= 0) {
+              if (t.bytes > 0 && cudaMemcpy(host.data(), t.data, t.bytes, cudaMemcpyDeviceToHost) !=
+                                     cudaSuccess) {
+                return absl::InternalError("cudaMemcpy of a received tensor failed");
+              }
+            } else if (t.bytes > 0) {
+              std::memcpy(host.data(), t.data, t.bytes);
+            }
+            dump.push_back({{"name", t.name},
+                            {"dtype", static_cast<int>(t.dtype)},
+                            {"shape", t.shape},
+                            {"hex", Hex(host.data(), host.size())}});
+          }
+          if (stream != nullptr && cudaStreamSynchronize(stream) != cudaSuccess) {
+            return absl::InternalError("cudaStreamSynchronize failed");
+          }
+          return absl::OkStatus();
+        },
+        absl::Minutes(30));
+    if (!loaded.ok()) return Die(loaded.status().ToString());
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - first).count();
+    if (copy_bytes > 0) {
+      std::printf("%s\n", nlohmann::json({{"version", loaded->version},
+                                          {"bytes", loaded->bytes},
+                                          {"tensors", loaded->tensors},
+                                          {"seconds_first_bucket_to_done", seconds}})
+                              .dump()
+                              .c_str());
+      std::fflush(stdout);
+    }
+    if (!out_path.empty()) {
+      nlohmann::json report = {{"version", loaded->version}, {"tensors", dump}};
+      if (!WriteAtomically(out_path, report.dump())) return Die("cannot write " + out_path);
+    }
+  }
+  return 0;
+}
