@@ -50,6 +50,19 @@ TEST_CASE("SetConfigValue parses every key and names the key on bad values") {
   REQUIRE(SetConfigValue(c, "listen_tcp", "127.0.0.1:0").ok());
   REQUIRE(SetConfigValue(c, "shutdown_grace", "250ms").ok());
   CHECK(c.shutdown_grace == absl::Milliseconds(250));
+  REQUIRE(SetConfigValue(c, "bucket_bytes", "1000").code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(SetConfigValue(c, "bucket_bytes", "10000").ok());
+  CHECK(c.bucket_bytes == 10240);  // rounded up to the slot alignment (256)
+  REQUIRE(SetConfigValue(c, "bucket_bytes", "auto").ok());
+  CHECK(c.bucket_bytes == 0);
+  REQUIRE(SetConfigValue(c, "slots_per_gpu", "3").ok());
+  CHECK(c.slots_per_gpu == 3);
+  REQUIRE(SetConfigValue(c, "ack_timeout", "2s").ok());
+  CHECK(c.ack_timeout == absl::Seconds(2));
+  REQUIRE(SetConfigValue(c, "allowed_uids", "0, 1000").ok());
+  CHECK(c.allowed_uids == std::vector<uint32_t>{0, 1000});
+  REQUIRE(SetConfigValue(c, "auto_update", "true").ok());
+  CHECK(c.auto_update);
 
   struct Bad {
     const char* key;
@@ -63,7 +76,13 @@ TEST_CASE("SetConfigValue parses every key and names the key on bad values") {
                                 {"listen_unix", "relative.sock"},
                                 {"listen_unix", std::string(120, 'x').insert(0, "/").c_str()},
                                 {"log_level", "chatty"},
-                                {"shutdown_grace", "-3s"}}) {
+                                {"shutdown_grace", "-3s"},
+                                {"slots_per_gpu", "0"},
+                                {"slots_per_gpu", "17"},
+                                {"bucket_bytes", "big"},
+                                {"ack_timeout", "10ms"},
+                                {"allowed_uids", "root"},
+                                {"auto_update", "yes"}}) {
     INFO(b.key << " = " << b.value);
     Config before = c;
     absl::Status s = SetConfigValue(c, b.key, b.value);
@@ -86,6 +105,13 @@ TEST_CASE("a TOML file fills the config and flags override it") {
   CHECK(cl->config.host_memory_budget == 1073741824ull);
   CHECK(cl->config.listen_unix == "/tmp/x/d.sock");
   CHECK(cl->config.log_level == "warn");
+}
+
+TEST_CASE("allowed_uids may be a TOML array of integers") {
+  std::string path = WriteFile("uids.toml", "allowed_uids = [0, 1000]\n");
+  auto cl = Parse({"--config", path.c_str()});
+  REQUIRE(cl.ok());
+  CHECK(cl->config.allowed_uids == std::vector<uint32_t>{0, 1000});
 }
 
 TEST_CASE("bad config files fail with the file and key named") {

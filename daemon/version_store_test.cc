@@ -298,3 +298,62 @@ TEST_CASE("LoadFiles path: addresses, mark received, checksums computed at commi
 
 }  // namespace
 }  // namespace ckpt::daemon
+
+namespace ckpt::daemon {
+namespace {
+
+uint64_t PushVersion(VersionStore& store, const std::vector<Tensor>& ts) {
+  auto b = store.Begin(ManifestOf(ts), 0, "");
+  REQUIRE(b.ok());
+  PushAll(store, *b, ts);
+  auto info = store.Commit(b->version, b->upload_token);
+  REQUIRE(info.ok());
+  return info->version();
+}
+
+TEST_CASE("a leased version is neither retired nor dropped; the oldest unused one goes instead") {
+  VersionStore::Options options;
+  options.max_versions = 2;
+  auto store = NewStore(1 << 20, options);
+  const uint64_t v1 = PushVersion(*store, {MakeTensor("a", {100}, 1)});
+  const uint64_t v2 = PushVersion(*store, {MakeTensor("a", {100}, 2)});
+
+  CHECK(store->Lease(99).status().code() == absl::StatusCode::kNotFound);
+  auto latest = store->Lease(0);
+  REQUIRE(latest.ok());
+  CHECK((*latest)->version() == v2);
+  latest->reset();
+
+  auto lease = store->Lease(v1);
+  REQUIRE(lease.ok());
+  CHECK((*lease)->manifest().tensors(0).name() == "a");
+  std::vector<Tensor> first = {MakeTensor("a", {100}, 1)};
+  CHECK(std::string(reinterpret_cast<const char*>((*lease)->data(0)), 400) == first[0].bytes);
+  CHECK((*lease)->data(0) == store->arena().data() + (*lease)->arena_offset(0));
+
+  absl::Status drop = store->Drop(v1);
+  CHECK(drop.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(drop.message(), "being sent to workers"));
+
+  // A third commit exceeds max_versions: v2 (unused) is retired, not the leased v1.
+  const uint64_t v3 = PushVersion(*store, {MakeTensor("a", {100}, 3)});
+  std::vector<uint64_t> ids;
+  for (const auto& info : store->List()) ids.push_back(info.version());
+  CHECK(ids == std::vector<uint64_t>{v1, v3});
+  auto gone = store->Lease(v2);
+  CHECK(gone.status().code() == absl::StatusCode::kNotFound);
+  CHECK(Contains(gone.status().message(), "retired or dropped"));
+
+  lease->reset();  // unleased: may be dropped now
+  CHECK(store->Drop(v1).ok());
+
+  // A staging version cannot be leased.
+  auto staging = store->Begin(ManifestOf({MakeTensor("b", {10}, 4)}), 0, "");
+  REQUIRE(staging.ok());
+  auto s = store->Lease(staging->version);
+  CHECK(s.status().code() == absl::StatusCode::kNotFound);
+  CHECK(Contains(s.status().message(), "still staging"));
+}
+
+}  // namespace
+}  // namespace ckpt::daemon

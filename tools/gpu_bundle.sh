@@ -36,7 +36,7 @@ log "benches: $(echo ${benches:-none})"
 # --- 2. Build (same flags as a plain `bazel build`, so the cache is shared) ---------------------------
 # The product's binaries travel too (sbin/): integration tests start them (tests/testing/subprocess.h
 # finds them through CKPT_BIN_DIR when there are no Bazel runfiles).
-tools="//daemon:ckpt-engined //client/ckptctl:ckptctl //client:libckpt_client.so"
+tools="//daemon:ckpt-engined //client/ckptctl:ckptctl //client:libckpt_client.so //tests/integration:worker_client"
 # shellcheck disable=SC2086
 bazel build --noshow_progress "$@" $tests $benches $tools >&2 || die "bazel build failed"
 
@@ -98,6 +98,8 @@ for t in $tools; do copy_target "$t" "$BUNDLE/sbin"; done
 mv "$BUNDLE/sbin/libckpt_client.so" "$BUNDLE/lib/"
 cp -r client/python "$BUNDLE/python"
 cp tests/python/cuda_push_check.py "$BUNDLE/"
+# The Python worker of the update tests, found like the binaries (CKPT_BIN_DIR).
+cp tests/python/worker_process.py "$BUNDLE/sbin/"
 
 # --- 4. The runner -----------------------------------------------------------------------------------
 cat >"$BUNDLE/run_gpu_tests.sh" <<'RUNNER'

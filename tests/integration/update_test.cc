@@ -20,6 +20,7 @@
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
 #include "common/dtype.h"
+#include "tests/testing/raw_attach.h"
 #include "tests/testing/subprocess.h"
 
 namespace ckpt {
@@ -94,14 +95,14 @@ struct StateDict {
 // that a version spans several buckets and both slots.
 StateDict Model(uint32_t seed) {
   StateDict m;
-  m.Add("model.embed_tokens.weight", DType::kBFloat16, {128, 200}, seed + 1);
+  m.Add("model.embed_tokens.weight", DType::kBfloat16, {128, 200}, seed + 1);
   for (int layer = 0; layer < 3; ++layer) {
     const std::string p = "model.layers." + std::to_string(layer) + ".";
-    m.Add(p + "self_attn.q_proj.weight", DType::kBFloat16, {96, 96}, seed + 10 * layer + 2);
+    m.Add(p + "self_attn.q_proj.weight", DType::kBfloat16, {96, 96}, seed + 10 * layer + 2);
     m.Add(p + "self_attn.k_proj.weight", DType::kFloat16, {32, 96}, seed + 10 * layer + 3);
     m.Add(p + "self_attn.v_proj.weight", DType::kFloat32, {32, 96}, seed + 10 * layer + 4);
-    m.Add(p + "mlp.gate_up_proj.weight", DType::kBFloat16, {160, 96}, seed + 10 * layer + 5);
-    m.Add(p + "mlp.down_proj.weight", DType::kFloat8E4M3FN, {96, 160}, seed + 10 * layer + 6);
+    m.Add(p + "mlp.gate_up_proj.weight", DType::kBfloat16, {160, 96}, seed + 10 * layer + 5);
+    m.Add(p + "mlp.down_proj.weight", DType::kFloat8E4m3fn, {96, 160}, seed + 10 * layer + 6);
     m.Add(p + "input_layernorm.weight", DType::kFloat32, {96}, seed + 10 * layer + 7);
   }
   m.Add("model.norm.weight", DType::kFloat32, {96}, seed + 98);
@@ -433,6 +434,41 @@ TEST_CASE("auto_update sends every commit to the attached workers") {
   const uint64_t v2 = d.Push(m2);
   CheckReport(cpp.Report(v2), m2);
   CHECK(cpp.proc->Wait(20s).code == 0);
+}
+
+TEST_CASE("attach refuses a missing nonce, an unproven identity and a wrong pid") {
+  Daemon d;
+  v1::AttachRequest request;
+  request.set_pid(::getpid());
+  request.set_engine("raw");
+
+  request.set_nonce("short");
+  auto bad_nonce = testing::RawAttach(d.socket, request, /*present_nonce=*/false);
+  CHECK(bad_nonce.status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(Contains(bad_nonce.status.error_message(), "nonce"));
+  CHECK_FALSE(bad_nonce.got_slots);
+
+  request.set_nonce("0123456789abcdef-not-presented");
+  auto unproven = testing::RawAttach(d.socket, request, /*present_nonce=*/false);
+  CHECK(unproven.status.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+  CHECK(Contains(unproven.status.error_message(), "cannot confirm the worker's identity"));
+  CHECK_FALSE(unproven.got_slots);
+
+  request.set_nonce("0123456789abcdef-wrong-pid");
+  request.set_pid(::getpid() + 100000);
+  auto wrong_pid = testing::RawAttach(d.socket, request, /*present_nonce=*/true);
+  CHECK(wrong_pid.status.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+  CHECK(Contains(wrong_pid.status.error_message(), "is not the pid of the process"));
+  CHECK(Contains(wrong_pid.verdict, "refused:"));
+  CHECK_FALSE(wrong_pid.got_slots);
+
+  request.set_nonce("0123456789abcdef-good");
+  request.set_pid(::getpid());
+  auto good = testing::RawAttach(d.socket, request, /*present_nonce=*/true);
+  CHECK(good.got_slots);
+  CHECK(good.verdict == "ok");
+  CHECK(good.status.ok());
+  CHECK(d.Workers() == 0);  // it detached again
 }
 
 TEST_CASE("only the daemon's uid and allowed_uids may attach") {

@@ -1,0 +1,289 @@
+// Update benchmark (issue 4): how fast a committed version gets from the daemon's pinned host memory
+// into every GPU's worker.
+//
+// Starts the real ckpt-engined on the cuda backend (every visible GPU), pushes a synthetic version
+// whose tensor list is a 32B-class dense model's (Qwen2.5-32B shapes: hidden 5120, MLP 27648, 8 KV
+// heads, vocab 152064, bf16, random bytes), starts one worker_client per GPU that copies every
+// tensor into its own preallocated GPU buffer before acking (what an engine's load_weights does),
+// and then times Admin.Update from the call to the last VersionLoaded, --repeat times. Prints the
+// effective GB/s (version bytes / time), the daemon's per-stage times, and the fraction of the floor
+// B / (aggregate pinned host-to-device bandwidth of all GPUs, measured in this run with every GPU
+// copying at once). Then does the same for a --small-gib version (latency).
+//
+//   update_bench [--layers 64] [--repeat 3] [--bucket-mib 0 (auto)] [--slots 2] [--small-gib 1]
+#include <cuda_runtime_api.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <csignal>
+#include <cstring>
+#include <mutex>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/daemon_client.h"
+#include "client/trainer_client.h"
+#include "daemon/gpu/gpu_info.h"
+#include "tests/testing/subprocess.h"
+
+namespace {
+
+using ckpt::DType;
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+int Fail(const std::string& what) {
+  std::fprintf(stderr, "update_bench: %s\n", what.c_str());
+  return 1;
+}
+
+struct Model {
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<uint64_t> bytes;
+  uint64_t total = 0;
+  uint64_t largest = 0;
+  void Add(std::string name, std::vector<int64_t> shape) {
+    uint64_t n = 2;  // bf16
+    for (int64_t d : shape) n *= d;
+    names.push_back(std::move(name));
+    shapes.push_back(std::move(shape));
+    bytes.push_back(n);
+    total += n;
+    largest = std::max(largest, n);
+  }
+};
+
+// Qwen2.5-32B's tensor list (bf16), with `layers` decoder layers; stops adding layers once
+// `max_bytes` would be passed (0: no limit). `embeddings`: with the embedding, final norm and
+// lm_head (1.56 GB each for the two big ones).
+Model Qwen32B(int layers, uint64_t max_bytes, bool embeddings = true) {
+  const int64_t h = 5120, mlp = 27648, kv = 1024, vocab = 152064;
+  Model m;
+  if (embeddings) m.Add("model.embed_tokens.weight", {vocab, h});
+  for (int l = 0; l < layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    Model layer;
+    layer.Add(p + "self_attn.q_proj.weight", {h, h});
+    layer.Add(p + "self_attn.q_proj.bias", {h});
+    layer.Add(p + "self_attn.k_proj.weight", {kv, h});
+    layer.Add(p + "self_attn.k_proj.bias", {kv});
+    layer.Add(p + "self_attn.v_proj.weight", {kv, h});
+    layer.Add(p + "self_attn.v_proj.bias", {kv});
+    layer.Add(p + "self_attn.o_proj.weight", {h, h});
+    layer.Add(p + "mlp.gate_proj.weight", {mlp, h});
+    layer.Add(p + "mlp.up_proj.weight", {mlp, h});
+    layer.Add(p + "mlp.down_proj.weight", {h, mlp});
+    layer.Add(p + "input_layernorm.weight", {h});
+    layer.Add(p + "post_attention_layernorm.weight", {h});
+    if (max_bytes > 0 && m.total + layer.total > max_bytes && l > 0) break;
+    for (size_t i = 0; i < layer.names.size(); ++i) m.Add(layer.names[i], layer.shapes[i]);
+  }
+  if (embeddings) {
+    m.Add("model.norm.weight", {h});
+    m.Add("lm_head.weight", {vocab, h});
+  }
+  return m;
+}
+
+// Aggregate pinned host->device bandwidth: every GPU copies `bytes` from its own pinned buffer at
+// once, `rounds` times after a warm-up. Returns {aggregate GB/s, slowest single GPU's GB/s}.
+std::pair<double, double> PinnedH2D(int gpus, size_t bytes, int rounds) {
+  std::vector<double> seconds(gpus, 0);
+  std::mutex mu;
+  std::condition_variable cv;
+  int arrived = 0;
+  auto arrive_and_wait = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (++arrived == gpus) cv.notify_all();
+    cv.wait(lock, [&] { return arrived == gpus; });
+  };
+  std::vector<std::thread> threads;
+  std::atomic<bool> ok{true};
+  for (int g = 0; g < gpus; ++g) {
+    threads.emplace_back([&, g] {
+      void* host = nullptr;
+      void* dev = nullptr;
+      cudaStream_t stream = nullptr;
+      bool good = cudaSetDevice(g) == cudaSuccess && cudaMallocHost(&host, bytes) == cudaSuccess &&
+                  cudaMalloc(&dev, bytes) == cudaSuccess &&
+                  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess;
+      if (good) {
+        std::memset(host, 1, bytes);
+        good = cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, stream) == cudaSuccess &&
+               cudaStreamSynchronize(stream) == cudaSuccess;
+      }
+      arrive_and_wait();
+      const auto t0 = Clock::now();
+      for (int r = 0; good && r < rounds; ++r) {
+        good = cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, stream) == cudaSuccess;
+      }
+      good = good && cudaStreamSynchronize(stream) == cudaSuccess;
+      seconds[g] = Seconds(Clock::now() - t0);
+      if (!good) ok = false;
+      if (stream != nullptr) cudaStreamDestroy(stream);
+      if (dev != nullptr) cudaFree(dev);
+      if (host != nullptr) cudaFreeHost(host);
+    });
+  }
+  for (auto& t : threads) t.join();
+  if (!ok) return {0, 0};
+  const double total = static_cast<double>(bytes) * rounds * gpus;
+  const double slowest = *std::max_element(seconds.begin(), seconds.end());
+  return {total / slowest / 1e9, static_cast<double>(bytes) * rounds / slowest / 1e9};
+}
+
+struct Views {
+  std::string data;  // one random buffer: every tensor reads its prefix
+  std::vector<ckpt::client::TensorView> views;
+};
+
+Views MakeViews(const Model& m) {
+  Views v;
+  v.data.resize(m.largest);
+  std::mt19937_64 rng(42);
+  for (size_t i = 0; i + 8 <= v.data.size(); i += 8) {
+    const uint64_t x = rng();
+    std::memcpy(&v.data[i], &x, 8);
+  }
+  for (size_t i = 0; i < m.names.size(); ++i) {
+    v.views.push_back({m.names[i], DType::kBfloat16, m.shapes[i], v.data.data(), m.bytes[i]});
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app("ckpt-engine update benchmark");
+  int layers = 64, repeat = 3, slots = 2;
+  uint64_t bucket_mib = 0;
+  double small_gib = 1;
+  app.add_option("--layers", layers, "decoder layers of the 32B-class tensor list (64: the full model)");
+  app.add_option("--repeat", repeat, "updates timed per version");
+  app.add_option("--bucket-mib", bucket_mib, "bucket_bytes in MiB (0: the daemon's auto)");
+  app.add_option("--slots", slots, "slots_per_gpu");
+  app.add_option("--small-gib", small_gib, "size of the latency version in GiB (0: skip)");
+  CLI11_PARSE(app, argc, argv);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+
+  const ckpt::gpu::GpuProbe probe = ckpt::gpu::ProbeGpus();
+  if (probe.gpus.empty()) return Fail("no GPU: " + probe.no_gpu_reason);
+  const int gpus = static_cast<int>(probe.gpus.size());
+  const Model big = Qwen32B(layers, 0);
+  // The latency version: whole decoder layers up to --small-gib (one layer is 0.98 GB).
+  const Model small = Qwen32B(64, static_cast<uint64_t>(small_gib * (1ull << 30)), false);
+  std::printf("== update_bench: %d x %s, %u host threads\n", gpus, probe.gpus[0].name.c_str(),
+              std::thread::hardware_concurrency());
+  std::printf("== version: %zu tensors, %.3f GB (%.2f GiB), largest tensor %.3f GB\n",
+              big.names.size(), big.total / 1e9, big.total / double(1ull << 30), big.largest / 1e9);
+
+  // Floor: aggregate pinned H2D of all GPUs at once, measured before anything else holds memory.
+  auto [h2d_aggregate, h2d_single] = PinnedH2D(gpus, 1ull << 30, 8);
+  if (h2d_aggregate <= 0) return Fail("pinned H2D measurement failed");
+  std::printf("== pinned H2D, all %d GPUs at once: %.1f GB/s aggregate (%.1f GB/s per GPU)\n", gpus,
+              h2d_aggregate, h2d_single);
+
+  const uint64_t budget = big.total + (small_gib > 0 ? small.total : 0) + (1ull << 30);
+  std::vector<std::string> args = {"--backend", "cuda", "--host-memory-budget",
+                                   std::to_string(budget), "--max-versions", "2",
+                                   "--load-threads", "16", "--slots-per-gpu", std::to_string(slots),
+                                   "--ack-timeout", "120s", "--log-level", "warn"};
+  if (bucket_mib > 0) {
+    args.insert(args.end(), {"--bucket-bytes", std::to_string(bucket_mib << 20)});
+  }
+  auto t0 = Clock::now();
+  ckpt::testing::DaemonProcess daemon(args, {}, std::chrono::seconds(400));
+  if (!daemon.ready()) return Fail("daemon did not start: " + daemon.proc->Stderr());
+  std::printf("== daemon ready in %.1f s (%.1f GiB pinned)\n", Seconds(Clock::now() - t0),
+              budget / double(1ull << 30));
+  auto endpoint = ckpt::client::ResolveEndpoint(daemon.socket, "");
+  auto admin = ckpt::client::DaemonClient::Connect(*endpoint);
+  auto trainer = ckpt::client::TrainerClient::Connect(*endpoint);
+  if (!admin.ok() || !trainer.ok()) return Fail("cannot connect to the daemon");
+  auto status = (*admin)->Status(absl::Seconds(10));
+  if (!status.ok()) return Fail(status.status().ToString());
+  std::printf("== slots: %u x %.0f MiB per GPU = %.2f GiB of GPU memory added per GPU\n",
+              status->slots_per_gpu(), status->bucket_bytes() / double(1 << 20),
+              status->gpu_memory_per_gpu_bytes() / double(1ull << 30));
+
+  auto push = [&](const Model& m) -> uint64_t {
+    Views v = MakeViews(m);
+    ckpt::client::PushOptions options;
+    options.streams = 8;
+    options.timeout = absl::Seconds(600);
+    const auto start = Clock::now();
+    auto info = (*trainer)->PushTensors(v.views, options);
+    if (!info.ok()) {
+      Fail(info.status().ToString());
+      return 0;
+    }
+    std::printf("== pushed version %lu: %.3f GB in %.1f s\n", info->version(), m.total / 1e9,
+                Seconds(Clock::now() - start));
+    return info->version();
+  };
+  const uint64_t big_version = push(big);
+  if (big_version == 0) return 1;
+
+  // One worker per GPU, each with its own buffer for every tensor of the big version.
+  uint64_t own_bytes = 0;
+  for (uint64_t b : big.bytes) own_bytes += (b + 255) / 256 * 256;
+  std::vector<std::unique_ptr<ckpt::testing::Subprocess>> workers;
+  for (int g = 0; g < gpus; ++g) {
+    workers.push_back(std::make_unique<ckpt::testing::Subprocess>(std::vector<std::string>{
+        ckpt::testing::Runfile("tests/integration/worker_client"), "--socket", daemon.socket,
+        "--cuda-device", std::to_string(g), "--engine", "bench", "--versions", "1000",
+        "--copy-into-bytes", std::to_string(own_bytes)}));
+  }
+  const auto attach_deadline = Clock::now() + std::chrono::seconds(120);
+  for (;;) {
+    auto s = (*admin)->Status(absl::Seconds(10));
+    if (s.ok() && s->workers_size() == gpus) break;
+    for (auto& w : workers) {
+      if (!w->running()) return Fail("a worker exited: " + w->Stderr());
+    }
+    if (Clock::now() > attach_deadline) return Fail("workers did not attach in 120 s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::printf("== %d workers attached, each copying into %.2f GiB of its own GPU memory\n", gpus,
+              own_bytes / double(1ull << 30));
+
+  auto run = [&](const char* label, uint64_t version, const Model& m) -> bool {
+    const double floor_s = m.total / 1e9 / h2d_aggregate;
+    for (int r = 0; r < repeat; ++r) {
+      ckpt::v1::UpdateRequest request;
+      request.set_version(version);
+      request.set_force(true);
+      const auto start = Clock::now();
+      auto result = (*admin)->Update(request, absl::Seconds(600));
+      const double secs = Seconds(Clock::now() - start);
+      if (!result.ok()) {
+        Fail(result.status().ToString());
+        return false;
+      }
+      std::printf(
+          "%s run %d: %.3f GB in %.3f s = %.1f GB/s; floor B/H2D %.3f s -> %.0f%% of floor; %u "
+          "buckets; stages (summed): wait-slot %.3f s, fill %.3f s, worker-load %.3f s, finish "
+          "%.3f s; daemon-side %.3f s\n",
+          label, r + 1, m.total / 1e9, secs, m.total / 1e9 / secs, floor_s, 100 * floor_s / secs,
+          result->buckets(), result->wait_slot_seconds(), result->fill_seconds(),
+          result->load_seconds(), result->finish_seconds(), result->seconds());
+    }
+    return true;
+  };
+  if (!run("big", big_version, big)) return 1;
+  if (small_gib > 0) {
+    const uint64_t small_version = push(small);
+    if (small_version == 0 || !run("small", small_version, small)) return 1;
+  }
+  for (auto& w : workers) w->Signal(SIGTERM);
+  return 0;
+}

@@ -1,0 +1,238 @@
+// Updates on the cuda backend (tag gpu): the real daemon drives every visible GPU; one C++ worker
+// per GPU, each started under a different CUDA_VISIBLE_DEVICES ordering, and a Python (torch)
+// worker when torch with CUDA is available, receive a pushed version bit-exact through CUDA IPC.
+// A worker naming a GPU the daemon does not drive is refused.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_join.h"
+#include "client/daemon_client.h"
+#include "client/trainer_client.h"
+#include "common/dtype.h"
+#include "daemon/gpu/gpu_info.h"
+#include "tests/testing/raw_attach.h"
+#include "tests/testing/subprocess.h"
+
+namespace ckpt {
+namespace {
+
+using client::TensorView;
+using testing::Runfile;
+using testing::SpawnOptions;
+using testing::Subprocess;
+using namespace std::chrono_literals;
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+template <typename F>
+bool WaitUntil(F done, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return done();
+}
+
+std::string Hex(const std::string& bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
+struct StateDict {
+  std::vector<std::string> storage;
+  std::vector<TensorView> views;
+  void Add(const std::string& name, DType dtype, std::vector<int64_t> shape, uint32_t seed) {
+    const uint64_t bytes = *TensorByteSize(dtype, shape);
+    std::mt19937 rng(seed);
+    std::string data(bytes, '\0');
+    for (auto& c : data) c = static_cast<char>(rng());
+    storage.push_back(std::move(data));
+    views.push_back({name, dtype, std::move(shape), nullptr, bytes});
+    for (size_t i = 0; i < views.size(); ++i) views[i].data = storage[i].data();
+  }
+};
+
+// ~3 MiB over 1 MiB buckets: several buckets through both slots.
+StateDict Model() {
+  StateDict m;
+  m.Add("embed", DType::kBfloat16, {512, 640}, 1);
+  for (int l = 0; l < 4; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    m.Add(p + "qkv", DType::kBfloat16, {384, 512}, 10 + l);
+    m.Add(p + "up", DType::kFloat32, {128, 256}, 20 + l);
+    m.Add(p + "down", DType::kFloat8E5m2, {256, 300}, 30 + l);
+    m.Add(p + "norm", DType::kFloat32, {512}, 40 + l);
+  }
+  m.Add("step", DType::kInt64, {}, 99);
+  return m;
+}
+
+void CheckReport(const std::string& path, uint64_t version, const StateDict& m) {
+  nlohmann::json report;
+  REQUIRE(WaitUntil(
+      [&] {
+        report = nlohmann::json::parse(ReadFile(path), nullptr, false);
+        return !report.is_discarded() && report["version"] == version;
+      },
+      30s));
+  std::map<std::string, nlohmann::json> got;
+  for (const auto& t : report["tensors"]) got[t["name"].get<std::string>()] = t;
+  REQUIRE(got.size() == m.views.size());
+  for (size_t i = 0; i < m.views.size(); ++i) {
+    INFO(m.views[i].name);
+    REQUIRE(got.count(m.views[i].name) == 1);
+    CHECK(got[m.views[i].name]["hex"] == Hex(m.storage[i]));
+    CHECK(got[m.views[i].name]["shape"].get<std::vector<int64_t>>() == m.views[i].shape);
+  }
+}
+
+// The Python interpreter and package for a torch worker: on the GPU machine (CKPT_BIN_DIR set by the
+// bundle runner) python3 from PATH with the bundle's python/ and lib/; empty when torch with CUDA is
+// not importable.
+struct PythonWorkerEnv {
+  std::string python, pythonpath, library, script;
+};
+std::optional<PythonWorkerEnv> FindPython() {
+  PythonWorkerEnv env;
+  if (const char* bin = std::getenv("CKPT_BIN_DIR")) {
+    env.python = "python3";
+    env.pythonpath = std::string(bin) + "/../python";
+    env.library = std::string(bin) + "/../lib/libckpt_client.so";
+    env.script = std::string(bin) + "/worker_process.py";
+  } else {
+    env.python = "/usr/bin/python3";
+    const std::string init = Runfile("client/python/ckpt_engine/__init__.py");
+    env.pythonpath = init.substr(0, init.rfind("/ckpt_engine/"));
+    env.library = Runfile("client/libckpt_client.so");
+    env.script = Runfile("tests/python/worker_process.py");
+  }
+  testing::RunResult probe =
+      testing::Run({"/usr/bin/env", env.python, "-c", "import torch; assert torch.cuda.is_available()"});
+  if (probe.exit.code != 0) return std::nullopt;
+  return env;
+}
+
+TEST_CASE("cuda: a worker per GPU, under reordered CUDA_VISIBLE_DEVICES, receives bit-exact") {
+  const gpu::GpuProbe probe = gpu::ProbeGpus();
+  REQUIRE_FALSE(probe.gpus.empty());
+  const int n = static_cast<int>(probe.gpus.size());
+  testing::DaemonProcess d({"--backend", "cuda", "--host-memory-budget", "256MiB", "--bucket-bytes",
+                            "1MiB", "--log-level", "info"});
+  INFO("daemon stderr: " << d.proc->Stderr());
+  REQUIRE(d.ready());
+  auto endpoint = *client::ResolveEndpoint(d.socket, "");
+  auto trainer = std::move(*client::TrainerClient::Connect(endpoint));
+  auto admin = std::move(*client::DaemonClient::Connect(endpoint));
+  StateDict m = Model();
+  auto pushed = trainer->PushTensors(m.views, {});
+  REQUIRE(pushed.ok());
+  const uint64_t version = pushed->version();
+
+  testing::TempDir dir;
+  std::vector<std::unique_ptr<Subprocess>> workers;
+  std::vector<std::string> outs;
+  for (int g = 0; g < n; ++g) {
+    // GPU g is listed at position `g` of a rotation that starts elsewhere: its ordinal in the worker
+    // differs from the daemon's whenever n > 1.
+    std::vector<std::string> order;
+    for (int k = 0; k < n; ++k) order.push_back(std::to_string((g + 1 + k) % n));
+    const int ordinal = n - 1;  // where g lands in that rotation
+    SpawnOptions options;
+    options.env.push_back({"CUDA_VISIBLE_DEVICES", absl::StrJoin(order, ",")});
+    outs.push_back(dir / ("gpu" + std::to_string(g) + ".json"));
+    workers.push_back(std::make_unique<Subprocess>(
+        std::vector<std::string>{Runfile("tests/integration/worker_client"), "--socket", d.socket,
+                                 "--out", outs.back(), "--cuda-device", std::to_string(ordinal),
+                                 "--engine", "cpp-gpu"},
+        options));
+  }
+  auto python = FindPython();
+  if (python.has_value()) {
+    SpawnOptions options;
+    options.env = {{"PYTHONPATH", python->pythonpath},
+                   {"CKPT_CLIENT_LIB", python->library},
+                   {"PYTHONDONTWRITEBYTECODE", "1"}};
+    outs.push_back(dir / "python.json");
+    workers.push_back(std::make_unique<Subprocess>(
+        std::vector<std::string>{"/usr/bin/env", python->python, python->script, "--socket",
+                                 d.socket, "--out", outs.back(), "--cuda-device", "0", "--engine",
+                                 "python-gpu"},
+        options));
+  } else {
+    WARN("python3 with torch and CUDA not found: the Python GPU worker is not run");
+  }
+  const size_t expected = workers.size();
+  auto attached = [&] {
+    auto s = admin->Status(absl::Seconds(5));
+    return s.ok() && static_cast<size_t>(s->workers_size()) == expected;
+  };
+  bool all_attached = WaitUntil(attached, 60s);
+  for (auto& w : workers) INFO("worker stderr: " << w->Stderr());
+  REQUIRE(all_attached);
+  auto status = admin->Status(absl::Seconds(5));
+  REQUIRE(status.ok());
+  CHECK(status->gpu_memory_per_gpu_bytes() == 2u << 20);
+  for (const auto& w : status->workers()) {
+    bool known = false;
+    for (const auto& g : probe.gpus) known = known || g.uuid == w.gpu_uuid();
+    CHECK(known);
+  }
+
+  v1::UpdateRequest request;
+  request.set_version(version);
+  auto result = admin->Update(request, absl::Seconds(120));
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  CHECK(result->buckets() >= 3);
+  for (const auto& w : result->workers()) CHECK(w.ok());
+  for (size_t i = 0; i < outs.size(); ++i) {
+    INFO("worker " << i << " stderr: " << workers[i]->Stderr());
+    CheckReport(outs[i], version, m);
+  }
+  for (auto& w : workers) CHECK(w->Wait(30s).code == 0);
+}
+
+TEST_CASE("cuda: a worker naming a GPU the daemon does not drive is refused") {
+  testing::DaemonProcess d({"--backend", "cuda", "--host-memory-budget", "64MiB", "--bucket-bytes",
+                            "1MiB"});
+  INFO("daemon stderr: " << d.proc->Stderr());
+  REQUIRE(d.ready());
+  v1::AttachRequest request;
+  request.set_pid(::getpid());
+  request.set_gpu_uuid("GPU-00000000-0000-0000-0000-000000000000");
+  request.set_nonce("gpu-test-nonce-0123456789");
+  auto r = testing::RawAttach(d.socket, request, /*present_nonce=*/true);
+  CHECK(r.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+  CHECK(Contains(r.status.error_message(),
+                 "does not drive GPU 'GPU-00000000-0000-0000-0000-000000000000'"));
+  CHECK(Contains(r.status.error_message(), gpu::ProbeGpus().gpus.at(0).uuid));
+  CHECK_FALSE(r.got_slots);
+}
+
+}  // namespace
+}  // namespace ckpt

@@ -1,0 +1,58 @@
+#include "tests/testing/raw_attach.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "absl/time/clock.h"
+#include "common/fd_passing.h"
+#include "common/scoped_fd.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "proto/consumer.grpc.pb.h"
+
+namespace ckpt::testing {
+
+RawAttachResult RawAttach(const std::string& socket, const v1::AttachRequest& request,
+                          bool present_nonce) {
+  RawAttachResult result;
+  ScopedFd side;
+  if (present_nonce) {
+    side = ScopedFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = socket + ".fds";
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    if (::connect(side.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        !SendWithFds(side.get(), request.nonce(), {}, absl::Now() + absl::Seconds(20)).ok()) {
+      result.status = grpc::Status(grpc::StatusCode::INTERNAL, "cannot present the nonce");
+      return result;
+    }
+  }
+  auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+  auto stub = v1::Consumer::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto stream = stub->Attach(&context);
+  v1::WorkerMessage hello;
+  *hello.mutable_attach() = request;
+  stream->Write(hello);
+  v1::DaemonMessage message;
+  while (stream->Read(&message)) {
+    if (message.has_slots()) {
+      result.got_slots = true;
+      stream->WritesDone();
+    }
+  }
+  result.status = stream->Finish();
+  if (side.valid()) {
+    auto verdict = ReceiveWithFds(side.get(), absl::Now() + absl::Seconds(5));
+    if (verdict.ok()) result.verdict = verdict->payload;
+  }
+  return result;
+}
+
+}  // namespace ckpt::testing
