@@ -149,7 +149,7 @@ absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Attach(const Endpoint& endpo
       grant = std::move(c->inbox_.front());
       c->inbox_.pop_front();
     } else if (c->ended_) {
-      return absl::Status(absl::StatusCode::kUnavailable, c->end_reason_);
+      return c->end_status_;
     }
   }
   if (!grant.has_slots()) {
@@ -224,10 +224,12 @@ void Consumer::ReadLoop() {
   absl::MutexLock lock(&mu_);
   ended_ = true;
   if (!detached.empty()) {
-    end_reason_ = absl::StrCat("the daemon ended the stream: ", detached);
+    end_status_ = absl::UnavailableError(absl::StrCat("the daemon ended the stream: ", detached));
+  } else if (status.ok()) {
+    end_status_ =
+        absl::UnavailableError(absl::StrCat("the daemon at ", endpoint_.target, " ended the stream"));
   } else {
-    end_reason_ = std::string(FromGrpc(status, "Consumer.Attach", endpoint_).message());
-    if (status.ok()) end_reason_ = absl::StrCat("the daemon at ", endpoint_.target, " ended the stream");
+    end_status_ = FromGrpc(status, "Consumer.Attach", endpoint_);
   }
 }
 
@@ -246,7 +248,7 @@ absl::StatusOr<ConsumerEvent> Consumer::Next(absl::Time deadline) {
     auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ended_ || !inbox_.empty(); };
     mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
     if (inbox_.empty()) {
-      if (ended_) return absl::UnavailableError(end_reason_);
+      if (ended_) return absl::UnavailableError(end_status_.message());
       return absl::DeadlineExceededError("no update from the daemon in time");
     }
     m = std::move(inbox_.front());

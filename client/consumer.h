@@ -133,7 +133,9 @@ class Consumer {
   absl::Mutex mu_;
   std::deque<v1::DaemonMessage> inbox_ ABSL_GUARDED_BY(mu_);
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
-  std::string end_reason_ ABSL_GUARDED_BY(mu_);
+  // Why the stream ended: the daemon's status (its code kept, e.g. PERMISSION_DENIED at attach), or
+  // UNAVAILABLE with the daemon's Detached reason.
+  absl::Status end_status_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ckpt::client

@@ -49,8 +49,13 @@ absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc,
       return absl::UnavailableError(
           absl::StrCat("cannot reach ckpt-engined at ", where, ": ", status.error_message()));
     case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return absl::DeadlineExceededError(
-          absl::StrCat("ckpt-engined at ", where, " did not answer ", rpc, " in time"));
+      // gRPC's own words when this call's deadline passed; any other message is the daemon's
+      // (e.g. a worker that did not ack in time during an Update).
+      if (status.error_message() == "Deadline Exceeded") {
+        return absl::DeadlineExceededError(
+            absl::StrCat("ckpt-engined at ", where, " did not answer ", rpc, " in time"));
+      }
+      return absl::DeadlineExceededError(absl::StrCat(rpc, " failed: ", status.error_message()));
     case grpc::StatusCode::UNIMPLEMENTED:
       return absl::UnimplementedError(absl::StrCat("ckpt-engined at ", where, " does not support ",
                                                    rpc, " (is it an older release?)"));

@@ -1,6 +1,7 @@
 #include "daemon/gpu/nccl_comm.h"
 
 #include <algorithm>
+#include <functional>
 #include <set>
 #include <thread>
 #include <utility>
@@ -200,42 +201,30 @@ absl::Status NcclComm::Broadcast(const void* send, void* recv, size_t bytes, int
                         timeout);
 }
 
-absl::Status NcclComm::GroupBroadcast(absl::Span<NcclComm> comms,
-                                      absl::Span<const NcclBroadcastBuffers> buffers, size_t bytes,
-                                      int root, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  if (comms.empty() || comms.size() != buffers.size()) {
-    return absl::InvalidArgumentError("NcclComm::GroupBroadcast: one buffer set per rank needed");
-  }
+absl::Status NcclComm::RunGroup(absl::Span<NcclComm> comms, absl::Span<const int> roots,
+                                const char* what, absl::Time deadline,
+                                const std::function<absl::Status()>& enqueue) {
   for (const NcclComm& comm : comms) {
     if (comm.empty() || comm.failed_) {
       return absl::FailedPreconditionError(
-          "NcclComm::GroupBroadcast: empty or failed communicator (recreate it)");
+          absl::StrCat(what, ": empty or failed communicator (recreate it)"));
     }
-    if (root < 0 || root >= comm.nranks_) {
-      return absl::InvalidArgumentError(absl::StrCat("NcclComm::GroupBroadcast: root ", root,
-                                                     " out of range [0, ", comm.nranks_, ")"));
+    for (int root : roots) {
+      if (root < 0 || root >= comm.nranks_) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(what, ": root ", root, " out of range [0, ", comm.nranks_, ")"));
+      }
     }
   }
-  if (bytes == 0) return absl::OkStatus();
-
-  absl::Status status;
   NCCL_RETURN_IF_ERROR(ncclGroupStart());
-  for (size_t i = 0; i < comms.size(); ++i) {
-    const ncclResult_t result = ncclBroadcast(buffers[i].send, buffers[i].recv, bytes, ncclUint8,
-                                              root, comms[i].comm_, buffers[i].stream);
-    if (!Accepted(result) && status.ok()) {
-      status = NcclStatus(result, "ncclBroadcast(send, recv, bytes, ncclUint8, root, comm, stream)",
-                          __FILE__, __LINE__);
-    }
-  }
+  absl::Status status = enqueue();
   const ncclResult_t end = ncclGroupEnd();
   if (!Accepted(end) && status.ok()) status = NcclStatus(end, "ncclGroupEnd()", __FILE__, __LINE__);
   if (status.ok()) {
     std::vector<ncclComm_t> raw;
     raw.reserve(comms.size());
     for (const NcclComm& comm : comms) raw.push_back(comm.comm_);
-    status = AwaitReady(raw, deadline, "NcclComm::GroupBroadcast (enqueue)");
+    status = AwaitReady(raw, deadline, absl::StrCat(what, " (enqueue)").c_str());
   }
   if (!status.ok()) {
     // A partially enqueued collective would block the ranks that did enqueue; abort them all.
@@ -244,55 +233,52 @@ absl::Status NcclComm::GroupBroadcast(absl::Span<NcclComm> comms,
   return status;
 }
 
+absl::Status NcclComm::GroupBroadcast(absl::Span<NcclComm> comms,
+                                      absl::Span<const NcclBroadcastBuffers> buffers, size_t bytes,
+                                      int root, absl::Duration timeout) {
+  if (comms.empty() || comms.size() != buffers.size()) {
+    return absl::InvalidArgumentError("NcclComm::GroupBroadcast: one buffer set per rank needed");
+  }
+  return RunGroup(comms, {root}, "NcclComm::GroupBroadcast", absl::Now() + timeout, [&] {
+    for (size_t i = 0; bytes > 0 && i < comms.size(); ++i) {
+      const ncclResult_t result = ncclBroadcast(buffers[i].send, buffers[i].recv, bytes,
+                                                ncclUint8, root, comms[i].comm_, buffers[i].stream);
+      if (!Accepted(result)) {
+        return NcclStatus(result, "ncclBroadcast(send, recv, bytes, ncclUint8, root, comm, stream)",
+                          __FILE__, __LINE__);
+      }
+    }
+    return absl::OkStatus();
+  });
+}
+
 absl::Status NcclComm::GroupBroadcastInPlace(absl::Span<NcclComm> comms,
                                              absl::Span<void* const> bases,
                                              absl::Span<const cudaStream_t> streams,
                                              absl::Span<const InPlaceOp> ops,
                                              absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
   if (comms.empty() || comms.size() != bases.size() || comms.size() != streams.size()) {
     return absl::InvalidArgumentError(
         "NcclComm::GroupBroadcastInPlace: one base pointer and stream per rank needed");
   }
-  for (const NcclComm& comm : comms) {
-    if (comm.empty() || comm.failed_) {
-      return absl::FailedPreconditionError(
-          "NcclComm::GroupBroadcastInPlace: empty or failed communicator (recreate it)");
-    }
+  std::vector<int> roots;
+  for (const InPlaceOp& op : ops) roots.push_back(op.root);
+  return RunGroup(comms, roots, "NcclComm::GroupBroadcastInPlace", absl::Now() + timeout, [&] {
     for (const InPlaceOp& op : ops) {
-      if (op.root < 0 || op.root >= comm.nranks_) {
-        return absl::InvalidArgumentError(absl::StrCat("NcclComm::GroupBroadcastInPlace: root ",
-                                                       op.root, " out of range [0, ",
-                                                       comm.nranks_, ")"));
-      }
-    }
-  }
-  absl::Status status;
-  NCCL_RETURN_IF_ERROR(ncclGroupStart());
-  for (const InPlaceOp& op : ops) {
-    if (op.bytes == 0) continue;
-    for (size_t i = 0; i < comms.size(); ++i) {
-      void* data = static_cast<uint8_t*>(bases[i]) + op.offset;
-      const ncclResult_t result =
-          ncclBroadcast(data, data, op.bytes, ncclUint8, op.root, comms[i].comm_, streams[i]);
-      if (!Accepted(result) && status.ok()) {
-        status = NcclStatus(result, "ncclBroadcast(data, data, bytes, ncclUint8, root, comm, stream)",
+      if (op.bytes == 0) continue;
+      for (size_t i = 0; i < comms.size(); ++i) {
+        void* data = static_cast<uint8_t*>(bases[i]) + op.offset;
+        const ncclResult_t result =
+            ncclBroadcast(data, data, op.bytes, ncclUint8, op.root, comms[i].comm_, streams[i]);
+        if (!Accepted(result)) {
+          return NcclStatus(result,
+                            "ncclBroadcast(data, data, bytes, ncclUint8, root, comm, stream)",
                             __FILE__, __LINE__);
+        }
       }
     }
-  }
-  const ncclResult_t end = ncclGroupEnd();
-  if (!Accepted(end) && status.ok()) status = NcclStatus(end, "ncclGroupEnd()", __FILE__, __LINE__);
-  if (status.ok()) {
-    std::vector<ncclComm_t> raw;
-    raw.reserve(comms.size());
-    for (const NcclComm& comm : comms) raw.push_back(comm.comm_);
-    status = AwaitReady(raw, deadline, "NcclComm::GroupBroadcastInPlace (enqueue)");
-  }
-  if (!status.ok()) {
-    for (NcclComm& comm : comms) comm.Abort();
-  }
-  return status;
+    return absl::OkStatus();
+  });
 }
 
 absl::Status NcclComm::CheckAsyncError() const {

@@ -44,6 +44,7 @@
 #include <nccl.h>
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -139,6 +140,12 @@ class NcclComm {
   static std::string LibraryVersion();
 
  private:
+  // Checks every communicator and root, runs `enqueue` (the collectives) between ncclGroupStart and
+  // ncclGroupEnd, and waits for the enqueue until `deadline`; on any failure aborts every rank.
+  static absl::Status RunGroup(absl::Span<NcclComm> comms, absl::Span<const int> roots,
+                               const char* what, absl::Time deadline,
+                               const std::function<absl::Status()>& enqueue);
+
   NcclComm(ncclComm_t comm, int rank, int nranks, int device)
       : comm_(comm), rank_(rank), nranks_(nranks), device_(device) {}
   void Reset();

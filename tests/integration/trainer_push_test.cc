@@ -18,6 +18,7 @@
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
 #include "tests/testing/safetensors_writer.h"
+#include "tests/testing/state_dict.h"
 #include "tests/testing/subprocess.h"
 
 namespace ckpt::testing {
@@ -28,6 +29,7 @@ using client::DaemonClient;
 using client::PushOptions;
 using client::TensorView;
 using client::TrainerClient;
+using testing::StateDict;
 
 bool Contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
@@ -60,21 +62,6 @@ struct Daemon : DaemonProcess {
   client::Endpoint endpoint;
   std::unique_ptr<TrainerClient> trainer;
   std::unique_ptr<DaemonClient> admin;
-};
-
-// Tensors with random contents; `storage` owns the bytes the views point to.
-struct StateDict {
-  std::vector<std::string> storage;
-  std::vector<TensorView> views;
-  uint64_t total = 0;
-
-  void Add(const std::string& name, DType dtype, std::vector<int64_t> shape) {
-    uint64_t bytes = *TensorByteSize(dtype, shape);
-    storage.push_back(RandomBytes(bytes, storage.size() + 1));
-    views.push_back({name, dtype, std::move(shape), nullptr, bytes});
-    for (size_t i = 0; i < views.size(); ++i) views[i].data = storage[i].data();
-    total += bytes;
-  }
 };
 
 StateDict Model() {

@@ -21,6 +21,7 @@
 #include "common/dtype.h"
 #include "daemon/gpu/gpu_info.h"
 #include "tests/testing/raw_attach.h"
+#include "tests/testing/state_dict.h"
 #include "tests/testing/subprocess.h"
 
 namespace ckpt {
@@ -29,53 +30,15 @@ namespace {
 using client::TensorView;
 using testing::Runfile;
 using testing::SpawnOptions;
+using testing::StateDict;
+using testing::WaitUntil;
+using testing::ReadFile;
 using testing::Subprocess;
 using namespace std::chrono_literals;
 
 bool Contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-template <typename F>
-bool WaitUntil(F done, std::chrono::milliseconds timeout) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < end) {
-    if (done()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return done();
-}
-
-std::string Hex(const std::string& bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out.push_back(kHex[c >> 4]);
-    out.push_back(kHex[c & 15]);
-  }
-  return out;
-}
-
-struct StateDict {
-  std::vector<std::string> storage;
-  std::vector<TensorView> views;
-  void Add(const std::string& name, DType dtype, std::vector<int64_t> shape, uint32_t seed) {
-    const uint64_t bytes = *TensorByteSize(dtype, shape);
-    std::mt19937 rng(seed);
-    std::string data(bytes, '\0');
-    for (auto& c : data) c = static_cast<char>(rng());
-    storage.push_back(std::move(data));
-    views.push_back({name, dtype, std::move(shape), nullptr, bytes});
-    for (size_t i = 0; i < views.size(); ++i) views[i].data = storage[i].data();
-  }
-};
 
 // ~3 MiB over 1 MiB buckets: several buckets through both slots.
 StateDict Model() {
@@ -106,7 +69,7 @@ void CheckReport(const std::string& path, uint64_t version, const StateDict& m) 
   for (size_t i = 0; i < m.views.size(); ++i) {
     INFO(m.views[i].name);
     REQUIRE(got.count(m.views[i].name) == 1);
-    CHECK(got[m.views[i].name]["hex"] == Hex(m.storage[i]));
+    CHECK(got[m.views[i].name]["hex"] == testing::HexBytes(m.storage[i]));
     CHECK(got[m.views[i].name]["shape"].get<std::vector<int64_t>>() == m.views[i].shape);
   }
 }

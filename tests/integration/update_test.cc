@@ -21,6 +21,7 @@
 #include "client/trainer_client.h"
 #include "common/dtype.h"
 #include "tests/testing/raw_attach.h"
+#include "tests/testing/state_dict.h"
 #include "tests/testing/subprocess.h"
 
 namespace ckpt {
@@ -33,6 +34,9 @@ using testing::DaemonProcess;
 using testing::Runfile;
 using testing::RunResult;
 using testing::SpawnOptions;
+using testing::StateDict;
+using testing::WaitUntil;
+using testing::ReadFile;
 using testing::Subprocess;
 using namespace std::chrono_literals;
 
@@ -42,54 +46,10 @@ bool Contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 bool Exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
 }
-
-// Polls `done` every 20 ms until it holds or `timeout` passes.
-template <typename F>
-bool WaitUntil(F done, std::chrono::milliseconds timeout) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < end) {
-    if (done()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return done();
-}
-
-std::string Hex(const std::string& bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out.push_back(kHex[c >> 4]);
-    out.push_back(kHex[c & 15]);
-  }
-  return out;
-}
-
-// Tensors with random contents; `storage` owns the bytes the views point to.
-struct StateDict {
-  std::vector<std::string> storage;
-  std::vector<TensorView> views;
-
-  void Add(const std::string& name, DType dtype, std::vector<int64_t> shape, uint32_t seed) {
-    const uint64_t bytes = *TensorByteSize(dtype, shape);
-    std::mt19937 rng(seed);
-    std::string data(bytes, '\0');
-    for (auto& c : data) c = static_cast<char>(rng());
-    storage.push_back(std::move(data));
-    views.push_back({name, dtype, std::move(shape), nullptr, bytes});
-    for (size_t i = 0; i < views.size(); ++i) views[i].data = storage[i].data();
-  }
-};
 
 // About 300 KiB in 20 tensors of several dtypes, each under the 64 KiB buckets of these tests, so
 // that a version spans several buckets and both slots.
@@ -224,7 +184,7 @@ void CheckReport(const nlohmann::json& report, const StateDict& m,
     REQUIRE(got.count(v.name) == 1);
     CHECK(got[v.name]["dtype"] == static_cast<int>(v.dtype));
     CHECK(got[v.name]["shape"].get<std::vector<int64_t>>() == v.shape);
-    CHECK(got[v.name]["hex"] == Hex(m.storage[i]));
+    CHECK(got[v.name]["hex"] == testing::HexBytes(m.storage[i]));
   }
   CHECK(got.size() == expected);
 }
@@ -309,14 +269,12 @@ TEST_CASE("updates refuse unknown, retired and missing things with clear errors"
   const uint64_t v1 = d.Push(m);
   RunResult no_workers = d.Ctl({"update", std::to_string(v1)});
   CHECK(no_workers.exit.code == 1);
-  CHECK(Contains(no_workers.err, "FAILED_PRECONDITION"));
   CHECK(Contains(no_workers.err, "no worker is attached"));
 
   Worker cpp(Worker::Kind::kCpp, d, dir, "cpp");
   cpp.WaitAttached();
   RunResult unknown = d.Ctl({"update", "99"});
   CHECK(unknown.exit.code == 1);
-  CHECK(Contains(unknown.err, "NOT_FOUND"));
   CHECK(Contains(unknown.err, "no version 99 (never committed)"));
 
   d.Push(Model(2));  // retires v1 (max_versions 1)
@@ -333,7 +291,7 @@ TEST_CASE("a worker killed mid-update fails alone; the others finish") {
   testing::TempDir dir;
   StateDict m = Model(11);
   const uint64_t version = d.Push(m);
-  Worker good(Worker::Kind::kCpp, d, dir, "good");
+  Worker good(Worker::Kind::kCpp, d, dir, "good", {"--versions", "2"});
   Worker staller(Worker::Kind::kCpp, d, dir, "staller", {"--stall-after-buckets", "1"});
   good.WaitAttached();
   staller.WaitAttached();
@@ -365,6 +323,7 @@ TEST_CASE("a worker killed mid-update fails alone; the others finish") {
   REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
   // Its slots are free again: the next update goes through.
   CHECK(d.Update(version, /*force=*/true).ok());
+  CHECK(good.proc->Wait(20s).code == 0);
 }
 
 TEST_CASE("a worker that stops acking fails the update after ack_timeout, naming it") {
@@ -379,11 +338,12 @@ TEST_CASE("a worker that stops acking fails the update after ack_timeout, naming
   REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
 
   auto result = d.Update(version);
-  REQUIRE(result.status().code() == absl::StatusCode::kDeadlineExceeded);
   const std::string message(result.status().message());
+  INFO(message);
+  REQUIRE(result.status().code() == absl::StatusCode::kDeadlineExceeded);
   CHECK(Contains(message, "worker pid " + std::to_string(staller.proc->pid())));
   CHECK(Contains(message, "did not ack bucket 2"));
-  CHECK(Contains(message, "within ack_timeout 1s"));
+  CHECK(Contains(message, "within ack_timeout 1.0s"));
   CheckReport(good.Report(version), m);
   // The daemon closed the staller's stream.
   CHECK(WaitUntil([&] { return d.Workers() == 1; }, 10s));

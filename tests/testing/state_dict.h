@@ -1,0 +1,46 @@
+// Test data and waiting helpers shared by the integration tests: a state dict of random tensors to
+// push, hex of bytes, file contents, and polling with a deadline.
+#ifndef CKPT_TESTS_TESTING_STATE_DICT_H_
+#define CKPT_TESTS_TESTING_STATE_DICT_H_
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/trainer_client.h"
+#include "common/dtype.h"
+
+namespace ckpt::testing {
+
+// Tensors with random contents; `storage` owns the bytes the views point to.
+struct StateDict {
+  std::vector<std::string> storage;
+  std::vector<client::TensorView> views;
+  uint64_t total = 0;
+
+  // `seed` 0: the tensor's position + 1.
+  void Add(const std::string& name, DType dtype, std::vector<int64_t> shape, uint64_t seed = 0);
+};
+
+// Lowercase hex of `bytes`.
+std::string HexBytes(const std::string& bytes);
+
+// The whole file, or "" when it cannot be read.
+std::string ReadFile(const std::string& path);
+
+// Polls `done` every 20 ms until it holds or `timeout` passes; returns its last value.
+template <typename F>
+bool WaitUntil(F done, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return done();
+}
+
+}  // namespace ckpt::testing
+
+#endif  // CKPT_TESTS_TESTING_STATE_DICT_H_
