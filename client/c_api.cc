@@ -231,8 +231,8 @@ int ckpt_drop_version(ckpt_client* client, uint64_t version, char* err, size_t e
   });
 }
 
-int ckpt_update(ckpt_client* client, uint64_t version, int force, double timeout_s,
-                char** json_out, char* err, size_t errlen) {
+int ckpt_update(ckpt_client* client, uint64_t version, int force, double timeout_s, char** json_out,
+                char* err, size_t errlen) {
   ClearOutput(json_out);
   return Guard(err, errlen, [&]() -> absl::Status {
     if (absl::Status s = NeedClient(client); !s.ok()) return s;
@@ -264,9 +264,8 @@ void PublishEvent(ckpt_consumer* c, ckpt_consumer_event* out) {
     v.nbytes = t.bytes;
     c->views.push_back(v);
   }
-  out->kind = c->event.kind == ckpt::client::ConsumerEvent::Kind::kBucket
-                  ? CKPT_EVENT_BUCKET
-                  : CKPT_EVENT_VERSION_DONE;
+  out->kind = c->event.kind == ckpt::client::ConsumerEvent::Kind::kBucket ? CKPT_EVENT_BUCKET
+                                                                          : CKPT_EVENT_VERSION_DONE;
   out->version = c->event.version;
   out->bucket = c->event.bucket;
   out->last = c->event.last ? 1 : 0;
@@ -320,8 +319,8 @@ int ckpt_consumer_next(ckpt_consumer* consumer, double timeout_s, ckpt_consumer_
   });
 }
 
-int ckpt_consumer_ack(ckpt_consumer* consumer, uint64_t version, uint64_t bucket,
-                      const char* error, char* err, size_t errlen) {
+int ckpt_consumer_ack(ckpt_consumer* consumer, uint64_t version, uint64_t bucket, const char* error,
+                      char* err, size_t errlen) {
   return Guard(err, errlen, [&]() -> absl::Status {
     if (absl::Status s = NeedConsumer(consumer); !s.ok()) return s;
     return consumer->consumer->Ack(version, bucket, error != nullptr ? error : "");

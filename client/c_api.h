@@ -142,7 +142,7 @@ CKPT_API int ckpt_drop_version(ckpt_client* client, uint64_t version, char* err,
 CKPT_API int ckpt_update(ckpt_client* client, uint64_t version, int force, double timeout_s,
                          char** json_out, char* err, size_t errlen);
 
-/* ---- Workers: receiving versions from the daemon (docs/clients.md, "Workers") ----
+/* ---- Workers: receiving versions from the daemon (docs/clients.md, "Workers (C++ and C)") ----
  *
  * An inference worker attaches once, then receives each version bucket by bucket. The tensors of a
  * bucket are views into the daemon's staging slots, mapped once at attach: device pointers on the
@@ -183,8 +183,7 @@ typedef struct ckpt_consumer_event {
  * FAILED_PRECONDITION (a GPU the daemon does not drive), UNAVAILABLE (no daemon). */
 CKPT_API int ckpt_consumer_attach(const char* socket, int cuda_device, const char* engine,
                                   const char* const* tensor_names, size_t name_count,
-                                  double timeout_s, ckpt_consumer** out, char* err,
-                                  size_t errlen);
+                                  double timeout_s, ckpt_consumer** out, char* err, size_t errlen);
 
 /* Waits up to `timeout_s` (0: return at once if nothing is queued) for the next event.
  * DEADLINE_EXCEEDED (4) when none came; UNAVAILABLE (14) when the daemon ended the stream (its
@@ -212,8 +211,7 @@ CKPT_API int ckpt_consumer_receive_version(ckpt_consumer* consumer, double timeo
                                            char* err, size_t errlen);
 
 /* {"backend": "cuda"|"host", "gpu_uuid", "slots", "slot_bytes"}. */
-CKPT_API int ckpt_consumer_info(ckpt_consumer* consumer, char** json_out, char* err,
-                                size_t errlen);
+CKPT_API int ckpt_consumer_info(ckpt_consumer* consumer, char** json_out, char* err, size_t errlen);
 
 /* Detaches and unmaps the slots. NULL is ignored. */
 CKPT_API void ckpt_consumer_close(ckpt_consumer* consumer);

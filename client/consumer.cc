@@ -86,9 +86,9 @@ absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Attach(const Endpoint& endpo
                                                            ConsumerOptions options) {
   const absl::Time deadline = absl::Now() + options.attach_timeout;
   if (endpoint.unix_path.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "workers attach over the daemon's Unix socket, not ", endpoint.target,
-        " (CUDA IPC and shared memory only work on the same node)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("workers attach over the daemon's Unix socket, not ", endpoint.target,
+                     " (CUDA IPC and shared memory only work on the same node)"));
   }
   std::unique_ptr<Consumer> c(new Consumer);
   c->endpoint_ = endpoint;
@@ -162,10 +162,9 @@ absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Attach(const Endpoint& endpo
                                                     absl::FormatDuration(options.attach_timeout)));
   }
   if (!verdict.ok() || verdict->payload != "ok") {
-    return absl::InternalError(absl::StrCat("attaching to ", endpoint.target,
-                                            ": slots granted but the descriptor socket said ",
-                                            verdict.ok() ? verdict->payload
-                                                         : std::string(verdict.status().message())));
+    return absl::InternalError(absl::StrCat(
+        "attaching to ", endpoint.target, ": slots granted but the descriptor socket said ",
+        verdict.ok() ? verdict->payload : std::string(verdict.status().message())));
   }
   const v1::SlotGrant& slots = grant.slots();
   c->backend_ = slots.backend();
@@ -226,8 +225,8 @@ void Consumer::ReadLoop() {
   if (!detached.empty()) {
     end_status_ = absl::UnavailableError(absl::StrCat("the daemon ended the stream: ", detached));
   } else if (status.ok()) {
-    end_status_ =
-        absl::UnavailableError(absl::StrCat("the daemon at ", endpoint_.target, " ended the stream"));
+    end_status_ = absl::UnavailableError(
+        absl::StrCat("the daemon at ", endpoint_.target, " ended the stream"));
   } else {
     end_status_ = FromGrpc(status, "Consumer.Attach", endpoint_);
   }
@@ -255,7 +254,8 @@ absl::StatusOr<ConsumerEvent> Consumer::Next(absl::Time deadline) {
     inbox_.pop_front();
   }
   if (m.has_detached()) {
-    return absl::UnavailableError(absl::StrCat("the daemon ended the stream: ", m.detached().reason()));
+    return absl::UnavailableError(
+        absl::StrCat("the daemon ended the stream: ", m.detached().reason()));
   }
   ConsumerEvent event;
   if (m.has_done()) {

@@ -33,8 +33,8 @@ bool AttachSocket::ValidNonce(const std::string& nonce) {
 absl::StatusOr<std::unique_ptr<AttachSocket>> AttachSocket::Listen(const std::string& path) {
   sockaddr_un addr{};
   if (path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("descriptor socket path ", path, " is longer than ",
-                                                   sizeof(addr.sun_path) - 1, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "descriptor socket path ", path, " is longer than ", sizeof(addr.sun_path) - 1, " bytes"));
   }
   std::unique_ptr<AttachSocket> s(new AttachSocket);
   s->path_ = path;
@@ -47,8 +47,9 @@ absl::StatusOr<std::unique_ptr<AttachSocket>> AttachSocket::Listen(const std::st
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "descriptor socket path ", path, " exists and is not a socket; remove it or move listen_unix"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("descriptor socket path ", path,
+                       " exists and is not a socket; remove it or move listen_unix"));
     }
     ::unlink(path.c_str());  // a stale one of a previous daemon (we hold the socket claim)
   }

@@ -1,8 +1,8 @@
 // AttachSocket: the descriptor socket beside the daemon's gRPC Unix socket (`<listen_unix>.fds`).
 //
 // gRPC neither carries file descriptors nor tells a service who its Unix peer is, so a worker first
-// connects here (SOCK_SEQPACKET), sends the random nonce it will put in its AttachRequest, and keeps
-// the connection open. The daemon learns the worker's pid and uid from this connection
+// connects here (SOCK_SEQPACKET), sends the random nonce it will put in its AttachRequest, and
+// keeps the connection open. The daemon learns the worker's pid and uid from this connection
 // (SO_PEERCRED); the Consumer service matches the two by nonce, checks the identity, and answers on
 // this connection: "ok" with the host backend's slot memfds attached, or the refusal.
 //

@@ -131,7 +131,7 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     if (!absl::SimpleAtoi(value, &n) || n < 1 || n > max) {
       return BadValue(key, value, absl::StrCat("expected a whole number from 1 to ", max));
     }
-    (key == "max_versions"    ? config.max_versions
+    (key == "max_versions"   ? config.max_versions
      : key == "load_threads" ? config.load_threads
                              : config.slots_per_gpu) = n;
   } else if (key == "bucket_bytes") {

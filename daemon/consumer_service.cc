@@ -61,9 +61,8 @@ class StreamChannel final : public WorkerChannel {
       v1::DaemonMessage next;
       {
         absl::MutexLock lock(&mu_);
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return ended_ || !queue_.empty();
-        };
+        auto ready = [this]()
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ended_ || !queue_.empty(); };
         // Wakes up at least every second to notice a cancelled call.
         mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1));
         if (ended_) return end_reason_;
@@ -111,10 +110,10 @@ grpc::Status ConsumerService::Attach(
   }
   auto presented = attach_socket_->Claim(request.nonce(), absl::Now() + kIdentityTimeout);
   if (!presented.ok()) {
-    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        absl::StrCat("cannot confirm the worker's identity: ",
-                                     presented.status().message(), " within ",
-                                     absl::FormatDuration(kIdentityTimeout)));
+    return grpc::Status(
+        grpc::StatusCode::PERMISSION_DENIED,
+        absl::StrCat("cannot confirm the worker's identity: ", presented.status().message(),
+                     " within ", absl::FormatDuration(kIdentityTimeout)));
   }
   const int conn = presented->connection.get();
   auto refuse = [&](grpc::StatusCode code, const std::string& message) {
@@ -125,12 +124,13 @@ grpc::Status ConsumerService::Attach(
   const uid_t uid = presented->peer.uid;
   if (uid != ::getuid() &&
       std::find(allowed_uids_.begin(), allowed_uids_.end(), uid) == allowed_uids_.end()) {
-    return refuse(grpc::StatusCode::PERMISSION_DENIED,
-                  absl::StrCat("uid ", uid, " may not attach: only the daemon's uid ", ::getuid(),
-                               allowed_uids_.empty() ? ""
-                                                     : absl::StrCat(" and allowed_uids ",
-                                                                    absl::StrJoin(allowed_uids_, ",")),
-                               " may (config key allowed_uids)"));
+    return refuse(
+        grpc::StatusCode::PERMISSION_DENIED,
+        absl::StrCat("uid ", uid, " may not attach: only the daemon's uid ", ::getuid(),
+                     allowed_uids_.empty()
+                         ? ""
+                         : absl::StrCat(" and allowed_uids ", absl::StrJoin(allowed_uids_, ",")),
+                     " may (config key allowed_uids)"));
   }
   if (request.pid() != presented->peer.pid) {
     return refuse(grpc::StatusCode::PERMISSION_DENIED,
@@ -139,7 +139,8 @@ grpc::Status ConsumerService::Attach(
                                presented->peer.pid, ")"));
   }
   auto gpu = engine_->GpuForUuid(request.gpu_uuid());
-  if (!gpu.ok()) return refuse(ToGrpc(gpu.status()).error_code(), std::string(gpu.status().message()));
+  if (!gpu.ok())
+    return refuse(ToGrpc(gpu.status()).error_code(), std::string(gpu.status().message()));
   const SlotSet& slots = engine_->slots(*gpu);
   absl::Status sent = SendWithFds(conn, "ok", slots.memfds(), absl::Now() + kIdentityTimeout);
   if (!sent.ok()) {

@@ -22,11 +22,13 @@ namespace ckpt::daemon {
 class ConsumerService final : public v1::Consumer::Service {
  public:
   // `allowed_uids`: uids besides the daemon's own that may attach.
-  ConsumerService(UpdateEngine* engine, AttachSocket* attach_socket, std::vector<uid_t> allowed_uids)
+  ConsumerService(UpdateEngine* engine, AttachSocket* attach_socket,
+                  std::vector<uid_t> allowed_uids)
       : engine_(engine), attach_socket_(attach_socket), allowed_uids_(std::move(allowed_uids)) {}
 
-  grpc::Status Attach(grpc::ServerContext* context,
-                      grpc::ServerReaderWriter<v1::DaemonMessage, v1::WorkerMessage>* stream) override;
+  grpc::Status Attach(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::DaemonMessage, v1::WorkerMessage>* stream) override;
 
  private:
   UpdateEngine* const engine_;

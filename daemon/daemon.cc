@@ -94,9 +94,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   }
   ASSIGN_OR_RETURN(d->engine_, UpdateEngine::Create(d->backend_, d->gpus_.gpus, d->store_.get(),
                                                     engine_options));
-  d->slots_note_ = absl::StrCat(
-      config.slots_per_gpu, " x ", FormatBytes(engine_options.bucket_bytes), " staging slots ",
-      d->backend_ == BackendKind::kCuda ? "per GPU" : "in shared memory");
+  d->slots_note_ = absl::StrCat(config.slots_per_gpu, " x ",
+                                FormatBytes(engine_options.bucket_bytes), " staging slots ",
+                                d->backend_ == BackendKind::kCuda ? "per GPU" : "in shared memory");
   if (config.auto_update) {
     d->store_->SetCommitListener(
         [engine = d->engine_.get()](uint64_t version) { engine->RequestAutoUpdate(version); });

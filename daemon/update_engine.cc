@@ -161,8 +161,9 @@ struct UpdateEngine::WorkerEntry {
   uint64_t loaded_version = 0;
 
   std::string Describe() const {
-    return absl::StrCat("worker pid ", identity.pid, " (", identity.engine.empty() ? "?" : identity.engine,
-                        identity.gpu_uuid.empty() ? "" : absl::StrCat(", ", identity.gpu_uuid), ")");
+    return absl::StrCat(
+        "worker pid ", identity.pid, " (", identity.engine.empty() ? "?" : identity.engine,
+        identity.gpu_uuid.empty() ? "" : absl::StrCat(", ", identity.gpu_uuid), ")");
   }
 };
 
@@ -193,7 +194,8 @@ absl::StatusOr<std::unique_ptr<UpdateEngine>> UpdateEngine::Create(
   }
   std::unique_ptr<UpdateEngine> e(new UpdateEngine(backend, store, options));
   if (backend == BackendKind::kCuda) {
-    if (gpus.empty()) return absl::FailedPreconditionError("update engine: cuda backend without GPUs");
+    if (gpus.empty())
+      return absl::FailedPreconditionError("update engine: cuda backend without GPUs");
     e->gpus_ = gpus;
     for (const gpu::GpuInfo& g : gpus) {
       ASSIGN_OR_RETURN(auto set,
@@ -305,8 +307,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
   std::vector<PlanTensor> tensors;
   tensors.reserve(manifest.tensors_size());
   for (int i = 0; i < manifest.tensors_size(); ++i) {
-    tensors.push_back({manifest.tensors(i).name(), (*lease)->arena_offset(i),
-                       manifest.tensors(i).byte_size()});
+    tensors.push_back(
+        {manifest.tensors(i).name(), (*lease)->arena_offset(i), manifest.tensors(i).byte_size()});
   }
   auto plan = PlanUpdate(tensors, options_.bucket_bytes, static_cast<int>(slots_.size()));
   if (!plan.ok()) return Annotate(plan.status(), absl::StrCat("update to version ", version));
@@ -421,8 +423,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
 
   while (failure.ok() && any_active() && released < n) {
     if (stopping_) {
-      failure = absl::UnavailableError(absl::StrCat("update to version ", version,
-                                                    " cancelled: ", stop_reason_));
+      failure = absl::UnavailableError(
+          absl::StrCat("update to version ", version, " cancelled: ", stop_reason_));
       break;
     }
     expire();
@@ -491,10 +493,10 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     if (progress) continue;
     // Nothing to do now: GPU work in flight is polled often; acks and detaches wake us up.
     const uint64_t seen = events_;
-    auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || events_ != seen; };
-    mu_.AwaitWithTimeout(absl::Condition(&changed), next_notify < next_fill
-                                                        ? absl::Microseconds(20)
-                                                        : absl::Milliseconds(50));
+    auto changed = [&]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || events_ != seen; };
+    mu_.AwaitWithTimeout(absl::Condition(&changed),
+                         next_notify < next_fill ? absl::Microseconds(20) : absl::Milliseconds(50));
   }
   // VersionDone to the workers still going, then wait for their VersionLoaded.
   const absl::Time finish_start = absl::Now();
@@ -519,8 +521,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
       expire();
     }
     if (stopping_) {
-      failure = absl::UnavailableError(absl::StrCat("update to version ", version,
-                                                    " cancelled: ", stop_reason_));
+      failure = absl::UnavailableError(
+          absl::StrCat("update to version ", version, " cancelled: ", stop_reason_));
     }
   }
   if (next_notify < next_fill || !failure.ok()) {
@@ -528,7 +530,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     mu_.Unlock();
     absl::Status drained = filler_->Drain(absl::Now() + options_.gpu_timeout);
     mu_.Lock();
-    if (!drained.ok()) spdlog::error("update to version {}: {}", version, std::string(drained.message()));
+    if (!drained.ok())
+      spdlog::error("update to version {}: {}", version, std::string(drained.message()));
   }
   participants_ = nullptr;
   updating_ = 0;
@@ -553,8 +556,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     r->set_tensors(p.tensors);
     r->set_bytes(p.bytes);
     if (!r->ok()) {
-      failed.push_back(absl::StrCat(p.entry->Describe(), ": ",
-                                    p.error.empty() ? "did not finish" : p.error));
+      failed.push_back(
+          absl::StrCat(p.entry->Describe(), ": ", p.error.empty() ? "did not finish" : p.error));
       timed_out = timed_out || p.timed_out;
     }
   }
@@ -563,17 +566,17 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     return failure;
   }
   if (!failed.empty()) {
-    const std::string message = absl::StrCat(
-        "update to version ", version, ": ", failed.size(), " of ", participants.size(),
-        " workers failed (", absl::StrJoin(failed, "; "), "); ",
-        participants.size() - failed.size(), " loaded it");
+    const std::string message =
+        absl::StrCat("update to version ", version, ": ", failed.size(), " of ",
+                     participants.size(), " workers failed (", absl::StrJoin(failed, "; "), "); ",
+                     participants.size() - failed.size(), " loaded it");
     spdlog::error("{}", message);
     return timed_out ? absl::DeadlineExceededError(message) : absl::AbortedError(message);
   }
-  spdlog::info("update to version {}: {} to {} workers in {} ({:.2f} GB/s)", version,
-               FormatBytes(plan->total_tensor_bytes), participants.size(),
-               Seconds(end - started),
-               plan->total_tensor_bytes / 1e9 / std::max(1e-9, absl::ToDoubleSeconds(end - started)));
+  spdlog::info(
+      "update to version {}: {} to {} workers in {} ({:.2f} GB/s)", version,
+      FormatBytes(plan->total_tensor_bytes), participants.size(), Seconds(end - started),
+      plan->total_tensor_bytes / 1e9 / std::max(1e-9, absl::ToDoubleSeconds(end - started)));
   return response;
 }
 
@@ -602,7 +605,8 @@ void UpdateEngine::AutoUpdateLoop() {
     request.set_version(version);
     auto result = Update(request);
     if (!result.ok()) {
-      spdlog::warn("auto_update to version {}: {}", version, std::string(result.status().message()));
+      spdlog::warn("auto_update to version {}: {}", version,
+                   std::string(result.status().message()));
     }
   }
 }

@@ -52,7 +52,7 @@ struct WorkerIdentity {
   uid_t uid = 0;
   std::string engine;
   std::string gpu_uuid;
-  int gpu = 0;  // index into the engine's slot sets
+  int gpu = 0;                            // index into the engine's slot sets
   std::vector<std::string> tensor_names;  // empty: all
 };
 
@@ -106,10 +106,10 @@ class UpdateEngine {
   void OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message);
 
   // Sends the version to the workers (all attached, or those of request.worker_pids); returns when
-  // every one has loaded it or failed. Errors: NOT_FOUND (version unknown, retired or staging; a pid
-  // not attached), FAILED_PRECONDITION (another update runs; no worker attached; a tensor larger
-  // than bucket_bytes), ABORTED / DEADLINE_EXCEEDED naming the workers that failed, UNAVAILABLE
-  // (shutting down).
+  // every one has loaded it or failed. Errors: NOT_FOUND (version unknown, retired or staging; a
+  // pid not attached), FAILED_PRECONDITION (another update runs; no worker attached; a tensor
+  // larger than bucket_bytes), ABORTED / DEADLINE_EXCEEDED naming the workers that failed,
+  // UNAVAILABLE (shutting down).
   absl::StatusOr<v1::UpdateResponse> Update(const v1::UpdateRequest& request);
 
   // auto_update: updates to `version` in the background (skipped when no worker is attached). A

@@ -124,7 +124,8 @@ class VersionStore {
 
    private:
     friend class VersionStore;
-    ReadLease(VersionStore* store, std::shared_ptr<const Version> v) : store_(store), v_(std::move(v)) {}
+    ReadLease(VersionStore* store, std::shared_ptr<const Version> v)
+        : store_(store), v_(std::move(v)) {}
     VersionStore* store_;
     std::shared_ptr<const Version> v_;
   };

@@ -71,21 +71,22 @@ std::string StatusText(const v1::StatusResponse& s) {
                       : absl::StrCat("latest committed ", s.latest_committed_version()),
                   "\n");
   absl::StrAppend(&out, "  slots:        ", s.slots_per_gpu(), " x ", FormatBytes(s.bucket_bytes()),
-                  s.gpus().empty() ? " in shared memory"
-                                   : absl::StrCat(" per GPU (", FormatBytes(s.gpu_memory_per_gpu_bytes()),
-                                                  " of GPU memory each)"),
+                  s.gpus().empty()
+                      ? " in shared memory"
+                      : absl::StrCat(" per GPU (", FormatBytes(s.gpu_memory_per_gpu_bytes()),
+                                     " of GPU memory each)"),
                   "\n");
   if (s.updating_version() != 0) {
     absl::StrAppend(&out, "  updating:     version ", s.updating_version(), "\n");
   }
   absl::StrAppend(&out, "  workers:      ", s.attached_workers(), " attached\n");
   for (const v1::WorkerStatus& w : s.workers()) {
-    absl::StrAppend(&out, "    pid ", w.pid(), "  ", w.engine().empty() ? "?" : w.engine(), "  ",
-                    w.gpu_uuid().empty() ? "host" : w.gpu_uuid(), "  ",
-                    w.loaded_version() == 0 ? std::string("no version loaded")
-                                            : absl::StrCat("holds version ", w.loaded_version()),
-                    w.tensor_filter() == 0 ? "" : absl::StrCat("  (", w.tensor_filter(), " tensors)"),
-                    "\n");
+    absl::StrAppend(
+        &out, "    pid ", w.pid(), "  ", w.engine().empty() ? "?" : w.engine(), "  ",
+        w.gpu_uuid().empty() ? "host" : w.gpu_uuid(), "  ",
+        w.loaded_version() == 0 ? std::string("no version loaded")
+                                : absl::StrCat("holds version ", w.loaded_version()),
+        w.tensor_filter() == 0 ? "" : absl::StrCat("  (", w.tensor_filter(), " tensors)"), "\n");
   }
   absl::StrAppend(&out, "  listening:    ", absl::StrJoin(s.listen_addresses(), ", "), "\n");
   return out;

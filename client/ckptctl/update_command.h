@@ -1,5 +1,5 @@
-// `ckptctl update VERSION|latest [--force] [--json] [--wait-timeout 10m]`: sends a committed version
-// to the attached workers (Admin.Update) and waits until they have loaded it.
+// `ckptctl update VERSION|latest [--force] [--json] [--wait-timeout 10m]`: sends a committed
+// version to the attached workers (Admin.Update) and waits until they have loaded it.
 #ifndef CKPT_CLIENT_CKPTCTL_UPDATE_COMMAND_H_
 #define CKPT_CLIENT_CKPTCTL_UPDATE_COMMAND_H_
 

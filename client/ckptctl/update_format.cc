@@ -47,8 +47,8 @@ std::string UpdateText(const v1::UpdateResponse& u) {
     absl::StrAppend(&out, "version ", u.version(), ": all ", skipped,
                     " workers hold it already (--force resends)\n");
   } else {
-    absl::StrAppend(&out, "version ", u.version(), " sent to ", sent, " workers: ",
-                    FormatBytes(u.bytes()), " in ", u.buckets(), " buckets, ",
+    absl::StrAppend(&out, "version ", u.version(), " sent to ", sent,
+                    " workers: ", FormatBytes(u.bytes()), " in ", u.buckets(), " buckets, ",
                     absl::StrFormat("%.3fs (%.2f GB/s)", u.seconds(), GbPerSecond(u)), "\n");
     absl::StrAppend(&out,
                     absl::StrFormat("  stages (summed over buckets): waiting for slots %.3fs, "
@@ -60,9 +60,9 @@ std::string UpdateText(const v1::UpdateResponse& u) {
     absl::StrAppend(&out, "  pid ", w.pid(), "  ", w.engine().empty() ? "?" : w.engine(), "  ",
                     w.gpu_uuid().empty() ? "host" : w.gpu_uuid(), "  ",
                     w.skipped() ? "holds it already"
-                    : w.ok()    ? absl::StrCat("loaded ", w.tensors(), " tensors, ",
-                                               FormatBytes(w.bytes()))
-                                : absl::StrCat("FAILED: ", w.error()),
+                    : w.ok()
+                        ? absl::StrCat("loaded ", w.tensors(), " tensors, ", FormatBytes(w.bytes()))
+                        : absl::StrCat("FAILED: ", w.error()),
                     "\n");
   }
   return out;

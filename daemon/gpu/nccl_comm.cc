@@ -241,8 +241,8 @@ absl::Status NcclComm::GroupBroadcast(absl::Span<NcclComm> comms,
   }
   return RunGroup(comms, {root}, "NcclComm::GroupBroadcast", absl::Now() + timeout, [&] {
     for (size_t i = 0; bytes > 0 && i < comms.size(); ++i) {
-      const ncclResult_t result = ncclBroadcast(buffers[i].send, buffers[i].recv, bytes,
-                                                ncclUint8, root, comms[i].comm_, buffers[i].stream);
+      const ncclResult_t result = ncclBroadcast(buffers[i].send, buffers[i].recv, bytes, ncclUint8,
+                                                root, comms[i].comm_, buffers[i].stream);
       if (!Accepted(result)) {
         return NcclStatus(result, "ncclBroadcast(send, recv, bytes, ncclUint8, root, comm, stream)",
                           __FILE__, __LINE__);

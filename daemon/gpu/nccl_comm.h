@@ -121,7 +121,8 @@ class NcclComm {
   static absl::Status GroupBroadcastInPlace(absl::Span<NcclComm> comms,
                                             absl::Span<void* const> bases,
                                             absl::Span<const cudaStream_t> streams,
-                                            absl::Span<const InPlaceOp> ops, absl::Duration timeout);
+                                            absl::Span<const InPlaceOp> ops,
+                                            absl::Duration timeout);
 
   // OK, or the error NCCL recorded asynchronously (a peer died, a network error). Cheap: poll it
   // while waiting for collectives to complete.

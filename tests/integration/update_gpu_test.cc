@@ -28,12 +28,12 @@ namespace ckpt {
 namespace {
 
 using client::TensorView;
+using testing::ReadFile;
 using testing::Runfile;
 using testing::SpawnOptions;
 using testing::StateDict;
-using testing::WaitUntil;
-using testing::ReadFile;
 using testing::Subprocess;
+using testing::WaitUntil;
 using namespace std::chrono_literals;
 
 bool Contains(const std::string& haystack, const std::string& needle) {
@@ -74,9 +74,9 @@ void CheckReport(const std::string& path, uint64_t version, const StateDict& m) 
   }
 }
 
-// The Python interpreter and package for a torch worker: on the GPU machine (CKPT_BIN_DIR set by the
-// bundle runner) python3 from PATH with the bundle's python/ and lib/; empty when torch with CUDA is
-// not importable.
+// The Python interpreter and package for a torch worker: on the GPU machine (CKPT_BIN_DIR set by
+// the bundle runner) python3 from PATH with the bundle's python/ and lib/; empty when torch with
+// CUDA is not importable.
 struct PythonWorkerEnv {
   std::string python, pythonpath, library, script;
 };
@@ -94,8 +94,8 @@ std::optional<PythonWorkerEnv> FindPython() {
     env.library = Runfile("client/libckpt_client.so");
     env.script = Runfile("tests/python/worker_process.py");
   }
-  testing::RunResult probe =
-      testing::Run({"/usr/bin/env", env.python, "-c", "import torch; assert torch.cuda.is_available()"});
+  testing::RunResult probe = testing::Run(
+      {"/usr/bin/env", env.python, "-c", "import torch; assert torch.cuda.is_available()"});
   if (probe.exit.code != 0) return std::nullopt;
   return env;
 }
@@ -120,8 +120,8 @@ TEST_CASE("cuda: a worker per GPU, under reordered CUDA_VISIBLE_DEVICES, receive
   std::vector<std::unique_ptr<Subprocess>> workers;
   std::vector<std::string> outs;
   for (int g = 0; g < n; ++g) {
-    // GPU g is listed at position `g` of a rotation that starts elsewhere: its ordinal in the worker
-    // differs from the daemon's whenever n > 1.
+    // GPU g comes last in a rotation that starts after it: its ordinal in the worker (n - 1)
+    // differs from the daemon's (g) unless g == n - 1.
     std::vector<std::string> order;
     for (int k = 0; k < n; ++k) order.push_back(std::to_string((g + 1 + k) % n));
     const int ordinal = n - 1;  // where g lands in that rotation
@@ -181,8 +181,8 @@ TEST_CASE("cuda: a worker per GPU, under reordered CUDA_VISIBLE_DEVICES, receive
 }
 
 TEST_CASE("cuda: a worker naming a GPU the daemon does not drive is refused") {
-  testing::DaemonProcess d({"--backend", "cuda", "--host-memory-budget", "64MiB", "--bucket-bytes",
-                            "1MiB"});
+  testing::DaemonProcess d(
+      {"--backend", "cuda", "--host-memory-budget", "64MiB", "--bucket-bytes", "1MiB"});
   INFO("daemon stderr: " << d.proc->Stderr());
   REQUIRE(d.ready());
   v1::AttachRequest request;

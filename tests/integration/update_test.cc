@@ -31,13 +31,13 @@ using client::DaemonClient;
 using client::TensorView;
 using client::TrainerClient;
 using testing::DaemonProcess;
+using testing::ReadFile;
 using testing::Runfile;
 using testing::RunResult;
 using testing::SpawnOptions;
 using testing::StateDict;
-using testing::WaitUntil;
-using testing::ReadFile;
 using testing::Subprocess;
+using testing::WaitUntil;
 using namespace std::chrono_literals;
 
 constexpr uid_t kNobody = 65534;
@@ -81,9 +81,8 @@ struct Daemon : DaemonProcess {
     admin = std::move(*DaemonClient::Connect(endpoint));
   }
   static std::vector<std::string> Args(std::vector<std::string> extra) {
-    std::vector<std::string> args = {"--backend",      "host",  "--host-memory-budget",
-                                     "64MiB",          "--bucket-bytes", "64KiB",
-                                     "--log-level",    "info"};
+    std::vector<std::string> args = {"--backend",      "host",  "--host-memory-budget", "64MiB",
+                                     "--bucket-bytes", "64KiB", "--log-level",          "info"};
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   }
@@ -138,8 +137,8 @@ struct Worker {
       options.env.push_back({"CKPT_CLIENT_LIB", Runfile("client/libckpt_client.so")});
       options.env.push_back({"PYTHONDONTWRITEBYTECODE", "1"});
     }
-    argv.insert(argv.end(), {"--socket", daemon.socket, "--out", out, "--ready", ready,
-                             "--engine", kind == Kind::kCpp ? "cpp-test" : "python-test"});
+    argv.insert(argv.end(), {"--socket", daemon.socket, "--out", out, "--ready", ready, "--engine",
+                             kind == Kind::kCpp ? "cpp-test" : "python-test"});
     argv.insert(argv.end(), extra.begin(), extra.end());
     proc = std::make_unique<Subprocess>(argv, options);
   }
@@ -250,7 +249,8 @@ TEST_CASE("a worker that asks for some tensors gets only those") {
   testing::TempDir dir;
   StateDict m = Model(3);
   const uint64_t version = d.Push(m);
-  const std::vector<std::string> only = {"model.norm.weight", "model.layers.1.mlp.down_proj.weight"};
+  const std::vector<std::string> only = {"model.norm.weight",
+                                         "model.layers.1.mlp.down_proj.weight"};
   Worker cpp(Worker::Kind::kCpp, d, dir, "cpp", {"--tensor", only[0], "--tensor", only[1]});
   cpp.WaitAttached();
   REQUIRE(d.Update(version).ok());

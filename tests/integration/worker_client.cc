@@ -111,7 +111,8 @@ int main(int argc, char** argv) {
   cudaStream_t stream = nullptr;
   if (copy_bytes > 0) {
     if (cuda_device >= 0) {
-      if (cudaSetDevice(cuda_device) != cudaSuccess || cudaMalloc(&own, copy_bytes) != cudaSuccess ||
+      if (cudaSetDevice(cuda_device) != cudaSuccess ||
+          cudaMalloc(&own, copy_bytes) != cudaSuccess ||
           cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
         return Die("cannot allocate the worker's own GPU buffer");
       }
@@ -132,7 +133,8 @@ int main(int argc, char** argv) {
     auto first = std::chrono::steady_clock::time_point();
     auto loaded = (*consumer)->ReceiveVersion(
         [&](const ckpt::client::ConsumerEvent& bucket) -> absl::Status {
-          if (first == std::chrono::steady_clock::time_point()) first = std::chrono::steady_clock::now();
+          if (first == std::chrono::steady_clock::time_point())
+            first = std::chrono::steady_clock::now();
           if (stall_after >= 0 && buckets_seen >= stall_after) {
             std::this_thread::sleep_for(std::chrono::minutes(10));
           }
@@ -153,8 +155,8 @@ int main(int argc, char** argv) {
             }
             std::vector<uint8_t> host(t.bytes);
             if (cuda_device >= 0) {
-              if (t.bytes > 0 && cudaMemcpy(host.data(), t.data, t.bytes, cudaMemcpyDeviceToHost) !=
-                                     cudaSuccess) {
+              if (t.bytes > 0 &&
+                  cudaMemcpy(host.data(), t.data, t.bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
                 return absl::InternalError("cudaMemcpy of a received tensor failed");
               }
             } else if (t.bytes > 0) {

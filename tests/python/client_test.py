@@ -58,7 +58,7 @@ def short_tempdir():
 class Daemon:
     """ckpt-engined on a private socket; ready once it sent READY=1."""
 
-    def __init__(self, budget="256MiB"):
+    def __init__(self, budget="256MiB", extra_args=()):
         self.dir = short_tempdir()
         self.socket = os.path.join(self.dir, "d.sock")
         notify_path = os.path.join(self.dir, "notify")
@@ -68,7 +68,7 @@ class Daemon:
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
         self.proc = subprocess.Popen(
             [DAEMON, "--backend", "host", "--listen-unix", self.socket, "--host-memory-budget",
-             budget], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+             budget, *extra_args], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         try:
             while True:

@@ -11,9 +11,9 @@
 namespace ckpt::testing {
 
 struct RawAttachResult {
-  grpc::Status status;         // the stream's final status
-  bool got_slots = false;      // a SlotGrant arrived first
-  std::string verdict;         // what the descriptor socket answered ("ok", "refused: ...")
+  grpc::Status status;     // the stream's final status
+  bool got_slots = false;  // a SlotGrant arrived first
+  std::string verdict;     // what the descriptor socket answered ("ok", "refused: ...")
 };
 
 // Presents request.nonce() on `<socket>.fds` when `present_nonce` (as `request`'s pid would be

@@ -15,6 +15,16 @@ Tensors: torch.Tensor (any dtype of ckpt.v1: bool, (u)int8..int64, float16, bflo
 float64, float8_e4m3fn, float8_e5m2) and numpy.ndarray. Contiguous CPU tensors are read in place
 (zero copy); non-contiguous ones are made contiguous and CUDA tensors copied to host memory first.
 Errors raise CkptError(code, message) with the daemon's or the client's status code.
+
+Inference workers receive versions with Worker (torch needed only there), triggered by
+Client.update / update() or `ckptctl update VERSION`:
+
+    with ce.Worker(device=0, engine="vllm") as worker:     # attach once
+        model.load_weights(worker.receive())              # one version, zero-copy views
+        print(worker.version)
+
+Engine adapters: ckpt_engine.vllm (a vLLM worker extension) and ckpt_engine.sglang (an SGLang
+custom weight loader); docs/engines.md.
 """
 
 import ctypes
@@ -26,7 +36,7 @@ from ._tensors import DTYPES, DTYPE_NAMES, Unsupported, describe
 
 __all__ = [
     "CkptError", "Client", "push_state_dict", "push_files", "list_versions", "get_version",
-    "drop_version", "DTYPES", "library_version",
+    "drop_version", "update", "Worker", "RawTensor", "DTYPES", "library_version",
 ]
 
 _ERR_LEN = 4096
@@ -34,8 +44,15 @@ _ERR_LEN = 4096
 # absl / gRPC canonical codes.
 OK = 0
 CANCELLED = 1
+UNKNOWN = 2
 INVALID_ARGUMENT = 3
+DEADLINE_EXCEEDED = 4
 NOT_FOUND = 5
+FAILED_PRECONDITION = 9
+ABORTED = 10
+UNIMPLEMENTED = 12
+INTERNAL = 13
+UNAVAILABLE = 14
 
 
 class CkptError(Exception):
@@ -203,6 +220,26 @@ class Client:
         err = ctypes.create_string_buffer(_ERR_LEN)
         _check(self._lib.ckpt_drop_version(self._h(), int(version), err, _ERR_LEN), err)
 
+    def update(self, version=0, force=False, timeout=600.0):
+        """Sends a committed version (0: the newest) to the workers attached to the daemon and
+        waits up to `timeout` seconds until all of them loaded it; `force` resends it to workers
+        that already hold it (they are skipped otherwise). Returns the daemon's report: {"version",
+        "seconds", "bytes", "buckets", "gb_per_s", "wait_slot_seconds", "fill_seconds",
+        "load_seconds", "finish_seconds", "workers": [{"pid", "gpu_uuid", "engine", "ok",
+        "skipped", "error", "tensors", "bytes"}]}.
+
+        The workers must be receiving meanwhile (Worker.receive in their own thread or process):
+        the call blocks until they loaded the version. CkptError NOT_FOUND for an unknown or
+        retired version; FAILED_PRECONDITION when another update runs or no worker is attached;
+        ABORTED or DEADLINE_EXCEEDED naming the workers that failed (pid, GPU, engine).
+        """
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        out = ctypes.c_void_p()
+        code = self._lib.ckpt_update(self._h(), int(version), 1 if force else 0, float(timeout),
+                                     ctypes.byref(out), err, _ERR_LEN)
+        _check(code, err)
+        return _take_json(out)
+
 
 def push_state_dict(client, tensors, version=0, label="", streams=4, progress=None, **kwargs):
     """Client.push_state_dict as a function; returns the committed version."""
@@ -225,3 +262,12 @@ def get_version(client, version):
 
 def drop_version(client, version):
     client.drop_version(version)
+
+
+def update(client, version=0, force=False, timeout=600.0):
+    """Client.update as a function: the daemon's update report (a dict)."""
+    return client.update(version=version, force=force, timeout=timeout)
+
+
+# Workers (imported last: worker.py uses the definitions above).
+from .worker import RawTensor, Worker  # noqa: E402

@@ -37,6 +37,41 @@ class PushOptions(ctypes.Structure):
     ]
 
 
+class TensorView(ctypes.Structure):
+    """struct ckpt_tensor_view: one received tensor, a view into a staging slot."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("dtype", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("data", ctypes.c_void_p),
+        ("nbytes", ctypes.c_uint64),
+    ]
+
+
+class ConsumerEvent(ctypes.Structure):
+    """struct ckpt_consumer_event."""
+
+    _fields_ = [
+        ("kind", ctypes.c_int),
+        ("version", ctypes.c_uint64),
+        ("bucket", ctypes.c_uint64),
+        ("last", ctypes.c_int),
+        ("count", ctypes.c_size_t),
+        ("tensors", ctypes.POINTER(TensorView)),
+    ]
+
+
+# CKPT_EVENT_*.
+EVENT_BUCKET = 1
+EVENT_VERSION_DONE = 2
+
+# int (*ckpt_bucket_fn)(const ckpt_consumer_event*, void* user, char* why, size_t why_len).
+BUCKET_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ConsumerEvent), ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_size_t)
+
+
 def candidate_paths():
     """Where the library is looked for, in order: $CKPT_CLIENT_LIB, next to the package, the
     repository's bazel-bin (when the package runs from a source checkout)."""
@@ -74,6 +109,28 @@ def _declare(lib):
     lib.ckpt_get_version.restype = c.c_int
     lib.ckpt_drop_version.argtypes = [c.c_void_p, c.c_uint64] + err
     lib.ckpt_drop_version.restype = c.c_int
+    lib.ckpt_update.argtypes = [
+        c.c_void_p, c.c_uint64, c.c_int, c.c_double, c.POINTER(c.c_void_p)] + err
+    lib.ckpt_update.restype = c.c_int
+    # Workers.
+    lib.ckpt_consumer_attach.argtypes = [
+        c.c_char_p, c.c_int, c.c_char_p, c.POINTER(c.c_char_p), c.c_size_t, c.c_double,
+        c.POINTER(c.c_void_p)] + err
+    lib.ckpt_consumer_attach.restype = c.c_int
+    lib.ckpt_consumer_next.argtypes = [c.c_void_p, c.c_double, c.POINTER(ConsumerEvent)] + err
+    lib.ckpt_consumer_next.restype = c.c_int
+    lib.ckpt_consumer_ack.argtypes = [c.c_void_p, c.c_uint64, c.c_uint64, c.c_char_p] + err
+    lib.ckpt_consumer_ack.restype = c.c_int
+    lib.ckpt_consumer_loaded.argtypes = [
+        c.c_void_p, c.c_uint64, c.c_uint64, c.c_uint64, c.c_char_p] + err
+    lib.ckpt_consumer_loaded.restype = c.c_int
+    lib.ckpt_consumer_receive_version.argtypes = [
+        c.c_void_p, c.c_double, BUCKET_FN, c.c_void_p, c.POINTER(c.c_uint64)] + err
+    lib.ckpt_consumer_receive_version.restype = c.c_int
+    lib.ckpt_consumer_info.argtypes = [c.c_void_p, c.POINTER(c.c_void_p)] + err
+    lib.ckpt_consumer_info.restype = c.c_int
+    lib.ckpt_consumer_close.argtypes = [c.c_void_p]
+    lib.ckpt_consumer_close.restype = None
     lib.ckpt_free.argtypes = [c.c_void_p]
     lib.ckpt_free.restype = None
     lib.ckpt_status_name.argtypes = [c.c_int]

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""A worker process for integration tests: attaches to ckpt-engined (host backend) with
+ckpt_engine.Worker, receives versions and writes what it received to a file.
+
+    worker_process.py --socket PATH --out FILE [--engine NAME] [--versions N] [--ready FILE]
+                      [--tensor NAME ...] [--stall-after-buckets K] [--timeout SECONDS]
+                      [--cuda-device N]
+
+--ready FILE is created once attached. After each version FILE is replaced (a temporary file,
+then a rename) by JSON {"version": V, "tensors": [{"name", "dtype" (CKPT_DTYPE number), "shape",
+"hex" (the bytes, lowercase hex)}, ...]} in the order received. --tensor (repeatable, or several
+names after one flag) receives only those tensors. --stall-after-buckets K acks K buckets, then
+stops acking and sleeps up to 10 minutes (for ack-timeout tests; kill it when done).
+--timeout: seconds to wait for each event (default 120).
+--cuda-device N: attach for that CUDA device (the daemon's cuda backend) and receive torch CUDA
+views (Worker.receive), copied to the host for the report; needs torch with CUDA.
+
+Exit 0 when N versions were received, 1 with a one-line error on stderr otherwise. Needs the
+ckpt_engine package on PYTHONPATH and $CKPT_CLIENT_LIB (run_python_test.sh sets both); not torch.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+STALL_SECONDS = 600
+
+
+def write_atomically(path, data):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def touch(path):
+    with open(path, "w"):
+        pass
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="ckpt-engine test worker (host backend)")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--engine", default="python")
+    p.add_argument("--versions", type=int, default=1)
+    p.add_argument("--ready")
+    p.add_argument("--tensor", action="extend", nargs="+", default=[])
+    p.add_argument("--stall-after-buckets", type=int, default=None)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--cuda-device", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.versions < 1:
+        p.error("--versions must be >= 1")
+    if args.stall_after_buckets is not None and args.stall_after_buckets < 0:
+        p.error("--stall-after-buckets must be >= 0")
+    return args
+
+
+def run_cuda(args):
+    import ckpt_engine as ce
+    import torch
+
+    with ce.Worker(socket=args.socket, device=args.cuda_device, engine=args.engine,
+                   tensor_names=args.tensor or None) as w:
+        if args.ready:
+            touch(args.ready)
+        for _ in range(args.versions):
+            tensors = []
+            for name, t in w.receive(timeout=args.timeout):
+                assert t.is_cuda, f"{name} is not a CUDA tensor"
+                raw = t.reshape(-1).view(torch.uint8).cpu().numpy().tobytes() if t.numel() else b""
+                tensors.append({"name": name, "dtype": ce.DTYPES[str(t.dtype).split(".")[-1]],
+                                "shape": list(t.shape), "hex": raw.hex()})
+            write_atomically(args.out, {"version": w.version, "tensors": tensors})
+
+
+def run(args):
+    if args.cuda_device is not None:
+        return run_cuda(args)
+    import ckpt_engine as ce
+
+    acked = 0
+    with ce.Worker(socket=args.socket, engine=args.engine, tensor_names=args.tensor or None) as w:
+        if args.ready:
+            touch(args.ready)
+        for _ in range(args.versions):
+            tensors = []
+            buckets = w.receive_raw(timeout=args.timeout)
+            for bucket in buckets:
+                if args.stall_after_buckets is not None and acked >= args.stall_after_buckets:
+                    # Hold this bucket without acking it; the daemon's ack_timeout fails us.
+                    time.sleep(STALL_SECONDS)
+                    raise RuntimeError(f"stalled {STALL_SECONDS} s after {acked} buckets and was "
+                                       "not killed")
+                for t in bucket:
+                    tensors.append({"name": t.name, "dtype": t.dtype, "shape": list(t.shape),
+                                    "hex": t.tobytes().hex()})
+                acked += 1  # acked when the loop asks for the next bucket
+            write_atomically(args.out, {"version": w.version, "tensors": tensors})
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        print("worker_process: interrupted", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - any failure: one line, exit 1.
+        print("worker_process: " + " ".join(f"{type(e).__name__}: {e}".split()), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""ckpt_engine.Worker and Client.update against the real ckpt-engined (host backend).
+
+Run by run_python_test.sh under /usr/bin/python3 with torch. The daemon runs with 64 KiB buckets
+so that a version spans several buckets (every tensor here is smaller than a bucket, as it must
+be) and a 5 s ack timeout. Updates run on a thread while the test's worker receives, as a trainer
+and an inference worker would in two processes; worker_process.py is also run as a real process.
+"""
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from client_test import Daemon, raw_bytes, short_tempdir  # noqa: E402
+
+import ckpt_engine as ce  # noqa: E402
+from ckpt_engine import worker as worker_module  # noqa: E402
+
+BUCKET_BYTES = 64 << 10
+WORKER_PROCESS = os.path.join(HERE, "worker_process.py")
+DEADLINE_S = 60
+
+# Status codes.
+DEADLINE_EXCEEDED, NOT_FOUND, FAILED_PRECONDITION, ABORTED = 4, 5, 9, 10
+
+
+def mixed_state(seed=0):
+    """Every dtype torch 1.13 has, scalars, an empty tensor; each tensor < 64 KiB; ~450 KiB."""
+    g = torch.Generator().manual_seed(seed)
+    s = collections.OrderedDict()
+    s["bool"] = torch.rand(33, 7, generator=g) > 0.5
+    s["u8"] = torch.randint(0, 256, (1000,), dtype=torch.uint8, generator=g)
+    s["i8"] = torch.randint(-128, 128, (3, 5, 7), dtype=torch.int8, generator=g)
+    s["i16"] = torch.randint(-2**15, 2**15, (999,), dtype=torch.int16, generator=g)
+    s["i32"] = torch.randint(-2**31, 2**31 - 1, (4000,), dtype=torch.int32, generator=g)
+    s["i64"] = torch.randint(-2**62, 2**62, (2000,), dtype=torch.int64, generator=g)
+    s["f16"] = torch.randn(100, 100, generator=g).half()
+    s["f32.big"] = torch.randn(120, 130, generator=g)  # 62400 B: nearly a bucket
+    s["f64"] = torch.randn(50, 60, generator=g).double()
+    s["scalar.f64"] = torch.tensor(3.25 + seed, dtype=torch.float64)
+    s["scalar.i32"] = torch.tensor(-7 - seed, dtype=torch.int32)
+    s["empty"] = torch.zeros(0, 16)
+    s["odd.u8"] = torch.arange(13, dtype=torch.uint8) + seed
+    for i in range(8):
+        s[f"layers.{i}.bf16"] = torch.randn(64, 200, generator=g).to(torch.bfloat16)
+    return s
+
+
+def tensor_bytes(t):
+    """The bytes a tensor holds, whatever its dtype (bfloat16 included)."""
+    return raw_bytes(t)
+
+
+class UpdateThread(threading.Thread):
+    """Client.update on its own thread (the trainer's side)."""
+
+    def __init__(self, client, version, force=False, timeout=DEADLINE_S):
+        super().__init__(daemon=True)
+        self.client, self.version, self.force, self.timeout = client, version, force, timeout
+        self.report = self.error = None
+        self.start()
+
+    def run(self):
+        try:
+            self.report = self.client.update(self.version, force=self.force, timeout=self.timeout)
+        except ce.CkptError as e:
+            self.error = e
+
+    def result(self, test):
+        self.join(self.timeout + 10)
+        test.assertFalse(self.is_alive(), "Client.update did not return")
+        if self.error is not None:
+            raise self.error
+        return self.report
+
+    def failure(self, test):
+        self.join(self.timeout + 10)
+        test.assertFalse(self.is_alive(), "Client.update did not return")
+        test.assertIsNotNone(self.error, f"the update succeeded: {self.report}")
+        return self.error
+
+
+class DaemonTestCase(unittest.TestCase):
+    """One daemon per class; every test starts with no worker attached."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon(extra_args=["--bucket-bytes", "64KiB", "--ack-timeout", "5s"])
+        cls.client = ce.Client(socket=cls.daemon.socket)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.daemon.stop()
+
+    def setUp(self):
+        self.wait_attached(0)
+
+    def status(self):
+        r = self.daemon.ctl("status", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)
+
+    def wait_attached(self, count):
+        """Polls `ckptctl status` until `count` workers are attached (detaching is asynchronous)."""
+        deadline = time.monotonic() + 20
+        while True:
+            status = self.status()
+            if status["attached_workers"] == count:
+                return status
+            if time.monotonic() > deadline:
+                self.fail(f"{status['attached_workers']} workers attached, expected {count}: "
+                          f"{status.get('workers')}")
+            time.sleep(0.02)
+
+    def worker(self, **kwargs):
+        w = ce.Worker(socket=self.daemon.socket, **kwargs)
+        self.addCleanup(w.close)
+        return w
+
+    def assert_same(self, got, want):
+        """`got` {name: tensor} equals `want` bit for bit, with dtypes and shapes."""
+        self.assertEqual(list(got), list(want))
+        for name, value in want.items():
+            with self.subTest(tensor=name):
+                self.assertEqual(got[name].dtype, value.dtype)
+                self.assertEqual(tuple(got[name].shape), tuple(value.shape))
+                self.assertEqual(tensor_bytes(got[name]), tensor_bytes(value))
+
+
+class WorkerTest(DaemonTestCase):
+    def test_attach_reports_slots_and_shows_in_status(self):
+        w = self.worker(engine="attach-test")
+        self.assertEqual(w.backend, "host")
+        self.assertEqual(w.gpu_uuid, "")
+        self.assertEqual(w.slots, 2)
+        self.assertEqual(w.slot_bytes, BUCKET_BYTES)
+        self.assertEqual(w.cuda_device, -1)
+        self.assertEqual(w.version, 0)
+        status = self.wait_attached(1)
+        if "workers" not in status:
+            self.skipTest("ckptctl status --json has no 'workers' yet")
+        [entry] = status["workers"]
+        self.assertEqual(entry["pid"], os.getpid())
+        self.assertEqual(entry["engine"], "attach-test")
+        self.assertEqual(entry["loaded_version"], 0)
+        w.close()
+        self.assertTrue(w.closed)
+        self.wait_attached(0)
+        with self.assertRaises(ce.CkptError) as e:
+            next(w.receive(timeout=1))
+        self.assertIn("closed", e.exception.message)
+
+    def test_receive_is_bit_exact_over_several_buckets(self):
+        state = mixed_state(1)
+        total = sum(len(tensor_bytes(t)) for t in state.values())
+        version = self.client.push_state_dict(state, label="worker-test")
+        w = self.worker(engine="bit-exact")
+        self.wait_attached(1)
+
+        update = UpdateThread(self.client, version)
+        got, buckets = collections.OrderedDict(), 0
+        for bucket in w.receive_buckets(timeout=DEADLINE_S):
+            buckets += 1
+            if buckets == 1:
+                # One receive generator at a time.
+                with self.assertRaises(ce.CkptError) as e:
+                    next(w.receive(timeout=0.1))
+                self.assertEqual(e.exception.code, FAILED_PRECONDITION)
+            for name, t in bucket:
+                self.assertEqual(t.device.type, "cpu")
+                got[name] = t.clone()
+        report = update.result(self)
+
+        self.assert_same(got, state)
+        self.assertGreaterEqual(buckets, 5, "a version of ~450 KiB in 64 KiB buckets")
+        self.assertEqual(report["version"], version)
+        self.assertEqual(report["buckets"], buckets)
+        self.assertEqual(report["bytes"], total)
+        [worker_report] = report["workers"]
+        self.assertTrue(worker_report["ok"], worker_report)
+        self.assertEqual(worker_report["pid"], os.getpid())
+        self.assertEqual(worker_report["engine"], "bit-exact")
+        self.assertEqual(worker_report["tensors"], len(state))
+        self.assertEqual(worker_report["bytes"], total)
+        self.assertEqual(w.version, version)
+        status = self.status()
+        if "workers" in status:
+            self.assertEqual([x["loaded_version"] for x in status["workers"]], [version])
+
+        # Again, without force: the worker holds it, the daemon skips it.
+        report = self.client.update(version, timeout=DEADLINE_S)
+        self.assertTrue(report["workers"][0]["skipped"], report)
+
+        # With force, through the flat receive(), as model.load_weights consumes it.
+        update = UpdateThread(self.client, version, force=True)
+        got = collections.OrderedDict((n, t.clone()) for n, t in w.receive(timeout=DEADLINE_S))
+        report = update.result(self)
+        self.assert_same(got, state)
+        self.assertTrue(report["workers"][0]["ok"], report)
+        self.assertFalse(report["workers"][0]["skipped"], report)
+
+    def test_module_update_and_receive_raw(self):
+        state = mixed_state(2)
+        version = self.client.push_state_dict(state)
+        w = self.worker()
+        self.wait_attached(1)
+        result = {}
+        thread = threading.Thread(
+            target=lambda: result.setdefault("r", ce.update(self.client, version, timeout=30)),
+            daemon=True)
+        thread.start()
+        got = {}
+        for bucket in w.receive_raw(timeout=DEADLINE_S):
+            for t in bucket:
+                self.assertIsInstance(t, ce.RawTensor)
+                got[t.name] = (t.dtype_name, t.shape, t.tobytes())
+        thread.join(DEADLINE_S)
+        self.assertTrue(result["r"]["workers"][0]["ok"], result)
+        for name, value in state.items():
+            dtype = str(value.dtype).replace("torch.", "")
+            self.assertEqual(got[name], (dtype, tuple(value.shape), tensor_bytes(value)), name)
+
+    def test_tensor_names_subset(self):
+        state = mixed_state(3)
+        version = self.client.push_state_dict(state)
+        wanted = ["i64", "layers.5.bf16", "scalar.f64"]
+        w = self.worker(engine="subset", tensor_names=wanted)
+        self.assertEqual(w.tensor_names, tuple(wanted))
+        self.wait_attached(1)
+        update = UpdateThread(self.client, version)
+        got = collections.OrderedDict((n, t.clone()) for n, t in w.receive(timeout=DEADLINE_S))
+        report = update.result(self)
+        self.assert_same(got, collections.OrderedDict((n, state[n]) for n in state if n in wanted))
+        self.assertEqual(report["workers"][0]["tensors"], len(wanted))
+        self.assertEqual(w.version, version)
+
+    def test_unknown_version_is_not_found(self):
+        self.worker()
+        self.wait_attached(1)
+        with self.assertRaises(ce.CkptError) as e:
+            self.client.update(987654321, timeout=10)
+        self.assertEqual(e.exception.code, NOT_FOUND, e.exception)
+        self.assertEqual(e.exception.code_name, "NOT_FOUND")
+        self.assertIn("987654321", e.exception.message)
+
+    def test_no_worker_attached_is_failed_precondition(self):
+        version = self.client.push_state_dict({"x": torch.ones(2)})
+        with self.assertRaises(ce.CkptError) as e:
+            self.client.update(version, timeout=10)
+        self.assertEqual(e.exception.code, FAILED_PRECONDITION, e.exception)
+
+    def test_closing_the_generator_early_fails_the_update_naming_the_worker(self):
+        state = mixed_state(4)
+        version = self.client.push_state_dict(state)
+        w = self.worker(engine="quitter")
+        self.wait_attached(1)
+        update = UpdateThread(self.client, version)
+        pairs = w.receive(timeout=DEADLINE_S)
+        name, _ = next(pairs)
+        self.assertEqual(name, "bool")
+        pairs.close()
+        error = update.failure(self)
+        self.assertIn(error.code, (ABORTED, DEADLINE_EXCEEDED), error)
+        self.assertIn(f"pid {os.getpid()}", error.message)
+        self.assertIn("closed early", error.message)
+        self.assertEqual(w.version, 0)
+
+        # The worker recovers: events the daemon sent before it saw the failure are skipped.
+        update = UpdateThread(self.client, version)
+        got = collections.OrderedDict((n, t.clone()) for n, t in w.receive(timeout=DEADLINE_S))
+        self.assertTrue(update.result(self)["workers"][0]["ok"])
+        self.assert_same(got, state)
+        self.assertEqual(w.version, version)
+
+    def test_an_exception_thrown_in_is_reported_to_the_daemon(self):
+        version = self.client.push_state_dict(mixed_state(5))
+        w = self.worker(engine="thrower")
+        self.wait_attached(1)
+        update = UpdateThread(self.client, version)
+        pairs = w.receive(timeout=DEADLINE_S)
+        for _ in range(3):
+            next(pairs)
+        with self.assertRaises(ValueError):
+            pairs.throw(ValueError("no parameter named 'i8' in this model"))
+        error = update.failure(self)
+        self.assertIn(f"pid {os.getpid()}", error.message)
+        self.assertIn("ValueError: no parameter named 'i8' in this model", error.message)
+        self.assertEqual(w.version, 0)
+
+    def test_defer_loaded_reports_at_finish(self):
+        state = mixed_state(6)
+        version = self.client.push_state_dict(state)
+        w = self.worker(engine="deferred")
+        self.wait_attached(1)
+
+        # finish(error): the update fails with that error.
+        update = UpdateThread(self.client, version)
+        self.assertEqual(len(list(w.receive(timeout=DEADLINE_S, defer_loaded=True))), len(state))
+        self.assertEqual(w.version, 0)
+        self.assertTrue(update.is_alive(), "the daemon must wait for the loaded report")
+        with self.assertRaises(ce.CkptError) as e:
+            next(w.receive(timeout=0.1))
+        self.assertEqual(e.exception.code, FAILED_PRECONDITION)
+        self.assertIn("finish()", e.exception.message)
+        self.assertEqual(w.finish(error="post-processing ran out of memory"), version)
+        error = update.failure(self)
+        self.assertIn("post-processing ran out of memory", error.message)
+        self.assertEqual(w.version, 0)
+        self.assertEqual(w.finish(), 0, "nothing left to report")
+
+        # finish(): the update succeeds.
+        update = UpdateThread(self.client, version)
+        for _ in w.receive(timeout=DEADLINE_S, defer_loaded=True):
+            pass
+        self.assertEqual(w.finish(), version)
+        self.assertTrue(update.result(self)["workers"][0]["ok"])
+        self.assertEqual(w.version, version)
+
+    def test_receive_times_out_without_an_update(self):
+        w = self.worker()
+        started = time.monotonic()
+        with self.assertRaises(ce.CkptError) as e:
+            next(w.receive(timeout=0.3))
+        self.assertEqual(e.exception.code, DEADLINE_EXCEEDED)
+        self.assertLess(time.monotonic() - started, 5)
+
+
+class WorkerProcessTest(DaemonTestCase):
+    """tests/python/worker_process.py, the worker the C++ integration tests run."""
+
+    def start(self, *args):
+        d = short_tempdir()
+        self.addCleanup(shutil.rmtree, d, True)
+        out, ready, err = (os.path.join(d, n) for n in ("out.json", "ready", "stderr"))
+        self.stderr = open(err, "w+")
+        self.addCleanup(self.stderr.close)
+        proc = subprocess.Popen(
+            [sys.executable, WORKER_PROCESS, "--socket", self.daemon.socket, "--out", out,
+             "--ready", ready, *args], stderr=self.stderr)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+        deadline = time.monotonic() + DEADLINE_S
+        while not os.path.exists(ready):
+            self.assertIsNone(proc.poll(), "worker_process exited before attaching: "
+                              + self.read_stderr())
+            self.assertLess(time.monotonic(), deadline, "worker_process did not attach")
+            time.sleep(0.02)
+        return proc, out
+
+    def read_stderr(self):
+        self.stderr.seek(0)
+        return self.stderr.read()
+
+    def wait_output(self, out, version):
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            if os.path.exists(out):
+                with open(out) as f:
+                    data = json.load(f)
+                if data["version"] == version:
+                    return data
+            self.assertLess(time.monotonic(), deadline, f"no output for version {version}")
+            time.sleep(0.02)
+
+    def check_output(self, data, version, state, names):
+        self.assertEqual(data["version"], version)
+        self.assertEqual([t["name"] for t in data["tensors"]], names)
+        for t in data["tensors"]:
+            value = state[t["name"]]
+            dtype = str(value.dtype).replace("torch.", "")
+            self.assertEqual(t["dtype"], ce.DTYPES[dtype], t["name"])
+            self.assertEqual(t["shape"], list(value.shape), t["name"])
+            self.assertEqual(t["hex"], tensor_bytes(value).hex(), t["name"])
+
+    def test_two_versions_with_a_tensor_filter(self):
+        names = ["f32.big", "layers.7.bf16", "scalar.i32", "empty"]
+        proc, out = self.start("--engine", "cli", "--versions", "2", "--tensor", names[0],
+                               "--tensor", *names[1:])
+        self.wait_attached(1)
+        for seed in (7, 8):
+            state = mixed_state(seed)
+            version = self.client.push_state_dict(state)
+            report = self.client.update(version, timeout=DEADLINE_S)
+            self.assertTrue(report["workers"][0]["ok"], report)
+            self.assertEqual(report["workers"][0]["pid"], proc.pid)
+            self.assertEqual(report["workers"][0]["engine"], "cli")
+            self.check_output(self.wait_output(out, version), version, state,
+                              [n for n in state if n in names])
+        self.assertEqual(proc.wait(DEADLINE_S), 0, self.read_stderr())
+
+    def test_all_tensors(self):
+        proc, out = self.start()
+        self.wait_attached(1)
+        state = mixed_state(9)
+        version = self.client.push_state_dict(state)
+        self.assertTrue(self.client.update(version, timeout=DEADLINE_S)["workers"][0]["ok"])
+        self.check_output(self.wait_output(out, version), version, state, list(state))
+        self.assertEqual(proc.wait(DEADLINE_S), 0, self.read_stderr())
+
+    def test_stall_fails_the_update_after_the_ack_timeout(self):
+        proc, _ = self.start("--engine", "staller", "--stall-after-buckets", "1")
+        self.wait_attached(1)
+        version = self.client.push_state_dict(mixed_state(10))
+        started = time.monotonic()
+        with self.assertRaises(ce.CkptError) as e:
+            self.client.update(version, timeout=DEADLINE_S)
+        self.assertIn(e.exception.code, (ABORTED, DEADLINE_EXCEEDED), e.exception)
+        self.assertIn(f"pid {proc.pid}", e.exception.message)
+        self.assertIn("ack", e.exception.message)
+        self.assertGreaterEqual(time.monotonic() - started, 4.5, "ack_timeout is 5 s")
+        self.assertIsNone(proc.poll(), "the stalled worker keeps sleeping until killed")
+
+    def test_bad_socket_exits_1_with_one_line(self):
+        r = subprocess.run([sys.executable, WORKER_PROCESS, "--socket", "/nonexistent/d.sock",
+                            "--out", "/nonexistent/out.json"], capture_output=True, text=True,
+                           timeout=DEADLINE_S)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+        self.assertIn("worker_process: CkptError", r.stderr)
+        self.assertIn("/nonexistent/d.sock", r.stderr)
+
+
+class HelpersTest(unittest.TestCase):
+    """No daemon: device and dtype mapping."""
+
+    def test_cuda_ordinal(self):
+        co = worker_module.cuda_ordinal
+        self.assertEqual(co(None), -1)
+        self.assertEqual(co("cpu"), -1)
+        self.assertEqual(co(torch.device("cpu")), -1)
+        self.assertEqual(co(3), 3)
+        self.assertEqual(co("cuda:2"), 2)
+        self.assertEqual(co(torch.device("cuda", 1)), 1)
+        for bad in ("tpu:0", "cuda:x", 2.5, True, -2):
+            with self.subTest(device=bad), self.assertRaises(ce.CkptError) as e:
+                co(bad)
+            self.assertEqual(e.exception.code, 3)
+
+    def test_torch_dtypes(self):
+        for name, code in ce.DTYPES.items():
+            with self.subTest(dtype=name):
+                if hasattr(torch, name):
+                    self.assertEqual(worker_module.torch_dtype(code), getattr(torch, name))
+                else:  # float8 before torch 2.1
+                    with self.assertRaises(ce.CkptError) as e:
+                        worker_module.torch_dtype(code, "w")
+                    self.assertEqual(e.exception.code_name, "UNIMPLEMENTED")
+                    self.assertIn(name, e.exception.message)
+
+
+if __name__ == "__main__":
+    unittest.main()
