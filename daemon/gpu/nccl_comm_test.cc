@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <vector>
@@ -121,6 +122,64 @@ TEST_CASE("Broadcast is bit-exact on every GPU and the communicators are reused"
       CHECK(testing::FirstMismatch(host.data(), kBytes, seed) == -1);
     }
   }
+}
+
+TEST_CASE("GroupBroadcastInPlace: every rank uploads one segment, all ranks end with the whole") {
+  KeepNvlsOff();
+  const std::vector<int> devices = AllDevices();
+  const size_t n = devices.size();
+  absl::StatusOr<std::vector<NcclComm>> comms = NcclComm::CreateLocal(devices, absl::Seconds(120));
+  REQUIRE(comms.ok());
+  // The update's shape: a bucket cut into one segment per GPU (the last one shorter), each written
+  // only on its uploader, then broadcast from there in one group.
+  constexpr size_t kSegment = (8 << 20) + 256;
+  const size_t total = n * kSegment - 1000;
+  std::vector<NcclComm::InPlaceOp> ops;
+  for (size_t g = 0; g < n; ++g) {
+    ops.push_back({static_cast<int>(g), g * kSegment, std::min(kSegment, total - g * kSegment)});
+  }
+  std::vector<unsigned char> whole(total);
+  testing::FillPattern(whole.data(), total, 77);
+  std::vector<DeviceBuffer> buffers;
+  std::vector<CudaStream> streams;
+  std::vector<CudaEvent> dones;
+  std::vector<void*> bases;
+  std::vector<cudaStream_t> raw_streams;
+  for (size_t g = 0; g < n; ++g) {
+    absl::StatusOr<DeviceBuffer> b = DeviceBuffer::Create(devices[g], total);
+    absl::StatusOr<CudaStream> st = CudaStream::Create(devices[g]);
+    absl::StatusOr<CudaEvent> e = CudaEvent::Create(devices[g]);
+    REQUIRE((b.ok() && st.ok() && e.ok()));
+    buffers.push_back(std::move(*b));
+    streams.push_back(std::move(*st));
+    dones.push_back(std::move(*e));
+    REQUIRE(cudaSetDevice(devices[g]) == cudaSuccess);
+    REQUIRE(cudaMemset(buffers[g].data(), 0, total) == cudaSuccess);
+    // Only this rank's own segment holds data before the broadcast.
+    REQUIRE(testing::CopyAndWait(static_cast<unsigned char*>(buffers[g].data()) + ops[g].offset,
+                                 whole.data() + ops[g].offset, ops[g].bytes, streams[g], dones[g])
+                .ok());
+    bases.push_back(buffers[g].data());
+    raw_streams.push_back(streams[g].get());
+  }
+  absl::Status enqueued = NcclComm::GroupBroadcastInPlace(absl::MakeSpan(*comms), bases,
+                                                          raw_streams, ops, absl::Seconds(30));
+  INFO(enqueued.ToString());
+  REQUIRE(enqueued.ok());
+  std::vector<unsigned char> got(total);
+  for (size_t g = 0; g < n; ++g) {
+    INFO("device " << devices[g]);
+    REQUIRE(dones[g].Record(streams[g]).ok());
+    REQUIRE(dones[g].WaitWithDeadline(absl::Seconds(30)).ok());
+    REQUIRE(testing::CopyAndWait(got.data(), buffers[g].data(), total, streams[g], dones[g]).ok());
+    CHECK(testing::FirstMismatch(got.data(), total, 77) == -1);
+  }
+  // A root out of range is refused before anything is enqueued; the communicators stay usable.
+  std::vector<NcclComm::InPlaceOp> bad = {{static_cast<int>(n), 0, 16}};
+  CHECK(NcclComm::GroupBroadcastInPlace(absl::MakeSpan(*comms), bases, raw_streams, bad,
+                                        absl::Seconds(1))
+            .code() == absl::StatusCode::kInvalidArgument);
+  for (const NcclComm& comm : *comms) CHECK_FALSE(comm.empty());
 }
 
 TEST_CASE("GroupBroadcast validates its arguments without aborting") {
