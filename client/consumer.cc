@@ -192,7 +192,8 @@ Consumer::~Consumer() {
   if (stream_ != nullptr) {
     {
       absl::MutexLock lock(&write_mu_);
-      if (!finished_) stream_->WritesDone();
+      if (!finished_ && !writes_done_) stream_->WritesDone();
+      writes_done_ = true;
     }
     {
       absl::MutexLock lock(&mu_);
@@ -210,7 +211,13 @@ void Consumer::ReadLoop() {
   v1::DaemonMessage message;
   std::string detached;
   while (stream_->Read(&message)) {
-    if (message.has_detached()) detached = message.detached().reason();
+    if (message.has_detached()) {
+      // The daemon is ending the stream: half-close at once so that it need not wait for us.
+      detached = message.detached().reason();
+      absl::MutexLock lock(&write_mu_);
+      if (!writes_done_) stream_->WritesDone();
+      writes_done_ = true;
+    }
     absl::MutexLock lock(&mu_);
     inbox_.push_back(std::move(message));
   }
@@ -234,7 +241,7 @@ void Consumer::ReadLoop() {
 
 absl::Status Consumer::Write(const v1::WorkerMessage& message) {
   absl::MutexLock lock(&write_mu_);
-  if (finished_ || !stream_->Write(message)) {
+  if (finished_ || writes_done_ || !stream_->Write(message)) {
     return absl::UnavailableError(absl::StrCat("the stream to ", endpoint_.target, " is closed"));
   }
   return absl::OkStatus();

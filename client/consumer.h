@@ -127,7 +127,8 @@ class Consumer {
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerMessage, v1::DaemonMessage>> stream_;
   absl::Mutex write_mu_;
-  bool finished_ ABSL_GUARDED_BY(write_mu_) = false;  // Finish was called
+  bool finished_ ABSL_GUARDED_BY(write_mu_) = false;     // Finish was called
+  bool writes_done_ ABSL_GUARDED_BY(write_mu_) = false;  // the worker's side is half-closed
   std::thread reader_;
 
   absl::Mutex mu_;

@@ -331,7 +331,7 @@ TEST_CASE("a worker that stops acking fails the update after ack_timeout, naming
   testing::TempDir dir;
   StateDict m = Model(12);
   const uint64_t version = d.Push(m);
-  Worker good(Worker::Kind::kPython, d, dir, "good");
+  Worker good(Worker::Kind::kPython, d, dir, "good", {"--versions", "2"});
   Worker staller(Worker::Kind::kCpp, d, dir, "staller", {"--stall-after-buckets", "2"});
   good.WaitAttached();
   staller.WaitAttached();
@@ -345,8 +345,9 @@ TEST_CASE("a worker that stops acking fails the update after ack_timeout, naming
   CHECK(Contains(message, "did not ack bucket 2"));
   CHECK(Contains(message, "within ack_timeout 1.0s"));
   CheckReport(good.Report(version), m);
-  // The daemon closed the staller's stream.
-  CHECK(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+  // The daemon closed the staller's stream; the good worker stays attached.
+  REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+  CHECK(d.StatusJson()["workers"][0]["pid"] == good.proc->pid());
 }
 
 TEST_CASE("SIGTERM mid-update ends the workers' streams cleanly") {
