@@ -249,16 +249,25 @@ absl::Status Consumer::Write(const v1::WorkerMessage& message) {
 
 absl::StatusOr<ConsumerEvent> Consumer::Next(absl::Time deadline) {
   v1::DaemonMessage m;
-  {
-    absl::MutexLock lock(&mu_);
-    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ended_ || !inbox_.empty(); };
-    mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
-    if (inbox_.empty()) {
-      if (ended_) return absl::UnavailableError(end_status_.message());
-      return absl::DeadlineExceededError("no update from the daemon in time");
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ended_ || !inbox_.empty(); };
+      mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+      if (inbox_.empty()) {
+        if (ended_) return absl::UnavailableError(end_status_.message());
+        return absl::DeadlineExceededError("no update from the daemon in time");
+      }
+      m = std::move(inbox_.front());
+      inbox_.pop_front();
     }
-    m = std::move(inbox_.front());
-    inbox_.pop_front();
+    if (!failed_ || !m.has_bucket()) break;
+    // After a failed bucket: later buckets of the same attempt are stale; a bucket of another
+    // version, or a resend starting over, ends the failure.
+    if (m.bucket().version() == failed_version_ && m.bucket().bucket() > failed_bucket_) continue;
+    failed_ = false;
+    break;
   }
   if (m.has_detached()) {
     return absl::UnavailableError(
@@ -295,6 +304,11 @@ absl::StatusOr<ConsumerEvent> Consumer::Next(absl::Time deadline) {
 }
 
 absl::Status Consumer::Ack(uint64_t version, uint64_t bucket, const std::string& error) {
+  if (!error.empty()) {
+    failed_ = true;
+    failed_version_ = version;
+    failed_bucket_ = bucket;
+  }
   v1::WorkerMessage m;
   m.mutable_ack()->set_version(version);
   m.mutable_ack()->set_bucket(bucket);

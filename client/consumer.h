@@ -91,7 +91,8 @@ class Consumer {
   // the daemon ended the stream (the message gives its reason, e.g. shutting down) or it broke.
   absl::StatusOr<ConsumerEvent> Next(absl::Time deadline);
   // Acks a bucket (frees its slot on the daemon). A non-empty `error` reports that this worker
-  // failed to load it (the update then fails naming this worker).
+  // failed to load it (the update then fails naming this worker; the rest of that attempt, already
+  // queued, is dropped by Next).
   absl::Status Ack(uint64_t version, uint64_t bucket, const std::string& error = "");
   // Answers VersionDone.
   absl::Status Loaded(uint64_t version, uint64_t tensors, uint64_t bytes,
@@ -121,6 +122,12 @@ class Consumer {
   uint64_t slot_bytes_ = 0;
   std::vector<uint8_t*> slots_;
   std::unique_ptr<Slots> mappings_;
+  // The (version, bucket) this worker last failed (acked with an error): the daemon sends it
+  // nothing more of that attempt, but buckets it had already sent may still be queued; Next drops
+  // them.
+  bool failed_ = false;
+  uint64_t failed_version_ = 0;
+  uint64_t failed_bucket_ = 0;
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Consumer::Stub> stub_;

@@ -210,6 +210,81 @@ class WorkerTest(DaemonTestCase):
         self.assertTrue(report["workers"][0]["ok"], report)
         self.assertFalse(report["workers"][0]["skipped"], report)
 
+    def test_c_abi_callback_per_bucket(self):
+        """ckpt_consumer_receive_version straight through ctypes: one callback per bucket with the
+        tensor views, acked on return; a non-zero return fails this worker, naming its reason."""
+        import ctypes
+
+        from ckpt_engine import _native
+
+        lib = _native.lib()
+        state = mixed_state(5)
+        version = self.client.push_state_dict(state, label="c-abi")
+        err = ctypes.create_string_buffer(4096)
+        handle = ctypes.c_void_p()
+        code = lib.ckpt_consumer_attach(self.daemon.socket.encode(), -1, b"c-abi", None, 0, 10.0,
+                                        ctypes.byref(handle), err, 4096)
+        self.assertEqual(code, 0, err.value)
+        self.addCleanup(lib.ckpt_consumer_close, handle)
+        self.wait_attached(1)
+
+        got, calls = {}, []
+
+        def on_bucket(event, _user, why, why_len):
+            e = event.contents
+            calls.append((e.kind, e.version, e.bucket))
+            for i in range(e.count):
+                t = e.tensors[i]
+                got[t.name.decode()] = (t.dtype, tuple(t.shape[k] for k in range(t.ndim)),
+                                        ctypes.string_at(t.data, t.nbytes) if t.nbytes else b"")
+            return 0
+
+        callback = _native.BUCKET_FN(on_bucket)
+        update = UpdateThread(self.client, version)
+        loaded = ctypes.c_uint64()
+        code = lib.ckpt_consumer_receive_version(handle, DEADLINE_S, callback, None,
+                                                 ctypes.byref(loaded), err, 4096)
+        self.assertEqual(code, 0, err.value)
+        report = update.result(self)
+        self.assertEqual(loaded.value, version)
+        self.assertTrue(report["workers"][0]["ok"], report)
+        self.assertEqual(len(calls), report["buckets"])
+        self.assertTrue(all(kind == _native.EVENT_BUCKET and v == version for kind, v, _ in calls))
+        self.assertEqual(sorted(got), sorted(state))
+        for name, t in state.items():
+            with self.subTest(tensor=name):
+                self.assertEqual(got[name][0], ce.DTYPES[str(t.dtype).split(".")[-1]])
+                self.assertEqual(got[name][1], tuple(t.shape))
+                self.assertEqual(got[name][2], tensor_bytes(t))
+
+        # A callback that fails: its reason reaches the daemon's report and the caller.
+        def failing(event, _user, why, why_len):
+            ctypes.memmove(why, b"no room for it", 15)
+            return 1
+
+        failing_cb = _native.BUCKET_FN(failing)
+        update = UpdateThread(self.client, version, force=True)
+        code = lib.ckpt_consumer_receive_version(handle, DEADLINE_S, failing_cb, None, None, err,
+                                                 4096)
+        self.assertEqual(code, ABORTED, err.value)
+        self.assertIn(b"no room for it", err.value)
+        e = update.failure(self)
+        self.assertEqual(e.code, ABORTED)
+        self.assertIn(f"worker pid {os.getpid()} (c-abi)", e.message)
+        self.assertIn("no room for it", e.message)
+
+        # The failed attempt's buckets still queued are dropped: a resend loads cleanly.
+        got.clear()
+        calls.clear()
+        update = UpdateThread(self.client, version, force=True)
+        code = lib.ckpt_consumer_receive_version(handle, DEADLINE_S, callback, None,
+                                                 ctypes.byref(loaded), err, 4096)
+        self.assertEqual(code, 0, err.value)
+        report = update.result(self)
+        self.assertEqual(len(calls), report["buckets"])
+        self.assertEqual([b for _, _, b in calls], list(range(report["buckets"])))
+        self.assertEqual(sorted(got), sorted(state))
+
     def test_module_update_and_receive_raw(self):
         state = mixed_state(2)
         version = self.client.push_state_dict(state)
