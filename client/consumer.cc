@@ -1,6 +1,5 @@
 #include "client/consumer.h"
 
-#include <cuda_runtime_api.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -8,37 +7,17 @@
 
 #include <cerrno>
 #include <cstring>
-#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "common/fd_passing.h"
+#include "common/random_id.h"
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
-#include "daemon/gpu/cuda_status.h"
 #include "daemon/gpu/gpu_info.h"
 #include "daemon/gpu/ipc_handle.h"
 #include "daemon/gpu/ipc_mapping.h"
 
 namespace ckpt::client {
-namespace {
-
-std::string NewNonce() {
-  std::random_device rd;
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (int i = 0; i < 32; ++i) out.push_back(kHex[rd() % 16]);
-  return out;
-}
-
-absl::StatusOr<std::string> DeviceUuid(int device) {
-  cudaDeviceProp prop{};
-  CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
-  unsigned char uuid[16];
-  for (int k = 0; k < 16; ++k) uuid[k] = static_cast<unsigned char>(prop.uuid.bytes[k]);
-  return gpu::FormatGpuUuid(uuid);
-}
-
-}  // namespace
 
 // The worker's mappings of the daemon's slots: read-only shared memory (host) or CUDA IPC
 // mappings (cuda). Unmapped on destruction.
@@ -94,7 +73,7 @@ absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Attach(const Endpoint& endpo
   c->endpoint_ = endpoint;
   c->options_ = options;
   if (options.cuda_device >= 0) {
-    auto uuid = DeviceUuid(options.cuda_device);
+    auto uuid = gpu::GpuUuid(options.cuda_device);
     if (!uuid.ok()) {
       return Annotate(uuid.status(), absl::StrCat("CUDA device ", options.cuda_device));
     }
@@ -117,7 +96,7 @@ absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Attach(const Endpoint& endpo
         "cannot connect to the daemon's descriptor socket ", fds_path, ": ", std::strerror(err),
         err == ENOENT || err == ECONNREFUSED ? " (is ckpt-engined running on this socket?)" : ""));
   }
-  const std::string nonce = NewNonce();
+  const std::string nonce = RandomHex128();
   RETURN_IF_ERROR(SendWithFds(side.get(), nonce, {}, deadline));
 
   // 2. The stream, read by a background thread from now on.
@@ -262,10 +241,13 @@ absl::StatusOr<ConsumerEvent> Consumer::Next(absl::Time deadline) {
       m = std::move(inbox_.front());
       inbox_.pop_front();
     }
-    if (!failed_ || !m.has_bucket()) break;
-    // After a failed bucket: later buckets of the same attempt are stale; a bucket of another
+    if (!failed_ || !(m.has_bucket() || m.has_done())) break;
+    // After a failed bucket: later events of the same attempt are stale; a bucket of another
     // version, or a resend starting over, ends the failure.
-    if (m.bucket().version() == failed_version_ && m.bucket().bucket() > failed_bucket_) continue;
+    const uint64_t version = m.has_bucket() ? m.bucket().version() : m.done().version();
+    if (version == failed_version_ && (m.has_done() || m.bucket().bucket() > failed_bucket_)) {
+      continue;
+    }
     failed_ = false;
     break;
   }

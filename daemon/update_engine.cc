@@ -8,7 +8,6 @@
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/units.h"
@@ -147,8 +146,6 @@ class CudaFiller final : public Filler {
   std::vector<std::vector<gpu::CudaEvent>> filled_;    // [gpu][slot]
   std::vector<gpu::NcclComm> comms_;
 };
-
-std::string Seconds(absl::Duration d) { return absl::StrFormat("%.3fs", absl::ToDoubleSeconds(d)); }
 
 }  // namespace
 
@@ -575,7 +572,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
   }
   spdlog::info(
       "update to version {}: {} to {} workers in {} ({:.2f} GB/s)", version,
-      FormatBytes(plan->total_tensor_bytes), participants.size(), Seconds(end - started),
+      FormatBytes(plan->total_tensor_bytes), participants.size(), HumanDuration(end - started),
       plan->total_tensor_bytes / 1e9 / std::max(1e-9, absl::ToDoubleSeconds(end - started)));
   return response;
 }

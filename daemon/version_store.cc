@@ -5,13 +5,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <random>
 #include <thread>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/random_id.h"
 #include "common/status_macros.h"
 #include "common/units.h"
 #include "daemon/manifest.h"
@@ -84,20 +84,6 @@ struct VersionStore::Version {
     return chunk - overlap;
   }
 };
-
-namespace {
-
-std::string NewToken() {
-  std::random_device rd;
-  uint64_t a = (static_cast<uint64_t>(rd()) << 32) | rd();
-  uint64_t b = (static_cast<uint64_t>(rd()) << 32) | rd();
-  char buf[33];
-  std::snprintf(buf, sizeof(buf), "%016llx%016llx", static_cast<unsigned long long>(a),
-                static_cast<unsigned long long>(b));
-  return buf;
-}
-
-}  // namespace
 
 VersionStore::VersionStore(std::unique_ptr<HostArena> arena, Options options)
     : arena_(std::move(arena)), options_(options), allocator_(arena_->size(), 256) {}
@@ -173,7 +159,7 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
   v->label = label;
   v->verify_checksums = verify_checksums;
   v->total_bytes = total;
-  v->token = NewToken();
+  v->token = RandomHex128();
   v->created = absl::Now();
   v->Touch();
   v->index.reserve(manifest.tensors_size());

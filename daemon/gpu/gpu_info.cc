@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/gpu/cuda_status.h"
 
 namespace ckpt::gpu {
 namespace {
@@ -17,7 +18,20 @@ std::string Reason(const char* what, cudaError_t error) {
                       name != nullptr ? name : "cudaError?", ")");
 }
 
+std::string UuidOf(const cudaDeviceProp& prop) {
+  unsigned char uuid[16];
+  static_assert(sizeof(prop.uuid.bytes) == sizeof(uuid), "unexpected cudaUUID_t");
+  for (int k = 0; k < 16; ++k) uuid[k] = static_cast<unsigned char>(prop.uuid.bytes[k]);
+  return FormatGpuUuid(uuid);
+}
+
 }  // namespace
+
+absl::StatusOr<std::string> GpuUuid(int device) {
+  cudaDeviceProp prop{};
+  CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
+  return UuidOf(prop);
+}
 
 std::string FormatGpuUuid(const unsigned char (&b)[16]) {
   return absl::StrFormat("GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
@@ -50,10 +64,7 @@ GpuProbe ProbeGpus() {
     GpuInfo info;
     info.index = i;
     info.name = prop.name;
-    unsigned char uuid[16];
-    static_assert(sizeof(prop.uuid.bytes) == sizeof(uuid), "unexpected cudaUUID_t");
-    for (int k = 0; k < 16; ++k) uuid[k] = static_cast<unsigned char>(prop.uuid.bytes[k]);
-    info.uuid = FormatGpuUuid(uuid);
+    info.uuid = UuidOf(prop);
     info.total_memory_bytes = static_cast<uint64_t>(prop.totalGlobalMem);
     // CUDA exposes no PCI function number; GPUs are function 0.
     info.pci_bus_id =

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+
 namespace ckpt::gpu {
 
 struct GpuInfo {
@@ -36,6 +38,9 @@ struct GpuProbe {
 // device yields an empty list and a reason. Thread-safe. Does not create CUDA contexts beyond what
 // cudaGetDeviceProperties needs.
 GpuProbe ProbeGpus();
+
+// The UUID of CUDA device `device` (an ordinal of this process), formatted as FormatGpuUuid.
+absl::StatusOr<std::string> GpuUuid(int device);
 
 // "GPU-" followed by the 16 bytes as 8-4-4-4-12 lowercase hex digits.
 std::string FormatGpuUuid(const unsigned char (&bytes)[16]);

@@ -7,10 +7,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <random>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,7 +25,6 @@ namespace ckpt {
 namespace {
 
 using client::TensorView;
-using testing::ReadFile;
 using testing::Runfile;
 using testing::SpawnOptions;
 using testing::StateDict;
@@ -56,22 +52,9 @@ StateDict Model() {
 }
 
 void CheckReport(const std::string& path, uint64_t version, const StateDict& m) {
-  nlohmann::json report;
-  REQUIRE(WaitUntil(
-      [&] {
-        report = nlohmann::json::parse(ReadFile(path), nullptr, false);
-        return !report.is_discarded() && report["version"] == version;
-      },
-      30s));
-  std::map<std::string, nlohmann::json> got;
-  for (const auto& t : report["tensors"]) got[t["name"].get<std::string>()] = t;
-  REQUIRE(got.size() == m.views.size());
-  for (size_t i = 0; i < m.views.size(); ++i) {
-    INFO(m.views[i].name);
-    REQUIRE(got.count(m.views[i].name) == 1);
-    CHECK(got[m.views[i].name]["hex"] == testing::HexBytes(m.storage[i]));
-    CHECK(got[m.views[i].name]["shape"].get<std::vector<int64_t>>() == m.views[i].shape);
-  }
+  auto report = testing::WaitForWorkerReport(path, version, 30s);
+  REQUIRE(report.has_value());
+  CHECK(testing::CompareWorkerReport(*report, m) == "");
 }
 
 // The Python interpreter and package for a torch worker: on the GPU machine (CKPT_BIN_DIR set by

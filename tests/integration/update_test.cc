@@ -8,11 +8,8 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
-#include <fstream>
 #include <future>
 #include <nlohmann/json.hpp>
-#include <random>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,7 +28,6 @@ using client::DaemonClient;
 using client::TensorView;
 using client::TrainerClient;
 using testing::DaemonProcess;
-using testing::ReadFile;
 using testing::Runfile;
 using testing::RunResult;
 using testing::SpawnOptions;
@@ -152,17 +148,10 @@ struct Worker {
 
   // The last version report, once it names `version`.
   nlohmann::json Report(uint64_t version) {
-    nlohmann::json report;
-    bool got = WaitUntil(
-        [&] {
-          if (!Exists(out)) return false;
-          report = nlohmann::json::parse(ReadFile(out), nullptr, false);
-          return !report.is_discarded() && report["version"] == version;
-        },
-        30s);
+    auto report = testing::WaitForWorkerReport(out, version, 30s);
     INFO("worker stderr: " << proc->Stderr());
-    REQUIRE(got);
-    return report;
+    REQUIRE(report.has_value());
+    return *report;
   }
 
   std::string out, ready;
@@ -172,20 +161,7 @@ struct Worker {
 // Every tensor of `m` (or those named in `only`) arrived with its dtype, shape and bytes.
 void CheckReport(const nlohmann::json& report, const StateDict& m,
                  const std::vector<std::string>& only = {}) {
-  std::map<std::string, nlohmann::json> got;
-  for (const auto& t : report["tensors"]) got[t["name"].get<std::string>()] = t;
-  size_t expected = 0;
-  for (size_t i = 0; i < m.views.size(); ++i) {
-    const TensorView& v = m.views[i];
-    if (!only.empty() && std::find(only.begin(), only.end(), v.name) == only.end()) continue;
-    ++expected;
-    INFO(v.name);
-    REQUIRE(got.count(v.name) == 1);
-    CHECK(got[v.name]["dtype"] == static_cast<int>(v.dtype));
-    CHECK(got[v.name]["shape"].get<std::vector<int64_t>>() == v.shape);
-    CHECK(got[v.name]["hex"] == testing::HexBytes(m.storage[i]));
-  }
-  CHECK(got.size() == expected);
+  CHECK(testing::CompareWorkerReport(report, m, only) == "");
 }
 
 TEST_CASE("a C++ and a Python worker receive a pushed version bit-exact") {

@@ -28,22 +28,13 @@
 #include "absl/strings/str_cat.h"
 #include "client/consumer.h"
 #include "client/daemon_client.h"
+#include "tests/testing/state_dict.h"
 
 namespace {
 
 int Die(const std::string& message) {
   std::fprintf(stderr, "worker_client: %s\n", message.c_str());
   return 1;
-}
-
-std::string Hex(const uint8_t* data, size_t n) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out(2 * n, '0');
-  for (size_t i = 0; i < n; ++i) {
-    out[2 * i] = kHex[data[i] >> 4];
-    out[2 * i + 1] = kHex[data[i] & 15];
-  }
-  return out;
 }
 
 bool WriteAtomically(const std::string& path, const std::string& text) {
@@ -162,10 +153,12 @@ int main(int argc, char** argv) {
             } else if (t.bytes > 0) {
               std::memcpy(host.data(), t.data, t.bytes);
             }
-            dump.push_back({{"name", t.name},
-                            {"dtype", static_cast<int>(t.dtype)},
-                            {"shape", t.shape},
-                            {"hex", Hex(host.data(), host.size())}});
+            dump.push_back(
+                {{"name", t.name},
+                 {"dtype", static_cast<int>(t.dtype)},
+                 {"shape", t.shape},
+                 {"hex", ckpt::testing::HexBytes(absl::string_view(
+                             reinterpret_cast<const char*>(host.data()), host.size()))}});
           }
           if (stream != nullptr && cudaStreamSynchronize(stream) != cudaSuccess) {
             return absl::InternalError("cudaStreamSynchronize failed");

@@ -1,8 +1,11 @@
 #include "tests/testing/state_dict.h"
 
+#include <algorithm>
 #include <fstream>
+#include <map>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "tests/testing/safetensors_writer.h"
 
 namespace ckpt::testing {
@@ -16,7 +19,7 @@ void StateDict::Add(const std::string& name, DType dtype, std::vector<int64_t> s
   total += bytes;
 }
 
-std::string HexBytes(const std::string& bytes) {
+std::string HexBytes(absl::string_view bytes) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   out.reserve(2 * bytes.size());
@@ -32,6 +35,50 @@ std::string ReadFile(const std::string& path) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+std::optional<nlohmann::json> WaitForWorkerReport(const std::string& path, uint64_t version,
+                                                  std::chrono::milliseconds timeout) {
+  nlohmann::json report;
+  const bool got = WaitUntil(
+      [&] {
+        report = nlohmann::json::parse(ReadFile(path), nullptr, false);
+        return !report.is_discarded() && report["version"] == version;
+      },
+      timeout);
+  if (!got) return std::nullopt;
+  return report;
+}
+
+std::string CompareWorkerReport(const nlohmann::json& report, const StateDict& m,
+                                const std::vector<std::string>& only) {
+  std::map<std::string, nlohmann::json> got;
+  for (const auto& t : report["tensors"]) got[t["name"].get<std::string>()] = t;
+  std::string diff;
+  size_t expected = 0;
+  for (size_t i = 0; i < m.views.size(); ++i) {
+    const client::TensorView& v = m.views[i];
+    if (!only.empty() && std::find(only.begin(), only.end(), v.name) == only.end()) continue;
+    ++expected;
+    auto it = got.find(v.name);
+    if (it == got.end()) {
+      absl::StrAppend(&diff, v.name, ": missing\n");
+      continue;
+    }
+    const nlohmann::json& t = it->second;
+    if (t["dtype"] != static_cast<int>(v.dtype)) {
+      absl::StrAppend(&diff, v.name, ": dtype ", t["dtype"].dump(), ", pushed ",
+                      static_cast<int>(v.dtype), "\n");
+    }
+    if (t["shape"].get<std::vector<int64_t>>() != v.shape) {
+      absl::StrAppend(&diff, v.name, ": shape ", t["shape"].dump(), " differs\n");
+    }
+    if (t["hex"] != HexBytes(m.storage[i])) absl::StrAppend(&diff, v.name, ": bytes differ\n");
+  }
+  if (got.size() != expected) {
+    absl::StrAppend(&diff, got.size(), " tensors received, ", expected, " expected\n");
+  }
+  return diff;
 }
 
 }  // namespace ckpt::testing

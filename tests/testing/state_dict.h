@@ -5,10 +5,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "client/trainer_client.h"
 #include "common/dtype.h"
 
@@ -25,7 +28,7 @@ struct StateDict {
 };
 
 // Lowercase hex of `bytes`.
-std::string HexBytes(const std::string& bytes);
+std::string HexBytes(absl::string_view bytes);
 
 // The whole file, or "" when it cannot be read.
 std::string ReadFile(const std::string& path);
@@ -40,6 +43,17 @@ bool WaitUntil(F done, std::chrono::milliseconds timeout) {
   }
   return done();
 }
+
+// The report the test workers (tests/integration/worker_client, tests/python/worker_process.py)
+// write after each version: JSON {"version", "tensors": [{"name", "dtype", "shape", "hex"}]}.
+// Waits until `path` holds the report of `version`; nullopt when it did not within `timeout`.
+std::optional<nlohmann::json> WaitForWorkerReport(const std::string& path, uint64_t version,
+                                                  std::chrono::milliseconds timeout);
+
+// "" when `report` holds exactly the tensors of `m` (or those named in `only`), each with its
+// dtype, shape and bytes; otherwise one line per difference.
+std::string CompareWorkerReport(const nlohmann::json& report, const StateDict& m,
+                                const std::vector<std::string>& only = {});
 
 }  // namespace ckpt::testing
 

@@ -92,31 +92,17 @@ def library_version():
     return _native.lib().ckpt_version().decode()
 
 
-class Client:
-    """A connection to one ckpt-engined.
+class _Handle:
+    """Owns one handle of the C library: close() (or a with block, or garbage collection) releases
+    it once. Subclasses name the library's close function and what the handle is, for errors."""
 
-    `socket`: the daemon's Unix socket path; `address`: HOST:PORT for TCP; neither:
-    $CKPT_SOCKET, else /run/ckpt-engine/ckpt-engined.sock. `timeout`: the deadline in seconds of
-    list/get/drop calls. Opening checks that the socket exists and may be used (CkptError
-    UNAVAILABLE or PERMISSION_DENIED otherwise); the connection is made by the first call.
-    Thread-safe; close() (or a with block) releases it.
-    """
-
-    def __init__(self, socket=None, address=None, timeout=10.0):
-        self._lib = _native.lib()
-        self._handle = None
-        err = ctypes.create_string_buffer(_ERR_LEN)
-        handle = ctypes.c_void_p()
-        code = self._lib.ckpt_client_open2(
-            _fspath(socket) if socket else None, address.encode() if address else None,
-            ctypes.byref(handle), err, _ERR_LEN)
-        _check(code, err)
-        self._handle = handle
-        self._lib.ckpt_client_set_timeout(self._handle, float(timeout))
+    _CLOSE = None  # e.g. "ckpt_client_close"
+    _WHAT = "handle"
+    _handle = None
 
     def close(self):
         if self._handle is not None:
-            self._lib.ckpt_client_close(self._handle)
+            getattr(self._lib, self._CLOSE)(self._handle)
             self._handle = None
 
     def __enter__(self):
@@ -133,8 +119,35 @@ class Client:
 
     def _h(self):
         if self._handle is None:
-            raise CkptError(INVALID_ARGUMENT, "the client is closed")
+            raise CkptError(INVALID_ARGUMENT, f"the {self._WHAT} is closed")
         return self._handle
+
+
+class Client(_Handle):
+    """A connection to one ckpt-engined.
+
+    `socket`: the daemon's Unix socket path; `address`: HOST:PORT for TCP; neither:
+    $CKPT_SOCKET, else /run/ckpt-engine/ckpt-engined.sock. `timeout`: the deadline in seconds of
+    list/get/drop calls. Opening checks that the socket exists and may be used (CkptError
+    UNAVAILABLE or PERMISSION_DENIED otherwise); the connection is made by the first call.
+    Thread-safe; close() (or a with block) releases it.
+    """
+
+    _CLOSE = "ckpt_client_close"
+    _WHAT = "client"
+
+    def __init__(self, socket=None, address=None, timeout=10.0):
+        self._lib = _native.lib()
+        self._handle = None
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        handle = ctypes.c_void_p()
+        code = self._lib.ckpt_client_open2(
+            _fspath(socket) if socket else None, address.encode() if address else None,
+            ctypes.byref(handle), err, _ERR_LEN)
+        _check(code, err)
+        self._handle = handle
+        self._lib.ckpt_client_set_timeout(self._handle, float(timeout))
+
 
     def push_state_dict(self, tensors, version=0, label="", streams=4, progress=None,
                         chunk_bytes=0, timeout=60.0):

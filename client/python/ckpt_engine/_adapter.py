@@ -3,6 +3,7 @@ a model through its load_weights, and parsing arguments that may arrive as strin
 /collective_rpc passes only strings)."""
 
 import logging
+import threading
 
 from . import INVALID_ARGUMENT, NOT_FOUND, CkptError, Client
 
@@ -101,3 +102,29 @@ def resolve_version(socket, version):
         client.close()
         raise
     return client, version
+
+
+def update_alongside(client, version, force, timeout, receive):
+    """The two halves of one update from the process that owns the engine: asks the daemon for it
+    (client.update on a thread of its own) while `receive()` has the engine's workers receive it on
+    this thread. Returns (the daemon's report, what receive returned). Raises receive's error, else
+    the daemon's."""
+    result = {}
+
+    def run():
+        try:
+            result["report"] = client.update(version=version, force=force, timeout=timeout)
+        except BaseException as e:  # noqa: B902 - handed to the caller's thread.
+            result["error"] = e
+
+    thread = threading.Thread(target=run, name="ckpt-engine-update", daemon=True)
+    thread.start()
+    try:
+        received = receive()
+    finally:
+        thread.join(timeout + 30)
+    if thread.is_alive():
+        raise TimeoutError("the daemon's update did not return after the workers finished")
+    if "error" in result:
+        raise result["error"]
+    return result["report"], received

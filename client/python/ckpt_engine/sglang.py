@@ -169,27 +169,11 @@ def update_engine(engine, version=0, force=False, socket=None, timeout=600.0):
     client, version = _adapter.resolve_version(socket, version)
     try:
         attach_engine(engine, socket=socket)
-        result = {}
-
-        def run():
-            try:
-                result["report"] = client.update(version=version, force=force, timeout=timeout)
-            except BaseException as e:  # noqa: B902 - handed to the caller's thread.
-                result["error"] = e
-
-        thread = threading.Thread(target=run, name="ckpt-engine-update", daemon=True)
-        thread.start()
-        try:
-            engine_result = engine.update_weights_from_tensor(
+        report, engine_result = _adapter.update_alongside(
+            client, version, force, timeout,
+            lambda: engine.update_weights_from_tensor(
                 request_tensors(version=version, force=force, timeout=timeout, socket=socket),
-                load_format=LOAD_FORMAT, flush_cache=True)
-        finally:
-            thread.join(timeout + 30)
-        if thread.is_alive():
-            raise TimeoutError("the daemon's update did not return after the workers finished")
-        if "error" in result:
-            raise result["error"]
-        report = result["report"]
+                load_format=LOAD_FORMAT, flush_cache=True))
         report["engine_result"] = engine_result
         return report
     finally:

@@ -29,7 +29,6 @@ installed where this was written. vLLM is imported lazily: this module imports w
 
 import asyncio
 import os
-import threading
 
 from . import UNAVAILABLE, CkptError, _adapter
 from .worker import Worker
@@ -139,14 +138,13 @@ def update(llm, version=0, force=False, socket=None, timeout=600.0):
     client, version = _adapter.resolve_version(socket, version)
     try:
         attach(llm, socket=socket)
-        result, thread = _start_update(client, version, force, timeout)
-        try:
-            loaded = llm.collective_rpc("ckpt_engine_update", timeout=timeout + 30,
-                                        kwargs={"version": version, "force": force,
-                                                "timeout": timeout})
-        finally:
-            thread.join(timeout + 30)
-        return _finish(result, thread, loaded)
+        report, loaded = _adapter.update_alongside(
+            client, version, force, timeout,
+            lambda: llm.collective_rpc("ckpt_engine_update", timeout=timeout + 30,
+                                       kwargs={"version": version, "force": force,
+                                               "timeout": timeout}))
+        report["worker_versions"] = list(loaded)
+        return report
     finally:
         client.close()
 
@@ -167,27 +165,3 @@ async def update_async(engine, version=0, force=False, socket=None, timeout=600.
         return report
     finally:
         client.close()
-
-
-def _start_update(client, version, force, timeout):
-    result = {}
-
-    def run():
-        try:
-            result["report"] = client.update(version=version, force=force, timeout=timeout)
-        except BaseException as e:  # noqa: B902 - handed to the caller's thread.
-            result["error"] = e
-
-    thread = threading.Thread(target=run, name="ckpt-engine-update", daemon=True)
-    thread.start()
-    return result, thread
-
-
-def _finish(result, thread, loaded):
-    if thread.is_alive():
-        raise TimeoutError("the daemon's update did not return after the workers finished")
-    if "error" in result:
-        raise result["error"]
-    report = result["report"]
-    report["worker_versions"] = list(loaded)
-    return report

@@ -29,7 +29,7 @@ import time
 
 from . import (
     _ERR_LEN, DEADLINE_EXCEEDED, FAILED_PRECONDITION, INTERNAL, INVALID_ARGUMENT, OK,
-    UNIMPLEMENTED, CkptError, _check, _fspath, _native, _take_json)
+    UNIMPLEMENTED, CkptError, _check, _fspath, _Handle, _native, _take_json)
 from ._tensors import DTYPE_NAMES
 
 # One native wait lasts at most this long, so that Ctrl-C (KeyboardInterrupt) is seen promptly.
@@ -138,7 +138,7 @@ def _throw_into(gen, exc):
         pass
 
 
-class Worker:
+class Worker(_Handle):
     """An inference worker attached to ckpt-engined: receives checkpoint versions.
 
     `socket`: the daemon's Unix socket (None: $CKPT_SOCKET, else the default path); workers attach
@@ -154,6 +154,9 @@ class Worker:
     A Worker is driven by one thread at a time, and one receive generator runs at a time. close()
     (or a with block, or garbage collection) detaches; views from it must not be used afterwards.
     """
+
+    _CLOSE = "ckpt_consumer_close"
+    _WHAT = "worker"
 
     def __init__(self, socket=None, device=None, engine="python", tensor_names=None,
                  timeout=30.0):
@@ -180,7 +183,6 @@ class Worker:
         self._tensor_names = tuple(names)
         self._version = 0
         self._busy = False       # a receive generator is running
-        self._failed = None      # (version, bucket) this worker failed: skip its in-flight events
         self._done = None        # (version, tensors, bytes) awaiting finish() (defer_loaded)
         self._event = _native.ConsumerEvent()
         out = ctypes.c_void_p()
@@ -247,26 +249,7 @@ class Worker:
     def close(self):
         """Detaches from the daemon and unmaps the slots: every view received so far becomes
         invalid. Idempotent."""
-        if self._handle is not None:
-            self._lib.ckpt_consumer_close(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _h(self):
-        if self._handle is None:
-            raise CkptError(INVALID_ARGUMENT, "the worker is closed")
-        return self._handle
+        super().close()
 
     # ---- receiving ----
 
@@ -354,9 +337,8 @@ class Worker:
         try:
             while True:
                 event = self._next(wait)
+                # The library drops what the daemon had queued of an attempt this worker failed.
                 kind, v, b = event.kind, event.version, event.bucket
-                if self._stale(kind, v, b):
-                    continue
                 if version is not None and v != version:
                     raise CkptError(INTERNAL, f"the daemon sent an event of version {v} in the "
                                               f"middle of version {version}")
@@ -401,17 +383,6 @@ class Worker:
                                 f"no update from the daemon within {wait:g} s (is one running? "
                                 "ckptctl update VERSION)")
             _check(code, err)
-
-    def _stale(self, kind, version, bucket):
-        """True for events of an attempt this worker already failed: buckets the daemon sent
-        before it saw the failure. A new attempt starts again at or before the failed bucket."""
-        failed = self._failed
-        if failed is None:
-            return False
-        if version == failed[0] and (kind != _native.EVENT_BUCKET or bucket > failed[1]):
-            return True
-        self._failed = None
-        return False
 
     @staticmethod
     def _raw(event):
@@ -477,7 +448,6 @@ class Worker:
         else:
             why = f"{type(exc).__name__}: {exc}"
         why = " ".join(why.split())[:_MAX_ERROR_LEN] or type(exc).__name__
-        self._failed = (version, bucket)
         try:
             self._ack(version, bucket, why)
         except CkptError:
