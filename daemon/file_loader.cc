@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "common/message_text.h"
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
 #include "common/units.h"
@@ -15,11 +16,38 @@
 
 namespace ckpt::daemon {
 
+absl::Status CheckLoadPaths(const std::vector<std::string>& paths) {
+  if (paths.empty()) return absl::InvalidArgumentError("LoadFiles: no files given");
+  if (paths.size() > kMaxLoadFiles) {
+    return absl::InvalidArgumentError(absl::StrCat("LoadFiles: ", paths.size(),
+                                                   " files given; at most ", kMaxLoadFiles));
+  }
+  for (const std::string& path : paths) {
+    if (path.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("LoadFiles: path ", QuoteForMessage(path), " has a NUL byte"));
+    }
+    if (path.size() > kMaxLoadPathBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("LoadFiles: path of ", path.size(),
+                                                     " bytes (at most ", kMaxLoadPathBytes,
+                                                     "): ", QuoteForMessage(path, 64)));
+    }
+    if (path.empty() || path[0] != '/') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("LoadFiles: path ", QuoteForMessage(path),
+                       " is not absolute (the daemon does not resolve paths against its own "
+                       "working directory; clients make paths absolute)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
                                                      const std::vector<std::string>& paths,
                                                      uint64_t version, const std::string& label,
-                                                     int threads, absl::Time deadline) {
-  if (paths.empty()) return absl::InvalidArgumentError("LoadFiles: no files given");
+                                                     const std::string& client, int threads,
+                                                     absl::Time deadline) {
+  RETURN_IF_ERROR(CheckLoadPaths(paths));
   absl::Time start = absl::Now();
   // Header and data come from the same open file, so a file replaced meanwhile cannot mix.
   std::vector<ScopedFd> fds;
@@ -27,17 +55,13 @@ absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
   v1::Manifest manifest;
   std::unordered_map<std::string, std::string> owner;  // tensor name -> file
   for (const std::string& path : paths) {
-    ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd.valid()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-    }
+    ASSIGN_OR_RETURN(ScopedFd fd, OpenRegularFile(path));
     ASSIGN_OR_RETURN(SafetensorsFile file, ReadSafetensorsHeaderFd(fd.get(), path));
     for (const SafetensorsEntry& e : file.tensors) {
       auto [it, fresh] = owner.emplace(e.name, path);
       if (!fresh) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tensor '", e.name, "' is in both ", it->second, " and ", path));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", QuoteForMessage(e.name), " is in both ", it->second, " and ", path));
       }
       v1::TensorSpec* spec = manifest.add_tensors();
       spec->set_name(e.name);
@@ -50,34 +74,37 @@ absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
   }
 
   ASSIGN_OR_RETURN(VersionStore::Begun begun,
-                   store.Begin(manifest, version, label, /*verify_checksums=*/false));
+                   store.Begin(manifest, version, label, client, /*verify_checksums=*/false));
   auto abort_with = [&](absl::Status s) {
+    // NOT_FOUND: it was aborted or dropped meanwhile; nothing to undo.
     (void)store.Abort(begun.version, begun.upload_token, absl::StrCat("LoadFiles: ", s.message()));
     return s;
   };
-  auto addresses = store.TensorAddresses(begun.version, begun.upload_token);
-  if (!addresses.ok()) return abort_with(addresses.status());
+  // The lease keeps the version's memory ours while the reads land in it, whatever happens to the
+  // version meanwhile (Drop, the staging reaper, shutdown); each piece read marks activity.
+  auto lease = store.OpenWriter(begun.version, begun.upload_token);
+  if (!lease.ok()) return abort_with(lease.status());
   std::vector<ReadRange> ranges;
   ranges.reserve(manifest.tensors_size());
-  size_t t = 0;
+  int t = 0;
   for (size_t f = 0; f < files.size(); ++f) {
     for (const SafetensorsEntry& e : files[f].tensors) {
       ReadRange r;
       r.fd = fds[f].get();
       r.file_offset = e.file_offset;
       r.size = e.byte_size;
-      r.dest = (*addresses)[t++];
-      r.what = absl::StrCat("file ", files[f].path, " tensor '", e.name, "'");
+      r.dest = (*lease)->data(t++);
+      r.what = absl::StrCat("file ", files[f].path, " tensor ", QuoteForMessage(e.name));
       ranges.push_back(std::move(r));
     }
   }
-  if (absl::Status s = ReadRangesParallel(ranges, threads, deadline); !s.ok()) {
-    return abort_with(s);
-  }
+  VersionStore::WriteLease* writer = lease->get();
+  absl::Status read = ReadRangesParallel(ranges, threads, deadline, uint64_t{16} << 20,
+                                         [writer] { return writer->Touch(); });
+  if (read.ok()) read = writer->MarkAllReceived();
+  lease->reset();  // Commit waits for writers
+  if (!read.ok()) return abort_with(read);
   absl::Time read_done = absl::Now();
-  if (absl::Status s = store.MarkAllReceived(begun.version, begun.upload_token); !s.ok()) {
-    return abort_with(s);
-  }
   auto info = store.Commit(begun.version, begun.upload_token);
   if (!info.ok()) return abort_with(info.status());
   double read_s = absl::ToDoubleSeconds(read_done - start);

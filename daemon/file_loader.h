@@ -12,14 +12,27 @@
 
 namespace ckpt::daemon {
 
-// Parses every file's header, begins a version holding all their tensors (names must be unique
-// across the files: INVALID_ARGUMENT naming both files otherwise), reads the data with `threads`
-// parallel preads straight into the store, and commits (checksums computed from what was read).
-// Any failure aborts the version: nothing is left behind. The whole load must end by `deadline`.
+// At most this many files in one LoadFiles, each path at most this long.
+inline constexpr size_t kMaxLoadFiles = 4096;
+inline constexpr size_t kMaxLoadPathBytes = 4096;
+
+// INVALID_ARGUMENT unless there are 1..kMaxLoadFiles paths, each absolute, without a NUL byte and
+// at most kMaxLoadPathBytes long.
+absl::Status CheckLoadPaths(const std::vector<std::string>& paths);
+
+// Checks the paths (CheckLoadPaths), opens each one only if it is a regular file (OpenRegularFile:
+// a FIFO or device node is never opened for reading), parses every file's header, begins a version
+// holding all their tensors for `client` (names must be unique across the files: INVALID_ARGUMENT
+// naming both files otherwise), reads the data with `threads` parallel preads straight into the
+// store while holding the version (VersionStore::WriteLease: an Abort or Drop meanwhile stops the
+// reads and frees the memory only after them), and commits (checksums computed from what was
+// read). Any failure aborts the version: nothing is left behind. The whole load must end by
+// `deadline`.
 absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
                                                      const std::vector<std::string>& paths,
                                                      uint64_t version, const std::string& label,
-                                                     int threads, absl::Time deadline);
+                                                     const std::string& client, int threads,
+                                                     absl::Time deadline);
 
 }  // namespace ckpt::daemon
 

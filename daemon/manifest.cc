@@ -5,49 +5,73 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/checked_math.h"
 #include "common/dtype.h"
+#include "common/message_text.h"
+#include "common/units.h"
 
 namespace ckpt::daemon {
 
-absl::Status ValidateManifest(const v1::Manifest& manifest, uint64_t* total_bytes) {
+absl::Status ValidateManifest(const v1::Manifest& manifest, const ManifestLimits& limits,
+                              uint64_t* total_bytes) {
   if (manifest.tensors_size() == 0) {
     return absl::InvalidArgumentError("manifest has no tensors");
   }
+  if (static_cast<uint64_t>(manifest.tensors_size()) > limits.max_tensors) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("manifest has ", manifest.tensors_size(), " tensors; at most ",
+                     limits.max_tensors, " are accepted (config key max_tensors_per_version)"));
+  }
   std::unordered_set<std::string> names;
   names.reserve(manifest.tensors_size());
-  uint64_t total = 0;
+  CheckedSum total;
   for (int i = 0; i < manifest.tensors_size(); ++i) {
     const v1::TensorSpec& t = manifest.tensors(i);
     if (t.name().empty()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor #", i, " has an empty name"));
     }
     if (t.name().size() > kMaxTensorNameBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor #", i, " has a name of ",
-                                                     t.name().size(), " bytes (at most ",
-                                                     kMaxTensorNameBytes, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor #", i, " has a name of ", t.name().size(), " bytes (at most ",
+          kMaxTensorNameBytes, "): ", QuoteForMessage(t.name(), 64)));
     }
+    const std::string name = QuoteForMessage(t.name());
     if (!names.insert(t.name()).second) {
-      return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name '", t.name(), "'"));
+      return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name ", name));
     }
     std::optional<DType> dtype = DTypeFromWire(t.dtype());
     if (!dtype.has_value()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", t.name(), "': unknown dtype ", t.dtype()));
+          absl::StrCat("tensor ", name, ": unknown dtype ", t.dtype()));
+    }
+    if (t.shape_size() > kMaxTensorRank) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": shape has ",
+                                                     t.shape_size(), " dimensions (at most ",
+                                                     kMaxTensorRank, ")"));
     }
     std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
     auto size = TensorByteSize(*dtype, shape);
     if (!size.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", t.name(), "': ", size.status().message()));
+          absl::StrCat("tensor ", name, ": ", size.status().message()));
     }
     if (*size != t.byte_size()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", t.name(), "': byte_size ", t.byte_size(), " does not match shape [",
+          "tensor ", name, ": byte_size ", t.byte_size(), " does not match shape [",
           absl::StrJoin(shape, ", "), "] of ", DTypeName(*dtype), " (", *size, " bytes)"));
     }
-    total += *size;
+    if (*size > limits.max_total_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "tensor ", name, " has ", *size, " bytes (", FormatBytes(*size),
+          "), more than the whole host_memory_budget of ", FormatBytes(limits.max_total_bytes)));
+    }
+    if (!total.Add(*size) || total.total() > limits.max_total_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the version's tensors need more than the whole host_memory_budget of ",
+          FormatBytes(limits.max_total_bytes), " (exceeded at tensor #", i, " ", name, ")"));
+    }
   }
-  if (total_bytes != nullptr) *total_bytes = total;
+  if (total_bytes != nullptr) *total_bytes = total.total();
   return absl::OkStatus();
 }
 

@@ -1,6 +1,7 @@
 #include "daemon/range_allocator.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/checked_math.h"
 
 namespace ckpt::daemon {
 
@@ -9,13 +10,19 @@ RangeAllocator::RangeAllocator(uint64_t capacity, uint64_t alignment)
   if (capacity_ > 0) free_[0] = capacity_;
 }
 
-uint64_t RangeAllocator::Rounded(uint64_t size) const {
+std::optional<uint64_t> RangeAllocator::Rounded(uint64_t size) const {
   if (size == 0) return alignment_;
-  return (size + alignment_ - 1) / alignment_ * alignment_;
+  return CheckedRoundUp(size, alignment_);
 }
 
 absl::StatusOr<uint64_t> RangeAllocator::Allocate(uint64_t size) {
-  uint64_t need = Rounded(size);
+  const std::optional<uint64_t> rounded = Rounded(size);
+  if (!rounded || *rounded > capacity_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a range of ", size, " bytes is larger than the whole arena (", capacity_,
+                     " bytes)"));
+  }
+  const uint64_t need = *rounded;
   for (auto it = free_.begin(); it != free_.end(); ++it) {
     if (it->second < need) continue;
     uint64_t offset = it->first;
@@ -30,8 +37,9 @@ absl::StatusOr<uint64_t> RangeAllocator::Allocate(uint64_t size) {
 }
 
 absl::Status RangeAllocator::Free(uint64_t offset, uint64_t size) {
-  uint64_t len = Rounded(size);
-  if (offset % alignment_ != 0 || offset + len > capacity_) {
+  const std::optional<uint64_t> rounded = Rounded(size);
+  const uint64_t len = rounded.value_or(0);
+  if (!rounded || offset % alignment_ != 0 || !RangeWithin(offset, len, capacity_)) {
     return absl::InternalError(
         absl::StrCat("freeing a range that was never allocated: ", offset, "+", len));
   }

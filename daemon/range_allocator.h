@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 
 #include "absl/status/statusor.h"
 
@@ -17,7 +18,8 @@ class RangeAllocator {
 
   // The offset of a new range of `size` bytes (rounded up to the alignment; 0 allocates one
   // alignment unit so that every range has a distinct offset). RESOURCE_EXHAUSTED when no free
-  // range is large enough.
+  // range is large enough, including any size whose rounded value exceeds the capacity (sizes
+  // near 2^64 never wrap to a small range).
   absl::StatusOr<uint64_t> Allocate(uint64_t size);
   // Returns a range from Allocate (same size as asked). Freeing what was not allocated is a bug:
   // checked, it returns INTERNAL and changes nothing.
@@ -26,7 +28,9 @@ class RangeAllocator {
   uint64_t capacity() const { return capacity_; }
   uint64_t free_bytes() const { return free_bytes_; }
   uint64_t largest_free() const;
-  uint64_t Rounded(uint64_t size) const;
+  // `size` rounded up as Allocate charges it, or nullopt when that does not fit in 64 bits (such a
+  // size can never be allocated).
+  std::optional<uint64_t> Rounded(uint64_t size) const;
 
  private:
   uint64_t capacity_;

@@ -56,7 +56,7 @@ TEST_CASE("random allocate/free keeps the books balanced") {
       auto r = a.Allocate(size);
       if (r.ok()) {
         for (auto& [o, s] : live) {
-          bool disjoint = *r + a.Rounded(size) <= o || o + a.Rounded(s) <= *r;
+          bool disjoint = *r + *a.Rounded(size) <= o || o + *a.Rounded(s) <= *r;
           REQUIRE(disjoint);
         }
         live.push_back({*r, size});
@@ -68,10 +68,32 @@ TEST_CASE("random allocate/free keeps the books balanced") {
     }
   }
   uint64_t used = 0;
-  for (auto& [o, s] : live) used += a.Rounded(s);
+  for (auto& [o, s] : live) used += *a.Rounded(s);
   CHECK(a.free_bytes() == a.capacity() - used);
   for (auto& [o, s] : live) REQUIRE(a.Free(o, s).ok());
   CHECK(a.largest_free() == a.capacity());
+}
+
+TEST_CASE("sizes near 2^64 are refused, never rounded to a small range") {
+  // The security review's BeginVersion: F16 [2^63-1] = 2^64-2 bytes, which (size + 255) wrapped
+  // to 0 bytes charged; and I8 [2^32-1, 2^32+1] = 2^64-1 bytes.
+  RangeAllocator a(1 << 20, 256);
+  for (uint64_t size : {UINT64_MAX, UINT64_MAX - 1, UINT64_MAX - 254, uint64_t{1} << 63,
+                        uint64_t{(1 << 20) + 1}}) {
+    INFO("size " << size);
+    auto r = a.Allocate(size);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
+    CHECK(a.free_bytes() == 1 << 20);
+  }
+  CHECK_FALSE(a.Rounded(UINT64_MAX - 1).has_value());
+  // Freeing such a size is refused too (it can never have been allocated).
+  CHECK(a.Free(0, UINT64_MAX - 1).code() == absl::StatusCode::kInternal);
+  CHECK(a.Free(uint64_t{1} << 63, 256).code() == absl::StatusCode::kInternal);
+  // The whole capacity is still one allocation.
+  auto whole = a.Allocate(1 << 20);
+  REQUIRE(whole.ok());
+  CHECK(*whole == 0);
 }
 
 }  // namespace

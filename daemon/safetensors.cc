@@ -19,7 +19,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "common/checked_math.h"
+#include "common/message_text.h"
 #include "common/scoped_fd.h"
+#include "common/status_macros.h"
 #include "common/units.h"
 
 namespace ckpt::daemon {
@@ -33,17 +36,85 @@ constexpr char kMetadataKey[] = "__metadata__";
 
 std::string Errno() { return std::strerror(errno); }
 
-// A name as it appears in messages: quoted, control characters and quotes escaped so that the
-// message stays on one line.
-std::string Quote(absl::string_view name) {
-  return absl::StrCat("'", absl::Utf8SafeCEscape(name), "'");
-}
+// A name as it appears in messages: quoted, escaped so that the message stays on one line, cut.
+std::string Quote(absl::string_view name) { return QuoteForMessage(name); }
 
-// A JSON value as it appears in messages: compact, ASCII, at most ~64 characters.
+// A JSON value as it appears in messages: compact, ASCII, at most ~64 characters. Only small
+// values are dumped (dump recurses, and a 100 MB array would cost its size for nothing).
 std::string Show(const Json& value) {
+  if (value.is_string()) return QuoteForMessage(value.get_ref<const std::string&>(), 61);
+  if (value.is_structured()) {
+    bool small = value.size() <= 16;
+    for (const Json& item : value) small = small && item.is_primitive() && !item.is_string();
+    if (!small) {
+      return absl::StrCat(value.is_array() ? "an array" : "an object", " of ", value.size(),
+                          value.is_array() ? " elements" : " keys");
+    }
+  }
   std::string s = value.dump(-1, ' ', /*ensure_ascii=*/true, Json::error_handler_t::replace);
   if (s.size() > 64) s = s.substr(0, 61) + "...";
   return s;
+}
+
+// The deepest nesting a valid header has is 3 (root object -> tensor entry -> shape array); this
+// leaves room without letting a deep header reach nlohmann (its dump recurses).
+constexpr int kMaxJsonDepth = 8;
+
+// Checks what the safetensors format requires of the header text before any JSON parsing: UTF-8,
+// no NUL byte (nlohmann would stop at one and ignore the rest), an object first, and nesting no
+// deeper than kMaxJsonDepth. Returns the problem, or an empty string.
+std::string CheckHeaderText(absl::string_view text) {
+  size_t i = 0;
+  while (i < text.size() && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' ||
+                             text[i] == '\r')) {
+    ++i;
+  }
+  if (i == text.size() || text[i] != '{') return "header does not start with a JSON object '{'";
+  int depth = 0;
+  bool in_string = false;
+  for (size_t k = 0; k < text.size(); ++k) {
+    const unsigned char c = static_cast<unsigned char>(text[k]);
+    if (c == 0) return absl::StrCat("header has a NUL byte at offset ", k);
+    if (c >= 0x80) {
+      // One UTF-8 sequence: lead byte, then 1-3 continuation bytes; no overlong forms or
+      // surrogates (the ranges of RFC 3629).
+      int extra = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC2 ? 1 : -1;
+      if (c > 0xF4) extra = -1;
+      bool ok = extra > 0 && k + extra < text.size();
+      for (int e = 1; ok && e <= extra; ++e) {
+        ok = (static_cast<unsigned char>(text[k + e]) & 0xC0) == 0x80;
+      }
+      if (ok && extra >= 2) {
+        const unsigned char c1 = static_cast<unsigned char>(text[k + 1]);
+        if (c == 0xE0 && c1 < 0xA0) ok = false;   // overlong
+        if (c == 0xED && c1 >= 0xA0) ok = false;  // surrogate
+        if (c == 0xF0 && c1 < 0x90) ok = false;   // overlong
+        if (c == 0xF4 && c1 >= 0x90) ok = false;  // past U+10FFFF
+      }
+      if (!ok) return absl::StrCat("header is not valid UTF-8 at offset ", k);
+      k += extra;
+      continue;
+    }
+    if (in_string) {
+      if (c == '\\') {
+        ++k;  // the escaped character (validated by the JSON parser)
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > kMaxJsonDepth) {
+        return absl::StrCat("header nests deeper than ", kMaxJsonDepth,
+                            " levels (a safetensors header needs 3)");
+      }
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return "";
 }
 
 absl::Status BadFile(const std::string& path, absl::string_view why) {
@@ -207,6 +278,12 @@ absl::StatusOr<SafetensorsEntry> ParseEntry(const std::string& path, const std::
   for (const char* key : {"dtype", "shape", "data_offsets"}) {
     if (!entry.contains(key)) return bad(absl::StrCat("missing '", key, "'"));
   }
+  for (const auto& item : entry.items()) {
+    if (item.key() != "dtype" && item.key() != "shape" && item.key() != "data_offsets") {
+      return bad(absl::StrCat("unknown key ", Quote(item.key()),
+                              " (a tensor entry has only dtype, shape and data_offsets)"));
+    }
+  }
   const Json& dtype_json = entry.at("dtype");
   if (!dtype_json.is_string()) {
     return bad(absl::StrCat("'dtype' must be a string, got ", Show(dtype_json)));
@@ -236,7 +313,10 @@ absl::StatusOr<SafetensorsEntry> ParseEntry(const std::string& path, const std::
                             out.byte_size, " bytes but ", DTypeSafetensorsName(out.dtype), " ",
                             ShapeText(out.shape), " needs ", *expected));
   }
-  out.file_offset = data_start + offsets->begin;
+  // data_start <= file size and begin <= end <= data size, so this cannot overflow; checked anyway.
+  const std::optional<uint64_t> file_offset = CheckedAdd(data_start, offsets->begin);
+  if (!file_offset) return bad("data_offsets overflow the file");
+  out.file_offset = *file_offset;
   return out;
 }
 
@@ -268,10 +348,12 @@ absl::StatusOr<SafetensorsFile> ParseHeaderOrThrow(absl::string_view header_json
                            FormatBytes(kMaxSafetensorsHeaderBytes)));
   }
   if (file_size < 8 || header_json.size() > file_size - 8) {
-    return BadFile(
-        path, absl::StrCat("header length ", header_json.size(), " bytes is larger than the file (",
-                           file_size < 8 ? 0 : file_size - 8,
-                           " bytes after the 8-byte length; truncated?)"));
+    return BadFile(path, absl::StrCat("the header length is larger than the file (",
+                                      file_size < 8 ? 0 : file_size - 8,
+                                      " bytes after the 8-byte length; truncated?)"));
+  }
+  if (std::string problem = CheckHeaderText(header_json); !problem.empty()) {
+    return BadFile(path, problem);
   }
   SafetensorsFile file;
   file.path = path;
@@ -313,28 +395,42 @@ absl::StatusOr<SafetensorsFile> ParseHeaderOrThrow(absl::string_view header_json
     file.tensors.push_back(*std::move(entry));
   }
 
-  // By file offset; stable, so that empty tensors at one offset keep the header's order.
+  // By (file offset, size), as the reference implementation orders them; stable, so that empty
+  // tensors at one offset keep the header's order.
   std::stable_sort(file.tensors.begin(), file.tensors.end(),
                    [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
-                     return a.file_offset < b.file_offset;
+                     if (a.file_offset != b.file_offset) return a.file_offset < b.file_offset;
+                     return a.byte_size < b.byte_size;
                    });
-  // Sorted by start, a range overlaps an earlier one iff it starts before the furthest end so far.
-  const SafetensorsEntry* furthest = nullptr;
+  // The safetensors format packs the data section: sorted by offset, each tensor starts where the
+  // one before ends, the first at 0, and the last ends at the end of the file. So two tensors
+  // overlap, bytes belong to no tensor (a gap) or bytes follow the last tensor only in a file
+  // that no safetensors writer made; each is refused, naming the tensors or the bytes.
+  auto range = [&](const SafetensorsEntry& e) {
+    const uint64_t b = e.file_offset - file.data_start;
+    return absl::StrCat("[", b, ", ", b + e.byte_size, ")");
+  };
+  uint64_t end = 0;  // of the data so far, relative to the data section
+  const SafetensorsEntry* previous = nullptr;
   for (const SafetensorsEntry& t : file.tensors) {
-    if (t.byte_size == 0) continue;
-    if (furthest != nullptr && t.file_offset < furthest->file_offset + furthest->byte_size) {
-      auto range = [&](const SafetensorsEntry& e) {
-        uint64_t b = e.file_offset - file.data_start;
-        return absl::StrCat("[", b, ", ", b + e.byte_size, ")");
-      };
-      return BadFile(path,
-                     absl::StrCat("tensors ", Quote(furthest->name), " ", range(*furthest), " and ",
-                                  Quote(t.name), " ", range(t), " overlap in the data section"));
+    const uint64_t begin = t.file_offset - file.data_start;
+    if (begin < end) {
+      return BadFile(path, absl::StrCat("tensors ", Quote(previous->name), " ", range(*previous),
+                                        " and ", Quote(t.name), " ", range(t),
+                                        " overlap in the data section"));
     }
-    if (furthest == nullptr ||
-        t.file_offset + t.byte_size > furthest->file_offset + furthest->byte_size) {
-      furthest = &t;
+    if (begin > end) {
+      return BadFile(path, absl::StrCat("bytes [", end, ", ", begin,
+                                        ") of the data section belong to no tensor (before ",
+                                        Quote(t.name), "); safetensors packs tensors without gaps"));
     }
+    end = begin + t.byte_size;
+    if (t.byte_size > 0) previous = &t;
+  }
+  if (end != data_size) {
+    return BadFile(path, absl::StrCat("the data section has ", data_size - end,
+                                      " bytes after the last tensor (it has ", data_size,
+                                      " bytes; tensors cover ", end, ")"));
   }
   return file;
 }
@@ -392,15 +488,16 @@ absl::StatusOr<SafetensorsFile> ReadSafetensorsHeaderFd(int fd, const std::strin
   if (*got < 8) return BadFile(path, "file ended inside the 8-byte header length");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
+  // The length's value is never put in a message: for a file that is not safetensors, those are
+  // its first 8 bytes.
   if (header_len > kMaxSafetensorsHeaderBytes) {
-    return BadFile(
-        path, absl::StrCat("header length ", header_len, " bytes is over the limit of ",
-                           FormatBytes(kMaxSafetensorsHeaderBytes), " (not a safetensors file?)"));
+    return BadFile(path, absl::StrCat("the header length is over the limit of ",
+                                      FormatBytes(kMaxSafetensorsHeaderBytes),
+                                      " (not a safetensors file?)"));
   }
   if (header_len > file_size - 8) {
-    return BadFile(path,
-                   absl::StrCat("header length ", header_len, " bytes is larger than the file (",
-                                file_size - 8, " bytes after the 8-byte length; truncated?)"));
+    return BadFile(path, absl::StrCat("the header length is larger than the file (", file_size - 8,
+                                      " bytes after the 8-byte length; truncated?)"));
   }
   std::string header(header_len, '\0');
   got = PreadFull(fd, header.data(), header_len, 8);
@@ -414,17 +511,41 @@ absl::StatusOr<SafetensorsFile> ReadSafetensorsHeaderFd(int fd, const std::strin
   return ParseSafetensorsHeader(header, file_size, path);
 }
 
-absl::StatusOr<SafetensorsFile> ReadSafetensorsHeader(const std::string& path) {
-  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot open safetensors file ", path, ": ", Errno()));
+absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path) {
+  if (path.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("path ", QuoteForMessage(path), " has a NUL byte"));
   }
+  ScopedFd handle(::open(path.c_str(), O_PATH | O_CLOEXEC));
+  if (!handle.valid()) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot open ", path, ": ", Errno()));
+  }
+  struct stat st;
+  if (::fstat(handle.get(), &st) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot open ", path, ": ", Errno()));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open ", path, ": not a regular file"));
+  }
+  // The file checked above, opened for reading: the /proc link names the open file itself, not
+  // the path, so a path swapped meanwhile cannot substitute another file.
+  const std::string self = absl::StrCat("/proc/self/fd/", handle.get());
+  ScopedFd fd(::open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (!fd.valid()) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot open ", path, ": ", Errno()));
+  }
+  return fd;
+}
+
+absl::StatusOr<SafetensorsFile> ReadSafetensorsHeader(const std::string& path) {
+  ASSIGN_OR_RETURN(ScopedFd fd, OpenRegularFile(path));
   return ReadSafetensorsHeaderFd(fd.get(), path);
 }
 
 absl::Status ReadRangesParallel(const std::vector<ReadRange>& ranges, int threads,
-                                absl::Time deadline, uint64_t piece_bytes) {
+                                absl::Time deadline, uint64_t piece_bytes,
+                                const std::function<bool()>& keep_going) {
   if (threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat("read threads must be >= 1, got ", threads));
   }
@@ -477,6 +598,12 @@ absl::Status ReadRangesParallel(const std::vector<ReadRange>& ranges, int thread
       if (i >= pieces.size()) return;
       const Piece& p = pieces[i];
       const ReadRange& r = *p.range;
+      if (keep_going && !keep_going()) {
+        shared.Fail(absl::AbortedError(
+            absl::StrCat("reading stopped after ", FormatBytes(shared.done.load()), " of ",
+                         FormatBytes(total), ": the version was aborted meanwhile")));
+        return;
+      }
       if (absl::Now() >= deadline) {
         shared.Fail(absl::DeadlineExceededError(absl::StrCat(
             "deadline exceeded reading ", ranges.size(), " ranges (", FormatBytes(total),

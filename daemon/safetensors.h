@@ -11,6 +11,7 @@
 #define CKPT_DAEMON_SAFETENSORS_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/dtype.h"
+#include "common/scoped_fd.h"
 
 namespace ckpt::daemon {
 
@@ -38,7 +40,8 @@ struct SafetensorsFile {
   std::string path;
   uint64_t file_size = 0;
   uint64_t data_start = 0;  // 8 + header length
-  // Ordered by file_offset; tensors at the same offset (empty ones) keep the header's order. For
+  // Ordered by file_offset, then size: empty tensors at an offset come before the tensor that
+  // starts there, and keep the header's order among themselves. For
   // files written by the safetensors library this is also the header's order. The order does not
   // depend on how the JSON library stores objects, so it is deterministic.
   std::vector<SafetensorsEntry> tensors;
@@ -49,23 +52,34 @@ struct SafetensorsFile {
 // Parses and validates a header (the JSON text after the 8-byte length) of a file of `file_size`
 // bytes; `path` is used only in messages. Never throws.
 //
-// Accepted: dtypes spelled as safetensors spells them (BOOL, U8, I8, I16, I32, I64, F16, BF16, F32,
-// F64, F8_E4M3, F8_E5M2; exact case), empty tensors, unknown extra keys in an entry (ignored),
-// trailing spaces, and unindexed bytes in the data section (gaps, a tail), which are never read.
+// Strictness follows the safetensors format as its reference implementation reads it (the Rust
+// crate: UTF-8 JSON, offsets that pack the data section exactly) and is stricter where the format
+// defines nothing:
+// - accepted: dtypes spelled as safetensors spells them (BOOL, U8, I8, I16, I32, I64, F16, BF16,
+//   F32, F64, F8_E4M3, F8_E5M2; exact case), empty tensors, no tensors at all, JSON whitespace
+//   around the object (writers pad with spaces), "__metadata__" as an object of strings;
+// - refused: text that is not UTF-8, a NUL byte anywhere, text before the object's '{', anything
+//   after it but whitespace, nesting deeper than 8 levels (checked before parsing; a valid header
+//   needs 3), a key other than dtype/shape/data_offsets in an entry, a byte of the data section
+//   that belongs to no tensor (a gap), bytes after the last tensor, overlapping tensors.
 //
 // Errors are INVALID_ARGUMENT with a one-line message "safetensors file PATH: ..." that names the
-// tensor where there is one: header not JSON or not an object, an entry that is not an object or
-// lacks dtype/shape/data_offsets or has them with the wrong JSON type, an unknown dtype, offsets
-// that are not [begin, end] with begin <= end, an end beyond the data section (out of range: a
-// truncated file), a byte count that differs from product(shape) * element size, two tensors whose
-// byte ranges overlap (both named), the same key twice, "__metadata__" not an object of strings.
+// tensor where there is one (names escaped and cut): header not JSON or not an object, an entry
+// that is not an object or lacks dtype/shape/data_offsets or has them with the wrong JSON type, an
+// unknown dtype, offsets that are not [begin, end] with begin <= end, an end beyond the data
+// section (out of range: a truncated file), a byte count that differs from product(shape) *
+// element size, two tensors whose byte ranges overlap (both named), a gap or a tail (the bytes
+// named), the same key twice, "__metadata__" not an object of strings, and every refusal above.
+// No message quotes bytes of the file that are not part of a valid header's structure.
 absl::StatusOr<SafetensorsFile> ParseSafetensorsHeader(absl::string_view header_json,
                                                        uint64_t file_size, const std::string& path);
 
-// Opens `path`, reads the 8-byte little-endian length and the header, validates and parses (see
-// ParseSafetensorsHeader). FAILED_PRECONDITION naming the path and strerror when the file cannot
-// be opened or read or is not a regular file; INVALID_ARGUMENT when it is shorter than 8 bytes, its
-// header length is over kMaxSafetensorsHeaderBytes or larger than the file, or the header is bad.
+// Opens `path` (OpenRegularFile: never a FIFO or device), reads the 8-byte little-endian length and
+// the header, validates and parses (see ParseSafetensorsHeader). FAILED_PRECONDITION naming the
+// path and strerror when the file cannot be opened or read or is not a regular file;
+// INVALID_ARGUMENT when it is shorter than 8 bytes, its header length is over
+// kMaxSafetensorsHeaderBytes or larger than the file (the length itself is not quoted: for a file
+// that is not safetensors it is the file's first 8 bytes), or the header is bad.
 absl::StatusOr<SafetensorsFile> ReadSafetensorsHeader(const std::string& path);
 
 // The same on an open descriptor (read with pread; its file position is unused). Lets a caller
@@ -93,10 +107,19 @@ struct ReadRange {
 // - FAILED_PRECONDITION "WHAT: read failed at offset N: strerror".
 // - DEADLINE_EXCEEDED: `deadline` passed before every byte was read. It is checked before each
 //   piece, so a read may overrun it by one pread of a piece.
+// - ABORTED: `keep_going` (when set; called before each piece, from any of the threads) returned
+//   false.
 // On failure the destinations hold an unspecified mix of old and new bytes. With no bytes to read
 // it returns OK at once, whatever the deadline. Blocks until every thread it started has ended.
 absl::Status ReadRangesParallel(const std::vector<ReadRange>& ranges, int threads,
-                                absl::Time deadline, uint64_t piece_bytes = 16 << 20);
+                                absl::Time deadline, uint64_t piece_bytes = 16 << 20,
+                                const std::function<bool()>& keep_going = nullptr);
+
+// Opens `path` for reading if, and only if, it is a regular file: it is first opened with O_PATH
+// (which never blocks on a FIFO and never runs a device driver's open), checked with fstat, and
+// only then reopened for reading through /proc/self/fd. FAILED_PRECONDITION naming the path:
+// missing, not accessible, or "not a regular file".
+absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path);
 
 }  // namespace ckpt::daemon
 

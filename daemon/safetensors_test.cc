@@ -118,7 +118,7 @@ TEST_CASE("a written file round-trips: header, metadata, bytes") {
   for (size_t i = 0; i < tensors.size(); ++i) CHECK(data[i] == tensors[i].bytes);
 }
 
-TEST_CASE("tensors come ordered by file offset; empty ones at one offset keep header order") {
+TEST_CASE("tensors come ordered by file offset; empty ones at an offset first, in header order") {
   std::string header = R"({"b":{"dtype":"U8","shape":[4],"data_offsets":[4,8]},)"
                        R"("z0":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
                        R"("__metadata__":{"zeta":"1","alpha":"2"},)"
@@ -128,25 +128,72 @@ TEST_CASE("tensors come ordered by file offset; empty ones at one offset keep he
   REQUIRE(file.ok());
   std::vector<std::string> names;
   for (const auto& t : file->tensors) names.push_back(t.name);
-  // b, z0 and a0 all start at data offset 4: header order among them.
-  CHECK(names == std::vector<std::string>{"a", "b", "z0", "a0"});
+  // b, z0 and a0 all start at data offset 4: the empty ones first, in header order.
+  CHECK(names == std::vector<std::string>{"a", "z0", "a0", "b"});
   // Metadata keeps the header's order (not sorted).
   CHECK(file->metadata ==
         std::vector<std::pair<std::string, std::string>>{{"zeta", "1"}, {"alpha", "2"}});
 }
 
-TEST_CASE("accepted: no tensors, trailing spaces, unknown entry keys, unindexed bytes") {
+TEST_CASE("accepted: no tensors, JSON whitespace around the object") {
   auto empty = ReadRaw("empty.safetensors", "{}        ", 0);
   REQUIRE(empty.ok());
   CHECK(empty->tensors.empty());
   CHECK(empty->data_start == 18);
+  auto ws = ReadRaw("ws.safetensors",
+                    " \n{\"t\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[0,4]}}\t\r\n  ", 4);
+  REQUIRE(ws.ok());
+  CHECK(ws->tensors[0].byte_size == 4);
+}
 
-  auto extra = ReadRaw("extra.safetensors",
-                       R"({"t":{"dtype":"I32","shape":[1],"data_offsets":[8,12],"x":[1]}}  )", 20);
-  REQUIRE(extra.ok());
-  REQUIRE(extra->tensors.size() == 1);
-  CHECK(extra->tensors[0].file_offset == extra->data_start + 8);
-  CHECK(extra->tensors[0].byte_size == 4);
+TEST_CASE("strict: unknown entry keys, gaps and trailing bytes are refused, naming them") {
+  ExpectBadHeader("extra.safetensors",
+                  R"({"t":{"dtype":"I32","shape":[1],"data_offsets":[0,4],"x":[1]}}  )",
+                  {"tensor 't'", "unknown key 'x'"}, 4);
+  ExpectBadHeader("gap.safetensors",
+                  R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+                  R"("b":{"dtype":"U8","shape":[4],"data_offsets":[8,12]}})",
+                  {"bytes [4, 8) of the data section belong to no tensor (before 'b')"}, 12);
+  ExpectBadHeader("lead.safetensors", R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})",
+                  {"bytes [0, 4) of the data section belong to no tensor"}, 8);
+  ExpectBadHeader("tail.safetensors", R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})",
+                  {"the data section has 60 bytes after the last tensor"}, 64);
+  ExpectBadHeader("tail_empty.safetensors", "{}", {"has 64 bytes after the last tensor"}, 64);
+}
+
+TEST_CASE("strict: NUL bytes, text around the object, bad UTF-8 and deep nesting are refused") {
+  const std::string good = R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})";
+  // nlohmann stops at a NUL: without the check, anything after it would be ignored.
+  ExpectBadHeader("nul.safetensors", good + std::string("\0garbage", 8),
+                  {"NUL byte at offset " + std::to_string(good.size())}, 4);
+  ExpectBadHeader("nul_in_name.safetensors",
+                  std::string("{\"a\0b\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}", 54),
+                  {"NUL byte"}, 4);
+  ExpectBadHeader("after.safetensors", good + " x", {"not valid JSON"}, 4);
+  ExpectBadHeader("before.safetensors", "x" + good, {"does not start with a JSON object"}, 4);
+  ExpectBadHeader("utf8.safetensors",
+                  "{\"a\xff\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}",
+                  {"not valid UTF-8 at offset 3"}, 4);
+  ExpectBadHeader("overlong.safetensors", "{\"\xc0\xaf\":1}", {"not valid UTF-8"}, 0);
+  ExpectBadHeader("surrogate.safetensors", "{\"\xed\xa0\x80\":1}", {"not valid UTF-8"}, 0);
+  auto utf8 = ReadRaw("utf8_ok.safetensors",
+                      "{\"w\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\":{\"dtype\":\"U8\",\"shape\":[4],"
+                      "\"data_offsets\":[0,4]}}",
+                      4);
+  REQUIRE(utf8.ok());
+  // ~90,000 nested '[' crashed the daemon (a recursive dump on the error path): refused before
+  // parsing, in every place a header can nest.
+  for (const char* where : {"shape", "dtype", "data_offsets"}) {
+    INFO(where);
+    std::string deep = std::string(R"({"w":{")") + where + "\":" + std::string(90000, '[') +
+                       std::string(90000, ']') + "}}";
+    ExpectBadHeader("deep.safetensors", deep, {"nests deeper than 8 levels"}, 0);
+  }
+  ExpectBadHeader("deep_meta.safetensors",
+                  R"({"__metadata__":)" + std::string(90000, '{') + "}", {"nests deeper"}, 0);
+  // Brackets inside strings do not count.
+  auto in_string = ReadRaw("brackets.safetensors", R"({"__metadata__":{"k":"[[[[[[[[[[[[[[["}})", 0);
+  CHECK(in_string.ok());
 }
 
 TEST_CASE("bad: file shorter than 8 bytes") {
@@ -161,14 +208,16 @@ TEST_CASE("bad: header length larger than the file") {
   std::string path = TempPath("biglen.safetensors");
   REQUIRE(WriteRawSafetensors(path, "{}", "", /*header_length=*/1000).ok());
   CheckError(ReadSafetensorsHeader(path).status(), absl::StatusCode::kInvalidArgument, path,
-             {"header length 1000 bytes is larger than the file"});
+             {"the header length is larger than the file (2 bytes after"});
 }
 
 TEST_CASE("bad: absurd header length") {
   std::string path = TempPath("absurd.safetensors");
   REQUIRE(WriteRawSafetensors(path, "{}", "", int64_t{1} << 40).ok());
-  CheckError(ReadSafetensorsHeader(path).status(), absl::StatusCode::kInvalidArgument, path,
-             {"1099511627776", "over the limit of 100.0 MiB"});
+  // The length is not quoted: for a file that is not safetensors it is the file's first 8 bytes.
+  absl::Status absurd = ReadSafetensorsHeader(path).status();
+  CheckError(absurd, absl::StatusCode::kInvalidArgument, path, {"over the limit of 100.0 MiB"});
+  CHECK_FALSE(Contains(absurd.message(), "1099511627776"));
   // Also through the string API.
   std::string big(kMaxSafetensorsHeaderBytes + 1, ' ');
   CheckError(ParseSafetensorsHeader(big, big.size() + 8, "x.safetensors").status(),
@@ -178,18 +227,20 @@ TEST_CASE("bad: absurd header length") {
 TEST_CASE("bad: header larger than file_size given to ParseSafetensorsHeader") {
   CheckError(ParseSafetensorsHeader("{}", 9, "p.safetensors").status(),
              absl::StatusCode::kInvalidArgument, "p.safetensors",
-             {"header length 2 bytes is larger than the file (1 bytes after the 8-byte length"});
+             {"the header length is larger than the file (1 bytes after the 8-byte length"});
 }
 
 TEST_CASE("bad: truncated header (not valid JSON)") {
   ExpectBadHeader("trunc_header.safetensors", R"({"t":{"dtype":"F32","shape":[1],"data_off)",
                   {"header is not valid JSON", "parse error"});
-  ExpectBadHeader("garbage_header.safetensors", "PK\x03\x04 not json", {"not valid JSON"});
+  ExpectBadHeader("garbage_header.safetensors", "PK\x03\x04 not json",
+                  {"does not start with a JSON object"});
+  ExpectBadHeader("bad_json.safetensors", "{PK\x03\x04 not json", {"not valid JSON"});
 }
 
 TEST_CASE("bad: header not a JSON object") {
-  ExpectBadHeader("array_header.safetensors", "[1, 2]", {"not a JSON object (it is array)"});
-  ExpectBadHeader("string_header.safetensors", R"("x")", {"not a JSON object (it is string)"});
+  ExpectBadHeader("array_header.safetensors", "[1, 2]", {"does not start with a JSON object"});
+  ExpectBadHeader("string_header.safetensors", R"("x")", {"does not start with a JSON object"});
 }
 
 TEST_CASE("bad: entry not an object") {
@@ -248,8 +299,10 @@ TEST_CASE("every safetensors dtype name is accepted") {
     REQUIRE(d.ok());
     std::string size = std::to_string(DTypeSize(*d) * 3);
     auto file =
-        ReadRaw("dtypes.safetensors", std::string(R"({"w":{"dtype":")") + dtype +
-                                          R"(","shape":[3],"data_offsets":[0,)" + size + "]}}");
+        ReadRaw("dtypes.safetensors",
+                std::string(R"({"w":{"dtype":")") + dtype + R"(","shape":[3],"data_offsets":[0,)" +
+                    size + "]}}",
+                DTypeSize(*d) * 3);
     REQUIRE(file.ok());
     CHECK(file->tensors[0].dtype == *d);
   }
@@ -282,10 +335,16 @@ TEST_CASE("bad: overlapping tensors name both") {
                   R"("b":{"dtype":"U8","shape":[8],"data_offsets":[40,48]},)"
                   R"("c":{"dtype":"U8","shape":[4],"data_offsets":[20,24]}})",
                   {"tensors 'a' [0, 32) and 'c' [20, 24) overlap"});
-  // An empty tensor inside another's range overlaps nothing.
-  auto ok = ReadRaw("overlap_empty.safetensors",
+  // An empty tensor inside another's range is refused too (the format packs tensors), while one
+  // at a boundary is fine.
+  ExpectBadHeader("overlap_empty.safetensors",
+                  R"({"a":{"dtype":"U8","shape":[32],"data_offsets":[0,32]},)"
+                  R"("e":{"dtype":"U8","shape":[0],"data_offsets":[8,8]}})",
+                  {"'a' [0, 32) and 'e' [8, 8) overlap"}, 32);
+  auto ok = ReadRaw("boundary_empty.safetensors",
                     R"({"a":{"dtype":"U8","shape":[32],"data_offsets":[0,32]},)"
-                    R"("e":{"dtype":"U8","shape":[0],"data_offsets":[8,8]}})");
+                    R"("e":{"dtype":"U8","shape":[0],"data_offsets":[32,32]}})",
+                    32);
   CHECK(ok.ok());
 }
 

@@ -3,6 +3,7 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/file_loader.h"
 #include "daemon/grpc_status.h"
@@ -10,10 +11,21 @@
 
 namespace ckpt::daemon {
 
+std::string ClientOf(const grpc::ServerContext& context) {
+  // "ipv4:10.0.0.5:41234" -> "ipv4:10.0.0.5", "ipv6:[::1]:5555" -> "ipv6:[::1]": one client per
+  // host, whatever port each of its connections uses. Unix peers are one local client.
+  std::string peer = context.peer();
+  if (absl::StartsWith(peer, "ipv4:") || absl::StartsWith(peer, "ipv6:")) {
+    peer = peer.substr(0, peer.rfind(':'));
+  }
+  return peer;
+}
+
 grpc::Status TrainerService::BeginVersion(grpc::ServerContext* context,
                                           const v1::BeginVersionRequest* request,
                                           v1::BeginVersionResponse* response) {
-  auto begun = store_->Begin(request->manifest(), request->version(), request->label());
+  auto begun = store_->Begin(request->manifest(), request->version(), request->label(),
+                             ClientOf(*context));
   if (!begun.ok()) return ToGrpc(begun.status());
   response->set_version(begun->version);
   response->set_upload_token(begun->upload_token);
@@ -69,7 +81,7 @@ grpc::Status TrainerService::LoadFiles(grpc::ServerContext* context,
       std::min(absl::Now() + options_.load_timeout, absl::FromChrono(context->deadline()));
   std::vector<std::string> paths(request->paths().begin(), request->paths().end());
   auto info = LoadSafetensorsFiles(*store_, paths, request->version(), request->label(),
-                                   options_.load_threads, deadline);
+                                   ClientOf(*context), options_.load_threads, deadline);
   if (!info.ok()) return ToGrpc(info.status());
   *response = std::move(*info);
   return grpc::Status::OK;

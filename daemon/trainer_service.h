@@ -8,6 +8,10 @@
 
 namespace ckpt::daemon {
 
+// Who a call comes from, for per-client limits and logs: the peer's host ("ipv4:10.0.0.5"), or the
+// Unix socket.
+std::string ClientOf(const grpc::ServerContext& context);
+
 // Thread-safe (the store is). `store` must outlive the service.
 class TrainerService final : public v1::Trainer::Service {
  public:

@@ -11,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/checked_math.h"
+#include "common/message_text.h"
 #include "common/random_id.h"
 #include "common/status_macros.h"
 #include "common/units.h"
@@ -42,6 +44,8 @@ struct VersionStore::Version {
   uint64_t id = 0;
   std::string token;
   std::string label;
+  // Who began it (the per-client staging limit counts by it).
+  std::string client;
   v1::Manifest manifest;
   bool verify_checksums = true;
   uint64_t total_bytes = 0;
@@ -52,6 +56,8 @@ struct VersionStore::Version {
   // STAGING or COMMITTED; a version being committed stays STAGING with `committing` set.
   v1::VersionState state = v1::VERSION_STATE_STAGING;
   std::atomic<int64_t> last_activity_ns{0};
+  // Set when the version leaves the store (abort, drop, retirement): writers still holding it stop.
+  std::atomic<bool> dropped{false};
   // Live ReadLeases (guarded by the store's mu_): a leased version is not retired or dropped.
   int readers = 0;
 
@@ -86,7 +92,15 @@ struct VersionStore::Version {
 };
 
 VersionStore::VersionStore(std::unique_ptr<HostArena> arena, Options options)
-    : arena_(std::move(arena)), options_(options), allocator_(arena_->size(), 256) {}
+    : arena_(std::move(arena)),
+      options_(options),
+      allocator_capacity_(arena_->size() / 256 * 256),
+      allocator_(arena_->size(), 256) {}
+
+std::optional<uint64_t> VersionStore::RoundedSize(uint64_t size) const {
+  absl::MutexLock alock(&alloc_mu_);
+  return allocator_.Rounded(size);
+}
 
 VersionStore::~VersionStore() {
   // Versions hold Ranges that point back here: drop them while the allocator exists.
@@ -123,7 +137,10 @@ uint64_t VersionStore::RetirableBytes() const {
       continue;
     }
     if (it->second->readers > 0) continue;
-    for (const auto& t : it->second->manifest.tensors()) bytes += allocator_.Rounded(t.byte_size());
+    // Committed tensors were allocated, so their rounded sizes exist and their sum fits the arena.
+    for (const auto& t : it->second->manifest.tensors()) {
+      bytes += allocator_.Rounded(t.byte_size()).value_or(0);
+    }
   }
   return bytes;
 }
@@ -141,22 +158,55 @@ bool VersionStore::RetireOldest(std::vector<std::shared_ptr<Version>>* graveyard
     if (it->first == newest) return false;
     if (it->second->readers > 0) continue;  // being sent to workers
     spdlog::info("version {} retired", it->first);
-    graveyard->push_back(std::move(it->second));
-    versions_.erase(it);
+    graveyard->push_back(Remove(it));
     return true;
   }
   return false;
 }
 
+std::shared_ptr<VersionStore::Version> VersionStore::Remove(
+    std::map<uint64_t, std::shared_ptr<Version>>::iterator it) {
+  std::shared_ptr<Version> v = std::move(it->second);
+  versions_.erase(it);
+  v->dropped = true;
+  return v;
+}
+
 absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& manifest,
                                                         uint64_t requested_version,
                                                         const std::string& label,
+                                                        const std::string& client,
                                                         bool verify_checksums) {
+  if (label.size() > kMaxLabelBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("label of ", label.size(),
+                                                   " bytes is too long (at most ", kMaxLabelBytes,
+                                                   "): ", QuoteForMessage(label, 64)));
+  }
+  if (requested_version > kMaxVersionId) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "version id ", requested_version, " is over the largest id ", kMaxVersionId, " (2^63-1)"));
+  }
+  ManifestLimits limits;
+  limits.max_tensors = options_.max_tensors;
+  limits.max_total_bytes = allocator_capacity_;
   uint64_t total = 0;
-  RETURN_IF_ERROR(ValidateManifest(manifest, &total));
+  RETURN_IF_ERROR(ValidateManifest(manifest, limits, &total));
+  // Each tensor is charged its 256-byte rounded size; the sum is checked against the arena again.
+  CheckedSum needed_sum;
+  for (const auto& t : manifest.tensors()) {
+    const std::optional<uint64_t> rounded = RoundedSize(t.byte_size());
+    if (!rounded || !needed_sum.Add(*rounded) || needed_sum.total() > allocator_capacity_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "version of ", manifest.tensors_size(), " tensors needs more than the whole ",
+          FormatBytes(allocator_capacity_), " host_memory_budget once each tensor is rounded up "
+          "to 256 bytes"));
+    }
+  }
+  const uint64_t needed = needed_sum.total();
   auto v = std::make_shared<Version>();
   v->manifest = manifest;
   v->label = label;
+  v->client = client;
   v->verify_checksums = verify_checksums;
   v->total_bytes = total;
   v->token = RandomHex128();
@@ -171,6 +221,23 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
 
   std::vector<std::shared_ptr<Version>> graveyard;  // destroyed after mu_ is released
   absl::MutexLock lock(&mu_);
+  int staging = 0, staging_of_client = 0;
+  for (const auto& [id, other] : versions_) {
+    if (other->state != v1::VERSION_STATE_STAGING) continue;
+    ++staging;
+    staging_of_client += other->client == client;
+  }
+  if (staging_of_client >= options_.max_staging_per_client) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "client ", EscapeForMessage(client), " has ", staging_of_client,
+        " staging versions already, the most one client may have (config key "
+        "max_staging_per_client); commit or abort one first"));
+  }
+  if (staging >= options_.max_staging) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        staging, " versions are staging already, the most the daemon accepts at once (config key "
+        "max_staging_versions); commit or abort one first"));
+  }
   if (requested_version != 0) {
     if (versions_.count(requested_version) != 0) {
       return absl::AlreadyExistsError(
@@ -183,12 +250,18 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
     }
     v->id = requested_version;
   } else {
-    v->id = std::max(max_committed_, max_begun_) + 1;
-    while (versions_.count(v->id) != 0) ++v->id;
+    uint64_t next = std::max(max_committed_, max_begun_);
+    do {
+      if (next >= kMaxVersionId) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "no version id is left: ids reached the largest, ", kMaxVersionId,
+            "; restart the daemon with an empty store to start again from 1"));
+      }
+      ++next;
+    } while (versions_.count(next) != 0);
+    v->id = next;
   }
 
-  uint64_t needed = 0;
-  for (const auto& t : manifest.tensors()) needed += allocator_.Rounded(t.byte_size());
   uint64_t free_bytes;
   {
     absl::MutexLock alock(&alloc_mu_);
@@ -230,8 +303,10 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
   }
   max_begun_ = std::max(max_begun_, v->id);
   versions_[v->id] = v;
-  spdlog::info("version {} staging: {} tensors, {}{}", v->id, manifest.tensors_size(),
-               FormatBytes(total), label.empty() ? "" : absl::StrCat(", label '", label, "'"));
+  spdlog::info("version {} staging: {} tensors, {}{}{}", v->id, manifest.tensors_size(),
+               FormatBytes(total),
+               label.empty() ? "" : absl::StrCat(", label ", QuoteForMessage(label)),
+               client.empty() ? "" : absl::StrCat(", from ", EscapeForMessage(client)));
   return Begun{v->id, v->token};
 }
 
@@ -244,7 +319,12 @@ std::shared_ptr<VersionStore::Version> VersionStore::FindStaging(uint64_t versio
         absl::StrCat("no staging version ", version, " (never begun, committed, or aborted)"));
     return nullptr;
   }
-  if (!token.empty() && it->second->token != token) {
+  if (token.empty()) {
+    *error = absl::PermissionDeniedError(
+        absl::StrCat("no upload token for version ", version, " (BeginVersion returned one)"));
+    return nullptr;
+  }
+  if (it->second->token != token) {
     *error = absl::PermissionDeniedError(absl::StrCat("wrong upload token for version ", version));
     return nullptr;
   }
@@ -254,7 +334,6 @@ std::shared_ptr<VersionStore::Version> VersionStore::FindStaging(uint64_t versio
 absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token,
                                       const std::string& tensor, uint64_t offset, const void* data,
                                       uint64_t size) {
-  if (token.empty()) return absl::PermissionDeniedError("chunk without an upload token");
   std::shared_ptr<Version> v;
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -264,14 +343,16 @@ absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token
   }
   auto it = v->index.find(tensor);
   if (it == v->index.end()) {
-    return absl::NotFoundError(absl::StrCat("version ", version, " has no tensor '", tensor, "'"));
+    return absl::NotFoundError(
+        absl::StrCat("version ", version, " has no tensor ", QuoteForMessage(tensor)));
   }
   const int i = it->second;
   const uint64_t tensor_size = v->manifest.tensors(i).byte_size();
-  if (offset > tensor_size || size > tensor_size - offset) {
-    return absl::OutOfRangeError(absl::StrCat("chunk [", offset, ", ", offset + size,
-                                              ") is past the end of tensor '", tensor, "' (",
-                                              tensor_size, " bytes)"));
+  if (!RangeWithin(offset, size, tensor_size)) {
+    return absl::OutOfRangeError(absl::StrCat("chunk of ", size, " bytes at offset ", offset,
+                                              " is past the end of tensor ",
+                                              QuoteForMessage(tensor), " (", tensor_size,
+                                              " bytes)"));
   }
   {
     absl::MutexLock vlock(&v->mu);
@@ -289,8 +370,8 @@ absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<uint8_t*>> VersionStore::TensorAddresses(uint64_t version,
-                                                                    const std::string& token) {
+absl::StatusOr<std::unique_ptr<VersionStore::WriteLease>> VersionStore::OpenWriter(
+    uint64_t version, const std::string& token) {
   std::shared_ptr<Version> v;
   {
     absl::ReaderMutexLock lock(&mu_);
@@ -298,28 +379,42 @@ absl::StatusOr<std::vector<uint8_t*>> VersionStore::TensorAddresses(uint64_t ver
     v = FindStaging(version, token, &error);
     if (v == nullptr) return error;
   }
-  std::vector<uint8_t*> out;
-  out.reserve(v->manifest.tensors_size());
-  for (int i = 0; i < v->manifest.tensors_size(); ++i) {
-    out.push_back(arena_->data() + v->ranges->offset(i));
-  }
-  return out;
-}
-
-absl::Status VersionStore::MarkAllReceived(uint64_t version, const std::string& token) {
-  std::shared_ptr<Version> v;
   {
-    absl::ReaderMutexLock lock(&mu_);
-    absl::Status error;
-    v = FindStaging(version, token, &error);
-    if (v == nullptr) return error;
-  }
-  absl::MutexLock vlock(&v->mu);
-  for (int i = 0; i < v->manifest.tensors_size(); ++i) {
-    uint64_t size = v->manifest.tensors(i).byte_size();
-    if (size > 0) v->received_bytes += v->MarkReceived(i, 0, size);
+    absl::MutexLock vlock(&v->mu);
+    if (v->committing) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("version ", version, " is being committed; it cannot be written"));
+    }
+    ++v->writers;
   }
   v->Touch();
+  return std::unique_ptr<WriteLease>(new WriteLease(this, std::move(v)));
+}
+
+VersionStore::WriteLease::~WriteLease() {
+  absl::MutexLock vlock(&v_->mu);
+  --v_->writers;
+}
+
+uint8_t* VersionStore::WriteLease::data(int i) const {
+  return store_->arena_->data() + v_->ranges->offset(i);
+}
+
+bool VersionStore::WriteLease::Touch() {
+  v_->Touch();
+  return !v_->dropped.load();
+}
+
+absl::Status VersionStore::WriteLease::MarkAllReceived() {
+  if (v_->dropped.load()) {
+    return absl::AbortedError(absl::StrCat("version ", v_->id, " was aborted while it was written"));
+  }
+  absl::MutexLock vlock(&v_->mu);
+  for (int i = 0; i < v_->manifest.tensors_size(); ++i) {
+    uint64_t size = v_->manifest.tensors(i).byte_size();
+    if (size > 0) v_->received_bytes += v_->MarkReceived(i, 0, size);
+  }
+  v_->Touch();
   return absl::OkStatus();
 }
 
@@ -452,9 +547,9 @@ absl::Status VersionStore::Abort(uint64_t version, const std::string& token,
     absl::Status error;
     victim = FindStaging(version, token, &error);
     if (victim == nullptr) return error;
-    versions_.erase(version);
+    victim = Remove(versions_.find(version));
   }
-  spdlog::info("version {} aborted: {}", version, why);
+  spdlog::info("version {} aborted: {}", version, EscapeForMessage(why, kMaxStatusMessageBytes));
   return absl::OkStatus();
 }
 
@@ -470,8 +565,7 @@ absl::Status VersionStore::Drop(uint64_t version) {
       return absl::FailedPreconditionError(absl::StrCat(
           "version ", version, " is being sent to workers; drop it after the update ends"));
     }
-    victim = std::move(it->second);
-    versions_.erase(it);
+    victim = Remove(it);
   }
   spdlog::info("version {} dropped by request", version);
   return absl::OkStatus();
@@ -509,8 +603,7 @@ int VersionStore::AbortStale(absl::Time now) {
       if (stale) {
         spdlog::warn("version {} aborted: no activity for {}", it->first,
                      HumanDuration(options_.staging_timeout));
-        victims.push_back(std::move(it->second));
-        it = versions_.erase(it);
+        victims.push_back(Remove(it++));
       } else {
         ++it;
       }

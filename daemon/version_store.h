@@ -11,9 +11,19 @@
 // may be retired: every committed version but the newest). Chunks are copied straight from the
 // RPC's buffers into those ranges; a chunk sent twice writes the same bytes again and counts once.
 //
-// Version ids: 0 asks the store for the next id. A given id must not be in use (ALREADY_EXISTS) and
-// must be greater than every id committed so far (FAILED_PRECONDITION), so readers only ever see
-// ids increase. An aborted id may be used again.
+// Version ids: 0 asks the store for the next id. A given id must be at most kMaxVersionId
+// (INVALID_ARGUMENT), must not be in use (ALREADY_EXISTS) and must be greater than every id
+// committed so far (FAILED_PRECONDITION), so readers only ever see ids increase. An aborted id may
+// be used again. Ids stop at kMaxVersionId: an automatic id past it is RESOURCE_EXHAUSTED (never a
+// wrap to 0), which leaves 2^63 ids for any daemon's life.
+//
+// Limits (each refused at Begin, before a byte is sent): tensors per version, bytes of a tensor
+// and of a version (the budget), label length, STAGING versions in total and per client.
+//
+// Writers: every copy into a version (a chunk, a LoadFiles read) holds the version (shared
+// ownership) while it writes, so an Abort, Drop or the staging reaper in the middle of a write
+// never frees memory under it: the version leaves the store at once and its memory returns to the
+// arena when the last writer is done.
 //
 // Thread-safety: every method may be called from any thread. Chunk copies of one or several
 // versions run in parallel (the store lock is not held while copying).
@@ -24,6 +34,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,11 +43,15 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/host_arena.h"
+#include "daemon/manifest.h"
 #include "daemon/range_allocator.h"
 #include "proto/admin.pb.h"
 #include "proto/common.pb.h"
 
 namespace ckpt::daemon {
+
+// The largest version id (2^63 - 1): ids fit every client's signed 64-bit integers.
+inline constexpr uint64_t kMaxVersionId = (uint64_t{1} << 63) - 1;
 
 class VersionStore {
  private:
@@ -51,6 +66,11 @@ class VersionStore {
     absl::Duration staging_timeout = absl::Minutes(5);
     // Threads that verify checksums at commit.
     int hash_threads = 8;
+    // Tensors of one version at most (config key max_tensors_per_version).
+    uint64_t max_tensors = kDefaultMaxTensors;
+    // STAGING versions at once: in total, and per client (Begin's `client`).
+    int max_staging = 16;
+    int max_staging_per_client = 4;
   };
 
   struct Begun {
@@ -71,31 +91,60 @@ class VersionStore {
   VersionStore(const VersionStore&) = delete;
   VersionStore& operator=(const VersionStore&) = delete;
 
-  // Opens a STAGING version. `verify_checksums` false: the manifest carries no checksums; Commit
-  // computes and records them (LoadFiles). Errors: INVALID_ARGUMENT (manifest), ALREADY_EXISTS /
-  // FAILED_PRECONDITION (id), RESOURCE_EXHAUSTED (needed and free bytes in the message).
+  // Opens a STAGING version for `client` (who began it, e.g. "uid 1000": the per-client staging
+  // limit counts by it). `verify_checksums` false: the manifest carries no checksums; Commit
+  // computes and records them (LoadFiles). Errors: INVALID_ARGUMENT (manifest, label, id over
+  // kMaxVersionId), ALREADY_EXISTS / FAILED_PRECONDITION (id), RESOURCE_EXHAUSTED (needed and free
+  // bytes in the message; too many staging versions; ids exhausted).
   absl::StatusOr<Begun> Begin(const v1::Manifest& manifest, uint64_t requested_version,
-                              const std::string& label, bool verify_checksums = true);
+                              const std::string& label, const std::string& client = "",
+                              bool verify_checksums = true);
 
   // Copies `size` bytes to `offset` of `tensor`. Errors: NOT_FOUND (version not staging, unknown
   // tensor), PERMISSION_DENIED (token), OUT_OF_RANGE (past the tensor's end).
   absl::Status WriteChunk(uint64_t version, const std::string& token, const std::string& tensor,
                           uint64_t offset, const void* data, uint64_t size);
 
-  // For readers that fill a STAGING version themselves (LoadFiles): the address of each tensor's
-  // bytes, in manifest order. Call MarkAllReceived once they are written.
-  absl::StatusOr<std::vector<uint8_t*>> TensorAddresses(uint64_t version, const std::string& token);
-  absl::Status MarkAllReceived(uint64_t version, const std::string& token);
+  // A reader that fills a STAGING version itself (LoadFiles) holds one of these while it writes:
+  // it keeps the version's memory allocated (even if the version is aborted meanwhile), keeps the
+  // staging reaper away, and lets Commit wait for it. Destroy it before Commit.
+  class WriteLease {
+   public:
+    ~WriteLease();
+    WriteLease(const WriteLease&) = delete;
+    WriteLease& operator=(const WriteLease&) = delete;
+
+    // The bytes of tensor i (manifest order): byte_size(i) writable bytes.
+    uint8_t* data(int i) const;
+    // Marks activity; false once the version was aborted or dropped (the writer should stop: its
+    // bytes will never be committed).
+    bool Touch();
+    // Records every byte of every tensor as received. ABORTED when the version was aborted.
+    absl::Status MarkAllReceived();
+
+   private:
+    friend class VersionStore;
+    WriteLease(VersionStore* store, std::shared_ptr<Version> v)
+        : store_(store), v_(std::move(v)) {}
+    VersionStore* store_;
+    std::shared_ptr<Version> v_;
+  };
+
+  // A WriteLease on STAGING version `version`. Errors as for WriteChunk, and FAILED_PRECONDITION
+  // while it is being committed.
+  absl::StatusOr<std::unique_ptr<WriteLease>> OpenWriter(uint64_t version,
+                                                         const std::string& token);
 
   // STAGING -> COMMITTED. FAILED_PRECONDITION listing tensors with missing bytes or a checksum
   // mismatch (the version stays STAGING: the trainer may resend and commit again, or abort).
   absl::StatusOr<v1::VersionInfo> Commit(uint64_t version, const std::string& token);
 
-  // Forgets a STAGING version and frees its memory (once in-flight chunk copies end).
-  // `token` empty: internal callers (broken stream, timeout) that need none.
+  // Forgets a STAGING version and frees its memory (once in-flight writers end). The token is
+  // required (PERMISSION_DENIED when empty or wrong).
   absl::Status Abort(uint64_t version, const std::string& token, const std::string& why);
 
-  // Retires a COMMITTED version or aborts a STAGING one. NOT_FOUND if neither.
+  // Retires a COMMITTED version or aborts a STAGING one (an operator's action: no token). NOT_FOUND
+  // if neither.
   absl::Status Drop(uint64_t version);
 
   // STAGING and COMMITTED versions, by id.
@@ -150,10 +199,18 @@ class VersionStore {
   // Removes the oldest retirable committed version; false if there is none.
   bool RetireOldest(std::vector<std::shared_ptr<Version>>* graveyard)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes `it` out of versions_ and marks it dropped (its writers stop); returns it.
+  std::shared_ptr<Version> Remove(std::map<uint64_t, std::shared_ptr<Version>>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::VersionInfo Info(const Version& v) const;
+
+  // The allocator's charge for `size` bytes (rounded up), nullopt past 2^64.
+  std::optional<uint64_t> RoundedSize(uint64_t size) const;
 
   const std::unique_ptr<HostArena> arena_;
   const Options options_;
+  // Bytes the allocator manages (the budget, rounded down to 256 bytes).
+  const uint64_t allocator_capacity_;
   std::function<void(uint64_t)> commit_listener_;
 
   // Lock order: mu_ before alloc_mu_ (a version's ranges go back to the allocator when its last

@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <random>
 #include <string>
 #include <thread>
@@ -185,9 +186,17 @@ TEST_CASE("admission control refuses what cannot fit, with needed and free bytes
   auto r = store->Begin(ManifestOf(big), 0, "");
   REQUIRE_FALSE(r.ok());
   CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
-  CHECK(Contains(r.status().message(), "needs 80128 bytes"));
-  CHECK(Contains(r.status().message(), "only 65536 bytes"));
+  CHECK(Contains(r.status().message(), "'w' has 80000 bytes"));
+  CHECK(Contains(r.status().message(), "more than the whole host_memory_budget of 64.0 KiB"));
   CHECK(store->GetUsage().used_bytes == 0);
+  // Fits the budget, but not what a staging version leaves free.
+  auto held = store->Begin(ManifestOf({MakeTensor("h", {10000}, 2)}), 0, "");  // 40000 bytes
+  REQUIRE(held.ok());
+  auto r2 = store->Begin(ManifestOf({MakeTensor("w", {7500}, 1)}), 0, "");  // 30000 bytes
+  CHECK(r2.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(Contains(r2.status().message(), "needs 30208 bytes"));
+  CHECK(Contains(r2.status().message(), "only 25344 bytes"));
+  CHECK(store->GetUsage().used_bytes == 40192);
 }
 
 TEST_CASE("old versions are retired: at most max_versions, and to make room for a new one") {
@@ -279,21 +288,143 @@ TEST_CASE("parallel writers into one version") {
   CHECK(store->Commit(b->version, b->upload_token).ok());
 }
 
-TEST_CASE("LoadFiles path: addresses, mark received, checksums computed at commit") {
+TEST_CASE("LoadFiles path: a write lease, mark received, checksums computed at commit") {
   auto store = NewStore(1 << 20);
   std::vector<Tensor> ts = {MakeTensor("x", {8}, 5)};
   v1::Manifest m = ManifestOf(ts);
   m.mutable_tensors(0)->clear_xxh3();
-  auto b = store->Begin(m, 0, "", /*verify_checksums=*/false);
+  auto b = store->Begin(m, 0, "", "test", /*verify_checksums=*/false);
   REQUIRE(b.ok());
-  auto addrs = store->TensorAddresses(b->version, b->upload_token);
-  REQUIRE(addrs.ok());
-  std::memcpy((*addrs)[0], ts[0].bytes.data(), ts[0].bytes.size());
-  REQUIRE(store->MarkAllReceived(b->version, b->upload_token).ok());
+  auto lease = store->OpenWriter(b->version, b->upload_token);
+  REQUIRE(lease.ok());
+  std::memcpy((*lease)->data(0), ts[0].bytes.data(), ts[0].bytes.size());
+  CHECK((*lease)->Touch());
+  REQUIRE((*lease)->MarkAllReceived().ok());
+  lease->reset();
   REQUIRE(store->Commit(b->version, b->upload_token).ok());
   auto got = store->Get(b->version);
   REQUIRE(got.ok());
   CHECK(got->manifest().tensors(0).xxh3() == XXH3_64bits(ts[0].bytes.data(), ts[0].bytes.size()));
+}
+
+TEST_CASE("a version aborted or dropped under a writer keeps its memory until the writer is done") {
+  VersionStore::Options options;
+  options.staging_timeout = absl::Seconds(1);
+  auto store = NewStore(1 << 20, options);
+  std::vector<Tensor> ts = {MakeTensor("x", {1000}, 5)};
+  auto b = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(b.ok());
+  auto lease = store->OpenWriter(b->version, b->upload_token);
+  REQUIRE(lease.ok());
+  // The reaper spares a version with a writer, however old its last activity.
+  CHECK(store->AbortStale(absl::Now() + absl::Hours(1)) == 0);
+  CHECK(store->GetUsage().staging == 1);
+
+  REQUIRE(store->Drop(b->version).ok());
+  CHECK(store->GetUsage().staging == 0);
+  // Still ours: the 4000 bytes (rounded to 4096) are not free for another version yet.
+  CHECK(store->GetUsage().used_bytes == 4096);
+  std::memset((*lease)->data(0), 0x5a, 4000);  // no use after free: the range is still held
+  CHECK_FALSE((*lease)->Touch());
+  CHECK((*lease)->MarkAllReceived().code() == absl::StatusCode::kAborted);
+  lease->reset();
+  CHECK(store->GetUsage().used_bytes == 0);
+  CHECK(store->Commit(b->version, b->upload_token).status().code() ==
+        absl::StatusCode::kNotFound);
+}
+
+TEST_CASE("tokens are required: an empty token is refused everywhere") {
+  auto store = NewStore(1 << 20);
+  std::vector<Tensor> ts = {MakeTensor("x", {8}, 5)};
+  auto b = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(b.ok());
+  PushAll(*store, *b, ts);
+  CHECK(store->Commit(b->version, "").status().code() == absl::StatusCode::kPermissionDenied);
+  CHECK(store->Abort(b->version, "", "x").code() == absl::StatusCode::kPermissionDenied);
+  CHECK(store->WriteChunk(b->version, "", "x", 0, "abcd", 4).code() ==
+        absl::StatusCode::kPermissionDenied);
+  CHECK(store->OpenWriter(b->version, "").status().code() == absl::StatusCode::kPermissionDenied);
+  CHECK(store->GetUsage().staging == 1);
+  CHECK(store->Commit(b->version, b->upload_token).ok());
+}
+
+TEST_CASE("sizes near 2^64 are refused at Begin and charge nothing") {
+  auto store = NewStore(1 << 20);
+  v1::Manifest m;
+  v1::TensorSpec* t = m.add_tensors();
+  t->set_name("huge");
+  t->set_dtype(v1::DTYPE_FLOAT16);
+  t->add_shape(INT64_MAX);
+  t->set_byte_size(UINT64_MAX - 1);
+  auto r = store->Begin(m, 0, "");
+  CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(Contains(r.status().message(), "more than the whole host_memory_budget"));
+  // Two tensors whose sum wraps.
+  v1::Manifest m2;
+  for (const char* name : {"a", "b"}) {
+    v1::TensorSpec* s2 = m2.add_tensors();
+    s2->set_name(name);
+    s2->set_dtype(v1::DTYPE_UINT8);
+    s2->add_shape(int64_t{1} << 62);
+    s2->set_byte_size(uint64_t{1} << 62);
+  }
+  CHECK(store->Begin(m2, 0, "").status().code() == absl::StatusCode::kResourceExhausted);
+  // Just under the budget, but each rounded to 256 bytes: refused, not wrapped.
+  v1::Manifest m3;
+  for (int i = 0; i < 2; ++i) {
+    v1::TensorSpec* s3 = m3.add_tensors();
+    s3->set_name("t" + std::to_string(i));
+    s3->set_dtype(v1::DTYPE_UINT8);
+    s3->add_shape((1 << 19) - 1 + i);
+    s3->set_byte_size((1 << 19) - 1 + i);
+  }
+  CHECK(store->Begin(m3, 0, "").ok());
+  CHECK(store->GetUsage().used_bytes == 1 << 20);
+}
+
+TEST_CASE("version ids stop at 2^63-1: larger ones are refused, automatic ones never wrap") {
+  auto store = NewStore(1 << 20);
+  std::vector<Tensor> ts = {MakeTensor("x", {8}, 5)};
+  CHECK(store->Begin(ManifestOf(ts), UINT64_MAX, "").status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(store->Begin(ManifestOf(ts), kMaxVersionId + 1, "").status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  auto last = store->Begin(ManifestOf(ts), kMaxVersionId, "");
+  REQUIRE(last.ok());
+  PushAll(*store, *last, ts);
+  REQUIRE(store->Commit(last->version, last->upload_token).ok());
+  auto next = store->Begin(ManifestOf(ts), 0, "");
+  CHECK(next.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(Contains(next.status().message(), "no version id is left"));
+}
+
+TEST_CASE("labels, tensor counts and staging versions are bounded") {
+  VersionStore::Options options;
+  options.max_tensors = 3;
+  options.max_staging = 3;
+  options.max_staging_per_client = 2;
+  auto store = NewStore(1 << 20, options);
+  std::vector<Tensor> ts = {MakeTensor("x", {8}, 5)};
+  auto label = store->Begin(ManifestOf(ts), 0, std::string(kMaxLabelBytes + 1, 'l'));
+  CHECK(label.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(label.status().message().size() < 300);
+  CHECK(store->Begin(ManifestOf(ts), 0, std::string(kMaxLabelBytes, 'l')).ok());
+
+  std::vector<Tensor> four = {MakeTensor("a", {1}, 1), MakeTensor("b", {1}, 1),
+                              MakeTensor("c", {1}, 1), MakeTensor("d", {1}, 1)};
+  auto many = store->Begin(ManifestOf(four), 0, "", "alice");
+  CHECK(many.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(Contains(many.status().message(), "max_tensors_per_version"));
+
+  CHECK(store->Begin(ManifestOf(ts), 0, "", "alice").ok());
+  CHECK(store->Begin(ManifestOf(ts), 0, "", "alice").ok());
+  auto third = store->Begin(ManifestOf(ts), 0, "", "alice");
+  CHECK(third.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(Contains(third.status().message(), "max_staging_per_client"));
+  // Total: one by "" (the label test) and two by alice = 3 = max_staging.
+  auto bob = store->Begin(ManifestOf(ts), 0, "", "bob");
+  CHECK(bob.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(Contains(bob.status().message(), "max_staging_versions"));
 }
 
 }  // namespace
