@@ -67,6 +67,13 @@ const std::vector<ConfigKey>& ConfigKeys() {
       {"staging_timeout", "a staging version idle this long is aborted and its memory returned",
        "5m"},
       {"load_threads", "threads that read safetensors files in LoadFiles (1 to 256)", "8"},
+      {"max_tensors_per_version", "tensors one version may have at most (1 to 16777216)",
+       "262144"},
+      {"max_staging_versions",
+       "versions being pushed (staging) at once, from all clients together (1 to 1024)", "16"},
+      {"max_staging_per_client",
+       "versions being pushed (staging) at once by one client: a uid, token or host (1 to 1024)",
+       "4"},
       {"slots_per_gpu", "staging slots per GPU that updates fill in turn (1 to 16)", "2"},
       {"bucket_bytes",
        "size of one staging slot (largest bucket of an update; holds the largest tensor); auto: "
@@ -134,6 +141,19 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     (key == "max_versions"   ? config.max_versions
      : key == "load_threads" ? config.load_threads
                              : config.slots_per_gpu) = n;
+  } else if (key == "max_tensors_per_version") {
+    uint64_t n;
+    if (!absl::SimpleAtoi(value, &n) || n < 1 || n > (uint64_t{1} << 24)) {
+      return BadValue(key, value, "expected a whole number from 1 to 16777216");
+    }
+    config.max_tensors_per_version = n;
+  } else if (key == "max_staging_versions" || key == "max_staging_per_client") {
+    int n;
+    if (!absl::SimpleAtoi(value, &n) || n < 1 || n > 1024) {
+      return BadValue(key, value, "expected a whole number from 1 to 1024");
+    }
+    (key == "max_staging_versions" ? config.max_staging_versions
+                                   : config.max_staging_per_client) = n;
   } else if (key == "bucket_bytes") {
     if (value == "auto") {
       config.bucket_bytes = 0;
@@ -263,7 +283,11 @@ std::string DescribeConfig(const Config& config) {
       " log_level=", config.log_level, " shutdown_grace=", HumanDuration(config.shutdown_grace),
       " max_versions=", config.max_versions,
       " staging_timeout=", HumanDuration(config.staging_timeout),
-      " load_threads=", config.load_threads, " slots_per_gpu=", config.slots_per_gpu,
+      " load_threads=", config.load_threads,
+      " max_tensors_per_version=", config.max_tensors_per_version,
+      " max_staging_versions=", config.max_staging_versions,
+      " max_staging_per_client=", config.max_staging_per_client,
+      " slots_per_gpu=", config.slots_per_gpu,
       " bucket_bytes=", config.bucket_bytes == 0 ? "auto" : FormatBytes(config.bucket_bytes),
       " ack_timeout=", HumanDuration(config.ack_timeout), " allowed_uids=",
       config.allowed_uids.empty() ? "none" : absl::StrJoin(config.allowed_uids, ","),

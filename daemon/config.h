@@ -43,6 +43,11 @@ struct Config {
   absl::Duration staging_timeout = absl::Minutes(5);
   // Threads that read safetensors files in LoadFiles (1..256).
   int load_threads = 8;
+  // Tensors one version may have at most (1..2^24).
+  uint64_t max_tensors_per_version = uint64_t{1} << 18;
+  // STAGING versions at once, in total and per client (1..1024 each).
+  int max_staging_versions = 16;
+  int max_staging_per_client = 4;
   // Staging slots per GPU (host backend: in shared memory) that updates fill in turn (1..16).
   int slots_per_gpu = 2;
   // Size of one staging slot = the largest bucket of an update. 0 means "auto": on cuda

@@ -82,6 +82,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   store_options.max_versions = config.max_versions;
   store_options.staging_timeout = config.staging_timeout;
   store_options.hash_threads = config.load_threads;
+  store_options.max_tensors = config.max_tensors_per_version;
+  store_options.max_staging = config.max_staging_versions;
+  store_options.max_staging_per_client = config.max_staging_per_client;
   d->store_ = std::make_unique<VersionStore>(std::move(arena), store_options);
 
   UpdateEngine::Options engine_options;

@@ -19,127 +19,16 @@
 #include "proto/trainer.grpc.pb.h"
 #include "tests/testing/safetensors_writer.h"
 #include "tests/testing/subprocess.h"
+#include "tests/testing/trainer_daemon.h"
 
 namespace ckpt::testing {
 namespace {
 
 using namespace std::chrono_literals;
 
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-std::chrono::system_clock::time_point In(std::chrono::seconds s) {
-  return std::chrono::system_clock::now() + s;
-}
-
-// A daemon with a 1 MiB store and a 1 s staging timeout, and stubs to talk to it.
-struct Daemon : DaemonProcess {
-  Daemon()
-      : DaemonProcess({"--backend", "host", "--host-memory-budget", "1MiB", "--staging-timeout",
-                       "1s", "--log-level", "warn"}) {
-    INFO("daemon stderr: " << proc->Stderr());
-    REQUIRE(ready());
-    auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
-    trainer = v1::Trainer::NewStub(channel);
-    admin = v1::Admin::NewStub(channel);
-  }
-
-  v1::StatusResponse Status() {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(In(10s));
-    v1::StatusResponse r;
-    REQUIRE(admin->Status(&ctx, v1::StatusRequest(), &r).ok());
-    return r;
-  }
-
-  // Nothing left behind: no staging version, no memory in use.
-  void RequireClean() {
-    v1::StatusResponse s = Status();
-    CHECK(s.staging_versions() == 0);
-    CHECK(s.host_memory_used_bytes() == 0);
-  }
-
-  grpc::Status Begin(const v1::Manifest& m, v1::BeginVersionResponse* out, uint64_t id = 0) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(In(10s));
-    v1::BeginVersionRequest req;
-    *req.mutable_manifest() = m;
-    req.set_version(id);
-    return trainer->BeginVersion(&ctx, req, out);
-  }
-
-  grpc::Status Push(const std::vector<v1::Chunk>& chunks) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(In(10s));
-    v1::PushChunksResponse r;
-    auto w = trainer->PushChunks(&ctx, &r);
-    for (const auto& c : chunks) {
-      if (!w->Write(c)) break;
-    }
-    w->WritesDone();
-    return w->Finish();
-  }
-
-  grpc::Status Commit(const v1::BeginVersionResponse& b, v1::VersionInfo* info) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(In(10s));
-    v1::CommitRequest req;
-    req.set_version(b.version());
-    req.set_upload_token(b.upload_token());
-    return trainer->Commit(&ctx, req, info);
-  }
-
-  grpc::Status Abort(const v1::BeginVersionResponse& b) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(In(10s));
-    v1::AbortRequest req;
-    req.set_version(b.version());
-    req.set_upload_token(b.upload_token());
-    v1::AbortResponse r;
-    return trainer->Abort(&ctx, req, &r);
-  }
-
-  grpc::Status LoadFiles(const std::vector<std::string>& paths, v1::VersionInfo* info) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(In(20s));
-    v1::LoadFilesRequest req;
-    for (const auto& p : paths) req.add_paths(p);
-    return trainer->LoadFiles(&ctx, req, info);
-  }
-
-  std::unique_ptr<v1::Trainer::Stub> trainer;
-  std::unique_ptr<v1::Admin::Stub> admin;
-};
+using Daemon = TrainerDaemon;
 
 std::string Bytes(size_t n, int seed) { return RandomBytes(n, seed); }
-
-v1::TensorSpec Spec(const std::string& name, const std::string& bytes) {
-  v1::TensorSpec s;
-  s.set_name(name);
-  s.set_dtype(v1::DTYPE_FLOAT32);
-  s.add_shape(bytes.size() / 4);
-  s.set_byte_size(bytes.size());
-  s.set_xxh3(XXH3_64bits(bytes.data(), bytes.size()));
-  return s;
-}
-
-v1::Chunk MakeChunk(const v1::BeginVersionResponse& b, const std::string& tensor, uint64_t offset,
-                    const std::string& data) {
-  v1::Chunk c;
-  c.set_version(b.version());
-  c.set_upload_token(b.upload_token());
-  c.set_tensor(tensor);
-  c.set_offset(offset);
-  c.set_data(data);
-  return c;
-}
-
-void RequireError(const grpc::Status& s, grpc::StatusCode code, const std::string& needle) {
-  INFO("status " << s.error_code() << ": " << s.error_message());
-  CHECK(s.error_code() == code);
-  CHECK(Contains(s.error_message(), needle));
-}
 
 TEST_CASE("a good push commits and is listed") {
   Daemon d;

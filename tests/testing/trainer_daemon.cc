@@ -1,0 +1,164 @@
+#include "tests/testing/trainer_daemon.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace ckpt::testing {
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// The defaults, less the flags that `extra` gives itself (each flag may be given once), then extra.
+std::vector<std::string> DaemonArgs(std::vector<std::string> extra) {
+  const std::vector<std::pair<std::string, std::string>> defaults = {
+      {"--backend", "host"},
+      {"--host-memory-budget", "1MiB"},
+      {"--staging-timeout", "1s"},
+      {"--log-level", "warn"}};
+  std::vector<std::string> args;
+  for (const auto& [flag, value] : defaults) {
+    if (std::find(extra.begin(), extra.end(), flag) != extra.end()) continue;
+    args.push_back(flag);
+    args.push_back(value);
+  }
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+}  // namespace
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::chrono::system_clock::time_point In(std::chrono::seconds s) {
+  return std::chrono::system_clock::now() + s;
+}
+
+TrainerDaemon::TrainerDaemon(std::vector<std::string> extra)
+    : DaemonProcess(DaemonArgs(std::move(extra))) {
+  INFO("daemon stderr: " << proc->Stderr());
+  REQUIRE(ready());
+  channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+  trainer = v1::Trainer::NewStub(channel);
+  admin = v1::Admin::NewStub(channel);
+}
+
+v1::StatusResponse TrainerDaemon::Status() {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10s));
+  v1::StatusResponse r;
+  grpc::Status s = admin->Status(&ctx, v1::StatusRequest(), &r);
+  INFO("Status: " << s.error_message() << "; daemon stderr: " << proc->Stderr());
+  REQUIRE(s.ok());
+  return r;
+}
+
+void TrainerDaemon::RequireClean() {
+  v1::StatusResponse s = Status();
+  CHECK(s.staging_versions() == 0);
+  CHECK(s.host_memory_used_bytes() == 0);
+}
+
+grpc::Status TrainerDaemon::Begin(const v1::Manifest& m, v1::BeginVersionResponse* out,
+                                  uint64_t id, const std::string& label) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10s));
+  v1::BeginVersionRequest req;
+  *req.mutable_manifest() = m;
+  req.set_version(id);
+  req.set_label(label);
+  return trainer->BeginVersion(&ctx, req, out);
+}
+
+grpc::Status TrainerDaemon::Push(const std::vector<v1::Chunk>& chunks) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10s));
+  v1::PushChunksResponse r;
+  auto w = trainer->PushChunks(&ctx, &r);
+  for (const auto& c : chunks) {
+    if (!w->Write(c)) break;
+  }
+  w->WritesDone();
+  return w->Finish();
+}
+
+grpc::Status TrainerDaemon::Commit(const v1::BeginVersionResponse& b, v1::VersionInfo* info) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10s));
+  v1::CommitRequest req;
+  req.set_version(b.version());
+  req.set_upload_token(b.upload_token());
+  return trainer->Commit(&ctx, req, info);
+}
+
+grpc::Status TrainerDaemon::Abort(const v1::BeginVersionResponse& b) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10s));
+  v1::AbortRequest req;
+  req.set_version(b.version());
+  req.set_upload_token(b.upload_token());
+  v1::AbortResponse r;
+  return trainer->Abort(&ctx, req, &r);
+}
+
+grpc::Status TrainerDaemon::LoadFiles(const std::vector<std::string>& paths,
+                                      v1::VersionInfo* info) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(20s));
+  v1::LoadFilesRequest req;
+  for (const auto& p : paths) req.add_paths(p);
+  return trainer->LoadFiles(&ctx, req, info);
+}
+
+grpc::Status TrainerDaemon::Drop(uint64_t version) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10s));
+  v1::DropRequest req;
+  req.set_version(version);
+  v1::DropResponse r;
+  return admin->Drop(&ctx, req, &r);
+}
+
+grpc::Status TrainerDaemon::Get(uint64_t version, v1::GetVersionResponse* out) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10s));
+  v1::GetVersionRequest req;
+  req.set_version(version);
+  return admin->GetVersion(&ctx, req, out);
+}
+
+v1::TensorSpec Spec(const std::string& name, const std::string& bytes) {
+  v1::TensorSpec s;
+  s.set_name(name);
+  s.set_dtype(v1::DTYPE_FLOAT32);
+  s.add_shape(bytes.size() / 4);
+  s.set_byte_size(bytes.size());
+  s.set_xxh3(XXH3_64bits(bytes.data(), bytes.size()));
+  return s;
+}
+
+v1::Chunk MakeChunk(const v1::BeginVersionResponse& b, const std::string& tensor, uint64_t offset,
+                    const std::string& data) {
+  v1::Chunk c;
+  c.set_version(b.version());
+  c.set_upload_token(b.upload_token());
+  c.set_tensor(tensor);
+  c.set_offset(offset);
+  c.set_data(data);
+  return c;
+}
+
+void RequireError(const grpc::Status& s, grpc::StatusCode code, const std::string& needle) {
+  INFO("status " << s.error_code() << ": " << s.error_message());
+  CHECK(s.error_code() == code);
+  CHECK(Contains(s.error_message(), needle));
+}
+
+}  // namespace ckpt::testing

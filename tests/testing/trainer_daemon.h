@@ -1,0 +1,59 @@
+// A real ckpt-engined (host backend) with raw Trainer and Admin stubs, for tests that send the
+// daemon exactly the bytes they want (bad inputs, hostile values) and check what comes back.
+#ifndef CKPT_TESTS_TESTING_TRAINER_DAEMON_H_
+#define CKPT_TESTS_TESTING_TRAINER_DAEMON_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "grpcpp/channel.h"
+#include "proto/admin.grpc.pb.h"
+#include "proto/trainer.grpc.pb.h"
+#include "tests/testing/subprocess.h"
+
+namespace ckpt::testing {
+
+// Started as `ckpt-engined --backend host --host-memory-budget 1MiB --staging-timeout 1s
+// --log-level warn EXTRA...` (a flag given in `extra` replaces its default). Every call has a
+// deadline of 10 s (LoadFiles 20 s).
+struct TrainerDaemon : DaemonProcess {
+  explicit TrainerDaemon(std::vector<std::string> extra = {});
+
+  // Admin.Status; fails the test if the call fails.
+  v1::StatusResponse Status();
+  // Nothing left behind: no staging version, no memory in use (Catch CHECKs).
+  void RequireClean();
+
+  grpc::Status Begin(const v1::Manifest& m, v1::BeginVersionResponse* out, uint64_t id = 0,
+                     const std::string& label = "");
+  grpc::Status Push(const std::vector<v1::Chunk>& chunks);
+  grpc::Status Commit(const v1::BeginVersionResponse& b, v1::VersionInfo* info);
+  grpc::Status Abort(const v1::BeginVersionResponse& b);
+  grpc::Status LoadFiles(const std::vector<std::string>& paths, v1::VersionInfo* info);
+  grpc::Status Drop(uint64_t version);
+  grpc::Status Get(uint64_t version, v1::GetVersionResponse* out);
+
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Trainer::Stub> trainer;
+  std::unique_ptr<v1::Admin::Stub> admin;
+};
+
+// A float32 tensor spec for `bytes` (a multiple of 4), with its XXH3.
+v1::TensorSpec Spec(const std::string& name, const std::string& bytes);
+
+v1::Chunk MakeChunk(const v1::BeginVersionResponse& b, const std::string& tensor, uint64_t offset,
+                    const std::string& data);
+
+// CHECKs that `s` has `code` and a message containing `needle`.
+void RequireError(const grpc::Status& s, grpc::StatusCode code, const std::string& needle);
+
+bool Contains(const std::string& haystack, const std::string& needle);
+
+// now + s, for gRPC deadlines.
+std::chrono::system_clock::time_point In(std::chrono::seconds s);
+
+}  // namespace ckpt::testing
+
+#endif  // CKPT_TESTS_TESTING_TRAINER_DAEMON_H_
