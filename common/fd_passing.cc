@@ -15,19 +15,23 @@ namespace {
 
 std::string Errno() { return std::strerror(errno); }
 
-// Waits until `fd` is ready for `events` or the deadline passes.
+// Waits until `fd` is ready for `events` or the deadline passes. A deadline already passed still
+// looks once without waiting, so a caller that knows the socket is ready can pass absl::Now().
 absl::Status WaitFor(int fd, short events, absl::Time deadline, const char* what) {
   for (;;) {
-    absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) {
-      return absl::DeadlineExceededError(absl::StrCat(what, ": timed out"));
-    }
+    const absl::Duration left = deadline - absl::Now();
     pollfd p{fd, events, 0};
-    int ms = static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1 << 30));
+    const int ms =
+        left <= absl::ZeroDuration()
+            ? 0
+            : static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1 << 30));
     int r = ::poll(&p, 1, ms);
     if (r > 0) return absl::OkStatus();
     if (r < 0 && errno != EINTR) {
       return absl::InternalError(absl::StrCat(what, ": poll: ", Errno()));
+    }
+    if (r == 0 && left <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError(absl::StrCat(what, ": timed out"));
     }
   }
 }

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
@@ -15,10 +16,16 @@
 namespace ckpt::daemon {
 namespace {
 
-// A connection that does not send its nonce this fast is dropped.
+// A connection that does not send its nonce this fast is dropped. Connections are served
+// concurrently, so a silent one costs a slot of kMaxAwaiting for this long, never another's time.
 constexpr absl::Duration kNonceTimeout = absl::Seconds(2);
-// Presented connections not claimed by an Attach within this time are closed.
-constexpr absl::Duration kPendingLifetime = absl::Seconds(30);
+// Presented connections not claimed by an Attach within this time are closed (an Attach claims
+// its nonce within its identity timeout, 5 s).
+constexpr absl::Duration kPendingLifetime = absl::Seconds(10);
+// Connections waiting for their nonce, and presented ones waiting for their Attach, at most: past
+// these a new connection is closed at once (awaiting) or the oldest presented one is (pending).
+constexpr size_t kMaxAwaiting = 128;
+constexpr size_t kMaxPending = 256;
 
 }  // namespace
 
@@ -77,31 +84,89 @@ AttachSocket::~AttachSocket() {
 }
 
 void AttachSocket::AcceptLoop() {
+  struct Awaiting {
+    ScopedFd fd;
+    PeerCredentials peer;
+    absl::Time deadline;
+  };
+  std::vector<Awaiting> awaiting;  // accepted, nonce not read yet; owned by this thread
+  // Drops are logged at most once per 10 s with a count, so a flood cannot flood the log.
+  uint64_t dropped = 0;
+  std::string last_drop;
+  absl::Time next_drop_log = absl::InfinitePast();
+  auto drop = [&](const PeerCredentials* peer, absl::string_view why) {
+    ++dropped;
+    last_drop = absl::StrCat(peer != nullptr ? absl::StrCat("pid ", peer->pid, ": ") : "", why);
+    const absl::Time now = absl::Now();
+    if (now >= next_drop_log) {
+      spdlog::warn("descriptor socket: dropped {} connection(s) (last: {})", dropped, last_drop);
+      dropped = 0;
+      next_drop_log = now + absl::Seconds(10);
+    }
+  };
   for (;;) {
+    const absl::Time now = absl::Now();
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
-      const absl::Time now = absl::Now();
       for (auto it = pending_.begin(); it != pending_.end();) {
         it = now - it->second.arrived > kPendingLifetime ? pending_.erase(it) : std::next(it);
       }
     }
-    pollfd p{listener_.get(), POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    ScopedFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!conn.valid()) continue;
-    auto peer = GetPeerCredentials(conn.get());
-    auto message = ReceiveWithFds(conn.get(), absl::Now() + kNonceTimeout, 256);
-    if (!peer.ok() || !message.ok() || !ValidNonce(message->payload)) {
-      spdlog::warn("descriptor socket: dropped a connection{}: {}",
-                   peer.ok() ? absl::StrCat(" from pid ", peer->pid) : "",
-                   !peer.ok()      ? std::string(peer.status().message())
-                   : !message.ok() ? std::string(message.status().message())
-                                   : "no valid nonce");
-      continue;
+    for (auto it = awaiting.begin(); it != awaiting.end();) {
+      if (now < it->deadline) {
+        ++it;
+        continue;
+      }
+      drop(&it->peer, absl::StrCat("no nonce within ", absl::FormatDuration(kNonceTimeout)));
+      it = awaiting.erase(it);
     }
-    absl::MutexLock lock(&mu_);
-    pending_[message->payload] = Entry{Presented{*peer, std::move(conn)}, absl::Now()};
+
+    std::vector<pollfd> fds;
+    fds.push_back({listener_.get(), POLLIN, 0});
+    for (const Awaiting& a : awaiting) fds.push_back({a.fd.get(), POLLIN, 0});
+    if (::poll(fds.data(), fds.size(), 100) <= 0) continue;
+
+    // Nonces first (the connections polled above), then new connections.
+    std::vector<Awaiting> still;
+    for (size_t i = 0; i < awaiting.size(); ++i) {
+      Awaiting& a = awaiting[i];
+      if ((fds[i + 1].revents & (POLLIN | POLLHUP | POLLERR)) == 0) {
+        still.push_back(std::move(a));
+        continue;
+      }
+      // Readable: the message is there (or the peer left); this does not wait.
+      auto message = ReceiveWithFds(a.fd.get(), absl::Now(), 256);
+      if (!message.ok() || !ValidNonce(message->payload)) {
+        drop(&a.peer, message.ok() ? "no valid nonce" : message.status().message());
+        continue;
+      }
+      absl::MutexLock lock(&mu_);
+      if (pending_.size() >= kMaxPending) {
+        auto oldest = pending_.begin();
+        for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+          if (it->second.arrived < oldest->second.arrived) oldest = it;
+        }
+        pending_.erase(oldest);
+      }
+      pending_[message->payload] = Entry{Presented{a.peer, std::move(a.fd)}, absl::Now()};
+    }
+    awaiting = std::move(still);
+    if ((fds[0].revents & POLLIN) == 0) continue;
+    for (;;) {
+      ScopedFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+      if (!conn.valid()) break;  // EAGAIN: no more for now (or an error: try again next round)
+      auto peer = GetPeerCredentials(conn.get());
+      if (!peer.ok()) {
+        drop(nullptr, peer.status().message());
+        continue;
+      }
+      if (awaiting.size() >= kMaxAwaiting) {
+        drop(&*peer, absl::StrCat(kMaxAwaiting, " connections are waiting for their nonce"));
+        continue;
+      }
+      awaiting.push_back(Awaiting{std::move(conn), *peer, absl::Now() + kNonceTimeout});
+    }
   }
 }
 

@@ -6,8 +6,9 @@
 // (SO_PEERCRED); the Consumer service matches the two by nonce, checks the identity, and answers on
 // this connection: "ok" with the host backend's slot memfds attached, or the refusal.
 //
-// Thread-safety: all methods may be called from any thread. One accept thread runs until
-// destruction; every wait has a deadline.
+// Thread-safety: all methods may be called from any thread. One thread accepts and reads nonces
+// of many connections at once (poll), so silent connections never delay another's attach; every
+// wait has a deadline, and the connections held at any time are bounded.
 #ifndef CKPT_DAEMON_ATTACH_SOCKET_H_
 #define CKPT_DAEMON_ATTACH_SOCKET_H_
 

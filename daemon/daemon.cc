@@ -17,13 +17,19 @@
 #include "daemon/gpu/scoped_device.h"
 #include "daemon/grpc_log.h"
 #include "grpcpp/security/server_credentials.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
+#include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
 namespace {
 
 // Chunks carry at most 16 MiB of data (docs/protocol.md); room for the other fields.
 constexpr int kMaxMessageBytes = 32 << 20;
+// A connection without any call for this long is closed (gRPC closes it within about twice this).
+constexpr absl::Duration kMaxConnectionIdle = absl::Minutes(2);
+// Threads the gRPC server may run calls on at once.
+constexpr int kMaxServerThreads = 512;
 
 // The NUMA nodes of the GPUs' PCI devices, for placing pinned memory; empty when unknown.
 std::vector<int> GpuNumaNodes(const gpu::GpuProbe& probe) {
@@ -132,6 +138,18 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   builder.RegisterService(d->trainer_.get());
   if (d->consumer_ != nullptr) builder.RegisterService(d->consumer_.get());
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  // Dead peers and idle connections do not hold resources for ever: the server pings every
+  // connection that has a call open (a worker's Attach stream is idle between updates by design:
+  // the ping tells a dead worker from a quiet one), and closes connections with no call at all.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(kMaxConnectionIdle)));
+  // Every call holds a thread of the sync server: bounded, so a flood of calls is refused
+  // (RESOURCE_EXHAUSTED) instead of exhausting the process.
+  grpc::ResourceQuota quota("ckpt-engined");
+  quota.SetMaxThreads(kMaxServerThreads);
+  builder.SetResourceQuota(quota);
 
   // The socket must never be reachable with wider permissions than 0600: gRPC creates it with the
   // process umask, so narrow that around the bind (nothing else creates files at this point), then
@@ -172,6 +190,10 @@ void Daemon::ReapStaleVersions() {
     reaper_mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
     if (!stopping_) store_->AbortStale(absl::Now());
   }
+}
+
+void Daemon::Reload() {
+  spdlog::info("SIGHUP: nothing to re-read (no credentials are configured)");
 }
 
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }

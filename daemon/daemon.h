@@ -42,6 +42,10 @@ class Daemon {
   // "2 x 1.0 GiB staging slots per GPU": for the start-up log.
   const std::string& slots_note() const { return slots_note_; }
 
+  // SIGHUP: re-reads what can change without a restart (credentials) and logs what changed.
+  // Errors are logged; the previous credentials stay in force. Thread-safe.
+  void Reload();
+
   // Stops accepting RPCs; in-flight RPCs may finish until now + `grace`, then they are cancelled.
   // Returns when the server has stopped. Idempotent. Not thread-safe against itself.
   void Shutdown(absl::Duration grace);

@@ -77,7 +77,8 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(Kind kind, uint64_t
   }
 
   if (kind == Kind::kShared) {
-    a->memfd_.reset(::memfd_create("ckpt-engine-store", MFD_CLOEXEC));
+    // Sealable, so that memory shared with workers (staging slots) can be made read-only for them.
+    a->memfd_.reset(::memfd_create("ckpt-engine-store", MFD_CLOEXEC | MFD_ALLOW_SEALING));
     if (!a->memfd_.valid()) {
       return absl::ResourceExhaustedError(absl::StrCat("memfd_create for ", what, ": ", Errno()));
     }
@@ -132,6 +133,21 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(Kind kind, uint64_t
 HostArena::~HostArena() {
   pinned_ = gpu::PinnedRegion();
   if (data_ != nullptr) ::munmap(data_, mapped_);
+}
+
+absl::Status HostArena::SealAgainstOtherWriters() {
+  if (kind_ != Kind::kShared) {
+    return absl::FailedPreconditionError("only shared (memfd) memory can be sealed");
+  }
+  // F_SEAL_FUTURE_WRITE: no new writable mapping and no write(2), by anyone holding the memfd (a
+  // worker, or a process that reopens it through /proc), while this process's existing writable
+  // mapping keeps working. F_SEAL_SHRINK/GROW keep its size; F_SEAL_SEAL makes the set final.
+  const int seals = F_SEAL_FUTURE_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+  if (::fcntl(memfd_.get(), F_ADD_SEALS, seals) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot seal shared memory against writers (needs Linux 5.1+): ", Errno()));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ckpt::daemon

@@ -44,6 +44,11 @@ class HostArena {
   // kShared: the memfd (owned by the arena); -1 for kPinned.
   int memfd() const { return memfd_.get(); }
 
+  // kShared only: seals the memfd so that nobody can write it but through this arena's mapping
+  // (F_SEAL_FUTURE_WRITE + size seals): a process given the memfd can map it read-only or
+  // copy-on-write, never change what this process or others read. Call before sharing the fd.
+  absl::Status SealAgainstOtherWriters();
+
  private:
   HostArena() = default;
 

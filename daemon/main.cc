@@ -1,11 +1,20 @@
-// ckpt-engined: parse flags and config, start the daemon, serve until SIGINT/SIGTERM.
+// ckpt-engined: parse flags and config, start the daemon, serve until a stop signal.
+//
+// Signals: SIGINT, SIGTERM, SIGQUIT, SIGUSR1 and SIGUSR2 shut down cleanly (the socket, `.fds`
+// and lock files are removed); SIGHUP re-reads credentials without a restart (Daemon::Reload);
+// SIGPIPE is ignored (a client that goes away mid-write is an error on that call, not the end of
+// the daemon).
 //
 // Exit codes: 0 after a clean shutdown (or --help/--version), 2 when start-up fails (bad flag or
-// config, socket in use, ...: one line on stderr names the problem), 1 for failures after start-up.
+// config, socket in use, ...: one line on stderr names the problem), 1 for failures after start-up,
+// including a shutdown that had to be forced because a request handler did not end within
+// shutdown_grace + kForcedExitMargin.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -21,9 +30,29 @@
 
 namespace {
 
+// How long past shutdown_grace the process waits for stuck request handlers before it removes its
+// socket files itself and exits.
+constexpr absl::Duration kForcedExitMargin = absl::Seconds(5);
+
 int StartupFailure(const absl::Status& status) {
   std::fprintf(stderr, "ckpt-engined: %s\n", std::string(status.message()).c_str());
   return 2;
+}
+
+// Ends the process if the graceful shutdown does not: gRPC's Server::Wait waits for every handler,
+// and a handler stuck in a system call would otherwise keep the daemon (and its socket path) for
+// ever. The files are removed while this process still holds the socket's lock, so no other
+// daemon's files can be removed.
+void ForceExitAfter(absl::Duration delay, std::vector<std::string> files) {
+  std::thread([delay, files = std::move(files)] {
+    absl::SleepFor(delay);
+    spdlog::error("shutdown did not finish within {}: a request handler is stuck; removing the "
+                  "socket files and exiting",
+                  ckpt::HumanDuration(delay));
+    for (const std::string& f : files) ::unlink(f.c_str());
+    spdlog::default_logger()->flush();
+    std::_Exit(1);
+  }).detach();
 }
 
 }  // namespace
@@ -45,12 +74,12 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(config.log_level));
   RouteGrpcLogsToSpdlog();
 
-  // Signals are taken synchronously by this thread (sigtimedwait below), so block them before any
+  // Signals are taken synchronously by this thread (sigwaitinfo below), so block them before any
   // other thread exists: gRPC's threads inherit the mask.
+  ::signal(SIGPIPE, SIG_IGN);
   sigset_t signals;
   sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
+  for (int sig : {SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP}) sigaddset(&signals, sig);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   auto daemon = Daemon::Start(config);
@@ -75,10 +104,22 @@ int main(int argc, char** argv) {
   NotifyReady("serving on " + serving);
 
   int sig = 0;
-  while (sig <= 0) sig = sigwaitinfo(&signals, nullptr);
+  for (;;) {
+    sig = sigwaitinfo(&signals, nullptr);
+    if (sig <= 0) continue;
+    if (sig != SIGHUP) break;
+    NotifyReloading("re-reading credentials");
+    (*daemon)->Reload();
+    NotifyReady("serving on " + serving);
+  }
   spdlog::info("received {}; shutting down (in-flight requests get {})", strsignal(sig),
                ckpt::HumanDuration(config.shutdown_grace));
   NotifyStopping("shutting down");
+  std::vector<std::string> files;
+  if (!config.listen_unix.empty()) {
+    files = {config.listen_unix, config.listen_unix + ".fds", config.listen_unix + ".lock"};
+  }
+  ForceExitAfter(config.shutdown_grace + kForcedExitMargin, std::move(files));
   (*daemon)->Shutdown(config.shutdown_grace);
   daemon->reset();
   spdlog::info("stopped");

@@ -20,6 +20,10 @@ absl::StatusOr<std::unique_ptr<SlotSet>> SlotSet::CreateHost(int count, uint64_t
       return Annotate(arena.status(), absl::StrCat("staging slot ", i, " of ",
                                                    FormatBytes(slot_bytes), " in shared memory"));
     }
+    // Workers only read slots: sealed, one worker cannot change what the others read.
+    if (absl::Status sealed = (*arena)->SealAgainstOtherWriters(); !sealed.ok()) {
+      return Annotate(sealed, absl::StrCat("staging slot ", i));
+    }
     set->host_.push_back(*std::move(arena));
     set->handles_.emplace_back();
   }

@@ -24,4 +24,6 @@ void NotifyReady(const std::string& status) { Notify("READY=1\nSTATUS=" + status
 
 void NotifyStopping(const std::string& status) { Notify("STOPPING=1\nSTATUS=" + status); }
 
+void NotifyReloading(const std::string& status) { Notify("RELOADING=1\nSTATUS=" + status); }
+
 }  // namespace ckpt::daemon

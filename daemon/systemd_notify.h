@@ -11,6 +11,8 @@ namespace ckpt::daemon {
 void NotifyReady(const std::string& status);
 // "STOPPING=1" plus a STATUS= line.
 void NotifyStopping(const std::string& status);
+// "RELOADING=1" plus a STATUS= line (SIGHUP); NotifyReady again when done.
+void NotifyReloading(const std::string& status);
 
 }  // namespace ckpt::daemon
 

@@ -115,6 +115,35 @@ TEST_CASE("SIGINT shuts down cleanly too") {
   CHECK(Contains(d.proc->Stderr(), "stopped"));
 }
 
+TEST_CASE("SIGQUIT, SIGUSR1 and SIGUSR2 shut down cleanly, removing the socket files") {
+  for (int sig : {SIGQUIT, SIGUSR1, SIGUSR2}) {
+    INFO(strsignal(sig));
+    RunningDaemon d;
+    REQUIRE(Exists(d.socket + ".fds"));
+    d.proc->Signal(sig);
+    ExitInfo e = d.proc->Wait(20s);
+    CHECK(e.exited);
+    CHECK(e.code == 0);
+    CHECK_FALSE(Exists(d.socket));
+    CHECK_FALSE(Exists(d.socket + ".fds"));
+    CHECK_FALSE(Exists(d.socket + ".lock"));
+  }
+}
+
+TEST_CASE("SIGPIPE is ignored and SIGHUP reloads: the daemon keeps serving") {
+  RunningDaemon d;
+  d.proc->Signal(SIGPIPE);
+  d.proc->Signal(SIGHUP);
+  CHECK(d.notify.WaitFor("RELOADING=1", 20s).has_value());
+  CHECK(d.notify.WaitFor("READY=1", 20s).has_value());
+  RunResult status = d.Ctl({"status"});
+  CHECK(status.exit.code == 0);
+  CHECK(d.proc->running());
+  CHECK(Contains(d.proc->Stderr(), "SIGHUP"));
+  d.proc->Signal(SIGTERM);
+  CHECK(d.proc->Wait(20s).code == 0);
+}
+
 TEST_CASE("TCP listening on port 0 reports the chosen port and serves ckptctl --address") {
   RunningDaemon d({"--listen-tcp", "127.0.0.1:0"});
   RunResult r = d.Ctl({"status", "--json"});

@@ -3,11 +3,14 @@
 // every fault of issue 4: a worker killed mid-update, a worker that stops acking, a disallowed
 // uid, unknown and retired versions, a second update while one runs, SIGTERM mid-update.
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstring>
 #include <future>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -17,6 +20,7 @@
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
 #include "common/dtype.h"
+#include "common/scoped_fd.h"
 #include "tests/testing/raw_attach.h"
 #include "tests/testing/state_dict.h"
 #include "tests/testing/subprocess.h"
@@ -405,7 +409,36 @@ TEST_CASE("attach refuses a missing nonce, an unproven identity and a wrong pid"
   CHECK(good.got_slots);
   CHECK(good.verdict == "ok");
   CHECK(good.status.ok());
+  // Finding 10 of the security review: the slots came O_RDWR and unsealed, so one worker could
+  // change what the others read. Sealed now: readable, and not writable by any route.
+  CHECK(good.slot_fds == 2);
+  CHECK(good.readable_slots == 2);
+  CHECK(good.writable_slots == 0);
   CHECK(d.Workers() == 0);  // it detached again
+}
+
+TEST_CASE("silent descriptor-socket connections do not delay a worker's attach") {
+  // Finding 9 of the security review: nonces were read one connection at a time with a 2 s limit
+  // each, so three silent connections failed a real attach and ten blocked every attach for ~20 s.
+  Daemon d;
+  std::vector<ScopedFd> silent;
+  for (int i = 0; i < 20; ++i) {
+    ScopedFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, (d.socket + ".fds").c_str(), sizeof(addr.sun_path) - 1);
+    REQUIRE(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    silent.push_back(std::move(fd));
+  }
+  v1::AttachRequest request;
+  request.set_pid(::getpid());
+  request.set_engine("raw");
+  request.set_nonce("0123456789abcdef-after-silent-ones");
+  const auto start = std::chrono::steady_clock::now();
+  auto good = testing::RawAttach(d.socket, request, /*present_nonce=*/true);
+  CHECK(good.got_slots);
+  CHECK(good.verdict == "ok");
+  CHECK(std::chrono::steady_clock::now() - start < 2s);
 }
 
 TEST_CASE("only the daemon's uid and allowed_uids may attach") {

@@ -1,5 +1,10 @@
 #include "tests/testing/raw_attach.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -50,7 +55,39 @@ RawAttachResult RawAttach(const std::string& socket, const v1::AttachRequest& re
   result.status = stream->Finish();
   if (side.valid()) {
     auto verdict = ReceiveWithFds(side.get(), absl::Now() + absl::Seconds(5));
-    if (verdict.ok()) result.verdict = verdict->payload;
+    if (verdict.ok()) {
+      result.verdict = verdict->payload;
+      for (const ScopedFd& fd : verdict->fds) {
+        ++result.slot_fds;
+        struct stat st;
+        if (::fstat(fd.get(), &st) != 0 || st.st_size == 0) continue;
+        const size_t size = static_cast<size_t>(st.st_size);
+        void* r = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
+        if (r != MAP_FAILED) {
+          ++result.readable_slots;
+          ::munmap(r, size);
+        }
+        bool writable = false;
+        void* w = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+        if (w != MAP_FAILED) {
+          writable = true;
+          ::munmap(w, size);
+        }
+        const char byte = 'x';
+        writable = writable || ::pwrite(fd.get(), &byte, 1, 0) == 1;
+        const std::string self = "/proc/self/fd/" + std::to_string(fd.get());
+        ScopedFd reopened(::open(self.c_str(), O_RDWR | O_CLOEXEC));
+        if (reopened.valid()) {
+          writable = writable || ::pwrite(reopened.get(), &byte, 1, 0) == 1;
+          void* w2 = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, reopened.get(), 0);
+          if (w2 != MAP_FAILED) {
+            writable = true;
+            ::munmap(w2, size);
+          }
+        }
+        result.writable_slots += writable;
+      }
+    }
   }
   return result;
 }

@@ -14,6 +14,12 @@ struct RawAttachResult {
   grpc::Status status;     // the stream's final status
   bool got_slots = false;  // a SlotGrant arrived first
   std::string verdict;     // what the descriptor socket answered ("ok", "refused: ...")
+  // Host backend: the slot memfds that came with "ok"; of those, how many this process could map
+  // for reading, and how many it could change in any way (a writable shared mapping, write(2),
+  // or either through a read-write reopen of /proc/self/fd/N). Workers must not write slots.
+  int slot_fds = 0;
+  int readable_slots = 0;
+  int writable_slots = 0;
 };
 
 // Presents request.nonce() on `<socket>.fds` when `present_nonce` (as `request`'s pid would be
