@@ -6,24 +6,100 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/defaults.h"
+#include "common/status_macros.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "grpcpp/support/client_interceptor.h"
 
 namespace ckpt::client {
 
+namespace {
+
+std::string FromEnv(const std::string& given, const char* var) {
+  if (!given.empty()) return given;
+  const char* v = std::getenv(var);
+  return v != nullptr ? v : "";
+}
+
+absl::StatusOr<std::string> ReadFileText(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read ", what, " ", path, ": ", std::strerror(errno)));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Adds "authorization: Bearer TOKEN" to every call of a channel.
+class TokenInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit TokenInterceptor(const std::string& value) : value_(value) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->insert({"authorization", value_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string& value_;
+};
+
+class TokenInterceptorFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit TokenInterceptorFactory(const std::string& token) : value_("Bearer " + token) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo* info) override {
+    return new TokenInterceptor(value_);
+  }
+
+ private:
+  const std::string value_;
+};
+
+}  // namespace
+
 absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path,
-                                         const std::string& address) {
+                                         const std::string& address,
+                                         const Credentials& credentials) {
   if (!socket_path.empty() && !address.empty()) {
     return absl::InvalidArgumentError("give either --socket or --address, not both");
   }
   Endpoint e;
   if (!address.empty()) {
     e.target = address;
+    Credentials& c = e.credentials;
+    c.tls_ca = FromEnv(credentials.tls_ca, "CKPT_TLS_CA");
+    c.tls_cert = FromEnv(credentials.tls_cert, "CKPT_TLS_CERT");
+    c.tls_key = FromEnv(credentials.tls_key, "CKPT_TLS_KEY");
+    c.token_file = FromEnv(credentials.token_file, "CKPT_TOKEN_FILE");
+    if (c.tls_cert.empty() != c.tls_key.empty()) {
+      return absl::InvalidArgumentError("a TLS client certificate and its key go together: give "
+                                        "both --tls-cert and --tls-key (or CKPT_TLS_CERT and "
+                                        "CKPT_TLS_KEY)");
+    }
+    if (!c.token_file.empty()) {
+      auto text = ReadFileText(c.token_file, "token file");
+      if (!text.ok()) return text.status();
+      std::string first = text->substr(0, text->find('\n'));
+      e.token = std::string(absl::StripAsciiWhitespace(first));
+      if (e.token.empty()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("token file ", c.token_file, " is empty"));
+      }
+    }
     return e;
   }
   std::string path = socket_path;
@@ -93,7 +169,25 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(const Endpoint& endpo
   // Channels with equal arguments share a subchannel (one connection) through gRPC's global pool;
   // a local pool gives this channel a connection of its own.
   if (private_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(endpoint.target, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  const Credentials& c = endpoint.credentials;
+  if (!c.tls_ca.empty() || !c.tls_cert.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    if (!c.tls_ca.empty()) {
+      ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFileText(c.tls_ca, "TLS CA file"));
+    }
+    if (!c.tls_cert.empty()) {
+      ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFileText(c.tls_cert, "TLS certificate"));
+      ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFileText(c.tls_key, "TLS key"));
+    }
+    creds = grpc::SslCredentials(ssl);
+  }
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  if (!endpoint.token.empty()) {
+    interceptors.push_back(std::make_unique<TokenInterceptorFactory>(endpoint.token));
+  }
+  return grpc::experimental::CreateCustomChannelWithInterceptors(endpoint.target, creds, args,
+                                                                 std::move(interceptors));
 }
 
 absl::StatusOr<std::unique_ptr<DaemonClient>> DaemonClient::Connect(const Endpoint& endpoint) {

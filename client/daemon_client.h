@@ -17,17 +17,33 @@
 
 namespace ckpt::client {
 
+// How a TCP client proves who it is (the daemon's Unix socket needs none: the caller's uid
+// decides). Empty fields are taken from $CKPT_TLS_CA, $CKPT_TLS_CERT, $CKPT_TLS_KEY and
+// $CKPT_TOKEN_FILE.
+struct Credentials {
+  std::string tls_ca;      // PEM CA that signed the daemon's certificate: TLS on
+  std::string tls_cert;    // PEM client certificate (mTLS); needs tls_key
+  std::string tls_key;     // PEM key of tls_cert
+  std::string token_file;  // a file whose first line is the bearer token
+};
+
 struct Endpoint {
   // gRPC target: "unix:/run/ckpt-engine/ckpt-engined.sock" or "host:port".
   std::string target;
   // Set for Unix sockets: the socket's path.
   std::string unix_path;
+  // TCP only: TLS files (read when a channel is opened) and the bearer token (read at resolve).
+  Credentials credentials;
+  std::string token;
 };
 
 // Picks the endpoint: `socket_path` if set, else `address` if set, else $CKPT_SOCKET, else the
-// default socket. Setting both is INVALID_ARGUMENT.
+// default socket. Setting both is INVALID_ARGUMENT. For TCP, fills `credentials` (see
+// Credentials) and reads the token file: FAILED_PRECONDITION naming the file when it cannot be
+// read or is empty; INVALID_ARGUMENT when tls_cert and tls_key are not given together.
 absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path,
-                                         const std::string& address);
+                                         const std::string& address,
+                                         const Credentials& credentials = {});
 
 // Converts a failed RPC into a Status whose message says what failed where. Codes are kept.
 absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc, const Endpoint& endpoint);

@@ -7,13 +7,15 @@
 
 namespace ckpt::daemon {
 
-void AdminService::SetListenAddresses(std::vector<std::string> addresses) {
+void AdminService::SetListeners(std::vector<v1::ListenerStatus> listeners, bool insecure_tcp) {
   absl::MutexLock lock(&mu_);
-  listen_addresses_ = std::move(addresses);
+  listeners_ = std::move(listeners);
+  insecure_tcp_ = insecure_tcp;
 }
 
 grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::StatusRequest* request,
                                   v1::StatusResponse* response) {
+  if (auto s = auth_->Check(*context, kRoleRead, "Status"); !s.ok()) return s;
   absl::Time now = absl::Now();
   response->set_daemon_version(kVersion);
   response->set_pid(::getpid());
@@ -42,13 +44,18 @@ grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::Status
   for (v1::WorkerStatus& w : engine_->Workers()) *response->add_workers() = std::move(w);
   response->set_attached_workers(response->workers_size());
   absl::MutexLock lock(&mu_);
-  for (const std::string& a : listen_addresses_) response->add_listen_addresses(a);
+  for (const v1::ListenerStatus& l : listeners_) {
+    response->add_listen_addresses(l.address());
+    *response->add_listeners() = l;
+  }
+  response->set_insecure_tcp(insecure_tcp_);
   return grpc::Status::OK;
 }
 
 grpc::Status AdminService::ListVersions(grpc::ServerContext* context,
                                         const v1::ListVersionsRequest* request,
                                         v1::ListVersionsResponse* response) {
+  if (auto s = auth_->Check(*context, kRoleRead, "ListVersions"); !s.ok()) return s;
   for (v1::VersionInfo& info : store_->List()) *response->add_versions() = std::move(info);
   return grpc::Status::OK;
 }
@@ -56,6 +63,7 @@ grpc::Status AdminService::ListVersions(grpc::ServerContext* context,
 grpc::Status AdminService::GetVersion(grpc::ServerContext* context,
                                       const v1::GetVersionRequest* request,
                                       v1::GetVersionResponse* response) {
+  if (auto s = auth_->Check(*context, kRoleRead, "GetVersion"); !s.ok()) return s;
   auto got = store_->Get(request->version());
   if (!got.ok()) return ToGrpc(got.status());
   *response = std::move(*got);
@@ -64,11 +72,13 @@ grpc::Status AdminService::GetVersion(grpc::ServerContext* context,
 
 grpc::Status AdminService::Drop(grpc::ServerContext* context, const v1::DropRequest* request,
                                 v1::DropResponse* response) {
+  if (auto s = auth_->Check(*context, kRoleOperator, "Drop"); !s.ok()) return s;
   return ToGrpc(store_->Drop(request->version()));
 }
 
 grpc::Status AdminService::Update(grpc::ServerContext* context, const v1::UpdateRequest* request,
                                   v1::UpdateResponse* response) {
+  if (auto s = auth_->Check(*context, kRoleOperator, "Update"); !s.ok()) return s;
   auto result = engine_->Update(*request);
   if (!result.ok()) return ToGrpc(result.status());
   *response = std::move(*result);

@@ -8,6 +8,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/auth.h"
 #include "daemon/config.h"
 #include "daemon/gpu/gpu_info.h"
 #include "daemon/update_engine.h"
@@ -27,10 +28,13 @@ struct DaemonFacts {
 // 0), so they are set after start; everything else is fixed at construction.
 class AdminService final : public v1::Admin::Service {
  public:
-  AdminService(DaemonFacts facts, VersionStore* store, UpdateEngine* engine)
-      : facts_(std::move(facts)), store_(store), engine_(engine) {}
+  // Status, ListVersions and GetVersion need the read role, Update and Drop the operator role.
+  AdminService(DaemonFacts facts, VersionStore* store, UpdateEngine* engine,
+               const Authorizer* auth)
+      : facts_(std::move(facts)), store_(store), engine_(engine), auth_(auth) {}
 
-  void SetListenAddresses(std::vector<std::string> addresses) ABSL_LOCKS_EXCLUDED(mu_);
+  void SetListeners(std::vector<v1::ListenerStatus> listeners, bool insecure_tcp)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::Status Status(grpc::ServerContext* context, const v1::StatusRequest* request,
                       v1::StatusResponse* response) override ABSL_LOCKS_EXCLUDED(mu_);
@@ -48,8 +52,10 @@ class AdminService final : public v1::Admin::Service {
   const DaemonFacts facts_;
   VersionStore* const store_;
   UpdateEngine* const engine_;
+  const Authorizer* const auth_;
   absl::Mutex mu_;
-  std::vector<std::string> listen_addresses_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::ListenerStatus> listeners_ ABSL_GUARDED_BY(mu_);
+  bool insecure_tcp_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace ckpt::daemon

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/units.h"
+#include "daemon/auth.h"
 
 namespace ckpt::daemon {
 namespace {
@@ -83,6 +84,19 @@ const std::vector<ConfigKey>& ConfigKeys() {
       {"allowed_uids", "uids besides the daemon's own that may attach as workers, e.g. \"0,1000\"",
        ""},
       {"auto_update", "send every newly committed version to the attached workers", "false"},
+      {"tls_cert", "TLS certificate chain (PEM) of the TCP listener; re-read when it changes", ""},
+      {"tls_key", "private key (PEM) of tls_cert", ""},
+      {"tls_client_ca",
+       "CA (PEM) that must have signed TCP clients' certificates (mTLS); needs tls_cert", ""},
+      {"san_roles",
+       "roles of client certificates by subject alternative name, \"SAN=role role;SAN=role\"",
+       ""},
+      {"auth_tokens_file",
+       "bearer tokens of TCP callers, one \"TOKEN ROLE...\" per line, mode 0600; re-read on SIGHUP",
+       ""},
+      {"insecure_tcp", "serve TCP without any authentication (trusted networks only)", "false"},
+      {"load_files_dirs",
+       "directories under which LoadFiles may open files for TCP callers, comma-separated", ""},
   };
   return kKeys;
 }
@@ -178,14 +192,37 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
       uids.push_back(uid);
     }
     config.allowed_uids = std::move(uids);
-  } else if (key == "auto_update") {
+  } else if (key == "auto_update" || key == "insecure_tcp") {
+    bool& flag = key == "auto_update" ? config.auto_update : config.insecure_tcp;
     if (value == "true") {
-      config.auto_update = true;
+      flag = true;
     } else if (value == "false") {
-      config.auto_update = false;
+      flag = false;
     } else {
       return BadValue(key, value, "expected true or false");
     }
+  } else if (key == "tls_cert" || key == "tls_key" || key == "tls_client_ca" ||
+             key == "auth_tokens_file") {
+    if (!value.empty() && value[0] != '/') return BadValue(key, value, "must be an absolute path");
+    (key == "tls_cert"        ? config.tls_cert
+     : key == "tls_key"       ? config.tls_key
+     : key == "tls_client_ca" ? config.tls_client_ca
+                              : config.auth_tokens_file) = std::string(value);
+  } else if (key == "san_roles") {
+    auto parsed = ParseSanRoles(std::string(value));
+    if (!parsed.ok()) return BadValue(key, value, parsed.status().message());
+    config.san_roles = std::string(value);
+  } else if (key == "load_files_dirs") {
+    std::vector<std::string> dirs;
+    for (absl::string_view part : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+      std::string dir(absl::StripAsciiWhitespace(part));
+      if (dir.empty() || dir[0] != '/') {
+        return BadValue(key, value, "expected absolute directories separated by commas");
+      }
+      while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+      dirs.push_back(std::move(dir));
+    }
+    config.load_files_dirs = std::move(dirs);
   } else if (key == "staging_timeout") {
     auto d = ParseDuration(value);
     if (!d.ok()) return BadValue(key, value, d.status().message());
@@ -260,6 +297,23 @@ absl::Status ValidateConfig(const Config& config) {
   if (config.listen_unix.empty() && config.listen_tcp.empty()) {
     return absl::InvalidArgumentError("config: listen_unix and listen_tcp are both empty");
   }
+  if (config.tls_cert.empty() != config.tls_key.empty()) {
+    return absl::InvalidArgumentError("config: tls_cert and tls_key go together; set both or none");
+  }
+  if (!config.tls_client_ca.empty() && config.tls_cert.empty()) {
+    return absl::InvalidArgumentError("config: tls_client_ca needs tls_cert and tls_key");
+  }
+  if (!config.san_roles.empty() && config.tls_client_ca.empty()) {
+    return absl::InvalidArgumentError(
+        "config: san_roles needs tls_client_ca (without client certificates there are no SANs)");
+  }
+  const bool authenticated = !config.tls_client_ca.empty() || !config.auth_tokens_file.empty();
+  if (!config.listen_tcp.empty() && !authenticated && !config.insecure_tcp) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config: listen_tcp ", config.listen_tcp,
+        " would serve anyone: configure tls_client_ca (mTLS) or auth_tokens_file, or set "
+        "insecure_tcp = true to serve TCP without authentication (trusted networks only)"));
+  }
   return absl::OkStatus();
 }
 
@@ -291,7 +345,12 @@ std::string DescribeConfig(const Config& config) {
       " bucket_bytes=", config.bucket_bytes == 0 ? "auto" : FormatBytes(config.bucket_bytes),
       " ack_timeout=", HumanDuration(config.ack_timeout), " allowed_uids=",
       config.allowed_uids.empty() ? "none" : absl::StrJoin(config.allowed_uids, ","),
-      " auto_update=", config.auto_update ? "true" : "false");
+      " auto_update=", config.auto_update ? "true" : "false",
+      " tls_cert=", config.tls_cert.empty() ? "none" : config.tls_cert,
+      " tls_client_ca=", config.tls_client_ca.empty() ? "none" : config.tls_client_ca,
+      " auth_tokens_file=", config.auth_tokens_file.empty() ? "none" : config.auth_tokens_file,
+      " insecure_tcp=", config.insecure_tcp ? "true" : "false", " load_files_dirs=",
+      config.load_files_dirs.empty() ? "none" : absl::StrJoin(config.load_files_dirs, ","));
 }
 
 }  // namespace ckpt::daemon

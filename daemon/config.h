@@ -59,6 +59,24 @@ struct Config {
   std::vector<uint32_t> allowed_uids;
   // Send every newly committed version to the attached workers.
   bool auto_update = false;
+
+  // TLS for the TCP listener: the server's certificate chain and key (PEM files; re-read when they
+  // change). tls_client_ca set: clients must present a certificate signed by it (mTLS); its
+  // subject alternative names map to roles through san_roles.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // "SAN=role role;SAN=role": roles of client certificates by subject alternative name.
+  std::string san_roles;
+  // Bearer tokens for TCP callers: one "TOKEN ROLE..." per line; mode 0600 or stricter. Re-read on
+  // SIGHUP.
+  std::string auth_tokens_file;
+  // Serve TCP with no authentication at all (trusted networks only). Without it, a TCP listener
+  // with neither tls_client_ca nor auth_tokens_file refuses to start.
+  bool insecure_tcp = false;
+  // Directories under which LoadFiles may open files for TCP callers (comma-separated absolute
+  // paths); empty: LoadFiles over TCP is refused.
+  std::vector<std::string> load_files_dirs;
 };
 
 // One configuration key: its TOML name, flag name ("--" + name with '_' -> '-'), help and default.

@@ -94,6 +94,7 @@ class StreamChannel final : public WorkerChannel {
 grpc::Status ConsumerService::Attach(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::DaemonMessage, v1::WorkerMessage>* stream) {
+  if (auto s = auth_->Check(*context, kRoleWorker, "Attach"); !s.ok()) return s;
   v1::WorkerMessage first;
   if (!stream->Read(&first)) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "stream ended before AttachRequest");

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "daemon/attach_socket.h"
+#include "daemon/auth.h"
 #include "daemon/update_engine.h"
 #include "proto/consumer.grpc.pb.h"
 
@@ -22,9 +23,13 @@ namespace ckpt::daemon {
 class ConsumerService final : public v1::Consumer::Service {
  public:
   // `allowed_uids`: uids besides the daemon's own that may attach.
+  // Attach needs the worker role (`auth`).
   ConsumerService(UpdateEngine* engine, AttachSocket* attach_socket,
-                  std::vector<uid_t> allowed_uids)
-      : engine_(engine), attach_socket_(attach_socket), allowed_uids_(std::move(allowed_uids)) {}
+                  std::vector<uid_t> allowed_uids, const Authorizer* auth)
+      : engine_(engine),
+        attach_socket_(attach_socket),
+        allowed_uids_(std::move(allowed_uids)),
+        auth_(auth) {}
 
   grpc::Status Attach(
       grpc::ServerContext* context,
@@ -34,6 +39,7 @@ class ConsumerService final : public v1::Consumer::Service {
   UpdateEngine* const engine_;
   AttachSocket* const attach_socket_;
   const std::vector<uid_t> allowed_uids_;
+  const Authorizer* const auth_;
 };
 
 }  // namespace ckpt::daemon

@@ -17,6 +17,8 @@
 #include "daemon/gpu/scoped_device.h"
 #include "daemon/grpc_log.h"
 #include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
 #include "spdlog/spdlog.h"
@@ -61,6 +63,30 @@ absl::StatusOr<uint64_t> AutoBucketBytes(BackendKind backend, const gpu::GpuProb
         "bucket_bytes auto: only ", FormatBytes(least_free), " of GPU memory are free"));
   }
   return bytes;
+}
+
+// The TCP listener's credentials: TLS from files that are re-read when they change (certificate
+// rotation), with client certificates required and verified when tls_client_ca is set.
+std::shared_ptr<grpc::ServerCredentials> TcpCredentials(const Config& config) {
+  if (config.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  constexpr int kRefreshSeconds = 10;
+  std::shared_ptr<grpc::experimental::CertificateProviderInterface> provider;
+  if (config.tls_client_ca.empty()) {
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        config.tls_key, config.tls_cert, kRefreshSeconds);
+  } else {
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        config.tls_key, config.tls_cert, config.tls_client_ca, kRefreshSeconds);
+  }
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (config.tls_client_ca.empty()) {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
 }
 
 }  // namespace
@@ -110,21 +136,31 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     d->store_->SetCommitListener(
         [engine = d->engine_.get()](uint64_t version) { engine->RequestAutoUpdate(version); });
   }
+  AuthOptions auth_options;
+  auth_options.auth_tokens_file = config.auth_tokens_file;
+  auth_options.client_certificates = !config.tls_client_ca.empty();
+  auth_options.insecure_tcp = config.insecure_tcp;
+  if (!config.san_roles.empty()) {
+    ASSIGN_OR_RETURN(auth_options.san_roles, ParseSanRoles(config.san_roles));
+  }
+  ASSIGN_OR_RETURN(d->auth_, Authorizer::Create(std::move(auth_options)));
   std::vector<uid_t> allowed_uids(config.allowed_uids.begin(), config.allowed_uids.end());
   if (!config.listen_unix.empty()) {
     ASSIGN_OR_RETURN(d->attach_socket_, AttachSocket::Listen(config.listen_unix + ".fds"));
     d->consumer_ = std::make_unique<ConsumerService>(d->engine_.get(), d->attach_socket_.get(),
-                                                     std::move(allowed_uids));
+                                                     std::move(allowed_uids), d->auth_.get());
   }
 
   DaemonFacts facts;
   facts.backend = d->backend_;
   facts.gpus = d->gpus_;
   facts.started = absl::Now();
-  d->admin_ = std::make_unique<AdminService>(std::move(facts), d->store_.get(), d->engine_.get());
+  d->admin_ = std::make_unique<AdminService>(std::move(facts), d->store_.get(), d->engine_.get(),
+                                             d->auth_.get());
   TrainerService::Options trainer_options;
   trainer_options.load_threads = config.load_threads;
-  d->trainer_ = std::make_unique<TrainerService>(d->store_.get(), trainer_options);
+  trainer_options.load_files_dirs = config.load_files_dirs;
+  d->trainer_ = std::make_unique<TrainerService>(d->store_.get(), d->auth_.get(), trainer_options);
 
   grpc::ServerBuilder builder;
   if (!config.listen_unix.empty()) {
@@ -132,7 +168,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   }
   int tcp_port = -1;
   if (!config.listen_tcp.empty()) {
-    builder.AddListeningPort(config.listen_tcp, grpc::InsecureServerCredentials(), &tcp_port);
+    builder.AddListeningPort(config.listen_tcp, TcpCredentials(config), &tcp_port);
   }
   builder.RegisterService(d->admin_.get());
   builder.RegisterService(d->trainer_.get());
@@ -179,7 +215,23 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     std::string host = config.listen_tcp.substr(0, config.listen_tcp.rfind(':'));
     d->listen_addresses_.push_back(absl::StrCat(host, ":", tcp_port));
   }
-  d->admin_->SetListenAddresses(d->listen_addresses_);
+  std::vector<v1::ListenerStatus> listeners;
+  for (const std::string& address : d->listen_addresses_) {
+    v1::ListenerStatus l;
+    l.set_address(address);
+    l.set_auth(address.rfind("unix:", 0) == 0
+                   ? "local: the daemon's uid and root (socket mode 0600)"
+                   : d->auth_->TcpAuthText(!config.tls_cert.empty()));
+    listeners.push_back(std::move(l));
+  }
+  const bool insecure_tcp = !config.listen_tcp.empty() && config.insecure_tcp &&
+                            config.tls_client_ca.empty() && config.auth_tokens_file.empty();
+  if (insecure_tcp) {
+    spdlog::warn("TCP {} is served WITHOUT authentication (insecure_tcp = true): anyone who can "
+                 "reach it may push, load files, update and drop versions",
+                 d->listen_addresses_.back());
+  }
+  d->admin_->SetListeners(std::move(listeners), insecure_tcp);
   d->reaper_ = std::thread([daemon = d.get()] { daemon->ReapStaleVersions(); });
   return d;
 }
@@ -193,7 +245,16 @@ void Daemon::ReapStaleVersions() {
 }
 
 void Daemon::Reload() {
-  spdlog::info("SIGHUP: nothing to re-read (no credentials are configured)");
+  if (auth_->options().auth_tokens_file.empty()) {
+    spdlog::info("SIGHUP: no auth_tokens_file to re-read (TLS files are re-read when they change)");
+    return;
+  }
+  auto summary = auth_->Reload();
+  if (!summary.ok()) {
+    spdlog::error("SIGHUP: keeping the previous tokens: {}", std::string(summary.status().message()));
+    return;
+  }
+  spdlog::info("SIGHUP: re-read {}: {}", auth_->options().auth_tokens_file, *summary);
 }
 
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }

@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "daemon/admin_service.h"
 #include "daemon/attach_socket.h"
+#include "daemon/auth.h"
 #include "daemon/config.h"
 #include "daemon/consumer_service.h"
 #include "daemon/socket_path.h"
@@ -64,6 +65,7 @@ class Daemon {
   // Members are destroyed bottom-up: the server first, then the services it calls, then the store
   // they use; the socket is removed only after the server has stopped.
   SocketPathClaim socket_claim_;
+  std::unique_ptr<Authorizer> auth_;
   std::unique_ptr<VersionStore> store_;
   std::unique_ptr<UpdateEngine> engine_;
   std::unique_ptr<AttachSocket> attach_socket_;

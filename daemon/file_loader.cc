@@ -46,7 +46,8 @@ absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
                                                      const std::vector<std::string>& paths,
                                                      uint64_t version, const std::string& label,
                                                      const std::string& client, int threads,
-                                                     absl::Time deadline) {
+                                                     absl::Time deadline,
+                                                     const std::vector<std::string>& allowed_dirs) {
   RETURN_IF_ERROR(CheckLoadPaths(paths));
   absl::Time start = absl::Now();
   // Header and data come from the same open file, so a file replaced meanwhile cannot mix.
@@ -55,7 +56,8 @@ absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
   v1::Manifest manifest;
   std::unordered_map<std::string, std::string> owner;  // tensor name -> file
   for (const std::string& path : paths) {
-    ASSIGN_OR_RETURN(ScopedFd fd, OpenRegularFile(path));
+    ASSIGN_OR_RETURN(ScopedFd fd, allowed_dirs.empty() ? OpenRegularFile(path)
+                                                        : OpenRegularFileBeneath(allowed_dirs, path));
     ASSIGN_OR_RETURN(SafetensorsFile file, ReadSafetensorsHeaderFd(fd.get(), path));
     for (const SafetensorsEntry& e : file.tensors) {
       auto [it, fresh] = owner.emplace(e.name, path);

@@ -27,12 +27,14 @@ absl::Status CheckLoadPaths(const std::vector<std::string>& paths);
 // store while holding the version (VersionStore::WriteLease: an Abort or Drop meanwhile stops the
 // reads and frees the memory only after them), and commits (checksums computed from what was
 // read). Any failure aborts the version: nothing is left behind. The whole load must end by
-// `deadline`.
+// `deadline`. `allowed_dirs` not empty: files are opened only below them (OpenRegularFileBeneath;
+// for remote callers).
 absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
                                                      const std::vector<std::string>& paths,
                                                      uint64_t version, const std::string& label,
                                                      const std::string& client, int threads,
-                                                     absl::Time deadline);
+                                                     absl::Time deadline,
+                                                     const std::vector<std::string>& allowed_dirs = {});
 
 }  // namespace ckpt::daemon
 

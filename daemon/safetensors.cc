@@ -1,7 +1,9 @@
 #include "daemon/safetensors.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -511,15 +514,10 @@ absl::StatusOr<SafetensorsFile> ReadSafetensorsHeaderFd(int fd, const std::strin
   return ParseSafetensorsHeader(header, file_size, path);
 }
 
-absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path) {
-  if (path.find('\0') != std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("path ", QuoteForMessage(path), " has a NUL byte"));
-  }
-  ScopedFd handle(::open(path.c_str(), O_PATH | O_CLOEXEC));
-  if (!handle.valid()) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot open ", path, ": ", Errno()));
-  }
+namespace {
+
+// The second half of opening a file safely: `handle` is an O_PATH descriptor of `path`.
+absl::StatusOr<ScopedFd> ReopenIfRegular(ScopedFd handle, const std::string& path) {
   struct stat st;
   if (::fstat(handle.get(), &st) != 0) {
     return absl::FailedPreconditionError(absl::StrCat("cannot open ", path, ": ", Errno()));
@@ -536,6 +534,52 @@ absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path) {
     return absl::FailedPreconditionError(absl::StrCat("cannot open ", path, ": ", Errno()));
   }
   return fd;
+}
+
+}  // namespace
+
+absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path) {
+  if (path.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("path ", QuoteForMessage(path), " has a NUL byte"));
+  }
+  ScopedFd handle(::open(path.c_str(), O_PATH | O_CLOEXEC));
+  if (!handle.valid()) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot open ", path, ": ", Errno()));
+  }
+  return ReopenIfRegular(std::move(handle), path);
+}
+
+absl::StatusOr<ScopedFd> OpenRegularFileBeneath(const std::vector<std::string>& dirs,
+                                                const std::string& path) {
+  if (path.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("path ", QuoteForMessage(path), " has a NUL byte"));
+  }
+  for (const std::string& dir : dirs) {
+    if (!absl::StartsWith(path, dir + "/") || path.size() == dir.size() + 1) continue;
+    const std::string rel = path.substr(dir.size() + 1);
+    ScopedFd dir_fd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!dir_fd.valid()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot open load_files_dirs entry ", dir, ": ", Errno()));
+    }
+    struct open_how how {};
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    ScopedFd handle(
+        static_cast<int>(::syscall(SYS_openat2, dir_fd.get(), rel.c_str(), &how, sizeof(how))));
+    if (!handle.valid()) {
+      if (errno == EXDEV || errno == ELOOP) {
+        return absl::PermissionDeniedError(
+            absl::StrCat(path, " resolves to a place outside load_files_dirs ", dir));
+      }
+      return absl::FailedPreconditionError(absl::StrCat("cannot open ", path, ": ", Errno()));
+    }
+    return ReopenIfRegular(std::move(handle), path);
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "path ", QuoteForMessage(path), " is not under the daemon's load_files_dirs"));
 }
 
 absl::StatusOr<SafetensorsFile> ReadSafetensorsHeader(const std::string& path) {

@@ -121,6 +121,15 @@ absl::Status ReadRangesParallel(const std::vector<ReadRange>& ranges, int thread
 // missing, not accessible, or "not a regular file".
 absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path);
 
+// OpenRegularFile for a caller that may only read under `dirs` (absolute, without a trailing
+// slash): `path` must name something below one of them, and is resolved from that directory with
+// openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS), so neither ".." nor a symlink can leave it
+// (symlinks that stay inside, like a Hugging Face cache's snapshots/ -> blobs/, are followed).
+// PERMISSION_DENIED without touching the file system when `path` is not below any of `dirs`, and
+// PERMISSION_DENIED when its resolution leaves the directory; otherwise as OpenRegularFile.
+absl::StatusOr<ScopedFd> OpenRegularFileBeneath(const std::vector<std::string>& dirs,
+                                                const std::string& path);
+
 }  // namespace ckpt::daemon
 
 #endif  // CKPT_DAEMON_SAFETENSORS_H_

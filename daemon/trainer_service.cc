@@ -11,21 +11,12 @@
 
 namespace ckpt::daemon {
 
-std::string ClientOf(const grpc::ServerContext& context) {
-  // "ipv4:10.0.0.5:41234" -> "ipv4:10.0.0.5", "ipv6:[::1]:5555" -> "ipv6:[::1]": one client per
-  // host, whatever port each of its connections uses. Unix peers are one local client.
-  std::string peer = context.peer();
-  if (absl::StartsWith(peer, "ipv4:") || absl::StartsWith(peer, "ipv6:")) {
-    peer = peer.substr(0, peer.rfind(':'));
-  }
-  return peer;
-}
-
 grpc::Status TrainerService::BeginVersion(grpc::ServerContext* context,
                                           const v1::BeginVersionRequest* request,
                                           v1::BeginVersionResponse* response) {
-  auto begun = store_->Begin(request->manifest(), request->version(), request->label(),
-                             ClientOf(*context));
+  std::string who;
+  if (auto s = auth_->Check(*context, kRoleTrainer, "BeginVersion", &who); !s.ok()) return s;
+  auto begun = store_->Begin(request->manifest(), request->version(), request->label(), who);
   if (!begun.ok()) return ToGrpc(begun.status());
   response->set_version(begun->version);
   response->set_upload_token(begun->upload_token);
@@ -35,6 +26,7 @@ grpc::Status TrainerService::BeginVersion(grpc::ServerContext* context,
 grpc::Status TrainerService::PushChunks(grpc::ServerContext* context,
                                         grpc::ServerReader<v1::Chunk>* reader,
                                         v1::PushChunksResponse* response) {
+  if (auto s = auth_->Check(*context, kRoleTrainer, "PushChunks"); !s.ok()) return s;
   v1::Chunk chunk;
   // Versions this stream wrote to, with their tokens: aborted if the stream breaks.
   std::set<std::pair<uint64_t, std::string>> touched;
@@ -60,6 +52,7 @@ grpc::Status TrainerService::PushChunks(grpc::ServerContext* context,
 
 grpc::Status TrainerService::Commit(grpc::ServerContext* context, const v1::CommitRequest* request,
                                     v1::VersionInfo* response) {
+  if (auto s = auth_->Check(*context, kRoleTrainer, "Commit"); !s.ok()) return s;
   auto info = store_->Commit(request->version(), request->upload_token());
   if (!info.ok()) return ToGrpc(info.status());
   *response = std::move(*info);
@@ -68,6 +61,7 @@ grpc::Status TrainerService::Commit(grpc::ServerContext* context, const v1::Comm
 
 grpc::Status TrainerService::Abort(grpc::ServerContext* context, const v1::AbortRequest* request,
                                    v1::AbortResponse* response) {
+  if (auto s = auth_->Check(*context, kRoleTrainer, "Abort"); !s.ok()) return s;
   if (request->upload_token().empty()) {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "Abort needs the upload token");
   }
@@ -77,11 +71,24 @@ grpc::Status TrainerService::Abort(grpc::ServerContext* context, const v1::Abort
 grpc::Status TrainerService::LoadFiles(grpc::ServerContext* context,
                                        const v1::LoadFilesRequest* request,
                                        v1::VersionInfo* response) {
+  std::string who;
+  if (auto s = auth_->Check(*context, kRoleTrainer, "LoadFiles", &who); !s.ok()) return s;
   absl::Time deadline =
       std::min(absl::Now() + options_.load_timeout, absl::FromChrono(context->deadline()));
   std::vector<std::string> paths(request->paths().begin(), request->paths().end());
-  auto info = LoadSafetensorsFiles(*store_, paths, request->version(), request->label(),
-                                   ClientOf(*context), options_.load_threads, deadline);
+  // A local caller is the daemon's own uid or root (the socket is 0600): it may name any file. A
+  // TCP caller may only name files under load_files_dirs, and learns nothing about other paths.
+  std::vector<std::string> dirs;
+  if (IsTcpCall(*context)) {
+    if (options_.load_files_dirs.empty()) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "LoadFiles over TCP is off: the daemon's load_files_dirs is empty (use "
+                          "the Unix socket, or push the tensors)");
+    }
+    dirs = options_.load_files_dirs;
+  }
+  auto info = LoadSafetensorsFiles(*store_, paths, request->version(), request->label(), who,
+                                   options_.load_threads, deadline, dirs);
   if (!info.ok()) return ToGrpc(info.status());
   *response = std::move(*info);
   return grpc::Status::OK;

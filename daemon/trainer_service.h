@@ -3,14 +3,11 @@
 #define CKPT_DAEMON_TRAINER_SERVICE_H_
 
 #include "absl/time/time.h"
+#include "daemon/auth.h"
 #include "daemon/version_store.h"
 #include "proto/trainer.grpc.pb.h"
 
 namespace ckpt::daemon {
-
-// Who a call comes from, for per-client limits and logs: the peer's host ("ipv4:10.0.0.5"), or the
-// Unix socket.
-std::string ClientOf(const grpc::ServerContext& context);
 
 // Thread-safe (the store is). `store` must outlive the service.
 class TrainerService final : public v1::Trainer::Service {
@@ -20,9 +17,14 @@ class TrainerService final : public v1::Trainer::Service {
     int load_threads = 8;
     // Upper bound of one LoadFiles call (the client's deadline applies too).
     absl::Duration load_timeout = absl::Minutes(30);
+    // Directories under which TCP callers may load files; empty: LoadFiles over TCP is refused.
+    std::vector<std::string> load_files_dirs;
   };
 
-  TrainerService(VersionStore* store, Options options) : store_(store), options_(options) {}
+  // Every call needs the trainer role (`auth`); the caller's name is the per-client key of the
+  // store's staging limits. `store` and `auth` must outlive the service.
+  TrainerService(VersionStore* store, const Authorizer* auth, Options options)
+      : store_(store), auth_(auth), options_(std::move(options)) {}
 
   grpc::Status BeginVersion(grpc::ServerContext* context, const v1::BeginVersionRequest* request,
                             v1::BeginVersionResponse* response) override;
@@ -39,6 +41,7 @@ class TrainerService final : public v1::Trainer::Service {
 
  private:
   VersionStore* const store_;
+  const Authorizer* const auth_;
   const Options options_;
 };
 

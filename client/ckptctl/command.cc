@@ -18,7 +18,7 @@ int UsageError(const absl::Status& status) {
 }
 
 absl::StatusOr<client::Endpoint> ResolveEndpoint(const GlobalOptions& options) {
-  return client::ResolveEndpoint(options.socket_path, options.address);
+  return client::ResolveEndpoint(options.socket_path, options.address, options.credentials);
 }
 
 absl::StatusOr<std::unique_ptr<client::DaemonClient>> ConnectAdmin(const GlobalOptions& options) {

@@ -19,6 +19,9 @@ namespace ckpt::ctl {
 struct GlobalOptions {
   std::string socket_path;
   std::string address;
+  // TCP credentials (--tls-ca, --tls-cert, --tls-key, --token-file; else CKPT_TLS_* and
+  // CKPT_TOKEN_FILE).
+  client::Credentials credentials;
   // Deadline of each request (--timeout), parsed.
   absl::Duration timeout = absl::Seconds(5);
 };

@@ -1,6 +1,7 @@
 // ckptctl: the operator's command line for ckpt-engined.
 //
-//   ckptctl [--socket PATH | --address HOST:PORT] [--timeout 5s] COMMAND ...
+//   ckptctl [--socket PATH | --address HOST:PORT [--tls-ca F] [--tls-cert F --tls-key F]
+//           [--token-file F]] [--timeout 5s] COMMAND ...
 //     status [--json]                     the daemon's state
 //     versions [--json]                   the versions it holds
 //     show VERSION|latest [--json] [--tensors]
@@ -37,6 +38,14 @@ int main(int argc, char** argv) {
       "daemon's Unix socket (default: $CKPT_SOCKET, else /run/ckpt-engine/ckpt-engined.sock)");
   auto* address_opt = app.add_option("--address", global.address, "daemon's TCP address HOST:PORT");
   socket_opt->excludes(address_opt);
+  app.add_option("--tls-ca", global.credentials.tls_ca,
+                 "TCP: CA file (PEM) of the daemon's certificate; turns TLS on ($CKPT_TLS_CA)");
+  app.add_option("--tls-cert", global.credentials.tls_cert,
+                 "TCP: client certificate (PEM) for mTLS ($CKPT_TLS_CERT)");
+  app.add_option("--tls-key", global.credentials.tls_key,
+                 "TCP: key (PEM) of --tls-cert ($CKPT_TLS_KEY)");
+  app.add_option("--token-file", global.credentials.token_file,
+                 "TCP: file whose first line is a bearer token ($CKPT_TOKEN_FILE)");
   app.add_option("--timeout", timeout_text, "deadline of each request (default 5s)");
 
   StatusArgs status_args;

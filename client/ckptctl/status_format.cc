@@ -26,6 +26,10 @@ nlohmann::json StatusJson(const v1::StatusResponse& s) {
                        {"attached_unix_ms", w.attached_unix_ms()},
                        {"tensor_filter", w.tensor_filter()}});
   }
+  nlohmann::json listeners = nlohmann::json::array();
+  for (const v1::ListenerStatus& l : s.listeners()) {
+    listeners.push_back({{"address", l.address()}, {"auth", l.auth()}});
+  }
   return {
       {"daemon_version", s.daemon_version()},
       {"pid", s.pid()},
@@ -45,6 +49,8 @@ nlohmann::json StatusJson(const v1::StatusResponse& s) {
       {"bucket_bytes", s.bucket_bytes()},
       {"slots_per_gpu", s.slots_per_gpu()},
       {"updating_version", s.updating_version()},
+      {"listeners", listeners},
+      {"insecure_tcp", s.insecure_tcp()},
   };
 }
 
@@ -88,7 +94,15 @@ std::string StatusText(const v1::StatusResponse& s) {
                                 : absl::StrCat("holds version ", w.loaded_version()),
         w.tensor_filter() == 0 ? "" : absl::StrCat("  (", w.tensor_filter(), " tensors)"), "\n");
   }
-  absl::StrAppend(&out, "  listening:    ", absl::StrJoin(s.listen_addresses(), ", "), "\n");
+  if (s.listeners_size() == 0) {
+    absl::StrAppend(&out, "  listening:    ", absl::StrJoin(s.listen_addresses(), ", "), "\n");
+  }
+  for (const v1::ListenerStatus& l : s.listeners()) {
+    absl::StrAppend(&out, "  listening:    ", l.address(), "  (auth: ", l.auth(), ")\n");
+  }
+  if (s.insecure_tcp()) {
+    absl::StrAppend(&out, "  WARNING:      TCP is served without authentication (insecure_tcp)\n");
+  }
   return out;
 }
 

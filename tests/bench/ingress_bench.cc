@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
   std::string budget = absl::StrCat(2 * tensors.total + (256 << 20));
   auto start_wait = Clock::now();
   ckpt::testing::DaemonProcess daemon(
-      {"--backend", backend, "--listen-tcp", "127.0.0.1:0", "--host-memory-budget", budget,
+      {"--backend", backend, "--listen-tcp", "127.0.0.1:0", "--insecure-tcp", "true", "--host-memory-budget", budget,
        "--load-threads", "16", "--log-level", "warn"},
       {}, std::chrono::seconds(300));
   if (!daemon.ready()) return Fail("daemon did not start: " + daemon.proc->Stderr());

@@ -145,7 +145,7 @@ TEST_CASE("SIGPIPE is ignored and SIGHUP reloads: the daemon keeps serving") {
 }
 
 TEST_CASE("TCP listening on port 0 reports the chosen port and serves ckptctl --address") {
-  RunningDaemon d({"--listen-tcp", "127.0.0.1:0"});
+  RunningDaemon d({"--listen-tcp", "127.0.0.1:0", "--insecure-tcp", "true"});
   RunResult r = d.Ctl({"status", "--json"});
   REQUIRE(r.exit.code == 0);
   auto addresses = nlohmann::json::parse(r.out)["listen_addresses"];
@@ -156,7 +156,24 @@ TEST_CASE("TCP listening on port 0 reports the chosen port and serves ckptctl --
   RunResult over_tcp = Run({Ctl(), "--address", tcp, "status", "--json"});
   INFO(over_tcp.err);
   REQUIRE(over_tcp.exit.code == 0);
-  CHECK(nlohmann::json::parse(over_tcp.out)["pid"] == d.proc->pid());
+  auto status = nlohmann::json::parse(over_tcp.out);
+  CHECK(status["pid"] == d.proc->pid());
+  CHECK(status["insecure_tcp"] == true);
+  CHECK(status["listeners"][1]["auth"] == "none (insecure_tcp)");
+  CHECK(Contains(d.proc->Stderr(), "WITHOUT authentication"));
+  RunResult text = d.Ctl({"status"});
+  CHECK(Contains(text.out, "WARNING:      TCP is served without authentication"));
+}
+
+TEST_CASE("a TCP listener without authentication refuses to start unless insecure_tcp is set") {
+  // Finding 2 of the security review: TCP served anyone. Now it is refused at start-up.
+  TempDir dir;
+  RunResult r = Run({Runfile("daemon/ckpt-engined"), "--backend", "host", "--listen-unix",
+                     dir / "d.sock", "--host-memory-budget", "16MiB", "--listen-tcp",
+                     "127.0.0.1:0"});
+  CHECK(r.exit.code == 2);
+  CHECK(Contains(r.err, "would serve anyone"));
+  CHECK(Contains(r.err, "insecure_tcp"));
 }
 
 TEST_CASE("CKPT_SOCKET chooses the socket") {
@@ -280,7 +297,7 @@ TEST_CASE("start-up fails with exit code 2 and one line naming the problem") {
   SECTION("TCP address that cannot be bound") {
     RequireStartupFailure(
         StartFailing({"--backend", "host", "--listen-unix", sock, "--host-memory-budget", "16MiB",
-                      "--listen-tcp", "192.0.2.1:1"}),
+                      "--listen-tcp", "192.0.2.1:1", "--insecure-tcp", "true"}),
         "cannot listen on");
     CHECK_FALSE(Exists(sock + ".lock"));
   }
