@@ -377,6 +377,10 @@ absl::StatusOr<SafetensorsFile> ParseHeaderOrThrow(absl::string_view header_json
       what.remove_prefix(bracket + 2);
     }
     return BadFile(path, absl::StrCat("header is not valid JSON (truncated or corrupt?): ", what));
+  } catch (const Json::out_of_range&) {
+    // A number outside a double's range (1e400): found by the fuzzer. The library's message
+    // quotes the number (file bytes), so it is not passed on.
+    return BadFile(path, "header has a number too large to represent");
   }
   if (!root.is_object()) {
     return BadFile(path,

@@ -238,6 +238,10 @@ TEST_CASE("bad: truncated header (not valid JSON)") {
   ExpectBadHeader("bad_json.safetensors", "{PK\x03\x04 not json", {"not valid JSON"});
 }
 
+TEST_CASE("bad: a number too large for a double is INVALID_ARGUMENT, not INTERNAL (fuzzer)") {
+  ExpectBadHeader("bignum.safetensors", R"({"a":1e400})", {"number too large to represent"}, 0);
+}
+
 TEST_CASE("bad: header not a JSON object") {
   ExpectBadHeader("array_header.safetensors", "[1, 2]", {"does not start with a JSON object"});
   ExpectBadHeader("string_header.safetensors", R"("x")", {"does not start with a JSON object"});

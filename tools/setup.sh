@@ -19,6 +19,8 @@ PACKAGES=(
   openssl
   # Python client tests (tests/python, run by /usr/bin/python3): numpy and torch
   python3-numpy python3-torch
+  # fuzzing
+  clang-14 libfuzzer-14-dev
 )
 
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
