@@ -331,16 +331,32 @@ std::shared_ptr<VersionStore::Version> VersionStore::FindStaging(uint64_t versio
   return it->second;
 }
 
+absl::StatusOr<std::shared_ptr<VersionStore::Version>> VersionStore::LookUpStaging(
+    uint64_t version, const std::string& token) const {
+  absl::ReaderMutexLock lock(&mu_);
+  absl::Status error;
+  std::shared_ptr<Version> v = FindStaging(version, token, &error);
+  if (v == nullptr) return error;
+  return v;
+}
+
+absl::Status VersionStore::AddWriter(Version& v) {
+  {
+    absl::MutexLock vlock(&v.mu);
+    if (v.committing) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("version ", v.id, " is being committed; it cannot be written"));
+    }
+    ++v.writers;
+  }
+  v.Touch();
+  return absl::OkStatus();
+}
+
 absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token,
                                       const std::string& tensor, uint64_t offset, const void* data,
                                       uint64_t size) {
-  std::shared_ptr<Version> v;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    absl::Status error;
-    v = FindStaging(version, token, &error);
-    if (v == nullptr) return error;
-  }
+  ASSIGN_OR_RETURN(std::shared_ptr<Version> v, LookUpStaging(version, token));
   auto it = v->index.find(tensor);
   if (it == v->index.end()) {
     return absl::NotFoundError(
@@ -354,15 +370,7 @@ absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token
                                               QuoteForMessage(tensor), " (", tensor_size,
                                               " bytes)"));
   }
-  {
-    absl::MutexLock vlock(&v->mu);
-    if (v->committing) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("version ", version, " is being committed; no more chunks"));
-    }
-    ++v->writers;
-  }
-  v->Touch();
+  RETURN_IF_ERROR(AddWriter(*v));
   std::memcpy(arena_->data() + v->ranges->offset(i) + offset, data, size);
   absl::MutexLock vlock(&v->mu);
   if (size > 0) v->received_bytes += v->MarkReceived(i, offset, offset + size);
@@ -372,22 +380,8 @@ absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token
 
 absl::StatusOr<std::unique_ptr<VersionStore::WriteLease>> VersionStore::OpenWriter(
     uint64_t version, const std::string& token) {
-  std::shared_ptr<Version> v;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    absl::Status error;
-    v = FindStaging(version, token, &error);
-    if (v == nullptr) return error;
-  }
-  {
-    absl::MutexLock vlock(&v->mu);
-    if (v->committing) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("version ", version, " is being committed; it cannot be written"));
-    }
-    ++v->writers;
-  }
-  v->Touch();
+  ASSIGN_OR_RETURN(std::shared_ptr<Version> v, LookUpStaging(version, token));
+  RETURN_IF_ERROR(AddWriter(*v));
   return std::unique_ptr<WriteLease>(new WriteLease(this, std::move(v)));
 }
 
@@ -419,13 +413,7 @@ absl::Status VersionStore::WriteLease::MarkAllReceived() {
 }
 
 absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std::string& token) {
-  std::shared_ptr<Version> v;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    absl::Status error;
-    v = FindStaging(version, token, &error);
-    if (v == nullptr) return error;
-  }
+  ASSIGN_OR_RETURN(std::shared_ptr<Version> v, LookUpStaging(version, token));
   {
     absl::MutexLock vlock(&v->mu);
     if (v->committing) {

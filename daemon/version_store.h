@@ -194,6 +194,13 @@ class VersionStore {
  private:
   std::shared_ptr<Version> FindStaging(uint64_t version, const std::string& token,
                                        absl::Status* error) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // FindStaging under mu_ (shared).
+  absl::StatusOr<std::shared_ptr<Version>> LookUpStaging(uint64_t version,
+                                                         const std::string& token) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Registers a writer of `v` (Commit waits for writers; the reaper spares them) and marks
+  // activity; FAILED_PRECONDITION once a commit has begun. The writer ends with --writers.
+  absl::Status AddWriter(Version& v);
   // Bytes held by committed versions that may be retired to make room: all but the newest.
   uint64_t RetirableBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes the oldest retirable committed version; false if there is none.
