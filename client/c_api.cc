@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -100,22 +101,116 @@ void ckpt_push_options_init(ckpt_push_options* options) {
   options->timeout_s = 60.0;
 }
 
+namespace {
+
+using ckpt::client::Credentials;
+
+std::string Text(const char* s) { return s != nullptr ? s : ""; }
+
+// Resolves the endpoint and opens both clients; *out is set only on success.
+absl::Status OpenClient(const std::string& socket, const std::string& address,
+                        const Credentials& credentials, double timeout_s, ckpt_client** out) {
+  auto endpoint = ckpt::client::ResolveEndpoint(socket, address, credentials);
+  if (!endpoint.ok()) return endpoint.status();
+  auto trainer = TrainerClient::Connect(*endpoint);
+  if (!trainer.ok()) return trainer.status();
+  auto admin = DaemonClient::Connect(*endpoint);
+  if (!admin.ok()) return admin.status();
+  auto client = std::make_unique<ckpt_client>();
+  client->trainer = std::move(*trainer);
+  client->admin = std::move(*admin);
+  if (timeout_s > 0) client->timeout_s.store(timeout_s);
+  *out = client.release();
+  return absl::OkStatus();
+}
+
+// ckpt_client_options as first released (0.1.0): every later field is optional, so callers built
+// against this header keep working with later libraries.
+constexpr size_t kClientOptionsFirstSize =
+    offsetof(ckpt_client_options, timeout_s) + sizeof(double);
+// No options struct is this large: a garbage struct_size is refused before anything is read.
+constexpr size_t kClientOptionsMaxSize = 4096;
+
+// The caller's options over the defaults. Reads exactly struct_size bytes: a caller built against
+// an older header has a shorter struct, one built against a newer header a longer one, whose
+// fields this library does not know must be zero (ignoring them could drop a security setting).
+absl::Status ReadClientOptions(const ckpt_client_options* given, ckpt_client_options* o) {
+  ckpt_client_options_init(o);
+  const size_t size = given->struct_size;
+  if (size == 0) {
+    return absl::InvalidArgumentError(
+        "ckpt_client_options.struct_size is 0: fill the options with ckpt_client_options_init");
+  }
+  if (size < kClientOptionsFirstSize || size > kClientOptionsMaxSize) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ckpt_client_options.struct_size is ", size, ": expected ", sizeof(ckpt_client_options),
+        " (fill the options with ckpt_client_options_init)"));
+  }
+  const auto* bytes = reinterpret_cast<const unsigned char*>(given);
+  for (size_t i = sizeof(ckpt_client_options); i < size; ++i) {
+    if (bytes[i] != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ckpt_client_options sets fields this library (", ckpt::kVersion,
+          ") does not know: byte ", i, " of ", size, " is not zero; use a newer libckpt_client"));
+    }
+  }
+  std::memcpy(o, given, std::min(size, sizeof(ckpt_client_options)));
+  o->struct_size = sizeof(ckpt_client_options);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void ckpt_client_options_init(ckpt_client_options* options) {
+  if (options == nullptr) return;
+  std::memset(options, 0, sizeof(*options));
+  options->struct_size = sizeof(*options);
+  options->timeout_s = 10.0;
+}
+
+int ckpt_client_open3(const ckpt_client_options* options, ckpt_client** out, char* err,
+                      size_t errlen) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (out == nullptr) return absl::InvalidArgumentError("out is NULL");
+    if (options == nullptr) return absl::InvalidArgumentError("options is NULL");
+    ckpt_client_options o;
+    if (absl::Status s = ReadClientOptions(options, &o); !s.ok()) return s;
+    const std::string socket = Text(o.socket), address = Text(o.address);
+    if (!socket.empty() && !address.empty()) {
+      return absl::InvalidArgumentError("give either socket or address, not both");
+    }
+    if (!(o.timeout_s >= 0) || std::isinf(o.timeout_s)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("timeout_s must be >= 0 seconds and finite, not ", o.timeout_s));
+    }
+    Credentials credentials;
+    credentials.tls_ca = Text(o.tls_ca);
+    credentials.tls_cert = Text(o.tls_cert);
+    credentials.tls_key = Text(o.tls_key);
+    credentials.token_file = Text(o.token_file);
+    // ResolveEndpoint checks the pair too, after the environment filled the gaps; its message
+    // names ckptctl's flags, this one the fields the caller set.
+    if (!address.empty() && credentials.tls_cert.empty() != credentials.tls_key.empty()) {
+      const bool has_cert = !credentials.tls_cert.empty();
+      const char* env = has_cert ? "CKPT_TLS_KEY" : "CKPT_TLS_CERT";
+      if (Text(std::getenv(env)).empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "a TLS client certificate and its key go together: ",
+            has_cert ? "tls_cert is set but not tls_key" : "tls_key is set but not tls_cert",
+            " (nor $", env, ")"));
+      }
+    }
+    return OpenClient(socket, address, credentials, o.timeout_s, out);
+  });
+}
+
 int ckpt_client_open2(const char* socket, const char* address, ckpt_client** out, char* err,
                       size_t errlen) {
   if (out != nullptr) *out = nullptr;
   return Guard(err, errlen, [&]() -> absl::Status {
     if (out == nullptr) return absl::InvalidArgumentError("out is NULL");
-    auto endpoint = ckpt::client::ResolveEndpoint(socket ? socket : "", address ? address : "");
-    if (!endpoint.ok()) return endpoint.status();
-    auto trainer = TrainerClient::Connect(*endpoint);
-    if (!trainer.ok()) return trainer.status();
-    auto admin = DaemonClient::Connect(*endpoint);
-    if (!admin.ok()) return admin.status();
-    auto client = std::make_unique<ckpt_client>();
-    client->trainer = std::move(*trainer);
-    client->admin = std::move(*admin);
-    *out = client.release();
-    return absl::OkStatus();
+    return OpenClient(Text(socket), Text(address), Credentials(), 0, out);
   });
 }
 

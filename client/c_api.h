@@ -101,6 +101,44 @@ CKPT_API ckpt_client* ckpt_client_open(const char* socket, const char* address, 
 CKPT_API int ckpt_client_open2(const char* socket, const char* address, ckpt_client** out,
                                char* err, size_t errlen);
 
+/* Where the daemon is and, for TCP, how this client proves who it is (docs/security.md). Fill with
+ * ckpt_client_options_init, then set what you need; NULL or "" strings are unset. The library only
+ * reads the caller's struct during ckpt_client_open3.
+ *
+ * `struct_size` lets the struct grow without breaking callers: fields past `struct_size` take their
+ * defaults, and a caller built against a newer header may pass a larger struct as long as the
+ * fields this library does not know are zero (INVALID_ARGUMENT otherwise). */
+typedef struct ckpt_client_options {
+  size_t struct_size;  /* sizeof(ckpt_client_options); set by ckpt_client_options_init */
+  const char* socket;  /* the daemon's Unix socket path */
+  const char* address; /* HOST:PORT for TCP; not together with `socket` */
+  /* TCP only (ignored for a Unix socket, where the caller's uid decides, as in ckptctl). Each unset
+   * field falls back to its environment variable: $CKPT_TLS_CA, $CKPT_TLS_CERT, $CKPT_TLS_KEY,
+   * $CKPT_TOKEN_FILE. */
+  const char* tls_ca;     /* PEM file of the CA that signed the daemon's certificate: TLS on */
+  const char* tls_cert;   /* PEM client certificate (mTLS): TLS on; needs tls_key */
+  const char* tls_key;    /* PEM private key of tls_cert */
+  const char* token_file; /* file whose first line is a bearer token (sent on every call) */
+  double timeout_s;       /* deadline of list / get / drop, as ckpt_client_set_timeout; 0: 10 s */
+} ckpt_client_options;
+
+/* Defaults: struct_size = sizeof(ckpt_client_options), every string NULL, timeout_s 10. */
+CKPT_API void ckpt_client_options_init(ckpt_client_options* options);
+
+/* ckpt_client_open2 with options: the endpoint as for ckpt_client_open (both socket and address
+ * unset: $CKPT_SOCKET, else the default socket), then, for TCP, the credentials. The token and
+ * TLS files are read here (the TLS files again for each upload stream's connection); the
+ * connection itself is made by the first call. Errors:
+ * INVALID_ARGUMENT (options or out NULL, struct_size 0 or unknown fields set, socket and address
+ * both set, tls_cert without tls_key or the reverse, timeout_s negative or not finite);
+ * FAILED_PRECONDITION naming a token or TLS file that cannot be read, or an empty token file;
+ * UNAVAILABLE / PERMISSION_DENIED for a Unix socket as for ckpt_client_open. A daemon that
+ * refuses the credentials answers the first call: UNAUTHENTICATED (16) without valid ones,
+ * PERMISSION_DENIED (7) for a role that does not allow the call, UNAVAILABLE (14) when TLS fails
+ * (no or a wrong client certificate, an untrusted server, TLS on one side only). */
+CKPT_API int ckpt_client_open3(const ckpt_client_options* options, ckpt_client** out, char* err,
+                               size_t errlen);
+
 /* Deadline of the admin calls below (list, get, drop); default 10 s. Values <= 0 are ignored. */
 CKPT_API void ckpt_client_set_timeout(ckpt_client* client, double seconds);
 

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "daemon/socket_path.h"
 #include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
@@ -37,39 +39,12 @@ bool AttachSocket::ValidNonce(const std::string& nonce) {
   return true;
 }
 
-absl::StatusOr<std::unique_ptr<AttachSocket>> AttachSocket::Listen(const std::string& path) {
-  sockaddr_un addr{};
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "descriptor socket path ", path, " is longer than ", sizeof(addr.sun_path) - 1, " bytes"));
-  }
+absl::StatusOr<std::unique_ptr<AttachSocket>> AttachSocket::Listen(
+    const std::string& path, mode_t mode, std::function<bool(uid_t)> may_pass_files) {
   std::unique_ptr<AttachSocket> s(new AttachSocket);
   s->path_ = path;
-  s->listener_ = ScopedFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!s->listener_.valid()) {
-    return absl::InternalError(absl::StrCat("descriptor socket: socket: ", std::strerror(errno)));
-  }
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  struct stat st;
-  if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("descriptor socket path ", path,
-                       " exists and is not a socket; remove it or move listen_unix"));
-    }
-    ::unlink(path.c_str());  // a stale one of a previous daemon (we hold the socket claim)
-  }
-  if (::bind(s->listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot bind descriptor socket ", path, ": ", std::strerror(errno)));
-  }
-  if (::chmod(path.c_str(), 0600) != 0 || ::listen(s->listener_.get(), 64) != 0) {
-    absl::Status error = absl::FailedPreconditionError(
-        absl::StrCat("descriptor socket ", path, ": ", std::strerror(errno)));
-    ::unlink(path.c_str());
-    return error;
-  }
+  s->may_pass_files_ = std::move(may_pass_files);
+  ASSIGN_OR_RETURN(s->listener_, ListenUnix(path, SOCK_SEQPACKET, mode, "descriptor socket"));
   s->acceptor_ = std::thread([raw = s.get()] { raw->AcceptLoop(); });
   return s;
 }
@@ -81,6 +56,14 @@ AttachSocket::~AttachSocket() {
   }
   if (acceptor_.joinable()) acceptor_.join();
   ::unlink(path_.c_str());
+}
+
+absl::Status AttachSocket::SetMode(mode_t mode) {
+  if (::chmod(path_.c_str(), mode) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot chmod descriptor socket ", path_, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
 }
 
 void AttachSocket::AcceptLoop() {
@@ -110,7 +93,12 @@ void AttachSocket::AcceptLoop() {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
       for (auto it = pending_.begin(); it != pending_.end();) {
-        it = now - it->second.arrived > kPendingLifetime ? pending_.erase(it) : std::next(it);
+        if (now - it->second.arrived > kPendingLifetime) {
+          pending_fds_ -= it->second.presented.fds.size();
+          it = pending_.erase(it);
+        } else {
+          ++it;
+        }
       }
     }
     for (auto it = awaiting.begin(); it != awaiting.end();) {
@@ -141,15 +129,29 @@ void AttachSocket::AcceptLoop() {
         drop(&a.peer, message.ok() ? "no valid nonce" : message.status().message());
         continue;
       }
+      if (!message->fds.empty() && !(may_pass_files_ && may_pass_files_(a.peer.uid))) {
+        drop(&a.peer, absl::StrCat("uid ", a.peer.uid,
+                                   " sent descriptors but has no trainer role"));
+        continue;
+      }
       absl::MutexLock lock(&mu_);
-      if (pending_.size() >= kMaxPending) {
+      auto erase = [&](std::map<std::string, Entry>::iterator it)
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                         pending_fds_ -= it->second.presented.fds.size();
+                         return pending_.erase(it);
+                       };
+      if (auto same = pending_.find(message->payload); same != pending_.end()) erase(same);
+      while (!pending_.empty() && (pending_.size() >= kMaxPending ||
+                                   pending_fds_ + message->fds.size() > kMaxPendingFds)) {
         auto oldest = pending_.begin();
         for (auto it = pending_.begin(); it != pending_.end(); ++it) {
           if (it->second.arrived < oldest->second.arrived) oldest = it;
         }
-        pending_.erase(oldest);
+        erase(oldest);
       }
-      pending_[message->payload] = Entry{Presented{a.peer, std::move(a.fd)}, absl::Now()};
+      pending_fds_ += message->fds.size();
+      pending_[message->payload] =
+          Entry{Presented{a.peer, std::move(a.fd), std::move(message->fds)}, absl::Now()};
     }
     awaiting = std::move(still);
     if ((fds[0].revents & POLLIN) == 0) continue;
@@ -180,9 +182,10 @@ absl::StatusOr<AttachSocket::Presented> AttachSocket::Claim(const std::string& n
   auto it = pending_.find(nonce);
   if (it == pending_.end()) {
     return absl::DeadlineExceededError(
-        absl::StrCat("no connection on ", path_, " presented this attach's nonce"));
+        absl::StrCat("no connection on ", path_, " presented this nonce"));
   }
   Presented out = std::move(it->second.presented);
+  pending_fds_ -= out.fds.size();
   pending_.erase(it);
   return out;
 }

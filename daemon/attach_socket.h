@@ -6,16 +6,25 @@
 // (SO_PEERCRED); the Consumer service matches the two by nonce, checks the identity, and answers on
 // this connection: "ok" with the host backend's slot memfds attached, or the refusal.
 //
+// Trainers pass the descriptors of the files of a LoadFiles the same way: the nonce message
+// carries up to kMaxFdsPerMessage descriptors, and the Trainer service claims them by the nonces
+// in its LoadFilesRequest. Only uids that `may_pass_files` accepts may attach descriptors, and the
+// descriptors held unclaimed are bounded (kMaxPendingFds).
+//
 // Thread-safety: all methods may be called from any thread. One thread accepts and reads nonces
 // of many connections at once (poll), so silent connections never delay another's attach; every
 // wait has a deadline, and the connections held at any time are bounded.
 #ifndef CKPT_DAEMON_ATTACH_SOCKET_H_
 #define CKPT_DAEMON_ATTACH_SOCKET_H_
 
+#include <sys/types.h>
+
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -32,17 +41,27 @@ class AttachSocket {
   struct Presented {
     PeerCredentials peer;
     ScopedFd connection;
+    // The descriptors that came with the nonce (LoadFiles).
+    std::vector<ScopedFd> fds;
   };
 
-  // Binds `path` (mode 0600; an existing socket file there is replaced: the caller holds the
+  // Descriptors received with nonces and not claimed yet, at most: past this the oldest presented
+  // connections are dropped.
+  static constexpr size_t kMaxPendingFds = 8192;
+
+  // Binds `path` with `mode` (an existing socket file there is replaced: the caller holds the
   // daemon's socket claim) and starts accepting.
-  static absl::StatusOr<std::unique_ptr<AttachSocket>> Listen(const std::string& path);
+  // `may_pass_files(uid)`: whether a process of `uid` may attach descriptors to its nonce.
+  static absl::StatusOr<std::unique_ptr<AttachSocket>> Listen(
+      const std::string& path, mode_t mode, std::function<bool(uid_t)> may_pass_files);
   // Stops accepting and removes the socket file.
   ~AttachSocket();
   AttachSocket(const AttachSocket&) = delete;
   AttachSocket& operator=(const AttachSocket&) = delete;
 
   const std::string& path() const { return path_; }
+  // chmod of the socket file (SIGHUP may give other uids roles, or take them away).
+  absl::Status SetMode(mode_t mode);
 
   // Takes the connection that presented `nonce`, waiting for it until `deadline`.
   // DEADLINE_EXCEEDED when none came.
@@ -56,6 +75,7 @@ class AttachSocket {
   void AcceptLoop();
 
   std::string path_;
+  std::function<bool(uid_t)> may_pass_files_;
   ScopedFd listener_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -64,6 +84,7 @@ class AttachSocket {
     absl::Time arrived;
   };
   std::map<std::string, Entry> pending_ ABSL_GUARDED_BY(mu_);
+  size_t pending_fds_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread acceptor_;
 };
 

@@ -1,6 +1,8 @@
 #include "daemon/auth.h"
 
+#include <pwd.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -9,6 +11,7 @@
 #include <sstream>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -78,24 +81,61 @@ std::string RolesText(RoleSet roles) {
   return names.empty() ? "none" : absl::StrJoin(names, " ");
 }
 
-absl::StatusOr<std::map<std::string, RoleSet>> ParseSanRoles(const std::string& text) {
-  std::map<std::string, RoleSet> out;
+namespace {
+
+// "KEY=role role;KEY=role" -> map, each KEY turned into Key by `key_of` (an error names the entry).
+template <typename Key, typename KeyOf>
+absl::StatusOr<std::map<Key, RoleSet>> ParseRoleMap(const std::string& text, const char* example,
+                                                    KeyOf key_of) {
+  std::map<Key, RoleSet> out;
   for (absl::string_view entry : absl::StrSplit(text, ';', absl::SkipWhitespace())) {
     entry = absl::StripAsciiWhitespace(entry);
     const size_t eq = entry.rfind('=');
     if (eq == absl::string_view::npos || eq == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "entry ", QuoteForMessage(entry), " is not SAN=ROLES (e.g. spiffe://c/trainer=trainer)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("entry ", QuoteForMessage(entry), " is not ", example));
     }
-    std::string san(absl::StripAsciiWhitespace(entry.substr(0, eq)));
-    auto roles = ParseRoles(std::string(entry.substr(eq + 1)));
+    absl::StatusOr<Key> key = key_of(absl::StripAsciiWhitespace(entry.substr(0, eq)));
+    absl::StatusOr<RoleSet> roles =
+        key.ok() ? ParseRoles(std::string(entry.substr(eq + 1))) : key.status();
     if (!roles.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("entry ", QuoteForMessage(entry), ": ", roles.status().message()));
     }
-    out[san] |= *roles;
+    out[*key] |= *roles;
   }
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::map<std::string, RoleSet>> ParseSanRoles(const std::string& text) {
+  return ParseRoleMap<std::string>(
+      text, "SAN=ROLES (e.g. spiffe://c/trainer=trainer)",
+      [](absl::string_view san) -> absl::StatusOr<std::string> { return std::string(san); });
+}
+
+absl::StatusOr<std::map<uid_t, RoleSet>> ParseUidRoles(const std::string& text) {
+  return ParseRoleMap<uid_t>(
+      text, "UID=ROLES or USER=ROLES (e.g. 1000=trainer)",
+      [](absl::string_view who) -> absl::StatusOr<uid_t> {
+        uint32_t uid = 0;
+        if (absl::SimpleAtoi(who, &uid)) {
+          if (uid == static_cast<uint32_t>(-1)) return absl::InvalidArgumentError("uid -1");
+          return static_cast<uid_t>(uid);
+        }
+        std::string name(who);
+        passwd pw;
+        passwd* found = nullptr;
+        std::vector<char> buffer(16384);
+        const int error = ::getpwnam_r(name.c_str(), &pw, buffer.data(), buffer.size(), &found);
+        if (error != 0 || found == nullptr) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "no user ", QuoteForMessage(name), error != 0 ? ": " : "",
+              error != 0 ? std::strerror(error) : ""));
+        }
+        return found->pw_uid;
+      });
 }
 
 absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Create(AuthOptions options) {
@@ -104,6 +144,7 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Create(AuthOptions optio
   if (!tokens.ok()) return tokens.status();
   absl::MutexLock lock(&a->mu_);
   a->tokens_ = std::make_shared<const std::vector<Token>>(*std::move(tokens));
+  a->uid_roles_ = a->options_.uid_roles;
   return a;
 }
 
@@ -155,7 +196,7 @@ absl::StatusOr<std::vector<Authorizer::Token>> Authorizer::ReadTokens() const {
   return tokens;
 }
 
-absl::StatusOr<std::string> Authorizer::Reload() {
+absl::StatusOr<std::string> Authorizer::Reload(std::map<uid_t, RoleSet> uid_roles) {
   auto fresh = ReadTokens();
   if (!fresh.ok()) return fresh.status();
   absl::MutexLock lock(&mu_);
@@ -165,17 +206,73 @@ absl::StatusOr<std::string> Authorizer::Reload() {
   int added = 0, removed = 0;
   for (const std::string& t : after) added += before.count(t) == 0;
   for (const std::string& t : before) removed += after.count(t) == 0;
+  int uids_added = 0, uids_removed = 0, uids_changed = 0;
+  for (const auto& [uid, roles] : uid_roles) {
+    auto old = uid_roles_.find(uid);
+    if (old == uid_roles_.end()) {
+      ++uids_added;
+    } else if (old->second != roles) {
+      ++uids_changed;
+    }
+  }
+  for (const auto& [uid, roles] : uid_roles_) uids_removed += uid_roles.count(uid) == 0;
   tokens_ = std::make_shared<const std::vector<Token>>(*std::move(fresh));
-  return absl::StrCat(tokens_->size(), " token(s) (", added, " added, ", removed, " removed)");
+  uid_roles_ = std::move(uid_roles);
+  std::string summary = absl::StrCat(uid_roles_.size(), " uid(s) with roles (", uids_added,
+                                     " added, ", uids_removed, " removed, ", uids_changed,
+                                     " changed)");
+  if (!options_.auth_tokens_file.empty()) {
+    summary = absl::StrCat(tokens_->size(), " token(s) (", added, " added, ", removed,
+                           " removed); ", summary);
+  }
+  return summary;
+}
+
+void Authorizer::SetLocalPeers(LocalPeerLookup lookup) { local_peers_ = std::move(lookup); }
+
+RoleSet Authorizer::LocalRoles(uid_t uid) const {
+  if (uid == 0 || uid == ::getuid()) return kAllRoles;
+  absl::MutexLock lock(&mu_);
+  auto it = uid_roles_.find(uid);
+  return it == uid_roles_.end() ? 0 : it->second;
+}
+
+bool Authorizer::OtherUidsHaveRoles() const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [uid, roles] : uid_roles_) {
+    if (uid != 0 && uid != ::getuid() && roles != 0) return true;
+  }
+  return false;
+}
+
+std::string Authorizer::LocalAuthText() const {
+  std::string text = ::getuid() == 0
+                         ? std::string("root (the daemon's uid): all roles")
+                         : absl::StrCat("root and the daemon's uid ", ::getuid(), ": all roles");
+  absl::MutexLock lock(&mu_);
+  for (const auto& [uid, roles] : uid_roles_) {
+    if (uid == 0 || uid == ::getuid()) continue;
+    absl::StrAppend(&text, "; uid ", uid, ": ", RolesText(roles));
+  }
+  return text;
 }
 
 Principal Authorizer::Identify(const grpc::ServerContext& context) const {
   Principal p;
   const std::string peer = context.peer();
   if (!IsTcpPeer(peer)) {
-    // The Unix socket (0600): the daemon's own uid or root.
-    p.roles = kAllRoles;
-    p.name = "local";
+    // The Unix socket: the connection's uid, as LocalListener recorded it.
+    std::optional<PeerCredentials> cred;
+    if (local_peers_) cred = local_peers_(peer);
+    if (!cred.has_value()) {
+      p.name = absl::StrCat("unidentified local connection ", EscapeForMessage(peer, 64));
+      return p;
+    }
+    p.roles = LocalRoles(cred->uid);
+    p.name = absl::StrCat("uid ", cred->uid);
+    p.local = true;
+    p.uid = cred->uid;
+    p.pid = cred->pid;
     return p;
   }
   std::vector<std::string> names;
@@ -222,9 +319,23 @@ Principal Authorizer::Identify(const grpc::ServerContext& context) const {
 
 grpc::Status Authorizer::Check(const grpc::ServerContext& context, Role role, const char* method,
                                std::string* who) const {
-  Principal p = Identify(context);
+  Principal p;
+  grpc::Status status = Check(context, role, method, &p);
   if (who != nullptr) *who = p.name;
+  return status;
+}
+
+grpc::Status Authorizer::Check(const grpc::ServerContext& context, Role role, const char* method,
+                               Principal* principal) const {
+  Principal& p = *principal;
+  p = Identify(context);
   if (p.roles & role) return grpc::Status::OK;
+  if (p.roles == 0 && !IsTcpPeer(context.peer())) {
+    return grpc::Status(
+        grpc::StatusCode::PERMISSION_DENIED,
+        absl::StrCat(method, " needs the ", RolesText(role), " role; ", p.name,
+                     " has no role on the Unix socket (config key uid_roles grants roles to uids)"));
+  }
   if (p.roles == 0) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         absl::StrCat(method, " needs credentials on TCP: a bearer token from "

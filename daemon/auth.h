@@ -5,8 +5,10 @@
 // read.
 //
 // Where roles come from:
-// - the Unix socket: it is mode 0600, so only the daemon's own uid and root can connect; such a
-//   caller has every role;
+// - the Unix socket: the caller's uid (SO_PEERCRED, from LocalListener). The daemon's own uid and
+//   root have every role; uid_roles ("UID=role role;USER=role") grants roles to others, and every
+//   uid in allowed_uids has the worker role. Any other uid has none (the socket is mode 0600 when
+//   no other uid has a role, else 0666: every call is checked, so the mode is not the gate);
 // - TCP: a bearer token ("authorization: Bearer TOKEN" metadata) listed in auth_tokens_file (one
 //   "TOKEN ROLE..." per line, '#' comments; the file must not be readable or writable by group or
 //   others), or a client certificate (mTLS, tls_client_ca set) whose subject alternative names map
@@ -15,13 +17,17 @@
 // - TCP with neither configured (insecure_tcp = true only): every role, as before authentication
 //   existed; the daemon refuses such a listener unless insecure_tcp is set.
 //
-// Thread-safety: Check and Describe may be called from any thread; Reload (SIGHUP) swaps the token
-// table atomically, so calls see either the old or the new one.
+// Thread-safety: Check, Identify and the accessors may be called from any thread; Reload (SIGHUP)
+// swaps the token table and the uid map atomically, so calls see either the old or the new ones.
 #ifndef CKPT_DAEMON_AUTH_H_
 #define CKPT_DAEMON_AUTH_H_
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,6 +35,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/fd_passing.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/status.h"
 
@@ -57,20 +64,34 @@ std::string RolesText(RoleSet roles);
 // "SAN=role role;SAN=role" -> map. INVALID_ARGUMENT naming the bad entry.
 absl::StatusOr<std::map<std::string, RoleSet>> ParseSanRoles(const std::string& text);
 
+// "1000=trainer;vllm=worker read" -> map by uid (a user name is looked up in the user database).
+// INVALID_ARGUMENT naming the bad entry or the unknown user.
+absl::StatusOr<std::map<uid_t, RoleSet>> ParseUidRoles(const std::string& text);
+
+// The credentials of a Unix-socket call's connection, by gRPC peer ("fd:N"); nullopt if unknown.
+using LocalPeerLookup = std::function<std::optional<PeerCredentials>(const std::string& peer)>;
+
 struct AuthOptions {
   std::string auth_tokens_file;
   // mTLS: set when client certificates are required and checked (tls_client_ca).
   bool client_certificates = false;
   std::map<std::string, RoleSet> san_roles;
   bool insecure_tcp = false;
+  // Roles of local uids other than the daemon's own and root (uid_roles, plus the worker role of
+  // allowed_uids). Replaced by Reload.
+  std::map<uid_t, RoleSet> uid_roles;
 };
 
 // Who made a call, as far as the daemon could tell.
 struct Principal {
   RoleSet roles = 0;
-  // For logs and per-client limits: "local", "token 'ops' (line 3)", "certificate SAN 'x'",
-  // "insecure TCP ipv4:10.0.0.5".
+  // For logs and per-client limits: "uid 1000", "token of line 3 from ipv4:10.0.0.5",
+  // "certificate 'x' from ...", "insecure TCP from ...".
   std::string name;
+  // A Unix-socket caller: its uid and pid (as of connect).
+  bool local = false;
+  uid_t uid = 0;
+  pid_t pid = 0;
 };
 
 class Authorizer {
@@ -80,18 +101,33 @@ class Authorizer {
   // token twice.
   static absl::StatusOr<std::unique_ptr<Authorizer>> Create(AuthOptions options);
 
-  // Re-reads the tokens file. On error the old tokens stay in force. Returns a one-line summary of
-  // what changed ("3 tokens (1 added, 0 removed)").
-  absl::StatusOr<std::string> Reload();
+  // Re-reads the tokens file and takes `uid_roles` as the new uid map. On error nothing changes.
+  // Returns a one-line summary of what changed ("3 token(s) (1 added, 0 removed); 2 uid(s) with
+  // roles (1 added, 0 removed, 1 changed)").
+  absl::StatusOr<std::string> Reload(std::map<uid_t, RoleSet> uid_roles);
 
-  // The caller of `context` and its roles. Unix socket: "local", every role.
+  // How Unix-socket calls are mapped to their connection's credentials; set before serving.
+  // Without it no local call has any role.
+  void SetLocalPeers(LocalPeerLookup lookup);
+
+  // The caller of `context` and its roles.
   Principal Identify(const grpc::ServerContext& context) const;
+
+  // Roles of a local uid: every role for the daemon's own uid and root, else uid_roles.
+  RoleSet LocalRoles(uid_t uid) const;
+  // True when a uid other than the daemon's own and root has a role (the socket must be 0666).
+  bool OtherUidsHaveRoles() const;
+  // "root and the daemon's uid 990: all roles; uid 1000: read worker" for ckptctl status.
+  std::string LocalAuthText() const;
 
   // OK when the caller holds `role`; UNAUTHENTICATED when it presented nothing usable (TCP),
   // PERMISSION_DENIED (naming the caller, the method's role and the roles it has) otherwise.
   // `who` (if not null) receives the caller's name.
   grpc::Status Check(const grpc::ServerContext& context, Role role, const char* method,
                      std::string* who = nullptr) const;
+  // Check that also returns the caller (`principal` set whatever the outcome).
+  grpc::Status Check(const grpc::ServerContext& context, Role role, const char* method,
+                     Principal* principal) const;
 
   const AuthOptions& options() const { return options_; }
   // How TCP callers authenticate: "mTLS + token", "token", "mTLS", or "none (insecure_tcp)".
@@ -108,8 +144,10 @@ class Authorizer {
   absl::StatusOr<std::vector<Token>> ReadTokens() const;
 
   const AuthOptions options_;
+  LocalPeerLookup local_peers_;  // set once, before any call
   mutable absl::Mutex mu_;
   std::shared_ptr<const std::vector<Token>> tokens_ ABSL_GUARDED_BY(mu_);
+  std::map<uid_t, RoleSet> uid_roles_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ckpt::daemon

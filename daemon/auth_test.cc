@@ -1,6 +1,7 @@
 #include "daemon/auth.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cstdlib>
@@ -65,11 +66,45 @@ TEST_CASE("the tokens file is checked: mode, format, length, duplicates") {
   REQUIRE(good.ok());
   // Reload: one added, one removed; a broken file keeps the old tokens.
   WriteFile("good.tokens", "0123456789abcdef trainer\naaaaaaaaaaaaaaaaaaaa read\n", 0600);
-  auto summary = (*good)->Reload();
+  auto summary = (*good)->Reload({});
   REQUIRE(summary.ok());
-  CHECK(*summary == "2 token(s) (1 added, 1 removed)");
+  CHECK(*summary == "2 token(s) (1 added, 1 removed); 0 uid(s) with roles (0 added, 0 removed, 0 changed)");
   WriteFile("good.tokens", "broken\n", 0600);
-  CHECK_FALSE((*good)->Reload().ok());
+  CHECK_FALSE((*good)->Reload({{1000, kRoleTrainer}}).ok());
+  // The failed reload changed nothing, the uid map included.
+  CHECK((*good)->LocalRoles(1000) == 0);
+}
+
+TEST_CASE("uid_roles: numbers and user names; the daemon's uid and root have every role") {
+  auto parsed = ParseUidRoles("1000=trainer; root=read ;65534=worker operator;1000=peer");
+  REQUIRE(parsed.ok());
+  CHECK(parsed->size() == 3);
+  CHECK(parsed->at(1000) == (kRoleRead | kRoleTrainer | kRolePeer));
+  CHECK(parsed->at(0) == kRoleRead);
+  CHECK(parsed->at(65534) == (kRoleRead | kRoleWorker | kRoleOperator));
+  CHECK(Contains(ParseUidRoles("no-such-user-xyz=trainer").status().message(),
+                 "no user 'no-such-user-xyz'"));
+  CHECK(Contains(ParseUidRoles("1000").status().message(), "is not UID=ROLES"));
+  CHECK(Contains(ParseUidRoles("1000=wizard").status().message(), "unknown role 'wizard'"));
+  CHECK(Contains(ParseUidRoles("4294967295=read").status().message(), "uid -1"));
+  CHECK(ParseUidRoles("").ok());
+
+  AuthOptions o;
+  o.uid_roles = {{1000, kRoleRead | kRoleTrainer}, {0, kRoleRead}};
+  auto a = Authorizer::Create(o);
+  REQUIRE(a.ok());
+  // Root and the daemon's own uid cannot be narrowed by the map.
+  CHECK((*a)->LocalRoles(0) == kAllRoles);
+  CHECK((*a)->LocalRoles(::getuid()) == kAllRoles);
+  CHECK((*a)->LocalRoles(1000) == (kRoleRead | kRoleTrainer));
+  CHECK((*a)->LocalRoles(1001) == 0);
+  CHECK((*a)->OtherUidsHaveRoles() == (::getuid() != 1000));
+  CHECK(Contains((*a)->LocalAuthText(), "uid 1000: read trainer"));
+  auto summary = (*a)->Reload({{1001, kRoleWorker}});
+  REQUIRE(summary.ok());
+  CHECK(*summary == "1 uid(s) with roles (1 added, 2 removed, 0 changed)");
+  CHECK((*a)->LocalRoles(1000) == 0);
+  CHECK((*a)->LocalRoles(1001) == kRoleWorker);
 }
 
 }  // namespace

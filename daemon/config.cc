@@ -54,7 +54,9 @@ absl::string_view BackendName(BackendKind kind) {
 
 const std::vector<ConfigKey>& ConfigKeys() {
   static const std::vector<ConfigKey> kKeys = {
-      {"listen_unix", "Unix socket for local clients (ckptctl, workers); created with mode 0600",
+      {"listen_unix",
+       "Unix socket for local clients (ckptctl, workers); mode 0600, or 0666 when uid_roles or "
+       "allowed_uids give other uids roles",
        "/run/ckpt-engine/ckpt-engined.sock"},
       {"listen_tcp", "also serve on TCP at HOST:PORT (port 0 picks one); empty: off", ""},
       {"backend", "data-plane backend: auto (cuda when a GPU is visible), cuda or host", "auto"},
@@ -82,6 +84,9 @@ const std::vector<ConfigKey>& ConfigKeys() {
        "auto"},
       {"ack_timeout", "a worker that does not ack a bucket this long fails the update", "60s"},
       {"allowed_uids", "uids besides the daemon's own that may attach as workers, e.g. \"0,1000\"",
+       ""},
+      {"uid_roles",
+       "roles of local uids on the Unix socket, \"UID=role role;USER=role\"; re-read on SIGHUP",
        ""},
       {"auto_update", "send every newly committed version to the attached workers", "false"},
       {"tls_cert", "TLS certificate chain (PEM) of the TCP listener; re-read when it changes", ""},
@@ -208,6 +213,10 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
      : key == "tls_key"       ? config.tls_key
      : key == "tls_client_ca" ? config.tls_client_ca
                               : config.auth_tokens_file) = std::string(value);
+  } else if (key == "uid_roles") {
+    auto parsed = ParseUidRoles(std::string(value));
+    if (!parsed.ok()) return BadValue(key, value, parsed.status().message());
+    config.uid_roles = std::string(value);
   } else if (key == "san_roles") {
     auto parsed = ParseSanRoles(std::string(value));
     if (!parsed.ok()) return BadValue(key, value, parsed.status().message());
@@ -345,6 +354,7 @@ std::string DescribeConfig(const Config& config) {
       " bucket_bytes=", config.bucket_bytes == 0 ? "auto" : FormatBytes(config.bucket_bytes),
       " ack_timeout=", HumanDuration(config.ack_timeout), " allowed_uids=",
       config.allowed_uids.empty() ? "none" : absl::StrJoin(config.allowed_uids, ","),
+      " uid_roles=", config.uid_roles.empty() ? "none" : config.uid_roles,
       " auto_update=", config.auto_update ? "true" : "false",
       " tls_cert=", config.tls_cert.empty() ? "none" : config.tls_cert,
       " tls_client_ca=", config.tls_client_ca.empty() ? "none" : config.tls_client_ca,

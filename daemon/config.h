@@ -24,8 +24,8 @@ enum class BackendKind { kAuto, kCuda, kHost };
 absl::string_view BackendName(BackendKind kind);
 
 struct Config {
-  // Path of the Unix socket that local clients (ckptctl, workers) use. Created with mode 0600; its
-  // directory is created if missing.
+  // Path of the Unix socket that local clients (ckptctl, workers) use. Mode 0600, or 0666 when
+  // other uids have roles (uid_roles, allowed_uids); its directory is created if missing.
   std::string listen_unix = kDefaultSocketPath;
   // "HOST:PORT" to also serve on TCP (port 0 picks a free port); empty: off.
   std::string listen_tcp;
@@ -55,8 +55,11 @@ struct Config {
   uint64_t bucket_bytes = 0;
   // A worker that does not ack a bucket (or report a version loaded) this long is failed.
   absl::Duration ack_timeout = absl::Seconds(60);
-  // Uids besides the daemon's own that may attach as workers.
+  // Uids besides the daemon's own that may attach as workers (the worker role on the Unix socket).
   std::vector<uint32_t> allowed_uids;
+  // "UID=role role;USER=role": roles of local uids on the Unix socket (SO_PEERCRED). The daemon's
+  // own uid and root always have every role. Re-read on SIGHUP.
+  std::string uid_roles;
   // Send every newly committed version to the attached workers.
   bool auto_update = false;
 

@@ -94,7 +94,8 @@ class StreamChannel final : public WorkerChannel {
 grpc::Status ConsumerService::Attach(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::DaemonMessage, v1::WorkerMessage>* stream) {
-  if (auto s = auth_->Check(*context, kRoleWorker, "Attach"); !s.ok()) return s;
+  Principal caller;
+  if (auto s = auth_->Check(*context, kRoleWorker, "Attach", &caller); !s.ok()) return s;
   v1::WorkerMessage first;
   if (!stream->Read(&first)) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "stream ended before AttachRequest");
@@ -123,15 +124,15 @@ grpc::Status ConsumerService::Attach(
     return grpc::Status(code, message);
   };
   const uid_t uid = presented->peer.uid;
-  if (uid != ::getuid() &&
-      std::find(allowed_uids_.begin(), allowed_uids_.end(), uid) == allowed_uids_.end()) {
-    return refuse(
-        grpc::StatusCode::PERMISSION_DENIED,
-        absl::StrCat("uid ", uid, " may not attach: only the daemon's uid ", ::getuid(),
-                     allowed_uids_.empty()
-                         ? ""
-                         : absl::StrCat(" and allowed_uids ", absl::StrJoin(allowed_uids_, ",")),
-                     " may (config key allowed_uids)"));
+  if ((auth_->LocalRoles(uid) & kRoleWorker) == 0) {
+    return refuse(grpc::StatusCode::PERMISSION_DENIED,
+                  absl::StrCat("uid ", uid, " may not attach: it has no worker role (config keys "
+                               "uid_roles and allowed_uids)"));
+  }
+  if (caller.local && caller.uid != uid) {
+    return refuse(grpc::StatusCode::PERMISSION_DENIED,
+                  absl::StrCat("the descriptor socket's process (uid ", uid,
+                               ") is not of the Attach call's uid ", caller.uid));
   }
   if (request.pid() != presented->peer.pid) {
     return refuse(grpc::StatusCode::PERMISSION_DENIED,

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -89,6 +90,17 @@ std::shared_ptr<grpc::ServerCredentials> TcpCredentials(const Config& config) {
   return grpc::experimental::TlsServerCredentials(options);
 }
 
+// The roles of local uids: uid_roles, plus the worker role for allowed_uids.
+absl::StatusOr<std::map<uid_t, RoleSet>> LocalUidRoles(const Config& config) {
+  ASSIGN_OR_RETURN(auto roles, ParseUidRoles(config.uid_roles));
+  for (uint32_t uid : config.allowed_uids) roles[uid] |= kRoleWorker | kRoleRead;
+  return roles;
+}
+
+// The sockets are 0600 unless another uid has a role: then every uid may connect and each call
+// is checked against its uid (SO_PEERCRED).
+mode_t SocketMode(const Authorizer& auth) { return auth.OtherUidsHaveRoles() ? 0666 : 0600; }
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
@@ -143,12 +155,20 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   if (!config.san_roles.empty()) {
     ASSIGN_OR_RETURN(auth_options.san_roles, ParseSanRoles(config.san_roles));
   }
+  ASSIGN_OR_RETURN(auth_options.uid_roles, LocalUidRoles(config));
   ASSIGN_OR_RETURN(d->auth_, Authorizer::Create(std::move(auth_options)));
-  std::vector<uid_t> allowed_uids(config.allowed_uids.begin(), config.allowed_uids.end());
   if (!config.listen_unix.empty()) {
-    ASSIGN_OR_RETURN(d->attach_socket_, AttachSocket::Listen(config.listen_unix + ".fds"));
+    const mode_t mode = SocketMode(*d->auth_);
+    ASSIGN_OR_RETURN(d->local_, LocalListener::Listen(config.listen_unix, mode));
+    d->auth_->SetLocalPeers(
+        [local = d->local_.get()](const std::string& peer) { return local->PeerOf(peer); });
+    ASSIGN_OR_RETURN(d->attach_socket_,
+                     AttachSocket::Listen(config.listen_unix + ".fds", mode,
+                                          [auth = d->auth_.get()](uid_t uid) {
+                                            return (auth->LocalRoles(uid) & kRoleTrainer) != 0;
+                                          }));
     d->consumer_ = std::make_unique<ConsumerService>(d->engine_.get(), d->attach_socket_.get(),
-                                                     std::move(allowed_uids), d->auth_.get());
+                                                     d->auth_.get());
   }
 
   DaemonFacts facts;
@@ -160,12 +180,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   TrainerService::Options trainer_options;
   trainer_options.load_threads = config.load_threads;
   trainer_options.load_files_dirs = config.load_files_dirs;
+  trainer_options.descriptors = d->attach_socket_.get();
   d->trainer_ = std::make_unique<TrainerService>(d->store_.get(), d->auth_.get(), trainer_options);
 
+  // The Unix socket is accepted by LocalListener (which learns each connection's uid) and handed
+  // to this server.
   grpc::ServerBuilder builder;
-  if (!config.listen_unix.empty()) {
-    builder.AddListeningPort("unix:" + config.listen_unix, grpc::InsecureServerCredentials());
-  }
   int tcp_port = -1;
   if (!config.listen_tcp.empty()) {
     builder.AddListeningPort(config.listen_tcp, TcpCredentials(config), &tcp_port);
@@ -187,51 +207,31 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   quota.SetMaxThreads(kMaxServerThreads);
   builder.SetResourceQuota(quota);
 
-  // The socket must never be reachable with wider permissions than 0600: gRPC creates it with the
-  // process umask, so narrow that around the bind (nothing else creates files at this point), then
-  // chmod.
   GrpcLogCapture grpc_log;
-  mode_t old_umask = ::umask(0177);
   d->server_ = builder.BuildAndStart();
-  ::umask(old_umask);
   if (d->server_ == nullptr) {
-    std::string what;
-    if (!config.listen_unix.empty()) what = absl::StrCat("unix:", config.listen_unix);
-    if (!config.listen_tcp.empty()) {
-      absl::StrAppend(&what, what.empty() ? "" : " and ", "tcp ", config.listen_tcp);
-    }
     std::string why = grpc_log.ErrorSummary();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot listen on ", what, ": ", why.empty() ? "address in use or not available" : why));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot listen on ",
+                     config.listen_tcp.empty() ? std::string("gRPC")
+                                               : absl::StrCat("tcp ", config.listen_tcp),
+                     ": ", why.empty() ? "address in use or not available" : why));
   }
-  if (!config.listen_unix.empty()) {
-    if (::chmod(config.listen_unix.c_str(), 0600) != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cannot set mode 0600 on socket ", config.listen_unix, ": ", std::strerror(errno)));
-    }
+  if (d->local_ != nullptr) {
+    d->local_->Serve(d->server_.get());
     d->listen_addresses_.push_back("unix:" + config.listen_unix);
   }
   if (!config.listen_tcp.empty()) {
     std::string host = config.listen_tcp.substr(0, config.listen_tcp.rfind(':'));
     d->listen_addresses_.push_back(absl::StrCat(host, ":", tcp_port));
   }
-  std::vector<v1::ListenerStatus> listeners;
-  for (const std::string& address : d->listen_addresses_) {
-    v1::ListenerStatus l;
-    l.set_address(address);
-    l.set_auth(address.rfind("unix:", 0) == 0
-                   ? "local: the daemon's uid and root (socket mode 0600)"
-                   : d->auth_->TcpAuthText(!config.tls_cert.empty()));
-    listeners.push_back(std::move(l));
-  }
-  const bool insecure_tcp = !config.listen_tcp.empty() && config.insecure_tcp &&
-                            config.tls_client_ca.empty() && config.auth_tokens_file.empty();
-  if (insecure_tcp) {
+  d->config_ = config;
+  d->PublishListeners();
+  if (d->InsecureTcp()) {
     spdlog::warn("TCP {} is served WITHOUT authentication (insecure_tcp = true): anyone who can "
                  "reach it may push, load files, update and drop versions",
                  d->listen_addresses_.back());
   }
-  d->admin_->SetListeners(std::move(listeners), insecure_tcp);
   d->reaper_ = std::thread([daemon = d.get()] { daemon->ReapStaleVersions(); });
   return d;
 }
@@ -244,17 +244,61 @@ void Daemon::ReapStaleVersions() {
   }
 }
 
-void Daemon::Reload() {
-  if (auth_->options().auth_tokens_file.empty()) {
-    spdlog::info("SIGHUP: no auth_tokens_file to re-read (TLS files are re-read when they change)");
+bool Daemon::InsecureTcp() const {
+  return !config_.listen_tcp.empty() && config_.insecure_tcp && config_.tls_client_ca.empty() &&
+         config_.auth_tokens_file.empty();
+}
+
+void Daemon::PublishListeners() {
+  std::vector<v1::ListenerStatus> listeners;
+  for (const std::string& address : listen_addresses_) {
+    v1::ListenerStatus l;
+    l.set_address(address);
+    if (address.rfind("unix:", 0) == 0) {
+      l.set_auth(absl::StrCat("uid (SO_PEERCRED): ", auth_->LocalAuthText(), "; other uids: none; mode ",
+                              SocketMode(*auth_) == 0666 ? "0666" : "0600"));
+    } else {
+      l.set_auth(auth_->TcpAuthText(!config_.tls_cert.empty()));
+    }
+    listeners.push_back(std::move(l));
+  }
+  admin_->SetListeners(std::move(listeners), InsecureTcp());
+}
+
+void Daemon::Reload(const Config& fresh) {
+  // What SIGHUP changes: the tokens file is re-read, uid_roles and allowed_uids are taken from the
+  // fresh configuration. Anything else needs a restart: say so instead of ignoring it silently.
+  const std::string before = DescribeConfig(config_);
+  Config kept = fresh;
+  kept.uid_roles = config_.uid_roles;
+  kept.allowed_uids = config_.allowed_uids;
+  if (DescribeConfig(kept) != before) {
+    spdlog::warn("SIGHUP: the configuration also changed keys that take effect only after a "
+                 "restart (only uid_roles, allowed_uids and the contents of auth_tokens_file are "
+                 "re-read)");
+  }
+  auto uid_roles = LocalUidRoles(fresh);
+  if (!uid_roles.ok()) {
+    spdlog::error("SIGHUP: keeping the previous credentials: uid_roles: {}",
+                  std::string(uid_roles.status().message()));
     return;
   }
-  auto summary = auth_->Reload();
+  auto summary = auth_->Reload(*std::move(uid_roles));
   if (!summary.ok()) {
-    spdlog::error("SIGHUP: keeping the previous tokens: {}", std::string(summary.status().message()));
+    spdlog::error("SIGHUP: keeping the previous credentials: {}",
+                  std::string(summary.status().message()));
     return;
   }
-  spdlog::info("SIGHUP: re-read {}: {}", auth_->options().auth_tokens_file, *summary);
+  config_.uid_roles = fresh.uid_roles;
+  config_.allowed_uids = fresh.allowed_uids;
+  if (local_ != nullptr) {
+    const mode_t mode = SocketMode(*auth_);
+    for (absl::Status s : {local_->SetMode(mode), attach_socket_->SetMode(mode)}) {
+      if (!s.ok()) spdlog::error("SIGHUP: {}", std::string(s.message()));
+    }
+  }
+  PublishListeners();
+  spdlog::info("SIGHUP: credentials re-read: {}", *summary);
 }
 
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
@@ -263,6 +307,8 @@ void Daemon::Shutdown(absl::Duration grace) {
   // Cancel a running update and end the workers' streams (Detached) before the server waits for
   // in-flight calls: those streams would otherwise last until the grace period ends.
   if (engine_ != nullptr) engine_->Stop("ckpt-engined is shutting down");
+  // No new local connections (the server must not be given any while it shuts down).
+  if (local_ != nullptr) local_->Stop();
   if (server_ != nullptr) {
     server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
     server_->Wait();

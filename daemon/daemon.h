@@ -17,6 +17,7 @@
 #include "daemon/config.h"
 #include "daemon/consumer_service.h"
 #include "daemon/socket_path.h"
+#include "daemon/local_listener.h"
 #include "daemon/trainer_service.h"
 #include "daemon/update_engine.h"
 #include "daemon/version_store.h"
@@ -43,9 +44,11 @@ class Daemon {
   // "2 x 1.0 GiB staging slots per GPU": for the start-up log.
   const std::string& slots_note() const { return slots_note_; }
 
-  // SIGHUP: re-reads what can change without a restart (credentials) and logs what changed.
-  // Errors are logged; the previous credentials stay in force. Thread-safe.
-  void Reload();
+  // SIGHUP: applies what can change without a restart from `fresh` (the configuration read again:
+  // uid_roles, allowed_uids) and re-reads the tokens file, then logs what changed; other changed
+  // keys are named in a warning. Errors are logged; the previous credentials stay in force.
+  // Not thread-safe against itself (the signal thread calls it).
+  void Reload(const Config& fresh);
 
   // Stops accepting RPCs; in-flight RPCs may finish until now + `grace`, then they are cancelled.
   // Returns when the server has stopped. Idempotent. Not thread-safe against itself.
@@ -56,16 +59,22 @@ class Daemon {
 
   // Aborts idle STAGING versions every second until Shutdown.
   void ReapStaleVersions();
+  // Status.listeners from the current credentials.
+  void PublishListeners();
+  // TCP served with no authentication at all.
+  bool InsecureTcp() const;
 
   BackendKind backend_ = BackendKind::kHost;
   gpu::GpuProbe gpus_;
   std::vector<std::string> listen_addresses_;
+  Config config_;  // as started, with the keys Reload changed
   std::string arena_note_;
   std::string slots_note_;
   // Members are destroyed bottom-up: the server first, then the services it calls, then the store
   // they use; the socket is removed only after the server has stopped.
   SocketPathClaim socket_claim_;
   std::unique_ptr<Authorizer> auth_;
+  std::unique_ptr<LocalListener> local_;
   std::unique_ptr<VersionStore> store_;
   std::unique_ptr<UpdateEngine> engine_;
   std::unique_ptr<AttachSocket> attach_socket_;

@@ -1,6 +1,7 @@
 #include "daemon/file_loader.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
@@ -49,15 +50,51 @@ absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
                                                      absl::Time deadline,
                                                      const std::vector<std::string>& allowed_dirs) {
   RETURN_IF_ERROR(CheckLoadPaths(paths));
+  std::vector<LoadFile> files;
+  for (const std::string& path : paths) {
+    ASSIGN_OR_RETURN(ScopedFd fd, allowed_dirs.empty() ? OpenRegularFile(path)
+                                                        : OpenRegularFileBeneath(allowed_dirs, path));
+    files.push_back(LoadFile{path, std::move(fd)});
+  }
+  return LoadSafetensorsFds(store, std::move(files), version, label, client, threads, deadline);
+}
+
+absl::Status CheckPassedFile(const LoadFile& file) {
+  struct stat st;
+  if (::fstat(file.fd.get(), &st) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("file ", file.path, ": fstat of its descriptor: ", std::strerror(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("file ", file.path, ": not a regular file"));
+  }
+  const int flags = ::fcntl(file.fd.get(), F_GETFL);
+  if (flags < 0 || (flags & O_PATH) != 0 || (flags & O_ACCMODE) == O_WRONLY) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("file ", file.path, ": its descriptor is not open for reading"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::VersionInfo> LoadSafetensorsFds(VersionStore& store,
+                                                   std::vector<LoadFile> opened, uint64_t version,
+                                                   const std::string& label,
+                                                   const std::string& client, int threads,
+                                                   absl::Time deadline) {
+  std::vector<std::string> paths;
+  for (const LoadFile& f : opened) paths.push_back(f.path);
+  RETURN_IF_ERROR(CheckLoadPaths(paths));
   absl::Time start = absl::Now();
   // Header and data come from the same open file, so a file replaced meanwhile cannot mix.
   std::vector<ScopedFd> fds;
   std::vector<SafetensorsFile> files;
   v1::Manifest manifest;
   std::unordered_map<std::string, std::string> owner;  // tensor name -> file
-  for (const std::string& path : paths) {
-    ASSIGN_OR_RETURN(ScopedFd fd, allowed_dirs.empty() ? OpenRegularFile(path)
-                                                        : OpenRegularFileBeneath(allowed_dirs, path));
+  for (LoadFile& opened_file : opened) {
+    RETURN_IF_ERROR(CheckPassedFile(opened_file));
+    const std::string& path = opened_file.path;
+    ScopedFd fd = std::move(opened_file.fd);
     ASSIGN_OR_RETURN(SafetensorsFile file, ReadSafetensorsHeaderFd(fd.get(), path));
     for (const SafetensorsEntry& e : file.tensors) {
       auto [it, fresh] = owner.emplace(e.name, path);

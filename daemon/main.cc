@@ -1,7 +1,8 @@
 // ckpt-engined: parse flags and config, start the daemon, serve until a stop signal.
 //
 // Signals: SIGINT, SIGTERM, SIGQUIT, SIGUSR1 and SIGUSR2 shut down cleanly (the socket, `.fds`
-// and lock files are removed); SIGHUP re-reads credentials without a restart (Daemon::Reload);
+// and lock files are removed); SIGHUP re-reads the config file and the credentials without a
+// restart (Daemon::Reload: the tokens file, uid_roles, allowed_uids);
 // SIGPIPE is ignored (a client that goes away mid-write is an error on that call, not the end of
 // the daemon).
 //
@@ -109,7 +110,14 @@ int main(int argc, char** argv) {
     if (sig <= 0) continue;
     if (sig != SIGHUP) break;
     NotifyReloading("re-reading credentials");
-    (*daemon)->Reload();
+    // The same command line again: the config file is re-read, flags still override it.
+    auto fresh = ParseCommandLine(argc, argv);
+    if (!fresh.ok()) {
+      spdlog::error("SIGHUP: keeping the previous credentials: {}",
+                    std::string(fresh.status().message()));
+    } else {
+      (*daemon)->Reload(ResolveConfig(fresh->config));
+    }
     NotifyReady("serving on " + serving);
   }
   spdlog::info("received {}; shutting down (in-flight requests get {})", strsignal(sig),

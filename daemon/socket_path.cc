@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -145,6 +147,42 @@ void SocketPathClaim::Release() {
   ::unlink((path_ + ".lock").c_str());
   lock_fd_.reset();
   path_.clear();
+}
+
+absl::StatusOr<ScopedFd> ListenUnix(const std::string& path, int type, mode_t mode,
+                                    const char* what) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " path ", path, " is longer than ",
+                                                   sizeof(addr.sun_path) - 1, " bytes"));
+  }
+  ScopedFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd.valid()) return absl::InternalError(absl::StrCat(what, ": socket: ", Errno()));
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, " path ", path, " exists and is not a socket; remove it or move listen_unix"));
+    }
+    ::unlink(path.c_str());  // a stale one of a previous daemon (the caller holds the claim)
+  }
+  // umask is process-wide; this runs during start-up, before any thread creates files.
+  const mode_t old_umask = ::umask(0177);
+  const int bound = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  const int bind_errno = errno;
+  ::umask(old_umask);
+  if (bound != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot bind ", what, " ", path, ": ", std::strerror(bind_errno)));
+  }
+  if (::chmod(path.c_str(), mode) != 0 || ::listen(fd.get(), 128) != 0) {
+    absl::Status error = absl::FailedPreconditionError(absl::StrCat(what, " ", path, ": ", Errno()));
+    ::unlink(path.c_str());
+    return error;
+  }
+  return fd;
 }
 
 }  // namespace ckpt::daemon

@@ -7,6 +7,8 @@
 #ifndef CKPT_DAEMON_SOCKET_PATH_H_
 #define CKPT_DAEMON_SOCKET_PATH_H_
 
+#include <sys/types.h>
+
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -36,6 +38,14 @@ class SocketPathClaim {
   std::string path_;
   ScopedFd lock_fd_;
 };
+
+// A listening Unix socket of `type` (SOCK_STREAM, SOCK_SEQPACKET) bound at `path` with `mode`:
+// non-blocking and close-on-exec. The socket file never has wider permissions than `mode` (it is
+// bound under umask 0177, then chmod-ed). An existing socket file at `path` is replaced (the caller
+// holds the daemon's SocketPathClaim); anything else there is refused. `what` names the socket in
+// errors ("descriptor socket").
+absl::StatusOr<ScopedFd> ListenUnix(const std::string& path, int type, mode_t mode,
+                                    const char* what);
 
 }  // namespace ckpt::daemon
 

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "daemon/file_loader.h"
 #include "daemon/grpc_status.h"
 #include "spdlog/spdlog.h"
@@ -70,27 +71,91 @@ grpc::Status TrainerService::Abort(grpc::ServerContext* context, const v1::Abort
 grpc::Status TrainerService::LoadFiles(grpc::ServerContext* context,
                                        const v1::LoadFilesRequest* request,
                                        v1::VersionInfo* response) {
-  std::string who;
-  if (auto s = auth_->Check(*context, kRoleTrainer, "LoadFiles", &who); !s.ok()) return s;
+  Principal caller;
+  if (auto s = auth_->Check(*context, kRoleTrainer, "LoadFiles", &caller); !s.ok()) return s;
   absl::Time deadline =
       std::min(absl::Now() + options_.load_timeout, absl::FromChrono(context->deadline()));
   std::vector<std::string> paths(request->paths().begin(), request->paths().end());
-  // A local caller is the daemon's own uid or root (the socket is 0600): it may name any file. A
-  // TCP caller may only name files under load_files_dirs, and learns nothing about other paths.
-  std::vector<std::string> dirs;
+  if (auto s = CheckLoadPaths(paths); !s.ok()) return ToGrpc(s);
+  absl::StatusOr<v1::VersionInfo> info;
   if (IsTcpCall(*context)) {
+    // A TCP caller may only name files under load_files_dirs, and learns nothing about others.
     if (options_.load_files_dirs.empty()) {
       return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
                           "LoadFiles over TCP is off: the daemon's load_files_dirs is empty (use "
                           "the Unix socket, or push the tensors)");
     }
-    dirs = options_.load_files_dirs;
+    if (request->fd_nonces_size() > 0) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "LoadFilesRequest.fd_nonces is for the Unix socket only");
+    }
+    info = LoadSafetensorsFiles(*store_, paths, request->version(), request->label(), caller.name,
+                                options_.load_threads, deadline, options_.load_files_dirs);
+  } else {
+    auto files = ClaimPassedFiles(*request, caller);
+    if (!files.ok()) return ToGrpc(files.status());
+    info = LoadSafetensorsFds(*store_, *std::move(files), request->version(), request->label(),
+                              caller.name, options_.load_threads, deadline);
   }
-  auto info = LoadSafetensorsFiles(*store_, paths, request->version(), request->label(), who,
-                                   options_.load_threads, deadline, dirs);
   if (!info.ok()) return ToGrpc(info.status());
   *response = std::move(*info);
   return grpc::Status::OK;
+}
+
+absl::StatusOr<std::vector<LoadFile>> TrainerService::ClaimPassedFiles(
+    const v1::LoadFilesRequest& request, const Principal& caller) {
+  // Claim every nonce first, so that none is left behind on an error below.
+  std::vector<AttachSocket::Presented> presented;
+  absl::Status error;
+  if (request.fd_nonces_size() == 0) {
+    error = absl::InvalidArgumentError(
+        "LoadFiles on the Unix socket takes the files' descriptors, not their paths: the daemon "
+        "never opens a file for a local caller (LoadFilesRequest.fd_nonces; the ckpt-engine "
+        "clients do this)");
+  } else if (options_.descriptors == nullptr || !caller.local) {
+    error = absl::FailedPreconditionError("no descriptor socket to receive the files from");
+  } else if (static_cast<size_t>(request.fd_nonces_size()) >
+             (kMaxLoadFiles + kMaxFdsPerMessage - 1) / kMaxFdsPerMessage) {
+    error = absl::InvalidArgumentError(
+        absl::StrCat("LoadFilesRequest has ", request.fd_nonces_size(), " fd_nonces; at most ",
+                     (kMaxLoadFiles + kMaxFdsPerMessage - 1) / kMaxFdsPerMessage));
+  }
+  const absl::Time deadline = absl::Now() + kPassedFilesTimeout;
+  for (int i = 0; error.ok() && i < request.fd_nonces_size(); ++i) {
+    if (!AttachSocket::ValidNonce(request.fd_nonces(i))) {
+      error = absl::InvalidArgumentError(absl::StrCat(
+          "LoadFilesRequest.fd_nonces[", i, "] is not 16 to 128 printable characters"));
+      break;
+    }
+    auto p = options_.descriptors->Claim(request.fd_nonces(i), deadline);
+    if (!p.ok()) {
+      error = absl::FailedPreconditionError(absl::StrCat(
+          "LoadFiles: the files' descriptors (fd_nonces[", i, "]): ", p.status().message()));
+      break;
+    }
+    if (p->peer.uid != caller.uid) {
+      error = absl::PermissionDeniedError(absl::StrCat(
+          "LoadFiles: the descriptors of fd_nonces[", i, "] come from uid ", p->peer.uid,
+          ", not from the caller's uid ", caller.uid));
+      break;
+    }
+    presented.push_back(*std::move(p));
+  }
+  RETURN_IF_ERROR(error);
+  size_t passed = 0;
+  for (const AttachSocket::Presented& p : presented) passed += p.fds.size();
+  if (passed != static_cast<size_t>(request.paths_size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LoadFiles: ", request.paths_size(), " path(s) but ", passed,
+                     " descriptor(s) passed; give one descriptor per file, in order"));
+  }
+  std::vector<LoadFile> files;
+  for (AttachSocket::Presented& p : presented) {
+    for (ScopedFd& fd : p.fds) {
+      files.push_back(LoadFile{request.paths(static_cast<int>(files.size())), std::move(fd)});
+    }
+  }
+  return files;
 }
 
 }  // namespace ckpt::daemon

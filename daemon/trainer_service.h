@@ -3,7 +3,9 @@
 #define CKPT_DAEMON_TRAINER_SERVICE_H_
 
 #include "absl/time/time.h"
+#include "daemon/attach_socket.h"
 #include "daemon/auth.h"
+#include "daemon/file_loader.h"
 #include "daemon/version_store.h"
 #include "proto/trainer.grpc.pb.h"
 
@@ -19,6 +21,9 @@ class TrainerService final : public v1::Trainer::Service {
     absl::Duration load_timeout = absl::Minutes(30);
     // Directories under which TCP callers may load files; empty: LoadFiles over TCP is refused.
     std::vector<std::string> load_files_dirs;
+    // The descriptor socket, where local callers of LoadFiles pass their files' descriptors; null
+    // without a Unix socket.
+    AttachSocket* descriptors = nullptr;
   };
 
   // Every call needs the trainer role (`auth`); the caller's name is the per-client key of the
@@ -36,10 +41,20 @@ class TrainerService final : public v1::Trainer::Service {
                       v1::VersionInfo* response) override;
   grpc::Status Abort(grpc::ServerContext* context, const v1::AbortRequest* request,
                      v1::AbortResponse* response) override;
+  // Over TCP the daemon opens the files (under load_files_dirs only). On the Unix socket it never
+  // opens a path: the caller passes the descriptors (LoadFilesRequest.fd_nonces), which must come
+  // from a process of the caller's uid.
   grpc::Status LoadFiles(grpc::ServerContext* context, const v1::LoadFilesRequest* request,
                          v1::VersionInfo* response) override;
 
  private:
+  // How long LoadFiles waits for the descriptors of its nonces to arrive.
+  static constexpr absl::Duration kPassedFilesTimeout = absl::Seconds(5);
+
+  // The descriptors a local caller passed for `request`, one per path, in order.
+  absl::StatusOr<std::vector<LoadFile>> ClaimPassedFiles(const v1::LoadFilesRequest& request,
+                                                         const Principal& caller);
+
   VersionStore* const store_;
   const Authorizer* const auth_;
   const Options options_;

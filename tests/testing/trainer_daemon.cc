@@ -1,10 +1,14 @@
 #include "tests/testing/trainer_daemon.h"
 
+#include <fcntl.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
 
+#include "client/descriptor_socket.h"
+#include "common/fd_passing.h"
+#include "common/scoped_fd.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 
@@ -110,6 +114,37 @@ grpc::Status TrainerDaemon::Abort(const v1::BeginVersionResponse& b) {
 
 grpc::Status TrainerDaemon::LoadFiles(const std::vector<std::string>& paths,
                                       v1::VersionInfo* info) {
+  std::vector<ScopedFd> open;
+  std::vector<int> fds;
+  for (const std::string& p : paths) {
+    ScopedFd fd(::open(p.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+    if (!fd.valid()) continue;
+    fds.push_back(fd.get());
+    open.push_back(std::move(fd));
+  }
+  return LoadFilesWithFds(paths, fds, info);
+}
+
+grpc::Status TrainerDaemon::LoadFilesWithFds(const std::vector<std::string>& paths,
+                                             const std::vector<int>& fds, v1::VersionInfo* info) {
+  v1::LoadFilesRequest req;
+  for (const auto& p : paths) req.add_paths(p);
+  std::vector<client::Presentation> presented;
+  for (size_t first = 0; first < fds.size(); first += kMaxFdsPerMessage) {
+    std::vector<int> batch(fds.begin() + first,
+                           fds.begin() + std::min(fds.size(), first + kMaxFdsPerMessage));
+    auto p = client::PresentOnDescriptorSocket(socket, batch, absl::Now() + absl::Seconds(5));
+    REQUIRE(p.ok());
+    req.add_fd_nonces(p->nonce);
+    presented.push_back(*std::move(p));
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(20s));
+  return trainer->LoadFiles(&ctx, req, info);
+}
+
+grpc::Status TrainerDaemon::LoadFilesByPath(const std::vector<std::string>& paths,
+                                            v1::VersionInfo* info) {
   grpc::ClientContext ctx;
   ctx.set_deadline(In(20s));
   v1::LoadFilesRequest req;

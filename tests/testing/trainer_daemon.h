@@ -31,7 +31,15 @@ struct TrainerDaemon : DaemonProcess {
   grpc::Status Push(const std::vector<v1::Chunk>& chunks);
   grpc::Status Commit(const v1::BeginVersionResponse& b, v1::VersionInfo* info);
   grpc::Status Abort(const v1::BeginVersionResponse& b);
+  // LoadFiles as the client library makes it on the Unix socket: opens each path here (read-only,
+  // non-blocking, any file type, so that tests can pass FIFOs and devices) and passes the
+  // descriptors on the descriptor socket; a path that cannot be opened gets no descriptor.
   grpc::Status LoadFiles(const std::vector<std::string>& paths, v1::VersionInfo* info);
+  // Passes exactly `fds` (in batches of 64) with `paths`.
+  grpc::Status LoadFilesWithFds(const std::vector<std::string>& paths, const std::vector<int>& fds,
+                                v1::VersionInfo* info);
+  // Paths only, no descriptors, as a raw caller may send them.
+  grpc::Status LoadFilesByPath(const std::vector<std::string>& paths, v1::VersionInfo* info);
   grpc::Status Drop(uint64_t version);
   grpc::Status Get(uint64_t version, v1::GetVersionResponse* out);
 

@@ -126,28 +126,48 @@ class _Handle:
 class Client(_Handle):
     """A connection to one ckpt-engined.
 
-    `socket`: the daemon's Unix socket path; `address`: HOST:PORT for TCP; neither:
+    `socket`: the daemon's Unix socket path; `address`: HOST:PORT for TCP (not both); neither:
     $CKPT_SOCKET, else /run/ckpt-engine/ckpt-engined.sock. `timeout`: the deadline in seconds of
-    list/get/drop calls. Opening checks that the socket exists and may be used (CkptError
-    UNAVAILABLE or PERMISSION_DENIED otherwise); the connection is made by the first call.
+    list/get/drop calls (0: 10 s).
+
+    TCP credentials (docs/security.md), file paths; each one not given falls back to its
+    environment variable ($CKPT_TLS_CA, $CKPT_TLS_CERT, $CKPT_TLS_KEY, $CKPT_TOKEN_FILE):
+    `tls_ca`: PEM CA of the daemon's certificate (TLS on); `tls_cert` and `tls_key`: a client
+    certificate and its key for mTLS (only together); `token_file`: a file whose first line is a
+    bearer token. They are ignored on a Unix socket, where the caller's uid decides (as for
+    ckptctl and the C++ client).
+
+    Opening checks what it can without the daemon: CkptError INVALID_ARGUMENT (socket and
+    address, tls_cert without tls_key, a negative timeout), FAILED_PRECONDITION (a token or TLS
+    file that cannot be read, an empty token file), UNAVAILABLE or PERMISSION_DENIED (a Unix
+    socket that is missing or not ours). The connection is made by the first call, which raises
+    the daemon's verdict on the credentials: UNAUTHENTICATED without valid ones,
+    PERMISSION_DENIED when their role does not allow the call, UNAVAILABLE when TLS fails.
     Thread-safe; close() (or a with block) releases it.
     """
 
     _CLOSE = "ckpt_client_close"
     _WHAT = "client"
 
-    def __init__(self, socket=None, address=None, timeout=10.0):
+    def __init__(self, socket=None, address=None, timeout=10.0, tls_ca=None, tls_cert=None,
+                 tls_key=None, token_file=None):
         self._lib = _native.lib()
         self._handle = None
+        options = _native.ClientOptions()
+        self._lib.ckpt_client_options_init(ctypes.byref(options))
+        options.socket = _fspath(socket) if socket else None
+        options.address = address.encode() if address else None
+        options.tls_ca = _fspath(tls_ca) if tls_ca else None
+        options.tls_cert = _fspath(tls_cert) if tls_cert else None
+        options.tls_key = _fspath(tls_key) if tls_key else None
+        options.token_file = _fspath(token_file) if token_file else None
+        options.timeout_s = float(timeout)
         err = ctypes.create_string_buffer(_ERR_LEN)
         handle = ctypes.c_void_p()
-        code = self._lib.ckpt_client_open2(
-            _fspath(socket) if socket else None, address.encode() if address else None,
-            ctypes.byref(handle), err, _ERR_LEN)
+        code = self._lib.ckpt_client_open3(ctypes.byref(options), ctypes.byref(handle), err,
+                                           _ERR_LEN)
         _check(code, err)
         self._handle = handle
-        self._lib.ckpt_client_set_timeout(self._handle, float(timeout))
-
 
     def push_state_dict(self, tensors, version=0, label="", streams=4, progress=None,
                         chunk_bytes=0, timeout=60.0):

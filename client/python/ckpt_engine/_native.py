@@ -37,6 +37,21 @@ class PushOptions(ctypes.Structure):
     ]
 
 
+class ClientOptions(ctypes.Structure):
+    """struct ckpt_client_options (fill with ckpt_client_options_init: it sets struct_size)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("socket", ctypes.c_char_p),
+        ("address", ctypes.c_char_p),
+        ("tls_ca", ctypes.c_char_p),
+        ("tls_cert", ctypes.c_char_p),
+        ("tls_key", ctypes.c_char_p),
+        ("token_file", ctypes.c_char_p),
+        ("timeout_s", ctypes.c_double),
+    ]
+
+
 class TensorView(ctypes.Structure):
     """struct ckpt_tensor_view: one received tensor, a view into a staging slot."""
 
@@ -91,6 +106,10 @@ def _declare(lib):
     lib.ckpt_push_options_init.restype = None
     lib.ckpt_client_open2.argtypes = [c.c_char_p, c.c_char_p, c.POINTER(c.c_void_p)] + err
     lib.ckpt_client_open2.restype = c.c_int
+    lib.ckpt_client_options_init.argtypes = [c.POINTER(ClientOptions)]
+    lib.ckpt_client_options_init.restype = None
+    lib.ckpt_client_open3.argtypes = [c.POINTER(ClientOptions), c.POINTER(c.c_void_p)] + err
+    lib.ckpt_client_open3.restype = c.c_int
     lib.ckpt_client_set_timeout.argtypes = [c.c_void_p, c.c_double]
     lib.ckpt_client_set_timeout.restype = None
     lib.ckpt_client_close.argtypes = [c.c_void_p]
