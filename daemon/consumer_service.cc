@@ -97,8 +97,19 @@ grpc::Status ConsumerService::Attach(
   Principal caller;
   if (auto s = auth_->Check(*context, kRoleWorker, "Attach", &caller); !s.ok()) return s;
   v1::WorkerMessage first;
-  if (!stream->Read(&first)) {
-    return grpc::Status(grpc::StatusCode::CANCELLED, "stream ended before AttachRequest");
+  {
+    StreamWatchdog::Guard watch;
+    if (watchdog_ != nullptr) {
+      watch = watchdog_->Watch(context, kFirstMessageTimeout,
+                               absl::StrCat("Attach stream of ", caller.name, " before its AttachRequest"));
+    }
+    if (!stream->Read(&first)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED,
+                          watch.cancelled()
+                              ? absl::StrCat("no AttachRequest within ",
+                                             absl::FormatDuration(kFirstMessageTimeout))
+                              : std::string("stream ended before AttachRequest"));
+    }
   }
   if (!first.has_attach()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

@@ -11,6 +11,7 @@
 
 #include "daemon/attach_socket.h"
 #include "daemon/auth.h"
+#include "daemon/stream_watchdog.h"
 #include "daemon/update_engine.h"
 #include "proto/consumer.grpc.pb.h"
 
@@ -19,8 +20,13 @@ namespace ckpt::daemon {
 class ConsumerService final : public v1::Consumer::Service {
  public:
   // Attach needs the worker role (`auth`: uid_roles; allowed_uids are workers).
-  ConsumerService(UpdateEngine* engine, AttachSocket* attach_socket, const Authorizer* auth)
-      : engine_(engine), attach_socket_(attach_socket), auth_(auth) {}
+  // An Attach stream whose AttachRequest does not come within kFirstMessageTimeout is cancelled
+  // (`watchdog`, if not null); after it the stream is idle between updates by design.
+  ConsumerService(UpdateEngine* engine, AttachSocket* attach_socket, const Authorizer* auth,
+                  StreamWatchdog* watchdog)
+      : engine_(engine), attach_socket_(attach_socket), auth_(auth), watchdog_(watchdog) {}
+
+  static constexpr absl::Duration kFirstMessageTimeout = absl::Seconds(5);
 
   grpc::Status Attach(
       grpc::ServerContext* context,
@@ -30,6 +36,7 @@ class ConsumerService final : public v1::Consumer::Service {
   UpdateEngine* const engine_;
   AttachSocket* const attach_socket_;
   const Authorizer* const auth_;
+  StreamWatchdog* const watchdog_;
 };
 
 }  // namespace ckpt::daemon

@@ -31,6 +31,8 @@ namespace {
 constexpr int kMaxMessageBytes = 32 << 20;
 // A connection without any call for this long is closed (gRPC closes it within about twice this).
 constexpr absl::Duration kMaxConnectionIdle = absl::Minutes(2);
+// Calls open at once on one connection.
+constexpr int kMaxStreamsPerConnection = 128;
 // Threads the gRPC server may run calls on at once.
 constexpr int kMaxServerThreads = 512;
 
@@ -157,6 +159,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   }
   ASSIGN_OR_RETURN(auth_options.uid_roles, LocalUidRoles(config));
   ASSIGN_OR_RETURN(d->auth_, Authorizer::Create(std::move(auth_options)));
+  d->watchdog_ = std::make_unique<StreamWatchdog>();
   if (!config.listen_unix.empty()) {
     const mode_t mode = SocketMode(*d->auth_);
     ASSIGN_OR_RETURN(d->local_, LocalListener::Listen(config.listen_unix, mode));
@@ -168,7 +171,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
                                             return (auth->LocalRoles(uid) & kRoleTrainer) != 0;
                                           }));
     d->consumer_ = std::make_unique<ConsumerService>(d->engine_.get(), d->attach_socket_.get(),
-                                                     d->auth_.get());
+                                                     d->auth_.get(), d->watchdog_.get());
   }
 
   DaemonFacts facts;
@@ -181,6 +184,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   trainer_options.load_threads = config.load_threads;
   trainer_options.load_files_dirs = config.load_files_dirs;
   trainer_options.descriptors = d->attach_socket_.get();
+  trainer_options.watchdog = d->watchdog_.get();
+  trainer_options.push_idle_timeout = config.staging_timeout;
   d->trainer_ = std::make_unique<TrainerService>(d->store_.get(), d->auth_.get(), trainer_options);
 
   // The Unix socket is accepted by LocalListener (which learns each connection's uid) and handed
@@ -199,6 +204,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   // the ping tells a dead worker from a quiet one), and closes connections with no call at all.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30 * 1000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10 * 1000);
+  // Streams per connection (a trainer's parallel uploads use a connection each).
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
                              static_cast<int>(absl::ToInt64Milliseconds(kMaxConnectionIdle)));
   // Every call holds a thread of the sync server: bounded, so a flood of calls is refused

@@ -18,6 +18,7 @@
 #include "daemon/consumer_service.h"
 #include "daemon/socket_path.h"
 #include "daemon/local_listener.h"
+#include "daemon/stream_watchdog.h"
 #include "daemon/trainer_service.h"
 #include "daemon/update_engine.h"
 #include "daemon/version_store.h"
@@ -75,6 +76,7 @@ class Daemon {
   SocketPathClaim socket_claim_;
   std::unique_ptr<Authorizer> auth_;
   std::unique_ptr<LocalListener> local_;
+  std::unique_ptr<StreamWatchdog> watchdog_;
   std::unique_ptr<VersionStore> store_;
   std::unique_ptr<UpdateEngine> engine_;
   std::unique_ptr<AttachSocket> attach_socket_;

@@ -26,12 +26,19 @@ grpc::Status TrainerService::BeginVersion(grpc::ServerContext* context,
 grpc::Status TrainerService::PushChunks(grpc::ServerContext* context,
                                         grpc::ServerReader<v1::Chunk>* reader,
                                         v1::PushChunksResponse* response) {
-  if (auto s = auth_->Check(*context, kRoleTrainer, "PushChunks"); !s.ok()) return s;
+  std::string who;
+  if (auto s = auth_->Check(*context, kRoleTrainer, "PushChunks", &who); !s.ok()) return s;
+  StreamWatchdog::Guard watch;
+  if (options_.watchdog != nullptr) {
+    watch = options_.watchdog->Watch(context, options_.push_idle_timeout,
+                                     absl::StrCat("PushChunks stream of ", who));
+  }
   v1::Chunk chunk;
   // Versions this stream wrote to, with their tokens: aborted if the stream breaks.
   std::set<std::pair<uint64_t, std::string>> touched;
   uint64_t chunks = 0, bytes = 0;
   while (reader->Read(&chunk)) {
+    watch.Touch();
     absl::Status s = store_->WriteChunk(chunk.version(), chunk.upload_token(), chunk.tensor(),
                                         chunk.offset(), chunk.data().data(), chunk.data().size());
     if (!s.ok()) return ToGrpc(s);
@@ -40,10 +47,13 @@ grpc::Status TrainerService::PushChunks(grpc::ServerContext* context,
     bytes += chunk.data().size();
   }
   if (context->IsCancelled()) {
-    for (const auto& [version, token] : touched) {
-      (void)store_->Abort(version, token, "the trainer's push stream broke");
-    }
-    return grpc::Status(grpc::StatusCode::CANCELLED, "push stream cancelled; version aborted");
+    const std::string why =
+        watch.cancelled()
+            ? absl::StrCat("no chunk came for ", absl::FormatDuration(options_.push_idle_timeout))
+            : std::string("the trainer's push stream broke");
+    for (const auto& [version, token] : touched) (void)store_->Abort(version, token, why);
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        absl::StrCat("push stream cancelled (", why, "); its versions aborted"));
   }
   response->set_chunks(chunks);
   response->set_bytes(bytes);

@@ -6,6 +6,7 @@
 #include "daemon/attach_socket.h"
 #include "daemon/auth.h"
 #include "daemon/file_loader.h"
+#include "daemon/stream_watchdog.h"
 #include "daemon/version_store.h"
 #include "proto/trainer.grpc.pb.h"
 
@@ -24,6 +25,10 @@ class TrainerService final : public v1::Trainer::Service {
     // The descriptor socket, where local callers of LoadFiles pass their files' descriptors; null
     // without a Unix socket.
     AttachSocket* descriptors = nullptr;
+    // A PushChunks stream that receives no chunk for this long is cancelled (its versions are
+    // aborted); null watchdog: never.
+    StreamWatchdog* watchdog = nullptr;
+    absl::Duration push_idle_timeout = absl::Minutes(5);
   };
 
   // Every call needs the trainer role (`auth`); the caller's name is the per-client key of the
@@ -33,8 +38,8 @@ class TrainerService final : public v1::Trainer::Service {
 
   grpc::Status BeginVersion(grpc::ServerContext* context, const v1::BeginVersionRequest* request,
                             v1::BeginVersionResponse* response) override;
-  // A stream that breaks before the client closes it (the trainer died or disconnected) aborts the
-  // versions its chunks were for.
+  // A stream that breaks before the client closes it (the trainer died or disconnected), or that
+  // stays silent for push_idle_timeout, aborts the versions its chunks were for.
   grpc::Status PushChunks(grpc::ServerContext* context, grpc::ServerReader<v1::Chunk>* reader,
                           v1::PushChunksResponse* response) override;
   grpc::Status Commit(grpc::ServerContext* context, const v1::CommitRequest* request,

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "proto/consumer.grpc.pb.h"
 #include "tests/testing/safetensors_writer.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/trainer_daemon.h"
@@ -307,6 +308,52 @@ TEST_CASE("finding 3: a version dropped during LoadFiles never lets the load wri
   }
   CHECK(drops > 0);  // the race was run, not only the load
   d.RequireClean();
+}
+
+TEST_CASE("streams that carry no work are cancelled: a silent push, an Attach without its request") {
+  // staging_timeout is also the longest a push stream may go without a chunk.
+  TrainerDaemon d({"--staging-timeout", "1s"});
+  REQUIRE(d.ready());
+  const std::string bytes = RandomBytes(64, 9);
+  v1::Manifest m;
+  *m.add_tensors() = Spec("w", bytes);
+  v1::BeginVersionResponse b;
+  REQUIRE(d.Begin(m, &b).ok());
+
+  // A push stream that sends half a tensor, then nothing.
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(30s));
+    v1::PushChunksResponse response;
+    auto writer = d.trainer->PushChunks(&ctx, &response);
+    REQUIRE(writer->Write(MakeChunk(b, "w", 0, bytes.substr(0, 32))));
+    const auto start = Clock::now();
+    grpc::Status s = writer->Finish();  // no WritesDone: the stream stays open until cancelled
+    const auto took = Clock::now() - start;
+    INFO(s.error_message());
+    CHECK(s.error_code() == grpc::StatusCode::CANCELLED);
+    CHECK(took < 10s);
+  }
+  d.RequireClean();  // the version of the silent stream was aborted
+
+  // A silent stream with nothing written at all, and an Attach stream without its AttachRequest.
+  auto consumer = v1::Consumer::NewStub(d.channel);
+  grpc::ClientContext push_ctx, attach_ctx;
+  push_ctx.set_deadline(In(30s));
+  attach_ctx.set_deadline(In(30s));
+  v1::PushChunksResponse response;
+  const auto start = Clock::now();
+  auto silent_push = d.trainer->PushChunks(&push_ctx, &response);
+  auto silent_attach = consumer->Attach(&attach_ctx);
+  grpc::Status attach = silent_attach->Finish();
+  grpc::Status push = silent_push->Finish();
+  INFO(attach.error_message() << " / " << push.error_message());
+  CHECK(attach.error_code() == grpc::StatusCode::CANCELLED);
+  CHECK(push.error_code() == grpc::StatusCode::CANCELLED);
+  CHECK(Clock::now() - start < 20s);
+  CHECK(Contains(d.proc->Stderr(), "before its AttachRequest: nothing received for"));
+  // The daemon still answers.
+  d.Status();
 }
 
 }  // namespace
