@@ -166,7 +166,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     d->auth_->SetLocalPeers(
         [local = d->local_.get()](const std::string& peer) { return local->PeerOf(peer); });
     ASSIGN_OR_RETURN(d->attach_socket_,
-                     AttachSocket::Listen(config.listen_unix + ".fds", mode,
+                     AttachSocket::Listen(DescriptorSocketPath(config.listen_unix), mode,
                                           [auth = d->auth_.get()](uid_t uid) {
                                             return (auth->LocalRoles(uid) & kRoleTrainer) != 0;
                                           }));

@@ -15,7 +15,6 @@
 
 #include <cstdio>
 #include <string>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -25,6 +24,8 @@
 #include "daemon/daemon.h"
 #include "daemon/flags.h"
 #include "daemon/grpc_log.h"
+#include "daemon/process.h"
+#include "daemon/socket_path.h"
 #include "daemon/systemd_notify.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
@@ -38,22 +39,6 @@ constexpr absl::Duration kForcedExitMargin = absl::Seconds(5);
 int StartupFailure(const absl::Status& status) {
   std::fprintf(stderr, "ckpt-engined: %s\n", std::string(status.message()).c_str());
   return 2;
-}
-
-// Ends the process if the graceful shutdown does not: gRPC's Server::Wait waits for every handler,
-// and a handler stuck in a system call would otherwise keep the daemon (and its socket path) for
-// ever. The files are removed while this process still holds the socket's lock, so no other
-// daemon's files can be removed.
-void ForceExitAfter(absl::Duration delay, std::vector<std::string> files) {
-  std::thread([delay, files = std::move(files)] {
-    absl::SleepFor(delay);
-    spdlog::error("shutdown did not finish within {}: a request handler is stuck; removing the "
-                  "socket files and exiting",
-                  ckpt::HumanDuration(delay));
-    for (const std::string& f : files) ::unlink(f.c_str());
-    spdlog::default_logger()->flush();
-    std::_Exit(1);
-  }).detach();
 }
 
 }  // namespace
@@ -83,6 +68,12 @@ int main(int argc, char** argv) {
   for (int sig : {SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP}) sigaddset(&signals, sig);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  const uint64_t open_files = RaiseOpenFileLimit();
+  if (open_files < 16384) {
+    spdlog::warn("open files limit is {} (RLIMIT_NOFILE); a large LoadFiles or many workers may "
+                 "need more (LimitNOFILE= in the unit)",
+                 open_files);
+  }
   auto daemon = Daemon::Start(config);
   if (!daemon.ok()) return StartupFailure(daemon.status());
 
@@ -124,9 +115,7 @@ int main(int argc, char** argv) {
                ckpt::HumanDuration(config.shutdown_grace));
   NotifyStopping("shutting down");
   std::vector<std::string> files;
-  if (!config.listen_unix.empty()) {
-    files = {config.listen_unix, config.listen_unix + ".fds", config.listen_unix + ".lock"};
-  }
+  if (!config.listen_unix.empty()) files = SocketFiles(config.listen_unix);
   ForceExitAfter(config.shutdown_grace + kForcedExitMargin, std::move(files));
   (*daemon)->Shutdown(config.shutdown_grace);
   daemon->reset();

@@ -56,6 +56,12 @@ std::string ReadPid(int fd) {
 
 }  // namespace
 
+std::string DescriptorSocketPath(const std::string& socket_path) { return socket_path + ".fds"; }
+std::string LockFilePath(const std::string& socket_path) { return socket_path + ".lock"; }
+std::vector<std::string> SocketFiles(const std::string& socket_path) {
+  return {socket_path, DescriptorSocketPath(socket_path), LockFilePath(socket_path)};
+}
+
 absl::StatusOr<SocketPathClaim> SocketPathClaim::Claim(const std::string& socket_path) {
   size_t slash = socket_path.rfind('/');
   if (socket_path.empty() || socket_path[0] != '/' || slash == std::string::npos) {
@@ -69,7 +75,7 @@ absl::StatusOr<SocketPathClaim> SocketPathClaim::Claim(const std::string& socket
         absl::StrCat("socket directory ", dir, " is not writable: ", Errno()));
   }
 
-  std::string lock_path = socket_path + ".lock";
+  std::string lock_path = LockFilePath(socket_path);
   ScopedFd fd;
   // The lock file of a daemon that is exiting may be unlinked between our open() and flock(); then
   // we hold a lock on a dead inode, so check that the path still names the file we locked, and
@@ -144,7 +150,7 @@ SocketPathClaim::~SocketPathClaim() { Release(); }
 void SocketPathClaim::Release() {
   if (!lock_fd_.valid()) return;
   ::unlink(path_.c_str());
-  ::unlink((path_ + ".lock").c_str());
+  ::unlink(LockFilePath(path_).c_str());
   lock_fd_.reset();
   path_.clear();
 }

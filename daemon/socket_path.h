@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/scoped_fd.h"
@@ -38,6 +39,12 @@ class SocketPathClaim {
   std::string path_;
   ScopedFd lock_fd_;
 };
+
+// The files the daemon makes beside each other for `socket_path`: the gRPC socket, the descriptor
+// socket ("<path>.fds") and the lock file ("<path>.lock").
+std::string DescriptorSocketPath(const std::string& socket_path);
+std::string LockFilePath(const std::string& socket_path);
+std::vector<std::string> SocketFiles(const std::string& socket_path);
 
 // A listening Unix socket of `type` (SOCK_STREAM, SOCK_SEQPACKET) bound at `path` with `mode`:
 // non-blocking and close-on-exec. The socket file never has wider permissions than `mode` (it is
