@@ -161,7 +161,8 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(const Endpoint& endpo
     if (::access(path.c_str(), R_OK | W_OK) != 0) {
       return absl::PermissionDeniedError(
           absl::StrCat("permission denied on ", path,
-                       " (the socket is mode 0600: run as the daemon's user or root)"));
+                       " (the socket is mode 0600 while no other uid has a role: run as the "
+                       "daemon's user or root, or give this uid a role with uid_roles)"));
     }
   }
   grpc::ChannelArguments args;
