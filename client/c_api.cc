@@ -400,6 +400,15 @@ int ckpt_consumer_attach(const char* socket, int cuda_device, const char* engine
   });
 }
 
+int ckpt_consumer_set_verify_checksums(ckpt_consumer* consumer, int enabled, char* err,
+                                       size_t errlen) {
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedConsumer(consumer); !s.ok()) return s;
+    consumer->consumer->set_verify_checksums(enabled != 0);
+    return absl::OkStatus();
+  });
+}
+
 int ckpt_consumer_next(ckpt_consumer* consumer, double timeout_s, ckpt_consumer_event* event,
                        char* err, size_t errlen) {
   return Guard(err, errlen, [&]() -> absl::Status {

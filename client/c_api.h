@@ -223,9 +223,21 @@ CKPT_API int ckpt_consumer_attach(const char* socket, int cuda_device, const cha
                                   const char* const* tensor_names, size_t name_count,
                                   double timeout_s, ckpt_consumer** out, char* err, size_t errlen);
 
+/* Checksum verification, off after attach (docs/clients.md, "Verifying checksums"). With `enabled`
+ * non-zero, every bucket that ckpt_consumer_next or ckpt_consumer_receive_version hands out from
+ * then on has been checked first: the XXH3-64 of each tensor's bytes in the slot equals the
+ * version's checksum. A mismatch fails that bucket instead: the library acks it with an error
+ * naming the tensor, the expected and the actual hash (the daemon fails this worker's update with
+ * it), and next / receive_version return DATA_LOSS (15) with that text; do not ack that bucket
+ * again. Cost per bucket: hashing it from shared memory (host backend), or a device-to-host copy
+ * through a 16 MiB pinned buffer and the hashing (cuda backend). INVALID_ARGUMENT for NULL. */
+CKPT_API int ckpt_consumer_set_verify_checksums(ckpt_consumer* consumer, int enabled, char* err,
+                                                size_t errlen);
+
 /* Waits up to `timeout_s` (0: return at once if nothing is queued) for the next event.
  * DEADLINE_EXCEEDED (4) when none came; UNAVAILABLE (14) when the daemon ended the stream (its
- * reason in `err`, e.g. shutting down): attach again later. */
+ * reason in `err`, e.g. shutting down): attach again later; DATA_LOSS (15): see
+ * ckpt_consumer_set_verify_checksums. */
 CKPT_API int ckpt_consumer_next(ckpt_consumer* consumer, double timeout_s,
                                 ckpt_consumer_event* event, char* err, size_t errlen);
 

@@ -2,15 +2,14 @@
 
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "client/descriptor_socket.h"
 #include "common/fd_passing.h"
-#include "common/random_id.h"
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
 #include "daemon/gpu/gpu_info.h"
@@ -81,23 +80,10 @@ absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Attach(const Endpoint& endpo
   }
 
   // 1. Identity: present a nonce on the descriptor socket.
-  const std::string fds_path = endpoint.unix_path + ".fds";
-  ScopedFd side(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!side.valid()) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (fds_path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path ", fds_path, " is too long"));
-  }
-  std::memcpy(addr.sun_path, fds_path.c_str(), fds_path.size() + 1);
-  if (::connect(side.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    const int err = errno;
-    return absl::UnavailableError(absl::StrCat(
-        "cannot connect to the daemon's descriptor socket ", fds_path, ": ", std::strerror(err),
-        err == ENOENT || err == ECONNREFUSED ? " (is ckpt-engined running on this socket?)" : ""));
-  }
-  const std::string nonce = RandomHex128();
-  RETURN_IF_ERROR(SendWithFds(side.get(), nonce, {}, deadline));
+  ASSIGN_OR_RETURN(Presentation presented,
+                   PresentOnDescriptorSocket(endpoint.unix_path, {}, deadline));
+  ScopedFd side = std::move(presented.connection);
+  const std::string nonce = presented.nonce;
 
   // 2. The stream, read by a background thread from now on.
   ASSIGN_OR_RETURN(c->channel_, OpenChannel(endpoint, /*private_connection=*/true));
@@ -280,9 +266,43 @@ absl::StatusOr<ConsumerEvent> Consumer::Next(absl::Time deadline) {
       return absl::InternalError(absl::StrCat("tensor ", v.name, " lies outside its slot"));
     }
     v.data = slots_[b.slot()] + t.slot_offset();
+    v.xxh3 = t.spec().xxh3();
     event.tensors.push_back(std::move(v));
   }
+  if (options_.verify_checksums) RETURN_IF_ERROR(VerifyBucket(event));
   return event;
+}
+
+absl::Status Consumer::VerifyBucket(const ConsumerEvent& event) {
+  if (verifier_ == nullptr) {
+    // Host slots are hashed in place; device slots are copied to host memory first.
+    verifier_ = std::make_unique<ChecksumVerifier>(backend_ == "cuda" ? options_.cuda_device : -1);
+  }
+  std::vector<TensorChecksum> tensors;
+  tensors.reserve(event.tensors.size());
+  bool any_checksum = false;
+  for (const ReceivedTensor& t : event.tensors) {
+    tensors.push_back({t.name, t.data, t.bytes, t.xxh3});
+    any_checksum = any_checksum || t.xxh3 != 0;
+  }
+  // No real XXH3-64 is 0 in practice (2^-64), that of no bytes included: a bucket without any
+  // comes from a daemon that does not send them (older than this client).
+  absl::Status verified =
+      any_checksum || tensors.empty()
+          ? verifier_->Verify(tensors)
+          : absl::FailedPreconditionError(
+                "the daemon sent no checksums with this bucket (is it older than this client?): "
+                "verify_checksums cannot check it");
+  if (verified.ok()) return verified;
+  // The caller never sees this bucket, so it is failed here: the daemon reports the text, and
+  // later events of the attempt are dropped (Ack records the failure).
+  absl::Status acked = Ack(event.version, event.bucket, std::string(verified.message()));
+  std::string message =
+      absl::StrCat("version ", event.version, " bucket ", event.bucket, ": ", verified.message(),
+                   " (verify_checksums: the bucket was acked as failed");
+  absl::StrAppend(&message,
+                  acked.ok() ? ")" : absl::StrCat("; the ack failed: ", acked.message(), ")"));
+  return absl::Status(verified.code(), message);
 }
 
 absl::Status Consumer::Ack(uint64_t version, uint64_t bucket, const std::string& error) {

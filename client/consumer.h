@@ -14,6 +14,14 @@
 // at the next Ack): the daemon then fills the slot again. cuda views are device pointers on the
 // worker's GPU, mapped through CUDA IPC; host views point into shared memory (read-only).
 //
+// Checksums (options.verify_checksums, off by default): Next hashes every tensor of a bucket in
+// the slot (XXH3-64) and compares it with the version's checksum before it hands the bucket out,
+// so every bucket a caller sees (Next, ReceiveVersion's callback) was verified. A mismatch fails
+// that bucket: Next acks it with an error naming the tensor and both hashes (the daemon fails this
+// worker's update with it) and returns DATA_LOSS with the same text. Cost per bucket: one read of
+// its bytes from host memory (host backend), or a copy to host memory through a 16 MiB pinned
+// buffer plus the hashing (cuda backend), before the bucket is handed out.
+//
 // Thread-safety: one thread drives a Consumer (Next/Ack/Loaded or ReceiveVersion); a background
 // thread reads the stream. Every wait has a deadline.
 #ifndef CKPT_CLIENT_CONSUMER_H_
@@ -31,6 +39,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "client/checksum_verify.h"
 #include "client/daemon_client.h"
 #include "common/dtype.h"
 #include "proto/consumer.grpc.pb.h"
@@ -47,6 +56,9 @@ struct ConsumerOptions {
   std::vector<std::string> tensor_names;
   // Deadline of the attach (descriptor socket, stream, slot mapping).
   absl::Duration attach_timeout = absl::Seconds(30);
+  // Verify each tensor's XXH3-64 against the version's checksum before a bucket is handed out
+  // (see the top of this file). Also settable later: Consumer::set_verify_checksums.
+  bool verify_checksums = false;
 };
 
 struct ReceivedTensor {
@@ -55,6 +67,7 @@ struct ReceivedTensor {
   std::vector<int64_t> shape;
   void* data = nullptr;  // device pointer (cuda) or host pointer (host)
   uint64_t bytes = 0;
+  uint64_t xxh3 = 0;  // the version's XXH3-64 of these bytes (checked by Next when verifying)
 };
 
 struct ConsumerEvent {
@@ -89,6 +102,10 @@ class Consumer {
 
   // The next event, waiting until `deadline`. DEADLINE_EXCEEDED when none came; UNAVAILABLE when
   // the daemon ended the stream (the message gives its reason, e.g. shutting down) or it broke.
+  // With verify_checksums: DATA_LOSS when a tensor of the bucket does not match its checksum (or
+  // the error that kept it from being verified, e.g. a failed device copy); the bucket was acked
+  // with that error already (do not Ack it), the rest of that attempt is dropped, and the next
+  // Next waits for the next update.
   absl::StatusOr<ConsumerEvent> Next(absl::Time deadline);
   // Acks a bucket (frees its slot on the daemon). A non-empty `error` reports that this worker
   // failed to load it (the update then fails naming this worker; the rest of that attempt, already
@@ -103,6 +120,10 @@ class Consumer {
   absl::StatusOr<LoadedVersion> ReceiveVersion(
       const std::function<absl::Status(const ConsumerEvent&)>& on_bucket, absl::Duration timeout);
 
+  // Turns checksum verification on or off for the buckets Next returns from now on.
+  void set_verify_checksums(bool on) { options_.verify_checksums = on; }
+  bool verify_checksums() const { return options_.verify_checksums; }
+
   // "cuda" or "host".
   const std::string& backend() const { return backend_; }
   const std::string& gpu_uuid() const { return gpu_uuid_; }
@@ -114,6 +135,8 @@ class Consumer {
   Consumer() = default;
   void ReadLoop();
   absl::Status Write(const v1::WorkerMessage& message);
+  // Checks the bucket in `event` (verify_checksums); on failure acks it with the error.
+  absl::Status VerifyBucket(const ConsumerEvent& event);
 
   Endpoint endpoint_;
   ConsumerOptions options_;
@@ -122,6 +145,7 @@ class Consumer {
   uint64_t slot_bytes_ = 0;
   std::vector<uint8_t*> slots_;
   std::unique_ptr<Slots> mappings_;
+  std::unique_ptr<ChecksumVerifier> verifier_;  // created by the first bucket verified
   // The (version, bucket) this worker last failed (acked with an error): the daemon sends it
   // nothing more of that attempt, but buckets it had already sent may still be queued; Next drops
   // them.

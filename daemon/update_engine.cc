@@ -370,8 +370,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     b->set_last(k == n - 1);
     for (const TensorPlacement& t : plan->buckets[k].tensors) {
       v1::TensorPlacement* tp = b->add_tensors();
+      // With its xxh3: workers with verify_checksums check the bytes they read against it.
       *tp->mutable_spec() = manifest.tensors(t.tensor);
-      tp->mutable_spec()->clear_xxh3();
       tp->set_slot_offset(t.slot_offset);
     }
     return m;

@@ -1,8 +1,11 @@
 // Updates on the cuda backend (tag gpu): the real daemon drives every visible GPU; one C++ worker
 // per GPU, each started under a different CUDA_VISIBLE_DEVICES ordering, and a Python (torch)
 // worker when torch with CUDA is available, receive a pushed version bit-exact through CUDA IPC.
-// A worker naming a GPU the daemon does not drive is refused.
+// A worker naming a GPU the daemon does not drive is refused. Workers with verify_checksums
+// receive bit-exact too, and one of them catches a slot overwritten by a rogue worker on its GPU
+// through the (always read-write) CUDA IPC mapping.
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -12,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
@@ -161,6 +165,124 @@ TEST_CASE("cuda: a worker per GPU, under reordered CUDA_VISIBLE_DEVICES, receive
     CheckReport(outs[i], version, m);
   }
   for (auto& w : workers) CHECK(w->Wait(30s).code == 0);
+}
+
+TEST_CASE("cuda: verify_checksums passes, and catches a slot overwritten through CUDA IPC") {
+  const gpu::GpuProbe probe = gpu::ProbeGpus();
+  REQUIRE_FALSE(probe.gpus.empty());
+  const int n = static_cast<int>(probe.gpus.size());
+  testing::DaemonProcess d({"--backend", "cuda", "--host-memory-budget", "256MiB", "--bucket-bytes",
+                            "1MiB", "--log-level", "info", "--ack-timeout", "60s"});
+  INFO("daemon stderr: " << d.proc->Stderr());
+  REQUIRE(d.ready());
+  auto endpoint = *client::ResolveEndpoint(d.socket, "");
+  auto trainer = std::move(*client::TrainerClient::Connect(endpoint));
+  auto admin = std::move(*client::DaemonClient::Connect(endpoint));
+  StateDict m = Model();
+  auto pushed = trainer->PushTensors(m.views, {});
+  REQUIRE(pushed.ok());
+  const uint64_t version = pushed->version();
+  testing::TempDir dir;
+  auto wait_workers = [&](size_t expected) {
+    return WaitUntil(
+        [&] {
+          auto s = admin->Status(absl::Seconds(5));
+          return s.ok() && static_cast<size_t>(s->workers_size()) == expected;
+        },
+        60s);
+  };
+  v1::UpdateRequest request;
+  request.set_version(version);
+  request.set_force(true);
+
+  // 1. Verifying workers: one per GPU (all tensors), a subset on GPU 0, and Python if it can.
+  {
+    std::vector<std::unique_ptr<Subprocess>> workers;
+    std::vector<std::string> outs;
+    std::vector<std::vector<std::string>> only;
+    for (int g = 0; g < n; ++g) {
+      outs.push_back(dir / ("verify" + std::to_string(g) + ".json"));
+      only.push_back({});
+      workers.push_back(std::make_unique<Subprocess>(std::vector<std::string>{
+          Runfile("tests/integration/worker_client"), "--socket", d.socket, "--out", outs.back(),
+          "--cuda-device", std::to_string(g), "--engine", "cpp-verify", "--verify-checksums"}));
+    }
+    outs.push_back(dir / "verify-subset.json");
+    only.push_back({"layers.1.qkv", "layers.3.down", "step"});
+    workers.push_back(std::make_unique<Subprocess>(std::vector<std::string>{
+        Runfile("tests/integration/worker_client"), "--socket", d.socket, "--out", outs.back(),
+        "--cuda-device", "0", "--engine", "cpp-verify-subset", "--verify-checksums", "--tensor",
+        only.back()[0], "--tensor", only.back()[1], "--tensor", only.back()[2]}));
+    if (auto python = FindPython(); python.has_value()) {
+      SpawnOptions options;
+      options.env = {{"PYTHONPATH", python->pythonpath},
+                     {"CKPT_CLIENT_LIB", python->library},
+                     {"PYTHONDONTWRITEBYTECODE", "1"}};
+      outs.push_back(dir / "verify-python.json");
+      only.push_back({});
+      workers.push_back(std::make_unique<Subprocess>(
+          std::vector<std::string>{"/usr/bin/env", python->python, python->script, "--socket",
+                                   d.socket, "--out", outs.back(), "--cuda-device", "0", "--engine",
+                                   "python-verify", "--verify-checksums"},
+          options));
+    } else {
+      WARN("python3 with torch and CUDA not found: the Python GPU worker is not run");
+    }
+    const bool attached = wait_workers(workers.size());
+    for (auto& w : workers) INFO("worker stderr: " << w->Stderr());
+    REQUIRE(attached);
+    auto result = admin->Update(request, absl::Seconds(120));
+    INFO(result.status().ToString());
+    REQUIRE(result.ok());
+    for (const auto& w : result->workers()) CHECK(w.ok());
+    for (size_t i = 0; i < outs.size(); ++i) {
+      INFO("worker " << i << " stderr: " << workers[i]->Stderr());
+      auto report = testing::WaitForWorkerReport(outs[i], version, 30s);
+      REQUIRE(report.has_value());
+      CHECK(testing::CompareWorkerReport(*report, m, only[i]) == "");
+    }
+    for (auto& w : workers) CHECK(w->Wait(30s).code == 0);
+    REQUIRE(wait_workers(0));
+  }
+
+  // 2. A rogue worker on GPU 0 overwrites the first tensor of bucket 0 in the shared slot (with
+  // cudaMemset through its IPC mapping) and only then lets the verifying worker on GPU 0 read it.
+  const std::string done = dir / "corrupted";
+  Subprocess rogue({Runfile("tests/integration/worker_client"), "--socket", d.socket, "--out",
+                    dir / "rogue.json", "--cuda-device", "0", "--engine", "rogue",
+                    "--corrupt-first-bucket", done});
+  Subprocess verifier({Runfile("tests/integration/worker_client"), "--socket", d.socket,
+                       "--cuda-device", "0", "--engine", "verifier", "--verify-checksums",
+                       "--wait-for-file", done});
+  const bool attached = wait_workers(2);
+  INFO("rogue stderr: " << rogue.Stderr());
+  INFO("verifier stderr: " << verifier.Stderr());
+  REQUIRE(attached);
+  auto result = admin->Update(request, absl::Seconds(120));
+  const std::string message(result.status().message());
+  INFO(message);
+  REQUIRE(result.status().code() == absl::StatusCode::kAborted);
+  CHECK(Contains(message, "1 of 2 workers failed (worker pid " + std::to_string(verifier.pid())));
+  const std::string head = "failed to load bucket 0: checksum mismatch in tensor '";
+  const size_t at = message.find(head);
+  REQUIRE(at != std::string::npos);
+  const std::string name =
+      message.substr(at + head.size(), message.find('\'', at + head.size()) - at - head.size());
+  const TensorView* tensor = nullptr;
+  for (const TensorView& v : m.views) {
+    if (v.name == name) tensor = &v;
+  }
+  REQUIRE(tensor != nullptr);
+  const std::string overwritten(tensor->bytes, '\xA5');
+  const std::string hashes =
+      absl::StrFormat("expected xxh3 %016x, got %016x", XXH3_64bits(tensor->data, tensor->bytes),
+                      XXH3_64bits(overwritten.data(), overwritten.size()));
+  CHECK(Contains(message, hashes));
+  testing::ExitInfo e = verifier.Wait(30s);
+  CHECK(e.code == 1);
+  CHECK(Contains(verifier.Stderr(), "DATA_LOSS: version " + std::to_string(version) + " bucket 0"));
+  CHECK(Contains(verifier.Stderr(), hashes));
+  CHECK(rogue.Wait(30s).code == 0);
 }
 
 TEST_CASE("cuda: a worker naming a GPU the daemon does not drive is refused") {

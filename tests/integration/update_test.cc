@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -17,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
 #include "common/dtype.h"
@@ -235,6 +237,97 @@ TEST_CASE("a worker that asks for some tensors gets only those") {
   cpp.WaitAttached();
   REQUIRE(d.Update(version).ok());
   CheckReport(cpp.Report(version), m, only);
+}
+
+// Issue 9, finding 10: workers may check every tensor against the version's XXH3-64.
+TEST_CASE("workers with verify_checksums receive a version bit-exact") {
+  Daemon d;
+  testing::TempDir dir;
+  StateDict m = Model(31);
+  const uint64_t version = d.Push(m);
+  const std::vector<std::string> only = {"model.norm.weight", "scalar.step"};
+  Worker cpp(Worker::Kind::kCpp, d, dir, "cpp", {"--verify-checksums", "--versions", "2"});
+  Worker py(Worker::Kind::kPython, d, dir, "py", {"--verify-checksums", "--versions", "2"});
+  Worker subset(Worker::Kind::kCpp, d, dir, "subset",
+                {"--verify-checksums", "--tensor", only[0], "--tensor", only[1]});
+  cpp.WaitAttached();
+  py.WaitAttached();
+  subset.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 3; }, 10s));
+
+  auto result = d.Update(version);
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  CHECK(result->buckets() >= 4);
+  for (const auto& w : result->workers()) CHECK(w.ok());
+  CheckReport(cpp.Report(version), m);
+  CheckReport(py.Report(version), m);
+  CheckReport(subset.Report(version), m, only);
+  CHECK(subset.proc->Wait(20s).code == 0);
+
+  StateDict m2 = Model(33);
+  const uint64_t v2 = d.Push(m2);
+  auto second = d.Update(v2);
+  INFO(second.status().ToString());
+  REQUIRE(second.ok());
+  CheckReport(cpp.Report(v2), m2);
+  CheckReport(py.Report(v2), m2);
+  CHECK(cpp.proc->Wait(20s).code == 0);
+  CHECK(py.proc->Wait(20s).code == 0);
+}
+
+TEST_CASE("verify_checksums catches a worker's view that differs from the committed version") {
+  // The host slots are sealed (F_SEAL_FUTURE_WRITE): no process can change them. So the workers
+  // change their own view instead (--garble-own-slot-view: private pages of 0xA5 over their
+  // mappings of the slots): what they read is then what a worker would read from an overwritten
+  // slot, while the daemon's slots stay intact for the honest worker.
+  Daemon d;
+  testing::TempDir dir;
+  StateDict m = Model(32);
+  const uint64_t version = d.Push(m);
+  Worker control(Worker::Kind::kCpp, d, dir, "control", {"--garble-own-slot-view"});
+  Worker verifying(Worker::Kind::kCpp, d, dir, "verifying",
+                   {"--garble-own-slot-view", "--verify-checksums"});
+  Worker honest(Worker::Kind::kCpp, d, dir, "honest", {"--verify-checksums"});
+  control.WaitAttached();
+  verifying.WaitAttached();
+  honest.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 3; }, 10s));
+
+  auto result = d.Update(version);
+  const std::string message(result.status().message());
+  INFO(message);
+  REQUIRE(result.status().code() == absl::StatusCode::kAborted);
+  CHECK(Contains(message,
+                 "1 of 3 workers failed (worker pid " + std::to_string(verifying.proc->pid())));
+  CHECK(Contains(message, "2 loaded it"));
+  const std::string head = "failed to load bucket 0: checksum mismatch in tensor '";
+  const size_t at = message.find(head);
+  REQUIRE(at != std::string::npos);
+  const std::string name =
+      message.substr(at + head.size(), message.find('\'', at + head.size()) - at - head.size());
+  const TensorView* tensor = nullptr;
+  for (const TensorView& v : m.views) {
+    if (v.name == name) tensor = &v;
+  }
+  REQUIRE(tensor != nullptr);
+  const std::string garbled(tensor->bytes, '\xA5');
+  const std::string hashes =
+      absl::StrFormat("expected xxh3 %016x, got %016x", XXH3_64bits(tensor->data, tensor->bytes),
+                      XXH3_64bits(garbled.data(), garbled.size()));
+  CHECK(Contains(message, hashes));
+
+  // The verifying worker stopped with DATA_LOSS naming the same tensor and hashes.
+  testing::ExitInfo e = verifying.proc->Wait(20s);
+  const std::string err = verifying.proc->Stderr();
+  INFO("verifying worker stderr: " << err);
+  CHECK(e.code == 1);
+  CHECK(Contains(err, "DATA_LOSS: version " + std::to_string(version) + " bucket 0: "));
+  CHECK(Contains(err, "checksum mismatch in tensor '" + name + "'"));
+  CHECK(Contains(err, hashes));
+  // Without verification the garbled bytes went unnoticed; the honest worker got the real ones.
+  CHECK(testing::CompareWorkerReport(control.Report(version), m) != "");
+  CheckReport(honest.Report(version), m);
 }
 
 TEST_CASE("updates refuse unknown, retired and missing things with clear errors") {

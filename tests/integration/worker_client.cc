@@ -3,7 +3,8 @@
 //
 //   worker_client --socket PATH [--out FILE] [--engine NAME] [--versions N] [--ready FILE]
 //                 [--tensor NAME]... [--stall-after-buckets K] [--cuda-device D]
-//                 [--copy-into-bytes B]
+//                 [--copy-into-bytes B] [--verify-checksums] [--wait-for-file PATH]
+//                 [--garble-own-slot-view] [--corrupt-first-bucket DONE_FILE]
 //
 // --out: after each version, FILE is replaced (temp + rename) by JSON {"version", "tensors":
 // [{"name", "dtype", "shape", "hex"}]} (the bytes as received; from the GPU through a host copy).
@@ -11,8 +12,22 @@
 // (device memory with --cuda-device) before acking, as an engine's load_weights would; prints one
 // JSON line per version with the copied bytes and the time from the first bucket to the ack.
 // --stall-after-buckets K: stop acking after K buckets and sleep (ack-timeout tests).
+// --verify-checksums: ConsumerOptions::verify_checksums (a mismatch ends the worker: exit 1 with
+// the DATA_LOSS message).
+// --wait-for-file PATH: after attaching, wait (up to 60 s) until PATH exists before receiving;
+// events that arrive meanwhile stay queued.
+// Corruption, for the tests of --verify-checksums (never in a real worker):
+// --garble-own-slot-view (host backend): after attaching, replace this process's mappings of the
+//   daemon's slots (memfd "ckpt-engine-store" in /proc/self/maps) with private pages of 0xA5. The
+//   worker then reads bytes that differ from the committed version while the daemon's slots (sealed
+//   read-only) stay intact.
+// --corrupt-first-bucket DONE_FILE (cuda backend): in the first bucket, overwrite the first
+//   non-empty tensor with 0xA5 through the read-write CUDA IPC mapping (what a rogue worker on the
+//   same GPU could do), then create DONE_FILE, then ack.
 // Exit 0 on success; 1 with one line on stderr otherwise.
 #include <cuda_runtime_api.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -47,10 +62,38 @@ bool WriteAtomically(const std::string& path, const std::string& text) {
   return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
+// See --garble-own-slot-view. Returns the number of mappings replaced, or -1 on failure.
+int GarbleOwnSlotView() {
+  std::ifstream maps("/proc/self/maps");
+  std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("/memfd:ckpt-engine-store") == std::string::npos) continue;
+    uintptr_t begin = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx", &begin, &end) != 2 || end <= begin) return -1;
+    ranges.push_back({begin, end});
+  }
+  for (auto [begin, end] : ranges) {
+    void* want = reinterpret_cast<void*>(begin);
+    const size_t bytes = end - begin;
+    void* p =
+        ::mmap(want, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (p != want) return -1;
+    std::memset(p, 0xA5, bytes);
+    if (::mprotect(p, bytes, PROT_READ) != 0) return -1;
+  }
+  return static_cast<int>(ranges.size());
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string socket, out_path, ready_path, engine = "cpp";
+  std::string socket, out_path, ready_path, engine = "cpp", wait_for, corrupt_done;
+  bool verify = false, garble = false;
   int versions = 1, cuda_device = -1;
   int64_t stall_after = -1;
   uint64_t copy_bytes = 0;
@@ -83,6 +126,14 @@ int main(int argc, char** argv) {
       ok = absl::SimpleAtoi(value(), &stall_after);
     } else if (a == "--copy-into-bytes") {
       ok = absl::SimpleAtoi(value(), &copy_bytes);
+    } else if (a == "--verify-checksums") {
+      verify = true;
+    } else if (a == "--wait-for-file") {
+      wait_for = value();
+    } else if (a == "--garble-own-slot-view") {
+      garble = true;
+    } else if (a == "--corrupt-first-bucket") {
+      corrupt_done = value();
     } else {
       ok = false;
     }
@@ -94,8 +145,19 @@ int main(int argc, char** argv) {
   options.cuda_device = cuda_device;
   options.engine = engine;
   options.tensor_names = names;
+  options.verify_checksums = verify;
   auto consumer = ckpt::client::Consumer::Attach(*endpoint, options);
   if (!consumer.ok()) return Die(consumer.status().ToString());
+  if (garble) {
+    if ((*consumer)->backend() != "host")
+      return Die("--garble-own-slot-view needs the host backend");
+    if (GarbleOwnSlotView() != (*consumer)->slot_count()) {
+      return Die("cannot replace this process's view of the slots");
+    }
+  }
+  if (cuda_device >= 0 && cudaSetDevice(cuda_device) != cudaSuccess) {
+    return Die("cudaSetDevice failed");
+  }
 
   // The engine's own weights, preallocated once.
   void* own = nullptr;
@@ -116,6 +178,13 @@ int main(int argc, char** argv) {
   if (!ready_path.empty() && !WriteAtomically(ready_path, std::to_string(::getpid()))) {
     return Die("cannot write " + ready_path);
   }
+  if (!wait_for.empty()) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!Exists(wait_for)) {
+      if (std::chrono::steady_clock::now() > until) return Die("no " + wait_for + " within 60 s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
 
   int64_t buckets_seen = 0;
   for (int v = 0; v < versions; ++v) {
@@ -128,6 +197,20 @@ int main(int argc, char** argv) {
             first = std::chrono::steady_clock::now();
           if (stall_after >= 0 && buckets_seen >= stall_after) {
             std::this_thread::sleep_for(std::chrono::minutes(10));
+          }
+          if (!corrupt_done.empty() && buckets_seen == 0) {
+            for (const auto& t : bucket.tensors) {
+              if (t.bytes == 0) continue;
+              if (cuda_device < 0) return absl::InternalError("--corrupt-first-bucket needs a GPU");
+              if (cudaMemset(t.data, 0xA5, t.bytes) != cudaSuccess ||
+                  cudaDeviceSynchronize() != cudaSuccess) {
+                return absl::InternalError("cannot write into the slot");
+              }
+              break;
+            }
+            if (!WriteAtomically(corrupt_done, "corrupted")) {
+              return absl::InternalError("cannot write " + corrupt_done);
+            }
           }
           ++buckets_seen;
           for (const auto& t : bucket.tensors) {

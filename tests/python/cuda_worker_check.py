@@ -1,7 +1,8 @@
 # GPU machine check (torch with CUDA, the daemon on the cuda backend): a ckpt_engine.Worker on
 # device 0 receives a version as CUDA views (CUDA IPC slots wrapped with __cuda_array_interface__)
-# that must equal the pushed CPU tensors bit for bit; then the vLLM adapter loads the stand-in
-# engine (on the GPU) through the same path. Not run by Bazel (CI has no GPU): run it with the GPU
+# that must equal the pushed CPU tensors bit for bit, again with verify_checksums (each tensor's
+# XXH3-64 checked after a device-to-host copy); then the vLLM adapter loads the stand-in engine (on
+# the GPU) through the same path. Not run by Bazel (CI has no GPU): run it with the GPU
 # bundle's daemon, library and package (docs/gpu.md, "Python client on the GPU machine"):
 #
 #   python3 tests/python/cuda_worker_check.py SOCKET
@@ -70,6 +71,18 @@ with ce.Worker(socket=sock, device=0, engine="cuda-check") as w:
         assert got[k].dtype == v.dtype and got[k].shape == v.shape, (k, got[k].dtype, got[k].shape)
         assert raw(got[k]) == raw(v), k
         print(f"{k}: {v.dtype} {tuple(v.shape)} (cuda view == pushed)", flush=True)
+
+    # The same version again, each bucket verified against the version's checksums first.
+    w.verify_checksums = True
+    t, out = update_in_thread(version, force=True)
+    got = {name: x.clone() for name, x in w.receive(timeout=120)}
+    t.join(130)
+    assert "report" in out, out
+    assert out["report"]["workers"][0]["ok"], out["report"]
+    assert list(got) == list(cpu), (list(got), list(cpu))
+    for k, v in cpu.items():
+        assert raw(got[k]) == raw(v), k
+    print("verify_checksums: every tensor matched", flush=True)
 
 # The vLLM adapter with the stand-in engine on the GPU.
 state = se.hf_state_dict(seed=1)

@@ -4,7 +4,7 @@ ckpt_engine.Worker, receives versions and writes what it received to a file.
 
     worker_process.py --socket PATH --out FILE [--engine NAME] [--versions N] [--ready FILE]
                       [--tensor NAME ...] [--stall-after-buckets K] [--timeout SECONDS]
-                      [--cuda-device N]
+                      [--cuda-device N] [--verify-checksums]
 
 --ready FILE is created once attached. After each version FILE is replaced (a temporary file,
 then a rename) by JSON {"version": V, "tensors": [{"name", "dtype" (CKPT_DTYPE number), "shape",
@@ -14,6 +14,7 @@ stops acking and sleeps up to 10 minutes (for ack-timeout tests; kill it when do
 --timeout: seconds to wait for each event (default 120).
 --cuda-device N: attach for that CUDA device (the daemon's cuda backend) and receive torch CUDA
 views (Worker.receive), copied to the host for the report; needs torch with CUDA.
+--verify-checksums: Worker(verify_checksums=True); a mismatch ends the process (exit 1, DATA_LOSS).
 
 Exit 0 when N versions were received, 1 with a one-line error on stderr otherwise. Needs the
 ckpt_engine package on PYTHONPATH and $CKPT_CLIENT_LIB (run_python_test.sh sets both); not torch.
@@ -53,6 +54,7 @@ def parse_args(argv):
     p.add_argument("--stall-after-buckets", type=int, default=None)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--cuda-device", type=int, default=None)
+    p.add_argument("--verify-checksums", action="store_true")
     args = p.parse_args(argv)
     if args.versions < 1:
         p.error("--versions must be >= 1")
@@ -66,7 +68,7 @@ def run_cuda(args):
     import torch
 
     with ce.Worker(socket=args.socket, device=args.cuda_device, engine=args.engine,
-                   tensor_names=args.tensor or None) as w:
+                   tensor_names=args.tensor or None, verify_checksums=args.verify_checksums) as w:
         if args.ready:
             touch(args.ready)
         for _ in range(args.versions):
@@ -85,7 +87,8 @@ def run(args):
     import ckpt_engine as ce
 
     acked = 0
-    with ce.Worker(socket=args.socket, engine=args.engine, tensor_names=args.tensor or None) as w:
+    with ce.Worker(socket=args.socket, engine=args.engine, tensor_names=args.tensor or None,
+                   verify_checksums=args.verify_checksums) as w:
         if args.ready:
             touch(args.ready)
         for _ in range(args.versions):

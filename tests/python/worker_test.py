@@ -31,7 +31,8 @@ WORKER_PROCESS = os.path.join(HERE, "worker_process.py")
 DEADLINE_S = 60
 
 # Status codes.
-DEADLINE_EXCEEDED, NOT_FOUND, FAILED_PRECONDITION, ABORTED = 4, 5, 9, 10
+INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, FAILED_PRECONDITION, ABORTED, DATA_LOSS = \
+    3, 4, 5, 9, 10, 15
 
 
 def mixed_state(seed=0):
@@ -59,6 +60,36 @@ def mixed_state(seed=0):
 def tensor_bytes(t):
     """The bytes a tensor holds, whatever its dtype (bfloat16 included)."""
     return raw_bytes(t)
+
+
+def garble_own_slot_view():
+    """Replaces this process's mappings of the daemon's slots (memfd "ckpt-engine-store") with
+    private pages of 0xA5; returns how many. The slots themselves are sealed read-only and stay
+    intact: only what this process reads changes, as if the slot had been overwritten."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    prot_read, prot_write = 1, 2
+    map_private, map_fixed, map_anonymous = 0x02, 0x10, 0x20
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "/memfd:ckpt-engine-store" in line:
+                begin, end = (int(x, 16) for x in line.split()[0].split("-"))
+                ranges.append((begin, end - begin))
+    for addr, size in ranges:
+        got = libc.mmap(addr, size, prot_read | prot_write,
+                        map_private | map_fixed | map_anonymous, -1, 0)
+        if got != addr:
+            raise OSError(ctypes.get_errno(), "mmap MAP_FIXED over a slot failed")
+        ctypes.memset(addr, 0xA5, size)
+        if libc.mprotect(addr, size, prot_read) != 0:
+            raise OSError(ctypes.get_errno(), "mprotect failed")
+    return len(ranges)
 
 
 class UpdateThread(threading.Thread):
@@ -401,6 +432,87 @@ class WorkerTest(DaemonTestCase):
         self.assertEqual(w.finish(), version)
         self.assertTrue(update.result(self)["workers"][0]["ok"])
         self.assertEqual(w.version, version)
+
+    def test_verify_checksums_passes_for_a_normal_update(self):
+        state = mixed_state(7)
+        version = self.client.push_state_dict(state, label="verified")
+        w = self.worker(engine="verifier", verify_checksums=True)
+        self.assertTrue(w.verify_checksums)
+        self.wait_attached(1)
+        update = UpdateThread(self.client, version)
+        got = collections.OrderedDict((n, t.clone()) for n, t in w.receive(timeout=DEADLINE_S))
+        report = update.result(self)
+        self.assert_same(got, state)
+        self.assertTrue(report["workers"][0]["ok"], report)
+        self.assertEqual(w.version, version)
+
+        # Per bucket through receive_raw too, and off again.
+        update = UpdateThread(self.client, version, force=True)
+        raw = {t.name: t.tobytes() for b in w.receive_raw(timeout=DEADLINE_S) for t in b}
+        self.assertTrue(update.result(self)["workers"][0]["ok"])
+        self.assertEqual(raw, {n: tensor_bytes(t) for n, t in state.items()})
+        w.verify_checksums = False
+        self.assertFalse(w.verify_checksums)
+        update = UpdateThread(self.client, version, force=True)
+        self.assertEqual(len(list(w.receive(timeout=DEADLINE_S))), len(state))
+        self.assertTrue(update.result(self)["workers"][0]["ok"])
+
+        # The C ABI refuses a NULL consumer.
+        import ctypes
+
+        from ckpt_engine import _native
+        err = ctypes.create_string_buffer(4096)
+        code = _native.lib().ckpt_consumer_set_verify_checksums(None, 1, err, 4096)
+        self.assertEqual(code, INVALID_ARGUMENT)
+        self.assertIn(b"consumer is NULL", err.value)
+
+    def test_verify_checksums_catches_bytes_that_differ_from_the_version(self):
+        state = mixed_state(8)
+        version = self.client.push_state_dict(state, label="garbled")
+        shown = self.daemon.ctl("show", str(version), "--json")
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        committed = {t["name"]: t["xxh3"] for t in json.loads(shown.stdout)["tensors"]}
+        w = self.worker(engine="garbled", verify_checksums=True)
+        self.wait_attached(1)
+        self.assertEqual(garble_own_slot_view(), w.slots)
+
+        update = UpdateThread(self.client, version)
+        seen = []
+        with self.assertRaises(ce.CkptError) as e:
+            for name, _ in w.receive(timeout=DEADLINE_S):
+                seen.append(name)
+        self.assertEqual(seen, [], "no tensor of a failed bucket is handed out")
+        self.assertEqual(e.exception.code, DATA_LOSS, e.exception)
+        self.assertEqual(e.exception.code_name, "DATA_LOSS")
+        message = e.exception.message
+        head = f"version {version} bucket 0: checksum mismatch in tensor '"
+        self.assertIn(head, message)
+        name = message.split(head, 1)[1].split("'", 1)[0]
+        self.assertIn(name, state)
+        expected = committed[name]
+        self.assertIn(f"({len(tensor_bytes(state[name]))} bytes): expected xxh3 {expected}, got ",
+                      message)
+        actual = message.split(", got ", 1)[1][:16]
+        self.assertRegex(actual, "^[0-9a-f]{16}$")
+        self.assertNotEqual(actual, expected)
+        error = update.failure(self)
+        self.assertEqual(error.code, ABORTED, error)
+        self.assertIn(f"worker pid {os.getpid()} (garbled)", error.message)
+        self.assertIn(f"failed to load bucket 0: checksum mismatch in tensor '{name}'",
+                      error.message)
+        self.assertIn(f"expected xxh3 {expected}, got {actual}", error.message)
+        self.assertEqual(w.version, 0)
+
+        # Still attached. Without verification the same view is delivered without complaint,
+        # and it is not the version's bytes: that is what the check caught.
+        self.wait_attached(1)
+        w.verify_checksums = False
+        update = UpdateThread(self.client, version, force=True)
+        got = {n: tensor_bytes(t) for n, t in w.receive(timeout=DEADLINE_S)}
+        self.assertTrue(update.result(self)["workers"][0]["ok"])
+        self.assertEqual(sorted(got), sorted(state))
+        self.assertNotEqual(got[name], tensor_bytes(state[name]))
+        self.assertEqual(set(got[name]), {0xA5})
 
     def test_receive_times_out_without_an_update(self):
         w = self.worker()

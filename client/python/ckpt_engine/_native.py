@@ -136,6 +136,8 @@ def _declare(lib):
         c.c_char_p, c.c_int, c.c_char_p, c.POINTER(c.c_char_p), c.c_size_t, c.c_double,
         c.POINTER(c.c_void_p)] + err
     lib.ckpt_consumer_attach.restype = c.c_int
+    lib.ckpt_consumer_set_verify_checksums.argtypes = [c.c_void_p, c.c_int] + err
+    lib.ckpt_consumer_set_verify_checksums.restype = c.c_int
     lib.ckpt_consumer_next.argtypes = [c.c_void_p, c.c_double, c.POINTER(ConsumerEvent)] + err
     lib.ckpt_consumer_next.restype = c.c_int
     lib.ckpt_consumer_ack.argtypes = [c.c_void_p, c.c_uint64, c.c_uint64, c.c_char_p] + err

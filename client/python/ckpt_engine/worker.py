@@ -146,7 +146,11 @@ class Worker(_Handle):
     host tensors (host backend), else a CUDA device (an int, "cuda:N" or torch.device("cuda", N));
     its GPU must be one the daemon drives. `engine`: shown by `ckptctl status` and in errors
     ("vllm", "sglang", ...). `tensor_names`: receive only these tensors (None: all). `timeout`:
-    the deadline of the attach in seconds.
+    the deadline of the attach in seconds. `verify_checksums`: before a bucket is handed out,
+    check every tensor's XXH3-64 in the slot against the version's checksum (costs one read of
+    each bucket's bytes; on the cuda backend a device-to-host copy of them too); a mismatch
+    fails that bucket (the daemon's report names the tensor and both hashes) and receive raises
+    CkptError DATA_LOSS. Settable later through the `verify_checksums` property.
 
     Errors: CkptError UNAVAILABLE (no daemon), PERMISSION_DENIED (uid not allowed),
     FAILED_PRECONDITION (a GPU the daemon does not drive).
@@ -159,7 +163,7 @@ class Worker(_Handle):
     _WHAT = "worker"
 
     def __init__(self, socket=None, device=None, engine="python", tensor_names=None,
-                 timeout=30.0):
+                 timeout=30.0, verify_checksums=False):
         self._lib = _native.lib()
         self._handle = None
         self._cuda_device = cuda_ordinal(device)
@@ -179,6 +183,9 @@ class Worker(_Handle):
             float(timeout), ctypes.byref(handle), err, _ERR_LEN)
         _check(code, err)
         self._handle = handle
+        self._verify_checksums = False
+        if verify_checksums:
+            self.verify_checksums = True
         self._engine = engine or "c"
         self._tensor_names = tuple(names)
         self._version = 0
@@ -236,6 +243,20 @@ class Worker(_Handle):
         return self._version
 
     @property
+    def verify_checksums(self):
+        """Whether each bucket's tensors are checked against the version's XXH3-64 before they
+        are handed out (see the class). Setting it applies to the buckets received from then on.
+        """
+        return self._verify_checksums
+
+    @verify_checksums.setter
+    def verify_checksums(self, enabled):
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        _check(self._lib.ckpt_consumer_set_verify_checksums(self._h(), 1 if enabled else 0, err,
+                                                            _ERR_LEN), err)
+        self._verify_checksums = bool(enabled)
+
+    @property
     def closed(self):
         return self._handle is None
 
@@ -268,8 +289,10 @@ class Worker(_Handle):
         `timeout`: seconds to wait for each event, the first bucket included (None: a day);
         CkptError DEADLINE_EXCEEDED when nothing came; UNAVAILABLE when the daemon ended the
         stream (it shut down, or gave up on this worker after its ack_timeout): attach a new
-        Worker. `defer_loaded`: do not report the version loaded at its end; call finish() after
-        post-processing instead.
+        Worker; DATA_LOSS (verify_checksums) when a tensor of a bucket did not match its checksum:
+        that bucket was failed (the daemon's report names the tensor), the generator ends, and
+        the worker stays attached for the next update. `defer_loaded`: do not report the version
+        loaded at its end; call finish() after post-processing instead.
 
         If the code iterating raises (an exception thrown in with .throw()) or closes the
         generator early, the current bucket is acked with that error, so the daemon fails this
