@@ -122,8 +122,12 @@ absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc,
         return absl::UnavailableError(absl::StrCat("ckpt-engined is not running at ", where,
                                                    " (connection refused: the socket is stale)"));
       }
-      return absl::UnavailableError(
-          absl::StrCat("cannot reach ckpt-engined at ", where, ": ", status.error_message()));
+      return absl::UnavailableError(absl::StrCat(
+          "cannot reach ckpt-engined at ", where, ": ", status.error_message(),
+          endpoint.unix_path.empty()
+              ? ""
+              : absl::StrCat(" (the daemon closes the connections of uids without any role: is uid ",
+                             ::getuid(), " in its uid_roles?)")));
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       // gRPC's own words when this call's deadline passed; any other message is the daemon's
       // (e.g. a worker that did not ack in time during an Update).

@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -38,7 +39,17 @@ absl::StatusOr<Presentation> PresentOnDescriptorSocket(const std::string& unix_s
                                              : ""));
   }
   p.nonce = RandomHex128();
-  RETURN_IF_ERROR(SendWithFds(p.connection.get(), p.nonce, fds, deadline));
+  absl::Status sent = SendWithFds(p.connection.get(), p.nonce, fds, deadline);
+  if (!sent.ok()) {
+    return absl::Status(
+        sent.code(),
+        absl::StrCat("presenting on the daemon's descriptor socket ", path, ": ", sent.message(),
+                     sent.code() == absl::StatusCode::kUnavailable
+                         ? absl::StrCat(" (the daemon closes it for uids without a worker or "
+                                        "trainer role: is uid ",
+                                        ::getuid(), " in its uid_roles?)")
+                         : ""));
+  }
   return p;
 }
 

@@ -28,6 +28,9 @@ constexpr absl::Duration kPendingLifetime = absl::Seconds(10);
 // these a new connection is closed at once (awaiting) or the oldest presented one is (pending).
 constexpr size_t kMaxAwaiting = 128;
 constexpr size_t kMaxPending = 256;
+// The same per uid, for uids other than root and the daemon's own.
+constexpr size_t kMaxAwaitingPerUid = 64;
+constexpr size_t kMaxPendingPerUid = 128;
 
 }  // namespace
 
@@ -39,11 +42,11 @@ bool AttachSocket::ValidNonce(const std::string& nonce) {
   return true;
 }
 
-absl::StatusOr<std::unique_ptr<AttachSocket>> AttachSocket::Listen(
-    const std::string& path, mode_t mode, std::function<bool(uid_t)> may_pass_files) {
+absl::StatusOr<std::unique_ptr<AttachSocket>> AttachSocket::Listen(const std::string& path,
+                                                                  mode_t mode, Policy policy) {
   std::unique_ptr<AttachSocket> s(new AttachSocket);
   s->path_ = path;
-  s->may_pass_files_ = std::move(may_pass_files);
+  s->policy_ = std::move(policy);
   ASSIGN_OR_RETURN(s->listener_, ListenUnix(path, SOCK_SEQPACKET, mode, "descriptor socket"));
   s->acceptor_ = std::thread([raw = s.get()] { raw->AcceptLoop(); });
   return s;
@@ -129,29 +132,17 @@ void AttachSocket::AcceptLoop() {
         drop(&a.peer, message.ok() ? "no valid nonce" : message.status().message());
         continue;
       }
-      if (!message->fds.empty() && !(may_pass_files_ && may_pass_files_(a.peer.uid))) {
+      if (!message->fds.empty() && !policy_.may_pass_files(a.peer.uid)) {
         drop(&a.peer, absl::StrCat("uid ", a.peer.uid,
                                    " sent descriptors but has no trainer role"));
         continue;
       }
       absl::MutexLock lock(&mu_);
-      auto erase = [&](std::map<std::string, Entry>::iterator it)
-                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                         pending_fds_ -= it->second.presented.fds.size();
-                         return pending_.erase(it);
-                       };
-      if (auto same = pending_.find(message->payload); same != pending_.end()) erase(same);
-      while (!pending_.empty() && (pending_.size() >= kMaxPending ||
-                                   pending_fds_ + message->fds.size() > kMaxPendingFds)) {
-        auto oldest = pending_.begin();
-        for (auto it = pending_.begin(); it != pending_.end(); ++it) {
-          if (it->second.arrived < oldest->second.arrived) oldest = it;
-        }
-        erase(oldest);
+      if (auto why = AddPending(message->payload, Presented{a.peer, std::move(a.fd),
+                                                            std::move(message->fds)});
+          !why.empty()) {
+        drop(&a.peer, why);
       }
-      pending_fds_ += message->fds.size();
-      pending_[message->payload] =
-          Entry{Presented{a.peer, std::move(a.fd), std::move(message->fds)}, absl::Now()};
     }
     awaiting = std::move(still);
     if ((fds[0].revents & POLLIN) == 0) continue;
@@ -163,13 +154,71 @@ void AttachSocket::AcceptLoop() {
         drop(nullptr, peer.status().message());
         continue;
       }
+      // A uid that may neither attach nor pass files has nothing to do here: closed at once, so
+      // it cannot take the room of those who do.
+      if (!policy_.may_present(peer->uid)) {
+        drop(&*peer, absl::StrCat("uid ", peer->uid, " has no worker or trainer role"));
+        continue;
+      }
       if (awaiting.size() >= kMaxAwaiting) {
         drop(&*peer, absl::StrCat(kMaxAwaiting, " connections are waiting for their nonce"));
         continue;
       }
+      if (!policy_.trusted(peer->uid)) {
+        size_t mine = 0;
+        for (const Awaiting& w : awaiting) mine += w.peer.uid == peer->uid;
+        if (mine >= kMaxAwaitingPerUid) {
+          drop(&*peer, absl::StrCat("uid ", peer->uid, " has ", mine,
+                                    " connections waiting for their nonce"));
+          continue;
+        }
+      }
       awaiting.push_back(Awaiting{std::move(conn), *peer, absl::Now() + kNonceTimeout});
     }
   }
+}
+
+std::string AttachSocket::AddPending(const std::string& nonce, Presented presented) {
+  const uid_t uid = presented.peer.uid;
+  const size_t fds = presented.fds.size();
+  auto erase = [&](std::map<std::string, Entry>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    pending_fds_ -= it->second.presented.fds.size();
+    return pending_.erase(it);
+  };
+  if (auto same = pending_.find(nonce); same != pending_.end()) {
+    // The same nonce again: only its own uid may replace it (nonces are random; another uid that
+    // learned one must not substitute its own descriptors or identity).
+    if (same->second.presented.peer.uid != uid) return "its nonce is already presented by another uid";
+    erase(same);
+  }
+  // Room: a uid other than root and the daemon's own holds at most kMaxPendingPerUid nonces and
+  // kMaxPendingFdsPerUid descriptors; the totals are bounded too. Only the presenter's own oldest
+  // entries make room: one uid never evicts another's.
+  const bool trusted = policy_.trusted(uid);
+  for (;;) {
+    size_t my_entries = 0, my_fds = 0;
+    auto my_oldest = pending_.end();
+    for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+      if (it->second.presented.peer.uid != uid) continue;
+      ++my_entries;
+      my_fds += it->second.presented.fds.size();
+      if (my_oldest == pending_.end() || it->second.arrived < my_oldest->second.arrived) {
+        my_oldest = it;
+      }
+    }
+    const bool full = pending_.size() >= kMaxPending || pending_fds_ + fds > kMaxPendingFds ||
+                      (!trusted && (my_entries >= kMaxPendingPerUid ||
+                                    my_fds + fds > kMaxPendingFdsPerUid));
+    if (!full) break;
+    if (my_oldest == pending_.end()) {
+      return absl::StrCat("no room: ", pending_.size(), " nonces with ", pending_fds_,
+                          " descriptors are waiting for their calls");
+    }
+    erase(my_oldest);
+  }
+  pending_fds_ += fds;
+  pending_[nonce] = Entry{std::move(presented), absl::Now()};
+  return "";
 }
 
 absl::StatusOr<AttachSocket::Presented> AttachSocket::Claim(const std::string& nonce,

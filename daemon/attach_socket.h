@@ -8,8 +8,12 @@
 //
 // Trainers pass the descriptors of the files of a LoadFiles the same way: the nonce message
 // carries up to kMaxFdsPerMessage descriptors, and the Trainer service claims them by the nonces
-// in its LoadFilesRequest. Only uids that `may_pass_files` accepts may attach descriptors, and the
-// descriptors held unclaimed are bounded (kMaxPendingFds).
+// in its LoadFilesRequest.
+//
+// Who may use it (Policy): a connection of a uid that may not present at all (no worker or trainer
+// role) is closed at accept; only uids that may pass files attach descriptors; a nonce presented by
+// one uid is never replaced by another's. What is held is bounded in total and, for uids other than
+// root and the daemon's own, per uid, and one uid's entries never make room by evicting another's.
 //
 // Thread-safety: all methods may be called from any thread. One thread accepts and reads nonces
 // of many connections at once (poll), so silent connections never delay another's attach; every
@@ -45,15 +49,25 @@ class AttachSocket {
     std::vector<ScopedFd> fds;
   };
 
-  // Descriptors received with nonces and not claimed yet, at most: past this the oldest presented
-  // connections are dropped.
+  // Descriptors received with nonces and not claimed yet, at most (in total, and per uid other
+  // than root and the daemon's own: one LoadFiles of kMaxLoadFiles files fits).
   static constexpr size_t kMaxPendingFds = 8192;
+  static constexpr size_t kMaxPendingFdsPerUid = 4096 + 64;
+
+  struct Policy {
+    // May connect and present a nonce (worker or trainer role).
+    std::function<bool(uid_t)> may_present;
+    // May attach descriptors to its nonce (trainer role).
+    std::function<bool(uid_t)> may_pass_files;
+    // Exempt from the per-uid bounds (root and the daemon's own uid).
+    std::function<bool(uid_t)> trusted;
+  };
 
   // Binds `path` with `mode` (an existing socket file there is replaced: the caller holds the
   // daemon's socket claim) and starts accepting.
-  // `may_pass_files(uid)`: whether a process of `uid` may attach descriptors to its nonce.
-  static absl::StatusOr<std::unique_ptr<AttachSocket>> Listen(
-      const std::string& path, mode_t mode, std::function<bool(uid_t)> may_pass_files);
+  // Every function of `policy` must be set.
+  static absl::StatusOr<std::unique_ptr<AttachSocket>> Listen(const std::string& path, mode_t mode,
+                                                              Policy policy);
   // Stops accepting and removes the socket file.
   ~AttachSocket();
   AttachSocket(const AttachSocket&) = delete;
@@ -73,9 +87,13 @@ class AttachSocket {
  private:
   AttachSocket() = default;
   void AcceptLoop();
+  struct Entry;
+  // Adds a presented nonce, making room per the bounds; returns why it was refused ("" if added).
+  std::string AddPending(const std::string& nonce, Presented presented)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::string path_;
-  std::function<bool(uid_t)> may_pass_files_;
+  Policy policy_;
   ScopedFd listener_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -1,19 +1,19 @@
 #include "daemon/config.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <toml++/toml.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/scoped_fd.h"
 #include "common/units.h"
 #include "daemon/auth.h"
 
@@ -244,26 +244,35 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
 }
 
 absl::Status ApplyConfigFile(Config& config, const std::string& path) {
+  // Opened non-blocking and checked before reading: a FIFO, a device (/dev/zero) or a file
+  // growing without end must neither hang nor fill memory (SIGHUP reads it again while serving).
+  constexpr off_t kMaxConfigBytes = 1 << 20;
+  auto fail = [&](const std::string& why) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot read config file ", path, ": ", why));
+  };
+  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+  if (!fd.valid()) return fail(std::strerror(errno));
   struct stat st;
-  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot read config file ", path, ": it is a directory"));
+  if (::fstat(fd.get(), &st) != 0) return fail(std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) return fail("it is a directory");
+  if (!S_ISREG(st.st_mode)) return fail("not a regular file");
+  if (st.st_size > kMaxConfigBytes) {
+    return fail(absl::StrCat("it has ", st.st_size, " bytes; at most ", kMaxConfigBytes));
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot read config file ", path, ": ", std::strerror(errno)));
+  std::string text(static_cast<size_t>(st.st_size), '\0');
+  size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::pread(fd.get(), text.data() + got, text.size() - got, got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(std::strerror(errno));
+    if (n == 0) break;  // shrank meanwhile
+    got += static_cast<size_t>(n);
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot read config file ", path, ": ", std::strerror(errno)));
-  }
+  text.resize(got);
   toml::table table;
   try {
     // toml++ reports parse errors as exceptions; they stop here, at the module boundary.
-    table = toml::parse(text.str(), path);
+    table = toml::parse(text, path);
   } catch (const toml::parse_error& e) {
     const auto& where = e.source().begin;
     return absl::InvalidArgumentError(absl::StrCat("config file ", path, ":", where.line, ":",

@@ -1,5 +1,8 @@
 #include "daemon/config.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <fstream>
@@ -143,6 +146,22 @@ TEST_CASE("bad config files fail with the file and key named") {
   REQUIRE_FALSE(r.ok());
   CHECK(Contains(r.status().message(), "cannot read config file " + missing));
   CHECK(Contains(r.status().message(), "No such file"));
+
+  // Neither a device without end, nor a FIFO without a writer, nor a huge file is read: each is
+  // refused at once (SIGHUP reads the file again while the daemon serves).
+  r = Parse({"--config", "/dev/zero"});
+  REQUIRE_FALSE(r.ok());
+  CHECK(Contains(r.status().message(), "/dev/zero: not a regular file"));
+  std::string fifo = TempPath("fifo.toml");
+  ::unlink(fifo.c_str());
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  r = Parse({"--config", fifo.c_str()});
+  REQUIRE_FALSE(r.ok());
+  CHECK(Contains(r.status().message(), "not a regular file"));
+  std::string huge = WriteFile("huge.toml", "# " + std::string(2 << 20, 'x') + "\n");
+  r = Parse({"--config", huge.c_str()});
+  REQUIRE_FALSE(r.ok());
+  CHECK(Contains(r.status().message(), "at most 1048576"));
 }
 
 TEST_CASE("bad flags fail with the flag named") {

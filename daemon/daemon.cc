@@ -165,11 +165,18 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     ASSIGN_OR_RETURN(d->local_, LocalListener::Listen(config.listen_unix, mode));
     d->auth_->SetLocalPeers(
         [local = d->local_.get()](const std::string& peer) { return local->PeerOf(peer); });
+    AttachSocket::Policy policy;
+    const Authorizer* auth = d->auth_.get();
+    policy.may_present = [auth](uid_t uid) {
+      return (auth->LocalRoles(uid) & (kRoleWorker | kRoleTrainer)) != 0;
+    };
+    policy.may_pass_files = [auth](uid_t uid) {
+      return (auth->LocalRoles(uid) & kRoleTrainer) != 0;
+    };
+    policy.trusted = [](uid_t uid) { return uid == 0 || uid == ::getuid(); };
     ASSIGN_OR_RETURN(d->attach_socket_,
                      AttachSocket::Listen(DescriptorSocketPath(config.listen_unix), mode,
-                                          [auth = d->auth_.get()](uid_t uid) {
-                                            return (auth->LocalRoles(uid) & kRoleTrainer) != 0;
-                                          }));
+                                          std::move(policy)));
     d->consumer_ = std::make_unique<ConsumerService>(d->engine_.get(), d->attach_socket_.get(),
                                                      d->auth_.get(), d->watchdog_.get());
   }
@@ -225,7 +232,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
                      ": ", why.empty() ? "address in use or not available" : why));
   }
   if (d->local_ != nullptr) {
-    d->local_->Serve(d->server_.get());
+    d->local_->Serve(d->server_.get(), [auth = d->auth_.get()](uid_t uid) {
+      return auth->LocalRoles(uid) != 0;
+    });
     d->listen_addresses_.push_back("unix:" + config.listen_unix);
   }
   if (!config.listen_tcp.empty()) {

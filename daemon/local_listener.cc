@@ -37,8 +37,9 @@ LocalListener::~LocalListener() {
   if (listener_.valid()) ::unlink(path_.c_str());
 }
 
-void LocalListener::Serve(grpc::Server* server) {
-  acceptor_ = std::thread([this, server] { AcceptLoop(server); });
+void LocalListener::Serve(grpc::Server* server, std::function<bool(uid_t)> may_connect) {
+  acceptor_ = std::thread(
+      [this, server, may_connect = std::move(may_connect)] { AcceptLoop(server, may_connect); });
 }
 
 void LocalListener::Stop() {
@@ -76,8 +77,11 @@ std::optional<PeerCredentials> LocalListener::PeerOf(const std::string& grpc_pee
   return it->second.peer;
 }
 
-void LocalListener::AcceptLoop(grpc::Server* server) {
+void LocalListener::AcceptLoop(grpc::Server* server,
+                               const std::function<bool(uid_t)>& may_connect) {
   absl::Time next_error_log = absl::InfinitePast();
+  absl::Time next_refusal_log = absl::InfinitePast();
+  uint64_t refused = 0;
   for (;;) {
     {
       absl::MutexLock lock(&mu_);
@@ -104,6 +108,19 @@ void LocalListener::AcceptLoop(grpc::Server* server) {
       auto peer = GetPeerCredentials(conn.get());
       struct stat st;
       if (!peer.ok() || ::fstat(conn.get(), &st) != 0) continue;  // closes it
+      if (!may_connect(peer->uid)) {
+        // Logged at most every 10 s with a count: a flood must not flood the log.
+        ++refused;
+        const absl::Time now = absl::Now();
+        if (now >= next_refusal_log) {
+          spdlog::warn("socket {}: closed {} connection(s) of uids without any role (last: uid {}, "
+                       "pid {}; config key uid_roles)",
+                       path_, refused, peer->uid, peer->pid);
+          refused = 0;
+          next_refusal_log = now + absl::Seconds(10);
+        }
+        continue;
+      }
       {
         absl::MutexLock lock(&mu_);
         connections_[conn.get()] = Connection{st.st_ino, st.st_dev, *peer};

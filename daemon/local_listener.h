@@ -19,6 +19,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,8 +46,10 @@ class LocalListener {
   LocalListener(const LocalListener&) = delete;
   LocalListener& operator=(const LocalListener&) = delete;
 
-  // Starts accepting connections and handing them to `server` (which must outlive Stop).
-  void Serve(grpc::Server* server);
+  // Starts accepting connections and handing them to `server` (which must outlive Stop). A
+  // connection whose uid `may_connect` refuses (a uid without any role) is closed at once: it could
+  // only be refused call by call, while holding descriptors and server threads.
+  void Serve(grpc::Server* server, std::function<bool(uid_t)> may_connect);
   // Stops accepting (connections already handed over stay with the server). Idempotent.
   void Stop();
 
@@ -61,7 +64,7 @@ class LocalListener {
 
  private:
   LocalListener() = default;
-  void AcceptLoop(grpc::Server* server);
+  void AcceptLoop(grpc::Server* server, const std::function<bool(uid_t)>& may_connect);
 
   struct Connection {
     ino_t inode;

@@ -102,7 +102,8 @@ grpc::Status TrainerService::LoadFiles(grpc::ServerContext* context,
     info = LoadSafetensorsFiles(*store_, paths, request->version(), request->label(), caller.name,
                                 options_.load_threads, deadline, options_.load_files_dirs);
   } else {
-    auto files = ClaimPassedFiles(*request, caller);
+    HeldFds held(&held_passed_fds_);  // until the load has ended
+    auto files = ClaimPassedFiles(*request, caller, held);
     if (!files.ok()) return ToGrpc(files.status());
     info = LoadSafetensorsFds(*store_, *std::move(files), request->version(), request->label(),
                               caller.name, options_.load_threads, deadline);
@@ -112,8 +113,17 @@ grpc::Status TrainerService::LoadFiles(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+bool TrainerService::HeldFds::Add(int64_t n) {
+  if (held_->fetch_add(n) + n > kMaxHeldPassedFds) {
+    held_->fetch_sub(n);
+    return false;
+  }
+  count_ += n;
+  return true;
+}
+
 absl::StatusOr<std::vector<LoadFile>> TrainerService::ClaimPassedFiles(
-    const v1::LoadFilesRequest& request, const Principal& caller) {
+    const v1::LoadFilesRequest& request, const Principal& caller, HeldFds& held) {
   // Claim every nonce first, so that none is left behind on an error below.
   std::vector<AttachSocket::Presented> presented;
   absl::Status error;
@@ -131,6 +141,7 @@ absl::StatusOr<std::vector<LoadFile>> TrainerService::ClaimPassedFiles(
                      (kMaxLoadFiles + kMaxFdsPerMessage - 1) / kMaxFdsPerMessage));
   }
   const absl::Time deadline = absl::Now() + kPassedFilesTimeout;
+  size_t passed = 0;
   for (int i = 0; error.ok() && i < request.fd_nonces_size(); ++i) {
     if (!AttachSocket::ValidNonce(request.fd_nonces(i))) {
       error = absl::InvalidArgumentError(absl::StrCat(
@@ -149,11 +160,22 @@ absl::StatusOr<std::vector<LoadFile>> TrainerService::ClaimPassedFiles(
           ", not from the caller's uid ", caller.uid));
       break;
     }
+    passed += p->fds.size();
+    if (passed > static_cast<size_t>(request.paths_size())) {
+      error = absl::InvalidArgumentError(
+          absl::StrCat("LoadFiles: ", request.paths_size(), " path(s) but more descriptors passed (",
+                       passed, " in the first ", i + 1, " nonce(s)); give one per file, in order"));
+      break;
+    }
+    if (!held.Add(static_cast<int64_t>(p->fds.size()))) {
+      error = absl::ResourceExhaustedError(
+          absl::StrCat("LoadFiles: the daemon holds ", kMaxHeldPassedFds,
+                       " passed descriptors of other loads; retry when they end"));
+      break;
+    }
     presented.push_back(*std::move(p));
   }
   RETURN_IF_ERROR(error);
-  size_t passed = 0;
-  for (const AttachSocket::Presented& p : presented) passed += p.fds.size();
   if (passed != static_cast<size_t>(request.paths_size())) {
     return absl::InvalidArgumentError(
         absl::StrCat("LoadFiles: ", request.paths_size(), " path(s) but ", passed,

@@ -2,6 +2,9 @@
 #ifndef CKPT_DAEMON_TRAINER_SERVICE_H_
 #define CKPT_DAEMON_TRAINER_SERVICE_H_
 
+#include <atomic>
+#include <cstdint>
+
 #include "absl/time/time.h"
 #include "daemon/attach_socket.h"
 #include "daemon/auth.h"
@@ -55,14 +58,33 @@ class TrainerService final : public v1::Trainer::Service {
  private:
   // How long LoadFiles waits for the descriptors of its nonces to arrive.
   static constexpr absl::Duration kPassedFilesTimeout = absl::Seconds(5);
+  // Passed descriptors all LoadFiles calls together may hold at once (each holds at most its
+  // paths' count plus one batch while it claims).
+  static constexpr int64_t kMaxHeldPassedFds = 16384;
 
-  // The descriptors a local caller passed for `request`, one per path, in order.
+  // Counts descriptors against held_passed_fds_ while they are held; releases on destruction.
+  class HeldFds {
+   public:
+    explicit HeldFds(std::atomic<int64_t>* held) : held_(held) {}
+    ~HeldFds() { held_->fetch_sub(count_); }
+    HeldFds(const HeldFds&) = delete;
+    HeldFds& operator=(const HeldFds&) = delete;
+    // False (and nothing added) when `n` more would pass kMaxHeldPassedFds.
+    bool Add(int64_t n);
+
+   private:
+    std::atomic<int64_t>* held_;
+    int64_t count_ = 0;
+  };
+
+  // The descriptors a local caller passed for `request`, one per path, in order, counted in `held`.
   absl::StatusOr<std::vector<LoadFile>> ClaimPassedFiles(const v1::LoadFilesRequest& request,
-                                                         const Principal& caller);
+                                                         const Principal& caller, HeldFds& held);
 
   VersionStore* const store_;
   const Authorizer* const auth_;
   const Options options_;
+  std::atomic<int64_t> held_passed_fds_{0};
 };
 
 }  // namespace ckpt::daemon

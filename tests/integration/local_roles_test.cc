@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -83,7 +84,10 @@ TEST_CASE("uid_roles: a uid gets exactly its roles; an unlisted uid gets none, w
     RunResult r = tools.Ctl(d, {"status"});
     INFO(r.err);
     CHECK(r.exit.code == 1);
-    CHECK(Contains(r.err, "Status needs the read role; uid 65534 has no role on the Unix socket"));
+    CHECK(Contains(r.err, "closes the connections of uids without any role: is uid 65534 in its "
+                          "uid_roles?"));
+    CHECK(WaitUntil([&] { return Contains(d.proc->Stderr(), "of uids without any role (last: uid 65534"); },
+                    5s));
   }
   SECTION("read only: status and versions, not push or drop") {
     TempDir files;
@@ -166,6 +170,10 @@ TEST_CASE("LoadFiles on the Unix socket: paths alone are refused, descriptors mu
                  grpc::StatusCode::FAILED_PRECONDITION, "not open for reading");
     RequireError(d.LoadFilesWithFds({model}, {path_only.get()}, &info),
                  grpc::StatusCode::FAILED_PRECONDITION, "not open for reading");
+    // More descriptors than paths: refused as soon as the claimed ones outnumber the paths.
+    ScopedFd a(::open(model.c_str(), O_RDONLY | O_CLOEXEC)), b(::open(model.c_str(), O_RDONLY | O_CLOEXEC));
+    RequireError(d.LoadFilesWithFds({model}, {a.get(), b.get()}, &info),
+                 grpc::StatusCode::INVALID_ARGUMENT, "1 path(s) but more descriptors passed");
   }
   // More files than one message carries: the descriptors travel in several batches, in order.
   std::vector<std::string> many;
@@ -250,7 +258,56 @@ TEST_CASE("SIGHUP re-reads uid_roles from the config file and changes the socket
   REQUIRE(::chmod(d.socket.c_str(), 0666) == 0);
   RunResult refused = tools.Ctl(d, {"status"});
   CHECK(refused.exit.code == 1);
-  CHECK(Contains(refused.err, "has no role on the Unix socket"));
+  CHECK(Contains(refused.err, "closes the connections of uids without any role"));
+}
+
+TEST_CASE("a uid without a role cannot crowd out the sockets of those with one") {
+  REQUIRE_ROOT();
+  constexpr uid_t kStranger = 12345;  // no role
+  TempDir files;
+  REQUIRE(::chmod(files.path().c_str(), 0755) == 0);
+  const std::string model = Model(files, "m.safetensors", 0644);
+  DaemonProcess d({"--backend", "host", "--host-memory-budget", "16MiB", "--uid-roles",
+                   "65534=trainer"});
+  REQUIRE(d.ready());
+  NobodyTools tools(d);
+  // 300 connections to each socket, held open; on the descriptor socket half of them silent and
+  // half presenting a nonce (without descriptors).
+  const std::string script =
+      "import os, secrets, socket, sys, time\n"
+      "held = []\n"
+      "for i in range(300):\n"
+      "    for path, kind in ((sys.argv[1], socket.SOCK_STREAM), (sys.argv[1] + '.fds', socket.SOCK_SEQPACKET)):\n"
+      "        s = socket.socket(socket.AF_UNIX, kind)\n"
+      "        try:\n"
+      "            s.connect(path)\n"
+      "            if kind == socket.SOCK_SEQPACKET and i % 2:\n"
+      "                s.send(secrets.token_hex(16).encode())\n"
+      "        except OSError:\n"
+      "            pass\n"
+      "        held.append(s)\n"
+      "print('flooding', flush=True)\n"
+      "time.sleep(30)\n";
+  SpawnOptions as_stranger;
+  as_stranger.run_as_uid = kStranger;
+  Subprocess flood({"/usr/bin/python3", "-c", script, d.socket}, as_stranger);
+  REQUIRE(WaitUntil([&] { return Contains(flood.Stdout(), "flooding"); }, 20s));
+  // The trainer's load (descriptor socket + gRPC) and root's status go through meanwhile.
+  for (int i = 0; i < 3; ++i) {
+    RunResult push = tools.Ctl(d, {"push", model});
+    INFO(push.err);
+    CHECK(push.exit.code == 0);
+  }
+  CHECK(d.Ctl({"status"}).exit.code == 0);
+  CHECK(Contains(d.proc->Stderr(), "uid 12345 has no worker or trainer role"));
+  // Nothing of the stranger's is held: the daemon's descriptors stay few.
+  int open_fds = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(
+           "/proc/" + std::to_string(d.proc->pid()) + "/fd")) {
+    (void)entry;
+    ++open_fds;
+  }
+  CHECK(open_fds < 200);
 }
 
 }  // namespace
