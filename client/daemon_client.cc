@@ -10,8 +10,8 @@
 #include <sstream>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/defaults.h"
 #include "common/status_macros.h"
@@ -71,8 +71,7 @@ class TokenInterceptorFactory : public grpc::experimental::ClientInterceptorFact
 
 }  // namespace
 
-absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path,
-                                         const std::string& address,
+absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path, const std::string& address,
                                          const Credentials& credentials) {
   if (!socket_path.empty() && !address.empty()) {
     return absl::InvalidArgumentError("give either --socket or --address, not both");
@@ -86,9 +85,10 @@ absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path,
     c.tls_key = FromEnv(credentials.tls_key, "CKPT_TLS_KEY");
     c.token_file = FromEnv(credentials.token_file, "CKPT_TOKEN_FILE");
     if (c.tls_cert.empty() != c.tls_key.empty()) {
-      return absl::InvalidArgumentError("a TLS client certificate and its key go together: give "
-                                        "both --tls-cert and --tls-key (or CKPT_TLS_CERT and "
-                                        "CKPT_TLS_KEY)");
+      return absl::InvalidArgumentError(
+          "a TLS client certificate and its key go together: give "
+          "both --tls-cert and --tls-key (or CKPT_TLS_CERT and "
+          "CKPT_TLS_KEY)");
     }
     if (!c.token_file.empty()) {
       auto text = ReadFileText(c.token_file, "token file");
@@ -126,8 +126,9 @@ absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc,
           "cannot reach ckpt-engined at ", where, ": ", status.error_message(),
           endpoint.unix_path.empty()
               ? ""
-              : absl::StrCat(" (the daemon closes the connections of uids without any role: is uid ",
-                             ::getuid(), " in its uid_roles?)")));
+              : absl::StrCat(
+                    " (the daemon closes the connections of uids without any role: is uid ",
+                    ::getuid(), " in its uid_roles?)")));
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       // gRPC's own words when this call's deadline passed; any other message is the daemon's
       // (e.g. a worker that did not ack in time during an Update).

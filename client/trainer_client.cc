@@ -42,7 +42,7 @@ absl::StatusOr<ScopedFd> OpenForLoad(const std::string& path) {
   ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
   if (!fd.valid()) {
     const int err = errno;
-    return absl::Status(err == ENOENT ? absl::StatusCode::kNotFound
+    return absl::Status(err == ENOENT                   ? absl::StatusCode::kNotFound
                         : err == EACCES || err == EPERM ? absl::StatusCode::kPermissionDenied
                                                         : absl::StatusCode::kFailedPrecondition,
                         absl::StrCat("cannot open ", path, ": ", std::strerror(err)));

@@ -43,7 +43,7 @@ bool AttachSocket::ValidNonce(const std::string& nonce) {
 }
 
 absl::StatusOr<std::unique_ptr<AttachSocket>> AttachSocket::Listen(const std::string& path,
-                                                                  mode_t mode, Policy policy) {
+                                                                   mode_t mode, Policy policy) {
   std::unique_ptr<AttachSocket> s(new AttachSocket);
   s->path_ = path;
   s->policy_ = std::move(policy);
@@ -133,13 +133,13 @@ void AttachSocket::AcceptLoop() {
         continue;
       }
       if (!message->fds.empty() && !policy_.may_pass_files(a.peer.uid)) {
-        drop(&a.peer, absl::StrCat("uid ", a.peer.uid,
-                                   " sent descriptors but has no trainer role"));
+        drop(&a.peer,
+             absl::StrCat("uid ", a.peer.uid, " sent descriptors but has no trainer role"));
         continue;
       }
       absl::MutexLock lock(&mu_);
-      if (auto why = AddPending(message->payload, Presented{a.peer, std::move(a.fd),
-                                                            std::move(message->fds)});
+      if (auto why = AddPending(message->payload,
+                                Presented{a.peer, std::move(a.fd), std::move(message->fds)});
           !why.empty()) {
         drop(&a.peer, why);
       }
@@ -188,7 +188,8 @@ std::string AttachSocket::AddPending(const std::string& nonce, Presented present
   if (auto same = pending_.find(nonce); same != pending_.end()) {
     // The same nonce again: only its own uid may replace it (nonces are random; another uid that
     // learned one must not substitute its own descriptors or identity).
-    if (same->second.presented.peer.uid != uid) return "its nonce is already presented by another uid";
+    if (same->second.presented.peer.uid != uid)
+      return "its nonce is already presented by another uid";
     erase(same);
   }
   // Room: a uid other than root and the daemon's own holds at most kMaxPendingPerUid nonces and
@@ -206,9 +207,9 @@ std::string AttachSocket::AddPending(const std::string& nonce, Presented present
         my_oldest = it;
       }
     }
-    const bool full = pending_.size() >= kMaxPending || pending_fds_ + fds > kMaxPendingFds ||
-                      (!trusted && (my_entries >= kMaxPendingPerUid ||
-                                    my_fds + fds > kMaxPendingFdsPerUid));
+    const bool full =
+        pending_.size() >= kMaxPending || pending_fds_ + fds > kMaxPendingFds ||
+        (!trusted && (my_entries >= kMaxPendingPerUid || my_fds + fds > kMaxPendingFdsPerUid));
     if (!full) break;
     if (my_oldest == pending_.end()) {
       return absl::StrCat("no room: ", pending_.size(), " nonces with ", pending_fds_,

@@ -130,9 +130,9 @@ absl::StatusOr<std::map<uid_t, RoleSet>> ParseUidRoles(const std::string& text) 
         std::vector<char> buffer(16384);
         const int error = ::getpwnam_r(name.c_str(), &pw, buffer.data(), buffer.size(), &found);
         if (error != 0 || found == nullptr) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "no user ", QuoteForMessage(name), error != 0 ? ": " : "",
-              error != 0 ? std::strerror(error) : ""));
+          return absl::InvalidArgumentError(absl::StrCat("no user ", QuoteForMessage(name),
+                                                         error != 0 ? ": " : "",
+                                                         error != 0 ? std::strerror(error) : ""));
         }
         return found->pw_uid;
       });
@@ -162,10 +162,9 @@ absl::StatusOr<std::vector<Authorizer::Token>> Authorizer::ReadTokens() const {
         absl::StrCat("auth_tokens_file ", path, ": not a regular file"));
   }
   if ((st.st_mode & 077) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("auth_tokens_file ", path, " is accessible by group or others (mode ",
-                     absl::StrFormat("%04o", st.st_mode & 07777),
-                     "); it holds secrets: chmod 600 it"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "auth_tokens_file ", path, " is accessible by group or others (mode ",
+        absl::StrFormat("%04o", st.st_mode & 07777), "); it holds secrets: chmod 600 it"));
   }
   std::ifstream in(path);
   if (!in) {
@@ -185,8 +184,8 @@ absl::StatusOr<std::vector<Authorizer::Token>> Authorizer::ReadTokens() const {
     if (space == absl::string_view::npos) return bad("expected TOKEN ROLE... (no role given)");
     std::string secret(text.substr(0, space));
     if (secret.size() < kMinTokenBytes) {
-      return bad(absl::StrCat("token of ", secret.size(), " characters; at least ",
-                              kMinTokenBytes, " are required"));
+      return bad(absl::StrCat("token of ", secret.size(), " characters; at least ", kMinTokenBytes,
+                              " are required"));
     }
     auto roles = ParseRoles(std::string(text.substr(space + 1)));
     if (!roles.ok()) return bad(roles.status().message());
@@ -218,9 +217,9 @@ absl::StatusOr<std::string> Authorizer::Reload(std::map<uid_t, RoleSet> uid_role
   for (const auto& [uid, roles] : uid_roles_) uids_removed += uid_roles.count(uid) == 0;
   tokens_ = std::make_shared<const std::vector<Token>>(*std::move(fresh));
   uid_roles_ = std::move(uid_roles);
-  std::string summary = absl::StrCat(uid_roles_.size(), " uid(s) with roles (", uids_added,
-                                     " added, ", uids_removed, " removed, ", uids_changed,
-                                     " changed)");
+  std::string summary =
+      absl::StrCat(uid_roles_.size(), " uid(s) with roles (", uids_added, " added, ", uids_removed,
+                   " removed, ", uids_changed, " changed)");
   if (!options_.auth_tokens_file.empty()) {
     summary = absl::StrCat(tokens_->size(), " token(s) (", added, " added, ", removed,
                            " removed); ", summary);
@@ -297,7 +296,8 @@ Principal Authorizer::Identify(const grpc::ServerContext& context) const {
   if (options_.client_certificates) {
     std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
     if (auth != nullptr && auth->IsPeerAuthenticated()) {
-      for (const grpc::string_ref& san : auth->FindPropertyValues("x509_subject_alternative_name")) {
+      for (const grpc::string_ref& san :
+           auth->FindPropertyValues("x509_subject_alternative_name")) {
         std::string name(san.data(), san.size());
         auto found = options_.san_roles.find(name);
         if (found == options_.san_roles.end()) continue;
@@ -306,8 +306,7 @@ Principal Authorizer::Identify(const grpc::ServerContext& context) const {
       }
     }
   }
-  if (options_.insecure_tcp && options_.auth_tokens_file.empty() &&
-      !options_.client_certificates) {
+  if (options_.insecure_tcp && options_.auth_tokens_file.empty() && !options_.client_certificates) {
     p.roles = kAllRoles;
     names.push_back("insecure TCP");
   }
@@ -333,13 +332,15 @@ grpc::Status Authorizer::Check(const grpc::ServerContext& context, Role role, co
   if (p.roles == 0 && !IsTcpPeer(context.peer())) {
     return grpc::Status(
         grpc::StatusCode::PERMISSION_DENIED,
-        absl::StrCat(method, " needs the ", RolesText(role), " role; ", p.name,
-                     " has no role on the Unix socket (config key uid_roles grants roles to uids)"));
+        absl::StrCat(
+            method, " needs the ", RolesText(role), " role; ", p.name,
+            " has no role on the Unix socket (config key uid_roles grants roles to uids)"));
   }
   if (p.roles == 0) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        absl::StrCat(method, " needs credentials on TCP: a bearer token from "
-                                             "auth_tokens_file or a client certificate"));
+                        absl::StrCat(method,
+                                     " needs credentials on TCP: a bearer token from "
+                                     "auth_tokens_file or a client certificate"));
   }
   return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
                       absl::StrCat(method, " needs the ", RolesText(role), " role; ", p.name,
@@ -350,8 +351,8 @@ std::string Authorizer::TcpAuthText(bool tls) const {
   std::vector<std::string> parts;
   if (options_.client_certificates) parts.push_back("mTLS");
   if (!options_.auth_tokens_file.empty()) parts.push_back(tls ? "TLS + token" : "token");
-  if (parts.empty()) return tls ? "TLS, no client authentication (insecure_tcp)"
-                                : "none (insecure_tcp)";
+  if (parts.empty())
+    return tls ? "TLS, no client authentication (insecure_tcp)" : "none (insecure_tcp)";
   return absl::StrJoin(parts, " or ");
 }
 

@@ -27,8 +27,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,8 +49,8 @@ enum Role : uint32_t {
   kRolePeer = 16,
 };
 using RoleSet = uint32_t;
-inline constexpr RoleSet kAllRoles = kRoleRead | kRoleTrainer | kRoleOperator | kRoleWorker |
-                                     kRolePeer;
+inline constexpr RoleSet kAllRoles =
+    kRoleRead | kRoleTrainer | kRoleOperator | kRoleWorker | kRolePeer;
 
 // True for a call that came over TCP (peer "ipv4:..." or "ipv6:..."), false for the Unix socket.
 bool IsTcpCall(const grpc::ServerContext& context);

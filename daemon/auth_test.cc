@@ -59,16 +59,16 @@ TEST_CASE("the tokens file is checked: mode, format, length, duplicates") {
       WriteFile("dup.tokens", "0123456789abcdef trainer\n0123456789abcdef operator\n", 0600);
   CHECK(Contains(Authorizer::Create(o).status().message(), "listed twice"));
 
-  o.auth_tokens_file = WriteFile("good.tokens",
-                                 "# trainers\n0123456789abcdef trainer\n\nfedcba9876543210 operator\n",
-                                 0600);
+  o.auth_tokens_file = WriteFile(
+      "good.tokens", "# trainers\n0123456789abcdef trainer\n\nfedcba9876543210 operator\n", 0600);
   auto good = Authorizer::Create(o);
   REQUIRE(good.ok());
   // Reload: one added, one removed; a broken file keeps the old tokens.
   WriteFile("good.tokens", "0123456789abcdef trainer\naaaaaaaaaaaaaaaaaaaa read\n", 0600);
   auto summary = (*good)->Reload({});
   REQUIRE(summary.ok());
-  CHECK(*summary == "2 token(s) (1 added, 1 removed); 0 uid(s) with roles (0 added, 0 removed, 0 changed)");
+  CHECK(*summary ==
+        "2 token(s) (1 added, 1 removed); 0 uid(s) with roles (0 added, 0 removed, 0 changed)");
   WriteFile("good.tokens", "broken\n", 0600);
   CHECK_FALSE((*good)->Reload({{1000, kRoleTrainer}}).ok());
   // The failed reload changed nothing, the uid map included.

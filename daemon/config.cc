@@ -70,8 +70,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
       {"staging_timeout", "a staging version idle this long is aborted and its memory returned",
        "5m"},
       {"load_threads", "threads that read safetensors files in LoadFiles (1 to 256)", "8"},
-      {"max_tensors_per_version", "tensors one version may have at most (1 to 16777216)",
-       "262144"},
+      {"max_tensors_per_version", "tensors one version may have at most (1 to 16777216)", "262144"},
       {"max_staging_versions",
        "versions being pushed (staging) at once, from all clients together (1 to 1024)", "16"},
       {"max_staging_per_client",
@@ -94,8 +93,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
       {"tls_client_ca",
        "CA (PEM) that must have signed TCP clients' certificates (mTLS); needs tls_cert", ""},
       {"san_roles",
-       "roles of client certificates by subject alternative name, \"SAN=role role;SAN=role\"",
-       ""},
+       "roles of client certificates by subject alternative name, \"SAN=role role;SAN=role\"", ""},
       {"auth_tokens_file",
        "bearer tokens of TCP callers, one \"TOKEN ROLE...\" per line, mode 0600; re-read on SIGHUP",
        ""},
@@ -171,8 +169,8 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     if (!absl::SimpleAtoi(value, &n) || n < 1 || n > 1024) {
       return BadValue(key, value, "expected a whole number from 1 to 1024");
     }
-    (key == "max_staging_versions" ? config.max_staging_versions
-                                   : config.max_staging_per_client) = n;
+    (key == "max_staging_versions" ? config.max_staging_versions : config.max_staging_per_client) =
+        n;
   } else if (key == "bucket_bytes") {
     if (value == "auto") {
       config.bucket_bytes = 0;

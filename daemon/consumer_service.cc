@@ -100,15 +100,16 @@ grpc::Status ConsumerService::Attach(
   {
     StreamWatchdog::Guard watch;
     if (watchdog_ != nullptr) {
-      watch = watchdog_->Watch(context, kFirstMessageTimeout,
-                               absl::StrCat("Attach stream of ", caller.name, " before its AttachRequest"));
+      watch = watchdog_->Watch(
+          context, kFirstMessageTimeout,
+          absl::StrCat("Attach stream of ", caller.name, " before its AttachRequest"));
     }
     if (!stream->Read(&first)) {
-      return grpc::Status(grpc::StatusCode::CANCELLED,
-                          watch.cancelled()
-                              ? absl::StrCat("no AttachRequest within ",
-                                             absl::FormatDuration(kFirstMessageTimeout))
-                              : std::string("stream ended before AttachRequest"));
+      return grpc::Status(
+          grpc::StatusCode::CANCELLED,
+          watch.cancelled()
+              ? absl::StrCat("no AttachRequest within ", absl::FormatDuration(kFirstMessageTimeout))
+              : std::string("stream ended before AttachRequest"));
     }
   }
   if (!first.has_attach()) {
@@ -137,7 +138,8 @@ grpc::Status ConsumerService::Attach(
   const uid_t uid = presented->peer.uid;
   if ((auth_->LocalRoles(uid) & kRoleWorker) == 0) {
     return refuse(grpc::StatusCode::PERMISSION_DENIED,
-                  absl::StrCat("uid ", uid, " may not attach: it has no worker role (config keys "
+                  absl::StrCat("uid ", uid,
+                               " may not attach: it has no worker role (config keys "
                                "uid_roles and allowed_uids)"));
   }
   if (caller.local && caller.uid != uid) {

@@ -2,10 +2,11 @@
 //
 // One Attach stream per worker for its life. The handler checks the worker's identity through the
 // descriptor socket (AttachSocket: SO_PEERCRED uid the same as the Attach call's and holding the
-// worker role, pid equal to the one in AttachRequest), its GPU (UpdateEngine::GpuForUuid), shares the slots (host: memfds on
-// the descriptor socket; cuda: IPC handles in SlotGrant), registers the worker with the engine and
-// then relays: acks from the worker to the engine, the engine's messages to the worker (a queue
-// written by this handler's thread, so the engine never blocks on a slow worker).
+// worker role, pid equal to the one in AttachRequest), its GPU (UpdateEngine::GpuForUuid), shares
+// the slots (host: memfds on the descriptor socket; cuda: IPC handles in SlotGrant), registers the
+// worker with the engine and then relays: acks from the worker to the engine, the engine's messages
+// to the worker (a queue written by this handler's thread, so the engine never blocks on a slow
+// worker).
 #ifndef CKPT_DAEMON_CONSUMER_SERVICE_H_
 #define CKPT_DAEMON_CONSUMER_SERVICE_H_
 

@@ -17,10 +17,10 @@
 #include "daemon/gpu/cuda_status.h"
 #include "daemon/gpu/scoped_device.h"
 #include "daemon/grpc_log.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
-#include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
 #include "spdlog/spdlog.h"
 
@@ -174,9 +174,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
       return (auth->LocalRoles(uid) & kRoleTrainer) != 0;
     };
     policy.trusted = [](uid_t uid) { return uid == 0 || uid == ::getuid(); };
-    ASSIGN_OR_RETURN(d->attach_socket_,
-                     AttachSocket::Listen(DescriptorSocketPath(config.listen_unix), mode,
-                                          std::move(policy)));
+    ASSIGN_OR_RETURN(
+        d->attach_socket_,
+        AttachSocket::Listen(DescriptorSocketPath(config.listen_unix), mode, std::move(policy)));
     d->consumer_ = std::make_unique<ConsumerService>(d->engine_.get(), d->attach_socket_.get(),
                                                      d->auth_.get(), d->watchdog_.get());
   }
@@ -225,16 +225,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   d->server_ = builder.BuildAndStart();
   if (d->server_ == nullptr) {
     std::string why = grpc_log.ErrorSummary();
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot listen on ",
-                     config.listen_tcp.empty() ? std::string("gRPC")
-                                               : absl::StrCat("tcp ", config.listen_tcp),
-                     ": ", why.empty() ? "address in use or not available" : why));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot listen on ",
+        config.listen_tcp.empty() ? std::string("gRPC") : absl::StrCat("tcp ", config.listen_tcp),
+        ": ", why.empty() ? "address in use or not available" : why));
   }
   if (d->local_ != nullptr) {
-    d->local_->Serve(d->server_.get(), [auth = d->auth_.get()](uid_t uid) {
-      return auth->LocalRoles(uid) != 0;
-    });
+    d->local_->Serve(d->server_.get(),
+                     [auth = d->auth_.get()](uid_t uid) { return auth->LocalRoles(uid) != 0; });
     d->listen_addresses_.push_back("unix:" + config.listen_unix);
   }
   if (!config.listen_tcp.empty()) {
@@ -244,9 +242,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   d->config_ = config;
   d->PublishListeners();
   if (d->InsecureTcp()) {
-    spdlog::warn("TCP {} is served WITHOUT authentication (insecure_tcp = true): anyone who can "
-                 "reach it may push, load files, update and drop versions",
-                 d->listen_addresses_.back());
+    spdlog::warn(
+        "TCP {} is served WITHOUT authentication (insecure_tcp = true): anyone who can "
+        "reach it may push, load files, update and drop versions",
+        d->listen_addresses_.back());
   }
   d->reaper_ = std::thread([daemon = d.get()] { daemon->ReapStaleVersions(); });
   return d;
@@ -271,7 +270,8 @@ void Daemon::PublishListeners() {
     v1::ListenerStatus l;
     l.set_address(address);
     if (address.rfind("unix:", 0) == 0) {
-      l.set_auth(absl::StrCat("uid (SO_PEERCRED): ", auth_->LocalAuthText(), "; other uids: none; mode ",
+      l.set_auth(absl::StrCat("uid (SO_PEERCRED): ", auth_->LocalAuthText(),
+                              "; other uids: none; mode ",
                               SocketMode(*auth_) == 0666 ? "0666" : "0600"));
     } else {
       l.set_auth(auth_->TcpAuthText(!config_.tls_cert.empty()));
@@ -289,9 +289,10 @@ void Daemon::Reload(const Config& fresh) {
   kept.uid_roles = config_.uid_roles;
   kept.allowed_uids = config_.allowed_uids;
   if (DescribeConfig(kept) != before) {
-    spdlog::warn("SIGHUP: the configuration also changed keys that take effect only after a "
-                 "restart (only uid_roles, allowed_uids and the contents of auth_tokens_file are "
-                 "re-read)");
+    spdlog::warn(
+        "SIGHUP: the configuration also changed keys that take effect only after a "
+        "restart (only uid_roles, allowed_uids and the contents of auth_tokens_file are "
+        "re-read)");
   }
   auto uid_roles = LocalUidRoles(fresh);
   if (!uid_roles.ok()) {

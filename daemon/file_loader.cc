@@ -20,8 +20,8 @@ namespace ckpt::daemon {
 absl::Status CheckLoadPaths(const std::vector<std::string>& paths) {
   if (paths.empty()) return absl::InvalidArgumentError("LoadFiles: no files given");
   if (paths.size() > kMaxLoadFiles) {
-    return absl::InvalidArgumentError(absl::StrCat("LoadFiles: ", paths.size(),
-                                                   " files given; at most ", kMaxLoadFiles));
+    return absl::InvalidArgumentError(
+        absl::StrCat("LoadFiles: ", paths.size(), " files given; at most ", kMaxLoadFiles));
   }
   for (const std::string& path : paths) {
     if (path.find('\0') != std::string::npos) {
@@ -52,8 +52,9 @@ absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
   RETURN_IF_ERROR(CheckLoadPaths(paths));
   std::vector<LoadFile> files;
   for (const std::string& path : paths) {
-    ASSIGN_OR_RETURN(ScopedFd fd, allowed_dirs.empty() ? OpenRegularFile(path)
-                                                        : OpenRegularFileBeneath(allowed_dirs, path));
+    ASSIGN_OR_RETURN(ScopedFd fd, allowed_dirs.empty()
+                                      ? OpenRegularFile(path)
+                                      : OpenRegularFileBeneath(allowed_dirs, path));
     files.push_back(LoadFile{path, std::move(fd)});
   }
   return LoadSafetensorsFds(store, std::move(files), version, label, client, threads, deadline);
@@ -66,8 +67,7 @@ absl::Status CheckPassedFile(const LoadFile& file) {
         absl::StrCat("file ", file.path, ": fstat of its descriptor: ", std::strerror(errno)));
   }
   if (!S_ISREG(st.st_mode)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("file ", file.path, ": not a regular file"));
+    return absl::FailedPreconditionError(absl::StrCat("file ", file.path, ": not a regular file"));
   }
   const int flags = ::fcntl(file.fd.get(), F_GETFL);
   if (flags < 0 || (flags & O_PATH) != 0 || (flags & O_ACCMODE) == O_WRONLY) {
@@ -99,8 +99,8 @@ absl::StatusOr<v1::VersionInfo> LoadSafetensorsFds(VersionStore& store,
     for (const SafetensorsEntry& e : file.tensors) {
       auto [it, fresh] = owner.emplace(e.name, path);
       if (!fresh) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tensor ", QuoteForMessage(e.name), " is in both ", it->second, " and ", path));
+        return absl::InvalidArgumentError(absl::StrCat("tensor ", QuoteForMessage(e.name),
+                                                       " is in both ", it->second, " and ", path));
       }
       v1::TensorSpec* spec = manifest.add_tensors();
       spec->set_name(e.name);

@@ -46,12 +46,10 @@ absl::StatusOr<v1::VersionInfo> LoadSafetensorsFds(VersionStore& store, std::vec
 // Checks the paths (CheckLoadPaths), opens each one only if it is a regular file (OpenRegularFile:
 // a FIFO or device node is never opened for reading; `allowed_dirs` not empty: only below them,
 // OpenRegularFileBeneath, for remote callers), then LoadSafetensorsFds.
-absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(VersionStore& store,
-                                                     const std::vector<std::string>& paths,
-                                                     uint64_t version, const std::string& label,
-                                                     const std::string& client, int threads,
-                                                     absl::Time deadline,
-                                                     const std::vector<std::string>& allowed_dirs = {});
+absl::StatusOr<v1::VersionInfo> LoadSafetensorsFiles(
+    VersionStore& store, const std::vector<std::string>& paths, uint64_t version,
+    const std::string& label, const std::string& client, int threads, absl::Time deadline,
+    const std::vector<std::string>& allowed_dirs = {});
 
 }  // namespace ckpt::daemon
 

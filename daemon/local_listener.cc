@@ -21,7 +21,7 @@
 namespace ckpt::daemon {
 
 absl::StatusOr<std::unique_ptr<LocalListener>> LocalListener::Listen(const std::string& path,
-                                                                    mode_t mode) {
+                                                                     mode_t mode) {
   std::unique_ptr<LocalListener> l(new LocalListener);
   l->path_ = path;
   l->wake_ = ScopedFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -70,8 +70,7 @@ std::optional<PeerCredentials> LocalListener::PeerOf(const std::string& grpc_pee
   if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return std::nullopt;
   absl::MutexLock lock(&mu_);
   auto it = connections_.find(fd);
-  if (it == connections_.end() || it->second.inode != st.st_ino ||
-      it->second.device != st.st_dev) {
+  if (it == connections_.end() || it->second.inode != st.st_ino || it->second.device != st.st_dev) {
     return std::nullopt;
   }
   return it->second.peer;
@@ -92,14 +91,13 @@ void LocalListener::AcceptLoop(grpc::Server* server,
     for (;;) {
       ScopedFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
       if (!conn.valid()) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) {
-          break;
-        }
+        const int err = errno;
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR || err == ECONNABORTED) break;
         // Out of descriptors (EMFILE, ENFILE) or memory: the connection stays in the backlog;
         // back off instead of spinning, and say so at most every 10 s.
         const absl::Time now = absl::Now();
         if (now >= next_error_log) {
-          spdlog::error("socket {}: accept: {}; retrying", path_, std::strerror(errno));
+          spdlog::error("socket {}: accept: {}; retrying", path_, std::strerror(err));
           next_error_log = now + absl::Seconds(10);
         }
         absl::SleepFor(absl::Milliseconds(100));
@@ -113,9 +111,10 @@ void LocalListener::AcceptLoop(grpc::Server* server,
         ++refused;
         const absl::Time now = absl::Now();
         if (now >= next_refusal_log) {
-          spdlog::warn("socket {}: closed {} connection(s) of uids without any role (last: uid {}, "
-                       "pid {}; config key uid_roles)",
-                       path_, refused, peer->uid, peer->pid);
+          spdlog::warn(
+              "socket {}: closed {} connection(s) of uids without any role (last: uid {}, "
+              "pid {}; config key uid_roles)",
+              path_, refused, peer->uid, peer->pid);
           refused = 0;
           next_refusal_log = now + absl::Seconds(10);
         }

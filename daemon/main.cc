@@ -70,9 +70,10 @@ int main(int argc, char** argv) {
 
   const uint64_t open_files = RaiseOpenFileLimit();
   if (open_files < 16384) {
-    spdlog::warn("open files limit is {} (RLIMIT_NOFILE); a large LoadFiles or many workers may "
-                 "need more (LimitNOFILE= in the unit)",
-                 open_files);
+    spdlog::warn(
+        "open files limit is {} (RLIMIT_NOFILE); a large LoadFiles or many workers may "
+        "need more (LimitNOFILE= in the unit)",
+        open_files);
   }
   auto daemon = Daemon::Start(config);
   if (!daemon.ok()) return StartupFailure(daemon.status());

@@ -25,9 +25,10 @@ uint64_t RaiseOpenFileLimit() {
 void ForceExitAfter(absl::Duration delay, std::vector<std::string> files) {
   std::thread([delay, files = std::move(files)] {
     absl::SleepFor(delay);
-    spdlog::error("shutdown did not finish within {}: a request handler is stuck; removing the "
-                  "socket files and exiting",
-                  HumanDuration(delay));
+    spdlog::error(
+        "shutdown did not finish within {}: a request handler is stuck; removing the "
+        "socket files and exiting",
+        HumanDuration(delay));
     for (const std::string& f : files) ::unlink(f.c_str());
     spdlog::default_logger()->flush();
     std::_Exit(1);

@@ -184,7 +184,8 @@ absl::StatusOr<ScopedFd> ListenUnix(const std::string& path, int type, mode_t mo
         absl::StrCat("cannot bind ", what, " ", path, ": ", std::strerror(bind_errno)));
   }
   if (::chmod(path.c_str(), mode) != 0 || ::listen(fd.get(), 128) != 0) {
-    absl::Status error = absl::FailedPreconditionError(absl::StrCat(what, " ", path, ": ", Errno()));
+    absl::Status error =
+        absl::FailedPreconditionError(absl::StrCat(what, " ", path, ": ", Errno()));
     ::unlink(path.c_str());
     return error;
   }

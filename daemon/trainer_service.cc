@@ -144,8 +144,8 @@ absl::StatusOr<std::vector<LoadFile>> TrainerService::ClaimPassedFiles(
   size_t passed = 0;
   for (int i = 0; error.ok() && i < request.fd_nonces_size(); ++i) {
     if (!AttachSocket::ValidNonce(request.fd_nonces(i))) {
-      error = absl::InvalidArgumentError(absl::StrCat(
-          "LoadFilesRequest.fd_nonces[", i, "] is not 16 to 128 printable characters"));
+      error = absl::InvalidArgumentError(absl::StrCat("LoadFilesRequest.fd_nonces[", i,
+                                                      "] is not 16 to 128 printable characters"));
       break;
     }
     auto p = options_.descriptors->Claim(request.fd_nonces(i), deadline);
@@ -155,16 +155,16 @@ absl::StatusOr<std::vector<LoadFile>> TrainerService::ClaimPassedFiles(
       break;
     }
     if (p->peer.uid != caller.uid) {
-      error = absl::PermissionDeniedError(absl::StrCat(
-          "LoadFiles: the descriptors of fd_nonces[", i, "] come from uid ", p->peer.uid,
-          ", not from the caller's uid ", caller.uid));
+      error = absl::PermissionDeniedError(absl::StrCat("LoadFiles: the descriptors of fd_nonces[",
+                                                       i, "] come from uid ", p->peer.uid,
+                                                       ", not from the caller's uid ", caller.uid));
       break;
     }
     passed += p->fds.size();
     if (passed > static_cast<size_t>(request.paths_size())) {
-      error = absl::InvalidArgumentError(
-          absl::StrCat("LoadFiles: ", request.paths_size(), " path(s) but more descriptors passed (",
-                       passed, " in the first ", i + 1, " nonce(s)); give one per file, in order"));
+      error = absl::InvalidArgumentError(absl::StrCat(
+          "LoadFiles: ", request.paths_size(), " path(s) but more descriptors passed (", passed,
+          " in the first ", i + 1, " nonce(s)); give one per file, in order"));
       break;
     }
     if (!held.Add(static_cast<int64_t>(p->fds.size()))) {

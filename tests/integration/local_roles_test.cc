@@ -66,10 +66,10 @@ std::string Model(const TempDir& dir, const std::string& name, mode_t mode) {
   return path;
 }
 
-#define REQUIRE_ROOT()                                                          \
-  if (::geteuid() != 0) {                                                       \
+#define REQUIRE_ROOT()                                                           \
+  if (::geteuid() != 0) {                                                        \
     WARN("not root: cannot run a client as another user; this test is skipped"); \
-    return;                                                                     \
+    return;                                                                      \
   }
 
 TEST_CASE("uid_roles: a uid gets exactly its roles; an unlisted uid gets none, whatever the mode") {
@@ -84,17 +84,19 @@ TEST_CASE("uid_roles: a uid gets exactly its roles; an unlisted uid gets none, w
     RunResult r = tools.Ctl(d, {"status"});
     INFO(r.err);
     CHECK(r.exit.code == 1);
-    CHECK(Contains(r.err, "closes the connections of uids without any role: is uid 65534 in its "
-                          "uid_roles?"));
-    CHECK(WaitUntil([&] { return Contains(d.proc->Stderr(), "of uids without any role (last: uid 65534"); },
-                    5s));
+    CHECK(Contains(r.err,
+                   "closes the connections of uids without any role: is uid 65534 in its "
+                   "uid_roles?"));
+    CHECK(WaitUntil(
+        [&] { return Contains(d.proc->Stderr(), "of uids without any role (last: uid 65534"); },
+        5s));
   }
   SECTION("read only: status and versions, not push or drop") {
     TempDir files;
     REQUIRE(::chmod(files.path().c_str(), 0755) == 0);
     const std::string model = Model(files, "m.safetensors", 0644);
-    DaemonProcess d({"--backend", "host", "--host-memory-budget", "16MiB", "--uid-roles",
-                     "65534=read"});
+    DaemonProcess d(
+        {"--backend", "host", "--host-memory-budget", "16MiB", "--uid-roles", "65534=read"});
     REQUIRE(d.ready());
     CHECK(ModeOf(d.socket) == 0666);
     CHECK(ModeOf(d.socket + ".fds") == 0666);
@@ -123,8 +125,8 @@ TEST_CASE("LoadFiles on the Unix socket reads only what the caller itself could 
   REQUIRE(::chmod(files.path().c_str(), 0755) == 0);
   const std::string open_model = Model(files, "open.safetensors", 0644);
   const std::string root_only = Model(files, "secret.safetensors", 0600);
-  DaemonProcess d({"--backend", "host", "--host-memory-budget", "16MiB", "--uid-roles",
-                   "65534=trainer"});
+  DaemonProcess d(
+      {"--backend", "host", "--host-memory-budget", "16MiB", "--uid-roles", "65534=trainer"});
   REQUIRE(d.ready());
   NobodyTools tools(d);
   RunResult ok = tools.Ctl(d, {"push", open_model, "--json"});
@@ -139,7 +141,8 @@ TEST_CASE("LoadFiles on the Unix socket reads only what the caller itself could 
   CHECK(versions["versions"].size() == 1);
 }
 
-TEST_CASE("LoadFiles on the Unix socket: paths alone are refused, descriptors must be the caller's") {
+TEST_CASE(
+    "LoadFiles on the Unix socket: paths alone are refused, descriptors must be the caller's") {
   TrainerDaemon d;
   REQUIRE(d.ready());
   const std::string model = d.dir / "m.safetensors";
@@ -171,7 +174,8 @@ TEST_CASE("LoadFiles on the Unix socket: paths alone are refused, descriptors mu
     RequireError(d.LoadFilesWithFds({model}, {path_only.get()}, &info),
                  grpc::StatusCode::FAILED_PRECONDITION, "not open for reading");
     // More descriptors than paths: refused as soon as the claimed ones outnumber the paths.
-    ScopedFd a(::open(model.c_str(), O_RDONLY | O_CLOEXEC)), b(::open(model.c_str(), O_RDONLY | O_CLOEXEC));
+    ScopedFd a(::open(model.c_str(), O_RDONLY | O_CLOEXEC)),
+        b(::open(model.c_str(), O_RDONLY | O_CLOEXEC));
     RequireError(d.LoadFilesWithFds({model}, {a.get(), b.get()}, &info),
                  grpc::StatusCode::INVALID_ARGUMENT, "1 path(s) but more descriptors passed");
   }
@@ -179,7 +183,9 @@ TEST_CASE("LoadFiles on the Unix socket: paths alone are refused, descriptors mu
   std::vector<std::string> many;
   for (int i = 0; i < 150; ++i) {
     const std::string path = d.dir / ("part" + std::to_string(i) + ".safetensors");
-    REQUIRE(WriteSafetensors(path, {{"t" + std::to_string(i), DType::kFloat32, {1},
+    REQUIRE(WriteSafetensors(path, {{"t" + std::to_string(i),
+                                     DType::kFloat32,
+                                     {1},
                                      RandomBytes(4, static_cast<uint32_t>(i))}})
                 .ok());
     many.push_back(path);
@@ -267,8 +273,8 @@ TEST_CASE("a uid without a role cannot crowd out the sockets of those with one")
   TempDir files;
   REQUIRE(::chmod(files.path().c_str(), 0755) == 0);
   const std::string model = Model(files, "m.safetensors", 0644);
-  DaemonProcess d({"--backend", "host", "--host-memory-budget", "16MiB", "--uid-roles",
-                   "65534=trainer"});
+  DaemonProcess d(
+      {"--backend", "host", "--host-memory-budget", "16MiB", "--uid-roles", "65534=trainer"});
   REQUIRE(d.ready());
   NobodyTools tools(d);
   // 300 connections to each socket, held open; on the descriptor socket half of them silent and
@@ -277,7 +283,8 @@ TEST_CASE("a uid without a role cannot crowd out the sockets of those with one")
       "import os, secrets, socket, sys, time\n"
       "held = []\n"
       "for i in range(300):\n"
-      "    for path, kind in ((sys.argv[1], socket.SOCK_STREAM), (sys.argv[1] + '.fds', socket.SOCK_SEQPACKET)):\n"
+      "    for path, kind in ((sys.argv[1], socket.SOCK_STREAM), (sys.argv[1] + '.fds', "
+      "socket.SOCK_SEQPACKET)):\n"
       "        s = socket.socket(socket.AF_UNIX, kind)\n"
       "        try:\n"
       "            s.connect(path)\n"
@@ -302,8 +309,8 @@ TEST_CASE("a uid without a role cannot crowd out the sockets of those with one")
   CHECK(Contains(d.proc->Stderr(), "uid 12345 has no worker or trainer role"));
   // Nothing of the stranger's is held: the daemon's descriptors stay few.
   int open_fds = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(
-           "/proc/" + std::to_string(d.proc->pid()) + "/fd")) {
+  for (const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(d.proc->pid()) + "/fd")) {
     (void)entry;
     ++open_fds;
   }

@@ -79,7 +79,8 @@ TEST_CASE("bad manifests are refused at begin") {
 
   v1::Manifest big;
   *big.add_tensors() = Spec("w", std::string(2 << 20, 'x'));
-  RequireError(d.Begin(big, &begun), grpc::StatusCode::RESOURCE_EXHAUSTED, "more than the whole host_memory_budget of 1.0 MiB");
+  RequireError(d.Begin(big, &begun), grpc::StatusCode::RESOURCE_EXHAUSTED,
+               "more than the whole host_memory_budget of 1.0 MiB");
   d.RequireClean();
 }
 

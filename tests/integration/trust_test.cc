@@ -132,8 +132,8 @@ TEST_CASE("finding 8: labels, names, tensor counts and staging versions are boun
   CHECK(name.error_message().size() < 4096);
   // 10^6 tensors.
   v1::Manifest many;
-  for (int i = 0; i < 1000000; ++i) *many.add_tensors() = Huge("t" + std::to_string(i),
-                                                               v1::DTYPE_UINT8, {0}, 0);
+  for (int i = 0; i < 1000000; ++i)
+    *many.add_tensors() = Huge("t" + std::to_string(i), v1::DTYPE_UINT8, {0}, 0);
   RequireError(d.Begin(many, &b), grpc::StatusCode::INVALID_ARGUMENT,
                "1000000 tensors; at most 1000");
   // Staging versions per client.
@@ -150,11 +150,11 @@ TEST_CASE("finding 4: deeply nested safetensors headers are refused, the daemon 
   for (const char* where : {"shape", "dtype", "data_offsets", "__metadata__"}) {
     INFO(where);
     std::string path = d.dir / (std::string(where) + ".safetensors");
-    std::string deep = std::string(where) == "__metadata__"
-                           ? R"({"__metadata__":)" + std::string(90000, '[') +
-                                 std::string(90000, ']') + "}"
-                           : std::string(R"({"w":{")") + where + "\":" + std::string(90000, '[') +
-                                 std::string(90000, ']') + "}}";
+    std::string deep =
+        std::string(where) == "__metadata__"
+            ? R"({"__metadata__":)" + std::string(90000, '[') + std::string(90000, ']') + "}"
+            : std::string(R"({"w":{")") + where + "\":" + std::string(90000, '[') +
+                  std::string(90000, ']') + "}}";
     REQUIRE(WriteRawSafetensors(path, deep, "").ok());
     RequireError(d.LoadFiles({path}, &info), grpc::StatusCode::INVALID_ARGUMENT,
                  "nests deeper than 8 levels");
@@ -241,11 +241,11 @@ TEST_CASE("finding 13: trailing bytes, gaps, unknown keys and NUL in headers are
 TEST_CASE("finding 3: a version dropped during LoadFiles never lets the load write into another") {
   // A load of 96 MiB, one thread, dropped as soon as it is seen staging; a second version begun
   // at once would have been given the freed range while the first load's reads kept landing in it.
-  TrainerDaemon d({"--host-memory-budget", "256MiB", "--load-threads", "1", "--log-level",
-                   "error"});
+  TrainerDaemon d(
+      {"--host-memory-budget", "256MiB", "--load-threads", "1", "--log-level", "error"});
   const std::string big = d.dir / "big.safetensors";
-  REQUIRE(WriteSafetensors(big, {{"big", DType::kUint8, {96 << 20}, RandomBytes(96 << 20, 3)}})
-              .ok());
+  REQUIRE(
+      WriteSafetensors(big, {{"big", DType::kUint8, {96 << 20}, RandomBytes(96 << 20, 3)}}).ok());
   const std::string second_bytes = RandomBytes(96 << 20, 4);
   const uint64_t second_sum = XXH3_64bits(second_bytes.data(), second_bytes.size());
   int drops = 0;
@@ -310,7 +310,8 @@ TEST_CASE("finding 3: a version dropped during LoadFiles never lets the load wri
   d.RequireClean();
 }
 
-TEST_CASE("streams that carry no work are cancelled: a silent push, an Attach without its request") {
+TEST_CASE(
+    "streams that carry no work are cancelled: a silent push, an Attach without its request") {
   // staging_timeout is also the longest a push stream may go without a chunk.
   TrainerDaemon d({"--staging-timeout", "1s"});
   REQUIRE(d.ready());

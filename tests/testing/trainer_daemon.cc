@@ -70,8 +70,8 @@ void TrainerDaemon::RequireClean() {
   CHECK(s.host_memory_used_bytes() == 0);
 }
 
-grpc::Status TrainerDaemon::Begin(const v1::Manifest& m, v1::BeginVersionResponse* out,
-                                  uint64_t id, const std::string& label) {
+grpc::Status TrainerDaemon::Begin(const v1::Manifest& m, v1::BeginVersionResponse* out, uint64_t id,
+                                  const std::string& label) {
   grpc::ClientContext ctx;
   ctx.set_deadline(In(10s));
   v1::BeginVersionRequest req;
