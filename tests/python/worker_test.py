@@ -169,6 +169,25 @@ class DaemonTestCase(unittest.TestCase):
                 self.assertEqual(tensor_bytes(got[name]), tensor_bytes(value))
 
 
+class RawTensorTest(unittest.TestCase):
+    def test_tobytes_copies_tensors_of_2_gib_and_more(self):
+        # ctypes.string_at takes a C int: from 2 GiB on it failed ("Negative size passed to
+        # PyBytes_FromStringAndSize"). np.zeros pages are not touched until written.
+        import numpy as np
+        n = (2 << 30) + 4096
+        source = np.zeros(n, dtype=np.uint8)
+        for i in (0, (1 << 31) - 1, 1 << 31, n - 1):
+            source[i] = (i % 251) + 1
+        raw = worker_module.RawTensor("big", ce.DTYPES["uint8"],
+                                      (n,), source.ctypes.data, n)
+        copy = raw.tobytes()
+        self.assertEqual(len(copy), n)
+        for i in (0, (1 << 31) - 1, 1 << 31, n - 1):
+            self.assertEqual(copy[i], (i % 251) + 1)
+        del copy
+        self.assertEqual(worker_module.RawTensor("e", 0, (0,), 0, 0).tobytes(), b"")
+
+
 class WorkerTest(DaemonTestCase):
     def test_attach_reports_slots_and_shows_in_status(self):
         w = self.worker(engine="attach-test")

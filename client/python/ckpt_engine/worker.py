@@ -53,8 +53,11 @@ class RawTensor(collections.namedtuple("RawTensor", "name dtype shape data nbyte
         return DTYPE_NAMES.get(self.dtype, f"dtype#{self.dtype}")
 
     def tobytes(self):
-        """A copy of the bytes (host backend only: on the cuda backend `data` is device memory)."""
-        return ctypes.string_at(self.data, self.nbytes) if self.nbytes else b""
+        """A copy of the bytes (host backend only: on the cuda backend `data` is device memory).
+        Any size: ctypes.string_at takes a C int and fails from 2 GiB on."""
+        if not self.nbytes:
+            return b""
+        return bytes((ctypes.c_char * self.nbytes).from_address(self.data))
 
 
 def _torch():
