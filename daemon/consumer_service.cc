@@ -173,10 +173,6 @@ grpc::Status ConsumerService::Attach(
     slot->set_byte_size(slots.slot_bytes());
     slot->set_ipc_handle(slots.ipc_handle(i));
   }
-  if (!stream->Write(grant)) {
-    return grpc::Status(grpc::StatusCode::CANCELLED, "the worker left during attach");
-  }
-
   WorkerIdentity identity;
   identity.pid = request.pid();
   identity.uid = uid;
@@ -185,7 +181,14 @@ grpc::Status ConsumerService::Attach(
   identity.gpu = *gpu;
   identity.tensor_names.assign(request.tensor_names().begin(), request.tensor_names().end());
   auto channel = std::make_shared<StreamChannel>(context);
+  // Registered before the grant is written: a worker that has its grant is attached, so an update
+  // asked for right after its attach returns includes it. Nothing reaches the worker before the
+  // grant: the engine's messages wait in `channel` until this thread's WriteLoop below.
   const uint64_t id = engine_->AddWorker(std::move(identity), channel);
+  if (!stream->Write(grant)) {
+    engine_->RemoveWorker(id, "the worker left during attach");
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the worker left during attach");
+  }
 
   std::thread reader([&] {
     v1::WorkerMessage message;
