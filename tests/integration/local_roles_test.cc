@@ -106,7 +106,10 @@ TEST_CASE("uid_roles: a uid gets exactly its roles; an unlisted uid gets none, w
     RunResult push = tools.Ctl(d, {"push", model});
     INFO(push.err);
     CHECK(push.exit.code == 1);
-    CHECK(Contains(push.err, "LoadFiles needs the trainer role; uid 65534 has read"));
+    // Refused on the descriptor socket (closed for a uid without worker or trainer role) or, if the
+    // nonce went out before that close, by LoadFiles itself; either way it names the role.
+    CHECK(Contains(push.err, "trainer role"));
+    CHECK(Contains(push.err, "65534"));
     REQUIRE(d.Ctl({"push", model}).exit.code == 0);  // root may
     RunResult drop = tools.Ctl(d, {"drop", "1"});
     CHECK(drop.exit.code == 1);
