@@ -62,11 +62,7 @@ AttachSocket::~AttachSocket() {
 }
 
 absl::Status AttachSocket::SetMode(mode_t mode) {
-  if (::chmod(path_.c_str(), mode) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot chmod descriptor socket ", path_, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
+  return ChmodSocket(path_, mode, "descriptor socket");
 }
 
 void AttachSocket::AcceptLoop() {

@@ -52,13 +52,7 @@ void LocalListener::Stop() {
   if (acceptor_.joinable()) acceptor_.join();
 }
 
-absl::Status LocalListener::SetMode(mode_t mode) {
-  if (::chmod(path_.c_str(), mode) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot chmod socket ", path_, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
-}
+absl::Status LocalListener::SetMode(mode_t mode) { return ChmodSocket(path_, mode, "socket"); }
 
 std::optional<PeerCredentials> LocalListener::PeerOf(const std::string& grpc_peer) const {
   absl::string_view rest = grpc_peer;

@@ -155,6 +155,14 @@ void SocketPathClaim::Release() {
   path_.clear();
 }
 
+absl::Status ChmodSocket(const std::string& path, mode_t mode, const char* what) {
+  if (::chmod(path.c_str(), mode) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot chmod ", what, " ", path, ": ", Errno()));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ScopedFd> ListenUnix(const std::string& path, int type, mode_t mode,
                                     const char* what) {
   sockaddr_un addr{};

@@ -46,6 +46,9 @@ std::string DescriptorSocketPath(const std::string& socket_path);
 std::string LockFilePath(const std::string& socket_path);
 std::vector<std::string> SocketFiles(const std::string& socket_path);
 
+// chmod of the socket file at `path` (`what` names it in the error).
+absl::Status ChmodSocket(const std::string& path, mode_t mode, const char* what);
+
 // A listening Unix socket of `type` (SOCK_STREAM, SOCK_SEQPACKET) bound at `path` with `mode`:
 // non-blocking and close-on-exec. The socket file never has wider permissions than `mode` (it is
 // bound under umask 0177, then chmod-ed). An existing socket file at `path` is replaced (the caller

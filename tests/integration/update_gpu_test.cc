@@ -263,20 +263,9 @@ TEST_CASE("cuda: verify_checksums passes, and catches a slot overwritten through
   INFO(message);
   REQUIRE(result.status().code() == absl::StatusCode::kAborted);
   CHECK(Contains(message, "1 of 2 workers failed (worker pid " + std::to_string(verifier.pid())));
-  const std::string head = "failed to load bucket 0: checksum mismatch in tensor '";
-  const size_t at = message.find(head);
-  REQUIRE(at != std::string::npos);
-  const std::string name =
-      message.substr(at + head.size(), message.find('\'', at + head.size()) - at - head.size());
-  const TensorView* tensor = nullptr;
-  for (const TensorView& v : m.views) {
-    if (v.name == name) tensor = &v;
-  }
-  REQUIRE(tensor != nullptr);
-  const std::string overwritten(tensor->bytes, '\xA5');
-  const std::string hashes =
-      absl::StrFormat("expected xxh3 %016x, got %016x", XXH3_64bits(tensor->data, tensor->bytes),
-                      XXH3_64bits(overwritten.data(), overwritten.size()));
+  const auto mismatch = testing::ExpectedMismatch(message, m, '\xA5');
+  REQUIRE(mismatch.has_value());
+  const std::string& hashes = mismatch->hashes;
   CHECK(Contains(message, hashes));
   testing::ExitInfo e = verifier.Wait(30s);
   CHECK(e.code == 1);

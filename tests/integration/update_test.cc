@@ -301,20 +301,10 @@ TEST_CASE("verify_checksums catches a worker's view that differs from the commit
   CHECK(Contains(message,
                  "1 of 3 workers failed (worker pid " + std::to_string(verifying.proc->pid())));
   CHECK(Contains(message, "2 loaded it"));
-  const std::string head = "failed to load bucket 0: checksum mismatch in tensor '";
-  const size_t at = message.find(head);
-  REQUIRE(at != std::string::npos);
-  const std::string name =
-      message.substr(at + head.size(), message.find('\'', at + head.size()) - at - head.size());
-  const TensorView* tensor = nullptr;
-  for (const TensorView& v : m.views) {
-    if (v.name == name) tensor = &v;
-  }
-  REQUIRE(tensor != nullptr);
-  const std::string garbled(tensor->bytes, '\xA5');
-  const std::string hashes =
-      absl::StrFormat("expected xxh3 %016x, got %016x", XXH3_64bits(tensor->data, tensor->bytes),
-                      XXH3_64bits(garbled.data(), garbled.size()));
+  const auto mismatch = testing::ExpectedMismatch(message, m, '\xA5');
+  REQUIRE(mismatch.has_value());
+  const std::string& name = mismatch->tensor;
+  const std::string& hashes = mismatch->hashes;
   CHECK(Contains(message, hashes));
 
   // The verifying worker stopped with DATA_LOSS naming the same tensor and hashes.

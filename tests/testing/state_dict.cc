@@ -1,11 +1,14 @@
 #include "tests/testing/state_dict.h"
 
+#include <xxhash.h>
+
 #include <algorithm>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "tests/testing/safetensors_writer.h"
 
 namespace ckpt::testing {
@@ -79,6 +82,23 @@ std::string CompareWorkerReport(const nlohmann::json& report, const StateDict& m
     absl::StrAppend(&diff, got.size(), " tensors received, ", expected, " expected\n");
   }
   return diff;
+}
+
+std::optional<Mismatch> ExpectedMismatch(const std::string& message, const StateDict& m,
+                                         char fill) {
+  const std::string head = "failed to load bucket 0: checksum mismatch in tensor '";
+  const size_t at = message.find(head);
+  if (at == std::string::npos) return std::nullopt;
+  const size_t begin = at + head.size();
+  const std::string name = message.substr(begin, message.find('\'', begin) - begin);
+  for (const client::TensorView& v : m.views) {
+    if (v.name != name) continue;
+    const std::string filled(v.bytes, fill);
+    return Mismatch{name,
+                    absl::StrFormat("expected xxh3 %016x, got %016x", XXH3_64bits(v.data, v.bytes),
+                                    XXH3_64bits(filled.data(), filled.size()))};
+  }
+  return std::nullopt;
 }
 
 }  // namespace ckpt::testing

@@ -55,6 +55,15 @@ std::optional<nlohmann::json> WaitForWorkerReport(const std::string& path, uint6
 std::string CompareWorkerReport(const nlohmann::json& report, const StateDict& m,
                                 const std::vector<std::string>& only = {});
 
+// For an update error naming "checksum mismatch in tensor 'NAME'" in `message`: NAME and the text
+// the worker reports when it read `fill` bytes in place of NAME's, "expected xxh3 E, got G", E from
+// NAME's bytes in `m`. nullopt when `message` names no mismatching tensor of `m`.
+struct Mismatch {
+  std::string tensor;
+  std::string hashes;
+};
+std::optional<Mismatch> ExpectedMismatch(const std::string& message, const StateDict& m, char fill);
+
 }  // namespace ckpt::testing
 
 #endif  // CKPT_TESTS_TESTING_STATE_DICT_H_
