@@ -246,6 +246,13 @@ uint64_t UpdateEngine::AddWorker(WorkerIdentity identity, std::shared_ptr<Worker
   return entry->id;
 }
 
+void UpdateEngine::Forget(const WorkerEntry& entry, const std::string& why) {
+  auto it = workers_.find(entry.id);
+  if (it == workers_.end() || it->second.get() != &entry) return;
+  spdlog::info("{} removed: {}", entry.Describe(), why);
+  workers_.erase(it);
+}
+
 void UpdateEngine::RemoveWorker(uint64_t id, const std::string& why) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(id);
@@ -403,6 +410,9 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
       p.timed_out = true;
       p.outstanding.clear();
       p.entry->channel->Close(absl::StrCat("the daemon gave up on this worker: it ", why));
+      // Gone from the registry at once (its stream may take a while to end): the next update must
+      // not count it as a participant.
+      Forget(*p.entry, absl::StrCat("timed out: it ", why));
     }
   };
   auto all_acked = [&](int k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -475,6 +485,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
           if (!p.entry->channel->Send(std::move(m))) {
             p.error = "its stream closed mid-update";
             p.outstanding.clear();
+            Forget(*p.entry, p.error);
           }
         }
         notified[next_notify] = now;
@@ -504,7 +515,10 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
       m.mutable_done()->set_version(version);
       p.done_sent = true;
       p.done_sent_at = absl::Now();
-      if (!p.entry->channel->Send(std::move(m))) p.error = "its stream closed mid-update";
+      if (!p.entry->channel->Send(std::move(m))) {
+        p.error = "its stream closed mid-update";
+        Forget(*p.entry, p.error);
+      }
     }
     auto finished = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       if (stopping_) return true;
@@ -579,6 +593,13 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
 
 void UpdateEngine::RequestAutoUpdate(uint64_t version) {
   absl::MutexLock lock(&mu_);
+  if (version <= auto_highest_) {
+    // A push that began before a newer one committed after it: workers never go back to it.
+    spdlog::info("auto_update: version {} committed after the newer version {}; not sent", version,
+                 auto_highest_);
+    return;
+  }
+  auto_highest_ = version;
   auto_pending_ = std::max(auto_pending_, version);
 }
 

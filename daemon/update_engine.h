@@ -113,7 +113,8 @@ class UpdateEngine {
   absl::StatusOr<v1::UpdateResponse> Update(const v1::UpdateRequest& request);
 
   // auto_update: updates to `version` in the background (skipped when no worker is attached). A
-  // request while an update runs replaces any queued one, so the newest version goes next.
+  // request while an update runs replaces any queued one, so the newest version goes next; a
+  // version older than one already asked for (a concurrent push that committed late) is not sent.
   void RequestAutoUpdate(uint64_t version);
 
   // Shutdown: fails a running update, refuses new ones, closes every worker's stream with `reason`.
@@ -128,6 +129,9 @@ class UpdateEngine {
 
   UpdateEngine(BackendKind backend, VersionStore* store, Options options);
   void AutoUpdateLoop();
+  // Takes a worker the daemon gave up on (timed out, stream closing) out of the registry at once;
+  // its stream's end (RemoveWorker) then finds nothing to remove.
+  void Forget(const WorkerEntry& entry, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const BackendKind backend_;
   VersionStore* const store_;
@@ -145,6 +149,8 @@ class UpdateEngine {
   uint64_t updating_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Participant>* participants_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint64_t auto_pending_ ABSL_GUARDED_BY(mu_) = 0;
+  // The highest version auto_update was asked for: an older one committing later is not sent.
+  uint64_t auto_highest_ ABSL_GUARDED_BY(mu_) = 0;
   // Counts worker messages and detaches: the update loop sleeps until it changes.
   uint64_t events_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread auto_thread_;

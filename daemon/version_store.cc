@@ -164,6 +164,22 @@ bool VersionStore::RetireOldest(std::vector<std::shared_ptr<Version>>* graveyard
   return false;
 }
 
+void VersionStore::RetireBeyondMax(std::vector<std::shared_ptr<Version>>* graveyard) {
+  int kept = 0;
+  std::vector<uint64_t> retire;
+  for (auto it = versions_.rbegin(); it != versions_.rend(); ++it) {
+    if (it->second->state != v1::VERSION_STATE_COMMITTED) continue;
+    if (++kept <= options_.max_versions) continue;
+    if (it->second->readers > 0) continue;  // being sent: retired when its last lease ends
+    retire.push_back(it->first);
+  }
+  for (uint64_t id : retire) {
+    spdlog::info("version {} retired: {} newer versions are committed (max_versions)", id,
+                 options_.max_versions);
+    graveyard->push_back(Remove(versions_.find(id)));
+  }
+}
+
 std::shared_ptr<VersionStore::Version> VersionStore::Remove(
     std::map<uint64_t, std::shared_ptr<Version>>::iterator it) {
   std::shared_ptr<Version> v = std::move(it->second);
@@ -196,10 +212,11 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
   for (const auto& t : manifest.tensors()) {
     const std::optional<uint64_t> rounded = RoundedSize(t.byte_size());
     if (!rounded || !needed_sum.Add(*rounded) || needed_sum.total() > allocator_capacity_) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "version of ", manifest.tensors_size(), " tensors needs more than the whole ",
-          FormatBytes(allocator_capacity_), " host_memory_budget once each tensor is rounded up "
-          "to 256 bytes"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("version of ", manifest.tensors_size(),
+                       " tensors needs more than the whole ", FormatBytes(allocator_capacity_),
+                       " host_memory_budget once each tensor is rounded up "
+                       "to 256 bytes"));
     }
   }
   const uint64_t needed = needed_sum.total();
@@ -228,14 +245,15 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
     staging_of_client += other->client == client;
   }
   if (staging_of_client >= options_.max_staging_per_client) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "client ", EscapeForMessage(client), " has ", staging_of_client,
-        " staging versions already, the most one client may have (config key "
-        "max_staging_per_client); commit or abort one first"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("client ", EscapeForMessage(client), " has ", staging_of_client,
+                     " staging versions already, the most one client may have (config key "
+                     "max_staging_per_client); commit or abort one first"));
   }
   if (staging >= options_.max_staging) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        staging, " versions are staging already, the most the daemon accepts at once (config key "
+        staging,
+        " versions are staging already, the most the daemon accepts at once (config key "
         "max_staging_versions); commit or abort one first"));
   }
   if (requested_version != 0) {
@@ -253,9 +271,9 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
     uint64_t next = std::max(max_committed_, max_begun_);
     do {
       if (next >= kMaxVersionId) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "no version id is left: ids reached the largest, ", kMaxVersionId,
-            "; restart the daemon with an empty store to start again from 1"));
+        return absl::ResourceExhaustedError(
+            absl::StrCat("no version id is left: ids reached the largest, ", kMaxVersionId,
+                         "; restart the daemon with an empty store to start again from 1"));
       }
       ++next;
     } while (versions_.count(next) != 0);
@@ -365,10 +383,9 @@ absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token
   const int i = it->second;
   const uint64_t tensor_size = v->manifest.tensors(i).byte_size();
   if (!RangeWithin(offset, size, tensor_size)) {
-    return absl::OutOfRangeError(absl::StrCat("chunk of ", size, " bytes at offset ", offset,
-                                              " is past the end of tensor ",
-                                              QuoteForMessage(tensor), " (", tensor_size,
-                                              " bytes)"));
+    return absl::OutOfRangeError(
+        absl::StrCat("chunk of ", size, " bytes at offset ", offset, " is past the end of tensor ",
+                     QuoteForMessage(tensor), " (", tensor_size, " bytes)"));
   }
   RETURN_IF_ERROR(AddWriter(*v));
   std::memcpy(arena_->data() + v->ranges->offset(i) + offset, data, size);
@@ -401,7 +418,8 @@ bool VersionStore::WriteLease::Touch() {
 
 absl::Status VersionStore::WriteLease::MarkAllReceived() {
   if (v_->dropped.load()) {
-    return absl::AbortedError(absl::StrCat("version ", v_->id, " was aborted while it was written"));
+    return absl::AbortedError(
+        absl::StrCat("version ", v_->id, " was aborted while it was written"));
   }
   absl::MutexLock vlock(&v_->mu);
   for (int i = 0; i < v_->manifest.tensors_size(); ++i) {
@@ -506,21 +524,21 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
     if (it == versions_.end() || it->second != v) {
       return absl::AbortedError(absl::StrCat("version ", version, " was aborted during commit"));
     }
-    if (version <= max_committed_) {
-      // A newer version committed while this one was staging: committing this one would make
-      // readers see ids go backwards.
-      return fail(absl::FailedPreconditionError(absl::StrCat(
-          "version ", version, " cannot commit after the newer version ", max_committed_)));
-    }
+    // A version that began before a newer one committed commits too (concurrent pushes): it is
+    // simply not the newest. Readers asking for the newest never see ids go backwards.
+    const bool newest = version > max_committed_;
     v->state = v1::VERSION_STATE_COMMITTED;
     v->committed = absl::Now();
-    max_committed_ = version;
-    int committed = 0;
-    for (const auto& [id, other] : versions_)
-      committed += other->state == v1::VERSION_STATE_COMMITTED;
-    for (; committed > options_.max_versions && RetireOldest(&graveyard); --committed) {
-    }
+    max_committed_ = std::max(max_committed_, version);
     info = Info(*v);
+    RetireBeyondMax(&graveyard);
+    if (!newest) {
+      spdlog::info("version {} committed after the newer version {}{}", version, max_committed_,
+                   versions_.count(version) == 0
+                       ? absl::StrCat(" and was retired at once: ", options_.max_versions,
+                                      " newer versions are committed (max_versions)")
+                       : "");
+    }
   }
   spdlog::info("version {} committed: {} tensors, {}", version, n, FormatBytes(v->total_bytes));
   if (commit_listener_) commit_listener_(version);
@@ -601,8 +619,11 @@ int VersionStore::AbortStale(absl::Time now) {
 }
 
 VersionStore::ReadLease::~ReadLease() {
+  std::vector<std::shared_ptr<Version>> graveyard;  // destroyed after mu_ is released
   absl::MutexLock lock(&store_->mu_);
   --const_cast<Version&>(*v_).readers;
+  // A version kept past max_versions only because it was being sent goes now.
+  if (v_->readers == 0) store_->RetireBeyondMax(&graveyard);
 }
 
 uint64_t VersionStore::ReadLease::version() const { return v_->id; }

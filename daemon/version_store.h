@@ -2,9 +2,14 @@
 //
 // A version is STAGING from Begin until Commit has found every byte present and every XXH3-64
 // checksum matching; then COMMITTED (visible to readers) until it is retired (Drop, or pushed out
-// by newer versions: at most max_versions stay committed) or, while STAGING, aborted (Abort, a
-// broken push stream, or no activity for staging_timeout). Retired and aborted versions are
-// forgotten and their memory returns to the arena.
+// by newer versions: the max_versions highest committed ids stay; an older one that an update is
+// sending stays until that update ends) or, while STAGING, aborted (Abort, a broken push stream,
+// or no activity for staging_timeout). Retired and aborted versions are forgotten and their memory
+// returns to the arena. The newest committed version (highest id) is never retired.
+//
+// Concurrent pushes: versions stage in parallel and each commits when its bytes are complete, in
+// any order. A version that commits after a higher id did is committed as an older version (the
+// newest stays the highest id; it is retired at once if max_versions higher ids are committed).
 //
 // Memory: each tensor gets its own 256-byte aligned range of the arena at Begin (admission control:
 // RESOURCE_EXHAUSTED when the version cannot fit even after retiring the committed versions that
@@ -124,8 +129,7 @@ class VersionStore {
 
    private:
     friend class VersionStore;
-    WriteLease(VersionStore* store, std::shared_ptr<Version> v)
-        : store_(store), v_(std::move(v)) {}
+    WriteLease(VersionStore* store, std::shared_ptr<Version> v) : store_(store), v_(std::move(v)) {}
     VersionStore* store_;
     std::shared_ptr<Version> v_;
   };
@@ -205,6 +209,10 @@ class VersionStore {
   uint64_t RetirableBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes the oldest retirable committed version; false if there is none.
   bool RetireOldest(std::vector<std::shared_ptr<Version>>* graveyard)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Retires the committed versions older than the newest max_versions, except leased ones (those
+  // go when their last lease ends).
+  void RetireBeyondMax(std::vector<std::shared_ptr<Version>>* graveyard)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes `it` out of versions_ and marks it dropped (its writers stop); returns it.
   std::shared_ptr<Version> Remove(std::map<uint64_t, std::shared_ptr<Version>>::iterator it)

@@ -329,8 +329,7 @@ TEST_CASE("a version aborted or dropped under a writer keeps its memory until th
   CHECK((*lease)->MarkAllReceived().code() == absl::StatusCode::kAborted);
   lease->reset();
   CHECK(store->GetUsage().used_bytes == 0);
-  CHECK(store->Commit(b->version, b->upload_token).status().code() ==
-        absl::StatusCode::kNotFound);
+  CHECK(store->Commit(b->version, b->upload_token).status().code() == absl::StatusCode::kNotFound);
 }
 
 TEST_CASE("tokens are required: an empty token is refused everywhere") {
@@ -466,17 +465,23 @@ TEST_CASE("a leased version is neither retired nor dropped; the oldest unused on
   CHECK(drop.code() == absl::StatusCode::kFailedPrecondition);
   CHECK(Contains(drop.message(), "being sent to workers"));
 
-  // A third commit exceeds max_versions: v2 (unused) is retired, not the leased v1.
+  // A third commit exceeds max_versions: the leased v1 stays while it is sent, and the newer v2 is
+  // not retired in its place (issue 10 point 2); v1 goes when its lease ends.
   const uint64_t v3 = PushVersion(*store, {MakeTensor("a", {100}, 3)});
-  std::vector<uint64_t> ids;
-  for (const auto& info : store->List()) ids.push_back(info.version());
-  CHECK(ids == std::vector<uint64_t>{v1, v3});
-  auto gone = store->Lease(v2);
+  auto ids = [&] {
+    std::vector<uint64_t> out;
+    for (const auto& info : store->List()) out.push_back(info.version());
+    return out;
+  };
+  CHECK(ids() == std::vector<uint64_t>{v1, v2, v3});
+  lease->reset();
+  CHECK(ids() == std::vector<uint64_t>{v2, v3});
+  auto gone = store->Lease(v1);
   CHECK(gone.status().code() == absl::StatusCode::kNotFound);
   CHECK(Contains(gone.status().message(), "retired or dropped"));
 
-  lease->reset();  // unleased: may be dropped now
-  CHECK(store->Drop(v1).ok());
+  // Unleased versions may be dropped.
+  CHECK(store->Drop(v2).ok());
 
   // A staging version cannot be leased.
   auto staging = store->Begin(ManifestOf({MakeTensor("b", {10}, 4)}), 0, "");
@@ -484,6 +489,47 @@ TEST_CASE("a leased version is neither retired nor dropped; the oldest unused on
   auto s = store->Lease(staging->version);
   CHECK(s.status().code() == absl::StatusCode::kNotFound);
   CHECK(Contains(s.status().message(), "still staging"));
+}
+
+TEST_CASE("concurrent pushes both commit in any order; the newest committed is never retired") {
+  VersionStore::Options options;
+  options.max_versions = 2;
+  auto store = NewStore(1 << 20, options);
+  std::vector<Tensor> big = {MakeTensor("a", {1000}, 1)};
+  std::vector<Tensor> small = {MakeTensor("a", {10}, 2)};
+  // Begun first, finished last: both commit; the newest is the higher id.
+  auto first = store->Begin(ManifestOf(big), 0, "");
+  auto second = store->Begin(ManifestOf(small), 0, "");
+  REQUIRE(first.ok());
+  REQUIRE(second.ok());
+  CHECK(second->version == first->version + 1);
+  PushAll(*store, *second, small);
+  REQUIRE(store->Commit(second->version, second->upload_token).ok());
+  PushAll(*store, *first, big);
+  auto late = store->Commit(first->version, first->upload_token);
+  INFO(late.status().ToString());
+  REQUIRE(late.ok());
+  CHECK(late->state() == v1::VERSION_STATE_COMMITTED);
+  auto newest = store->Lease(0);
+  REQUIRE(newest.ok());
+  CHECK((*newest)->version() == second->version);
+  newest->reset();
+  CHECK(store->Get(first->version).ok());
+  CHECK(store->GetUsage().latest_committed == second->version);
+  // A given id below the newest committed one is still refused at Begin, before a byte is sent.
+  CHECK(store->Begin(ManifestOf(small), first->version, "").status().code() ==
+        absl::StatusCode::kAlreadyExists);
+
+  // With max_versions newer ids committed, a late commit is retired at once, never the newest.
+  auto old = store->Begin(ManifestOf(small), 0, "");
+  REQUIRE(old.ok());
+  const uint64_t a = PushVersion(*store, small);
+  const uint64_t b = PushVersion(*store, small);
+  PushAll(*store, *old, small);
+  REQUIRE(store->Commit(old->version, old->upload_token).ok());
+  std::vector<uint64_t> ids;
+  for (const auto& info : store->List()) ids.push_back(info.version());
+  CHECK(ids == std::vector<uint64_t>{a, b});
 }
 
 }  // namespace

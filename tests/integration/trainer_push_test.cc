@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/daemon_client.h"
@@ -131,6 +132,55 @@ TEST_CASE(
   REQUIRE(list.ok());
   CHECK(list->versions_size() == 2);
   CHECK(d.Status().staging_versions() == 0);
+}
+
+TEST_CASE("concurrent pushes both commit: one begun first and finished last is not lost") {
+  Daemon d;
+  StateDict big;
+  for (int i = 0; i < 4; ++i) big.Add("w" + std::to_string(i), DType::kBfloat16, {2048, 1024});
+  StateDict small = Model();
+  // The big push (begun first) is held in its last progress call (every byte sent, not yet
+  // committed) while a second push from another thread of the same client begins, sends
+  // everything and commits.
+  PushOptions o;
+  absl::StatusOr<v1::VersionInfo> second = absl::UnknownError("not run");
+  bool started = false;
+  o.progress = [&](uint64_t done, uint64_t total) {
+    if (started || done != total) return;
+    started = true;
+    std::thread t([&] { second = d.trainer->PushTensors(small.views, PushOptions{}); });
+    t.join();
+  };
+  auto first = d.trainer->PushTensors(big.views, o);
+  INFO("daemon stderr: " << d.proc->Stderr());
+  REQUIRE(started);
+  INFO(second.status().ToString());
+  REQUIRE(second.ok());
+  INFO(first.status().ToString());
+  REQUIRE(first.ok());
+  CHECK(first->state() == v1::VERSION_STATE_COMMITTED);
+  CHECK(second->version() > first->version());
+  // Both are kept; the newest is the higher id, whatever order they committed in.
+  auto list = d.admin->ListVersions(absl::Seconds(10));
+  REQUIRE(list.ok());
+  REQUIRE(list->versions_size() == 2);
+  CHECK(list->versions(0).version() == first->version());
+  CHECK(list->versions(1).version() == second->version());
+  CHECK(d.Status().latest_committed_version() == second->version());
+
+  // Pushes at once from threads of one client (max_staging_per_client of them): every one commits.
+  std::vector<std::thread> threads;
+  std::vector<absl::StatusOr<v1::VersionInfo>> results(4, absl::UnknownError("not run"));
+  for (size_t i = 0; i < results.size(); ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = d.trainer->PushTensors(i % 2 == 0 ? big.views : small.views, PushOptions{});
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& r : results) {
+    INFO(r.status().ToString());
+    CHECK(r.ok());
+  }
 }
 
 TEST_CASE("a large push over 4 streams matches byte for byte (checksums verified at commit)") {
