@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "client/descriptor_socket.h"
@@ -150,6 +151,7 @@ absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Attach(const Endpoint& endpo
     RETURN_IF_ERROR(c->mappings_->MapCuda(options.cuda_device, slots));
   }
   c->slots_ = c->mappings_->Addresses();
+  c->pieces_ = std::make_unique<PieceAssembler>(c->backend_ == "cuda" ? options.cuda_device : -1);
   return c;
 }
 
@@ -213,6 +215,13 @@ absl::Status Consumer::Write(const v1::WorkerMessage& message) {
 }
 
 absl::StatusOr<ConsumerEvent> Consumer::Next(absl::Time deadline) {
+  for (;;) {
+    ASSIGN_OR_RETURN(std::optional<ConsumerEvent> event, NextOnce(deadline));
+    if (event.has_value()) return *std::move(event);
+  }
+}
+
+absl::StatusOr<std::optional<ConsumerEvent>> Consumer::NextOnce(absl::Time deadline) {
   v1::DaemonMessage m;
   for (;;) {
     {
@@ -245,6 +254,9 @@ absl::StatusOr<ConsumerEvent> Consumer::Next(absl::Time deadline) {
   if (m.has_done()) {
     event.kind = ConsumerEvent::Kind::kVersionDone;
     event.version = m.done().version();
+    // Buffers of split tensors are kept within a version only.
+    pieces_->Abandon();
+    pieces_->FreeIdle();
     return event;
   }
   if (!m.has_bucket()) return absl::InternalError("unexpected message from the daemon");
@@ -253,21 +265,55 @@ absl::StatusOr<ConsumerEvent> Consumer::Next(absl::Time deadline) {
   event.version = b.version();
   event.bucket = b.bucket();
   event.last = b.last();
-  if (b.slot() >= slots_.size()) {
-    return absl::InternalError(absl::StrCat("daemon named slot ", b.slot(), " of ", slots_.size()));
+  if (b.bucket() == 0 || b.version() != pieces_version_) {
+    pieces_->Abandon();  // a new attempt: nothing of an earlier one continues
+    pieces_version_ = b.version();
   }
+  // A bucket this worker cannot use is acked with the error, so that the daemon fails this
+  // worker's update with it instead of waiting for ack_timeout.
+  auto fail = [&](absl::Status s) -> absl::Status {
+    pieces_->Abandon();
+    absl::Status acked = Ack(event.version, event.bucket, std::string(s.message()));
+    return Annotate(s, absl::StrCat("version ", event.version, " bucket ", event.bucket,
+                                    acked.ok() ? " (acked as failed)" : " (the ack failed too)"));
+  };
+  if (b.slot() >= slots_.size()) {
+    return fail(
+        absl::InternalError(absl::StrCat("daemon named slot ", b.slot(), " of ", slots_.size())));
+  }
+  bool completed_split = false;
   for (const v1::TensorPlacement& t : b.tensors()) {
     ReceivedTensor v;
     v.name = t.spec().name();
     v.dtype = static_cast<DType>(t.spec().dtype());
     v.shape.assign(t.spec().shape().begin(), t.spec().shape().end());
     v.bytes = t.spec().byte_size();
-    if (t.slot_offset() > slot_bytes_ || v.bytes > slot_bytes_ - t.slot_offset()) {
-      return absl::InternalError(absl::StrCat("tensor ", v.name, " lies outside its slot"));
-    }
-    v.data = slots_[b.slot()] + t.slot_offset();
     v.xxh3 = t.spec().xxh3();
+    // bytes 0 with a non-empty tensor: a daemon that never splits (older than this client).
+    const uint64_t placed = t.bytes() == 0 && t.tensor_offset() == 0 ? v.bytes : t.bytes();
+    if (t.slot_offset() > slot_bytes_ || placed > slot_bytes_ - t.slot_offset()) {
+      return fail(absl::InternalError(absl::StrCat("tensor '", v.name, "' (", placed, " bytes at ",
+                                                   t.slot_offset(), ") lies outside its slot of ",
+                                                   slot_bytes_, " bytes")));
+    }
+    const uint8_t* view = slots_[b.slot()] + t.slot_offset();
+    if (t.tensor_offset() == 0 && placed == v.bytes) {
+      v.data = const_cast<uint8_t*>(view);
+    } else {
+      // A piece of a tensor larger than a slot: handed out whole with its last piece.
+      auto whole = pieces_->Add(v.name, v.bytes, t.tensor_offset(), view, placed);
+      if (!whole.ok()) return fail(whole.status());
+      if (*whole == nullptr) continue;
+      v.data = *whole;
+      completed_split = true;
+    }
     event.tensors.push_back(std::move(v));
+  }
+  if (completed_split) pieces_->HandOut(event.version, event.bucket);
+  if (event.tensors.empty() && b.tensors_size() > 0) {
+    // Only a middle piece: nothing to hand out yet; the slot is free again at once.
+    RETURN_IF_ERROR(Ack(event.version, event.bucket));
+    return std::nullopt;
   }
   if (options_.verify_checksums) RETURN_IF_ERROR(VerifyBucket(event));
   return event;
@@ -306,10 +352,12 @@ absl::Status Consumer::VerifyBucket(const ConsumerEvent& event) {
 }
 
 absl::Status Consumer::Ack(uint64_t version, uint64_t bucket, const std::string& error) {
+  pieces_->Release(version, bucket);
   if (!error.empty()) {
     failed_ = true;
     failed_version_ = version;
     failed_bucket_ = bucket;
+    pieces_->Abandon();
   }
   v1::WorkerMessage m;
   m.mutable_ack()->set_version(version);

@@ -11,7 +11,13 @@
 //       }, absl::Minutes(10)));
 //
 // Views are valid only until the bucket is acked (ReceiveVersion: when the callback returns; Next:
-// at the next Ack): the daemon then fills the slot again. cuda views are device pointers on the
+// at the next Ack): the daemon then fills the slot again.
+//
+// Tensors larger than a slot come from the daemon in pieces, one bucket each; the Consumer puts
+// them together (piece_assembler.h: a buffer of the tensor's size, on the worker's GPU on cuda,
+// held from its first piece until the bucket that completes it is acked) and hands out only whole
+// tensors: the bucket of the last piece carries the tensor, buckets of middle pieces are acked by
+// Next itself and never seen by the caller. cuda views are device pointers on the
 // worker's GPU, mapped through CUDA IPC; host views point into shared memory (read-only).
 //
 // Checksums (options.verify_checksums, off by default): Next hashes every tensor of a bucket in
@@ -31,6 +37,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,6 +48,7 @@
 #include "absl/time/time.h"
 #include "client/checksum_verify.h"
 #include "client/daemon_client.h"
+#include "client/piece_assembler.h"
 #include "common/dtype.h"
 #include "proto/consumer.grpc.pb.h"
 
@@ -135,6 +143,9 @@ class Consumer {
   Consumer() = default;
   void ReadLoop();
   absl::Status Write(const v1::WorkerMessage& message);
+  // One message's worth of Next: nullopt when it gave nothing to hand out (a middle piece of a
+  // split tensor, acked already).
+  absl::StatusOr<std::optional<ConsumerEvent>> NextOnce(absl::Time deadline);
   // Checks the bucket in `event` (verify_checksums); on failure acks it with the error.
   absl::Status VerifyBucket(const ConsumerEvent& event);
 
@@ -146,6 +157,9 @@ class Consumer {
   std::vector<uint8_t*> slots_;
   std::unique_ptr<Slots> mappings_;
   std::unique_ptr<ChecksumVerifier> verifier_;  // created by the first bucket verified
+  // Tensors larger than a slot, put together from their pieces (piece_assembler.h).
+  std::unique_ptr<PieceAssembler> pieces_;
+  uint64_t pieces_version_ = 0;
   // The (version, bucket) this worker last failed (acked with an error): the daemon sends it
   // nothing more of that attempt, but buckets it had already sent may still be queued; Next drops
   // them.

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/dtype.h"
 #include "common/status_macros.h"
 #include "common/units.h"
 #include "daemon/gpu/cuda_event.h"
@@ -311,8 +312,13 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
   std::vector<PlanTensor> tensors;
   tensors.reserve(manifest.tensors_size());
   for (int i = 0; i < manifest.tensors_size(); ++i) {
-    tensors.push_back(
-        {manifest.tensors(i).name(), (*lease)->arena_offset(i), manifest.tensors(i).byte_size()});
+    const v1::TensorSpec& spec = manifest.tensors(i);
+    const std::vector<int64_t> shape(spec.shape().begin(), spec.shape().end());
+    // Manifests were validated at Begin: known dtypes, byte_size == elements x element size.
+    const uint64_t element =
+        static_cast<uint64_t>(std::max(1, DTypeSize(static_cast<DType>(spec.dtype()))));
+    tensors.push_back({spec.name(), (*lease)->arena_offset(i), spec.byte_size(),
+                       SplitUnit(shape, element, spec.byte_size(), options_.bucket_bytes)});
   }
   auto plan = PlanUpdate(tensors, options_.bucket_bytes, static_cast<int>(slots_.size()));
   if (!plan.ok()) return Annotate(plan.status(), absl::StrCat("update to version ", version));
@@ -380,6 +386,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
       // With its xxh3: workers with verify_checksums check the bytes they read against it.
       *tp->mutable_spec() = manifest.tensors(t.tensor);
       tp->set_slot_offset(t.slot_offset);
+      tp->set_tensor_offset(t.tensor_offset);
+      tp->set_bytes(t.bytes);
     }
     return m;
   };

@@ -107,9 +107,8 @@ class UpdateEngine {
 
   // Sends the version to the workers (all attached, or those of request.worker_pids); returns when
   // every one has loaded it or failed. Errors: NOT_FOUND (version unknown, retired or staging; a
-  // pid not attached), FAILED_PRECONDITION (another update runs; no worker attached; a tensor
-  // larger than bucket_bytes), ABORTED / DEADLINE_EXCEEDED naming the workers that failed,
-  // UNAVAILABLE (shutting down).
+  // pid not attached), FAILED_PRECONDITION (another update runs; no worker attached), ABORTED /
+  // DEADLINE_EXCEEDED naming the workers that failed, UNAVAILABLE (shutting down).
   absl::StatusOr<v1::UpdateResponse> Update(const v1::UpdateRequest& request);
 
   // auto_update: updates to `version` in the background (skipped when no worker is attached). A

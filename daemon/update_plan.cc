@@ -1,6 +1,7 @@
 #include "daemon/update_plan.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/units.h"
@@ -34,7 +35,8 @@ void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t b
       uint64_t lo = std::max(start, p.slot_offset);
       uint64_t hi = std::min(end, p.slot_offset + p.bytes);
       if (lo >= hi) continue;
-      s.copies.push_back({tensors[p.tensor].host_offset + (lo - p.slot_offset), lo, hi - lo});
+      s.copies.push_back(
+          {tensors[p.tensor].host_offset + p.tensor_offset + (lo - p.slot_offset), lo, hi - lo});
     }
     b->segments.push_back(std::move(s));
     start = end;
@@ -42,6 +44,17 @@ void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t b
 }
 
 }  // namespace
+
+uint64_t SplitUnit(const std::vector<int64_t>& shape, uint64_t element_bytes, uint64_t bytes,
+                   uint64_t bucket_bytes) {
+  const uint64_t element = std::max<uint64_t>(1, element_bytes);
+  if (shape.size() < 2 || shape[0] <= 0) return element;
+  const uint64_t row = bytes / static_cast<uint64_t>(shape[0]);
+  if (row == 0) return element;
+  if (row <= bucket_bytes / kSplitRows) return row * kSplitRows;
+  if (row <= bucket_bytes) return row;
+  return element;
+}
 
 absl::StatusOr<UpdatePlan> PlanUpdate(const std::vector<PlanTensor>& tensors, uint64_t bucket_bytes,
                                       int uploaders) {
@@ -58,10 +71,22 @@ absl::StatusOr<UpdatePlan> PlanUpdate(const std::vector<PlanTensor>& tensors, ui
   for (int i = 0; i < static_cast<int>(tensors.size()); ++i) {
     const PlanTensor& t = tensors[i];
     if (AlignUp(t.bytes) > bucket_bytes) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("tensor '", t.name, "' has ", t.bytes, " bytes (", FormatBytes(t.bytes),
-                       "), more than a bucket of ", FormatBytes(bucket_bytes),
-                       ": bucket_bytes must be at least ", AlignUp(t.bytes)));
+      // Pieces of `piece` bytes, each starting a bucket; the last stays open for what follows.
+      const uint64_t unit = std::max<uint64_t>(1, t.split_unit);
+      if (unit > bucket_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': split unit of ",
+                                                       unit, " bytes is larger than a bucket of ",
+                                                       bucket_bytes));
+      }
+      const uint64_t piece = bucket_bytes / unit * unit;
+      for (uint64_t off = 0; off < t.bytes; off += piece) {
+        if (!current.tensors.empty()) plan.buckets.push_back(std::exchange(current, Bucket()));
+        const uint64_t n = std::min(piece, t.bytes - off);
+        current.tensors.push_back({i, 0, n, off});
+        current.used_bytes = AlignUp(n);
+      }
+      plan.total_tensor_bytes += t.bytes;
+      continue;
     }
     uint64_t offset = current.used_bytes;
     if (offset + t.bytes > bucket_bytes) {

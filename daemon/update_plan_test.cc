@@ -19,21 +19,37 @@ std::vector<PlanTensor> Tensors(const std::vector<uint64_t>& sizes) {
   return out;
 }
 
-// Checks the invariants every plan must hold: every tensor placed once, whole, aligned, inside its
-// bucket, without overlap; segments cover [0, used) in order; copies cover exactly the tensor bytes
-// of their segment and map host bytes to the right slot bytes.
+// Checks the invariants every plan must hold: every tensor placed in order, whole when it fits a
+// bucket, else in pieces that cover it exactly, in order, each starting its bucket, all but the
+// last a multiple of its split unit; placements aligned, inside their bucket, without overlap;
+// segments cover [0, used) in order; copies cover exactly the tensor bytes of their segment and
+// map host bytes to the right slot bytes.
 void CheckInvariants(const std::vector<PlanTensor>& tensors, const UpdatePlan& plan) {
-  std::vector<int> seen(tensors.size(), 0);
+  std::vector<uint64_t> covered(tensors.size(), 0);  // bytes placed so far, per tensor
+  std::vector<int> pieces(tensors.size(), 0);
+  int last_tensor = -1;
   uint64_t copied = 0;
   for (const Bucket& b : plan.buckets) {
     REQUIRE(b.used_bytes <= plan.bucket_bytes);
     REQUIRE(b.used_bytes % kSlotAlignment == 0);
     uint64_t prev_end = 0;
     for (const TensorPlacement& p : b.tensors) {
-      ++seen[p.tensor];
+      const PlanTensor& t = tensors[p.tensor];
+      REQUIRE(p.tensor >= last_tensor);  // manifest order
+      last_tensor = p.tensor;
+      REQUIRE(p.tensor_offset == covered[p.tensor]);
+      covered[p.tensor] += p.bytes;
+      REQUIRE(covered[p.tensor] <= t.bytes);
+      ++pieces[p.tensor];
+      if ((t.bytes + 255) / 256 * 256 <= plan.bucket_bytes) {
+        REQUIRE(p.bytes == t.bytes);  // fits: never split
+      } else {
+        REQUIRE(p.slot_offset == 0);
+        const uint64_t unit = std::max<uint64_t>(1, t.split_unit);
+        if (covered[p.tensor] < t.bytes) REQUIRE(p.bytes % unit == 0);
+      }
       REQUIRE(p.slot_offset % kSlotAlignment == 0);
       REQUIRE(p.slot_offset >= prev_end);
-      REQUIRE(p.bytes == tensors[p.tensor].bytes);
       prev_end = p.slot_offset + p.bytes;
       REQUIRE(prev_end <= b.used_bytes);
     }
@@ -54,8 +70,8 @@ void CheckInvariants(const std::vector<PlanTensor>& tensors, const UpdatePlan& p
         for (const TensorPlacement& p : b.tensors) {
           if (c.slot_offset >= p.slot_offset &&
               c.slot_offset + c.bytes <= p.slot_offset + p.bytes) {
-            REQUIRE(c.host_offset ==
-                    tensors[p.tensor].host_offset + (c.slot_offset - p.slot_offset));
+            REQUIRE(c.host_offset == tensors[p.tensor].host_offset + p.tensor_offset +
+                                         (c.slot_offset - p.slot_offset));
             matched = true;
           }
         }
@@ -67,7 +83,10 @@ void CheckInvariants(const std::vector<PlanTensor>& tensors, const UpdatePlan& p
     // Balanced: segments differ by at most one alignment unit.
     REQUIRE(seg_max - seg_min <= kSlotAlignment);
   }
-  for (int n : seen) REQUIRE(n == 1);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    REQUIRE(covered[i] == tensors[i].bytes);
+    REQUIRE(pieces[i] >= 1);
+  }
   REQUIRE(copied == plan.total_tensor_bytes);
 }
 
@@ -121,13 +140,75 @@ TEST_CASE("random tensor lists keep the invariants and the plan is deterministic
   }
 }
 
-TEST_CASE("a tensor larger than a bucket and bad settings are refused") {
-  auto big = PlanUpdate(Tensors({100, 5000}), 4096, 2);
-  REQUIRE_FALSE(big.ok());
-  CHECK(big.status().code() == absl::StatusCode::kFailedPrecondition);
-  CHECK(std::string(big.status().message()).find("tensor 't1' has 5000 bytes") !=
-        std::string::npos);
-  CHECK(std::string(big.status().message()).find("at least 5120") != std::string::npos);
+TEST_CASE("a tensor larger than a bucket is split into pieces at multiples of 128 rows") {
+  // t1: 1000 rows of 40 bytes (40000 bytes) through buckets of 16 KiB: 128 rows are 5120 bytes,
+  // so pieces of 3 x 5120 = 15360 bytes (384 rows): 15360, 15360, 9280.
+  auto tensors = Tensors({100, 40000, 300});
+  tensors[1].split_unit = SplitUnit({1000, 10}, 4, 40000, 16384);
+  CHECK(tensors[1].split_unit == 5120);
+  for (int g : {1, 2, 3}) {
+    INFO(g << " uploaders");
+    auto plan = PlanUpdate(tensors, 16384, g);
+    REQUIRE(plan.ok());
+    CheckInvariants(tensors, *plan);
+    REQUIRE(plan->buckets.size() == 4);
+    CHECK(plan->buckets[0].tensors.size() == 1);  // t0 alone: t1 starts a bucket of its own
+    CHECK(plan->buckets[1].tensors[0].bytes == 15360);
+    CHECK(plan->buckets[2].tensors[0].bytes == 15360);
+    CHECK(plan->buckets[2].tensors[0].tensor_offset == 15360);
+    REQUIRE(plan->buckets[3].tensors.size() == 2);  // the last piece, then t2 after it
+    CHECK(plan->buckets[3].tensors[0].bytes == 9280);
+    CHECK(plan->buckets[3].tensors[0].tensor_offset == 30720);
+    CHECK(plan->buckets[3].tensors[1].tensor == 2);
+    CHECK(plan->buckets[3].tensors[1].slot_offset == 9472);
+    CHECK(plan->total_tensor_bytes == 40400);
+  }
+}
+
+TEST_CASE("split units: 128 rows, else one row, else one element") {
+  // 163840 x 7168 bf16 (Kimi-K2's embedding) in 2 GiB buckets: 128 rows of 14336 bytes.
+  CHECK(SplitUnit({163840, 7168}, 2, 163840ull * 7168 * 2, 2ull << 30) == 128 * 14336);
+  // 3-D: rows are shape[0] slices.
+  CHECK(SplitUnit({64, 128, 128}, 2, 64ull * 128 * 128 * 2, 1 << 20) == 32768);
+  CHECK(SplitUnit({64, 128, 128}, 2, 64ull * 128 * 128 * 2, 16 << 20) == 128 * 32768);
+  // 128 rows do not fit, one row does.
+  CHECK(SplitUnit({1000, 1000}, 4, 4000000, 256000) == 4000);
+  // Not even one row fits: elements.
+  CHECK(SplitUnit({2, 100000}, 4, 800000, 256000) == 4);
+  CHECK(SplitUnit({100000}, 2, 200000, 4096) == 2);
+  CHECK(SplitUnit({}, 8, 8, 4096) == 8);
+  CHECK(SplitUnit({0, 4}, 4, 0, 4096) == 4);
+  // A tensor of rows that do not fit one bucket goes through element by element.
+  std::vector<PlanTensor> wide = Tensors({800000});
+  wide[0].split_unit = SplitUnit({2, 100000}, 4, 800000, 256000);
+  auto plan = PlanUpdate(wide, 256000, 2);
+  REQUIRE(plan.ok());
+  CheckInvariants(wide, *plan);
+  CHECK(plan->buckets.size() == 4);
+  // A split unit larger than a bucket is a caller's bug: refused.
+  wide[0].split_unit = 300000;
+  CHECK(PlanUpdate(wide, 256000, 1).status().code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("random tensor lists with tensors larger than a bucket keep the invariants") {
+  std::mt19937_64 rng(7);
+  for (int round = 0; round < 200; ++round) {
+    std::vector<uint64_t> sizes(1 + rng() % 20);
+    for (auto& s : sizes) s = rng() % 4 == 0 ? rng() % (5 << 20) : rng() % (1 << 20);
+    auto tensors = Tensors(sizes);
+    const uint64_t bucket = (1 << 20) + (rng() % 16) * 256;
+    for (auto& t : tensors) {
+      const int64_t rows = 1 + static_cast<int64_t>(rng() % 4096);
+      if (t.bytes % rows == 0) t.split_unit = SplitUnit({rows, 1}, 1, t.bytes, bucket);
+    }
+    const int g = 1 + static_cast<int>(rng() % 8);
+    auto plan = PlanUpdate(tensors, bucket, g);
+    REQUIRE(plan.ok());
+    CheckInvariants(tensors, *plan);
+  }
+}
+
+TEST_CASE("bad settings are refused") {
   CHECK(PlanUpdate(Tensors({1}), 1000, 1).status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(PlanUpdate(Tensors({1}), 4096, 0).status().code() == absl::StatusCode::kInvalidArgument);
 }

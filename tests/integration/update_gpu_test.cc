@@ -274,6 +274,70 @@ TEST_CASE("cuda: verify_checksums passes, and catches a slot overwritten through
   CHECK(rogue.Wait(30s).code == 0);
 }
 
+// Issue 10 point 1: Kimi-K2 / DeepSeek-V3's 163840 x 7168 bf16 embedding (2.35 GB) is larger than
+// the largest automatic bucket (2 GiB): with the default bucket_bytes and slots_per_gpu it is split
+// across buckets and reaches the worker whole; the worker checks every tensor's XXH3-64 (the
+// checksums the trainer computed from its own bytes) after the Consumer put it together.
+TEST_CASE("cuda: a 2.35 GB tensor goes through the default bucket size, bit-exact") {
+  const gpu::GpuProbe probe = gpu::ProbeGpus();
+  REQUIRE_FALSE(probe.gpus.empty());
+  // Only the budget is set (the default, half of RAM, would pin far more than this test needs).
+  testing::DaemonProcess d(
+      {"--backend", "cuda", "--host-memory-budget", "6GiB", "--log-level", "info"});
+  INFO("daemon stderr: " << d.proc->Stderr());
+  REQUIRE(d.ready());
+  auto endpoint = *client::ResolveEndpoint(d.socket, "");
+  auto trainer = std::move(*client::TrainerClient::Connect(endpoint));
+  auto admin = std::move(*client::DaemonClient::Connect(endpoint));
+  auto status = admin->Status(absl::Seconds(5));
+  REQUIRE(status.ok());
+  const uint64_t bucket = status->bucket_bytes();
+  StateDict m;
+  m.Add("model.norm.weight", DType::kBfloat16, {7168}, 1);
+  m.Add("model.embed_tokens.weight", DType::kBfloat16, {163840, 7168}, 2);
+  m.Add("model.layers.0.input_layernorm.weight", DType::kBfloat16, {7168}, 3);
+  REQUIRE(m.views[1].bytes > bucket);
+  const auto push_start = std::chrono::steady_clock::now();
+  auto pushed = trainer->PushTensors(m.views, {});
+  INFO(pushed.status().ToString());
+  REQUIRE(pushed.ok());
+  const double push_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - push_start).count();
+
+  // The worker copies every tensor into its own buffer, as an engine's load_weights would.
+  const uint64_t own = (m.total + (1 << 20)) / 256 * 256 + 4096;
+  Subprocess worker({Runfile("tests/integration/worker_client"), "--socket", d.socket,
+                     "--cuda-device", "0", "--engine", "cpp-gpu", "--verify-checksums",
+                     "--copy-into-bytes", std::to_string(own)});
+  auto attached = [&] {
+    auto s = admin->Status(absl::Seconds(5));
+    return s.ok() && s->workers_size() == 1;
+  };
+  bool ok = WaitUntil(attached, 60s);
+  INFO("worker stderr: " << worker.Stderr());
+  REQUIRE(ok);
+  v1::UpdateRequest request;
+  request.set_version(pushed->version());
+  auto result = admin->Update(request, absl::Seconds(300));
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  REQUIRE(result->workers_size() == 1);
+  CHECK(result->workers(0).ok());
+  CHECK(result->workers(0).tensors() == 3);
+  CHECK(result->workers(0).bytes() == m.total);
+  CHECK(result->buckets() >= 3);  // two pieces of the embedding, at least
+  REQUIRE(worker.Wait(60s).code == 0);
+  nlohmann::json line = nlohmann::json::parse(worker.Stdout());
+  CHECK(line["bytes"] == m.total);
+  WARN(absl::StrFormat(
+      "2.35 GB tensor, bucket_bytes %.2f GiB (default), %d buckets: push %.2f s (%.2f GB/s), "
+      "update %.2f s (%.2f GB/s; fill %.2f s, load %.2f s summed over buckets), worker first "
+      "bucket to done %.2f s",
+      bucket / double(1 << 30), result->buckets(), push_s, m.total / 1e9 / push_s,
+      result->seconds(), m.total / 1e9 / result->seconds(), result->fill_seconds(),
+      result->load_seconds(), line["seconds_first_bucket_to_done"].get<double>()));
+}
+
 TEST_CASE("cuda: a worker naming a GPU the daemon does not drive is refused") {
   testing::DaemonProcess d(
       {"--backend", "cuda", "--host-memory-budget", "64MiB", "--bucket-bytes", "1MiB"});

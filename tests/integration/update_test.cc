@@ -226,6 +226,65 @@ TEST_CASE("a C++ and a Python worker receive a pushed version bit-exact") {
   }
 }
 
+// Issue 10 point 1: tensors larger than a bucket (64 KiB here) are split by the daemon and handed
+// out whole by every client library.
+StateDict LargeModel(uint32_t seed) {
+  StateDict m;
+  m.Add("model.norm.weight", DType::kFloat32, {96}, seed + 1);
+  // 1000 rows of 200 bytes: pieces of 256 rows (two 128-row blocks per 64 KiB bucket).
+  m.Add("model.embed_tokens.weight", DType::kBfloat16, {1000, 100}, seed + 2);
+  m.Add("model.layers.0.input_layernorm.weight", DType::kFloat32, {96}, seed + 3);
+  // 1-D, 200000 bytes: pieces of a whole bucket.
+  m.Add("model.layers.0.bias", DType::kFloat32, {50000}, seed + 4);
+  // Rows of 160000 bytes, larger than a bucket: pieces of whole elements.
+  m.Add("lm_head.weight", DType::kFloat32, {2, 40000}, seed + 5);
+  m.Add("scalar.step", DType::kInt64, {}, seed + 6);
+  return m;
+}
+
+TEST_CASE("tensors larger than a bucket arrive whole and bit-exact in C++ and Python workers") {
+  Daemon d;
+  testing::TempDir dir;
+  StateDict m = LargeModel(41);
+  const uint64_t version = d.Push(m);
+  const std::vector<std::string> only = {"lm_head.weight", "scalar.step"};
+  Worker cpp(Worker::Kind::kCpp, d, dir, "cpp", {"--versions", "2"});
+  Worker py(Worker::Kind::kPython, d, dir, "py", {"--versions", "2"});
+  Worker verify(Worker::Kind::kCpp, d, dir, "verify", {"--verify-checksums"});
+  Worker pyverify(Worker::Kind::kPython, d, dir, "pyverify", {"--verify-checksums"});
+  Worker subset(Worker::Kind::kPython, d, dir, "subset",
+                {"--tensor", only[0], "--tensor", only[1]});
+  for (Worker* w : {&cpp, &py, &verify, &pyverify, &subset}) w->WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 5; }, 10s));
+
+  auto result = d.Update(version);
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  CHECK(result->buckets() >= 10);  // 4 + 4 + 5 pieces, at least
+  for (const auto& w : result->workers()) {
+    CHECK(w.ok());
+    CHECK(w.tensors() == (w.pid() == subset.proc->pid() ? only.size() : m.views.size()));
+  }
+  CheckReport(cpp.Report(version), m);
+  CheckReport(py.Report(version), m);
+  CheckReport(verify.Report(version), m);
+  CheckReport(pyverify.Report(version), m);
+  CheckReport(subset.Report(version), m, only);
+
+  // A second version through the same workers (their piece buffers are reused or freed).
+  for (Worker* w : {&verify, &pyverify, &subset}) CHECK(w->proc->Wait(20s).code == 0);
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+  StateDict m2 = LargeModel(43);
+  const uint64_t v2 = d.Push(m2);
+  auto second = d.Update(v2);
+  INFO(second.status().ToString());
+  REQUIRE(second.ok());
+  CheckReport(cpp.Report(v2), m2);
+  CheckReport(py.Report(v2), m2);
+  CHECK(cpp.proc->Wait(20s).code == 0);
+  CHECK(py.proc->Wait(20s).code == 0);
+}
+
 TEST_CASE("a worker that asks for some tensors gets only those") {
   Daemon d;
   testing::TempDir dir;

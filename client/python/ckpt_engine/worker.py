@@ -223,7 +223,8 @@ class Worker(_Handle):
 
     @property
     def slot_bytes(self):
-        """Size of one slot: the largest bucket, so also the largest tensor an update can carry."""
+        """Size of one slot: the largest bucket. A larger tensor comes in pieces and is handed out
+        whole, from a buffer of its size that the client library holds while it is put together."""
         return self._slot_bytes
 
     @property
