@@ -340,6 +340,34 @@ int ckpt_update(ckpt_client* client, uint64_t version, int force, double timeout
   });
 }
 
+int ckpt_update_previous(ckpt_client* client, double timeout_s, char** json_out, char* err,
+                         size_t errlen) {
+  ClearOutput(json_out);
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedClient(client); !s.ok()) return s;
+    ckpt::v1::UpdateRequest request;
+    request.set_previous(true);
+    auto response = client->admin->Update(request, absl::Seconds(timeout_s > 0 ? timeout_s : 600));
+    if (!response.ok()) return response.status();
+    return Output(ckpt::ctl::UpdateJson(*response), json_out);
+  });
+}
+
+int ckpt_wait_loaded(ckpt_client* client, uint64_t version, double timeout_s, char** json_out,
+                     char* err, size_t errlen) {
+  ClearOutput(json_out);
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedClient(client); !s.ok()) return s;
+    if (!(timeout_s >= 0) || timeout_s > 7 * 24 * 3600.0) {
+      return absl::InvalidArgumentError("timeout_s must be between 0 and one week");
+    }
+    auto response =
+        client->admin->WaitLoaded(version, absl::Seconds(timeout_s > 0 ? timeout_s : 600));
+    if (!response.ok()) return response.status();
+    return Output(ckpt::ctl::WaitLoadedJson(*response), json_out);
+  });
+}
+
 namespace {
 
 absl::Status NeedConsumer(const ckpt_consumer* consumer) {

@@ -154,8 +154,10 @@ CKPT_API int ckpt_push(ckpt_client* client, const ckpt_tensor* tensors, size_t c
                        char** info_json_out, char* err, size_t errlen);
 
 /* The daemon loads `count` safetensors files itself into one new version (0: next id) and commits
- * it. Relative paths are resolved against this process's working directory. `timeout_s` <= 0:
- * 30 minutes. Outputs as for ckpt_push. */
+ * it. A path may also be a checkpoint directory (the shards of its model.safetensors.index.json,
+ * else all its *.safetensors files) or an index file (*.index.json). Relative paths are resolved
+ * against this process's working directory. `timeout_s` <= 0: 30 minutes. Outputs as for
+ * ckpt_push. */
 CKPT_API int ckpt_load_files(ckpt_client* client, const char* const* paths, size_t count,
                              uint64_t version, const char* label, double timeout_s,
                              uint64_t* version_out, char** info_json_out, char* err, size_t errlen);
@@ -179,6 +181,23 @@ CKPT_API int ckpt_drop_version(ckpt_client* client, uint64_t version, char* err,
  * DEADLINE_EXCEEDED naming the workers that failed. */
 CKPT_API int ckpt_update(ckpt_client* client, uint64_t version, int force, double timeout_s,
                          char** json_out, char* err, size_t errlen);
+
+/* Admin.Update with previous: resends to each worker left with mixed weights by a failed update
+ * the last version it fully loaded. `*json_out` as for ckpt_update. Errors: FAILED_PRECONDITION
+ * (no worker has mixed weights), ABORTED (some could not be restored: the version is no longer in
+ * the store, or the resend failed; named). */
+CKPT_API int ckpt_update_previous(ckpt_client* client, double timeout_s, char** json_out, char* err,
+                                  size_t errlen);
+
+/* Admin.WaitLoaded: waits up to `timeout_s` (0: 600 s) until every attached worker holds `version`
+ * (0: the newest committed) or a newer one, or an update of it failed for some of them. Returns 0
+ * with `*json_out` = {"version", "loaded", "summary", "workers": [{"pid", "engine", "gpu_uuid",
+ * "loaded_version", "mixed_version", "last_update_version", "last_update_ok",
+ * "last_update_error"}], "update": {"version", "state", "trigger", "started_unix_ms",
+ * "ended_unix_ms", "code", "error", "result"} or null}: check "loaded". Errors: DEADLINE_EXCEEDED
+ * naming the workers that lack the version; FAILED_PRECONDITION (nothing committed). */
+CKPT_API int ckpt_wait_loaded(ckpt_client* client, uint64_t version, double timeout_s,
+                              char** json_out, char* err, size_t errlen);
 
 /* ---- Workers: receiving versions from the daemon (docs/clients.md, "Workers (C++ and C)") ----
  *

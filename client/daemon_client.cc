@@ -112,12 +112,31 @@ absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path, const s
   return e;
 }
 
+namespace {
+
+// The daemon's message with "<rpc> failed: " in front, unless it names the call already: it begins
+// with the call's name in any case, not followed by a lower-case letter ("Status needs the read
+// role ...", "LoadFilesWithProgress needs ...", "update to version 7: 1 of 2 workers failed ..."),
+// so that the context is said once.
+std::string WithCall(const std::string& rpc, const std::string& message) {
+  const bool named = absl::StartsWithIgnoreCase(message, rpc) &&
+                     (message.size() == rpc.size() || !absl::ascii_islower(message[rpc.size()]));
+  return named ? message : absl::StrCat(rpc, " failed: ", message);
+}
+
+}  // namespace
+
 absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc,
                       const Endpoint& endpoint) {
   auto code = static_cast<absl::StatusCode>(status.error_code());
   std::string where = endpoint.unix_path.empty() ? endpoint.target : endpoint.unix_path;
   switch (status.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
+      // The daemon's own UNAVAILABLE: it serves, but its store is still warming up after start-up
+      // (VersionStore::Begin: "the store is still getting memory ready: ...; retry").
+      if (absl::StrContains(status.error_message(), "the store is still getting memory ready")) {
+        return absl::UnavailableError(WithCall(rpc, status.error_message()));
+      }
       if (!endpoint.unix_path.empty() && absl::StrContains(status.error_message(), "refused")) {
         return absl::UnavailableError(absl::StrCat("ckpt-engined is not running at ", where,
                                                    " (connection refused: the socket is stale)"));
@@ -136,12 +155,12 @@ absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc,
         return absl::DeadlineExceededError(
             absl::StrCat("ckpt-engined at ", where, " did not answer ", rpc, " in time"));
       }
-      return absl::DeadlineExceededError(absl::StrCat(rpc, " failed: ", status.error_message()));
+      return absl::DeadlineExceededError(WithCall(rpc, status.error_message()));
     case grpc::StatusCode::UNIMPLEMENTED:
       return absl::UnimplementedError(absl::StrCat("ckpt-engined at ", where, " does not support ",
                                                    rpc, " (is it an older release?)"));
     default:
-      return absl::Status(code, absl::StrCat(rpc, " failed: ", status.error_message()));
+      return absl::Status(code, WithCall(rpc, status.error_message()));
   }
 }
 
@@ -259,6 +278,21 @@ absl::StatusOr<v1::UpdateResponse> DaemonClient::Update(const v1::UpdateRequest&
   v1::UpdateResponse response;
   grpc::Status s = admin_->Update(&context, request, &response);
   if (!s.ok()) return FromGrpc(s, "Update", endpoint_);
+  return response;
+}
+
+absl::StatusOr<v1::WaitLoadedResponse> DaemonClient::WaitLoaded(uint64_t version,
+                                                                absl::Duration timeout) {
+  grpc::ClientContext context;
+  // The daemon answers DEADLINE_EXCEEDED with the workers that lack the version at `timeout`; the
+  // call's own deadline comes a little later so that this answer arrives.
+  SetDeadline(&context, timeout + absl::Seconds(5));
+  v1::WaitLoadedRequest request;
+  request.set_version(version);
+  request.set_timeout_seconds(absl::ToDoubleSeconds(timeout));
+  v1::WaitLoadedResponse response;
+  grpc::Status s = admin_->WaitLoaded(&context, request, &response);
+  if (!s.ok()) return FromGrpc(s, "WaitLoaded", endpoint_);
   return response;
 }
 

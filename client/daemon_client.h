@@ -45,7 +45,9 @@ absl::StatusOr<Endpoint> ResolveEndpoint(const std::string& socket_path,
                                          const std::string& address,
                                          const Credentials& credentials = {});
 
-// Converts a failed RPC into a Status whose message says what failed where. Codes are kept.
+// Converts a failed RPC into a Status whose message says what failed where. Codes are kept. The
+// daemon's message gets "<rpc> failed: " in front unless it names the call already ("update to
+// version 7: ...", "Status needs the read role ..."): the context is said once.
 absl::Status FromGrpc(const grpc::Status& status, const std::string& rpc, const Endpoint& endpoint);
 
 // Checks what can be checked before connecting (a Unix socket exists, is a socket, is accessible)
@@ -83,6 +85,12 @@ class DaemonClient {
   // (or `timeout`). The daemon's errors keep their code (see UpdateEngine::Update).
   absl::StatusOr<v1::UpdateResponse> Update(const v1::UpdateRequest& request,
                                             absl::Duration timeout);
+
+  // Admin.WaitLoaded: waits up to `timeout` until every attached worker holds `version` (0: the
+  // newest committed) or an update of it failed for some of them. OK with loaded = true, or
+  // loaded = false and the summary naming who failed and why; DEADLINE_EXCEEDED naming the workers
+  // that lack it when the timeout passes first.
+  absl::StatusOr<v1::WaitLoadedResponse> WaitLoaded(uint64_t version, absl::Duration timeout);
 
   const Endpoint& endpoint() const { return endpoint_; }
 

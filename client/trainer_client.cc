@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <numeric>
+#include <optional>
 #include <system_error>
 #include <thread>
 #include <unordered_set>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "client/descriptor_socket.h"
 #include "common/fd_passing.h"
+#include "common/load_paths.h"
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
 #include "common/units.h"
@@ -344,24 +346,29 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<Ten
 
 absl::StatusOr<v1::VersionInfo> TrainerClient::LoadFiles(const std::vector<std::string>& paths,
                                                          uint64_t version, const std::string& label,
-                                                         absl::Duration timeout) {
+                                                         absl::Duration timeout,
+                                                         const LoadProgressCallback& progress) {
   if (paths.empty()) return absl::InvalidArgumentError("no files to load");
-  v1::LoadFilesRequest request;
+  const absl::Time deadline = absl::Now() + timeout;
+  std::vector<std::string> absolute_paths;
   for (const std::string& p : paths) {
     if (p.empty()) return absl::InvalidArgumentError("empty file path");
     std::error_code ec;
     std::filesystem::path absolute = std::filesystem::absolute(p, ec);
     if (ec) return absl::InvalidArgumentError(absl::StrCat("path ", p, ": ", ec.message()));
-    request.add_paths(absolute.lexically_normal().string());
+    absolute_paths.push_back(absolute.lexically_normal().string());
   }
+  v1::LoadFilesRequest request;
   request.set_version(version);
   request.set_label(label);
-  // On the Unix socket the daemon opens nothing for us: this process opens the files with its own
-  // permissions and passes the descriptors, in batches, on the descriptor socket. The connections
-  // stay open until the call has ended.
+  // On the Unix socket the daemon opens nothing for us: this process expands directories and
+  // indexes, opens the files with its own permissions and passes the descriptors, in batches, on
+  // the descriptor socket. The connections stay open until the call has ended.
   std::vector<Presentation> presented;
   if (!endpoint_.unix_path.empty()) {
-    const absl::Time deadline = absl::Now() + std::min(timeout, absl::Seconds(10));
+    ASSIGN_OR_RETURN(std::vector<std::string> files, ExpandLoadPaths(absolute_paths, OpenPath));
+    for (const std::string& f : files) request.add_paths(f);
+    const absl::Time present_by = absl::Now() + std::min(timeout, absl::Seconds(10));
     for (size_t first = 0; first < static_cast<size_t>(request.paths_size());
          first += kMaxFdsPerMessage) {
       std::vector<ScopedFd> batch;
@@ -373,18 +380,46 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::LoadFiles(const std::vector<std::
         raw.push_back(fd.get());
         batch.push_back(std::move(fd));
       }
-      auto p = PresentOnDescriptorSocket(endpoint_.unix_path, raw, deadline);
+      auto p = PresentOnDescriptorSocket(endpoint_.unix_path, raw, present_by);
       if (!p.ok()) return Annotate(p.status(), "LoadFiles: passing the files' descriptors");
       request.add_fd_nonces(p->nonce);
       presented.push_back(*std::move(p));
     }
+  } else {
+    for (const std::string& p : absolute_paths) request.add_paths(p);
   }
+  auto unary = [&]() -> absl::StatusOr<v1::VersionInfo> {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(deadline));
+    v1::VersionInfo info;
+    grpc::Status s = stub_->LoadFiles(&context, request, &info);
+    if (!s.ok()) return FromGrpc(s, "LoadFiles", endpoint_);
+    return info;
+  };
+  if (!progress) return unary();
+
   grpc::ClientContext context;
-  SetDeadline(&context, timeout);
-  v1::VersionInfo info;
-  grpc::Status s = stub_->LoadFiles(&context, request, &info);
+  context.set_deadline(absl::ToChronoTime(deadline));
+  std::unique_ptr<grpc::ClientReader<v1::LoadFilesProgress>> reader =
+      stub_->LoadFilesWithProgress(&context, request);
+  v1::LoadFilesProgress message;
+  bool any = false;
+  std::optional<v1::VersionInfo> info;
+  while (reader->Read(&message)) {
+    any = true;
+    if (message.stage() == v1::LOAD_STAGE_DONE && message.has_version()) info = message.version();
+    progress(message);
+  }
+  grpc::Status s = reader->Finish();
+  // An older daemon: the descriptors were not claimed (the method never ran), so the plain call
+  // can present the same nonces.
+  if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED && !any) return unary();
   if (!s.ok()) return FromGrpc(s, "LoadFiles", endpoint_);
-  return info;
+  if (!info.has_value()) {
+    return absl::InternalError(
+        "LoadFilesWithProgress ended without the committed version (a daemon bug)");
+  }
+  return *std::move(info);
 }
 
 }  // namespace ckpt::client

@@ -70,6 +70,10 @@ struct PushOptions {
   int hash_threads = 0;
 };
 
+// Called with each message of a LoadFiles that reports progress (Trainer.LoadFilesWithProgress):
+// the stage, files and bytes so far; the last one has stage LOAD_STAGE_DONE and the version.
+using LoadProgressCallback = std::function<void(const v1::LoadFilesProgress& progress)>;
+
 // Local checks of a push before anything goes to the daemon: at least one tensor; names non-empty
 // and unique; known dtypes; non-negative dimensions; bytes == product(shape) * element size; data
 // set when bytes > 0; options in range. INVALID_ARGUMENT naming the tensor and the problem.
@@ -111,10 +115,18 @@ class TrainerClient {
 
   // Trainer.LoadFiles: the daemon reads the safetensors files itself and commits one new version
   // (0: the daemon picks the id). Relative paths are made absolute against this process's working
-  // directory (the daemon's differs); the files must be readable by the daemon. Deadline: now +
-  // `timeout`.
+  // directory (the daemon's differs). A path may name a directory (the shards its
+  // model.safetensors.index.json names, else all its *.safetensors files) or an index file
+  // (*.index.json): on the Unix socket this client expands them (ExpandLoadPaths,
+  // common/load_paths.h) and opens every file itself, with its own permissions; over TCP the
+  // daemon expands and opens them (under its load_files_dirs only). Deadline: now + `timeout`.
+  //
+  // With `progress` set the call is LoadFilesWithProgress and `progress` is called on this thread
+  // for every message (a few per second; a slow callback only means fewer of them). A daemon
+  // without that method (UNIMPLEMENTED) gets the plain LoadFiles, without progress.
   absl::StatusOr<v1::VersionInfo> LoadFiles(const std::vector<std::string>& paths, uint64_t version,
-                                            const std::string& label, absl::Duration timeout);
+                                            const std::string& label, absl::Duration timeout,
+                                            const LoadProgressCallback& progress = nullptr);
 
   const Endpoint& endpoint() const { return endpoint_; }
 

@@ -47,6 +47,7 @@ class FakeTrainer final : public v1::Trainer::Service {
   bool stall = false;          // PushChunks stops reading until the client cancels
   bool corrupt = false;        // flips the first byte of the first tensor before Commit
   bool exhausted = false;      // BeginVersion answers RESOURCE_EXHAUSTED
+  bool with_progress = false;  // LoadFilesWithProgress is served (else UNIMPLEMENTED, as before)
 
   grpc::Status BeginVersion(grpc::ServerContext*, const v1::BeginVersionRequest* request,
                             v1::BeginVersionResponse* response) override {
@@ -136,7 +137,36 @@ class FakeTrainer final : public v1::Trainer::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status LoadFilesWithProgress(grpc::ServerContext*, const v1::LoadFilesRequest* request,
+                                     grpc::ServerWriter<v1::LoadFilesProgress>* writer) override {
+    if (!with_progress) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "");
+    {
+      absl::MutexLock lock(&mu_);
+      load_paths_.assign(request->paths().begin(), request->paths().end());
+      progress_calls_++;
+    }
+    v1::LoadFilesProgress p;
+    p.set_files_total(2);
+    p.set_bytes_total(100);
+    p.set_stage(v1::LOAD_STAGE_HEADERS);
+    writer->Write(p);
+    p.set_stage(v1::LOAD_STAGE_READING);
+    p.set_bytes_done(40);
+    writer->Write(p);
+    p.set_stage(v1::LOAD_STAGE_DONE);
+    p.set_bytes_done(100);
+    p.set_files_done(2);
+    p.mutable_version()->set_version(request->version() != 0 ? request->version() : 43);
+    p.mutable_version()->set_state(v1::VERSION_STATE_COMMITTED);
+    writer->Write(p);
+    return grpc::Status::OK;
+  }
+
   // Accessors for the tests.
+  int progress_calls() {
+    absl::MutexLock lock(&mu_);
+    return progress_calls_;
+  }
   std::map<uint64_t, Version> versions() {
     absl::MutexLock lock(&mu_);
     return versions_;
@@ -204,6 +234,7 @@ class FakeTrainer final : public v1::Trainer::Service {
   int streams_active_ ABSL_GUARDED_BY(mu_) = 0;
   int max_streams_active_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::string> load_paths_ ABSL_GUARDED_BY(mu_);
+  int progress_calls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 struct FakeServer {
@@ -524,6 +555,38 @@ TEST_CASE("LoadFiles sends absolute paths") {
   CHECK(paths[1] == "/abs/b.safetensors");
   CHECK(f.client->LoadFiles({}, 0, "", absl::Seconds(1)).status().code() ==
         absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("LoadFiles with a progress callback: every message, the version from the last one") {
+  FakeServer f;
+  f.service.with_progress = true;
+  std::vector<v1::LoadFilesProgress> seen;
+  // Over TCP a directory goes to the daemon as it is: the daemon expands it.
+  auto info = f.client->LoadFiles({"/models/llama"}, 0, "", absl::Seconds(5),
+                                  [&](const v1::LoadFilesProgress& p) { seen.push_back(p); });
+  INFO(info.status().ToString());
+  REQUIRE(info.ok());
+  CHECK(info->version() == 43);
+  CHECK(f.service.progress_calls() == 1);
+  CHECK(f.service.load_paths() == std::vector<std::string>{"/models/llama"});
+  REQUIRE(seen.size() == 3);
+  CHECK(seen[0].stage() == v1::LOAD_STAGE_HEADERS);
+  CHECK(seen[1].bytes_done() == 40);
+  CHECK(seen[2].stage() == v1::LOAD_STAGE_DONE);
+  CHECK(seen[2].bytes_done() == seen[2].bytes_total());
+}
+
+TEST_CASE("LoadFiles with a progress callback falls back to the plain call on an older daemon") {
+  FakeServer f;  // LoadFilesWithProgress: UNIMPLEMENTED
+  int calls = 0;
+  auto info = f.client->LoadFiles({"/abs/a.safetensors"}, 5, "old", absl::Seconds(5),
+                                  [&](const v1::LoadFilesProgress&) { ++calls; });
+  INFO(info.status().ToString());
+  REQUIRE(info.ok());
+  CHECK(info->version() == 5);
+  CHECK(calls == 0);
+  CHECK(f.service.progress_calls() == 0);
+  CHECK(f.service.load_paths() == std::vector<std::string>{"/abs/a.safetensors"});
 }
 
 }  // namespace

@@ -2,6 +2,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
 #include "common/version.h"
 #include "daemon/grpc_status.h"
 
@@ -37,11 +43,17 @@ grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::Status
   response->set_latest_committed_version(usage.latest_committed);
   response->set_staging_versions(usage.staging);
   response->set_committed_versions(usage.committed);
+  response->set_store_ready_bytes(usage.ready_bytes);
+  response->set_store_ready(usage.ready);
+  response->set_store_error(usage.ready_error);
+  response->set_store_warmup_seconds(absl::ToDoubleSeconds(usage.warmup_elapsed));
+  response->set_store_pinned(usage.pinned);
   response->set_gpu_memory_per_gpu_bytes(engine_->gpu_bytes_per_gpu());
   response->set_bucket_bytes(engine_->options().bucket_bytes);
   response->set_slots_per_gpu(engine_->options().slots_per_gpu);
   response->set_updating_version(engine_->updating_version());
   for (v1::WorkerStatus& w : engine_->Workers()) *response->add_workers() = std::move(w);
+  if (auto last = engine_->LastUpdate(); last.has_value()) *response->mutable_last_update() = *last;
   response->set_attached_workers(response->workers_size());
   absl::MutexLock lock(&mu_);
   for (const v1::ListenerStatus& l : listeners_) {
@@ -76,10 +88,41 @@ grpc::Status AdminService::Drop(grpc::ServerContext* context, const v1::DropRequ
   return ToGrpc(store_->Drop(request->version()));
 }
 
+namespace {
+
+// The call's deadline (gRPC's "none" is the far future): waits for the caller end with it.
+absl::Time CallDeadline(const grpc::ServerContext& context) {
+  const auto deadline = context.deadline();
+  if (deadline >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+}  // namespace
+
+grpc::Status AdminService::WaitLoaded(grpc::ServerContext* context,
+                                      const v1::WaitLoadedRequest* request,
+                                      v1::WaitLoadedResponse* response) {
+  if (auto s = auth_->Check(*context, kRoleRead, "WaitLoaded"); !s.ok()) return s;
+  const double seconds = request->timeout_seconds();
+  if (!(seconds >= 0) || seconds > 7 * 24 * 3600.0) {
+    return ToGrpc(absl::InvalidArgumentError(absl::StrCat(
+        "timeout_seconds ", seconds, " must be between 0 and one week (0: 10 minutes)")));
+  }
+  const absl::Time deadline =
+      std::min(CallDeadline(*context),
+               absl::Now() + (seconds == 0 ? absl::Minutes(10) : absl::Seconds(seconds)));
+  auto result = engine_->WaitLoaded(request->version(), deadline);
+  if (!result.ok()) return ToGrpc(result.status());
+  *response = std::move(*result);
+  return grpc::Status::OK;
+}
+
 grpc::Status AdminService::Update(grpc::ServerContext* context, const v1::UpdateRequest* request,
                                   v1::UpdateResponse* response) {
   if (auto s = auth_->Check(*context, kRoleOperator, "Update"); !s.ok()) return s;
-  auto result = engine_->Update(*request);
+  auto result = engine_->Update(*request, CallDeadline(*context));
   if (!result.ok()) return ToGrpc(result.status());
   *response = std::move(*result);
   return grpc::Status::OK;

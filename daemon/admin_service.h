@@ -44,9 +44,13 @@ class AdminService final : public v1::Admin::Service {
                           v1::GetVersionResponse* response) override;
   grpc::Status Drop(grpc::ServerContext* context, const v1::DropRequest* request,
                     v1::DropResponse* response) override;
-  // Blocks until the update ends (UpdateEngine::Update).
+  // Blocks until the update ends (UpdateEngine::Update), at most until the call's deadline when
+  // it joins a running update.
   grpc::Status Update(grpc::ServerContext* context, const v1::UpdateRequest* request,
                       v1::UpdateResponse* response) override;
+  // Read role. Blocks until the verdict or min(call deadline, timeout_seconds).
+  grpc::Status WaitLoaded(grpc::ServerContext* context, const v1::WaitLoadedRequest* request,
+                          v1::WaitLoadedResponse* response) override;
 
  private:
   const DaemonFacts facts_;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/ascii.h"
@@ -63,6 +64,10 @@ const std::vector<ConfigKey>& ConfigKeys() {
       {"host_memory_budget",
        "pinned host memory for checkpoint versions, e.g. 64GiB; auto: half of physical memory",
        "auto"},
+      {"store_ready_wait",
+       "while start-up still makes host_memory_budget ready: how long a version that needs more "
+       "than is ready waits for it (0s to 10m; then UNAVAILABLE, retry)",
+       "30s"},
       {"log_level", "trace, debug, info, warn, error, critical or off", "info"},
       {"shutdown_grace", "how long in-flight RPCs may finish after SIGTERM before being cancelled",
        "5s"},
@@ -78,7 +83,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
        "4"},
       {"slots_per_gpu", "staging slots per GPU that updates fill in turn (1 to 16)", "2"},
       {"bucket_bytes",
-       "size of one staging slot (largest bucket of an update; holds the largest tensor); auto: "
+       "size of one staging slot (largest bucket of an update; larger tensors go in pieces); auto: "
        "min(2 GiB, free GPU memory / (4 x slots_per_gpu)) on cuda, 64 MiB on host",
        "auto"},
       {"ack_timeout", "a worker that does not ack a bucket this long fails the update", "60s"},
@@ -87,7 +92,22 @@ const std::vector<ConfigKey>& ConfigKeys() {
       {"uid_roles",
        "roles of local uids on the Unix socket, \"UID=role role;USER=role\"; re-read on SIGHUP",
        ""},
+      {"metrics_listen",
+       "HTTP address of /metrics (Prometheus), /healthz and /readyz: PORT, HOST:PORT; read-only, "
+       "no credentials; empty: off",
+       ""},
+      {"state_dir",
+       "directory of the small file that keeps version ids unique across restarts; auto: "
+       "$STATE_DIRECTORY (systemd StateDirectory=), else none (ids start again at 1)",
+       "auto"},
       {"auto_update", "send every newly committed version to the attached workers", "false"},
+      {"update_on_attach",
+       "send the newest committed version to a worker when it attaches (auto: as auto_update)",
+       "auto"},
+      {"on_update_failure",
+       "keep: leave workers of a failed update as they are; previous: resend the last version "
+       "they fully loaded to workers left with mixed weights",
+       "keep"},
       {"tls_cert", "TLS certificate chain (PEM) of the TCP listener; re-read when it changes", ""},
       {"tls_key", "private key (PEM) of tls_cert", ""},
       {"tls_client_ca",
@@ -137,6 +157,11 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
       if (*bytes == 0) return BadValue(key, value, "must be more than 0 (or auto)");
       config.host_memory_budget = *bytes;
     }
+  } else if (key == "store_ready_wait") {
+    auto d = ParseDuration(value);
+    if (!d.ok()) return BadValue(key, value, d.status().message());
+    if (*d > absl::Minutes(10)) return BadValue(key, value, "must be at most 10m");
+    config.store_ready_wait = *d;
   } else if (key == "log_level") {
     static constexpr const char* kLevels[] = {"trace", "debug",    "info", "warn",
                                               "error", "critical", "off"};
@@ -204,6 +229,32 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     } else {
       return BadValue(key, value, "expected true or false");
     }
+  } else if (key == "metrics_listen") {
+    if (!value.empty()) {
+      std::string host;
+      int port = 0;
+      absl::Status s = ParseMetricsListen(std::string(value), &host, &port);
+      if (!s.ok()) return BadValue(key, value, "expected PORT, :PORT, HOST:PORT or [V6]:PORT");
+    }
+    config.metrics_listen = std::string(value);
+  } else if (key == "state_dir") {
+    if (value != "auto" && !value.empty() && value[0] != '/') {
+      return BadValue(key, value, "must be auto, empty or an absolute path");
+    }
+    config.state_dir = std::string(value);
+  } else if (key == "update_on_attach") {
+    if (value == "auto") {
+      config.update_on_attach.reset();
+    } else if (value == "true" || value == "false") {
+      config.update_on_attach = value == "true";
+    } else {
+      return BadValue(key, value, "expected auto, true or false");
+    }
+  } else if (key == "on_update_failure") {
+    if (value != "keep" && value != "previous") {
+      return BadValue(key, value, "expected keep or previous");
+    }
+    config.resend_previous_on_failure = value == "previous";
   } else if (key == "tls_cert" || key == "tls_key" || key == "tls_client_ca" ||
              key == "auth_tokens_file") {
     if (!value.empty() && value[0] != '/') return BadValue(key, value, "must be an absolute path");
@@ -344,13 +395,50 @@ Config ResolveConfig(Config config) {
   return config;
 }
 
+absl::Status ParseMetricsListen(const std::string& value, std::string* host, int* port) {
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics_listen \"", value, "\": ", why, " (PORT, :PORT or HOST:PORT)"));
+  };
+  std::string h = "127.0.0.1";
+  std::string p = value;
+  if (!value.empty() && value[0] == '[') {
+    const size_t close = value.find(']');
+    if (close == std::string::npos || close + 1 >= value.size() || value[close + 1] != ':') {
+      return bad("an IPv6 address goes in brackets, then :PORT");
+    }
+    h = value.substr(1, close - 1);
+    p = value.substr(close + 2);
+  } else if (const size_t colon = value.rfind(':'); colon != std::string::npos) {
+    if (colon > 0) h = value.substr(0, colon);
+    p = value.substr(colon + 1);
+  }
+  int n = 0;
+  if (p.empty() || !absl::SimpleAtoi(p, &n) || n < 0 || n > 65535) {
+    return bad("the port must be 0..65535");
+  }
+  *host = h;
+  *port = n;
+  return absl::OkStatus();
+}
+
+std::string Config::ResolvedStateDir() const {
+  if (state_dir != "auto") return state_dir;
+  // systemd: one or more absolute paths separated by ':'; the first is ours.
+  const char* env = std::getenv("STATE_DIRECTORY");
+  if (env == nullptr || env[0] != '/') return "";
+  const std::string dirs(env);
+  return dirs.substr(0, dirs.find(':'));
+}
+
 std::string DescribeConfig(const Config& config) {
   return absl::StrCat(
       "listen_unix=", config.listen_unix,
       " listen_tcp=", config.listen_tcp.empty() ? "off" : config.listen_tcp,
       " backend=", BackendName(config.backend), " host_memory_budget=",
       config.host_memory_budget == 0 ? "auto" : FormatBytes(config.host_memory_budget),
-      " log_level=", config.log_level, " shutdown_grace=", HumanDuration(config.shutdown_grace),
+      " store_ready_wait=", HumanDuration(config.store_ready_wait), " log_level=", config.log_level,
+      " shutdown_grace=", HumanDuration(config.shutdown_grace),
       " max_versions=", config.max_versions,
       " staging_timeout=", HumanDuration(config.staging_timeout),
       " load_threads=", config.load_threads,
@@ -362,7 +450,11 @@ std::string DescribeConfig(const Config& config) {
       " ack_timeout=", HumanDuration(config.ack_timeout), " allowed_uids=",
       config.allowed_uids.empty() ? "none" : absl::StrJoin(config.allowed_uids, ","),
       " uid_roles=", config.uid_roles.empty() ? "none" : config.uid_roles,
+      " metrics_listen=", config.metrics_listen.empty() ? "off" : config.metrics_listen,
+      " state_dir=", config.ResolvedStateDir().empty() ? "none" : config.ResolvedStateDir(),
       " auto_update=", config.auto_update ? "true" : "false",
+      " update_on_attach=", config.UpdateOnAttach() ? "true" : "false",
+      " on_update_failure=", config.resend_previous_on_failure ? "previous" : "keep",
       " tls_cert=", config.tls_cert.empty() ? "none" : config.tls_cert,
       " tls_client_ca=", config.tls_client_ca.empty() ? "none" : config.tls_client_ca,
       " auth_tokens_file=", config.auth_tokens_file.empty() ? "none" : config.auth_tokens_file,

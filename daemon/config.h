@@ -7,6 +7,7 @@
 #define CKPT_DAEMON_CONFIG_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,10 @@ enum class BackendKind { kAuto, kCuda, kHost };
 // "auto", "cuda", "host".
 absl::string_view BackendName(BackendKind kind);
 
+// metrics_listen: "9100", ":9100" (127.0.0.1), "HOST:PORT", "[V6]:PORT" -> host and port
+// (0..65535). INVALID_ARGUMENT naming the value.
+absl::Status ParseMetricsListen(const std::string& value, std::string* host, int* port);
+
 struct Config {
   // Path of the Unix socket that local clients (ckptctl, workers) use. Mode 0600, or 0666 when
   // other uids have roles (uid_roles, allowed_uids); its directory is created if missing.
@@ -33,6 +38,9 @@ struct Config {
   BackendKind backend = BackendKind::kAuto;
   // Pinned host memory for checkpoint versions, in bytes. 0 means "auto": half of physical memory.
   uint64_t host_memory_budget = 0;
+  // While start-up is still making host_memory_budget ready (in the background), how long a
+  // BeginVersion or LoadFiles that needs more than is ready waits for it before UNAVAILABLE.
+  absl::Duration store_ready_wait = absl::Seconds(30);
   // trace, debug, info, warn, error, critical, off.
   std::string log_level = "info";
   // How long in-flight RPCs may run on after SIGTERM/SIGINT before they are cancelled.
@@ -60,8 +68,22 @@ struct Config {
   // "UID=role role;USER=role": roles of local uids on the Unix socket (SO_PEERCRED). The daemon's
   // own uid and root always have every role. Re-read on SIGHUP.
   std::string uid_roles;
+  // Prometheus metrics and /healthz, /readyz over HTTP (daemon/metrics.h): "" off, "PORT",
+  // ":PORT" (127.0.0.1), "HOST:PORT", "[V6]:PORT".
+  std::string metrics_listen;
+  // Where the daemon keeps the version ids it used (daemon/id_ledger.h). "auto": $STATE_DIRECTORY
+  // (systemd's StateDirectory=), else none; "": none.
+  std::string state_dir = "auto";
+  // The directory in use: "" for none.
+  std::string ResolvedStateDir() const;
   // Send every newly committed version to the attached workers.
   bool auto_update = false;
+  // Send the newest committed version to a worker when it attaches; unset ("auto"): as auto_update.
+  std::optional<bool> update_on_attach;
+  bool UpdateOnAttach() const { return update_on_attach.value_or(auto_update); }
+  // on_update_failure = "previous": after a failed update, resend to each worker left with mixed
+  // weights the last version it fully loaded ("keep": leave them, report them in status).
+  bool resend_previous_on_failure = false;
 
   // TLS for the TCP listener: the server's certificate chain and key (PEM files; re-read when they
   // change). tls_client_ca set: clients must present a certificate signed by it (mTLS); its

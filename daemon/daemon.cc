@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -11,13 +13,17 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/units.h"
 #include "daemon/backend.h"
 #include "daemon/gpu/cuda_status.h"
 #include "daemon/gpu/scoped_device.h"
 #include "daemon/grpc_log.h"
+#include "daemon/systemd_notify.h"
+#include "grpcpp/create_channel.h"
 #include "grpcpp/resource_quota.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
@@ -66,6 +72,44 @@ absl::StatusOr<uint64_t> AutoBucketBytes(BackendKind backend, const gpu::GpuProb
         "bucket_bytes auto: only ", FormatBytes(least_free), " of GPU memory are free"));
   }
   return bytes;
+}
+
+// Warm-up of the version store: pieces of 256 MiB (the stop flag is checked between pieces: about
+// 0.2-0.5 s each on a build machine). Testing knob CKPT_TEST_WARMUP_PACE="PIECE/PAUSE" (e.g.
+// "2MiB/250ms"): pieces of PIECE with a pause of PAUSE after each, so that tests can watch a daemon
+// that is still warming up (docs/development.md).
+absl::StatusOr<VersionStore::WarmUpOptions> WarmUpPace() {
+  VersionStore::WarmUpOptions options;
+  const char* pace = std::getenv("CKPT_TEST_WARMUP_PACE");
+  if (pace == nullptr || *pace == '\0') return options;
+  const std::string text = pace;
+  const size_t slash = text.find('/');
+  auto piece = ParseByteSize(text.substr(0, slash));
+  auto pause = slash == std::string::npos ? absl::StatusOr<absl::Duration>(absl::ZeroDuration())
+                                          : ParseDuration(text.substr(slash + 1));
+  if (slash == std::string::npos || !piece.ok() || *piece == 0 || !pause.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("environment CKPT_TEST_WARMUP_PACE='", text,
+                     "': expected PIECE/PAUSE such as 2MiB/250ms (a testing knob; unset it)"));
+  }
+  options.piece_bytes = *piece;
+  options.pause = *pause;
+  spdlog::warn(
+      "CKPT_TEST_WARMUP_PACE={}: the version store warms up in pieces of {} with {} "
+      "pauses (a testing knob)",
+      text, FormatBytes(*piece), HumanDuration(*pause));
+  return options;
+}
+
+// The store's readiness in a few words, for systemd's STATUS= line.
+std::string StoreNote(const VersionStore::Usage& u) {
+  if (u.ready) return "store ready";
+  if (!u.ready_error.empty()) {
+    return absl::StrCat("store: only ", FormatBytes(u.ready_bytes), " of ",
+                        FormatBytes(u.budget_bytes), " usable (see the log)");
+  }
+  return absl::StrCat("store getting memory ready: ", FormatBytes(u.ready_bytes), " of ",
+                      FormatBytes(u.budget_bytes));
 }
 
 // The TCP listener's credentials: TLS from files that are re-read when they change (certificate
@@ -118,12 +162,16 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   HostArena::Kind kind =
       d->backend_ == BackendKind::kCuda ? HostArena::Kind::kPinned : HostArena::Kind::kShared;
   absl::Time reserve_start = absl::Now();
+  ASSIGN_OR_RETURN(VersionStore::WarmUpOptions warm_up, WarmUpPace());
+  // Only mapped here (cheap); the pages are made ready in the background once the daemon serves.
   ASSIGN_OR_RETURN(std::unique_ptr<HostArena> arena,
                    HostArena::Create(kind, config.host_memory_budget, GpuNumaNodes(d->gpus_),
-                                     config.load_threads));
+                                     config.load_threads, HostArena::Populate::kLater));
   d->arena_note_ = absl::StrCat(
       FormatBytes(arena->size()), " of ", kind == HostArena::Kind::kPinned ? "pinned" : "shared",
-      " host memory reserved in ", HumanDuration(absl::Now() - reserve_start));
+      " host memory mapped in ", HumanDuration(absl::Now() - reserve_start),
+      "; it is made ready in the background (", FormatBytes(warm_up.piece_bytes),
+      " at a time; `ckptctl status` shows the progress)");
   VersionStore::Options store_options;
   store_options.max_versions = config.max_versions;
   store_options.staging_timeout = config.staging_timeout;
@@ -131,12 +179,20 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   store_options.max_tensors = config.max_tensors_per_version;
   store_options.max_staging = config.max_staging_versions;
   store_options.max_staging_per_client = config.max_staging_per_client;
+  store_options.ready_wait = config.store_ready_wait;
+  const std::string state_dir = config.ResolvedStateDir();
+  if (!state_dir.empty()) {
+    ASSIGN_OR_RETURN(d->ledger_, IdLedger::Open(state_dir));
+    store_options.ledger = d->ledger_.get();
+  }
   d->store_ = std::make_unique<VersionStore>(std::move(arena), store_options);
 
   UpdateEngine::Options engine_options;
   engine_options.slots_per_gpu = config.slots_per_gpu;
   engine_options.ack_timeout = config.ack_timeout;
   engine_options.bucket_bytes = config.bucket_bytes;
+  engine_options.update_on_attach = config.UpdateOnAttach();
+  engine_options.resend_previous_on_failure = config.resend_previous_on_failure;
   if (engine_options.bucket_bytes == 0) {
     ASSIGN_OR_RETURN(engine_options.bucket_bytes,
                      AutoBucketBytes(d->backend_, d->gpus_, config.slots_per_gpu));
@@ -239,6 +295,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     std::string host = config.listen_tcp.substr(0, config.listen_tcp.rfind(':'));
     d->listen_addresses_.push_back(absl::StrCat(host, ":", tcp_port));
   }
+  if (!config.metrics_listen.empty()) {
+    MetricsSources sources;
+    sources.store = d->store_.get();
+    sources.engine = d->engine_.get();
+    sources.backend = d->backend_;
+    sources.gpus = d->gpus_.gpus;
+    ASSIGN_OR_RETURN(d->metrics_, MetricsServer::Start(config.metrics_listen, std::move(sources)));
+  }
   d->config_ = config;
   d->PublishListeners();
   if (d->InsecureTcp()) {
@@ -248,6 +312,32 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
         d->listen_addresses_.back());
   }
   d->reaper_ = std::thread([daemon = d.get()] { daemon->ReapStaleVersions(); });
+  if (const absl::Duration interval = WatchdogInterval(); interval > absl::ZeroDuration()) {
+    if (config.listen_unix.empty()) {
+      spdlog::warn("WatchdogSec is set but listen_unix is off: the watchdog cannot check that the "
+                   "daemon answers; it checks its loops and locks only");
+    }
+    spdlog::info("systemd watchdog: proving liveness every {}", HumanDuration(interval / 3));
+    d->watchdog_thread_ = std::thread([daemon = d.get(), interval] { daemon->WatchdogLoop(interval); });
+  }
+  // Serving already: make the store's memory ready behind it, and tell systemd how far it got
+  // (STATUS=, at most once a second).
+  warm_up.on_progress = [serving = absl::StrJoin(d->listen_addresses_, " and "),
+                         last = absl::InfinitePast()](const VersionStore::Usage& u) mutable {
+    const bool ended = u.ready || !u.ready_error.empty();
+    if (!ended && absl::Now() - last < absl::Seconds(1)) return;
+    last = absl::Now();
+    NotifyStatus(absl::StrCat("serving on ", serving, "; ", StoreNote(u)));
+  };
+  d->store_->StartWarmUp(std::move(warm_up));
+  // Said once serving (a start-up that fails prints only its one line).
+  if (d->ledger_ != nullptr) {
+    spdlog::info("version ids: kept in {} (automatic ids continue above {})", d->ledger_->path(),
+                 d->ledger_->max_id());
+  } else {
+    spdlog::warn("version ids: no state_dir, so automatic ids start again at 1 after a restart "
+                 "(the same id may then name another checkpoint); set state_dir to keep them");
+  }
   return d;
 }
 
@@ -255,7 +345,57 @@ void Daemon::ReapStaleVersions() {
   absl::MutexLock lock(&reaper_mu_);
   while (!stopping_) {
     reaper_mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
-    if (!stopping_) store_->AbortStale(absl::Now());
+    if (stopping_) break;
+    reaper_mu_.Unlock();
+    store_->AbortStale(absl::Now());
+    reaper_mu_.Lock();
+    ++reaper_beats_;
+  }
+}
+
+absl::Status Daemon::ProveAlive(uint64_t* last_beats) {
+  {
+    absl::MutexLock lock(&reaper_mu_);
+    if (reaper_beats_ == *last_beats) {
+      return absl::DeadlineExceededError("the staging reaper loop has not run since the last check");
+    }
+    *last_beats = reaper_beats_;
+  }
+  (void)store_->GetUsage();           // the store's locks
+  (void)engine_->updating_version();  // the engine's lock
+  if (config_.listen_unix.empty()) return absl::OkStatus();
+  // The whole serving path: the local listener, the gRPC server and its threads.
+  auto channel = grpc::CreateChannel("unix:" + config_.listen_unix,
+                                     grpc::InsecureChannelCredentials());
+  auto stub = v1::Admin::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::StatusRequest request;
+  v1::StatusResponse response;
+  grpc::Status s = stub->Status(&context, request, &response);
+  if (!s.ok()) {
+    return absl::UnavailableError(absl::StrCat("Admin.Status on ", config_.listen_unix,
+                                               " did not answer: ", s.error_message()));
+  }
+  return absl::OkStatus();
+}
+
+void Daemon::WatchdogLoop(absl::Duration interval) {
+  const absl::Duration period = std::max(absl::Milliseconds(100), interval / 3);
+  uint64_t beats = 0;
+  for (;;) {
+    {
+      absl::MutexLock lock(&reaper_mu_);
+      reaper_mu_.AwaitWithTimeout(absl::Condition(&stopping_), period);
+      if (stopping_) return;
+    }
+    absl::Status alive = ProveAlive(&beats);
+    if (alive.ok()) {
+      NotifyWatchdog();
+    } else {
+      spdlog::error("watchdog: not telling systemd the daemon is alive: {}",
+                    std::string(alive.message()));
+    }
   }
 }
 
@@ -276,6 +416,12 @@ void Daemon::PublishListeners() {
     } else {
       l.set_auth(auth_->TcpAuthText(!config_.tls_cert.empty()));
     }
+    listeners.push_back(std::move(l));
+  }
+  if (metrics_ != nullptr) {
+    v1::ListenerStatus l;
+    l.set_address(metrics_->url());
+    l.set_auth("none: read-only metrics and probes (metrics_listen)");
     listeners.push_back(std::move(l));
   }
   admin_->SetListeners(std::move(listeners), InsecureTcp());
@@ -320,7 +466,12 @@ void Daemon::Reload(const Config& fresh) {
 
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 
+std::string Daemon::store_note() const { return StoreNote(store_->GetUsage()); }
+
 void Daemon::Shutdown(absl::Duration grace) {
+  metrics_.reset();
+  // Warm-up stops between two pieces (a cudaHostRegister already begun runs to its end).
+  if (store_ != nullptr) store_->StopWarmUp();
   // Cancel a running update and end the workers' streams (Detached) before the server waits for
   // in-flight calls: those streams would otherwise last until the grace period ends.
   if (engine_ != nullptr) engine_->Stop("ckpt-engined is shutting down");
@@ -336,6 +487,7 @@ void Daemon::Shutdown(absl::Duration grace) {
     stopping_ = true;
   }
   if (reaper_.joinable()) reaper_.join();
+  if (watchdog_thread_.joinable()) watchdog_thread_.join();
 }
 
 }  // namespace ckpt::daemon

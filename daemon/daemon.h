@@ -21,6 +21,8 @@
 #include "daemon/stream_watchdog.h"
 #include "daemon/trainer_service.h"
 #include "daemon/update_engine.h"
+#include "daemon/id_ledger.h"
+#include "daemon/metrics.h"
 #include "daemon/version_store.h"
 #include "grpcpp/server.h"
 
@@ -30,7 +32,9 @@ class Daemon {
  public:
   // Starts serving. Errors are start-up failures, each naming what failed (socket path in use,
   // directory not writable, TCP address unavailable, cuda backend without a GPU, ...); nothing is
-  // left behind. `config` must be resolved (ResolveConfig).
+  // left behind. `config` must be resolved (ResolveConfig). Returns as soon as it serves: the
+  // version store's memory is mapped but made ready afterwards, in the background
+  // (VersionStore::StartWarmUp; Status shows the progress).
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const Config& config);
 
   // Shuts down with no grace if Shutdown was not called.
@@ -40,8 +44,11 @@ class Daemon {
   const std::vector<std::string>& listen_addresses() const { return listen_addresses_; }
   BackendKind backend() const { return backend_; }
   const gpu::GpuProbe& gpus() const { return gpus_; }
-  // "64.0 GiB of pinned host memory reserved in 5.1s": for the start-up log.
+  // "64.0 GiB of pinned host memory mapped in 1ms; it is made ready in the background ...": for
+  // the start-up log.
   const std::string& arena_note() const { return arena_note_; }
+  // "store getting memory ready: 12.0 GiB of 64.0 GiB", "store ready": for systemd's STATUS=.
+  std::string store_note() const;
   // "2 x 1.0 GiB staging slots per GPU": for the start-up log.
   const std::string& slots_note() const { return slots_note_; }
 
@@ -60,6 +67,11 @@ class Daemon {
 
   // Aborts idle STAGING versions every second until Shutdown.
   void ReapStaleVersions();
+  // systemd WatchdogSec: every interval / 3, proves the daemon alive (the reaper loop ran since
+  // the last check, the store's and the engine's locks can be taken, and Admin.Status answers on
+  // the Unix socket within 5 s) and only then sends WATCHDOG=1; a hung daemon is restarted.
+  void WatchdogLoop(absl::Duration interval);
+  absl::Status ProveAlive(uint64_t* last_beats);
   // Status.listeners from the current credentials.
   void PublishListeners();
   // TCP served with no authentication at all.
@@ -77,6 +89,7 @@ class Daemon {
   std::unique_ptr<Authorizer> auth_;
   std::unique_ptr<LocalListener> local_;
   std::unique_ptr<StreamWatchdog> watchdog_;
+  std::unique_ptr<IdLedger> ledger_;  // outlives the store, which uses it
   std::unique_ptr<VersionStore> store_;
   std::unique_ptr<UpdateEngine> engine_;
   std::unique_ptr<AttachSocket> attach_socket_;
@@ -84,10 +97,13 @@ class Daemon {
   std::unique_ptr<TrainerService> trainer_;
   std::unique_ptr<ConsumerService> consumer_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<MetricsServer> metrics_;  // reads the store and the engine: stopped first
 
   absl::Mutex reaper_mu_;
   bool stopping_ ABSL_GUARDED_BY(reaper_mu_) = false;
+  uint64_t reaper_beats_ ABSL_GUARDED_BY(reaper_mu_) = 0;
   std::thread reaper_;
+  std::thread watchdog_thread_;
 };
 
 }  // namespace ckpt::daemon

@@ -94,7 +94,9 @@ int main(int argc, char** argv) {
   spdlog::info("updates: {}", (*daemon)->slots_note());
   std::string serving = absl::StrJoin((*daemon)->listen_addresses(), " and ");
   spdlog::info("serving on {}", serving);
-  NotifyReady("serving on " + serving);
+  // READY=1 when it serves, not when the store's memory is ready (minutes on a 2 TB host):
+  // Status answers at once and shows the warm-up; STATUS= lines follow its progress.
+  NotifyReady(absl::StrCat("serving on ", serving, "; ", (*daemon)->store_note()));
 
   int sig = 0;
   for (;;) {
@@ -110,7 +112,7 @@ int main(int argc, char** argv) {
     } else {
       (*daemon)->Reload(ResolveConfig(fresh->config));
     }
-    NotifyReady("serving on " + serving);
+    NotifyReady(absl::StrCat("serving on ", serving, "; ", (*daemon)->store_note()));
   }
   spdlog::info("received {}; shutting down (in-flight requests get {})", strsignal(sig),
                ckpt::HumanDuration(config.shutdown_grace));

@@ -71,6 +71,27 @@ absl::Status RangeAllocator::Free(uint64_t offset, uint64_t size) {
   return absl::OkStatus();
 }
 
+absl::Status RangeAllocator::Grow(uint64_t new_capacity) {
+  const uint64_t capacity = new_capacity / alignment_ * alignment_;
+  if (capacity < capacity_) {
+    return absl::InvalidArgumentError(absl::StrCat("the arena's capacity cannot shrink (from ",
+                                                   capacity_, " to ", capacity, " bytes)"));
+  }
+  if (capacity == capacity_) return absl::OkStatus();
+  uint64_t start = capacity_;
+  if (!free_.empty()) {
+    auto last = std::prev(free_.end());
+    if (last->first + last->second == capacity_) {
+      start = last->first;
+      free_.erase(last);
+    }
+  }
+  free_[start] = capacity - start;
+  free_bytes_ += capacity - capacity_;
+  capacity_ = capacity;
+  return absl::OkStatus();
+}
+
 uint64_t RangeAllocator::largest_free() const {
   uint64_t best = 0;
   for (const auto& [offset, size] : free_) best = std::max(best, size);

@@ -1,5 +1,7 @@
 // RangeAllocator: first-fit allocation of aligned byte ranges inside [0, capacity), with coalescing
-// of freed neighbours. Bookkeeping only (no memory is touched). Not thread-safe: the owner locks.
+// of freed neighbours. The capacity may grow (Grow: memory made ready after start-up); a range is
+// never handed out beyond the capacity in force when it is allocated. Bookkeeping only (no memory
+// is touched). Not thread-safe: the owner locks.
 #ifndef CKPT_DAEMON_RANGE_ALLOCATOR_H_
 #define CKPT_DAEMON_RANGE_ALLOCATOR_H_
 
@@ -24,6 +26,10 @@ class RangeAllocator {
   // Returns a range from Allocate (same size as asked). Freeing what was not allocated is a bug:
   // checked, it returns INTERNAL and changes nothing.
   absl::Status Free(uint64_t offset, uint64_t size);
+  // Raises the capacity to `new_capacity` (rounded down to the alignment): [capacity, new) becomes
+  // free, merged with a free range that ends at the old capacity. INVALID_ARGUMENT (nothing
+  // changes) when it would shrink; the same capacity is a no-op.
+  absl::Status Grow(uint64_t new_capacity);
 
   uint64_t capacity() const { return capacity_; }
   uint64_t free_bytes() const { return free_bytes_; }

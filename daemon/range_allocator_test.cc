@@ -96,5 +96,63 @@ TEST_CASE("sizes near 2^64 are refused, never rounded to a small range") {
   CHECK(*whole == 0);
 }
 
+TEST_CASE("a growing capacity: nothing is handed out beyond it, the new space merges at the end") {
+  RangeAllocator a(0, 256);
+  CHECK(a.capacity() == 0);
+  CHECK(a.Allocate(1).status().code() == absl::StatusCode::kResourceExhausted);
+  REQUIRE(a.Grow(1000).ok());  // rounded down to the alignment
+  CHECK(a.capacity() == 768);
+  CHECK(a.free_bytes() == 768);
+  auto x = a.Allocate(512);
+  REQUIRE(x.ok());
+  CHECK(*x == 0);
+  CHECK_FALSE(a.Allocate(512).ok());  // 256 free: the rest is not ready yet
+  REQUIRE(a.Grow(1024).ok());
+  // The free tail [512, 768) and the new [768, 1024) are one range now.
+  CHECK(a.largest_free() == 512);
+  auto y = a.Allocate(512);
+  REQUIRE(y.ok());
+  CHECK(*y == 512);
+  CHECK(a.free_bytes() == 0);
+  // A grow after a fully used tail adds a separate range.
+  REQUIRE(a.Grow(2048).ok());
+  CHECK(a.free_bytes() == 1024);
+  REQUIRE(a.Free(*y, 512).ok());
+  CHECK(a.largest_free() == 1536);  // freed [512, 1024) merged with [1024, 2048)
+  // Shrinking is refused and changes nothing; the same capacity is a no-op.
+  CHECK(a.Grow(1024).code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(a.Grow(2048).ok());
+  CHECK(a.capacity() == 2048);
+  CHECK(a.free_bytes() == 1536);
+  REQUIRE(a.Free(*x, 512).ok());
+  CHECK(a.largest_free() == 2048);
+}
+
+TEST_CASE("random allocations while the capacity grows stay below the capacity of their time") {
+  RangeAllocator a(4096, 256);
+  std::mt19937_64 rng(11);
+  std::vector<std::pair<uint64_t, uint64_t>> live;
+  for (int i = 0; i < 3000; ++i) {
+    const uint64_t r = rng() % 10;
+    if (r == 0 && a.capacity() < (1 << 22)) {
+      REQUIRE(a.Grow(a.capacity() + rng() % 65536).ok());
+    } else if (r < 7 || live.empty()) {
+      const uint64_t size = rng() % 20000;
+      auto got = a.Allocate(size);
+      if (got.ok()) {
+        REQUIRE(*got + *a.Rounded(size) <= a.capacity());
+        live.push_back({*got, size});
+      }
+    } else {
+      const size_t k = rng() % live.size();
+      REQUIRE(a.Free(live[k].first, live[k].second).ok());
+      live.erase(live.begin() + k);
+    }
+  }
+  for (auto& [o, s] : live) REQUIRE(a.Free(o, s).ok());
+  CHECK(a.free_bytes() == a.capacity());
+  CHECK(a.largest_free() == a.capacity());
+}
+
 }  // namespace
 }  // namespace ckpt::daemon

@@ -455,6 +455,46 @@ uint64_t EffectivePieceBytes(uint64_t total, int threads, uint64_t piece_bytes) 
   return p;
 }
 
+// What a file that is not safetensors looks like, from its first bytes, for messages: "it starts
+// with '{': a JSON file, ...". Only fixed signatures are named; the file's own bytes are never
+// quoted (a secret file's first bytes must not come back in an error). Empty when unrecognized.
+std::string DescribeNotSafetensors(const unsigned char* head, size_t n) {
+  auto starts = [&](absl::string_view magic) {
+    return n >= magic.size() && std::memcmp(head, magic.data(), magic.size()) == 0;
+  };
+  size_t i = 0;
+  while (i < n && (head[i] == ' ' || head[i] == '\t' || head[i] == '\n' || head[i] == '\r')) ++i;
+  if (i < n && (head[i] == '{' || head[i] == '[')) {
+    return absl::StrCat("it starts with '", std::string(1, static_cast<char>(head[i])),
+                        "': a JSON file, not safetensors? (an index file is accepted as such only "
+                        "by name *.index.json)");
+  }
+  if (i < n && head[i] == '<') {
+    return "it starts with '<': an HTML or XML page (a failed download?)";
+  }
+  if (starts("version ")) {
+    return "it starts with 'version ': a Git LFS pointer file? (the weights were not "
+           "downloaded: git lfs pull)";
+  }
+  if (starts("PK\x03\x04")) {
+    return "it is a zip archive (a PyTorch .bin/.pt checkpoint?), not safetensors";
+  }
+  if (n >= 2 && head[0] == 0x80 && head[1] >= 2 && head[1] <= 5) {
+    return "it is a Python pickle (a PyTorch .bin checkpoint?), not safetensors";
+  }
+  if (starts("GGUF")) return "it is a GGUF file, not safetensors";
+  if (starts("\x89HDF")) return "it is an HDF5 file (Keras .h5?), not safetensors";
+  if (starts("\x93NUMPY")) return "it is a NumPy .npy file, not safetensors";
+  if (starts("\x1f\x8b")) return "it is gzip-compressed, not safetensors";
+  bool text = n > 0;
+  for (size_t k = 0; k < n; ++k) {
+    text = text && (head[k] == '\t' || head[k] == '\n' || head[k] == '\r' ||
+                    (head[k] >= 0x20 && head[k] < 0x7f));
+  }
+  if (text) return "it starts with text, not with a safetensors header length";
+  return "";
+}
+
 }  // namespace
 
 absl::StatusOr<SafetensorsFile> ParseSafetensorsHeader(absl::string_view header_json,
@@ -496,13 +536,21 @@ absl::StatusOr<SafetensorsFile> ReadSafetensorsHeaderFd(int fd, const std::strin
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
   // The length's value is never put in a message: for a file that is not safetensors, those are
-  // its first 8 bytes.
+  // its first 8 bytes. What the file looks like is said instead, when that is recognizable.
+  const std::string looks = DescribeNotSafetensors(len_bytes, 8);
   if (header_len > kMaxSafetensorsHeaderBytes) {
-    return BadFile(path, absl::StrCat("the header length is over the limit of ",
-                                      FormatBytes(kMaxSafetensorsHeaderBytes),
-                                      " (not a safetensors file?)"));
+    return BadFile(path, absl::StrCat("not a safetensors file",
+                                      looks.empty() ? "?" : absl::StrCat(": ", looks),
+                                      " (its first 8 bytes, read as the header length, are over "
+                                      "the limit of ",
+                                      FormatBytes(kMaxSafetensorsHeaderBytes), ")"));
   }
   if (header_len > file_size - 8) {
+    if (!looks.empty()) {
+      return BadFile(path, absl::StrCat("not a safetensors file: ", looks,
+                                        " (its first 8 bytes, read as the header length, are "
+                                        "more than the file holds)"));
+    }
     return BadFile(path, absl::StrCat("the header length is larger than the file (", file_size - 8,
                                       " bytes after the 8-byte length; truncated?)"));
   }
@@ -554,15 +602,21 @@ absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path) {
   return ReopenIfRegular(std::move(handle), path);
 }
 
-absl::StatusOr<ScopedFd> OpenRegularFileBeneath(const std::vector<std::string>& dirs,
-                                                const std::string& path) {
+absl::StatusOr<ScopedFd> OpenPathBeneath(const std::vector<std::string>& dirs,
+                                         const std::string& path) {
   if (path.find('\0') != std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("path ", QuoteForMessage(path), " has a NUL byte"));
   }
   for (const std::string& dir : dirs) {
-    if (!absl::StartsWith(path, dir + "/") || path.size() == dir.size() + 1) continue;
-    const std::string rel = path.substr(dir.size() + 1);
+    std::string rel;
+    if (path == dir) {
+      rel = ".";  // the directory itself (a model directory given as load_files_dirs)
+    } else if (absl::StartsWith(path, dir + "/") && path.size() > dir.size() + 1) {
+      rel = path.substr(dir.size() + 1);
+    } else {
+      continue;
+    }
     ScopedFd dir_fd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
     if (!dir_fd.valid()) {
       return absl::FailedPreconditionError(
@@ -580,10 +634,16 @@ absl::StatusOr<ScopedFd> OpenRegularFileBeneath(const std::vector<std::string>& 
       }
       return absl::FailedPreconditionError(absl::StrCat("cannot open ", path, ": ", Errno()));
     }
-    return ReopenIfRegular(std::move(handle), path);
+    return handle;
   }
-  return absl::PermissionDeniedError(absl::StrCat(
-      "path ", QuoteForMessage(path), " is not under the daemon's load_files_dirs"));
+  return absl::PermissionDeniedError(
+      absl::StrCat("path ", QuoteForMessage(path), " is not under the daemon's load_files_dirs"));
+}
+
+absl::StatusOr<ScopedFd> OpenRegularFileBeneath(const std::vector<std::string>& dirs,
+                                                const std::string& path) {
+  ASSIGN_OR_RETURN(ScopedFd handle, OpenPathBeneath(dirs, path));
+  return ReopenIfRegular(std::move(handle), path);
 }
 
 absl::StatusOr<SafetensorsFile> ReadSafetensorsHeader(const std::string& path) {
@@ -593,7 +653,8 @@ absl::StatusOr<SafetensorsFile> ReadSafetensorsHeader(const std::string& path) {
 
 absl::Status ReadRangesParallel(const std::vector<ReadRange>& ranges, int threads,
                                 absl::Time deadline, uint64_t piece_bytes,
-                                const std::function<bool()>& keep_going) {
+                                const std::function<bool()>& keep_going,
+                                const std::function<void(size_t, uint64_t)>& on_read) {
   if (threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat("read threads must be >= 1, got ", threads));
   }
@@ -672,6 +733,7 @@ absl::Status ReadRangesParallel(const std::vector<ReadRange>& ranges, int thread
         return;
       }
       shared.done.fetch_add(p.size, std::memory_order_relaxed);
+      if (on_read) on_read(static_cast<size_t>(p.range - ranges.data()), p.size);
     }
   };
 

@@ -78,8 +78,11 @@ absl::StatusOr<SafetensorsFile> ParseSafetensorsHeader(absl::string_view header_
 // the header, validates and parses (see ParseSafetensorsHeader). FAILED_PRECONDITION naming the
 // path and strerror when the file cannot be opened or read or is not a regular file;
 // INVALID_ARGUMENT when it is shorter than 8 bytes, its header length is over
-// kMaxSafetensorsHeaderBytes or larger than the file (the length itself is not quoted: for a file
-// that is not safetensors it is the file's first 8 bytes), or the header is bad.
+// kMaxSafetensorsHeaderBytes or larger than the file, or the header is bad. A header length that
+// cannot be one is reported as "not a safetensors file", with what the file looks like when its
+// first bytes are a known signature ("it starts with '{': a JSON file, ...", a zip archive, a
+// pickle, a Git LFS pointer, ...); the length itself and the file's bytes are never quoted (for a
+// file that is not safetensors they are its first 8 bytes).
 absl::StatusOr<SafetensorsFile> ReadSafetensorsHeader(const std::string& path);
 
 // The same on an open descriptor (read with pread; its file position is unused). Lets a caller
@@ -109,11 +112,14 @@ struct ReadRange {
 //   piece, so a read may overrun it by one pread of a piece.
 // - ABORTED: `keep_going` (when set; called before each piece, from any of the threads) returned
 //   false.
+// `on_read` (when set) is called after each piece is in, from the thread that read it, with the
+// range's index in `ranges` and the piece's size; it must be quick and thread-safe.
 // On failure the destinations hold an unspecified mix of old and new bytes. With no bytes to read
 // it returns OK at once, whatever the deadline. Blocks until every thread it started has ended.
 absl::Status ReadRangesParallel(const std::vector<ReadRange>& ranges, int threads,
                                 absl::Time deadline, uint64_t piece_bytes = 16 << 20,
-                                const std::function<bool()>& keep_going = nullptr);
+                                const std::function<bool()>& keep_going = nullptr,
+                                const std::function<void(size_t, uint64_t)>& on_read = nullptr);
 
 // Opens `path` for reading if, and only if, it is a regular file: it is first opened with O_PATH
 // (which never blocks on a FIFO and never runs a device driver's open), checked with fstat, and
@@ -129,6 +135,13 @@ absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path);
 // PERMISSION_DENIED when its resolution leaves the directory; otherwise as OpenRegularFile.
 absl::StatusOr<ScopedFd> OpenRegularFileBeneath(const std::vector<std::string>& dirs,
                                                 const std::string& path);
+
+// The first half of OpenRegularFileBeneath: an O_PATH descriptor of whatever `path` resolves to
+// below one of `dirs` (a directory too; `path` may be one of `dirs` itself), for looking at
+// directories and indexes (common/load_paths.h's PathOpener). Same errors, without the
+// regular-file check.
+absl::StatusOr<ScopedFd> OpenPathBeneath(const std::vector<std::string>& dirs,
+                                         const std::string& path);
 
 }  // namespace ckpt::daemon
 

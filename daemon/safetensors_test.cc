@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -222,6 +223,37 @@ TEST_CASE("bad: absurd header length") {
   std::string big(kMaxSafetensorsHeaderBytes + 1, ' ');
   CheckError(ParseSafetensorsHeader(big, big.size() + 8, "x.safetensors").status(),
              absl::StatusCode::kInvalidArgument, "x.safetensors", {"over the limit"});
+}
+
+TEST_CASE("a file that is not safetensors is named and said what it looks like") {
+  struct Case {
+    std::string name;
+    std::string content;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {"index.json", "{\n  \"metadata\": {\"total_size\": 16},\n  \"weight_map\": {}\n}\n",
+       "it starts with '{': a JSON file, not safetensors? (an index file is accepted as such only "
+       "by name *.index.json)"},
+      {"page.html", "<!DOCTYPE html><html>404</html>", "an HTML or XML page"},
+      {"lfs.safetensors", "version https://git-lfs.github.com/spec/v1\noid sha256:00\n",
+       "a Git LFS pointer file?"},
+      {"model.bin", std::string("PK\x03\x04\x14\x00\x00\x00", 8) + std::string(64, '\0'),
+       "a zip archive"},
+      {"model.pkl", std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8", 12),
+       "a Python pickle"},
+      {"notes.txt", "some words, and more words", "it starts with text"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    const std::string path = TempPath("not_st_" + c.name);
+    {
+      std::ofstream out(path, std::ios::binary);
+      out << c.content;
+    }
+    absl::Status s = ReadSafetensorsHeader(path).status();
+    CheckError(s, absl::StatusCode::kInvalidArgument, path, {"not a safetensors file", c.needle});
+  }
 }
 
 TEST_CASE("bad: header larger than file_size given to ParseSafetensorsHeader") {

@@ -26,4 +26,14 @@ void NotifyStopping(const std::string& status) { Notify("STOPPING=1\nSTATUS=" + 
 
 void NotifyReloading(const std::string& status) { Notify("RELOADING=1\nSTATUS=" + status); }
 
+void NotifyStatus(const std::string& status) { Notify("STATUS=" + status); }
+
+absl::Duration WatchdogInterval() {
+  uint64_t usec = 0;
+  if (sd_watchdog_enabled(/*unset_environment=*/0, &usec) <= 0) return absl::ZeroDuration();
+  return absl::Microseconds(static_cast<int64_t>(usec));
+}
+
+void NotifyWatchdog() { Notify("WATCHDOG=1"); }
+
 }  // namespace ckpt::daemon

@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "absl/time/time.h"
+
 namespace ckpt::daemon {
 
 // "READY=1" plus a STATUS= line.
@@ -13,6 +15,13 @@ void NotifyReady(const std::string& status);
 void NotifyStopping(const std::string& status);
 // "RELOADING=1" plus a STATUS= line (SIGHUP); NotifyReady again when done.
 void NotifyReloading(const std::string& status);
+// A STATUS= line only (progress, e.g. the store's warm-up; before or after READY=1).
+void NotifyStatus(const std::string& status);
+
+// The unit's WatchdogSec= (WATCHDOG_USEC for this process), or zero when systemd expects no pings.
+absl::Duration WatchdogInterval();
+// "WATCHDOG=1": the daemon proved itself alive (see Daemon's watchdog thread).
+void NotifyWatchdog();
 
 }  // namespace ckpt::daemon
 

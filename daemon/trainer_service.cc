@@ -1,6 +1,8 @@
 #include "daemon/trainer_service.h"
 
 #include <set>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -78,38 +80,130 @@ grpc::Status TrainerService::Abort(grpc::ServerContext* context, const v1::Abort
   return ToGrpc(store_->Abort(request->version(), request->upload_token(), "the trainer asked"));
 }
 
+absl::Time TrainerService::LoadDeadline(const grpc::ServerContext& context) const {
+  return std::min(absl::Now() + options_.load_timeout, absl::FromChrono(context.deadline()));
+}
+
+absl::StatusOr<v1::VersionInfo> TrainerService::RunLoad(grpc::ServerContext* context,
+                                                        const v1::LoadFilesRequest& request,
+                                                        const Principal& caller, bool tcp,
+                                                        absl::Time deadline,
+                                                        LoadProgress* progress) {
+  std::vector<std::string> paths(request.paths().begin(), request.paths().end());
+  RETURN_IF_ERROR(CheckLoadPaths(paths));
+  LoadControl control;
+  control.progress = progress;
+  control.cancelled = [context] { return context->IsCancelled(); };
+  if (tcp) {
+    // A TCP caller may only name files under load_files_dirs, and learns nothing about others.
+    if (options_.load_files_dirs.empty()) {
+      return absl::PermissionDeniedError(
+          "LoadFiles over TCP is off: the daemon's load_files_dirs is empty (use the Unix socket, "
+          "or push the tensors)");
+    }
+    if (request.fd_nonces_size() > 0) {
+      return absl::InvalidArgumentError("LoadFilesRequest.fd_nonces is for the Unix socket only");
+    }
+    return LoadSafetensorsFiles(*store_, paths, request.version(), request.label(), caller.name,
+                                options_.load_threads, deadline, options_.load_files_dirs, control);
+  }
+  HeldFds held(&held_passed_fds_);  // until the load has ended
+  ASSIGN_OR_RETURN(std::vector<LoadFile> files, ClaimPassedFiles(request, caller, held));
+  return LoadSafetensorsFds(*store_, std::move(files), request.version(), request.label(),
+                            caller.name, options_.load_threads, deadline, control);
+}
+
 grpc::Status TrainerService::LoadFiles(grpc::ServerContext* context,
                                        const v1::LoadFilesRequest* request,
                                        v1::VersionInfo* response) {
   Principal caller;
   if (auto s = auth_->Check(*context, kRoleTrainer, "LoadFiles", &caller); !s.ok()) return s;
-  absl::Time deadline =
-      std::min(absl::Now() + options_.load_timeout, absl::FromChrono(context->deadline()));
-  std::vector<std::string> paths(request->paths().begin(), request->paths().end());
-  if (auto s = CheckLoadPaths(paths); !s.ok()) return ToGrpc(s);
-  absl::StatusOr<v1::VersionInfo> info;
-  if (IsTcpCall(*context)) {
-    // A TCP caller may only name files under load_files_dirs, and learns nothing about others.
-    if (options_.load_files_dirs.empty()) {
-      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                          "LoadFiles over TCP is off: the daemon's load_files_dirs is empty (use "
-                          "the Unix socket, or push the tensors)");
-    }
-    if (request->fd_nonces_size() > 0) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "LoadFilesRequest.fd_nonces is for the Unix socket only");
-    }
-    info = LoadSafetensorsFiles(*store_, paths, request->version(), request->label(), caller.name,
-                                options_.load_threads, deadline, options_.load_files_dirs);
-  } else {
-    HeldFds held(&held_passed_fds_);  // until the load has ended
-    auto files = ClaimPassedFiles(*request, caller, held);
-    if (!files.ok()) return ToGrpc(files.status());
-    info = LoadSafetensorsFds(*store_, *std::move(files), request->version(), request->label(),
-                              caller.name, options_.load_threads, deadline);
-  }
+  auto info = RunLoad(context, *request, caller, IsTcpCall(*context), LoadDeadline(*context),
+                      /*progress=*/nullptr);
   if (!info.ok()) return ToGrpc(info.status());
   *response = std::move(*info);
+  return grpc::Status::OK;
+}
+
+namespace {
+
+v1::LoadFilesProgress ProgressMessage(const LoadProgress::Snapshot& s) {
+  v1::LoadFilesProgress m;
+  m.set_stage(s.stage);
+  m.set_files_total(s.files_total);
+  m.set_headers_read(s.headers_read);
+  m.set_files_done(s.files_done);
+  m.set_bytes_total(s.bytes_total);
+  m.set_bytes_done(s.bytes_done);
+  return m;
+}
+
+}  // namespace
+
+grpc::Status TrainerService::LoadFilesWithProgress(
+    grpc::ServerContext* context, const v1::LoadFilesRequest* request,
+    grpc::ServerWriter<v1::LoadFilesProgress>* writer) {
+  Principal caller;
+  if (auto s = auth_->Check(*context, kRoleTrainer, "LoadFilesWithProgress", &caller); !s.ok()) {
+    return s;
+  }
+  const bool tcp = IsTcpCall(*context);
+  const absl::Time deadline = LoadDeadline(*context);
+  // Idle time accrues only while a Write blocks (a reader that stopped reading): the loop below
+  // touches the guard every kProgressInterval otherwise.
+  StreamWatchdog::Guard watch;
+  if (options_.watchdog != nullptr) {
+    watch = options_.watchdog->Watch(context, options_.push_idle_timeout,
+                                     absl::StrCat("LoadFilesWithProgress stream of ", caller.name));
+  }
+  LoadProgress progress;
+  absl::StatusOr<v1::VersionInfo> info;
+  std::thread load;
+  try {
+    load = std::thread([&] {
+      info = RunLoad(context, *request, caller, tcp, deadline, &progress);
+      progress.Finish();
+    });
+  } catch (const std::system_error& e) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("LoadFilesWithProgress: no thread to load with: ", e.what()));
+  }
+  // This thread only reports. A Write that blocks holds up nothing but the reports: the load
+  // counts on, and the next report is simply the newest count.
+  bool stream_ok = true;
+  bool sent_any = false;
+  LoadProgress::Snapshot sent;
+  for (bool finished = false; !finished;) {
+    const std::vector<LoadProgress::Snapshot> snapshots =
+        progress.Take(kProgressInterval, &finished);
+    watch.Touch();
+    for (const LoadProgress::Snapshot& snap : snapshots) {
+      if (!stream_ok || snap.stage == v1::LOAD_STAGE_UNSPECIFIED || (sent_any && snap == sent)) {
+        continue;
+      }
+      if (!writer->Write(ProgressMessage(snap))) {
+        stream_ok = false;  // the caller went away; the load sees the cancelled context
+        continue;
+      }
+      watch.Touch();
+      sent = snap;
+      sent_any = true;
+    }
+  }
+  load.join();
+  if (!info.ok()) return ToGrpc(info.status());
+  v1::LoadFilesProgress last = ProgressMessage(progress.Current());
+  last.set_stage(v1::LOAD_STAGE_DONE);
+  *last.mutable_version() = *info;
+  if (!stream_ok || !writer->Write(last)) {
+    spdlog::warn(
+        "LoadFilesWithProgress: version {} is committed, but the progress stream of {} "
+        "broke before it was told",
+        info->version(), caller.name);
+    return grpc::Status(
+        grpc::StatusCode::CANCELLED,
+        absl::StrCat("the progress stream broke; version ", info->version(), " was committed"));
+  }
   return grpc::Status::OK;
 }
 

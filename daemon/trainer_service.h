@@ -52,8 +52,22 @@ class TrainerService final : public v1::Trainer::Service {
   // Over TCP the daemon opens the files (under load_files_dirs only). On the Unix socket it never
   // opens a path: the caller passes the descriptors (LoadFilesRequest.fd_nonces), which must come
   // from a process of the caller's uid.
+  // A path may name a directory or an index file (common/load_paths.h): over TCP the daemon
+  // expands it (below load_files_dirs only); local callers expand before opening the files. A
+  // caller that goes away while the bytes are read stops the load (its version is aborted).
   grpc::Status LoadFiles(grpc::ServerContext* context, const v1::LoadFilesRequest* request,
                          v1::VersionInfo* response) override;
+  // LoadFiles that streams its progress: the load runs on a thread of its own while this one
+  // sends at most one update per kProgressInterval (plus one when each stage begins), dropping
+  // the updates a slow reader could not take, so the reads never wait for the stream. The last
+  // message carries the committed version. A write that blocks past push_idle_timeout gets the
+  // stream cancelled by the watchdog (and so the load aborted, if it still reads).
+  grpc::Status LoadFilesWithProgress(grpc::ServerContext* context,
+                                     const v1::LoadFilesRequest* request,
+                                     grpc::ServerWriter<v1::LoadFilesProgress>* writer) override;
+
+  // How often LoadFilesWithProgress sends an update while the counts change.
+  static constexpr absl::Duration kProgressInterval = absl::Milliseconds(250);
 
  private:
   // How long LoadFiles waits for the descriptors of its nonces to arrive.
@@ -76,6 +90,16 @@ class TrainerService final : public v1::Trainer::Service {
     std::atomic<int64_t>* held_;
     int64_t count_ = 0;
   };
+
+  // The load of a LoadFiles or LoadFilesWithProgress call by `caller` (already authorized), ending
+  // by `deadline`: over TCP (`tcp`) from the paths, else from the passed descriptors. `progress`
+  // may be null. Stops when `context` is cancelled.
+  absl::StatusOr<v1::VersionInfo> RunLoad(grpc::ServerContext* context,
+                                          const v1::LoadFilesRequest& request,
+                                          const Principal& caller, bool tcp, absl::Time deadline,
+                                          LoadProgress* progress);
+  // The end of a load started now: load_timeout, or the caller's deadline if sooner.
+  absl::Time LoadDeadline(const grpc::ServerContext& context) const;
 
   // The descriptors a local caller passed for `request`, one per path, in order, counted in `held`.
   absl::StatusOr<std::vector<LoadFile>> ClaimPassedFiles(const v1::LoadFilesRequest& request,

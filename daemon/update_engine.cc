@@ -7,9 +7,12 @@
 #include <set>
 #include <unordered_set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "common/dtype.h"
+#include "common/message_text.h"
 #include "common/status_macros.h"
 #include "common/units.h"
 #include "daemon/gpu/cuda_event.h"
@@ -157,6 +160,11 @@ struct UpdateEngine::WorkerEntry {
   std::shared_ptr<WorkerChannel> channel;
   absl::Time attached;
   uint64_t loaded_version = 0;
+  // Non-zero: an update to this version failed for the worker after part of it was sent.
+  uint64_t mixed_version = 0;
+  uint64_t last_update_version = 0;
+  bool last_update_ok = false;
+  std::string last_update_error;
 
   std::string Describe() const {
     return absl::StrCat(
@@ -170,6 +178,7 @@ struct UpdateEngine::Participant {
   std::string error;  // set once failed
   bool timed_out = false;
   std::map<uint64_t, absl::Time> outstanding;  // bucket -> when BucketReady was sent
+  int buckets_sent = 0;
   bool done_sent = false;
   absl::Time done_sent_at;
   bool loaded = false;
@@ -242,6 +251,8 @@ uint64_t UpdateEngine::AddWorker(WorkerIdentity identity, std::shared_ptr<Worker
   absl::MutexLock lock(&mu_);
   entry->id = next_worker_id_++;
   workers_[entry->id] = entry;
+  ++events_;
+  if (options_.update_on_attach) attach_pending_.insert(entry->identity.pid);
   spdlog::info("{} attached", entry->Describe());
   if (stopping_) entry->channel->Close(stop_reason_);
   return entry->id;
@@ -252,6 +263,7 @@ void UpdateEngine::Forget(const WorkerEntry& entry, const std::string& why) {
   if (it == workers_.end() || it->second.get() != &entry) return;
   spdlog::info("{} removed: {}", entry.Describe(), why);
   workers_.erase(it);
+  ++events_;
 }
 
 void UpdateEngine::RemoveWorker(uint64_t id, const std::string& why) {
@@ -301,7 +313,8 @@ void UpdateEngine::OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message
   }
 }
 
-absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest& request) {
+absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateRequest& request,
+                                                            const std::string& trigger) {
   const absl::Time started = absl::Now();
   // Claim the one update slot, pick the participants.
   auto lease = store_->Lease(request.version());
@@ -324,6 +337,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
   if (!plan.ok()) return Annotate(plan.status(), absl::StrCat("update to version ", version));
 
   std::vector<Participant> participants;
+  std::unordered_set<std::string> names;  // of the version, built when a worker filters
   v1::UpdateResponse response;
   response.set_version(version);
   {
@@ -350,6 +364,24 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
       }
       Participant p;
       p.entry = entry;
+      if (!entry->wanted.empty()) {
+        // A name the version lacks (a typo, another model) fails this worker before anything is
+        // sent, instead of a quiet success with fewer tensors.
+        if (names.empty()) {
+          for (const auto& t : manifest.tensors()) names.insert(t.name());
+        }
+        std::vector<std::string> missing;
+        for (const std::string& n : entry->identity.tensor_names) {
+          if (names.count(n) == 0) missing.push_back(QuoteForMessage(n, 128));
+        }
+        if (!missing.empty()) {
+          const size_t shown = std::min<size_t>(missing.size(), 8);
+          p.error = absl::StrCat(
+              "it asked for ", missing.size(), " tensor(s) that version ", version, " lacks: ",
+              absl::StrJoin(missing.begin(), missing.begin() + shown, ", "),
+              missing.size() > shown ? ", ..." : "", " (check the worker's tensor_names)");
+        }
+      }
       participants.push_back(std::move(p));
     }
     for (int pid : pids) {
@@ -365,6 +397,20 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     if (participants.empty()) return response;  // every one holds it already
     updating_ = version;
     participants_ = &participants;
+    ++started_serial_;
+    v1::UpdateOutcome running;
+    running.set_version(version);
+    running.set_state("running");
+    running.set_trigger(trigger);
+    running.set_started_unix_ms(absl::ToUnixMillis(started));
+    v1::UpdateProgress* progress = running.mutable_progress();
+    progress->set_buckets_total(static_cast<uint32_t>(plan->buckets.size()));
+    progress->set_bytes_total(plan->total_tensor_bytes);
+    progress->set_workers_total(static_cast<uint32_t>(participants.size()));
+    last_outcome_ = running;
+    outcomes_[version] = running;
+    while (outcomes_.size() > 32) outcomes_.erase(outcomes_.begin());
+    ++events_;
   }
   spdlog::info("update to version {}: {} buckets of up to {}, {} workers", version,
                plan->buckets.size(), FormatBytes(options_.bucket_bytes), participants.size());
@@ -447,7 +493,13 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     // Release notified buckets whose every active worker acked.
     while (released < next_notify && all_acked(released)) {
       load += absl::Now() - notified[released];
+      // Status shows it while the update runs (last_outcome_ is this update's: one runs at a time).
+      uint64_t bucket_bytes = 0;
+      for (const TensorPlacement& t : plan->buckets[released].tensors) bucket_bytes += t.bytes;
+      v1::UpdateProgress* shown = last_outcome_->mutable_progress();
+      shown->set_bytes_done(shown->bytes_done() + bucket_bytes);
       ++released;
+      shown->set_buckets_done(static_cast<uint32_t>(released));
       progress = true;
     }
     // Fill the next bucket when its slot is free (the bucket k_slots before it released).
@@ -490,6 +542,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
             if (ts->empty()) continue;  // nothing it wants in this bucket: no ack needed
           }
           p.outstanding[next_notify] = now;
+          ++p.buckets_sent;
           if (!p.entry->channel->Send(std::move(m))) {
             p.error = "its stream closed mid-update";
             p.outstanding.clear();
@@ -574,14 +627,33 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     r->set_error(p.error);
     r->set_tensors(p.tensors);
     r->set_bytes(p.bytes);
+    if (!r->ok() && r->error().empty()) r->set_error("did not finish");
+    WorkerEntry& e = *p.entry;
+    e.last_update_version = version;
+    e.last_update_ok = r->ok();
+    e.last_update_error = r->error();
+    if (r->ok()) {
+      e.mixed_version = 0;
+    } else if (p.buckets_sent > 0) {
+      e.mixed_version = version;  // it was sent part of the version: it may have loaded some
+    }
     if (!r->ok()) {
-      failed.push_back(
-          absl::StrCat(p.entry->Describe(), ": ", p.error.empty() ? "did not finish" : p.error));
+      failed.push_back(absl::StrCat(p.entry->Describe(), ": ", r->error(),
+                                    p.buckets_sent > 0 ? " (mixed weights)" : ""));
       timed_out = timed_out || p.timed_out;
+      const std::string& why = r->error();
+      const char* reason = p.timed_out                                  ? "ack_timeout"
+                           : absl::StartsWith(why, "detached")          ? "detached"
+                           : absl::StartsWith(why, "failed to")         ? "load_error"
+                           : absl::StartsWith(why, "it asked for")      ? "missing_tensors"
+                           : absl::StartsWith(why, "its stream closed") ? "stream_closed"
+                                                                        : "other";
+      ++counters_.worker_failures[reason];
     }
   }
   if (!failure.ok()) {
     spdlog::error("update to version {} failed: {}", version, std::string(failure.message()));
+    FinishOutcome(failure, response);
     return failure;
   }
   if (!failed.empty()) {
@@ -590,13 +662,251 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
                      participants.size(), " workers failed (", absl::StrJoin(failed, "; "), "); ",
                      participants.size() - failed.size(), " loaded it");
     spdlog::error("{}", message);
-    return timed_out ? absl::DeadlineExceededError(message) : absl::AbortedError(message);
+    absl::Status s = timed_out ? absl::DeadlineExceededError(message) : absl::AbortedError(message);
+    FinishOutcome(s, response);
+    return s;
   }
+  FinishOutcome(response, response);
   spdlog::info(
       "update to version {}: {} to {} workers in {} ({:.2f} GB/s)", version,
       FormatBytes(plan->total_tensor_bytes), participants.size(), HumanDuration(end - started),
       plan->total_tensor_bytes / 1e9 / std::max(1e-9, absl::ToDoubleSeconds(end - started)));
   return response;
+}
+
+void UpdateEngine::FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& result,
+                                 const v1::UpdateResponse& report) {
+  if (!last_outcome_.has_value()) return;
+  v1::UpdateOutcome& o = *last_outcome_;
+  o.set_state(result.ok() ? "succeeded" : "failed");
+  o.set_ended_unix_ms(absl::ToUnixMillis(absl::Now()));
+  v1::UpdateProgress* progress = o.mutable_progress();
+  progress->set_workers_done(0);
+  progress->set_workers_failed(0);
+  for (const v1::WorkerResult& w : report.workers()) {
+    if (!w.ok()) {
+      progress->set_workers_failed(progress->workers_failed() + 1);
+    } else if (!w.skipped()) {
+      progress->set_workers_done(progress->workers_done() + 1);
+    }
+  }
+  progress->set_elapsed_seconds(static_cast<double>(o.ended_unix_ms() - o.started_unix_ms()) /
+                                1000.0);
+  if (!result.ok()) {
+    o.set_code(absl::StatusCodeToString(result.status().code()));
+    o.set_error(std::string(result.status().message()));
+  }
+  *o.mutable_result() = report;
+  outcomes_[o.version()] = o;
+  last_result_ = result;
+  // Metrics.
+  (result.ok() ? counters_.succeeded : counters_.failed) += 1;
+  counters_.bytes += report.bytes();
+  counters_.wait_slot_seconds += report.wait_slot_seconds();
+  counters_.fill_seconds += report.fill_seconds();
+  counters_.load_seconds += report.load_seconds();
+  counters_.finish_seconds += report.finish_seconds();
+  const double seconds = static_cast<double>(o.ended_unix_ms() - o.started_unix_ms()) / 1000.0;
+  const std::vector<double>& bounds = UpdateSecondsBounds();
+  if (counters_.seconds_buckets.empty()) counters_.seconds_buckets.assign(bounds.size() + 1, 0);
+  size_t b = 0;
+  while (b < bounds.size() && seconds > bounds[b]) ++b;
+  ++counters_.seconds_buckets[b];
+  counters_.seconds_sum += seconds;
+  ++finished_serial_;
+  ++events_;
+}
+
+absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest& request,
+                                                         absl::Time deadline,
+                                                         const std::string& trigger) {
+  if (request.previous()) {
+    if (request.version() != 0 || request.worker_pids_size() > 0 || request.force()) {
+      return absl::InvalidArgumentError(
+          "an update with previous resends each worker's own last version: it takes no version, "
+          "worker pids or force");
+    }
+    return ResendPrevious(deadline);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (updating_ != 0 && !request.force() && request.worker_pids().empty()) {
+      const uint64_t wanted =
+          request.version() != 0 ? request.version() : store_->GetUsage().latest_committed;
+      if (wanted == updating_) {
+        // The same version is being sent: wait for that update and answer with its outcome.
+        const uint64_t joined = started_serial_;
+        spdlog::info("update to version {} requested while it runs: joining it", wanted);
+        auto ended = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || finished_serial_ >= joined;
+        };
+        if (!mu_.AwaitWithDeadline(absl::Condition(&ended), deadline)) {
+          return absl::DeadlineExceededError(absl::StrCat(
+              "joined the running update to version ", wanted, "; it did not end in time"));
+        }
+        if (finished_serial_ == joined) return last_result_;
+        if (stopping_) return absl::UnavailableError(stop_reason_);
+        return absl::AbortedError(
+            absl::StrCat("joined the update to version ", wanted,
+                         "; another update ended after it, see ckptctl status"));
+      }
+    }
+  }
+  auto result = RunUpdate(request, trigger);
+  if (!result.ok() && options_.resend_previous_on_failure && trigger != "previous") {
+    bool mixed = false;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [id, e] : workers_) mixed = mixed || e->mixed_version != 0;
+    }
+    if (mixed) {
+      auto recovered = ResendPrevious(deadline);
+      if (recovered.ok()) {
+        spdlog::warn("on_update_failure=previous: workers with mixed weights got their last version "
+                     "again");
+      } else {
+        spdlog::error("on_update_failure=previous: {}", std::string(recovered.status().message()));
+      }
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<v1::UpdateResponse> UpdateEngine::ResendPrevious(absl::Time deadline) {
+  std::map<uint64_t, std::vector<int>> groups;  // last complete version -> pids
+  std::vector<std::string> lost;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, e] : workers_) {
+      if (e->mixed_version == 0) continue;
+      if (e->loaded_version == 0) {
+        lost.push_back(absl::StrCat(e->Describe(), " (no complete version loaded before)"));
+      } else {
+        groups[e->loaded_version].push_back(e->identity.pid);
+      }
+    }
+  }
+  if (groups.empty() && lost.empty()) {
+    return absl::FailedPreconditionError("no attached worker has mixed weights");
+  }
+  v1::UpdateResponse all;
+  std::vector<std::string> problems = lost;
+  for (const auto& [version, pids] : groups) {
+    v1::UpdateRequest request;
+    request.set_version(version);
+    request.set_force(true);
+    for (int pid : pids) request.add_worker_pids(pid);
+    spdlog::info("resending version {} to {} worker(s) with mixed weights", version, pids.size());
+    auto r = Update(request, deadline, "previous");
+    if (r.ok()) {
+      all.set_version(version);
+      for (const auto& w : r->workers()) *all.add_workers() = w;
+      all.set_bytes(all.bytes() + r->bytes());
+      all.set_seconds(all.seconds() + r->seconds());
+      all.set_buckets(all.buckets() + r->buckets());
+    } else if (absl::IsNotFound(r.status())) {
+      problems.push_back(absl::StrCat("version ", version, " (for ", pids.size(),
+                                      " worker(s)) is no longer in the store: push it again; ",
+                                      r.status().message()));
+    } else {
+      // RunUpdate's errors mostly begin with "update to version N: " already: say it once.
+      const absl::string_view message = r.status().message();
+      problems.push_back(absl::StartsWith(message, absl::StrCat("update to version ", version))
+                             ? std::string(message)
+                             : absl::StrCat("resending version ", version, ": ", message));
+    }
+  }
+  if (!problems.empty()) {
+    return absl::AbortedError(absl::StrCat("workers with mixed weights not restored: ",
+                                           absl::StrJoin(problems, "; ")));
+  }
+  return all;
+}
+
+absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(uint64_t version,
+                                                                absl::Time deadline) {
+  if (version == 0) {
+    version = store_->GetUsage().latest_committed;
+    if (version == 0) return absl::FailedPreconditionError("no version is committed yet");
+  }
+  v1::WaitLoadedResponse response;
+  response.set_version(version);
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    if (stopping_) return absl::UnavailableError(stop_reason_);
+    response.clear_workers();
+    std::vector<std::string> lacking;
+    for (const auto& [id, e] : workers_) {
+      *response.add_workers() = StatusOf(*e);
+      if (e->loaded_version < version || e->mixed_version != 0) {
+        lacking.push_back(absl::StrCat(
+            e->Describe(), " has ", e->loaded_version == 0 ? std::string("none")
+                                                           : absl::StrCat("version ",
+                                                                          e->loaded_version),
+            e->mixed_version != 0 ? absl::StrCat(" mixed with ", e->mixed_version) : ""));
+      }
+    }
+    auto outcome = outcomes_.find(version);
+    if (outcome != outcomes_.end()) *response.mutable_update() = outcome->second;
+    if (!workers_.empty() && lacking.empty()) {
+      response.set_loaded(true);
+      response.set_summary(absl::StrCat("version ", version, " loaded by ", workers_.size(),
+                                        workers_.size() == 1 ? " worker" : " workers"));
+      return response;
+    }
+    const bool pending = updating_ == version || auto_pending_ == version;
+    if (!pending && outcome != outcomes_.end() && outcome->second.state() == "failed") {
+      response.set_loaded(false);
+      // The update's own error names the version already ("update to version 7: ..."): say it once.
+      const absl::string_view error = absl::StripPrefix(
+          outcome->second.error(), absl::StrCat("update to version ", version, ": "));
+      response.set_summary(absl::StrCat("update to version ", version, " failed: ", error,
+                                        lacking.empty() ? "" : "; now ",
+                                        absl::StrJoin(lacking, "; ")));
+      return response;
+    }
+    const uint64_t seen = events_;
+    auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_ || events_ != seen;
+    };
+    if (!mu_.AwaitWithDeadline(absl::Condition(&changed), deadline)) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "version ", version, " is not loaded by every worker yet: ",
+          workers_.empty() ? std::string("no worker is attached") : absl::StrJoin(lacking, "; "),
+          updating_ != 0 ? absl::StrCat(" (an update to version ", updating_, " runs)") : ""));
+    }
+  }
+}
+
+const std::vector<double>& UpdateEngine::UpdateSecondsBounds() {
+  static const std::vector<double> bounds = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+  return bounds;
+}
+
+UpdateEngine::Counters UpdateEngine::GetCounters() const {
+  absl::MutexLock lock(&mu_);
+  Counters c = counters_;
+  if (c.seconds_buckets.empty()) c.seconds_buckets.assign(UpdateSecondsBounds().size() + 1, 0);
+  return c;
+}
+
+std::optional<v1::UpdateOutcome> UpdateEngine::LastUpdate() const {
+  absl::MutexLock lock(&mu_);
+  std::optional<v1::UpdateOutcome> out = last_outcome_;
+  if (out.has_value() && out->state() == "running" && participants_ != nullptr) {
+    // The workers' part of the progress is counted here, when asked, not on every ack.
+    v1::UpdateProgress* progress = out->mutable_progress();
+    for (const Participant& p : *participants_) {
+      if (!p.active()) {
+        progress->set_workers_failed(progress->workers_failed() + 1);
+      } else if (p.loaded) {
+        progress->set_workers_done(progress->workers_done() + 1);
+      }
+    }
+    progress->set_elapsed_seconds(
+        absl::ToDoubleSeconds(absl::Now() - absl::FromUnixMillis(out->started_unix_ms())));
+  }
+  return out;
 }
 
 void UpdateEngine::RequestAutoUpdate(uint64_t version) {
@@ -617,11 +927,28 @@ void UpdateEngine::AutoUpdateLoop() {
     {
       absl::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || (auto_pending_ != 0 && updating_ == 0);
+        return stopping_ || ((auto_pending_ != 0 || !attach_pending_.empty()) && updating_ == 0);
       };
       mu_.Await(absl::Condition(&ready));
       if (stopping_) return;
+      std::set<int> attached = std::exchange(attach_pending_, {});
       version = std::exchange(auto_pending_, 0);
+      if (version == 0) {
+        // update_on_attach: the newest committed version to the workers that just attached.
+        v1::UpdateRequest request;
+        for (const auto& [id, e] : workers_) {
+          if (attached.count(e->identity.pid) > 0) request.add_worker_pids(e->identity.pid);
+        }
+        if (request.worker_pids().empty()) continue;  // they left already
+        if (store_->GetUsage().latest_committed == 0) continue;  // nothing to send yet
+        mu_.Unlock();
+        auto result = Update(request, absl::InfiniteFuture(), "attach");
+        if (!result.ok()) {
+          spdlog::warn("update_on_attach: {}", std::string(result.status().message()));
+        }
+        mu_.Lock();
+        continue;
+      }
       if (workers_.empty()) {
         spdlog::info("auto_update: version {} committed, no worker attached", version);
         continue;
@@ -629,7 +956,7 @@ void UpdateEngine::AutoUpdateLoop() {
     }
     v1::UpdateRequest request;
     request.set_version(version);
-    auto result = Update(request);
+    auto result = Update(request, absl::InfiniteFuture(), "auto_update");
     if (!result.ok()) {
       spdlog::warn("auto_update to version {}: {}", version,
                    std::string(result.status().message()));
@@ -648,18 +975,24 @@ void UpdateEngine::Stop(const std::string& reason) {
 std::vector<v1::WorkerStatus> UpdateEngine::Workers() const {
   absl::MutexLock lock(&mu_);
   std::vector<v1::WorkerStatus> out;
-  for (const auto& [id, e] : workers_) {
-    v1::WorkerStatus w;
-    w.set_pid(e->identity.pid);
-    w.set_uid(e->identity.uid);
-    w.set_engine(e->identity.engine);
-    w.set_gpu_uuid(e->identity.gpu_uuid);
-    w.set_loaded_version(e->loaded_version);
-    w.set_attached_unix_ms(absl::ToUnixMillis(e->attached));
-    w.set_tensor_filter(static_cast<uint32_t>(e->wanted.size()));
-    out.push_back(std::move(w));
-  }
+  for (const auto& [id, e] : workers_) out.push_back(StatusOf(*e));
   return out;
+}
+
+v1::WorkerStatus UpdateEngine::StatusOf(const WorkerEntry& e) const {
+  v1::WorkerStatus w;
+  w.set_pid(e.identity.pid);
+  w.set_uid(e.identity.uid);
+  w.set_engine(e.identity.engine);
+  w.set_gpu_uuid(e.identity.gpu_uuid);
+  w.set_loaded_version(e.loaded_version);
+  w.set_attached_unix_ms(absl::ToUnixMillis(e.attached));
+  w.set_tensor_filter(static_cast<uint32_t>(e.wanted.size()));
+  w.set_mixed_version(e.mixed_version);
+  w.set_last_update_version(e.last_update_version);
+  w.set_last_update_ok(e.last_update_ok);
+  w.set_last_update_error(e.last_update_error);
+  return w;
 }
 
 uint64_t UpdateEngine::updating_version() const {

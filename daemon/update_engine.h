@@ -28,6 +28,8 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
+#include <set>
 #include <memory>
 #include <string>
 #include <thread>
@@ -76,6 +78,12 @@ class UpdateEngine {
     absl::Duration ack_timeout = absl::Seconds(60);
     // Deadline for NCCL set-up and for enqueueing and completing GPU work of one bucket.
     absl::Duration gpu_timeout = absl::Seconds(60);
+    // update_on_attach: a worker that attaches is sent the newest committed version (in the
+    // background, as auto_update).
+    bool update_on_attach = false;
+    // on_update_failure = previous: after a failed update, workers left with mixed weights are
+    // sent the last version each fully loaded (UpdateRequest.previous).
+    bool resend_previous_on_failure = false;
   };
 
   // host: one SlotSet in shared memory. cuda: a SlotSet, streams and events per GPU of `gpus`, and
@@ -106,10 +114,43 @@ class UpdateEngine {
   void OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message);
 
   // Sends the version to the workers (all attached, or those of request.worker_pids); returns when
-  // every one has loaded it or failed. Errors: NOT_FOUND (version unknown, retired or staging; a
+  // every one has loaded it or failed. A request for the version being sent now (no force, no
+  // worker_pids) joins that update and returns its outcome (DEADLINE_EXCEEDED at `deadline`).
+  // request.previous: resends to each worker with mixed weights the last version it fully loaded
+  // (FAILED_PRECONDITION when none has mixed weights; NOT_FOUND naming the version and the workers
+  // when the store no longer holds it). `trigger` is recorded in the outcome (Status.last_update). Errors: NOT_FOUND (version unknown, retired or staging; a
   // pid not attached), FAILED_PRECONDITION (another update runs; no worker attached), ABORTED /
   // DEADLINE_EXCEEDED naming the workers that failed, UNAVAILABLE (shutting down).
-  absl::StatusOr<v1::UpdateResponse> Update(const v1::UpdateRequest& request);
+  absl::StatusOr<v1::UpdateResponse> Update(const v1::UpdateRequest& request,
+                                            absl::Time deadline = absl::InfiniteFuture(),
+                                            const std::string& trigger = "request");
+
+  // Waits until every attached worker (at least one) holds `version` (0: the newest committed) or
+  // a newer one without mixed weights (loaded = true), or an update of it failed for some of them
+  // with none running or queued (loaded = false, the summary says who and why). Errors:
+  // DEADLINE_EXCEEDED naming the workers that lack it, FAILED_PRECONDITION when nothing is
+  // committed, UNAVAILABLE when shutting down.
+  absl::StatusOr<v1::WaitLoadedResponse> WaitLoaded(uint64_t version, absl::Time deadline);
+
+  // The last update that ran or runs (nullopt before the first). A running one carries its
+  // progress as of this call (buckets and bytes done, workers loaded and failed, elapsed time).
+  std::optional<v1::UpdateOutcome> LastUpdate() const;
+
+  // Totals since start, for metrics (daemon/metrics.h).
+  struct Counters {
+    uint64_t succeeded = 0;
+    uint64_t failed = 0;
+    uint64_t bytes = 0;  // of succeeded and failed updates, as planned
+    double wait_slot_seconds = 0, fill_seconds = 0, load_seconds = 0, finish_seconds = 0;
+    // Wall seconds of each finished update, in buckets of UpdateSecondsBounds() (the last: +Inf).
+    std::vector<uint64_t> seconds_buckets;
+    double seconds_sum = 0;
+    // Worker failures by reason: "ack_timeout", "detached", "load_error", "missing_tensors",
+    // "stream_closed", "other".
+    std::map<std::string, uint64_t> worker_failures;
+  };
+  static const std::vector<double>& UpdateSecondsBounds();
+  Counters GetCounters() const;
 
   // auto_update: updates to `version` in the background (skipped when no worker is attached). A
   // request while an update runs replaces any queued one, so the newest version goes next; a
@@ -128,6 +169,15 @@ class UpdateEngine {
 
   UpdateEngine(BackendKind backend, VersionStore* store, Options options);
   void AutoUpdateLoop();
+  // One update (Update without joining or `previous`); records its outcome once it claimed the
+  // update slot.
+  absl::StatusOr<v1::UpdateResponse> RunUpdate(const v1::UpdateRequest& request,
+                                               const std::string& trigger);
+  absl::StatusOr<v1::UpdateResponse> ResendPrevious(absl::Time deadline);
+  // Records how the running update ended (outcome, per-worker state) and wakes waiters.
+  void FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& result,
+                     const v1::UpdateResponse& report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::WorkerStatus StatusOf(const WorkerEntry& e) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Takes a worker the daemon gave up on (timed out, stream closing) out of the registry at once;
   // its stream's end (RemoveWorker) then finds nothing to remove.
   void Forget(const WorkerEntry& entry, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -150,6 +200,17 @@ class UpdateEngine {
   uint64_t auto_pending_ ABSL_GUARDED_BY(mu_) = 0;
   // The highest version auto_update was asked for: an older one committing later is not sent.
   uint64_t auto_highest_ ABSL_GUARDED_BY(mu_) = 0;
+  // update_on_attach: pids of workers that attached and wait for the newest version.
+  std::set<int> attach_pending_ ABSL_GUARDED_BY(mu_);
+  // Outcomes: of the running or last update, and the last one per version (a bounded window).
+  std::optional<v1::UpdateOutcome> last_outcome_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, v1::UpdateOutcome> outcomes_ ABSL_GUARDED_BY(mu_);
+  // Updates started and finished; the result of the last finished one (for joiners).
+  uint64_t started_serial_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t finished_serial_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::StatusOr<v1::UpdateResponse> last_result_ ABSL_GUARDED_BY(mu_) =
+      absl::UnknownError("no update yet");
+  Counters counters_ ABSL_GUARDED_BY(mu_);
   // Counts worker messages and detaches: the update loop sleeps until it changes.
   uint64_t events_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread auto_thread_;

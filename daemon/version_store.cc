@@ -95,7 +95,9 @@ VersionStore::VersionStore(std::unique_ptr<HostArena> arena, Options options)
     : arena_(std::move(arena)),
       options_(options),
       allocator_capacity_(arena_->size() / 256 * 256),
-      allocator_(arena_->size(), 256) {}
+      allocator_(arena_->ready_bytes(), 256),
+      warm_ended_(arena_->populated() &&
+                  (arena_->kind() != HostArena::Kind::kPinned || arena_->pinned())) {}
 
 std::optional<uint64_t> VersionStore::RoundedSize(uint64_t size) const {
   absl::MutexLock alock(&alloc_mu_);
@@ -103,6 +105,7 @@ std::optional<uint64_t> VersionStore::RoundedSize(uint64_t size) const {
 }
 
 VersionStore::~VersionStore() {
+  StopWarmUp();  // the thread uses the arena and the allocator
   // Versions hold Ranges that point back here: drop them while the allocator exists.
   std::map<uint64_t, std::shared_ptr<Version>> versions;
   {
@@ -220,6 +223,7 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
     }
   }
   const uint64_t needed = needed_sum.total();
+  AwaitReadyFor(needed);  // start-up: memory still being made ready
   auto v = std::make_shared<Version>();
   v->manifest = manifest;
   v->label = label;
@@ -266,9 +270,20 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
           absl::StrCat("version ids must increase: ", requested_version,
                        " is not above the last committed id ", max_committed_));
     }
+    if (options_.ledger != nullptr && verify_checksums) {
+      // Before a restart this id may have named other weights: refused before a byte is sent.
+      const std::optional<uint64_t> before = options_.ledger->CommittedDigest(requested_version);
+      if (before.has_value() && *before != IdLedger::Digest(manifest)) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "version ", requested_version, " was committed with other weights before the daemon "
+            "restarted (", options_.ledger->path(), "); name a new id"));
+      }
+    }
     v->id = requested_version;
   } else {
-    uint64_t next = std::max(max_committed_, max_begun_);
+    // Above every id used before a restart too (state_dir), so an id never names two checkpoints.
+    uint64_t next = std::max({max_committed_, max_begun_,
+                              options_.ledger != nullptr ? options_.ledger->max_id() : 0});
     do {
       if (next >= kMaxVersionId) {
         return absl::ResourceExhaustedError(
@@ -286,11 +301,13 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
     free_bytes = allocator_.free_bytes();
   }
   if (needed > free_bytes + RetirableBytes()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "version of ", manifest.tensors_size(), " tensors needs ", needed, " bytes (",
-        FormatBytes(needed), ") but only ", free_bytes, " bytes (", FormatBytes(free_bytes),
-        ") are free of the ", FormatBytes(arena_->size()), " host_memory_budget, and ",
-        FormatBytes(RetirableBytes()), " more could be freed by retiring older versions"));
+    RETURN_IF_ERROR(StillWarmingUp(needed, free_bytes + RetirableBytes()));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("version of ", manifest.tensors_size(), " tensors needs ", needed, " bytes (",
+                     FormatBytes(needed), ") but only ", free_bytes, " bytes (",
+                     FormatBytes(free_bytes), ") are free of the ", FormatBytes(arena_->size()),
+                     " host_memory_budget, and ", FormatBytes(RetirableBytes()),
+                     " more could be freed by retiring older versions", UsableNote()));
   }
   // Per-tensor first fit; retire old versions while something does not fit.
   for (;;) {
@@ -313,11 +330,21 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
     }
     ranges.reset();  // returns the partial allocation
     if (!RetireOldest(&graveyard)) {
+      RETURN_IF_ERROR(StillWarmingUp(needed, 0));
       return absl::ResourceExhaustedError(absl::StrCat(
           "version of ", manifest.tensors_size(), " tensors needs ", needed,
-          " bytes but the free memory of the host_memory_budget is too fragmented for it"));
+          " bytes but the free memory of the host_memory_budget is too fragmented for it",
+          UsableNote()));
     }
     graveyard.clear();  // frees the retired version's ranges now (takes alloc_mu_ only)
+  }
+  if (options_.ledger != nullptr) {
+    absl::Status recorded = options_.ledger->RecordBegun(v->id);
+    if (!recorded.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot record version id ", v->id, " in state_dir (", recorded.message(),
+          "); refused so that ids stay unique across restarts"));
+    }
   }
   max_begun_ = std::max(max_begun_, v->id);
   versions_[v->id] = v;
@@ -515,6 +542,15 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
   } else {
     for (int i = 0; i < n; ++i) v->manifest.mutable_tensors(i)->set_xxh3(sums[i]);
   }
+  const uint64_t digest = options_.ledger != nullptr ? IdLedger::Digest(v->manifest) : 0;
+  if (options_.ledger != nullptr) {
+    const std::optional<uint64_t> before = options_.ledger->CommittedDigest(version);
+    if (before.has_value() && *before != digest) {
+      return fail(absl::FailedPreconditionError(absl::StrCat(
+          "version ", version, " was committed with other weights before the daemon restarted (",
+          options_.ledger->path(), "): abort this push and name a new id")));
+    }
+  }
 
   std::vector<std::shared_ptr<Version>> graveyard;
   v1::VersionInfo info;
@@ -541,6 +577,26 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
     }
   }
   spdlog::info("version {} committed: {} tensors, {}", version, n, FormatBytes(v->total_bytes));
+  {
+    absl::MutexLock clock(&counters_mu_);
+    const double seconds = absl::ToDoubleSeconds(v->committed - v->created);
+    if (v->verify_checksums) {
+      ++counters_.commits_chunks;
+      counters_.bytes_chunks += v->total_bytes;
+      counters_.seconds_chunks += seconds;
+    } else {
+      ++counters_.commits_files;
+      counters_.bytes_files += v->total_bytes;
+      counters_.seconds_files += seconds;
+    }
+  }
+  if (options_.ledger != nullptr) {
+    absl::Status recorded = options_.ledger->RecordCommitted(version, digest);
+    if (!recorded.ok()) {
+      spdlog::error("version {}: cannot record its digest in state_dir: {}", version,
+                    std::string(recorded.message()));
+    }
+  }
   if (commit_listener_) commit_listener_(version);
   return info;
 }
@@ -556,6 +612,10 @@ absl::Status VersionStore::Abort(uint64_t version, const std::string& token,
     victim = Remove(versions_.find(version));
   }
   spdlog::info("version {} aborted: {}", version, EscapeForMessage(why, kMaxStatusMessageBytes));
+  {
+    absl::MutexLock clock(&counters_mu_);
+    ++counters_.aborted;
+  }
   return absl::OkStatus();
 }
 
@@ -615,7 +675,16 @@ int VersionStore::AbortStale(absl::Time now) {
       }
     }
   }
+  if (!victims.empty()) {
+    absl::MutexLock clock(&counters_mu_);
+    counters_.aborted += victims.size();
+  }
   return static_cast<int>(victims.size());
+}
+
+VersionStore::Counters VersionStore::GetCounters() const {
+  absl::MutexLock clock(&counters_mu_);
+  return counters_;
 }
 
 VersionStore::ReadLease::~ReadLease() {
@@ -673,7 +742,167 @@ VersionStore::Usage VersionStore::GetUsage() const {
   }
   absl::MutexLock alock(&alloc_mu_);
   u.used_bytes = allocator_.capacity() - allocator_.free_bytes();
+  u.ready_bytes = arena_->ready_bytes();
+  u.ready = warm_ended_ && warm_error_.empty();
+  u.pinned = arena_->pinned();
+  u.ready_error = warm_error_;
+  if (warm_started_ != absl::InfinitePast()) {
+    u.warmup_elapsed =
+        (warm_finished_ != absl::InfinitePast() ? warm_finished_ : absl::Now()) - warm_started_;
+  }
   return u;
+}
+
+absl::Duration VersionStore::ReadyEta(uint64_t bytes) const {
+  const absl::Duration elapsed = absl::Now() - warm_started_;
+  const uint64_t done = arena_->ready_bytes() - warm_start_bytes_;
+  if (warm_started_ == absl::InfinitePast() || done == 0 || elapsed <= absl::ZeroDuration()) {
+    return absl::ZeroDuration();
+  }
+  return elapsed * (static_cast<double>(bytes) / static_cast<double>(done));
+}
+
+void VersionStore::AwaitReadyFor(uint64_t needed) {
+  absl::MutexLock alock(&alloc_mu_);
+  auto enough = [this, needed]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(alloc_mu_) {
+    const uint64_t free_bytes = allocator_.free_bytes();
+    const uint64_t unready = allocator_capacity_ - allocator_.capacity();
+    // Waiting helps only while warm-up runs and the version fits once it is done (without
+    // retiring anything: Begin decides that later).
+    return warm_ended_ || free_bytes >= needed || free_bytes + unready < needed;
+  };
+  if (enough() || options_.ready_wait <= absl::ZeroDuration()) return;
+  // Not worth waiting when the memory would come later than the wait allows: refuse now.
+  if (ReadyEta(needed - allocator_.free_bytes()) > options_.ready_wait) return;
+  alloc_mu_.AwaitWithTimeout(absl::Condition(&enough), options_.ready_wait);
+}
+
+absl::Status VersionStore::StillWarmingUp(uint64_t needed, uint64_t available) const {
+  absl::MutexLock alock(&alloc_mu_);
+  const uint64_t unready = allocator_capacity_ - allocator_.capacity();
+  if (warm_ended_ || needed > available + unready) return absl::OkStatus();
+  const uint64_t ready = arena_->ready_bytes();
+  const absl::Duration elapsed =
+      warm_started_ == absl::InfinitePast() ? absl::ZeroDuration() : absl::Now() - warm_started_;
+  const absl::Duration eta = ReadyEta(needed - std::min(needed, allocator_.free_bytes()));
+  return absl::UnavailableError(
+      absl::StrCat("the store is still getting memory ready: ", FormatBytes(ready), " of ",
+                   FormatBytes(arena_->size()), " ready (", HumanDuration(elapsed), " so far",
+                   eta > absl::ZeroDuration()
+                       ? absl::StrCat(", enough for this version in about ", HumanDuration(eta))
+                       : "",
+                   "); this version needs ", FormatBytes(needed), ", ",
+                   FormatBytes(allocator_.free_bytes()), " of the ready memory is free; retry"));
+}
+
+std::string VersionStore::UsableNote() const {
+  absl::MutexLock alock(&alloc_mu_);
+  if (warm_error_.empty()) return "";
+  return absl::StrCat("; only ", FormatBytes(allocator_.capacity()),
+                      " of the budget could be made ready (", warm_error_, ")");
+}
+
+void VersionStore::StartWarmUp(WarmUpOptions options) {
+  {
+    absl::MutexLock alock(&alloc_mu_);
+    if (warm_ended_) return;
+  }
+  absl::MutexLock lock(&warm_mu_);
+  if (warm_thread_.joinable() || warm_stop_) return;
+  warm_thread_ = std::thread([this, options = std::move(options)] { WarmUp(options); });
+}
+
+void VersionStore::WarmUp(const WarmUpOptions& options) {
+  for (;;) {
+    {
+      absl::MutexLock lock(&warm_mu_);
+      if (warm_stop_) return;
+    }
+    const bool ended = WarmUpStep(options.piece_bytes);
+    if (options.on_progress) options.on_progress(GetUsage());
+    if (ended) return;
+    if (options.pause > absl::ZeroDuration()) {
+      absl::MutexLock lock(&warm_mu_);
+      warm_mu_.AwaitWithTimeout(absl::Condition(&warm_stop_), options.pause);
+    }
+  }
+}
+
+bool VersionStore::WarmUpStep(uint64_t piece_bytes) {
+  {
+    absl::MutexLock alock(&alloc_mu_);
+    if (warm_ended_) return true;
+    if (warm_started_ == absl::InfinitePast()) {
+      warm_started_ = absl::Now();
+      warm_start_bytes_ = arena_->ready_bytes();
+    }
+  }
+  const bool pinning = arena_->populated();
+  const absl::Time step_start = absl::Now();
+  absl::Status s = pinning ? arena_->Pin() : arena_->PopulateNext(piece_bytes);
+  std::string note;
+  bool ended = false;
+  {
+    absl::MutexLock alock(&alloc_mu_);
+    if (absl::Status grown = allocator_.Grow(arena_->ready_bytes()); !grown.ok() && s.ok()) {
+      s = grown;
+    }
+    if (warm_ended_) return true;  // stopped meanwhile (StopWarmUp)
+    const bool done =
+        arena_->populated() && (arena_->kind() != HostArena::Kind::kPinned || arena_->pinned());
+    if (!s.ok()) {
+      warm_error_ = std::string(s.message());
+      note = absl::StrCat("version store: warm-up stopped with ",
+                          FormatBytes(allocator_.capacity()), " of ", FormatBytes(arena_->size()),
+                          " ready: ", warm_error_, "; versions use what is ready");
+    } else if (done) {
+      note = absl::StrCat(
+          "version store ready: ", FormatBytes(arena_->size()), " of ",
+          arena_->kind() == HostArena::Kind::kPinned ? "pinned" : "shared", " host memory in ",
+          HumanDuration(absl::Now() - warm_started_),
+          pinning
+              ? absl::StrCat(" (cudaHostRegister: ", HumanDuration(absl::Now() - step_start), ")")
+              : "");
+    } else if (arena_->populated() && arena_->kind() == HostArena::Kind::kPinned) {
+      note = absl::StrCat("version store: ", FormatBytes(arena_->size()), " populated in ",
+                          HumanDuration(absl::Now() - warm_started_),
+                          "; pinning it (cudaHostRegister); updates copy from pageable memory "
+                          "until then");
+    }
+    if (!s.ok() || done) {
+      warm_ended_ = true;
+      warm_finished_ = absl::Now();
+    }
+    ended = warm_ended_;
+  }
+  if (!s.ok()) {
+    spdlog::error("{}", note);
+  } else if (!note.empty()) {
+    spdlog::info("{}", note);
+  }
+  return ended;
+}
+
+void VersionStore::StopWarmUp() {
+  bool running;
+  {
+    absl::MutexLock lock(&warm_mu_);
+    warm_stop_ = true;
+    running = warm_thread_.joinable();
+  }
+  {
+    absl::MutexLock alock(&alloc_mu_);
+    if (!warm_ended_) {
+      warm_ended_ = true;  // wakes Begin calls waiting for memory
+      warm_finished_ = absl::Now();
+      warm_error_ = "warm-up stopped: ckpt-engined is shutting down";
+      if (running) {
+        spdlog::info("version store: warm-up stopped with {} of {} ready (shutting down)",
+                     FormatBytes(arena_->ready_bytes()), FormatBytes(arena_->size()));
+      }
+    }
+  }
+  if (running) warm_thread_.join();
 }
 
 }  // namespace ckpt::daemon

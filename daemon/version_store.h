@@ -16,10 +16,21 @@
 // may be retired: every committed version but the newest). Chunks are copied straight from the
 // RPC's buffers into those ranges; a chunk sent twice writes the same bytes again and counts once.
 //
-// Version ids: 0 asks the store for the next id. A given id must be at most kMaxVersionId
-// (INVALID_ARGUMENT), must not be in use (ALREADY_EXISTS) and must be greater than every id
-// committed so far (FAILED_PRECONDITION), so readers only ever see ids increase. An aborted id may
-// be used again. Ids stop at kMaxVersionId: an automatic id past it is RESOURCE_EXHAUSTED (never a
+// Warm-up: an arena created with HostArena::Populate::kLater is made ready after the daemon starts
+// serving (StartWarmUp: a background thread, piece by piece, oldest offset first). Ranges are
+// handed out only below the ready mark, so an admitted version's memory is real at once and never
+// fails later for lack of memory. A Begin that does not fit in what is ready waits for more, up to
+// Options::ready_wait (at once when the warm-up's pace says it would come later than that), then
+// is refused with UNAVAILABLE ("the store is still getting memory ready: X of Y ready ...; retry")
+// when the version would fit once warm-up is done. A warm-up that fails (out of memory) stops
+// there: the store keeps serving with what is ready (GetUsage().ready_error says why).
+//
+// Version ids: 0 asks the store for the next id (above every id begun, and with an IdLedger above
+// every id begun before a restart). A given id must be at most kMaxVersionId (INVALID_ARGUMENT),
+// must not be in use (ALREADY_EXISTS), must be greater than every id committed so far
+// (FAILED_PRECONDITION), so readers only ever see ids increase, and with a ledger must not have
+// been committed with other weights before a restart (ALREADY_EXISTS at Begin when the manifest
+// has checksums, FAILED_PRECONDITION at Commit otherwise). An aborted id may be used again. Ids stop at kMaxVersionId: an automatic id past it is RESOURCE_EXHAUSTED (never a
 // wrap to 0), which leaves 2^63 ids for any daemon's life.
 //
 // Limits (each refused at Begin, before a byte is sent): tensors per version, bytes of a tensor
@@ -41,6 +52,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -48,6 +60,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/host_arena.h"
+#include "daemon/id_ledger.h"
 #include "daemon/manifest.h"
 #include "daemon/range_allocator.h"
 #include "proto/admin.pb.h"
@@ -76,6 +89,12 @@ class VersionStore {
     // STAGING versions at once: in total, and per client (Begin's `client`).
     int max_staging = 16;
     int max_staging_per_client = 4;
+    // state_dir: ids used before a restart (automatic ids continue above them; a given id that
+    // was committed with other weights is refused). Not owned; may be null (ids start at 1).
+    IdLedger* ledger = nullptr;
+    // While warm-up runs: how long a Begin that needs more memory than is ready waits for it
+    // (config key store_ready_wait); zero: refused at once.
+    absl::Duration ready_wait = absl::Seconds(30);
   };
 
   struct Begun {
@@ -89,6 +108,23 @@ class VersionStore {
     uint32_t staging = 0;
     uint32_t committed = 0;
     uint64_t latest_committed = 0;
+    // Warm-up: bytes of the budget that are real memory (versions are placed only there); the
+    // whole budget is ready (kPinned: and pinned); the arena is registered with CUDA; why warm-up
+    // stopped early (empty if it did not); how long it has taken or took.
+    uint64_t ready_bytes = 0;
+    bool ready = false;
+    bool pinned = false;
+    std::string ready_error;
+    absl::Duration warmup_elapsed;
+  };
+
+  struct WarmUpOptions {
+    // Populated per step (the stop flag is checked between pieces).
+    uint64_t piece_bytes = uint64_t{256} << 20;
+    // Testing only (CKPT_TEST_WARMUP_PACE): a pause after every piece.
+    absl::Duration pause = absl::ZeroDuration();
+    // Called on the warm-up thread after every step, outside the store's locks.
+    std::function<void(const Usage&)> on_progress;
   };
 
   VersionStore(std::unique_ptr<HostArena> arena, Options options);
@@ -160,6 +196,29 @@ class VersionStore {
 
   Usage GetUsage() const;
 
+  // Totals since start, for metrics: commits by path (PushChunks with checksums from the trainer,
+  // or LoadFiles), their bytes and seconds from Begin to commit, and staging versions aborted.
+  struct Counters {
+    uint64_t commits_chunks = 0, commits_files = 0;
+    uint64_t bytes_chunks = 0, bytes_files = 0;
+    double seconds_chunks = 0, seconds_files = 0;
+    uint64_t aborted = 0;
+  };
+  Counters GetCounters() const;
+
+  // Makes an arena created with HostArena::Populate::kLater ready on a background thread: one
+  // WarmUpStep after another until it ends. At most once; nothing happens for a ready arena.
+  void StartWarmUp(WarmUpOptions options);
+  // Stops the warm-up thread between pieces and joins it (a Pin already begun runs to its end);
+  // a Begin waiting for memory stops waiting. Idempotent; not concurrently with itself. The
+  // destructor calls it.
+  void StopWarmUp();
+  // One step of warm-up on the calling thread (what StartWarmUp's thread runs): populates the next
+  // `piece_bytes`, or pins the arena once every piece is populated, then lets Begin use what is
+  // ready. Returns true once warm-up has ended (ready, failed or stopped). Not concurrently with
+  // itself or with the warm-up thread.
+  bool WarmUpStep(uint64_t piece_bytes);
+
   // A COMMITTED version held for reading (an update sends it to workers): while a lease lives the
   // version is neither retired nor dropped (Drop answers FAILED_PRECONDITION). The store must
   // outlive its leases.
@@ -221,6 +280,18 @@ class VersionStore {
 
   // The allocator's charge for `size` bytes (rounded up), nullopt past 2^64.
   std::optional<uint64_t> RoundedSize(uint64_t size) const;
+  // While warm-up runs and less than `needed` is free in the ready part: waits (up to
+  // options_.ready_wait) until it is, or warm-up ends, or the version could not fit anyway.
+  void AwaitReadyFor(uint64_t needed) ABSL_LOCKS_EXCLUDED(alloc_mu_);
+  // UNAVAILABLE ("still getting memory ready ... retry") while warm-up runs and `needed` would fit
+  // in `available` bytes plus what is not ready yet; OK otherwise.
+  absl::Status StillWarmingUp(uint64_t needed, uint64_t available) const
+      ABSL_LOCKS_EXCLUDED(alloc_mu_);
+  // "; only X of the budget could be made ready (why)" after a failed warm-up; else empty.
+  std::string UsableNote() const ABSL_LOCKS_EXCLUDED(alloc_mu_);
+  // Time until `bytes` more are ready at the warm-up's pace so far; zero when unknown.
+  absl::Duration ReadyEta(uint64_t bytes) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(alloc_mu_);
+  void WarmUp(const WarmUpOptions& options);
 
   const std::unique_ptr<HostArena> arena_;
   const Options options_;
@@ -235,8 +306,23 @@ class VersionStore {
   uint64_t max_committed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t max_begun_ ABSL_GUARDED_BY(mu_) = 0;
 
+  mutable absl::Mutex counters_mu_;
+  Counters counters_ ABSL_GUARDED_BY(counters_mu_);
+
   mutable absl::Mutex alloc_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  // Its capacity is the ready part of the arena (it grows as warm-up goes).
   RangeAllocator allocator_ ABSL_GUARDED_BY(alloc_mu_);
+  // Warm-up's state (under alloc_mu_: Begin waits on it).
+  bool warm_ended_ ABSL_GUARDED_BY(alloc_mu_);
+  std::string warm_error_ ABSL_GUARDED_BY(alloc_mu_);
+  absl::Time warm_started_ ABSL_GUARDED_BY(alloc_mu_) = absl::InfinitePast();
+  absl::Time warm_finished_ ABSL_GUARDED_BY(alloc_mu_) = absl::InfinitePast();
+  uint64_t warm_start_bytes_ ABSL_GUARDED_BY(alloc_mu_) = 0;
+
+  // The warm-up thread and its stop flag (a lock of its own, never held with another).
+  absl::Mutex warm_mu_;
+  bool warm_stop_ ABSL_GUARDED_BY(warm_mu_) = false;
+  std::thread warm_thread_;
 };
 
 }  // namespace ckpt::daemon

@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <random>
@@ -530,6 +531,193 @@ TEST_CASE("concurrent pushes both commit in any order; the newest committed is n
   std::vector<uint64_t> ids;
   for (const auto& info : store->List()) ids.push_back(info.version());
   CHECK(ids == std::vector<uint64_t>{a, b});
+}
+
+// Warm-up (issue 10 point 10): the daemon serves before the arena's memory is ready.
+
+constexpr uint64_t kKiB = 1024;
+
+// A store on a 1 MiB arena that is only mapped (HostArena::Populate::kLater); populating fails
+// past `fail_beyond` bytes.
+std::unique_ptr<VersionStore> NewWarmingStore(VersionStore::Options options,
+                                              uint64_t fail_beyond = UINT64_MAX) {
+  auto arena =
+      HostArena::Create(HostArena::Kind::kShared, 1 << 20, {}, 1, HostArena::Populate::kLater);
+  REQUIRE(arena.ok());
+  (*arena)->FailPopulatingBeyondForTest(fail_beyond);
+  return std::make_unique<VersionStore>(std::move(*arena), options);
+}
+
+// One float32 tensor of `kib` KiB.
+std::vector<Tensor> OfKiB(uint64_t kib, uint64_t seed) {
+  return {MakeTensor("t", {static_cast<int64_t>(kib * 256)}, seed)};
+}
+
+// Pushes and commits; CHECKs that every tensor lies below `ready` bytes of the arena.
+uint64_t PushWithin(VersionStore& store, const VersionStore::Begun& b,
+                    const std::vector<Tensor>& ts, uint64_t ready) {
+  PushAll(store, b, ts, 64 * kKiB);
+  REQUIRE(store.Commit(b.version, b.upload_token).ok());
+  auto lease = store.Lease(b.version);
+  REQUIRE(lease.ok());
+  for (int i = 0; i < (*lease)->manifest().tensors_size(); ++i) {
+    CHECK((*lease)->arena_offset(i) + (*lease)->manifest().tensors(i).byte_size() <= ready);
+    CHECK(std::string(reinterpret_cast<const char*>((*lease)->data(i)), ts[i].bytes.size()) ==
+          ts[i].bytes);
+  }
+  return b.version;
+}
+
+TEST_CASE("warm-up: versions are placed only in ready memory; before that Begin is UNAVAILABLE") {
+  VersionStore::Options options;
+  options.ready_wait = absl::ZeroDuration();  // refuse at once
+  auto store = NewWarmingStore(options);
+  VersionStore::Usage u = store->GetUsage();
+  CHECK(u.budget_bytes == 1 << 20);
+  CHECK(u.ready_bytes == 0);
+  CHECK_FALSE(u.ready);
+  CHECK(u.ready_error.empty());
+
+  auto early = store->Begin(ManifestOf(OfKiB(200, 1)), 0, "");
+  REQUIRE_FALSE(early.ok());
+  CHECK(early.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(Contains(early.status().message(),
+                 "the store is still getting memory ready: 0 B of 1.0 MiB ready"));
+  CHECK(Contains(early.status().message(), "this version needs 200.0 KiB"));
+  CHECK(Contains(early.status().message(), "; retry"));
+  CHECK(store->List().empty());
+
+  for (int i = 0; i < 4; ++i) CHECK_FALSE(store->WarmUpStep(64 * kKiB));
+  CHECK(store->GetUsage().ready_bytes == 256 * kKiB);
+  auto b1 = store->Begin(ManifestOf(OfKiB(200, 1)), 0, "");
+  REQUIRE(b1.ok());
+  PushWithin(*store, *b1, OfKiB(200, 1), 256 * kKiB);
+
+  // 56 KiB of the ready memory is free: a second version waits for more (refused here), though a
+  // small one fits now.
+  auto second = store->Begin(ManifestOf(OfKiB(200, 2)), 0, "");
+  CHECK(second.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(Contains(second.status().message(), "256.0 KiB of 1.0 MiB ready"));
+  auto small = store->Begin(ManifestOf(OfKiB(40, 3)), 0, "");
+  REQUIRE(small.ok());
+  PushWithin(*store, *small, OfKiB(40, 3), 256 * kKiB);
+  // What cannot fit even once everything is ready (and the older version retired) is
+  // RESOURCE_EXHAUSTED, not "retry".
+  auto huge = store->Begin(ManifestOf(OfKiB(1000, 4)), 0, "");
+  CHECK(huge.status().code() == absl::StatusCode::kResourceExhausted);
+
+  int steps = 0;
+  while (!store->WarmUpStep(64 * kKiB)) REQUIRE(++steps < 100);
+  u = store->GetUsage();
+  CHECK(u.ready);
+  CHECK(u.ready_bytes == 1 << 20);
+  CHECK_FALSE(u.pinned);
+  CHECK(u.ready_error.empty());
+  CHECK(u.warmup_elapsed > absl::ZeroDuration());
+  auto b2 = store->Begin(ManifestOf(OfKiB(200, 2)), 0, "");
+  REQUIRE(b2.ok());
+  PushWithin(*store, *b2, OfKiB(200, 2), 1 << 20);
+  CHECK(store->WarmUpStep(64 * kKiB));  // ended: nothing more to do
+}
+
+TEST_CASE("warm-up: a Begin waits (bounded) for the memory it needs, then succeeds") {
+  VersionStore::Options options;
+  options.ready_wait = absl::Seconds(30);
+  auto store = NewWarmingStore(options);
+  VersionStore::WarmUpOptions warm;
+  warm.piece_bytes = 64 * kKiB;
+  warm.pause = absl::Milliseconds(20);  // about 0.3 s for the whole arena
+  std::atomic<int> progress{0};
+  warm.on_progress = [&](const VersionStore::Usage&) { ++progress; };
+  store->StartWarmUp(warm);
+  const absl::Time start = absl::Now();
+  auto b = store->Begin(ManifestOf(OfKiB(900, 1)), 0, "");
+  REQUIRE(b.ok());
+  CHECK(absl::Now() - start < absl::Seconds(20));
+  const uint64_t ready = store->GetUsage().ready_bytes;
+  CHECK(ready >= 900 * kKiB);
+  PushWithin(*store, *b, OfKiB(900, 1), ready);
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (!store->GetUsage().ready && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  CHECK(store->GetUsage().ready);
+  CHECK(progress.load() >= 16);
+}
+
+TEST_CASE("warm-up: a Begin is refused at once when the memory would come later than it may wait") {
+  VersionStore::Options options;
+  options.ready_wait = absl::Seconds(1);
+  auto store = NewWarmingStore(options);
+  VersionStore::WarmUpOptions warm;
+  warm.piece_bytes = 64 * kKiB;
+  warm.pause = absl::Milliseconds(300);  // about 5 s for the whole arena
+  store->StartWarmUp(warm);
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  // Two pieces, so that the pace (one piece per 300 ms) shows.
+  while (store->GetUsage().ready_bytes < 128 * kKiB && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  REQUIRE(store->GetUsage().ready_bytes >= 128 * kKiB);
+  const absl::Time start = absl::Now();
+  auto b = store->Begin(ManifestOf(OfKiB(900, 1)), 0, "");
+  CHECK(absl::Now() - start < absl::Milliseconds(900));  // did not wait out ready_wait
+  CHECK(b.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(Contains(b.status().message(), "enough for this version in about"));
+}
+
+TEST_CASE("warm-up: a failure stops the growth; the store serves with what is ready") {
+  VersionStore::Options options;
+  options.ready_wait = absl::Seconds(30);
+  auto store = NewWarmingStore(options, /*fail_beyond=*/512 * kKiB);
+  int steps = 0;
+  while (!store->WarmUpStep(128 * kKiB)) REQUIRE(++steps < 100);
+  VersionStore::Usage u = store->GetUsage();
+  CHECK_FALSE(u.ready);
+  CHECK(u.ready_bytes == 512 * kKiB);
+  CHECK(Contains(u.ready_error,
+                 "cannot make 128.0 KiB more of the 1.0 MiB host_memory_budget "
+                 "ready at 512.0 KiB"));
+  CHECK(Contains(u.ready_error, "out of memory"));
+  auto b = store->Begin(ManifestOf(OfKiB(200, 1)), 0, "");
+  REQUIRE(b.ok());
+  PushWithin(*store, *b, OfKiB(200, 1), 512 * kKiB);
+  // More than is usable: refused at once (no waiting for memory that will not come), naming why.
+  const absl::Time start = absl::Now();
+  auto big = store->Begin(ManifestOf(OfKiB(600, 2)), 0, "");
+  CHECK(absl::Now() - start < absl::Seconds(5));
+  CHECK(big.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(Contains(big.status().message(), "only 512.0 KiB of the budget could be made ready"));
+}
+
+TEST_CASE("warm-up: stopping is prompt and a Begin waiting for memory stops waiting") {
+  VersionStore::Options options;
+  options.ready_wait = absl::Seconds(30);
+  auto store = NewWarmingStore(options);
+  VersionStore::WarmUpOptions warm;
+  warm.piece_bytes = 64 * kKiB;
+  warm.pause = absl::Hours(1);  // one piece, then a long pause
+  store->StartWarmUp(warm);
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (store->GetUsage().ready_bytes == 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  REQUIRE(store->GetUsage().ready_bytes == 64 * kKiB);
+  absl::Status waited;
+  absl::Duration waited_for;
+  std::thread begin([&] {
+    const absl::Time start = absl::Now();
+    waited = store->Begin(ManifestOf(OfKiB(900, 1)), 0, "").status();
+    waited_for = absl::Now() - start;
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  const absl::Time stop = absl::Now();
+  store->StopWarmUp();
+  CHECK(absl::Now() - stop < absl::Seconds(2));
+  begin.join();
+  CHECK(waited_for < absl::Seconds(10));
+  CHECK(waited.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(Contains(waited.message(), "shutting down"));
+  CHECK(store->GetUsage().ready_bytes == 64 * kKiB);
+  store->StopWarmUp();  // idempotent
 }
 
 }  // namespace

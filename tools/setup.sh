@@ -15,6 +15,8 @@ PACKAGES=(
   libspdlog-dev libfmt-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev catch2
   # system integration
   libsystemd-dev libnuma-dev libxxhash-dev
+  # metrics over HTTP (metrics_listen)
+  libcpp-httplib-dev
   # TLS certificates for the authentication tests
   openssl
   # Python client tests (tests/python, run by /usr/bin/python3): numpy and torch

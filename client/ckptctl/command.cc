@@ -4,6 +4,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace ckpt::ctl {
 
@@ -15,6 +16,28 @@ int Fail(const absl::Status& status) {
 int UsageError(const absl::Status& status) {
   std::fprintf(stderr, "ckptctl: %s (see ckptctl --help)\n", std::string(status.message()).c_str());
   return 2;
+}
+
+std::optional<std::string> MissingCommandText(const CLI::App& app) {
+  if (!app.get_subcommands().empty()) return std::nullopt;
+  std::vector<std::string> names;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    names.push_back(sub->get_name());
+  }
+  const std::string commands = absl::StrCat("commands: ", absl::StrJoin(names, ", "));
+  // What was not taken for an option or its value: the first word is the command as typed.
+  std::vector<std::string> options;
+  for (const std::string& word : app.remaining()) {
+    if (!word.empty() && word[0] != '-') {
+      return absl::StrCat("unknown command '", word, "'; ", commands);
+    }
+    options.push_back(word);
+  }
+  return absl::StrCat("a command is needed",
+                      options.empty()
+                          ? std::string()
+                          : absl::StrCat(" (unknown option ", absl::StrJoin(options, " "), ")"),
+                      "; ", commands);
 }
 
 absl::StatusOr<client::Endpoint> ResolveEndpoint(const GlobalOptions& options) {

@@ -6,8 +6,10 @@
 #ifndef CKPT_CLIENT_CKPTCTL_COMMAND_H_
 #define CKPT_CLIENT_CKPTCTL_COMMAND_H_
 
+#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -32,6 +34,12 @@ int Fail(const absl::Status& status);
 // Bad usage found after parsing (e.g. a malformed version number): prints
 // "ckptctl: <message> (see ckptctl --help)" on stderr and returns 2.
 int UsageError(const absl::Status& status);
+
+// After a parse that failed before any subcommand was recognized (`ckptctl bogus`, `ckptctl`):
+// "unknown command 'bogus'; commands: status, versions, ..." or "a command is needed; commands:
+// ...", the commands being `app`'s registered subcommands in their order. nullopt when a subcommand
+// was recognized (its own error applies).
+std::optional<std::string> MissingCommandText(const CLI::App& app);
 
 // The endpoint of the global options (--socket, --address, $CKPT_SOCKET, default).
 absl::StatusOr<client::Endpoint> ResolveEndpoint(const GlobalOptions& options);

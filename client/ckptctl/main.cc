@@ -9,6 +9,8 @@
 //     drop VERSION
 //     update VERSION|latest [--force] [--json] [--wait-timeout 10m]
 //
+// The global options may also come after the command (`ckptctl status --socket PATH`).
+//
 // Exit codes: 0 success; 1 the command failed (one line on stderr says why); 2 bad usage. Each
 // command lives in <name>_command.{h,cc}.
 #include <CLI/CLI.hpp>
@@ -31,6 +33,9 @@ int main(int argc, char** argv) {
   CLI::App app("ckptctl: status and control of ckpt-engined", "ckptctl");
   app.set_version_flag("--version", std::string(ckpt::kVersion));
   app.require_subcommand(1);
+  // Options a command does not know go to ckptctl itself, so that the global options are taken
+  // after the command too. Set before the commands are added: they inherit it.
+  app.fallthrough();
   GlobalOptions global;
   std::string timeout_text = "5s";
   auto* socket_opt = app.add_option(
@@ -70,8 +75,11 @@ int main(int argc, char** argv) {
     std::cout << "ckptctl " << ckpt::kVersion << "\n";
     return 0;
   } catch (const CLI::ParseError& e) {
-    // CLI11 has its own exit codes; ours are 0, 1 (the command failed) and 2 (bad usage).
-    std::fprintf(stderr, "ckptctl: %s (see ckptctl --help)\n", e.what());
+    // CLI11 has its own exit codes; ours are 0, 1 (the command failed) and 2 (bad usage). Without
+    // a command CLI11 would only say that one is required: name what was typed and the commands.
+    const std::optional<std::string> missing = MissingCommandText(app);
+    std::fprintf(stderr, "ckptctl: %s (see ckptctl --help)\n",
+                 missing.has_value() ? missing->c_str() : e.what());
     return 2;
   }
 

@@ -3,9 +3,40 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "client/ckptctl/update_format.h"
 #include "common/units.h"
 
 namespace ckpt::ctl {
+namespace {
+
+// The version store's warm-up: ready, still getting memory ready, pinning, or stopped early.
+std::string StoreReadinessText(const v1::StatusResponse& s) {
+  const std::string took = HumanDuration(absl::Seconds(s.store_warmup_seconds()));
+  const bool cuda = s.backend() == "cuda";
+  if (s.store_ready()) {
+    return absl::StrCat("ready (", FormatBytes(s.host_memory_budget_bytes()), cuda ? " pinned" : "",
+                        " in ", took, ")");
+  }
+  if (!s.store_error().empty()) {
+    return absl::StrCat("NOT fully ready: ", FormatBytes(s.store_ready_bytes()), " of ",
+                        FormatBytes(s.host_memory_budget_bytes()), " usable (", s.store_error(),
+                        ")");
+  }
+  if (s.store_ready_bytes() >= s.host_memory_budget_bytes() && cuda) {
+    return absl::StrCat("pinning ", FormatBytes(s.host_memory_budget_bytes()),
+                        " (cudaHostRegister), ", took,
+                        " so far; updates copy from pageable memory until then");
+  }
+  const int percent = s.host_memory_budget_bytes() == 0
+                          ? 0
+                          : static_cast<int>(100.0 * static_cast<double>(s.store_ready_bytes()) /
+                                             static_cast<double>(s.host_memory_budget_bytes()));
+  return absl::StrCat("getting memory ready: ", FormatBytes(s.store_ready_bytes()), " of ",
+                      FormatBytes(s.host_memory_budget_bytes()), " (", percent, "%), ", took,
+                      " so far; versions that do not fit yet wait or are refused (UNAVAILABLE)");
+}
+
+}  // namespace
 
 nlohmann::json StatusJson(const v1::StatusResponse& s) {
   nlohmann::json gpus = nlohmann::json::array();
@@ -24,7 +55,11 @@ nlohmann::json StatusJson(const v1::StatusResponse& s) {
                        {"gpu_uuid", w.gpu_uuid()},
                        {"loaded_version", w.loaded_version()},
                        {"attached_unix_ms", w.attached_unix_ms()},
-                       {"tensor_filter", w.tensor_filter()}});
+                       {"tensor_filter", w.tensor_filter()},
+                       {"mixed_version", w.mixed_version()},
+                       {"last_update_version", w.last_update_version()},
+                       {"last_update_ok", w.last_update_ok()},
+                       {"last_update_error", w.last_update_error()}});
   }
   nlohmann::json listeners = nlohmann::json::array();
   for (const v1::ListenerStatus& l : s.listeners()) {
@@ -51,6 +86,12 @@ nlohmann::json StatusJson(const v1::StatusResponse& s) {
       {"updating_version", s.updating_version()},
       {"listeners", listeners},
       {"insecure_tcp", s.insecure_tcp()},
+      {"store_ready_bytes", s.store_ready_bytes()},
+      {"store_ready", s.store_ready()},
+      {"store_error", s.store_error()},
+      {"store_warmup_seconds", s.store_warmup_seconds()},
+      {"store_pinned", s.store_pinned()},
+      {"last_update", s.has_last_update() ? OutcomeJson(s.last_update()) : nlohmann::json()},
   };
 }
 
@@ -71,6 +112,7 @@ std::string StatusText(const v1::StatusResponse& s) {
   }
   absl::StrAppend(&out, "  host memory:  ", FormatBytes(s.host_memory_used_bytes()), " used of ",
                   FormatBytes(s.host_memory_budget_bytes()), " budget\n");
+  absl::StrAppend(&out, "  store:        ", StoreReadinessText(s), "\n");
   absl::StrAppend(&out, "  versions:     ",
                   s.latest_committed_version() == 0
                       ? std::string("none committed")
@@ -92,7 +134,18 @@ std::string StatusText(const v1::StatusResponse& s) {
         w.gpu_uuid().empty() ? "host" : w.gpu_uuid(), "  ",
         w.loaded_version() == 0 ? std::string("no version loaded")
                                 : absl::StrCat("holds version ", w.loaded_version()),
+        w.mixed_version() == 0
+            ? ""
+            : absl::StrCat(", MIXED with part of version ", w.mixed_version(),
+                           " (ckptctl update --previous)"),
         w.tensor_filter() == 0 ? "" : absl::StrCat("  (", w.tensor_filter(), " tensors)"), "\n");
+    if (!w.last_update_ok() && w.last_update_version() != 0) {
+      absl::StrAppend(&out, "      last update (version ", w.last_update_version(),
+                      ") failed: ", w.last_update_error(), "\n");
+    }
+  }
+  if (s.has_last_update()) {
+    absl::StrAppend(&out, "  last update:  ", OutcomeText(s.last_update()), "\n");
   }
   if (s.listeners_size() == 0) {
     absl::StrAppend(&out, "  listening:    ", absl::StrJoin(s.listen_addresses(), ", "), "\n");

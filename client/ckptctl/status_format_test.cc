@@ -49,5 +49,37 @@ TEST_CASE("text names the backend, GPUs, memory and addresses") {
   CHECK(StatusText(none).find("none (no CUDA-capable device is detected)") != std::string::npos);
 }
 
+TEST_CASE("the store's warm-up: progress, pinning, ready, and a warm-up that stopped early") {
+  v1::StatusResponse s = Sample();
+  s.set_store_ready_bytes(16ull << 30);
+  s.set_store_warmup_seconds(3.2);
+  std::string t = StatusText(s);
+  CHECK(t.find("store:        getting memory ready: 16.0 GiB of 64.0 GiB (25%), 3.2s so far") !=
+        std::string::npos);
+  nlohmann::json j = StatusJson(s);
+  CHECK(j["store_ready_bytes"] == (16ull << 30));
+  CHECK(j["store_ready"] == false);
+  CHECK(j["store_pinned"] == false);
+  CHECK(j["store_error"] == "");
+  CHECK(j["store_warmup_seconds"] == 3.2);
+
+  s.set_store_ready_bytes(64ull << 30);
+  CHECK(StatusText(s).find("store:        pinning 64.0 GiB (cudaHostRegister)") !=
+        std::string::npos);
+
+  s.set_store_ready(true);
+  s.set_store_pinned(true);
+  s.set_store_warmup_seconds(9.5);
+  CHECK(StatusText(s).find("store:        ready (64.0 GiB pinned in 9.5s)") != std::string::npos);
+  CHECK(StatusJson(s)["store_ready"] == true);
+
+  s.set_store_ready(false);
+  s.set_store_pinned(false);
+  s.set_store_ready_bytes(40ull << 30);
+  s.set_store_error("out of memory");
+  CHECK(StatusText(s).find("store:        NOT fully ready: 40.0 GiB of 64.0 GiB usable (out of "
+                           "memory)") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace ckpt::ctl

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "common/units.h"
 
 namespace ckpt::ctl {
@@ -47,13 +48,20 @@ std::string UpdateText(const v1::UpdateResponse& u) {
     absl::StrAppend(&out, "version ", u.version(), ": all ", skipped,
                     " workers hold it already (--force resends)\n");
   } else {
+    // Wall time first; the stage figures are sums over buckets whose stages overlap, so they are
+    // labelled as such (they may add up to more than the wall time).
     absl::StrAppend(&out, "version ", u.version(), " sent to ", sent,
                     " workers: ", FormatBytes(u.bytes()), " in ", u.buckets(), " buckets, ",
-                    absl::StrFormat("%.3fs (%.2f GB/s)", u.seconds(), GbPerSecond(u)), "\n");
+                    absl::StrFormat("%.3fs wall time (%.2f GB/s)", u.seconds(), GbPerSecond(u)),
+                    "\n");
+    absl::StrAppend(&out, "  per-stage time summed over ", u.buckets(),
+                    u.buckets() == 1 ? " bucket" : " buckets",
+                    absl::StrFormat(" (stages overlap; not wall time): waiting for slots %.3fs, "
+                                    "filling %.3fs, worker loads %.3fs\n",
+                                    u.wait_slot_seconds(), u.fill_seconds(), u.load_seconds()));
     absl::StrAppend(&out,
-                    absl::StrFormat("  stages (summed over buckets): waiting for slots %.3fs, "
-                                    "filling %.3fs, worker loads %.3fs; finish %.3fs\n",
-                                    u.wait_slot_seconds(), u.fill_seconds(), u.load_seconds(),
+                    absl::StrFormat("  then waiting for the workers to report it loaded: %.3fs "
+                                    "wall time\n",
                                     u.finish_seconds()));
   }
   for (const v1::WorkerResult& w : u.workers()) {
@@ -65,6 +73,97 @@ std::string UpdateText(const v1::UpdateResponse& u) {
                         : absl::StrCat("FAILED: ", w.error()),
                     "\n");
   }
+  return out;
+}
+
+nlohmann::json ProgressJson(const v1::UpdateProgress& p) {
+  return {{"buckets_total", p.buckets_total()},   {"buckets_done", p.buckets_done()},
+          {"bytes_total", p.bytes_total()},       {"bytes_done", p.bytes_done()},
+          {"workers_total", p.workers_total()},   {"workers_done", p.workers_done()},
+          {"workers_failed", p.workers_failed()}, {"elapsed_seconds", p.elapsed_seconds()}};
+}
+
+nlohmann::json OutcomeJson(const v1::UpdateOutcome& o) {
+  return {{"version", o.version()},
+          {"state", o.state()},
+          {"trigger", o.trigger()},
+          {"started_unix_ms", o.started_unix_ms()},
+          {"ended_unix_ms", o.ended_unix_ms()},
+          {"code", o.code()},
+          {"error", o.error()},
+          {"result", UpdateJson(o.result())},
+          {"progress", ProgressJson(o.progress())}};
+}
+
+std::string OutcomeText(const v1::UpdateOutcome& o) {
+  const std::string how = o.trigger().empty() ? "" : absl::StrCat(" (", o.trigger(), ")");
+  if (o.state() == "running") return absl::StrCat("version ", o.version(), " running", how);
+  const double seconds = static_cast<double>(o.ended_unix_ms() - o.started_unix_ms()) / 1000.0;
+  if (o.state() == "succeeded") {
+    return absl::StrCat("version ", o.version(), " succeeded", how,
+                        absl::StrFormat(" in %.3fs", seconds));
+  }
+  // The daemon's error names the version already ("update to version 7: ..."): say it once.
+  const absl::string_view error =
+      absl::StripPrefix(o.error(), absl::StrCat("update to version ", o.version(), ": "));
+  return absl::StrCat("version ", o.version(), " FAILED", how, ": ", o.code(), ": ", error);
+}
+
+namespace {
+
+constexpr char kFrames[] = {'|', '/', '-', '\\'};
+constexpr int kBarWidth = 20;
+
+}  // namespace
+
+std::string UpdateProgressLine(const v1::UpdateProgress& p) {
+  const uint64_t total = p.bytes_total();
+  const uint64_t done = std::min(p.bytes_done(), total);
+  const double fraction =
+      total > 0 ? static_cast<double>(done) / static_cast<double>(total)
+                : (p.buckets_total() > 0 ? static_cast<double>(p.buckets_done()) / p.buckets_total()
+                                         : 0.0);
+  const int filled = std::clamp(static_cast<int>(fraction * kBarWidth), 0, kBarWidth);
+  std::string line = absl::StrCat(
+      "[", std::string(filled, '#'), std::string(kBarWidth - filled, '-'), "] ",
+      absl::StrFormat("%3d%%", static_cast<int>(fraction * 100)), "  ", p.buckets_done(), "/",
+      p.buckets_total(), p.buckets_total() == 1 ? " bucket  " : " buckets  ", FormatBytes(done),
+      "/", FormatBytes(total));
+  if (p.elapsed_seconds() > 0.2 && done > 0) {
+    absl::StrAppend(&line, absl::StrFormat("  %.2f GB/s", done / 1e9 / p.elapsed_seconds()));
+  }
+  if (p.workers_done() == 0 && p.workers_failed() == 0) {
+    absl::StrAppend(&line, "  ", p.workers_total(),
+                    p.workers_total() == 1 ? " worker" : " workers");
+  } else {
+    absl::StrAppend(&line, "  workers: ", p.workers_done(), "/", p.workers_total(), " loaded");
+    if (p.workers_failed() > 0) absl::StrAppend(&line, ", ", p.workers_failed(), " failed");
+  }
+  absl::StrAppend(&line, "  ", HumanDuration(absl::Seconds(p.elapsed_seconds())));
+  return line;
+}
+
+std::string SpinnerText(const std::string& what, int tick, absl::Duration elapsed) {
+  return absl::StrCat(std::string(1, kFrames[tick % 4]), " ", what, "  ", HumanDuration(elapsed));
+}
+
+nlohmann::json WaitLoadedJson(const v1::WaitLoadedResponse& w) {
+  nlohmann::json workers = nlohmann::json::array();
+  for (const v1::WorkerStatus& s : w.workers()) {
+    workers.push_back({{"pid", s.pid()},
+                       {"engine", s.engine()},
+                       {"gpu_uuid", s.gpu_uuid()},
+                       {"loaded_version", s.loaded_version()},
+                       {"mixed_version", s.mixed_version()},
+                       {"last_update_version", s.last_update_version()},
+                       {"last_update_ok", s.last_update_ok()},
+                       {"last_update_error", s.last_update_error()}});
+  }
+  nlohmann::json out = {{"version", w.version()},
+                        {"loaded", w.loaded()},
+                        {"summary", w.summary()},
+                        {"workers", workers}};
+  out["update"] = w.has_update() ? OutcomeJson(w.update()) : nlohmann::json();
   return out;
 }
 

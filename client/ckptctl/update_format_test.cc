@@ -54,5 +54,86 @@ TEST_CASE("update text names failures and skipped workers") {
   CHECK(UpdateText(none).find("all 1 workers hold it already") != std::string::npos);
 }
 
+TEST_CASE("update text: wall time first, stage sums labelled as such") {
+  v1::UpdateResponse u = Sample();
+  u.set_wait_slot_seconds(0.25);
+  u.set_load_seconds(3.5);  // summed over buckets: more than the wall time
+  u.set_finish_seconds(0.125);
+  std::string text = UpdateText(u);
+  INFO(text);
+  CHECK(
+      text.find("version 7 sent to 2 workers: 3.7 GiB in 4 buckets, 2.000s wall time (2.00 GB/s)\n"
+                "  per-stage time summed over 4 buckets (stages overlap; not wall time): "
+                "waiting for slots 0.250s, filling 1.500s, worker loads 3.500s\n"
+                "  then waiting for the workers to report it loaded: 0.125s wall time\n") == 0);
+  CHECK(text.find("stages (summed over buckets)") == std::string::npos);
+  u.set_buckets(1);
+  CHECK(UpdateText(u).find("summed over 1 bucket (") != std::string::npos);
+}
+
+TEST_CASE("the progress line of a running update") {
+  v1::UpdateProgress p;
+  p.set_buckets_total(20);
+  p.set_buckets_done(8);
+  p.set_bytes_total(3'000'000'000);
+  p.set_bytes_done(1'200'000'000);
+  p.set_workers_total(4);
+  p.set_elapsed_seconds(0.6);
+  CHECK(UpdateProgressLine(p) ==
+        "[########------------]  40%  8/20 buckets  1.1 GiB/2.8 GiB  2.00 GB/s  4 workers  600ms");
+  p.set_buckets_done(20);
+  p.set_bytes_done(3'000'000'000);
+  p.set_workers_done(3);
+  p.set_workers_failed(1);
+  p.set_elapsed_seconds(1.5);
+  CHECK(UpdateProgressLine(p) ==
+        "[####################] 100%  20/20 buckets  2.8 GiB/2.8 GiB  2.00 GB/s  "
+        "workers: 3/4 loaded, 1 failed  1.5s");
+  // Nothing done yet, or too early for a rate: no rate.
+  v1::UpdateProgress start;
+  start.set_buckets_total(1);
+  start.set_bytes_total(1024);
+  start.set_workers_total(1);
+  start.set_elapsed_seconds(0.1);
+  CHECK(UpdateProgressLine(start) ==
+        "[--------------------]   0%  0/1 bucket  0 B/1.0 KiB  1 worker  100ms");
+  CHECK(SpinnerText("waiting for the update to start", 2, absl::Milliseconds(300)) ==
+        "- waiting for the update to start  300ms");
+}
+
+TEST_CASE("outcome JSON carries the progress") {
+  v1::UpdateOutcome o;
+  o.set_version(7);
+  o.set_state("running");
+  o.mutable_progress()->set_buckets_total(20);
+  o.mutable_progress()->set_buckets_done(8);
+  o.mutable_progress()->set_bytes_done(123);
+  o.mutable_progress()->set_workers_failed(1);
+  o.mutable_progress()->set_elapsed_seconds(0.5);
+  nlohmann::json j = OutcomeJson(o);
+  CHECK(j["progress"]["buckets_total"] == 20);
+  CHECK(j["progress"]["buckets_done"] == 8);
+  CHECK(j["progress"]["bytes_done"] == 123);
+  CHECK(j["progress"]["bytes_total"] == 0);
+  CHECK(j["progress"]["workers_failed"] == 1);
+  CHECK(j["progress"]["workers_done"] == 0);
+  CHECK(j["progress"]["workers_total"] == 0);
+  CHECK(j["progress"]["elapsed_seconds"].get<double>() == Approx(0.5));
+}
+
+TEST_CASE("a failed outcome names the version once") {
+  v1::UpdateOutcome o;
+  o.set_version(7);
+  o.set_state("failed");
+  o.set_trigger("auto_update");
+  o.set_code("ABORTED");
+  o.set_error("update to version 7: 1 of 2 workers failed (worker pid 4 ...); 1 loaded it");
+  CHECK(OutcomeText(o) ==
+        "version 7 FAILED (auto_update): ABORTED: 1 of 2 workers failed (worker pid 4 ...); 1 "
+        "loaded it");
+  o.set_error("no worker is attached");
+  CHECK(OutcomeText(o) == "version 7 FAILED (auto_update): ABORTED: no worker is attached");
+}
+
 }  // namespace
 }  // namespace ckpt::ctl

@@ -139,6 +139,44 @@ std::string VersionsText(const v1::ListVersionsResponse& versions, absl::TimeZon
   return out;
 }
 
+std::string TensorsTable(const v1::Manifest& manifest) {
+  std::vector<std::vector<std::string>> rows = {{"NAME", "DTYPE", "SHAPE", "SIZE", "XXH3"}};
+  for (const v1::TensorSpec& t : manifest.tensors()) {
+    rows.push_back({t.name(), DTypeWireName(t.dtype()), Shape(t), FormatBytes(t.byte_size()),
+                    Xxh3Hex(t.xxh3())});
+  }
+  std::vector<size_t> width(rows[0].size(), 0);
+  for (const auto& row : rows) {
+    for (size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], row[c].size());
+  }
+  // One very long name must not push every row to the right: names wider than the cap get a line
+  // of their own, and their row goes on below them, aligned with the others.
+  width[0] = std::min(width[0], kMaxTensorNameWidth);
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line = "  ";
+    if (row[0].size() > width[0]) {
+      absl::StrAppend(&out, line, row[0], "\n");
+      line.append(width[0] + 2, ' ');
+    } else {
+      absl::StrAppend(&line, row[0], std::string(width[0] - row[0].size() + 2, ' '));
+    }
+    for (size_t c = 1; c < row.size(); ++c) {
+      const std::string pad(width[c] - row[c].size(), ' ');
+      // SIZE right-aligned (numbers), the rest left-aligned; the last column unpadded.
+      if (c == 3) {
+        absl::StrAppend(&line, pad, row[c], "  ");
+      } else if (c + 1 == row.size()) {
+        absl::StrAppend(&line, row[c]);
+      } else {
+        absl::StrAppend(&line, row[c], pad, "  ");
+      }
+    }
+    absl::StrAppend(&out, line, "\n");
+  }
+  return out;
+}
+
 std::string VersionDetailText(const v1::GetVersionResponse& version, absl::TimeZone tz,
                               bool tensors) {
   const v1::VersionInfo& v = version.info();
@@ -168,12 +206,7 @@ std::string VersionDetailText(const v1::GetVersionResponse& version, absl::TimeZ
                     std::string(count_width - count.size(), ' '), count,
                     t.tensors == 1 ? " tensor   " : " tensors  ", FormatBytes(t.bytes), "\n");
   }
-  if (tensors) {
-    for (const v1::TensorSpec& t : version.manifest().tensors()) {
-      absl::StrAppend(&out, "  ", t.name(), "  ", DTypeWireName(t.dtype()), "  ", Shape(t), "  ",
-                      FormatBytes(t.byte_size()), "  xxh3 ", Xxh3Hex(t.xxh3()), "\n");
-    }
-  }
+  if (tensors) absl::StrAppend(&out, TensorsTable(version.manifest()));
   return out;
 }
 

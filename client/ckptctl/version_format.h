@@ -3,6 +3,7 @@
 #ifndef CKPT_CLIENT_CKPTCTL_VERSION_FORMAT_H_
 #define CKPT_CLIENT_CKPTCTL_VERSION_FORMAT_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -49,8 +50,17 @@ std::string FormatUnixMs(int64_t unix_ms, absl::TimeZone tz);
 // STAGING rows show the share received, e.g. "staging (40%)".
 std::string VersionsText(const v1::ListVersionsResponse& versions, absl::TimeZone tz);
 
+// The widest NAME column of TensorsTable; longer names get a line of their own.
+inline constexpr size_t kMaxTensorNameWidth = 60;
+
+// The manifest's tensors as a table with a header: NAME DTYPE SHAPE SIZE XXH3, one row per tensor
+// in manifest order, each line indented by two spaces, columns as wide as their widest entry
+// (SIZE right-aligned). A name longer than kMaxTensorNameWidth stands on a line of its own and
+// its row continues on the next line, aligned with the others.
+std::string TensorsTable(const v1::Manifest& manifest);
+
 // A summary: state, label, times, tensor count and bytes, per-dtype totals; with `tensors`, also
-// one line per tensor (name, dtype, shape, size, checksum).
+// TensorsTable.
 std::string VersionDetailText(const v1::GetVersionResponse& version, absl::TimeZone tz,
                               bool tensors);
 

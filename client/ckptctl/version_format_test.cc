@@ -1,5 +1,6 @@
 #include "client/ckptctl/version_format.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 
 namespace ckpt::ctl {
@@ -8,6 +9,8 @@ namespace {
 bool Contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
+
+size_t Lines(const std::string& text) { return std::count(text.begin(), text.end(), '\n'); }
 
 v1::VersionInfo Info(uint64_t id, v1::VersionState state, const std::string& label) {
   v1::VersionInfo v;
@@ -122,8 +125,70 @@ TEST_CASE("show text: summary, dtypes, and tensors on request") {
   CHECK(Contains(t, "              float32   1 tensor   1.0 KiB\n"));
   CHECK_FALSE(Contains(t, "embed"));
   std::string with = VersionDetailText(Detail(), utc, true);
-  CHECK(Contains(with, "  embed  bfloat16  [1024, 512]  1.0 MiB  xxh3 fedcba9876543210\n"));
+  INFO(with);
+  CHECK(Contains(with,
+                 "  NAME   DTYPE     SHAPE            SIZE  XXH3\n"
+                 "  embed  bfloat16  [1024, 512]   1.0 MiB  fedcba9876543210\n"
+                 "  bias   float32   [256]         1.0 KiB  0000000000000001\n"
+                 "  head   bfloat16  [1024, 1024]  2.0 MiB  0000000000000002\n"));
   CHECK(FormatUnixMs(0, utc) == "-");
+}
+
+// Where `needle` starts in each line that has it.
+std::vector<size_t> Columns(const std::string& text, const std::string& needle) {
+  std::vector<size_t> at;
+  size_t begin = 0;
+  while (begin < text.size()) {
+    size_t end = text.find('\n', begin);
+    if (end == std::string::npos) end = text.size();
+    const size_t found = text.substr(begin, end - begin).find(needle);
+    if (found != std::string::npos) at.push_back(found);
+    begin = end + 1;
+  }
+  return at;
+}
+
+TEST_CASE("tensor table: columns stay aligned whatever the names' lengths") {
+  v1::Manifest m;
+  auto add = [&](const std::string& name, v1::DType dtype, std::vector<int64_t> shape,
+                 uint64_t bytes) {
+    v1::TensorSpec* t = m.add_tensors();
+    t->set_name(name);
+    t->set_dtype(dtype);
+    for (int64_t d : shape) t->add_shape(d);
+    t->set_byte_size(bytes);
+  };
+  add("a", v1::DTYPE_FLOAT8_E4M3FN, {7}, 7);
+  add("model.layers.11.self_attn.q_proj.weight", v1::DTYPE_BFLOAT16, {4096, 4096}, 32u << 20);
+  add("x.b", v1::DTYPE_INT64, {}, 8);
+  std::string t = TensorsTable(m);
+  INFO(t);
+  // Every line of a row has each column at the same offset.
+  const size_t dtype_at = Columns(t, "DTYPE")[0];
+  CHECK(Columns(t, "float8_e4m3fn") == std::vector<size_t>{dtype_at});
+  CHECK(Columns(t, "bfloat16") == std::vector<size_t>{dtype_at});
+  CHECK(Columns(t, "int64") == std::vector<size_t>{dtype_at});
+  const size_t shape_at = Columns(t, "SHAPE")[0];
+  CHECK(Columns(t, "[4096, 4096]") == std::vector<size_t>{shape_at});
+  CHECK(Columns(t, "[]") == std::vector<size_t>{shape_at});
+  // SIZE right-aligned: the sizes end where the header's SIZE ends.
+  const size_t size_end = Columns(t, "SIZE")[0] + 4;
+  CHECK(Columns(t, "32.0 MiB")[0] + 8 == size_end);
+  CHECK(Columns(t, "8 B")[0] + 3 == size_end);
+  CHECK(Columns(t, "0000000000000000").size() == 3);
+  for (size_t at : Columns(t, "0000000000000000")) CHECK(at == Columns(t, "XXH3")[0]);
+  CHECK(Lines(t) == 4);
+
+  // A name over the cap stands alone; its row continues below, aligned with the others.
+  const std::string huge(kMaxTensorNameWidth + 20, 'n');
+  add(huge, v1::DTYPE_FLOAT32, {2}, 8);
+  t = TensorsTable(m);
+  INFO(t);
+  CHECK(Contains(t, "  " + huge + "\n"));
+  CHECK(Columns(t, "float32") == std::vector<size_t>{Columns(t, "DTYPE")[0]});
+  CHECK(Columns(t, "DTYPE")[0] <= 2 + kMaxTensorNameWidth + 2);
+  CHECK(Columns(t, "bfloat16") == Columns(t, "DTYPE"));
+  CHECK(Lines(t) == 6);
 }
 
 }  // namespace

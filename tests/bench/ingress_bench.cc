@@ -125,7 +125,7 @@ int main(int argc, char** argv) {
        "--load-threads", "16", "--log-level", "warn"},
       {}, std::chrono::seconds(300));
   if (!daemon.ready()) return Fail("daemon did not start: " + daemon.proc->Stderr());
-  std::printf("== daemon ready in %.2f s (reserving %s bytes)\n",
+  std::printf("== daemon serving in %.2f s (store of %s bytes)\n",
               Seconds(Clock::now() - start_wait), budget.c_str());
   const std::string& sock = daemon.socket;
 
@@ -134,6 +134,15 @@ int main(int argc, char** argv) {
   if (!admin.ok()) return Fail(std::string(admin.status().message()));
   auto status = (*admin)->Status(absl::Seconds(10));
   if (!status.ok()) return Fail(std::string(status.status().message()));
+  // The daemon serves before its store's memory is ready: measure pushes into ready memory only.
+  for (auto until = Clock::now() + std::chrono::seconds(300);
+       status.ok() && !status->store_ready() && Clock::now() < until;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    status = (*admin)->Status(absl::Seconds(10));
+  }
+  if (!status.ok() || !status->store_ready()) return Fail("the daemon's store did not get ready");
+  std::printf("== store ready in %.2f s (warm-up %.2f s)\n", Seconds(Clock::now() - start_wait),
+              status->store_warmup_seconds());
   std::printf("== daemon backend %s\n", status->backend().c_str());
   std::vector<std::pair<std::string, ckpt::client::Endpoint>> endpoints = {{"unix", *unix_ep}};
   if (tcp)

@@ -51,8 +51,8 @@ case "$target" in
     (cd "$root" && protoc -I. --cpp_out="$tmp/gen" proto/common.proto proto/admin.proto) ||
       fail "protoc failed"
     cxxflags+=(-I"$tmp/gen" -DSPDLOG_FMT_EXTERNAL -DSPDLOG_COMPILED_LIB)
-    srcs=(daemon/version_store.cc daemon/manifest.cc daemon/host_arena.cc daemon/range_allocator.cc
-      daemon/gpu/pinned_region.cc daemon/gpu/cuda_status.cc common/dtype.cc common/units.cc
+    srcs=(daemon/version_store.cc daemon/id_ledger.cc daemon/manifest.cc daemon/host_arena.cc
+      daemon/range_allocator.cc daemon/gpu/pinned_region.cc daemon/gpu/cuda_status.cc common/dtype.cc common/units.cc
       common/message_text.cc common/status_macros.cc common/random_id.cc
       "$tmp/gen/proto/common.pb.cc" "$tmp/gen/proto/admin.pb.cc")
     # Pinned memory is never used (the store is kShared), but pinned_region.cc links against

@@ -156,6 +156,7 @@ TEST_CASE("TCP listening on port 0 reports the chosen port and serves ckptctl --
   RunResult over_tcp = Run({Ctl(), "--address", tcp, "status", "--json"});
   INFO(over_tcp.err);
   REQUIRE(over_tcp.exit.code == 0);
+  CHECK(Run({Ctl(), "status", "--address", tcp}).exit.code == 0);  // after the command too
   auto status = nlohmann::json::parse(over_tcp.out);
   CHECK(status["pid"] == d.proc->pid());
   CHECK(status["insecure_tcp"] == true);
@@ -232,6 +233,66 @@ TEST_CASE("ckptctl usage errors exit 2") {
   CHECK(Run({Ctl(), "frobnicate"}).exit.code == 2);
   CHECK(Run({Ctl(), "--socket", "/a", "--address", "b:1", "status"}).exit.code == 2);
   CHECK(Run({Ctl(), "--timeout", "soon", "status"}).exit.code == 2);
+}
+
+// Issue 10 point 9: an unknown command is named, with the commands there are.
+TEST_CASE("ckptctl names an unknown command and lists the commands") {
+  const std::string commands = "commands: status, versions, show, push, drop, update";
+  RunResult r = Run({Ctl(), "bogus"});
+  CHECK(r.exit.code == 2);
+  CHECK(r.err == "ckptctl: unknown command 'bogus'; " + commands + " (see ckptctl --help)\n");
+  CHECK(r.out.empty());
+  r = Run({Ctl(), "--timeout", "3s", "frobnicate", "7"});
+  CHECK(r.exit.code == 2);
+  CHECK(Contains(r.err, "unknown command 'frobnicate'; " + commands));
+  r = Run({Ctl()});
+  CHECK(r.exit.code == 2);
+  CHECK(Contains(r.err, "ckptctl: a command is needed; " + commands));
+  // A command that was recognized keeps its own error.
+  r = Run({Ctl(), "status", "--bogus"});
+  CHECK(r.exit.code == 2);
+  CHECK(Contains(r.err, "--bogus"));
+  CHECK_FALSE(Contains(r.err, "unknown command"));
+}
+
+// Issue 10 point 9: --socket, --address, --timeout, --tls-* and --token-file after the command.
+TEST_CASE("ckptctl takes the global options after the command too") {
+  RunningDaemon d;
+  RunResult r = Run({Ctl(), "status", "--json", "--socket", d.socket, "--timeout", "3s"});
+  INFO(r.err);
+  REQUIRE(r.exit.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["pid"] == d.proc->pid());
+  r = Run({Ctl(), "versions", "--socket", d.socket});
+  CHECK(r.exit.code == 0);
+  CHECK(r.out == "no versions\n");
+  r = Run({Ctl(), "show", "latest", "--socket", d.socket});
+  CHECK(r.exit.code == 1);
+  CHECK(Contains(r.err, "no committed version"));
+  r = Run({Ctl(), "update", "3", "--socket", d.socket, "--wait-timeout", "5s"});
+  CHECK(r.exit.code == 1);
+  CHECK(Contains(r.err, "no version 3"));
+  // Their values are checked as before.
+  r = Run({Ctl(), "status", "--timeout", "soon", "--socket", d.socket});
+  CHECK(r.exit.code == 2);
+  CHECK(Contains(r.err, "--timeout"));
+  r = Run({Ctl(), "--socket", d.socket, "status", "--address", "127.0.0.1:1"});
+  CHECK(r.exit.code == 2);
+  CHECK(Contains(r.err, "excludes"));
+  // The TCP credentials: the files named after the command are the ones read.
+  TempDir dir;
+  r = Run({Ctl(), "status", "--address", "127.0.0.1:1", "--token-file", dir / "no-token"});
+  CHECK(r.exit.code == 1);
+  CHECK(Contains(r.err, dir / "no-token"));
+  r = Run({Ctl(), "versions", "--address", "127.0.0.1:1", "--tls-ca", dir / "no-ca.pem"});
+  CHECK(r.exit.code == 1);
+  CHECK(Contains(r.err, dir / "no-ca.pem"));
+  r = Run({Ctl(), "versions", "--address", "127.0.0.1:1", "--tls-cert", dir / "c.pem"});
+  CHECK(r.exit.code == 1);
+  CHECK(Contains(r.err, "both --tls-cert and --tls-key"));
+  r = Run({Ctl(), "versions", "--address", "127.0.0.1:1", "--tls-cert", dir / "c.pem", "--tls-key",
+           dir / "k.pem"});
+  CHECK(r.exit.code == 1);
+  CHECK(Contains(r.err, dir / "c.pem"));
 }
 
 TEST_CASE("start-up fails with exit code 2 and one line naming the problem") {

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -30,6 +31,7 @@ using client::DaemonClient;
 using client::PushOptions;
 using client::TensorView;
 using client::TrainerClient;
+using testing::DaemonProcess;
 using testing::StateDict;
 
 bool Contains(const std::string& haystack, const std::string& needle) {
@@ -183,6 +185,56 @@ TEST_CASE("concurrent pushes both commit: one begun first and finished last is n
   }
 }
 
+// Issue 10 point 6: with a state_dir, version ids keep their meaning across a restart.
+TEST_CASE("state_dir: automatic ids continue after a restart; a named id keeps its weights") {
+  testing::TempDir state;
+  const std::vector<std::string> args = {"--backend",   "host", "--host-memory-budget", "64MiB",
+                                         "--log-level", "info", "--state-dir",          state.path()};
+  StateDict a = Model();
+  StateDict b;
+  b.Add("w", DType::kFloat32, {64, 64}, 5);
+  uint64_t last = 0;
+  {
+    DaemonProcess d(args);
+    INFO("daemon stderr: " << d.proc->Stderr());
+    REQUIRE(d.ready());
+    auto trainer = std::move(*TrainerClient::Connect(*client::ResolveEndpoint(d.socket, "")));
+    REQUIRE(trainer->PushTensors(a.views, {}).ok());
+    PushOptions named;
+    named.version = 10;  // a trainer's own id (its RL step)
+    auto ten = trainer->PushTensors(a.views, named);
+    REQUIRE(ten.ok());
+    auto next = trainer->PushTensors(b.views, {});
+    REQUIRE(next.ok());
+    last = next->version();
+    CHECK(last == 11);
+    d.proc->Signal(SIGTERM);
+    REQUIRE(d.proc->Wait(std::chrono::seconds(20)).code == 0);
+  }
+  DaemonProcess d(args);
+  INFO("daemon stderr: " << d.proc->Stderr());
+  REQUIRE(d.ready());
+  auto trainer = std::move(*TrainerClient::Connect(*client::ResolveEndpoint(d.socket, "")));
+  // The store is empty again. Re-pushing id 10 with other weights is refused before a byte is
+  // sent; with the same weights (a trainer recovering what the restart lost) it is accepted.
+  PushOptions ten;
+  ten.version = 10;
+  auto other = trainer->PushTensors(b.views, ten);
+  REQUIRE_FALSE(other.ok());
+  CHECK(other.status().code() == absl::StatusCode::kAlreadyExists);
+  CHECK(Contains(std::string(other.status().message()),
+                 "version 10 was committed with other weights before the daemon restarted"));
+  auto same = trainer->PushTensors(a.views, ten);
+  INFO(same.status().ToString());
+  CHECK(same.ok());
+  // The next automatic id is above every id used before the restart.
+  auto after = trainer->PushTensors(b.views, {});
+  REQUIRE(after.ok());
+  CHECK(after->version() == last + 1);
+  CHECK(Contains(testing::ReadFile(state / "version-ids.json"),
+                 "\"max_version_id\":" + std::to_string(last + 1)));
+}
+
 TEST_CASE("a large push over 4 streams matches byte for byte (checksums verified at commit)") {
   Daemon d;
   StateDict s;
@@ -252,7 +304,26 @@ TEST_CASE("versions, show and drop through ckptctl") {
 
   r = d.Ctl({"show", v1s, "--tensors"});
   REQUIRE(r.exit.code == 0);
-  CHECK(Contains(r.out, "model.embed_tokens.weight  bfloat16  [2048, 512]  2.0 MiB  xxh3 "));
+  {
+    // A table whose columns start where their headers do, whatever the names' lengths.
+    INFO(r.out);
+    const std::vector<std::string> lines = testing::Lines(r.out);
+    auto header = std::find_if(lines.begin(), lines.end(),
+                               [](const std::string& l) { return Contains(l, "  NAME  "); });
+    REQUIRE(header != lines.end());
+    const size_t dtype_at = header->find("DTYPE"), shape_at = header->find("SHAPE");
+    const size_t xxh3_at = header->find("XXH3");
+    REQUIRE(lines.end() - header == static_cast<ptrdiff_t>(s.views.size()) + 1);
+    for (size_t i = 0; i < s.views.size(); ++i) {
+      const std::string& line = *(header + 1 + i);
+      CHECK(line.rfind("  " + s.views[i].name + " ", 0) == 0);
+      const std::string dtype = DTypeName(s.views[i].dtype);
+      CHECK(line.substr(dtype_at, dtype.size() + 1) == dtype + " ");
+      CHECK(line[shape_at] == '[');
+      CHECK(line.substr(xxh3_at) == Hex(XXH3_64bits(s.storage[i].data(), s.storage[i].size())));
+    }
+    CHECK(Contains(r.out, "  model.embed_tokens.weight "));
+  }
 
   r = d.Ctl({"drop", v1s});
   INFO(r.err);

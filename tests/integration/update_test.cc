@@ -2,17 +2,25 @@
 // C++ worker_client and the Python worker_process.py) that attach and receive it bit-exact, and
 // every fault of issue 4: a worker killed mid-update, a worker that stops acking, a disallowed
 // uid, unknown and retired versions, a second update while one runs, SIGTERM mid-update.
+#include <fcntl.h>
+#include <poll.h>
+#include <pty.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <httplib.h>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <future>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -209,6 +217,9 @@ TEST_CASE("a C++ and a Python worker receive a pushed version bit-exact") {
     INFO(forced.err);
     CHECK(forced.exit.code == 0);
     CHECK(Contains(forced.out, "sent to 2 workers"));
+    CHECK(Contains(forced.out, "s wall time ("));
+    CHECK(Contains(forced.out, "(stages overlap; not wall time)"));
+    CHECK(forced.err.empty());  // no progress line without a terminal
     CHECK(cpp.proc->Wait(20s).code == 0);
     CHECK(py.proc->Wait(20s).code == 0);
   }
@@ -423,6 +434,24 @@ TEST_CASE("a worker killed mid-update fails alone; the others finish") {
   auto update = std::async(std::launch::async, [&] { return d.Update(version); });
   REQUIRE(WaitUntil([&] { return d.StatusJson()["updating_version"] == version; }, 10s));
 
+  // Status shows how far it got: bucket 0 acked by both, bucket 1 waits for the staller's ack.
+  nlohmann::json progress;
+  REQUIRE(WaitUntil(
+      [&] {
+        progress = d.StatusJson()["last_update"]["progress"];
+        return progress["buckets_done"] == 1;
+      },
+      10s));
+  INFO(progress.dump());
+  CHECK(progress["buckets_total"].get<int>() >= 4);
+  CHECK(progress["bytes_total"] == m.total);
+  CHECK(progress["bytes_done"].get<uint64_t>() > 0);
+  CHECK(progress["bytes_done"].get<uint64_t>() < m.total);
+  CHECK(progress["workers_total"] == 2);
+  CHECK(progress["workers_done"] == 0);
+  CHECK(progress["workers_failed"] == 0);
+  CHECK(progress["elapsed_seconds"].get<double>() > 0);
+
   // While it runs: a second update and a drop of the version are refused.
   RunResult second = d.Ctl({"update", std::to_string(version), "--force"});
   CHECK(second.exit.code == 1);
@@ -441,6 +470,13 @@ TEST_CASE("a worker killed mid-update fails alone; the others finish") {
   CHECK(Contains(message, "worker pid " + std::to_string(staller.proc->pid())));
   CHECK(Contains(message, "detached mid-update"));
   CHECK(Contains(message, "1 loaded it"));
+  // The final figures: every bucket went to the worker left; one loaded it, one failed.
+  progress = d.StatusJson()["last_update"]["progress"];
+  INFO(progress.dump());
+  CHECK(progress["buckets_done"] == progress["buckets_total"]);
+  CHECK(progress["bytes_done"] == m.total);
+  CHECK(progress["workers_done"] == 1);
+  CHECK(progress["workers_failed"] == 1);
   CheckReport(good.Report(version), m);
   REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
   // Its slots are free again: the next update goes through.
@@ -523,6 +559,248 @@ TEST_CASE("auto_update sends every commit to the attached workers") {
   const uint64_t v2 = d.Push(m2);
   CheckReport(cpp.Report(v2), m2);
   CHECK(cpp.proc->Wait(20s).code == 0);
+}
+
+// Issue 10 points 3 and 4: every outcome of an automatic update is visible to the trainer
+// (WaitLoaded, ckptctl update --wait) and the operator (status), with the worker's own exception;
+// a worker left with mixed weights is reported and restored by update --previous.
+TEST_CASE("auto_update outcomes: wait_loaded, status, mixed weights and update --previous") {
+  Daemon d({"--auto-update", "true"});
+  testing::TempDir dir;
+  Worker good(Worker::Kind::kCpp, d, dir, "good", {"--versions", "3"});
+  Worker bad(Worker::Kind::kPython, d, dir, "bad",
+             {"--versions", "2", "--load-fails-at-tensor", "5", "--load-fails-in-version", "2"});
+  good.WaitAttached();
+  bad.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+
+  StateDict m1 = Model(51);
+  const uint64_t v1 = d.Push(m1);
+  RunResult waited = d.Ctl({"update", std::to_string(v1), "--wait", "--wait-timeout", "30s"});
+  INFO(waited.err);
+  CHECK(waited.exit.code == 0);
+  CHECK(Contains(waited.out, "version " + std::to_string(v1) + " loaded by 2 workers"));
+  CheckReport(bad.Report(v1), m1);
+
+  // The second version fails in the Python worker's load function, after some buckets.
+  StateDict m2 = Model(52);
+  const uint64_t v2 = d.Push(m2);
+  auto wait = d.admin->WaitLoaded(v2, absl::Seconds(30));
+  INFO(wait.status().ToString());
+  REQUIRE(wait.ok());
+  CHECK_FALSE(wait->loaded());
+  INFO(wait->summary());
+  CHECK(Contains(wait->summary(), "update to version " + std::to_string(v2) + " failed"));
+  CHECK(Contains(wait->summary(), "ValueError: injected load failure at tensor 5"));
+  CHECK(wait->update().state() == "failed");
+  CHECK(wait->update().trigger() == "auto_update");
+  CheckReport(good.Report(v2), m2);
+
+  nlohmann::json status = d.StatusJson();
+  CHECK(status["last_update"]["version"] == v2);
+  CHECK(status["last_update"]["state"] == "failed");
+  CHECK(status["last_update"]["code"] == "ABORTED");
+  bool found_bad = false;
+  for (const auto& w : status["workers"]) {
+    if (w["pid"] != bad.proc->pid()) {
+      CHECK(w["loaded_version"] == v2);
+      CHECK(w["last_update_ok"] == true);
+      continue;
+    }
+    found_bad = true;
+    CHECK(w["loaded_version"] == v1);
+    CHECK(w["mixed_version"] == v2);
+    CHECK(w["last_update_ok"] == false);
+    CHECK(Contains(w["last_update_error"].get<std::string>(), "ValueError: injected"));
+  }
+  CHECK(found_bad);
+  RunResult text = d.Ctl({"status"});
+  CHECK(Contains(text.out, "MIXED with part of version " + std::to_string(v2)));
+  CHECK(Contains(text.out, "last update:  version " + std::to_string(v2) + " FAILED (auto_update)"));
+  CHECK_FALSE(Contains(text.out, "ABORTED: update to version"));  // the version said once
+  RunResult failed_wait = d.Ctl({"update", std::to_string(v2), "--wait"});
+  CHECK(failed_wait.exit.code == 1);
+  INFO(failed_wait.out);
+  CHECK(Contains(failed_wait.out,
+                 "update to version " + std::to_string(v2) + " failed: 1 of 2 workers failed ("));
+  CHECK_FALSE(Contains(failed_wait.out, "update to version " + std::to_string(v2) + ": "));
+
+  // Recovery: the bad worker gets back the last version it fully loaded.
+  RunResult previous = d.Ctl({"update", "--previous"});
+  INFO(previous.err);
+  REQUIRE(previous.exit.code == 0);
+  CHECK(Contains(previous.out, "version " + std::to_string(v1) + " sent to 1 workers"));
+  CheckReport(bad.Report(v1), m1);  // its second report: v1 again, whole
+  status = d.StatusJson();
+  for (const auto& w : status["workers"]) {
+    if (w["pid"] == bad.proc->pid()) {
+      CHECK(w["mixed_version"] == 0);
+      CHECK(w["loaded_version"] == v1);
+    }
+  }
+  CHECK(status["last_update"]["trigger"] == "previous");
+  // Nothing is mixed any more: --previous says so.
+  RunResult again = d.Ctl({"update", "--previous"});
+  CHECK(again.exit.code == 1);
+  CHECK(Contains(again.err, "no attached worker has mixed weights"));
+  CHECK(bad.proc->Wait(20s).code == 0);
+}
+
+TEST_CASE("an update asked for the version being sent joins it and returns its outcome") {
+  Daemon d({"--auto-update", "true"});
+  testing::TempDir dir;
+  const std::string go = dir / "go";
+  Worker held(Worker::Kind::kCpp, d, dir, "held", {"--wait-for-file", go});
+  held.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+  StateDict m = Model(61);
+  const uint64_t version = d.Push(m);
+  // The automatic update runs (the worker does not read until `go` exists).
+  REQUIRE(WaitUntil([&] { return d.StatusJson()["updating_version"] == version; }, 10s));
+  auto joined = std::async(std::launch::async, [&] { return d.Update(version); });
+  auto by_ctl = std::async(std::launch::async,
+                           [&] { return d.Ctl({"update", std::to_string(version)}); });
+  // A request for another version is refused, naming the running one.
+  RunResult other = d.Ctl({"update", std::to_string(version), "--force"});
+  CHECK(other.exit.code == 1);
+  CHECK(Contains(other.err, "an update to version " + std::to_string(version) + " is running"));
+  {
+    std::ofstream(go.c_str()) << "go";
+  }
+  REQUIRE(joined.wait_for(30s) == std::future_status::ready);
+  auto result = joined.get();
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  REQUIRE(result->workers_size() == 1);
+  CHECK(result->workers(0).ok());
+  CHECK_FALSE(result->workers(0).skipped());  // the automatic update's own result
+  REQUIRE(by_ctl.wait_for(30s) == std::future_status::ready);
+  RunResult ctl = by_ctl.get();
+  INFO(ctl.err);
+  CHECK(ctl.exit.code == 0);
+  CHECK(Contains(ctl.out, "sent to 1 workers"));
+  CheckReport(held.Report(version), m);
+  CHECK(d.StatusJson()["last_update"]["trigger"] == "auto_update");
+}
+
+TEST_CASE("update_on_attach sends the newest version to a worker that attaches") {
+  testing::TempDir dir;
+  SECTION("on by default with auto_update") {
+    Daemon d({"--auto-update", "true"});
+    StateDict m1 = Model(71);
+    StateDict m2 = Model(72);
+    d.Push(m1);
+    const uint64_t v2 = d.Push(m2);  // no worker yet: nothing is sent
+    Worker late(Worker::Kind::kPython, d, dir, "late");
+    late.WaitAttached();
+    CheckReport(late.Report(v2), m2);
+    CHECK(late.proc->Wait(20s).code == 0);
+    nlohmann::json status = d.StatusJson();
+    CHECK(status["last_update"]["trigger"] == "attach");
+    CHECK(status["last_update"]["state"] == "succeeded");
+  }
+  SECTION("off: the worker waits for the next version") {
+    Daemon d({"--auto-update", "true", "--update-on-attach", "false"});
+    d.Push(Model(73));
+    Worker late(Worker::Kind::kCpp, d, dir, "late");
+    late.WaitAttached();
+    REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+    StateDict m = Model(74);
+    const uint64_t next = d.Push(m);
+    // Its first (and only) version is the one pushed after it attached.
+    CheckReport(late.Report(next), m);
+    CHECK(late.proc->Wait(20s).code == 0);
+  }
+}
+
+TEST_CASE("a worker asking for tensors the version lacks fails, naming them") {
+  Daemon d;
+  testing::TempDir dir;
+  StateDict m = Model(81);
+  const uint64_t version = d.Push(m);
+  Worker typo(Worker::Kind::kPython, d, dir, "typo",
+              {"--tensor", "model.norm.weight", "--tensor", "model.nrom.weight"});
+  Worker all(Worker::Kind::kCpp, d, dir, "all");
+  typo.WaitAttached();
+  all.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+  auto result = d.Update(version);
+  REQUIRE(result.status().code() == absl::StatusCode::kAborted);
+  const std::string message(result.status().message());
+  INFO(message);
+  CHECK(Contains(message, "worker pid " + std::to_string(typo.proc->pid())));
+  CHECK(Contains(message, "1 tensor(s) that version " + std::to_string(version) +
+                              " lacks: 'model.nrom.weight'"));
+  CHECK(Contains(message, "1 loaded it"));
+  CheckReport(all.Report(version), m);
+  // Nothing was sent to it: its weights are not mixed.
+  const nlohmann::json status = d.StatusJson();
+  for (const auto& w : status["workers"]) CHECK(w["mixed_version"] == 0);
+}
+
+// Issue 10, observability: /metrics during and after an update, /healthz and /readyz.
+TEST_CASE("metrics_listen: the values during and after an update") {
+  Daemon d({"--metrics-listen", "127.0.0.1:0"});
+  std::string url;
+  const nlohmann::json status = d.StatusJson();
+  INFO(status.dump());
+  for (const auto& l : status["listeners"]) {
+    const std::string a = l["address"];
+    if (a.rfind("http://", 0) == 0) url = a;
+  }
+  REQUIRE(!url.empty());
+  const std::string base = url.substr(0, url.size() - std::string("/metrics").size());
+  httplib::Client http(base);
+  http.set_connection_timeout(5, 0);
+  http.set_read_timeout(5, 0);
+  auto scrape = [&] {
+    auto r = http.Get("/metrics");
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    return r->body;
+  };
+  auto has = [](const std::string& page, const std::string& line) {
+    return page.find("\n" + line + "\n") != std::string::npos;
+  };
+  auto health = http.Get("/healthz");
+  REQUIRE(health);
+  CHECK(health->status == 200);
+  REQUIRE(WaitUntil([&] { auto r = http.Get("/readyz"); return r && r->status == 200; }, 30s));
+
+  testing::TempDir dir;
+  const std::string go = dir / "go";
+  Worker held(Worker::Kind::kCpp, d, dir, "held", {"--wait-for-file", go, "--versions", "2"});
+  held.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+  StateDict m = Model(91);
+  const uint64_t version = d.Push(m);
+  std::string page = scrape();
+  CHECK(has(page, "ckpt_versions{state=\"committed\"} 1"));
+  CHECK(has(page, "ckpt_version_bytes{state=\"committed\"} " + std::to_string(m.total)));
+  CHECK(has(page, "ckpt_pushes_total{path=\"chunks\"} 1"));
+  CHECK(has(page, "ckpt_push_bytes_total{path=\"chunks\"} " + std::to_string(m.total)));
+  CHECK(has(page, "ckpt_workers_attached 1"));
+  CHECK(has(page, "ckpt_workers_by_loaded_version{version=\"0\"} 1"));
+
+  auto update = std::async(std::launch::async, [&] { return d.Update(version); });
+  REQUIRE(WaitUntil([&] { return has(scrape(), "ckpt_updating_version " + std::to_string(version)); },
+                    10s));
+  CHECK(has(scrape(), "ckpt_updates_total{outcome=\"succeeded\"} 0"));
+  {
+    std::ofstream(go.c_str()) << "go";
+  }
+  REQUIRE(update.wait_for(30s) == std::future_status::ready);
+  REQUIRE(update.get().ok());
+  page = scrape();
+  CHECK(has(page, "ckpt_updating_version 0"));
+  CHECK(has(page, "ckpt_updates_total{outcome=\"succeeded\"} 1"));
+  CHECK(has(page, "ckpt_updates_total{outcome=\"failed\"} 0"));
+  CHECK(has(page, "ckpt_update_seconds_count 1"));
+  CHECK(has(page, "ckpt_update_bytes_total " + std::to_string(m.total)));
+  CHECK(has(page, "ckpt_workers_by_loaded_version{version=\"" + std::to_string(version) + "\"} 1"));
+  CHECK(has(page, "ckpt_host_memory_budget_bytes " + std::to_string(64 << 20)));
+  CHECK(has(page, "ckpt_store_ready 1"));
+  CheckReport(held.Report(version), m);
 }
 
 TEST_CASE("attach refuses a missing nonce, an unproven identity and a wrong pid") {
@@ -630,6 +908,174 @@ TEST_CASE("only the daemon's uid, root and uids with the worker role may attach"
       CHECK(d.StatusJson()["workers"][0]["uid"] == kNobody);
     }
   }
+}
+
+// ckptctl with its stderr on a pseudo-terminal (so that it draws progress) and its stdout in a
+// file; a thread collects what it writes on the terminal.
+class TerminalRun {
+ public:
+  TerminalRun(std::vector<std::string> argv, const std::string& out_path) : out_path_(out_path) {
+    struct winsize size {};
+    size.ws_col = 200;
+    size.ws_row = 24;
+    int master = -1, slave = -1;
+    REQUIRE(::openpty(&master, &slave, nullptr, nullptr, &size) == 0);
+    master_ = ScopedFd(master);
+    std::vector<char*> args;
+    for (std::string& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    pid_ = ::fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {  // only async-signal-safe calls until exec
+      const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      if (out < 0 || ::dup2(out, 1) < 0 || ::dup2(slave, 2) < 0) ::_exit(126);
+      ::execv(args[0], args.data());
+      ::_exit(127);
+    }
+    ::close(slave);
+    reader_ = std::thread([this] { Read(); });
+  }
+  ~TerminalRun() {
+    if (pid_ > 0 && !exited_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    stop_ = true;
+    if (reader_.joinable()) reader_.join();
+  }
+
+  // Everything written on the terminal so far.
+  std::string Terminal() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return terminal_;
+  }
+  bool WaitForTerminal(const std::string& needle, std::chrono::milliseconds timeout) {
+    return WaitUntil([&] { return Contains(Terminal(), needle); }, timeout);
+  }
+  // The exit code (-1: still running at `timeout`, then killed).
+  int Wait(std::chrono::milliseconds timeout) {
+    int status = 0;
+    const bool done = WaitUntil([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, timeout);
+    exited_ = true;
+    if (!done) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    stop_ = true;  // the reader drains what is left, then ends
+    reader_.join();
+    return done && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  std::string Stdout() const {
+    std::ifstream in(out_path_);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+ private:
+  void Read() {
+    char buffer[4096];
+    for (;;) {
+      pollfd p{master_.get(), POLLIN, 0};
+      const int ready = ::poll(&p, 1, 50);
+      if (ready == 0) {
+        if (stop_) return;
+        continue;
+      }
+      const ssize_t n = ::read(master_.get(), buffer, sizeof(buffer));
+      if (n <= 0) return;  // EIO: every end of the terminal's other side is closed
+      std::lock_guard<std::mutex> lock(mu_);
+      terminal_.append(buffer, static_cast<size_t>(n));
+    }
+  }
+
+  const std::string out_path_;
+  ScopedFd master_;
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  std::atomic<bool> stop_{false};
+  std::thread reader_;
+  std::mutex mu_;
+  std::string terminal_;
+};
+
+// Issue 10 point 9: on a terminal `ckptctl update` shows the running update's progress (from
+// Admin.Status) and erases it when the update returns; with --json or without a terminal nothing.
+TEST_CASE("ckptctl update draws progress on a terminal, and nothing with --json") {
+  Daemon d;
+  testing::TempDir dir;
+  StateDict m = Model(71);
+  const uint64_t version = d.Push(m);
+  const std::string go = dir / "go";
+  // It attaches, then reads nothing until `go` exists: the update waits at 0 buckets meanwhile.
+  Worker held(Worker::Kind::kCpp, d, dir, "held", {"--wait-for-file", go, "--versions", "2"});
+  held.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+  const std::string ctl = Runfile("client/ckptctl/ckptctl");
+
+  TerminalRun run({ctl, "--socket", d.socket, "update", std::to_string(version)}, dir / "out");
+  // The bar with the update's figures (every bucket still to go, one worker).
+  const bool drawn = run.WaitForTerminal(" buckets  0 B/", 10s);
+  INFO("terminal: " << run.Terminal());
+  REQUIRE(drawn);
+  const nlohmann::json progress = d.StatusJson()["last_update"]["progress"];
+  const std::string buckets =
+      "0/" + std::to_string(progress["buckets_total"].get<int>()) + " buckets";
+  REQUIRE(run.WaitForTerminal(buckets, 5s));
+  CHECK(Contains(run.Terminal(), "\r\033[K[--------------------]   0%  " + buckets));
+  CHECK(Contains(run.Terminal(), "  1 worker  "));
+  { std::ofstream(go.c_str()) << "go"; }
+  REQUIRE(run.Wait(30s) == 0);
+  const std::string terminal = run.Terminal();
+  INFO("terminal: " << terminal);
+  INFO("stdout: " << run.Stdout());
+  CHECK(Contains(run.Stdout(), "version " + std::to_string(version) + " sent to 1 workers"));
+  CHECK_FALSE(Contains(run.Stdout(), "\033"));  // the result alone on stdout
+  // The line is erased at the end: the terminal's last bytes clear it.
+  REQUIRE(terminal.size() >= 4);
+  CHECK(terminal.substr(terminal.size() - 4) == "\r\033[K");
+  CheckReport(held.Report(version), m);
+
+  // --wait draws a waiting line with who holds what; the version is not sent, so it times out.
+  const uint64_t v2 = d.Push(Model(72));
+  TerminalRun waiting(
+      {ctl, "--socket", d.socket, "update", std::to_string(v2), "--wait", "--wait-timeout", "1s"},
+      dir / "wait.out");
+  CHECK(waiting.Wait(20s) == 1);
+  INFO("terminal: " << waiting.Terminal());
+  CHECK(Contains(waiting.Terminal(), "waiting until every worker holds version " +
+                                         std::to_string(v2) + " (0 of 1 do)"));
+
+  // --json: the JSON alone, nothing on the terminal.
+  TerminalRun json(
+      {ctl, "--socket", d.socket, "update", std::to_string(version), "--force", "--json"},
+      dir / "json.out");
+  REQUIRE(json.Wait(30s) == 0);
+  CHECK(json.Terminal().empty());
+  CHECK(nlohmann::json::parse(json.Stdout())["version"] == version);
+  CHECK(held.proc->Wait(20s).code == 0);
+}
+
+// Issue 10 point 9: an error says its context once ("update to version 1: ...", not "Update
+// failed: update to version 1: ...").
+TEST_CASE("ckptctl update errors say the version once") {
+  Daemon d;
+  testing::TempDir dir;
+  const uint64_t version = d.Push(Model(81));
+  Worker picky(Worker::Kind::kCpp, d, dir, "picky", {"--tensor", "no.such.tensor"});
+  picky.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+  RunResult r = d.Ctl({"update", std::to_string(version)});
+  INFO(r.err);
+  CHECK(r.exit.code == 1);
+  CHECK(testing::Lines(r.err).size() == 1);
+  CHECK(r.err.rfind("ckptctl: update to version " + std::to_string(version) +
+                        ": 1 of 1 workers failed (worker pid " + std::to_string(picky.proc->pid()),
+                    0) == 0);
+  CHECK(Contains(r.err, "that version " + std::to_string(version) + " lacks: 'no.such.tensor'"));
+  CHECK_FALSE(Contains(r.err, "Update failed"));
+  // A message without the context keeps the call's name in front.
+  RunResult unknown = d.Ctl({"update", "99"});
+  CHECK(unknown.exit.code == 1);
+  CHECK(Contains(unknown.err, "ckptctl: Update failed: no version 99"));
 }
 
 }  // namespace

@@ -288,6 +288,38 @@ class PushTest(unittest.TestCase):
             ce.push_files(self.client, [os.path.join(self.daemon.dir, "missing.safetensors")])
         self.assertIn("missing.safetensors", e.exception.message)
 
+    def test_push_files_of_a_checkpoint_directory(self):
+        # A Hugging Face checkpoint as it ships: shards, their index, and files that are not
+        # weights. push_files([DIR]) loads the shards the index names (through the C ABI: the
+        # C++ client expands the directory).
+        model = os.path.join(self.daemon.dir, "hf-model")
+        os.mkdir(model)
+        rng = np.random.default_rng(4)
+        shards = {
+            "model-00001-of-00002.safetensors": {
+                "embed.weight": rng.standard_normal((32, 8), dtype=np.float32)},
+            "model-00002-of-00002.safetensors": {
+                "lm_head.weight": rng.standard_normal((8, 32), dtype=np.float32),
+                "norm.weight": np.ones(8, dtype=np.float32)},
+        }
+        weight_map = {}
+        for name, tensors in shards.items():
+            write_safetensors(os.path.join(model, name), tensors)
+            weight_map.update({t: name for t in tensors})
+        with open(os.path.join(model, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f)
+        with open(os.path.join(model, "config.json"), "w") as f:
+            json.dump({"architectures": ["Test"]}, f)
+        for paths in ([model], model, [os.path.join(model, "model.safetensors.index.json")]):
+            version = ce.push_files(self.client, paths, label="hf-dir")
+            shown = ce.get_version(self.client, version)
+            self.assertEqual(sorted(t["name"] for t in shown["tensors"]),
+                             ["embed.weight", "lm_head.weight", "norm.weight"])
+        with self.assertRaises(ce.CkptError) as e:
+            ce.push_files(self.client, [os.path.join(model, "config.json")])
+        self.assertIn(os.path.join(model, "config.json"), e.exception.message)
+        self.assertIn("not a safetensors file", e.exception.message)
+
 
 class LibraryTest(unittest.TestCase):
     def test_no_daemon_is_unavailable(self):

@@ -5,6 +5,7 @@ ckpt_engine.Worker, receives versions and writes what it received to a file.
     worker_process.py --socket PATH --out FILE [--engine NAME] [--versions N] [--ready FILE]
                       [--tensor NAME ...] [--stall-after-buckets K] [--timeout SECONDS]
                       [--cuda-device N] [--verify-checksums]
+                      [--load-fails-at-tensor K --load-fails-in-version N]
 
 --ready FILE is created once attached. After each version FILE is replaced (a temporary file,
 then a rename) by JSON {"version": V, "tensors": [{"name", "dtype" (CKPT_DTYPE number), "shape",
@@ -15,6 +16,10 @@ stops acking and sleeps up to 10 minutes (for ack-timeout tests; kill it when do
 --cuda-device N: attach for that CUDA device (the daemon's cuda backend) and receive torch CUDA
 views (Worker.receive), copied to the host for the report; needs torch with CUDA.
 --verify-checksums: Worker(verify_checksums=True); a mismatch ends the process (exit 1, DATA_LOSS).
+--load-fails-at-tensor K --load-fails-in-version N: receive with Worker.load(fn, raw=True), where
+fn raises ValueError("injected load failure at tensor K") at the K-th tensor (0-based) of the N-th
+version received (1-based), as an engine's load_weights might; the worker then goes on receiving
+(the failed version does not count towards --versions and writes no report).
 
 Exit 0 when N versions were received, 1 with a one-line error on stderr otherwise. Needs the
 ckpt_engine package on PYTHONPATH and $CKPT_CLIENT_LIB (run_python_test.sh sets both); not torch.
@@ -55,6 +60,8 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--cuda-device", type=int, default=None)
     p.add_argument("--verify-checksums", action="store_true")
+    p.add_argument("--load-fails-at-tensor", type=int, default=None)
+    p.add_argument("--load-fails-in-version", type=int, default=1)
     args = p.parse_args(argv)
     if args.versions < 1:
         p.error("--versions must be >= 1")
@@ -81,9 +88,40 @@ def run_cuda(args):
             write_atomically(args.out, {"version": w.version, "tensors": tensors})
 
 
+def run_load(args):
+    """Receives through Worker.load, failing one version on purpose (see the module doc)."""
+    import ckpt_engine as ce
+
+    with ce.Worker(socket=args.socket, engine=args.engine, tensor_names=args.tensor or None,
+                   verify_checksums=args.verify_checksums) as w:
+        if args.ready:
+            touch(args.ready)
+        received, done = 0, 0
+        while done < args.versions:
+            received += 1
+            tensors = []
+
+            def load_fn(pairs):
+                for i, (name, t) in enumerate(pairs):
+                    if received == args.load_fails_in_version and i == args.load_fails_at_tensor:
+                        raise ValueError(f"injected load failure at tensor {i}")
+                    tensors.append({"name": name, "dtype": t.dtype, "shape": list(t.shape),
+                                    "hex": t.tobytes().hex()})
+
+            try:
+                version = w.load(load_fn, timeout=args.timeout, raw=True)
+            except ValueError as e:
+                print(f"worker_process: version failed as asked: {e}", file=sys.stderr)
+                continue
+            write_atomically(args.out, {"version": version, "tensors": tensors})
+            done += 1
+
+
 def run(args):
     if args.cuda_device is not None:
         return run_cuda(args)
+    if args.load_fails_at_tensor is not None:
+        return run_load(args)
     import ckpt_engine as ce
 
     acked = 0

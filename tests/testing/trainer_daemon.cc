@@ -45,8 +45,8 @@ std::chrono::system_clock::time_point In(std::chrono::seconds s) {
   return std::chrono::system_clock::now() + s;
 }
 
-TrainerDaemon::TrainerDaemon(std::vector<std::string> extra)
-    : DaemonProcess(DaemonArgs(std::move(extra))) {
+TrainerDaemon::TrainerDaemon(std::vector<std::string> extra, const SpawnOptions& options)
+    : DaemonProcess(DaemonArgs(std::move(extra)), options) {
   INFO("daemon stderr: " << proc->Stderr());
   REQUIRE(ready());
   channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());

@@ -16,10 +16,10 @@
 namespace ckpt::testing {
 
 // Started as `ckpt-engined --backend host --host-memory-budget 1MiB --staging-timeout 1s
-// --log-level warn EXTRA...` (a flag given in `extra` replaces its default). Every call has a
-// deadline of 10 s (LoadFiles 20 s).
+// --log-level warn EXTRA...` (a flag given in `extra` replaces its default), with `options` (its
+// environment). Every call has a deadline of 10 s (LoadFiles 20 s).
 struct TrainerDaemon : DaemonProcess {
-  explicit TrainerDaemon(std::vector<std::string> extra = {});
+  explicit TrainerDaemon(std::vector<std::string> extra = {}, const SpawnOptions& options = {});
 
   // Admin.Status; fails the test if the call fails.
   v1::StatusResponse Status();

@@ -36,7 +36,7 @@ from ._tensors import DTYPES, DTYPE_NAMES, Unsupported, describe
 
 __all__ = [
     "CkptError", "Client", "push_state_dict", "push_files", "list_versions", "get_version",
-    "drop_version", "update", "Worker", "RawTensor", "DTYPES", "library_version",
+    "drop_version", "update", "wait_loaded", "Worker", "RawTensor", "DTYPES", "library_version",
 ]
 
 _ERR_LEN = 4096
@@ -215,8 +215,10 @@ class Client(_Handle):
 
     def push_files(self, paths, version=0, label="", timeout=1800.0):
         """The daemon loads the safetensors files itself into one new version and commits it;
-        returns the version. Relative paths are resolved here; the daemon must be able to read
-        the files."""
+        returns the version. A path may also be a checkpoint directory (the shards its
+        model.safetensors.index.json names, else all its *.safetensors files) or an index file
+        (*.index.json). Relative paths are resolved here. On the Unix socket this process opens
+        the files and passes them; over TCP the daemon reads them (under its load_files_dirs)."""
         if isinstance(paths, (str, bytes, os.PathLike)):
             paths = [paths]
         encoded = [os.fsencode(os.path.abspath(os.fspath(p))) for p in paths]
@@ -273,6 +275,42 @@ class Client(_Handle):
         _check(code, err)
         return _take_json(out)
 
+    def update_previous(self, timeout=600.0):
+        """Recovery after a failed update: resends to each worker left with mixed weights (status
+        "mixed_version") the last version it fully loaded. Returns the update report (as update).
+        CkptError FAILED_PRECONDITION when no worker has mixed weights; ABORTED naming the workers
+        that could not be restored (e.g. their version is no longer in the store: push it again).
+        """
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        out = ctypes.c_void_p()
+        code = self._lib.ckpt_update_previous(self._h(), float(timeout), ctypes.byref(out), err,
+                                              _ERR_LEN)
+        _check(code, err)
+        return _take_json(out)
+
+    def wait_loaded(self, version=0, timeout=600.0, raise_on_failure=True):
+        """Waits until every worker attached to the daemon holds `version` (0: the newest
+        committed) or a newer one, e.g. after a push with auto_update, or while another process
+        runs the update. Returns {"version", "loaded": True, "summary", "workers": [...],
+        "update": the last update of that version or None}.
+
+        When an update of the version failed for some workers (and none is running or queued):
+        CkptError ABORTED with the summary (who failed and why) and the report as its `.result`;
+        with raise_on_failure=False the report is returned with "loaded": False instead.
+        CkptError DEADLINE_EXCEEDED naming the workers that lack it when `timeout` passes first.
+        """
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        out = ctypes.c_void_p()
+        code = self._lib.ckpt_wait_loaded(self._h(), int(version), float(timeout),
+                                          ctypes.byref(out), err, _ERR_LEN)
+        _check(code, err)
+        report = _take_json(out)
+        if raise_on_failure and not report["loaded"]:
+            e = CkptError(ABORTED, report["summary"])
+            e.result = report
+            raise e
+        return report
+
 
 def push_state_dict(client, tensors, version=0, label="", streams=4, progress=None, **kwargs):
     """Client.push_state_dict as a function; returns the committed version."""
@@ -300,6 +338,11 @@ def drop_version(client, version):
 def update(client, version=0, force=False, timeout=600.0):
     """Client.update as a function: the daemon's update report (a dict)."""
     return client.update(version=version, force=force, timeout=timeout)
+
+
+def wait_loaded(client, version=0, timeout=600.0, raise_on_failure=True):
+    """Client.wait_loaded as a function."""
+    return client.wait_loaded(version=version, timeout=timeout, raise_on_failure=raise_on_failure)
 
 
 # Workers (imported last: worker.py uses the definitions above).

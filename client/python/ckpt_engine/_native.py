@@ -131,6 +131,11 @@ def _declare(lib):
     lib.ckpt_update.argtypes = [
         c.c_void_p, c.c_uint64, c.c_int, c.c_double, c.POINTER(c.c_void_p)] + err
     lib.ckpt_update.restype = c.c_int
+    lib.ckpt_update_previous.argtypes = [c.c_void_p, c.c_double, c.POINTER(c.c_void_p)] + err
+    lib.ckpt_update_previous.restype = c.c_int
+    lib.ckpt_wait_loaded.argtypes = [
+        c.c_void_p, c.c_uint64, c.c_double, c.POINTER(c.c_void_p)] + err
+    lib.ckpt_wait_loaded.restype = c.c_int
     # Workers.
     lib.ckpt_consumer_attach.argtypes = [
         c.c_char_p, c.c_int, c.c_char_p, c.POINTER(c.c_char_p), c.c_size_t, c.c_double,

@@ -133,6 +133,9 @@ class _CudaBytes:
         }
 
 
+_END = object()
+
+
 def _throw_into(gen, exc):
     """Throws `exc` into generator `gen` (which reports it and re-raises); swallows the re-raise."""
     try:
@@ -304,6 +307,30 @@ class Worker(_Handle):
         """
         return self._drive(timeout, defer_loaded, flat=True, convert=self._named_torch_view)
 
+    def load(self, load_fn, timeout=None, raw=False):
+        """Receives ONE version into `load_fn`, e.g. model.load_weights, called with the receive()
+        generator of (name, torch.Tensor) pairs (raw=True: (name, RawTensor) pairs, no torch);
+        returns the version once `load_fn` consumed every tensor and the version was reported
+        loaded.
+
+        Use it rather than load_fn(worker.receive()): when `load_fn` raises, the bucket it was
+        loading is failed with that exception's type and message (the daemon's update report and
+        `ckptctl status` show them), and the exception propagates. A bare generator only learns
+        that it was closed early. When `load_fn` returns before consuming every tensor, the
+        version is failed with a RuntimeError saying so.
+        """
+        convert = (lambda t: (t.name, t)) if raw else self._named_torch_view
+        pairs = self._drive(timeout, False, flat=True, convert=convert)
+        try:
+            load_fn(pairs)
+            if next(pairs, _END) is not _END:
+                raise RuntimeError(f"{getattr(load_fn, '__qualname__', 'load_fn')} returned before "
+                                   "consuming every tensor of the version")
+        except BaseException as e:  # noqa: B902 - Ctrl-C is reported too.
+            _throw_into(pairs, e)
+            raise
+        return self._version
+
     def receive_buckets(self, timeout=None, defer_loaded=False):
         """Like receive(), one list of (name, torch.Tensor) per bucket. The views of a list are
         valid until the next list is asked for."""
@@ -468,8 +495,14 @@ class Worker(_Handle):
 
     def _fail(self, version, bucket, exc):
         if isinstance(exc, GeneratorExit):
+            # Closed while the caller handles an exception: that exception is the real reason.
+            handled = sys.exc_info()[1]
+            if handled is not None and not isinstance(handled, GeneratorExit):
+                exc = handled
+        if isinstance(exc, GeneratorExit):
             why = (f"the worker stopped reading version {version} in bucket {bucket} (its receive "
-                   "generator was closed early)")
+                   "generator was closed early; if the code reading it raised, Worker.load(fn) "
+                   "reports that exception instead)")
         elif isinstance(exc, KeyboardInterrupt):
             why = f"the worker was interrupted (KeyboardInterrupt) in bucket {bucket}"
         else:
