@@ -10,6 +10,7 @@
 #include "common/status_macros.h"
 #include "common/units.h"
 #include "daemon/gpu/cuda_status.h"
+#include "daemon/gpu/cuda_stream.h"
 #include "daemon/gpu/device_buffer.h"
 #include "daemon/gpu/scoped_device.h"
 
@@ -109,8 +110,15 @@ absl::StatusOr<void*> PieceAssembler::Add(const std::string& name, uint64_t tota
       std::memcpy(dst, src, n);
     } else {
       absl::Status copied = [&]() -> absl::Status {
+        // cudaMemcpy device to device may return before the copy ran: the slot is acked (and
+        // refilled by the daemon) right after Add, so the copy must be complete by then. A
+        // stream of our own, synchronized, waits for nothing else of the process.
         ASSIGN_OR_RETURN(gpu::ScopedDevice scope, gpu::ScopedDevice::Create(cuda_device_));
-        CUDA_RETURN_IF_ERROR(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToDevice));
+        if (stream_.empty()) {
+          ASSIGN_OR_RETURN(stream_, gpu::CudaStream::Create(cuda_device_));
+        }
+        CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, stream_.get()));
+        CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_.get()));
         return absl::OkStatus();
       }();
       if (!copied.ok()) {
@@ -121,6 +129,13 @@ absl::StatusOr<void*> PieceAssembler::Add(const std::string& name, uint64_t tota
   }
   received_ += n;
   if (received_ < total_) return nullptr;
+  if (completed_ != nullptr) {
+    // Two tensors completed before the first was handed out (the daemon never plans that): the
+    // first one's view would be freed under the caller.
+    Abandon();
+    return absl::InternalError(absl::StrCat("the daemon completed tensor '", name,
+                                            "' in the same bucket as another split tensor"));
+  }
   void* whole = current_->data();
   completed_ = std::move(current_);
   name_.clear();

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "daemon/gpu/cuda_stream.h"
 
 namespace ckpt::client {
 
@@ -62,6 +63,7 @@ class PieceAssembler {
   absl::StatusOr<std::unique_ptr<Buffer>> Take(uint64_t bytes, const std::string& name);
 
   const int cuda_device_;
+  gpu::CudaStream stream_;           // cuda: the copies, each synchronized before Add returns
   std::unique_ptr<Buffer> current_;  // being assembled
   std::string name_;
   uint64_t total_ = 0;

@@ -80,6 +80,19 @@ TEST_CASE("pieces out of order, of another tensor or past the end are refused") 
   CHECK(std::string(past.status().message()).find("past its end at 1000") != std::string::npos);
 }
 
+TEST_CASE("two split tensors completed in one bucket are refused (no view is freed)") {
+  PieceAssembler p(-1);
+  const std::string t = Bytes(100, 'k');
+  REQUIRE(p.Add("a", 100, 0, t.data(), 60).ok());
+  auto a = p.Add("a", 100, 60, t.data() + 60, 40);
+  REQUIRE(a.ok());
+  REQUIRE(*a != nullptr);
+  // No HandOut between: "b" completes while "a" still waits to be handed out.
+  REQUIRE(p.Add("b", 100, 0, t.data(), 60).ok());
+  auto b = p.Add("b", 100, 60, t.data() + 60, 40);
+  CHECK(b.status().code() == absl::StatusCode::kInternal);
+}
+
 TEST_CASE("a buffer that cannot be allocated is RESOURCE_EXHAUSTED naming the tensor") {
   PieceAssembler p(-1);
   const char byte = 0;

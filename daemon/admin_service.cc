@@ -113,7 +113,8 @@ grpc::Status AdminService::WaitLoaded(grpc::ServerContext* context,
   const absl::Time deadline =
       std::min(CallDeadline(*context),
                absl::Now() + (seconds == 0 ? absl::Minutes(10) : absl::Seconds(seconds)));
-  auto result = engine_->WaitLoaded(request->version(), deadline);
+  auto result = engine_->WaitLoaded(request->version(), deadline,
+                                    [context] { return context->IsCancelled(); });
   if (!result.ok()) return ToGrpc(result.status());
   *response = std::move(*result);
   return grpc::Status::OK;
@@ -122,7 +123,8 @@ grpc::Status AdminService::WaitLoaded(grpc::ServerContext* context,
 grpc::Status AdminService::Update(grpc::ServerContext* context, const v1::UpdateRequest* request,
                                   v1::UpdateResponse* response) {
   if (auto s = auth_->Check(*context, kRoleOperator, "Update"); !s.ok()) return s;
-  auto result = engine_->Update(*request, CallDeadline(*context));
+  auto result = engine_->Update(*request, CallDeadline(*context), "request",
+                                [context] { return context->IsCancelled(); });
   if (!result.ok()) return ToGrpc(result.status());
   *response = std::move(*result);
   return grpc::Status::OK;

@@ -469,7 +469,6 @@ Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 std::string Daemon::store_note() const { return StoreNote(store_->GetUsage()); }
 
 void Daemon::Shutdown(absl::Duration grace) {
-  metrics_.reset();
   // Warm-up stops between two pieces (a cudaHostRegister already begun runs to its end).
   if (store_ != nullptr) store_->StopWarmUp();
   // Cancel a running update and end the workers' streams (Detached) before the server waits for
@@ -488,6 +487,9 @@ void Daemon::Shutdown(absl::Duration grace) {
   }
   if (reaper_.joinable()) reaper_.join();
   if (watchdog_thread_.joinable()) watchdog_thread_.join();
+  // Last: its handlers only read the store and the engine (alive until the Daemon goes), and its
+  // stop waits for connections in progress (a slow client can hold it up to the forced exit).
+  metrics_.reset();
 }
 
 }  // namespace ckpt::daemon

@@ -97,7 +97,7 @@ class Daemon {
   std::unique_ptr<TrainerService> trainer_;
   std::unique_ptr<ConsumerService> consumer_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<MetricsServer> metrics_;  // reads the store and the engine: stopped first
+  std::unique_ptr<MetricsServer> metrics_;  // reads the store and the engine: stopped in Shutdown
 
   absl::Mutex reaper_mu_;
   bool stopping_ ABSL_GUARDED_BY(reaper_mu_) = false;

@@ -21,9 +21,7 @@ namespace {
 
 constexpr size_t kMaxFileBytes = 64 << 10;
 
-absl::Status Errno(int error, const std::string& what) {
-  return absl::ErrnoToStatus(error, what);
-}
+absl::Status Errno(int error, const std::string& what) { return absl::ErrnoToStatus(error, what); }
 
 absl::Status WriteAll(int fd, const std::string& data, const std::string& path) {
   size_t done = 0;
@@ -87,8 +85,9 @@ absl::Status IdLedger::Load() {
   if (::fstat(fd.get(), &st) != 0) return Errno(errno, absl::StrCat("stat of ", path_));
   if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) > kMaxFileBytes) {
     return absl::FailedPreconditionError(
-        absl::StrCat(path_, " is not a regular file of at most 64 KiB; move it away (the daemon "
-                            "then starts automatic version ids again at 1)"));
+        absl::StrCat(path_,
+                     " is not a regular file of at most 64 KiB; move it away (the daemon "
+                     "then starts automatic version ids again at 1)"));
   }
   std::string text(static_cast<size_t>(st.st_size), '\0');
   size_t got = 0;
@@ -99,9 +98,10 @@ absl::Status IdLedger::Load() {
     got += static_cast<size_t>(n);
   }
   auto bad = [&](const std::string& why) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        path_, " is damaged (", why, "); fix or move it away (automatic version ids then start "
-        "again at 1, so old ids may name new checkpoints)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path_, " is damaged (", why,
+                     "); fix or move it away (automatic version ids then start "
+                     "again at 1, so old ids may name new checkpoints)"));
   };
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
@@ -110,6 +110,7 @@ absl::Status IdLedger::Load() {
     return bad("max_version_id is not an unsigned integer");
   }
   max_id_ = j["max_version_id"].get<uint64_t>();
+  if (max_id_ > (uint64_t{1} << 63) - 1) return bad("max_version_id is above 2^63-1");
   if (j.contains("committed")) {
     if (!j["committed"].is_array() || j["committed"].size() > kMaxCommitted) {
       return bad("committed is not an array of at most 1024 entries");
@@ -138,7 +139,13 @@ absl::Status IdLedger::Write() {
       "\n";
   const std::string tmp = absl::StrCat(path_, ".tmp");
   {
-    ScopedFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+    // A fresh file each time: whatever was left at that name (a link, a FIFO) is replaced, never
+    // written through or waited on.
+    if (::unlink(tmp.c_str()) != 0 && errno != ENOENT) {
+      return Errno(errno, absl::StrCat("removing ", tmp));
+    }
+    ScopedFd fd(::open(tmp.c_str(),
+                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600));
     if (!fd.valid()) return Errno(errno, absl::StrCat("creating ", tmp));
     RETURN_IF_ERROR(WriteAll(fd.get(), text, tmp));
     if (::fsync(fd.get()) != 0) return Errno(errno, absl::StrCat("fsync of ", tmp));

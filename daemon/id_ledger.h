@@ -1,7 +1,8 @@
 // IdLedger: what the daemon remembers of version ids across restarts (config key state_dir).
 //
 // The store's versions live in memory only, so a restart forgets them; the ledger keeps, in one
-// small file (`<state_dir>/version-ids.json`), the highest version id ever begun and a digest of
+// small file (`<state_dir>/version-ids.json`), the highest automatic id ever begun (and named id
+// ever committed) and a digest of
 // the last 1024 committed versions (their tensor names, dtypes, shapes and XXH3-64s). With it:
 // - automatic ids continue above every id used before, so "version 12" never names two
 //   checkpoints (without a state_dir they start again at 1 after a restart);

@@ -79,6 +79,16 @@ TEST_CASE("a damaged or foreign ledger stops the start with a message naming it"
     CHECK(ledger.status().code() == absl::StatusCode::kFailedPrecondition);
     CHECK(std::string(ledger.status().message()).find(dir.file()) != std::string::npos);
   }
+  std::ofstream(dir.file()) << "{\"format\": 1, \"max_version_id\": 9223372036854775808}";
+  CHECK(IdLedger::Open(dir.path).status().code() == absl::StatusCode::kFailedPrecondition);
+  std::remove(dir.file().c_str());
+  // A FIFO (or anything) left at the temporary name is replaced, not waited on.
+  REQUIRE(::mkfifo((dir.file() + ".tmp").c_str(), 0600) == 0);
+  {
+    auto ledger = IdLedger::Open(dir.path);
+    REQUIRE(ledger.ok());
+    CHECK((*ledger)->RecordBegun(5).ok());
+  }
   std::remove(dir.file().c_str());
   // Not a directory.
   auto file = IdLedger::Open("/etc/hostname");

@@ -73,8 +73,7 @@ std::string RenderMetrics(const MetricsSources& s) {
   const VersionStore::Counters sc = s.store->GetCounters();
   uint64_t staging_bytes = 0, committed_bytes = 0;
   for (const v1::VersionInfo& v : s.store->List()) {
-    (v.state() == v1::VERSION_STATE_COMMITTED ? committed_bytes : staging_bytes) +=
-        v.total_bytes();
+    (v.state() == v1::VERSION_STATE_COMMITTED ? committed_bytes : staging_bytes) += v.total_bytes();
   }
   p.Family("ckpt_versions", "gauge", "Versions in the store, by state.");
   p.Sample("ckpt_versions", "state=\"staging\"", u.staging);
@@ -155,8 +154,8 @@ std::string RenderMetrics(const MetricsSources& s) {
         "Bytes of the budget made ready so far (start-up warm-up).", u.ready_bytes);
   p.One("ckpt_store_ready", "gauge", "1 when the store's whole budget is ready.", u.ready ? 1 : 0);
   if (!s.gpus.empty()) {
-    const uint64_t slots = static_cast<uint64_t>(s.engine->options().slots_per_gpu) *
-                           s.engine->options().bucket_bytes;
+    const uint64_t slots =
+        static_cast<uint64_t>(s.engine->options().slots_per_gpu) * s.engine->options().bucket_bytes;
     p.Family("ckpt_gpu_slot_bytes", "gauge", "Device memory the daemon holds per GPU (slots).");
     for (const gpu::GpuInfo& g : s.gpus) {
       p.Sample("ckpt_gpu_slot_bytes",
@@ -201,8 +200,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   svr.Get("/readyz", [src](const httplib::Request&, httplib::Response& res) {
     const std::string why = NotReadyReason(*src);
     res.status = why.empty() ? 200 : 503;
-    res.set_content(why.empty() ? "ready\n" : absl::StrCat("not ready: ", why, "\n"),
-                    "text/plain");
+    res.set_content(why.empty() ? "ready\n" : absl::StrCat("not ready: ", why, "\n"), "text/plain");
   });
   int bound = port;
   if (port == 0) {

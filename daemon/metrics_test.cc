@@ -36,7 +36,8 @@ struct Node {
     t->set_xxh3(XXH3_64bits(bytes.data(), bytes.size()));
     auto b = store->Begin(m, 0, "");
     REQUIRE(b.ok());
-    REQUIRE(store->WriteChunk(b->version, b->upload_token, "w", 0, bytes.data(), bytes.size()).ok());
+    REQUIRE(
+        store->WriteChunk(b->version, b->upload_token, "w", 0, bytes.data(), bytes.size()).ok());
     REQUIRE(store->Commit(b->version, b->upload_token).ok());
     return b->version;
   }

@@ -252,6 +252,7 @@ uint64_t UpdateEngine::AddWorker(WorkerIdentity identity, std::shared_ptr<Worker
   entry->id = next_worker_id_++;
   workers_[entry->id] = entry;
   ++events_;
+  ++state_events_;
   if (options_.update_on_attach) attach_pending_.insert(entry->identity.pid);
   spdlog::info("{} attached", entry->Describe());
   if (stopping_) entry->channel->Close(stop_reason_);
@@ -264,6 +265,7 @@ void UpdateEngine::Forget(const WorkerEntry& entry, const std::string& why) {
   spdlog::info("{} removed: {}", entry.Describe(), why);
   workers_.erase(it);
   ++events_;
+  ++state_events_;
 }
 
 void UpdateEngine::RemoveWorker(uint64_t id, const std::string& why) {
@@ -272,6 +274,7 @@ void UpdateEngine::RemoveWorker(uint64_t id, const std::string& why) {
   if (it == workers_.end()) return;
   spdlog::info("{} detached: {}", it->second->Describe(), why);
   ++events_;
+  ++state_events_;
   if (participants_ != nullptr) {
     for (Participant& p : *participants_) {
       if (p.entry->id == id && p.active() && !p.loaded) {
@@ -307,6 +310,7 @@ void UpdateEngine::OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message
         p.tensors = message.loaded().tensors();
         p.bytes = message.loaded().bytes();
         p.entry->loaded_version = updating_;
+        ++state_events_;
       }
     }
     return;
@@ -410,7 +414,9 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
     last_outcome_ = running;
     outcomes_[version] = running;
     while (outcomes_.size() > 32) outcomes_.erase(outcomes_.begin());
+    running_unrestricted_ = request.worker_pids().empty() && !request.force();
     ++events_;
+    ++state_events_;
   }
   spdlog::info("update to version {}: {} buckets of up to {}, {} workers", version,
                plan->buckets.size(), FormatBytes(options_.bucket_bytes), participants.size());
@@ -699,6 +705,7 @@ void UpdateEngine::FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& resul
   *o.mutable_result() = report;
   outcomes_[o.version()] = o;
   last_result_ = result;
+  ++state_events_;
   // Metrics.
   (result.ok() ? counters_.succeeded : counters_.failed) += 1;
   counters_.bytes += report.bytes();
@@ -719,7 +726,8 @@ void UpdateEngine::FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& resul
 
 absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest& request,
                                                          absl::Time deadline,
-                                                         const std::string& trigger) {
+                                                         const std::string& trigger,
+                                                         const std::function<bool()>& cancelled) {
   if (request.previous()) {
     if (request.version() != 0 || request.worker_pids_size() > 0 || request.force()) {
       return absl::InvalidArgumentError(
@@ -728,21 +736,32 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     }
     return ResendPrevious(deadline);
   }
+  // Resolved before taking the engine's lock (the store is never called under it).
+  const uint64_t wanted =
+      request.version() != 0 ? request.version() : store_->GetUsage().latest_committed;
   {
     absl::MutexLock lock(&mu_);
-    if (updating_ != 0 && !request.force() && request.worker_pids().empty()) {
-      const uint64_t wanted =
-          request.version() != 0 ? request.version() : store_->GetUsage().latest_committed;
-      if (wanted == updating_) {
+    // Join only an update that goes to every attached worker unforced, as this request would:
+    // one restricted to some workers (update_on_attach, previous, worker_pids) or forced would
+    // answer for others.
+    if (updating_ != 0 && running_unrestricted_ && !request.force() &&
+        request.worker_pids().empty() && wanted == updating_) {
+      {
         // The same version is being sent: wait for that update and answer with its outcome.
         const uint64_t joined = started_serial_;
         spdlog::info("update to version {} requested while it runs: joining it", wanted);
         auto ended = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return stopping_ || finished_serial_ >= joined;
         };
-        if (!mu_.AwaitWithDeadline(absl::Condition(&ended), deadline)) {
-          return absl::DeadlineExceededError(absl::StrCat(
-              "joined the running update to version ", wanted, "; it did not end in time"));
+        // In slices, so that a caller that went away stops waiting.
+        for (;;) {
+          const absl::Time slice = std::min(deadline, absl::Now() + absl::Seconds(1));
+          if (mu_.AwaitWithDeadline(absl::Condition(&ended), slice)) break;
+          if (cancelled && cancelled()) return absl::CancelledError("the caller went away");
+          if (absl::Now() >= deadline) {
+            return absl::DeadlineExceededError(absl::StrCat(
+                "joined the running update to version ", wanted, "; it did not end in time"));
+          }
         }
         if (finished_serial_ == joined) return last_result_;
         if (stopping_) return absl::UnavailableError(stop_reason_);
@@ -753,7 +772,10 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     }
   }
   auto result = RunUpdate(request, trigger);
-  if (!result.ok() && options_.resend_previous_on_failure && trigger != "previous") {
+  // Only after an update that ran and failed for workers (not a refused request).
+  const bool worker_failure = absl::IsAborted(result.status()) ||
+                              absl::IsDeadlineExceeded(result.status());
+  if (worker_failure && options_.resend_previous_on_failure && trigger != "previous") {
     bool mixed = false;
     {
       absl::MutexLock lock(&mu_);
@@ -823,8 +845,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::ResendPrevious(absl::Time deadl
   return all;
 }
 
-absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(uint64_t version,
-                                                                absl::Time deadline) {
+absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(
+    uint64_t version, absl::Time deadline, const std::function<bool()>& cancelled) {
   if (version == 0) {
     version = store_->GetUsage().latest_committed;
     if (version == 0) return absl::FailedPreconditionError("no version is committed yet");
@@ -832,6 +854,15 @@ absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(uint64_t version
   v1::WaitLoadedResponse response;
   response.set_version(version);
   absl::MutexLock lock(&mu_);
+  if (waiters_ >= kMaxWaiters) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        waiters_, " WaitLoaded calls are waiting already, the most the daemon serves at once"));
+  }
+  ++waiters_;
+  struct Leave {
+    int* n;
+    ~Leave() { --*n; }
+  } leave{&waiters_};
   for (;;) {
     if (stopping_) return absl::UnavailableError(stop_reason_);
     response.clear_workers();
@@ -847,7 +878,22 @@ absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(uint64_t version
       }
     }
     auto outcome = outcomes_.find(version);
-    if (outcome != outcomes_.end()) *response.mutable_update() = outcome->second;
+    if (outcome != outcomes_.end()) {
+      *response.mutable_update() = outcome->second;
+      // A worker this version's last update failed for and that is gone from the registry (timed
+      // out, detached) may still run with mixed weights: the version is not loaded everywhere.
+      if (outcome->second.state() == "failed") {
+        for (const v1::WorkerResult& r : outcome->second.result().workers()) {
+          if (r.ok()) continue;
+          bool attached = false;
+          for (const auto& [id, e] : workers_) attached = attached || e->identity.pid == r.pid();
+          if (!attached) {
+            lacking.push_back(absl::StrCat("worker pid ", r.pid(), " failed (", r.error(),
+                                           ") and is no longer attached"));
+          }
+        }
+      }
+    }
     if (!workers_.empty() && lacking.empty()) {
       response.set_loaded(true);
       response.set_summary(absl::StrCat("version ", version, " loaded by ", workers_.size(),
@@ -865,11 +911,16 @@ absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(uint64_t version
                                         absl::StrJoin(lacking, "; ")));
       return response;
     }
-    const uint64_t seen = events_;
+    // Woken by changes of the workers' state (attach, detach, loaded, an update's start or end),
+    // not by every ack; in slices, so that a caller that went away stops waiting.
+    const uint64_t seen = state_events_;
     auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return stopping_ || events_ != seen;
+      return stopping_ || state_events_ != seen;
     };
-    if (!mu_.AwaitWithDeadline(absl::Condition(&changed), deadline)) {
+    const absl::Time slice = std::min(deadline, absl::Now() + absl::Seconds(1));
+    if (!mu_.AwaitWithDeadline(absl::Condition(&changed), slice)) {
+      if (cancelled && cancelled()) return absl::CancelledError("the caller went away");
+      if (absl::Now() < deadline) continue;
       return absl::DeadlineExceededError(absl::StrCat(
           "version ", version, " is not loaded by every worker yet: ",
           workers_.empty() ? std::string("no worker is attached") : absl::StrJoin(lacking, "; "),
@@ -924,6 +975,8 @@ void UpdateEngine::RequestAutoUpdate(uint64_t version) {
 void UpdateEngine::AutoUpdateLoop() {
   for (;;) {
     uint64_t version = 0;
+    std::set<int> attached;
+    bool any_workers = false;
     {
       absl::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -931,34 +984,51 @@ void UpdateEngine::AutoUpdateLoop() {
       };
       mu_.Await(absl::Condition(&ready));
       if (stopping_) return;
-      std::set<int> attached = std::exchange(attach_pending_, {});
+      attached = std::exchange(attach_pending_, {});
       version = std::exchange(auto_pending_, 0);
-      if (version == 0) {
-        // update_on_attach: the newest committed version to the workers that just attached.
-        v1::UpdateRequest request;
+      any_workers = !workers_.empty();
+    }
+    v1::UpdateRequest request;
+    std::string trigger;
+    if (version == 0) {
+      // update_on_attach: the newest committed version to the workers that just attached.
+      if (store_->GetUsage().latest_committed == 0) continue;  // nothing to send yet
+      {
+        absl::MutexLock lock(&mu_);
         for (const auto& [id, e] : workers_) {
           if (attached.count(e->identity.pid) > 0) request.add_worker_pids(e->identity.pid);
         }
-        if (request.worker_pids().empty()) continue;  // they left already
-        if (store_->GetUsage().latest_committed == 0) continue;  // nothing to send yet
-        mu_.Unlock();
-        auto result = Update(request, absl::InfiniteFuture(), "attach");
-        if (!result.ok()) {
-          spdlog::warn("update_on_attach: {}", std::string(result.status().message()));
-        }
-        mu_.Lock();
-        continue;
       }
-      if (workers_.empty()) {
+      if (request.worker_pids().empty()) continue;  // they left already
+      trigger = "attach";
+    } else {
+      if (!any_workers) {
         spdlog::info("auto_update: version {} committed, no worker attached", version);
         continue;
       }
+      request.set_version(version);
+      trigger = "auto_update";
     }
-    v1::UpdateRequest request;
-    request.set_version(version);
-    auto result = Update(request, absl::InfiniteFuture(), "auto_update");
-    if (!result.ok()) {
-      spdlog::warn("auto_update to version {}: {}", version,
+    auto result = Update(request, absl::InfiniteFuture(), trigger);
+    if (result.ok()) continue;
+    bool queued_again = false;
+    if (absl::IsFailedPrecondition(result.status())) {
+      // Another update took the slot between the wake-up and the start: go after it.
+      absl::MutexLock lock(&mu_);
+      if (updating_ != 0 && !stopping_) {
+        if (version != 0) {
+          auto_pending_ = std::max(auto_pending_, version);
+        } else {
+          attach_pending_.insert(request.worker_pids().begin(), request.worker_pids().end());
+        }
+        queued_again = true;
+      }
+    }
+    if (queued_again) {
+      spdlog::info("{}: another update runs; queued again after it", trigger);
+    } else {
+      spdlog::warn("{}{}: {}", trigger,
+                   version != 0 ? absl::StrCat(" to version ", version) : std::string(),
                    std::string(result.status().message()));
     }
   }

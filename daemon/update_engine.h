@@ -27,6 +27,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -121,16 +122,22 @@ class UpdateEngine {
   // when the store no longer holds it). `trigger` is recorded in the outcome (Status.last_update). Errors: NOT_FOUND (version unknown, retired or staging; a
   // pid not attached), FAILED_PRECONDITION (another update runs; no worker attached), ABORTED /
   // DEADLINE_EXCEEDED naming the workers that failed, UNAVAILABLE (shutting down).
+  // `cancelled` (may be empty): polled about every second by a joining request.
   absl::StatusOr<v1::UpdateResponse> Update(const v1::UpdateRequest& request,
                                             absl::Time deadline = absl::InfiniteFuture(),
-                                            const std::string& trigger = "request");
+                                            const std::string& trigger = "request",
+                                            const std::function<bool()>& cancelled = {});
 
   // Waits until every attached worker (at least one) holds `version` (0: the newest committed) or
   // a newer one without mixed weights (loaded = true), or an update of it failed for some of them
   // with none running or queued (loaded = false, the summary says who and why). Errors:
   // DEADLINE_EXCEEDED naming the workers that lack it, FAILED_PRECONDITION when nothing is
   // committed, UNAVAILABLE when shutting down.
-  absl::StatusOr<v1::WaitLoadedResponse> WaitLoaded(uint64_t version, absl::Time deadline);
+  // At most kMaxWaiters wait at once (RESOURCE_EXHAUSTED beyond); `cancelled` (may be empty) is
+  // polled about every second (CANCELLED once it returns true).
+  static constexpr int kMaxWaiters = 64;
+  absl::StatusOr<v1::WaitLoadedResponse> WaitLoaded(uint64_t version, absl::Time deadline,
+                                                    const std::function<bool()>& cancelled = {});
 
   // The last update that ran or runs (nullopt before the first). A running one carries its
   // progress as of this call (buckets and bytes done, workers loaded and failed, elapsed time).
@@ -211,6 +218,11 @@ class UpdateEngine {
   absl::StatusOr<v1::UpdateResponse> last_result_ ABSL_GUARDED_BY(mu_) =
       absl::UnknownError("no update yet");
   Counters counters_ ABSL_GUARDED_BY(mu_);
+  // The running update goes to every attached worker, unforced (joinable).
+  bool running_unrestricted_ ABSL_GUARDED_BY(mu_) = false;
+  // Changes of the workers' state (not acks): WaitLoaded sleeps until it changes.
+  uint64_t state_events_ ABSL_GUARDED_BY(mu_) = 0;
+  int waiters_ ABSL_GUARDED_BY(mu_) = 0;
   // Counts worker messages and detaches: the update loop sleeps until it changes.
   uint64_t events_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread auto_thread_;

@@ -288,7 +288,8 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
       if (next >= kMaxVersionId) {
         return absl::ResourceExhaustedError(
             absl::StrCat("no version id is left: ids reached the largest, ", kMaxVersionId,
-                         "; restart the daemon with an empty store to start again from 1"));
+                         "; automatic ids start again from 1 only with an empty store and no "
+                         "state_dir ledger (version-ids.json)"));
       }
       ++next;
     } while (versions_.count(next) != 0);
@@ -338,7 +339,10 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
     }
     graveyard.clear();  // frees the retired version's ranges now (takes alloc_mu_ only)
   }
-  if (options_.ledger != nullptr) {
+  // Automatic ids are recorded before they are handed out; a trainer-named id only when it commits
+  // (RecordCommitted), so that a named push that never commits (even one of id 2^63-1) takes no
+  // automatic id away.
+  if (options_.ledger != nullptr && requested_version == 0) {
     absl::Status recorded = options_.ledger->RecordBegun(v->id);
     if (!recorded.ok()) {
       return absl::UnavailableError(absl::StrCat(

@@ -507,6 +507,13 @@ TEST_CASE("a worker that stops acking fails the update after ack_timeout, naming
   // update right away goes to the good worker only and succeeds (issue 10 point 5).
   CHECK(d.Workers() == 1);
   CHECK(d.StatusJson()["workers"][0]["pid"] == good.proc->pid());
+  // The staller may still run with part of the version: waiting for the version says so rather
+  // than "loaded by every worker".
+  auto wait = d.admin->WaitLoaded(version, absl::Seconds(5));
+  REQUIRE(wait.ok());
+  CHECK_FALSE(wait->loaded());
+  CHECK(Contains(wait->summary(), "worker pid " + std::to_string(staller.proc->pid())));
+  CHECK(Contains(wait->summary(), "no longer attached"));
   auto again = d.Update(version, /*force=*/true);
   INFO(again.status().ToString());
   REQUIRE(again.ok());
@@ -681,6 +688,41 @@ TEST_CASE("an update asked for the version being sent joins it and returns its o
   CHECK(Contains(ctl.out, "sent to 1 workers"));
   CheckReport(held.Report(version), m);
   CHECK(d.StatusJson()["last_update"]["trigger"] == "auto_update");
+}
+
+TEST_CASE("an update restricted to some workers is not joined by a plain request") {
+  Daemon d;
+  testing::TempDir dir;
+  const std::string go = dir / "go";
+  Worker held(Worker::Kind::kCpp, d, dir, "held", {"--wait-for-file", go});
+  Worker other(Worker::Kind::kCpp, d, dir, "other");
+  held.WaitAttached();
+  other.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+  StateDict m = Model(65);
+  const uint64_t version = d.Push(m);
+  v1::UpdateRequest only_held;
+  only_held.set_version(version);
+  only_held.add_worker_pids(held.proc->pid());
+  auto restricted =
+      std::async(std::launch::async, [&] { return d.admin->Update(only_held, absl::Seconds(60)); });
+  REQUIRE(WaitUntil([&] { return d.StatusJson()["updating_version"] == version; }, 10s));
+  // It would answer for one worker only: refused, naming the running update, not joined.
+  auto plain = d.Update(version);
+  CHECK(plain.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(std::string(plain.status().message()), "is running"));
+  {
+    std::ofstream(go.c_str()) << "go";
+  }
+  REQUIRE(restricted.wait_for(30s) == std::future_status::ready);
+  auto r = restricted.get();
+  REQUIRE(r.ok());
+  REQUIRE(r->workers_size() == 1);
+  CHECK(r->workers(0).pid() == held.proc->pid());
+  auto all = d.Update(version);  // now the other worker gets it
+  INFO(all.status().ToString());
+  REQUIRE(all.ok());
+  CheckReport(other.Report(version), m);
 }
 
 TEST_CASE("update_on_attach sends the newest version to a worker that attaches") {

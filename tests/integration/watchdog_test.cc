@@ -19,9 +19,8 @@ TEST_CASE("WATCHDOG=1 comes only while the daemon proves itself alive") {
   testing::SpawnOptions options;
   // 600 ms: a check every 200 ms.
   options.env.push_back({"WATCHDOG_USEC", "600000"});
-  testing::DaemonProcess d({"--backend", "host", "--host-memory-budget", "16MiB", "--log-level",
-                            "info"},
-                           options);
+  testing::DaemonProcess d(
+      {"--backend", "host", "--host-memory-budget", "16MiB", "--log-level", "info"}, options);
   INFO("daemon stderr: " << d.proc->Stderr());
   REQUIRE(d.ready());
   REQUIRE(d.notify.WaitFor("WATCHDOG=1", 10s).has_value());

@@ -464,6 +464,48 @@ class WorkerTest(DaemonTestCase):
         self.assertIn("ValueError: no parameter named 'i8' in this model", error.message)
         self.assertEqual(w.version, 0)
 
+    def test_load_reports_an_exception_raised_after_the_last_tensor(self):
+        # A loader that consumes every tensor, then fails (e.g. it checks that every parameter
+        # was set): the version must fail, not be reported loaded.
+        state = mixed_state(6)
+        version = self.client.push_state_dict(state)
+        w = self.worker(engine="late-failer")
+        self.wait_attached(1)
+        update = UpdateThread(self.client, version)
+
+        def load_fn(pairs):
+            for _ in pairs:
+                pass
+            raise KeyError("weights not initialized: lm_head.weight")
+
+        with self.assertRaises(KeyError):
+            w.load(load_fn, timeout=DEADLINE_S)
+        error = update.failure(self)
+        self.assertIn("KeyError", error.message)
+        self.assertIn("weights not initialized", error.message)
+        self.assertEqual(w.version, 0)
+        # A loader that works: load returns the version.
+        update = UpdateThread(self.client, version)
+        got = {}
+        self.assertEqual(w.load(lambda pairs: got.update((n, t.clone()) for n, t in pairs),
+                                timeout=DEADLINE_S), version)
+        self.assertTrue(update.result(self)["workers"][0]["ok"])
+        self.assert_same(collections.OrderedDict(got), state)
+
+    def test_a_generator_closed_while_an_exception_is_handled_reports_it(self):
+        version = self.client.push_state_dict(mixed_state(9))
+        w = self.worker(engine="closer")
+        self.wait_attached(1)
+        update = UpdateThread(self.client, version)
+        pairs = w.receive(timeout=DEADLINE_S)
+        try:
+            next(pairs)
+            raise ValueError("shape mismatch for 'f32'")
+        except ValueError:
+            pairs.close()  # as a loader's cleanup would, inside its except block
+        error = update.failure(self)
+        self.assertIn("ValueError: shape mismatch for 'f32'", error.message)
+
     def test_defer_loaded_reports_at_finish(self):
         state = mixed_state(6)
         version = self.client.push_state_dict(state)

@@ -320,16 +320,25 @@ class Worker(_Handle):
         version is failed with a RuntimeError saying so.
         """
         convert = (lambda t: (t.name, t)) if raw else self._named_torch_view
-        pairs = self._drive(timeout, False, flat=True, convert=convert)
+        # Reported at the end, only once load_fn has returned: it may still fail after the last
+        # tensor (e.g. a loader that checks that every parameter was set).
+        pairs = self._drive(timeout, True, flat=True, convert=convert)
         try:
             load_fn(pairs)
             if next(pairs, _END) is not _END:
                 raise RuntimeError(f"{getattr(load_fn, '__qualname__', 'load_fn')} returned before "
                                    "consuming every tensor of the version")
         except BaseException as e:  # noqa: B902 - Ctrl-C is reported too.
-            _throw_into(pairs, e)
+            if self._done is not None:
+                # Every tensor was received: fail the version itself.
+                try:
+                    self.finish(error=f"{type(e).__name__}: {e}")
+                except CkptError:
+                    pass  # The stream is gone: the daemon fails this worker anyway.
+            else:
+                _throw_into(pairs, e)
             raise
-        return self._version
+        return self.finish()
 
     def receive_buckets(self, timeout=None, defer_loaded=False):
         """Like receive(), one list of (name, torch.Tensor) per bucket. The views of a list are
@@ -495,8 +504,9 @@ class Worker(_Handle):
 
     def _fail(self, version, bucket, exc):
         if isinstance(exc, GeneratorExit):
-            # Closed while the caller handles an exception: that exception is the real reason.
-            handled = sys.exc_info()[1]
+            # Closed while the caller handles an exception (inside its except block): that
+            # exception is the real reason, and Python chains it as the GeneratorExit's context.
+            handled = exc.__context__
             if handled is not None and not isinstance(handled, GeneratorExit):
                 exc = handled
         if isinstance(exc, GeneratorExit):
