@@ -847,9 +847,14 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::ResendPrevious(absl::Time deadl
 
 absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(
     uint64_t version, absl::Time deadline, const std::function<bool()>& cancelled) {
+  const uint64_t latest = store_->GetUsage().latest_committed;
   if (version == 0) {
-    version = store_->GetUsage().latest_committed;
+    version = latest;
     if (version == 0) return absl::FailedPreconditionError("no version is committed yet");
+  } else if (version > latest && absl::IsNotFound(store_->Get(version).status())) {
+    // Neither committed nor staging: no update of it can come (a typo, another daemon's id).
+    return absl::NotFoundError(absl::StrCat(
+        "version ", version, " was never committed here (the newest is ", latest, ")"));
   }
   v1::WaitLoadedResponse response;
   response.set_version(version);

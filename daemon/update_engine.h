@@ -132,7 +132,8 @@ class UpdateEngine {
   // a newer one without mixed weights (loaded = true), or an update of it failed for some of them
   // with none running or queued (loaded = false, the summary says who and why). Errors:
   // DEADLINE_EXCEEDED naming the workers that lack it, FAILED_PRECONDITION when nothing is
-  // committed, UNAVAILABLE when shutting down.
+  // committed, NOT_FOUND for a version never committed (above the newest, not staging),
+  // UNAVAILABLE when shutting down.
   // At most kMaxWaiters wait at once (RESOURCE_EXHAUSTED beyond); `cancelled` (may be empty) is
   // polled about every second (CANCELLED once it returns true).
   static constexpr int kMaxWaiters = 64;

@@ -627,6 +627,10 @@ TEST_CASE("auto_update outcomes: wait_loaded, status, mixed weights and update -
   CHECK_FALSE(Contains(text.out, "ABORTED: update to version"));  // the version said once
   RunResult failed_wait = d.Ctl({"update", std::to_string(v2), "--wait"});
   CHECK(failed_wait.exit.code == 1);
+  // A version that was never committed is NOT_FOUND at once, not a wait until the timeout.
+  auto never = d.admin->WaitLoaded(v2 + 100, absl::Seconds(30));
+  CHECK(never.status().code() == absl::StatusCode::kNotFound);
+  CHECK(Contains(std::string(never.status().message()), "was never committed"));
   INFO(failed_wait.out);
   CHECK(Contains(failed_wait.out,
                  "update to version " + std::to_string(v2) + " failed: 1 of 2 workers failed ("));
