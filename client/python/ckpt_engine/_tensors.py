@@ -44,21 +44,32 @@ def _is_numpy_array(value):
     return np is not None and isinstance(value, np.ndarray)
 
 
+# torch dtype object -> wire number, filled as dtypes are met (str(dtype) per tensor is slow).
+_TORCH_DTYPES = {}
+
+
 def _torch_view(name, t):
     """(dtype, shape, data pointer, nbytes, object to keep alive) of a torch tensor."""
-    if t.is_sparse or t.layout != sys.modules["torch"].strided:
+    torch = sys.modules["torch"]
+    if t.layout != torch.strided or t.is_sparse:
         raise Unsupported(f"tensor '{name}': only dense (strided) tensors can be pushed, not {t.layout}")
-    dtype = DTYPES.get(str(t.dtype).replace("torch.", ""))
+    dtype = _TORCH_DTYPES.get(t.dtype)
     if dtype is None:
-        raise Unsupported(f"tensor '{name}': unsupported dtype {t.dtype} "
-                          f"(supported: {', '.join(DTYPES)})")
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.to("cpu")  # CUDA (or other device) tensors: one copy to host memory.
-    if not t.is_contiguous():
-        t = t.contiguous()
-    if t.is_conj():
-        t = t.resolve_conj()
+        dtype = DTYPES.get(str(t.dtype).replace("torch.", ""))
+        if dtype is None:
+            raise Unsupported(f"tensor '{name}': unsupported dtype {t.dtype} "
+                              f"(supported: {', '.join(DTYPES)})")
+        _TORCH_DTYPES[t.dtype] = dtype
+    # The common case (a contiguous CPU tensor) is read in place as it is: data_ptr() needs no
+    # detach. Anything to convert is detached first, so no autograd graph is built.
+    if t.device.type != "cpu" or not t.is_contiguous() or t.is_conj():
+        t = t.detach()
+        if t.device.type != "cpu":
+            t = t.to("cpu")  # CUDA (or other device) tensors: one copy to host memory.
+        if not t.is_contiguous():
+            t = t.contiguous()
+        if t.is_conj():
+            t = t.resolve_conj()
     nbytes = t.numel() * t.element_size()
     # data_ptr() already includes the storage offset; bfloat16 and float8 need no numpy.
     return dtype, tuple(t.shape), t.data_ptr(), nbytes, t
@@ -101,11 +112,12 @@ def describe(tensors):
         encoded = name.encode("utf-8")
         shape_arr = (ctypes.c_int64 * max(1, len(shape)))(*shape)
         keep.extend((owner, encoded, shape_arr))
-        descs[i].name = encoded
-        descs[i].dtype = dtype
-        descs[i].ndim = len(shape)
-        descs[i].shape = ctypes.cast(shape_arr, ctypes.POINTER(ctypes.c_int64))
-        descs[i].data = ptr if nbytes > 0 else None
-        descs[i].nbytes = nbytes
+        d = descs[i]
+        d.name = encoded
+        d.dtype = dtype
+        d.ndim = len(shape)
+        d.shape = shape_arr  # an array converts to its element pointer (no ctypes.cast)
+        d.data = ptr if nbytes > 0 else None
+        d.nbytes = nbytes
         total += nbytes
     return descs, keep, total
