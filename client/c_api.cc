@@ -494,10 +494,13 @@ int ckpt_consumer_info(ckpt_consumer* consumer, char** json_out, char* err, size
     if (absl::Status s = NeedConsumer(consumer); !s.ok()) return s;
     if (json_out == nullptr) return absl::InvalidArgumentError("json_out is NULL");
     const auto& c = *consumer->consumer;
+    std::vector<uint64_t> addresses;
+    for (const uint8_t* a : c.slot_addresses()) addresses.push_back(reinterpret_cast<uint64_t>(a));
     return Output({{"backend", c.backend()},
                    {"gpu_uuid", c.gpu_uuid()},
                    {"slots", c.slot_count()},
-                   {"slot_bytes", c.slot_bytes()}},
+                   {"slot_bytes", c.slot_bytes()},
+                   {"slot_addresses", addresses}},
                   json_out);
   });
 }

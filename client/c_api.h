@@ -279,7 +279,9 @@ CKPT_API int ckpt_consumer_receive_version(ckpt_consumer* consumer, double timeo
                                            ckpt_bucket_fn fn, void* user, uint64_t* version_out,
                                            char* err, size_t errlen);
 
-/* {"backend": "cuda"|"host", "gpu_uuid", "slots", "slot_bytes"}. */
+/* {"backend": "cuda"|"host", "gpu_uuid", "slots", "slot_bytes", "slot_addresses": [where each
+ * slot is mapped in this process: a device pointer on cuda]}. The views of tensors that fit a slot
+ * lie inside one slot; a tensor larger than a slot is handed out from a buffer of its own. */
 CKPT_API int ckpt_consumer_info(ckpt_consumer* consumer, char** json_out, char* err, size_t errlen);
 
 /* Detaches and unmaps the slots. NULL is ignored. */

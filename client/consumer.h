@@ -137,6 +137,9 @@ class Consumer {
   const std::string& gpu_uuid() const { return gpu_uuid_; }
   int slot_count() const { return static_cast<int>(slots_.size()); }
   uint64_t slot_bytes() const { return slot_bytes_; }
+  // Where each slot is mapped in this process (device pointers on cuda): views of whole tensors
+  // that fit a slot lie inside one of them.
+  const std::vector<uint8_t*>& slot_addresses() const { return slots_; }
 
  private:
   class Slots;

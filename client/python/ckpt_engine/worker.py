@@ -205,6 +205,13 @@ class Worker(_Handle):
         self._gpu_uuid = info.get("gpu_uuid", "")
         self._slots = int(info.get("slots", 0))
         self._slot_bytes = int(info.get("slot_bytes", 0))
+        self._slot_addresses = [int(a) for a in info.get("slot_addresses", [])]
+        # Built on first use: one flat uint8 torch tensor per slot, sliced per received tensor
+        # (a view per tensor from its address costs several times more), the torch device and
+        # dtypes.
+        self._slot_tensors = None
+        self._device = None
+        self._dtypes = {}
 
     # ---- state ----
 
@@ -277,6 +284,7 @@ class Worker(_Handle):
     def close(self):
         """Detaches from the daemon and unmaps the slots: every view received so far becomes
         invalid. Idempotent."""
+        self._slot_tensors = None
         super().close()
 
     # ---- receiving ----
@@ -463,12 +471,36 @@ class Worker(_Handle):
             return torch.device("cuda", self._cuda_device)
         return torch.device("cpu")
 
+    def _slot_flat(self, torch, device):
+        """[(address, flat uint8 tensor over the whole slot)], built once."""
+        if self._slot_tensors is None:
+            flats = []
+            for address in self._slot_addresses:
+                if self._backend == "cuda":
+                    flat = torch.as_tensor(_CudaBytes(address, self._slot_bytes), device=device)
+                else:
+                    buf = (ctypes.c_uint8 * self._slot_bytes).from_address(address)
+                    flat = torch.frombuffer(buf, dtype=torch.uint8)
+                flats.append((address, flat))
+            self._slot_tensors = flats
+        return self._slot_tensors
+
     def _torch_view(self, t):
         torch = _torch()
-        dtype = torch_dtype(t.dtype, t.name)
-        device = self._torch_device()
+        dtype = self._dtypes.get(t.dtype)
+        if dtype is None:
+            dtype = self._dtypes[t.dtype] = torch_dtype(t.dtype, t.name)
+        device = self._device
+        if device is None:
+            device = self._device = self._torch_device()
         if t.nbytes == 0:
             return torch.empty(t.shape, dtype=dtype, device=device)
+        if self._slot_addresses and hasattr(torch, "frombuffer"):
+            for address, flat in self._slot_flat(torch, device):
+                offset = t.data - address
+                if 0 <= offset and offset + t.nbytes <= self._slot_bytes:
+                    return flat[offset:offset + t.nbytes].view(dtype).view(t.shape)
+        # A tensor larger than a slot (put together in a buffer of its own), or an old library.
         if self._backend == "cuda":
             flat = torch.as_tensor(_CudaBytes(t.data, t.nbytes), device=device)
         else:
