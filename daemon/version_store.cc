@@ -543,10 +543,16 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
           "version ", version, ": checksum mismatch in ", mismatches, " tensor(s): ",
           absl::StrJoin(problems, "; "), mismatches > problems.size() ? "; ..." : "")));
     }
-  } else {
-    for (int i = 0; i < n; ++i) v->manifest.mutable_tensors(i)->set_xxh3(sums[i]);
   }
-  const uint64_t digest = options_.ledger != nullptr ? IdLedger::Digest(v->manifest) : 0;
+  // The manifest as it will be committed (with the computed checksums: LoadFiles). It is written
+  // into the version under mu_ below: Get and List copy a staging manifest under the shared lock.
+  v1::Manifest committed_manifest;
+  if (!v->verify_checksums) {
+    committed_manifest = v->manifest;
+    for (int i = 0; i < n; ++i) committed_manifest.mutable_tensors(i)->set_xxh3(sums[i]);
+  }
+  const v1::Manifest& final_manifest = v->verify_checksums ? v->manifest : committed_manifest;
+  const uint64_t digest = options_.ledger != nullptr ? IdLedger::Digest(final_manifest) : 0;
   if (options_.ledger != nullptr) {
     const std::optional<uint64_t> before = options_.ledger->CommittedDigest(version);
     if (before.has_value() && *before != digest) {
@@ -567,6 +573,7 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
     // A version that began before a newer one committed commits too (concurrent pushes): it is
     // simply not the newest. Readers asking for the newest never see ids go backwards.
     const bool newest = version > max_committed_;
+    if (!v->verify_checksums) v->manifest = std::move(committed_manifest);
     v->state = v1::VERSION_STATE_COMMITTED;
     v->committed = absl::Now();
     max_committed_ = std::max(max_committed_, version);
