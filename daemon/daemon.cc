@@ -333,7 +333,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   // Said once serving (a start-up that fails prints only its one line).
   if (d->ledger_ != nullptr) {
     spdlog::info("version ids: kept in {} (automatic ids continue above {})", d->ledger_->path(),
-                 d->ledger_->max_id());
+                 d->ledger_->floor());
   } else {
     spdlog::warn("version ids: no state_dir, so automatic ids start again at 1 after a restart "
                  "(the same id may then name another checkpoint); set state_dir to keep them");

@@ -111,6 +111,7 @@ absl::Status IdLedger::Load() {
   }
   max_id_ = j["max_version_id"].get<uint64_t>();
   if (max_id_ > (uint64_t{1} << 63) - 1) return bad("max_version_id is above 2^63-1");
+  floor_ = max_id_;
   if (j.contains("committed")) {
     if (!j["committed"].is_array() || j["committed"].size() > kMaxCommitted) {
       return bad("committed is not an array of at most 1024 entries");
@@ -165,11 +166,19 @@ uint64_t IdLedger::max_id() const {
   return max_id_;
 }
 
+uint64_t IdLedger::floor() const {
+  absl::MutexLock lock(&mu_);
+  return floor_;
+}
+
 absl::Status IdLedger::RecordBegun(uint64_t id) {
   absl::MutexLock lock(&mu_);
-  if (id <= max_id_) return absl::OkStatus();
+  if (id <= max_id_) return absl::OkStatus();  // within the ids reserved already
+  // Reserve a block, so that the file is written (and fsynced) once per kReserve automatic ids,
+  // not at every Begin; after a restart automatic ids continue above the whole block.
+  const uint64_t limit = (uint64_t{1} << 63) - 1;
   const uint64_t before = max_id_;
-  max_id_ = id;
+  max_id_ = id > limit - (kReserve - 1) ? limit : id + (kReserve - 1);
   absl::Status s = Write();
   if (!s.ok()) max_id_ = before;
   return s;

@@ -1,8 +1,8 @@
 // IdLedger: what the daemon remembers of version ids across restarts (config key state_dir).
 //
 // The store's versions live in memory only, so a restart forgets them; the ledger keeps, in one
-// small file (`<state_dir>/version-ids.json`), the highest automatic id ever begun (and named id
-// ever committed) and a digest of
+// small file (`<state_dir>/version-ids.json`), the automatic ids reserved so far (blocks of
+// kReserve; the highest named id ever committed raises it too) and a digest of
 // the last 1024 committed versions (their tensor names, dtypes, shapes and XXH3-64s). With it:
 // - automatic ids continue above every id used before, so "version 12" never names two
 //   checkpoints (without a state_dir they start again at 1 after a restart);
@@ -12,8 +12,9 @@
 //   checksums, else at Commit).
 //
 // The file is written atomically (a temporary file, fsync, rename, fsync of the directory) before
-// the id is handed out; a failure refuses the Begin (UNAVAILABLE), so an id is never used without
-// being recorded. Reading is bounded (64 KiB at most, a regular file, strict JSON): a damaged file
+// an id outside the reservation is handed out; a failure refuses the Begin (UNAVAILABLE), so an id
+// is never used without being recorded. The write happens under the store's lock once per block
+// (and the digest of every commit outside it): a slow state_dir disk slows those Begins. Reading is bounded (64 KiB at most, a regular file, strict JSON): a damaged file
 // stops the daemon at start with a message naming it.
 //
 // Thread-safety: every method may be called from any thread.
@@ -45,9 +46,14 @@ class IdLedger {
   static absl::StatusOr<std::unique_ptr<IdLedger>> Open(const std::string& dir);
 
   const std::string& path() const { return path_; }
-  // The highest id ever begun (0: none).
+  // Automatic ids are reserved in blocks of this many (one file write per block).
+  static constexpr uint64_t kReserve = 64;
+  // Ids up to this may have been handed out (0: none): the reservation, raised by RecordBegun and
+  // RecordCommitted.
   uint64_t max_id() const;
-  // Raises the highest id to `id` (no-op when it is not higher) and writes the file.
+  // max_id() as the file said when opened: automatic ids of this run start above it.
+  uint64_t floor() const;
+  // Makes sure `id` is covered by the reservation (writes the file when it was not).
   absl::Status RecordBegun(uint64_t id);
   // Records `id` as committed with `digest` and writes the file.
   absl::Status RecordCommitted(uint64_t id, uint64_t digest);
@@ -66,6 +72,7 @@ class IdLedger {
   const std::string path_;
   mutable absl::Mutex mu_;
   uint64_t max_id_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t floor_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<uint64_t, uint64_t> committed_ ABSL_GUARDED_BY(mu_);  // id -> digest
   std::deque<uint64_t> order_ ABSL_GUARDED_BY(mu_);              // commit order, oldest first
 };

@@ -43,13 +43,17 @@ TEST_CASE("ids and digests survive a reopen; the file stays small") {
     auto ledger = IdLedger::Open(dir.path);
     REQUIRE(ledger.ok());
     CHECK((*ledger)->max_id() == 0);
-    REQUIRE((*ledger)->RecordBegun(7).ok());
-    REQUIRE((*ledger)->RecordBegun(3).ok());  // lower: no change
+    CHECK((*ledger)->floor() == 0);
+    REQUIRE((*ledger)->RecordBegun(7).ok());  // reserves 7 .. 7 + kReserve - 1
+    CHECK((*ledger)->max_id() == 7 + IdLedger::kReserve - 1);
+    CHECK((*ledger)->floor() == 0);  // this run's automatic ids are not pushed up
+    REQUIRE((*ledger)->RecordBegun(3).ok());  // within the reservation: no change
     REQUIRE((*ledger)->RecordCommitted(7, IdLedger::Digest(OneTensor(42))).ok());
   }
   auto again = IdLedger::Open(dir.path);
   REQUIRE(again.ok());
-  CHECK((*again)->max_id() == 7);
+  CHECK((*again)->max_id() == 7 + IdLedger::kReserve - 1);
+  CHECK((*again)->floor() == 7 + IdLedger::kReserve - 1);  // the next run starts above it
   REQUIRE((*again)->CommittedDigest(7).has_value());
   CHECK(*(*again)->CommittedDigest(7) == IdLedger::Digest(OneTensor(42)));
   CHECK_FALSE((*again)->CommittedDigest(3).has_value());

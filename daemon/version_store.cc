@@ -283,7 +283,7 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
   } else {
     // Above every id used before a restart too (state_dir), so an id never names two checkpoints.
     uint64_t next = std::max({max_committed_, max_begun_,
-                              options_.ledger != nullptr ? options_.ledger->max_id() : 0});
+                              options_.ledger != nullptr ? options_.ledger->floor() : 0});
     do {
       if (next >= kMaxVersionId) {
         return absl::ResourceExhaustedError(

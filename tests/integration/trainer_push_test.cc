@@ -227,12 +227,14 @@ TEST_CASE("state_dir: automatic ids continue after a restart; a named id keeps i
   auto same = trainer->PushTensors(a.views, ten);
   INFO(same.status().ToString());
   CHECK(same.ok());
-  // The next automatic id is above every id used before the restart.
+  // The next automatic id is above every id that may have been handed out before the restart
+  // (automatic ids are reserved in blocks of 64: the file is written once per block).
   auto after = trainer->PushTensors(b.views, {});
   REQUIRE(after.ok());
-  CHECK(after->version() == last + 1);
+  CHECK(after->version() > last);
+  CHECK(after->version() == 64 + 1);
   CHECK(Contains(testing::ReadFile(state / "version-ids.json"),
-                 "\"max_version_id\":" + std::to_string(last + 1)));
+                 "\"max_version_id\":" + std::to_string(64 + 64)));
 }
 
 TEST_CASE("a large push over 4 streams matches byte for byte (checksums verified at commit)") {
