@@ -1,5 +1,6 @@
 #include "daemon/trainer_service.h"
 
+#include <chrono>
 #include <set>
 #include <system_error>
 #include <thread>
@@ -18,7 +19,14 @@ grpc::Status TrainerService::BeginVersion(grpc::ServerContext* context,
                                           v1::BeginVersionResponse* response) {
   std::string who;
   if (auto s = auth_->Check(*context, kRoleTrainer, "BeginVersion", &who); !s.ok()) return s;
-  auto begun = store_->Begin(request->manifest(), request->version(), request->label(), who);
+  // The call's deadline bounds the wait for memory during warm-up (gRPC's "none" is far ahead).
+  const auto call_deadline = context->deadline();
+  const absl::Time deadline =
+      call_deadline >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24)
+          ? absl::InfiniteFuture()
+          : absl::FromChrono(call_deadline);
+  auto begun = store_->Begin(request->manifest(), request->version(), request->label(), who,
+                             /*verify_checksums=*/true, deadline);
   if (!begun.ok()) return ToGrpc(begun.status());
   response->set_version(begun->version);
   response->set_upload_token(begun->upload_token);

@@ -195,7 +195,8 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
                                                         uint64_t requested_version,
                                                         const std::string& label,
                                                         const std::string& client,
-                                                        bool verify_checksums) {
+                                                        bool verify_checksums,
+                                                        absl::Time deadline) {
   if (label.size() > kMaxLabelBytes) {
     return absl::InvalidArgumentError(absl::StrCat("label of ", label.size(),
                                                    " bytes is too long (at most ", kMaxLabelBytes,
@@ -223,7 +224,11 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
     }
   }
   const uint64_t needed = needed_sum.total();
-  AwaitReadyFor(needed);  // start-up: memory still being made ready
+  AwaitReadyFor(needed, deadline);  // start-up: memory still being made ready
+  if (absl::Now() >= deadline) {
+    return absl::DeadlineExceededError(
+        "the caller's deadline passed while the store got memory ready for this version; retry");
+  }
   auto v = std::make_shared<Version>();
   v->manifest = manifest;
   v->label = label;
@@ -773,7 +778,7 @@ absl::Duration VersionStore::ReadyEta(uint64_t bytes) const {
   return elapsed * (static_cast<double>(bytes) / static_cast<double>(done));
 }
 
-void VersionStore::AwaitReadyFor(uint64_t needed) {
+void VersionStore::AwaitReadyFor(uint64_t needed, absl::Time deadline) {
   absl::MutexLock alock(&alloc_mu_);
   auto enough = [this, needed]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(alloc_mu_) {
     const uint64_t free_bytes = allocator_.free_bytes();
@@ -785,7 +790,8 @@ void VersionStore::AwaitReadyFor(uint64_t needed) {
   if (enough() || options_.ready_wait <= absl::ZeroDuration()) return;
   // Not worth waiting when the memory would come later than the wait allows: refuse now.
   if (ReadyEta(needed - allocator_.free_bytes()) > options_.ready_wait) return;
-  alloc_mu_.AwaitWithTimeout(absl::Condition(&enough), options_.ready_wait);
+  alloc_mu_.AwaitWithDeadline(absl::Condition(&enough),
+                              std::min(deadline, absl::Now() + options_.ready_wait));
 }
 
 absl::Status VersionStore::StillWarmingUp(uint64_t needed, uint64_t available) const {

@@ -137,9 +137,12 @@ class VersionStore {
   // computes and records them (LoadFiles). Errors: INVALID_ARGUMENT (manifest, label, id over
   // kMaxVersionId), ALREADY_EXISTS / FAILED_PRECONDITION (id), RESOURCE_EXHAUSTED (needed and free
   // bytes in the message; too many staging versions; ids exhausted).
+  // `deadline`: the caller's (the RPC's): a wait for memory during warm-up ends by then, and a
+  // caller whose deadline passed gets DEADLINE_EXCEEDED instead of a version it can no longer use.
   absl::StatusOr<Begun> Begin(const v1::Manifest& manifest, uint64_t requested_version,
                               const std::string& label, const std::string& client = "",
-                              bool verify_checksums = true);
+                              bool verify_checksums = true,
+                              absl::Time deadline = absl::InfiniteFuture());
 
   // Copies `size` bytes to `offset` of `tensor`. Errors: NOT_FOUND (version not staging, unknown
   // tensor), PERMISSION_DENIED (token), OUT_OF_RANGE (past the tensor's end).
@@ -282,7 +285,7 @@ class VersionStore {
   std::optional<uint64_t> RoundedSize(uint64_t size) const;
   // While warm-up runs and less than `needed` is free in the ready part: waits (up to
   // options_.ready_wait) until it is, or warm-up ends, or the version could not fit anyway.
-  void AwaitReadyFor(uint64_t needed) ABSL_LOCKS_EXCLUDED(alloc_mu_);
+  void AwaitReadyFor(uint64_t needed, absl::Time deadline) ABSL_LOCKS_EXCLUDED(alloc_mu_);
   // UNAVAILABLE ("still getting memory ready ... retry") while warm-up runs and `needed` would fit
   // in `available` bytes plus what is not ready yet; OK otherwise.
   absl::Status StillWarmingUp(uint64_t needed, uint64_t available) const

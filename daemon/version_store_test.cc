@@ -643,6 +643,23 @@ TEST_CASE("warm-up: a Begin waits (bounded) for the memory it needs, then succee
   CHECK(progress.load() >= 16);
 }
 
+TEST_CASE("warm-up: the caller's deadline ends the wait; nothing is left behind") {
+  VersionStore::Options options;
+  options.ready_wait = absl::Seconds(30);
+  auto store = NewWarmingStore(options);
+  VersionStore::WarmUpOptions warm;
+  warm.piece_bytes = 64 * kKiB;
+  warm.pause = absl::Milliseconds(100);  // about 1.6 s for the whole arena
+  store->StartWarmUp(warm);
+  const absl::Time start = absl::Now();
+  auto b = store->Begin(ManifestOf(OfKiB(900, 1)), 0, "", "", true,
+                        absl::Now() + absl::Milliseconds(200));
+  CHECK(b.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(absl::Now() - start < absl::Seconds(1));  // not ready_wait
+  CHECK(store->GetUsage().staging == 0);
+  CHECK(store->GetUsage().used_bytes == 0);
+}
+
 TEST_CASE("warm-up: a Begin is refused at once when the memory would come later than it may wait") {
   VersionStore::Options options;
   options.ready_wait = absl::Seconds(1);
