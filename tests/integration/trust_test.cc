@@ -14,6 +14,7 @@
 
 #include "proto/consumer.grpc.pb.h"
 #include "tests/testing/safetensors_writer.h"
+#include "tests/testing/state_dict.h"
 #include "tests/testing/subprocess.h"
 #include "tests/testing/trainer_daemon.h"
 
@@ -352,7 +353,12 @@ TEST_CASE(
   CHECK(attach.error_code() == grpc::StatusCode::CANCELLED);
   CHECK(push.error_code() == grpc::StatusCode::CANCELLED);
   CHECK(Clock::now() - start < 20s);
-  CHECK(Contains(d.proc->Stderr(), "before its AttachRequest: nothing received for"));
+  // The watchdog logs right after it cancels the stream: wait (bounded) for the line.
+  CHECK(testing::WaitUntil(
+      [&] {
+        return Contains(d.proc->Stderr(), "before its AttachRequest: nothing received for");
+      },
+      5s));
   // The daemon still answers.
   d.Status();
 }
