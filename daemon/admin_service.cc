@@ -3,11 +3,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-
 #include "common/version.h"
 #include "daemon/grpc_status.h"
 
@@ -87,19 +85,6 @@ grpc::Status AdminService::Drop(grpc::ServerContext* context, const v1::DropRequ
   if (auto s = auth_->Check(*context, kRoleOperator, "Drop"); !s.ok()) return s;
   return ToGrpc(store_->Drop(request->version()));
 }
-
-namespace {
-
-// The call's deadline (gRPC's "none" is the far future): waits for the caller end with it.
-absl::Time CallDeadline(const grpc::ServerContext& context) {
-  const auto deadline = context.deadline();
-  if (deadline >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) {
-    return absl::InfiniteFuture();
-  }
-  return absl::FromChrono(deadline);
-}
-
-}  // namespace
 
 grpc::Status AdminService::WaitLoaded(grpc::ServerContext* context,
                                       const v1::WaitLoadedRequest* request,

@@ -2,8 +2,12 @@
 #ifndef CKPT_DAEMON_GRPC_STATUS_H_
 #define CKPT_DAEMON_GRPC_STATUS_H_
 
+#include <chrono>
+
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "common/message_text.h"
+#include "grpcpp/server_context.h"
 #include "grpcpp/support/status.h"
 
 namespace ckpt::daemon {
@@ -15,6 +19,16 @@ inline grpc::Status ToGrpc(const absl::Status& status) {
   const absl::Status bounded = BoundStatusMessage(status);
   return grpc::Status(static_cast<grpc::StatusCode>(bounded.code()),
                       std::string(bounded.message()));
+}
+
+// The call's deadline as absl::Time; a call without one (gRPC's far-future time point) gets
+// absl::InfiniteFuture(). Waits a handler does for its caller end by it.
+inline absl::Time CallDeadline(const grpc::ServerContext& context) {
+  const auto deadline = context.deadline();
+  if (deadline >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
 }
 
 }  // namespace ckpt::daemon

@@ -1,6 +1,5 @@
 #include "daemon/trainer_service.h"
 
-#include <chrono>
 #include <set>
 #include <system_error>
 #include <thread>
@@ -19,14 +18,9 @@ grpc::Status TrainerService::BeginVersion(grpc::ServerContext* context,
                                           v1::BeginVersionResponse* response) {
   std::string who;
   if (auto s = auth_->Check(*context, kRoleTrainer, "BeginVersion", &who); !s.ok()) return s;
-  // The call's deadline bounds the wait for memory during warm-up (gRPC's "none" is far ahead).
-  const auto call_deadline = context->deadline();
-  const absl::Time deadline =
-      call_deadline >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24)
-          ? absl::InfiniteFuture()
-          : absl::FromChrono(call_deadline);
+  // The call's deadline bounds the wait for memory during warm-up.
   auto begun = store_->Begin(request->manifest(), request->version(), request->label(), who,
-                             /*verify_checksums=*/true, deadline);
+                             /*verify_checksums=*/true, CallDeadline(*context));
   if (!begun.ok()) return ToGrpc(begun.status());
   response->set_version(begun->version);
   response->set_upload_token(begun->upload_token);
@@ -89,7 +83,7 @@ grpc::Status TrainerService::Abort(grpc::ServerContext* context, const v1::Abort
 }
 
 absl::Time TrainerService::LoadDeadline(const grpc::ServerContext& context) const {
-  return std::min(absl::Now() + options_.load_timeout, absl::FromChrono(context.deadline()));
+  return std::min(absl::Now() + options_.load_timeout, CallDeadline(context));
 }
 
 absl::StatusOr<v1::VersionInfo> TrainerService::RunLoad(grpc::ServerContext* context,

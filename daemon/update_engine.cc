@@ -176,6 +176,8 @@ struct UpdateEngine::WorkerEntry {
 struct UpdateEngine::Participant {
   std::shared_ptr<WorkerEntry> entry;
   std::string error;  // set once failed
+  // Why, for metrics (Counters::worker_failures); "other" when it just did not finish.
+  const char* reason = "other";
   bool timed_out = false;
   std::map<uint64_t, absl::Time> outstanding;  // bucket -> when BucketReady was sent
   int buckets_sent = 0;
@@ -279,6 +281,7 @@ void UpdateEngine::RemoveWorker(uint64_t id, const std::string& why) {
     for (Participant& p : *participants_) {
       if (p.entry->id == id && p.active() && !p.loaded) {
         p.error = absl::StrCat("detached mid-update: ", why);
+        p.reason = "detached";
         p.outstanding.clear();
       }
     }
@@ -297,6 +300,7 @@ void UpdateEngine::OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message
       if (!message.ack().error().empty()) {
         p.error = absl::StrCat("failed to load bucket ", message.ack().bucket(), ": ",
                                message.ack().error());
+        p.reason = "load_error";
         p.outstanding.clear();
       } else {
         p.outstanding.erase(message.ack().bucket());
@@ -305,6 +309,7 @@ void UpdateEngine::OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message
       if (message.loaded().version() != updating_ || !p.done_sent) return;
       if (!message.loaded().error().empty()) {
         p.error = absl::StrCat("failed to finish the version: ", message.loaded().error());
+        p.reason = "load_error";
       } else {
         p.loaded = true;
         p.tensors = message.loaded().tensors();
@@ -384,6 +389,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
               "it asked for ", missing.size(), " tensor(s) that version ", version, " lacks: ",
               absl::StrJoin(missing.begin(), missing.begin() + shown, ", "),
               missing.size() > shown ? ", ..." : "", " (check the worker's tensor_names)");
+          p.reason = "missing_tensors";
         }
       }
       participants.push_back(std::move(p));
@@ -467,6 +473,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
       }
       if (why.empty()) continue;
       p.error = why;
+      p.reason = "ack_timeout";
       p.timed_out = true;
       p.outstanding.clear();
       p.entry->channel->Close(absl::StrCat("the daemon gave up on this worker: it ", why));
@@ -551,6 +558,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
           ++p.buckets_sent;
           if (!p.entry->channel->Send(std::move(m))) {
             p.error = "its stream closed mid-update";
+            p.reason = "stream_closed";
             p.outstanding.clear();
             Forget(*p.entry, p.error);
           }
@@ -584,6 +592,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
       p.done_sent_at = absl::Now();
       if (!p.entry->channel->Send(std::move(m))) {
         p.error = "its stream closed mid-update";
+        p.reason = "stream_closed";
         Forget(*p.entry, p.error);
       }
     }
@@ -647,14 +656,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
       failed.push_back(absl::StrCat(p.entry->Describe(), ": ", r->error(),
                                     p.buckets_sent > 0 ? " (mixed weights)" : ""));
       timed_out = timed_out || p.timed_out;
-      const std::string& why = r->error();
-      const char* reason = p.timed_out                                  ? "ack_timeout"
-                           : absl::StartsWith(why, "detached")          ? "detached"
-                           : absl::StartsWith(why, "failed to")         ? "load_error"
-                           : absl::StartsWith(why, "it asked for")      ? "missing_tensors"
-                           : absl::StartsWith(why, "its stream closed") ? "stream_closed"
-                                                                        : "other";
-      ++counters_.worker_failures[reason];
+      ++counters_.worker_failures[p.reason];
     }
   }
   if (!failure.ok()) {
