@@ -20,6 +20,7 @@
 #include "client/consumer.h"
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
+#include "common/status_macros.h"
 #include "common/version.h"
 
 struct ckpt_client {
@@ -33,6 +34,10 @@ struct ckpt_consumer {
   // The last event's views and the storage they point into.
   ckpt::client::ConsumerEvent event;
   std::vector<ckpt_tensor_view> views;
+  // ckpt_consumer_bucket_table's block for `event`, built on first request.
+  std::vector<uint64_t> table_block;
+  bool table_built = false;
+  bool have_event = false;  // `event` holds an event handed out
 };
 
 namespace {
@@ -226,6 +231,38 @@ void ckpt_client_set_timeout(ckpt_client* client, double seconds) {
 
 void ckpt_client_close(ckpt_client* client) { delete client; }
 
+namespace {
+
+// The push of ckpt_push and ckpt_push_table, once the tensors are views.
+absl::Status PushViews(ckpt_client* client, const std::vector<ckpt::client::TensorView>& views,
+                       const ckpt_push_options* options, uint64_t* version_out,
+                       char** info_json_out) {
+  ckpt_push_options defaults;
+  ckpt_push_options_init(&defaults);
+  const ckpt_push_options& o = options != nullptr ? *options : defaults;
+  ckpt::client::PushOptions push;
+  push.version = o.version;
+  if (o.label != nullptr) push.label = o.label;
+  if (o.streams != 0) push.streams = o.streams;
+  if (o.chunk_bytes != 0) push.chunk_bytes = o.chunk_bytes;
+  if (o.timeout_s > 0) push.timeout = absl::Seconds(o.timeout_s);
+  std::atomic<bool> cancel{false};
+  push.cancel = &cancel;
+  if (o.progress != nullptr) {
+    ckpt_progress_fn fn = o.progress;
+    void* user = o.progress_user;
+    push.progress = [fn, user, &cancel](uint64_t done, uint64_t total) {
+      if (fn(done, total, user) != 0) cancel.store(true);
+    };
+  }
+  auto info = client->trainer->PushTensors(views, push);
+  if (!info.ok()) return info.status();
+  if (version_out != nullptr) *version_out = info->version();
+  return Output(ckpt::ctl::VersionInfoJson(*info), info_json_out);
+}
+
+}  // namespace
+
 int ckpt_push(ckpt_client* client, const ckpt_tensor* tensors, size_t count,
               const ckpt_push_options* options, uint64_t* version_out, char** info_json_out,
               char* err, size_t errlen) {
@@ -250,28 +287,52 @@ int ckpt_push(ckpt_client* client, const ckpt_tensor* tensors, size_t count,
       views[i].data = t.data;
       views[i].bytes = t.nbytes;
     }
-    ckpt_push_options defaults;
-    ckpt_push_options_init(&defaults);
-    const ckpt_push_options& o = options != nullptr ? *options : defaults;
-    ckpt::client::PushOptions push;
-    push.version = o.version;
-    if (o.label != nullptr) push.label = o.label;
-    if (o.streams != 0) push.streams = o.streams;
-    if (o.chunk_bytes != 0) push.chunk_bytes = o.chunk_bytes;
-    if (o.timeout_s > 0) push.timeout = absl::Seconds(o.timeout_s);
-    std::atomic<bool> cancel{false};
-    push.cancel = &cancel;
-    if (o.progress != nullptr) {
-      ckpt_progress_fn fn = o.progress;
-      void* user = o.progress_user;
-      push.progress = [fn, user, &cancel](uint64_t done, uint64_t total) {
-        if (fn(done, total, user) != 0) cancel.store(true);
-      };
+    return PushViews(client, views, options, version_out, info_json_out);
+  });
+}
+
+int ckpt_push_table(ckpt_client* client, const ckpt_tensor_table* table,
+                    const ckpt_push_options* options, uint64_t* version_out, char** info_json_out,
+                    char* err, size_t errlen) {
+  ClearOutput(info_json_out);
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedClient(client); !s.ok()) return s;
+    if (table == nullptr) return absl::InvalidArgumentError("table is NULL");
+    if (table->struct_size < sizeof(ckpt_tensor_table)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("table->struct_size is ", table->struct_size,
+                       ", not sizeof(ckpt_tensor_table) = ", sizeof(ckpt_tensor_table)));
     }
-    auto info = client->trainer->PushTensors(views, push);
-    if (!info.ok()) return info.status();
-    if (version_out != nullptr) *version_out = info->version();
-    return Output(ckpt::ctl::VersionInfoJson(*info), info_json_out);
+    const size_t n = table->count;
+    if (n > 0 &&
+        (table->names == nullptr || table->name_ends == nullptr || table->dtypes == nullptr ||
+         table->ndims == nullptr || table->data == nullptr || table->nbytes == nullptr)) {
+      return absl::InvalidArgumentError("a column of the table is NULL");
+    }
+    std::vector<ckpt::client::TensorView> views(n);
+    uint64_t name_begin = 0;
+    uint64_t dim = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const uint64_t name_end = table->name_ends[i];
+      if (name_end < name_begin) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor #", i, ": name_ends goes back (",
+                                                       name_end, " after ", name_begin, ")"));
+      }
+      views[i].name.assign(table->names + name_begin, name_end - name_begin);
+      name_begin = name_end;
+      const int32_t ndim = table->ndims[i];
+      if (ndim < 0 || (ndim > 0 && table->shapes == nullptr)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", views[i].name, "': ndim ", ndim,
+                         table->shapes == nullptr ? " with a NULL shapes column" : ""));
+      }
+      views[i].dtype = static_cast<ckpt::DType>(table->dtypes[i]);
+      views[i].shape.assign(table->shapes + dim, table->shapes + dim + ndim);
+      dim += static_cast<uint64_t>(ndim);
+      views[i].data = reinterpret_cast<const void*>(static_cast<uintptr_t>(table->data[i]));
+      views[i].bytes = table->nbytes[i];
+    }
+    return PushViews(client, views, options, version_out, info_json_out);
   });
 }
 
@@ -377,6 +438,8 @@ absl::Status NeedConsumer(const ckpt_consumer* consumer) {
 // Fills the C view of consumer->event.
 void PublishEvent(ckpt_consumer* c, ckpt_consumer_event* out) {
   c->views.clear();
+  c->table_built = false;
+  c->have_event = true;
   for (const ckpt::client::ReceivedTensor& t : c->event.tensors) {
     ckpt_tensor_view v;
     v.name = t.name.c_str();
@@ -396,7 +459,95 @@ void PublishEvent(ckpt_consumer* c, ckpt_consumer_event* out) {
   out->tensors = c->views.data();
 }
 
+// Lays the columns of consumer->event out in one block (see ckpt_bucket_table) and points `t` at
+// them. The block is uint64-aligned; the columns come widest first, so each is aligned too.
+absl::Status BuildTable(ckpt_consumer* c, ckpt_bucket_table* t) {
+  const auto& tensors = c->event.tensors;
+  const size_t n = tensors.size();
+  size_t dims = 0, name_bytes = 0;
+  for (const auto& x : tensors) {
+    dims += x.shape.size();
+    name_bytes += x.name.size();
+  }
+  // name_ends, data, nbytes, shapes: 8 bytes each; slots, dtypes, ndims: 4; names: 1.
+  const size_t wide = 3 * n + dims;
+  const size_t narrow_bytes = 3 * n * sizeof(int32_t) + name_bytes;
+  const size_t bytes = wide * sizeof(uint64_t) + narrow_bytes;
+  if (!c->table_built) {
+    c->table_block.assign((bytes + 7) / 8, 0);
+    auto* base = reinterpret_cast<uint8_t*>(c->table_block.data());
+    auto* name_ends = reinterpret_cast<uint64_t*>(base);
+    auto* data = name_ends + n;
+    auto* nbytes = data + n;
+    auto* shapes = reinterpret_cast<int64_t*>(nbytes + n);
+    auto* slots = reinterpret_cast<int32_t*>(shapes + dims);
+    auto* dtypes = slots + n;
+    auto* ndims = dtypes + n;
+    char* names = reinterpret_cast<char*>(ndims + n);
+    const auto& addresses = c->consumer->slot_addresses();
+    const uint64_t slot_bytes = c->consumer->slot_bytes();
+    uint64_t name_end = 0;
+    size_t dim = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const auto& x = tensors[i];
+      std::memcpy(names + name_end, x.name.data(), x.name.size());
+      name_end += x.name.size();
+      name_ends[i] = name_end;
+      data[i] = reinterpret_cast<uint64_t>(x.data);
+      nbytes[i] = x.bytes;
+      for (int64_t d : x.shape) shapes[dim++] = d;
+      slots[i] = -1;
+      const auto* p = static_cast<const uint8_t*>(x.data);
+      for (size_t s = 0; p != nullptr && s < addresses.size(); ++s) {
+        if (p >= addresses[s] && static_cast<uint64_t>(p - addresses[s]) < slot_bytes) {
+          slots[i] = static_cast<int32_t>(s);
+          break;
+        }
+      }
+      dtypes[i] = static_cast<int32_t>(x.dtype);
+      ndims[i] = static_cast<int32_t>(x.shape.size());
+    }
+    c->table_built = true;
+  }
+  auto* base = reinterpret_cast<uint8_t*>(c->table_block.data());
+  t->count = n;
+  t->layout = base;
+  t->layout_bytes = bytes;
+  t->name_ends = reinterpret_cast<const uint64_t*>(base);
+  t->data = t->name_ends + n;
+  t->nbytes = t->data + n;
+  t->shapes = reinterpret_cast<const int64_t*>(t->nbytes + n);
+  t->slots = reinterpret_cast<const int32_t*>(t->shapes + dims);
+  t->dtypes = t->slots + n;
+  t->ndims = t->dtypes + n;
+  t->names = reinterpret_cast<const char*>(t->ndims + n);
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+int ckpt_consumer_bucket_table(ckpt_consumer* consumer, ckpt_bucket_table* table, char* err,
+                               size_t errlen) {
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedConsumer(consumer); !s.ok()) return s;
+    if (table == nullptr) return absl::InvalidArgumentError("table is NULL");
+    if (table->struct_size == 0) {
+      return absl::InvalidArgumentError("table->struct_size is 0: set it to sizeof(*table)");
+    }
+    if (!consumer->have_event ||
+        consumer->event.kind != ckpt::client::ConsumerEvent::Kind::kBucket) {
+      return absl::FailedPreconditionError("the last event is not a bucket");
+    }
+    ckpt_bucket_table full;
+    std::memset(&full, 0, sizeof(full));
+    RETURN_IF_ERROR(BuildTable(consumer, &full));
+    // Only the fields that fit the caller's struct; struct_size stays the caller's.
+    const size_t size = std::min(table->struct_size, sizeof(full));
+    full.struct_size = table->struct_size;
+    std::memcpy(table, &full, size);
+    return absl::OkStatus();
+  });
+}
 
 int ckpt_consumer_attach(const char* socket, int cuda_device, const char* engine,
                          const char* const* tensor_names, size_t name_count, double timeout_s,

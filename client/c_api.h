@@ -153,6 +153,28 @@ CKPT_API int ckpt_push(ckpt_client* client, const ckpt_tensor* tensors, size_t c
                        const ckpt_push_options* options, uint64_t* version_out,
                        char** info_json_out, char* err, size_t errlen);
 
+/* Many tensors to push, as columns: what ckpt_push takes as one struct per tensor, for callers that
+ * pay per struct and per field (Python's ctypes). Everything it points to is the caller's and is
+ * only read until the push call returns. */
+typedef struct ckpt_tensor_table {
+  size_t struct_size;         /* sizeof(ckpt_tensor_table) */
+  size_t count;               /* tensors */
+  const char* names;          /* every name's UTF-8 bytes back to back (no separators) */
+  const uint64_t* name_ends;  /* tensor i's name is names[i ? name_ends[i - 1] : 0, name_ends[i]) */
+  const int32_t* dtypes;      /* CKPT_DTYPE_* */
+  const int32_t* ndims;
+  const int64_t* shapes;      /* every tensor's dimensions back to back (ndims[i] of tensor i) */
+  const uint64_t* data;       /* addresses of the bytes; 0 only where nbytes is 0 */
+  const uint64_t* nbytes;
+} ckpt_tensor_table;
+
+/* ckpt_push of the tensors of `table`: the same checks, options, outputs and errors, and
+ * INVALID_ARGUMENT for a NULL column, a struct_size smaller than this header's, or name_ends that
+ * go back. */
+CKPT_API int ckpt_push_table(ckpt_client* client, const ckpt_tensor_table* table,
+                             const ckpt_push_options* options, uint64_t* version_out,
+                             char** info_json_out, char* err, size_t errlen);
+
 /* The daemon loads `count` safetensors files itself into one new version (0: next id) and commits
  * it. A path may also be a checkpoint directory (the shards of its model.safetensors.index.json,
  * else all its *.safetensors files) or an index file (*.index.json). Relative paths are resolved
@@ -278,6 +300,35 @@ typedef int (*ckpt_bucket_fn)(const ckpt_consumer_event* bucket, void* user, cha
 CKPT_API int ckpt_consumer_receive_version(ckpt_consumer* consumer, double timeout_s,
                                            ckpt_bucket_fn fn, void* user, uint64_t* version_out,
                                            char* err, size_t errlen);
+
+/* The tensors of the last CKPT_EVENT_BUCKET as columns, for callers that pay per call and per
+ * field (Python's ctypes): the same tensors, in the same order, as the event's `tensors`. Every
+ * column lies in one block, `layout` (`layout_bytes` long), in this order: name_ends, data, nbytes,
+ * shapes, slots, dtypes, ndims, names; two buckets whose blocks are equal byte for byte have the
+ * same tensors at the same addresses (a worker may reuse what it built for the first). Owned by the
+ * consumer; valid until the next ckpt_consumer_next / _receive_version / _close.
+ *
+ * `struct_size` as for ckpt_client_options: set it to sizeof(ckpt_bucket_table); the library fills
+ * the fields it knows that fit. INVALID_ARGUMENT for NULL or struct_size 0; FAILED_PRECONDITION when
+ * the last event is not a bucket. */
+typedef struct ckpt_bucket_table {
+  size_t struct_size;
+  size_t count;               /* tensors */
+  const void* layout;         /* the block holding every column below */
+  size_t layout_bytes;
+  const uint64_t* name_ends;  /* tensor i's name is names[i ? name_ends[i - 1] : 0, name_ends[i]) */
+  const uint64_t* data;       /* as ckpt_tensor_view.data (0 for an empty tensor) */
+  const uint64_t* nbytes;
+  const int64_t* shapes;      /* every tensor's dimensions back to back (ndims[i] of tensor i) */
+  const int32_t* slots;       /* the slot (index of slot_addresses) holding it; -1: a buffer of its
+                                 own (a tensor larger than a slot, put together from pieces) */
+  const int32_t* dtypes;      /* CKPT_DTYPE_* */
+  const int32_t* ndims;
+  const char* names;          /* UTF-8, not NUL-separated */
+} ckpt_bucket_table;
+
+CKPT_API int ckpt_consumer_bucket_table(ckpt_consumer* consumer, ckpt_bucket_table* table,
+                                        char* err, size_t errlen);
 
 /* {"backend": "cuda"|"host", "gpu_uuid", "slots", "slot_bytes", "slot_addresses": [where each
  * slot is mapped in this process: a device pointer on cuda]}. The views of tensors that fit a slot

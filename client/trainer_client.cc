@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <system_error>
@@ -60,6 +61,11 @@ absl::StatusOr<ScopedFd> OpenForLoad(const std::string& path) {
 
 absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOptions& options) {
   if (tensors.empty()) return absl::InvalidArgumentError("nothing to push: no tensors");
+  if (tensors.size() > std::numeric_limits<uint32_t>::max()) {
+    // Chunk.parts name tensors by a 32-bit index (the daemon allows far fewer anyway).
+    return absl::InvalidArgumentError(
+        absl::StrCat(tensors.size(), " tensors: a version has at most 2^32 - 1"));
+  }
   if (options.streams < 1 || options.streams > kMaxStreams) {
     return absl::InvalidArgumentError(
         absl::StrCat("streams must be 1..", kMaxStreams, ", not ", options.streams));
@@ -154,6 +160,22 @@ std::vector<ChunkRef> PlanChunks(const std::vector<TensorView>& tensors, size_t 
   return chunks;
 }
 
+std::vector<ChunkMessage> GroupChunks(const std::vector<ChunkRef>& pieces, size_t chunk_bytes,
+                                      size_t max_parts) {
+  std::vector<ChunkMessage> messages;
+  for (size_t k = 0; k < pieces.size(); ++k) {
+    ChunkMessage* last = messages.empty() ? nullptr : &messages.back();
+    if (last == nullptr || last->end - last->first >= max_parts ||
+        pieces[k].bytes > chunk_bytes - std::min<uint64_t>(chunk_bytes, last->bytes)) {
+      messages.push_back({k, k, 0});
+      last = &messages.back();
+    }
+    last->end = k + 1;
+    last->bytes += pieces[k].bytes;
+  }
+  return messages;
+}
+
 TrainerClient::TrainerClient(Endpoint endpoint, std::shared_ptr<grpc::Channel> channel)
     : endpoint_(std::move(endpoint)), stub_(v1::Trainer::NewStub(std::move(channel))) {}
 
@@ -235,8 +257,9 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<Ten
     return Annotate(status, context_text);
   };
 
-  // Upload: each stream takes the next chunk in tensor order until none is left.
-  const std::vector<ChunkRef> chunks = PlanChunks(tensors, options.chunk_bytes);
+  // Upload: each stream takes the next message in tensor order until none is left.
+  const std::vector<ChunkRef> pieces = PlanChunks(tensors, options.chunk_bytes);
+  const std::vector<ChunkMessage> chunks = GroupChunks(pieces, options.chunk_bytes);
   const int n = static_cast<int>(std::min<size_t>(options.streams, chunks.size()));
   std::vector<std::unique_ptr<Stream>> streams;
   std::vector<v1::Trainer::Stub*> stubs;
@@ -261,16 +284,34 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<Ten
     bool write_failed = false;
     for (size_t k = next_chunk.fetch_add(1); k < chunks.size() && !stop.load();
          k = next_chunk.fetch_add(1)) {
-      const ChunkRef& c = chunks[k];
-      const TensorView& t = tensors[c.tensor];
-      chunk.set_tensor(t.name);
-      chunk.set_offset(c.offset);
-      chunk.mutable_data()->assign(static_cast<const char*>(t.data) + c.offset, c.bytes);
+      const ChunkMessage& m = chunks[k];
+      chunk.clear_parts();
+      std::string* data = chunk.mutable_data();
+      if (m.end - m.first == 1) {
+        const ChunkRef& c = pieces[m.first];
+        const TensorView& t = tensors[c.tensor];
+        chunk.set_tensor(t.name);
+        chunk.set_offset(c.offset);
+        data->assign(static_cast<const char*>(t.data) + c.offset, c.bytes);
+      } else {
+        chunk.clear_tensor();
+        chunk.set_offset(0);
+        data->clear();
+        data->reserve(m.bytes);
+        for (size_t p = m.first; p < m.end; ++p) {
+          const ChunkRef& c = pieces[p];
+          v1::ChunkPart* part = chunk.add_parts();
+          part->set_tensor_index(static_cast<uint32_t>(c.tensor));
+          part->set_offset(c.offset);
+          part->set_bytes(c.bytes);
+          data->append(static_cast<const char*>(tensors[c.tensor].data) + c.offset, c.bytes);
+        }
+      }
       if (!writer->Write(chunk)) {
         write_failed = true;  // The stream broke; Finish says why.
         break;
       }
-      sent.fetch_add(c.bytes);
+      sent.fetch_add(m.bytes);
       st.last_progress_ns.store(NowNs());
     }
     if (stop.load() && !write_failed) st.context.TryCancel();

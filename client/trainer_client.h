@@ -97,6 +97,22 @@ struct ChunkRef {
 // none.
 std::vector<ChunkRef> PlanChunks(const std::vector<TensorView>& tensors, size_t chunk_bytes);
 
+// One PushChunks message: pieces [first, end) of a PlanChunks result, `bytes` in all. A message of
+// one piece names its tensor; one of several carries them as Chunk.parts (trainer.proto).
+struct ChunkMessage {
+  size_t first = 0;
+  size_t end = 0;
+  uint64_t bytes = 0;
+};
+
+// At most this many pieces go in one message (the daemon's limit of Chunk.parts).
+inline constexpr size_t kMaxChunkParts = 65536;
+
+// Groups consecutive pieces into messages of at most `chunk_bytes` and `max_parts` pieces each, in
+// order: many small tensors travel together instead of one message each.
+std::vector<ChunkMessage> GroupChunks(const std::vector<ChunkRef>& pieces, size_t chunk_bytes,
+                                      size_t max_parts = kMaxChunkParts);
+
 // Thread-safe: PushTensors and LoadFiles may run concurrently from several threads.
 class TrainerClient {
  public:

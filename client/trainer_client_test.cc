@@ -13,6 +13,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -175,6 +176,10 @@ class FakeTrainer final : public v1::Trainer::Service {
     absl::MutexLock lock(&mu_);
     return aborts_;
   }
+  int multi_part_chunks() {
+    absl::MutexLock lock(&mu_);
+    return multi_part_chunks_;
+  }
   int streams_opened() {
     absl::MutexLock lock(&mu_);
     return streams_opened_;
@@ -207,17 +212,38 @@ class FakeTrainer final : public v1::Trainer::Service {
       if (chunk.upload_token() != it->second.token) {
         return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "bad upload token");
       }
-      auto bytes = it->second.bytes.find(chunk.tensor());
-      if (bytes == it->second.bytes.end()) {
-        return grpc::Status(grpc::StatusCode::NOT_FOUND, "tensor");
+      // One range, or several (Chunk.parts): each part names its tensor by manifest index.
+      std::vector<std::tuple<std::string, uint64_t, uint64_t>> ranges;
+      if (chunk.parts_size() == 0) {
+        ranges.emplace_back(chunk.tensor(), chunk.offset(), chunk.data().size());
+      } else {
+        for (const v1::ChunkPart& p : chunk.parts()) {
+          if (p.tensor_index() >= static_cast<uint32_t>(it->second.manifest.tensors_size())) {
+            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tensor index");
+          }
+          ranges.emplace_back(it->second.manifest.tensors(p.tensor_index()).name(), p.offset(),
+                              p.bytes());
+        }
       }
-      if (chunk.offset() + chunk.data().size() > bytes->second.size()) {
-        return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "past the end");
+      uint64_t from = 0;
+      for (const auto& [name, offset, size] : ranges) {
+        auto bytes = it->second.bytes.find(name);
+        if (bytes == it->second.bytes.end()) {
+          return grpc::Status(grpc::StatusCode::NOT_FOUND, "tensor");
+        }
+        if (offset + size > bytes->second.size() || from + size > chunk.data().size()) {
+          return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "past the end");
+        }
+        std::memcpy(&bytes->second[offset], chunk.data().data() + from, size);
+        from += size;
+        std::vector<bool>& seen = it->second.seen[name];
+        std::fill(seen.begin() + offset, seen.begin() + offset + size, true);
       }
-      std::memcpy(&bytes->second[chunk.offset()], chunk.data().data(), chunk.data().size());
-      std::vector<bool>& seen = it->second.seen[chunk.tensor()];
-      std::fill(seen.begin() + chunk.offset(), seen.begin() + chunk.offset() + chunk.data().size(),
-                true);
+      if (from != chunk.data().size()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "parts and data differ");
+      }
+      ++multi_part_chunks_;
+      if (chunk.parts_size() == 0) --multi_part_chunks_;
       response->set_chunks(response->chunks() + 1);
       response->set_bytes(response->bytes() + chunk.data().size());
     }
@@ -230,6 +256,7 @@ class FakeTrainer final : public v1::Trainer::Service {
   std::map<uint64_t, Version> versions_ ABSL_GUARDED_BY(mu_);
   int aborts_ ABSL_GUARDED_BY(mu_) = 0;
   int chunks_total_ ABSL_GUARDED_BY(mu_) = 0;
+  int multi_part_chunks_ ABSL_GUARDED_BY(mu_) = 0;
   int streams_opened_ ABSL_GUARDED_BY(mu_) = 0;
   int streams_active_ ABSL_GUARDED_BY(mu_) = 0;
   int max_streams_active_ ABSL_GUARDED_BY(mu_) = 0;
@@ -352,6 +379,42 @@ TEST_CASE("PlanChunks cuts tensors in order, with a short last chunk, and skips 
   CHECK(PlanChunks(t, 100).size() == 2);
 }
 
+TEST_CASE("GroupChunks packs consecutive pieces up to chunk_bytes and max_parts, in order") {
+  // Pieces of 3, 3, 5 (a tensor of 10 cut at 5: 5, 5), 1, 1, 1 bytes.
+  std::vector<TensorView> t = {
+      {"a", DType::kUint8, {3}, "", 3},   {"b", DType::kUint8, {3}, "", 3},
+      {"c", DType::kUint8, {10}, "", 10}, {"d", DType::kUint8, {1}, "", 1},
+      {"e", DType::kUint8, {1}, "", 1},   {"f", DType::kUint8, {1}, "", 1}};
+  std::vector<ChunkRef> pieces = PlanChunks(t, 5);
+  REQUIRE(pieces.size() == 7);
+  std::vector<ChunkMessage> m = GroupChunks(pieces, 6, 2);
+  // [a b] 6 bytes; [c0] 5 (c1 would pass 6); [c1 d] 6; [e f] 2 (max 2 parts).
+  REQUIRE(m.size() == 4);
+  CHECK((m[0].first == 0 && m[0].end == 2 && m[0].bytes == 6));
+  CHECK((m[1].first == 2 && m[1].end == 3 && m[1].bytes == 5));
+  CHECK((m[2].first == 3 && m[2].end == 5 && m[2].bytes == 6));
+  CHECK((m[3].first == 5 && m[3].end == 7 && m[3].bytes == 2));
+  // Every piece exactly once, in order, whatever the limits.
+  for (size_t chunk : {1, 5, 6, 100}) {
+    for (size_t parts : {1, 3, 65536}) {
+      std::vector<ChunkMessage> g = GroupChunks(pieces, chunk, parts);
+      size_t next = 0;
+      for (const ChunkMessage& x : g) {
+        CHECK(x.first == next);
+        CHECK(x.end > x.first);
+        CHECK(x.end - x.first <= parts);
+        uint64_t bytes = 0;
+        for (size_t k = x.first; k < x.end; ++k) bytes += pieces[k].bytes;
+        CHECK(x.bytes == bytes);
+        CHECK((x.bytes <= chunk || x.end - x.first == 1));
+        next = x.end;
+      }
+      CHECK(next == pieces.size());
+    }
+  }
+  CHECK(GroupChunks({}, 6).empty());
+}
+
 TEST_CASE("HashTensors is XXH3-64 with seed 0, whatever the thread count") {
   Sample s = MixedSample();
   for (int threads : {0, 1, 3, 16}) {
@@ -415,6 +478,8 @@ TEST_CASE("push round trip: every byte arrives, progress is monotonic and ends a
   }
   CHECK(f.service.streams_opened() == streams);
   CHECK(f.service.max_streams_active() <= streams);
+  // The small tensors after layers.0.weight travel together (Chunk.parts).
+  CHECK(f.service.multi_part_chunks() >= 1);
 
   REQUIRE(!calls.empty());
   CHECK(same_thread);
@@ -501,10 +566,14 @@ TEST_CASE("a stalled stream is cancelled after the timeout") {
   Sample s = MixedSample();
   PushOptions o;
   o.timeout = absl::Milliseconds(300);
+  // Many messages, so that a write blocks on the stalled server (one message of the whole sample
+  // would be written at once, and the stream's overall deadline could end it first).
+  o.chunk_bytes = 16 << 10;
   absl::Time start = absl::Now();
   auto info = f.client->PushTensors(s.views, o);
   CHECK(absl::Now() - start < absl::Seconds(10));
   REQUIRE_FALSE(info.ok());
+  INFO(Message(info.status()));
   CHECK(info.status().code() == absl::StatusCode::kDeadlineExceeded);
   CHECK(Contains(Message(info.status()), "made no progress for"));
   CHECK(f.service.aborts() == 1);

@@ -31,21 +31,22 @@ absl::Status ValidateManifest(const v1::Manifest& manifest, const ManifestLimits
       return absl::InvalidArgumentError(absl::StrCat("tensor #", i, " has an empty name"));
     }
     if (t.name().size() > kMaxTensorNameBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor #", i, " has a name of ", t.name().size(), " bytes (at most ",
-          kMaxTensorNameBytes, "): ", QuoteForMessage(t.name(), 64)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor #", i, " has a name of ", t.name().size(), " bytes (at most ",
+                       kMaxTensorNameBytes, "): ", QuoteForMessage(t.name(), 64)));
     }
-    const std::string name = QuoteForMessage(t.name());
+    // Quoted only for an error message (this loop runs for every tensor of every push).
+    auto quoted = [&t] { return QuoteForMessage(t.name()); };
     if (!names.insert(t.name()).second) {
-      return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name ", name));
+      return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name ", quoted()));
     }
     std::optional<DType> dtype = DTypeFromWire(t.dtype());
     if (!dtype.has_value()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", name, ": unknown dtype ", t.dtype()));
+          absl::StrCat("tensor ", quoted(), ": unknown dtype ", t.dtype()));
     }
     if (t.shape_size() > kMaxTensorRank) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": shape has ",
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", quoted(), ": shape has ",
                                                      t.shape_size(), " dimensions (at most ",
                                                      kMaxTensorRank, ")"));
     }
@@ -53,22 +54,22 @@ absl::Status ValidateManifest(const v1::Manifest& manifest, const ManifestLimits
     auto size = TensorByteSize(*dtype, shape);
     if (!size.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", name, ": ", size.status().message()));
+          absl::StrCat("tensor ", quoted(), ": ", size.status().message()));
     }
     if (*size != t.byte_size()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", name, ": byte_size ", t.byte_size(), " does not match shape [",
+          "tensor ", quoted(), ": byte_size ", t.byte_size(), " does not match shape [",
           absl::StrJoin(shape, ", "), "] of ", DTypeName(*dtype), " (", *size, " bytes)"));
     }
     if (*size > limits.max_total_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "tensor ", name, " has ", *size, " bytes (", FormatBytes(*size),
+          "tensor ", quoted(), " has ", *size, " bytes (", FormatBytes(*size),
           "), more than the whole host_memory_budget of ", FormatBytes(limits.max_total_bytes)));
     }
     if (!total.Add(*size) || total.total() > limits.max_total_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "the version's tensors need more than the whole host_memory_budget of ",
-          FormatBytes(limits.max_total_bytes), " (exceeded at tensor #", i, " ", name, ")"));
+          FormatBytes(limits.max_total_bytes), " (exceeded at tensor #", i, " ", quoted(), ")"));
     }
   }
   if (total_bytes != nullptr) *total_bytes = total.total();

@@ -41,10 +41,28 @@ grpc::Status TrainerService::PushChunks(grpc::ServerContext* context,
   // Versions this stream wrote to, with their tokens: aborted if the stream breaks.
   std::set<std::pair<uint64_t, std::string>> touched;
   uint64_t chunks = 0, bytes = 0;
+  std::vector<VersionStore::ChunkPart> parts;
   while (reader->Read(&chunk)) {
     watch.Touch();
-    absl::Status s = store_->WriteChunk(chunk.version(), chunk.upload_token(), chunk.tensor(),
-                                        chunk.offset(), chunk.data().data(), chunk.data().size());
+    absl::Status s;
+    if (chunk.parts_size() == 0) {
+      s = store_->WriteChunk(chunk.version(), chunk.upload_token(), chunk.tensor(), chunk.offset(),
+                             chunk.data().data(), chunk.data().size());
+    } else if (!chunk.tensor().empty() || chunk.offset() != 0) {
+      s = absl::InvalidArgumentError(
+          "a chunk with parts must leave tensor empty and offset 0 (each part names its tensor)");
+    } else if (static_cast<size_t>(chunk.parts_size()) > VersionStore::kMaxChunkParts) {
+      s = absl::InvalidArgumentError(absl::StrCat(
+          "chunk has ", chunk.parts_size(), " parts, more than ", VersionStore::kMaxChunkParts));
+    } else {
+      parts.clear();
+      parts.reserve(chunk.parts_size());
+      for (const v1::ChunkPart& p : chunk.parts()) {
+        parts.push_back({p.tensor_index(), p.offset(), p.bytes()});
+      }
+      s = store_->WriteChunkParts(chunk.version(), chunk.upload_token(), parts, chunk.data().data(),
+                                  chunk.data().size());
+    }
     if (!s.ok()) return ToGrpc(s);
     touched.emplace(chunk.version(), chunk.upload_token());
     ++chunks;

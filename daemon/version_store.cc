@@ -191,12 +191,9 @@ std::shared_ptr<VersionStore::Version> VersionStore::Remove(
   return v;
 }
 
-absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& manifest,
-                                                        uint64_t requested_version,
-                                                        const std::string& label,
-                                                        const std::string& client,
-                                                        bool verify_checksums,
-                                                        absl::Time deadline) {
+absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
+    const v1::Manifest& manifest, uint64_t requested_version, const std::string& label,
+    const std::string& client, bool verify_checksums, absl::Time deadline) {
   if (label.size() > kMaxLabelBytes) {
     return absl::InvalidArgumentError(absl::StrCat("label of ", label.size(),
                                                    " bytes is too long (at most ", kMaxLabelBytes,
@@ -279,16 +276,18 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
       // Before a restart this id may have named other weights: refused before a byte is sent.
       const std::optional<uint64_t> before = options_.ledger->CommittedDigest(requested_version);
       if (before.has_value() && *before != IdLedger::Digest(manifest)) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "version ", requested_version, " was committed with other weights before the daemon "
-            "restarted (", options_.ledger->path(), "); name a new id"));
+        return absl::AlreadyExistsError(
+            absl::StrCat("version ", requested_version,
+                         " was committed with other weights before the daemon "
+                         "restarted (",
+                         options_.ledger->path(), "); name a new id"));
       }
     }
     v->id = requested_version;
   } else {
     // Above every id used before a restart too (state_dir), so an id never names two checkpoints.
-    uint64_t next = std::max({max_committed_, max_begun_,
-                              options_.ledger != nullptr ? options_.ledger->floor() : 0});
+    uint64_t next = std::max(
+        {max_committed_, max_begun_, options_.ledger != nullptr ? options_.ledger->floor() : 0});
     do {
       if (next >= kMaxVersionId) {
         return absl::ResourceExhaustedError(
@@ -350,9 +349,9 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(const v1::Manifest& mani
   if (options_.ledger != nullptr && requested_version == 0) {
     absl::Status recorded = options_.ledger->RecordBegun(v->id);
     if (!recorded.ok()) {
-      return absl::UnavailableError(absl::StrCat(
-          "cannot record version id ", v->id, " in state_dir (", recorded.message(),
-          "); refused so that ids stay unique across restarts"));
+      return absl::UnavailableError(
+          absl::StrCat("cannot record version id ", v->id, " in state_dir (", recorded.message(),
+                       "); refused so that ids stay unique across restarts"));
     }
   }
   max_begun_ = std::max(max_begun_, v->id);
@@ -427,6 +426,60 @@ absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token
   std::memcpy(arena_->data() + v->ranges->offset(i) + offset, data, size);
   absl::MutexLock vlock(&v->mu);
   if (size > 0) v->received_bytes += v->MarkReceived(i, offset, offset + size);
+  --v->writers;
+  return absl::OkStatus();
+}
+
+absl::Status VersionStore::WriteChunkParts(uint64_t version, const std::string& token,
+                                           const std::vector<ChunkPart>& parts, const void* data,
+                                           uint64_t size) {
+  if (parts.empty()) return absl::InvalidArgumentError("chunk has no parts");
+  if (parts.size() > kMaxChunkParts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk has ", parts.size(), " parts, more than ", kMaxChunkParts));
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<Version> v, LookUpStaging(version, token));
+  const uint64_t count = static_cast<uint64_t>(v->manifest.tensors_size());
+  uint64_t total = 0;
+  for (size_t k = 0; k < parts.size(); ++k) {
+    const ChunkPart& p = parts[k];
+    if (p.bytes == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk part ", k, " has 0 bytes"));
+    }
+    if (p.tensor_index >= count) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk part ", k, " names tensor #",
+                                                     p.tensor_index, " of a version of ", count,
+                                                     " tensors"));
+    }
+    const v1::TensorSpec& spec = v->manifest.tensors(static_cast<int>(p.tensor_index));
+    if (!RangeWithin(p.offset, p.bytes, spec.byte_size())) {
+      return absl::OutOfRangeError(
+          absl::StrCat("chunk part ", k, ": ", p.bytes, " bytes at offset ", p.offset,
+                       " are past the end of tensor ", QuoteForMessage(spec.name()), " (",
+                       spec.byte_size(), " bytes)"));
+    }
+    if (p.bytes > size - total) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk parts add up to more than its ", size,
+                                                     " data bytes (at part ", k, ")"));
+    }
+    total += p.bytes;
+  }
+  if (total != size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk parts add up to ", total, " bytes, but the chunk has ", size));
+  }
+  RETURN_IF_ERROR(AddWriter(*v));
+  const auto* from = static_cast<const uint8_t*>(data);
+  for (const ChunkPart& p : parts) {
+    std::memcpy(arena_->data() + v->ranges->offset(static_cast<int>(p.tensor_index)) + p.offset,
+                from, p.bytes);
+    from += p.bytes;
+  }
+  absl::MutexLock vlock(&v->mu);
+  for (const ChunkPart& p : parts) {
+    v->received_bytes +=
+        v->MarkReceived(static_cast<int>(p.tensor_index), p.offset, p.offset + p.bytes);
+  }
   --v->writers;
   return absl::OkStatus();
 }

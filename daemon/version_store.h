@@ -149,6 +149,23 @@ class VersionStore {
   absl::Status WriteChunk(uint64_t version, const std::string& token, const std::string& tensor,
                           uint64_t offset, const void* data, uint64_t size);
 
+  // One part of a chunk that carries several tensors (ChunkPart in trainer.proto).
+  struct ChunkPart {
+    uint64_t tensor_index = 0;  // manifest order
+    uint64_t offset = 0;
+    uint64_t bytes = 0;
+  };
+  // At most this many parts in one chunk.
+  static constexpr size_t kMaxChunkParts = 65536;
+
+  // Copies `size` bytes of `data`, cut into `parts` in order, each to `offset` of its tensor. Every
+  // part is checked before anything is written: INVALID_ARGUMENT (no parts, too many, a part of 0
+  // bytes, the parts' bytes not adding up to `size`, an index past the manifest), OUT_OF_RANGE (a
+  // part past its tensor's end); otherwise as WriteChunk.
+  absl::Status WriteChunkParts(uint64_t version, const std::string& token,
+                               const std::vector<ChunkPart>& parts, const void* data,
+                               uint64_t size);
+
   // A reader that fills a STAGING version itself (LoadFiles) holds one of these while it writes:
   // it keeps the version's memory allocated (even if the version is aborted meanwhile), keeps the
   // staging reaper away, and lets Commit wait for it. Destroy it before Commit.

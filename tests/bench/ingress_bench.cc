@@ -12,12 +12,18 @@
 // and its stages: checksums on the client, transfer (BeginVersion to the last chunk sent), commit
 // (the daemon verifying every byte). Each version is dropped before the next run.
 //
+//   3. pushes --many-tensors bf16 tensors of --many-tensor-kib KiB each (a Kimi-K2-sized tensor
+//      count: 139,583) over the largest --streams count, and prints microseconds per tensor (the
+//      per-tensor cost of the C++ client and the daemon; 0 skips it).
+//
 //   ingress_bench [--gib 1] [--streams 1,8] [--chunk-mib 4] [--tcp] [--dir /tmp] [--backend host]
+//                 [--many-tensors 140000] [--many-tensor-kib 48]
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -101,7 +107,10 @@ int main(int argc, char** argv) {
   std::string streams_text = "1,8", dir = "/tmp", backend = "host";
   int chunk_mib = 4;
   bool tcp = false;
+  uint64_t many_tensors = 140000, many_tensor_kib = 48;
   app.add_option("--gib", gib, "version size in GiB");
+  app.add_option("--many-tensors", many_tensors, "tensors of the many-tensor push (0: skip it)");
+  app.add_option("--many-tensor-kib", many_tensor_kib, "size of each of them in KiB");
   app.add_option("--streams", streams_text, "comma-separated stream counts");
   app.add_option("--chunk-mib", chunk_mib, "chunk size in MiB");
   app.add_flag("--tcp", tcp, "also push over TCP loopback");
@@ -118,11 +127,12 @@ int main(int argc, char** argv) {
   std::printf("== %zu tensors, %.3f GB\n", tensors.names.size(), tensors.total / 1e9);
 
   // Room for two versions (the store keeps the newest committed one while the next is pushed).
-  std::string budget = absl::StrCat(2 * tensors.total + (256 << 20));
+  const uint64_t many_bytes = many_tensors * (many_tensor_kib << 10);
+  std::string budget = absl::StrCat(std::max(2 * tensors.total, many_bytes) + (256 << 20));
   auto start_wait = Clock::now();
   ckpt::testing::DaemonProcess daemon(
-      {"--backend", backend, "--listen-tcp", "127.0.0.1:0", "--insecure-tcp", "true", "--host-memory-budget", budget,
-       "--load-threads", "16", "--log-level", "warn"},
+      {"--backend", backend, "--listen-tcp", "127.0.0.1:0", "--insecure-tcp", "true",
+       "--host-memory-budget", budget, "--load-threads", "16", "--log-level", "warn"},
       {}, std::chrono::seconds(300));
   if (!daemon.ready()) return Fail("daemon did not start: " + daemon.proc->Stderr());
   std::printf("== daemon serving in %.2f s (store of %s bytes)\n",
@@ -183,6 +193,54 @@ int main(int argc, char** argv) {
           Seconds(first - t0), Seconds(sent - first), tensors.total / 1e9 / Seconds(sent - first),
           Seconds(t1 - sent));
       std::fflush(stdout);
+      if (auto s = (*admin)->Drop(info->version(), absl::Seconds(30)); !s.ok()) {
+        return Fail(std::string(s.message()));
+      }
+    }
+  }
+
+  // Many small tensors: the per-tensor cost (one random buffer; every tensor reads it).
+  if (many_tensors > 0 && many_tensor_kib > 0) {
+    const uint64_t each = many_tensor_kib << 10;
+    const std::string data = ckpt::testing::RandomBytes(each, 7);
+    std::vector<ckpt::client::TensorView> small;
+    small.reserve(many_tensors);
+    for (uint64_t i = 0; i < many_tensors; ++i) {
+      small.push_back({absl::StrCat("model.layers.", i / 512, ".mlp.experts.", i % 512, ".w"),
+                       DType::kBfloat16,
+                       {static_cast<int64_t>(each / 2)},
+                       data.data(),
+                       each});
+    }
+    auto client = ckpt::client::TrainerClient::Connect(*unix_ep);
+    if (!client.ok()) return Fail(std::string(client.status().message()));
+    for (int r = 0; r < 2; ++r) {
+      ckpt::client::PushOptions o;
+      o.streams = stream_counts.back();
+      o.chunk_bytes = static_cast<size_t>(chunk_mib) << 20;
+      o.timeout = absl::Seconds(600);
+      auto t0 = Clock::now();
+      Clock::time_point first = t0, sent = t0;
+      bool first_seen = false;
+      o.progress = [&](uint64_t done, uint64_t total) {
+        if (!first_seen) {
+          first = Clock::now();
+          first_seen = true;
+        }
+        if (done == total) sent = Clock::now();
+      };
+      auto info = (*client)->PushTensors(small, o);
+      auto t1 = Clock::now();
+      if (!info.ok()) return Fail(std::string(info.status().message()));
+      const double n = static_cast<double>(many_tensors);
+      std::printf(
+          "push many unix streams=%-2d %lu tensors of %lu KiB (%.3f GB) in %.3f s = %.2f us/tensor "
+          "(checksums+begin %.2f us, transfer %.2f us, commit %.2f us per tensor; %.2f GB/s)\n",
+          o.streams, static_cast<unsigned long>(many_tensors),
+          static_cast<unsigned long>(many_tensor_kib), many_bytes / 1e9, Seconds(t1 - t0),
+          Seconds(t1 - t0) / n * 1e6, Seconds(first - t0) / n * 1e6,
+          Seconds(sent - first) / n * 1e6, Seconds(t1 - sent) / n * 1e6,
+          many_bytes / 1e9 / Seconds(t1 - t0));
       if (auto s = (*admin)->Drop(info->version(), absl::Seconds(30)); !s.ok()) {
         return Fail(std::string(s.message()));
       }

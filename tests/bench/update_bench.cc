@@ -8,9 +8,13 @@
 // and then times Admin.Update from the call to the last VersionLoaded, --repeat times. Prints the
 // effective GB/s (version bytes / time), the daemon's per-stage times, and the fraction of the
 // floor B / (aggregate pinned host-to-device bandwidth of all GPUs, measured in this run with every
-// GPU copying at once). Then does the same for a --small-gib version (latency).
+// GPU copying at once). Then does the same for a --small-gib version (latency), and for a version
+// of --many-tensors bf16 tensors of --many-tensor-kib KiB (a Kimi-K2-sized tensor count: 139,583),
+// printing microseconds per tensor (the per-tensor cost of the plan, the daemon's messages and the
+// C++ worker; its own copy of each tensor included).
 //
 //   update_bench [--layers 64] [--repeat 3] [--bucket-mib 0 (auto)] [--slots 2] [--small-gib 1]
+//                [--many-tensors 140000] [--many-tensor-kib 48]
 #include <cuda_runtime_api.h>
 
 #include <CLI/CLI.hpp>
@@ -167,12 +171,16 @@ int main(int argc, char** argv) {
   int layers = 64, repeat = 3, slots = 2;
   uint64_t bucket_mib = 0;
   double small_gib = 1;
+  uint64_t many_tensors = 140000, many_tensor_kib = 48;
   app.add_option("--layers", layers,
                  "decoder layers of the 32B-class tensor list (64: the full model)");
   app.add_option("--repeat", repeat, "updates timed per version");
   app.add_option("--bucket-mib", bucket_mib, "bucket_bytes in MiB (0: the daemon's auto)");
   app.add_option("--slots", slots, "slots_per_gpu");
   app.add_option("--small-gib", small_gib, "size of the latency version in GiB (0: skip)");
+  app.add_option("--many-tensors", many_tensors,
+                 "tensors of the many-tensor version (0: skip it)");
+  app.add_option("--many-tensor-kib", many_tensor_kib, "size of each of them in KiB");
   CLI11_PARSE(app, argc, argv);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
 
@@ -195,7 +203,13 @@ int main(int argc, char** argv) {
   std::printf("== pinned H2D, all %d GPUs at once: %.1f GB/s aggregate (%.1f GB/s per GPU)\n", gpus,
               h2d_aggregate, h2d_single);
 
-  const uint64_t budget = big.total + (small_gib > 0 ? small.total : 0) + (1ull << 30);
+  Model many;
+  for (uint64_t i = 0; i < many_tensors && many_tensor_kib > 0; ++i) {
+    many.Add(absl::StrCat("model.layers.", i / 512, ".mlp.experts.", i % 512, ".w"),
+             {static_cast<int64_t>(many_tensor_kib << 9)});
+  }
+  const uint64_t budget =
+      big.total + (small_gib > 0 ? small.total : 0) + many.total + (1ull << 30);
   std::vector<std::string> args = {"--backend",
                                    "cuda",
                                    "--host-memory-budget",
@@ -314,6 +328,16 @@ int main(int argc, char** argv) {
   if (small_gib > 0) {
     const uint64_t small_version = push(small);
     if (small_version == 0 || !run("small", small_version, small)) return 1;
+  }
+  if (!many.names.empty()) {
+    const uint64_t many_version = push(many);
+    if (many_version == 0 || !run("many", many_version, many)) return 1;
+    for (const Run& r : runs) {
+      if (r.label != "many") continue;
+      std::printf("many  %zu tensors of %lu KiB: %.3f s = %.2f us/tensor\n", many.names.size(),
+                  static_cast<unsigned long>(many_tensor_kib), r.seconds,
+                  r.seconds / static_cast<double>(many.names.size()) * 1e6);
+    }
   }
   // The floor, with the GPU memory the workers hold in place.
   auto [after_aggregate, after_single] = PinnedH2D(gpus, 1ull << 30, 16);

@@ -11,6 +11,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "grpcpp/create_channel.h"
@@ -116,6 +117,77 @@ TEST_CASE("bad chunks are refused and an aborted version leaves nothing") {
                "no staging version 999");
   REQUIRE(d.Abort(begun).ok());
   d.RequireClean();
+}
+
+// A chunk of several tensors (Chunk.parts): data cut into parts in order.
+v1::Chunk PartsChunk(const v1::BeginVersionResponse& b,
+                     const std::vector<std::tuple<uint32_t, uint64_t, std::string>>& parts) {
+  v1::Chunk c = MakeChunk(b, "", 0, "");
+  for (const auto& [index, offset, bytes] : parts) {
+    v1::ChunkPart* p = c.add_parts();
+    p->set_tensor_index(index);
+    p->set_offset(offset);
+    p->set_bytes(bytes.size());
+    c.mutable_data()->append(bytes);
+  }
+  return c;
+}
+
+TEST_CASE("chunks of several tensors commit, and every bad part is refused before a byte lands") {
+  Daemon d;
+  std::string a = Bytes(300, 5), b = Bytes(100, 6), c = Bytes(64, 7);
+  v1::Manifest m;
+  *m.add_tensors() = Spec("a", a);
+  *m.add_tensors() = Spec("b", b);
+  *m.add_tensors() = Spec("c", c);
+  v1::BeginVersionResponse begun;
+  REQUIRE(d.Begin(m, &begun).ok());
+  const std::string junk(300, '\xee');
+  // Each bad chunk carries junk for tensor "c" in its first part: had anything been written, the
+  // commit below (c sent last, correctly) would still pass, so "c" is checked by its bytes missing.
+  RequireError(d.Push({PartsChunk(begun, {{2, 0, junk.substr(0, 64)}, {3, 0, "x"}})}),
+               grpc::StatusCode::INVALID_ARGUMENT,
+               "chunk part 1 names tensor #3 of a version of 3");
+  RequireError(
+      d.Push({PartsChunk(begun, {{2, 0, junk.substr(0, 64)}, {0, 250, junk.substr(0, 51)}})}),
+      grpc::StatusCode::OUT_OF_RANGE,
+      "chunk part 1: 51 bytes at offset 250 are past the end of tensor 'a' (300 bytes)");
+  RequireError(d.Push({PartsChunk(
+                   begun, {{2, 0, junk.substr(0, 64)}, {0, ~0ull - 10, junk.substr(0, 20)}})}),
+               grpc::StatusCode::OUT_OF_RANGE, "past the end of tensor 'a'");
+  v1::Chunk zero = PartsChunk(begun, {{2, 0, junk.substr(0, 64)}});
+  zero.add_parts()->set_tensor_index(1);  // 0 bytes
+  RequireError(d.Push({zero}), grpc::StatusCode::INVALID_ARGUMENT, "chunk part 1 has 0 bytes");
+  v1::Chunk short_data = PartsChunk(begun, {{2, 0, junk.substr(0, 64)}, {1, 0, b}});
+  short_data.mutable_data()->resize(100);
+  RequireError(d.Push({short_data}), grpc::StatusCode::INVALID_ARGUMENT,
+               "chunk parts add up to more than its 100 data bytes (at part 1)");
+  v1::Chunk long_data = PartsChunk(begun, {{2, 0, junk.substr(0, 64)}});
+  long_data.mutable_data()->append("extra");
+  RequireError(d.Push({long_data}), grpc::StatusCode::INVALID_ARGUMENT,
+               "chunk parts add up to 64 bytes, but the chunk has 69");
+  v1::Chunk named = PartsChunk(begun, {{2, 0, junk.substr(0, 64)}});
+  named.set_tensor("c");
+  RequireError(d.Push({named}), grpc::StatusCode::INVALID_ARGUMENT,
+               "a chunk with parts must leave tensor empty and offset 0");
+  v1::Chunk many = MakeChunk(begun, "", 0, std::string(65537, 'x'));
+  for (int i = 0; i < 65537; ++i) {
+    v1::ChunkPart* p = many.add_parts();
+    p->set_tensor_index(2);
+    p->set_offset(i % 64);
+    p->set_bytes(1);
+  }
+  RequireError(d.Push({many}), grpc::StatusCode::INVALID_ARGUMENT,
+               "chunk has 65537 parts, more than 65536");
+  v1::VersionInfo info;
+  RequireError(d.Commit(begun, &info), grpc::StatusCode::FAILED_PRECONDITION,
+               "'c' has 64 of 64 bytes missing");
+  // Parts in any order and overlapping: a's halves around b, then c.
+  REQUIRE(d.Push({PartsChunk(begun, {{0, 150, a.substr(150)}, {1, 0, b}, {0, 0, a.substr(0, 160)}}),
+                  PartsChunk(begun, {{2, 0, c}})})
+              .ok());
+  REQUIRE(d.Commit(begun, &info).ok());
+  CHECK(info.total_bytes() == 464);
 }
 
 TEST_CASE("commit with missing bytes, then with a checksum mismatch") {

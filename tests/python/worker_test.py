@@ -301,6 +301,89 @@ class WorkerTest(DaemonTestCase):
         self.assertTrue(report["workers"][0]["ok"], report)
         self.assertFalse(report["workers"][0]["skipped"], report)
 
+    def test_views_are_reused_for_a_bucket_of_the_same_layout(self):
+        # Two versions with the same names, dtypes and shapes but other bytes: a later update of
+        # the same model. Their buckets have the same layout, so the second update hands out the
+        # very view objects of the first, which now show the second version's bytes.
+        first, second = mixed_state(1), mixed_state(2)
+        second["scalar.f64"] = torch.tensor(3.25, dtype=torch.float64)  # same layout as `first`
+        second["scalar.i32"] = torch.tensor(-7, dtype=torch.int32)
+        second["odd.u8"] = torch.arange(13, dtype=torch.uint8) + 100
+        v1 = self.client.push_state_dict(first)
+        v2 = self.client.push_state_dict(second)
+        w = self.worker(engine="reuse")
+        self.wait_attached(1)
+
+        def receive(version, force=False):
+            # Each view is copied while its bucket is current; the objects are kept (alive, so
+            # that ids stay unique) only to compare their identities.
+            update = UpdateThread(self.client, version, force=force)
+            got, ids, keep = collections.OrderedDict(), {}, []
+            for name, t in w.receive(timeout=DEADLINE_S):
+                got[name] = t.clone()
+                ids[name] = id(t)
+                keep.append(t)
+            update.result(self)
+            return got, ids, keep
+
+        got1, ids1, keep1 = receive(v1)
+        self.assert_same(got1, first)
+        got2, ids2, keep2 = receive(v2)
+        self.assert_same(got2, second)
+        self.assertEqual(ids2, ids1, "the same layout gives the same view objects")
+        # The same version again (force): the same objects, the first version's bytes.
+        got3, ids3, keep3 = receive(v1, force=True)
+        self.assert_same(got3, first)
+        self.assertEqual(ids3, ids1)
+
+        # A version of another layout (one tensor more at the front): new views, right bytes.
+        third = collections.OrderedDict([("extra", torch.arange(300, dtype=torch.int16))])
+        third.update(mixed_state(3))
+        v3 = self.client.push_state_dict(third)
+        got4, ids4, keep4 = receive(v3)
+        self.assert_same(got4, third)
+        self.assertNotEqual(set(ids4.values()) & set(ids1.values()), set(ids4.values()))
+
+        # reuse_views=False: new objects for every bucket, the same bytes.
+        w.close()
+        self.wait_attached(0)
+        w = self.worker(engine="no-reuse", reuse_views=False)
+        self.wait_attached(1)
+        got5, ids5, keep5 = receive(v3)  # v1 is retired by now (max_versions 2)
+        got6, ids6, keep6 = receive(v3, force=True)
+        self.assert_same(got5, third)
+        self.assert_same(got6, third)
+        self.assertEqual(set(ids5.values()) & set(ids6.values()), set())
+
+    def test_receive_raw_reuses_raw_tensors_and_load_raw_pairs_them(self):
+        state = mixed_state(4)
+        version = self.client.push_state_dict(state)
+        w = self.worker(engine="raw-reuse")
+        self.wait_attached(1)
+        update = UpdateThread(self.client, version)
+        first = [t for bucket in w.receive_raw(timeout=DEADLINE_S) for t in bucket]
+        update.result(self)
+        self.assertEqual([t.name for t in first], list(state))
+        for t in first:
+            self.assertEqual(tuple(t.shape), tuple(state[t.name].shape))
+            self.assertEqual(t.nbytes, len(tensor_bytes(state[t.name])))
+        loaded = {}
+
+        def load_fn(pairs):
+            for name, t in pairs:
+                self.assertIsInstance(t, ce.RawTensor)
+                self.assertEqual(name, t.name)
+                loaded[name] = t.tobytes()
+
+        update = UpdateThread(self.client, version, force=True)
+        self.assertEqual(w.load(load_fn, timeout=DEADLINE_S, raw=True), version)
+        update.result(self)
+        self.assertEqual(loaded, {n: tensor_bytes(t) for n, t in state.items()})
+        update = UpdateThread(self.client, version, force=True)
+        again = [t for bucket in w.receive_raw(timeout=DEADLINE_S) for t in bucket]
+        update.result(self)
+        self.assertEqual([id(t) for t in again], [id(t) for t in first])
+
     def test_c_abi_callback_per_bucket(self):
         """ckpt_consumer_receive_version straight through ctypes: one callback per bucket with the
         tensor views, acked on return; a non-zero return fails this worker, naming its reason."""

@@ -180,7 +180,7 @@ class Client(_Handle):
         each request and how long an upload stream may stall.
         """
         try:
-            descs, keep, _ = describe(tensors)
+            table, keep, _ = describe(tensors)
         except Unsupported as e:
             raise CkptError(INVALID_ARGUMENT, str(e)) from None
         raised = []
@@ -205,8 +205,8 @@ class Client(_Handle):
         options.progress = callback
         err = ctypes.create_string_buffer(_ERR_LEN)
         out_version = ctypes.c_uint64()
-        code = self._lib.ckpt_push(self._h(), descs, len(descs), ctypes.byref(options),
-                                   ctypes.byref(out_version), None, err, _ERR_LEN)
+        code = self._lib.ckpt_push_table(self._h(), ctypes.byref(table), ctypes.byref(options),
+                                         ctypes.byref(out_version), None, err, _ERR_LEN)
         del keep  # The tensors (and any copies) may go now.
         if raised:
             raise raised[0]

@@ -23,6 +23,22 @@ class Tensor(ctypes.Structure):
     ]
 
 
+class TensorTable(ctypes.Structure):
+    """struct ckpt_tensor_table: the tensors of a push as columns."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("count", ctypes.c_size_t),
+        ("names", ctypes.c_char_p),
+        ("name_ends", ctypes.c_void_p),
+        ("dtypes", ctypes.c_void_p),
+        ("ndims", ctypes.c_void_p),
+        ("shapes", ctypes.c_void_p),
+        ("data", ctypes.c_void_p),
+        ("nbytes", ctypes.c_void_p),
+    ]
+
+
 class PushOptions(ctypes.Structure):
     """struct ckpt_push_options."""
 
@@ -78,6 +94,25 @@ class ConsumerEvent(ctypes.Structure):
     ]
 
 
+class BucketTable(ctypes.Structure):
+    """struct ckpt_bucket_table: the last bucket's tensors as columns in one block."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("count", ctypes.c_size_t),
+        ("layout", ctypes.c_void_p),
+        ("layout_bytes", ctypes.c_size_t),
+        ("name_ends", ctypes.c_void_p),
+        ("data", ctypes.c_void_p),
+        ("nbytes", ctypes.c_void_p),
+        ("shapes", ctypes.c_void_p),
+        ("slots", ctypes.c_void_p),
+        ("dtypes", ctypes.c_void_p),
+        ("ndims", ctypes.c_void_p),
+        ("names", ctypes.c_void_p),
+    ]
+
+
 # CKPT_EVENT_*.
 EVENT_BUCKET = 1
 EVENT_VERSION_DONE = 2
@@ -118,6 +153,10 @@ def _declare(lib):
         c.c_void_p, c.POINTER(Tensor), c.c_size_t, c.POINTER(PushOptions),
         c.POINTER(c.c_uint64), c.POINTER(c.c_void_p)] + err
     lib.ckpt_push.restype = c.c_int
+    lib.ckpt_push_table.argtypes = [
+        c.c_void_p, c.POINTER(TensorTable), c.POINTER(PushOptions), c.POINTER(c.c_uint64),
+        c.POINTER(c.c_void_p)] + err
+    lib.ckpt_push_table.restype = c.c_int
     lib.ckpt_load_files.argtypes = [
         c.c_void_p, c.POINTER(c.c_char_p), c.c_size_t, c.c_uint64, c.c_char_p, c.c_double,
         c.POINTER(c.c_uint64), c.POINTER(c.c_void_p)] + err
@@ -153,6 +192,8 @@ def _declare(lib):
     lib.ckpt_consumer_receive_version.argtypes = [
         c.c_void_p, c.c_double, BUCKET_FN, c.c_void_p, c.POINTER(c.c_uint64)] + err
     lib.ckpt_consumer_receive_version.restype = c.c_int
+    lib.ckpt_consumer_bucket_table.argtypes = [c.c_void_p, c.POINTER(BucketTable)] + err
+    lib.ckpt_consumer_bucket_table.restype = c.c_int
     lib.ckpt_consumer_info.argtypes = [c.c_void_p, c.POINTER(c.c_void_p)] + err
     lib.ckpt_consumer_info.restype = c.c_int
     lib.ckpt_consumer_close.argtypes = [c.c_void_p]

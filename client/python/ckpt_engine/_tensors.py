@@ -5,7 +5,9 @@ loaded (a torch.Tensor can only exist if torch was imported), so importing ckpt_
 and either library is optional.
 """
 
+import array
 import ctypes
+import itertools
 import sys
 
 from . import _native
@@ -89,35 +91,73 @@ def _numpy_view(name, a):
 
 
 def describe(tensors):
-    """C descriptors for a {name: tensor} mapping (or an iterable of (name, tensor) pairs).
+    """The C table (ckpt_tensor_table) of a {name: tensor} mapping (or an iterable of (name,
+    tensor) pairs).
 
-    Returns (array of _native.Tensor, keep-alive list, total bytes). The descriptors point into
-    the tensors' memory (or into contiguous/host copies held by the keep-alive list), which must
-    outlive the push call.
+    Returns (_native.TensorTable, keep-alive list, total bytes). The table's columns are arrays
+    built once per push (no ctypes struct per tensor); its data addresses point into the tensors'
+    memory (or into contiguous/host copies held by the keep-alive list), which must outlive the push
+    call. The common case, a contiguous CPU torch tensor of a known dtype, is read with a handful of
+    attribute reads.
     """
-    items = list(tensors.items() if hasattr(tensors, "items") else tensors)
-    descs = (_native.Tensor * len(items))()
-    keep = []
+    items = tensors.items() if hasattr(tensors, "items") else tensors
+    torch = sys.modules.get("torch")
+    np = sys.modules.get("numpy")
+    tensor_type = torch.Tensor if torch is not None else ()
+    array_type = np.ndarray if np is not None else ()
+    strided = torch.strided if torch is not None else None
+    known = _TORCH_DTYPES
+    names, dtypes, ndims, shapes, ptrs, sizes, keep = [], [], [], [], [], [], []
     total = 0
-    for i, (name, value) in enumerate(items):
-        if not isinstance(name, str):
+    for name, value in items:
+        if type(name) is not str and not isinstance(name, str):
             raise Unsupported(f"tensor names must be str, not {type(name).__name__} ({name!r})")
-        if _is_torch_tensor(value):
-            dtype, shape, ptr, nbytes, owner = _torch_view(name, value)
-        elif _is_numpy_array(value):
+        if isinstance(value, tensor_type):
+            dtype = known.get(value.dtype)
+            if (dtype is not None and value.is_cpu and value.layout is strided
+                    and value.is_contiguous() and not value.is_conj()):
+                shape = value.shape
+                nbytes = value.numel() * value.element_size()
+                ptr = value.data_ptr()
+                keep.append(value)
+            else:
+                dtype, shape, ptr, nbytes, owner = _torch_view(name, value)
+                keep.append(owner)
+        elif isinstance(value, array_type):
             dtype, shape, ptr, nbytes, owner = _numpy_view(name, value)
+            keep.append(owner)
         else:
             raise Unsupported(f"tensor '{name}': expected a torch.Tensor or numpy.ndarray, "
                               f"not {type(value).__module__}.{type(value).__name__}")
-        encoded = name.encode("utf-8")
-        shape_arr = (ctypes.c_int64 * max(1, len(shape)))(*shape)
-        keep.extend((owner, encoded, shape_arr))
-        d = descs[i]
-        d.name = encoded
-        d.dtype = dtype
-        d.ndim = len(shape)
-        d.shape = shape_arr  # an array converts to its element pointer (no ctypes.cast)
-        d.data = ptr if nbytes > 0 else None
-        d.nbytes = nbytes
+        names.append(name)
+        dtypes.append(dtype)
+        ndims.append(len(shape))
+        shapes.extend(shape)
+        ptrs.append(ptr if nbytes > 0 else 0)
+        sizes.append(nbytes)
         total += nbytes
-    return descs, keep, total
+    joined = "".join(names)
+    if joined.isascii():
+        blob = joined.encode("ascii")
+        ends = itertools.accumulate(map(len, names))
+    else:
+        encoded = [n.encode("utf-8") for n in names]
+        blob = b"".join(encoded)
+        ends = itertools.accumulate(map(len, encoded))
+    columns = {
+        "names": blob,
+        "name_ends": array.array("Q", ends),
+        "dtypes": array.array("i", dtypes),
+        "ndims": array.array("i", ndims),
+        "shapes": array.array("q", shapes or [0]),
+        "data": array.array("Q", ptrs),
+        "nbytes": array.array("Q", sizes),
+    }
+    table = _native.TensorTable()
+    table.struct_size = ctypes.sizeof(_native.TensorTable)
+    table.count = len(names)
+    table.names = blob
+    for field in ("name_ends", "dtypes", "ndims", "shapes", "data", "nbytes"):
+        setattr(table, field, columns[field].buffer_info()[0])
+    keep.append(columns)
+    return table, keep, total

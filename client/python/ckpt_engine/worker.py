@@ -135,6 +135,46 @@ class _CudaBytes:
 
 _END = object()
 
+# What a receive generator hands out per bucket (Worker._bucket_items).
+_TORCH, _RAW, _RAW_PAIRS = 0, 1, 2
+
+
+def _parse_columns(block, table, n):
+    """[(name, dtype, shape, data, nbytes, slot)] from a ckpt_bucket_table's block (a bytes copy
+    of it; the table's pointers locate the columns inside it)."""
+    base = table.layout
+    view = memoryview(block)
+
+    def column(ptr, fmt, count, size):
+        start = ptr - base
+        return view[start:start + count * size].cast(fmt).tolist()
+
+    ends = column(table.name_ends, "Q", n, 8)
+    data = column(table.data, "Q", n, 8)
+    nbytes = column(table.nbytes, "Q", n, 8)
+    slots = column(table.slots, "i", n, 4)
+    dtypes = column(table.dtypes, "i", n, 4)
+    ndims = column(table.ndims, "i", n, 4)
+    shapes = column(table.shapes, "q", sum(ndims), 8)
+    start = table.names - base
+    raw_names = block[start:start + ends[-1]]
+    text = raw_names.decode("utf-8", "replace")
+    out = []
+    begin = dim = 0
+    if len(text) == len(raw_names):  # ASCII (every real checkpoint): byte offsets are str offsets
+        for i in range(n):
+            end, nd = ends[i], ndims[i]
+            out.append((text[begin:end], dtypes[i], tuple(shapes[dim:dim + nd]), data[i],
+                        nbytes[i], slots[i]))
+            begin, dim = end, dim + nd
+    else:
+        for i in range(n):
+            end, nd = ends[i], ndims[i]
+            out.append((raw_names[begin:end].decode("utf-8", "replace"), dtypes[i],
+                        tuple(shapes[dim:dim + nd]), data[i], nbytes[i], slots[i]))
+            begin, dim = end, dim + nd
+    return out
+
 
 def _throw_into(gen, exc):
     """Throws `exc` into generator `gen` (which reports it and re-raises); swallows the re-raise."""
@@ -157,6 +197,12 @@ class Worker(_Handle):
     each bucket's bytes; on the cuda backend a device-to-host copy of them too); a mismatch
     fails that bucket (the daemon's report names the tensor and both hashes) and receive raises
     CkptError DATA_LOSS. Settable later through the `verify_checksums` property.
+    `reuse_views`: the views (and RawTensors) built for a bucket are kept and handed out again for
+    a later bucket with the same layout (the same tensors at the same places in the same slot), as
+    every update of the same model has, so a repeated update builds no views (docs/clients.md,
+    "Per-tensor cost"). The same tensor objects then come back in later updates: never change a
+    view in place (resize_, set_, t_, as_strided_, requires_grad_...; writing into one was never
+    allowed). False builds new views for every bucket.
 
     Errors: CkptError UNAVAILABLE (no daemon), PERMISSION_DENIED (uid not allowed),
     FAILED_PRECONDITION (a GPU the daemon does not drive).
@@ -169,7 +215,7 @@ class Worker(_Handle):
     _WHAT = "worker"
 
     def __init__(self, socket=None, device=None, engine="python", tensor_names=None,
-                 timeout=30.0, verify_checksums=False):
+                 timeout=30.0, verify_checksums=False, reuse_views=True):
         self._lib = _native.lib()
         self._handle = None
         self._cuda_device = cuda_ordinal(device)
@@ -210,8 +256,15 @@ class Worker(_Handle):
         # (a view per tensor from its address costs several times more), the torch device and
         # dtypes.
         self._slot_tensors = None
+        self._typed_slots = {}
         self._device = None
         self._dtypes = {}
+        self._table = _native.BucketTable()
+        self._table.struct_size = ctypes.sizeof(_native.BucketTable)
+        # Items built per bucket layout, handed out again for an equal layout (_bucket_items).
+        self._reuse_views = bool(reuse_views)
+        self._kept = {}
+        self._kept_used = set()
 
     # ---- state ----
 
@@ -285,6 +338,9 @@ class Worker(_Handle):
         """Detaches from the daemon and unmaps the slots: every view received so far becomes
         invalid. Idempotent."""
         self._slot_tensors = None
+        self._typed_slots = {}
+        self._kept = {}
+        self._kept_used = set()
         super().close()
 
     # ---- receiving ----
@@ -313,7 +369,7 @@ class Worker(_Handle):
         generator early, the current bucket is acked with that error, so the daemon fails this
         worker's update naming it (pid, GPU, engine), and the exception propagates.
         """
-        return self._drive(timeout, defer_loaded, flat=True, convert=self._named_torch_view)
+        return self._drive(timeout, defer_loaded, flat=True, kind=_TORCH)
 
     def load(self, load_fn, timeout=None, raw=False):
         """Receives ONE version into `load_fn`, e.g. model.load_weights, called with the receive()
@@ -327,10 +383,9 @@ class Worker(_Handle):
         that it was closed early. When `load_fn` returns before consuming every tensor, the
         version is failed with a RuntimeError saying so.
         """
-        convert = (lambda t: (t.name, t)) if raw else self._named_torch_view
         # Reported at the end, only once load_fn has returned: it may still fail after the last
         # tensor (e.g. a loader that checks that every parameter was set).
-        pairs = self._drive(timeout, True, flat=True, convert=convert)
+        pairs = self._drive(timeout, True, flat=True, kind=_RAW_PAIRS if raw else _TORCH)
         try:
             load_fn(pairs)
             if next(pairs, _END) is not _END:
@@ -351,11 +406,11 @@ class Worker(_Handle):
     def receive_buckets(self, timeout=None, defer_loaded=False):
         """Like receive(), one list of (name, torch.Tensor) per bucket. The views of a list are
         valid until the next list is asked for."""
-        return self._drive(timeout, defer_loaded, flat=False, convert=self._named_torch_view)
+        return self._drive(timeout, defer_loaded, flat=False, kind=_TORCH)
 
     def receive_raw(self, timeout=None, defer_loaded=False):
         """Like receive_buckets() without torch: one list of RawTensor per bucket."""
-        return self._drive(timeout, defer_loaded, flat=False, convert=lambda t: t)
+        return self._drive(timeout, defer_loaded, flat=False, kind=_RAW)
 
     def finish(self, error=None):
         """Reports the version received with defer_loaded=True as loaded (error None) or failed
@@ -370,30 +425,33 @@ class Worker(_Handle):
 
     def torch_view(self, tensor):
         """A torch.Tensor view of a RawTensor from receive_raw (same validity)."""
-        return self._torch_view(tensor)
+        slot = -1
+        for i, address in enumerate(self._slot_addresses):
+            if address <= tensor.data < address + self._slot_bytes:
+                slot = i
+        return self._torch_view((tensor.name, tensor.dtype, tensor.shape, tensor.data,
+                                 tensor.nbytes, slot))
 
     # ---- internals ----
 
-    def _drive(self, timeout, defer_loaded, flat, convert):
-        buckets = self._buckets(timeout, defer_loaded)
+    def _drive(self, timeout, defer_loaded, flat, kind):
+        buckets = self._buckets(timeout, defer_loaded, kind)
         try:
-            for raw in buckets:
-                items = [convert(t) for t in raw]
-                raw = None
+            for items in buckets:
                 if flat:
-                    for item in items:
-                        yield item
+                    yield from items
                 else:
-                    yield items
-                items = item = None  # noqa: F841 - drop our references before the ack.
+                    yield list(items)  # the caller's list: the cached one stays as it is
+                items = None
         except BaseException as e:  # noqa: B902 - report GeneratorExit and Ctrl-C too.
             _throw_into(buckets, e)
             raise
         finally:
             buckets.close()
 
-    def _buckets(self, timeout, defer_loaded):
-        """Yields each bucket's RawTensors; acks it when resumed; handles VersionDone."""
+    def _buckets(self, timeout, defer_loaded, kind):
+        """Yields each bucket's items (`kind`: see _bucket_items); acks it when resumed; handles
+        VersionDone."""
         self._h()
         if self._busy:
             raise CkptError(FAILED_PRECONDITION, "this worker is already receiving a version: one "
@@ -409,31 +467,32 @@ class Worker(_Handle):
             while True:
                 event = self._next(wait)
                 # The library drops what the daemon had queued of an attempt this worker failed.
-                kind, v, b = event.kind, event.version, event.bucket
+                kind_of_event, v, b = event.kind, event.version, event.bucket
                 if version is not None and v != version:
                     raise CkptError(INTERNAL, f"the daemon sent an event of version {v} in the "
                                               f"middle of version {version}")
                 version = v
-                if kind == _native.EVENT_BUCKET:
-                    raw = self._raw(event)
+                if kind_of_event == _native.EVENT_BUCKET:
+                    items, n, nbytes = self._bucket_items(kind)
                     try:
-                        yield raw
+                        yield items
                         self._sync()
                     except BaseException as e:  # noqa: B902
                         self._fail(v, b, e)
                         raise
-                    count += len(raw)
-                    total += sum(t.nbytes for t in raw)
-                    raw = None
+                    count += n
+                    total += nbytes
+                    items = None
                     self._ack(v, b)
-                elif kind == _native.EVENT_VERSION_DONE:
+                elif kind_of_event == _native.EVENT_VERSION_DONE:
+                    self._end_of_version()
                     if defer_loaded:
                         self._done = (v, count, total)
                     else:
                         self._loaded(v, count, total, None)
                     return
                 else:
-                    raise CkptError(INTERNAL, f"unknown event kind {kind} from the daemon")
+                    raise CkptError(INTERNAL, f"unknown event kind {kind_of_event} from the daemon")
         finally:
             self._busy = False
 
@@ -455,15 +514,47 @@ class Worker(_Handle):
                                 "ckptctl update VERSION)")
             _check(code, err)
 
-    @staticmethod
-    def _raw(event):
-        out = []
-        for i in range(event.count):
-            v = event.tensors[i]
-            shape = tuple(v.shape[j] for j in range(v.ndim))
-            out.append(RawTensor(v.name.decode("utf-8", "replace"), v.dtype, shape,
-                                 v.data or 0, v.nbytes))
-        return out
+    def _layout(self):
+        """The current bucket's table (one ckpt_consumer_bucket_table call, no ctypes access per
+        tensor) and a bytes copy of its block."""
+        table = self._table
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        _check(self._lib.ckpt_consumer_bucket_table(self._h(), ctypes.byref(table), err,
+                                                    _ERR_LEN), err)
+        block = ctypes.string_at(table.layout, table.layout_bytes) if table.count else b""
+        return table, block
+
+    def _bucket_items(self, kind):
+        """(items, tensors, bytes) of the current bucket. `kind` _TORCH: [(name, torch view)];
+        _RAW: [RawTensor]; _RAW_PAIRS: [(name, RawTensor)].
+
+        Items are kept per bucket layout (the table's block: names, dtypes, shapes, addresses) and
+        handed out again for a bucket with the same layout, as later updates of the same model
+        have: the views then cost nothing to build. Only views into the slots are kept (they stay
+        valid while the slots are mapped); kept items of layouts no update used in its last
+        version are dropped when a version ends."""
+        table, block = self._layout()
+        key = (kind, block)
+        entry = self._kept.get(key) if self._reuse_views else None
+        if entry is None:
+            columns = _parse_columns(block, table, table.count) if table.count else []
+            if kind == _TORCH:
+                items = self._torch_items(columns)
+            else:
+                items = [RawTensor(*c[:5]) for c in columns]
+                if kind == _RAW_PAIRS:
+                    items = [(t.name, t) for t in items]
+            entry = (items, len(columns), sum(c[4] for c in columns))
+            if self._reuse_views and all(c[5] >= 0 or c[4] == 0 for c in columns):
+                self._kept[key] = entry
+        if self._reuse_views:
+            self._kept_used.add(block)
+        return entry
+
+    def _end_of_version(self):
+        used = self._kept_used
+        self._kept = {key: entry for key, entry in self._kept.items() if key[1] in used}
+        self._kept_used = set()
 
     def _torch_device(self):
         torch = _torch()
@@ -472,7 +563,7 @@ class Worker(_Handle):
         return torch.device("cpu")
 
     def _slot_flat(self, torch, device):
-        """[(address, flat uint8 tensor over the whole slot)], built once."""
+        """One flat uint8 tensor over each whole slot, built once."""
         if self._slot_tensors is None:
             flats = []
             for address in self._slot_addresses:
@@ -481,39 +572,87 @@ class Worker(_Handle):
                 else:
                     buf = (ctypes.c_uint8 * self._slot_bytes).from_address(address)
                     flat = torch.frombuffer(buf, dtype=torch.uint8)
-                flats.append((address, flat))
+                flats.append(flat)
             self._slot_tensors = flats
         return self._slot_tensors
 
-    def _torch_view(self, t):
+    def _dtype(self, code, name):
+        """(torch dtype, element size) of a CKPT_DTYPE number."""
+        known = self._dtypes.get(code)
+        if known is None:
+            torch = _torch()
+            dtype = torch_dtype(code, name)
+            known = self._dtypes[code] = (dtype, torch.empty((), dtype=dtype).element_size())
+        return known
+
+    def _typed_slot(self, torch, device, slot, code, dtype, size):
+        """Slot `slot` viewed as a flat tensor of `dtype`, built once per slot and dtype."""
+        typed = self._typed_slots.get((slot, code))
+        if typed is None:
+            flat = self._slot_flat(torch, device)[slot]
+            usable = self._slot_bytes // size * size
+            typed = self._typed_slots[(slot, code)] = flat[:usable].view(dtype)
+        return typed
+
+    def _torch_items(self, columns):
+        """[(name, torch view)] of a bucket's columns: _torch_view with the common case (a tensor
+        in a slot at an offset its element size divides) inlined."""
         torch = _torch()
-        dtype = self._dtypes.get(t.dtype)
-        if dtype is None:
-            dtype = self._dtypes[t.dtype] = torch_dtype(t.dtype, t.name)
+        if self._device is None:
+            self._device = self._torch_device()
+        device, addresses, slot_bytes = self._device, self._slot_addresses, self._slot_bytes
+        dtypes, typed_slots = self._dtypes, self._typed_slots
+        fast = bool(addresses) and hasattr(torch, "frombuffer")
+        out = []
+        append = out.append
+        for c in columns:
+            name, code, shape, data, nbytes, slot = c
+            if fast and slot >= 0 and nbytes:
+                dtype, size = dtypes.get(code) or self._dtype(code, name)
+                offset = data - addresses[slot]
+                if offset % size == 0 and 0 <= offset <= slot_bytes - nbytes:
+                    typed = typed_slots.get((slot, code))
+                    if typed is None:
+                        typed = self._typed_slot(torch, device, slot, code, dtype, size)
+                    first = offset // size
+                    view = typed[first:first + nbytes // size]
+                    append((name, view if len(shape) == 1 else view.view(shape)))
+                    continue
+            append((name, self._torch_view(c)))
+        return out
+
+    def _torch_view(self, column):
+        """A torch view of one tensor: (name, dtype code, shape, data, nbytes, slot)."""
+        name, code, shape, data, nbytes, slot = column
+        torch = _torch()
+        dtype, size = self._dtype(code, name)
         device = self._device
         if device is None:
             device = self._device = self._torch_device()
-        if t.nbytes == 0:
-            return torch.empty(t.shape, dtype=dtype, device=device)
-        if self._slot_addresses and hasattr(torch, "frombuffer"):
-            for address, flat in self._slot_flat(torch, device):
-                offset = t.data - address
-                if 0 <= offset and offset + t.nbytes <= self._slot_bytes:
-                    return flat[offset:offset + t.nbytes].view(dtype).view(t.shape)
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype, device=device)
+        if slot >= 0 and self._slot_addresses and hasattr(torch, "frombuffer"):
+            offset = data - self._slot_addresses[slot]
+            if 0 <= offset and offset + nbytes <= self._slot_bytes:
+                if offset % size == 0:
+                    # One typed slice (and a reshape unless 1-D) of the slot viewed as `dtype`.
+                    first = offset // size
+                    view = self._typed_slot(torch, device, slot, code, dtype, size)[
+                        first:first + nbytes // size]
+                    return view if len(shape) == 1 else view.view(shape)
+                flat = self._slot_flat(torch, device)[slot]
+                return flat[offset:offset + nbytes].view(dtype).view(shape)
         # A tensor larger than a slot (put together in a buffer of its own), or an old library.
         if self._backend == "cuda":
-            flat = torch.as_tensor(_CudaBytes(t.data, t.nbytes), device=device)
+            flat = torch.as_tensor(_CudaBytes(data, nbytes), device=device)
         else:
-            buf = (ctypes.c_uint8 * t.nbytes).from_address(t.data)
+            buf = (ctypes.c_uint8 * nbytes).from_address(data)
             if hasattr(torch, "frombuffer"):
                 flat = torch.frombuffer(buf, dtype=torch.uint8)
             else:  # torch < 1.10
                 import numpy
                 flat = torch.from_numpy(numpy.frombuffer(buf, dtype=numpy.uint8))
-        return flat.view(dtype).reshape(t.shape)
-
-    def _named_torch_view(self, t):
-        return t.name, self._torch_view(t)
+        return flat.view(dtype).reshape(shape)
 
     def _sync(self):
         """Waits for work queued on the GPU that may still read the current bucket."""
