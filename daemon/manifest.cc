@@ -1,5 +1,6 @@
 #include "daemon/manifest.h"
 
+#include <string_view>
 #include <unordered_set>
 #include <vector>
 
@@ -22,7 +23,7 @@ absl::Status ValidateManifest(const v1::Manifest& manifest, const ManifestLimits
         absl::StrCat("manifest has ", manifest.tensors_size(), " tensors; at most ",
                      limits.max_tensors, " are accepted (config key max_tensors_per_version)"));
   }
-  std::unordered_set<std::string> names;
+  std::unordered_set<std::string_view> names;  // views of the manifest's own strings
   names.reserve(manifest.tensors_size());
   CheckedSum total;
   for (int i = 0; i < manifest.tensors_size(); ++i) {

@@ -12,7 +12,7 @@ namespace {
 uint64_t AlignUp(uint64_t v) { return (v + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment; }
 
 // Fills the segments of `b`: [0, used) cut into `uploaders` aligned pieces, each turned into
-// copies.
+// copies (runs of tensor bytes contiguous in both the host store and the slot).
 void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t bucket_index,
                  Bucket* b) {
   const uint64_t units = b->used_bytes / kSlotAlignment;
@@ -35,8 +35,18 @@ void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t b
       uint64_t lo = std::max(start, p.slot_offset);
       uint64_t hi = std::min(end, p.slot_offset + p.bytes);
       if (lo >= hi) continue;
-      s.copies.push_back(
-          {tensors[p.tensor].host_offset + p.tensor_offset + (lo - p.slot_offset), lo, hi - lo});
+      const uint64_t host = tensors[p.tensor].host_offset + p.tensor_offset + (lo - p.slot_offset);
+      // Tensors that follow each other without a gap both in the host store and in the slot (sizes
+      // that are multiples of the alignment) become one copy: one cudaMemcpyAsync instead of one
+      // per tensor, which matters for checkpoints of many small tensors.
+      if (!s.copies.empty()) {
+        Copy& last = s.copies.back();
+        if (last.host_offset + last.bytes == host && last.slot_offset + last.bytes == lo) {
+          last.bytes += hi - lo;
+          continue;
+        }
+      }
+      s.copies.push_back({host, lo, hi - lo});
     }
     b->segments.push_back(std::move(s));
     start = end;

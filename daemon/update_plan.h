@@ -9,7 +9,8 @@
 // any bucket size. Each bucket's used bytes are cut into one contiguous segment per uploader (the
 // GPUs whose PCIe links read the host store), of equal size up to alignment, so every uploader
 // copies the same bytes per bucket and all links work at once. A segment becomes a list of copies
-// (host offset -> slot offset), split where it crosses tensor boundaries. After the uploads, a
+// (host offset -> slot offset), split where it crosses tensor boundaries unless the tensors lie
+// back to back both in the host store and in the slot (then one copy covers them). After the uploads, a
 // grouped broadcast per segment (root: its uploader) gives every GPU the whole bucket; the
 // broadcast group may later include GPUs of other nodes without changing the plan.
 //

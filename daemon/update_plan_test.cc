@@ -65,17 +65,22 @@ void CheckInvariants(const std::vector<PlanTensor>& tensors, const UpdatePlan& p
       for (const Copy& c : s.copies) {
         REQUIRE(c.slot_offset >= s.slot_offset);
         REQUIRE(c.slot_offset + c.bytes <= s.slot_offset + s.bytes);
-        // The copy maps into exactly one tensor, at matching offsets.
-        bool matched = false;
-        for (const TensorPlacement& p : b.tensors) {
-          if (c.slot_offset >= p.slot_offset &&
-              c.slot_offset + c.bytes <= p.slot_offset + p.bytes) {
-            REQUIRE(c.host_offset == tensors[p.tensor].host_offset + p.tensor_offset +
-                                         (c.slot_offset - p.slot_offset));
-            matched = true;
+        // The copy is covered, without a gap, by consecutive placements, each at matching
+        // offsets: tensor bytes only, host bytes to the right slot bytes.
+        uint64_t at = c.slot_offset;
+        while (at < c.slot_offset + c.bytes) {
+          bool matched = false;
+          for (const TensorPlacement& p : b.tensors) {
+            if (at >= p.slot_offset && at < p.slot_offset + p.bytes) {
+              REQUIRE(c.host_offset + (at - c.slot_offset) ==
+                      tensors[p.tensor].host_offset + p.tensor_offset + (at - p.slot_offset));
+              at = std::min(c.slot_offset + c.bytes, p.slot_offset + p.bytes);
+              matched = true;
+              break;
+            }
           }
+          REQUIRE(matched);
         }
-        REQUIRE(matched);
         copied += c.bytes;
       }
     }
@@ -88,6 +93,31 @@ void CheckInvariants(const std::vector<PlanTensor>& tensors, const UpdatePlan& p
     REQUIRE(pieces[i] >= 1);
   }
   REQUIRE(copied == plan.total_tensor_bytes);
+}
+
+TEST_CASE("tensors back to back in the host store and the slot become one copy") {
+  // Four 512-byte tensors laid out contiguously on the host: one copy per segment.
+  std::vector<PlanTensor> tensors = {
+      {"a", 0, 512, 0}, {"b", 512, 512, 0}, {"c", 1024, 512, 0}, {"d", 1536, 512, 0}};
+  auto plan = PlanUpdate(tensors, 4096, 1);
+  REQUIRE(plan.ok());
+  REQUIRE(plan->buckets.size() == 1);
+  REQUIRE(plan->buckets[0].segments[0].copies.size() == 1);
+  CHECK(plan->buckets[0].segments[0].copies[0].bytes == 2048);
+  CheckInvariants(tensors, *plan);
+  // A gap on the host (c elsewhere) or in the slot (b of 300 bytes: d after padding) cuts the run.
+  tensors[2].host_offset = 8192;
+  tensors[1].bytes = 300;
+  plan = PlanUpdate(tensors, 4096, 1);
+  REQUIRE(plan.ok());
+  const auto& copies = plan->buckets[0].segments[0].copies;
+  REQUIRE(copies.size() == 3);  // [a b], [c], [d]: b ends at 812, c starts at 1024 in the slot
+  CHECK(copies[0].bytes == 812);
+  CheckInvariants(tensors, *plan);
+  // Two uploaders: each segment is its own run.
+  plan = PlanUpdate(Tensors({512, 512, 512, 512}), 4096, 2);
+  REQUIRE(plan.ok());
+  CheckInvariants(Tensors({512, 512, 512, 512}), *plan);
 }
 
 TEST_CASE("tensors are packed in order into aligned buckets") {

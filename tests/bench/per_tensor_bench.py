@@ -9,7 +9,9 @@ Starts the real ckpt-engined (host or cuda backend), then
   2. update: a worker process (this file, --worker) holds one parameter per tensor on its device
      and receives each update with Worker.load(fn), fn copying every tensor into its parameter
      (what an engine's load_weights does); Client.update is timed from the call to the last
-     VersionLoaded, --repeat times (force: the same version again);
+     VersionLoaded, --repeat times (force: the same version again); then --repeat times with
+     Worker.load_into(params) (the library copies each bucket with torch._foreach_copy_); and the
+     floor: the same fn over views built beforehand, without the daemon;
   3. peer: the same worker runs checkpoint-engine's worker algorithm on the same tensors: the
      checkpoint in pinned host memory cut into buckets of the daemon's slot size, each bucket
      copied into one of two device buffers, then per tensor `buffer[offset:offset + size]
@@ -74,18 +76,38 @@ def worker_main(args):
 
     with ce.Worker(socket=args.worker, device=0 if cuda else None, engine="bench") as w:
         print(json.dumps({"attached": True, "slot_bytes": w.slot_bytes}), flush=True)
-        for _ in range(args.versions):
+        for i in range(2 * args.versions):
+            # First --versions updates through load(fn), then as many through load_into(params).
             start = time.perf_counter()
-            version = w.load(load_weights, timeout=600)
+            if i < args.versions:
+                version = w.load(load_weights, timeout=600)
+            else:
+                version = w.load_into(params, timeout=600)
             if cuda:
                 torch.cuda.synchronize()
             print(json.dumps({"loaded": version, "seconds": time.perf_counter() - start}),
                   flush=True)
         slot_bytes = w.slot_bytes
+    # The floor of load_weights itself: its copies from views built beforehand (no daemon).
+    views = list(peer_views(torch, params, cuda, args.elems))
+    for r in range(args.repeat):
+        start = time.perf_counter()
+        load_weights(views)
+        if cuda:
+            torch.cuda.synchronize()
+        print(json.dumps({"floor": time.perf_counter() - start}), flush=True)
     # checkpoint-engine's algorithm on the same tensors (see the file's header).
     for r in range(args.repeat):
         print(json.dumps({"peer": peer_update(torch, params, load_weights, slot_bytes, cuda,
                                               args.elems)}), flush=True)
+
+
+def peer_views(torch, params, cuda, elems):
+    """(name, view) of every parameter's bytes in one device buffer, built once."""
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    buf = torch.empty(len(params) * elems, dtype=torch.bfloat16, device=device)
+    for k, name in enumerate(params):
+        yield name, buf[k * elems:(k + 1) * elems]
 
 
 def peer_update(torch, params, load_weights, slot_bytes, cuda, elems):
@@ -255,6 +277,21 @@ def bench_main(args):
                 f"({report['buckets']} buckets; worker's load {loaded['seconds']:.3f} s; daemon: "
                 f"fill {report['fill_seconds']:.3f} s, worker-load {report['load_seconds']:.3f} s)")
         results["update (Python Worker.load, copy per tensor)"] = best
+        best = None
+        for r in range(args.repeat):
+            start = time.perf_counter()
+            report = client.update(version, force=True, timeout=600)
+            secs = time.perf_counter() - start
+            loaded = read_json_line(worker, "loaded", deadline)
+            best = min(best or 1e9, secs)
+            log(f"update (load_into) run {r + 1}: {secs:.3f} s = "
+                f"{secs / args.tensors * 1e6:.2f} us/tensor (worker's load "
+                f"{loaded['seconds']:.3f} s)")
+        results["update (Python Worker.load_into, batched copies)"] = best
+        floor = None
+        for r in range(args.repeat):
+            floor = min(floor or 1e9, read_json_line(worker, "floor", deadline)["floor"])
+        results["floor: load_weights' own copies from prebuilt views"] = floor
         peer_best = None
         for r in range(args.repeat):
             peer = read_json_line(worker, "peer", deadline)["peer"]
@@ -276,7 +313,9 @@ def bench_main(args):
     log(f"== summary ({args.tensors} tensors, {total / 1e9:.3f} GB, best of {args.repeat}):")
     for name, secs in results.items():
         log(f"{name:<58} {secs:8.3f} s {secs / args.tensors * 1e6:8.2f} us/tensor")
-    log(f"update / peer: {results['update (Python Worker.load, copy per tensor)'] / peer_best:.2f}")
+    log(f"update / peer: {results['update (Python Worker.load, copy per tensor)'] / peer_best:.2f}; "
+        f"load_into / peer: "
+        f"{results['update (Python Worker.load_into, batched copies)'] / peer_best:.2f}")
 
 
 def main(argv):

@@ -178,8 +178,7 @@ int main(int argc, char** argv) {
   app.add_option("--bucket-mib", bucket_mib, "bucket_bytes in MiB (0: the daemon's auto)");
   app.add_option("--slots", slots, "slots_per_gpu");
   app.add_option("--small-gib", small_gib, "size of the latency version in GiB (0: skip)");
-  app.add_option("--many-tensors", many_tensors,
-                 "tensors of the many-tensor version (0: skip it)");
+  app.add_option("--many-tensors", many_tensors, "tensors of the many-tensor version (0: skip it)");
   app.add_option("--many-tensor-kib", many_tensor_kib, "size of each of them in KiB");
   CLI11_PARSE(app, argc, argv);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -208,8 +207,7 @@ int main(int argc, char** argv) {
     many.Add(absl::StrCat("model.layers.", i / 512, ".mlp.experts.", i % 512, ".w"),
              {static_cast<int64_t>(many_tensor_kib << 9)});
   }
-  const uint64_t budget =
-      big.total + (small_gib > 0 ? small.total : 0) + many.total + (1ull << 30);
+  const uint64_t budget = big.total + (small_gib > 0 ? small.total : 0) + many.total + (1ull << 30);
   std::vector<std::string> args = {"--backend",
                                    "cuda",
                                    "--host-memory-budget",

@@ -355,6 +355,39 @@ class WorkerTest(DaemonTestCase):
         self.assert_same(got6, third)
         self.assertEqual(set(ids5.values()) & set(ids6.values()), set())
 
+    def test_load_into_copies_every_tensor_into_its_destination(self):
+        state = mixed_state(5)
+        del state["empty"]
+        version = self.client.push_state_dict(state)
+        w = self.worker(engine="load-into")
+        self.wait_attached(1)
+        params = collections.OrderedDict((n, torch.zeros_like(t)) for n, t in state.items())
+        params["not.in.the.version"] = torch.full((3,), 7.0)
+        for force in (False, True):  # the second time through the kept views and checks
+            update = UpdateThread(self.client, version, force=force)
+            self.assertEqual(w.load_into(params, timeout=DEADLINE_S), version)
+            update.result(self)
+            got = collections.OrderedDict((n, params[n]) for n in state)
+            self.assert_same(got, state)
+            self.assertEqual(params["not.in.the.version"].tolist(), [7.0, 7.0, 7.0])
+            for n in state:
+                params[n].zero_()
+
+        # A destination of another shape, or none: the bucket fails naming the tensor.
+        params["f16"] = torch.zeros(100, 99, dtype=torch.float16)
+        update = UpdateThread(self.client, version, force=True)
+        with self.assertRaises(ValueError) as e:
+            w.load_into(params, timeout=DEADLINE_S)
+        self.assertIn("tensor 'f16' has shape (100, 100), its destination (100, 99)",
+                      str(e.exception))
+        self.assertIn("ValueError: load_into: tensor 'f16'", str(update.failure(self)))
+        del params["f16"]
+        update = UpdateThread(self.client, version, force=True)
+        with self.assertRaises(KeyError):
+            w.load_into(params, timeout=DEADLINE_S)
+        self.assertIn("tensor 'f16' of the version has no destination",
+                      str(update.failure(self)))
+
     def test_receive_raw_reuses_raw_tensors_and_load_raw_pairs_them(self):
         state = mixed_state(4)
         version = self.client.push_state_dict(state)

@@ -24,6 +24,7 @@ receive_raw gives addresses and sizes without it.
 
 import collections
 import ctypes
+import operator
 import sys
 import time
 
@@ -265,6 +266,8 @@ class Worker(_Handle):
         self._reuse_views = bool(reuse_views)
         self._kept = {}
         self._kept_used = set()
+        # load_into: id(bucket list) -> (that list, the destinations whose shapes were checked).
+        self._into_checked = {}
 
     # ---- state ----
 
@@ -341,6 +344,8 @@ class Worker(_Handle):
         self._typed_slots = {}
         self._kept = {}
         self._kept_used = set()
+        # load_into: id(bucket list) -> (that list, the destinations whose shapes were checked).
+        self._into_checked = {}
         super().close()
 
     # ---- receiving ----
@@ -403,6 +408,71 @@ class Worker(_Handle):
             raise
         return self.finish()
 
+    def load_into(self, params, timeout=None):
+        """Receives ONE version straight into `params`, a {name: torch.Tensor} of destinations
+        (e.g. dict(model.named_parameters()) or model.state_dict() when the engine keeps one
+        tensor per checkpoint tensor, unfused and unsharded), copying each bucket with one
+        torch._foreach_copy_ per device pair (torch >= 2.1; one copy_ per tensor otherwise);
+        returns the version.
+
+        Every tensor received must have a destination of the same shape (and a dtype torch copies
+        into); otherwise its bucket fails naming the tensor (KeyError or ValueError, reported to
+        the daemon as load() reports), and the version is not loaded. Shapes are checked again
+        whenever a bucket's destinations are other tensor objects than last time (not when a
+        destination is resized in place: do not). Destinations no tensor of
+        the version names are left as they are. The copies are complete (the device synchronized)
+        before each bucket is acked, as in receive().
+        """
+        torch = _torch()
+        foreach = getattr(torch, "_foreach_copy_", None)
+
+        def check(items):
+            for name, src in items:
+                dst = params.get(name)
+                if dst is None:
+                    raise KeyError(f"load_into: tensor '{name}' of the version has no destination")
+                if dst.shape != src.shape:
+                    raise ValueError(f"load_into: tensor '{name}' has shape {tuple(src.shape)}, "
+                                     f"its destination {tuple(dst.shape)}")
+
+        def copy_buckets(buckets):
+            for items in buckets:
+                try:
+                    dsts = [params[name] for name, _ in items]
+                except KeyError:
+                    check(items)  # raises, naming the tensor
+                    raise
+                srcs = [src for _, src in items]
+                # Shapes are checked again only when the bucket's views or destinations changed.
+                checked = self._into_checked.get(id(items))
+                if (checked is None or checked[0] is not items or len(checked[1]) != len(dsts)
+                        or not all(map(operator.is_, checked[1], dsts))):
+                    check(items)
+                    self._into_checked[id(items)] = (items, dsts)  # held: the id stays its own
+                if foreach is not None and dsts and all(
+                        d.device == srcs[0].device for d in (dsts[0], dsts[-1])):
+                    try:
+                        foreach(dsts, srcs)
+                        continue
+                    except RuntimeError:
+                        pass  # mixed devices or dtypes torch will not batch: one by one
+                for d, src in zip(dsts, srcs):
+                    d.copy_(src)
+
+        buckets = self._drive(timeout, True, flat=False, kind=_TORCH, own_lists=False)
+        try:
+            copy_buckets(buckets)
+        except BaseException as e:  # noqa: B902 - Ctrl-C is reported too.
+            if self._done is not None:
+                try:
+                    self.finish(error=f"{type(e).__name__}: {e}")
+                except CkptError:
+                    pass
+            else:
+                _throw_into(buckets, e)
+            raise
+        return self.finish()
+
     def receive_buckets(self, timeout=None, defer_loaded=False):
         """Like receive(), one list of (name, torch.Tensor) per bucket. The views of a list are
         valid until the next list is asked for."""
@@ -434,14 +504,16 @@ class Worker(_Handle):
 
     # ---- internals ----
 
-    def _drive(self, timeout, defer_loaded, flat, kind):
+    def _drive(self, timeout, defer_loaded, flat, kind, own_lists=True):
         buckets = self._buckets(timeout, defer_loaded, kind)
         try:
             for items in buckets:
                 if flat:
                     yield from items
+                elif own_lists:
+                    yield list(items)  # the caller's list: the kept one stays as it is
                 else:
-                    yield list(items)  # the caller's list: the cached one stays as it is
+                    yield items  # internal callers that do not change it (load_into)
                 items = None
         except BaseException as e:  # noqa: B902 - report GeneratorExit and Ctrl-C too.
             _throw_into(buckets, e)
@@ -555,6 +627,9 @@ class Worker(_Handle):
         used = self._kept_used
         self._kept = {key: entry for key, entry in self._kept.items() if key[1] in used}
         self._kept_used = set()
+        kept_lists = {id(entry[0]) for entry in self._kept.values()}
+        self._into_checked = {key: held for key, held in self._into_checked.items()
+                              if key in kept_lists}
 
     def _torch_device(self):
         torch = _torch()
