@@ -314,17 +314,28 @@ int ckpt_push_table(ckpt_client* client, const ckpt_tensor_table* table,
     uint64_t dim = 0;
     for (size_t i = 0; i < n; ++i) {
       const uint64_t name_end = table->name_ends[i];
-      if (name_end < name_begin) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor #", i, ": name_ends goes back (",
-                                                       name_end, " after ", name_begin, ")"));
+      if (name_end < name_begin || name_end > table->names_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor #", i, ": name_ends[", i, "] = ", name_end,
+            name_end < name_begin ? absl::StrCat(" goes back from ", name_begin)
+                                  : absl::StrCat(" is past names_bytes ", table->names_bytes)));
       }
       views[i].name.assign(table->names + name_begin, name_end - name_begin);
       name_begin = name_end;
       const int32_t ndim = table->ndims[i];
-      if (ndim < 0 || (ndim > 0 && table->shapes == nullptr)) {
+      // The daemon accepts at most 64 dimensions; a larger ndim is refused here, before the
+      // shapes column is read past what a sane caller filled.
+      if (ndim < 0 || ndim > 64 || (ndim > 0 && table->shapes == nullptr)) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", views[i].name, "': ndim ", ndim,
+                                                       ndim > 64 ? " (at most 64)"
+                                                       : table->shapes == nullptr
+                                                           ? " with a NULL shapes column"
+                                                           : ""));
+      }
+      if (static_cast<uint64_t>(ndim) > table->shapes_count - std::min(dim, table->shapes_count)) {
         return absl::InvalidArgumentError(
-            absl::StrCat("tensor '", views[i].name, "': ndim ", ndim,
-                         table->shapes == nullptr ? " with a NULL shapes column" : ""));
+            absl::StrCat("tensor '", views[i].name, "': ndims add up ",
+                         "to more than shapes_count ", table->shapes_count));
       }
       views[i].dtype = static_cast<ckpt::DType>(table->dtypes[i]);
       views[i].shape.assign(table->shapes + dim, table->shapes + dim + ndim);

@@ -160,17 +160,19 @@ typedef struct ckpt_tensor_table {
   size_t struct_size;         /* sizeof(ckpt_tensor_table) */
   size_t count;               /* tensors */
   const char* names;          /* every name's UTF-8 bytes back to back (no separators) */
+  uint64_t names_bytes;       /* the length of `names`: no name may end past it */
   const uint64_t* name_ends;  /* tensor i's name is names[i ? name_ends[i - 1] : 0, name_ends[i]) */
   const int32_t* dtypes;      /* CKPT_DTYPE_* */
   const int32_t* ndims;
   const int64_t* shapes;      /* every tensor's dimensions back to back (ndims[i] of tensor i) */
+  uint64_t shapes_count;      /* the length of `shapes`: the ndims may not add up to more */
   const uint64_t* data;       /* addresses of the bytes; 0 only where nbytes is 0 */
   const uint64_t* nbytes;
 } ckpt_tensor_table;
 
 /* ckpt_push of the tensors of `table`: the same checks, options, outputs and errors, and
- * INVALID_ARGUMENT for a NULL column, a struct_size smaller than this header's, or name_ends that
- * go back. */
+ * INVALID_ARGUMENT for a NULL column, a struct_size smaller than this header's, name_ends that go
+ * back or past names_bytes, or ndims adding up to more than shapes_count. */
 CKPT_API int ckpt_push_table(ckpt_client* client, const ckpt_tensor_table* table,
                              const ckpt_push_options* options, uint64_t* version_out,
                              char** info_json_out, char* err, size_t errlen);

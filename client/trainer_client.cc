@@ -62,7 +62,7 @@ absl::StatusOr<ScopedFd> OpenForLoad(const std::string& path) {
 absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOptions& options) {
   if (tensors.empty()) return absl::InvalidArgumentError("nothing to push: no tensors");
   if (tensors.size() > std::numeric_limits<uint32_t>::max()) {
-    // Chunk.parts name tensors by a 32-bit index (the daemon allows far fewer anyway).
+    // Chunk.part_tensor names tensors by a 32-bit index (the daemon allows far fewer anyway).
     return absl::InvalidArgumentError(
         absl::StrCat(tensors.size(), " tensors: a version has at most 2^32 - 1"));
   }
@@ -85,6 +85,10 @@ absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOpti
     const TensorView& t = tensors[i];
     if (t.name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor #", i, " has an empty name"));
+    }
+    if (t.name.find('\0') != std::string::npos) {
+      // Workers read names as C strings too: "w\0x" would come out as a second "w".
+      return absl::InvalidArgumentError(absl::StrCat("tensor #", i, " has a NUL byte in its name"));
     }
     if (!names.insert(t.name).second) {
       return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name ", Quoted(t.name)));
@@ -285,7 +289,9 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<Ten
     for (size_t k = next_chunk.fetch_add(1); k < chunks.size() && !stop.load();
          k = next_chunk.fetch_add(1)) {
       const ChunkMessage& m = chunks[k];
-      chunk.clear_parts();
+      chunk.clear_part_tensor();
+      chunk.clear_part_offset();
+      chunk.clear_part_bytes();
       std::string* data = chunk.mutable_data();
       if (m.end - m.first == 1) {
         const ChunkRef& c = pieces[m.first];
@@ -300,10 +306,9 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<Ten
         data->reserve(m.bytes);
         for (size_t p = m.first; p < m.end; ++p) {
           const ChunkRef& c = pieces[p];
-          v1::ChunkPart* part = chunk.add_parts();
-          part->set_tensor_index(static_cast<uint32_t>(c.tensor));
-          part->set_offset(c.offset);
-          part->set_bytes(c.bytes);
+          chunk.add_part_tensor(static_cast<uint32_t>(c.tensor));
+          chunk.add_part_offset(c.offset);
+          chunk.add_part_bytes(c.bytes);
           data->append(static_cast<const char*>(tensors[c.tensor].data) + c.offset, c.bytes);
         }
       }

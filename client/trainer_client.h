@@ -98,14 +98,14 @@ struct ChunkRef {
 std::vector<ChunkRef> PlanChunks(const std::vector<TensorView>& tensors, size_t chunk_bytes);
 
 // One PushChunks message: pieces [first, end) of a PlanChunks result, `bytes` in all. A message of
-// one piece names its tensor; one of several carries them as Chunk.parts (trainer.proto).
+// one piece names its tensor; one of several carries them in Chunk.part_* (trainer.proto).
 struct ChunkMessage {
   size_t first = 0;
   size_t end = 0;
   uint64_t bytes = 0;
 };
 
-// At most this many pieces go in one message (the daemon's limit of Chunk.parts).
+// At most this many pieces go in one message (the daemon's limit of a Chunk's parts).
 inline constexpr size_t kMaxChunkParts = 65536;
 
 // Groups consecutive pieces into messages of at most `chunk_bytes` and `max_parts` pieces each, in

@@ -212,17 +212,21 @@ class FakeTrainer final : public v1::Trainer::Service {
       if (chunk.upload_token() != it->second.token) {
         return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "bad upload token");
       }
-      // One range, or several (Chunk.parts): each part names its tensor by manifest index.
+      // One range, or several (Chunk.part_*): each part names its tensor by manifest index.
       std::vector<std::tuple<std::string, uint64_t, uint64_t>> ranges;
-      if (chunk.parts_size() == 0) {
+      if (chunk.part_tensor_size() == 0) {
         ranges.emplace_back(chunk.tensor(), chunk.offset(), chunk.data().size());
       } else {
-        for (const v1::ChunkPart& p : chunk.parts()) {
-          if (p.tensor_index() >= static_cast<uint32_t>(it->second.manifest.tensors_size())) {
+        if (chunk.part_offset_size() != chunk.part_tensor_size() ||
+            chunk.part_bytes_size() != chunk.part_tensor_size()) {
+          return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "part lists");
+        }
+        for (int k = 0; k < chunk.part_tensor_size(); ++k) {
+          if (chunk.part_tensor(k) >= static_cast<uint32_t>(it->second.manifest.tensors_size())) {
             return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "tensor index");
           }
-          ranges.emplace_back(it->second.manifest.tensors(p.tensor_index()).name(), p.offset(),
-                              p.bytes());
+          ranges.emplace_back(it->second.manifest.tensors(chunk.part_tensor(k)).name(),
+                              chunk.part_offset(k), chunk.part_bytes(k));
         }
       }
       uint64_t from = 0;
@@ -243,7 +247,7 @@ class FakeTrainer final : public v1::Trainer::Service {
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "parts and data differ");
       }
       ++multi_part_chunks_;
-      if (chunk.parts_size() == 0) --multi_part_chunks_;
+      if (chunk.part_tensor_size() == 0) --multi_part_chunks_;
       response->set_chunks(response->chunks() + 1);
       response->set_bytes(response->bytes() + chunk.data().size());
     }
@@ -478,7 +482,7 @@ TEST_CASE("push round trip: every byte arrives, progress is monotonic and ends a
   }
   CHECK(f.service.streams_opened() == streams);
   CHECK(f.service.max_streams_active() <= streams);
-  // The small tensors after layers.0.weight travel together (Chunk.parts).
+  // The small tensors after layers.0.weight travel together (Chunk.part_*).
   CHECK(f.service.multi_part_chunks() >= 1);
 
   REQUIRE(!calls.empty());

@@ -31,6 +31,11 @@ absl::Status ValidateManifest(const v1::Manifest& manifest, const ManifestLimits
     if (t.name().empty()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor #", i, " has an empty name"));
     }
+    if (t.name().find('\0') != std::string::npos) {
+      // Workers read names as C strings too (the C ABI): "w\0x" would come out as a second "w".
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor #", i, " has a NUL byte in its name: ", QuoteForMessage(t.name(), 64)));
+    }
     if (t.name().size() > kMaxTensorNameBytes) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor #", i, " has a name of ", t.name().size(), " bytes (at most ",

@@ -45,20 +45,25 @@ grpc::Status TrainerService::PushChunks(grpc::ServerContext* context,
   while (reader->Read(&chunk)) {
     watch.Touch();
     absl::Status s;
-    if (chunk.parts_size() == 0) {
+    const int nparts = chunk.part_tensor_size();
+    if (nparts == 0 && chunk.part_offset_size() == 0 && chunk.part_bytes_size() == 0) {
       s = store_->WriteChunk(chunk.version(), chunk.upload_token(), chunk.tensor(), chunk.offset(),
                              chunk.data().data(), chunk.data().size());
+    } else if (chunk.part_offset_size() != nparts || chunk.part_bytes_size() != nparts) {
+      s = absl::InvalidArgumentError(absl::StrCat(
+          "a chunk's part lists differ in length (", nparts, " part_tensor, ",
+          chunk.part_offset_size(), " part_offset, ", chunk.part_bytes_size(), " part_bytes)"));
     } else if (!chunk.tensor().empty() || chunk.offset() != 0) {
       s = absl::InvalidArgumentError(
           "a chunk with parts must leave tensor empty and offset 0 (each part names its tensor)");
-    } else if (static_cast<size_t>(chunk.parts_size()) > VersionStore::kMaxChunkParts) {
-      s = absl::InvalidArgumentError(absl::StrCat(
-          "chunk has ", chunk.parts_size(), " parts, more than ", VersionStore::kMaxChunkParts));
+    } else if (static_cast<size_t>(nparts) > VersionStore::kMaxChunkParts) {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("chunk has ", nparts, " parts, more than ", VersionStore::kMaxChunkParts));
     } else {
       parts.clear();
-      parts.reserve(chunk.parts_size());
-      for (const v1::ChunkPart& p : chunk.parts()) {
-        parts.push_back({p.tensor_index(), p.offset(), p.bytes()});
+      parts.reserve(nparts);
+      for (int k = 0; k < nparts; ++k) {
+        parts.push_back({chunk.part_tensor(k), chunk.part_offset(k), chunk.part_bytes(k)});
       }
       s = store_->WriteChunkParts(chunk.version(), chunk.upload_token(), parts, chunk.data().data(),
                                   chunk.data().size());

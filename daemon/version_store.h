@@ -149,7 +149,7 @@ class VersionStore {
   absl::Status WriteChunk(uint64_t version, const std::string& token, const std::string& tensor,
                           uint64_t offset, const void* data, uint64_t size);
 
-  // One part of a chunk that carries several tensors (ChunkPart in trainer.proto).
+  // One part of a chunk that carries several tensors (Chunk.part_* in trainer.proto).
   struct ChunkPart {
     uint64_t tensor_index = 0;  // manifest order
     uint64_t offset = 0;

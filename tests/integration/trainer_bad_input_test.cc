@@ -78,6 +78,13 @@ TEST_CASE("bad manifests are refused at begin") {
   RequireError(d.Begin(v1::Manifest(), &begun), grpc::StatusCode::INVALID_ARGUMENT,
                "manifest has no tensors");
 
+  // A NUL byte would make "w\0x" a second "w" for workers that read names as C strings.
+  v1::Manifest nul;
+  *nul.add_tensors() = Spec("w", x);
+  *nul.add_tensors() = Spec(std::string("w\0x", 3), x);
+  RequireError(d.Begin(nul, &begun), grpc::StatusCode::INVALID_ARGUMENT,
+               "tensor #1 has a NUL byte in its name");
+
   v1::Manifest big;
   *big.add_tensors() = Spec("w", std::string(2 << 20, 'x'));
   RequireError(d.Begin(big, &begun), grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -119,15 +126,14 @@ TEST_CASE("bad chunks are refused and an aborted version leaves nothing") {
   d.RequireClean();
 }
 
-// A chunk of several tensors (Chunk.parts): data cut into parts in order.
+// A chunk of several tensors (Chunk.part_*): data cut into parts in order.
 v1::Chunk PartsChunk(const v1::BeginVersionResponse& b,
                      const std::vector<std::tuple<uint32_t, uint64_t, std::string>>& parts) {
   v1::Chunk c = MakeChunk(b, "", 0, "");
   for (const auto& [index, offset, bytes] : parts) {
-    v1::ChunkPart* p = c.add_parts();
-    p->set_tensor_index(index);
-    p->set_offset(offset);
-    p->set_bytes(bytes.size());
+    c.add_part_tensor(index);
+    c.add_part_offset(offset);
+    c.add_part_bytes(bytes.size());
     c.mutable_data()->append(bytes);
   }
   return c;
@@ -156,7 +162,9 @@ TEST_CASE("chunks of several tensors commit, and every bad part is refused befor
                    begun, {{2, 0, junk.substr(0, 64)}, {0, ~0ull - 10, junk.substr(0, 20)}})}),
                grpc::StatusCode::OUT_OF_RANGE, "past the end of tensor 'a'");
   v1::Chunk zero = PartsChunk(begun, {{2, 0, junk.substr(0, 64)}});
-  zero.add_parts()->set_tensor_index(1);  // 0 bytes
+  zero.add_part_tensor(1);  // 0 bytes
+  zero.add_part_offset(0);
+  zero.add_part_bytes(0);
   RequireError(d.Push({zero}), grpc::StatusCode::INVALID_ARGUMENT, "chunk part 1 has 0 bytes");
   v1::Chunk short_data = PartsChunk(begun, {{2, 0, junk.substr(0, 64)}, {1, 0, b}});
   short_data.mutable_data()->resize(100);
@@ -172,13 +180,17 @@ TEST_CASE("chunks of several tensors commit, and every bad part is refused befor
                "a chunk with parts must leave tensor empty and offset 0");
   v1::Chunk many = MakeChunk(begun, "", 0, std::string(65537, 'x'));
   for (int i = 0; i < 65537; ++i) {
-    v1::ChunkPart* p = many.add_parts();
-    p->set_tensor_index(2);
-    p->set_offset(i % 64);
-    p->set_bytes(1);
+    many.add_part_tensor(2);
+    many.add_part_offset(i % 64);
+    many.add_part_bytes(1);
   }
   RequireError(d.Push({many}), grpc::StatusCode::INVALID_ARGUMENT,
                "chunk has 65537 parts, more than 65536");
+  v1::Chunk uneven = PartsChunk(begun, {{2, 0, junk.substr(0, 64)}});
+  uneven.add_part_offset(0);
+  RequireError(
+      d.Push({uneven}), grpc::StatusCode::INVALID_ARGUMENT,
+      "a chunk's part lists differ in length (1 part_tensor, 2 part_offset, 1 part_bytes)");
   v1::VersionInfo info;
   RequireError(d.Commit(begun, &info), grpc::StatusCode::FAILED_PRECONDITION,
                "'c' has 64 of 64 bytes missing");

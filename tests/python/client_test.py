@@ -225,6 +225,7 @@ class PushTest(unittest.TestCase):
             "not a tensor": {"l": [1, 2, 3]},
             "no tensors": {},
             "empty name": {"": np.zeros(1, np.float32)},
+            "NUL in a name": {"w": np.zeros(1, np.float32), "w\0.evil": np.zeros(1, np.float32)},
         }
         for what, state in cases.items():
             with self.subTest(what), self.assertRaises(ce.CkptError) as e:
@@ -233,6 +234,32 @@ class PushTest(unittest.TestCase):
         with self.assertRaises(ce.CkptError) as e:
             self.client.push_state_dict({"a": np.zeros(1, np.float32)}, streams=100)
         self.assertIn("streams", e.exception.message)
+
+    def test_table_columns_past_their_lengths_are_refused(self):
+        # The C ABI's column table carries the lengths of its variable columns: name ends past
+        # names_bytes, or ndims adding up to more than shapes_count, are refused before a read.
+        from ckpt_engine import _native, _tensors
+        for field in ("names_bytes", "shapes_count"):
+            with self.subTest(field):
+                table, keep, _ = _tensors.describe({"weight": np.zeros((2, 3), np.float32)})
+                setattr(table, field, getattr(table, field) - 1)
+                err = ctypes.create_string_buffer(4096)
+                out = ctypes.c_uint64()
+                code = _native.lib().ckpt_push_table(self.client._h(), ctypes.byref(table), None,
+                                                     ctypes.byref(out), None, err, 4096)
+                self.assertEqual(code, 3, err.value)  # INVALID_ARGUMENT
+                self.assertIn("past names_bytes" if field == "names_bytes" else "shapes_count",
+                              err.value.decode())
+                del keep
+
+    def test_a_lazily_negated_tensor_is_pushed_with_its_values(self):
+        # conj().imag is a contiguous float32 view with torch's negative bit set: its values are
+        # the negated imaginary part, not the bytes in memory.
+        t = torch.tensor([1 + 2j, 3 - 4j]).conj().imag
+        self.assertTrue(t.is_neg())
+        version = self.client.push_state_dict({"imag": t})
+        [spec] = self.show(version)["tensors"]
+        self.assertEqual(spec["xxh3"], xxh3(raw_bytes(torch.tensor([-2.0, 4.0]))))
 
     def test_too_big_for_the_budget(self):
         with self.assertRaises(ce.CkptError) as e:

@@ -7,6 +7,7 @@ and an inference worker would in two processes; worker_process.py is also run as
 """
 
 import collections
+import ctypes
 import json
 import os
 import shutil
@@ -361,7 +362,10 @@ class WorkerTest(DaemonTestCase):
         version = self.client.push_state_dict(state)
         w = self.worker(engine="load-into")
         self.wait_attached(1)
-        params = collections.OrderedDict((n, torch.zeros_like(t)) for n, t in state.items())
+        # Floating-point destinations are parameters that require grad, as a model's are.
+        params = collections.OrderedDict(
+            (n, torch.nn.Parameter(torch.zeros_like(t)) if t.is_floating_point()
+             else torch.zeros_like(t)) for n, t in state.items())
         params["not.in.the.version"] = torch.full((3,), 7.0)
         for force in (False, True):  # the second time through the kept views and checks
             update = UpdateThread(self.client, version, force=force)
@@ -370,8 +374,30 @@ class WorkerTest(DaemonTestCase):
             got = collections.OrderedDict((n, params[n]) for n in state)
             self.assert_same(got, state)
             self.assertEqual(params["not.in.the.version"].tolist(), [7.0, 7.0, 7.0])
-            for n in state:
-                params[n].zero_()
+            with torch.no_grad():
+                for n in state:
+                    params[n].zero_()
+
+        # `.data =` keeps the object but changes its shape: checked again, not broadcast into.
+        params["scalar.f64"].data = torch.zeros(4, dtype=torch.float64)
+        update = UpdateThread(self.client, version, force=True)
+        with self.assertRaises(ValueError) as e:
+            w.load_into(params, timeout=DEADLINE_S)
+        self.assertIn("tensor 'scalar.f64' has shape (), its destination (4,)", str(e.exception))
+        update.failure(self)
+        params["scalar.f64"].data = torch.zeros((), dtype=torch.float64)
+
+        # The library keeps no reference to the destinations.
+        import gc
+        import weakref
+        probe = {n: torch.zeros_like(t) for n, t in state.items()}
+        refs = [weakref.ref(t) for t in probe.values()]
+        update = UpdateThread(self.client, version, force=True)
+        w.load_into(probe, timeout=DEADLINE_S)
+        update.result(self)
+        del probe
+        gc.collect()
+        self.assertEqual([r() for r in refs if r() is not None], [])
 
         # A destination of another shape, or none: the bucket fails naming the tensor.
         params["f16"] = torch.zeros(100, 99, dtype=torch.float16)
@@ -386,6 +412,51 @@ class WorkerTest(DaemonTestCase):
         with self.assertRaises(KeyError):
             w.load_into(params, timeout=DEADLINE_S)
         self.assertIn("tensor 'f16' of the version has no destination",
+                      str(update.failure(self)))
+
+    def test_kept_views_stay_bounded_when_versions_fail(self):
+        # Every version fails (the loader raises at its second tensor); each is a layout of its
+        # own. What is kept never grows past the layouts of one version.
+        w = self.worker(engine="fails")
+        self.wait_attached(1)
+        kept = []
+        for i in range(6):
+            state = collections.OrderedDict(
+                (f"v{i}.t{k}", torch.full((1000 + i,), float(k))) for k in range(40))
+            version = self.client.push_state_dict(state)
+
+            def fail_at_second(pairs):
+                for k, _ in enumerate(pairs):
+                    if k == 1:
+                        raise ValueError("injected")
+
+            update = UpdateThread(self.client, version)
+            with self.assertRaises(ValueError):
+                w.load(fail_at_second, timeout=DEADLINE_S)
+            update.failure(self)
+            kept.append(len(w._kept))
+        self.assertLessEqual(max(kept), 1, kept)
+
+    @unittest.skipIf(hasattr(torch, "float8_e4m3fn"), "needs a torch without float8")
+    def test_a_dtype_this_torch_lacks_fails_the_bucket_at_once(self):
+        # A float8 tensor reaches a worker whose torch has no float8: building the view fails,
+        # and the bucket is failed with that reason (not left to the ack timeout).
+        import numpy as np
+        from ckpt_engine import _native, _tensors
+        table, keep, _ = _tensors.describe({"w.f8": np.zeros(64, np.uint8)})
+        keep[-1]["dtypes"][0] = ce.DTYPES["float8_e4m3fn"]
+        err = ctypes.create_string_buffer(4096)
+        out = ctypes.c_uint64()
+        self.assertEqual(_native.lib().ckpt_push_table(
+            self.client._h(), ctypes.byref(table), None, ctypes.byref(out), None, err, 4096), 0,
+            err.value)
+        w = self.worker(engine="old-torch")
+        self.wait_attached(1)
+        update = UpdateThread(self.client, out.value)
+        with self.assertRaises(ce.CkptError) as e:
+            list(w.receive(timeout=DEADLINE_S))
+        self.assertEqual(e.exception.code_name, "UNIMPLEMENTED")
+        self.assertIn("failed to load bucket 0: CkptError: UNIMPLEMENTED: tensor 'w.f8'",
                       str(update.failure(self)))
 
     def test_receive_raw_reuses_raw_tensors_and_load_raw_pairs_them(self):

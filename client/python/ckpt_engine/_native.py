@@ -30,10 +30,12 @@ class TensorTable(ctypes.Structure):
         ("struct_size", ctypes.c_size_t),
         ("count", ctypes.c_size_t),
         ("names", ctypes.c_char_p),
+        ("names_bytes", ctypes.c_uint64),
         ("name_ends", ctypes.c_void_p),
         ("dtypes", ctypes.c_void_p),
         ("ndims", ctypes.c_void_p),
         ("shapes", ctypes.c_void_p),
+        ("shapes_count", ctypes.c_uint64),
         ("data", ctypes.c_void_p),
         ("nbytes", ctypes.c_void_p),
     ]

@@ -64,7 +64,8 @@ def _torch_view(name, t):
         _TORCH_DTYPES[t.dtype] = dtype
     # The common case (a contiguous CPU tensor) is read in place as it is: data_ptr() needs no
     # detach. Anything to convert is detached first, so no autograd graph is built.
-    if t.device.type != "cpu" or not t.is_contiguous() or t.is_conj():
+    negated = getattr(t, "is_neg", lambda: False)()  # a lazily negated view (conj().imag)
+    if t.device.type != "cpu" or not t.is_contiguous() or t.is_conj() or negated:
         t = t.detach()
         if t.device.type != "cpu":
             t = t.to("cpu")  # CUDA (or other device) tensors: one copy to host memory.
@@ -72,6 +73,8 @@ def _torch_view(name, t):
             t = t.contiguous()
         if t.is_conj():
             t = t.resolve_conj()
+        if negated:
+            t = t.resolve_neg()
     nbytes = t.numel() * t.element_size()
     # data_ptr() already includes the storage offset; bfloat16 and float8 need no numpy.
     return dtype, tuple(t.shape), t.data_ptr(), nbytes, t
@@ -115,7 +118,7 @@ def describe(tensors):
         if isinstance(value, tensor_type):
             dtype = known.get(value.dtype)
             if (dtype is not None and value.is_cpu and value.layout is strided
-                    and value.is_contiguous() and not value.is_conj()):
+                    and value.is_contiguous() and not value.is_conj() and not value.is_neg()):
                 shape = value.shape
                 nbytes = value.numel() * value.element_size()
                 ptr = value.data_ptr()
@@ -139,7 +142,7 @@ def describe(tensors):
     joined = "".join(names)
     if joined.isascii():
         blob = joined.encode("ascii")
-        ends = itertools.accumulate(map(len, names))
+        ends = itertools.accumulate(map(str.__len__, names))  # not a subclass's __len__
     else:
         encoded = [n.encode("utf-8") for n in names]
         blob = b"".join(encoded)
@@ -157,6 +160,8 @@ def describe(tensors):
     table.struct_size = ctypes.sizeof(_native.TensorTable)
     table.count = len(names)
     table.names = blob
+    table.names_bytes = len(blob)
+    table.shapes_count = len(shapes)
     for field in ("name_ends", "dtypes", "ndims", "shapes", "data", "nbytes"):
         setattr(table, field, columns[field].buffer_info()[0])
     keep.append(columns)

@@ -24,9 +24,9 @@ receive_raw gives addresses and sizes without it.
 
 import collections
 import ctypes
-import operator
 import sys
 import time
+import weakref
 
 from . import (
     _ERR_LEN, DEADLINE_EXCEEDED, FAILED_PRECONDITION, INTERNAL, INVALID_ARGUMENT, OK,
@@ -266,7 +266,8 @@ class Worker(_Handle):
         self._reuse_views = bool(reuse_views)
         self._kept = {}
         self._kept_used = set()
-        # load_into: id(bucket list) -> (that list, the destinations whose shapes were checked).
+        # load_into: id(bucket list) -> (that list, weak references to the destinations whose
+        # shapes were checked, their element counts).
         self._into_checked = {}
 
     # ---- state ----
@@ -344,7 +345,8 @@ class Worker(_Handle):
         self._typed_slots = {}
         self._kept = {}
         self._kept_used = set()
-        # load_into: id(bucket list) -> (that list, the destinations whose shapes were checked).
+        # load_into: id(bucket list) -> (that list, weak references to the destinations whose
+        # shapes were checked, their element counts).
         self._into_checked = {}
         super().close()
 
@@ -418,8 +420,9 @@ class Worker(_Handle):
         Every tensor received must have a destination of the same shape (and a dtype torch copies
         into); otherwise its bucket fails naming the tensor (KeyError or ValueError, reported to
         the daemon as load() reports), and the version is not loaded. Shapes are checked again
-        whenever a bucket's destinations are other tensor objects than last time (not when a
-        destination is resized in place: do not). Destinations no tensor of
+        whenever a bucket's destinations are other tensor objects than last time or hold another
+        number of elements. Copies run under torch.no_grad(), so parameters that require grad
+        take them. The library keeps no reference to the destinations. Destinations no tensor of
         the version names are left as they are. The copies are complete (the device synchronized)
         before each bucket is acked, as in receive().
         """
@@ -443,12 +446,18 @@ class Worker(_Handle):
                     check(items)  # raises, naming the tensor
                     raise
                 srcs = [src for _, src in items]
-                # Shapes are checked again only when the bucket's views or destinations changed.
+                # Shapes are checked again when the bucket's views, its destination objects or
+                # their element counts changed (`param.data = other` keeps the object; a copy_
+                # into a destination with more elements than the source would broadcast).
+                numels = [d.numel() for d in dsts]
                 checked = self._into_checked.get(id(items))
-                if (checked is None or checked[0] is not items or len(checked[1]) != len(dsts)
-                        or not all(map(operator.is_, checked[1], dsts))):
+                if (checked is None or checked[0] is not items or checked[2] != numels
+                        or len(checked[1]) != len(dsts)
+                        or not all(ref() is d for ref, d in zip(checked[1], dsts))):
                     check(items)
-                    self._into_checked[id(items)] = (items, dsts)  # held: the id stays its own
+                    # The list is held so that its id stays its own; the destinations are not.
+                    self._into_checked[id(items)] = (items, [weakref.ref(d) for d in dsts],
+                                                     numels)
                 if foreach is not None and dsts and all(
                         d.device == srcs[0].device for d in (dsts[0], dsts[-1])):
                     try:
@@ -461,7 +470,8 @@ class Worker(_Handle):
 
         buckets = self._drive(timeout, True, flat=False, kind=_TORCH, own_lists=False)
         try:
-            copy_buckets(buckets)
+            with torch.no_grad():  # parameters that require grad take copies without autograd
+                copy_buckets(buckets)
         except BaseException as e:  # noqa: B902 - Ctrl-C is reported too.
             if self._done is not None:
                 try:
@@ -545,8 +555,10 @@ class Worker(_Handle):
                                               f"middle of version {version}")
                 version = v
                 if kind_of_event == _native.EVENT_BUCKET:
-                    items, n, nbytes = self._bucket_items(kind)
+                    items = None
                     try:
+                        # Building the views may fail too (a dtype this torch lacks): reported.
+                        items, n, nbytes = self._bucket_items(kind)
                         yield items
                         self._sync()
                     except BaseException as e:  # noqa: B902
@@ -557,7 +569,6 @@ class Worker(_Handle):
                     items = None
                     self._ack(v, b)
                 elif kind_of_event == _native.EVENT_VERSION_DONE:
-                    self._end_of_version()
                     if defer_loaded:
                         self._done = (v, count, total)
                     else:
@@ -567,6 +578,9 @@ class Worker(_Handle):
                     raise CkptError(INTERNAL, f"unknown event kind {kind_of_event} from the daemon")
         finally:
             self._busy = False
+            # Also after a failed version: what it did not use is dropped, so kept views stay
+            # bounded by one version's layouts.
+            self._end_of_version()
 
     def _next(self, wait):
         """The next event, waiting up to `wait` seconds in short slices (Ctrl-C stays prompt)."""
@@ -625,6 +639,8 @@ class Worker(_Handle):
 
     def _end_of_version(self):
         used = self._kept_used
+        if not used:
+            return  # no bucket came (e.g. a receive that timed out): keep what is kept
         self._kept = {key: entry for key, entry in self._kept.items() if key[1] in used}
         self._kept_used = set()
         kept_lists = {id(entry[0]) for entry in self._kept.values()}
