@@ -1,7 +1,5 @@
 #include "daemon/update_engine.h"
 
-#include <cuda_runtime_api.h>
-
 #include <algorithm>
 #include <cstring>
 #include <set>
@@ -15,143 +13,11 @@
 #include "common/message_text.h"
 #include "common/status_macros.h"
 #include "common/units.h"
-#include "daemon/gpu/cuda_event.h"
-#include "daemon/gpu/cuda_status.h"
-#include "daemon/gpu/cuda_stream.h"
-#include "daemon/gpu/nccl_comm.h"
-#include "daemon/gpu/scoped_device.h"
+#include "daemon/filler.h"
 #include "daemon/update_plan.h"
 #include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
-
-// Fills slot `slot` of every slot set with one bucket of the plan. Fill enqueues (cuda) or copies
-// (host); Filled polls whether the bucket is complete in every set.
-class Filler {
- public:
-  virtual ~Filler() = default;
-  virtual absl::Status Fill(const Bucket& bucket, int slot, const uint8_t* arena) = 0;
-  virtual absl::StatusOr<bool> Filled(int slot) = 0;
-  // Waits for all enqueued work (before an error return leaves slots to be reused).
-  virtual absl::Status Drain(absl::Time deadline) = 0;
-};
-
-namespace {
-
-class HostFiller final : public Filler {
- public:
-  explicit HostFiller(const SlotSet* slots) : slots_(slots) {}
-  absl::Status Fill(const Bucket& bucket, int slot, const uint8_t* arena) override {
-    uint8_t* base = slots_->data(slot);
-    for (const Segment& segment : bucket.segments) {
-      for (const Copy& c : segment.copies) {
-        std::memcpy(base + c.slot_offset, arena + c.host_offset, c.bytes);
-      }
-    }
-    return absl::OkStatus();
-  }
-  absl::StatusOr<bool> Filled(int) override { return true; }
-  absl::Status Drain(absl::Time) override { return absl::OkStatus(); }
-
- private:
-  const SlotSet* slots_;
-};
-
-// Per GPU g: uploads of its segment on copy_[g], then (several GPUs) a grouped in-place broadcast
-// per segment on nccl_[g] after every GPU's upload event.
-class CudaFiller final : public Filler {
- public:
-  static absl::StatusOr<std::unique_ptr<CudaFiller>> Create(
-      const std::vector<std::unique_ptr<SlotSet>>& slots, absl::Duration timeout) {
-    std::unique_ptr<CudaFiller> f(new CudaFiller);
-    f->timeout_ = timeout;
-    std::vector<int> devices;
-    for (const auto& set : slots) {
-      f->slots_.push_back(set.get());
-      devices.push_back(set->device());
-      ASSIGN_OR_RETURN(gpu::CudaStream copy, gpu::CudaStream::Create(set->device()));
-      ASSIGN_OR_RETURN(gpu::CudaStream nccl, gpu::CudaStream::Create(set->device()));
-      f->copy_.push_back(std::move(copy));
-      f->nccl_.push_back(std::move(nccl));
-      f->uploaded_.emplace_back();
-      f->filled_.emplace_back();
-      for (int s = 0; s < set->count(); ++s) {
-        ASSIGN_OR_RETURN(gpu::CudaEvent up, gpu::CudaEvent::Create(set->device()));
-        ASSIGN_OR_RETURN(gpu::CudaEvent done, gpu::CudaEvent::Create(set->device()));
-        f->uploaded_.back().push_back(std::move(up));
-        f->filled_.back().push_back(std::move(done));
-      }
-    }
-    if (devices.size() > 1) {
-      auto comms = gpu::NcclComm::CreateLocal(devices, timeout);
-      if (!comms.ok()) {
-        return Annotate(comms.status(), absl::StrCat("NCCL communicator over the ", devices.size(),
-                                                     " GPUs of this node"));
-      }
-      f->comms_ = *std::move(comms);
-    }
-    return f;
-  }
-
-  absl::Status Fill(const Bucket& bucket, int slot, const uint8_t* arena) override {
-    const size_t n = slots_.size();
-    for (size_t g = 0; g < n; ++g) {
-      ASSIGN_OR_RETURN(gpu::ScopedDevice device, gpu::ScopedDevice::Create(slots_[g]->device()));
-      uint8_t* base = slots_[g]->data(slot);
-      for (const Copy& c : bucket.segments[g].copies) {
-        CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(base + c.slot_offset, arena + c.host_offset, c.bytes,
-                                             cudaMemcpyHostToDevice, copy_[g].get()));
-      }
-      RETURN_IF_ERROR(uploaded_[g][slot].Record(copy_[g]));
-    }
-    if (n == 1) return filled_[0][slot].Record(copy_[0]);
-    std::vector<void*> bases;
-    std::vector<cudaStream_t> streams;
-    for (size_t g = 0; g < n; ++g) {
-      ASSIGN_OR_RETURN(gpu::ScopedDevice device, gpu::ScopedDevice::Create(slots_[g]->device()));
-      for (size_t h = 0; h < n; ++h) RETURN_IF_ERROR(uploaded_[h][slot].StreamWait(nccl_[g].get()));
-      bases.push_back(slots_[g]->data(slot));
-      streams.push_back(nccl_[g].get());
-    }
-    std::vector<gpu::NcclComm::InPlaceOp> ops;
-    for (const Segment& s : bucket.segments) ops.push_back({s.uploader, s.slot_offset, s.bytes});
-    RETURN_IF_ERROR(gpu::NcclComm::GroupBroadcastInPlace(absl::MakeSpan(comms_), bases, streams,
-                                                         ops, timeout_));
-    for (size_t g = 0; g < n; ++g) RETURN_IF_ERROR(filled_[g][slot].Record(nccl_[g]));
-    return absl::OkStatus();
-  }
-
-  absl::StatusOr<bool> Filled(int slot) override {
-    for (size_t g = 0; g < slots_.size(); ++g) {
-      ASSIGN_OR_RETURN(bool done, filled_[g][slot].Query());
-      if (!done) {
-        for (auto& comm : comms_) RETURN_IF_ERROR(comm.CheckAsyncError());
-        return false;
-      }
-    }
-    return true;
-  }
-
-  absl::Status Drain(absl::Time deadline) override {
-    for (size_t g = 0; g < slots_.size(); ++g) {
-      for (auto& e : filled_[g]) RETURN_IF_ERROR(e.WaitUntil(deadline));
-      for (auto& e : uploaded_[g]) RETURN_IF_ERROR(e.WaitUntil(deadline));
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  CudaFiller() = default;
-  absl::Duration timeout_;
-  std::vector<const SlotSet*> slots_;
-  std::vector<gpu::CudaStream> copy_;
-  std::vector<gpu::CudaStream> nccl_;
-  std::vector<std::vector<gpu::CudaEvent>> uploaded_;  // [gpu][slot]
-  std::vector<std::vector<gpu::CudaEvent>> filled_;    // [gpu][slot]
-  std::vector<gpu::NcclComm> comms_;
-};
-
-}  // namespace
 
 struct UpdateEngine::WorkerEntry {
   uint64_t id = 0;
@@ -211,12 +77,12 @@ absl::StatusOr<std::unique_ptr<UpdateEngine>> UpdateEngine::Create(
                        SlotSet::CreateCuda(g.index, options.slots_per_gpu, options.bucket_bytes));
       e->slots_.push_back(std::move(set));
     }
-    ASSIGN_OR_RETURN(auto filler, CudaFiller::Create(e->slots_, options.gpu_timeout));
+    ASSIGN_OR_RETURN(auto filler, MakeCudaFiller(e->slots_, options.gpu_timeout));
     e->filler_ = std::move(filler);
   } else {
     ASSIGN_OR_RETURN(auto set, SlotSet::CreateHost(options.slots_per_gpu, options.bucket_bytes));
     e->slots_.push_back(std::move(set));
-    e->filler_ = std::make_unique<HostFiller>(e->slots_[0].get());
+    e->filler_ = MakeHostFiller(e->slots_[0].get());
   }
   e->auto_thread_ = std::thread([raw = e.get()] { raw->AutoUpdateLoop(); });
   return e;
@@ -323,7 +189,7 @@ void UpdateEngine::OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message
 }
 
 absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateRequest& request,
-                                                            const std::string& trigger) {
+                                                           const std::string& trigger) {
   const absl::Time started = absl::Now();
   // Claim the one update slot, pick the participants.
   auto lease = store_->Lease(request.version());
@@ -386,8 +252,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
         if (!missing.empty()) {
           const size_t shown = std::min<size_t>(missing.size(), 8);
           p.error = absl::StrCat(
-              "it asked for ", missing.size(), " tensor(s) that version ", version, " lacks: ",
-              absl::StrJoin(missing.begin(), missing.begin() + shown, ", "),
+              "it asked for ", missing.size(), " tensor(s) that version ", version,
+              " lacks: ", absl::StrJoin(missing.begin(), missing.begin() + shown, ", "),
               missing.size() > shown ? ", ..." : "", " (check the worker's tensor_names)");
           p.reason = "missing_tensors";
         }
@@ -727,9 +593,9 @@ void UpdateEngine::FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& resul
 }
 
 absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest& request,
-                                                         absl::Time deadline,
-                                                         const std::string& trigger,
-                                                         const std::function<bool()>& cancelled) {
+                                                        absl::Time deadline,
+                                                        const std::string& trigger,
+                                                        const std::function<bool()>& cancelled) {
   if (request.previous()) {
     if (request.version() != 0 || request.worker_pids_size() > 0 || request.force()) {
       return absl::InvalidArgumentError(
@@ -761,8 +627,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
           if (mu_.AwaitWithDeadline(absl::Condition(&ended), slice)) break;
           if (cancelled && cancelled()) return absl::CancelledError("the caller went away");
           if (absl::Now() >= deadline) {
-            return absl::DeadlineExceededError(absl::StrCat(
-                "joined the running update to version ", wanted, "; it did not end in time"));
+            return absl::DeadlineExceededError(absl::StrCat("joined the running update to version ",
+                                                            wanted, "; it did not end in time"));
           }
         }
         if (finished_serial_ == joined) return last_result_;
@@ -775,8 +641,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
   }
   auto result = RunUpdate(request, trigger);
   // Only after an update that ran and failed for workers (not a refused request).
-  const bool worker_failure = absl::IsAborted(result.status()) ||
-                              absl::IsDeadlineExceeded(result.status());
+  const bool worker_failure =
+      absl::IsAborted(result.status()) || absl::IsDeadlineExceeded(result.status());
   if (worker_failure && options_.resend_previous_on_failure && trigger != "previous") {
     bool mixed = false;
     {
@@ -786,8 +652,9 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     if (mixed) {
       auto recovered = ResendPrevious(deadline);
       if (recovered.ok()) {
-        spdlog::warn("on_update_failure=previous: workers with mixed weights got their last version "
-                     "again");
+        spdlog::warn(
+            "on_update_failure=previous: workers with mixed weights got their last version "
+            "again");
       } else {
         spdlog::error("on_update_failure=previous: {}", std::string(recovered.status().message()));
       }
@@ -841,8 +708,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::ResendPrevious(absl::Time deadl
     }
   }
   if (!problems.empty()) {
-    return absl::AbortedError(absl::StrCat("workers with mixed weights not restored: ",
-                                           absl::StrJoin(problems, "; ")));
+    return absl::AbortedError(
+        absl::StrCat("workers with mixed weights not restored: ", absl::StrJoin(problems, "; ")));
   }
   return all;
 }
@@ -878,9 +745,9 @@ absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(
       *response.add_workers() = StatusOf(*e);
       if (e->loaded_version < version || e->mixed_version != 0) {
         lacking.push_back(absl::StrCat(
-            e->Describe(), " has ", e->loaded_version == 0 ? std::string("none")
-                                                           : absl::StrCat("version ",
-                                                                          e->loaded_version),
+            e->Describe(), " has ",
+            e->loaded_version == 0 ? std::string("none")
+                                   : absl::StrCat("version ", e->loaded_version),
             e->mixed_version != 0 ? absl::StrCat(" mixed with ", e->mixed_version) : ""));
       }
     }
