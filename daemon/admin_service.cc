@@ -46,7 +46,7 @@ grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::Status
   response->set_store_error(usage.ready_error);
   response->set_store_warmup_seconds(absl::ToDoubleSeconds(usage.warmup_elapsed));
   response->set_store_pinned(usage.pinned);
-  response->set_gpu_memory_per_gpu_bytes(engine_->gpu_bytes_per_gpu());
+  response->set_gpu_memory_per_gpu_bytes(engine_->transfer().gpu_bytes_per_gpu());
   response->set_bucket_bytes(engine_->options().bucket_bytes);
   response->set_slots_per_gpu(engine_->options().slots_per_gpu);
   response->set_updating_version(engine_->updating_version());

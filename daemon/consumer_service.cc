@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/fd_passing.h"
 #include "daemon/grpc_status.h"
+#include "daemon/transfer_backend.h"
 #include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
@@ -153,11 +154,12 @@ grpc::Status ConsumerService::Attach(
                                " is not the pid of the process on the descriptor socket (",
                                presented->peer.pid, ")"));
   }
-  auto gpu = engine_->GpuForUuid(request.gpu_uuid());
+  const TransferBackend& transfer = engine_->transfer();
+  auto gpu = transfer.SlotSetForGpu(request.gpu_uuid());
   if (!gpu.ok())
     return refuse(ToGrpc(gpu.status()).error_code(), std::string(gpu.status().message()));
-  const SlotSet& slots = engine_->slots(*gpu);
-  absl::Status sent = SendWithFds(conn, "ok", slots.memfds(), absl::Now() + kIdentityTimeout);
+  absl::Status sent =
+      SendWithFds(conn, "ok", transfer.GrantFds(*gpu), absl::Now() + kIdentityTimeout);
   if (!sent.ok()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         absl::StrCat("sending the slots: ", sent.message()));
@@ -165,14 +167,7 @@ grpc::Status ConsumerService::Attach(
   presented->connection = ScopedFd();
 
   v1::DaemonMessage grant;
-  grant.mutable_slots()->set_backend(std::string(BackendName(engine_->backend())));
-  grant.mutable_slots()->set_gpu_index(*gpu);
-  for (int i = 0; i < slots.count(); ++i) {
-    auto* slot = grant.mutable_slots()->add_slots();
-    slot->set_index(i);
-    slot->set_byte_size(slots.slot_bytes());
-    slot->set_ipc_handle(slots.ipc_handle(i));
-  }
+  transfer.DescribeGrant(*gpu, grant.mutable_slots());
   WorkerIdentity identity;
   identity.pid = request.pid();
   identity.uid = uid;

@@ -13,77 +13,25 @@
 #include "common/message_text.h"
 #include "common/status_macros.h"
 #include "common/units.h"
-#include "daemon/filler.h"
 #include "daemon/update_plan.h"
 #include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
 
-struct UpdateEngine::WorkerEntry {
-  uint64_t id = 0;
-  WorkerIdentity identity;
-  std::unordered_set<std::string> wanted;  // empty: all
-  std::shared_ptr<WorkerChannel> channel;
-  absl::Time attached;
-  uint64_t loaded_version = 0;
-  // Non-zero: an update to this version failed for the worker after part of it was sent.
-  uint64_t mixed_version = 0;
-  uint64_t last_update_version = 0;
-  bool last_update_ok = false;
-  std::string last_update_error;
-
-  std::string Describe() const {
-    return absl::StrCat(
-        "worker pid ", identity.pid, " (", identity.engine.empty() ? "?" : identity.engine,
-        identity.gpu_uuid.empty() ? "" : absl::StrCat(", ", identity.gpu_uuid), ")");
-  }
-};
-
-struct UpdateEngine::Participant {
-  std::shared_ptr<WorkerEntry> entry;
-  std::string error;  // set once failed
-  // Why, for metrics (Counters::worker_failures); "other" when it just did not finish.
-  const char* reason = "other";
-  bool timed_out = false;
-  std::map<uint64_t, absl::Time> outstanding;  // bucket -> when BucketReady was sent
-  int buckets_sent = 0;
-  bool done_sent = false;
-  absl::Time done_sent_at;
-  bool loaded = false;
-  uint64_t tensors = 0;
-  uint64_t bytes = 0;
-  bool active() const { return error.empty(); }
-};
-
-UpdateEngine::UpdateEngine(BackendKind backend, VersionStore* store, Options options)
-    : backend_(backend), store_(store), options_(options) {}
+UpdateEngine::UpdateEngine(std::unique_ptr<TransferBackend> transfer, VersionStore* store,
+                           Options options)
+    : transfer_(std::move(transfer)), store_(store), options_(options) {}
 
 absl::StatusOr<std::unique_ptr<UpdateEngine>> UpdateEngine::Create(
     BackendKind backend, const std::vector<gpu::GpuInfo>& gpus, VersionStore* store,
     Options options) {
-  if (options.slots_per_gpu < 1 || options.bucket_bytes == 0 ||
-      options.bucket_bytes % kSlotAlignment != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "update engine: need slots_per_gpu >= 1 and bucket_bytes a positive multiple of ",
-        kSlotAlignment, " (got ", options.slots_per_gpu, ", ", options.bucket_bytes, ")"));
-  }
-  std::unique_ptr<UpdateEngine> e(new UpdateEngine(backend, store, options));
-  if (backend == BackendKind::kCuda) {
-    if (gpus.empty())
-      return absl::FailedPreconditionError("update engine: cuda backend without GPUs");
-    e->gpus_ = gpus;
-    for (const gpu::GpuInfo& g : gpus) {
-      ASSIGN_OR_RETURN(auto set,
-                       SlotSet::CreateCuda(g.index, options.slots_per_gpu, options.bucket_bytes));
-      e->slots_.push_back(std::move(set));
-    }
-    ASSIGN_OR_RETURN(auto filler, MakeCudaFiller(e->slots_, options.gpu_timeout));
-    e->filler_ = std::move(filler);
-  } else {
-    ASSIGN_OR_RETURN(auto set, SlotSet::CreateHost(options.slots_per_gpu, options.bucket_bytes));
-    e->slots_.push_back(std::move(set));
-    e->filler_ = MakeHostFiller(e->slots_[0].get());
-  }
+  TransferBackend::Options slots;
+  slots.slots_per_gpu = options.slots_per_gpu;
+  slots.bucket_bytes = options.bucket_bytes;
+  slots.gpu_timeout = options.gpu_timeout;
+  auto transfer = TransferBackend::Create(backend, gpus, slots);
+  if (!transfer.ok()) return Annotate(transfer.status(), "update engine");
+  std::unique_ptr<UpdateEngine> e(new UpdateEngine(*std::move(transfer), store, options));
   e->auto_thread_ = std::thread([raw = e.get()] { raw->AutoUpdateLoop(); });
   return e;
 }
@@ -93,458 +41,113 @@ UpdateEngine::~UpdateEngine() {
   if (auto_thread_.joinable()) auto_thread_.join();
 }
 
-uint64_t UpdateEngine::gpu_bytes_per_gpu() const {
-  if (backend_ != BackendKind::kCuda) return 0;
-  return static_cast<uint64_t>(options_.slots_per_gpu) * options_.bucket_bytes;
-}
-
-absl::StatusOr<int> UpdateEngine::GpuForUuid(const std::string& uuid) const {
-  if (backend_ != BackendKind::kCuda) return 0;
-  std::vector<std::string> known;
-  for (size_t i = 0; i < gpus_.size(); ++i) {
-    if (gpus_[i].uuid == uuid) return static_cast<int>(i);
-    known.push_back(gpus_[i].uuid);
-  }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "this daemon does not drive GPU '", uuid, "'; its GPUs are ", absl::StrJoin(known, ", "),
-      " (check the daemon's CUDA_VISIBLE_DEVICES and the worker's GPU)"));
-}
-
 uint64_t UpdateEngine::AddWorker(WorkerIdentity identity, std::shared_ptr<WorkerChannel> channel) {
-  auto entry = std::make_shared<WorkerEntry>();
-  entry->identity = std::move(identity);
-  entry->wanted.insert(entry->identity.tensor_names.begin(), entry->identity.tensor_names.end());
-  entry->channel = std::move(channel);
-  entry->attached = absl::Now();
   absl::MutexLock lock(&mu_);
-  entry->id = next_worker_id_++;
-  workers_[entry->id] = entry;
-  ++events_;
-  ++state_events_;
-  if (options_.update_on_attach) attach_pending_.insert(entry->identity.pid);
-  spdlog::info("{} attached", entry->Describe());
-  if (stopping_) entry->channel->Close(stop_reason_);
-  return entry->id;
-}
-
-void UpdateEngine::Forget(const WorkerEntry& entry, const std::string& why) {
-  auto it = workers_.find(entry.id);
-  if (it == workers_.end() || it->second.get() != &entry) return;
-  spdlog::info("{} removed: {}", entry.Describe(), why);
-  workers_.erase(it);
-  ++events_;
-  ++state_events_;
+  std::shared_ptr<WorkerRecord> worker = registry_.Add(std::move(identity), std::move(channel));
+  if (options_.update_on_attach) attach_pending_.insert(worker->identity.pid);
+  if (stopping_) worker->channel->Close(stop_reason_);
+  return worker->id;
 }
 
 void UpdateEngine::RemoveWorker(uint64_t id, const std::string& why) {
   absl::MutexLock lock(&mu_);
-  auto it = workers_.find(id);
-  if (it == workers_.end()) return;
-  spdlog::info("{} detached: {}", it->second->Describe(), why);
-  ++events_;
-  ++state_events_;
-  if (participants_ != nullptr) {
-    for (Participant& p : *participants_) {
-      if (p.entry->id == id && p.active() && !p.loaded) {
-        p.error = absl::StrCat("detached mid-update: ", why);
-        p.reason = "detached";
-        p.outstanding.clear();
-      }
-    }
-  }
-  workers_.erase(it);
+  std::shared_ptr<WorkerRecord> worker = registry_.Remove(id);
+  if (worker == nullptr) return;  // forgotten already (the daemon gave up on it)
+  spdlog::info("{} detached: {}", worker->Describe(), why);
+  if (running_ != nullptr) running_->OnDetached(id, why);
 }
 
 void UpdateEngine::OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message) {
   absl::MutexLock lock(&mu_);
-  ++events_;
-  if (participants_ == nullptr) return;  // a late message of a finished update
-  for (Participant& p : *participants_) {
-    if (p.entry->id != id || !p.active()) continue;
-    if (message.has_ack()) {
-      if (message.ack().version() != updating_) return;
-      if (!message.ack().error().empty()) {
-        p.error = absl::StrCat("failed to load bucket ", message.ack().bucket(), ": ",
-                               message.ack().error());
-        p.reason = "load_error";
-        p.outstanding.clear();
-      } else {
-        p.outstanding.erase(message.ack().bucket());
-      }
-    } else if (message.has_loaded()) {
-      if (message.loaded().version() != updating_ || !p.done_sent) return;
-      if (!message.loaded().error().empty()) {
-        p.error = absl::StrCat("failed to finish the version: ", message.loaded().error());
-        p.reason = "load_error";
-      } else {
-        p.loaded = true;
-        p.tensors = message.loaded().tensors();
-        p.bytes = message.loaded().bytes();
-        p.entry->loaded_version = updating_;
-        ++state_events_;
-      }
-    }
-    return;
+  if (running_ == nullptr) return;  // a late message of a finished update
+  if (message.has_ack()) {
+    running_->OnAck(id, message.ack());
+  } else if (message.has_loaded()) {
+    running_->OnLoaded(id, message.loaded());
   }
 }
 
 absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateRequest& request,
                                                            const std::string& trigger) {
   const absl::Time started = absl::Now();
-  // Claim the one update slot, pick the participants.
   auto lease = store_->Lease(request.version());
   if (!lease.ok()) return lease.status();
   const uint64_t version = (*lease)->version();
-  const v1::Manifest& manifest = (*lease)->manifest();
+  auto plan = PlanVersion(**lease, options_.bucket_bytes, transfer_->slot_set_count());
+  if (!plan.ok()) return plan.status();
 
-  std::vector<PlanTensor> tensors;
-  tensors.reserve(manifest.tensors_size());
-  for (int i = 0; i < manifest.tensors_size(); ++i) {
-    const v1::TensorSpec& spec = manifest.tensors(i);
-    const std::vector<int64_t> shape(spec.shape().begin(), spec.shape().end());
-    // Manifests were validated at Begin: known dtypes, byte_size == elements x element size.
-    const uint64_t element =
-        static_cast<uint64_t>(std::max(1, DTypeSize(static_cast<DType>(spec.dtype()))));
-    tensors.push_back({spec.name(), (*lease)->arena_offset(i), spec.byte_size(),
-                       SplitUnit(shape, element, spec.byte_size(), options_.bucket_bytes)});
-  }
-  auto plan = PlanUpdate(tensors, options_.bucket_bytes, static_cast<int>(slots_.size()));
-  if (!plan.ok()) return Annotate(plan.status(), absl::StrCat("update to version ", version));
-
-  std::vector<Participant> participants;
-  std::unordered_set<std::string> names;  // of the version, built when a worker filters
   v1::UpdateResponse response;
   response.set_version(version);
-  {
-    absl::MutexLock lock(&mu_);
-    if (stopping_) return absl::UnavailableError(stop_reason_);
-    if (updating_ != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "an update to version ", updating_,
-          " is running; one update runs at a time: retry when it ends (ckptctl status)"));
-    }
-    std::set<int> pids(request.worker_pids().begin(), request.worker_pids().end());
-    std::set<int> found;
-    for (const auto& [id, entry] : workers_) {
-      if (!pids.empty() && pids.count(entry->identity.pid) == 0) continue;
-      found.insert(entry->identity.pid);
-      if (entry->loaded_version == version && !request.force()) {
-        v1::WorkerResult* r = response.add_workers();
-        r->set_pid(entry->identity.pid);
-        r->set_gpu_uuid(entry->identity.gpu_uuid);
-        r->set_engine(entry->identity.engine);
-        r->set_ok(true);
-        r->set_skipped(true);
-        continue;
-      }
-      Participant p;
-      p.entry = entry;
-      if (!entry->wanted.empty()) {
-        // A name the version lacks (a typo, another model) fails this worker before anything is
-        // sent, instead of a quiet success with fewer tensors.
-        if (names.empty()) {
-          for (const auto& t : manifest.tensors()) names.insert(t.name());
-        }
-        std::vector<std::string> missing;
-        for (const std::string& n : entry->identity.tensor_names) {
-          if (names.count(n) == 0) missing.push_back(QuoteForMessage(n, 128));
-        }
-        if (!missing.empty()) {
-          const size_t shown = std::min<size_t>(missing.size(), 8);
-          p.error = absl::StrCat(
-              "it asked for ", missing.size(), " tensor(s) that version ", version,
-              " lacks: ", absl::StrJoin(missing.begin(), missing.begin() + shown, ", "),
-              missing.size() > shown ? ", ..." : "", " (check the worker's tensor_names)");
-          p.reason = "missing_tensors";
-        }
-      }
-      participants.push_back(std::move(p));
-    }
-    for (int pid : pids) {
-      if (found.count(pid) == 0) {
-        return absl::NotFoundError(absl::StrCat("no attached worker has pid ", pid));
-      }
-    }
-    if (participants.empty() && response.workers().empty()) {
-      return absl::FailedPreconditionError(
-          "no worker is attached: start the inference workers (they attach to this daemon's "
-          "socket) before asking for an update");
-    }
-    if (participants.empty()) return response;  // every one holds it already
-    updating_ = version;
-    participants_ = &participants;
-    ++started_serial_;
-    v1::UpdateOutcome running;
-    running.set_version(version);
-    running.set_state("running");
-    running.set_trigger(trigger);
-    running.set_started_unix_ms(absl::ToUnixMillis(started));
-    v1::UpdateProgress* progress = running.mutable_progress();
-    progress->set_buckets_total(static_cast<uint32_t>(plan->buckets.size()));
-    progress->set_bytes_total(plan->total_tensor_bytes);
-    progress->set_workers_total(static_cast<uint32_t>(participants.size()));
-    last_outcome_ = running;
-    outcomes_[version] = running;
-    while (outcomes_.size() > 32) outcomes_.erase(outcomes_.begin());
-    running_unrestricted_ = request.worker_pids().empty() && !request.force();
-    ++events_;
-    ++state_events_;
-  }
-  spdlog::info("update to version {}: {} buckets of up to {}, {} workers", version,
-               plan->buckets.size(), FormatBytes(options_.bucket_bytes), participants.size());
-
-  // The pipeline (see the class comment).
-  const int n = static_cast<int>(plan->buckets.size());
-  const int k_slots = options_.slots_per_gpu;
-  const uint8_t* arena = store_->arena().data();
-  // The BucketReady of each bucket with every tensor; filtered per worker when sending.
-  auto bucket_message = [&](int k) {
-    v1::DaemonMessage m;
-    v1::BucketReady* b = m.mutable_bucket();
-    b->set_version(version);
-    b->set_bucket(k);
-    b->set_slot(k % k_slots);
-    b->set_last(k == n - 1);
-    for (const TensorPlacement& t : plan->buckets[k].tensors) {
-      v1::TensorPlacement* tp = b->add_tensors();
-      // With its xxh3: workers with verify_checksums check the bytes they read against it.
-      *tp->mutable_spec() = manifest.tensors(t.tensor);
-      tp->set_slot_offset(t.slot_offset);
-      tp->set_tensor_offset(t.tensor_offset);
-      tp->set_bytes(t.bytes);
-    }
-    return m;
-  };
-
-  absl::Status failure;  // of the daemon itself (GPU, shutdown)
-  absl::Duration wait_slot, fill, load;
-  std::vector<absl::Time> notified(n);
-  int next_fill = 0, next_notify = 0, released = 0;
-  absl::Time fill_candidate_since = absl::Now();
-  std::vector<absl::Time> fill_started(n);
-
   absl::MutexLock lock(&mu_);
-  // Marks participants whose oldest outstanding ack is older than ack_timeout as failed.
-  auto expire = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const absl::Time now = absl::Now();
-    for (Participant& p : participants) {
-      if (!p.active()) continue;
-      std::string why;
-      if (!p.outstanding.empty() && now - p.outstanding.begin()->second > options_.ack_timeout) {
-        why = absl::StrCat("did not ack bucket ", p.outstanding.begin()->first, " of version ",
-                           version, " within ack_timeout ", HumanDuration(options_.ack_timeout));
-      } else if (p.done_sent && !p.loaded && now - p.done_sent_at > options_.ack_timeout) {
-        why = absl::StrCat("did not report version ", version, " loaded within ack_timeout ",
-                           HumanDuration(options_.ack_timeout));
-      }
-      if (why.empty()) continue;
-      p.error = why;
-      p.reason = "ack_timeout";
-      p.timed_out = true;
-      p.outstanding.clear();
-      p.entry->channel->Close(absl::StrCat("the daemon gave up on this worker: it ", why));
-      // Gone from the registry at once (its stream may take a while to end): the next update must
-      // not count it as a participant.
-      Forget(*p.entry, absl::StrCat("timed out: it ", why));
-    }
-  };
-  auto all_acked = [&](int k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    for (const Participant& p : participants) {
-      if (p.active() && p.outstanding.count(k) > 0) return false;
-    }
-    return true;
-  };
-  auto any_active = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    for (const Participant& p : participants) {
-      if (p.active()) return true;
-    }
-    return false;
-  };
+  // Claim the one update slot, pick the participants.
+  if (stopping_) return absl::UnavailableError(stop_reason_);
+  if (updating_ != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "an update to version ", updating_,
+        " is running; one update runs at a time: retry when it ends (ckptctl status)"));
+  }
+  ASSIGN_OR_RETURN(std::vector<UpdateRun::Participant> participants,
+                   UpdateRun::Select(registry_, request, version, (*lease)->manifest(), &response));
+  if (participants.empty()) return response;  // every one holds it already
+  const size_t count = participants.size();
+  UpdateRun::Options run_options;
+  run_options.slots = options_.slots_per_gpu;
+  run_options.ack_timeout = options_.ack_timeout;
+  run_options.gpu_timeout = options_.gpu_timeout;
+  running_ =
+      std::make_unique<UpdateRun>(mu_, *std::move(lease), *std::move(plan), std::move(participants),
+                                  transfer_.get(), &registry_, store_->arena().data(), run_options);
+  updating_ = version;
+  ++started_serial_;
+  v1::UpdateOutcome running;
+  running.set_version(version);
+  running.set_state("running");
+  running.set_trigger(trigger);
+  running.set_started_unix_ms(absl::ToUnixMillis(started));
+  v1::UpdateProgress* progress = running.mutable_progress();
+  progress->set_buckets_total(static_cast<uint32_t>(running_->plan().buckets.size()));
+  progress->set_bytes_total(running_->plan().total_tensor_bytes);
+  progress->set_workers_total(static_cast<uint32_t>(count));
+  last_outcome_ = running;
+  outcomes_[version] = running;
+  while (outcomes_.size() > 32) outcomes_.erase(outcomes_.begin());
+  running_unrestricted_ = request.worker_pids().empty() && !request.force();
+  registry_.NoteChange();
+  spdlog::info("update to version {}: {} buckets of up to {}, {} workers", version,
+               running_->plan().buckets.size(), FormatBytes(options_.bucket_bytes), count);
 
-  while (failure.ok() && any_active() && released < n) {
-    if (stopping_) {
-      failure = absl::UnavailableError(
-          absl::StrCat("update to version ", version, " cancelled: ", stop_reason_));
-      break;
-    }
-    expire();
-    bool progress = false;
-    // Release notified buckets whose every active worker acked.
-    while (released < next_notify && all_acked(released)) {
-      load += absl::Now() - notified[released];
-      // Status shows it while the update runs (last_outcome_ is this update's: one runs at a time).
-      uint64_t bucket_bytes = 0;
-      for (const TensorPlacement& t : plan->buckets[released].tensors) bucket_bytes += t.bytes;
-      v1::UpdateProgress* shown = last_outcome_->mutable_progress();
-      shown->set_bytes_done(shown->bytes_done() + bucket_bytes);
-      ++released;
-      shown->set_buckets_done(static_cast<uint32_t>(released));
-      progress = true;
-    }
-    // Fill the next bucket when its slot is free (the bucket k_slots before it released).
-    if (next_fill < n && next_fill - k_slots < released) {
-      const absl::Time t0 = absl::Now();
-      wait_slot += t0 - fill_candidate_since;
-      fill_started[next_fill] = t0;
-      mu_.Unlock();
-      absl::Status s = filler_->Fill(plan->buckets[next_fill], next_fill % k_slots, arena);
-      mu_.Lock();
-      if (!s.ok()) {
-        failure = Annotate(s, absl::StrCat("filling bucket ", next_fill, " of version ", version));
-        break;
-      }
-      ++next_fill;
-      fill_candidate_since = absl::Now();
-      progress = true;
-    }
-    // Tell the workers about the oldest filled bucket.
-    if (next_notify < next_fill) {
-      auto filled = filler_->Filled(next_notify % k_slots);
-      if (!filled.ok()) {
-        failure = Annotate(filled.status(), absl::StrCat("bucket ", next_notify));
-        break;
-      }
-      if (*filled) {
-        const absl::Time now = absl::Now();
-        fill += now - fill_started[next_notify];
-        const v1::DaemonMessage full = bucket_message(next_notify);
-        for (Participant& p : participants) {
-          if (!p.active()) continue;
-          v1::DaemonMessage m = full;
-          if (!p.entry->wanted.empty()) {
-            auto* ts = m.mutable_bucket()->mutable_tensors();
-            ts->erase(std::remove_if(ts->begin(), ts->end(),
-                                     [&](const v1::TensorPlacement& t) {
-                                       return p.entry->wanted.count(t.spec().name()) == 0;
-                                     }),
-                      ts->end());
-            if (ts->empty()) continue;  // nothing it wants in this bucket: no ack needed
-          }
-          p.outstanding[next_notify] = now;
-          ++p.buckets_sent;
-          if (!p.entry->channel->Send(std::move(m))) {
-            p.error = "its stream closed mid-update";
-            p.reason = "stream_closed";
-            p.outstanding.clear();
-            Forget(*p.entry, p.error);
-          }
-        }
-        notified[next_notify] = now;
-        ++next_notify;
-        progress = true;
-      } else if (absl::Now() - fill_started[next_notify] > options_.gpu_timeout) {
-        failure = absl::DeadlineExceededError(
-            absl::StrCat("bucket ", next_notify, " of version ", version, " not filled within ",
-                         HumanDuration(options_.gpu_timeout), " (GPU copies or NCCL stalled)"));
-        break;
-      }
-    }
-    if (progress) continue;
-    // Nothing to do now: GPU work in flight is polled often; acks and detaches wake us up.
-    const uint64_t seen = events_;
-    auto changed = [&]()
-                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || events_ != seen; };
-    mu_.AwaitWithTimeout(absl::Condition(&changed),
-                         next_notify < next_fill ? absl::Microseconds(20) : absl::Milliseconds(50));
-  }
-  // VersionDone to the workers still going, then wait for their VersionLoaded.
-  const absl::Time finish_start = absl::Now();
-  if (failure.ok()) {
-    for (Participant& p : participants) {
-      if (!p.active()) continue;
-      v1::DaemonMessage m;
-      m.mutable_done()->set_version(version);
-      p.done_sent = true;
-      p.done_sent_at = absl::Now();
-      if (!p.entry->channel->Send(std::move(m))) {
-        p.error = "its stream closed mid-update";
-        p.reason = "stream_closed";
-        Forget(*p.entry, p.error);
-      }
-    }
-    auto finished = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      if (stopping_) return true;
-      for (const Participant& p : participants) {
-        if (p.active() && !p.loaded) return false;
-      }
-      return true;
-    };
-    while (!finished()) {
-      mu_.AwaitWithTimeout(absl::Condition(&finished), absl::Milliseconds(100));
-      expire();
-    }
-    if (stopping_) {
-      failure = absl::UnavailableError(
-          absl::StrCat("update to version ", version, " cancelled: ", stop_reason_));
-    }
-  }
-  if (next_notify < next_fill || !failure.ok()) {
-    // Slots may still be written by GPU work of this update: let it end before they are reused.
-    mu_.Unlock();
-    absl::Status drained = filler_->Drain(absl::Now() + options_.gpu_timeout);
-    mu_.Lock();
-    if (!drained.ok())
-      spdlog::error("update to version {}: {}", version, std::string(drained.message()));
-  }
-  participants_ = nullptr;
+  UpdateRun::Result result = running_->Execute(&response, &counters_.worker_failures);
+  // The buckets and bytes it released stay in the outcome; the run goes before the outcome is
+  // recorded, and its lease with it.
+  if (last_outcome_.has_value()) running_->Progress(last_outcome_->mutable_progress());
+  const uint64_t total_bytes = running_->plan().total_tensor_bytes;
+  running_.reset();
   updating_ = 0;
+  // Execute's response seconds run from its own start; the whole update from the request.
+  response.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
 
-  const absl::Time end = absl::Now();
-  response.set_seconds(absl::ToDoubleSeconds(end - started));
-  response.set_bytes(plan->total_tensor_bytes);
-  response.set_buckets(n);
-  response.set_wait_slot_seconds(absl::ToDoubleSeconds(wait_slot));
-  response.set_fill_seconds(absl::ToDoubleSeconds(fill));
-  response.set_load_seconds(absl::ToDoubleSeconds(load));
-  response.set_finish_seconds(absl::ToDoubleSeconds(end - finish_start));
-  std::vector<std::string> failed;
-  bool timed_out = false;
-  for (const Participant& p : participants) {
-    v1::WorkerResult* r = response.add_workers();
-    r->set_pid(p.entry->identity.pid);
-    r->set_gpu_uuid(p.entry->identity.gpu_uuid);
-    r->set_engine(p.entry->identity.engine);
-    r->set_ok(p.active() && p.loaded);
-    r->set_error(p.error);
-    r->set_tensors(p.tensors);
-    r->set_bytes(p.bytes);
-    if (!r->ok() && r->error().empty()) r->set_error("did not finish");
-    WorkerEntry& e = *p.entry;
-    e.last_update_version = version;
-    e.last_update_ok = r->ok();
-    e.last_update_error = r->error();
-    if (r->ok()) {
-      e.mixed_version = 0;
-    } else if (p.buckets_sent > 0) {
-      e.mixed_version = version;  // it was sent part of the version: it may have loaded some
-    }
-    if (!r->ok()) {
-      failed.push_back(absl::StrCat(p.entry->Describe(), ": ", r->error(),
-                                    p.buckets_sent > 0 ? " (mixed weights)" : ""));
-      timed_out = timed_out || p.timed_out;
-      ++counters_.worker_failures[p.reason];
-    }
+  if (!result.failure.ok()) {
+    spdlog::error("update to version {} failed: {}", version,
+                  std::string(result.failure.message()));
+    FinishOutcome(result.failure, response);
+    return result.failure;
   }
-  if (!failure.ok()) {
-    spdlog::error("update to version {} failed: {}", version, std::string(failure.message()));
-    FinishOutcome(failure, response);
-    return failure;
-  }
-  if (!failed.empty()) {
+  if (!result.failed.empty()) {
     const std::string message =
-        absl::StrCat("update to version ", version, ": ", failed.size(), " of ",
-                     participants.size(), " workers failed (", absl::StrJoin(failed, "; "), "); ",
-                     participants.size() - failed.size(), " loaded it");
+        absl::StrCat("update to version ", version, ": ", result.failed.size(), " of ", count,
+                     " workers failed (", absl::StrJoin(result.failed, "; "), "); ",
+                     count - result.failed.size(), " loaded it");
     spdlog::error("{}", message);
-    absl::Status s = timed_out ? absl::DeadlineExceededError(message) : absl::AbortedError(message);
+    absl::Status s =
+        result.timed_out ? absl::DeadlineExceededError(message) : absl::AbortedError(message);
     FinishOutcome(s, response);
     return s;
   }
   FinishOutcome(response, response);
-  spdlog::info(
-      "update to version {}: {} to {} workers in {} ({:.2f} GB/s)", version,
-      FormatBytes(plan->total_tensor_bytes), participants.size(), HumanDuration(end - started),
-      plan->total_tensor_bytes / 1e9 / std::max(1e-9, absl::ToDoubleSeconds(end - started)));
+  const double seconds = response.seconds();
+  spdlog::info("update to version {}: {} to {} workers in {} ({:.2f} GB/s)", version,
+               FormatBytes(total_bytes), count, HumanDuration(absl::Seconds(seconds)),
+               total_bytes / 1e9 / std::max(1e-9, seconds));
   return response;
 }
 
@@ -573,7 +176,7 @@ void UpdateEngine::FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& resul
   *o.mutable_result() = report;
   outcomes_[o.version()] = o;
   last_result_ = result;
-  ++state_events_;
+  registry_.NoteChange();
   // Metrics.
   (result.ok() ? counters_.succeeded : counters_.failed) += 1;
   counters_.bytes += report.bytes();
@@ -589,7 +192,6 @@ void UpdateEngine::FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& resul
   ++counters_.seconds_buckets[b];
   counters_.seconds_sum += seconds;
   ++finished_serial_;
-  ++events_;
 }
 
 absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest& request,
@@ -647,7 +249,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     bool mixed = false;
     {
       absl::MutexLock lock(&mu_);
-      for (const auto& [id, e] : workers_) mixed = mixed || e->mixed_version != 0;
+      for (const auto& [id, e] : registry_.all()) mixed = mixed || e->mixed_version != 0;
     }
     if (mixed) {
       auto recovered = ResendPrevious(deadline);
@@ -668,7 +270,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::ResendPrevious(absl::Time deadl
   std::vector<std::string> lost;
   {
     absl::MutexLock lock(&mu_);
-    for (const auto& [id, e] : workers_) {
+    for (const auto& [id, e] : registry_.all()) {
       if (e->mixed_version == 0) continue;
       if (e->loaded_version == 0) {
         lost.push_back(absl::StrCat(e->Describe(), " (no complete version loaded before)"));
@@ -741,8 +343,8 @@ absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(
     if (stopping_) return absl::UnavailableError(stop_reason_);
     response.clear_workers();
     std::vector<std::string> lacking;
-    for (const auto& [id, e] : workers_) {
-      *response.add_workers() = StatusOf(*e);
+    for (const auto& [id, e] : registry_.all()) {
+      *response.add_workers() = e->Status();
       if (e->loaded_version < version || e->mixed_version != 0) {
         lacking.push_back(absl::StrCat(
             e->Describe(), " has ",
@@ -760,7 +362,8 @@ absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(
         for (const v1::WorkerResult& r : outcome->second.result().workers()) {
           if (r.ok()) continue;
           bool attached = false;
-          for (const auto& [id, e] : workers_) attached = attached || e->identity.pid == r.pid();
+          for (const auto& [id, e] : registry_.all())
+            attached = attached || e->identity.pid == r.pid();
           if (!attached) {
             lacking.push_back(absl::StrCat("worker pid ", r.pid(), " failed (", r.error(),
                                            ") and is no longer attached"));
@@ -768,10 +371,10 @@ absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(
         }
       }
     }
-    if (!workers_.empty() && lacking.empty()) {
+    if (!registry_.empty() && lacking.empty()) {
       response.set_loaded(true);
-      response.set_summary(absl::StrCat("version ", version, " loaded by ", workers_.size(),
-                                        workers_.size() == 1 ? " worker" : " workers"));
+      response.set_summary(absl::StrCat("version ", version, " loaded by ", registry_.size(),
+                                        registry_.size() == 1 ? " worker" : " workers"));
       return response;
     }
     const bool pending = updating_ == version || auto_pending_ == version;
@@ -787,9 +390,9 @@ absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(
     }
     // Woken by changes of the workers' state (attach, detach, loaded, an update's start or end),
     // not by every ack; in slices, so that a caller that went away stops waiting.
-    const uint64_t seen = state_events_;
+    const uint64_t seen = registry_.changes();
     auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return stopping_ || state_events_ != seen;
+      return stopping_ || registry_.changes() != seen;
     };
     const absl::Time slice = std::min(deadline, absl::Now() + absl::Seconds(1));
     if (!mu_.AwaitWithDeadline(absl::Condition(&changed), slice)) {
@@ -797,7 +400,7 @@ absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(
       if (absl::Now() < deadline) continue;
       return absl::DeadlineExceededError(absl::StrCat(
           "version ", version, " is not loaded by every worker yet: ",
-          workers_.empty() ? std::string("no worker is attached") : absl::StrJoin(lacking, "; "),
+          registry_.empty() ? std::string("no worker is attached") : absl::StrJoin(lacking, "; "),
           updating_ != 0 ? absl::StrCat(" (an update to version ", updating_, " runs)") : ""));
     }
   }
@@ -818,16 +421,10 @@ UpdateEngine::Counters UpdateEngine::GetCounters() const {
 std::optional<v1::UpdateOutcome> UpdateEngine::LastUpdate() const {
   absl::MutexLock lock(&mu_);
   std::optional<v1::UpdateOutcome> out = last_outcome_;
-  if (out.has_value() && out->state() == "running" && participants_ != nullptr) {
-    // The workers' part of the progress is counted here, when asked, not on every ack.
+  if (out.has_value() && out->state() == "running" && running_ != nullptr) {
+    // The progress is counted here, when asked, not on every ack.
     v1::UpdateProgress* progress = out->mutable_progress();
-    for (const Participant& p : *participants_) {
-      if (!p.active()) {
-        progress->set_workers_failed(progress->workers_failed() + 1);
-      } else if (p.loaded) {
-        progress->set_workers_done(progress->workers_done() + 1);
-      }
-    }
+    running_->Progress(progress);
     progress->set_elapsed_seconds(
         absl::ToDoubleSeconds(absl::Now() - absl::FromUnixMillis(out->started_unix_ms())));
   }
@@ -860,7 +457,7 @@ void UpdateEngine::AutoUpdateLoop() {
       if (stopping_) return;
       attached = std::exchange(attach_pending_, {});
       version = std::exchange(auto_pending_, 0);
-      any_workers = !workers_.empty();
+      any_workers = !registry_.empty();
     }
     v1::UpdateRequest request;
     std::string trigger;
@@ -869,7 +466,7 @@ void UpdateEngine::AutoUpdateLoop() {
       if (store_->GetUsage().latest_committed == 0) continue;  // nothing to send yet
       {
         absl::MutexLock lock(&mu_);
-        for (const auto& [id, e] : workers_) {
+        for (const auto& [id, e] : registry_.all()) {
           if (attached.count(e->identity.pid) > 0) request.add_worker_pids(e->identity.pid);
         }
       }
@@ -913,30 +510,13 @@ void UpdateEngine::Stop(const std::string& reason) {
   if (stopping_) return;
   stopping_ = true;
   stop_reason_ = reason;
-  for (const auto& [id, entry] : workers_) entry->channel->Close(reason);
+  if (running_ != nullptr) running_->Cancel(reason);
+  for (const auto& [id, worker] : registry_.all()) worker->channel->Close(reason);
 }
 
 std::vector<v1::WorkerStatus> UpdateEngine::Workers() const {
   absl::MutexLock lock(&mu_);
-  std::vector<v1::WorkerStatus> out;
-  for (const auto& [id, e] : workers_) out.push_back(StatusOf(*e));
-  return out;
-}
-
-v1::WorkerStatus UpdateEngine::StatusOf(const WorkerEntry& e) const {
-  v1::WorkerStatus w;
-  w.set_pid(e.identity.pid);
-  w.set_uid(e.identity.uid);
-  w.set_engine(e.identity.engine);
-  w.set_gpu_uuid(e.identity.gpu_uuid);
-  w.set_loaded_version(e.loaded_version);
-  w.set_attached_unix_ms(absl::ToUnixMillis(e.attached));
-  w.set_tensor_filter(static_cast<uint32_t>(e.wanted.size()));
-  w.set_mixed_version(e.mixed_version);
-  w.set_last_update_version(e.last_update_version);
-  w.set_last_update_ok(e.last_update_ok);
-  w.set_last_update_error(e.last_update_error);
-  return w;
+  return registry_.Statuses();
 }
 
 uint64_t UpdateEngine::updating_version() const {

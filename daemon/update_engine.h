@@ -1,22 +1,17 @@
 // UpdateEngine: sends a committed version from the host store into the attached workers (issue 4,
 // docs/update-design.md).
 //
-// It owns the staging slots (SlotSet per GPU; one host set on the host backend), the copy and NCCL
-// streams and events of each GPU, the NCCL communicator over the node's GPUs (created once, kept
-// across updates), and the registry of attached workers. The Consumer service feeds it the
-// workers' streams through WorkerChannel; Admin.Update (and auto_update) call Update.
-//
-// Per update: the version is leased (not retired while sent), planned (PlanUpdate: buckets of
-// bucket_bytes, one segment per GPU), then bucket k goes into slot k % slots_per_gpu of every GPU:
-// each GPU uploads its segment from pinned host memory on its copy stream, a grouped NCCL broadcast
-// per segment completes the bucket on every GPU (ordered after the uploads by events), and once the
-// fill's events have completed the workers of each GPU get BucketReady. A slot is filled again only
-// after every worker acked the bucket in it, so the uploads of bucket k+1 overlap the broadcast and
-// the loads of bucket k. At the end each worker gets VersionDone and answers VersionLoaded.
-//
-// Faults: a worker whose stream ends is marked failed and the others go on; a worker that does not
-// ack within ack_timeout is marked failed and its stream closed; the update then fails (ABORTED or
-// DEADLINE_EXCEEDED) naming each failed worker, after the others have finished.
+// It decides what runs: which update (one at a time; a request for the version being sent joins
+// it; auto_update and update_on_attach queue behind it; on_update_failure = previous resends), and
+// keeps the outcomes (Status.last_update, WaitLoaded, metrics). The parts it owns each live in
+// their own files:
+// - the transfer backend (transfer_backend.h): the staging slots, the workers' grants, and how a
+//   bucket fills the slots (host memcpy; cuda uploads + NCCL broadcast), chosen once;
+// - the worker registry (worker_registry.h): the attached workers and what each holds;
+// - the running update (update_run.h): its lease, plan and participants, the pipeline and the ack
+//   state machine, and the participants' results.
+// The Consumer service feeds it the workers' streams through WorkerChannel; Admin.Update (and
+// auto_update) call Update.
 //
 // One update runs at a time; a second answers FAILED_PRECONDITION naming the running version.
 //
@@ -29,9 +24,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
-#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,34 +37,14 @@
 #include "absl/time/time.h"
 #include "daemon/config.h"
 #include "daemon/gpu/gpu_info.h"
-#include "daemon/staging_slots.h"
+#include "daemon/transfer_backend.h"
+#include "daemon/update_run.h"
 #include "daemon/version_store.h"
+#include "daemon/worker_registry.h"
 #include "proto/admin.pb.h"
 #include "proto/consumer.pb.h"
 
 namespace ckpt::daemon {
-
-// Who a worker is, as checked at attach.
-struct WorkerIdentity {
-  pid_t pid = 0;
-  uid_t uid = 0;
-  std::string engine;
-  std::string gpu_uuid;
-  int gpu = 0;                            // index into the engine's slot sets
-  std::vector<std::string> tensor_names;  // empty: all
-};
-
-// The engine's end of one worker's stream (implemented by the Consumer service).
-class WorkerChannel {
- public:
-  virtual ~WorkerChannel() = default;
-  // Queues a message for the worker; never blocks. False once the stream is closing or closed.
-  virtual bool Send(v1::DaemonMessage message) = 0;
-  // Ends the stream: the worker gets Detached{reason}, then the end of the stream.
-  virtual void Close(const std::string& reason) = 0;
-};
-
-class Filler;
 
 class UpdateEngine {
  public:
@@ -87,8 +62,8 @@ class UpdateEngine {
     bool resend_previous_on_failure = false;
   };
 
-  // host: one SlotSet in shared memory. cuda: a SlotSet, streams and events per GPU of `gpus`, and
-  // one NCCL communicator over them when there are several.
+  // Creates the transfer backend of `backend` (host: one SlotSet in shared memory; cuda: a SlotSet,
+  // streams and events per GPU of `gpus`, one NCCL communicator over them when there are several).
   static absl::StatusOr<std::unique_ptr<UpdateEngine>> Create(BackendKind backend,
                                                               const std::vector<gpu::GpuInfo>& gpus,
                                                               VersionStore* store, Options options);
@@ -96,16 +71,9 @@ class UpdateEngine {
   UpdateEngine(const UpdateEngine&) = delete;
   UpdateEngine& operator=(const UpdateEngine&) = delete;
 
-  BackendKind backend() const { return backend_; }
   const Options& options() const { return options_; }
-  int slot_set_count() const { return static_cast<int>(slots_.size()); }
-  const SlotSet& slots(int gpu) const { return *slots_[gpu]; }
-  // Device memory added per GPU (0 on host).
-  uint64_t gpu_bytes_per_gpu() const;
-
-  // The slot set serving a worker on the GPU `uuid`. cuda: FAILED_PRECONDITION naming the UUID and
-  // this daemon's GPUs when it drives no such GPU. host: always 0 (workers may run anywhere).
-  absl::StatusOr<int> GpuForUuid(const std::string& uuid) const;
+  // The slots and the grants to workers (the Consumer service's attach), immutable after Create.
+  const TransferBackend& transfer() const { return *transfer_; }
 
   // Registers an attached worker; returns its id.
   uint64_t AddWorker(WorkerIdentity identity, std::shared_ptr<WorkerChannel> channel);
@@ -119,10 +87,11 @@ class UpdateEngine {
   // worker_pids) joins that update and returns its outcome (DEADLINE_EXCEEDED at `deadline`).
   // request.previous: resends to each worker with mixed weights the last version it fully loaded
   // (FAILED_PRECONDITION when none has mixed weights; NOT_FOUND naming the version and the workers
-  // when the store no longer holds it). `trigger` is recorded in the outcome (Status.last_update). Errors: NOT_FOUND (version unknown, retired or staging; a
-  // pid not attached), FAILED_PRECONDITION (another update runs; no worker attached), ABORTED /
-  // DEADLINE_EXCEEDED naming the workers that failed, UNAVAILABLE (shutting down).
-  // `cancelled` (may be empty): polled about every second by a joining request.
+  // when the store no longer holds it). `trigger` is recorded in the outcome (Status.last_update).
+  // Errors: NOT_FOUND (version unknown, retired or staging; a pid not attached),
+  // FAILED_PRECONDITION (another update runs; no worker attached), ABORTED / DEADLINE_EXCEEDED
+  // naming the workers that failed, UNAVAILABLE (shutting down). `cancelled` (may be empty): polled
+  // about every second by a joining request.
   absl::StatusOr<v1::UpdateResponse> Update(const v1::UpdateRequest& request,
                                             absl::Time deadline = absl::InfiniteFuture(),
                                             const std::string& trigger = "request",
@@ -172,10 +141,7 @@ class UpdateEngine {
   uint64_t updating_version() const;
 
  private:
-  struct WorkerEntry;
-  struct Participant;
-
-  UpdateEngine(BackendKind backend, VersionStore* store, Options options);
+  UpdateEngine(std::unique_ptr<TransferBackend> transfer, VersionStore* store, Options options);
   void AutoUpdateLoop();
   // One update (Update without joining or `previous`); records its outcome once it claimed the
   // update slot.
@@ -185,26 +151,18 @@ class UpdateEngine {
   // Records how the running update ended (outcome, per-worker state) and wakes waiters.
   void FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& result,
                      const v1::UpdateResponse& report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  v1::WorkerStatus StatusOf(const WorkerEntry& e) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // Takes a worker the daemon gave up on (timed out, stream closing) out of the registry at once;
-  // its stream's end (RemoveWorker) then finds nothing to remove.
-  void Forget(const WorkerEntry& entry, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  const BackendKind backend_;
+  const std::unique_ptr<TransferBackend> transfer_;
   VersionStore* const store_;
   const Options options_;
-  std::vector<gpu::GpuInfo> gpus_;
-  std::vector<std::unique_ptr<SlotSet>> slots_;
-  std::unique_ptr<Filler> filler_;
 
   mutable absl::Mutex mu_;
-  std::map<uint64_t, std::shared_ptr<WorkerEntry>> workers_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_worker_id_ ABSL_GUARDED_BY(mu_) = 1;
+  WorkerRegistry registry_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::string stop_reason_ ABSL_GUARDED_BY(mu_);
-  // The running update's version (0: none) and its participants.
+  // The running update's version (0: none) and the update itself (owned here while it runs).
   uint64_t updating_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<Participant>* participants_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::unique_ptr<UpdateRun> running_ ABSL_GUARDED_BY(mu_);
   uint64_t auto_pending_ ABSL_GUARDED_BY(mu_) = 0;
   // The highest version auto_update was asked for: an older one committing later is not sent.
   uint64_t auto_highest_ ABSL_GUARDED_BY(mu_) = 0;
@@ -221,11 +179,7 @@ class UpdateEngine {
   Counters counters_ ABSL_GUARDED_BY(mu_);
   // The running update goes to every attached worker, unforced (joinable).
   bool running_unrestricted_ ABSL_GUARDED_BY(mu_) = false;
-  // Changes of the workers' state (not acks): WaitLoaded sleeps until it changes.
-  uint64_t state_events_ ABSL_GUARDED_BY(mu_) = 0;
   int waiters_ ABSL_GUARDED_BY(mu_) = 0;
-  // Counts worker messages and detaches: the update loop sleeps until it changes.
-  uint64_t events_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread auto_thread_;
 };
 

@@ -202,6 +202,18 @@ class LargeTensorTest(unittest.TestCase):
         values = np.arange(count, dtype=np.int64)
         daemon = Daemon(budget="4400MiB", extra_args=["--ack-timeout", "60s"])
         self.addCleanup(daemon.stop)
+        # Making 4.3 GiB real takes tens of seconds on a busy 2-core machine (other tests run
+        # beside this one); the push would be refused while the store warms up, so wait for it.
+        deadline = time.monotonic() + 240
+        while True:
+            r = daemon.ctl("status", "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            status = json.loads(r.stdout)
+            if status.get("store_ready"):
+                break
+            self.assertFalse(status.get("store_error"), status.get("store_error"))
+            self.assertLess(time.monotonic(), deadline, f"store not ready: {status}")
+            time.sleep(0.2)
         with ce.Client(socket=daemon.socket, timeout=120.0) as client:
             version = client.push_state_dict({"small": np.ones(3, dtype=np.float32),
                                               "big": values}, timeout=300.0)

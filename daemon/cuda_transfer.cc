@@ -1,31 +1,42 @@
+// The cuda backend's transfer: a SlotSet of device buffers per GPU (exported through CUDA IPC),
+// per GPU a copy stream and an NCCL stream with one event pair per slot, and with several GPUs one
+// NCCL communicator over them (created once, kept across updates).
 #include <cuda_runtime_api.h>
 
 #include <memory>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
-#include "daemon/filler.h"
 #include "daemon/gpu/cuda_event.h"
 #include "daemon/gpu/cuda_status.h"
 #include "daemon/gpu/cuda_stream.h"
 #include "daemon/gpu/nccl_comm.h"
 #include "daemon/gpu/scoped_device.h"
+#include "daemon/transfer_backend.h"
 
 namespace ckpt::daemon {
 namespace {
 
 // Per GPU g: uploads of its segment on copy_[g], then (several GPUs) a grouped in-place broadcast
 // per segment on nccl_[g] after every GPU's upload event.
-class CudaFiller final : public Filler {
+class CudaTransfer final : public TransferBackend {
  public:
-  static absl::StatusOr<std::unique_ptr<CudaFiller>> Create(
-      const std::vector<std::unique_ptr<SlotSet>>& slots, absl::Duration timeout) {
-    std::unique_ptr<CudaFiller> f(new CudaFiller);
+  static absl::StatusOr<std::unique_ptr<TransferBackend>> Create(
+      const std::vector<gpu::GpuInfo>& gpus, const Options& options) {
+    if (gpus.empty()) return absl::FailedPreconditionError("cuda backend without GPUs");
+    std::unique_ptr<CudaTransfer> f(new CudaTransfer);
+    f->gpus_ = gpus;
+    f->slot_bytes_per_gpu_ = static_cast<uint64_t>(options.slots_per_gpu) * options.bucket_bytes;
+    const absl::Duration timeout = options.gpu_timeout;
     f->timeout_ = timeout;
     std::vector<int> devices;
-    for (const auto& set : slots) {
-      f->slots_.push_back(set.get());
+    for (const gpu::GpuInfo& g : gpus) {
+      ASSIGN_OR_RETURN(auto created,
+                       SlotSet::CreateCuda(g.index, options.slots_per_gpu, options.bucket_bytes));
+      f->slots_.push_back(std::move(created));
+      const SlotSet* set = f->slots_.back().get();
       devices.push_back(set->device());
       ASSIGN_OR_RETURN(gpu::CudaStream copy, gpu::CudaStream::Create(set->device()));
       ASSIGN_OR_RETURN(gpu::CudaStream nccl, gpu::CudaStream::Create(set->device()));
@@ -48,7 +59,22 @@ class CudaFiller final : public Filler {
       }
       f->comms_ = *std::move(comms);
     }
-    return f;
+    return std::unique_ptr<TransferBackend>(std::move(f));
+  }
+
+  BackendKind kind() const override { return BackendKind::kCuda; }
+  uint64_t gpu_bytes_per_gpu() const override { return slot_bytes_per_gpu_; }
+  std::vector<int> GrantFds(int) const override { return {}; }
+
+  absl::StatusOr<int> SlotSetForGpu(const std::string& uuid) const override {
+    std::vector<std::string> known;
+    for (size_t i = 0; i < gpus_.size(); ++i) {
+      if (gpus_[i].uuid == uuid) return static_cast<int>(i);
+      known.push_back(gpus_[i].uuid);
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this daemon does not drive GPU '", uuid, "'; its GPUs are ", absl::StrJoin(known, ", "),
+        " (check the daemon's CUDA_VISIBLE_DEVICES and the worker's GPU)"));
   }
 
   absl::Status Fill(const Bucket& bucket, int slot, const uint8_t* arena) override {
@@ -99,9 +125,10 @@ class CudaFiller final : public Filler {
   }
 
  private:
-  CudaFiller() = default;
+  CudaTransfer() = default;
+  std::vector<gpu::GpuInfo> gpus_;
+  uint64_t slot_bytes_per_gpu_ = 0;
   absl::Duration timeout_;
-  std::vector<const SlotSet*> slots_;
   std::vector<gpu::CudaStream> copy_;
   std::vector<gpu::CudaStream> nccl_;
   std::vector<std::vector<gpu::CudaEvent>> uploaded_;  // [gpu][slot]
@@ -111,10 +138,9 @@ class CudaFiller final : public Filler {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Filler>> MakeCudaFiller(
-    const std::vector<std::unique_ptr<SlotSet>>& slots, absl::Duration timeout) {
-  ASSIGN_OR_RETURN(std::unique_ptr<CudaFiller> filler, CudaFiller::Create(slots, timeout));
-  return std::unique_ptr<Filler>(std::move(filler));
+absl::StatusOr<std::unique_ptr<TransferBackend>> CreateCudaTransfer(
+    const std::vector<gpu::GpuInfo>& gpus, const TransferBackend::Options& options) {
+  return CudaTransfer::Create(gpus, options);
 }
 
 }  // namespace ckpt::daemon
