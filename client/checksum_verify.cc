@@ -12,10 +12,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
-#include "daemon/gpu/cuda_status.h"
-#include "daemon/gpu/cuda_stream.h"
-#include "daemon/gpu/pinned_region.h"
-#include "daemon/gpu/scoped_device.h"
+#include "gpu/cuda_status.h"
+#include "gpu/cuda_stream.h"
+#include "gpu/pinned_region.h"
+#include "gpu/scoped_device.h"
 
 namespace ckpt::client {
 namespace {

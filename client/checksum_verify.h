@@ -13,7 +13,7 @@
 // Errors: DATA_LOSS "checksum mismatch in tensor 'w' (4096 bytes): expected xxh3
 // 9f2c0a11e4b3d870, got 0123456789abcdef" (the first mismatching tensor in the order given; more
 // mismatches are counted: "; 2 more tensors of this bucket differ"). Failures to copy device
-// memory keep CUDA's code (see daemon/gpu/cuda_status.h).
+// memory keep CUDA's code (see gpu/cuda_status.h).
 //
 // Thread-safety: the free functions are; a ChecksumVerifier is used by one thread at a time.
 #ifndef CKPT_CLIENT_CHECKSUM_VERIFY_H_

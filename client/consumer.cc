@@ -13,9 +13,9 @@
 #include "common/fd_passing.h"
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
-#include "daemon/gpu/gpu_info.h"
-#include "daemon/gpu/ipc_handle.h"
-#include "daemon/gpu/ipc_mapping.h"
+#include "gpu/gpu_info.h"
+#include "gpu/ipc_handle.h"
+#include "gpu/ipc_mapping.h"
 
 namespace ckpt::client {
 

@@ -1,7 +1,8 @@
 // The client side of the daemon's descriptor socket (`<listen_unix>.fds`, see
-// daemon/attach_socket.h): a process presents a random nonce there, with descriptors attached or
-// not, and then names the nonce in a gRPC call (AttachRequest.nonce, LoadFilesRequest.fd_nonces),
-// so that the daemon learns the caller's pid and uid (SO_PEERCRED) and receives the descriptors.
+// daemon/api/attach_socket.h): a process presents a random nonce there, with descriptors attached
+// or not, and then names the nonce in a gRPC call (AttachRequest.nonce,
+// LoadFilesRequest.fd_nonces), so that the daemon learns the caller's pid and uid (SO_PEERCRED) and
+// receives the descriptors.
 #ifndef CKPT_CLIENT_DESCRIPTOR_SOCKET_H_
 #define CKPT_CLIENT_DESCRIPTOR_SOCKET_H_
 

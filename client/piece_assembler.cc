@@ -9,10 +9,10 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "common/units.h"
-#include "daemon/gpu/cuda_status.h"
-#include "daemon/gpu/cuda_stream.h"
-#include "daemon/gpu/device_buffer.h"
-#include "daemon/gpu/scoped_device.h"
+#include "gpu/cuda_status.h"
+#include "gpu/cuda_stream.h"
+#include "gpu/device_buffer.h"
+#include "gpu/scoped_device.h"
 
 namespace ckpt::client {
 

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "daemon/gpu/cuda_stream.h"
+#include "gpu/cuda_stream.h"
 
 namespace ckpt::client {
 

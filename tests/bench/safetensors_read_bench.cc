@@ -26,7 +26,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/scoped_fd.h"
-#include "daemon/safetensors.h"
+#include "daemon/store/safetensors.h"
 #include "tests/testing/safetensors_writer.h"
 
 namespace {

@@ -34,7 +34,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
-#include "daemon/gpu/gpu_info.h"
+#include "gpu/gpu_info.h"
 #include "tests/testing/subprocess.h"
 
 namespace {

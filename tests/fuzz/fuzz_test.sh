@@ -40,7 +40,7 @@ rm -rf "$tmp"
 mkdir -p "$tmp/obj" "$tmp/corpus"
 case "$target" in
   safetensors_header)
-    srcs=(daemon/safetensors.cc common/dtype.cc common/units.cc common/message_text.cc
+    srcs=(daemon/store/safetensors.cc common/dtype.cc common/units.cc common/message_text.cc
       common/status_macros.cc)
     libs=("${absl_libs[@]}")
     ;;
@@ -51,8 +51,8 @@ case "$target" in
     (cd "$root" && protoc -I. --cpp_out="$tmp/gen" proto/common.proto proto/admin.proto) ||
       fail "protoc failed"
     cxxflags+=(-I"$tmp/gen" -DSPDLOG_FMT_EXTERNAL -DSPDLOG_COMPILED_LIB)
-    srcs=(daemon/version_store.cc daemon/id_ledger.cc daemon/manifest.cc daemon/host_arena.cc
-      daemon/range_allocator.cc daemon/gpu/pinned_region.cc daemon/gpu/cuda_status.cc common/dtype.cc common/units.cc
+    srcs=(daemon/store/version_store.cc daemon/store/id_ledger.cc daemon/store/manifest.cc daemon/store/host_arena.cc
+      daemon/store/range_allocator.cc gpu/pinned_region.cc gpu/cuda_status.cc common/dtype.cc common/units.cc
       common/message_text.cc common/status_macros.cc common/random_id.cc
       "$tmp/gen/proto/common.pb.cc" "$tmp/gen/proto/admin.pb.cc")
     # Pinned memory is never used (the store is kShared), but pinned_region.cc links against

@@ -1,4 +1,4 @@
-// libFuzzer target: daemon/safetensors.h ParseSafetensorsHeader.
+// libFuzzer target: daemon/store/safetensors.h ParseSafetensorsHeader.
 //
 // The input is the header text (the JSON after the 8-byte length), so seeds are plain JSON files.
 // The file size given to the parser is derived from the header itself: the largest data_offsets
@@ -26,7 +26,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "common/dtype.h"
-#include "daemon/safetensors.h"
+#include "daemon/store/safetensors.h"
 
 namespace {
 

@@ -1,13 +1,15 @@
 // libFuzzer target: the version store's manifest validation and chunk bookkeeping
-// (daemon/version_store.h, daemon/manifest.h) on a fresh 256 KiB kShared store per input.
+// (daemon/store/version_store.h, daemon/store/manifest.h) on a fresh 256 KiB kShared store per
+// input.
 //
 // Input layout (little-endian; a short input simply ends the sequence early):
 //   u16  L                   length of the manifest
-//   L    bytes               a serialized ckpt.v1.Manifest (the input is skipped if it does not parse)
-//   u8   flags               bit 0: verify_checksums
+//   L    bytes               a serialized ckpt.v1.Manifest (the input is skipped if it does not
+//   parse) u8   flags               bit 0: verify_checksums
 //                            bit 1: fix byte_size (set it to product(shape) x element size)
-//                            bit 2: fix xxh3 (set it to the checksum of the pattern that FILL writes)
-//                            bits 3-4: first requested version: 0 auto, 1 next u8, 2 next u64,
+//                            bit 2: fix xxh3 (set it to the checksum of the pattern that FILL
+//                            writes) bits 3-4: first requested version: 0 auto, 1 next u8, 2 next
+//                            u64,
 //                                      3 kMaxVersionId + (next u8 & 1)
 //                            bits 5-7: first client ("c0".."c7")
 //   ops until the input ends, each an opcode byte (low 3 bits: the op; bits 3-4: which version,
@@ -34,7 +36,8 @@
 // - GetUsage().used_bytes <= budget_bytes, and used_bytes equals the 256-byte-rounded bytes of the
 //   versions List() shows: after an Abort, a Drop or a failed Begin the memory is back;
 // - List() shows exactly the model's versions; only Begin, Commit and the end of a lease may retire
-//   committed versions (never the newest, never a leased one); received_bytes counts each byte once;
+//   committed versions (never the newest, never a leased one); received_bytes counts each byte
+//   once;
 // - Commit is OK exactly when every byte is present and the checksums match (when verified), in
 //   any order of ids; a committed (or leased) version's bytes equal the model's.
 // ASan / UBSan catch memory errors and undefined behaviour on the way.
@@ -52,9 +55,9 @@
 
 #include "absl/status/status.h"
 #include "common/dtype.h"
-#include "daemon/host_arena.h"
-#include "daemon/manifest.h"
-#include "daemon/version_store.h"
+#include "daemon/store/host_arena.h"
+#include "daemon/store/manifest.h"
+#include "daemon/store/version_store.h"
 #include "google/protobuf/stubs/logging.h"
 #include "proto/common.pb.h"
 #include "spdlog/spdlog.h"
@@ -135,14 +138,22 @@ class Reader {
 uint64_t Number(Reader& in, uint64_t limit) {
   const uint8_t sel = in.U8();
   switch (sel & 7) {
-    case 0: return sel >> 3;                      // 0..31
-    case 1: return in.U8();
-    case 2: return in.U16();
-    case 3: return limit - std::min<uint64_t>(limit, sel >> 3);  // near the end
-    case 4: return limit + (sel >> 3);            // just past the end
-    case 5: return limit / 2 + in.U8();
-    case 6: return in.U64();                      // anything, overflow included
-    default: return UINT64_MAX - (sel >> 3);
+    case 0:
+      return sel >> 3;  // 0..31
+    case 1:
+      return in.U8();
+    case 2:
+      return in.U16();
+    case 3:
+      return limit - std::min<uint64_t>(limit, sel >> 3);  // near the end
+    case 4:
+      return limit + (sel >> 3);  // just past the end
+    case 5:
+      return limit / 2 + in.U8();
+    case 6:
+      return in.U64();  // anything, overflow included
+    default:
+      return UINT64_MAX - (sel >> 3);
   }
 }
 
@@ -242,7 +253,8 @@ class Fuzz {
       Check(c == Code::kInvalidArgument || c == Code::kResourceExhausted ||
             c == Code::kAlreadyExists || c == Code::kFailedPrecondition);
       if (!label_ok || !id_ok || !manifest_ok) {
-        Check(c == Code::kInvalidArgument || (manifest_ok == false && c == Code::kResourceExhausted));
+        Check(c == Code::kInvalidArgument ||
+              (manifest_ok == false && c == Code::kResourceExhausted));
       }
       Sync(/*retirement_allowed=*/true);
       return;
@@ -308,8 +320,8 @@ class Fuzz {
   }
 
   void Write(const Target& t, int tensor, uint64_t offset, uint64_t size, const uint8_t* data) {
-    const std::string name = tensor < manifest_.tensors_size() ? manifest_.tensors(tensor).name()
-                                                               : UnknownName();
+    const std::string name =
+        tensor < manifest_.tensors_size() ? manifest_.tensors(tensor).name() : UnknownName();
     absl::Status s = store_->WriteChunk(t.id, t.token, name, offset, data, size);
     std::optional<Code> expected = AccessError(t);
     uint64_t limit = 0;
@@ -456,7 +468,8 @@ class Fuzz {
       auto l = listed.find(id);
       Check(l != listed.end());
       const v1::VersionInfo& info = *l->second;
-      Check(info.state() == (m.committed ? v1::VERSION_STATE_COMMITTED : v1::VERSION_STATE_STAGING));
+      Check(info.state() ==
+            (m.committed ? v1::VERSION_STATE_COMMITTED : v1::VERSION_STATE_STAGING));
       Check(info.tensor_count() == static_cast<uint64_t>(manifest_.tensors_size()));
       if (!m.committed) Check(info.received_bytes() == m.received);
       used += m.rounded;
@@ -558,10 +571,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   uint64_t requested = 0;
   switch ((flags >> 3) & 3) {
-    case 0: requested = 0; break;
-    case 1: requested = in.U8(); break;
-    case 2: requested = in.U64(); break;
-    default: requested = kMaxVersionId + (in.U8() & 1); break;
+    case 0:
+      requested = 0;
+      break;
+    case 1:
+      requested = in.U8();
+      break;
+    case 2:
+      requested = in.U64();
+      break;
+    default:
+      requested = kMaxVersionId + (in.U8() & 1);
+      break;
   }
   const std::string first_client = "c" + std::to_string(flags >> 5);
 
@@ -581,7 +602,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     switch (op & 7) {
       case 0: {
         Fuzz::Target t = fuzz.PickVersion(op, in);
-        const int tensor = manifest.tensors_size() == 0 ? 0 : in.U8() % (manifest.tensors_size() + 1);
+        const int tensor =
+            manifest.tensors_size() == 0 ? 0 : in.U8() % (manifest.tensors_size() + 1);
         const uint64_t limit =
             tensor < manifest.tensors_size() ? manifest.tensors(tensor).byte_size() : 64;
         const uint64_t offset = Number(in, limit);

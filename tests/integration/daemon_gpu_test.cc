@@ -8,7 +8,7 @@
 #include <set>
 #include <string>
 
-#include "daemon/gpu/gpu_info.h"
+#include "gpu/gpu_info.h"
 #include "tests/testing/subprocess.h"
 
 namespace ckpt::testing {

@@ -20,7 +20,7 @@
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
 #include "common/dtype.h"
-#include "daemon/gpu/gpu_info.h"
+#include "gpu/gpu_info.h"
 #include "tests/testing/raw_attach.h"
 #include "tests/testing/state_dict.h"
 #include "tests/testing/subprocess.h"

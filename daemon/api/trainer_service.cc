@@ -1,0 +1,312 @@
+#include "daemon/api/trainer_service.h"
+
+#include <set>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "daemon/api/grpc_status.h"
+#include "daemon/store/file_loader.h"
+#include "spdlog/spdlog.h"
+
+namespace ckpt::daemon {
+
+grpc::Status TrainerService::BeginVersion(grpc::ServerContext* context,
+                                          const v1::BeginVersionRequest* request,
+                                          v1::BeginVersionResponse* response) {
+  std::string who;
+  if (auto s = auth_->Check(*context, kRoleTrainer, "BeginVersion", &who); !s.ok()) return s;
+  // The call's deadline bounds the wait for memory during warm-up.
+  auto begun = store_->Begin(request->manifest(), request->version(), request->label(), who,
+                             /*verify_checksums=*/true, CallDeadline(*context));
+  if (!begun.ok()) return ToGrpc(begun.status());
+  response->set_version(begun->version);
+  response->set_upload_token(begun->upload_token);
+  return grpc::Status::OK;
+}
+
+grpc::Status TrainerService::PushChunks(grpc::ServerContext* context,
+                                        grpc::ServerReader<v1::Chunk>* reader,
+                                        v1::PushChunksResponse* response) {
+  std::string who;
+  if (auto s = auth_->Check(*context, kRoleTrainer, "PushChunks", &who); !s.ok()) return s;
+  StreamWatchdog::Guard watch;
+  if (options_.watchdog != nullptr) {
+    watch = options_.watchdog->Watch(context, options_.push_idle_timeout,
+                                     absl::StrCat("PushChunks stream of ", who));
+  }
+  v1::Chunk chunk;
+  // Versions this stream wrote to, with their tokens: aborted if the stream breaks.
+  std::set<std::pair<uint64_t, std::string>> touched;
+  uint64_t chunks = 0, bytes = 0;
+  std::vector<VersionStore::ChunkPart> parts;
+  while (reader->Read(&chunk)) {
+    watch.Touch();
+    absl::Status s;
+    const int nparts = chunk.part_tensor_size();
+    if (nparts == 0 && chunk.part_offset_size() == 0 && chunk.part_bytes_size() == 0) {
+      s = store_->WriteChunk(chunk.version(), chunk.upload_token(), chunk.tensor(), chunk.offset(),
+                             chunk.data().data(), chunk.data().size());
+    } else if (chunk.part_offset_size() != nparts || chunk.part_bytes_size() != nparts) {
+      s = absl::InvalidArgumentError(absl::StrCat(
+          "a chunk's part lists differ in length (", nparts, " part_tensor, ",
+          chunk.part_offset_size(), " part_offset, ", chunk.part_bytes_size(), " part_bytes)"));
+    } else if (!chunk.tensor().empty() || chunk.offset() != 0) {
+      s = absl::InvalidArgumentError(
+          "a chunk with parts must leave tensor empty and offset 0 (each part names its tensor)");
+    } else if (static_cast<size_t>(nparts) > VersionStore::kMaxChunkParts) {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("chunk has ", nparts, " parts, more than ", VersionStore::kMaxChunkParts));
+    } else {
+      parts.clear();
+      parts.reserve(nparts);
+      for (int k = 0; k < nparts; ++k) {
+        parts.push_back({chunk.part_tensor(k), chunk.part_offset(k), chunk.part_bytes(k)});
+      }
+      s = store_->WriteChunkParts(chunk.version(), chunk.upload_token(), parts, chunk.data().data(),
+                                  chunk.data().size());
+    }
+    if (!s.ok()) return ToGrpc(s);
+    touched.emplace(chunk.version(), chunk.upload_token());
+    ++chunks;
+    bytes += chunk.data().size();
+  }
+  if (context->IsCancelled()) {
+    const std::string why =
+        watch.cancelled()
+            ? absl::StrCat("no chunk came for ", absl::FormatDuration(options_.push_idle_timeout))
+            : std::string("the trainer's push stream broke");
+    for (const auto& [version, token] : touched) (void)store_->Abort(version, token, why);
+    return grpc::Status(grpc::StatusCode::CANCELLED,
+                        absl::StrCat("push stream cancelled (", why, "); its versions aborted"));
+  }
+  response->set_chunks(chunks);
+  response->set_bytes(bytes);
+  return grpc::Status::OK;
+}
+
+grpc::Status TrainerService::Commit(grpc::ServerContext* context, const v1::CommitRequest* request,
+                                    v1::VersionInfo* response) {
+  if (auto s = auth_->Check(*context, kRoleTrainer, "Commit"); !s.ok()) return s;
+  auto info = store_->Commit(request->version(), request->upload_token());
+  if (!info.ok()) return ToGrpc(info.status());
+  *response = std::move(*info);
+  return grpc::Status::OK;
+}
+
+grpc::Status TrainerService::Abort(grpc::ServerContext* context, const v1::AbortRequest* request,
+                                   v1::AbortResponse* response) {
+  if (auto s = auth_->Check(*context, kRoleTrainer, "Abort"); !s.ok()) return s;
+  if (request->upload_token().empty()) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "Abort needs the upload token");
+  }
+  return ToGrpc(store_->Abort(request->version(), request->upload_token(), "the trainer asked"));
+}
+
+absl::Time TrainerService::LoadDeadline(const grpc::ServerContext& context) const {
+  return std::min(absl::Now() + options_.load_timeout, CallDeadline(context));
+}
+
+absl::StatusOr<v1::VersionInfo> TrainerService::RunLoad(grpc::ServerContext* context,
+                                                        const v1::LoadFilesRequest& request,
+                                                        const Principal& caller, bool tcp,
+                                                        absl::Time deadline,
+                                                        LoadProgress* progress) {
+  std::vector<std::string> paths(request.paths().begin(), request.paths().end());
+  RETURN_IF_ERROR(CheckLoadPaths(paths));
+  LoadControl control;
+  control.progress = progress;
+  control.cancelled = [context] { return context->IsCancelled(); };
+  if (tcp) {
+    // A TCP caller may only name files under load_files_dirs, and learns nothing about others.
+    if (options_.load_files_dirs.empty()) {
+      return absl::PermissionDeniedError(
+          "LoadFiles over TCP is off: the daemon's load_files_dirs is empty (use the Unix socket, "
+          "or push the tensors)");
+    }
+    if (request.fd_nonces_size() > 0) {
+      return absl::InvalidArgumentError("LoadFilesRequest.fd_nonces is for the Unix socket only");
+    }
+    return LoadSafetensorsFiles(*store_, paths, request.version(), request.label(), caller.name,
+                                options_.load_threads, deadline, options_.load_files_dirs, control);
+  }
+  HeldFds held(&held_passed_fds_);  // until the load has ended
+  ASSIGN_OR_RETURN(std::vector<LoadFile> files, ClaimPassedFiles(request, caller, held));
+  return LoadSafetensorsFds(*store_, std::move(files), request.version(), request.label(),
+                            caller.name, options_.load_threads, deadline, control);
+}
+
+grpc::Status TrainerService::LoadFiles(grpc::ServerContext* context,
+                                       const v1::LoadFilesRequest* request,
+                                       v1::VersionInfo* response) {
+  Principal caller;
+  if (auto s = auth_->Check(*context, kRoleTrainer, "LoadFiles", &caller); !s.ok()) return s;
+  auto info = RunLoad(context, *request, caller, IsTcpCall(*context), LoadDeadline(*context),
+                      /*progress=*/nullptr);
+  if (!info.ok()) return ToGrpc(info.status());
+  *response = std::move(*info);
+  return grpc::Status::OK;
+}
+
+namespace {
+
+v1::LoadFilesProgress ProgressMessage(const LoadProgress::Snapshot& s) {
+  v1::LoadFilesProgress m;
+  m.set_stage(s.stage);
+  m.set_files_total(s.files_total);
+  m.set_headers_read(s.headers_read);
+  m.set_files_done(s.files_done);
+  m.set_bytes_total(s.bytes_total);
+  m.set_bytes_done(s.bytes_done);
+  return m;
+}
+
+}  // namespace
+
+grpc::Status TrainerService::LoadFilesWithProgress(
+    grpc::ServerContext* context, const v1::LoadFilesRequest* request,
+    grpc::ServerWriter<v1::LoadFilesProgress>* writer) {
+  Principal caller;
+  if (auto s = auth_->Check(*context, kRoleTrainer, "LoadFilesWithProgress", &caller); !s.ok()) {
+    return s;
+  }
+  const bool tcp = IsTcpCall(*context);
+  const absl::Time deadline = LoadDeadline(*context);
+  // Idle time accrues only while a Write blocks (a reader that stopped reading): the loop below
+  // touches the guard every kProgressInterval otherwise.
+  StreamWatchdog::Guard watch;
+  if (options_.watchdog != nullptr) {
+    watch = options_.watchdog->Watch(context, options_.push_idle_timeout,
+                                     absl::StrCat("LoadFilesWithProgress stream of ", caller.name));
+  }
+  LoadProgress progress;
+  absl::StatusOr<v1::VersionInfo> info;
+  std::thread load;
+  try {
+    load = std::thread([&] {
+      info = RunLoad(context, *request, caller, tcp, deadline, &progress);
+      progress.Finish();
+    });
+  } catch (const std::system_error& e) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("LoadFilesWithProgress: no thread to load with: ", e.what()));
+  }
+  // This thread only reports. A Write that blocks holds up nothing but the reports: the load
+  // counts on, and the next report is simply the newest count.
+  bool stream_ok = true;
+  bool sent_any = false;
+  LoadProgress::Snapshot sent;
+  for (bool finished = false; !finished;) {
+    const std::vector<LoadProgress::Snapshot> snapshots =
+        progress.Take(kProgressInterval, &finished);
+    watch.Touch();
+    for (const LoadProgress::Snapshot& snap : snapshots) {
+      if (!stream_ok || snap.stage == v1::LOAD_STAGE_UNSPECIFIED || (sent_any && snap == sent)) {
+        continue;
+      }
+      if (!writer->Write(ProgressMessage(snap))) {
+        stream_ok = false;  // the caller went away; the load sees the cancelled context
+        continue;
+      }
+      watch.Touch();
+      sent = snap;
+      sent_any = true;
+    }
+  }
+  load.join();
+  if (!info.ok()) return ToGrpc(info.status());
+  v1::LoadFilesProgress last = ProgressMessage(progress.Current());
+  last.set_stage(v1::LOAD_STAGE_DONE);
+  *last.mutable_version() = *info;
+  if (!stream_ok || !writer->Write(last)) {
+    spdlog::warn(
+        "LoadFilesWithProgress: version {} is committed, but the progress stream of {} "
+        "broke before it was told",
+        info->version(), caller.name);
+    return grpc::Status(
+        grpc::StatusCode::CANCELLED,
+        absl::StrCat("the progress stream broke; version ", info->version(), " was committed"));
+  }
+  return grpc::Status::OK;
+}
+
+bool TrainerService::HeldFds::Add(int64_t n) {
+  if (held_->fetch_add(n) + n > kMaxHeldPassedFds) {
+    held_->fetch_sub(n);
+    return false;
+  }
+  count_ += n;
+  return true;
+}
+
+absl::StatusOr<std::vector<LoadFile>> TrainerService::ClaimPassedFiles(
+    const v1::LoadFilesRequest& request, const Principal& caller, HeldFds& held) {
+  // Claim every nonce first, so that none is left behind on an error below.
+  std::vector<AttachSocket::Presented> presented;
+  absl::Status error;
+  if (request.fd_nonces_size() == 0) {
+    error = absl::InvalidArgumentError(
+        "LoadFiles on the Unix socket takes the files' descriptors, not their paths: the daemon "
+        "never opens a file for a local caller (LoadFilesRequest.fd_nonces; the ckpt-engine "
+        "clients do this)");
+  } else if (options_.descriptors == nullptr || !caller.local) {
+    error = absl::FailedPreconditionError("no descriptor socket to receive the files from");
+  } else if (static_cast<size_t>(request.fd_nonces_size()) >
+             (kMaxLoadFiles + kMaxFdsPerMessage - 1) / kMaxFdsPerMessage) {
+    error = absl::InvalidArgumentError(
+        absl::StrCat("LoadFilesRequest has ", request.fd_nonces_size(), " fd_nonces; at most ",
+                     (kMaxLoadFiles + kMaxFdsPerMessage - 1) / kMaxFdsPerMessage));
+  }
+  const absl::Time deadline = absl::Now() + kPassedFilesTimeout;
+  size_t passed = 0;
+  for (int i = 0; error.ok() && i < request.fd_nonces_size(); ++i) {
+    if (!AttachSocket::ValidNonce(request.fd_nonces(i))) {
+      error = absl::InvalidArgumentError(absl::StrCat("LoadFilesRequest.fd_nonces[", i,
+                                                      "] is not 16 to 128 printable characters"));
+      break;
+    }
+    auto p = options_.descriptors->Claim(request.fd_nonces(i), deadline);
+    if (!p.ok()) {
+      error = absl::FailedPreconditionError(absl::StrCat(
+          "LoadFiles: the files' descriptors (fd_nonces[", i, "]): ", p.status().message()));
+      break;
+    }
+    if (p->peer.uid != caller.uid) {
+      error = absl::PermissionDeniedError(absl::StrCat("LoadFiles: the descriptors of fd_nonces[",
+                                                       i, "] come from uid ", p->peer.uid,
+                                                       ", not from the caller's uid ", caller.uid));
+      break;
+    }
+    passed += p->fds.size();
+    if (passed > static_cast<size_t>(request.paths_size())) {
+      error = absl::InvalidArgumentError(absl::StrCat(
+          "LoadFiles: ", request.paths_size(), " path(s) but more descriptors passed (", passed,
+          " in the first ", i + 1, " nonce(s)); give one per file, in order"));
+      break;
+    }
+    if (!held.Add(static_cast<int64_t>(p->fds.size()))) {
+      error = absl::ResourceExhaustedError(
+          absl::StrCat("LoadFiles: the daemon holds ", kMaxHeldPassedFds,
+                       " passed descriptors of other loads; retry when they end"));
+      break;
+    }
+    presented.push_back(*std::move(p));
+  }
+  RETURN_IF_ERROR(error);
+  if (passed != static_cast<size_t>(request.paths_size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LoadFiles: ", request.paths_size(), " path(s) but ", passed,
+                     " descriptor(s) passed; give one descriptor per file, in order"));
+  }
+  std::vector<LoadFile> files;
+  for (AttachSocket::Presented& p : presented) {
+    for (ScopedFd& fd : p.fds) {
+      files.push_back(LoadFile{request.paths(static_cast<int>(files.size())), std::move(fd)});
+    }
+  }
+  return files;
+}
+
+}  // namespace ckpt::daemon

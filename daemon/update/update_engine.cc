@@ -1,0 +1,527 @@
+#include "daemon/update/update_engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <unordered_set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "common/dtype.h"
+#include "common/message_text.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+#include "daemon/update/update_plan.h"
+#include "spdlog/spdlog.h"
+
+namespace ckpt::daemon {
+
+UpdateEngine::UpdateEngine(std::unique_ptr<TransferBackend> transfer, VersionStore* store,
+                           Options options)
+    : transfer_(std::move(transfer)), store_(store), options_(options) {}
+
+absl::StatusOr<std::unique_ptr<UpdateEngine>> UpdateEngine::Create(
+    BackendKind backend, const std::vector<gpu::GpuInfo>& gpus, VersionStore* store,
+    Options options) {
+  TransferBackend::Options slots;
+  slots.slots_per_gpu = options.slots_per_gpu;
+  slots.bucket_bytes = options.bucket_bytes;
+  slots.gpu_timeout = options.gpu_timeout;
+  auto transfer = TransferBackend::Create(backend, gpus, slots);
+  if (!transfer.ok()) return Annotate(transfer.status(), "update engine");
+  std::unique_ptr<UpdateEngine> e(new UpdateEngine(*std::move(transfer), store, options));
+  e->auto_thread_ = std::thread([raw = e.get()] { raw->AutoUpdateLoop(); });
+  return e;
+}
+
+UpdateEngine::~UpdateEngine() {
+  Stop("ckpt-engined is shutting down");
+  if (auto_thread_.joinable()) auto_thread_.join();
+}
+
+uint64_t UpdateEngine::AddWorker(WorkerIdentity identity, std::shared_ptr<WorkerChannel> channel) {
+  absl::MutexLock lock(&mu_);
+  std::shared_ptr<WorkerRecord> worker = registry_.Add(std::move(identity), std::move(channel));
+  if (options_.update_on_attach) attach_pending_.insert(worker->identity.pid);
+  if (stopping_) worker->channel->Close(stop_reason_);
+  return worker->id;
+}
+
+void UpdateEngine::RemoveWorker(uint64_t id, const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  std::shared_ptr<WorkerRecord> worker = registry_.Remove(id);
+  if (worker == nullptr) return;  // forgotten already (the daemon gave up on it)
+  spdlog::info("{} detached: {}", worker->Describe(), why);
+  if (running_ != nullptr) running_->OnDetached(id, why);
+}
+
+void UpdateEngine::OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message) {
+  absl::MutexLock lock(&mu_);
+  if (running_ == nullptr) return;  // a late message of a finished update
+  if (message.has_ack()) {
+    running_->OnAck(id, message.ack());
+  } else if (message.has_loaded()) {
+    running_->OnLoaded(id, message.loaded());
+  }
+}
+
+absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateRequest& request,
+                                                           const std::string& trigger) {
+  const absl::Time started = absl::Now();
+  auto lease = store_->Lease(request.version());
+  if (!lease.ok()) return lease.status();
+  const uint64_t version = (*lease)->version();
+  auto plan = PlanVersion(**lease, options_.bucket_bytes, transfer_->slot_set_count());
+  if (!plan.ok()) return plan.status();
+
+  v1::UpdateResponse response;
+  response.set_version(version);
+  absl::MutexLock lock(&mu_);
+  // Claim the one update slot, pick the participants.
+  if (stopping_) return absl::UnavailableError(stop_reason_);
+  if (updating_ != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "an update to version ", updating_,
+        " is running; one update runs at a time: retry when it ends (ckptctl status)"));
+  }
+  ASSIGN_OR_RETURN(std::vector<UpdateRun::Participant> participants,
+                   UpdateRun::Select(registry_, request, version, (*lease)->manifest(), &response));
+  if (participants.empty()) return response;  // every one holds it already
+  const size_t count = participants.size();
+  UpdateRun::Options run_options;
+  run_options.slots = options_.slots_per_gpu;
+  run_options.ack_timeout = options_.ack_timeout;
+  run_options.gpu_timeout = options_.gpu_timeout;
+  running_ =
+      std::make_unique<UpdateRun>(mu_, *std::move(lease), *std::move(plan), std::move(participants),
+                                  transfer_.get(), &registry_, store_->arena().data(), run_options);
+  updating_ = version;
+  ++started_serial_;
+  v1::UpdateOutcome running;
+  running.set_version(version);
+  running.set_state("running");
+  running.set_trigger(trigger);
+  running.set_started_unix_ms(absl::ToUnixMillis(started));
+  v1::UpdateProgress* progress = running.mutable_progress();
+  progress->set_buckets_total(static_cast<uint32_t>(running_->plan().buckets.size()));
+  progress->set_bytes_total(running_->plan().total_tensor_bytes);
+  progress->set_workers_total(static_cast<uint32_t>(count));
+  last_outcome_ = running;
+  outcomes_[version] = running;
+  while (outcomes_.size() > 32) outcomes_.erase(outcomes_.begin());
+  running_unrestricted_ = request.worker_pids().empty() && !request.force();
+  registry_.NoteChange();
+  spdlog::info("update to version {}: {} buckets of up to {}, {} workers", version,
+               running_->plan().buckets.size(), FormatBytes(options_.bucket_bytes), count);
+
+  UpdateRun::Result result = running_->Execute(&response, &counters_.worker_failures);
+  // The buckets and bytes it released stay in the outcome; the run goes before the outcome is
+  // recorded, and its lease with it.
+  if (last_outcome_.has_value()) running_->Progress(last_outcome_->mutable_progress());
+  const uint64_t total_bytes = running_->plan().total_tensor_bytes;
+  running_.reset();
+  updating_ = 0;
+  // Execute's response seconds run from its own start; the whole update from the request.
+  response.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
+
+  if (!result.failure.ok()) {
+    spdlog::error("update to version {} failed: {}", version,
+                  std::string(result.failure.message()));
+    FinishOutcome(result.failure, response);
+    return result.failure;
+  }
+  if (!result.failed.empty()) {
+    const std::string message =
+        absl::StrCat("update to version ", version, ": ", result.failed.size(), " of ", count,
+                     " workers failed (", absl::StrJoin(result.failed, "; "), "); ",
+                     count - result.failed.size(), " loaded it");
+    spdlog::error("{}", message);
+    absl::Status s =
+        result.timed_out ? absl::DeadlineExceededError(message) : absl::AbortedError(message);
+    FinishOutcome(s, response);
+    return s;
+  }
+  FinishOutcome(response, response);
+  const double seconds = response.seconds();
+  spdlog::info("update to version {}: {} to {} workers in {} ({:.2f} GB/s)", version,
+               FormatBytes(total_bytes), count, HumanDuration(absl::Seconds(seconds)),
+               total_bytes / 1e9 / std::max(1e-9, seconds));
+  return response;
+}
+
+void UpdateEngine::FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& result,
+                                 const v1::UpdateResponse& report) {
+  if (!last_outcome_.has_value()) return;
+  v1::UpdateOutcome& o = *last_outcome_;
+  o.set_state(result.ok() ? "succeeded" : "failed");
+  o.set_ended_unix_ms(absl::ToUnixMillis(absl::Now()));
+  v1::UpdateProgress* progress = o.mutable_progress();
+  progress->set_workers_done(0);
+  progress->set_workers_failed(0);
+  for (const v1::WorkerResult& w : report.workers()) {
+    if (!w.ok()) {
+      progress->set_workers_failed(progress->workers_failed() + 1);
+    } else if (!w.skipped()) {
+      progress->set_workers_done(progress->workers_done() + 1);
+    }
+  }
+  progress->set_elapsed_seconds(static_cast<double>(o.ended_unix_ms() - o.started_unix_ms()) /
+                                1000.0);
+  if (!result.ok()) {
+    o.set_code(absl::StatusCodeToString(result.status().code()));
+    o.set_error(std::string(result.status().message()));
+  }
+  *o.mutable_result() = report;
+  outcomes_[o.version()] = o;
+  last_result_ = result;
+  registry_.NoteChange();
+  // Metrics.
+  (result.ok() ? counters_.succeeded : counters_.failed) += 1;
+  counters_.bytes += report.bytes();
+  counters_.wait_slot_seconds += report.wait_slot_seconds();
+  counters_.fill_seconds += report.fill_seconds();
+  counters_.load_seconds += report.load_seconds();
+  counters_.finish_seconds += report.finish_seconds();
+  const double seconds = static_cast<double>(o.ended_unix_ms() - o.started_unix_ms()) / 1000.0;
+  const std::vector<double>& bounds = UpdateSecondsBounds();
+  if (counters_.seconds_buckets.empty()) counters_.seconds_buckets.assign(bounds.size() + 1, 0);
+  size_t b = 0;
+  while (b < bounds.size() && seconds > bounds[b]) ++b;
+  ++counters_.seconds_buckets[b];
+  counters_.seconds_sum += seconds;
+  ++finished_serial_;
+}
+
+absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest& request,
+                                                        absl::Time deadline,
+                                                        const std::string& trigger,
+                                                        const std::function<bool()>& cancelled) {
+  if (request.previous()) {
+    if (request.version() != 0 || request.worker_pids_size() > 0 || request.force()) {
+      return absl::InvalidArgumentError(
+          "an update with previous resends each worker's own last version: it takes no version, "
+          "worker pids or force");
+    }
+    return ResendPrevious(deadline);
+  }
+  // Resolved before taking the engine's lock (the store is never called under it).
+  const uint64_t wanted =
+      request.version() != 0 ? request.version() : store_->GetUsage().latest_committed;
+  {
+    absl::MutexLock lock(&mu_);
+    // Join only an update that goes to every attached worker unforced, as this request would:
+    // one restricted to some workers (update_on_attach, previous, worker_pids) or forced would
+    // answer for others.
+    if (updating_ != 0 && running_unrestricted_ && !request.force() &&
+        request.worker_pids().empty() && wanted == updating_) {
+      {
+        // The same version is being sent: wait for that update and answer with its outcome.
+        const uint64_t joined = started_serial_;
+        spdlog::info("update to version {} requested while it runs: joining it", wanted);
+        auto ended = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || finished_serial_ >= joined;
+        };
+        // In slices, so that a caller that went away stops waiting.
+        for (;;) {
+          const absl::Time slice = std::min(deadline, absl::Now() + absl::Seconds(1));
+          if (mu_.AwaitWithDeadline(absl::Condition(&ended), slice)) break;
+          if (cancelled && cancelled()) return absl::CancelledError("the caller went away");
+          if (absl::Now() >= deadline) {
+            return absl::DeadlineExceededError(absl::StrCat("joined the running update to version ",
+                                                            wanted, "; it did not end in time"));
+          }
+        }
+        if (finished_serial_ == joined) return last_result_;
+        if (stopping_) return absl::UnavailableError(stop_reason_);
+        return absl::AbortedError(
+            absl::StrCat("joined the update to version ", wanted,
+                         "; another update ended after it, see ckptctl status"));
+      }
+    }
+  }
+  auto result = RunUpdate(request, trigger);
+  // Only after an update that ran and failed for workers (not a refused request).
+  const bool worker_failure =
+      absl::IsAborted(result.status()) || absl::IsDeadlineExceeded(result.status());
+  if (worker_failure && options_.resend_previous_on_failure && trigger != "previous") {
+    bool mixed = false;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [id, e] : registry_.all()) mixed = mixed || e->mixed_version != 0;
+    }
+    if (mixed) {
+      auto recovered = ResendPrevious(deadline);
+      if (recovered.ok()) {
+        spdlog::warn(
+            "on_update_failure=previous: workers with mixed weights got their last version "
+            "again");
+      } else {
+        spdlog::error("on_update_failure=previous: {}", std::string(recovered.status().message()));
+      }
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<v1::UpdateResponse> UpdateEngine::ResendPrevious(absl::Time deadline) {
+  std::map<uint64_t, std::vector<int>> groups;  // last complete version -> pids
+  std::vector<std::string> lost;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, e] : registry_.all()) {
+      if (e->mixed_version == 0) continue;
+      if (e->loaded_version == 0) {
+        lost.push_back(absl::StrCat(e->Describe(), " (no complete version loaded before)"));
+      } else {
+        groups[e->loaded_version].push_back(e->identity.pid);
+      }
+    }
+  }
+  if (groups.empty() && lost.empty()) {
+    return absl::FailedPreconditionError("no attached worker has mixed weights");
+  }
+  v1::UpdateResponse all;
+  std::vector<std::string> problems = lost;
+  for (const auto& [version, pids] : groups) {
+    v1::UpdateRequest request;
+    request.set_version(version);
+    request.set_force(true);
+    for (int pid : pids) request.add_worker_pids(pid);
+    spdlog::info("resending version {} to {} worker(s) with mixed weights", version, pids.size());
+    auto r = Update(request, deadline, "previous");
+    if (r.ok()) {
+      all.set_version(version);
+      for (const auto& w : r->workers()) *all.add_workers() = w;
+      all.set_bytes(all.bytes() + r->bytes());
+      all.set_seconds(all.seconds() + r->seconds());
+      all.set_buckets(all.buckets() + r->buckets());
+    } else if (absl::IsNotFound(r.status())) {
+      problems.push_back(absl::StrCat("version ", version, " (for ", pids.size(),
+                                      " worker(s)) is no longer in the store: push it again; ",
+                                      r.status().message()));
+    } else {
+      // RunUpdate's errors mostly begin with "update to version N: " already: say it once.
+      const absl::string_view message = r.status().message();
+      problems.push_back(absl::StartsWith(message, absl::StrCat("update to version ", version))
+                             ? std::string(message)
+                             : absl::StrCat("resending version ", version, ": ", message));
+    }
+  }
+  if (!problems.empty()) {
+    return absl::AbortedError(
+        absl::StrCat("workers with mixed weights not restored: ", absl::StrJoin(problems, "; ")));
+  }
+  return all;
+}
+
+absl::StatusOr<v1::WaitLoadedResponse> UpdateEngine::WaitLoaded(
+    uint64_t version, absl::Time deadline, const std::function<bool()>& cancelled) {
+  const uint64_t latest = store_->GetUsage().latest_committed;
+  if (version == 0) {
+    version = latest;
+    if (version == 0) return absl::FailedPreconditionError("no version is committed yet");
+  } else if (version > latest && absl::IsNotFound(store_->Get(version).status())) {
+    // Neither committed nor staging: no update of it can come (a typo, another daemon's id).
+    return absl::NotFoundError(absl::StrCat(
+        "version ", version, " was never committed here (the newest is ", latest, ")"));
+  }
+  v1::WaitLoadedResponse response;
+  response.set_version(version);
+  absl::MutexLock lock(&mu_);
+  if (waiters_ >= kMaxWaiters) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        waiters_, " WaitLoaded calls are waiting already, the most the daemon serves at once"));
+  }
+  ++waiters_;
+  struct Leave {
+    int* n;
+    ~Leave() { --*n; }
+  } leave{&waiters_};
+  for (;;) {
+    if (stopping_) return absl::UnavailableError(stop_reason_);
+    response.clear_workers();
+    std::vector<std::string> lacking;
+    for (const auto& [id, e] : registry_.all()) {
+      *response.add_workers() = e->Status();
+      if (e->loaded_version < version || e->mixed_version != 0) {
+        lacking.push_back(absl::StrCat(
+            e->Describe(), " has ",
+            e->loaded_version == 0 ? std::string("none")
+                                   : absl::StrCat("version ", e->loaded_version),
+            e->mixed_version != 0 ? absl::StrCat(" mixed with ", e->mixed_version) : ""));
+      }
+    }
+    auto outcome = outcomes_.find(version);
+    if (outcome != outcomes_.end()) {
+      *response.mutable_update() = outcome->second;
+      // A worker this version's last update failed for and that is gone from the registry (timed
+      // out, detached) may still run with mixed weights: the version is not loaded everywhere.
+      if (outcome->second.state() == "failed") {
+        for (const v1::WorkerResult& r : outcome->second.result().workers()) {
+          if (r.ok()) continue;
+          bool attached = false;
+          for (const auto& [id, e] : registry_.all())
+            attached = attached || e->identity.pid == r.pid();
+          if (!attached) {
+            lacking.push_back(absl::StrCat("worker pid ", r.pid(), " failed (", r.error(),
+                                           ") and is no longer attached"));
+          }
+        }
+      }
+    }
+    if (!registry_.empty() && lacking.empty()) {
+      response.set_loaded(true);
+      response.set_summary(absl::StrCat("version ", version, " loaded by ", registry_.size(),
+                                        registry_.size() == 1 ? " worker" : " workers"));
+      return response;
+    }
+    const bool pending = updating_ == version || auto_pending_ == version;
+    if (!pending && outcome != outcomes_.end() && outcome->second.state() == "failed") {
+      response.set_loaded(false);
+      // The update's own error names the version already ("update to version 7: ..."): say it once.
+      const absl::string_view error = absl::StripPrefix(
+          outcome->second.error(), absl::StrCat("update to version ", version, ": "));
+      response.set_summary(absl::StrCat("update to version ", version, " failed: ", error,
+                                        lacking.empty() ? "" : "; now ",
+                                        absl::StrJoin(lacking, "; ")));
+      return response;
+    }
+    // Woken by changes of the workers' state (attach, detach, loaded, an update's start or end),
+    // not by every ack; in slices, so that a caller that went away stops waiting.
+    const uint64_t seen = registry_.changes();
+    auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_ || registry_.changes() != seen;
+    };
+    const absl::Time slice = std::min(deadline, absl::Now() + absl::Seconds(1));
+    if (!mu_.AwaitWithDeadline(absl::Condition(&changed), slice)) {
+      if (cancelled && cancelled()) return absl::CancelledError("the caller went away");
+      if (absl::Now() < deadline) continue;
+      return absl::DeadlineExceededError(absl::StrCat(
+          "version ", version, " is not loaded by every worker yet: ",
+          registry_.empty() ? std::string("no worker is attached") : absl::StrJoin(lacking, "; "),
+          updating_ != 0 ? absl::StrCat(" (an update to version ", updating_, " runs)") : ""));
+    }
+  }
+}
+
+const std::vector<double>& UpdateEngine::UpdateSecondsBounds() {
+  static const std::vector<double> bounds = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+  return bounds;
+}
+
+UpdateEngine::Counters UpdateEngine::GetCounters() const {
+  absl::MutexLock lock(&mu_);
+  Counters c = counters_;
+  if (c.seconds_buckets.empty()) c.seconds_buckets.assign(UpdateSecondsBounds().size() + 1, 0);
+  return c;
+}
+
+std::optional<v1::UpdateOutcome> UpdateEngine::LastUpdate() const {
+  absl::MutexLock lock(&mu_);
+  std::optional<v1::UpdateOutcome> out = last_outcome_;
+  if (out.has_value() && out->state() == "running" && running_ != nullptr) {
+    // The progress is counted here, when asked, not on every ack.
+    v1::UpdateProgress* progress = out->mutable_progress();
+    running_->Progress(progress);
+    progress->set_elapsed_seconds(
+        absl::ToDoubleSeconds(absl::Now() - absl::FromUnixMillis(out->started_unix_ms())));
+  }
+  return out;
+}
+
+void UpdateEngine::RequestAutoUpdate(uint64_t version) {
+  absl::MutexLock lock(&mu_);
+  if (version <= auto_highest_) {
+    // A push that began before a newer one committed after it: workers never go back to it.
+    spdlog::info("auto_update: version {} committed after the newer version {}; not sent", version,
+                 auto_highest_);
+    return;
+  }
+  auto_highest_ = version;
+  auto_pending_ = std::max(auto_pending_, version);
+}
+
+void UpdateEngine::AutoUpdateLoop() {
+  for (;;) {
+    uint64_t version = 0;
+    std::set<int> attached;
+    bool any_workers = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || ((auto_pending_ != 0 || !attach_pending_.empty()) && updating_ == 0);
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (stopping_) return;
+      attached = std::exchange(attach_pending_, {});
+      version = std::exchange(auto_pending_, 0);
+      any_workers = !registry_.empty();
+    }
+    v1::UpdateRequest request;
+    std::string trigger;
+    if (version == 0) {
+      // update_on_attach: the newest committed version to the workers that just attached.
+      if (store_->GetUsage().latest_committed == 0) continue;  // nothing to send yet
+      {
+        absl::MutexLock lock(&mu_);
+        for (const auto& [id, e] : registry_.all()) {
+          if (attached.count(e->identity.pid) > 0) request.add_worker_pids(e->identity.pid);
+        }
+      }
+      if (request.worker_pids().empty()) continue;  // they left already
+      trigger = "attach";
+    } else {
+      if (!any_workers) {
+        spdlog::info("auto_update: version {} committed, no worker attached", version);
+        continue;
+      }
+      request.set_version(version);
+      trigger = "auto_update";
+    }
+    auto result = Update(request, absl::InfiniteFuture(), trigger);
+    if (result.ok()) continue;
+    bool queued_again = false;
+    if (absl::IsFailedPrecondition(result.status())) {
+      // Another update took the slot between the wake-up and the start: go after it.
+      absl::MutexLock lock(&mu_);
+      if (updating_ != 0 && !stopping_) {
+        if (version != 0) {
+          auto_pending_ = std::max(auto_pending_, version);
+        } else {
+          attach_pending_.insert(request.worker_pids().begin(), request.worker_pids().end());
+        }
+        queued_again = true;
+      }
+    }
+    if (queued_again) {
+      spdlog::info("{}: another update runs; queued again after it", trigger);
+    } else {
+      spdlog::warn("{}{}: {}", trigger,
+                   version != 0 ? absl::StrCat(" to version ", version) : std::string(),
+                   std::string(result.status().message()));
+    }
+  }
+}
+
+void UpdateEngine::Stop(const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  stopping_ = true;
+  stop_reason_ = reason;
+  if (running_ != nullptr) running_->Cancel(reason);
+  for (const auto& [id, worker] : registry_.all()) worker->channel->Close(reason);
+}
+
+std::vector<v1::WorkerStatus> UpdateEngine::Workers() const {
+  absl::MutexLock lock(&mu_);
+  return registry_.Statuses();
+}
+
+uint64_t UpdateEngine::updating_version() const {
+  absl::MutexLock lock(&mu_);
+  return updating_;
+}
+
+}  // namespace ckpt::daemon

@@ -1,0 +1,188 @@
+// UpdateEngine: sends a committed version from the host store into the attached workers (issue 4,
+// docs/update-design.md).
+//
+// It decides what runs: which update (one at a time; a request for the version being sent joins
+// it; auto_update and update_on_attach queue behind it; on_update_failure = previous resends), and
+// keeps the outcomes (Status.last_update, WaitLoaded, metrics). The parts it owns each live in
+// their own files:
+// - the transfer backend (transfer_backend.h): the staging slots, the workers' grants, and how a
+//   bucket fills the slots (host memcpy; cuda uploads + NCCL broadcast), chosen once;
+// - the worker registry (worker_registry.h): the attached workers and what each holds;
+// - the running update (update_run.h): its lease, plan and participants, the pipeline and the ack
+//   state machine, and the participants' results.
+// The Consumer service feeds it the workers' streams through WorkerChannel; Admin.Update (and
+// auto_update) call Update.
+//
+// One update runs at a time; a second answers FAILED_PRECONDITION naming the running version.
+//
+// Thread-safety: every method may be called from any thread.
+#ifndef CKPT_DAEMON_UPDATE_UPDATE_ENGINE_H_
+#define CKPT_DAEMON_UPDATE_UPDATE_ENGINE_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "daemon/server/config.h"
+#include "daemon/store/version_store.h"
+#include "daemon/transfer/transfer_backend.h"
+#include "daemon/update/update_run.h"
+#include "daemon/update/worker_registry.h"
+#include "gpu/gpu_info.h"
+#include "proto/admin.pb.h"
+#include "proto/consumer.pb.h"
+
+namespace ckpt::daemon {
+
+class UpdateEngine {
+ public:
+  struct Options {
+    int slots_per_gpu = 2;
+    uint64_t bucket_bytes = 64ull << 20;
+    absl::Duration ack_timeout = absl::Seconds(60);
+    // Deadline for NCCL set-up and for enqueueing and completing GPU work of one bucket.
+    absl::Duration gpu_timeout = absl::Seconds(60);
+    // update_on_attach: a worker that attaches is sent the newest committed version (in the
+    // background, as auto_update).
+    bool update_on_attach = false;
+    // on_update_failure = previous: after a failed update, workers left with mixed weights are
+    // sent the last version each fully loaded (UpdateRequest.previous).
+    bool resend_previous_on_failure = false;
+  };
+
+  // Creates the transfer backend of `backend` (host: one SlotSet in shared memory; cuda: a SlotSet,
+  // streams and events per GPU of `gpus`, one NCCL communicator over them when there are several).
+  static absl::StatusOr<std::unique_ptr<UpdateEngine>> Create(BackendKind backend,
+                                                              const std::vector<gpu::GpuInfo>& gpus,
+                                                              VersionStore* store, Options options);
+  ~UpdateEngine();
+  UpdateEngine(const UpdateEngine&) = delete;
+  UpdateEngine& operator=(const UpdateEngine&) = delete;
+
+  const Options& options() const { return options_; }
+  // The slots and the grants to workers (the Consumer service's attach), immutable after Create.
+  const TransferBackend& transfer() const { return *transfer_; }
+
+  // Registers an attached worker; returns its id.
+  uint64_t AddWorker(WorkerIdentity identity, std::shared_ptr<WorkerChannel> channel);
+  // The worker's stream ended (`why`); a running update counts it as failed.
+  void RemoveWorker(uint64_t id, const std::string& why);
+  // An ack or VersionLoaded from the worker.
+  void OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message);
+
+  // Sends the version to the workers (all attached, or those of request.worker_pids); returns when
+  // every one has loaded it or failed. A request for the version being sent now (no force, no
+  // worker_pids) joins that update and returns its outcome (DEADLINE_EXCEEDED at `deadline`).
+  // request.previous: resends to each worker with mixed weights the last version it fully loaded
+  // (FAILED_PRECONDITION when none has mixed weights; NOT_FOUND naming the version and the workers
+  // when the store no longer holds it). `trigger` is recorded in the outcome (Status.last_update).
+  // Errors: NOT_FOUND (version unknown, retired or staging; a pid not attached),
+  // FAILED_PRECONDITION (another update runs; no worker attached), ABORTED / DEADLINE_EXCEEDED
+  // naming the workers that failed, UNAVAILABLE (shutting down). `cancelled` (may be empty): polled
+  // about every second by a joining request.
+  absl::StatusOr<v1::UpdateResponse> Update(const v1::UpdateRequest& request,
+                                            absl::Time deadline = absl::InfiniteFuture(),
+                                            const std::string& trigger = "request",
+                                            const std::function<bool()>& cancelled = {});
+
+  // Waits until every attached worker (at least one) holds `version` (0: the newest committed) or
+  // a newer one without mixed weights (loaded = true), or an update of it failed for some of them
+  // with none running or queued (loaded = false, the summary says who and why). Errors:
+  // DEADLINE_EXCEEDED naming the workers that lack it, FAILED_PRECONDITION when nothing is
+  // committed, NOT_FOUND for a version never committed (above the newest, not staging),
+  // UNAVAILABLE when shutting down.
+  // At most kMaxWaiters wait at once (RESOURCE_EXHAUSTED beyond); `cancelled` (may be empty) is
+  // polled about every second (CANCELLED once it returns true).
+  static constexpr int kMaxWaiters = 64;
+  absl::StatusOr<v1::WaitLoadedResponse> WaitLoaded(uint64_t version, absl::Time deadline,
+                                                    const std::function<bool()>& cancelled = {});
+
+  // The last update that ran or runs (nullopt before the first). A running one carries its
+  // progress as of this call (buckets and bytes done, workers loaded and failed, elapsed time).
+  std::optional<v1::UpdateOutcome> LastUpdate() const;
+
+  // Totals since start, for metrics (daemon/server/metrics.h).
+  struct Counters {
+    uint64_t succeeded = 0;
+    uint64_t failed = 0;
+    uint64_t bytes = 0;  // of succeeded and failed updates, as planned
+    double wait_slot_seconds = 0, fill_seconds = 0, load_seconds = 0, finish_seconds = 0;
+    // Wall seconds of each finished update, in buckets of UpdateSecondsBounds() (the last: +Inf).
+    std::vector<uint64_t> seconds_buckets;
+    double seconds_sum = 0;
+    // Worker failures by reason: "ack_timeout", "detached", "load_error", "missing_tensors",
+    // "stream_closed", "other".
+    std::map<std::string, uint64_t> worker_failures;
+  };
+  static const std::vector<double>& UpdateSecondsBounds();
+  Counters GetCounters() const;
+
+  // auto_update: updates to `version` in the background (skipped when no worker is attached). A
+  // request while an update runs replaces any queued one, so the newest version goes next; a
+  // version older than one already asked for (a concurrent push that committed late) is not sent.
+  void RequestAutoUpdate(uint64_t version);
+
+  // Shutdown: fails a running update, refuses new ones, closes every worker's stream with `reason`.
+  void Stop(const std::string& reason);
+
+  std::vector<v1::WorkerStatus> Workers() const;
+  uint64_t updating_version() const;
+
+ private:
+  UpdateEngine(std::unique_ptr<TransferBackend> transfer, VersionStore* store, Options options);
+  void AutoUpdateLoop();
+  // One update (Update without joining or `previous`); records its outcome once it claimed the
+  // update slot.
+  absl::StatusOr<v1::UpdateResponse> RunUpdate(const v1::UpdateRequest& request,
+                                               const std::string& trigger);
+  absl::StatusOr<v1::UpdateResponse> ResendPrevious(absl::Time deadline);
+  // Records how the running update ended (outcome, per-worker state) and wakes waiters.
+  void FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& result,
+                     const v1::UpdateResponse& report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::unique_ptr<TransferBackend> transfer_;
+  VersionStore* const store_;
+  const Options options_;
+
+  mutable absl::Mutex mu_;
+  WorkerRegistry registry_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::string stop_reason_ ABSL_GUARDED_BY(mu_);
+  // The running update's version (0: none) and the update itself (owned here while it runs).
+  uint64_t updating_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unique_ptr<UpdateRun> running_ ABSL_GUARDED_BY(mu_);
+  uint64_t auto_pending_ ABSL_GUARDED_BY(mu_) = 0;
+  // The highest version auto_update was asked for: an older one committing later is not sent.
+  uint64_t auto_highest_ ABSL_GUARDED_BY(mu_) = 0;
+  // update_on_attach: pids of workers that attached and wait for the newest version.
+  std::set<int> attach_pending_ ABSL_GUARDED_BY(mu_);
+  // Outcomes: of the running or last update, and the last one per version (a bounded window).
+  std::optional<v1::UpdateOutcome> last_outcome_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, v1::UpdateOutcome> outcomes_ ABSL_GUARDED_BY(mu_);
+  // Updates started and finished; the result of the last finished one (for joiners).
+  uint64_t started_serial_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t finished_serial_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::StatusOr<v1::UpdateResponse> last_result_ ABSL_GUARDED_BY(mu_) =
+      absl::UnknownError("no update yet");
+  Counters counters_ ABSL_GUARDED_BY(mu_);
+  // The running update goes to every attached worker, unforced (joinable).
+  bool running_unrestricted_ ABSL_GUARDED_BY(mu_) = false;
+  int waiters_ ABSL_GUARDED_BY(mu_) = 0;
+  std::thread auto_thread_;
+};
+
+}  // namespace ckpt::daemon
+
+#endif  // CKPT_DAEMON_UPDATE_UPDATE_ENGINE_H_

@@ -1,0 +1,122 @@
+#include "daemon/update/update_plan.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/units.h"
+
+namespace ckpt::daemon {
+namespace {
+
+uint64_t AlignUp(uint64_t v) { return (v + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment; }
+
+// Fills the segments of `b`: [0, used) cut into `uploaders` aligned pieces, each turned into
+// copies (runs of tensor bytes contiguous in both the host store and the slot).
+void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t bucket_index,
+                 Bucket* b) {
+  const uint64_t units = b->used_bytes / kSlotAlignment;
+  uint64_t start = 0;
+  size_t t = 0;  // first placement that may overlap the current segment
+  for (int u = 0; u < uploaders; ++u) {
+    // Units split as evenly as possible; the (units % uploaders) spare units go to uploaders in
+    // turn across buckets, starting after the previous bucket's, so no uploader gets all of them.
+    uint64_t rank = (static_cast<uint64_t>(u) + uploaders - bucket_index % uploaders) % uploaders;
+    uint64_t n = units / uploaders + (rank < units % uploaders ? 1 : 0);
+    Segment s;
+    s.uploader = u;
+    s.slot_offset = start;
+    s.bytes = n * kSlotAlignment;
+    const uint64_t end = start + s.bytes;
+    // Copies: the parts of tensors (not of alignment padding) inside [start, end).
+    while (t < b->tensors.size() && b->tensors[t].slot_offset + b->tensors[t].bytes <= start) ++t;
+    for (size_t k = t; k < b->tensors.size() && b->tensors[k].slot_offset < end; ++k) {
+      const TensorPlacement& p = b->tensors[k];
+      uint64_t lo = std::max(start, p.slot_offset);
+      uint64_t hi = std::min(end, p.slot_offset + p.bytes);
+      if (lo >= hi) continue;
+      const uint64_t host = tensors[p.tensor].host_offset + p.tensor_offset + (lo - p.slot_offset);
+      // Tensors that follow each other without a gap both in the host store and in the slot (sizes
+      // that are multiples of the alignment) become one copy: one cudaMemcpyAsync instead of one
+      // per tensor, which matters for checkpoints of many small tensors.
+      if (!s.copies.empty()) {
+        Copy& last = s.copies.back();
+        if (last.host_offset + last.bytes == host && last.slot_offset + last.bytes == lo) {
+          last.bytes += hi - lo;
+          continue;
+        }
+      }
+      s.copies.push_back({host, lo, hi - lo});
+    }
+    b->segments.push_back(std::move(s));
+    start = end;
+  }
+}
+
+}  // namespace
+
+uint64_t SplitUnit(const std::vector<int64_t>& shape, uint64_t element_bytes, uint64_t bytes,
+                   uint64_t bucket_bytes) {
+  const uint64_t element = std::max<uint64_t>(1, element_bytes);
+  if (shape.size() < 2 || shape[0] <= 0) return element;
+  const uint64_t row = bytes / static_cast<uint64_t>(shape[0]);
+  if (row == 0) return element;
+  if (row <= bucket_bytes / kSplitRows) return row * kSplitRows;
+  if (row <= bucket_bytes) return row;
+  return element;
+}
+
+absl::StatusOr<UpdatePlan> PlanUpdate(const std::vector<PlanTensor>& tensors, uint64_t bucket_bytes,
+                                      int uploaders) {
+  if (uploaders < 1) return absl::InvalidArgumentError("an update needs at least one uploader GPU");
+  if (bucket_bytes == 0 || bucket_bytes % kSlotAlignment != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bucket_bytes ", bucket_bytes, " must be a positive multiple of ", kSlotAlignment));
+  }
+  UpdatePlan plan;
+  plan.bucket_bytes = bucket_bytes;
+  plan.uploaders = uploaders;
+  plan.upload_bytes.assign(uploaders, 0);
+  Bucket current;
+  for (int i = 0; i < static_cast<int>(tensors.size()); ++i) {
+    const PlanTensor& t = tensors[i];
+    if (AlignUp(t.bytes) > bucket_bytes) {
+      // Pieces of `piece` bytes, each starting a bucket; the last stays open for what follows.
+      const uint64_t unit = std::max<uint64_t>(1, t.split_unit);
+      if (unit > bucket_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': split unit of ",
+                                                       unit, " bytes is larger than a bucket of ",
+                                                       bucket_bytes));
+      }
+      const uint64_t piece = bucket_bytes / unit * unit;
+      for (uint64_t off = 0; off < t.bytes; off += piece) {
+        if (!current.tensors.empty()) plan.buckets.push_back(std::exchange(current, Bucket()));
+        const uint64_t n = std::min(piece, t.bytes - off);
+        current.tensors.push_back({i, 0, n, off});
+        current.used_bytes = AlignUp(n);
+      }
+      plan.total_tensor_bytes += t.bytes;
+      continue;
+    }
+    uint64_t offset = current.used_bytes;
+    if (offset + t.bytes > bucket_bytes) {
+      plan.buckets.push_back(std::move(current));
+      current = Bucket();
+      offset = 0;
+    }
+    current.tensors.push_back({i, offset, t.bytes});
+    current.used_bytes = AlignUp(offset + t.bytes);
+    plan.total_tensor_bytes += t.bytes;
+  }
+  if (!current.tensors.empty()) plan.buckets.push_back(std::move(current));
+  for (size_t i = 0; i < plan.buckets.size(); ++i) {
+    Bucket& b = plan.buckets[i];
+    CutSegments(tensors, uploaders, i, &b);
+    for (const Segment& s : b.segments) {
+      for (const Copy& c : s.copies) plan.upload_bytes[s.uploader] += c.bytes;
+    }
+  }
+  return plan;
+}
+
+}  // namespace ckpt::daemon
