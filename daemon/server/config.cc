@@ -41,18 +41,6 @@ absl::Status CheckHostPort(absl::string_view key, absl::string_view value) {
 
 }  // namespace
 
-absl::string_view BackendName(BackendKind kind) {
-  switch (kind) {
-    case BackendKind::kAuto:
-      return "auto";
-    case BackendKind::kCuda:
-      return "cuda";
-    case BackendKind::kHost:
-      return "host";
-  }
-  return "?";
-}
-
 const std::vector<ConfigKey>& ConfigKeys() {
   static const std::vector<ConfigKey> kKeys = {
       {"listen_unix",

@@ -16,13 +16,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/defaults.h"
+#include "daemon/transfer/backend_kind.h"
 
 namespace ckpt::daemon {
-
-enum class BackendKind { kAuto, kCuda, kHost };
-
-// "auto", "cuda", "host".
-absl::string_view BackendName(BackendKind kind);
 
 // metrics_listen: "9100", ":9100" (127.0.0.1), "HOST:PORT", "[V6]:PORT" -> host and port
 // (0..65535). INVALID_ARGUMENT naming the value.

@@ -23,7 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "daemon/server/config.h"
+#include "daemon/transfer/backend_kind.h"
 #include "daemon/transfer/staging_slots.h"
 #include "daemon/update/update_plan.h"
 #include "gpu/gpu_info.h"
