@@ -17,6 +17,7 @@
 #include "common/scoped_fd.h"
 #include "common/units.h"
 #include "daemon/api/auth.h"
+#include "daemon/cluster/members.h"
 
 namespace ckpt::daemon {
 namespace {
@@ -108,6 +109,18 @@ const std::vector<ConfigKey>& ConfigKeys() {
       {"insecure_tcp", "serve TCP without any authentication (trusted networks only)", "false"},
       {"load_files_dirs",
        "directories under which LoadFiles may open files for TCP callers, comma-separated", ""},
+      {"node_name",
+       "this daemon's name in the cluster (letters, digits, '.', '_', '-'); auto: the host name",
+       "auto"},
+      {"cluster_listen",
+       "HOST:PORT of the Peer API that other members call (TCP); empty: no cluster", ""},
+      {"cluster_members",
+       "the cluster's members: HOST:PORT,HOST:PORT,... or dns:NAME:PORT (A/AAAA records)", ""},
+      {"cluster_token_file",
+       "shared secret of the cluster's members when peers use no TLS, one line, mode 0600", ""},
+      {"cluster_timeout",
+       "deadline of each exchange with a peer and of every collective of a cluster update", "30s"},
+      {"insecure_peers", "accept peers that prove nothing (trusted networks only)", "false"},
   };
   return kKeys;
 }
@@ -208,8 +221,10 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
       uids.push_back(uid);
     }
     config.allowed_uids = std::move(uids);
-  } else if (key == "auto_update" || key == "insecure_tcp") {
-    bool& flag = key == "auto_update" ? config.auto_update : config.insecure_tcp;
+  } else if (key == "auto_update" || key == "insecure_tcp" || key == "insecure_peers") {
+    bool& flag = key == "auto_update"    ? config.auto_update
+                 : key == "insecure_tcp" ? config.insecure_tcp
+                                         : config.insecure_peers;
     if (value == "true") {
       flag = true;
     } else if (value == "false") {
@@ -250,6 +265,33 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
      : key == "tls_key"       ? config.tls_key
      : key == "tls_client_ca" ? config.tls_client_ca
                               : config.auth_tokens_file) = std::string(value);
+  } else if (key == "node_name") {
+    if (value == "auto" || value.empty()) {
+      config.node_name.clear();
+    } else {
+      if (absl::Status s = CheckNodeName(value); !s.ok()) return BadValue(key, value, s.message());
+      config.node_name = std::string(value);
+    }
+  } else if (key == "cluster_listen") {
+    if (!value.empty()) {
+      auto a = ParseListenAddress(value);
+      if (!a.ok()) return BadValue(key, value, a.status().message());
+    }
+    config.cluster_listen = std::string(value);
+  } else if (key == "cluster_members") {
+    auto m = ParseClusterMembers(value);
+    if (!m.ok()) return BadValue(key, value, m.status().message());
+    config.cluster_members = std::string(value);
+  } else if (key == "cluster_token_file") {
+    if (!value.empty() && value[0] != '/') return BadValue(key, value, "must be an absolute path");
+    config.cluster_token_file = std::string(value);
+  } else if (key == "cluster_timeout") {
+    auto d = ParseDuration(value);
+    if (!d.ok()) return BadValue(key, value, d.status().message());
+    if (*d < absl::Seconds(1) || *d > absl::Minutes(10)) {
+      return BadValue(key, value, "must be from 1s to 10m");
+    }
+    config.cluster_timeout = *d;
   } else if (key == "uid_roles") {
     auto parsed = ParseUidRoles(std::string(value));
     if (!parsed.ok()) return BadValue(key, value, parsed.status().message());
@@ -369,10 +411,40 @@ absl::Status ValidateConfig(const Config& config) {
         " would serve anyone: configure tls_client_ca (mTLS) or auth_tokens_file, or set "
         "insecure_tcp = true to serve TCP without authentication (trusted networks only)"));
   }
+  if (!config.cluster_members.empty() && config.cluster_listen.empty()) {
+    return absl::InvalidArgumentError(
+        "config: cluster_members needs cluster_listen (the address of this member's Peer API, "
+        "which the others call)");
+  }
+  if (config.cluster_listen.empty()) {
+    if (!config.cluster_token_file.empty() || config.insecure_peers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config: ", config.insecure_peers ? "insecure_peers" : "cluster_token_file",
+                       " is set but cluster_listen is not: this daemon is in no cluster"));
+    }
+    return absl::OkStatus();
+  }
+  if (config.insecure_peers && !config.cluster_token_file.empty()) {
+    return absl::InvalidArgumentError(
+        "config: insecure_peers and cluster_token_file contradict each other: peers either prove "
+        "the token or prove nothing; remove one");
+  }
+  const bool peer_tls = !config.tls_cert.empty() && !config.tls_client_ca.empty();
+  if (!peer_tls && config.cluster_token_file.empty() && !config.insecure_peers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config: cluster_listen ", config.cluster_listen,
+        " would accept any peer: configure cluster_token_file (a shared secret) or TLS with "
+        "client certificates (tls_cert, tls_key, tls_client_ca), or set insecure_peers = true "
+        "(trusted networks only)"));
+  }
   return absl::OkStatus();
 }
 
 Config ResolveConfig(Config config) {
+  if (config.node_name.empty()) {
+    char host[256] = {};
+    if (::gethostname(host, sizeof(host) - 1) == 0) config.node_name = host;
+  }
   if (config.host_memory_budget == 0) {
     long pages = sysconf(_SC_PHYS_PAGES);
     long page_size = sysconf(_SC_PAGESIZE);
@@ -447,7 +519,14 @@ std::string DescribeConfig(const Config& config) {
       " tls_client_ca=", config.tls_client_ca.empty() ? "none" : config.tls_client_ca,
       " auth_tokens_file=", config.auth_tokens_file.empty() ? "none" : config.auth_tokens_file,
       " insecure_tcp=", config.insecure_tcp ? "true" : "false", " load_files_dirs=",
-      config.load_files_dirs.empty() ? "none" : absl::StrJoin(config.load_files_dirs, ","));
+      config.load_files_dirs.empty() ? "none" : absl::StrJoin(config.load_files_dirs, ","),
+      " node_name=", config.node_name.empty() ? "auto" : config.node_name,
+      " cluster_listen=", config.cluster_listen.empty() ? "off" : config.cluster_listen,
+      " cluster_members=", config.cluster_members.empty() ? "none" : config.cluster_members,
+      " cluster_token_file=",
+      config.cluster_token_file.empty() ? "none" : config.cluster_token_file,
+      " cluster_timeout=", HumanDuration(config.cluster_timeout),
+      " insecure_peers=", config.insecure_peers ? "true" : "false");
 }
 
 }  // namespace ckpt::daemon

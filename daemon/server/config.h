@@ -98,6 +98,19 @@ struct Config {
   // Directories under which LoadFiles may open files for TCP callers (comma-separated absolute
   // paths); empty: LoadFiles over TCP is refused.
   std::vector<std::string> load_files_dirs;
+
+  // The cluster (docs/cluster.md). This daemon's name among the members; "" (auto): the host name.
+  std::string node_name;
+  // "HOST:PORT" of the Peer API (TCP); empty: this daemon is in no cluster.
+  std::string cluster_listen;
+  // The other members: "HOST:PORT,..." or "dns:NAME:PORT" (daemon/cluster/members.h), as written.
+  std::string cluster_members;
+  // A shared secret proving membership when peers use no TLS (daemon/cluster/cluster_token.h).
+  std::string cluster_token_file;
+  // Deadline of each exchange with a peer and of every collective of a cluster update.
+  absl::Duration cluster_timeout = absl::Seconds(30);
+  // Accept peers that prove nothing (trusted networks only; warned at start-up).
+  bool insecure_peers = false;
 };
 
 // One configuration key: its TOML name, flag name ("--" + name with '_' -> '-'), help and default.
@@ -123,7 +136,7 @@ absl::Status ApplyConfigFile(Config& config, const std::string& path);
 absl::Status ValidateConfig(const Config& config);
 
 // Resolves "auto" values against this machine: host_memory_budget 0 becomes half of physical
-// memory.
+// memory; an empty node_name becomes the host name.
 Config ResolveConfig(Config config);
 
 // One line, "key=value ...", for the start-up log.

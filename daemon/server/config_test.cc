@@ -189,6 +189,51 @@ TEST_CASE("--help and --version exit without starting") {
   CHECK(Contains(r->output, "ckpt-engined "));
 }
 
+TEST_CASE("the cluster keys: each value and their relations") {
+  Config c;
+  CHECK(SetConfigValue(c, "node_name", "gpu-node-01").ok());
+  CHECK(c.node_name == "gpu-node-01");
+  CHECK(SetConfigValue(c, "node_name", "auto").ok());
+  CHECK(c.node_name.empty());
+  CHECK_FALSE(ResolveConfig(c).node_name.empty());  // the host name
+  CHECK(Contains(std::string(SetConfigValue(c, "node_name", "a b").message()), "node_name"));
+  CHECK(SetConfigValue(c, "cluster_members", "a:1,b:2").ok());
+  CHECK(Contains(std::string(SetConfigValue(c, "cluster_members", "a:1,a:1").message()),
+                 "listed twice"));
+  CHECK(c.cluster_members == "a:1,b:2");  // unchanged by the bad value
+  CHECK(SetConfigValue(c, "cluster_listen", "[::1]:x").code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(SetConfigValue(c, "cluster_timeout", "0s").code() == absl::StatusCode::kInvalidArgument);
+  CHECK(SetConfigValue(c, "cluster_timeout", "11m").code() == absl::StatusCode::kInvalidArgument);
+  CHECK(SetConfigValue(c, "cluster_token_file", "relative").code() ==
+        absl::StatusCode::kInvalidArgument);
+
+  Config members_alone;
+  REQUIRE(SetConfigValue(members_alone, "cluster_members", "a:1").ok());
+  CHECK(Contains(std::string(ValidateConfig(members_alone).message()), "needs cluster_listen"));
+  Config open;
+  REQUIRE(SetConfigValue(open, "cluster_listen", "0.0.0.0:7071").ok());
+  CHECK(Contains(std::string(ValidateConfig(open).message()), "would accept any peer"));
+  Config with_token = open;
+  REQUIRE(SetConfigValue(with_token, "cluster_token_file", "/etc/ckpt-engine/cluster.token").ok());
+  CHECK(ValidateConfig(with_token).ok());
+  Config insecure = open;
+  REQUIRE(SetConfigValue(insecure, "insecure_peers", "true").ok());
+  CHECK(ValidateConfig(insecure).ok());
+  Config both = with_token;
+  REQUIRE(SetConfigValue(both, "insecure_peers", "true").ok());
+  CHECK(Contains(std::string(ValidateConfig(both).message()), "contradict"));
+  Config token_alone;
+  REQUIRE(SetConfigValue(token_alone, "cluster_token_file", "/x").ok());
+  CHECK(Contains(std::string(ValidateConfig(token_alone).message()), "no cluster"));
+  Config tls = open;
+  REQUIRE(SetConfigValue(tls, "tls_cert", "/c.pem").ok());
+  REQUIRE(SetConfigValue(tls, "tls_key", "/k.pem").ok());
+  CHECK_FALSE(ValidateConfig(tls).ok());  // a server certificate alone proves nothing of peers
+  REQUIRE(SetConfigValue(tls, "tls_client_ca", "/ca.pem").ok());
+  CHECK(ValidateConfig(tls).ok());
+}
+
 TEST_CASE("the example config documents every key and holds the defaults") {
   const char* srcdir = std::getenv("TEST_SRCDIR");
   REQUIRE(srcdir != nullptr);

@@ -150,6 +150,14 @@ mode_t SocketMode(const Authorizer& auth) { return auth.OtherUidsHaveRoles() ? 0
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
+  if (!config.cluster_listen.empty()) {
+    // The keys are checked (ValidateConfig) but the Peer API is not built yet: running alone while
+    // configured as a member would hide that from the operator.
+    return absl::UnimplementedError(absl::StrCat(
+        "cluster_listen ", config.cluster_listen,
+        ": this release has no Peer API yet (the cluster is being built, docs/cluster.md); remove "
+        "cluster_listen and cluster_members to run this daemon alone"));
+  }
   std::unique_ptr<Daemon> d(new Daemon());
   d->gpus_ = gpu::ProbeGpus();
   ASSIGN_OR_RETURN(d->backend_, ResolveBackend(config.backend, d->gpus_));

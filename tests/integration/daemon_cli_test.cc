@@ -177,6 +177,28 @@ TEST_CASE("a TCP listener without authentication refuses to start unless insecur
   CHECK(Contains(r.err, "insecure_tcp"));
 }
 
+TEST_CASE("cluster keys are checked at start-up; a member refuses to run until the Peer API exists") {
+  TempDir dir;
+  auto start = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {Runfile("daemon/ckpt-engined"), "--backend", "host",
+                                      "--listen-unix", dir / "d.sock", "--host-memory-budget",
+                                      "16MiB"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Run(args);
+  };
+  RunResult open = start({"--cluster-listen", "127.0.0.1:0"});
+  CHECK(open.exit.code == 2);
+  CHECK(Contains(open.err, "would accept any peer"));
+  RunResult bad = start({"--cluster-members", "a:1,,b:2"});
+  CHECK(bad.exit.code == 2);
+  CHECK(Contains(bad.err, "cluster_members"));
+  CHECK(Contains(bad.err, "entry 2 is empty"));
+  RunResult member = start({"--cluster-listen", "127.0.0.1:0", "--insecure-peers", "true",
+                            "--cluster-members", "127.0.0.1:7071"});
+  CHECK(member.exit.code == 2);
+  CHECK(Contains(member.err, "no Peer API yet"));
+}
+
 TEST_CASE("CKPT_SOCKET chooses the socket") {
   RunningDaemon d;
   SpawnOptions env;
