@@ -8,6 +8,7 @@
 //     push FILE.safetensors... [--wait] [--version N] [--label L] [--json] [--load-timeout 30m]
 //     drop VERSION
 //     update VERSION|latest [--force] [--json] [--wait-timeout 10m]
+//     cluster [--json]                    the cluster's members (docs/cluster.md)
 //
 // The global options may also come after the command (`ckptctl status --socket PATH`).
 //
@@ -18,6 +19,7 @@
 #include <iostream>
 #include <string>
 
+#include "client/ckptctl/cluster_command.h"
 #include "client/ckptctl/command.h"
 #include "client/ckptctl/drop_command.h"
 #include "client/ckptctl/push_command.h"
@@ -59,12 +61,14 @@ int main(int argc, char** argv) {
   PushArgs push_args;
   DropArgs drop_args;
   UpdateArgs update_args;
+  ClusterArgs cluster_args;
   CLI::App* status_cmd = AddStatusCommand(&app, &status_args);
   CLI::App* versions_cmd = AddVersionsCommand(&app, &versions_args);
   CLI::App* show_cmd = AddShowCommand(&app, &show_args);
   CLI::App* push_cmd = AddPushCommand(&app, &push_args);
   CLI::App* drop_cmd = AddDropCommand(&app, &drop_args);
   CLI::App* update_cmd = AddUpdateCommand(&app, &update_args);
+  CLI::App* cluster_cmd = AddClusterCommand(&app, &cluster_args);
 
   try {
     app.parse(argc, argv);
@@ -97,5 +101,6 @@ int main(int argc, char** argv) {
   if (push_cmd->parsed()) return RunPushCommand(global, push_args);
   if (drop_cmd->parsed()) return RunDropCommand(global, drop_args);
   if (update_cmd->parsed()) return RunUpdateCommand(global, update_args);
+  if (cluster_cmd->parsed()) return RunClusterCommand(global, cluster_args);
   return 2;
 }

@@ -59,7 +59,20 @@ grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::Status
     *response->add_listeners() = l;
   }
   response->set_insecure_tcp(insecure_tcp_);
+  response->set_node_name(node_name_);
+  response->set_cluster_listen(cluster_address_);
+  // Members() takes only the cluster's own lock: never this one.
+  if (cluster_) {
+    for (v1::ClusterMember& m : cluster_()) *response->add_cluster_members() = std::move(m);
+  }
   return grpc::Status::OK;
+}
+
+void AdminService::SetCluster(std::string node_name, std::string address, ClusterView members) {
+  absl::MutexLock lock(&mu_);
+  node_name_ = std::move(node_name);
+  cluster_address_ = std::move(address);
+  cluster_ = std::move(members);
 }
 
 grpc::Status AdminService::ListVersions(grpc::ServerContext* context,

@@ -2,6 +2,7 @@
 #ifndef CKPT_DAEMON_API_ADMIN_SERVICE_H_
 #define CKPT_DAEMON_API_ADMIN_SERVICE_H_
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,10 @@ class AdminService final : public v1::Admin::Service {
 
   void SetListeners(std::vector<v1::ListenerStatus> listeners, bool insecure_tcp)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The cluster's members for Status (set once the Peer API serves; unset: no cluster).
+  using ClusterView = std::function<std::vector<v1::ClusterMember>()>;
+  void SetCluster(std::string node_name, std::string address, ClusterView members)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::Status Status(grpc::ServerContext* context, const v1::StatusRequest* request,
                       v1::StatusResponse* response) override ABSL_LOCKS_EXCLUDED(mu_);
@@ -59,6 +64,9 @@ class AdminService final : public v1::Admin::Service {
   absl::Mutex mu_;
   std::vector<v1::ListenerStatus> listeners_ ABSL_GUARDED_BY(mu_);
   bool insecure_tcp_ ABSL_GUARDED_BY(mu_) = false;
+  std::string node_name_ ABSL_GUARDED_BY(mu_);
+  std::string cluster_address_ ABSL_GUARDED_BY(mu_);
+  ClusterView cluster_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ckpt::daemon

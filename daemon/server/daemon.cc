@@ -3,6 +3,7 @@
 #include <cuda_runtime_api.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -16,6 +17,9 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/units.h"
+#include "common/version.h"
+#include "daemon/cluster/cluster_token.h"
+#include "daemon/cluster/members.h"
 #include "daemon/server/backend.h"
 #include "daemon/server/grpc_log.h"
 #include "daemon/server/systemd_notify.h"
@@ -150,14 +154,6 @@ mode_t SocketMode(const Authorizer& auth) { return auth.OtherUidsHaveRoles() ? 0
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
-  if (!config.cluster_listen.empty()) {
-    // The keys are checked (ValidateConfig) but the Peer API is not built yet: running alone while
-    // configured as a member would hide that from the operator.
-    return absl::UnimplementedError(absl::StrCat(
-        "cluster_listen ", config.cluster_listen,
-        ": this release has no Peer API yet (the cluster is being built, docs/cluster.md); remove "
-        "cluster_listen and cluster_members to run this daemon alone"));
-  }
   std::unique_ptr<Daemon> d(new Daemon());
   d->gpus_ = gpu::ProbeGpus();
   ASSIGN_OR_RETURN(d->backend_, ResolveBackend(config.backend, d->gpus_));
@@ -310,6 +306,43 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     sources.backend = d->backend_;
     sources.gpus = d->gpus_.gpus;
     ASSIGN_OR_RETURN(d->metrics_, MetricsServer::Start(config.metrics_listen, std::move(sources)));
+  }
+  if (!config.cluster_listen.empty()) {
+    ClusterOptions cluster;
+    cluster.node_name = config.node_name;
+    cluster.listen = config.cluster_listen;
+    ASSIGN_OR_RETURN(cluster.members, ParseClusterMembers(config.cluster_members));
+    cluster.insecure = config.insecure_peers;
+    cluster.timeout = config.cluster_timeout;
+    if (!config.insecure_peers) {
+      if (config.cluster_token_file.empty()) {
+        return absl::UnimplementedError(
+            "cluster_listen: peers authenticated by TLS certificates are not built yet; set "
+            "cluster_token_file (a shared secret) for now");
+      }
+      ASSIGN_OR_RETURN(cluster.token, ReadClusterToken(config.cluster_token_file));
+    }
+    if (absl::Status s = CheckNodeName(cluster.node_name); !s.ok()) {
+      return Annotate(s, "node_name (auto: the host name; set node_name explicitly)");
+    }
+    auto self = [store = d->store_.get(), engine = d->engine_.get(), backend = d->backend_,
+                 gpus = d->gpus_.gpus]() {
+      v1::HelloResponse r;
+      r.set_release(kVersion);
+      r.set_backend(std::string(BackendName(backend)));
+      if (backend == BackendKind::kCuda) {
+        for (const gpu::GpuInfo& g : gpus) r.add_gpu_uuids(g.uuid);
+      }
+      for (const v1::VersionInfo& v : store->List()) {
+        if (v.state() == v1::VERSION_STATE_COMMITTED) r.add_versions(v.version());
+      }
+      std::sort(r.mutable_versions()->begin(), r.mutable_versions()->end());
+      r.set_workers(static_cast<uint32_t>(engine->Workers().size()));
+      return r;
+    };
+    ASSIGN_OR_RETURN(d->cluster_, Cluster::Start(std::move(cluster), std::move(self)));
+    d->admin_->SetCluster(config.node_name, d->cluster_->address(),
+                          [c = d->cluster_.get()] { return c->Members(); });
   }
   d->config_ = config;
   d->PublishListeners();
@@ -481,6 +514,8 @@ Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 std::string Daemon::store_note() const { return StoreNote(store_->GetUsage()); }
 
 void Daemon::Shutdown(absl::Duration grace) {
+  // First the cluster: the other members hear that this one leaves (within a second).
+  if (cluster_ != nullptr) cluster_->Stop(absl::Now() + std::min(grace, absl::Seconds(1)));
   // Warm-up stops between two pieces (a cudaHostRegister already begun runs to its end).
   if (store_ != nullptr) store_->StopWarmUp();
   // Cancel a running update and end the workers' streams (Detached) before the server waits for

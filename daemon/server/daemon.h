@@ -17,6 +17,7 @@
 #include "daemon/api/consumer_service.h"
 #include "daemon/api/stream_watchdog.h"
 #include "daemon/api/trainer_service.h"
+#include "daemon/cluster/cluster.h"
 #include "daemon/server/config.h"
 #include "daemon/server/local_listener.h"
 #include "daemon/server/metrics.h"
@@ -98,6 +99,8 @@ class Daemon {
   std::unique_ptr<ConsumerService> consumer_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsServer> metrics_;  // reads the store and the engine: stopped in Shutdown
+  // Its Hello answers read the store and the engine: declared last, so it goes first.
+  std::unique_ptr<Cluster> cluster_;
 
   absl::Mutex reaper_mu_;
   bool stopping_ ABSL_GUARDED_BY(reaper_mu_) = false;

@@ -169,20 +169,20 @@ TEST_CASE("TCP listening on port 0 reports the chosen port and serves ckptctl --
 TEST_CASE("a TCP listener without authentication refuses to start unless insecure_tcp is set") {
   // Finding 2 of the security review: TCP served anyone. Now it is refused at start-up.
   TempDir dir;
-  RunResult r = Run({Runfile("daemon/ckpt-engined"), "--backend", "host", "--listen-unix",
-                     dir / "d.sock", "--host-memory-budget", "16MiB", "--listen-tcp",
-                     "127.0.0.1:0"});
+  RunResult r =
+      Run({Runfile("daemon/ckpt-engined"), "--backend", "host", "--listen-unix", dir / "d.sock",
+           "--host-memory-budget", "16MiB", "--listen-tcp", "127.0.0.1:0"});
   CHECK(r.exit.code == 2);
   CHECK(Contains(r.err, "would serve anyone"));
   CHECK(Contains(r.err, "insecure_tcp"));
 }
 
-TEST_CASE("cluster keys are checked at start-up; a member refuses to run until the Peer API exists") {
+TEST_CASE("cluster keys and the cluster token file are checked at start-up") {
   TempDir dir;
   auto start = [&](std::vector<std::string> extra) {
-    std::vector<std::string> args = {Runfile("daemon/ckpt-engined"), "--backend", "host",
-                                      "--listen-unix", dir / "d.sock", "--host-memory-budget",
-                                      "16MiB"};
+    std::vector<std::string> args = {
+        Runfile("daemon/ckpt-engined"), "--backend", "host", "--listen-unix", dir / "d.sock",
+        "--host-memory-budget",         "16MiB"};
     args.insert(args.end(), extra.begin(), extra.end());
     return Run(args);
   };
@@ -193,10 +193,13 @@ TEST_CASE("cluster keys are checked at start-up; a member refuses to run until t
   CHECK(bad.exit.code == 2);
   CHECK(Contains(bad.err, "cluster_members"));
   CHECK(Contains(bad.err, "entry 2 is empty"));
-  RunResult member = start({"--cluster-listen", "127.0.0.1:0", "--insecure-peers", "true",
-                            "--cluster-members", "127.0.0.1:7071"});
-  CHECK(member.exit.code == 2);
-  CHECK(Contains(member.err, "no Peer API yet"));
+  const std::string token = dir / "token";
+  std::ofstream(token) << std::string(40, 't') << "\n";
+  REQUIRE(::chmod(token.c_str(), 0644) == 0);
+  RunResult readable = start({"--cluster-listen", "127.0.0.1:0", "--cluster-token-file", token});
+  CHECK(readable.exit.code == 2);
+  CHECK(Contains(readable.err, "chmod 600"));
+  CHECK_FALSE(Contains(readable.err, std::string(40, 't')));  // the secret is never printed
 }
 
 TEST_CASE("CKPT_SOCKET chooses the socket") {
@@ -259,7 +262,7 @@ TEST_CASE("ckptctl usage errors exit 2") {
 
 // Issue 10 point 9: an unknown command is named, with the commands there are.
 TEST_CASE("ckptctl names an unknown command and lists the commands") {
-  const std::string commands = "commands: status, versions, show, push, drop, update";
+  const std::string commands = "commands: status, versions, show, push, drop, update, cluster";
   RunResult r = Run({Ctl(), "bogus"});
   CHECK(r.exit.code == 2);
   CHECK(r.err == "ckptctl: unknown command 'bogus'; " + commands + " (see ckptctl --help)\n");
