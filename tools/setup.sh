@@ -17,8 +17,8 @@ PACKAGES=(
   libsystemd-dev libnuma-dev libxxhash-dev
   # metrics over HTTP (metrics_listen)
   libcpp-httplib-dev
-  # TLS certificates for the authentication tests
-  openssl
+  # TLS certificates for the authentication tests; OpenSSL's libcrypto (HMAC of the Peer API)
+  openssl libssl-dev
   # Python client tests (tests/python, run by /usr/bin/python3): numpy and torch
   python3-numpy python3-torch
   # fuzzing

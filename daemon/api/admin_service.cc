@@ -53,6 +53,15 @@ grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::Status
   for (v1::WorkerStatus& w : engine_->Workers()) *response->add_workers() = std::move(w);
   if (auto last = engine_->LastUpdate(); last.has_value()) *response->mutable_last_update() = *last;
   response->set_attached_workers(response->workers_size());
+  ClusterView cluster;
+  {
+    absl::MutexLock lock(&mu_);
+    cluster = cluster_;
+  }
+  // Outside this service's lock: Members() asks the store and the engine.
+  if (cluster) {
+    for (v1::ClusterMember& m : cluster()) *response->add_cluster_members() = std::move(m);
+  }
   absl::MutexLock lock(&mu_);
   for (const v1::ListenerStatus& l : listeners_) {
     response->add_listen_addresses(l.address());
@@ -61,10 +70,6 @@ grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::Status
   response->set_insecure_tcp(insecure_tcp_);
   response->set_node_name(node_name_);
   response->set_cluster_listen(cluster_address_);
-  // Members() takes only the cluster's own lock: never this one.
-  if (cluster_) {
-    for (v1::ClusterMember& m : cluster_()) *response->add_cluster_members() = std::move(m);
-  }
   return grpc::Status::OK;
 }
 

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/resource_quota.h>
 #include <netdb.h>
 
 #include <algorithm>
@@ -12,18 +13,11 @@
 #include "common/message_text.h"
 #include "common/random_id.h"
 #include "common/status_macros.h"
+#include "daemon/cluster/peer_proof.h"
 #include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
 namespace {
-
-// Compares without stopping at the first difference (the secret's length is not secret).
-bool SameSecret(absl::string_view a, absl::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
 
 const char* CodeName(grpc::StatusCode code) {
   switch (code) {
@@ -56,20 +50,18 @@ class Cluster::PeerService final : public v1::Peer::Service {
                      v1::HelloResponse* response) override {
     const ClusterOptions& o = cluster_->options_;
     if (!o.insecure) {
-      const auto& metadata = context->client_metadata();
-      auto it = metadata.find("authorization");
-      if (it == metadata.end()) {
-        Refused(context, "presented no cluster token");
+      if (request->proof().empty() || request->nonce().size() != kPeerNonceBytes) {
+        Refused(context, "proved no cluster token");
         return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                            "no cluster token presented: this member needs the cluster's secret "
+                            "no proof of the cluster token: this member needs the cluster's secret "
                             "(cluster_token_file)");
       }
-      const absl::string_view value(it->second.data(), it->second.size());
-      if (!absl::StartsWith(value, "Bearer ") || !SameSecret(value.substr(7), o.token)) {
-        Refused(context, "presented a wrong cluster token");
-        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                            absl::StrCat("the cluster token does not match member '", o.node_name,
-                                         "''s cluster_token_file"));
+      if (!SameProof(request->proof(), RequestProof(o.token, *request))) {
+        Refused(context, "proved a wrong cluster token");
+        return grpc::Status(
+            grpc::StatusCode::UNAUTHENTICATED,
+            absl::StrCat("the cluster token does not match the cluster_token_file of member '",
+                         o.node_name, "'"));
       }
     }
     const uint32_t theirs = request->protocol_version();
@@ -82,16 +74,17 @@ class Cluster::PeerService final : public v1::Peer::Service {
     if (request->instance() != cluster_->instance_ && request->node_name() == o.node_name) {
       return grpc::Status(
           grpc::StatusCode::FAILED_PRECONDITION,
-          absl::StrCat("node_name '", QuoteForMessage(request->node_name(), 64),
-                       "' is this member's own name: every member needs a node_name of its own"));
+          absl::StrCat("node_name ", QuoteForMessage(request->node_name(), 64),
+                       " is this member's own name: every member needs a node_name of its own"));
     }
-    if (request->leaving()) cluster_->MarkLeft(request->node_name());
+    if (request->leaving()) cluster_->MarkLeft(request->node_name(), request->instance());
     *response = cluster_->self_();
     response->set_protocol_version(kPeerProtocolVersion);
     response->set_node_name(o.node_name);
     response->set_instance(cluster_->instance_);
     absl::MutexLock lock(&cluster_->mu_);
     response->set_leaving(cluster_->stopping_);
+    if (!o.insecure) response->set_proof(ResponseProof(o.token, request->nonce(), *response));
     return grpc::Status::OK;
   }
 
@@ -126,6 +119,12 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options, 
   builder.AddListeningPort(c->options_.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(c->service_.get());
   builder.SetMaxReceiveMessageSize(64 << 10);  // a HelloRequest is a few hundred bytes
+  // A second daemon on the same port must fail to bind, not share the Peer traffic.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 16);
+  grpc::ResourceQuota quota("ckpt-engined-peer");
+  quota.SetMaxThreads(32);
+  builder.SetResourceQuota(quota);
   c->server_ = builder.BuildAndStart();
   if (c->server_ == nullptr || port == 0) {
     return absl::UnavailableError(absl::StrCat("cluster_listen ", c->options_.listen,
@@ -161,7 +160,8 @@ void Cluster::Stop(absl::Time deadline) {
     stopped_ = true;
     stopping_ = true;
   }
-  if (thread_.joinable()) thread_.join();
+  if (thread_.joinable()) thread_.join();  // its round ends at once (cancelled)
+  if (server_ == nullptr) return;          // Start failed before serving
   Round(/*leaving=*/true, deadline);
   if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(deadline));
 }
@@ -207,7 +207,14 @@ void Cluster::Loop() {
 
 void Cluster::Round(bool leaving, absl::Time deadline) {
   std::string resolve_error;
-  const std::vector<PeerAddress> addresses = Resolve(&resolve_error);
+  std::vector<PeerAddress> addresses;
+  if (!leaving) {
+    addresses = Resolve(&resolve_error);
+  } else {
+    // The goodbye goes to the members known now: no DNS lookup (no deadline) while stopping.
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, m] : members_) addresses.push_back(m.address);
+  }
   struct Call {
     std::string address;
     grpc::ClientContext context;
@@ -218,8 +225,11 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
   std::vector<std::unique_ptr<Call>> calls;
   {
     absl::MutexLock lock(&mu_);
-    resolve_error_ = resolve_error;
-    if (resolve_error.empty() && !options_.members.dns_name.empty()) {
+    if (!leaving) resolve_error_ = resolve_error;
+    if (!resolve_error.empty()) {
+      // DNS failed this round: keep calling the members known so far (their states stay true).
+      for (const auto& [key, m] : members_) addresses.push_back(m.address);
+    } else if (!leaving && !options_.members.dns_name.empty()) {
       // Members whose records are gone are gone (a headless Service drops pods that are not ready).
       std::set<std::string> now;
       for (const PeerAddress& a : addresses) now.insert(a.ToString());
@@ -232,9 +242,17 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       Member& m = members_[key];
       if (m.stub == nullptr) {
         grpc::ChannelArguments args;
-        args.SetMaxReceiveMessageSize(4 << 20);
+        args.SetMaxReceiveMessageSize(64 << 10);  // a HelloResponse is small (fields capped below)
+        // A member that restarts is seen within a round or two, not after gRPC's default backoff
+        // of up to 120 s.
+        const int backoff_ms =
+            static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(options_.interval), 5000));
+        args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::max(100, backoff_ms / 2));
+        args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::max(100, backoff_ms / 2));
+        args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(200, backoff_ms));
         m.stub = v1::Peer::NewStub(
             grpc::CreateCustomChannel(key, grpc::InsecureChannelCredentials(), args));
+        m.address = a;
         m.shown.set_address(key);
         m.shown.set_state("unreachable");
         m.shown.set_error("not called yet");
@@ -250,8 +268,11 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       call->request.set_leaving(leaving);
       call->context.set_deadline(
           absl::ToChronoTime(std::min(deadline, absl::Now() + options_.timeout)));
-      if (!options_.insecure)
-        call->context.AddMetadata("authorization", "Bearer " + options_.token);
+      if (!options_.insecure) {
+        // The secret itself never travels: a proof over a fresh nonce and this request.
+        call->request.set_nonce(PeerNonce());
+        call->request.set_proof(RequestProof(options_.token, call->request));
+      }
       calls.push_back(std::move(call));
     }
   }
@@ -273,11 +294,30 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
                          });
   }
   {
-    absl::MutexLock lock(&calls_mu);
+    // Every call has its deadline; a round that is not the goodbye also ends at once when the
+    // daemon stops (its calls cancelled), so Stop never waits for a slow member.
+    const absl::Time limit = absl::Now() + options_.timeout + absl::Seconds(5);
     auto done = [&pending]() { return pending == 0; };
-    if (!calls_mu.AwaitWithTimeout(absl::Condition(&done), options_.timeout + absl::Seconds(5))) {
+    bool cancel = false;
+    for (;;) {
+      {
+        absl::MutexLock lock(&calls_mu);
+        if (calls_mu.AwaitWithTimeout(absl::Condition(&done), absl::Milliseconds(100))) break;
+      }
+      bool stopping;
+      {
+        absl::MutexLock lock(&mu_);
+        stopping = stopping_;
+      }
+      if ((!leaving && stopping) || absl::Now() > limit) {
+        cancel = true;
+        break;
+      }
+    }
+    if (cancel) {
       for (auto& call : calls) call->context.TryCancel();
       // A cancelled call completes promptly; its callback must run before the Call goes.
+      absl::MutexLock lock(&calls_mu);
       calls_mu.Await(absl::Condition(&done));
     }
   }
@@ -288,18 +328,46 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
     v1::ClusterMember& shown = it->second.shown;
     if (call->status.ok()) {
       const v1::HelloResponse& r = call->response;
+      if (!options_.insecure &&
+          !SameProof(r.proof(), ResponseProof(options_.token, call->request.nonce(), r))) {
+        // Whoever answered there does not hold the secret (a stale address, a spoofed name): it
+        // is told nothing it could not learn already, and believed in nothing.
+        if (shown.state() != "refused") {
+          spdlog::warn("cluster: the answer from {} carries no valid proof of the cluster token",
+                       call->address);
+        }
+        shown.set_state("refused");
+        shown.set_error(
+            "its answer does not prove the cluster token (not a member, or another "
+            "cluster's)");
+        continue;
+      }
       if (r.instance() == instance_) {
         shown.set_state("self");  // this daemon's own address is in the list
         continue;
       }
+      if (absl::Status bad = CheckNodeName(r.node_name()); !bad.ok()) {
+        shown.set_state("refused");
+        shown.set_error(absl::StrCat("it answered with an invalid name: ", bad.message()));
+        continue;
+      }
+      if (r.instance() == it->second.left_instance && !r.leaving()) {
+        continue;  // an answer sent before that process said goodbye: it stays left
+      }
       const bool first = shown.state() != "up";
       shown.set_node_name(r.node_name());
       shown.set_state(r.leaving() ? "left" : "up");
+      if (r.leaving()) it->second.left_instance = r.instance();
       shown.clear_error();
-      *shown.mutable_gpu_uuids() = r.gpu_uuids();
-      *shown.mutable_versions() = r.versions();
+      // Bounded: what a member says about itself is shown, not trusted to be small.
+      shown.clear_gpu_uuids();
+      for (int i = 0; i < std::min(r.gpu_uuids_size(), 64); ++i) {
+        shown.add_gpu_uuids(EscapeForMessage(r.gpu_uuids(i), 64));
+      }
+      shown.clear_versions();
+      for (int i = 0; i < std::min(r.versions_size(), 1024); ++i) shown.add_versions(r.versions(i));
       shown.set_workers(r.workers());
-      shown.set_release(r.release());
+      shown.set_release(EscapeForMessage(r.release(), 64));
       shown.set_last_seen_unix_ms(absl::ToUnixMillis(absl::Now()));
       if (first && !leaving) {
         spdlog::info("cluster: member '{}' at {} is up ({} GPUs)", r.node_name(), call->address,
@@ -312,7 +380,9 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
         code == grpc::StatusCode::UNAUTHENTICATED || code == grpc::StatusCode::PERMISSION_DENIED ||
         code == grpc::StatusCode::FAILED_PRECONDITION || code == grpc::StatusCode::UNIMPLEMENTED ||
         code == grpc::StatusCode::INVALID_ARGUMENT;
-    const std::string error = absl::StrCat(CodeName(code), ": ", call->status.error_message());
+    // The peer's message is its text: quoted and cut before it reaches logs and Status.
+    const std::string error =
+        absl::StrCat(CodeName(code), ": ", EscapeForMessage(call->status.error_message(), 200));
     if (!refused && shown.state() == "left") continue;  // it said it was stopping
     const std::string state = refused ? "refused" : "unreachable";
     if (shown.state() != state || shown.error() != error) {
@@ -327,12 +397,13 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
   }
 }
 
-void Cluster::MarkLeft(const std::string& node_name) {
+void Cluster::MarkLeft(const std::string& node_name, const std::string& instance) {
   absl::MutexLock lock(&mu_);
   for (auto& [address, m] : members_) {
     if (m.shown.node_name() == node_name && m.shown.state() != "self") {
       m.shown.set_state("left");
       m.shown.clear_error();
+      m.left_instance = instance;
       spdlog::info("cluster: member '{}' at {} left", node_name, address);
     }
   }

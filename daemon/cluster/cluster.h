@@ -73,8 +73,12 @@ class Cluster {
  private:
   class PeerService;
   struct Member {
+    PeerAddress address;
     v1::ClusterMember shown;
     std::unique_ptr<v1::Peer::Stub> stub;
+    // The process that said goodbye from this address: its late answers do not make it up again
+    // (a restarted member has another instance id).
+    std::string left_instance;
   };
 
   Cluster(ClusterOptions options, SelfInfo self);
@@ -83,8 +87,8 @@ class Cluster {
   // `deadline`), record the answers. `leaving`: tell the members that are up that this one stops.
   void Round(bool leaving, absl::Time deadline);
   std::vector<PeerAddress> Resolve(std::string* error) const;
-  // From the Peer service: a member said it is leaving.
-  void MarkLeft(const std::string& node_name);
+  // From the Peer service: the member `node_name` (process `instance`) said it is leaving.
+  void MarkLeft(const std::string& node_name, const std::string& instance);
 
   const ClusterOptions options_;
   const SelfInfo self_;

@@ -18,6 +18,15 @@ bool IsIpv4(const std::string& s) {
   return ::inet_pton(AF_INET, s.c_str(), &a) == 1;
 }
 
+// A decimal port: digits only (SimpleAtoi would take "+80" and " 80").
+bool ParsePort(absl::string_view text, int min_port, int* port) {
+  if (text.empty() || text.size() > 5) return false;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+  }
+  return absl::SimpleAtoi(text, port) && *port >= min_port && *port <= 65535;
+}
+
 bool IsIpv6(const std::string& s) {
   in6_addr a;
   return ::inet_pton(AF_INET6, s.c_str(), &a) == 1;
@@ -52,12 +61,11 @@ absl::StatusOr<PeerAddress> ParseHostPort(absl::string_view text, int min_port) 
           absl::StrCat(shown, ": an IPv6 address goes in brackets, e.g. [fd00::1]:7071"));
     }
     if (!IsIpv4(a.host) && !ValidHostName(a.host)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(shown, ": '", QuoteForMessage(a.host, 80),
-                       "' is neither an IPv4 address nor a host name"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          shown, ": ", QuoteForMessage(a.host, 80), " is neither an IPv4 address nor a host name"));
     }
   }
-  if (!absl::SimpleAtoi(port, &a.port) || a.port < min_port || a.port > 65535) {
+  if (!ParsePort(port, min_port, &a.port)) {
     return absl::InvalidArgumentError(
         absl::StrCat(shown, ": the port must be a number from ", min_port, " to 65535"));
   }
@@ -123,8 +131,7 @@ absl::StatusOr<ClusterMembers> ParseClusterMembers(absl::string_view text) {
       return absl::InvalidArgumentError(
           absl::StrCat("dns:", QuoteForMessage(members.dns_name, 80), ": not a valid DNS name"));
     }
-    if (!absl::SimpleAtoi(text.substr(colon + 1), &members.dns_port) || members.dns_port < 1 ||
-        members.dns_port > 65535) {
+    if (!ParsePort(text.substr(colon + 1), 1, &members.dns_port)) {
       return absl::InvalidArgumentError("dns:NAME:PORT: the port must be a number from 1 to 65535");
     }
     return members;

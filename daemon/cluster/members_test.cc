@@ -9,6 +9,7 @@
 #include <string>
 
 #include "daemon/cluster/cluster_token.h"
+#include "daemon/cluster/peer_proof.h"
 
 namespace ckpt::daemon {
 namespace {
@@ -58,6 +59,9 @@ TEST_CASE("bad member lists name the entry and what is wrong") {
   CHECK(Contains(Error("node-1:0"), "from 1 to 65535"));  // port 0 cannot be dialled
   CHECK(Contains(Error("node-1:99999"), "from 1 to 65535"));
   CHECK(Contains(Error("node-1:12ab"), "from 1 to 65535"));
+  CHECK(Contains(Error("node-1:+80"), "from 1 to 65535"));  // digits only
+  CHECK(Contains(Error("node-1:0080000"), "from 1 to 65535"));
+  CHECK(Contains(Error("dns:ok.svc:+80"), "1 to 65535"));
   CHECK(Contains(Error("fd00::1:7071"), "brackets"));
   CHECK(Contains(Error("[fd00::1]7071"), "brackets"));
   CHECK(Contains(Error("[not-v6]:7071"), "not an IPv6 address"));
@@ -154,6 +158,51 @@ TEST_CASE("the cluster token file") {
     check(dir.Write("big", std::string(5000, 'k'), 0600), "at most 4096", C::kInvalidArgument);
     check(dir.Write("long", std::string(1025, 'k'), 0600), "1025 characters", C::kInvalidArgument);
   }
+}
+
+TEST_CASE("peer proofs bind the secret, the nonce and every field") {
+  const std::string secret(40, 's');
+  v1::HelloRequest r;
+  r.set_protocol_version(1);
+  r.set_node_name("alpha");
+  r.set_cluster_listen("10.0.0.1:7071");
+  r.set_instance("abc");
+  r.set_nonce(PeerNonce());
+  CHECK(r.nonce().size() == kPeerNonceBytes);
+  CHECK(PeerNonce() != r.nonce());
+  const std::string proof = RequestProof(secret, r);
+  CHECK(proof.size() == 32);  // HMAC-SHA256
+  CHECK(SameProof(proof, RequestProof(secret, r)));
+  CHECK_FALSE(SameProof(proof, RequestProof(std::string(40, 't'), r)));
+  CHECK_FALSE(SameProof("", ""));
+  for (int field = 0; field < 5; ++field) {
+    v1::HelloRequest changed = r;
+    if (field == 0) changed.set_node_name("alphb");
+    if (field == 1) changed.set_leaving(true);
+    if (field == 2) changed.set_instance("abd");
+    if (field == 3) changed.set_nonce(PeerNonce());
+    if (field == 4) changed.set_cluster_listen("10.0.0.1:7072");
+    INFO("field " << field);
+    CHECK_FALSE(SameProof(proof, RequestProof(secret, changed)));
+  }
+  // Length-prefixed fields: moving bytes between two fields changes the proof.
+  v1::HelloRequest shifted = r;
+  shifted.set_node_name("alph");
+  shifted.set_cluster_listen("a10.0.0.1:7071");
+  CHECK_FALSE(SameProof(proof, RequestProof(secret, shifted)));
+
+  v1::HelloResponse a;
+  a.set_node_name("beta");
+  a.add_versions(7);
+  const std::string answer = ResponseProof(secret, r.nonce(), a);
+  CHECK(SameProof(answer, ResponseProof(secret, r.nonce(), a)));
+  CHECK_FALSE(SameProof(answer, ResponseProof(secret, PeerNonce(), a)));  // not replayable
+  v1::HelloResponse more = a;
+  more.add_versions(8);
+  CHECK_FALSE(SameProof(answer, ResponseProof(secret, r.nonce(), more)));
+  v1::HelloResponse gone = a;
+  gone.set_leaving(true);
+  CHECK_FALSE(SameProof(answer, ResponseProof(secret, r.nonce(), gone)));
 }
 
 }  // namespace

@@ -28,18 +28,24 @@ bool Contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
 
-// A port free right now on 127.0.0.1 (the kernel picks it; the daemon binds it a moment later).
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in a = {};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
-  socklen_t len = sizeof(a);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
+// `n` distinct ports free right now on 127.0.0.1 (the kernel picks them, all held until every one
+// is chosen; each daemon binds its own a moment later).
+std::vector<int> FreePorts(int n) {
+  std::vector<int> fds, ports;
+  for (int i = 0; i < n; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a = {};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+    socklen_t len = sizeof(a);
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    fds.push_back(fd);
+    ports.push_back(ntohs(a.sin_port));
+  }
+  for (int fd : fds) ::close(fd);
+  return ports;
 }
 
 std::string WriteToken(const TempDir& dir, const std::string& name, const std::string& secret) {
@@ -106,9 +112,10 @@ TEST_CASE("three members see each other, then one killed and one stopped") {
   const std::string token = WriteToken(dir, "token", std::string(48, 's'));
   std::vector<Member> m(3);
   std::vector<std::string> addresses;
+  const std::vector<int> ports = FreePorts(3);
   for (int i = 0; i < 3; ++i) {
     m[i].name = "node-" + std::to_string(i);
-    m[i].address = "127.0.0.1:" + std::to_string(FreePort());
+    m[i].address = "127.0.0.1:" + std::to_string(ports[i]);
     addresses.push_back(m[i].address);
   }
   // Every member gets the same list, its own address included (it recognizes itself).
@@ -157,11 +164,15 @@ TEST_CASE("three members see each other, then one killed and one stopped") {
   }
   // SIGTERM: a clean stop says goodbye; the last member shows it as left, not unreachable.
   m[1].daemon->proc->Signal(SIGTERM);
+  const auto stop_started = std::chrono::steady_clock::now();
   REQUIRE(m[1].daemon->proc->Wait(20s).exited);
-  nlohmann::json j = Cluster(*m[0].daemon);
-  CHECK(StateAt(j, m[1].address) == "left");
-  // And it stays left while it does not answer.
-  std::this_thread::sleep_for(3s);
+  // The goodbye does not wait for node-2, which no longer answers (its calls are not awaited).
+  CHECK(std::chrono::steady_clock::now() - stop_started < 8s);
+  WaitFor(
+      *m[0].daemon, [&](const nlohmann::json& j) { return StateAt(j, m[1].address) == "left"; },
+      10s, "node-0 sees node-1 left");
+  // And it stays left while it does not answer (rounds every 2 s, calls time out after 2 s).
+  std::this_thread::sleep_for(5s);
   CHECK(StateAt(Cluster(*m[0].daemon), m[1].address) == "left");
 }
 
@@ -169,9 +180,10 @@ TEST_CASE("a member with another secret or a duplicate name is refused, saying w
   TempDir dir;
   const std::string good = WriteToken(dir, "good", std::string(40, 'g'));
   const std::string bad = WriteToken(dir, "bad", std::string(40, 'b'));
-  const std::string a = "127.0.0.1:" + std::to_string(FreePort());
-  const std::string b = "127.0.0.1:" + std::to_string(FreePort());
-  const std::string c = "127.0.0.1:" + std::to_string(FreePort());
+  const std::vector<int> ports = FreePorts(3);
+  const std::string a = "127.0.0.1:" + std::to_string(ports[0]);
+  const std::string b = "127.0.0.1:" + std::to_string(ports[1]);
+  const std::string c = "127.0.0.1:" + std::to_string(ports[2]);
   const std::string list = a + "," + b + "," + c;
   auto first = StartMember("alpha", a, list, good);
   auto intruder = StartMember("beta", b, list, bad);
