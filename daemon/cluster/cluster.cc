@@ -17,30 +17,7 @@
 #include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
-namespace {
-
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    default:
-      return "ERROR";
-  }
-}
-
-}  // namespace
+namespace {}  // namespace
 
 class Cluster::PeerService final : public v1::Peer::Service {
  public:
@@ -382,7 +359,8 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
         code == grpc::StatusCode::INVALID_ARGUMENT;
     // The peer's message is its text: quoted and cut before it reaches logs and Status.
     const std::string error =
-        absl::StrCat(CodeName(code), ": ", EscapeForMessage(call->status.error_message(), 200));
+        absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(code)), ": ",
+                     EscapeForMessage(call->status.error_message(), 200));
     if (!refused && shown.state() == "left") continue;  // it said it was stopping
     const std::string state = refused ? "refused" : "unreachable";
     if (shown.state() != state || shown.error() != error) {
