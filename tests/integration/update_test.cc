@@ -675,6 +675,19 @@ TEST_CASE("an update asked for the version being sent joins it and returns its o
   RunResult other = d.Ctl({"update", std::to_string(version), "--force"});
   CHECK(other.exit.code == 1);
   CHECK(Contains(other.err, "an update to version " + std::to_string(version) + " is running"));
+  // Both requests must have joined before the update may end: otherwise one that arrives late
+  // (ckptctl is a process of its own) would start a fresh update after the worker has gone.
+  REQUIRE(WaitUntil(
+      [&] {
+        const std::string err = d.proc->Stderr();
+        size_t count = 0;
+        for (size_t at = err.find("joining it"); at != std::string::npos;
+             at = err.find("joining it", at + 1)) {
+          ++count;
+        }
+        return count >= 2;
+      },
+      20s));
   {
     std::ofstream(go.c_str()) << "go";
   }
