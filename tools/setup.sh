@@ -19,6 +19,8 @@ PACKAGES=(
   libcpp-httplib-dev
   # TLS certificates for the authentication tests; OpenSSL's libcrypto (HMAC of the Peer API)
   openssl libssl-dev
+  # the host backend's collectives between cluster members
+  libgloo-dev
   # Python client tests (tests/python, run by /usr/bin/python3): numpy and torch
   python3-numpy python3-torch
   # fuzzing

@@ -26,7 +26,8 @@ nlohmann::json UpdateJson(const v1::UpdateResponse& u) {
                        {"skipped", w.skipped()},
                        {"error", w.error()},
                        {"tensors", w.tensors()},
-                       {"bytes", w.bytes()}});
+                       {"bytes", w.bytes()},
+                       {"node_name", w.node_name()}});
   }
   return {{"version", u.version()},
           {"seconds", u.seconds()},
@@ -65,7 +66,9 @@ std::string UpdateText(const v1::UpdateResponse& u) {
                                     u.finish_seconds()));
   }
   for (const v1::WorkerResult& w : u.workers()) {
-    absl::StrAppend(&out, "  pid ", w.pid(), "  ", w.engine().empty() ? "?" : w.engine(), "  ",
+    // In a cluster update each worker is named by its member.
+    absl::StrAppend(&out, "  ", w.node_name().empty() ? "" : absl::StrCat(w.node_name(), "  "),
+                    "pid ", w.pid(), "  ", w.engine().empty() ? "?" : w.engine(), "  ",
                     w.gpu_uuid().empty() ? "host" : w.gpu_uuid(), "  ",
                     w.skipped() ? "holds it already"
                     : w.ok()

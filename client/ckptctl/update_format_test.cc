@@ -135,5 +135,18 @@ TEST_CASE("a failed outcome names the version once") {
   CHECK(OutcomeText(o) == "version 7 FAILED (auto_update): ABORTED: no worker is attached");
 }
 
+TEST_CASE("a cluster update names each worker's member, in text and JSON") {
+  v1::UpdateResponse u = Sample();
+  u.mutable_workers(0)->set_node_name("node-a");
+  u.mutable_workers(1)->set_node_name("node-b");
+  const std::string text = UpdateText(u);
+  CHECK(text.find("  node-a  pid 11  vllm") != std::string::npos);
+  CHECK(text.find("  node-b  pid 12  sglang") != std::string::npos);
+  CHECK(text.find("  pid 13  ?") != std::string::npos);  // no member named: as before
+  nlohmann::json j = UpdateJson(u);
+  CHECK(j["workers"][0]["node_name"] == "node-a");
+  CHECK(j["workers"][2]["node_name"] == "");
+}
+
 }  // namespace
 }  // namespace ckpt::ctl

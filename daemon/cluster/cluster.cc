@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/resource_quota.h>
 #include <netdb.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <set>
@@ -14,6 +15,7 @@
 #include "common/random_id.h"
 #include "common/status_macros.h"
 #include "daemon/cluster/peer_proof.h"
+#include "daemon/cluster/peer_session.h"
 #include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
@@ -65,7 +67,70 @@ class Cluster::PeerService final : public v1::Peer::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status Rendezvous(grpc::ServerContext* context, const v1::PeerEnvelope* request,
+                          v1::PeerEnvelope* response) override {
+    const ClusterOptions& o = cluster_->options_;
+    PeerSession session(o.insecure ? std::string() : o.token, "Rendezvous",
+                        PeerSession::Side::kCallee);
+    v1::RendezvousRequest r;
+    if (absl::Status s = session.Open(*request, &r, "the request"); !s.ok()) {
+      Refused(context, "sent a rendezvous request without a valid proof");
+      return ToGrpc(s);
+    }
+    auto answer = cluster_->rendezvous_.Serve(r);
+    if (!answer.ok()) return ToGrpc(answer.status());
+    return ToGrpc(session.Seal(*answer, response));
+  }
+
+  grpc::Status MemberUpdate(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::PeerEnvelope, v1::PeerEnvelope>* stream) override {
+    const ClusterOptions& o = cluster_->options_;
+    if (!cluster_->member_update_) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this member takes no cluster updates");
+    }
+    class Stream final : public MemberUpdateStream {
+     public:
+      Stream(grpc::ServerContext* context,
+             grpc::ServerReaderWriter<v1::PeerEnvelope, v1::PeerEnvelope>* stream,
+             std::string secret)
+          : context_(context),
+            stream_(stream),
+            session_(std::move(secret), "MemberUpdate", PeerSession::Side::kCallee) {}
+      absl::Status Read(v1::MemberUpdateIn* in, absl::string_view what) override {
+        v1::PeerEnvelope e;
+        if (!stream_->Read(&e)) {
+          return absl::CancelledError(
+              absl::StrCat("the coordinator ended the update before sending ", what));
+        }
+        return session_.Open(e, in, what);
+      }
+      absl::Status Write(const v1::MemberUpdateOut& out) override {
+        v1::PeerEnvelope e;
+        RETURN_IF_ERROR(session_.Seal(out, &e));
+        if (!stream_->Write(e)) return absl::CancelledError("the coordinator ended the update");
+        return absl::OkStatus();
+      }
+      bool cancelled() const override { return context_->IsCancelled(); }
+      void Cancel() override { context_->TryCancel(); }
+
+     private:
+      grpc::ServerContext* const context_;
+      grpc::ServerReaderWriter<v1::PeerEnvelope, v1::PeerEnvelope>* const stream_;
+      PeerSession session_;
+    };
+    Stream s(context, stream, o.insecure ? std::string() : o.token);
+    absl::Status status = cluster_->member_update_(s);
+    if (absl::IsUnauthenticated(status)) Refused(context, "sent an update without a valid proof");
+    return ToGrpc(status);
+  }
+
  private:
+  static grpc::Status ToGrpc(const absl::Status& s) {
+    if (s.ok()) return grpc::Status::OK;
+    return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  }
+
   // At most one line per 10 s: a misconfigured peer calls every round.
   void Refused(grpc::ServerContext* context, const char* what) {
     absl::MutexLock lock(&mu_);
@@ -80,22 +145,29 @@ class Cluster::PeerService final : public v1::Peer::Service {
   absl::Time last_log_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
-Cluster::Cluster(ClusterOptions options, SelfInfo self)
-    : options_(std::move(options)), self_(std::move(self)), instance_(RandomHex128()) {}
+Cluster::Cluster(ClusterOptions options, SelfInfo self, MemberUpdateHandler member_update)
+    : options_(std::move(options)),
+      self_(std::move(self)),
+      member_update_(std::move(member_update)),
+      instance_(RandomHex128()) {}
 
-absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options, SelfInfo self) {
+absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options, SelfInfo self,
+                                                        MemberUpdateHandler member_update) {
   auto listen = ParseListenAddress(options.listen);
   if (!listen.ok()) return Annotate(listen.status(), "cluster_listen");
   if (!options.insecure && options.token.empty()) {
     return absl::InvalidArgumentError("cluster: no secret and not insecure_peers");
   }
-  std::unique_ptr<Cluster> c(new Cluster(std::move(options), std::move(self)));
+  std::unique_ptr<Cluster> c(
+      new Cluster(std::move(options), std::move(self), std::move(member_update)));
   c->service_ = std::make_unique<PeerService>(c.get());
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(c->options_.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(c->service_.get());
-  builder.SetMaxReceiveMessageSize(64 << 10);  // a HelloRequest is a few hundred bytes
+  // A HelloRequest is a few hundred bytes; envelopes carry at most 48 KiB of manifest or
+  // rendezvous data: nothing larger is read before its proof is checked.
+  builder.SetMaxReceiveMessageSize(64 << 10);
   // A second daemon on the same port must fail to bind, not share the Peer traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 16);
@@ -219,7 +291,9 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       Member& m = members_[key];
       if (m.stub == nullptr) {
         grpc::ChannelArguments args;
-        args.SetMaxReceiveMessageSize(64 << 10);  // a HelloResponse is small (fields capped below)
+        // Answers: a HelloResponse (small, fields capped below), rendezvous values, a member's
+        // update result (one line per worker).
+        args.SetMaxReceiveMessageSize(4 << 20);
         // A member that restarts is seen within a round or two, not after gRPC's default backoff
         // of up to 120 s.
         const int backoff_ms =
@@ -345,6 +419,9 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       for (int i = 0; i < std::min(r.versions_size(), 1024); ++i) shown.add_versions(r.versions(i));
       shown.set_workers(r.workers());
       shown.set_release(EscapeForMessage(r.release(), 64));
+      shown.set_instance(EscapeForMessage(r.instance(), 64));
+      shown.set_protocol_version(r.protocol_version());
+      shown.set_backend(EscapeForMessage(r.backend(), 16));
       shown.set_last_seen_unix_ms(absl::ToUnixMillis(absl::Now()));
       if (first && !leaving) {
         spdlog::info("cluster: member '{}' at {} is up ({} GPUs)", r.node_name(), call->address,
@@ -398,6 +475,9 @@ std::vector<v1::ClusterMember> Cluster::Members() const {
   *self.mutable_versions() = me.versions();
   self.set_workers(me.workers());
   self.set_release(me.release());
+  self.set_instance(instance_);
+  self.set_protocol_version(kPeerProtocolVersion);
+  self.set_backend(me.backend());
   self.set_last_seen_unix_ms(absl::ToUnixMillis(absl::Now()));
   out.push_back(std::move(self));
   absl::MutexLock lock(&mu_);
@@ -413,6 +493,124 @@ std::vector<v1::ClusterMember> Cluster::Members() const {
     out.push_back(std::move(none));
   }
   return out;
+}
+
+std::string Cluster::DataHost() const {
+  auto listen = ParseListenAddress(options_.listen);
+  if (listen.ok() && listen->host != "0.0.0.0" && listen->host != "::" && !listen->host.empty()) {
+    return listen->host;
+  }
+  char name[256] = {};
+  if (::gethostname(name, sizeof(name) - 1) != 0) return "localhost";
+  return name;
+}
+
+absl::StatusOr<std::shared_ptr<v1::Peer::Stub>> Cluster::StubOf(
+    const std::string& node_name) const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [address, m] : members_) {
+    if (m.shown.node_name() == node_name && m.shown.state() == "up") return m.stub;
+  }
+  return absl::UnavailableError(
+      absl::StrCat("member '", node_name, "' is not up (ckptctl cluster shows why)"));
+}
+
+namespace {
+
+// A peer's text for our messages: printable ASCII kept as it is (quotes included), anything else
+// escaped, cut at `max_bytes`.
+std::string SafeText(absl::string_view text, size_t max_bytes) {
+  std::string out;
+  for (char ch : text.substr(0, max_bytes)) {
+    if (ch >= 0x20 && ch < 0x7f) {
+      out.push_back(ch);
+    } else {
+      out += EscapeForMessage(absl::string_view(&ch, 1), 8);
+    }
+  }
+  if (text.size() > max_bytes) absl::StrAppend(&out, " ... (", text.size(), " bytes)");
+  return out;
+}
+
+class GrpcMemberCall final : public Cluster::MemberCall {
+ public:
+  GrpcMemberCall(std::shared_ptr<v1::Peer::Stub> stub, std::string node_name, std::string secret)
+      : stub_(std::move(stub)),
+        node_name_(std::move(node_name)),
+        session_(std::move(secret), "MemberUpdate", PeerSession::Side::kCaller) {
+    stream_ = stub_->MemberUpdate(&context_);
+  }
+  ~GrpcMemberCall() override {
+    context_.TryCancel();
+    if (stream_ != nullptr) stream_->Finish().ok();
+  }
+  absl::Status Write(const v1::MemberUpdateIn& in) override {
+    v1::PeerEnvelope e;
+    RETURN_IF_ERROR(session_.Seal(in, &e));
+    if (!stream_->Write(e)) return Ended("sending to it");
+    return absl::OkStatus();
+  }
+  absl::Status Read(v1::MemberUpdateOut* out, absl::string_view what) override {
+    v1::PeerEnvelope e;
+    if (!stream_->Read(&e)) return Ended(absl::StrCat("waiting for ", what));
+    absl::Status s = session_.Open(e, out, what);
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("member '", node_name_, "': ", s.message()));
+    return absl::OkStatus();
+  }
+  void Cancel() override { context_.TryCancel(); }
+
+ private:
+  // The call ended: its status says why (the member's refusal, or the connection).
+  absl::Status Ended(const std::string& doing) {
+    grpc::Status s = stream_->Finish();
+    stream_.reset();
+    if (s.ok()) {
+      return absl::AbortedError(absl::StrCat("member '", node_name_, "' ended the update while ",
+                                             doing));
+    }
+    // The member's own messages begin with its name; others (the connection's) get it here.
+    const std::string said = SafeText(s.error_message(), 600);
+    const std::string prefix = absl::StrCat("member '", node_name_, "'");
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                        absl::StartsWith(said, prefix)
+                            ? said
+                            : absl::StrCat(prefix, " (", doing, "): ", said));
+  }
+
+  const std::shared_ptr<v1::Peer::Stub> stub_;
+  const std::string node_name_;
+  PeerSession session_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::PeerEnvelope, v1::PeerEnvelope>> stream_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Cluster::MemberCall>> Cluster::CallMemberUpdate(
+    const std::string& node_name) {
+  ASSIGN_OR_RETURN(auto stub, StubOf(node_name));
+  return std::unique_ptr<MemberCall>(std::make_unique<GrpcMemberCall>(
+      std::move(stub), node_name, options_.insecure ? std::string() : options_.token));
+}
+
+absl::StatusOr<v1::RendezvousResponse> Cluster::CallRendezvous(
+    const std::string& node_name, const v1::RendezvousRequest& request, absl::Time deadline) {
+  ASSIGN_OR_RETURN(auto stub, StubOf(node_name));
+  PeerSession session(options_.insecure ? std::string() : options_.token, "Rendezvous",
+                      PeerSession::Side::kCaller);
+  v1::PeerEnvelope in, out;
+  RETURN_IF_ERROR(session.Seal(request, &in));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(deadline));
+  grpc::Status s = stub->Rendezvous(&context, in, &out);
+  if (!s.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                        absl::StrCat("rendezvous at member '", node_name,
+                                     "': ", EscapeForMessage(s.error_message(), 400)));
+  }
+  v1::RendezvousResponse response;
+  RETURN_IF_ERROR(session.Open(out, &response, "the rendezvous answer"));
+  return response;
 }
 
 }  // namespace ckpt::daemon

@@ -22,8 +22,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "daemon/cluster/members.h"
+#include "daemon/cluster/rendezvous.h"
 #include "proto/admin.pb.h"
 #include "proto/peer.grpc.pb.h"
 
@@ -35,7 +37,24 @@ namespace ckpt::daemon {
 
 // The Peer API's version (HelloRequest.protocol_version); members whose versions differ by more
 // than one refuse each other.
-inline constexpr uint32_t kPeerProtocolVersion = 1;
+inline constexpr uint32_t kPeerProtocolVersion = 2;
+// The first version that serves Rendezvous and MemberUpdate (cluster updates).
+inline constexpr uint32_t kPeerClusterUpdateVersion = 2;
+
+// The member side of Peer.MemberUpdate: typed messages over proved envelopes (PeerSession).
+class MemberUpdateStream {
+ public:
+  virtual ~MemberUpdateStream() = default;
+  // False when the call ended (the coordinator went away or cancelled it); errors name `what`.
+  virtual absl::Status Read(v1::MemberUpdateIn* in, absl::string_view what) = 0;
+  virtual absl::Status Write(const v1::MemberUpdateOut& out) = 0;
+  // The coordinator cancelled the call or its connection broke.
+  virtual bool cancelled() const = 0;
+  // Ends the call from this side (a Read or Write blocked on it returns); any thread.
+  virtual void Cancel() = 0;
+};
+// Serves one MemberUpdate call (UpdateEngine::ServeMemberUpdate); its error ends the call.
+using MemberUpdateHandler = std::function<absl::Status(MemberUpdateStream&)>;
 
 struct ClusterOptions {
   std::string node_name;
@@ -55,7 +74,8 @@ class Cluster {
   using SelfInfo = std::function<v1::HelloResponse()>;
 
   // Binds cluster_listen, serves Peer, and starts the rounds. Errors name the address.
-  static absl::StatusOr<std::unique_ptr<Cluster>> Start(ClusterOptions options, SelfInfo self);
+  static absl::StatusOr<std::unique_ptr<Cluster>> Start(ClusterOptions options, SelfInfo self,
+                                                        MemberUpdateHandler member_update);
   ~Cluster();
   Cluster(const Cluster&) = delete;
   Cluster& operator=(const Cluster&) = delete;
@@ -69,19 +89,45 @@ class Cluster {
   const std::string& node_name() const { return options_.node_name; }
   // Itself first, then the members by address.
   std::vector<v1::ClusterMember> Members() const;
+  const std::string& instance() const { return instance_; }
+  absl::Duration timeout() const { return options_.timeout; }
+  // Where this member's collectives listen: cluster_listen's host, or the host name when it is a
+  // wildcard address.
+  std::string DataHost() const;
+
+  // The coordinator's side of Peer.MemberUpdate with the member `node_name` (up).
+  class MemberCall {
+   public:
+    virtual ~MemberCall() = default;
+    virtual absl::Status Write(const v1::MemberUpdateIn& in) = 0;
+    // Errors name the member and `what`; the call's own status when it ended.
+    virtual absl::Status Read(v1::MemberUpdateOut* out, absl::string_view what) = 0;
+    // Ends the call at once (the member sees it cancelled); any thread.
+    virtual void Cancel() = 0;
+  };
+  absl::StatusOr<std::unique_ptr<MemberCall>> CallMemberUpdate(const std::string& node_name);
+  // Peer.Rendezvous at the member `node_name`.
+  absl::StatusOr<v1::RendezvousResponse> CallRendezvous(const std::string& node_name,
+                                                        const v1::RendezvousRequest& request,
+                                                        absl::Time deadline);
+  // The rendezvous this member serves while it coordinates an update that creates a
+  // communicator.
+  RendezvousStore& rendezvous() { return rendezvous_; }
 
  private:
   class PeerService;
   struct Member {
     PeerAddress address;
     v1::ClusterMember shown;
-    std::unique_ptr<v1::Peer::Stub> stub;
+    std::shared_ptr<v1::Peer::Stub> stub;
     // The process that said goodbye from this address: its late answers do not make it up again
     // (a restarted member has another instance id).
     std::string left_instance;
   };
 
-  Cluster(ClusterOptions options, SelfInfo self);
+  Cluster(ClusterOptions options, SelfInfo self, MemberUpdateHandler member_update);
+  // The stub of the member `node_name` while it is up.
+  absl::StatusOr<std::shared_ptr<v1::Peer::Stub>> StubOf(const std::string& node_name) const;
   void Loop();
   // One round: resolve the members, call each (in parallel, each call until cluster_timeout or
   // `deadline`), record the answers. `leaving`: tell the members that are up that this one stops.
@@ -92,6 +138,8 @@ class Cluster {
 
   const ClusterOptions options_;
   const SelfInfo self_;
+  const MemberUpdateHandler member_update_;
+  RendezvousStore rendezvous_;
   const std::string instance_;
   std::string address_;
   std::unique_ptr<PeerService> service_;

@@ -78,6 +78,12 @@ std::string ResponseProof(absl::string_view secret, absl::string_view nonce,
   return Mac(secret, text);
 }
 
+std::string ProofOver(absl::string_view secret, std::initializer_list<absl::string_view> fields) {
+  std::string text;
+  for (absl::string_view f : fields) Field(&text, f);
+  return Mac(secret, text);
+}
+
 bool SameProof(absl::string_view a, absl::string_view b) {
   return !a.empty() && a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }

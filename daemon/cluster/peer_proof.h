@@ -6,6 +6,7 @@
 #ifndef CKPT_DAEMON_CLUSTER_PEER_PROOF_H_
 #define CKPT_DAEMON_CLUSTER_PEER_PROOF_H_
 
+#include <initializer_list>
 #include <string>
 
 #include "absl/strings/string_view.h"
@@ -22,6 +23,9 @@ std::string PeerNonce();
 std::string RequestProof(absl::string_view secret, const v1::HelloRequest& request);
 std::string ResponseProof(absl::string_view secret, absl::string_view nonce,
                           const v1::HelloResponse& response);
+
+// HMAC-SHA256(secret, fields), each field framed by its length.
+std::string ProofOver(absl::string_view secret, std::initializer_list<absl::string_view> fields);
 
 // Equal in constant time (for equal sizes).
 bool SameProof(absl::string_view a, absl::string_view b);

@@ -340,7 +340,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
       r.set_workers(static_cast<uint32_t>(engine->Workers().size()));
       return r;
     };
-    ASSIGN_OR_RETURN(d->cluster_, Cluster::Start(std::move(cluster), std::move(self)));
+    ASSIGN_OR_RETURN(d->cluster_,
+                     Cluster::Start(std::move(cluster), std::move(self),
+                                    [engine = d->engine_.get()](MemberUpdateStream& s) {
+                                      return engine->ServeMemberUpdate(s);
+                                    }));
+    d->engine_->SetCluster(d->cluster_.get());
     d->admin_->SetCluster(config.node_name, d->cluster_->address(),
                           [c = d->cluster_.get()] { return c->Members(); });
   }
@@ -514,13 +519,14 @@ Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 std::string Daemon::store_note() const { return StoreNote(store_->GetUsage()); }
 
 void Daemon::Shutdown(absl::Duration grace) {
-  // First the cluster: the other members hear that this one leaves (within a second).
+  // Cancel a running update (a cluster update's part here too) and end the workers' streams
+  // (Detached) before the servers wait for in-flight calls: those would otherwise last until the
+  // grace period ends.
+  if (engine_ != nullptr) engine_->Stop("ckpt-engined is shutting down");
+  // Then the cluster: the other members hear that this one leaves (within a second).
   if (cluster_ != nullptr) cluster_->Stop(absl::Now() + std::min(grace, absl::Seconds(1)));
   // Warm-up stops between two pieces (a cudaHostRegister already begun runs to its end).
   if (store_ != nullptr) store_->StopWarmUp();
-  // Cancel a running update and end the workers' streams (Detached) before the server waits for
-  // in-flight calls: those streams would otherwise last until the grace period ends.
-  if (engine_ != nullptr) engine_->Stop("ckpt-engined is shutting down");
   // No new local connections (the server must not be given any while it shuts down).
   if (local_ != nullptr) local_->Stop();
   if (server_ != nullptr) {

@@ -91,6 +91,9 @@ class Daemon {
   std::unique_ptr<LocalListener> local_;
   std::unique_ptr<StreamWatchdog> watchdog_;
   std::unique_ptr<IdLedger> ledger_;  // outlives the store, which uses it
+  // The engine uses it (cluster updates): it outlives the engine. Its Peer server and rounds,
+  // which read the store and the engine, are stopped in Shutdown.
+  std::unique_ptr<Cluster> cluster_;
   std::unique_ptr<VersionStore> store_;
   std::unique_ptr<UpdateEngine> engine_;
   std::unique_ptr<AttachSocket> attach_socket_;
@@ -99,8 +102,6 @@ class Daemon {
   std::unique_ptr<ConsumerService> consumer_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsServer> metrics_;  // reads the store and the engine: stopped in Shutdown
-  // Its Hello answers read the store and the engine: declared last, so it goes first.
-  std::unique_ptr<Cluster> cluster_;
 
   absl::Mutex reaper_mu_;
   bool stopping_ ABSL_GUARDED_BY(reaper_mu_) = false;

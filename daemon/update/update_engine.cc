@@ -72,12 +72,24 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
   const absl::Time started = absl::Now();
   auto lease = store_->Lease(request.version());
   if (!lease.ok()) return lease.status();
-  const uint64_t version = (*lease)->version();
-  auto plan = PlanVersion(**lease, options_.bucket_bytes, transfer_->slot_set_count());
-  if (!plan.ok()) return plan.status();
-
-  v1::UpdateResponse response;
-  response.set_version(version);
+  if (cluster_ != nullptr) {
+    std::vector<v1::ClusterMember> others;
+    for (v1::ClusterMember& m : cluster_->Members()) {
+      if (m.state() == "up") others.push_back(std::move(m));
+    }
+    if (!others.empty()) {
+      return RunClusterUpdate(request, trigger, *std::move(lease), std::move(others));
+    }
+  }
+  Prepared p;
+  p.version = (*lease)->version();
+  ASSIGN_OR_RETURN(p.plan, PlanVersion(**lease, options_.bucket_bytes,
+                                       transfer_->slot_set_count()));
+  p.manifest = std::shared_ptr<const v1::Manifest>(*lease, &(*lease)->manifest());
+  p.filler = std::make_unique<LocalFiller>(transfer_.get(), store_->arena().data());
+  p.lease = *std::move(lease);
+  p.response.set_version(p.version);
+  p.unrestricted = request.worker_pids().empty() && !request.force();
   absl::MutexLock lock(&mu_);
   // Claim the one update slot, pick the participants.
   if (stopping_) return absl::UnavailableError(stop_reason_);
@@ -86,17 +98,25 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
         "an update to version ", updating_,
         " is running; one update runs at a time: retry when it ends (ckptctl status)"));
   }
-  ASSIGN_OR_RETURN(std::vector<UpdateRun::Participant> participants,
-                   UpdateRun::Select(registry_, request, version, (*lease)->manifest(), &response));
-  if (participants.empty()) return response;  // every one holds it already
-  const size_t count = participants.size();
+  ASSIGN_OR_RETURN(p.participants, UpdateRun::Select(registry_, request, p.version, *p.manifest,
+                                                     &p.response));
+  if (p.participants.empty()) return p.response;  // every one holds it already
+  return RunLocked(std::move(p), trigger, started);
+}
+
+absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunLocked(Prepared p, const std::string& trigger,
+                                                           absl::Time started) {
+  const uint64_t version = p.version;
+  v1::UpdateResponse response = std::move(p.response);
+  const size_t count = p.participants.size();
   UpdateRun::Options run_options;
   run_options.slots = options_.slots_per_gpu;
   run_options.ack_timeout = options_.ack_timeout;
   run_options.gpu_timeout = options_.gpu_timeout;
-  running_ =
-      std::make_unique<UpdateRun>(mu_, *std::move(lease), *std::move(plan), std::move(participants),
-                                  transfer_.get(), &registry_, store_->arena().data(), run_options);
+  run_options.every_bucket = p.every_bucket;
+  running_ = std::make_unique<UpdateRun>(mu_, version, std::move(p.manifest), std::move(p.lease),
+                                         std::move(p.plan), std::move(p.participants),
+                                         p.filler.get(), &registry_, run_options);
   updating_ = version;
   ++started_serial_;
   v1::UpdateOutcome running;
@@ -111,7 +131,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
   last_outcome_ = running;
   outcomes_[version] = running;
   while (outcomes_.size() > 32) outcomes_.erase(outcomes_.begin());
-  running_unrestricted_ = request.worker_pids().empty() && !request.force();
+  running_unrestricted_ = p.unrestricted;
   registry_.NoteChange();
   spdlog::info("update to version {}: {} buckets of up to {}, {} workers", version,
                running_->plan().buckets.size(), FormatBytes(options_.bucket_bytes), count);
@@ -122,7 +142,9 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
   if (last_outcome_.has_value()) running_->Progress(last_outcome_->mutable_progress());
   const uint64_t total_bytes = running_->plan().total_tensor_bytes;
   running_.reset();
+  p.filler.reset();
   updating_ = 0;
+  running_unrestricted_ = false;
   // Execute's response seconds run from its own start; the whole update from the request.
   response.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
 
@@ -473,6 +495,12 @@ void UpdateEngine::AutoUpdateLoop() {
       if (request.worker_pids().empty()) continue;  // they left already
       trigger = "attach";
     } else {
+      if (!any_workers && cluster_ != nullptr) {
+        // The other members' workers take part in a cluster update.
+        for (const v1::ClusterMember& m : cluster_->Members()) {
+          any_workers = any_workers || (m.state() == "up" && m.workers() > 0);
+        }
+      }
       if (!any_workers) {
         spdlog::info("auto_update: version {} committed, no worker attached", version);
         continue;

@@ -35,8 +35,10 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/cluster/cluster.h"
 #include "daemon/store/version_store.h"
 #include "daemon/transfer/backend_kind.h"
+#include "daemon/transfer/gloo_group.h"
 #include "daemon/transfer/transfer_backend.h"
 #include "daemon/update/update_run.h"
 #include "daemon/update/worker_registry.h"
@@ -140,7 +142,49 @@ class UpdateEngine {
   std::vector<v1::WorkerStatus> Workers() const;
   uint64_t updating_version() const;
 
+  // Cluster updates (docs/cluster.md): with a cluster whose other members are up, Update
+  // coordinates one update of every member's workers; ServeMemberUpdate serves this member's part
+  // of an update another member coordinates (Peer.MemberUpdate). `cluster` outlives the engine's
+  // use of it (set once, before the cluster serves; null: no cluster).
+  void SetCluster(Cluster* cluster);
+  absl::Status ServeMemberUpdate(MemberUpdateStream& stream);
+
  private:
+  // What one run needs (RunLocked).
+  struct Prepared {
+    uint64_t version = 0;
+    std::shared_ptr<const v1::Manifest> manifest;
+    std::shared_ptr<VersionStore::ReadLease> lease;  // null on a member without the version
+    UpdatePlan plan;
+    std::vector<UpdateRun::Participant> participants;
+    v1::UpdateResponse response;  // the workers skipped so far
+    std::unique_ptr<BucketFiller> filler;
+    bool every_bucket = false;  // a rank of a cluster update
+    bool unrestricted = false;  // joinable by a plain request
+  };
+  // Runs `p` in the update slot (free, or claimed for p.version by this caller), records its
+  // outcome (trigger, started) and frees the slot.
+  absl::StatusOr<v1::UpdateResponse> RunLocked(Prepared p, const std::string& trigger,
+                                               absl::Time started)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The coordinator's side of a cluster update of the leased version with the members `others`
+  // (up, not this one).
+  absl::StatusOr<v1::UpdateResponse> RunClusterUpdate(
+      const v1::UpdateRequest& request, const std::string& trigger,
+      std::shared_ptr<VersionStore::ReadLease> lease, std::vector<v1::ClusterMember> others);
+  // The communicator among the cluster's ranks, kept across updates while the ranks stay the
+  // same (used only by the update holding the update slot).
+  struct ClusterGroup {
+    std::string id;
+    std::vector<std::pair<std::string, std::string>> ranks;  // node_name, instance
+    std::unique_ptr<GlooGroup> group;
+  };
+  // Creates (create) or checks the communicator `id` of `ranks`; this rank is `rank`; the
+  // rendezvous is at `coordinator` (this member when it is its own name).
+  absl::Status EnsureGroup(const std::string& id, bool create,
+                           const std::vector<std::pair<std::string, std::string>>& ranks,
+                           int rank, const std::string& coordinator);
+
   UpdateEngine(std::unique_ptr<TransferBackend> transfer, VersionStore* store, Options options);
   void AutoUpdateLoop();
   // One update (Update without joining or `previous`); records its outcome once it claimed the
@@ -180,6 +224,9 @@ class UpdateEngine {
   // The running update goes to every attached worker, unforced (joinable).
   bool running_unrestricted_ ABSL_GUARDED_BY(mu_) = false;
   int waiters_ ABSL_GUARDED_BY(mu_) = 0;
+  Cluster* cluster_ = nullptr;  // set once before serving
+  // Owned by whoever holds the update slot (one update at a time): no lock.
+  ClusterGroup group_;
   std::thread auto_thread_;
 };
 

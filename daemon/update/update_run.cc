@@ -14,29 +14,36 @@
 
 namespace ckpt::daemon {
 
-absl::StatusOr<UpdatePlan> PlanVersion(const VersionStore::ReadLease& lease, uint64_t bucket_bytes,
-                                       int slot_sets) {
-  const v1::Manifest& manifest = lease.manifest();
+absl::StatusOr<UpdatePlan> PlanManifest(uint64_t version, const v1::Manifest& manifest,
+                                        const std::function<uint64_t(int)>& host_offset,
+                                        uint64_t bucket_bytes, int slot_sets) {
   std::vector<PlanTensor> tensors;
   tensors.reserve(manifest.tensors_size());
   for (int i = 0; i < manifest.tensors_size(); ++i) {
     const v1::TensorSpec& spec = manifest.tensors(i);
     const std::vector<int64_t> shape(spec.shape().begin(), spec.shape().end());
-    // Manifests were validated at Begin: known dtypes, byte_size == elements x element size.
+    // Manifests were validated (at Begin, or as a cluster member received them): known dtypes,
+    // byte_size == elements x element size.
     const uint64_t element =
         static_cast<uint64_t>(std::max(1, DTypeSize(static_cast<DType>(spec.dtype()))));
-    tensors.push_back({spec.name(), lease.arena_offset(i), spec.byte_size(),
+    tensors.push_back({spec.name(), host_offset ? host_offset(i) : 0, spec.byte_size(),
                        SplitUnit(shape, element, spec.byte_size(), bucket_bytes)});
   }
   auto plan = PlanUpdate(tensors, bucket_bytes, slot_sets);
-  if (!plan.ok())
-    return Annotate(plan.status(), absl::StrCat("update to version ", lease.version()));
+  if (!plan.ok()) return Annotate(plan.status(), absl::StrCat("update to version ", version));
   return plan;
+}
+
+absl::StatusOr<UpdatePlan> PlanVersion(const VersionStore::ReadLease& lease, uint64_t bucket_bytes,
+                                       int slot_sets) {
+  return PlanManifest(
+      lease.version(), lease.manifest(), [&lease](int i) { return lease.arena_offset(i); },
+      bucket_bytes, slot_sets);
 }
 
 absl::StatusOr<std::vector<UpdateRun::Participant>> UpdateRun::Select(
     const WorkerRegistry& registry, const v1::UpdateRequest& request, uint64_t version,
-    const v1::Manifest& manifest, v1::UpdateResponse* response) {
+    const v1::Manifest& manifest, v1::UpdateResponse* response, bool allow_none) {
   std::vector<Participant> participants;
   std::unordered_set<std::string> names;  // of the version, built when a worker filters
   std::set<int> pids(request.worker_pids().begin(), request.worker_pids().end());
@@ -81,7 +88,7 @@ absl::StatusOr<std::vector<UpdateRun::Participant>> UpdateRun::Select(
       return absl::NotFoundError(absl::StrCat("no attached worker has pid ", pid));
     }
   }
-  if (participants.empty() && response->workers().empty()) {
+  if (participants.empty() && response->workers().empty() && !allow_none) {
     return absl::FailedPreconditionError(
         "no worker is attached: start the inference workers (they attach to this daemon's "
         "socket) before asking for an update");
@@ -89,22 +96,23 @@ absl::StatusOr<std::vector<UpdateRun::Participant>> UpdateRun::Select(
   return participants;
 }
 
-UpdateRun::UpdateRun(absl::Mutex& mu, std::shared_ptr<VersionStore::ReadLease> lease,
-                     UpdatePlan plan, std::vector<Participant> participants,
-                     TransferBackend* transfer, WorkerRegistry* registry, const uint8_t* arena,
-                     Options options)
+UpdateRun::UpdateRun(absl::Mutex& mu, uint64_t version,
+                     std::shared_ptr<const v1::Manifest> manifest,
+                     std::shared_ptr<VersionStore::ReadLease> lease, UpdatePlan plan,
+                     std::vector<Participant> participants, BucketFiller* filler,
+                     WorkerRegistry* registry, Options options)
     : mu_(mu),
+      version_(version),
+      manifest_(std::move(manifest)),
       lease_(std::move(lease)),
-      version_(lease_->version()),
       plan_(std::move(plan)),
-      transfer_(transfer),
+      filler_(filler),
       registry_(registry),
-      arena_(arena),
       options_(options),
       participants_(std::move(participants)) {}
 
 v1::DaemonMessage UpdateRun::BucketMessage(int k) const {
-  const v1::Manifest& manifest = lease_->manifest();
+  const v1::Manifest& manifest = *manifest_;
   const int n = static_cast<int>(plan_.buckets.size());
   v1::DaemonMessage m;
   v1::BucketReady* b = m.mutable_bucket();
@@ -254,7 +262,7 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
         absl::StrCat("update to version ", version_, " cancelled: ", cancel_reason_));
   };
 
-  while (failure.ok() && AnyActive() && released_ < n) {
+  while (failure.ok() && (AnyActive() || options_.every_bucket) && released_ < n) {
     if (cancelled_) {
       failure = cancelled();
       break;
@@ -274,7 +282,7 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
       wait_slot += t0 - fill_candidate_since;
       fill_started[next_fill] = t0;
       mu_.Unlock();
-      absl::Status s = transfer_->Fill(plan_.buckets[next_fill], next_fill % k_slots, arena_);
+      absl::Status s = filler_->Fill(plan_.buckets[next_fill], next_fill, next_fill % k_slots);
       mu_.Lock();
       if (!s.ok()) {
         failure = Annotate(s, absl::StrCat("filling bucket ", next_fill, " of version ", version_));
@@ -286,7 +294,7 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
     }
     // Tell the workers about the oldest filled bucket.
     if (next_notify < next_fill) {
-      auto filled = transfer_->Filled(next_notify % k_slots);
+      auto filled = filler_->Filled(next_notify % k_slots);
       if (!filled.ok()) {
         failure = Annotate(filled.status(), absl::StrCat("bucket ", next_notify));
         break;
@@ -355,7 +363,7 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
   if (next_notify < next_fill || !failure.ok()) {
     // Slots may still be written by GPU work of this update: let it end before they are reused.
     mu_.Unlock();
-    absl::Status drained = transfer_->Drain(absl::Now() + options_.gpu_timeout);
+    absl::Status drained = filler_->Drain(absl::Now() + options_.gpu_timeout);
     mu_.Lock();
     if (!drained.ok()) {
       spdlog::error("update to version {}: {}", version_, std::string(drained.message()));

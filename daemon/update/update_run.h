@@ -17,6 +17,7 @@
 #define CKPT_DAEMON_UPDATE_UPDATE_RUN_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -34,9 +35,44 @@
 
 namespace ckpt::daemon {
 
-// The update plan of a leased version: buckets of `bucket_bytes`, one segment per slot set.
+// The update plan of `manifest`: buckets of `bucket_bytes`, one segment per slot set; copies from
+// host_offset(i) for tensor i (null: offsets 0, for a member that receives every bucket). The
+// buckets and placements depend only on the manifest and the settings, so every member computes
+// the same ones.
+absl::StatusOr<UpdatePlan> PlanManifest(uint64_t version, const v1::Manifest& manifest,
+                                        const std::function<uint64_t(int)>& host_offset,
+                                        uint64_t bucket_bytes, int slot_sets);
+// The plan of a leased version (copies from its place in the host store).
 absl::StatusOr<UpdatePlan> PlanVersion(const VersionStore::ReadLease& lease, uint64_t bucket_bytes,
                                        int slot_sets);
+
+// How a bucket gets into slot `slot` of every slot set: from the local store through the transfer
+// backend (LocalFiller), or in a cluster update also by a broadcast among the members
+// (ClusterFiller, daemon/update/cluster_update.h). Called by the update run with the engine's
+// mutex released.
+class BucketFiller {
+ public:
+  virtual ~BucketFiller() = default;
+  virtual absl::Status Fill(const Bucket& bucket, int k, int slot) = 0;
+  virtual absl::StatusOr<bool> Filled(int slot) = 0;
+  virtual absl::Status Drain(absl::Time deadline) = 0;
+};
+
+// The bytes of bucket k come from `arena` (the host store) through `transfer`.
+class LocalFiller final : public BucketFiller {
+ public:
+  LocalFiller(TransferBackend* transfer, const uint8_t* arena)
+      : transfer_(transfer), arena_(arena) {}
+  absl::Status Fill(const Bucket& bucket, int, int slot) override {
+    return transfer_->Fill(bucket, slot, arena_);
+  }
+  absl::StatusOr<bool> Filled(int slot) override { return transfer_->Filled(slot); }
+  absl::Status Drain(absl::Time deadline) override { return transfer_->Drain(deadline); }
+
+ private:
+  TransferBackend* const transfer_;
+  const uint8_t* const arena_;
+};
 
 class UpdateRun {
  public:
@@ -62,21 +98,29 @@ class UpdateRun {
   // of `request.worker_pids`; a worker that holds the version already (unless request.force) is
   // reported in `response` as skipped instead. A worker whose tensor_names name tensors the
   // version lacks takes part already failed (nothing is sent to it). NOT_FOUND for a pid that is
-  // not attached; FAILED_PRECONDITION when no worker is attached.
+  // not attached; FAILED_PRECONDITION when no worker is attached (unless `allow_none`: a
+  // member of a cluster update takes part without workers).
   static absl::StatusOr<std::vector<Participant>> Select(const WorkerRegistry& registry,
                                                          const v1::UpdateRequest& request,
                                                          uint64_t version,
                                                          const v1::Manifest& manifest,
-                                                         v1::UpdateResponse* response);
+                                                         v1::UpdateResponse* response,
+                                                         bool allow_none = false);
 
   struct Options {
     int slots = 2;  // K
     absl::Duration ack_timeout = absl::Seconds(60);
     absl::Duration gpu_timeout = absl::Seconds(60);
+    // A rank of a cluster update: every bucket is filled (the broadcasts need every rank) even
+    // when no local worker takes part or all failed.
+    bool every_bucket = false;
   };
-  UpdateRun(absl::Mutex& mu, std::shared_ptr<VersionStore::ReadLease> lease, UpdatePlan plan,
-            std::vector<Participant> participants, TransferBackend* transfer,
-            WorkerRegistry* registry, const uint8_t* arena, Options options);
+  // `lease` keeps the version's host bytes while the run reads them; null on a cluster member
+  // that does not hold the version (its filler receives every bucket).
+  UpdateRun(absl::Mutex& mu, uint64_t version, std::shared_ptr<const v1::Manifest> manifest,
+            std::shared_ptr<VersionStore::ReadLease> lease, UpdatePlan plan,
+            std::vector<Participant> participants, BucketFiller* filler,
+            WorkerRegistry* registry, Options options);
 
   uint64_t version() const { return version_; }
   const UpdatePlan& plan() const { return plan_; }
@@ -116,12 +160,12 @@ class UpdateRun {
   void SendTo(Participant& p, v1::DaemonMessage m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex& mu_;
-  const std::shared_ptr<VersionStore::ReadLease> lease_;
   const uint64_t version_;
+  const std::shared_ptr<const v1::Manifest> manifest_;
+  const std::shared_ptr<VersionStore::ReadLease> lease_;
   const UpdatePlan plan_;
-  TransferBackend* const transfer_;
+  BucketFiller* const filler_;
   WorkerRegistry* const registry_ ABSL_PT_GUARDED_BY(mu_);
-  const uint8_t* const arena_;
   const Options options_;
 
   std::vector<Participant> participants_ ABSL_GUARDED_BY(mu_);

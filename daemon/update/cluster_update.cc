@@ -1,0 +1,696 @@
+// Cluster updates (docs/cluster.md, "The cluster update"): the member asked coordinates; every
+// member that is up takes part as one rank of a communicator (host backend: Gloo); bucket k comes
+// from an uploading rank (one that holds the version) and is broadcast into slot k % K of every
+// rank, each of which hands it to its own workers.
+//
+// The coordinator drives each other member's part through one Peer.MemberUpdate call: start
+// (version, ranks, settings), the manifest in parts, then (once every member is ready) go, and the
+// member answers ready and finally its result. A member that fails, is killed or stops answering
+// ends its part; the coordinator then cancels every other part, and a rank blocked in a collective
+// is released when its peers drop their communicators (a broken group closes its connections) or
+// by the collective's deadline (cluster_timeout).
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/message_text.h"
+#include "common/random_id.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+#include "daemon/cluster/rendezvous.h"
+#include "daemon/cluster/members.h"
+#include "daemon/store/manifest.h"
+#include "daemon/update/update_engine.h"
+#include "spdlog/spdlog.h"
+
+namespace ckpt::daemon {
+namespace {
+
+// Bucket k comes from rank uploaders[k % size]: that rank fills its slot from its store, then the
+// group broadcasts the bucket's bytes from it into every rank's slot.
+class ClusterFiller final : public BucketFiller {
+ public:
+  ClusterFiller(TransferBackend* transfer, const uint8_t* arena, GlooGroup* group,
+                std::vector<int> uploaders)
+      : transfer_(transfer), arena_(arena), group_(group), uploaders_(std::move(uploaders)) {}
+
+  absl::Status Fill(const Bucket& bucket, int k, int slot) override {
+    const int root = uploaders_[static_cast<size_t>(k) % uploaders_.size()];
+    if (root == group_->rank()) {
+      if (arena_ == nullptr) return absl::InternalError("an uploading rank without the version");
+      RETURN_IF_ERROR(transfer_->Fill(bucket, slot, arena_));
+    }
+    return group_->Broadcast(transfer_->slots(0).data(slot), bucket.used_bytes, root,
+                             static_cast<uint32_t>(k));
+  }
+  absl::StatusOr<bool> Filled(int slot) override { return transfer_->Filled(slot); }
+  absl::Status Drain(absl::Time deadline) override { return transfer_->Drain(deadline); }
+
+ private:
+  TransferBackend* const transfer_;
+  const uint8_t* const arena_;
+  GlooGroup* const group_;
+  const std::vector<int> uploaders_;
+};
+
+constexpr size_t kManifestPartBytes = 32 << 10;
+
+// Cancels `stream` at `deadline` unless destroyed before.
+class CancelAt {
+ public:
+  CancelAt(MemberUpdateStream& stream, absl::Time deadline) {
+    thread_ = std::thread([this, &stream, deadline] {
+      absl::MutexLock lock(&mu_);
+      auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_; };
+      if (!mu_.AwaitWithDeadline(absl::Condition(&done), deadline)) {
+        fired_ = true;
+        stream.Cancel();
+      }
+    });
+  }
+  ~CancelAt() {
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+    }
+    thread_.join();
+  }
+  bool fired() {
+    absl::MutexLock lock(&mu_);
+    return fired_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool fired_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+// A member's result as its status (for the coordinator's message).
+absl::Status MemberStatus(const v1::MemberUpdateResult& r) {
+  if (r.code().empty()) return absl::OkStatus();
+  absl::StatusCode code = absl::StatusCode::kAborted;
+  for (int c = 1; c <= 16; ++c) {
+    if (absl::StatusCodeToString(static_cast<absl::StatusCode>(c)) == r.code()) {
+      code = static_cast<absl::StatusCode>(c);
+    }
+  }
+  return absl::Status(code, EscapeForMessage(r.error(), 2000));
+}
+
+}  // namespace
+
+void UpdateEngine::SetCluster(Cluster* cluster) { cluster_ = cluster; }
+
+absl::Status UpdateEngine::EnsureGroup(
+    const std::string& id, bool create,
+    const std::vector<std::pair<std::string, std::string>>& ranks, int rank,
+    const std::string& coordinator) {
+  if (!create) {
+    if (group_.group != nullptr && group_.id == id && group_.ranks == ranks &&
+        !group_.group->broken()) {
+      return absl::OkStatus();
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("communicator ", id, " is not held here (any more)"));
+  }
+  group_ = ClusterGroup{};
+  const bool local = coordinator == cluster_->node_name();
+  Cluster* cluster = cluster_;
+  const absl::Duration timeout = cluster_->timeout();
+  RendezvousClient store(
+      id + "/",
+      [cluster, local, coordinator, timeout](const v1::RendezvousRequest& r)
+          -> absl::StatusOr<v1::RendezvousResponse> {
+        if (local) return cluster->rendezvous().Serve(r);
+        v1::RendezvousRequest named = r;
+        named.set_node_name(cluster->node_name());
+        return cluster->CallRendezvous(coordinator, named,
+                                       absl::Now() + timeout + absl::Milliseconds(r.wait_ms()));
+      },
+      timeout);
+  GlooGroup::Options o;
+  o.rank = rank;
+  o.size = static_cast<int>(ranks.size());
+  o.host = cluster_->DataHost();
+  // A rank posts a bucket's broadcast once its own workers released the slot, which may take up
+  // to ack_timeout: a collective waits that long plus cluster_timeout for the slowest rank.
+  o.timeout = timeout + options_.ack_timeout;
+  ASSIGN_OR_RETURN(auto group, GlooGroup::Create(store, o));
+  group_.id = id;
+  group_.ranks = ranks;
+  group_.group = std::move(group);
+  spdlog::info("cluster: communicator {} of {} ranks ready (this member rank {})", id,
+               ranks.size(), rank);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
+    const v1::UpdateRequest& request, const std::string& trigger,
+    std::shared_ptr<VersionStore::ReadLease> lease, std::vector<v1::ClusterMember> others) {
+  const absl::Time started = absl::Now();
+  const uint64_t version = lease->version();
+  const std::string self = cluster_->node_name();
+  auto refuse = [&](const std::string& why) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cluster update to version ", version, ": ", why));
+  };
+  if (!request.worker_pids().empty()) {
+    return refuse("worker_pids name workers of one member: a cluster update goes to every member");
+  }
+  if (transfer_->kind() != BackendKind::kHost) {
+    return refuse(
+        "cluster updates with the cuda backend are not built yet (a cluster whose other members "
+        "are down updates this member alone)");
+  }
+  for (const v1::ClusterMember& m : others) {
+    if (m.protocol_version() < kPeerClusterUpdateVersion) {
+      return refuse(absl::StrCat("member '", m.node_name(), "' runs Peer protocol ",
+                                 m.protocol_version(), ", which takes no part in cluster updates",
+                                 ": upgrade it"));
+    }
+    if (m.backend() != BackendName(transfer_->kind())) {
+      return refuse(absl::StrCat("member '", m.node_name(), "' runs the ", m.backend(),
+                                 " backend and this one ", BackendName(transfer_->kind()),
+                                 ": every member needs the same backend"));
+    }
+  }
+  // Ranks: members by node_name.
+  std::vector<std::pair<std::string, std::string>> ranks;
+  ranks.emplace_back(self, cluster_->instance());
+  for (const v1::ClusterMember& m : others) ranks.emplace_back(m.node_name(), m.instance());
+  std::sort(ranks.begin(), ranks.end());
+  int my_rank = 0;
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (ranks[i].first == self) my_rank = static_cast<int>(i);
+  }
+  // This versions are pushed whole to one member: the coordinator uploads every bucket.
+  const std::vector<int> uploaders = {my_rank};
+
+  Prepared p;
+  p.version = version;
+  ASSIGN_OR_RETURN(p.plan, PlanVersion(*lease, options_.bucket_bytes, 1));
+  p.manifest = std::shared_ptr<const v1::Manifest>(lease, &lease->manifest());
+  p.response.set_version(version);
+  p.every_bucket = true;
+  p.unrestricted = !request.force();
+  const std::string update_id = RandomHex128();
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError(stop_reason_);
+    if (updating_ != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "an update to version ", updating_,
+          " is running; one update runs at a time: retry when it ends (ckptctl status)"));
+    }
+    ASSIGN_OR_RETURN(p.participants,
+                     UpdateRun::Select(registry_, request, version, *p.manifest, &p.response,
+                                       /*allow_none=*/true));
+    // The slot is claimed from here: the members' parts start before this one runs.
+    updating_ = version;
+    running_unrestricted_ = false;
+  }
+  auto release = [this] {
+    absl::MutexLock lock(&mu_);
+    updating_ = 0;
+  };
+  spdlog::info("cluster update {} to version {}: {} members, this one (rank {}) uploads",
+               update_id, version, ranks.size(), my_rank);
+
+  // Start every member's part.
+  const bool reuse_candidate = group_.group != nullptr && group_.ranks == ranks &&
+                               !group_.group->broken();
+  v1::MemberUpdateIn start;
+  v1::MemberUpdateStart* st = start.mutable_start();
+  st->set_protocol_version(kPeerProtocolVersion);
+  st->set_update_id(update_id);
+  st->set_coordinator(self);
+  st->set_version(version);
+  st->set_force(request.force());
+  st->set_trigger(trigger);
+  st->set_bucket_bytes(options_.bucket_bytes);
+  for (const auto& [name, instance] : ranks) {
+    v1::ClusterRank* r = st->add_ranks();
+    r->set_node_name(name);
+    r->set_instance(instance);
+  }
+  for (int u : uploaders) st->add_uploader_ranks(static_cast<uint32_t>(u));
+  st->set_tensors(static_cast<uint32_t>(p.manifest->tensors_size()));
+  if (reuse_candidate) st->set_communicator_id(group_.id);
+
+  struct Part {
+    std::string node_name;
+    int rank = 0;
+    std::unique_ptr<Cluster::MemberCall> call;
+    v1::MemberUpdateReady ready;
+    absl::Status status;  // of the part
+    v1::MemberUpdateResult result;
+    bool has_result = false;
+    bool lost = false;  // sent no result in time: its call was ended here
+  };
+  std::vector<Part> parts;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    if (static_cast<int>(r) == my_rank) continue;
+    Part part;
+    part.node_name = ranks[r].first;
+    part.rank = static_cast<int>(r);
+    parts.push_back(std::move(part));
+  }
+  // Phase 1, bounded by cluster_timeout: every member gets the start and the manifest and says it
+  // is ready. A member that does not answer in time is cancelled (its Read returns).
+  std::atomic<bool> phase1_done{false};
+  absl::Mutex watch_mu;
+  bool watch_stop = false;
+  const absl::Time phase1_deadline = absl::Now() + cluster_->timeout();
+  std::vector<Cluster::MemberCall*> calls;
+  std::thread watchdog;
+  absl::Status phase1;
+  for (Part& part : parts) {
+    auto call = cluster_->CallMemberUpdate(part.node_name);
+    if (!call.ok()) {
+      phase1 = call.status();
+      break;
+    }
+    part.call = *std::move(call);
+    calls.push_back(part.call.get());
+  }
+  if (phase1.ok()) {
+    watchdog = std::thread([&] {
+      absl::MutexLock lock(&watch_mu);
+      auto stop = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu) { return watch_stop; };
+      if (!watch_mu.AwaitWithDeadline(absl::Condition(&stop), phase1_deadline)) {
+        for (Cluster::MemberCall* c : calls) c->Cancel();
+      }
+    });
+    for (Part& part : parts) {
+      st->set_rank(static_cast<uint32_t>(part.rank));
+      absl::Status s = part.call->Write(start);
+      v1::MemberUpdateIn piece;
+      size_t bytes = 0;
+      for (int i = 0; s.ok() && i < p.manifest->tensors_size(); ++i) {
+        const v1::TensorSpec& t = p.manifest->tensors(i);
+        *piece.mutable_manifest()->add_tensors() = t;
+        bytes += t.ByteSizeLong();
+        if (bytes >= kManifestPartBytes || i + 1 == p.manifest->tensors_size()) {
+          s = part.call->Write(piece);
+          piece.Clear();
+          bytes = 0;
+        }
+      }
+      if (!s.ok()) {
+        phase1 = s;
+        break;
+      }
+    }
+    for (Part& part : parts) {
+      if (!phase1.ok()) break;
+      v1::MemberUpdateOut out;
+      absl::Status s = part.call->Read(&out, "its answer to the start");
+      if (s.ok() && !out.has_ready()) {
+        s = absl::InvalidArgumentError(
+            absl::StrCat("member '", part.node_name, "' answered the start with something else"));
+      }
+      if (!s.ok()) {
+        phase1 = s;
+        break;
+      }
+      part.ready = out.ready();
+    }
+    {
+      absl::MutexLock lock(&watch_mu);
+      watch_stop = true;
+    }
+    watchdog.join();
+    phase1_done = true;
+    if (!phase1.ok() && absl::Now() >= phase1_deadline) {
+      phase1 = absl::DeadlineExceededError(absl::StrCat(
+          "not every member was ready within cluster_timeout ",
+          HumanDuration(cluster_->timeout()), ": ", phase1.message()));
+    }
+  }
+  if (!phase1.ok()) {
+    for (Part& part : parts) {
+      if (part.call != nullptr) part.call->Cancel();
+    }
+    release();
+    spdlog::error("cluster update to version {}: {}", version, std::string(phase1.message()));
+    return absl::Status(phase1.code(), absl::StrCat("cluster update to version ", version, ": ",
+                                                    phase1.message()));
+  }
+  size_t workers = p.participants.size() + static_cast<size_t>(p.response.workers_size());
+  for (const Part& part : parts) workers += part.ready.participants() + part.ready.skipped();
+  if (workers == 0) {
+    for (Part& part : parts) part.call->Cancel();
+    release();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "no worker is attached to any of the ", ranks.size(),
+        " members: start the inference workers before asking for an update"));
+  }
+  // Every member is ready: reuse the communicator if all hold it, else every rank creates one.
+  bool reuse = reuse_candidate;
+  for (const Part& part : parts) reuse = reuse && part.ready.has_communicator();
+  const std::string communicator = reuse ? group_.id : RandomHex128();
+  if (!reuse) cluster_->rendezvous().Open(communicator);
+  v1::MemberUpdateIn go;
+  go.mutable_go()->set_communicator_id(communicator);
+  go.mutable_go()->set_create(!reuse);
+  for (Part& part : parts) {
+    part.status = part.call->Write(go);
+  }
+  // Each member's result arrives on its own thread. The first failure stops this member's run at
+  // its next step; the other members' runs end by themselves (a broken group closes its
+  // connections, so the collectives fail everywhere) and send their results, which say who
+  // failed; a member that sends none in time is lost (killed, stopped, partitioned).
+  absl::Mutex parts_mu;
+  std::vector<std::thread> readers;
+  std::atomic<bool> any_failed{false};
+  auto cancel_local = [&] {
+    absl::MutexLock lock(&mu_);
+    if (running_ != nullptr) running_->Cancel("a member's part of the cluster update failed");
+  };
+  for (Part& part : parts) {
+    readers.emplace_back([&, raw = &part] {
+      absl::Status s = raw->status;
+      v1::MemberUpdateOut out;
+      if (s.ok()) s = raw->call->Read(&out, "its result (lost?)");
+      if (s.ok() && !out.has_result()) {
+        s = absl::InvalidArgumentError(
+            absl::StrCat("member '", raw->node_name, "' sent something else than its result"));
+      }
+      const bool got = s.ok();
+      if (got) {
+        s = MemberStatus(out.result());
+        if (!s.ok()) {
+          // Its own messages begin with its name already.
+          s = absl::Status(s.code(), absl::StartsWith(s.message(), "member '")
+                                         ? std::string(s.message())
+                                         : absl::StrCat("member '", raw->node_name, "': ",
+                                                        s.message()));
+        }
+      }
+      {
+        absl::MutexLock lock(&parts_mu);
+        if (got) {
+          raw->result = out.result();
+          raw->has_result = true;
+        }
+        raw->status = s;
+      }
+      if (!s.ok() && !any_failed.exchange(true)) cancel_local();
+    });
+  }
+  // This member's own part.
+  absl::Status local_status;
+  v1::UpdateResponse local;
+  {
+    absl::Status group = EnsureGroup(communicator, !reuse, ranks, my_rank, self);
+    if (group.ok()) {
+      p.filler = std::make_unique<ClusterFiller>(transfer_.get(), store_->arena().data(),
+                                                 group_.group.get(), uploaders);
+      p.lease = std::move(lease);
+      absl::MutexLock lock(&mu_);
+      auto r = RunLocked(std::move(p), trigger, started);
+      if (r.ok()) {
+        local = *std::move(r);
+      } else {
+        local_status = r.status();
+        local = outcomes_.count(version) > 0 ? outcomes_[version].result() : v1::UpdateResponse();
+      }
+    } else {
+      local_status = group;
+      release();
+    }
+    if (!local_status.ok()) any_failed = true;
+  }
+  if (group_.group != nullptr && group_.group->broken()) group_ = ClusterGroup{};
+  // The members' results: they end with this one's (the last bucket's broadcast is shared). Give
+  // them cluster_timeout after it (plus ack_timeout for their workers' last acks when all went
+  // well), then end the calls of those that sent nothing.
+  {
+    const absl::Time limit =
+        absl::Now() + cluster_->timeout() + (any_failed ? absl::ZeroDuration() : options_.ack_timeout);
+    absl::MutexLock lock(&parts_mu);
+    auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(parts_mu) {
+      for (const Part& part : parts) {
+        if (!part.has_result && part.status.ok()) return false;
+      }
+      return true;
+    };
+    if (!parts_mu.AwaitWithDeadline(absl::Condition(&all), limit)) {
+      for (Part& part : parts) {
+        if (part.has_result || !part.status.ok()) continue;
+        part.lost = true;
+        part.call->Cancel();
+      }
+    }
+  }
+  for (std::thread& t : readers) t.join();
+  if (!reuse) cluster_->rendezvous().Close(communicator);
+  if (!local_status.ok() || any_failed) group_ = ClusterGroup{};  // rebuilt next time
+
+  // One answer: this member's workers and every member's, each named.
+  v1::UpdateResponse all = local;
+  all.set_version(version);
+  for (v1::WorkerResult& w : *all.mutable_workers()) w.set_node_name(self);
+  // The members that are lost or failed first, then this one's own failure (often only the
+  // consequence: a broadcast that lost its peer).
+  std::vector<std::string> problems, reported;
+  bool timed_out = absl::IsDeadlineExceeded(local_status);
+  for (const Part& part : parts) {
+    if (part.lost) {
+      problems.push_back(absl::StrCat(
+          "member '", part.node_name, "' is lost: no result within cluster_timeout ",
+          HumanDuration(cluster_->timeout()), " (killed, stopped or cut off?)"));
+      timed_out = true;
+    }
+  }
+  for (const Part& part : parts) {
+    if (part.lost) continue;
+    if (part.has_result) {
+      for (const v1::WorkerResult& w : part.result.response().workers()) {
+        v1::WorkerResult* out = all.add_workers();
+        *out = w;
+        out->set_node_name(part.node_name);
+        out->set_engine(EscapeForMessage(w.engine(), 64));
+        out->set_gpu_uuid(EscapeForMessage(w.gpu_uuid(), 64));
+        out->set_error(EscapeForMessage(w.error(), 1000));
+      }
+    }
+    if (!part.status.ok()) {
+      // A member whose call broke (no result) before one that reported its failure.
+      (part.has_result ? reported : problems).push_back(std::string(part.status.message()));
+      timed_out = timed_out || absl::IsDeadlineExceeded(part.status);
+    }
+  }
+  problems.insert(problems.end(), reported.begin(), reported.end());
+  if (!local_status.ok()) {
+    problems.push_back(absl::StrCat("member '", self, "' (this one): ", local_status.message()));
+  }
+  all.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
+  {
+    absl::MutexLock lock(&mu_);
+    if (last_outcome_.has_value() && last_outcome_->version() == version) {
+      // The cluster's answer replaces this member's own in the outcome.
+      *last_outcome_->mutable_result() = all;
+      outcomes_[version] = *last_outcome_;
+    }
+  }
+  if (!problems.empty()) {
+    const std::string message = absl::StrCat("cluster update to version ", version, " failed: ",
+                                             absl::StrJoin(problems, "; "));
+    spdlog::error("{}", message);
+    absl::Status s = timed_out ? absl::DeadlineExceededError(message) : absl::AbortedError(message);
+    absl::MutexLock lock(&mu_);
+    if (last_outcome_.has_value() && last_outcome_->version() == version) {
+      last_outcome_->set_state("failed");
+      last_outcome_->set_code(absl::StatusCodeToString(s.code()));
+      last_outcome_->set_error(message);
+      outcomes_[version] = *last_outcome_;
+    }
+    last_result_ = s;
+    return s;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    last_result_ = all;
+  }
+  spdlog::info("cluster update to version {}: {} members, {} workers in {}", version, ranks.size(),
+               all.workers_size(), HumanDuration(absl::Seconds(all.seconds())));
+  return all;
+}
+
+absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
+  const absl::Time started = absl::Now();
+  if (cluster_ == nullptr) return absl::UnavailableError("this daemon is not in a cluster");
+  const std::string self = cluster_->node_name();
+  v1::MemberUpdateIn in;
+  RETURN_IF_ERROR(stream.Read(&in, "the start"));
+  if (!in.has_start()) return absl::InvalidArgumentError("a member update begins with its start");
+  const v1::MemberUpdateStart st = in.start();
+  auto refuse = [&](const std::string& why) {
+    return absl::FailedPreconditionError(absl::StrCat("member '", self, "': ", why));
+  };
+  if (st.protocol_version() < kPeerClusterUpdateVersion) {
+    return refuse(absl::StrCat("Peer protocol ", st.protocol_version(), " has no cluster update"));
+  }
+  if (transfer_->kind() != BackendKind::kHost) {
+    return refuse("cluster updates with the cuda backend are not built yet");
+  }
+  // The ranks: at most the most members, names valid and ordered, this member at `rank`.
+  if (st.ranks_size() < 2 || st.ranks_size() > static_cast<int>(kMaxClusterMembers)) {
+    return absl::InvalidArgumentError(absl::StrCat("a cluster update of ", st.ranks_size(),
+                                                   " ranks (2..", kMaxClusterMembers, ")"));
+  }
+  std::vector<std::pair<std::string, std::string>> ranks;
+  bool coordinator_ranked = false;
+  for (const v1::ClusterRank& r : st.ranks()) {
+    RETURN_IF_ERROR(CheckNodeName(r.node_name()));
+    if (!ranks.empty() && !(ranks.back().first < r.node_name())) {
+      return absl::InvalidArgumentError("the ranks are not ordered by node_name");
+    }
+    ranks.emplace_back(r.node_name(), r.instance());
+    coordinator_ranked = coordinator_ranked || r.node_name() == st.coordinator();
+  }
+  if (st.rank() >= ranks.size() || ranks[st.rank()].first != self ||
+      ranks[st.rank()].second != cluster_->instance()) {
+    return refuse("the update's ranks do not name this member's process at its rank (it "
+                  "restarted?)");
+  }
+  if (!coordinator_ranked || st.coordinator() == self) {
+    return absl::InvalidArgumentError("the coordinator is not another rank of the update");
+  }
+  if (st.uploader_ranks().empty()) return absl::InvalidArgumentError("no uploading rank");
+  std::vector<int> uploaders;
+  for (uint32_t u : st.uploader_ranks()) {
+    if (u >= ranks.size()) return absl::InvalidArgumentError("an uploading rank out of range");
+    if (u == st.rank()) return refuse("asked to upload a version it was not sent");
+    uploaders.push_back(static_cast<int>(u));
+  }
+  if (st.bucket_bytes() == 0 || st.bucket_bytes() > transfer_->slots(0).slot_bytes()) {
+    return refuse(absl::StrCat("the coordinator's buckets of ", FormatBytes(st.bucket_bytes()),
+                               " do not fit this member's slots of ",
+                               FormatBytes(transfer_->slots(0).slot_bytes()),
+                               ": give every member the same bucket_bytes"));
+  }
+  if (st.tensors() == 0 || st.tensors() > kDefaultMaxTensors) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a manifest of ", st.tensors(), " tensors (1..", kDefaultMaxTensors, ")"));
+  }
+  // The manifest, in parts.
+  auto manifest = std::make_shared<v1::Manifest>();
+  while (manifest->tensors_size() < static_cast<int>(st.tensors())) {
+    RETURN_IF_ERROR(stream.Read(&in, "the manifest"));
+    if (!in.has_manifest() || in.manifest().tensors().empty() ||
+        manifest->tensors_size() + in.manifest().tensors_size() > static_cast<int>(st.tensors())) {
+      return absl::InvalidArgumentError(absl::StrCat("the manifest's parts do not add up to ",
+                                                     st.tensors(), " tensors"));
+    }
+    for (v1::TensorSpec& t : *in.mutable_manifest()->mutable_tensors()) {
+      *manifest->add_tensors() = std::move(t);
+    }
+  }
+  ManifestLimits limits;
+  RETURN_IF_ERROR(ValidateManifest(*manifest, limits));
+  Prepared p;
+  p.version = st.version();
+  ASSIGN_OR_RETURN(p.plan, PlanManifest(st.version(), *manifest, nullptr, st.bucket_bytes(), 1));
+  p.manifest = manifest;
+  p.response.set_version(st.version());
+  p.every_bucket = true;
+  v1::UpdateRequest request;
+  request.set_version(st.version());
+  request.set_force(st.force());
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError(stop_reason_);
+    if (updating_ != 0) {
+      return refuse(absl::StrCat("an update to version ", updating_, " is running here"));
+    }
+    ASSIGN_OR_RETURN(p.participants,
+                     UpdateRun::Select(registry_, request, st.version(), *manifest, &p.response,
+                                       /*allow_none=*/true));
+    updating_ = st.version();
+    running_unrestricted_ = false;
+  }
+  auto release = [this] {
+    absl::MutexLock lock(&mu_);
+    updating_ = 0;
+  };
+  v1::MemberUpdateOut out;
+  v1::MemberUpdateReady* ready = out.mutable_ready();
+  ready->set_has_communicator(!st.communicator_id().empty() && group_.group != nullptr &&
+                              group_.id == st.communicator_id() && group_.ranks == ranks &&
+                              !group_.group->broken());
+  ready->set_participants(static_cast<uint32_t>(p.participants.size()));
+  ready->set_skipped(static_cast<uint32_t>(p.response.workers_size()));
+  if (absl::Status s = stream.Write(out); !s.ok()) {
+    release();
+    return s;
+  }
+  {
+    // A coordinator that stops answering (SIGSTOP, a partition) ends this wait by deadline: it
+    // sends the go within its own cluster_timeout of the start.
+    CancelAt guard(stream, absl::Now() + 2 * cluster_->timeout());
+    absl::Status s = stream.Read(&in, "the go");
+    if (!s.ok() || !in.has_go()) {
+      release();
+      if (guard.fired()) {
+        return absl::DeadlineExceededError(
+            absl::StrCat("member '", self, "': the coordinator '", st.coordinator(),
+                         "' sent no go within twice cluster_timeout"));
+      }
+      return s.ok() ? absl::InvalidArgumentError("expected the go") : s;
+    }
+  }
+  spdlog::info("cluster update {} to version {} coordinated by '{}': this member is rank {} of {}",
+               st.update_id(), st.version(), st.coordinator(), st.rank(), ranks.size());
+  absl::Status group = EnsureGroup(in.go().communicator_id(), in.go().create(), ranks,
+                                   static_cast<int>(st.rank()), st.coordinator());
+  v1::MemberUpdateOut result;
+  v1::MemberUpdateResult* r = result.mutable_result();
+  if (!group.ok()) {
+    release();
+    group_ = ClusterGroup{};
+    r->set_code(absl::StatusCodeToString(group.code()));
+    r->set_error(absl::StrCat("member '", self, "': ", group.message()));
+    return stream.Write(result);
+  }
+  p.filler = std::make_unique<ClusterFiller>(transfer_.get(), nullptr, group_.group.get(),
+                                             uploaders);
+  // The coordinator may end the update (another member failed): the run stops at its next step.
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    while (!done) {
+      if (stream.cancelled()) {
+        absl::MutexLock lock(&mu_);
+        if (running_ != nullptr) running_->Cancel("the coordinator ended the cluster update");
+        return;
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+  });
+  absl::StatusOr<v1::UpdateResponse> run;
+  {
+    absl::MutexLock lock(&mu_);
+    run = RunLocked(std::move(p), "cluster", started);
+    if (run.ok()) {
+      *r->mutable_response() = *run;
+    } else {
+      r->set_code(absl::StatusCodeToString(run.status().code()));
+      r->set_error(std::string(run.status().message()));
+      if (outcomes_.count(st.version()) > 0) {
+        *r->mutable_response() = outcomes_[st.version()].result();
+      }
+    }
+  }
+  done = true;
+  watcher.join();
+  if (!run.ok() || group_.group->broken()) group_ = ClusterGroup{};
+  return stream.Write(result);
+}
+
+}  // namespace ckpt::daemon

@@ -1,0 +1,341 @@
+// Cluster updates between real daemons on 127.0.0.1, host backend (docs/cluster.md, "The cluster
+// update"): a version pushed to one member reaches every worker of every member bit-exact, through
+// one Gloo broadcast per bucket; a member killed or stopped mid-update ends the update on every
+// other member within the deadline, naming it, and the next update without it works.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/daemon_client.h"
+#include "client/trainer_client.h"
+#include "common/dtype.h"
+#include "tests/testing/state_dict.h"
+#include "tests/testing/subprocess.h"
+
+namespace ckpt {
+namespace {
+
+using testing::DaemonProcess;
+using testing::Runfile;
+using testing::RunResult;
+using testing::StateDict;
+using testing::Subprocess;
+using testing::TempDir;
+using testing::WaitUntil;
+using namespace std::chrono_literals;
+
+bool Contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+std::vector<int> FreePorts(int n) {
+  std::vector<int> fds, ports;
+  for (int i = 0; i < n; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a = {};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+    socklen_t len = sizeof(a);
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    fds.push_back(fd);
+    ports.push_back(ntohs(a.sin_port));
+  }
+  for (int fd : fds) ::close(fd);
+  return ports;
+}
+
+// Several buckets (64 KiB each) and both slots; dtypes of every size.
+StateDict Model(uint32_t seed) {
+  StateDict m;
+  m.Add("model.embed_tokens.weight", DType::kBfloat16, {128, 200}, seed + 1);
+  for (int layer = 0; layer < 3; ++layer) {
+    const std::string p = "model.layers." + std::to_string(layer) + ".";
+    m.Add(p + "self_attn.q_proj.weight", DType::kBfloat16, {96, 96}, seed + 10 * layer + 2);
+    m.Add(p + "self_attn.v_proj.weight", DType::kFloat32, {32, 96}, seed + 10 * layer + 4);
+    m.Add(p + "mlp.down_proj.weight", DType::kFloat8E4m3fn, {96, 160}, seed + 10 * layer + 6);
+  }
+  // Larger than a bucket: split into pieces.
+  m.Add("lm_head.weight", DType::kFloat32, {256, 96}, seed + 97);
+  m.Add("scalar.step", DType::kInt64, {}, seed + 99);
+  return m;
+}
+
+struct Member {
+  std::string name;
+  std::string address;
+  std::unique_ptr<DaemonProcess> daemon;
+};
+
+// A worker_client attached to one member.
+struct Worker {
+  Worker(const DaemonProcess& d, const TempDir& dir, const std::string& name,
+         std::vector<std::string> extra = {})
+      : out(dir / (name + ".json")), ready(dir / (name + ".ready")) {
+    std::vector<std::string> argv = {Runfile("tests/integration/worker_client"),
+                                     "--socket",
+                                     d.socket,
+                                     "--out",
+                                     out,
+                                     "--ready",
+                                     ready,
+                                     "--engine",
+                                     "cluster-test",
+                                     "--verify-checksums"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    proc = std::make_unique<Subprocess>(argv);
+  }
+  void WaitAttached() {
+    INFO("worker stderr: " << proc->Stderr());
+    REQUIRE(WaitUntil([&] { return Exists(ready) || !proc->running(); }, 30s));
+    REQUIRE(Exists(ready));
+  }
+  nlohmann::json Report(uint64_t version) {
+    auto report = testing::WaitForWorkerReport(out, version, 30s);
+    INFO("worker stderr: " << proc->Stderr());
+    REQUIRE(report.has_value());
+    return *report;
+  }
+  std::string out, ready;
+  std::unique_ptr<Subprocess> proc;
+};
+
+struct Cluster {
+  explicit Cluster(int n, const std::string& timeout = "3s") {
+    token = dir / "token";
+    std::ofstream(token) << std::string(40, 'k') << "\n";
+    REQUIRE(::chmod(token.c_str(), 0600) == 0);
+    const std::vector<int> ports = FreePorts(n);
+    std::string list;
+    members.resize(n);
+    for (int i = 0; i < n; ++i) {
+      members[i].name = "node-" + std::to_string(i);
+      members[i].address = "127.0.0.1:" + std::to_string(ports[i]);
+      list += (list.empty() ? "" : ",") + members[i].address;
+    }
+    for (Member& m : members) {
+      m.daemon = std::make_unique<DaemonProcess>(std::vector<std::string>{
+          "--backend", "host", "--host-memory-budget", "32MiB", "--bucket-bytes", "64KiB",
+          "--node-name", m.name, "--cluster-listen", m.address, "--cluster-members", list,
+          "--cluster-token-file", token, "--cluster-timeout", timeout, "--ack-timeout", "5s",
+          "--log-level", "info"});
+      INFO("daemon " << m.name << " stderr: " << m.daemon->proc->Stderr());
+      REQUIRE(m.daemon->ready());
+    }
+  }
+  // Waits until member `i` sees `up` other members up.
+  void WaitUp(int i, size_t up) {
+    std::string last;
+    const bool seen = WaitUntil(
+        [&] {
+          RunResult r = members[i].daemon->Ctl({"cluster", "--json"});
+          last = r.out + r.err;
+          if (r.exit.code != 0) return false;
+          const nlohmann::json j = nlohmann::json::parse(r.out);
+          size_t n = 0;
+          for (const auto& m : j["members"]) n += m["state"] == "up" ? 1 : 0;
+          return n == up;
+        },
+        20s);
+    if (!seen) FAIL("member " << members[i].name << " does not see " << up << " up: " << last);
+  }
+  std::unique_ptr<client::DaemonClient> Admin(int i) {
+    auto endpoint = client::ResolveEndpoint(members[i].daemon->socket, "");
+    REQUIRE(endpoint.ok());
+    auto admin = client::DaemonClient::Connect(*endpoint);
+    REQUIRE(admin.ok());
+    return *std::move(admin);
+  }
+  uint64_t Push(int i, const StateDict& m) {
+    auto endpoint = client::ResolveEndpoint(members[i].daemon->socket, "");
+    REQUIRE(endpoint.ok());
+    auto trainer = client::TrainerClient::Connect(*endpoint);
+    REQUIRE(trainer.ok());
+    auto info = (*trainer)->PushTensors(m.views, client::PushOptions{});
+    INFO(info.status().ToString());
+    REQUIRE(info.ok());
+    return info->version();
+  }
+  TempDir dir;
+  std::string token;
+  std::vector<Member> members;
+};
+
+absl::StatusOr<v1::UpdateResponse> Update(client::DaemonClient& admin, uint64_t version,
+                                          absl::Duration deadline = absl::Seconds(60)) {
+  v1::UpdateRequest request;
+  request.set_version(version);
+  return admin.Update(request, deadline);
+}
+
+TEST_CASE("a version pushed to one member updates every worker of every member bit-exact") {
+  Cluster c(3);
+  for (int i = 0; i < 3; ++i) c.WaitUp(i, 2);
+  TempDir dir;
+  std::vector<std::unique_ptr<Worker>> workers;
+  // Two workers on node-1, one on each other member; each takes two versions.
+  for (int i : {0, 1, 1, 2}) {
+    workers.push_back(std::make_unique<Worker>(*c.members[i].daemon, dir,
+                                               "w" + std::to_string(workers.size()),
+                                               std::vector<std::string>{"--versions", "2"}));
+  }
+  for (auto& w : workers) w->WaitAttached();
+  // The others learn of the workers through Hello: a cluster update needs none here.
+  StateDict m1 = Model(11);
+  const uint64_t v1 = c.Push(0, m1);
+  auto admin = c.Admin(0);
+  auto r = Update(*admin, v1);
+  INFO(r.status().ToString());
+  for (auto& m : c.members) INFO(m.name << " stderr: " << m.daemon->proc->Stderr());
+  REQUIRE(r.ok());
+  REQUIRE(r->workers_size() == 4);
+  std::map<std::string, int> per_member;
+  for (const auto& w : r->workers()) {
+    CHECK(w.ok());
+    CHECK_FALSE(w.skipped());
+    ++per_member[w.node_name()];
+  }
+  CHECK(per_member == std::map<std::string, int>{{"node-0", 1}, {"node-1", 2}, {"node-2", 1}});
+  for (auto& w : workers) CHECK(testing::CompareWorkerReport(w->Report(v1), m1) == "");
+
+  // A second version, asked of a member that does not hold it: refused, naming why.
+  StateDict m2 = Model(23);
+  const uint64_t v2 = c.Push(0, m2);
+  auto other = c.Admin(2);
+  auto refused = Update(*other, v2);
+  CHECK(refused.status().code() == absl::StatusCode::kNotFound);
+  // From the member that holds it, with ckptctl: every member's workers, each named.
+  RunResult u = c.members[0].daemon->Ctl({"update", std::to_string(v2)});
+  INFO(u.err);
+  REQUIRE(u.exit.code == 0);
+  CHECK(Contains(u.out, "sent to 4 workers"));
+  for (const char* name : {"node-0  pid", "node-1  pid", "node-2  pid"}) {
+    CHECK(Contains(u.out, name));
+  }
+  for (auto& w : workers) CHECK(testing::CompareWorkerReport(w->Report(v2), m2) == "");
+  // The communicator of the first update served the second (created once).
+  const std::string log1 = c.members[1].daemon->proc->Stderr();
+  CHECK(log1.find("communicator") == log1.rfind("communicator"));
+  for (auto& w : workers) CHECK(w->proc->Wait(20s).code == 0);
+
+  // Status on a member that took part shows its own part as a cluster update.
+  RunResult status = c.members[2].daemon->Ctl({"status", "--json"});
+  REQUIRE(status.exit.code == 0);
+  auto j = nlohmann::json::parse(status.out);
+  CHECK(j["last_update"]["trigger"] == "cluster");
+  CHECK(j["last_update"]["state"] == "succeeded");
+}
+
+TEST_CASE("a member killed mid-update ends the update everywhere, naming it; the next works") {
+  Cluster c(3, "2s");
+  for (int i = 0; i < 3; ++i) c.WaitUp(i, 2);
+  TempDir dir;
+  const std::string go = dir / "go";
+  Worker w0(*c.members[0].daemon, dir, "w0", {"--versions", "2"});
+  Worker w1(*c.members[1].daemon, dir, "w1", {"--versions", "2"});
+  // node-2's worker holds its first bucket until `go` exists: the update waits on it.
+  Worker held(*c.members[2].daemon, dir, "held", {"--wait-for-file", go});
+  w0.WaitAttached();
+  w1.WaitAttached();
+  held.WaitAttached();
+  StateDict m1 = Model(31);
+  const uint64_t v1 = c.Push(0, m1);
+  auto admin = c.Admin(0);
+  auto pending = std::async(std::launch::async, [&] { return Update(*admin, v1); });
+  // Mid-update (node-2 received its first bucket and the update waits for its ack): kill node-2.
+  REQUIRE(WaitUntil(
+      [&] {
+        RunResult s = c.members[2].daemon->Ctl({"status", "--json"});
+        return s.exit.code == 0 &&
+               nlohmann::json::parse(s.out)["updating_version"].get<uint64_t>() == v1;
+      },
+      20s));
+  const auto killed_at = std::chrono::steady_clock::now();
+  c.members[2].daemon->proc->Signal(SIGKILL);
+  REQUIRE(pending.wait_for(30s) == std::future_status::ready);
+  const auto took = std::chrono::steady_clock::now() - killed_at;
+  auto r = pending.get();
+  INFO(r.status().ToString());
+  REQUIRE_FALSE(r.ok());
+  CHECK(Contains(std::string(r.status().message()), "node-2"));
+  CHECK(took < 20s);
+  // The survivors' workers were sent part of it: they are not reported as holding it.
+  for (int i : {0, 1}) {
+    RunResult s = c.members[i].daemon->Ctl({"status", "--json"});
+    REQUIRE(s.exit.code == 0);
+    auto j = nlohmann::json::parse(s.out);
+    CHECK(j["updating_version"] == 0);
+    for (const auto& w : j["workers"]) CHECK(w["loaded_version"] != v1);
+  }
+  // node-2 is seen gone; the next update goes to the two members left.
+  c.WaitUp(0, 1);
+  c.WaitUp(1, 1);
+  StateDict m2 = Model(41);
+  const uint64_t v2 = c.Push(0, m2);
+  auto r2 = Update(*admin, v2);
+  INFO(r2.status().ToString());
+  REQUIRE(r2.ok());
+  REQUIRE(r2->workers_size() == 2);
+  CHECK(testing::CompareWorkerReport(w0.Report(v2), m2) == "");
+  CHECK(testing::CompareWorkerReport(w1.Report(v2), m2) == "");
+}
+
+TEST_CASE("a member stopped (SIGSTOP) mid-update ends the update by the deadline") {
+  Cluster c(3, "2s");
+  for (int i = 0; i < 3; ++i) c.WaitUp(i, 2);
+  TempDir dir;
+  const std::string go = dir / "go";
+  Worker w0(*c.members[0].daemon, dir, "w0");
+  Worker held(*c.members[1].daemon, dir, "held", {"--wait-for-file", go});
+  Worker w2(*c.members[2].daemon, dir, "w2");
+  w0.WaitAttached();
+  held.WaitAttached();
+  w2.WaitAttached();
+  StateDict m1 = Model(51);
+  const uint64_t v1 = c.Push(0, m1);
+  auto admin = c.Admin(0);
+  auto pending = std::async(std::launch::async, [&] { return Update(*admin, v1); });
+  REQUIRE(WaitUntil(
+      [&] {
+        RunResult s = c.members[1].daemon->Ctl({"status", "--json"});
+        return s.exit.code == 0 &&
+               nlohmann::json::parse(s.out)["updating_version"].get<uint64_t>() == v1;
+      },
+      20s));
+  c.members[1].daemon->proc->Signal(SIGSTOP);
+  REQUIRE(pending.wait_for(40s) == std::future_status::ready);
+  auto r = pending.get();
+  c.members[1].daemon->proc->Signal(SIGCONT);
+  INFO(r.status().ToString());
+  REQUIRE_FALSE(r.ok());
+  CHECK(Contains(std::string(r.status().message()), "node-1"));
+  // node-2 ended its part too: no update runs there.
+  REQUIRE(WaitUntil(
+      [&] {
+        RunResult s = c.members[2].daemon->Ctl({"status", "--json"});
+        return s.exit.code == 0 &&
+               nlohmann::json::parse(s.out)["updating_version"].get<uint64_t>() == 0;
+      },
+      20s));
+}
+
+}  // namespace
+}  // namespace ckpt
