@@ -159,9 +159,6 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     return absl::FailedPreconditionError(
         absl::StrCat("cluster update to version ", version, ": ", why));
   };
-  if (!request.worker_pids().empty()) {
-    return refuse("worker_pids name workers of one member: a cluster update goes to every member");
-  }
   if (transfer_->kind() != BackendKind::kHost) {
     return refuse(
         "cluster updates with the cuda backend are not built yet (a cluster whose other members "
@@ -463,8 +460,10 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   for (const Part& part : parts) {
     if (part.lost) {
       problems.push_back(absl::StrCat(
-          "member '", part.node_name, "' is lost: no result within cluster_timeout ",
-          HumanDuration(cluster_->timeout()), " (killed, stopped or cut off?)"));
+          "member '", part.node_name, "' sent no result within cluster_timeout ",
+          HumanDuration(cluster_->timeout()),
+          " after this member's part ended: lost (killed, stopped, cut off) or still waiting in a "
+          "collective"));
       timed_out = true;
     }
   }
@@ -527,6 +526,9 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   const absl::Time started = absl::Now();
   if (cluster_ == nullptr) return absl::UnavailableError("this daemon is not in a cluster");
   const std::string self = cluster_->node_name();
+  // Until this member is ready, every read is bounded: a caller that opens the call and sends
+  // nothing, or stops halfway through the manifest, does not hold a server thread.
+  auto start_guard = std::make_unique<CancelAt>(stream, absl::Now() + 2 * cluster_->timeout());
   v1::MemberUpdateIn in;
   RETURN_IF_ERROR(stream.Read(&in, "the start"));
   if (!in.has_start()) return absl::InvalidArgumentError("a member update begins with its start");
@@ -620,6 +622,11 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
     absl::MutexLock lock(&mu_);
     updating_ = 0;
   };
+  if (start_guard->fired()) {
+    release();
+    return absl::DeadlineExceededError("the start did not arrive within twice cluster_timeout");
+  }
+  start_guard.reset();
   v1::MemberUpdateOut out;
   v1::MemberUpdateReady* ready = out.mutable_ready();
   ready->set_has_communicator(!st.communicator_id().empty() && group_.group != nullptr &&

@@ -70,16 +70,31 @@ void UpdateEngine::OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message
 absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateRequest& request,
                                                            const std::string& trigger) {
   const absl::Time started = absl::Now();
-  auto lease = store_->Lease(request.version());
-  if (!lease.ok()) return lease.status();
-  if (cluster_ != nullptr) {
-    std::vector<v1::ClusterMember> others;
+  // A request naming workers (worker_pids; update_on_attach and previous too) is for this
+  // member's own workers: it runs here alone. Any other goes to every member that is up.
+  std::vector<v1::ClusterMember> others;
+  if (cluster_ != nullptr && request.worker_pids().empty()) {
     for (v1::ClusterMember& m : cluster_->Members()) {
       if (m.state() == "up") others.push_back(std::move(m));
     }
-    if (!others.empty()) {
-      return RunClusterUpdate(request, trigger, *std::move(lease), std::move(others));
+  }
+  auto lease = store_->Lease(request.version());
+  if (!lease.ok()) {
+    if (absl::IsNotFound(lease.status()) && request.version() != 0) {
+      // Versions are pushed whole to one member, which coordinates their updates.
+      for (const v1::ClusterMember& m : others) {
+        if (std::find(m.versions().begin(), m.versions().end(), request.version()) !=
+            m.versions().end()) {
+          return absl::NotFoundError(absl::StrCat(
+              lease.status().message(), "; member '", m.node_name(), "' holds version ",
+              request.version(), ": ask it (the member holding a version coordinates its update)"));
+        }
+      }
     }
+    return lease.status();
+  }
+  if (!others.empty()) {
+    return RunClusterUpdate(request, trigger, *std::move(lease), std::move(others));
   }
   Prepared p;
   p.version = (*lease)->version();

@@ -220,8 +220,25 @@ TEST_CASE("a version pushed to one member updates every worker of every member b
   StateDict m2 = Model(23);
   const uint64_t v2 = c.Push(0, m2);
   auto other = c.Admin(2);
+  // Once node-2 has heard (Hello) that node-0 holds it.
+  REQUIRE(WaitUntil(
+      [&] {
+        RunResult r = c.members[2].daemon->Ctl({"cluster", "--json"});
+        if (r.exit.code != 0) return false;
+        const nlohmann::json j = nlohmann::json::parse(r.out);
+        for (const auto& m : j["members"]) {
+          if (m["node_name"] != "node-0") continue;
+          for (const auto& v : m["versions"]) {
+            if (v == v2) return true;
+          }
+        }
+        return false;
+      },
+      20s));
   auto refused = Update(*other, v2);
+  INFO(refused.status().ToString());
   CHECK(refused.status().code() == absl::StatusCode::kNotFound);
+  CHECK(Contains(std::string(refused.status().message()), "member 'node-0' holds version"));
   // From the member that holds it, with ckptctl: every member's workers, each named.
   RunResult u = c.members[0].daemon->Ctl({"update", std::to_string(v2)});
   INFO(u.err);
