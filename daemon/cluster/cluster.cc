@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -89,6 +90,18 @@ class Cluster::PeerService final : public v1::Peer::Service {
     if (!cluster_->member_update_) {
       return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this member takes no cluster updates");
     }
+    // One update runs at a time: a few calls at once are plenty, and the Peer server's other
+    // threads stay free for Hello and Rendezvous whatever a caller opens.
+    if (member_calls_.fetch_add(1) >= kMaxMemberUpdateCalls) {
+      member_calls_.fetch_sub(1);
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          absl::StrCat("member '", o.node_name, "' serves ",
+                                       kMaxMemberUpdateCalls, " MemberUpdate calls at once"));
+    }
+    struct Leave {
+      std::atomic<int>* n;
+      ~Leave() { n->fetch_sub(1); }
+    } leave{&member_calls_};
     class Stream final : public MemberUpdateStream {
      public:
       Stream(grpc::ServerContext* context,
@@ -140,7 +153,9 @@ class Cluster::PeerService final : public v1::Peer::Service {
     spdlog::warn("cluster: a peer at {} {}; refused", context->peer(), what);
   }
 
+  static constexpr int kMaxMemberUpdateCalls = 4;
   Cluster* const cluster_;
+  std::atomic<int> member_calls_{0};
   absl::Mutex mu_;
   absl::Time last_log_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };

@@ -216,6 +216,8 @@ class VersionStore {
   int AbortStale(absl::Time now);
 
   Usage GetUsage() const;
+  // max_tensors_per_version (a cluster member checks manifests it is sent against it).
+  uint64_t max_tensors() const { return options_.max_tensors; }
 
   // Totals since start, for metrics: commits by path (PushChunks with checksums from the trainer,
   // or LoadFiles), their bytes and seconds from Begin to commit, and staging versions aborted.

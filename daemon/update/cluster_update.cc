@@ -3,14 +3,17 @@
 // from an uploading rank (one that holds the version) and is broadcast into slot k % K of every
 // rank, each of which hands it to its own workers.
 //
-// The coordinator drives each other member's part through one Peer.MemberUpdate call: start
-// (version, ranks, settings), the manifest in parts, then (once every member is ready) go, and the
-// member answers ready and finally its result. A member that fails, is killed or stops answering
-// ends its part; the coordinator then cancels every other part, and a rank blocked in a collective
-// is released when its peers drop their communicators (a broken group closes its connections) or
-// by the collective's deadline (cluster_timeout).
+// The coordinator drives each other member's part through one Peer.MemberUpdate call: the member's
+// hello (its nonce), the start (version, ranks, settings), the manifest in parts, the member's
+// ready, then (once every member is ready) the go, and finally the member's result. A rank whose
+// collective fails drops its communicator, which closes its connections, so the other ranks'
+// collectives fail at once (or by their deadline, cluster_timeout + ack_timeout, when a rank is
+// stopped); each member then reports its part, and one that reports nothing in time is named as
+// lost. A member's call that breaks also ends the coordinator's own part; failed workers on one
+// member do not stop the others. Every member holds its update slot until its whole part ended.
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -102,6 +105,32 @@ absl::Status MemberStatus(const v1::MemberUpdateResult& r) {
   return absl::Status(code, EscapeForMessage(r.error(), 2000));
 }
 
+// Empty when `here` and `there` list the same tensors (names, dtypes, shapes, sizes, checksums);
+// else the first difference, with `here` as this member's.
+std::string ManifestDifference(const v1::Manifest& here, const v1::Manifest& there) {
+  if (here.tensors_size() != there.tensors_size()) {
+    return absl::StrCat(here.tensors_size(), " tensors here, ", there.tensors_size(), " there");
+  }
+  for (int i = 0; i < here.tensors_size(); ++i) {
+    const v1::TensorSpec& a = here.tensors(i);
+    const v1::TensorSpec& b = there.tensors(i);
+    const std::string name = QuoteForMessage(a.name(), 128);
+    if (a.name() != b.name()) {
+      return absl::StrCat("tensor ", i, " is ", name, " here and ", QuoteForMessage(b.name(), 128),
+                          " there");
+    }
+    if (a.dtype() != b.dtype() || a.byte_size() != b.byte_size() ||
+        !std::equal(a.shape().begin(), a.shape().end(), b.shape().begin(), b.shape().end())) {
+      return absl::StrCat("tensor ", name, " has another dtype or shape");
+    }
+    if (a.xxh3() != b.xxh3()) {
+      return absl::StrCat("tensor ", name, " differs (xxh3 ", absl::Hex(a.xxh3(), absl::kZeroPad16),
+                          " here, ", absl::Hex(b.xxh3(), absl::kZeroPad16), " there)");
+    }
+  }
+  return "";
+}
+
 }  // namespace
 
 void UpdateEngine::SetCluster(Cluster* cluster) { cluster_ = cluster; }
@@ -119,9 +148,9 @@ absl::Status UpdateEngine::EnsureGroup(
         absl::StrCat("communicator ", id, " is not held here (any more)"));
   }
   group_ = ClusterGroup{};
-  const bool local = coordinator == cluster_->node_name();
+  const bool local = coordinator == cluster_.load()->node_name();
   Cluster* cluster = cluster_;
-  const absl::Duration timeout = cluster_->timeout();
+  const absl::Duration timeout = cluster_.load()->timeout();
   RendezvousClient store(
       id + "/",
       [cluster, local, coordinator, timeout](const v1::RendezvousRequest& r)
@@ -136,7 +165,7 @@ absl::Status UpdateEngine::EnsureGroup(
   GlooGroup::Options o;
   o.rank = rank;
   o.size = static_cast<int>(ranks.size());
-  o.host = cluster_->DataHost();
+  o.host = cluster_.load()->DataHost();
   // A rank posts a bucket's broadcast once its own workers released the slot, which may take up
   // to ack_timeout: a collective waits that long plus cluster_timeout for the slowest rank.
   o.timeout = timeout + options_.ack_timeout;
@@ -154,7 +183,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     std::shared_ptr<VersionStore::ReadLease> lease, std::vector<v1::ClusterMember> others) {
   const absl::Time started = absl::Now();
   const uint64_t version = lease->version();
-  const std::string self = cluster_->node_name();
+  const std::string self = cluster_.load()->node_name();
   auto refuse = [&](const std::string& why) {
     return absl::FailedPreconditionError(
         absl::StrCat("cluster update to version ", version, ": ", why));
@@ -178,7 +207,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   }
   // Ranks: members by node_name.
   std::vector<std::pair<std::string, std::string>> ranks;
-  ranks.emplace_back(self, cluster_->instance());
+  ranks.emplace_back(self, cluster_.load()->instance());
   for (const v1::ClusterMember& m : others) ranks.emplace_back(m.node_name(), m.instance());
   std::sort(ranks.begin(), ranks.end());
   int my_rank = 0;
@@ -194,7 +223,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   p.manifest = std::shared_ptr<const v1::Manifest>(lease, &lease->manifest());
   p.response.set_version(version);
   p.every_bucket = true;
-  p.unrestricted = !request.force();
+  // Not joinable: a joiner would be answered with this member's part alone.
+  p.unrestricted = false;
   const std::string update_id = RandomHex128();
   {
     absl::MutexLock lock(&mu_);
@@ -257,77 +287,85 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     part.rank = static_cast<int>(r);
     parts.push_back(std::move(part));
   }
-  // Phase 1, bounded by cluster_timeout: every member gets the start and the manifest and says it
-  // is ready. A member that does not answer in time is cancelled (its Read returns).
-  std::atomic<bool> phase1_done{false};
+  // Phase 1, bounded by cluster_timeout: every member says hello (its nonce: everything after is
+  // bound to this call), gets the start and the manifest, and says it is ready. A member that does
+  // not answer in time is cancelled (its Read returns) and the phase fails.
   absl::Mutex watch_mu;
-  bool watch_stop = false;
-  const absl::Time phase1_deadline = absl::Now() + cluster_->timeout();
-  std::vector<Cluster::MemberCall*> calls;
-  std::thread watchdog;
+  bool watch_stop = false, watch_fired = false;
+  std::vector<Cluster::MemberCall*> calls;  // under watch_mu
+  const absl::Time phase1_deadline = absl::Now() + cluster_.load()->timeout();
+  std::thread watchdog([&] {
+    absl::MutexLock lock(&watch_mu);
+    auto stop = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu) { return watch_stop; };
+    if (!watch_mu.AwaitWithDeadline(absl::Condition(&stop), phase1_deadline)) {
+      watch_fired = true;
+      for (Cluster::MemberCall* c : calls) c->Cancel();
+    }
+  });
   absl::Status phase1;
   for (Part& part : parts) {
-    auto call = cluster_->CallMemberUpdate(part.node_name);
+    auto call = cluster_.load()->CallMemberUpdate(part.node_name);
     if (!call.ok()) {
       phase1 = call.status();
       break;
     }
     part.call = *std::move(call);
-    calls.push_back(part.call.get());
-  }
-  if (phase1.ok()) {
-    watchdog = std::thread([&] {
-      absl::MutexLock lock(&watch_mu);
-      auto stop = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu) { return watch_stop; };
-      if (!watch_mu.AwaitWithDeadline(absl::Condition(&stop), phase1_deadline)) {
-        for (Cluster::MemberCall* c : calls) c->Cancel();
-      }
-    });
-    for (Part& part : parts) {
-      st->set_rank(static_cast<uint32_t>(part.rank));
-      absl::Status s = part.call->Write(start);
-      v1::MemberUpdateIn piece;
-      size_t bytes = 0;
-      for (int i = 0; s.ok() && i < p.manifest->tensors_size(); ++i) {
-        const v1::TensorSpec& t = p.manifest->tensors(i);
-        *piece.mutable_manifest()->add_tensors() = t;
-        bytes += t.ByteSizeLong();
-        if (bytes >= kManifestPartBytes || i + 1 == p.manifest->tensors_size()) {
-          s = part.call->Write(piece);
-          piece.Clear();
-          bytes = 0;
-        }
-      }
-      if (!s.ok()) {
-        phase1 = s;
-        break;
-      }
-    }
-    for (Part& part : parts) {
-      if (!phase1.ok()) break;
-      v1::MemberUpdateOut out;
-      absl::Status s = part.call->Read(&out, "its answer to the start");
-      if (s.ok() && !out.has_ready()) {
-        s = absl::InvalidArgumentError(
-            absl::StrCat("member '", part.node_name, "' answered the start with something else"));
-      }
-      if (!s.ok()) {
-        phase1 = s;
-        break;
-      }
-      part.ready = out.ready();
-    }
     {
       absl::MutexLock lock(&watch_mu);
-      watch_stop = true;
+      if (watch_fired) part.call->Cancel();
+      calls.push_back(part.call.get());
     }
-    watchdog.join();
-    phase1_done = true;
-    if (!phase1.ok() && absl::Now() >= phase1_deadline) {
-      phase1 = absl::DeadlineExceededError(absl::StrCat(
-          "not every member was ready within cluster_timeout ",
-          HumanDuration(cluster_->timeout()), ": ", phase1.message()));
+    v1::MemberUpdateOut hello;
+    absl::Status s = part.call->Read(&hello, "its hello");
+    if (s.ok() && !hello.has_hello()) {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("member '", part.node_name, "' did not begin with its hello"));
     }
+    st->set_rank(static_cast<uint32_t>(part.rank));
+    if (s.ok()) s = part.call->Write(start);
+    v1::MemberUpdateIn piece;
+    size_t bytes = 0;
+    for (int i = 0; s.ok() && i < p.manifest->tensors_size(); ++i) {
+      const v1::TensorSpec& t = p.manifest->tensors(i);
+      *piece.mutable_manifest()->add_tensors() = t;
+      bytes += t.ByteSizeLong();
+      if (bytes >= kManifestPartBytes || i + 1 == p.manifest->tensors_size()) {
+        s = part.call->Write(piece);
+        piece.Clear();
+        bytes = 0;
+      }
+    }
+    if (!s.ok()) {
+      phase1 = s;
+      break;
+    }
+  }
+  for (Part& part : parts) {
+    if (!phase1.ok()) break;
+    v1::MemberUpdateOut out;
+    absl::Status s = part.call->Read(&out, "its answer to the start");
+    if (s.ok() && !out.has_ready()) {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("member '", part.node_name, "' answered the start with something else"));
+    }
+    if (!s.ok()) {
+      phase1 = s;
+      break;
+    }
+    part.ready = out.ready();
+  }
+  bool fired;
+  {
+    absl::MutexLock lock(&watch_mu);
+    watch_stop = true;
+    fired = watch_fired;
+  }
+  watchdog.join();
+  if (fired) {
+    phase1 = absl::DeadlineExceededError(absl::StrCat(
+        "not every member was ready within cluster_timeout ",
+        HumanDuration(cluster_.load()->timeout()),
+        phase1.ok() ? std::string() : absl::StrCat(": ", phase1.message())));
   }
   if (!phase1.ok()) {
     for (Part& part : parts) {
@@ -347,11 +385,19 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
         "no worker is attached to any of the ", ranks.size(),
         " members: start the inference workers before asking for an update"));
   }
+  size_t sending = p.participants.size();
+  for (const Part& part : parts) sending += part.ready.participants();
+  if (sending == 0) {
+    // Every worker of every member holds it already (no force): nothing to broadcast.
+    for (Part& part : parts) part.call->Cancel();
+    release();
+    return p.response;
+  }
   // Every member is ready: reuse the communicator if all hold it, else every rank creates one.
   bool reuse = reuse_candidate;
   for (const Part& part : parts) reuse = reuse && part.ready.has_communicator();
   const std::string communicator = reuse ? group_.id : RandomHex128();
-  if (!reuse) cluster_->rendezvous().Open(communicator);
+  if (!reuse) cluster_.load()->rendezvous().Open(communicator);
   v1::MemberUpdateIn go;
   go.mutable_go()->set_communicator_id(communicator);
   go.mutable_go()->set_create(!reuse);
@@ -365,8 +411,13 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   absl::Mutex parts_mu;
   std::vector<std::thread> readers;
   std::atomic<bool> any_failed{false};
+  // A member whose call broke (killed, cut off) ends this member's part too, also when it has not
+  // begun yet (the flag is checked under mu_ before it runs). A member reporting failed workers
+  // does not: the others' workers go on.
+  bool cancel_requested = false;  // under mu_
   auto cancel_local = [&] {
     absl::MutexLock lock(&mu_);
+    cancel_requested = true;
     if (running_ != nullptr) running_->Cancel("a member's part of the cluster update failed");
   };
   for (Part& part : parts) {
@@ -397,7 +448,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
         }
         raw->status = s;
       }
-      if (!s.ok() && !any_failed.exchange(true)) cancel_local();
+      if (!s.ok()) any_failed = true;
+      if (!got) cancel_local();
     });
   }
   // This member's own part.
@@ -410,26 +462,34 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
                                                  group_.group.get(), uploaders);
       p.lease = std::move(lease);
       absl::MutexLock lock(&mu_);
-      auto r = RunLocked(std::move(p), trigger, started);
-      if (r.ok()) {
-        local = *std::move(r);
+      if (cancel_requested) {
+        local_status = absl::AbortedError("a member's call broke before this member's part began");
       } else {
-        local_status = r.status();
-        local = outcomes_.count(version) > 0 ? outcomes_[version].result() : v1::UpdateResponse();
+        // The slot stays claimed until every part ended (below).
+        auto r = RunLocked(std::move(p), trigger, started, /*keep_slot=*/true);
+        if (r.ok()) {
+          local = *std::move(r);
+        } else {
+          local_status = r.status();
+          local = outcomes_.count(version) > 0 ? outcomes_[version].result() : v1::UpdateResponse();
+        }
       }
     } else {
       local_status = group;
-      release();
     }
     if (!local_status.ok()) any_failed = true;
   }
-  if (group_.group != nullptr && group_.group->broken()) group_ = ClusterGroup{};
+  // A part that failed here drops the communicator at once: its connections close, so the other
+  // ranks' collectives fail now instead of at their deadline, and their results come.
+  if (!local_status.ok() || (group_.group != nullptr && group_.group->broken())) {
+    group_ = ClusterGroup{};
+  }
   // The members' results: they end with this one's (the last bucket's broadcast is shared). Give
   // them cluster_timeout after it (plus ack_timeout for their workers' last acks when all went
   // well), then end the calls of those that sent nothing.
   {
     const absl::Time limit =
-        absl::Now() + cluster_->timeout() + (any_failed ? absl::ZeroDuration() : options_.ack_timeout);
+        absl::Now() + cluster_.load()->timeout() + (any_failed ? absl::ZeroDuration() : options_.ack_timeout);
     absl::MutexLock lock(&parts_mu);
     auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(parts_mu) {
       for (const Part& part : parts) {
@@ -446,7 +506,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     }
   }
   for (std::thread& t : readers) t.join();
-  if (!reuse) cluster_->rendezvous().Close(communicator);
+  if (!reuse) cluster_.load()->rendezvous().Close(communicator);
   if (!local_status.ok() || any_failed) group_ = ClusterGroup{};  // rebuilt next time
 
   // One answer: this member's workers and every member's, each named.
@@ -461,7 +521,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     if (part.lost) {
       problems.push_back(absl::StrCat(
           "member '", part.node_name, "' sent no result within cluster_timeout ",
-          HumanDuration(cluster_->timeout()),
+          HumanDuration(cluster_.load()->timeout()),
           " after this member's part ended: lost (killed, stopped, cut off) or still waiting in a "
           "collective"));
       timed_out = true;
@@ -511,11 +571,15 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
       outcomes_[version] = *last_outcome_;
     }
     last_result_ = s;
+    updating_ = 0;  // every part ended: the slot is free
+    registry_.NoteChange();
     return s;
   }
   {
     absl::MutexLock lock(&mu_);
     last_result_ = all;
+    updating_ = 0;  // every part ended: the slot is free
+    registry_.NoteChange();
   }
   spdlog::info("cluster update to version {}: {} members, {} workers in {}", version, ranks.size(),
                all.workers_size(), HumanDuration(absl::Seconds(all.seconds())));
@@ -525,10 +589,18 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
 absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   const absl::Time started = absl::Now();
   if (cluster_ == nullptr) return absl::UnavailableError("this daemon is not in a cluster");
-  const std::string self = cluster_->node_name();
+  const std::string self = cluster_.load()->node_name();
   // Until this member is ready, every read is bounded: a caller that opens the call and sends
-  // nothing, or stops halfway through the manifest, does not hold a server thread.
-  auto start_guard = std::make_unique<CancelAt>(stream, absl::Now() + 2 * cluster_->timeout());
+  // nothing, or stops halfway through the manifest, holds a server thread for cluster_timeout at
+  // most (and the Peer server runs few of these calls at once).
+  auto start_guard = std::make_unique<CancelAt>(stream, absl::Now() + cluster_.load()->timeout());
+  // The hello first: its nonce binds everything the coordinator sends after it to this call, so a
+  // recorded call replayed to this member fails at the start.
+  {
+    v1::MemberUpdateOut hello;
+    hello.mutable_hello();
+    RETURN_IF_ERROR(stream.Write(hello));
+  }
   v1::MemberUpdateIn in;
   RETURN_IF_ERROR(stream.Read(&in, "the start"));
   if (!in.has_start()) return absl::InvalidArgumentError("a member update begins with its start");
@@ -538,6 +610,15 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   };
   if (st.protocol_version() < kPeerClusterUpdateVersion) {
     return refuse(absl::StrCat("Peer protocol ", st.protocol_version(), " has no cluster update"));
+  }
+  if (st.version() == 0) return absl::InvalidArgumentError("a cluster update of version 0");
+  auto hex_id = [](const std::string& id) {
+    return !id.empty() && id.size() <= 64 &&
+           std::all_of(id.begin(), id.end(), [](char c) { return std::isxdigit(c) != 0; });
+  };
+  if (!hex_id(st.update_id()) ||
+      (!st.communicator_id().empty() && !hex_id(st.communicator_id()))) {
+    return absl::InvalidArgumentError("update and communicator ids are 1-64 hex digits");
   }
   if (transfer_->kind() != BackendKind::kHost) {
     return refuse("cluster updates with the cuda backend are not built yet");
@@ -558,7 +639,7 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
     coordinator_ranked = coordinator_ranked || r.node_name() == st.coordinator();
   }
   if (st.rank() >= ranks.size() || ranks[st.rank()].first != self ||
-      ranks[st.rank()].second != cluster_->instance()) {
+      ranks[st.rank()].second != cluster_.load()->instance()) {
     return refuse("the update's ranks do not name this member's process at its rank (it "
                   "restarted?)");
   }
@@ -578,9 +659,10 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
                                FormatBytes(transfer_->slots(0).slot_bytes()),
                                ": give every member the same bucket_bytes"));
   }
-  if (st.tensors() == 0 || st.tensors() > kDefaultMaxTensors) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a manifest of ", st.tensors(), " tensors (1..", kDefaultMaxTensors, ")"));
+  if (st.tensors() == 0 || st.tensors() > store_->max_tensors()) {
+    return refuse(absl::StrCat("a manifest of ", st.tensors(),
+                               " tensors; this member takes 1..", store_->max_tensors(),
+                               " (max_tensors_per_version)"));
   }
   // The manifest, in parts.
   auto manifest = std::make_shared<v1::Manifest>();
@@ -596,7 +678,18 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
     }
   }
   ManifestLimits limits;
+  limits.max_tensors = store_->max_tensors();
   RETURN_IF_ERROR(ValidateManifest(*manifest, limits));
+  // A member that holds a version of this id itself must hold the same weights: two trainers that
+  // pushed different checkpoints under one id would otherwise leave the cluster serving both.
+  if (auto mine = store_->Lease(st.version()); mine.ok()) {
+    if (std::string diff = ManifestDifference((*mine)->manifest(), *manifest); !diff.empty()) {
+      return refuse(absl::StrCat("it holds a version ", st.version(),
+                                 " with other weights than member '", st.coordinator(),
+                                 "': ", diff,
+                                 " (two trainers pushed under one id?): drop it on one of them"));
+    }
+  }
   Prepared p;
   p.version = st.version();
   ASSIGN_OR_RETURN(p.plan, PlanManifest(st.version(), *manifest, nullptr, st.bucket_bytes(), 1));
@@ -641,7 +734,7 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   {
     // A coordinator that stops answering (SIGSTOP, a partition) ends this wait by deadline: it
     // sends the go within its own cluster_timeout of the start.
-    CancelAt guard(stream, absl::Now() + 2 * cluster_->timeout());
+    CancelAt guard(stream, absl::Now() + 2 * cluster_.load()->timeout());
     absl::Status s = stream.Read(&in, "the go");
     if (!s.ok() || !in.has_go()) {
       release();
@@ -668,14 +761,18 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   }
   p.filler = std::make_unique<ClusterFiller>(transfer_.get(), nullptr, group_.group.get(),
                                              uploaders);
-  // The coordinator may end the update (another member failed): the run stops at its next step.
+  // The coordinator may end the update (its call breaks): the run stops at its next step. Polled
+  // until the run ends (a cancel before the run began is seen when it begins).
   std::atomic<bool> done{false};
   std::thread watcher([&] {
+    bool told = false;
     while (!done) {
-      if (stream.cancelled()) {
+      if (!told && stream.cancelled()) {
         absl::MutexLock lock(&mu_);
-        if (running_ != nullptr) running_->Cancel("the coordinator ended the cluster update");
-        return;
+        if (running_ != nullptr) {
+          running_->Cancel("the coordinator ended the cluster update");
+          told = true;
+        }
       }
       absl::SleepFor(absl::Milliseconds(50));
     }
@@ -683,7 +780,10 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   absl::StatusOr<v1::UpdateResponse> run;
   {
     absl::MutexLock lock(&mu_);
-    run = RunLocked(std::move(p), "cluster", started);
+    // The slot stays claimed until the communicator is settled (below).
+    run = stream.cancelled() ? absl::StatusOr<v1::UpdateResponse>(absl::CancelledError(
+                                   "the coordinator ended the cluster update before it ran"))
+                             : RunLocked(std::move(p), "cluster", started, /*keep_slot=*/true);
     if (run.ok()) {
       *r->mutable_response() = *run;
     } else {
@@ -697,6 +797,7 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   done = true;
   watcher.join();
   if (!run.ok() || group_.group->broken()) group_ = ClusterGroup{};
+  release();
   return stream.Write(result);
 }
 

@@ -73,8 +73,9 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
   // A request naming workers (worker_pids; update_on_attach and previous too) is for this
   // member's own workers: it runs here alone. Any other goes to every member that is up.
   std::vector<v1::ClusterMember> others;
-  if (cluster_ != nullptr && request.worker_pids().empty()) {
-    for (v1::ClusterMember& m : cluster_->Members()) {
+  Cluster* const cluster = cluster_.load();
+  if (cluster != nullptr && request.worker_pids().empty()) {
+    for (v1::ClusterMember& m : cluster->Members()) {
       if (m.state() == "up") others.push_back(std::move(m));
     }
   }
@@ -120,8 +121,12 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
 }
 
 absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunLocked(Prepared p, const std::string& trigger,
-                                                           absl::Time started) {
+                                                           absl::Time started, bool keep_slot) {
   const uint64_t version = p.version;
+  if (stopping_) {
+    if (!keep_slot) updating_ = 0;
+    return absl::UnavailableError(stop_reason_);
+  }
   v1::UpdateResponse response = std::move(p.response);
   const size_t count = p.participants.size();
   UpdateRun::Options run_options;
@@ -158,7 +163,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunLocked(Prepared p, const std
   const uint64_t total_bytes = running_->plan().total_tensor_bytes;
   running_.reset();
   p.filler.reset();
-  updating_ = 0;
+  if (!keep_slot) updating_ = 0;
   running_unrestricted_ = false;
   // Execute's response seconds run from its own start; the whole update from the request.
   response.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
@@ -510,9 +515,10 @@ void UpdateEngine::AutoUpdateLoop() {
       if (request.worker_pids().empty()) continue;  // they left already
       trigger = "attach";
     } else {
-      if (!any_workers && cluster_ != nullptr) {
+      Cluster* const cluster = cluster_.load();
+      if (!any_workers && cluster != nullptr) {
         // The other members' workers take part in a cluster update.
-        for (const v1::ClusterMember& m : cluster_->Members()) {
+        for (const v1::ClusterMember& m : cluster->Members()) {
           any_workers = any_workers || (m.state() == "up" && m.workers() > 0);
         }
       }

@@ -21,6 +21,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -163,9 +164,10 @@ class UpdateEngine {
     bool unrestricted = false;  // joinable by a plain request
   };
   // Runs `p` in the update slot (free, or claimed for p.version by this caller), records its
-  // outcome (trigger, started) and frees the slot.
+  // outcome (trigger, started) and frees the slot, unless `keep_slot` (a cluster update frees it
+  // when its other parts ended too). UNAVAILABLE when the engine is stopping.
   absl::StatusOr<v1::UpdateResponse> RunLocked(Prepared p, const std::string& trigger,
-                                               absl::Time started)
+                                               absl::Time started, bool keep_slot = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The coordinator's side of a cluster update of the leased version with the members `others`
   // (up, not this one).
@@ -224,7 +226,9 @@ class UpdateEngine {
   // The running update goes to every attached worker, unforced (joinable).
   bool running_unrestricted_ ABSL_GUARDED_BY(mu_) = false;
   int waiters_ ABSL_GUARDED_BY(mu_) = 0;
-  Cluster* cluster_ = nullptr;  // set once before serving
+  // Set once, just after the cluster starts (its Peer server and this engine's auto-update thread
+  // may read it from then on).
+  std::atomic<Cluster*> cluster_{nullptr};
   // Owned by whoever holds the update slot (one update at a time): no lock.
   ClusterGroup group_;
   std::thread auto_thread_;

@@ -164,12 +164,14 @@ struct Cluster {
     REQUIRE(admin.ok());
     return *std::move(admin);
   }
-  uint64_t Push(int i, const StateDict& m) {
+  uint64_t Push(int i, const StateDict& m, uint64_t version = 0) {
     auto endpoint = client::ResolveEndpoint(members[i].daemon->socket, "");
     REQUIRE(endpoint.ok());
     auto trainer = client::TrainerClient::Connect(*endpoint);
     REQUIRE(trainer.ok());
-    auto info = (*trainer)->PushTensors(m.views, client::PushOptions{});
+    client::PushOptions options;
+    options.version = version;
+    auto info = (*trainer)->PushTensors(m.views, options);
     INFO(info.status().ToString());
     REQUIRE(info.ok());
     return info->version();
@@ -352,6 +354,48 @@ TEST_CASE("a member stopped (SIGSTOP) mid-update ends the update by the deadline
                nlohmann::json::parse(s.out)["updating_version"].get<uint64_t>() == 0;
       },
       20s));
+}
+
+TEST_CASE("two members holding different weights under one id: the update is refused, naming both") {
+  Cluster c(2);
+  for (int i = 0; i < 2; ++i) c.WaitUp(i, 1);
+  TempDir dir;
+  Worker w0(*c.members[0].daemon, dir, "w0");
+  Worker w1(*c.members[1].daemon, dir, "w1");
+  w0.WaitAttached();
+  w1.WaitAttached();
+  StateDict a = Model(61), b = Model(62);  // same names and shapes, other bytes
+  REQUIRE(c.Push(0, a, 7) == 7);
+  REQUIRE(c.Push(1, b, 7) == 7);
+  auto admin = c.Admin(0);
+  auto r = Update(*admin, 7);
+  INFO(r.status().ToString());
+  REQUIRE(r.status().code() == absl::StatusCode::kFailedPrecondition);
+  const std::string message(r.status().message());
+  CHECK(Contains(message, "member 'node-1'"));
+  CHECK(Contains(message, "member 'node-0'"));
+  CHECK(Contains(message, "tensor 'model.embed_tokens.weight' differs"));
+  // Nothing was sent: neither worker holds or mixes anything, and both members are free again.
+  for (int i = 0; i < 2; ++i) {
+    RunResult s = c.members[i].daemon->Ctl({"status", "--json"});
+    REQUIRE(s.exit.code == 0);
+    auto j = nlohmann::json::parse(s.out);
+    CHECK(j["updating_version"] == 0);
+    for (const auto& w : j["workers"]) {
+      CHECK(w["loaded_version"] == 0);
+      CHECK(w["mixed_version"] == 0);
+    }
+  }
+  // Dropped on node-1 (as the message says): the update goes through.
+  auto one = c.Admin(1);
+  absl::Status dropped = one->Drop(7, absl::Seconds(10));
+  INFO(dropped.ToString());
+  REQUIRE(dropped.ok());
+  auto ok = Update(*admin, 7);
+  INFO(ok.status().ToString());
+  REQUIRE(ok.ok());
+  CHECK(testing::CompareWorkerReport(w0.Report(7), a) == "");
+  CHECK(testing::CompareWorkerReport(w1.Report(7), a) == "");
 }
 
 }  // namespace
