@@ -63,6 +63,8 @@ struct ClusterOptions {
   std::string token;  // the cluster's secret; empty only with insecure
   bool insecure = false;
   absl::Duration timeout = absl::Seconds(30);
+  // The interface the collectives use (GlooGroup::Options::interface); empty: DataHost().
+  std::string data_interface;
   // Time between rounds of Hello calls.
   absl::Duration interval = absl::Seconds(2);
 };
@@ -94,6 +96,7 @@ class Cluster {
   // Where this member's collectives listen: cluster_listen's host, or the host name when it is a
   // wildcard address.
   std::string DataHost() const;
+  const std::string& data_interface() const { return options_.data_interface; }
 
   // The coordinator's side of Peer.MemberUpdate with the member `node_name` (up).
   class MemberCall {

@@ -5,6 +5,8 @@
 #include <toml++/toml.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -121,6 +123,10 @@ const std::vector<ConfigKey>& ConfigKeys() {
       {"cluster_timeout",
        "deadline of each exchange with a peer and of every collective of a cluster update", "30s"},
       {"insecure_peers", "accept peers that prove nothing (trusted networks only)", "false"},
+      {"cluster_data_interface",
+       "network interface the cluster's collectives use (e.g. eth1); empty: cluster_listen's "
+       "address",
+       ""},
   };
   return kKeys;
 }
@@ -285,6 +291,19 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
   } else if (key == "cluster_token_file") {
     if (!value.empty() && value[0] != '/') return BadValue(key, value, "must be an absolute path");
     config.cluster_token_file = std::string(value);
+  } else if (key == "cluster_data_interface") {
+    // A Linux interface name: 1-15 characters, no '/', no white space.
+    const bool ok = value.size() <= 15 &&
+                    std::all_of(value.begin(), value.end(), [](char c) {
+                      return std::isalnum(static_cast<unsigned char>(c)) || c == '.' ||
+                             c == '_' || c == '-' || c == ':' || c == '@';
+                    });
+    if (!ok) {
+      return BadValue(key, value,
+                      "must be a network interface name (up to 15 letters, digits, '.', '_', "
+                      "'-', ':', '@')");
+    }
+    config.cluster_data_interface = std::string(value);
   } else if (key == "cluster_timeout") {
     auto d = ParseDuration(value);
     if (!d.ok()) return BadValue(key, value, d.status().message());
@@ -411,6 +430,10 @@ absl::Status ValidateConfig(const Config& config) {
         " would serve anyone: configure tls_client_ca (mTLS) or auth_tokens_file, or set "
         "insecure_tcp = true to serve TCP without authentication (trusted networks only)"));
   }
+  if (!config.cluster_data_interface.empty() && config.cluster_listen.empty()) {
+    return absl::InvalidArgumentError(
+        "config: cluster_data_interface needs cluster_listen (it is the cluster's interface)");
+  }
   if (!config.cluster_members.empty() && config.cluster_listen.empty()) {
     return absl::InvalidArgumentError(
         "config: cluster_members needs cluster_listen (the address of this member's Peer API, "
@@ -526,7 +549,8 @@ std::string DescribeConfig(const Config& config) {
       " cluster_token_file=",
       config.cluster_token_file.empty() ? "none" : config.cluster_token_file,
       " cluster_timeout=", HumanDuration(config.cluster_timeout),
-      " insecure_peers=", config.insecure_peers ? "true" : "false");
+      " insecure_peers=", config.insecure_peers ? "true" : "false", " cluster_data_interface=",
+      config.cluster_data_interface.empty() ? "none" : config.cluster_data_interface);
 }
 
 }  // namespace ckpt::daemon

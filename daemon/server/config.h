@@ -111,6 +111,9 @@ struct Config {
   absl::Duration cluster_timeout = absl::Seconds(30);
   // Accept peers that prove nothing (trusted networks only; warned at start-up).
   bool insecure_peers = false;
+  // The network interface the collectives (Gloo) listen and connect on; empty: cluster_listen's
+  // address.
+  std::string cluster_data_interface;
 };
 
 // One configuration key: its TOML name, flag name ("--" + name with '_' -> '-'), help and default.

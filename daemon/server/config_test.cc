@@ -207,6 +207,18 @@ TEST_CASE("the cluster keys: each value and their relations") {
   CHECK(SetConfigValue(c, "cluster_timeout", "11m").code() == absl::StatusCode::kInvalidArgument);
   CHECK(SetConfigValue(c, "cluster_token_file", "relative").code() ==
         absl::StatusCode::kInvalidArgument);
+  CHECK(SetConfigValue(c, "cluster_data_interface", "eth1").ok());
+  CHECK(c.cluster_data_interface == "eth1");
+  for (const char* bad : {"a/b", "eth 1", "an-interface-name-too-long"}) {
+    CHECK(Contains(std::string(SetConfigValue(c, "cluster_data_interface", bad).message()),
+                   "network interface name"));
+  }
+  CHECK(c.cluster_data_interface == "eth1");  // unchanged by the bad values
+
+  Config interface_alone;
+  REQUIRE(SetConfigValue(interface_alone, "cluster_data_interface", "lo").ok());
+  CHECK(Contains(std::string(ValidateConfig(interface_alone).message()),
+                 "cluster_data_interface needs cluster_listen"));
 
   Config members_alone;
   REQUIRE(SetConfigValue(members_alone, "cluster_members", "a:1").ok());

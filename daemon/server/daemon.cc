@@ -314,6 +314,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     ASSIGN_OR_RETURN(cluster.members, ParseClusterMembers(config.cluster_members));
     cluster.insecure = config.insecure_peers;
     cluster.timeout = config.cluster_timeout;
+    cluster.data_interface = config.cluster_data_interface;
     if (!config.insecure_peers) {
       if (config.cluster_token_file.empty()) {
         return absl::UnimplementedError(

@@ -166,6 +166,7 @@ absl::Status UpdateEngine::EnsureGroup(
   o.rank = rank;
   o.size = static_cast<int>(ranks.size());
   o.host = cluster_.load()->DataHost();
+  o.interface = cluster_.load()->data_interface();
   // A rank posts a bucket's broadcast once its own workers released the slot, which may take up
   // to ack_timeout: a collective waits that long plus cluster_timeout for the slowest rank.
   o.timeout = timeout + options_.ack_timeout;

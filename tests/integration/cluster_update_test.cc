@@ -119,7 +119,7 @@ struct Worker {
 };
 
 struct Cluster {
-  explicit Cluster(int n, const std::string& timeout = "3s") {
+  explicit Cluster(int n, const std::string& timeout = "3s", std::vector<std::string> extra = {}) {
     token = dir / "token";
     std::ofstream(token) << std::string(40, 'k') << "\n";
     REQUIRE(::chmod(token.c_str(), 0600) == 0);
@@ -132,11 +132,13 @@ struct Cluster {
       list += (list.empty() ? "" : ",") + members[i].address;
     }
     for (Member& m : members) {
-      m.daemon = std::make_unique<DaemonProcess>(std::vector<std::string>{
+      std::vector<std::string> args = {
           "--backend", "host", "--host-memory-budget", "32MiB", "--bucket-bytes", "64KiB",
           "--node-name", m.name, "--cluster-listen", m.address, "--cluster-members", list,
           "--cluster-token-file", token, "--cluster-timeout", timeout, "--ack-timeout", "5s",
-          "--log-level", "info"});
+          "--log-level", "info"};
+      args.insert(args.end(), extra.begin(), extra.end());
+      m.daemon = std::make_unique<DaemonProcess>(args);
       INFO("daemon " << m.name << " stderr: " << m.daemon->proc->Stderr());
       REQUIRE(m.daemon->ready());
     }
@@ -357,8 +359,10 @@ TEST_CASE("a member stopped (SIGSTOP) mid-update ends the update by the deadline
 }
 
 TEST_CASE("two members holding different weights under one id: the update is refused, naming both") {
-  Cluster c(2);
+  // The collectives pinned to the loopback interface (cluster_data_interface).
+  Cluster c(2, "3s", {"--cluster-data-interface", "lo"});
   for (int i = 0; i < 2; ++i) c.WaitUp(i, 1);
+  CHECK(Contains(c.members[0].daemon->proc->Stderr(), "cluster_data_interface=lo"));
   TempDir dir;
   Worker w0(*c.members[0].daemon, dir, "w0");
   Worker w1(*c.members[1].daemon, dir, "w1");
