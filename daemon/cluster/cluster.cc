@@ -95,8 +95,8 @@ class Cluster::PeerService final : public v1::Peer::Service {
     if (member_calls_.fetch_add(1) >= kMaxMemberUpdateCalls) {
       member_calls_.fetch_sub(1);
       return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat("member '", o.node_name, "' serves ",
-                                       kMaxMemberUpdateCalls, " MemberUpdate calls at once"));
+                          absl::StrCat("member '", o.node_name, "' serves ", kMaxMemberUpdateCalls,
+                                       " MemberUpdate calls at once"));
     }
     struct Leave {
       std::atomic<int>* n;
@@ -569,7 +569,8 @@ class GrpcMemberCall final : public Cluster::MemberCall {
     v1::PeerEnvelope e;
     if (!stream_->Read(&e)) return Ended(absl::StrCat("waiting for ", what));
     absl::Status s = session_.Open(e, out, what);
-    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("member '", node_name_, "': ", s.message()));
+    if (!s.ok())
+      return absl::Status(s.code(), absl::StrCat("member '", node_name_, "': ", s.message()));
     return absl::OkStatus();
   }
   void Cancel() override { context_.TryCancel(); }
@@ -580,16 +581,15 @@ class GrpcMemberCall final : public Cluster::MemberCall {
     grpc::Status s = stream_->Finish();
     stream_.reset();
     if (s.ok()) {
-      return absl::AbortedError(absl::StrCat("member '", node_name_, "' ended the update while ",
-                                             doing));
+      return absl::AbortedError(
+          absl::StrCat("member '", node_name_, "' ended the update while ", doing));
     }
     // The member's own messages begin with its name; others (the connection's) get it here.
     const std::string said = SafeText(s.error_message(), 600);
     const std::string prefix = absl::StrCat("member '", node_name_, "'");
-    return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
-                        absl::StartsWith(said, prefix)
-                            ? said
-                            : absl::StrCat(prefix, " (", doing, "): ", said));
+    return absl::Status(
+        static_cast<absl::StatusCode>(s.error_code()),
+        absl::StartsWith(said, prefix) ? said : absl::StrCat(prefix, " (", doing, "): ", said));
   }
 
   const std::shared_ptr<v1::Peer::Stub> stub_;
@@ -608,8 +608,9 @@ absl::StatusOr<std::unique_ptr<Cluster::MemberCall>> Cluster::CallMemberUpdate(
       std::move(stub), node_name, options_.insecure ? std::string() : options_.token));
 }
 
-absl::StatusOr<v1::RendezvousResponse> Cluster::CallRendezvous(
-    const std::string& node_name, const v1::RendezvousRequest& request, absl::Time deadline) {
+absl::StatusOr<v1::RendezvousResponse> Cluster::CallRendezvous(const std::string& node_name,
+                                                               const v1::RendezvousRequest& request,
+                                                               absl::Time deadline) {
   ASSIGN_OR_RETURN(auto stub, StubOf(node_name));
   PeerSession session(options_.insecure ? std::string() : options_.token, "Rendezvous",
                       PeerSession::Side::kCaller);

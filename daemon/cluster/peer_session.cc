@@ -10,9 +10,9 @@ PeerSession::PeerSession(std::string secret, std::string method, Side side)
 
 std::string PeerSession::Proof(bool from_caller, uint64_t seq, absl::string_view body) const {
   const std::string number = absl::StrCat(seq);
-  return ProofOver(secret_, {"ckpt-engine peer envelope", method_,
-                             from_caller ? "caller" : "callee", caller_nonce_, callee_nonce_,
-                             number, body});
+  return ProofOver(secret_,
+                   {"ckpt-engine peer envelope", method_, from_caller ? "caller" : "callee",
+                    caller_nonce_, callee_nonce_, number, body});
 }
 
 absl::Status PeerSession::Seal(const google::protobuf::MessageLite& body,
@@ -39,12 +39,14 @@ absl::Status PeerSession::Open(const v1::PeerEnvelope& envelope,
     if (received_ == 0) {
       if (envelope.nonce().size() != kPeerNonceBytes) {
         return absl::UnauthenticatedError(
-            absl::StrCat(method_, ": ", what, " carries no nonce (a member without the cluster's "
+            absl::StrCat(method_, ": ", what,
+                         " carries no nonce (a member without the cluster's "
                          "secret, or insecure_peers on one side only)"));
       }
       (from_caller ? caller_nonce_ : callee_nonce_) = envelope.nonce();
     } else if (!envelope.nonce().empty()) {
-      return absl::UnauthenticatedError(absl::StrCat(method_, ": ", what, " carries a second nonce"));
+      return absl::UnauthenticatedError(
+          absl::StrCat(method_, ": ", what, " carries a second nonce"));
     }
     if (!SameProof(envelope.proof(), Proof(from_caller, received_, envelope.body()))) {
       return absl::UnauthenticatedError(absl::StrCat(

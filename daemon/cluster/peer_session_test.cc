@@ -115,7 +115,8 @@ TEST_CASE("the rendezvous store takes keys of open ids only, bounded") {
   CHECK(absl::IsPermissionDenied(store.Set("abd/k", "v")));
   CHECK(absl::IsPermissionDenied(store.Set("nokey", "v")));
   CHECK(absl::IsInvalidArgument(store.Set("abc/" + std::string(300, 'x'), "v")));
-  CHECK(absl::IsInvalidArgument(store.Set("abc/big", std::string(kMaxRendezvousValueBytes + 1, 'v'))));
+  CHECK(absl::IsInvalidArgument(
+      store.Set("abc/big", std::string(kMaxRendezvousValueBytes + 1, 'v'))));
   auto got = store.Get({"abc/k"}, absl::Now() + absl::Seconds(1));
   REQUIRE(got.ok());
   CHECK(got->front() == "v");

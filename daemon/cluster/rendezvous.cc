@@ -41,9 +41,8 @@ absl::Status RendezvousStore::CheckKey(const std::string& key) const {
 
 absl::Status RendezvousStore::Set(const std::string& key, const std::string& value) {
   if (value.size() > kMaxRendezvousValueBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("rendezvous value of ", value.size(),
-                                                   " bytes (at most ", kMaxRendezvousValueBytes,
-                                                   ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rendezvous value of ", value.size(), " bytes (at most ", kMaxRendezvousValueBytes, ")"));
   }
   absl::MutexLock lock(&mu_);
   if (absl::Status s = CheckKey(key); !s.ok()) return s;
@@ -99,8 +98,7 @@ absl::StatusOr<v1::RendezvousResponse> RendezvousStore::Serve(
     return absl::InvalidArgumentError(
         absl::StrCat("rendezvous get of ", request.keys_size(), " keys (1..1024)"));
   }
-  const absl::Duration wait =
-      std::min(absl::Milliseconds(request.wait_ms()), kMaxRendezvousWait);
+  const absl::Duration wait = std::min(absl::Milliseconds(request.wait_ms()), kMaxRendezvousWait);
   auto values = Get({request.keys().begin(), request.keys().end()}, absl::Now() + wait);
   if (!values.ok()) return values.status();
   size_t total = 0;

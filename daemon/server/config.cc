@@ -293,10 +293,9 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     config.cluster_token_file = std::string(value);
   } else if (key == "cluster_data_interface") {
     // A Linux interface name: 1-15 characters, no '/', no white space.
-    const bool ok = value.size() <= 15 &&
-                    std::all_of(value.begin(), value.end(), [](char c) {
-                      return std::isalnum(static_cast<unsigned char>(c)) || c == '.' ||
-                             c == '_' || c == '-' || c == ':' || c == '@';
+    const bool ok = value.size() <= 15 && std::all_of(value.begin(), value.end(), [](char c) {
+                      return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
+                             c == '-' || c == ':' || c == '@';
                     });
     if (!ok) {
       return BadValue(key, value,

@@ -33,11 +33,9 @@ absl::StatusOr<std::unique_ptr<GlooGroup>> GlooGroup::Create(gloo::rendezvous::S
     context->connectFullMesh(store, device);
     return std::unique_ptr<GlooGroup>(new GlooGroup(std::move(context), options));
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("creating the Gloo group (rank ", options.rank,
-                                               " of ", options.size, ", on ",
-                                               options.interface.empty() ? options.host
-                                                                         : options.interface,
-                                               "): ", e.what()));
+    return absl::UnavailableError(absl::StrCat(
+        "creating the Gloo group (rank ", options.rank, " of ", options.size, ", on ",
+        options.interface.empty() ? options.host : options.interface, "): ", e.what()));
   }
 }
 
@@ -61,8 +59,8 @@ absl::Status GlooGroup::Broadcast(uint8_t* data, uint64_t bytes, int root, uint3
     // their deadline.
     context_.reset();
     return absl::UnavailableError(absl::StrCat("broadcast of ", bytes, " bytes from rank ", root,
-                                               " (this rank ", options_.rank, " of ",
-                                               options_.size, "): ", e.what()));
+                                               " (this rank ", options_.rank, " of ", options_.size,
+                                               "): ", e.what()));
   }
 }
 

@@ -23,8 +23,8 @@
 #include "common/random_id.h"
 #include "common/status_macros.h"
 #include "common/units.h"
-#include "daemon/cluster/rendezvous.h"
 #include "daemon/cluster/members.h"
+#include "daemon/cluster/rendezvous.h"
 #include "daemon/store/manifest.h"
 #include "daemon/update/update_engine.h"
 #include "spdlog/spdlog.h"
@@ -153,8 +153,8 @@ absl::Status UpdateEngine::EnsureGroup(
   const absl::Duration timeout = cluster_.load()->timeout();
   RendezvousClient store(
       id + "/",
-      [cluster, local, coordinator, timeout](const v1::RendezvousRequest& r)
-          -> absl::StatusOr<v1::RendezvousResponse> {
+      [cluster, local, coordinator,
+       timeout](const v1::RendezvousRequest& r) -> absl::StatusOr<v1::RendezvousResponse> {
         if (local) return cluster->rendezvous().Serve(r);
         v1::RendezvousRequest named = r;
         named.set_node_name(cluster->node_name());
@@ -174,8 +174,8 @@ absl::Status UpdateEngine::EnsureGroup(
   group_.id = id;
   group_.ranks = ranks;
   group_.group = std::move(group);
-  spdlog::info("cluster: communicator {} of {} ranks ready (this member rank {})", id,
-               ranks.size(), rank);
+  spdlog::info("cluster: communicator {} of {} ranks ready (this member rank {})", id, ranks.size(),
+               rank);
   return absl::OkStatus();
 }
 
@@ -229,12 +229,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   const std::string update_id = RandomHex128();
   {
     absl::MutexLock lock(&mu_);
-    if (stopping_) return absl::UnavailableError(stop_reason_);
-    if (updating_ != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "an update to version ", updating_,
-          " is running; one update runs at a time: retry when it ends (ckptctl status)"));
-    }
+    RETURN_IF_ERROR(SlotFreeLocked());
     ASSIGN_OR_RETURN(p.participants,
                      UpdateRun::Select(registry_, request, version, *p.manifest, &p.response,
                                        /*allow_none=*/true));
@@ -246,12 +241,12 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     absl::MutexLock lock(&mu_);
     updating_ = 0;
   };
-  spdlog::info("cluster update {} to version {}: {} members, this one (rank {}) uploads",
-               update_id, version, ranks.size(), my_rank);
+  spdlog::info("cluster update {} to version {}: {} members, this one (rank {}) uploads", update_id,
+               version, ranks.size(), my_rank);
 
   // Start every member's part.
-  const bool reuse_candidate = group_.group != nullptr && group_.ranks == ranks &&
-                               !group_.group->broken();
+  const bool reuse_candidate =
+      group_.group != nullptr && group_.ranks == ranks && !group_.group->broken();
   v1::MemberUpdateIn start;
   v1::MemberUpdateStart* st = start.mutable_start();
   st->set_protocol_version(kPeerProtocolVersion);
@@ -363,10 +358,10 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   }
   watchdog.join();
   if (fired) {
-    phase1 = absl::DeadlineExceededError(absl::StrCat(
-        "not every member was ready within cluster_timeout ",
-        HumanDuration(cluster_.load()->timeout()),
-        phase1.ok() ? std::string() : absl::StrCat(": ", phase1.message())));
+    phase1 = absl::DeadlineExceededError(
+        absl::StrCat("not every member was ready within cluster_timeout ",
+                     HumanDuration(cluster_.load()->timeout()),
+                     phase1.ok() ? std::string() : absl::StrCat(": ", phase1.message())));
   }
   if (!phase1.ok()) {
     for (Part& part : parts) {
@@ -374,17 +369,17 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     }
     release();
     spdlog::error("cluster update to version {}: {}", version, std::string(phase1.message()));
-    return absl::Status(phase1.code(), absl::StrCat("cluster update to version ", version, ": ",
-                                                    phase1.message()));
+    return absl::Status(
+        phase1.code(), absl::StrCat("cluster update to version ", version, ": ", phase1.message()));
   }
   size_t workers = p.participants.size() + static_cast<size_t>(p.response.workers_size());
   for (const Part& part : parts) workers += part.ready.participants() + part.ready.skipped();
   if (workers == 0) {
     for (Part& part : parts) part.call->Cancel();
     release();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "no worker is attached to any of the ", ranks.size(),
-        " members: start the inference workers before asking for an update"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("no worker is attached to any of the ", ranks.size(),
+                     " members: start the inference workers before asking for an update"));
   }
   size_t sending = p.participants.size();
   for (const Part& part : parts) sending += part.ready.participants();
@@ -435,10 +430,10 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
         s = MemberStatus(out.result());
         if (!s.ok()) {
           // Its own messages begin with its name already.
-          s = absl::Status(s.code(), absl::StartsWith(s.message(), "member '")
-                                         ? std::string(s.message())
-                                         : absl::StrCat("member '", raw->node_name, "': ",
-                                                        s.message()));
+          s = absl::Status(s.code(),
+                           absl::StartsWith(s.message(), "member '")
+                               ? std::string(s.message())
+                               : absl::StrCat("member '", raw->node_name, "': ", s.message()));
         }
       }
       {
@@ -489,8 +484,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   // them cluster_timeout after it (plus ack_timeout for their workers' last acks when all went
   // well), then end the calls of those that sent nothing.
   {
-    const absl::Time limit =
-        absl::Now() + cluster_.load()->timeout() + (any_failed ? absl::ZeroDuration() : options_.ack_timeout);
+    const absl::Time limit = absl::Now() + cluster_.load()->timeout() +
+                             (any_failed ? absl::ZeroDuration() : options_.ack_timeout);
     absl::MutexLock lock(&parts_mu);
     auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(parts_mu) {
       for (const Part& part : parts) {
@@ -560,8 +555,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     }
   }
   if (!problems.empty()) {
-    const std::string message = absl::StrCat("cluster update to version ", version, " failed: ",
-                                             absl::StrJoin(problems, "; "));
+    const std::string message = absl::StrCat("cluster update to version ", version,
+                                             " failed: ", absl::StrJoin(problems, "; "));
     spdlog::error("{}", message);
     absl::Status s = timed_out ? absl::DeadlineExceededError(message) : absl::AbortedError(message);
     absl::MutexLock lock(&mu_);
@@ -617,8 +612,7 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
     return !id.empty() && id.size() <= 64 &&
            std::all_of(id.begin(), id.end(), [](char c) { return std::isxdigit(c) != 0; });
   };
-  if (!hex_id(st.update_id()) ||
-      (!st.communicator_id().empty() && !hex_id(st.communicator_id()))) {
+  if (!hex_id(st.update_id()) || (!st.communicator_id().empty() && !hex_id(st.communicator_id()))) {
     return absl::InvalidArgumentError("update and communicator ids are 1-64 hex digits");
   }
   if (transfer_->kind() != BackendKind::kHost) {
@@ -641,8 +635,9 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   }
   if (st.rank() >= ranks.size() || ranks[st.rank()].first != self ||
       ranks[st.rank()].second != cluster_.load()->instance()) {
-    return refuse("the update's ranks do not name this member's process at its rank (it "
-                  "restarted?)");
+    return refuse(
+        "the update's ranks do not name this member's process at its rank (it "
+        "restarted?)");
   }
   if (!coordinator_ranked || st.coordinator() == self) {
     return absl::InvalidArgumentError("the coordinator is not another rank of the update");
@@ -661,9 +656,8 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
                                ": give every member the same bucket_bytes"));
   }
   if (st.tensors() == 0 || st.tensors() > store_->max_tensors()) {
-    return refuse(absl::StrCat("a manifest of ", st.tensors(),
-                               " tensors; this member takes 1..", store_->max_tensors(),
-                               " (max_tensors_per_version)"));
+    return refuse(absl::StrCat("a manifest of ", st.tensors(), " tensors; this member takes 1..",
+                               store_->max_tensors(), " (max_tensors_per_version)"));
   }
   // The manifest, in parts.
   auto manifest = std::make_shared<v1::Manifest>();
@@ -671,8 +665,8 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
     RETURN_IF_ERROR(stream.Read(&in, "the manifest"));
     if (!in.has_manifest() || in.manifest().tensors().empty() ||
         manifest->tensors_size() + in.manifest().tensors_size() > static_cast<int>(st.tensors())) {
-      return absl::InvalidArgumentError(absl::StrCat("the manifest's parts do not add up to ",
-                                                     st.tensors(), " tensors"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the manifest's parts do not add up to ", st.tensors(), " tensors"));
     }
     for (v1::TensorSpec& t : *in.mutable_manifest()->mutable_tensors()) {
       *manifest->add_tensors() = std::move(t);
@@ -686,8 +680,7 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   if (auto mine = store_->Lease(st.version()); mine.ok()) {
     if (std::string diff = ManifestDifference((*mine)->manifest(), *manifest); !diff.empty()) {
       return refuse(absl::StrCat("it holds a version ", st.version(),
-                                 " with other weights than member '", st.coordinator(),
-                                 "': ", diff,
+                                 " with other weights than member '", st.coordinator(), "': ", diff,
                                  " (two trainers pushed under one id?): drop it on one of them"));
     }
   }
@@ -760,8 +753,8 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
     r->set_error(absl::StrCat("member '", self, "': ", group.message()));
     return stream.Write(result);
   }
-  p.filler = std::make_unique<ClusterFiller>(transfer_.get(), nullptr, group_.group.get(),
-                                             uploaders);
+  p.filler =
+      std::make_unique<ClusterFiller>(transfer_.get(), nullptr, group_.group.get(), uploaders);
   // The coordinator may end the update (its call breaks): the run stops at its next step. Polled
   // until the run ends (a cancel before the run began is seen when it begins).
   std::atomic<bool> done{false};

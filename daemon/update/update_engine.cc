@@ -99,8 +99,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
   }
   Prepared p;
   p.version = (*lease)->version();
-  ASSIGN_OR_RETURN(p.plan, PlanVersion(**lease, options_.bucket_bytes,
-                                       transfer_->slot_set_count()));
+  ASSIGN_OR_RETURN(p.plan,
+                   PlanVersion(**lease, options_.bucket_bytes, transfer_->slot_set_count()));
   p.manifest = std::shared_ptr<const v1::Manifest>(*lease, &(*lease)->manifest());
   p.filler = std::make_unique<LocalFiller>(transfer_.get(), store_->arena().data());
   p.lease = *std::move(lease);
@@ -108,16 +108,21 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
   p.unrestricted = request.worker_pids().empty() && !request.force();
   absl::MutexLock lock(&mu_);
   // Claim the one update slot, pick the participants.
+  RETURN_IF_ERROR(SlotFreeLocked());
+  ASSIGN_OR_RETURN(p.participants,
+                   UpdateRun::Select(registry_, request, p.version, *p.manifest, &p.response));
+  if (p.participants.empty()) return p.response;  // every one holds it already
+  return RunLocked(std::move(p), trigger, started);
+}
+
+absl::Status UpdateEngine::SlotFreeLocked() const {
   if (stopping_) return absl::UnavailableError(stop_reason_);
   if (updating_ != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "an update to version ", updating_,
         " is running; one update runs at a time: retry when it ends (ckptctl status)"));
   }
-  ASSIGN_OR_RETURN(p.participants, UpdateRun::Select(registry_, request, p.version, *p.manifest,
-                                                     &p.response));
-  if (p.participants.empty()) return p.response;  // every one holds it already
-  return RunLocked(std::move(p), trigger, started);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunLocked(Prepared p, const std::string& trigger,

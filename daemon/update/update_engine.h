@@ -163,6 +163,9 @@ class UpdateEngine {
     bool every_bucket = false;  // a rank of a cluster update
     bool unrestricted = false;  // joinable by a plain request
   };
+  // OK when no update runs (or holds the slot) and the engine is not stopping; else UNAVAILABLE or
+  // FAILED_PRECONDITION naming the running version.
+  absl::Status SlotFreeLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Runs `p` in the update slot (free, or claimed for p.version by this caller), records its
   // outcome (trigger, started) and frees the slot, unless `keep_slot` (a cluster update frees it
   // when its other parts ended too). UNAVAILABLE when the engine is stopping.
@@ -184,8 +187,8 @@ class UpdateEngine {
   // Creates (create) or checks the communicator `id` of `ranks`; this rank is `rank`; the
   // rendezvous is at `coordinator` (this member when it is its own name).
   absl::Status EnsureGroup(const std::string& id, bool create,
-                           const std::vector<std::pair<std::string, std::string>>& ranks,
-                           int rank, const std::string& coordinator);
+                           const std::vector<std::pair<std::string, std::string>>& ranks, int rank,
+                           const std::string& coordinator);
 
   UpdateEngine(std::unique_ptr<TransferBackend> transfer, VersionStore* store, Options options);
   void AutoUpdateLoop();

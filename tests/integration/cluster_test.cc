@@ -1,10 +1,7 @@
 // The cluster's membership between real daemons on 127.0.0.1 (docs/cluster.md): every member lists
 // every other as up with its name; a member with another secret or a duplicate name is refused
 // with the reason on both sides; one killed is shown unreachable, one stopped cleanly as left.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,26 +23,6 @@ using namespace std::chrono_literals;
 
 bool Contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
-}
-
-// `n` distinct ports free right now on 127.0.0.1 (the kernel picks them, all held until every one
-// is chosen; each daemon binds its own a moment later).
-std::vector<int> FreePorts(int n) {
-  std::vector<int> fds, ports;
-  for (int i = 0; i < n; ++i) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in a = {};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
-    socklen_t len = sizeof(a);
-    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-    fds.push_back(fd);
-    ports.push_back(ntohs(a.sin_port));
-  }
-  for (int fd : fds) ::close(fd);
-  return ports;
 }
 
 std::string WriteToken(const TempDir& dir, const std::string& name, const std::string& secret) {
@@ -112,7 +89,7 @@ TEST_CASE("three members see each other, then one killed and one stopped") {
   const std::string token = WriteToken(dir, "token", std::string(48, 's'));
   std::vector<Member> m(3);
   std::vector<std::string> addresses;
-  const std::vector<int> ports = FreePorts(3);
+  const std::vector<int> ports = FreeLoopbackPorts(3);
   for (int i = 0; i < 3; ++i) {
     m[i].name = "node-" + std::to_string(i);
     m[i].address = "127.0.0.1:" + std::to_string(ports[i]);
@@ -180,7 +157,7 @@ TEST_CASE("a member with another secret or a duplicate name is refused, saying w
   TempDir dir;
   const std::string good = WriteToken(dir, "good", std::string(40, 'g'));
   const std::string bad = WriteToken(dir, "bad", std::string(40, 'b'));
-  const std::vector<int> ports = FreePorts(3);
+  const std::vector<int> ports = FreeLoopbackPorts(3);
   const std::string a = "127.0.0.1:" + std::to_string(ports[0]);
   const std::string b = "127.0.0.1:" + std::to_string(ports[1]);
   const std::string c = "127.0.0.1:" + std::to_string(ports[2]);

@@ -2,10 +2,7 @@
 // update"): a version pushed to one member reaches every worker of every member bit-exact, through
 // one Gloo broadcast per bucket; a member killed or stopped mid-update ends the update on every
 // other member within the deadline, naming it, and the next update without it works.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,24 +40,6 @@ bool Contains(const std::string& s, const std::string& part) {
 bool Exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
-}
-
-std::vector<int> FreePorts(int n) {
-  std::vector<int> fds, ports;
-  for (int i = 0; i < n; ++i) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in a = {};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
-    socklen_t len = sizeof(a);
-    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-    fds.push_back(fd);
-    ports.push_back(ntohs(a.sin_port));
-  }
-  for (int fd : fds) ::close(fd);
-  return ports;
 }
 
 // Several buckets (64 KiB each) and both slots; dtypes of every size.
@@ -123,7 +102,7 @@ struct Cluster {
     token = dir / "token";
     std::ofstream(token) << std::string(40, 'k') << "\n";
     REQUIRE(::chmod(token.c_str(), 0600) == 0);
-    const std::vector<int> ports = FreePorts(n);
+    const std::vector<int> ports = testing::FreeLoopbackPorts(n);
     std::string list;
     members.resize(n);
     for (int i = 0; i < n; ++i) {
@@ -132,11 +111,13 @@ struct Cluster {
       list += (list.empty() ? "" : ",") + members[i].address;
     }
     for (Member& m : members) {
+      // clang-format off
       std::vector<std::string> args = {
           "--backend", "host", "--host-memory-budget", "32MiB", "--bucket-bytes", "64KiB",
           "--node-name", m.name, "--cluster-listen", m.address, "--cluster-members", list,
           "--cluster-token-file", token, "--cluster-timeout", timeout, "--ack-timeout", "5s",
           "--log-level", "info"};
+      // clang-format on
       args.insert(args.end(), extra.begin(), extra.end());
       m.daemon = std::make_unique<DaemonProcess>(args);
       INFO("daemon " << m.name << " stderr: " << m.daemon->proc->Stderr());

@@ -1,7 +1,9 @@
 #include "tests/testing/subprocess.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -222,6 +225,26 @@ DaemonProcess::DaemonProcess(std::vector<std::string> args, const SpawnOptions& 
 RunResult DaemonProcess::Ctl(std::vector<std::string> args, const SpawnOptions& options) const {
   args.insert(args.begin(), {Runfile("client/ckptctl/ckptctl"), "--socket", socket});
   return Run(std::move(args), options);
+}
+
+std::vector<int> FreeLoopbackPorts(int n) {
+  std::vector<ScopedFd> held;
+  std::vector<int> ports;
+  for (int i = 0; i < n; ++i) {
+    ScopedFd fd(::socket(AF_INET, SOCK_STREAM, 0));
+    if (!fd.valid()) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+    sockaddr_in a = {};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+        ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      throw std::runtime_error(std::string("bind 127.0.0.1:0: ") + std::strerror(errno));
+    }
+    ports.push_back(ntohs(a.sin_port));
+    held.push_back(std::move(fd));
+  }
+  return ports;  // `held` closes them
 }
 
 std::string CopyExecutable(const std::string& source, const std::string& dir) {

@@ -127,6 +127,10 @@ struct DaemonProcess {
   std::optional<std::string> ready_message;
 };
 
+// `n` distinct TCP ports free right now on 127.0.0.1: the kernel picks them, all held until every
+// one is chosen, then released (a daemon binds its own a moment later). Throws std::runtime_error.
+std::vector<int> FreeLoopbackPorts(int n);
+
 // Copies an executable into `dir` (mode 0755) and returns the copy's path: lets a child running as
 // another user execute it (runfiles sit under /root, which other users cannot enter).
 std::string CopyExecutable(const std::string& source, const std::string& dir);
