@@ -29,7 +29,7 @@ class Cluster::PeerService final : public v1::Peer::Service {
   grpc::Status Hello(grpc::ServerContext* context, const v1::HelloRequest* request,
                      v1::HelloResponse* response) override {
     const ClusterOptions& o = cluster_->options_;
-    if (!o.insecure) {
+    if (!o.token.empty()) {
       if (request->proof().empty() || request->nonce().size() != kPeerNonceBytes) {
         Refused(context, "proved no cluster token");
         return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
@@ -42,6 +42,15 @@ class Cluster::PeerService final : public v1::Peer::Service {
             grpc::StatusCode::UNAUTHENTICATED,
             absl::StrCat("the cluster token does not match the cluster_token_file of member '",
                          o.node_name, "'"));
+      }
+    }
+    if (o.tls.enabled()) {
+      absl::Status named =
+          PeerNamed(PeerCertificateNames(context->auth_context().get()), request->node_name(),
+                    absl::StrCat("the peer at ", EscapeForMessage(context->peer(), 64)));
+      if (!named.ok()) {
+        Refused(context, "presented a certificate that does not name its node_name");
+        return ToGrpc(named);
       }
     }
     const uint32_t theirs = request->protocol_version();
@@ -64,15 +73,14 @@ class Cluster::PeerService final : public v1::Peer::Service {
     response->set_instance(cluster_->instance_);
     absl::MutexLock lock(&cluster_->mu_);
     response->set_leaving(cluster_->stopping_);
-    if (!o.insecure) response->set_proof(ResponseProof(o.token, request->nonce(), *response));
+    if (!o.token.empty()) response->set_proof(ResponseProof(o.token, request->nonce(), *response));
     return grpc::Status::OK;
   }
 
   grpc::Status Rendezvous(grpc::ServerContext* context, const v1::PeerEnvelope* request,
                           v1::PeerEnvelope* response) override {
     const ClusterOptions& o = cluster_->options_;
-    PeerSession session(o.insecure ? std::string() : o.token, "Rendezvous",
-                        PeerSession::Side::kCallee);
+    PeerSession session(o.token, "Rendezvous", PeerSession::Side::kCallee);
     v1::RendezvousRequest r;
     if (absl::Status s = session.Open(*request, &r, "the request"); !s.ok()) {
       Refused(context, "sent a rendezvous request without a valid proof");
@@ -106,9 +114,10 @@ class Cluster::PeerService final : public v1::Peer::Service {
      public:
       Stream(grpc::ServerContext* context,
              grpc::ServerReaderWriter<v1::PeerEnvelope, v1::PeerEnvelope>* stream,
-             std::string secret)
+             std::string secret, bool tls)
           : context_(context),
             stream_(stream),
+            tls_(tls),
             session_(std::move(secret), "MemberUpdate", PeerSession::Side::kCallee) {}
       absl::Status Read(v1::MemberUpdateIn* in, absl::string_view what) override {
         v1::PeerEnvelope e;
@@ -126,13 +135,20 @@ class Cluster::PeerService final : public v1::Peer::Service {
       }
       bool cancelled() const override { return context_->IsCancelled(); }
       void Cancel() override { context_->TryCancel(); }
+      absl::Status CheckCaller(absl::string_view node_name) const override {
+        if (!tls_) return absl::OkStatus();
+        return PeerNamed(
+            PeerCertificateNames(context_->auth_context().get()), node_name,
+            absl::StrCat("the coordinator at ", EscapeForMessage(context_->peer(), 64)));
+      }
 
      private:
       grpc::ServerContext* const context_;
       grpc::ServerReaderWriter<v1::PeerEnvelope, v1::PeerEnvelope>* const stream_;
+      const bool tls_;
       PeerSession session_;
     };
-    Stream s(context, stream, o.insecure ? std::string() : o.token);
+    Stream s(context, stream, o.token, o.tls.enabled());
     absl::Status status = cluster_->member_update_(s);
     if (absl::IsUnauthenticated(status)) Refused(context, "sent an update without a valid proof");
     return ToGrpc(status);
@@ -170,15 +186,21 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options, 
                                                         MemberUpdateHandler member_update) {
   auto listen = ParseListenAddress(options.listen);
   if (!listen.ok()) return Annotate(listen.status(), "cluster_listen");
-  if (!options.insecure && options.token.empty()) {
-    return absl::InvalidArgumentError("cluster: no secret and not insecure_peers");
+  if (!options.insecure && options.token.empty() && !options.tls.enabled()) {
+    return absl::InvalidArgumentError("cluster: no secret, no TLS and not insecure_peers");
+  }
+  if (options.tls.enabled()) {
+    RETURN_IF_ERROR(CheckPeerTls(options.tls, options.node_name));
   }
   std::unique_ptr<Cluster> c(
       new Cluster(std::move(options), std::move(self), std::move(member_update)));
   c->service_ = std::make_unique<PeerService>(c.get());
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(c->options_.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(c->options_.listen,
+                           c->options_.tls.enabled() ? PeerServerCredentials(c->options_.tls)
+                                                     : grpc::InsecureServerCredentials(),
+                           &port);
   builder.RegisterService(c->service_.get());
   // A HelloRequest is a few hundred bytes; envelopes carry at most 48 KiB of manifest or
   // rendezvous data: nothing larger is read before its proof is checked.
@@ -201,8 +223,10 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options, 
   spdlog::info(
       "cluster: member '{}' serves the Peer API on {} ({}); members: {}", c->options_.node_name,
       c->address_,
-      c->options_.insecure ? "peers NOT authenticated (insecure_peers)"
-                           : "peers prove the cluster token",
+      c->options_.insecure         ? "peers NOT authenticated (insecure_peers)"
+      : !c->options_.tls.enabled() ? "peers prove the cluster token"
+      : c->options_.token.empty()  ? "TLS, peers named by their certificates (cluster_ca)"
+                                   : "TLS, peers named by their certificates and proving the token",
       c->options_.members.dns_name.empty()
           ? absl::StrCat(c->options_.members.addresses.size(), " listed")
           : absl::StrCat("dns:", c->options_.members.dns_name, ":", c->options_.members.dns_port));
@@ -317,7 +341,10 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
         args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::max(100, backoff_ms / 2));
         args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(200, backoff_ms));
         m.stub = v1::Peer::NewStub(
-            grpc::CreateCustomChannel(key, grpc::InsecureChannelCredentials(), args));
+            grpc::CreateCustomChannel(key,
+                                      options_.tls.enabled() ? PeerChannelCredentials(options_.tls)
+                                                             : grpc::InsecureChannelCredentials(),
+                                      args));
         m.address = a;
         m.shown.set_address(key);
         m.shown.set_state("unreachable");
@@ -334,7 +361,7 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       call->request.set_leaving(leaving);
       call->context.set_deadline(
           absl::ToChronoTime(std::min(deadline, absl::Now() + options_.timeout)));
-      if (!options_.insecure) {
+      if (!options_.token.empty()) {
         // The secret itself never travels: a proof over a fresh nonce and this request.
         call->request.set_nonce(PeerNonce());
         call->request.set_proof(RequestProof(options_.token, call->request));
@@ -394,7 +421,7 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
     v1::ClusterMember& shown = it->second.shown;
     if (call->status.ok()) {
       const v1::HelloResponse& r = call->response;
-      if (!options_.insecure &&
+      if (!options_.token.empty() &&
           !SameProof(r.proof(), ResponseProof(options_.token, call->request.nonce(), r))) {
         // Whoever answered there does not hold the secret (a stale address, a spoofed name): it
         // is told nothing it could not learn already, and believed in nothing.
@@ -416,6 +443,16 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
         shown.set_state("refused");
         shown.set_error(absl::StrCat("it answered with an invalid name: ", bad.message()));
         continue;
+      }
+      if (options_.tls.enabled()) {
+        absl::Status named = PeerNamed(PeerCertificateNames(call->context.auth_context().get()),
+                                       r.node_name(), call->address);
+        if (!named.ok()) {
+          if (shown.state() != "refused") spdlog::warn("cluster: {}", std::string(named.message()));
+          shown.set_state("refused");
+          shown.set_error(std::string(named.message()));
+          continue;
+        }
       }
       if (r.instance() == it->second.left_instance && !r.leaving()) {
         continue;  // an answer sent before that process said goodbye: it stays left
@@ -445,10 +482,15 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       continue;
     }
     const grpc::StatusCode code = call->status.error_code();
+    // A TLS handshake that failed (a certificate of another CA, none, an expired one) is a
+    // refusal, not an outage.
+    const bool handshake = options_.tls.enabled() && code == grpc::StatusCode::UNAVAILABLE &&
+                           (absl::StrContains(call->status.error_message(), "andshake") ||
+                            absl::StrContains(call->status.error_message(), "CERTIFICATE"));
     const bool refused =
         code == grpc::StatusCode::UNAUTHENTICATED || code == grpc::StatusCode::PERMISSION_DENIED ||
         code == grpc::StatusCode::FAILED_PRECONDITION || code == grpc::StatusCode::UNIMPLEMENTED ||
-        code == grpc::StatusCode::INVALID_ARGUMENT;
+        code == grpc::StatusCode::INVALID_ARGUMENT || handshake;
     // The peer's message is its text: quoted and cut before it reaches logs and Status.
     const std::string error =
         absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(code)), ": ",
@@ -549,9 +591,11 @@ std::string SafeText(absl::string_view text, size_t max_bytes) {
 
 class GrpcMemberCall final : public Cluster::MemberCall {
  public:
-  GrpcMemberCall(std::shared_ptr<v1::Peer::Stub> stub, std::string node_name, std::string secret)
+  GrpcMemberCall(std::shared_ptr<v1::Peer::Stub> stub, std::string node_name, std::string secret,
+                 bool tls)
       : stub_(std::move(stub)),
         node_name_(std::move(node_name)),
+        tls_(tls),
         session_(std::move(secret), "MemberUpdate", PeerSession::Side::kCaller) {
     stream_ = stub_->MemberUpdate(&context_);
   }
@@ -568,6 +612,12 @@ class GrpcMemberCall final : public Cluster::MemberCall {
   absl::Status Read(v1::MemberUpdateOut* out, absl::string_view what) override {
     v1::PeerEnvelope e;
     if (!stream_->Read(&e)) return Ended(absl::StrCat("waiting for ", what));
+    if (tls_ && !named_) {
+      // The member answered over this connection: its certificate must name it.
+      RETURN_IF_ERROR(PeerNamed(PeerCertificateNames(context_.auth_context().get()), node_name_,
+                                absl::StrCat("member '", node_name_, "'")));
+      named_ = true;
+    }
     absl::Status s = session_.Open(e, out, what);
     if (!s.ok())
       return absl::Status(s.code(), absl::StrCat("member '", node_name_, "': ", s.message()));
@@ -594,6 +644,8 @@ class GrpcMemberCall final : public Cluster::MemberCall {
 
   const std::shared_ptr<v1::Peer::Stub> stub_;
   const std::string node_name_;
+  const bool tls_;
+  bool named_ = false;
   PeerSession session_;
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::PeerEnvelope, v1::PeerEnvelope>> stream_;
@@ -605,15 +657,14 @@ absl::StatusOr<std::unique_ptr<Cluster::MemberCall>> Cluster::CallMemberUpdate(
     const std::string& node_name) {
   ASSIGN_OR_RETURN(auto stub, StubOf(node_name));
   return std::unique_ptr<MemberCall>(std::make_unique<GrpcMemberCall>(
-      std::move(stub), node_name, options_.insecure ? std::string() : options_.token));
+      std::move(stub), node_name, options_.token, options_.tls.enabled()));
 }
 
 absl::StatusOr<v1::RendezvousResponse> Cluster::CallRendezvous(const std::string& node_name,
                                                                const v1::RendezvousRequest& request,
                                                                absl::Time deadline) {
   ASSIGN_OR_RETURN(auto stub, StubOf(node_name));
-  PeerSession session(options_.insecure ? std::string() : options_.token, "Rendezvous",
-                      PeerSession::Side::kCaller);
+  PeerSession session(options_.token, "Rendezvous", PeerSession::Side::kCaller);
   v1::PeerEnvelope in, out;
   RETURN_IF_ERROR(session.Seal(request, &in));
   grpc::ClientContext context;
@@ -623,6 +674,10 @@ absl::StatusOr<v1::RendezvousResponse> Cluster::CallRendezvous(const std::string
     return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
                         absl::StrCat("rendezvous at member '", node_name,
                                      "': ", EscapeForMessage(s.error_message(), 400)));
+  }
+  if (options_.tls.enabled()) {
+    RETURN_IF_ERROR(PeerNamed(PeerCertificateNames(context.auth_context().get()), node_name,
+                              absl::StrCat("member '", node_name, "'")));
   }
   v1::RendezvousResponse response;
   RETURN_IF_ERROR(session.Open(out, &response, "the rendezvous answer"));

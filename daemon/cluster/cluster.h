@@ -4,8 +4,9 @@
 //
 // Members come from cluster_members: the static list, or the A/AAAA records of a DNS name resolved
 // again every round. A member whose address is this daemon's own (it answers with this process's
-// instance id) is shown once, as "self". Every call carries the cluster's secret as a bearer token
-// (unless insecure_peers) and a deadline of cluster_timeout.
+// instance id) is shown once, as "self". Every call proves the cluster's secret
+// (cluster_token_file) or runs over TLS with the member's certificate (cluster_ca), or both, unless
+// insecure_peers; and every call has a deadline of cluster_timeout.
 //
 // Thread-safety: every method may be called from any thread.
 #ifndef CKPT_DAEMON_CLUSTER_CLUSTER_H_
@@ -21,10 +22,11 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/cluster/members.h"
+#include "daemon/cluster/peer_tls.h"
 #include "daemon/cluster/rendezvous.h"
 #include "proto/admin.pb.h"
 #include "proto/peer.grpc.pb.h"
@@ -52,6 +54,10 @@ class MemberUpdateStream {
   virtual bool cancelled() const = 0;
   // Ends the call from this side (a Read or Write blocked on it returns); any thread.
   virtual void Cancel() = 0;
+  // With TLS peers: OK when the caller's certificate names `node_name` (the coordinator it
+  // claims to be), else UNAUTHENTICATED saying what it names. Without TLS: OK (the envelopes'
+  // proofs hold the secret).
+  virtual absl::Status CheckCaller(absl::string_view node_name) const = 0;
 };
 // Serves one MemberUpdate call (UpdateEngine::ServeMemberUpdate); its error ends the call.
 using MemberUpdateHandler = std::function<absl::Status(MemberUpdateStream&)>;
@@ -60,7 +66,8 @@ struct ClusterOptions {
   std::string node_name;
   std::string listen;  // HOST:PORT (port 0 picks one)
   ClusterMembers members;
-  std::string token;  // the cluster's secret; empty only with insecure
+  std::string token;  // the cluster's secret; empty with TLS alone, or insecure
+  PeerTls tls;        // enabled: the Peer API over TLS, members named by their certificates
   bool insecure = false;
   absl::Duration timeout = absl::Seconds(30);
   // The interface the collectives use (GlooGroup::Options::interface); empty: DataHost().

@@ -120,6 +120,10 @@ const std::vector<ConfigKey>& ConfigKeys() {
        "the cluster's members: HOST:PORT,HOST:PORT,... or dns:NAME:PORT (A/AAAA records)", ""},
       {"cluster_token_file",
        "shared secret of the cluster's members when peers use no TLS, one line, mode 0600", ""},
+      {"cluster_ca",
+       "CA (PEM) that signs the members' certificates: peers use TLS with tls_cert/tls_key, and "
+       "each certificate names its member's node_name in its SANs",
+       ""},
       {"cluster_timeout",
        "deadline of each exchange with a peer and of every collective of a cluster update", "30s"},
       {"insecure_peers", "accept peers that prove nothing (trusted networks only)", "false"},
@@ -288,9 +292,9 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     auto m = ParseClusterMembers(value);
     if (!m.ok()) return BadValue(key, value, m.status().message());
     config.cluster_members = std::string(value);
-  } else if (key == "cluster_token_file") {
+  } else if (key == "cluster_token_file" || key == "cluster_ca") {
     if (!value.empty() && value[0] != '/') return BadValue(key, value, "must be an absolute path");
-    config.cluster_token_file = std::string(value);
+    (key == "cluster_ca" ? config.cluster_ca : config.cluster_token_file) = std::string(value);
   } else if (key == "cluster_data_interface") {
     // A Linux interface name: 1-15 characters, no '/', no white space.
     const bool ok = value.size() <= 15 && std::all_of(value.begin(), value.end(), [](char c) {
@@ -439,24 +443,32 @@ absl::Status ValidateConfig(const Config& config) {
         "which the others call)");
   }
   if (config.cluster_listen.empty()) {
-    if (!config.cluster_token_file.empty() || config.insecure_peers) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config: ", config.insecure_peers ? "insecure_peers" : "cluster_token_file",
-                       " is set but cluster_listen is not: this daemon is in no cluster"));
+    const char* set = config.insecure_peers                ? "insecure_peers"
+                      : !config.cluster_token_file.empty() ? "cluster_token_file"
+                      : !config.cluster_ca.empty()         ? "cluster_ca"
+                                                           : nullptr;
+    if (set != nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config: ", set, " is set but cluster_listen is not: this daemon is in no cluster"));
     }
     return absl::OkStatus();
   }
-  if (config.insecure_peers && !config.cluster_token_file.empty()) {
-    return absl::InvalidArgumentError(
-        "config: insecure_peers and cluster_token_file contradict each other: peers either prove "
-        "the token or prove nothing; remove one");
+  if (config.insecure_peers && (!config.cluster_token_file.empty() || !config.cluster_ca.empty())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config: insecure_peers and ",
+        config.cluster_ca.empty() ? "cluster_token_file" : "cluster_ca",
+        " contradict each other: peers either prove who they are or prove nothing; remove one"));
   }
-  const bool peer_tls = !config.tls_cert.empty() && !config.tls_client_ca.empty();
-  if (!peer_tls && config.cluster_token_file.empty() && !config.insecure_peers) {
+  if (!config.cluster_ca.empty() && config.tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "config: cluster_ca needs tls_cert and tls_key (this member's own certificate, which "
+        "must name its node_name in its subject alternative names)");
+  }
+  if (config.cluster_ca.empty() && config.cluster_token_file.empty() && !config.insecure_peers) {
     return absl::InvalidArgumentError(absl::StrCat(
         "config: cluster_listen ", config.cluster_listen,
-        " would accept any peer: configure cluster_token_file (a shared secret) or TLS with "
-        "client certificates (tls_cert, tls_key, tls_client_ca), or set insecure_peers = true "
+        " would accept any peer: configure cluster_token_file (a shared secret) or cluster_ca "
+        "(TLS: members' certificates, with tls_cert and tls_key), or set insecure_peers = true "
         "(trusted networks only)"));
   }
   return absl::OkStatus();
@@ -548,6 +560,7 @@ std::string DescribeConfig(const Config& config) {
       " cluster_token_file=",
       config.cluster_token_file.empty() ? "none" : config.cluster_token_file,
       " cluster_timeout=", HumanDuration(config.cluster_timeout),
+      " cluster_ca=", config.cluster_ca.empty() ? "none" : config.cluster_ca,
       " insecure_peers=", config.insecure_peers ? "true" : "false", " cluster_data_interface=",
       config.cluster_data_interface.empty() ? "none" : config.cluster_data_interface);
 }

@@ -107,6 +107,9 @@ struct Config {
   std::string cluster_members;
   // A shared secret proving membership when peers use no TLS (daemon/cluster/cluster_token.h).
   std::string cluster_token_file;
+  // The CA of the members' certificates: set, peers use TLS (this member's tls_cert/tls_key),
+  // and each member's certificate must name its node_name in its subject alternative names.
+  std::string cluster_ca;
   // Deadline of each exchange with a peer and of every collective of a cluster update.
   absl::Duration cluster_timeout = absl::Seconds(30);
   // Accept peers that prove nothing (trusted networks only; warned at start-up).

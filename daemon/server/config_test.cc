@@ -243,7 +243,19 @@ TEST_CASE("the cluster keys: each value and their relations") {
   REQUIRE(SetConfigValue(tls, "tls_key", "/k.pem").ok());
   CHECK_FALSE(ValidateConfig(tls).ok());  // a server certificate alone proves nothing of peers
   REQUIRE(SetConfigValue(tls, "tls_client_ca", "/ca.pem").ok());
+  CHECK_FALSE(ValidateConfig(tls).ok());  // the TCP listener's clients are not members
+  REQUIRE(SetConfigValue(tls, "cluster_ca", "/members-ca.pem").ok());
   CHECK(ValidateConfig(tls).ok());
+  CHECK(SetConfigValue(tls, "cluster_ca", "ca.pem").code() == absl::StatusCode::kInvalidArgument);
+  Config ca_alone = open;
+  REQUIRE(SetConfigValue(ca_alone, "cluster_ca", "/members-ca.pem").ok());
+  CHECK(Contains(std::string(ValidateConfig(ca_alone).message()), "cluster_ca needs tls_cert"));
+  Config ca_insecure = tls;
+  REQUIRE(SetConfigValue(ca_insecure, "insecure_peers", "true").ok());
+  CHECK(Contains(std::string(ValidateConfig(ca_insecure).message()), "contradict"));
+  Config ca_no_cluster;
+  REQUIRE(SetConfigValue(ca_no_cluster, "cluster_ca", "/members-ca.pem").ok());
+  CHECK(Contains(std::string(ValidateConfig(ca_no_cluster).message()), "no cluster"));
 }
 
 TEST_CASE("the example config documents every key and holds the defaults") {

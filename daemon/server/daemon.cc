@@ -315,13 +315,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     cluster.insecure = config.insecure_peers;
     cluster.timeout = config.cluster_timeout;
     cluster.data_interface = config.cluster_data_interface;
-    if (!config.insecure_peers) {
-      if (config.cluster_token_file.empty()) {
-        return absl::UnimplementedError(
-            "cluster_listen: peers authenticated by TLS certificates are not built yet; set "
-            "cluster_token_file (a shared secret) for now");
-      }
+    if (!config.cluster_token_file.empty()) {
       ASSIGN_OR_RETURN(cluster.token, ReadClusterToken(config.cluster_token_file));
+    }
+    if (!config.cluster_ca.empty()) {
+      cluster.tls = PeerTls{config.tls_cert, config.tls_key, config.cluster_ca};
     }
     if (absl::Status s = CheckNodeName(cluster.node_name); !s.ok()) {
       return Annotate(s, "node_name (auto: the host name; set node_name explicitly)");

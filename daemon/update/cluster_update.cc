@@ -642,6 +642,7 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   if (!coordinator_ranked || st.coordinator() == self) {
     return absl::InvalidArgumentError("the coordinator is not another rank of the update");
   }
+  RETURN_IF_ERROR(stream.CheckCaller(st.coordinator()));
   if (st.uploader_ranks().empty()) return absl::InvalidArgumentError("no uploading rank");
   std::vector<int> uploaders;
   for (uint32_t u : st.uploader_ranks()) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/pki.h"
 #include "tests/testing/safetensors_writer.h"
 #include "tests/testing/subprocess.h"
 
@@ -45,8 +46,9 @@ RunResult CtlTcp(const std::string& address, std::vector<std::string> args) {
 TEST_CASE("tokens: no token is UNAUTHENTICATED, each role allows its calls only, SIGHUP reloads") {
   TempDir files;
   const std::string tokens =
-      Write(files / "tokens", "# name roles\ntrainer-token-0123456789 trainer\n"
-                              "operator-token-0123456789 operator\nreader-token-0123456789 read\n");
+      Write(files / "tokens",
+            "# name roles\ntrainer-token-0123456789 trainer\n"
+            "operator-token-0123456789 operator\nreader-token-0123456789 read\n");
   const std::string model = files / "model.safetensors";
   REQUIRE(WriteSafetensors(model, {{"a", DType::kFloat32, {4}, RandomBytes(16, 1)}}).ok());
   DaemonProcess d({"--backend", "host", "--host-memory-budget", "16MiB", "--listen-tcp",
@@ -100,44 +102,25 @@ TEST_CASE("tokens: no token is UNAUTHENTICATED, each role allows its calls only,
   d.proc->Signal(SIGHUP);
   CHECK(d.notify.WaitFor("READY=1", 20s).has_value());
   CHECK(CtlTcp(tcp, {"--token-file", reader, "status"}).exit.code == 1);
-  CHECK(CtlTcp(tcp, {"--token-file", token("n", "new-reader-token-01234567"), "status"}).exit.code ==
-        0);
+  CHECK(
+      CtlTcp(tcp, {"--token-file", token("n", "new-reader-token-01234567"), "status"}).exit.code ==
+      0);
   CHECK(Contains(d.proc->Stderr(), "1 added, 2 removed"));
 }
 
 // A CA, a server certificate for 127.0.0.1 and two client certificates (one from another CA).
-struct Pki {
-  explicit Pki(const TempDir& dir) : dir(dir) {
-    Ca("ca");
-    Ca("other-ca");
-    Leaf("server", "ca", "IP:127.0.0.1,DNS:localhost");
-    Leaf("trainer", "ca", "DNS:trainer-1,URI:spiffe://cluster/trainer");
-    Leaf("stranger", "other-ca", "DNS:trainer-1");
-  }
-  void Openssl(std::vector<std::string> args) {
-    args.insert(args.begin(), "/usr/bin/openssl");
-    RunResult r = Run(args);
-    INFO(r.err);
-    REQUIRE(r.exit.code == 0);
-  }
-  void Ca(const std::string& name) {
-    Openssl({"req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=" + name, "-keyout", dir / (name + ".key"), "-out", dir / (name + ".pem")});
-  }
-  void Leaf(const std::string& name, const std::string& ca, const std::string& san) {
-    Openssl({"req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout",
-             dir / (name + ".key"), "-out", dir / (name + ".csr")});
-    Write(dir / (name + ".ext"), "subjectAltName=" + san + "\n");
-    Openssl({"x509", "-req", "-in", dir / (name + ".csr"), "-CA", dir / (ca + ".pem"), "-CAkey",
-             dir / (ca + ".key"), "-CAcreateserial", "-days", "2", "-extfile",
-             dir / (name + ".ext"), "-out", dir / (name + ".pem")});
-  }
-  const TempDir& dir;
-};
+void MakePki(Pki& pki) {
+  REQUIRE(pki.Ca("ca") == "");
+  REQUIRE(pki.Ca("other-ca") == "");
+  REQUIRE(pki.Leaf("server", "ca", "IP:127.0.0.1,DNS:localhost") == "");
+  REQUIRE(pki.Leaf("trainer", "ca", "DNS:trainer-1,URI:spiffe://cluster/trainer") == "");
+  REQUIRE(pki.Leaf("stranger", "other-ca", "DNS:trainer-1") == "");
+}
 
 TEST_CASE("mTLS: client certificates are required and their SANs carry roles") {
   TempDir files;
-  Pki pki(files);
+  Pki pki(files.path());
+  MakePki(pki);
   DaemonProcess d({"--backend", "host", "--host-memory-budget", "16MiB", "--listen-tcp",
                    "127.0.0.1:0", "--tls-cert", files / "server.pem", "--tls-key",
                    files / "server.key", "--tls-client-ca", files / "ca.pem", "--san-roles",
@@ -148,8 +131,8 @@ TEST_CASE("mTLS: client certificates are required and their SANs carry roles") {
   const std::vector<std::string> ca = {"--tls-ca", files / "ca.pem"};
   auto with = [&](const std::string& who, std::vector<std::string> args) {
     std::vector<std::string> all = ca;
-    all.insert(all.end(), {"--tls-cert", files / (who + ".pem"), "--tls-key",
-                           files / (who + ".key")});
+    all.insert(all.end(),
+               {"--tls-cert", files / (who + ".pem"), "--tls-key", files / (who + ".key")});
     all.insert(all.end(), args.begin(), args.end());
     return CtlTcp(tcp, all);
   };

@@ -2,6 +2,7 @@
 // update"): a version pushed to one member reaches every worker of every member bit-exact, through
 // one Gloo broadcast per bucket; a member killed or stopped mid-update ends the update on every
 // other member within the deadline, naming it, and the next update without it works.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -18,6 +20,10 @@
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
 #include "common/dtype.h"
+#include "daemon/cluster/cluster.h"
+#include "daemon/cluster/peer_tls.h"
+#include "proto/peer.grpc.pb.h"
+#include "tests/testing/pki.h"
 #include "tests/testing/state_dict.h"
 #include "tests/testing/subprocess.h"
 
@@ -97,11 +103,20 @@ struct Worker {
   std::unique_ptr<Subprocess> proc;
 };
 
+// How member `i` proves itself to the others (flags); the default: the shared secret `token`.
+using MemberAuth = std::function<std::vector<std::string>(int i, const std::string& token)>;
+
 struct Cluster {
-  explicit Cluster(int n, const std::string& timeout = "3s", std::vector<std::string> extra = {}) {
+  explicit Cluster(int n, const std::string& timeout = "3s", std::vector<std::string> extra = {},
+                   MemberAuth auth = nullptr) {
     token = dir / "token";
     std::ofstream(token) << std::string(40, 'k') << "\n";
     REQUIRE(::chmod(token.c_str(), 0600) == 0);
+    if (!auth) {
+      auth = [](int, const std::string& token) {
+        return std::vector<std::string>{"--cluster-token-file", token};
+      };
+    }
     const std::vector<int> ports = testing::FreeLoopbackPorts(n);
     std::string list;
     members.resize(n);
@@ -115,9 +130,10 @@ struct Cluster {
       std::vector<std::string> args = {
           "--backend", "host", "--host-memory-budget", "32MiB", "--bucket-bytes", "64KiB",
           "--node-name", m.name, "--cluster-listen", m.address, "--cluster-members", list,
-          "--cluster-token-file", token, "--cluster-timeout", timeout, "--ack-timeout", "5s",
-          "--log-level", "info"};
+          "--cluster-timeout", timeout, "--ack-timeout", "5s", "--log-level", "info"};
       // clang-format on
+      const std::vector<std::string> proof = auth(static_cast<int>(&m - members.data()), token);
+      args.insert(args.end(), proof.begin(), proof.end());
       args.insert(args.end(), extra.begin(), extra.end());
       m.daemon = std::make_unique<DaemonProcess>(args);
       INFO("daemon " << m.name << " stderr: " << m.daemon->proc->Stderr());
@@ -339,7 +355,8 @@ TEST_CASE("a member stopped (SIGSTOP) mid-update ends the update by the deadline
       20s));
 }
 
-TEST_CASE("two members holding different weights under one id: the update is refused, naming both") {
+TEST_CASE(
+    "two members holding different weights under one id: the update is refused, naming both") {
   // The collectives pinned to the loopback interface (cluster_data_interface).
   Cluster c(2, "3s", {"--cluster-data-interface", "lo"});
   for (int i = 0; i < 2; ++i) c.WaitUp(i, 1);
@@ -381,6 +398,119 @@ TEST_CASE("two members holding different weights under one id: the update is ref
   REQUIRE(ok.ok());
   CHECK(testing::CompareWorkerReport(w0.Report(7), a) == "");
   CHECK(testing::CompareWorkerReport(w1.Report(7), a) == "");
+}
+
+// What `members[i]` shows of each other member in `ckptctl cluster --json`, by address.
+std::map<std::string, nlohmann::json> Shown(Cluster& c, int i) {
+  RunResult r = c.members[i].daemon->Ctl({"cluster", "--json"});
+  REQUIRE(r.exit.code == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  std::map<std::string, nlohmann::json> out;
+  for (const auto& m : j["members"]) out[m["address"].get<std::string>()] = m;
+  return out;
+}
+
+TEST_CASE(
+    "peers over TLS: certificates name their members, the update goes through, others refused") {
+  TempDir files;
+  testing::Pki pki(files.path());
+  REQUIRE(pki.Ca("ca") == "");
+  REQUIRE(pki.Ca("other-ca") == "");
+  for (const char* name : {"node-0", "node-1"}) {
+    REQUIRE(pki.Leaf(name, "ca", std::string("DNS:") + name) == "");
+  }
+  REQUIRE(pki.Leaf("node-2", "other-ca", "DNS:node-2") == "");              // another cluster's CA
+  REQUIRE(pki.Leaf("intruder", "ca", "DNS:trainer-1,IP:127.0.0.1") == "");  // not a member
+
+  // A member whose certificate does not name it does not start, saying what it names.
+  {
+    TempDir d;
+    RunResult r =
+        testing::Run({Runfile("daemon/ckpt-engined"), "--listen-unix", d / "d.sock", "--backend",
+                      "host", "--host-memory-budget", "16MiB", "--node-name", "node-5",
+                      "--cluster-listen", "127.0.0.1:0", "--tls-cert", pki.pem("intruder"),
+                      "--tls-key", pki.key("intruder"), "--cluster-ca", pki.pem("ca")},
+                     {}, 20s);
+    INFO(r.err);
+    CHECK(r.exit.code != 0);
+    CHECK(Contains(r.err,
+                   "names 'trainer-1' in its subject alternative names, not this "
+                   "member's node_name 'node-5'"));
+    // Its key is not another certificate's.
+    RunResult k =
+        testing::Run({Runfile("daemon/ckpt-engined"), "--listen-unix", d / "d.sock", "--backend",
+                      "host", "--host-memory-budget", "16MiB", "--node-name", "node-0",
+                      "--cluster-listen", "127.0.0.1:0", "--tls-cert", pki.pem("node-0"),
+                      "--tls-key", pki.key("node-1"), "--cluster-ca", pki.pem("ca")},
+                     {}, 20s);
+    INFO(k.err);
+    CHECK(k.exit.code != 0);
+    CHECK(Contains(k.err, "is not the key of tls_cert"));
+  }
+
+  // node-0 and node-1 prove themselves by certificate alone (no token); node-2 holds a
+  // certificate of another CA.
+  Cluster c(3, "3s", {}, [&](int i, const std::string&) {
+    const std::string name = "node-" + std::to_string(i);
+    return std::vector<std::string>{"--tls-cert",   pki.pem(name),
+                                    "--tls-key",    pki.key(name),
+                                    "--cluster-ca", pki.pem(i == 2 ? "other-ca" : "ca")};
+  });
+  for (int i = 0; i < 2; ++i) c.WaitUp(i, 1);
+  CHECK(Contains(c.members[0].daemon->proc->Stderr(), "TLS, peers named by their certificates"));
+  // node-2 is refused both ways, with the handshake named.
+  REQUIRE(WaitUntil(
+      [&] {
+        auto a = Shown(c, 0)[c.members[2].address];
+        auto b = Shown(c, 2)[c.members[0].address];
+        return a["state"] == "refused" && b["state"] == "refused";
+      },
+      20s));
+  const std::string refused = Shown(c, 0)[c.members[2].address]["error"];
+  INFO(refused);
+  CHECK((Contains(refused, "andshake") || Contains(refused, "CERTIFICATE")));
+
+  // The cluster update runs over the TLS members.
+  TempDir dir;
+  Worker w0(*c.members[0].daemon, dir, "w0");
+  Worker w1(*c.members[1].daemon, dir, "w1");
+  w0.WaitAttached();
+  w1.WaitAttached();
+  StateDict m = Model(71);
+  const uint64_t v = c.Push(0, m);
+  auto admin = c.Admin(0);
+  auto r = Update(*admin, v);
+  INFO(r.status().ToString());
+  for (auto& member : c.members) INFO(member.name << " stderr: " << member.daemon->proc->Stderr());
+  REQUIRE(r.ok());
+  CHECK(r->workers_size() == 2);
+  CHECK(testing::CompareWorkerReport(w0.Report(v), m) == "");
+  CHECK(testing::CompareWorkerReport(w1.Report(v), m) == "");
+
+  // A client whose certificate the members' CA signed but that names no member: every claim of a
+  // member's name is refused, saying what the certificate names; without a certificate there is
+  // no connection at all.
+  auto call_hello = [&](std::shared_ptr<grpc::ChannelCredentials> creds, const std::string& who) {
+    auto stub = v1::Peer::NewStub(grpc::CreateChannel(c.members[0].address, creds));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 10s);
+    v1::HelloRequest request;
+    request.set_protocol_version(daemon::kPeerProtocolVersion);
+    request.set_node_name(who);
+    request.set_instance("00112233445566778899aabbccddeeff");
+    v1::HelloResponse response;
+    return stub->Hello(&context, request, &response);
+  };
+  const daemon::PeerTls intruder{pki.pem("intruder"), pki.key("intruder"), pki.pem("ca")};
+  grpc::Status impostor = call_hello(daemon::PeerChannelCredentials(intruder), "node-1");
+  INFO(impostor.error_message());
+  CHECK(impostor.error_code() == grpc::StatusCode::UNAUTHENTICATED);
+  CHECK(Contains(impostor.error_message(), "names 'trainer-1'"));
+  CHECK(Contains(impostor.error_message(), "not its node_name 'node-1'"));
+  grpc::Status plain = call_hello(grpc::InsecureChannelCredentials(), "node-1");
+  CHECK(plain.error_code() == grpc::StatusCode::UNAVAILABLE);
+  // The members are undisturbed.
+  CHECK(Shown(c, 0)[c.members[1].address]["state"] == "up");
 }
 
 }  // namespace
