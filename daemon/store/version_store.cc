@@ -193,7 +193,7 @@ std::shared_ptr<VersionStore::Version> VersionStore::Remove(
 
 absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
     const v1::Manifest& manifest, uint64_t requested_version, const std::string& label,
-    const std::string& client, bool verify_checksums, absl::Time deadline) {
+    const std::string& client, bool verify_checksums, absl::Time deadline, bool may_retire) {
   if (label.size() > kMaxLabelBytes) {
     return absl::InvalidArgumentError(absl::StrCat("label of ", label.size(),
                                                    " bytes is too long (at most ", kMaxLabelBytes,
@@ -305,6 +305,11 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
     absl::MutexLock alock(&alloc_mu_);
     free_bytes = allocator_.free_bytes();
   }
+  if (!may_retire && needed > free_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("it needs ", FormatBytes(needed), " and ", FormatBytes(free_bytes),
+                     " of the host_memory_budget are free (held versions are not pushed out)"));
+  }
   if (needed > free_bytes + RetirableBytes()) {
     RETURN_IF_ERROR(StillWarmingUp(needed, free_bytes + RetirableBytes()));
     return absl::ResourceExhaustedError(
@@ -334,6 +339,11 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
       break;
     }
     ranges.reset();  // returns the partial allocation
+    if (!may_retire) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the free memory of the host_memory_budget is too fragmented for ",
+                       FormatBytes(needed), " (held versions are not pushed out)"));
+    }
     if (!RetireOldest(&graveyard)) {
       RETURN_IF_ERROR(StillWarmingUp(needed, 0));
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -519,7 +529,8 @@ absl::Status VersionStore::WriteLease::MarkAllReceived() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std::string& token) {
+absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std::string& token,
+                                                     bool notify) {
   ASSIGN_OR_RETURN(std::shared_ptr<Version> v, LookUpStaging(version, token));
   {
     absl::MutexLock vlock(&v->mu);
@@ -666,7 +677,7 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
                     std::string(recorded.message()));
     }
   }
-  if (commit_listener_) commit_listener_(version);
+  if (notify && commit_listener_) commit_listener_(version);
   return info;
 }
 

@@ -140,10 +140,12 @@ class VersionStore {
   // bytes in the message; too many staging versions; ids exhausted).
   // `deadline`: the caller's (the RPC's): a wait for memory during warm-up ends by then, and a
   // caller whose deadline passed gets DEADLINE_EXCEEDED instead of a version it can no longer use.
+  // `may_retire` false: only free memory is used (RESOURCE_EXHAUSTED rather than retiring a
+  // committed version to make room; a member's copy from a cluster update).
   absl::StatusOr<Begun> Begin(const v1::Manifest& manifest, uint64_t requested_version,
                               const std::string& label, const std::string& client = "",
                               bool verify_checksums = true,
-                              absl::Time deadline = absl::InfiniteFuture());
+                              absl::Time deadline = absl::InfiniteFuture(), bool may_retire = true);
 
   // Copies `size` bytes to `offset` of `tensor`. Errors: NOT_FOUND (version not staging, unknown
   // tensor), PERMISSION_DENIED (token), OUT_OF_RANGE (past the tensor's end).
@@ -198,7 +200,9 @@ class VersionStore {
 
   // STAGING -> COMMITTED. FAILED_PRECONDITION listing tensors with missing bytes or a checksum
   // mismatch (the version stays STAGING: the trainer may resend and commit again, or abort).
-  absl::StatusOr<v1::VersionInfo> Commit(uint64_t version, const std::string& token);
+  // `notify` false: the commit listener (auto_update) is not told.
+  absl::StatusOr<v1::VersionInfo> Commit(uint64_t version, const std::string& token,
+                                         bool notify = true);
 
   // Forgets a STAGING version and frees its memory (once in-flight writers end). The token is
   // required (PERMISSION_DENIED when empty or wrong).

@@ -235,6 +235,44 @@ TEST_CASE("old versions are retired: at most max_versions, and to make room for 
   CHECK(store->Get(ids[2]).ok());
 }
 
+TEST_CASE(
+    "a Begin that may not retire uses free memory only; a commit may leave the listener out") {
+  VersionStore::Options options;
+  options.max_versions = 3;
+  auto store = NewStore(35000, options);
+  std::vector<uint64_t> told;
+  store->SetCommitListener([&told](uint64_t v) { told.push_back(v); });
+  std::vector<Tensor> ts = {MakeTensor("w", {2500}, 1)};  // 10240 aligned: 3 fit, 4 do not
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 2; ++i) {
+    auto b = store->Begin(ManifestOf(ts), 0, "");
+    REQUIRE(b.ok());
+    PushAll(*store, *b, ts);
+    REQUIRE(store->Commit(b->version, b->upload_token).ok());
+    ids.push_back(b->version);
+  }
+  CHECK(told == ids);
+  // The third fits in free memory and commits without telling the listener.
+  auto third = store->Begin(ManifestOf(ts), 0, "", "", true, absl::InfiniteFuture(),
+                            /*may_retire=*/false);
+  REQUIRE(third.ok());
+  PushAll(*store, *third, ts);
+  REQUIRE(store->Commit(third->version, third->upload_token, /*notify=*/false).ok());
+  CHECK(told == ids);
+  // A fourth would need the oldest retired: refused, and the oldest stays.
+  auto fourth = store->Begin(ManifestOf(ts), 0, "", "", true, absl::InfiniteFuture(),
+                             /*may_retire=*/false);
+  REQUIRE_FALSE(fourth.ok());
+  CHECK(fourth.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(Contains(fourth.status().message(), "held versions are not pushed out"));
+  CHECK(store->Get(ids[0]).ok());
+  CHECK(store->List().size() == 3);
+  // A Begin that may retire does.
+  auto fifth = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(fifth.ok());
+  CHECK(store->Get(ids[0]).status().code() == absl::StatusCode::kNotFound);
+}
+
 TEST_CASE("abort, drop and stale staging versions return their memory") {
   VersionStore::Options options;
   options.staging_timeout = absl::Seconds(10);

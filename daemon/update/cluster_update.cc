@@ -26,6 +26,7 @@
 #include "daemon/cluster/members.h"
 #include "daemon/cluster/rendezvous.h"
 #include "daemon/store/manifest.h"
+#include "daemon/update/host_copy.h"
 #include "daemon/update/update_engine.h"
 #include "spdlog/spdlog.h"
 
@@ -36,9 +37,14 @@ namespace {
 // group broadcasts the bucket's bytes from it into every rank's slot.
 class ClusterFiller final : public BucketFiller {
  public:
+  // `copy`: where a member without the version keeps what it receives (HostCopy), or null.
   ClusterFiller(TransferBackend* transfer, const uint8_t* arena, GlooGroup* group,
-                std::vector<int> uploaders)
-      : transfer_(transfer), arena_(arena), group_(group), uploaders_(std::move(uploaders)) {}
+                std::vector<int> uploaders, HostCopy* copy = nullptr)
+      : transfer_(transfer),
+        arena_(arena),
+        group_(group),
+        uploaders_(std::move(uploaders)),
+        copy_(copy) {}
 
   absl::Status Fill(const Bucket& bucket, int k, int slot) override {
     const int root = uploaders_[static_cast<size_t>(k) % uploaders_.size()];
@@ -46,8 +52,17 @@ class ClusterFiller final : public BucketFiller {
       if (arena_ == nullptr) return absl::InternalError("an uploading rank without the version");
       RETURN_IF_ERROR(transfer_->Fill(bucket, slot, arena_));
     }
-    return group_->Broadcast(transfer_->slots(0).data(slot), bucket.used_bytes, root,
-                             static_cast<uint32_t>(k));
+    uint8_t* data = transfer_->slots(0).data(slot);
+    RETURN_IF_ERROR(group_->Broadcast(data, bucket.used_bytes, root, static_cast<uint32_t>(k)));
+    if (copy_ != nullptr) {
+      // Before the workers see the slot (they may not change it, but they release it).
+      if (absl::Status s = copy_->Take(bucket, data); !s.ok()) {
+        spdlog::warn("cluster copy of version {}: {}; not kept", copy_->version(),
+                     std::string(s.message()));
+        copy_ = nullptr;
+      }
+    }
+    return absl::OkStatus();
   }
   absl::StatusOr<bool> Filled(int slot) override { return transfer_->Filled(slot); }
   absl::Status Drain(absl::Time deadline) override { return transfer_->Drain(deadline); }
@@ -57,6 +72,7 @@ class ClusterFiller final : public BucketFiller {
   const uint8_t* const arena_;
   GlooGroup* const group_;
   const std::vector<int> uploaders_;
+  HostCopy* copy_;
 };
 
 constexpr size_t kManifestPartBytes = 32 << 10;
@@ -715,6 +731,18 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
     return absl::DeadlineExceededError("the start did not arrive within twice cluster_timeout");
   }
   start_guard.reset();
+  // A member without the version keeps a copy of what it receives when its free memory allows
+  // (host backend: the slots are host memory).
+  std::unique_ptr<HostCopy> copy;
+  if (transfer_->kind() == BackendKind::kHost && !store_->Lease(st.version()).ok()) {
+    std::string why_not;
+    copy = HostCopy::Begin(store_, st.version(), *manifest, p.plan.buckets.size(), st.coordinator(),
+                           &why_not);
+    if (copy == nullptr) {
+      spdlog::info("cluster update {}: no host copy of version {} is kept here: {}", st.update_id(),
+                   st.version(), why_not);
+    }
+  }
   v1::MemberUpdateOut out;
   v1::MemberUpdateReady* ready = out.mutable_ready();
   ready->set_has_communicator(!st.communicator_id().empty() && group_.group != nullptr &&
@@ -754,8 +782,8 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
     r->set_error(absl::StrCat("member '", self, "': ", group.message()));
     return stream.Write(result);
   }
-  p.filler =
-      std::make_unique<ClusterFiller>(transfer_.get(), nullptr, group_.group.get(), uploaders);
+  p.filler = std::make_unique<ClusterFiller>(transfer_.get(), nullptr, group_.group.get(),
+                                             uploaders, copy.get());
   // The coordinator may end the update (its call breaks): the run stops at its next step. Polled
   // until the run ends (a cancel before the run began is seen when it begins).
   std::atomic<bool> done{false};
@@ -793,7 +821,23 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   watcher.join();
   if (!run.ok() || group_.group->broken()) group_ = ClusterGroup{};
   release();
-  return stream.Write(result);
+  absl::Status sent = stream.Write(result);
+  // The copy commits after the result went out (its checksums take time the coordinator need not
+  // wait for): the bytes as they landed here, verified.
+  if (copy != nullptr && run.ok()) {
+    const absl::Time begun = absl::Now();
+    auto kept = copy->Commit();
+    if (kept.ok()) {
+      spdlog::info(
+          "cluster update {}: kept a host copy of version {} ({}, checksums verified in {})",
+          st.update_id(), st.version(), FormatBytes(copy->bytes()),
+          HumanDuration(absl::Now() - begun));
+    } else {
+      spdlog::warn("cluster update {}: the host copy of version {} is not kept: {}", st.update_id(),
+                   st.version(), std::string(kept.status().message()));
+    }
+  }
+  return sent;
 }
 
 }  // namespace ckpt::daemon

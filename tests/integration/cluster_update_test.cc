@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <fstream>
@@ -103,7 +104,8 @@ struct Worker {
   std::unique_ptr<Subprocess> proc;
 };
 
-// How member `i` proves itself to the others (flags); the default: the shared secret `token`.
+// How member `i` proves itself to the others, and any flags of its own (a --host-memory-budget
+// replaces the default 32MiB); the default: the shared secret `token`.
 using MemberAuth = std::function<std::vector<std::string>(int i, const std::string& token)>;
 
 struct Cluster {
@@ -128,12 +130,15 @@ struct Cluster {
     for (Member& m : members) {
       // clang-format off
       std::vector<std::string> args = {
-          "--backend", "host", "--host-memory-budget", "32MiB", "--bucket-bytes", "64KiB",
+          "--backend", "host", "--bucket-bytes", "64KiB",
           "--node-name", m.name, "--cluster-listen", m.address, "--cluster-members", list,
           "--cluster-timeout", timeout, "--ack-timeout", "5s", "--log-level", "info"};
       // clang-format on
       const std::vector<std::string> proof = auth(static_cast<int>(&m - members.data()), token);
       args.insert(args.end(), proof.begin(), proof.end());
+      if (std::find(proof.begin(), proof.end(), "--host-memory-budget") == proof.end()) {
+        args.insert(args.end(), {"--host-memory-budget", "32MiB"});
+      }
       args.insert(args.end(), extra.begin(), extra.end());
       m.daemon = std::make_unique<DaemonProcess>(args);
       INFO("daemon " << m.name << " stderr: " << m.daemon->proc->Stderr());
@@ -278,12 +283,16 @@ TEST_CASE("a member killed mid-update ends the update everywhere, naming it; the
   const uint64_t v1 = c.Push(0, m1);
   auto admin = c.Admin(0);
   auto pending = std::async(std::launch::async, [&] { return Update(*admin, v1); });
-  // Mid-update (node-2 received its first bucket and the update waits for its ack): kill node-2.
+  // Mid-update (node-2 holds the communicator, so every member connected to it, and its worker
+  // does not receive until `go` exists, so the update waits on it): kill node-2. (A member killed
+  // while the communicator is still being created leaves the others in Gloo's connect until the
+  // collective's deadline.)
   REQUIRE(WaitUntil(
       [&] {
         RunResult s = c.members[2].daemon->Ctl({"status", "--json"});
         return s.exit.code == 0 &&
-               nlohmann::json::parse(s.out)["updating_version"].get<uint64_t>() == v1;
+               nlohmann::json::parse(s.out)["updating_version"].get<uint64_t>() == v1 &&
+               Contains(c.members[2].daemon->proc->Stderr(), "ranks ready");
       },
       20s));
   const auto killed_at = std::chrono::steady_clock::now();
@@ -300,6 +309,7 @@ TEST_CASE("a member killed mid-update ends the update everywhere, naming it; the
     RunResult s = c.members[i].daemon->Ctl({"status", "--json"});
     REQUIRE(s.exit.code == 0);
     auto j = nlohmann::json::parse(s.out);
+    INFO(c.members[i].name << " stderr: " << c.members[i].daemon->proc->Stderr());
     CHECK(j["updating_version"] == 0);
     for (const auto& w : j["workers"]) CHECK(w["loaded_version"] != v1);
   }
@@ -511,6 +521,75 @@ TEST_CASE(
   CHECK(plain.error_code() == grpc::StatusCode::UNAVAILABLE);
   // The members are undisturbed.
   CHECK(Shown(c, 0)[c.members[1].address]["state"] == "up");
+}
+
+// The ids `members[i]` holds committed (ckptctl versions --json).
+std::vector<uint64_t> Committed(Cluster& c, int i) {
+  RunResult r = c.members[i].daemon->Ctl({"versions", "--json"});
+  REQUIRE(r.exit.code == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  std::vector<uint64_t> out;
+  for (const auto& v : j["versions"]) {
+    if (v["state"] == "committed") out.push_back(v["version"].get<uint64_t>());
+  }
+  return out;
+}
+
+TEST_CASE(
+    "a member keeps a verified host copy of what it received and serves it after the holder is "
+    "gone") {
+  // node-2's budget cannot hold the model: it takes part without keeping a copy.
+  Cluster c(3, "2s", {}, [](int i, const std::string& token) {
+    std::vector<std::string> args = {"--cluster-token-file", token};
+    if (i == 2) args.insert(args.end(), {"--host-memory-budget", "160KiB"});
+    return args;
+  });
+  for (int i = 0; i < 3; ++i) c.WaitUp(i, 2);
+  TempDir dir;
+  Worker w0(*c.members[0].daemon, dir, "w0");
+  Worker w1(*c.members[1].daemon, dir, "w1");
+  Worker w2(*c.members[2].daemon, dir, "w2");
+  for (Worker* w : {&w0, &w1, &w2}) w->WaitAttached();
+  StateDict m = Model(81);
+  REQUIRE(m.total > 160 * 1024);
+  const uint64_t v = c.Push(0, m);
+  auto admin = c.Admin(0);
+  auto r = Update(*admin, v);
+  INFO(r.status().ToString());
+  for (auto& member : c.members) INFO(member.name << " stderr: " << member.daemon->proc->Stderr());
+  REQUIRE(r.ok());
+  for (Worker* w : {&w0, &w1, &w2}) CHECK(testing::CompareWorkerReport(w->Report(v), m) == "");
+  // node-1 committed its copy (checksums verified) after its part; node-2 says why it kept none.
+  REQUIRE(WaitUntil([&] { return Committed(c, 1) == std::vector<uint64_t>{v}; }, 20s));
+  CHECK(Contains(c.members[1].daemon->proc->Stderr(), "kept a host copy of version"));
+  CHECK(Committed(c, 2).empty());
+  const std::string log2 = c.members[2].daemon->proc->Stderr();
+  INFO(log2);
+  CHECK(Contains(log2, "no host copy of version " + std::to_string(v) + " is kept here"));
+  CHECK(Contains(log2, "budget"));
+  // The copy's label names where it came from.
+  RunResult shown = c.members[1].daemon->Ctl({"show", std::to_string(v), "--json"});
+  INFO(shown.out << shown.err);
+  REQUIRE(shown.exit.code == 0);
+  CHECK(Contains(shown.out, "cluster copy from node-0"));
+
+  // The holder is gone (and the workers left after their version); a worker that (re)starts on
+  // node-1 is served from node-1's copy.
+  c.members[0].daemon->proc->Signal(SIGKILL);
+  REQUIRE(
+      WaitUntil([&] { return Shown(c, 1)[c.members[0].address]["state"] == "unreachable"; }, 20s));
+  Worker w3(*c.members[1].daemon, dir, "w3");
+  w3.WaitAttached();
+  auto from_copy = c.Admin(1);
+  auto again = Update(*from_copy, v);
+  INFO(again.status().ToString());
+  REQUIRE(again.ok());
+  INFO(again->DebugString());
+  REQUIRE(again->workers_size() == 1);
+  CHECK(again->workers(0).ok());
+  CHECK_FALSE(again->workers(0).skipped());
+  CHECK(again->workers(0).node_name() == "node-1");
+  CHECK(testing::CompareWorkerReport(w3.Report(v), m) == "");
 }
 
 }  // namespace
