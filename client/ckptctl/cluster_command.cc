@@ -26,6 +26,9 @@ nlohmann::json ClusterJson(const v1::StatusResponse& s) {
          {"versions", std::vector<uint64_t>(m.versions().begin(), m.versions().end())},
          {"workers", m.workers()},
          {"release", m.release()},
+         {"protocol_version", m.protocol_version()},
+         {"backend", m.backend()},
+         {"instance", m.instance()},
          {"last_seen_unix_ms", m.last_seen_unix_ms()}});
   }
   return {{"node_name", s.node_name()},
