@@ -33,24 +33,48 @@
 namespace ckpt::daemon {
 namespace {
 
-// Bucket k comes from rank uploaders[k % size]: that rank fills its slot from its store, then the
-// group broadcasts the bucket's bytes from it into every rank's slot.
+// The rank each bucket comes from: every uploader in turn takes the next bucket while it has
+// uploaded the fewest bytes so far (ties: the lowest rank), so bytes are balanced over the
+// uploaders. A pure function of the plan and the uploaders: the same on every rank.
+std::vector<int> BucketRoots(const UpdatePlan& plan, const std::vector<int>& uploaders) {
+  std::vector<uint64_t> bytes(uploaders.size(), 0);
+  std::vector<int> roots;
+  roots.reserve(plan.buckets.size());
+  for (const Bucket& b : plan.buckets) {
+    size_t best = 0;
+    for (size_t u = 1; u < uploaders.size(); ++u) {
+      if (bytes[u] < bytes[best]) best = u;
+    }
+    bytes[best] += b.used_bytes;
+    roots.push_back(uploaders[best]);
+  }
+  return roots;
+}
+
+// Bucket k comes from rank roots[k]: that rank fills its slot from its store, then the group
+// broadcasts the bucket's bytes from it into every rank's slot.
 class ClusterFiller final : public BucketFiller {
  public:
-  // `copy`: where a member without the version keeps what it receives (HostCopy), or null.
+  // `arena`: this member's store when it uploads; `copy`: where a member without the version
+  // keeps what it receives (HostCopy), or null; `uploaded`: bytes this rank uploaded.
   ClusterFiller(TransferBackend* transfer, const uint8_t* arena, GlooGroup* group,
-                std::vector<int> uploaders, HostCopy* copy = nullptr)
+                std::vector<int> roots, HostCopy* copy, std::atomic<uint64_t>* uploaded)
       : transfer_(transfer),
         arena_(arena),
         group_(group),
-        uploaders_(std::move(uploaders)),
-        copy_(copy) {}
+        roots_(std::move(roots)),
+        copy_(copy),
+        uploaded_(uploaded) {}
 
   absl::Status Fill(const Bucket& bucket, int k, int slot) override {
-    const int root = uploaders_[static_cast<size_t>(k) % uploaders_.size()];
+    if (k < 0 || static_cast<size_t>(k) >= roots_.size()) {
+      return absl::InternalError(absl::StrCat("bucket ", k, " is not in the plan"));
+    }
+    const int root = roots_[static_cast<size_t>(k)];
     if (root == group_->rank()) {
       if (arena_ == nullptr) return absl::InternalError("an uploading rank without the version");
       RETURN_IF_ERROR(transfer_->Fill(bucket, slot, arena_));
+      *uploaded_ += bucket.used_bytes;
     }
     uint8_t* data = transfer_->slots(0).data(slot);
     RETURN_IF_ERROR(group_->Broadcast(data, bucket.used_bytes, root, static_cast<uint32_t>(k)));
@@ -71,8 +95,9 @@ class ClusterFiller final : public BucketFiller {
   TransferBackend* const transfer_;
   const uint8_t* const arena_;
   GlooGroup* const group_;
-  const std::vector<int> uploaders_;
+  const std::vector<int> roots_;
   HostCopy* copy_;
+  std::atomic<uint64_t>* const uploaded_;
 };
 
 constexpr size_t kManifestPartBytes = 32 << 10;
@@ -231,8 +256,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   for (size_t i = 0; i < ranks.size(); ++i) {
     if (ranks[i].first == self) my_rank = static_cast<int>(i);
   }
-  // This versions are pushed whole to one member: the coordinator uploads every bucket.
-  const std::vector<int> uploaders = {my_rank};
+  // The coordinator uploads; so does every member that says (ready) it holds the version too.
+  std::vector<int> uploaders = {my_rank};
 
   Prepared p;
   p.version = version;
@@ -257,8 +282,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     absl::MutexLock lock(&mu_);
     updating_ = 0;
   };
-  spdlog::info("cluster update {} to version {}: {} members, this one (rank {}) uploads", update_id,
-               version, ranks.size(), my_rank);
+  spdlog::info("cluster update {} to version {}: {} members, coordinated by this one (rank {})",
+               update_id, version, ranks.size(), my_rank);
 
   // Start every member's part.
   const bool reuse_candidate =
@@ -410,9 +435,21 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   for (const Part& part : parts) reuse = reuse && part.ready.has_communicator();
   const std::string communicator = reuse ? group_.id : RandomHex128();
   if (!reuse) cluster_.load()->rendezvous().Open(communicator);
+  std::vector<std::string> uploader_names = {self};
+  for (const Part& part : parts) {
+    if (part.ready.holds_version()) {
+      uploaders.push_back(part.rank);
+      uploader_names.push_back(part.node_name);
+    }
+  }
+  std::sort(uploaders.begin(), uploaders.end());
+  std::sort(uploader_names.begin(), uploader_names.end());
+  spdlog::info("cluster update {}: {} of {} members upload ({})", update_id, uploaders.size(),
+               ranks.size(), absl::StrJoin(uploader_names, ", "));
   v1::MemberUpdateIn go;
   go.mutable_go()->set_communicator_id(communicator);
   go.mutable_go()->set_create(!reuse);
+  for (int u : uploaders) go.mutable_go()->add_uploader_ranks(static_cast<uint32_t>(u));
   for (Part& part : parts) {
     part.status = part.call->Write(go);
   }
@@ -465,13 +502,15 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     });
   }
   // This member's own part.
+  std::atomic<uint64_t> uploaded{0};
   absl::Status local_status;
   v1::UpdateResponse local;
   {
     absl::Status group = EnsureGroup(communicator, !reuse, ranks, my_rank, self);
     if (group.ok()) {
       p.filler = std::make_unique<ClusterFiller>(transfer_.get(), store_->arena().data(),
-                                                 group_.group.get(), uploaders);
+                                                 group_.group.get(), BucketRoots(p.plan, uploaders),
+                                                 nullptr, &uploaded);
       p.lease = std::move(lease);
       absl::MutexLock lock(&mu_);
       if (cancel_requested) {
@@ -593,8 +632,10 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     updating_ = 0;  // every part ended: the slot is free
     registry_.NoteChange();
   }
-  spdlog::info("cluster update to version {}: {} members, {} workers in {}", version, ranks.size(),
-               all.workers_size(), HumanDuration(absl::Seconds(all.seconds())));
+  spdlog::info(
+      "cluster update to version {}: {} members, {} workers in {}; this member uploaded {}",
+      version, ranks.size(), all.workers_size(), HumanDuration(absl::Seconds(all.seconds())),
+      FormatBytes(uploaded.load()));
   return all;
 }
 
@@ -660,11 +701,9 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   }
   RETURN_IF_ERROR(stream.CheckCaller(st.coordinator()));
   if (st.uploader_ranks().empty()) return absl::InvalidArgumentError("no uploading rank");
-  std::vector<int> uploaders;
   for (uint32_t u : st.uploader_ranks()) {
     if (u >= ranks.size()) return absl::InvalidArgumentError("an uploading rank out of range");
     if (u == st.rank()) return refuse("asked to upload a version it was not sent");
-    uploaders.push_back(static_cast<int>(u));
   }
   if (st.bucket_bytes() == 0 || st.bucket_bytes() > transfer_->slots(0).slot_bytes()) {
     return refuse(absl::StrCat("the coordinator's buckets of ", FormatBytes(st.bucket_bytes()),
@@ -694,16 +733,25 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   RETURN_IF_ERROR(ValidateManifest(*manifest, limits));
   // A member that holds a version of this id itself must hold the same weights: two trainers that
   // pushed different checkpoints under one id would otherwise leave the cluster serving both.
+  // Holding the same weights, it can upload buckets too (the coordinator decides in the go).
+  std::shared_ptr<VersionStore::ReadLease> held;
   if (auto mine = store_->Lease(st.version()); mine.ok()) {
     if (std::string diff = ManifestDifference((*mine)->manifest(), *manifest); !diff.empty()) {
       return refuse(absl::StrCat("it holds a version ", st.version(),
                                  " with other weights than member '", st.coordinator(), "': ", diff,
                                  " (two trainers pushed under one id?): drop it on one of them"));
     }
+    held = *std::move(mine);
   }
   Prepared p;
   p.version = st.version();
-  ASSIGN_OR_RETURN(p.plan, PlanManifest(st.version(), *manifest, nullptr, st.bucket_bytes(), 1));
+  // The same buckets as on every rank (the plan depends on the manifest and bucket_bytes); a
+  // member holding the version plans its own store's offsets for the copies it uploads.
+  if (held != nullptr) {
+    ASSIGN_OR_RETURN(p.plan, PlanVersion(*held, st.bucket_bytes(), 1));
+  } else {
+    ASSIGN_OR_RETURN(p.plan, PlanManifest(st.version(), *manifest, nullptr, st.bucket_bytes(), 1));
+  }
   p.manifest = manifest;
   p.response.set_version(st.version());
   p.every_bucket = true;
@@ -734,7 +782,7 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   // A member without the version keeps a copy of what it receives when its free memory allows
   // (host backend: the slots are host memory).
   std::unique_ptr<HostCopy> copy;
-  if (transfer_->kind() == BackendKind::kHost && !store_->Lease(st.version()).ok()) {
+  if (transfer_->kind() == BackendKind::kHost && held == nullptr) {
     std::string why_not;
     copy = HostCopy::Begin(store_, st.version(), *manifest, p.plan.buckets.size(), st.coordinator(),
                            &why_not);
@@ -748,6 +796,7 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   ready->set_has_communicator(!st.communicator_id().empty() && group_.group != nullptr &&
                               group_.id == st.communicator_id() && group_.ranks == ranks &&
                               !group_.group->broken());
+  ready->set_holds_version(held != nullptr);
   ready->set_participants(static_cast<uint32_t>(p.participants.size()));
   ready->set_skipped(static_cast<uint32_t>(p.response.workers_size()));
   if (absl::Status s = stream.Write(out); !s.ok()) {
@@ -769,8 +818,33 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
       return s.ok() ? absl::InvalidArgumentError("expected the go") : s;
     }
   }
-  spdlog::info("cluster update {} to version {} coordinated by '{}': this member is rank {} of {}",
-               st.update_id(), st.version(), st.coordinator(), st.rank(), ranks.size());
+  // Who uploads: the go's ranks (every member holding the version), else the start's.
+  std::vector<int> uploaders;
+  {
+    const auto& listed =
+        in.go().uploader_ranks().empty() ? st.uploader_ranks() : in.go().uploader_ranks();
+    for (uint32_t u : listed) {
+      if (u >= ranks.size() || (!uploaders.empty() && static_cast<int>(u) <= uploaders.back())) {
+        release();
+        return absl::InvalidArgumentError("the uploading ranks are out of range or out of order");
+      }
+      if (u == st.rank() && held == nullptr) {
+        release();
+        return refuse("asked to upload a version it does not hold");
+      }
+      uploaders.push_back(static_cast<int>(u));
+    }
+    if (uploaders.empty()) {
+      release();
+      return absl::InvalidArgumentError("no uploading rank");
+    }
+  }
+  const bool uploads =
+      std::find(uploaders.begin(), uploaders.end(), static_cast<int>(st.rank())) != uploaders.end();
+  spdlog::info(
+      "cluster update {} to version {} coordinated by '{}': this member is rank {} of {}{}",
+      st.update_id(), st.version(), st.coordinator(), st.rank(), ranks.size(),
+      uploads ? absl::StrCat(", one of ", uploaders.size(), " uploading") : std::string());
   absl::Status group = EnsureGroup(in.go().communicator_id(), in.go().create(), ranks,
                                    static_cast<int>(st.rank()), st.coordinator());
   v1::MemberUpdateOut result;
@@ -782,8 +856,11 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
     r->set_error(absl::StrCat("member '", self, "': ", group.message()));
     return stream.Write(result);
   }
-  p.filler = std::make_unique<ClusterFiller>(transfer_.get(), nullptr, group_.group.get(),
-                                             uploaders, copy.get());
+  std::atomic<uint64_t> uploaded{0};
+  p.filler = std::make_unique<ClusterFiller>(
+      transfer_.get(), uploads ? store_->arena().data() : nullptr, group_.group.get(),
+      BucketRoots(p.plan, uploaders), copy.get(), &uploaded);
+  p.lease = held;  // not retired while it uploads
   // The coordinator may end the update (its call breaks): the run stops at its next step. Polled
   // until the run ends (a cancel before the run began is seen when it begins).
   std::atomic<bool> done{false};
@@ -821,6 +898,10 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   watcher.join();
   if (!run.ok() || group_.group->broken()) group_ = ClusterGroup{};
   release();
+  if (uploads) {
+    spdlog::info("cluster update {}: this member uploaded {} of version {}", st.update_id(),
+                 FormatBytes(uploaded.load()), st.version());
+  }
   absl::Status sent = stream.Write(result);
   // The copy commits after the result went out (its checksums take time the coordinator need not
   // wait for): the bytes as they landed here, verified.

@@ -573,6 +573,29 @@ TEST_CASE(
   REQUIRE(shown.exit.code == 0);
   CHECK(Contains(shown.out, "cluster copy from node-0"));
 
+  // Two members hold it now: new workers on every member get it from both, bytes balanced.
+  {
+    Worker n0(*c.members[0].daemon, dir, "n0");
+    Worker n1(*c.members[1].daemon, dir, "n1");
+    Worker n2(*c.members[2].daemon, dir, "n2");
+    for (Worker* w : {&n0, &n1, &n2}) w->WaitAttached();
+    auto both = Update(*admin, v);
+    INFO(both.status().ToString());
+    REQUIRE(both.ok());
+    CHECK(both->workers_size() == 3);
+    for (Worker* w : {&n0, &n1, &n2}) CHECK(testing::CompareWorkerReport(w->Report(v), m) == "");
+    const std::string log0 = c.members[0].daemon->proc->Stderr();
+    const std::string log1 = c.members[1].daemon->proc->Stderr();
+    INFO(log0);
+    INFO(log1);
+    CHECK(Contains(log0, "2 of 3 members upload (node-0, node-1)"));
+    CHECK(Contains(log1, "one of 2 uploading"));
+    CHECK(Contains(log1, "this member uploaded "));
+    CHECK_FALSE(Contains(log1, "this member uploaded 0 B"));
+    CHECK_FALSE(Contains(log0, "this member uploaded 0 B"));
+    for (Worker* w : {&n0, &n1, &n2}) CHECK(w->proc->Wait(20s).code == 0);
+  }
+
   // The holder is gone (and the workers left after their version); a worker that (re)starts on
   // node-1 is served from node-1's copy.
   c.members[0].daemon->proc->Signal(SIGKILL);
