@@ -340,11 +340,12 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
         args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::max(100, backoff_ms / 2));
         args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::max(100, backoff_ms / 2));
         args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(200, backoff_ms));
-        m.stub = v1::Peer::NewStub(
+        m.channel =
             grpc::CreateCustomChannel(key,
                                       options_.tls.enabled() ? PeerChannelCredentials(options_.tls)
                                                              : grpc::InsecureChannelCredentials(),
-                                      args));
+                                      args);
+        m.stub = v1::Peer::NewStub(m.channel);
         m.address = a;
         m.shown.set_address(key);
         m.shown.set_state("unreachable");
@@ -562,11 +563,12 @@ std::string Cluster::DataHost() const {
   return name;
 }
 
-absl::StatusOr<std::shared_ptr<v1::Peer::Stub>> Cluster::StubOf(
-    const std::string& node_name) const {
+absl::StatusOr<Cluster::PeerStub> Cluster::StubOf(const std::string& node_name) const {
   absl::MutexLock lock(&mu_);
   for (const auto& [address, m] : members_) {
-    if (m.shown.node_name() == node_name && m.shown.state() == "up") return m.stub;
+    if (m.shown.node_name() == node_name && m.shown.state() == "up") {
+      return PeerStub{m.channel, m.stub};
+    }
   }
   return absl::UnavailableError(
       absl::StrCat("member '", node_name, "' is not up (ckptctl cluster shows why)"));
@@ -654,16 +656,26 @@ class GrpcMemberCall final : public Cluster::MemberCall {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Cluster::MemberCall>> Cluster::CallMemberUpdate(
-    const std::string& node_name) {
-  ASSIGN_OR_RETURN(auto stub, StubOf(node_name));
+    const std::string& node_name, absl::Time connect_by) {
+  ASSIGN_OR_RETURN(PeerStub peer, StubOf(node_name));
+  // Opening the call waits for a connection: bounded here (a member that stopped answering since
+  // its last Hello, or whose connection is being made again, is named instead of delaying the
+  // start past cluster_timeout).
+  if (!peer.channel->WaitForConnected(
+          absl::ToChronoTime(std::min(connect_by, absl::Now() + options_.timeout)))) {
+    return absl::UnavailableError(
+        absl::StrCat("member '", node_name, "' could not be connected to within cluster_timeout ",
+                     absl::FormatDuration(options_.timeout)));
+  }
   return std::unique_ptr<MemberCall>(std::make_unique<GrpcMemberCall>(
-      std::move(stub), node_name, options_.token, options_.tls.enabled()));
+      std::move(peer.stub), node_name, options_.token, options_.tls.enabled()));
 }
 
 absl::StatusOr<v1::RendezvousResponse> Cluster::CallRendezvous(const std::string& node_name,
                                                                const v1::RendezvousRequest& request,
                                                                absl::Time deadline) {
-  ASSIGN_OR_RETURN(auto stub, StubOf(node_name));
+  ASSIGN_OR_RETURN(PeerStub peer, StubOf(node_name));
+  const std::shared_ptr<v1::Peer::Stub>& stub = peer.stub;
   PeerSession session(options_.token, "Rendezvous", PeerSession::Side::kCaller);
   v1::PeerEnvelope in, out;
   RETURN_IF_ERROR(session.Seal(request, &in));

@@ -115,7 +115,10 @@ class Cluster {
     // Ends the call at once (the member sees it cancelled); any thread.
     virtual void Cancel() = 0;
   };
-  absl::StatusOr<std::unique_ptr<MemberCall>> CallMemberUpdate(const std::string& node_name);
+  // Waits for a connection to it until `connect_by` (at most cluster_timeout): UNAVAILABLE naming
+  // it when none came.
+  absl::StatusOr<std::unique_ptr<MemberCall>> CallMemberUpdate(
+      const std::string& node_name, absl::Time connect_by = absl::InfiniteFuture());
   // Peer.Rendezvous at the member `node_name`.
   absl::StatusOr<v1::RendezvousResponse> CallRendezvous(const std::string& node_name,
                                                         const v1::RendezvousRequest& request,
@@ -129,6 +132,7 @@ class Cluster {
   struct Member {
     PeerAddress address;
     v1::ClusterMember shown;
+    std::shared_ptr<grpc::Channel> channel;
     std::shared_ptr<v1::Peer::Stub> stub;
     // The process that said goodbye from this address: its late answers do not make it up again
     // (a restarted member has another instance id).
@@ -136,8 +140,12 @@ class Cluster {
   };
 
   Cluster(ClusterOptions options, SelfInfo self, MemberUpdateHandler member_update);
-  // The stub of the member `node_name` while it is up.
-  absl::StatusOr<std::shared_ptr<v1::Peer::Stub>> StubOf(const std::string& node_name) const;
+  // The channel and stub of the member `node_name` while it is up.
+  struct PeerStub {
+    std::shared_ptr<grpc::Channel> channel;
+    std::shared_ptr<v1::Peer::Stub> stub;
+  };
+  absl::StatusOr<PeerStub> StubOf(const std::string& node_name) const;
   void Loop();
   // One round: resolve the members, call each (in parallel, each call until cluster_timeout or
   // `deadline`), record the answers. `leaving`: tell the members that are up that this one stops.

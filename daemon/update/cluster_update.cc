@@ -341,7 +341,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   });
   absl::Status phase1;
   for (Part& part : parts) {
-    auto call = cluster_.load()->CallMemberUpdate(part.node_name);
+    auto call = cluster_.load()->CallMemberUpdate(part.node_name, phase1_deadline);
     if (!call.ok()) {
       phase1 = call.status();
       break;
