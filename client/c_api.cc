@@ -563,9 +563,20 @@ int ckpt_consumer_bucket_table(ckpt_consumer* consumer, ckpt_bucket_table* table
 int ckpt_consumer_attach(const char* socket, int cuda_device, const char* engine,
                          const char* const* tensor_names, size_t name_count, double timeout_s,
                          ckpt_consumer** out, char* err, size_t errlen) {
+  return ckpt_consumer_attach_pausable(socket, cuda_device, engine, tensor_names, name_count,
+                                       timeout_s, nullptr, nullptr, nullptr, out, err, errlen);
+}
+
+int ckpt_consumer_attach_pausable(const char* socket, int cuda_device, const char* engine,
+                                  const char* const* tensor_names, size_t name_count,
+                                  double timeout_s, ckpt_pause_fn pause, ckpt_resume_fn resume,
+                                  void* user, ckpt_consumer** out, char* err, size_t errlen) {
   if (out != nullptr) *out = nullptr;
   return Guard(err, errlen, [&]() -> absl::Status {
     if (out == nullptr) return absl::InvalidArgumentError("out is NULL");
+    if (pause == nullptr && resume != nullptr) {
+      return absl::InvalidArgumentError("resume without pause: a worker that resumes must pause");
+    }
     if (name_count > 0 && tensor_names == nullptr) {
       return absl::InvalidArgumentError("tensor_names is NULL but name_count > 0");
     }
@@ -581,6 +592,17 @@ int ckpt_consumer_attach(const char* socket, int cuda_device, const char* engine
       options.tensor_names.emplace_back(tensor_names[i]);
     }
     if (timeout_s > 0) options.attach_timeout = absl::Seconds(timeout_s);
+    if (pause != nullptr) {
+      options.on_pause = [pause, user](uint64_t version) -> absl::Status {
+        char why[512] = {};
+        if (pause(version, user, why, sizeof(why)) == 0) return absl::OkStatus();
+        why[sizeof(why) - 1] = '\0';
+        return absl::FailedPreconditionError(why[0] != '\0' ? why : "the pause hook refused");
+      };
+      options.on_resume = [resume, user](uint64_t version, bool loaded, const std::string& error) {
+        if (resume != nullptr) resume(version, loaded ? 1 : 0, error.c_str(), user);
+      };
+    }
     auto consumer = ckpt::client::Consumer::Attach(*endpoint, std::move(options));
     if (!consumer.ok()) return consumer.status();
     auto c = std::make_unique<ckpt_consumer>();

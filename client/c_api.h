@@ -157,16 +157,16 @@ CKPT_API int ckpt_push(ckpt_client* client, const ckpt_tensor* tensors, size_t c
  * pay per struct and per field (Python's ctypes). Everything it points to is the caller's and is
  * only read until the push call returns. */
 typedef struct ckpt_tensor_table {
-  size_t struct_size;         /* sizeof(ckpt_tensor_table) */
-  size_t count;               /* tensors */
-  const char* names;          /* every name's UTF-8 bytes back to back (no separators) */
-  uint64_t names_bytes;       /* the length of `names`: no name may end past it */
-  const uint64_t* name_ends;  /* tensor i's name is names[i ? name_ends[i - 1] : 0, name_ends[i]) */
-  const int32_t* dtypes;      /* CKPT_DTYPE_* */
+  size_t struct_size;        /* sizeof(ckpt_tensor_table) */
+  size_t count;              /* tensors */
+  const char* names;         /* every name's UTF-8 bytes back to back (no separators) */
+  uint64_t names_bytes;      /* the length of `names`: no name may end past it */
+  const uint64_t* name_ends; /* tensor i's name is names[i ? name_ends[i - 1] : 0, name_ends[i]) */
+  const int32_t* dtypes;     /* CKPT_DTYPE_* */
   const int32_t* ndims;
-  const int64_t* shapes;      /* every tensor's dimensions back to back (ndims[i] of tensor i) */
-  uint64_t shapes_count;      /* the length of `shapes`: the ndims may not add up to more */
-  const uint64_t* data;       /* addresses of the bytes; 0 only where nbytes is 0 */
+  const int64_t* shapes; /* every tensor's dimensions back to back (ndims[i] of tensor i) */
+  uint64_t shapes_count; /* the length of `shapes`: the ndims may not add up to more */
+  const uint64_t* data;  /* addresses of the bytes; 0 only where nbytes is 0 */
   const uint64_t* nbytes;
 } ckpt_tensor_table;
 
@@ -266,6 +266,22 @@ CKPT_API int ckpt_consumer_attach(const char* socket, int cuda_device, const cha
                                   const char* const* tensor_names, size_t name_count,
                                   double timeout_s, ckpt_consumer** out, char* err, size_t errlen);
 
+/* The consistent switch (docs/clients.md, "Pause and resume"). `pause` is called when a
+ * consistent update begins, before any of its buckets: stop generating, then return 0, or non-zero
+ * with a reason in `why` (the update then sends nothing and fails). `resume` is called once every
+ * worker of the update loaded it (`loaded` 1) or it failed (0, `error` says why). Both run on the
+ * consumer's reader thread, whatever the driving thread does, and must not call this consumer. */
+typedef int (*ckpt_pause_fn)(uint64_t version, void* user, char* why, size_t why_len);
+typedef void (*ckpt_resume_fn)(uint64_t version, int loaded, const char* error, void* user);
+
+/* ckpt_consumer_attach for a worker with a pause hook (`pause` required, `resume` may be NULL):
+ * it may take part in consistent updates. `user` is passed to both. */
+CKPT_API int ckpt_consumer_attach_pausable(const char* socket, int cuda_device, const char* engine,
+                                           const char* const* tensor_names, size_t name_count,
+                                           double timeout_s, ckpt_pause_fn pause,
+                                           ckpt_resume_fn resume, void* user, ckpt_consumer** out,
+                                           char* err, size_t errlen);
+
 /* Checksum verification, off after attach (docs/clients.md, "Verifying checksums"). With `enabled`
  * non-zero, every bucket that ckpt_consumer_next or ckpt_consumer_receive_version hands out from
  * then on has been checked first: the XXH3-64 of each tensor's bytes in the slot equals the
@@ -311,22 +327,22 @@ CKPT_API int ckpt_consumer_receive_version(ckpt_consumer* consumer, double timeo
  * consumer; valid until the next ckpt_consumer_next / _receive_version / _close.
  *
  * `struct_size` as for ckpt_client_options: set it to sizeof(ckpt_bucket_table); the library fills
- * the fields it knows that fit. INVALID_ARGUMENT for NULL or struct_size 0; FAILED_PRECONDITION when
- * the last event is not a bucket. */
+ * the fields it knows that fit. INVALID_ARGUMENT for NULL or struct_size 0; FAILED_PRECONDITION
+ * when the last event is not a bucket. */
 typedef struct ckpt_bucket_table {
   size_t struct_size;
-  size_t count;               /* tensors */
-  const void* layout;         /* the block holding every column below */
+  size_t count;       /* tensors */
+  const void* layout; /* the block holding every column below */
   size_t layout_bytes;
-  const uint64_t* name_ends;  /* tensor i's name is names[i ? name_ends[i - 1] : 0, name_ends[i]) */
-  const uint64_t* data;       /* as ckpt_tensor_view.data (0 for an empty tensor) */
+  const uint64_t* name_ends; /* tensor i's name is names[i ? name_ends[i - 1] : 0, name_ends[i]) */
+  const uint64_t* data;      /* as ckpt_tensor_view.data (0 for an empty tensor) */
   const uint64_t* nbytes;
-  const int64_t* shapes;      /* every tensor's dimensions back to back (ndims[i] of tensor i) */
-  const int32_t* slots;       /* the slot (index of slot_addresses) holding it; -1: a buffer of its
-                                 own (a tensor larger than a slot, put together from pieces) */
-  const int32_t* dtypes;      /* CKPT_DTYPE_* */
+  const int64_t* shapes; /* every tensor's dimensions back to back (ndims[i] of tensor i) */
+  const int32_t* slots;  /* the slot (index of slot_addresses) holding it; -1: a buffer of its
+                            own (a tensor larger than a slot, put together from pieces) */
+  const int32_t* dtypes; /* CKPT_DTYPE_* */
   const int32_t* ndims;
-  const char* names;          /* UTF-8, not NUL-separated */
+  const char* names; /* UTF-8, not NUL-separated */
 } ckpt_bucket_table;
 
 CKPT_API int ckpt_consumer_bucket_table(ckpt_consumer* consumer, ckpt_bucket_table* table,

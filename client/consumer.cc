@@ -99,6 +99,7 @@ absl::StatusOr<std::unique_ptr<Consumer>> Consumer::Attach(const Endpoint& endpo
   request->set_engine(options.engine);
   for (const std::string& name : options.tensor_names) request->add_tensor_names(name);
   request->set_nonce(nonce);
+  request->set_pausable(static_cast<bool>(options.on_pause));
   // A failed write shows up as the stream's end below.
   (void)c->Write(hello);
 
@@ -178,6 +179,24 @@ void Consumer::ReadLoop() {
   v1::DaemonMessage message;
   std::string detached;
   while (stream_->Read(&message)) {
+    if (message.has_pause()) {
+      // The consistent switch: the engine's hook, then the answer (nothing else comes before it).
+      absl::Status s = options_.on_pause
+                           ? options_.on_pause(message.pause().version())
+                           : absl::FailedPreconditionError("this worker has no pause hook");
+      v1::WorkerMessage answer;
+      answer.mutable_paused()->set_version(message.pause().version());
+      if (!s.ok()) answer.mutable_paused()->set_error(std::string(s.message()));
+      Write(answer).IgnoreError();  // a broken stream ends this loop at the next Read
+      continue;
+    }
+    if (message.has_resume()) {
+      if (options_.on_resume) {
+        options_.on_resume(message.resume().version(), message.resume().loaded(),
+                           message.resume().error());
+      }
+      continue;
+    }
     if (message.has_detached()) {
       // The daemon is ending the stream: half-close at once so that it need not wait for us.
       detached = message.detached().reason();

@@ -67,6 +67,15 @@ struct ConsumerOptions {
   // Verify each tensor's XXH3-64 against the version's checksum before a bucket is handed out
   // (see the top of this file). Also settable later: Consumer::set_verify_checksums.
   bool verify_checksums = false;
+  // The consistent switch (UpdateRequest.consistent): set, this worker is pausable. on_pause is
+  // called when a consistent update begins, before any of its buckets: stop generating, then
+  // return OK (or an error saying why not: the update then sends nothing and fails). on_resume is
+  // called once every worker of the update loaded it (`loaded` true) or it failed (false, with
+  // `error`): generation may go on. Both run on the consumer's reader thread, whatever the
+  // caller's thread is doing (generating, or waiting in Next); they must not call this Consumer's
+  // methods. A pause is answered after on_pause returns, so it may take up to ack_timeout.
+  std::function<absl::Status(uint64_t version)> on_pause;
+  std::function<void(uint64_t version, bool loaded, const std::string& error)> on_resume;
 };
 
 struct ReceivedTensor {

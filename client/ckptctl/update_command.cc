@@ -107,6 +107,9 @@ CLI::App* AddUpdateCommand(CLI::App* app, UpdateArgs* args) {
   cmd->add_flag("--previous", args->previous,
                 "recovery after a failed update: resend to each worker with mixed weights the "
                 "last version it fully loaded");
+  cmd->add_flag("--consistent", args->consistent,
+                "a consistent switch: every worker pauses generation before any bucket is sent, "
+                "all load, then all resume (every worker needs a pause hook)");
   cmd->add_flag("--json", args->json, "print the result as JSON");
   cmd->add_option("--wait-timeout", args->wait_timeout,
                   "how long to wait for the workers (default 10m)");
@@ -115,14 +118,19 @@ CLI::App* AddUpdateCommand(CLI::App* app, UpdateArgs* args) {
 
 int RunUpdateCommand(const GlobalOptions& global, const UpdateArgs& args) {
   if (args.previous && (!args.version.empty() || args.force || args.wait)) {
-    return UsageError(absl::InvalidArgumentError(
-        "--previous takes no VERSION, --force or --wait: it resends each worker's own last version"));
+    return UsageError(
+        absl::InvalidArgumentError("--previous takes no VERSION, --force or --wait: it resends "
+                                   "each worker's own last version"));
   }
   if (!args.previous && args.version.empty()) {
     return UsageError(absl::InvalidArgumentError("update needs a VERSION (a number or 'latest')"));
   }
-  if (args.wait && args.force) {
-    return UsageError(absl::InvalidArgumentError("--wait starts nothing: it takes no --force"));
+  if (args.wait && (args.force || args.consistent)) {
+    return UsageError(
+        absl::InvalidArgumentError("--wait starts nothing: it takes no --force or --consistent"));
+  }
+  if (args.previous && args.consistent) {
+    return UsageError(absl::InvalidArgumentError("--previous takes no --consistent"));
   }
   uint64_t version = 0;
   if (!args.previous && args.version != "latest") {
@@ -153,6 +161,7 @@ int RunUpdateCommand(const GlobalOptions& global, const UpdateArgs& args) {
   request.set_version(version);
   request.set_force(args.force);
   request.set_previous(args.previous);
+  request.set_consistent(args.consistent);
   UpdateTracker tracker(args.previous ? 0 : version);
   auto result = WithProgress<v1::UpdateResponse>(
       global, show, [&] { return (*client)->Update(request, *wait); },

@@ -1,5 +1,5 @@
-// `ckptctl update VERSION|latest [--force] [--json] [--wait-timeout 10m]`: sends a committed
-// version to the attached workers (Admin.Update) and waits until they have loaded it.
+// `ckptctl update VERSION|latest [--force] [--consistent] [--json] [--wait-timeout 10m]`: sends a
+// committed version to the attached workers (Admin.Update) and waits until they have loaded it.
 //
 // On a terminal (stderr is a TTY, no --json) a progress line is redrawn on stderr meanwhile: the
 // Update call runs on a thread of its own while this one polls Admin.Status every 200 ms (each poll
@@ -27,6 +27,8 @@ struct UpdateArgs {
   bool wait = false;
   // Resend to workers with mixed weights the last version each fully loaded.
   bool previous = false;
+  // A consistent switch: every worker pauses before any bucket, all load, all resume.
+  bool consistent = false;
   std::string wait_timeout = "10m";
 };
 

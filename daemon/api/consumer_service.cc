@@ -175,6 +175,7 @@ grpc::Status ConsumerService::Attach(
   identity.gpu_uuid = request.gpu_uuid();
   identity.gpu = *gpu;
   identity.tensor_names.assign(request.tensor_names().begin(), request.tensor_names().end());
+  identity.pausable = request.pausable();
   auto channel = std::make_shared<StreamChannel>(context);
   // Registered before the grant is written: a worker that has its grant is attached, so an update
   // asked for right after its attach returns includes it. Nothing reaches the worker before the

@@ -436,15 +436,7 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
             "cluster's)");
         continue;
       }
-      if (r.instance() == instance_) {
-        shown.set_state("self");  // this daemon's own address is in the list
-        continue;
-      }
-      if (absl::Status bad = CheckNodeName(r.node_name()); !bad.ok()) {
-        shown.set_state("refused");
-        shown.set_error(absl::StrCat("it answered with an invalid name: ", bad.message()));
-        continue;
-      }
+      // First, so that nothing the answer says (its instance, its name) is believed unproved.
       if (options_.tls.enabled()) {
         absl::Status named = PeerNamed(PeerCertificateNames(call->context.auth_context().get()),
                                        r.node_name(), call->address);
@@ -454,6 +446,15 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
           shown.set_error(std::string(named.message()));
           continue;
         }
+      }
+      if (r.instance() == instance_ && r.node_name() == options_.node_name) {
+        shown.set_state("self");  // this daemon's own address is in the list
+        continue;
+      }
+      if (absl::Status bad = CheckNodeName(r.node_name()); !bad.ok()) {
+        shown.set_state("refused");
+        shown.set_error(absl::StrCat("it answered with an invalid name: ", bad.message()));
+        continue;
       }
       if (r.instance() == it->second.left_instance && !r.leaving()) {
         continue;  // an answer sent before that process said goodbye: it stays left

@@ -39,9 +39,12 @@ namespace ckpt::daemon {
 
 // The Peer API's version (HelloRequest.protocol_version); members whose versions differ by more
 // than one refuse each other.
-inline constexpr uint32_t kPeerProtocolVersion = 2;
+inline constexpr uint32_t kPeerProtocolVersion = 3;
 // The first version that serves Rendezvous and MemberUpdate (cluster updates).
 inline constexpr uint32_t kPeerClusterUpdateVersion = 2;
+// The first version whose members upload too (MemberUpdateGo.uploader_ranks): with an older
+// member in an update, the coordinator uploads every bucket.
+inline constexpr uint32_t kPeerMultiUploadVersion = 3;
 
 // The member side of Peer.MemberUpdate: typed messages over proved envelopes (PeerSession).
 class MemberUpdateStream {

@@ -1,13 +1,13 @@
-// PeerSession: the proofs of one Peer API call that carries PeerEnvelopes (Rendezvous, MemberUpdate;
-// docs/security.md, "Peer API").
+// PeerSession: the proofs of one Peer API call that carries PeerEnvelopes (Rendezvous,
+// MemberUpdate; docs/security.md, "Peer API").
 //
 // Every message travels as an envelope: the body (a serialized message) and HMAC-SHA256 over the
-// method, the direction, both sides' nonces, the message's number in its direction and the body. The
-// caller's first message carries its fresh nonce; on a stream the callee's first answer carries the
-// callee's, and every later message in either direction is bound to both: a recorded stream cannot
-// be replayed to a member (its answers name a nonce the recording lacks), a message cannot be moved,
-// dropped or reordered unnoticed, and only what was proved is parsed. With insecure_peers the
-// proofs are empty and not checked.
+// method, the direction, both sides' nonces, the message's number in its direction and the body.
+// The caller's first message carries its fresh nonce; on a stream the callee's first answer carries
+// the callee's, and every later message in either direction is bound to both: a recorded stream
+// cannot be replayed to a member (its answers name a nonce the recording lacks), a message cannot
+// be moved, dropped or reordered unnoticed, and only what was proved is parsed. With insecure_peers
+// the proofs are empty and not checked.
 //
 // Thread-safety: one sender and one receiver thread at a time (the sequence numbers are per
 // direction).

@@ -1,5 +1,6 @@
 #include "daemon/cluster/peer_tls.h"
 
+#include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/auth_context.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
@@ -92,7 +93,7 @@ std::vector<Cert> Certificates(const std::string& pem) {
   return out;
 }
 
-// The DNS and URI subject alternative names of `cert`.
+// The DNS subject alternative names of `cert` (what PeerCertificateNames sees of a peer).
 std::vector<std::string> AltNames(X509* cert) {
   std::vector<std::string> out;
   std::unique_ptr<GENERAL_NAMES, NamesFree> names(
@@ -100,10 +101,8 @@ std::vector<std::string> AltNames(X509* cert) {
   if (names == nullptr) return out;
   for (int i = 0; i < sk_GENERAL_NAME_num(names.get()); ++i) {
     const GENERAL_NAME* n = sk_GENERAL_NAME_value(names.get(), i);
-    const ASN1_IA5STRING* text = n->type == GEN_DNS   ? n->d.dNSName
-                                 : n->type == GEN_URI ? n->d.uniformResourceIdentifier
-                                                      : nullptr;
-    if (text == nullptr) continue;
+    if (n->type != GEN_DNS) continue;
+    const ASN1_IA5STRING* text = n->d.dNSName;
     out.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(text)),
                      static_cast<size_t>(ASN1_STRING_length(text)));
   }
@@ -141,11 +140,14 @@ absl::Status CheckPeerTls(const PeerTls& tls, absl::string_view node_name) {
     return absl::InvalidArgumentError(absl::StrCat("cluster_ca ", tls.ca, ": no certificate"));
   }
   Bio key_bio = MemoryBio(key_pem);
+  // No pass phrase is asked for (a daemon has no terminal to ask on): an encrypted key fails.
+  pem_password_cb* no_pass_phrase = [](char*, int, int, void*) { return 0; };
   std::unique_ptr<EVP_PKEY, KeyFree> key(
-      PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
+      PEM_read_bio_PrivateKey(key_bio.get(), nullptr, no_pass_phrase, nullptr));
   if (key == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tls_key ", tls.key, ": no private key (", OpensslError(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat("tls_key ", tls.key,
+                                                   ": no unencrypted private key (", OpensslError(),
+                                                   "; keys with a pass phrase are not supported)"));
   }
   if (X509_check_private_key(chain[0].get(), key.get()) != 1) {
     ERR_clear_error();
@@ -154,6 +156,8 @@ absl::Status CheckPeerTls(const PeerTls& tls, absl::string_view node_name) {
   }
   std::unique_ptr<X509_STORE, StoreFree> store(X509_STORE_new());
   for (const Cert& ca : cas) X509_STORE_add_cert(store.get(), ca.get());
+  // An intermediate CA as cluster_ca is a trust anchor, as in the handshake.
+  X509_STORE_set_flags(store.get(), X509_V_FLAG_PARTIAL_CHAIN);
   std::unique_ptr<STACK_OF(X509), StackFree> intermediates(sk_X509_new_null());
   for (size_t i = 1; i < chain.size(); ++i) {
     X509_up_ref(chain[i].get());
@@ -170,6 +174,15 @@ absl::Status CheckPeerTls(const PeerTls& tls, absl::string_view node_name) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tls_cert ", tls.cert, " does not verify against cluster_ca ", tls.ca, ": ",
         X509_verify_cert_error_string(e), " (the other members would refuse this one)"));
+  }
+  // Members present it both as TLS servers and as clients.
+  if (X509_check_purpose(chain[0].get(), X509_PURPOSE_SSL_SERVER, 0) != 1 ||
+      X509_check_purpose(chain[0].get(), X509_PURPOSE_SSL_CLIENT, 0) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tls_cert ", tls.cert,
+        " does not allow both TLS server and client use (extendedKeyUsage needs serverAuth and "
+        "clientAuth, or none): members present it both ways"));
   }
   const std::vector<std::string> names = AltNames(chain[0].get());
   if (std::find(names.begin(), names.end(), node_name) == names.end()) {
@@ -205,7 +218,8 @@ std::shared_ptr<grpc::ChannelCredentials> PeerChannelCredentials(const PeerTls& 
 std::vector<std::string> PeerCertificateNames(const grpc::AuthContext* auth) {
   std::vector<std::string> out;
   if (auth == nullptr || !auth->IsPeerAuthenticated()) return out;
-  for (const grpc::string_ref& san : auth->FindPropertyValues("x509_subject_alternative_name")) {
+  // DNS names only: an IP or URI SAN that reads like a node name names no member.
+  for (const grpc::string_ref& san : auth->FindPropertyValues(GRPC_PEER_DNS_PROPERTY_NAME)) {
     out.emplace_back(san.data(), san.size());
   }
   return out;

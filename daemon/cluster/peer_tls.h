@@ -41,8 +41,8 @@ absl::Status CheckPeerTls(const PeerTls& tls, absl::string_view node_name);
 std::shared_ptr<grpc::ServerCredentials> PeerServerCredentials(const PeerTls& tls);
 std::shared_ptr<grpc::ChannelCredentials> PeerChannelCredentials(const PeerTls& tls);
 
-// The subject alternative names of the other side's verified certificate (empty when there is
-// none: not TLS, or not verified).
+// The DNS subject alternative names of the other side's verified certificate (empty when there
+// is none: not TLS, or not verified). IP and URI SANs name no member.
 std::vector<std::string> PeerCertificateNames(const grpc::AuthContext* auth);
 
 // OK when `names` hold `node_name`; else UNAUTHENTICATED saying what the certificate of `who`

@@ -263,14 +263,20 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
         "max_staging_versions); commit or abort one first"));
   }
   if (requested_version != 0) {
+    // Naming the holder's label says where it came from (a push, LoadFiles, a cluster copy).
+    auto labelled = [this](uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> std::string {
+      auto it = versions_.find(id);
+      if (it == versions_.end() || it->second->label.empty()) return "";
+      return absl::StrCat(" (label ", QuoteForMessage(it->second->label, 128), ")");
+    };
     if (versions_.count(requested_version) != 0) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("version ", requested_version, " is already in use"));
+      return absl::AlreadyExistsError(absl::StrCat(
+          "version ", requested_version, " is already in use", labelled(requested_version)));
     }
     if (requested_version <= max_committed_) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("version ids must increase: ", requested_version,
-                       " is not above the last committed id ", max_committed_));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "version ids must increase: ", requested_version, " is not above the last committed id ",
+          max_committed_, labelled(max_committed_)));
     }
     if (options_.ledger != nullptr && verify_checksums) {
       // Before a restart this id may have named other weights: refused before a byte is sent.

@@ -235,6 +235,11 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
         "cluster updates with the cuda backend are not built yet (a cluster whose other members "
         "are down updates this member alone)");
   }
+  if (request.consistent()) {
+    return refuse(
+        "a consistent switch across members is not built yet (it works for the workers of one "
+        "member: name them with worker_pids, or update a daemon without other members up)");
+  }
   for (const v1::ClusterMember& m : others) {
     if (m.protocol_version() < kPeerClusterUpdateVersion) {
       return refuse(absl::StrCat("member '", m.node_name(), "' runs Peer protocol ",
@@ -436,8 +441,14 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   const std::string communicator = reuse ? group_.id : RandomHex128();
   if (!reuse) cluster_.load()->rendezvous().Open(communicator);
   std::vector<std::string> uploader_names = {self};
+  // A member of an older release would ignore the go's uploaders (and wait for buckets from the
+  // coordinator alone): then the coordinator uploads every bucket.
+  bool all_upload = true;
+  for (const v1::ClusterMember& m : others) {
+    all_upload = all_upload && m.protocol_version() >= kPeerMultiUploadVersion;
+  }
   for (const Part& part : parts) {
-    if (part.ready.holds_version()) {
+    if (all_upload && part.ready.holds_version()) {
       uploaders.push_back(part.rank);
       uploader_names.push_back(part.node_name);
     }

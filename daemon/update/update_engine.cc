@@ -64,6 +64,8 @@ void UpdateEngine::OnWorkerMessage(uint64_t id, const v1::WorkerMessage& message
     running_->OnAck(id, message.ack());
   } else if (message.has_loaded()) {
     running_->OnLoaded(id, message.loaded());
+  } else if (message.has_paused()) {
+    running_->OnPaused(id, message.paused());
   }
 }
 
@@ -106,6 +108,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
   p.lease = *std::move(lease);
   p.response.set_version(p.version);
   p.unrestricted = request.worker_pids().empty() && !request.force();
+  p.consistent = request.consistent();
   absl::MutexLock lock(&mu_);
   // Claim the one update slot, pick the participants.
   RETURN_IF_ERROR(SlotFreeLocked());
@@ -139,6 +142,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunLocked(Prepared p, const std
   run_options.ack_timeout = options_.ack_timeout;
   run_options.gpu_timeout = options_.gpu_timeout;
   run_options.every_bucket = p.every_bucket;
+  run_options.consistent = p.consistent;
   running_ = std::make_unique<UpdateRun>(mu_, version, std::move(p.manifest), std::move(p.lease),
                                          std::move(p.plan), std::move(p.participants),
                                          p.filler.get(), &registry_, run_options);
@@ -157,6 +161,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunLocked(Prepared p, const std
   outcomes_[version] = running;
   while (outcomes_.size() > 32) outcomes_.erase(outcomes_.begin());
   running_unrestricted_ = p.unrestricted;
+  running_consistent_ = p.consistent;
   registry_.NoteChange();
   spdlog::info("update to version {}: {} buckets of up to {}, {} workers", version,
                running_->plan().buckets.size(), FormatBytes(options_.bucket_bytes), count);
@@ -170,8 +175,20 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunLocked(Prepared p, const std
   p.filler.reset();
   if (!keep_slot) updating_ = 0;
   running_unrestricted_ = false;
+  running_consistent_ = false;
   // Execute's response seconds run from its own start; the whole update from the request.
   response.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
+  if (p.paused != nullptr) {
+    *p.paused = std::move(result.paused);
+  } else if (!result.paused.empty()) {
+    const bool loaded = result.failure.ok() && result.failed.empty();
+    UpdateRun::Resume(result.paused, version, loaded,
+                      loaded                ? std::string()
+                      : result.failure.ok() ? absl::StrJoin(result.failed, "; ")
+                                            : std::string(result.failure.message()));
+    spdlog::info("update to version {}: {} paused workers resume ({})", version,
+                 result.paused.size(), loaded ? "loaded" : "the update failed");
+  }
 
   if (!result.failure.ok()) {
     spdlog::error("update to version {} failed: {}", version,
@@ -246,10 +263,11 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
                                                         const std::string& trigger,
                                                         const std::function<bool()>& cancelled) {
   if (request.previous()) {
-    if (request.version() != 0 || request.worker_pids_size() > 0 || request.force()) {
+    if (request.version() != 0 || request.worker_pids_size() > 0 || request.force() ||
+        request.consistent()) {
       return absl::InvalidArgumentError(
           "an update with previous resends each worker's own last version: it takes no version, "
-          "worker pids or force");
+          "worker pids, force or consistent");
     }
     return ResendPrevious(deadline);
   }
@@ -262,7 +280,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     // one restricted to some workers (update_on_attach, previous, worker_pids) or forced would
     // answer for others.
     if (updating_ != 0 && running_unrestricted_ && !request.force() &&
-        request.worker_pids().empty() && wanted == updating_) {
+        request.worker_pids().empty() && wanted == updating_ &&
+        (!request.consistent() || running_consistent_)) {
       {
         // The same version is being sent: wait for that update and answer with its outcome.
         const uint64_t joined = started_serial_;

@@ -162,6 +162,10 @@ class UpdateEngine {
     std::unique_ptr<BucketFiller> filler;
     bool every_bucket = false;  // a rank of a cluster update
     bool unrestricted = false;  // joinable by a plain request
+    bool consistent = false;    // pause every participant first (UpdateRequest.consistent)
+    // Consistent: set, the workers that paused are handed here (a cluster member resumes them
+    // when the coordinator says so); null, RunLocked resumes them as its run ends.
+    std::vector<std::shared_ptr<WorkerRecord>>* paused = nullptr;
   };
   // OK when no update runs (or holds the slot) and the engine is not stopping; else UNAVAILABLE or
   // FAILED_PRECONDITION naming the running version.
@@ -228,6 +232,9 @@ class UpdateEngine {
   Counters counters_ ABSL_GUARDED_BY(mu_);
   // The running update goes to every attached worker, unforced (joinable).
   bool running_unrestricted_ ABSL_GUARDED_BY(mu_) = false;
+  // The running update pauses its workers (UpdateRequest.consistent): only it serves a consistent
+  // request that joins.
+  bool running_consistent_ ABSL_GUARDED_BY(mu_) = false;
   int waiters_ ABSL_GUARDED_BY(mu_) = 0;
   // Set once, just after the cluster starts (its Peer server and this engine's auto-update thread
   // may read it from then on).

@@ -178,6 +178,76 @@ void UpdateRun::OnDetached(uint64_t worker, const std::string& why) {
   }
 }
 
+void UpdateRun::OnPaused(uint64_t worker, const v1::Paused& paused) {
+  ++events_;
+  if (paused.version() != version_) return;
+  for (Participant& p : participants_) {
+    if (p.worker->id != worker || !p.active() || !p.pause_sent || p.paused) continue;
+    if (!paused.error().empty()) {
+      p.error = absl::StrCat("could not pause: ", EscapeForMessage(paused.error(), 400));
+      p.reason = "pause_error";
+    } else {
+      p.paused = true;
+    }
+    return;
+  }
+}
+
+absl::Status UpdateRun::PauseAll() {
+  for (const Participant& p : participants_) {
+    if (p.active() && !p.worker->identity.pausable) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "a consistent update to version ", version_, " needs every participant to pause, and ",
+          p.worker->Describe(), " cannot (it attached without a pause hook); nothing was sent"));
+    }
+  }
+  for (Participant& p : participants_) {
+    if (!p.active()) continue;
+    v1::DaemonMessage m;
+    m.mutable_pause()->set_version(version_);
+    p.pause_sent = true;
+    p.pause_sent_at = absl::Now();
+    SendTo(p, std::move(m));
+  }
+  auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (cancelled_) return true;
+    for (const Participant& p : participants_) {
+      if (p.active() && !p.paused) return false;
+    }
+    return true;
+  };
+  while (!settled()) {
+    mu_.AwaitWithTimeout(absl::Condition(&settled), absl::Milliseconds(100));
+    Expire();
+  }
+  if (cancelled_) {
+    return absl::UnavailableError(
+        absl::StrCat("update to version ", version_, " cancelled: ", cancel_reason_));
+  }
+  std::vector<std::string> failed;
+  for (const Participant& p : participants_) {
+    if (p.pause_sent && !p.paused)
+      failed.push_back(absl::StrCat(p.worker->Describe(), ": ", p.error));
+  }
+  if (!failed.empty()) {
+    return absl::AbortedError(absl::StrCat("a consistent update to version ", version_, ": ",
+                                           absl::StrJoin(failed, "; "),
+                                           "; nothing was sent and every paused worker resumes"));
+  }
+  return absl::OkStatus();
+}
+
+void UpdateRun::Resume(const std::vector<std::shared_ptr<WorkerRecord>>& paused, uint64_t version,
+                       bool loaded, const std::string& error) {
+  for (const auto& w : paused) {
+    v1::DaemonMessage m;
+    m.mutable_resume()->set_version(version);
+    m.mutable_resume()->set_loaded(loaded);
+    m.mutable_resume()->set_error(error.substr(0, 2000));
+    w->channel->Send(std::move(m));  // a closed stream needs no resume
+  }
+}
+
 void UpdateRun::Cancel(const std::string& reason) {
   if (cancelled_) return;
   cancelled_ = true;
@@ -210,6 +280,9 @@ void UpdateRun::Expire() {
                          version_, " within ack_timeout ", HumanDuration(options_.ack_timeout));
     } else if (p.done_sent && !p.loaded && now - p.done_sent_at > options_.ack_timeout) {
       why = absl::StrCat("did not report version ", version_, " loaded within ack_timeout ",
+                         HumanDuration(options_.ack_timeout));
+    } else if (p.pause_sent && !p.paused && now - p.pause_sent_at > options_.ack_timeout) {
+      why = absl::StrCat("did not pause for version ", version_, " within ack_timeout ",
                          HumanDuration(options_.ack_timeout));
     }
     if (why.empty()) continue;
@@ -262,6 +335,7 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
         absl::StrCat("update to version ", version_, " cancelled: ", cancel_reason_));
   };
 
+  if (options_.consistent) failure = PauseAll();
   while (failure.ok() && (AnyActive() || options_.every_bucket) && released_ < n) {
     if (cancelled_) {
       failure = cancelled();
@@ -380,6 +454,9 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
   response->set_finish_seconds(absl::ToDoubleSeconds(end - finish_start));
   Result result;
   result.failure = failure;
+  for (const Participant& p : participants_) {
+    if (p.paused) result.paused.push_back(p.worker);
+  }
   for (const Participant& p : participants_) {
     v1::WorkerResult* r = response->add_workers();
     r->set_pid(p.worker->identity.pid);

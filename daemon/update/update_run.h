@@ -91,6 +91,10 @@ class UpdateRun {
     bool loaded = false;
     uint64_t tensors = 0;
     uint64_t bytes = 0;
+    // Consistent updates: Pause sent (when), Paused answered.
+    bool pause_sent = false;
+    absl::Time pause_sent_at;
+    bool paused = false;
     bool active() const { return error.empty(); }
   };
 
@@ -100,12 +104,9 @@ class UpdateRun {
   // version lacks takes part already failed (nothing is sent to it). NOT_FOUND for a pid that is
   // not attached; FAILED_PRECONDITION when no worker is attached (unless `allow_none`: a
   // member of a cluster update takes part without workers).
-  static absl::StatusOr<std::vector<Participant>> Select(const WorkerRegistry& registry,
-                                                         const v1::UpdateRequest& request,
-                                                         uint64_t version,
-                                                         const v1::Manifest& manifest,
-                                                         v1::UpdateResponse* response,
-                                                         bool allow_none = false);
+  static absl::StatusOr<std::vector<Participant>> Select(
+      const WorkerRegistry& registry, const v1::UpdateRequest& request, uint64_t version,
+      const v1::Manifest& manifest, v1::UpdateResponse* response, bool allow_none = false);
 
   struct Options {
     int slots = 2;  // K
@@ -114,13 +115,18 @@ class UpdateRun {
     // A rank of a cluster update: every bucket is filled (the broadcasts need every rank) even
     // when no local worker takes part or all failed.
     bool every_bucket = false;
+    // A consistent update: every participant pauses (Pause, answered by Paused within
+    // ack_timeout) before any bucket is filled; one that cannot fails the update before anything
+    // is sent. Execute does not resume them: its caller does (Resume), once every participant
+    // of the cluster loaded or the update failed (UpdateRun::Result::paused).
+    bool consistent = false;
   };
   // `lease` keeps the version's host bytes while the run reads them; null on a cluster member
   // that does not hold the version (its filler receives every bucket).
   UpdateRun(absl::Mutex& mu, uint64_t version, std::shared_ptr<const v1::Manifest> manifest,
             std::shared_ptr<VersionStore::ReadLease> lease, UpdatePlan plan,
-            std::vector<Participant> participants, BucketFiller* filler,
-            WorkerRegistry* registry, Options options);
+            std::vector<Participant> participants, BucketFiller* filler, WorkerRegistry* registry,
+            Options options);
 
   uint64_t version() const { return version_; }
   const UpdatePlan& plan() const { return plan_; }
@@ -133,7 +139,13 @@ class UpdateRun {
     absl::Status failure;             // of the daemon itself (GPU, shutdown); OK otherwise
     std::vector<std::string> failed;  // one line per failed participant
     bool timed_out = false;           // a participant failed by ack_timeout
+    // Consistent updates: the workers that paused (and so wait for a Resume).
+    std::vector<std::shared_ptr<WorkerRecord>> paused;
   };
+
+  // Tells each of `paused` that generation may go on (Resume).
+  static void Resume(const std::vector<std::shared_ptr<WorkerRecord>>& paused, uint64_t version,
+                     bool loaded, const std::string& error);
   // Runs the update to its end. Fills `response` (timings, one WorkerResult per participant) and
   // records each participant's result in its WorkerRecord (last update, mixed_version); counts
   // failures by reason into `failure_reasons`.
@@ -145,6 +157,7 @@ class UpdateRun {
   void OnLoaded(uint64_t worker, const v1::VersionLoaded& loaded)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnDetached(uint64_t worker, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnPaused(uint64_t worker, const v1::Paused& paused) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Shutdown: Execute fails with UNAVAILABLE(reason) at its next step.
   void Cancel(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -153,6 +166,9 @@ class UpdateRun {
 
  private:
   v1::DaemonMessage BucketMessage(int k) const;
+  // Consistent updates: Pause to every participant, then wait for their Paused (ack_timeout).
+  // An error when one cannot pause (the update then sends nothing).
+  absl::Status PauseAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Expire() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool AllAcked(int k) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   bool AnyActive() const ABSL_SHARED_LOCKS_REQUIRED(mu_);

@@ -33,6 +33,7 @@ struct WorkerIdentity {
   std::string gpu_uuid;
   int gpu = 0;                            // index into the transfer backend's slot sets
   std::vector<std::string> tensor_names;  // empty: all
+  bool pausable = false;                  // answers Pause, takes Resume (consistent updates)
 };
 
 // The daemon's end of one worker's stream (implemented by the Consumer service).

@@ -431,6 +431,7 @@ TEST_CASE(
   }
   REQUIRE(pki.Leaf("node-2", "other-ca", "DNS:node-2") == "");              // another cluster's CA
   REQUIRE(pki.Leaf("intruder", "ca", "DNS:trainer-1,IP:127.0.0.1") == "");  // not a member
+  REQUIRE(pki.Leaf("server-only", "ca", "DNS:node-6", "extendedKeyUsage=serverAuth") == "");
 
   // A member whose certificate does not name it does not start, saying what it names.
   {
@@ -456,6 +457,16 @@ TEST_CASE(
     INFO(k.err);
     CHECK(k.exit.code != 0);
     CHECK(Contains(k.err, "is not the key of tls_cert"));
+    // A certificate for TLS servers only: members present theirs as clients too.
+    RunResult server_only =
+        testing::Run({Runfile("daemon/ckpt-engined"), "--listen-unix", d / "d.sock", "--backend",
+                      "host", "--host-memory-budget", "16MiB", "--node-name", "node-6",
+                      "--cluster-listen", "127.0.0.1:0", "--tls-cert", pki.pem("server-only"),
+                      "--tls-key", pki.key("server-only"), "--cluster-ca", pki.pem("ca")},
+                     {}, 20s);
+    INFO(server_only.err);
+    CHECK(server_only.exit.code != 0);
+    CHECK(Contains(server_only.err, "does not allow both TLS server and client use"));
   }
 
   // node-0 and node-1 prove themselves by certificate alone (no token); node-2 holds a
@@ -517,6 +528,10 @@ TEST_CASE(
   CHECK(impostor.error_code() == grpc::StatusCode::UNAUTHENTICATED);
   CHECK(Contains(impostor.error_message(), "names 'trainer-1'"));
   CHECK(Contains(impostor.error_message(), "not its node_name 'node-1'"));
+  // Its IP SAN names no member either.
+  grpc::Status by_ip = call_hello(daemon::PeerChannelCredentials(intruder), "127.0.0.1");
+  INFO(by_ip.error_message());
+  CHECK(by_ip.error_code() == grpc::StatusCode::UNAUTHENTICATED);
   grpc::Status plain = call_hello(grpc::InsecureChannelCredentials(), "node-1");
   CHECK(plain.error_code() == grpc::StatusCode::UNAVAILABLE);
   // The members are undisturbed.

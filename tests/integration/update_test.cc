@@ -3,6 +3,7 @@
 // every fault of issue 4: a worker killed mid-update, a worker that stops acking, a disallowed
 // uid, unknown and retired versions, a second update while one runs, SIGTERM mid-update.
 #include <fcntl.h>
+#include <httplib.h>
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
@@ -15,13 +16,13 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
-#include <httplib.h>
 #include <chrono>
 #include <cstring>
 #include <fstream>
 #include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -623,7 +624,8 @@ TEST_CASE("auto_update outcomes: wait_loaded, status, mixed weights and update -
   CHECK(found_bad);
   RunResult text = d.Ctl({"status"});
   CHECK(Contains(text.out, "MIXED with part of version " + std::to_string(v2)));
-  CHECK(Contains(text.out, "last update:  version " + std::to_string(v2) + " FAILED (auto_update)"));
+  CHECK(
+      Contains(text.out, "last update:  version " + std::to_string(v2) + " FAILED (auto_update)"));
   CHECK_FALSE(Contains(text.out, "ABORTED: update to version"));  // the version said once
   RunResult failed_wait = d.Ctl({"update", std::to_string(v2), "--wait"});
   CHECK(failed_wait.exit.code == 1);
@@ -669,8 +671,9 @@ TEST_CASE("an update asked for the version being sent joins it and returns its o
   // The automatic update runs (the worker does not read until `go` exists).
   REQUIRE(WaitUntil([&] { return d.StatusJson()["updating_version"] == version; }, 10s));
   auto joined = std::async(std::launch::async, [&] { return d.Update(version); });
-  auto by_ctl = std::async(std::launch::async,
-                           [&] { return d.Ctl({"update", std::to_string(version)}); });
+  auto by_ctl = std::async(std::launch::async, [&] {
+    return d.Ctl({"update", std::to_string(version)});
+  });
   // A request for another version is refused, naming the running one.
   RunResult other = d.Ctl({"update", std::to_string(version), "--force"});
   CHECK(other.exit.code == 1);
@@ -688,9 +691,7 @@ TEST_CASE("an update asked for the version being sent joins it and returns its o
         return count >= 2;
       },
       20s));
-  {
-    std::ofstream(go.c_str()) << "go";
-  }
+  { std::ofstream(go.c_str()) << "go"; }
   REQUIRE(joined.wait_for(30s) == std::future_status::ready);
   auto result = joined.get();
   INFO(result.status().ToString());
@@ -705,6 +706,95 @@ TEST_CASE("an update asked for the version being sent joins it and returns its o
   CHECK(Contains(ctl.out, "sent to 1 workers"));
   CheckReport(held.Report(version), m);
   CHECK(d.StatusJson()["last_update"]["trigger"] == "auto_update");
+}
+
+// The resume file a --pausable worker_client writes (OUT.resume.json), once it names `version`.
+nlohmann::json ResumeReport(const std::string& out, uint64_t version) {
+  nlohmann::json j;
+  const bool seen = WaitUntil(
+      [&] {
+        std::ifstream in(out + ".resume.json");
+        if (!in) return false;
+        std::stringstream text;
+        text << in.rdbuf();
+        j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+        return !j.is_discarded() && j["version"] == version;
+      },
+      30s);
+  INFO(out);
+  REQUIRE(seen);
+  return j;
+}
+
+TEST_CASE("a consistent update pauses every worker before any bucket and resumes all once loaded") {
+  Daemon d;
+  testing::TempDir dir;
+  Worker a(Worker::Kind::kCpp, d, dir, "a", {"--pausable"});
+  Worker b(Worker::Kind::kCpp, d, dir, "b", {"--pausable"});
+  a.WaitAttached();
+  b.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+  StateDict m = Model(91);
+  const uint64_t v = d.Push(m);
+  RunResult u = d.Ctl({"update", std::to_string(v), "--consistent"});
+  INFO(u.err << d.proc->Stderr());
+  REQUIRE(u.exit.code == 0);
+  nlohmann::json ra = a.Report(v), rb = b.Report(v);
+  CheckReport(ra, m);
+  CheckReport(rb, m);
+  nlohmann::json pa = ResumeReport(a.out, v), pb = ResumeReport(b.out, v);
+  CHECK(pa["loaded"] == true);
+  CHECK(pb["loaded"] == true);
+  // Every pause came before any worker's first bucket; every resume after every worker's last.
+  const int64_t last_pause =
+      std::max(pa["paused_ns"].get<int64_t>(), pb["paused_ns"].get<int64_t>());
+  const int64_t first_resume =
+      std::min(pa["resumed_ns"].get<int64_t>(), pb["resumed_ns"].get<int64_t>());
+  CHECK(pa["paused_ns"].get<int64_t>() > 0);
+  CHECK(pb["paused_ns"].get<int64_t>() > 0);
+  CHECK(last_pause <
+        std::min(ra["first_bucket_ns"].get<int64_t>(), rb["first_bucket_ns"].get<int64_t>()));
+  CHECK(first_resume >
+        std::max(ra["last_bucket_ns"].get<int64_t>(), rb["last_bucket_ns"].get<int64_t>()));
+  CHECK(Contains(d.proc->Stderr(), "2 paused workers resume (loaded)"));
+  for (Worker* w : {&a, &b}) CHECK(w->proc->Wait(20s).code == 0);
+
+  // A worker without a pause hook: refused before anything is sent.
+  Worker plain(Worker::Kind::kCpp, d, dir, "plain");
+  Worker c(Worker::Kind::kCpp, d, dir, "c", {"--pausable"});
+  plain.WaitAttached();
+  c.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+  StateDict m2 = Model(92);
+  const uint64_t v2 = d.Push(m2);
+  RunResult refused = d.Ctl({"update", std::to_string(v2), "--consistent"});
+  CHECK(refused.exit.code == 1);
+  CHECK(Contains(refused.err, "cannot (it attached without a pause hook); nothing was sent"));
+  for (const auto& w : d.StatusJson()["workers"]) {
+    CHECK(w["loaded_version"] == 0);
+    CHECK(w["mixed_version"] == 0);
+  }
+  plain.proc->Signal(SIGTERM);
+  plain.proc->Wait(10s);
+  REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+
+  // A worker that cannot pause: the update sends nothing and the worker that paused resumes,
+  // told the version did not load.
+  Worker busy(Worker::Kind::kCpp, d, dir, "busy", {"--pause-error", "still generating"});
+  busy.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+  RunResult aborted = d.Ctl({"update", std::to_string(v2), "--consistent"});
+  CHECK(aborted.exit.code == 1);
+  CHECK(Contains(aborted.err, "could not pause: still generating"));
+  nlohmann::json pc = ResumeReport(c.out, v2);
+  CHECK(pc["loaded"] == false);
+  CHECK(Contains(pc["error"].get<std::string>(), "still generating"));
+  for (const auto& w : d.StatusJson()["workers"]) CHECK(w["mixed_version"] == 0);
+  // Without --consistent the same update goes through.
+  RunResult plain_update = d.Ctl({"update", std::to_string(v2)});
+  INFO(plain_update.err);
+  CHECK(plain_update.exit.code == 0);
+  CheckReport(c.Report(v2), m2);
 }
 
 TEST_CASE("an update restricted to some workers is not joined by a plain request") {
@@ -728,9 +818,7 @@ TEST_CASE("an update restricted to some workers is not joined by a plain request
   auto plain = d.Update(version);
   CHECK(plain.status().code() == absl::StatusCode::kFailedPrecondition);
   CHECK(Contains(std::string(plain.status().message()), "is running"));
-  {
-    std::ofstream(go.c_str()) << "go";
-  }
+  { std::ofstream(go.c_str()) << "go"; }
   REQUIRE(restricted.wait_for(30s) == std::future_status::ready);
   auto r = restricted.get();
   REQUIRE(r.ok());
@@ -824,7 +912,12 @@ TEST_CASE("metrics_listen: the values during and after an update") {
   auto health = http.Get("/healthz");
   REQUIRE(health);
   CHECK(health->status == 200);
-  REQUIRE(WaitUntil([&] { auto r = http.Get("/readyz"); return r && r->status == 200; }, 30s));
+  REQUIRE(WaitUntil(
+      [&] {
+        auto r = http.Get("/readyz");
+        return r && r->status == 200;
+      },
+      30s));
 
   testing::TempDir dir;
   const std::string go = dir / "go";
@@ -842,12 +935,10 @@ TEST_CASE("metrics_listen: the values during and after an update") {
   CHECK(has(page, "ckpt_workers_by_loaded_version{version=\"0\"} 1"));
 
   auto update = std::async(std::launch::async, [&] { return d.Update(version); });
-  REQUIRE(WaitUntil([&] { return has(scrape(), "ckpt_updating_version " + std::to_string(version)); },
-                    10s));
+  REQUIRE(WaitUntil(
+      [&] { return has(scrape(), "ckpt_updating_version " + std::to_string(version)); }, 10s));
   CHECK(has(scrape(), "ckpt_updates_total{outcome=\"succeeded\"} 0"));
-  {
-    std::ofstream(go.c_str()) << "go";
-  }
+  { std::ofstream(go.c_str()) << "go"; }
   REQUIRE(update.wait_for(30s) == std::future_status::ready);
   REQUIRE(update.get().ok());
   page = scrape();

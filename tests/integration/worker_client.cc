@@ -24,12 +24,18 @@
 // --corrupt-first-bucket DONE_FILE (cuda backend): in the first bucket, overwrite the first
 //   non-empty tensor with 0xA5 through the read-write CUDA IPC mapping (what a rogue worker on the
 //   same GPU could do), then create DONE_FILE, then ack.
+// --pausable: a pause hook (the consistent switch): it records when it was called; with
+//   --pause-error TEXT it refuses with TEXT. The resume hook writes OUT.resume.json {"version",
+//   "loaded", "error", "paused_ns", "resumed_ns"} (steady-clock nanoseconds, comparable between
+//   processes of one host), and each version's report gains "first_bucket_ns" and
+//   "last_bucket_ns" (each taken before that bucket was acked).
 // Exit 0 on success; 1 with one line on stderr otherwise.
 #include <cuda_runtime_api.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -98,6 +104,8 @@ int main(int argc, char** argv) {
   int64_t stall_after = -1;
   uint64_t copy_bytes = 0;
   std::vector<std::string> names;
+  bool pausable = false;
+  std::string pause_error;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -134,6 +142,11 @@ int main(int argc, char** argv) {
       garble = true;
     } else if (a == "--corrupt-first-bucket") {
       corrupt_done = value();
+    } else if (a == "--pausable") {
+      pausable = true;
+    } else if (a == "--pause-error") {
+      pausable = true;
+      pause_error = value();
     } else {
       ok = false;
     }
@@ -146,6 +159,29 @@ int main(int argc, char** argv) {
   options.engine = engine;
   options.tensor_names = names;
   options.verify_checksums = verify;
+  auto now_ns = [] {
+    return static_cast<int64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                    std::chrono::steady_clock::now().time_since_epoch())
+                                    .count());
+  };
+  std::atomic<int64_t> paused_ns{0};
+  std::atomic<uint64_t> resumed{0};  // the last version whose resume was written
+  if (pausable) {
+    options.on_pause = [&](uint64_t) -> absl::Status {
+      paused_ns = now_ns();
+      if (!pause_error.empty()) return absl::FailedPreconditionError(pause_error);
+      return absl::OkStatus();
+    };
+    options.on_resume = [&, out_path](uint64_t version, bool loaded, const std::string& error) {
+      const nlohmann::json r = {{"version", version},
+                                {"loaded", loaded},
+                                {"error", error},
+                                {"paused_ns", paused_ns.load()},
+                                {"resumed_ns", now_ns()}};
+      if (!out_path.empty()) WriteAtomically(out_path + ".resume.json", r.dump());
+      resumed = version;
+    };
+  }
   auto consumer = ckpt::client::Consumer::Attach(*endpoint, options);
   if (!consumer.ok()) return Die(consumer.status().ToString());
   if (garble) {
@@ -191,10 +227,14 @@ int main(int argc, char** argv) {
     nlohmann::json dump = nlohmann::json::array();
     uint64_t offset = 0;
     auto first = std::chrono::steady_clock::time_point();
+    int64_t first_ns = 0, last_ns = 0;
     auto loaded = (*consumer)->ReceiveVersion(
         [&](const ckpt::client::ConsumerEvent& bucket) -> absl::Status {
-          if (first == std::chrono::steady_clock::time_point())
+          if (first == std::chrono::steady_clock::time_point()) {
             first = std::chrono::steady_clock::now();
+            first_ns = now_ns();
+          }
+          last_ns = now_ns();  // before this bucket is acked
           if (stall_after >= 0 && buckets_seen >= stall_after) {
             std::this_thread::sleep_for(std::chrono::minutes(10));
           }
@@ -263,7 +303,19 @@ int main(int argc, char** argv) {
     }
     if (!out_path.empty()) {
       nlohmann::json report = {{"version", loaded->version}, {"tensors", dump}};
+      if (pausable) {
+        report["first_bucket_ns"] = first_ns;
+        report["last_bucket_ns"] = last_ns;
+      }
       if (!WriteAtomically(out_path, report.dump())) return Die("cannot write " + out_path);
+    }
+    if (pausable && paused_ns.load() != 0) {
+      // A consistent update's resume comes after every worker loaded: stay for it.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (resumed.load() < loaded->version) {
+        if (std::chrono::steady_clock::now() > until) return Die("no resume within 30 s");
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
     }
   }
   return 0;

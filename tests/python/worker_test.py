@@ -265,6 +265,45 @@ class WorkerTest(DaemonTestCase):
             next(w.receive(timeout=1))
         self.assertIn("closed", e.exception.message)
 
+    def test_consistent_update_pauses_before_any_bucket_and_resumes_after_all(self):
+        events = []
+        w = self.worker(engine="consistent",
+                        on_pause=lambda v: events.append(("pause", v)),
+                        on_resume=lambda v, loaded, error: events.append(("resume", v, loaded)))
+        self.wait_attached(1)
+        state = mixed_state(5)
+        version = self.client.push_state_dict(state, label="consistent")
+        done = []
+        t = threading.Thread(target=lambda: done.append(
+            self.daemon.ctl("update", str(version), "--consistent")))
+        t.start()
+        got = collections.OrderedDict()
+        for name, tensor in w.receive(timeout=DEADLINE_S):
+            events.append(("tensor", name))
+            got[name] = tensor.clone()
+        t.join(DEADLINE_S)
+        self.assertFalse(t.is_alive())
+        self.assertEqual(done[0].returncode, 0, done[0].stderr)
+        self.assert_same(got, state)
+        deadline = time.monotonic() + 20
+        while events[-1][0] != "resume" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(events[0], ("pause", version))
+        self.assertEqual(events[-1], ("resume", version, True))
+        self.assertEqual([e[0] for e in events[1:-1]], ["tensor"] * len(state))
+
+        # A hook that raises refuses: nothing is sent, and the text reaches the operator.
+        def busy(version):
+            raise RuntimeError("still generating")
+        w2 = self.worker(engine="busy", on_pause=busy)
+        self.wait_attached(2)
+        r = self.daemon.ctl("update", str(version), "--consistent", "--force")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("could not pause: RuntimeError: still generating", r.stderr)
+        with self.assertRaises(ce.CkptError):
+            ce.Worker(socket=self.daemon.socket, on_resume=lambda *a: None)
+        w2.close()
+
     def test_receive_is_bit_exact_over_several_buckets(self):
         state = mixed_state(1)
         total = sum(len(tensor_bytes(t)) for t in state.values())

@@ -19,12 +19,13 @@ std::string Pki::Ca(const std::string& name) {
                   pem(name)});
 }
 
-std::string Pki::Leaf(const std::string& name, const std::string& ca, const std::string& san) {
+std::string Pki::Leaf(const std::string& name, const std::string& ca, const std::string& san,
+                      const std::string& extensions) {
   const std::string csr = dir_ + "/" + name + ".csr", ext = dir_ + "/" + name + ".ext";
   std::string e = Openssl({"req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                            "-nodes", "-subj", "/CN=" + name, "-keyout", key(name), "-out", csr});
   if (!e.empty()) return e;
-  std::ofstream(ext) << "subjectAltName=" << san << "\n";
+  std::ofstream(ext) << "subjectAltName=" << san << "\n" << extensions << "\n";
   return Openssl({"x509", "-req", "-in", csr, "-CA", pem(ca), "-CAkey", key(ca), "-CAcreateserial",
                   "-days", "2", "-extfile", ext, "-out", pem(name)});
 }

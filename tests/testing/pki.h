@@ -14,8 +14,10 @@ class Pki {
   explicit Pki(std::string dir) : dir_(std::move(dir)) {}
   // Each returns "" when the files were made, else openssl's error output.
   std::string Ca(const std::string& name);
-  // `san`: openssl's subjectAltName value, e.g. "DNS:node-0,IP:127.0.0.1".
-  std::string Leaf(const std::string& name, const std::string& ca, const std::string& san);
+  // `san`: openssl's subjectAltName value, e.g. "DNS:node-0,IP:127.0.0.1"; `extensions`: more
+  // lines of the extension file (e.g. "extendedKeyUsage=serverAuth").
+  std::string Leaf(const std::string& name, const std::string& ca, const std::string& san,
+                   const std::string& extensions = "");
   std::string pem(const std::string& name) const { return dir_ + "/" + name + ".pem"; }
   std::string key(const std::string& name) const { return dir_ + "/" + name + ".key"; }
 

@@ -120,6 +120,11 @@ EVENT_BUCKET = 1
 EVENT_VERSION_DONE = 2
 
 # int (*ckpt_bucket_fn)(const ckpt_consumer_event*, void* user, char* why, size_t why_len).
+# The consistent switch's hooks (c_api.h: ckpt_pause_fn, ckpt_resume_fn).
+PAUSE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_size_t)
+RESUME_FN = ctypes.CFUNCTYPE(None, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p,
+                             ctypes.c_void_p)
 BUCKET_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ConsumerEvent), ctypes.c_void_p,
                              ctypes.c_void_p, ctypes.c_size_t)
 
@@ -182,6 +187,10 @@ def _declare(lib):
         c.c_char_p, c.c_int, c.c_char_p, c.POINTER(c.c_char_p), c.c_size_t, c.c_double,
         c.POINTER(c.c_void_p)] + err
     lib.ckpt_consumer_attach.restype = c.c_int
+    lib.ckpt_consumer_attach_pausable.argtypes = [
+        c.c_char_p, c.c_int, c.c_char_p, c.POINTER(c.c_char_p), c.c_size_t, c.c_double,
+        PAUSE_FN, RESUME_FN, c.c_void_p, c.POINTER(c.c_void_p)] + err
+    lib.ckpt_consumer_attach_pausable.restype = c.c_int
     lib.ckpt_consumer_set_verify_checksums.argtypes = [c.c_void_p, c.c_int] + err
     lib.ckpt_consumer_set_verify_checksums.restype = c.c_int
     lib.ckpt_consumer_next.argtypes = [c.c_void_p, c.c_double, c.POINTER(ConsumerEvent)] + err

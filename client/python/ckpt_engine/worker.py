@@ -204,6 +204,13 @@ class Worker(_Handle):
     "Per-tensor cost"). The same tensor objects then come back in later updates: never change a
     view in place (resize_, set_, t_, as_strided_, requires_grad_...; writing into one was never
     allowed). False builds new views for every bucket.
+    `on_pause(version)` / `on_resume(version, loaded, error)`: the consistent switch (`ckptctl
+    update --consistent`). on_pause is called when a consistent update begins, before any of its
+    buckets: stop generating and return (raise to refuse: the update then sends nothing and fails,
+    with the exception's text). on_resume is called once every worker of the update loaded it
+    (loaded True) or it failed (False, error says why): generation may go on. Both run on the
+    client library's reader thread, while this Worker's own thread generates or receives; they
+    must not call this Worker.
 
     Errors: CkptError UNAVAILABLE (no daemon), PERMISSION_DENIED (uid not allowed),
     FAILED_PRECONDITION (a GPU the daemon does not drive).
@@ -216,7 +223,8 @@ class Worker(_Handle):
     _WHAT = "worker"
 
     def __init__(self, socket=None, device=None, engine="python", tensor_names=None,
-                 timeout=30.0, verify_checksums=False, reuse_views=True):
+                 timeout=30.0, verify_checksums=False, reuse_views=True, on_pause=None,
+                 on_resume=None):
         self._lib = _native.lib()
         self._handle = None
         self._cuda_device = cuda_ordinal(device)
@@ -230,10 +238,24 @@ class Worker(_Handle):
         array = (ctypes.c_char_p * max(1, len(encoded)))(*encoded)
         err = ctypes.create_string_buffer(_ERR_LEN)
         handle = ctypes.c_void_p()
-        code = self._lib.ckpt_consumer_attach(
-            _fspath(socket) if socket else None, self._cuda_device,
-            engine.encode("utf-8") if engine else None, array if encoded else None, len(encoded),
-            float(timeout), ctypes.byref(handle), err, _ERR_LEN)
+        if on_resume is not None and on_pause is None:
+            raise CkptError(INVALID_ARGUMENT, "on_resume needs on_pause: a worker that resumes "
+                            "must pause")
+        if on_pause is not None:
+            # Kept alive with the worker: the C library calls them on its reader thread.
+            self._hooks = (_native.PAUSE_FN(self._pause_hook(on_pause)),
+                           _native.RESUME_FN(self._resume_hook(on_resume)))
+            code = self._lib.ckpt_consumer_attach_pausable(
+                _fspath(socket) if socket else None, self._cuda_device,
+                engine.encode("utf-8") if engine else None, array if encoded else None,
+                len(encoded), float(timeout), self._hooks[0], self._hooks[1], None,
+                ctypes.byref(handle), err, _ERR_LEN)
+        else:
+            self._hooks = None
+            code = self._lib.ckpt_consumer_attach(
+                _fspath(socket) if socket else None, self._cuda_device,
+                engine.encode("utf-8") if engine else None, array if encoded else None,
+                len(encoded), float(timeout), ctypes.byref(handle), err, _ERR_LEN)
         _check(code, err)
         self._handle = handle
         self._verify_checksums = False
@@ -269,6 +291,32 @@ class Worker(_Handle):
         # load_into: id(bucket list) -> (that list, weak references to the destinations whose
         # shapes were checked, their element counts).
         self._into_checked = {}
+
+    # ---- the consistent switch ----
+
+    @staticmethod
+    def _pause_hook(on_pause):
+        def hook(version, _user, why, why_len):
+            try:
+                on_pause(int(version))
+                return 0
+            except BaseException as e:  # the engine could not pause: say why
+                text = f"{type(e).__name__}: {e}".encode("utf-8", "replace")[:max(0, why_len - 1)]
+                ctypes.memmove(why, text + b"\0", len(text) + 1)
+                return 1
+        return hook
+
+    @staticmethod
+    def _resume_hook(on_resume):
+        def hook(version, loaded, error, _user):
+            if on_resume is None:
+                return
+            try:
+                on_resume(int(version), bool(loaded), (error or b"").decode("utf-8", "replace"))
+            except BaseException:  # nothing to answer: the engine's own error
+                import traceback
+                traceback.print_exc()
+        return hook
 
     # ---- state ----
 
