@@ -12,6 +12,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "common/message_text.h"
 #include "common/random_id.h"
 #include "common/status_macros.h"
@@ -627,6 +628,18 @@ class GrpcMemberCall final : public Cluster::MemberCall {
     return absl::OkStatus();
   }
   void Cancel() override { context_.TryCancel(); }
+  void Close(absl::Time deadline) override {
+    if (stream_ == nullptr) return;
+    stream_->WritesDone();
+    absl::Notification ended;
+    std::thread timer([&] {
+      if (!ended.WaitForNotificationWithDeadline(deadline)) context_.TryCancel();
+    });
+    stream_->Finish().ok();  // its status was reported with its result already
+    ended.Notify();
+    timer.join();
+    stream_.reset();
+  }
 
  private:
   // The call ended: its status says why (the member's refusal, or the connection).

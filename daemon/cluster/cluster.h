@@ -45,6 +45,8 @@ inline constexpr uint32_t kPeerClusterUpdateVersion = 2;
 // The first version whose members upload too (MemberUpdateGo.uploader_ranks): with an older
 // member in an update, the coordinator uploads every bucket.
 inline constexpr uint32_t kPeerMultiUploadVersion = 3;
+// The first version that takes part in a consistent switch (MemberUpdateStart.consistent).
+inline constexpr uint32_t kPeerConsistentVersion = 3;
 
 // The member side of Peer.MemberUpdate: typed messages over proved envelopes (PeerSession).
 class MemberUpdateStream {
@@ -117,6 +119,9 @@ class Cluster {
     virtual absl::Status Read(v1::MemberUpdateOut* out, absl::string_view what) = 0;
     // Ends the call at once (the member sees it cancelled); any thread.
     virtual void Cancel() = 0;
+    // Ends the call from this side and waits (until `deadline`, then cancels) for the member to
+    // end it, so that what was written reaches it.
+    virtual void Close(absl::Time deadline) = 0;
   };
   // Waits for a connection to it until `connect_by` (at most cluster_timeout): UNAVAILABLE naming
   // it when none came.

@@ -236,9 +236,13 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
         "are down updates this member alone)");
   }
   if (request.consistent()) {
-    return refuse(
-        "a consistent switch across members is not built yet (it works for the workers of one "
-        "member: name them with worker_pids, or update a daemon without other members up)");
+    for (const v1::ClusterMember& m : others) {
+      if (m.protocol_version() < kPeerConsistentVersion) {
+        return refuse(absl::StrCat("member '", m.node_name(), "' runs Peer protocol ",
+                                   m.protocol_version(),
+                                   ", which takes no part in a consistent switch: upgrade it"));
+      }
+    }
   }
   for (const v1::ClusterMember& m : others) {
     if (m.protocol_version() < kPeerClusterUpdateVersion) {
@@ -272,6 +276,10 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   p.every_bucket = true;
   // Not joinable: a joiner would be answered with this member's part alone.
   p.unrestricted = false;
+  // Consistent: this member's workers pause in its run and resume after every member's result.
+  p.consistent = request.consistent();
+  std::vector<std::shared_ptr<WorkerRecord>> paused;
+  p.paused = &paused;
   const std::string update_id = RandomHex128();
   {
     absl::MutexLock lock(&mu_);
@@ -309,6 +317,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   }
   for (int u : uploaders) st->add_uploader_ranks(static_cast<uint32_t>(u));
   st->set_tensors(static_cast<uint32_t>(p.manifest->tensors_size()));
+  st->set_consistent(request.consistent());
   if (reuse_candidate) st->set_communicator_id(group_.id);
 
   struct Part {
@@ -568,6 +577,27 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     }
   }
   for (std::thread& t : readers) t.join();
+  if (request.consistent()) {
+    // Every member's part ended: every paused worker of the cluster resumes now (members that
+    // reported their result get the word; a lost one resumes by its own deadline).
+    bool loaded = local_status.ok() && !any_failed;
+    for (const Part& part : parts) loaded = loaded && part.has_result && !part.lost;
+    v1::MemberUpdateIn resume;
+    resume.mutable_resume()->set_loaded(loaded);
+    if (!loaded) resume.mutable_resume()->set_error("the cluster update failed (see its result)");
+    const absl::Time close_by = absl::Now() + cluster_.load()->timeout();
+    for (Part& part : parts) {
+      if (part.has_result && !part.lost && part.call->Write(resume).ok()) {
+        part.call->Close(close_by);
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    UpdateRun::Resume(paused, version, loaded, resume.resume().error());
+    if (!paused.empty()) {
+      spdlog::info("cluster update to version {}: {} paused workers here resume ({})", version,
+                   paused.size(), loaded ? "loaded everywhere" : "the update failed");
+    }
+  }
   if (!reuse) cluster_.load()->rendezvous().Close(communicator);
   if (!local_status.ok() || any_failed) group_ = ClusterGroup{};  // rebuilt next time
 
@@ -766,6 +796,9 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   p.manifest = manifest;
   p.response.set_version(st.version());
   p.every_bucket = true;
+  p.consistent = st.consistent();
+  std::vector<std::shared_ptr<WorkerRecord>> paused;
+  p.paused = &paused;
   v1::UpdateRequest request;
   request.set_version(st.version());
   request.set_force(st.force());
@@ -914,6 +947,23 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
                  FormatBytes(uploaded.load()), st.version());
   }
   absl::Status sent = stream.Write(result);
+  if (st.consistent() && !paused.empty()) {
+    // The workers that paused resume once every member's part ended: the coordinator says so
+    // (bounded: a coordinator that is gone leaves them resuming, told the update failed).
+    bool loaded = false;
+    std::string error = "the coordinator sent no resume (lost?)";
+    if (sent.ok()) {
+      CancelAt guard(stream, absl::Now() + 2 * cluster_.load()->timeout() + options_.ack_timeout);
+      if (stream.Read(&in, "the resume").ok() && in.has_resume()) {
+        loaded = in.resume().loaded();
+        error = in.resume().error();
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    UpdateRun::Resume(paused, st.version(), loaded, error);
+    spdlog::info("cluster update {}: {} paused workers resume ({})", st.update_id(), paused.size(),
+                 loaded ? "loaded everywhere" : error);
+  }
   // The copy commits after the result went out (its checksums take time the coordinator need not
   // wait for): the bytes as they landed here, verified.
   if (copy != nullptr && run.ok()) {

@@ -226,8 +226,9 @@ absl::Status UpdateRun::PauseAll() {
   }
   std::vector<std::string> failed;
   for (const Participant& p : participants_) {
-    if (p.pause_sent && !p.paused)
+    if (p.pause_sent && !p.paused) {
       failed.push_back(absl::StrCat(p.worker->Describe(), ": ", p.error));
+    }
   }
   if (!failed.empty()) {
     return absl::AbortedError(absl::StrCat("a consistent update to version ", version_, ": ",

@@ -14,6 +14,7 @@
 #include <functional>
 #include <future>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -628,6 +629,87 @@ TEST_CASE(
   CHECK_FALSE(again->workers(0).skipped());
   CHECK(again->workers(0).node_name() == "node-1");
   CHECK(testing::CompareWorkerReport(w3.Report(v), m) == "");
+}
+
+// The resume file of a --pausable worker_client (OUT.resume.json), once it names `version`.
+nlohmann::json ResumeOf(const Worker& w, uint64_t version) {
+  nlohmann::json j;
+  const bool seen = WaitUntil(
+      [&] {
+        std::ifstream in(w.out + ".resume.json");
+        if (!in) return false;
+        std::stringstream text;
+        text << in.rdbuf();
+        j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+        return !j.is_discarded() && j["version"] == version;
+      },
+      30s);
+  INFO(w.out);
+  REQUIRE(seen);
+  return j;
+}
+
+TEST_CASE(
+    "a consistent switch across members: every worker pauses before any bucket, all resume after "
+    "all loaded") {
+  Cluster c(3);
+  for (int i = 0; i < 3; ++i) c.WaitUp(i, 2);
+  TempDir dir;
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (int i : {0, 1, 2, 2}) {
+    workers.push_back(std::make_unique<Worker>(*c.members[i].daemon, dir,
+                                               "p" + std::to_string(workers.size()),
+                                               std::vector<std::string>{"--pausable"}));
+  }
+  for (auto& w : workers) w->WaitAttached();
+  StateDict m = Model(101);
+  const uint64_t v = c.Push(0, m);
+  RunResult u = c.members[0].daemon->Ctl({"update", std::to_string(v), "--consistent"});
+  INFO(u.err);
+  REQUIRE(u.exit.code == 0);
+  CHECK(Contains(u.out, "sent to 4 workers"));
+  int64_t last_pause = 0, first_bucket = INT64_MAX, last_bucket = 0, first_resume = INT64_MAX;
+  for (auto& w : workers) {
+    nlohmann::json report = w->Report(v);
+    CHECK(testing::CompareWorkerReport(report, m) == "");
+    nlohmann::json resume = ResumeOf(*w, v);
+    CHECK(resume["loaded"] == true);
+    last_pause = std::max(last_pause, resume["paused_ns"].get<int64_t>());
+    first_resume = std::min(first_resume, resume["resumed_ns"].get<int64_t>());
+    first_bucket = std::min(first_bucket, report["first_bucket_ns"].get<int64_t>());
+    last_bucket = std::max(last_bucket, report["last_bucket_ns"].get<int64_t>());
+  }
+  CHECK(last_pause > 0);
+  CHECK(last_pause < first_bucket);   // no worker of any member got a bucket before all paused
+  CHECK(first_resume > last_bucket);  // none resumed before every worker had its last bucket
+  for (auto& w : workers) CHECK(w->proc->Wait(20s).code == 0);
+
+  // A member with a worker that cannot pause: the update fails before anything is sent anywhere,
+  // and the workers that paused on the other members resume, told it failed.
+  Worker a(*c.members[0].daemon, dir, "a", {"--pausable"});
+  Worker plain(*c.members[1].daemon, dir, "plain");
+  a.WaitAttached();
+  plain.WaitAttached();
+  StateDict m2 = Model(102);
+  const uint64_t v2 = c.Push(0, m2);
+  auto admin = c.Admin(0);
+  v1::UpdateRequest request;
+  request.set_version(v2);
+  request.set_consistent(true);
+  auto failed = admin->Update(request, absl::Seconds(60));
+  INFO(failed.status().ToString());
+  REQUIRE_FALSE(failed.ok());
+  CHECK(Contains(std::string(failed.status().message()), "without a pause hook"));
+  nlohmann::json ra = ResumeOf(a, v2);
+  CHECK(ra["loaded"] == false);
+  for (int i = 0; i < 3; ++i) {
+    RunResult s = c.members[i].daemon->Ctl({"status", "--json"});
+    REQUIRE(s.exit.code == 0);
+    for (const auto& w : nlohmann::json::parse(s.out)["workers"]) {
+      CHECK(w["mixed_version"] == 0);
+      CHECK(w["loaded_version"] != v2);
+    }
+  }
 }
 
 }  // namespace
