@@ -727,7 +727,7 @@ nlohmann::json ResumeReport(const std::string& out, uint64_t version) {
 }
 
 TEST_CASE("a consistent update pauses every worker before any bucket and resumes all once loaded") {
-  Daemon d;
+  Daemon d({"--ack-timeout", "3s"});
   testing::TempDir dir;
   Worker a(Worker::Kind::kCpp, d, dir, "a", {"--pausable"});
   Worker b(Worker::Kind::kCpp, d, dir, "b", {"--pausable"});
@@ -790,11 +790,27 @@ TEST_CASE("a consistent update pauses every worker before any bucket and resumes
   CHECK(pc["loaded"] == false);
   CHECK(Contains(pc["error"].get<std::string>(), "still generating"));
   for (const auto& w : d.StatusJson()["workers"]) CHECK(w["mixed_version"] == 0);
+  // A worker whose engine does not stop within ack_timeout: the update fails by that deadline,
+  // naming it, and the paused worker resumes.
+  busy.proc->Signal(SIGTERM);
+  busy.proc->Wait(10s);
+  REQUIRE(WaitUntil([&] { return d.Workers() == 1; }, 10s));
+  Worker slow(Worker::Kind::kCpp, d, dir, "slow", {"--pause-sleep-ms", "8000"});
+  slow.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+  StateDict m3 = Model(93);
+  const uint64_t v3 = d.Push(m3);
+  RunResult late = d.Ctl({"update", std::to_string(v3), "--consistent"});
+  CHECK(late.exit.code == 1);
+  CHECK(Contains(late.err,
+                 "did not pause for version " + std::to_string(v3) + " within ack_timeout"));
+  nlohmann::json pl = ResumeReport(c.out, v3);
+  CHECK(pl["loaded"] == false);
   // Without --consistent the same update goes through.
-  RunResult plain_update = d.Ctl({"update", std::to_string(v2)});
+  RunResult plain_update = d.Ctl({"update", std::to_string(v3)});
   INFO(plain_update.err);
   CHECK(plain_update.exit.code == 0);
-  CheckReport(c.Report(v2), m2);
+  CheckReport(c.Report(v3), m3);
 }
 
 TEST_CASE("an update restricted to some workers is not joined by a plain request") {

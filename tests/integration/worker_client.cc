@@ -25,10 +25,10 @@
 //   non-empty tensor with 0xA5 through the read-write CUDA IPC mapping (what a rogue worker on the
 //   same GPU could do), then create DONE_FILE, then ack.
 // --pausable: a pause hook (the consistent switch): it records when it was called; with
-//   --pause-error TEXT it refuses with TEXT. The resume hook writes OUT.resume.json {"version",
-//   "loaded", "error", "paused_ns", "resumed_ns"} (steady-clock nanoseconds, comparable between
-//   processes of one host), and each version's report gains "first_bucket_ns" and
-//   "last_bucket_ns" (each taken before that bucket was acked).
+//   --pause-error TEXT it refuses with TEXT; with --pause-sleep-ms MS it takes that long first. The
+//   resume hook writes OUT.resume.json {"version", "loaded", "error", "paused_ns", "resumed_ns"}
+//   (steady-clock nanoseconds, comparable between processes of one host), and each version's report
+//   gains "first_bucket_ns" and "last_bucket_ns" (each taken before that bucket was acked).
 // Exit 0 on success; 1 with one line on stderr otherwise.
 #include <cuda_runtime_api.h>
 #include <sys/mman.h>
@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> names;
   bool pausable = false;
   std::string pause_error;
+  int pause_sleep_ms = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -147,6 +148,9 @@ int main(int argc, char** argv) {
     } else if (a == "--pause-error") {
       pausable = true;
       pause_error = value();
+    } else if (a == "--pause-sleep-ms") {
+      pausable = true;
+      ok = absl::SimpleAtoi(value(), &pause_sleep_ms);
     } else {
       ok = false;
     }
@@ -165,10 +169,14 @@ int main(int argc, char** argv) {
                                     .count());
   };
   std::atomic<int64_t> paused_ns{0};
-  std::atomic<uint64_t> resumed{0};  // the last version whose resume was written
+  std::atomic<uint64_t> resumed{0};     // the last version whose resume was written
+  std::atomic<uint64_t> paused_for{0};  // the version of the last pause
   if (pausable) {
-    options.on_pause = [&](uint64_t) -> absl::Status {
+    options.on_pause = [&](uint64_t version) -> absl::Status {
       paused_ns = now_ns();
+      paused_for = version;
+      if (pause_sleep_ms > 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(pause_sleep_ms));
       if (!pause_error.empty()) return absl::FailedPreconditionError(pause_error);
       return absl::OkStatus();
     };
@@ -309,7 +317,7 @@ int main(int argc, char** argv) {
       }
       if (!WriteAtomically(out_path, report.dump())) return Die("cannot write " + out_path);
     }
-    if (pausable && paused_ns.load() != 0) {
+    if (pausable && paused_for.load() == loaded->version) {
       // A consistent update's resume comes after every worker loaded: stay for it.
       const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
       while (resumed.load() < loaded->version) {
