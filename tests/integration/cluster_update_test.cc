@@ -14,7 +14,6 @@
 #include <functional>
 #include <future>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -434,40 +433,25 @@ TEST_CASE(
   REQUIRE(pki.Leaf("intruder", "ca", "DNS:trainer-1,IP:127.0.0.1") == "");  // not a member
   REQUIRE(pki.Leaf("server-only", "ca", "DNS:node-6", "extendedKeyUsage=serverAuth") == "");
 
-  // A member whose certificate does not name it does not start, saying what it names.
+  // A member whose certificate does not name it, whose key is another's, or whose certificate is
+  // for TLS servers only does not start, saying which.
   {
     TempDir d;
-    RunResult r =
-        testing::Run({Runfile("daemon/ckpt-engined"), "--listen-unix", d / "d.sock", "--backend",
-                      "host", "--host-memory-budget", "16MiB", "--node-name", "node-5",
-                      "--cluster-listen", "127.0.0.1:0", "--tls-cert", pki.pem("intruder"),
-                      "--tls-key", pki.key("intruder"), "--cluster-ca", pki.pem("ca")},
-                     {}, 20s);
-    INFO(r.err);
-    CHECK(r.exit.code != 0);
-    CHECK(Contains(r.err,
+    auto start = [&](const std::string& name, const std::string& cert, const std::string& key) {
+      RunResult r = testing::Run(
+          {Runfile("daemon/ckpt-engined"), "--listen-unix", d / "d.sock", "--backend", "host",
+           "--host-memory-budget", "16MiB", "--node-name", name, "--cluster-listen", "127.0.0.1:0",
+           "--tls-cert", pki.pem(cert), "--tls-key", pki.key(key), "--cluster-ca", pki.pem("ca")},
+          {}, 20s);
+      CHECK(r.exit.code != 0);
+      return r.err;
+    };
+    CHECK(Contains(start("node-5", "intruder", "intruder"),
                    "names 'trainer-1' in its subject alternative names, not this "
                    "member's node_name 'node-5'"));
-    // Its key is not another certificate's.
-    RunResult k =
-        testing::Run({Runfile("daemon/ckpt-engined"), "--listen-unix", d / "d.sock", "--backend",
-                      "host", "--host-memory-budget", "16MiB", "--node-name", "node-0",
-                      "--cluster-listen", "127.0.0.1:0", "--tls-cert", pki.pem("node-0"),
-                      "--tls-key", pki.key("node-1"), "--cluster-ca", pki.pem("ca")},
-                     {}, 20s);
-    INFO(k.err);
-    CHECK(k.exit.code != 0);
-    CHECK(Contains(k.err, "is not the key of tls_cert"));
-    // A certificate for TLS servers only: members present theirs as clients too.
-    RunResult server_only =
-        testing::Run({Runfile("daemon/ckpt-engined"), "--listen-unix", d / "d.sock", "--backend",
-                      "host", "--host-memory-budget", "16MiB", "--node-name", "node-6",
-                      "--cluster-listen", "127.0.0.1:0", "--tls-cert", pki.pem("server-only"),
-                      "--tls-key", pki.key("server-only"), "--cluster-ca", pki.pem("ca")},
-                     {}, 20s);
-    INFO(server_only.err);
-    CHECK(server_only.exit.code != 0);
-    CHECK(Contains(server_only.err, "does not allow both TLS server and client use"));
+    CHECK(Contains(start("node-0", "node-0", "node-1"), "is not the key of tls_cert"));
+    CHECK(Contains(start("node-6", "server-only", "server-only"),
+                   "does not allow both TLS server and client use"));
   }
 
   // node-0 and node-1 prove themselves by certificate alone (no token); node-2 holds a
@@ -633,20 +617,10 @@ TEST_CASE(
 
 // The resume file of a --pausable worker_client (OUT.resume.json), once it names `version`.
 nlohmann::json ResumeOf(const Worker& w, uint64_t version) {
-  nlohmann::json j;
-  const bool seen = WaitUntil(
-      [&] {
-        std::ifstream in(w.out + ".resume.json");
-        if (!in) return false;
-        std::stringstream text;
-        text << in.rdbuf();
-        j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-        return !j.is_discarded() && j["version"] == version;
-      },
-      30s);
+  auto resume = testing::WaitForWorkerReport(w.out + ".resume.json", version, 30s);
   INFO(w.out);
-  REQUIRE(seen);
-  return j;
+  REQUIRE(resume.has_value());
+  return *resume;
 }
 
 TEST_CASE(

@@ -22,7 +22,6 @@
 #include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -710,20 +709,10 @@ TEST_CASE("an update asked for the version being sent joins it and returns its o
 
 // The resume file a --pausable worker_client writes (OUT.resume.json), once it names `version`.
 nlohmann::json ResumeReport(const std::string& out, uint64_t version) {
-  nlohmann::json j;
-  const bool seen = WaitUntil(
-      [&] {
-        std::ifstream in(out + ".resume.json");
-        if (!in) return false;
-        std::stringstream text;
-        text << in.rdbuf();
-        j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-        return !j.is_discarded() && j["version"] == version;
-      },
-      30s);
+  auto resume = testing::WaitForWorkerReport(out + ".resume.json", version, 30s);
   INFO(out);
-  REQUIRE(seen);
-  return j;
+  REQUIRE(resume.has_value());
+  return *resume;
 }
 
 TEST_CASE("a consistent update pauses every worker before any bucket and resumes all once loaded") {

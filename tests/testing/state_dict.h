@@ -45,7 +45,8 @@ bool WaitUntil(F done, std::chrono::milliseconds timeout) {
 }
 
 // The report the test workers (tests/integration/worker_client, tests/python/worker_process.py)
-// write after each version: JSON {"version", "tensors": [{"name", "dtype", "shape", "hex"}]}.
+// write after each version: JSON {"version", "tensors": [{"name", "dtype", "shape", "hex"}]}; any
+// JSON file with a "version" will do (e.g. a --pausable worker_client's OUT.resume.json).
 // Waits until `path` holds the report of `version`; nullopt when it did not within `timeout`.
 std::optional<nlohmann::json> WaitForWorkerReport(const std::string& path, uint64_t version,
                                                   std::chrono::milliseconds timeout);
