@@ -201,25 +201,9 @@ absl::Status UpdateRun::PauseAll() {
           p.worker->Describe(), " cannot (it attached without a pause hook); nothing was sent"));
     }
   }
-  for (Participant& p : participants_) {
-    if (!p.active()) continue;
-    v1::DaemonMessage m;
-    m.mutable_pause()->set_version(version_);
-    p.pause_sent = true;
-    p.pause_sent_at = absl::Now();
-    SendTo(p, std::move(m));
-  }
-  auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (cancelled_) return true;
-    for (const Participant& p : participants_) {
-      if (p.active() && !p.paused) return false;
-    }
-    return true;
-  };
-  while (!settled()) {
-    mu_.AwaitWithTimeout(absl::Condition(&settled), absl::Milliseconds(100));
-    Expire();
-  }
+  v1::DaemonMessage pause;
+  pause.mutable_pause()->set_version(version_);
+  SendAndAwait(pause, &Participant::pause_sent, &Participant::pause_sent_at, &Participant::paused);
   if (cancelled_) {
     return absl::UnavailableError(
         absl::StrCat("update to version ", version_, " cancelled: ", cancel_reason_));
@@ -236,6 +220,27 @@ absl::Status UpdateRun::PauseAll() {
                                            "; nothing was sent and every paused worker resumes"));
   }
   return absl::OkStatus();
+}
+
+void UpdateRun::SendAndAwait(const v1::DaemonMessage& message, bool Participant::*sent,
+                             absl::Time Participant::*sent_at, bool Participant::*answered) {
+  for (Participant& p : participants_) {
+    if (!p.active()) continue;
+    p.*sent = true;
+    p.*sent_at = absl::Now();
+    SendTo(p, message);
+  }
+  auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (cancelled_) return true;
+    for (const Participant& p : participants_) {
+      if (p.active() && !(p.*answered)) return false;
+    }
+    return true;
+  };
+  while (!settled()) {
+    mu_.AwaitWithTimeout(absl::Condition(&settled), absl::Milliseconds(100));
+    Expire();
+  }
 }
 
 void UpdateRun::Resume(const std::vector<std::shared_ptr<WorkerRecord>>& paused, uint64_t version,
@@ -414,25 +419,9 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
   // VersionDone to the workers still going, then wait for their VersionLoaded.
   const absl::Time finish_start = absl::Now();
   if (failure.ok()) {
-    for (Participant& p : participants_) {
-      if (!p.active()) continue;
-      v1::DaemonMessage m;
-      m.mutable_done()->set_version(version_);
-      p.done_sent = true;
-      p.done_sent_at = absl::Now();
-      SendTo(p, std::move(m));
-    }
-    auto finished = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      if (cancelled_) return true;
-      for (const Participant& p : participants_) {
-        if (p.active() && !p.loaded) return false;
-      }
-      return true;
-    };
-    while (!finished()) {
-      mu_.AwaitWithTimeout(absl::Condition(&finished), absl::Milliseconds(100));
-      Expire();
-    }
+    v1::DaemonMessage done;
+    done.mutable_done()->set_version(version_);
+    SendAndAwait(done, &Participant::done_sent, &Participant::done_sent_at, &Participant::loaded);
     if (cancelled_) failure = cancelled();
   }
   if (next_notify < next_fill || !failure.ok()) {

@@ -166,6 +166,12 @@ class UpdateRun {
 
  private:
   v1::DaemonMessage BucketMessage(int k) const;
+  // Sends `message` to every active participant (setting its `sent` and `sent_at`), then waits
+  // until each active one has `answered`, or the run is cancelled; Expire fails those that pass
+  // ack_timeout meanwhile (VersionDone/VersionLoaded, Pause/Paused).
+  void SendAndAwait(const v1::DaemonMessage& message, bool Participant::*sent,
+                    absl::Time Participant::*sent_at, bool Participant::*answered)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Consistent updates: Pause to every participant, then wait for their Paused (ack_timeout).
   // An error when one cannot pause (the update then sends nothing).
   absl::Status PauseAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
