@@ -196,6 +196,8 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options, 
   std::unique_ptr<Cluster> c(
       new Cluster(std::move(options), std::move(self), std::move(member_update)));
   c->service_ = std::make_unique<PeerService>(c.get());
+  c->channel_credentials_ = c->options_.tls.enabled() ? PeerChannelCredentials(c->options_.tls)
+                                                      : grpc::InsecureChannelCredentials();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(c->options_.listen,
@@ -341,11 +343,7 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
         args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::max(100, backoff_ms / 2));
         args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::max(100, backoff_ms / 2));
         args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(200, backoff_ms));
-        m.channel =
-            grpc::CreateCustomChannel(key,
-                                      options_.tls.enabled() ? PeerChannelCredentials(options_.tls)
-                                                             : grpc::InsecureChannelCredentials(),
-                                      args);
+        m.channel = grpc::CreateCustomChannel(key, channel_credentials_, args);
         m.stub = v1::Peer::NewStub(m.channel);
         m.address = a;
         m.shown.set_address(key);

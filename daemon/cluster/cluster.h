@@ -170,6 +170,8 @@ class Cluster {
   std::string address_;
   std::unique_ptr<PeerService> service_;
   std::unique_ptr<grpc::Server> server_;
+  // Of every channel to a member: made once (with TLS, one watcher of the certificate files).
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials_;
 
   mutable absl::Mutex mu_;
   std::map<std::string, Member> members_ ABSL_GUARDED_BY(mu_);  // by address
