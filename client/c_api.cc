@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -235,12 +236,29 @@ namespace {
 
 // The push of ckpt_push and ckpt_push_table, once the tensors are views.
 absl::Status PushViews(ckpt_client* client, const std::vector<ckpt::client::TensorView>& views,
-                       const ckpt_push_options* options, uint64_t* version_out,
-                       char** info_json_out) {
+                       const ckpt_push_options* options, const ckpt_push_extra* extra,
+                       uint64_t* version_out, char** info_json_out) {
   ckpt_push_options defaults;
   ckpt_push_options_init(&defaults);
   const ckpt_push_options& o = options != nullptr ? *options : defaults;
   ckpt::client::PushOptions push;
+  if (extra != nullptr) {
+    if (extra->struct_size == 0) {
+      return absl::InvalidArgumentError("extra->struct_size is 0 (use ckpt_push_extra_init)");
+    }
+    // Only the fields the caller's struct has are read.
+    auto has = [extra](size_t end) { return extra->struct_size >= end; };
+    if (has(offsetof(ckpt_push_extra, transport) + sizeof(extra->transport)) &&
+        extra->transport != nullptr) {
+      auto t = ckpt::client::ParseTransport(extra->transport);
+      if (!t.ok()) return t.status();
+      push.transport = *t;
+    }
+    if (has(offsetof(ckpt_push_extra, window_bytes) + sizeof(extra->window_bytes)) &&
+        extra->window_bytes != 0) {
+      push.window_bytes = extra->window_bytes;
+    }
+  }
   push.version = o.version;
   if (o.label != nullptr) push.label = o.label;
   if (o.streams != 0) push.streams = o.streams;
@@ -287,13 +305,26 @@ int ckpt_push(ckpt_client* client, const ckpt_tensor* tensors, size_t count,
       views[i].data = t.data;
       views[i].bytes = t.nbytes;
     }
-    return PushViews(client, views, options, version_out, info_json_out);
+    return PushViews(client, views, options, /*extra=*/nullptr, version_out, info_json_out);
   });
+}
+
+void ckpt_push_extra_init(ckpt_push_extra* extra) {
+  if (extra == nullptr) return;
+  std::memset(extra, 0, sizeof(*extra));
+  extra->struct_size = sizeof(*extra);
 }
 
 int ckpt_push_table(ckpt_client* client, const ckpt_tensor_table* table,
                     const ckpt_push_options* options, uint64_t* version_out, char** info_json_out,
                     char* err, size_t errlen) {
+  return ckpt_push_table_ex(client, table, options, /*extra=*/nullptr, version_out, info_json_out,
+                            err, errlen);
+}
+
+int ckpt_push_table_ex(ckpt_client* client, const ckpt_tensor_table* table,
+                       const ckpt_push_options* options, const ckpt_push_extra* extra,
+                       uint64_t* version_out, char** info_json_out, char* err, size_t errlen) {
   ClearOutput(info_json_out);
   return Guard(err, errlen, [&]() -> absl::Status {
     if (absl::Status s = NeedClient(client); !s.ok()) return s;
@@ -343,7 +374,7 @@ int ckpt_push_table(ckpt_client* client, const ckpt_tensor_table* table,
       views[i].data = reinterpret_cast<const void*>(static_cast<uintptr_t>(table->data[i]));
       views[i].bytes = table->nbytes[i];
     }
-    return PushViews(client, views, options, version_out, info_json_out);
+    return PushViews(client, views, options, extra, version_out, info_json_out);
   });
 }
 

@@ -177,6 +177,28 @@ CKPT_API int ckpt_push_table(ckpt_client* client, const ckpt_tensor_table* table
                              const ckpt_push_options* options, uint64_t* version_out,
                              char** info_json_out, char* err, size_t errlen);
 
+/* More options of a push, beside ckpt_push_options (which cannot grow: it has no struct_size).
+ * Fill with ckpt_push_extra_init. Fields past `struct_size` take their defaults. */
+typedef struct ckpt_push_extra {
+  size_t struct_size;    /* sizeof(ckpt_push_extra); set by ckpt_push_extra_init */
+  const char* transport; /* "auto" (NULL too): shared memory when the daemon is on this node's
+                          * Unix socket and takes it, else gRPC; "local": shared memory or an
+                          * error; "grpc": PushChunks messages. The version info JSON's
+                          * "transport" says which was taken. */
+  uint64_t window_bytes; /* the local path's shared-memory window, 1 MiB..16 GiB (two alternate);
+                          * 0: 64 MiB */
+} ckpt_push_extra;
+
+/* Defaults: struct_size = sizeof(ckpt_push_extra), transport NULL (auto), window_bytes 0. */
+CKPT_API void ckpt_push_extra_init(ckpt_push_extra* extra);
+
+/* ckpt_push_table with `extra` (NULL: defaults, which is what ckpt_push and ckpt_push_table use).
+ * INVALID_ARGUMENT for an unknown transport or a struct_size of 0. */
+CKPT_API int ckpt_push_table_ex(ckpt_client* client, const ckpt_tensor_table* table,
+                                const ckpt_push_options* options, const ckpt_push_extra* extra,
+                                uint64_t* version_out, char** info_json_out, char* err,
+                                size_t errlen);
+
 /* The daemon loads `count` safetensors files itself into one new version (0: next id) and commits
  * it. A path may also be a checkpoint directory (the shards of its model.safetensors.index.json,
  * else all its *.safetensors files) or an index file (*.index.json). Relative paths are resolved

@@ -19,8 +19,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/descriptor_socket.h"
+#include "client/local_push.h"
 #include "common/fd_passing.h"
 #include "common/load_paths.h"
+#include "common/message_text.h"
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
 #include "common/units.h"
@@ -59,6 +61,26 @@ absl::StatusOr<ScopedFd> OpenForLoad(const std::string& path) {
 
 }  // namespace
 
+const char* TransportName(Transport transport) {
+  switch (transport) {
+    case Transport::kLocal:
+      return "local";
+    case Transport::kGrpc:
+      return "grpc";
+    case Transport::kAuto:
+      break;
+  }
+  return "auto";
+}
+
+absl::StatusOr<Transport> ParseTransport(const std::string& name) {
+  if (name == "auto") return Transport::kAuto;
+  if (name == "local") return Transport::kLocal;
+  if (name == "grpc") return Transport::kGrpc;
+  return absl::InvalidArgumentError(
+      absl::StrCat("transport ", QuoteForMessage(name, 64), " is not one of auto, local, grpc"));
+}
+
 absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOptions& options) {
   if (tensors.empty()) return absl::InvalidArgumentError("nothing to push: no tensors");
   if (tensors.size() > std::numeric_limits<uint32_t>::max()) {
@@ -79,6 +101,15 @@ absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOpti
   }
   if (!(options.min_bytes_per_second > 0)) {
     return absl::InvalidArgumentError("min_bytes_per_second must be positive");
+  }
+  if (options.window_bytes < (uint64_t{1} << 20) || options.window_bytes > (uint64_t{16} << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("window_bytes must be 1 MiB to 16 GiB, not ", options.window_bytes));
+  }
+  if (options.transport != Transport::kAuto && options.transport != Transport::kLocal &&
+      options.transport != Transport::kGrpc) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown transport ", static_cast<int>(options.transport)));
   }
   std::unordered_set<std::string> names;
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -181,7 +212,11 @@ std::vector<ChunkMessage> GroupChunks(const std::vector<ChunkRef>& pieces, size_
 }
 
 TrainerClient::TrainerClient(Endpoint endpoint, std::shared_ptr<grpc::Channel> channel)
-    : endpoint_(std::move(endpoint)), stub_(v1::Trainer::NewStub(std::move(channel))) {}
+    : endpoint_(std::move(endpoint)),
+      stub_(v1::Trainer::NewStub(std::move(channel))),
+      windows_(std::make_unique<WindowPool>()) {}
+
+TrainerClient::~TrainerClient() = default;
 
 absl::StatusOr<std::unique_ptr<TrainerClient>> TrainerClient::Connect(const Endpoint& endpoint) {
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, OpenChannel(endpoint));
@@ -230,6 +265,22 @@ int64_t NowNs() { return absl::ToUnixNanos(absl::Now()); }
 absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<TensorView>& tensors,
                                                            const PushOptions& options) {
   RETURN_IF_ERROR(ValidatePush(tensors, options));
+  if (options.transport == Transport::kGrpc ||
+      (options.transport == Transport::kAuto && endpoint_.unix_path.empty())) {
+    return PushOverGrpc(tensors, options);
+  }
+  LocalUnavailable unavailable;
+  absl::StatusOr<v1::VersionInfo> local =
+      PushLocally(stub_.get(), endpoint_, tensors, options, windows_.get(), &unavailable);
+  if (local.ok() || options.transport == Transport::kLocal || !unavailable.unavailable) {
+    return local;
+  }
+  // kAuto: the local path is not there and nothing was begun.
+  return PushOverGrpc(tensors, options);
+}
+
+absl::StatusOr<v1::VersionInfo> TrainerClient::PushOverGrpc(const std::vector<TensorView>& tensors,
+                                                            const PushOptions& options) {
   auto cancelled = [&] { return options.cancel != nullptr && options.cancel->load(); };
   const std::vector<uint64_t> hashes = HashTensors(tensors, options.hash_threads);
   if (cancelled()) return absl::CancelledError("push cancelled before it began");

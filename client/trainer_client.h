@@ -43,6 +43,17 @@ struct TensorView {
 // Called with the bytes sent so far and the total; see PushOptions::progress.
 using ProgressCallback = std::function<void(uint64_t bytes_done, uint64_t bytes_total)>;
 
+// How a push reaches the daemon. kLocal: shared-memory windows (Trainer.PushLocal), for a daemon
+// on this node reached over its Unix socket; kGrpc: the bytes go in PushChunks messages; kAuto:
+// kLocal when the daemon is on the Unix socket and takes it, else kGrpc. The version's
+// VersionInfo.transport says which was taken ("local" or "grpc").
+enum class Transport { kAuto, kLocal, kGrpc };
+
+// "auto", "local", "grpc".
+const char* TransportName(Transport transport);
+// INVALID_ARGUMENT naming the accepted values for anything else.
+absl::StatusOr<Transport> ParseTransport(const std::string& name);
+
 struct PushOptions {
   // Version id to create; 0: the daemon picks the next one.
   uint64_t version = 0;
@@ -66,8 +77,14 @@ struct PushOptions {
   // When set and it becomes true, the push stops within ~50 ms, aborts the version and returns
   // CANCELLED. It is checked last after the final progress call, before Commit.
   const std::atomic<bool>* cancel = nullptr;
-  // Threads computing the checksums; 0: min(8, hardware threads, tensors).
+  // Threads computing the checksums (on the local path, as many again copy the tensors into the
+  // windows meanwhile); 0: min(8, hardware threads).
   int hash_threads = 0;
+  Transport transport = Transport::kAuto;
+  // The local path's window: the bytes copied into one memfd before the daemon copies them out.
+  // Two windows alternate; the client keeps them for its next push (so their pages are made
+  // once), so a client holds up to twice this in shared memory: 1 MiB to 16 GiB.
+  uint64_t window_bytes = uint64_t{64} << 20;
 };
 
 // Called with each message of a LoadFiles that reports progress (Trainer.LoadFilesWithProgress):
@@ -114,18 +131,28 @@ std::vector<ChunkMessage> GroupChunks(const std::vector<ChunkRef>& pieces, size_
                                       size_t max_parts = kMaxChunkParts);
 
 // Thread-safe: PushTensors and LoadFiles may run concurrently from several threads.
+class WindowPool;
+
 class TrainerClient {
  public:
   // The checks and errors of OpenChannel (daemon_client.h); connections are made lazily.
   static absl::StatusOr<std::unique_ptr<TrainerClient>> Connect(const Endpoint& endpoint);
 
-  // Pushes `tensors` as one new version and commits it: ValidatePush, checksums (in parallel),
-  // BeginVersion, `options.streams` parallel PushChunks streams (chunks handed out in tensor order
-  // to whichever stream is free), Commit. Returns the committed version's VersionInfo.
+  // Pushes `tensors` as one new version and commits it. Returns the committed version's
+  // VersionInfo (its `transport` says which path was taken).
   //
-  // On any failure after BeginVersion the version is aborted (best effort: a broken stream aborts
-  // it on the daemon's side anyway) and nothing is left behind; the error names the step, e.g.
-  // "push of version 7: PushChunks failed: ...". The caller's memory is only read.
+  // Over gRPC (options.transport kGrpc, or kAuto when the local path is not there): ValidatePush,
+  // checksums (in parallel), BeginVersion, `options.streams` parallel PushChunks streams (chunks
+  // handed out in tensor order to whichever stream is free), Commit.
+  //
+  // Locally (kLocal, or kAuto on the Unix socket): the tensors are copied, and hashed as they are
+  // copied, into two alternating memfd windows that the daemon copies into the version
+  // (Trainer.PushLocal, client/local_push.h); kAuto falls back to gRPC only when nothing was begun
+  // (no memfd, the descriptor socket refused this process, an older daemon).
+  //
+  // On any failure after the version was begun it is aborted (a broken stream aborts it on the
+  // daemon's side anyway) and nothing is left behind; the error names the step, e.g. "push of
+  // version 7: PushChunks failed: ...". The caller's memory is only read.
   absl::StatusOr<v1::VersionInfo> PushTensors(const std::vector<TensorView>& tensors,
                                               const PushOptions& options);
 
@@ -146,12 +173,18 @@ class TrainerClient {
 
   const Endpoint& endpoint() const { return endpoint_; }
 
+  ~TrainerClient();
+
  private:
   TrainerClient(Endpoint endpoint, std::shared_ptr<grpc::Channel> channel);
 
   // The stub of upload stream `i`: one private connection per stream, created on first use and
   // kept for later pushes.
   absl::StatusOr<v1::Trainer::Stub*> StreamStub(int i) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // PushTensors over gRPC (BeginVersion, PushChunks, Commit), after ValidatePush.
+  absl::StatusOr<v1::VersionInfo> PushOverGrpc(const std::vector<TensorView>& tensors,
+                                               const PushOptions& options);
 
   // Best-effort Abort of a version this client began.
   void AbortQuietly(uint64_t version, const std::string& token, absl::Duration timeout);
@@ -160,6 +193,8 @@ class TrainerClient {
   const std::unique_ptr<v1::Trainer::Stub> stub_;
   absl::Mutex mu_;
   std::vector<std::unique_ptr<v1::Trainer::Stub>> stream_stubs_ ABSL_GUARDED_BY(mu_);
+  // The local path's windows, kept between pushes (client/local_push.h).
+  const std::unique_ptr<WindowPool> windows_;
 };
 
 }  // namespace ckpt::client

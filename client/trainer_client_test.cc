@@ -18,6 +18,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/local_push.h"
+#include "client/local_push.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
@@ -381,6 +383,77 @@ TEST_CASE("PlanChunks cuts tensors in order, with a short last chunk, and skips 
   CHECK((c[3].tensor == 2 && c[3].offset == 0 && c[3].bytes == 4));
   CHECK((c[4].tensor == 2 && c[4].offset == 4 && c[4].bytes == 4));
   CHECK(PlanChunks(t, 100).size() == 2);
+}
+
+TEST_CASE("PlanWindows fills windows back to back, splitting tensors across windows") {
+  std::vector<TensorView> t = {{"a", DType::kUint8, {10}, "", 10},
+                               {"e", DType::kUint8, {0}, nullptr, 0},
+                               {"b", DType::kUint8, {8}, "", 8},
+                               {"c", DType::kUint8, {1}, "", 1}};
+  std::vector<WindowPlan> w = PlanWindows(t, 4);
+  // a: 4 + 4 + 2; b: 2 (after a's tail) + 4 + 2; c: 1 (after b's tail): 19 bytes in 5 windows.
+  REQUIRE(w.size() == 5);
+  uint64_t sum = 0;
+  std::vector<uint64_t> per_tensor(t.size(), 0);
+  for (const WindowPlan& plan : w) {
+    CHECK(plan.bytes <= 4);
+    uint64_t at = 0;
+    for (const WindowPartRef& p : plan.parts) {
+      CHECK(p.window_offset == at);             // back to back
+      CHECK(p.offset == per_tensor[p.tensor]);  // each tensor in order
+      CHECK(p.tensor != 1);                     // the empty tensor is in no window
+      at += p.bytes;
+      per_tensor[p.tensor] += p.bytes;
+    }
+    CHECK(at == plan.bytes);
+    sum += plan.bytes;
+  }
+  CHECK(sum == 19);
+  CHECK(per_tensor == std::vector<uint64_t>{10, 0, 8, 1});
+  REQUIRE(w[2].parts.size() == 2);
+  CHECK((w[2].parts[0].tensor == 0 && w[2].parts[0].bytes == 2));
+  CHECK((w[2].parts[1].tensor == 2 && w[2].parts[1].bytes == 2));
+  CHECK(PlanWindows(t, 100).size() == 1);
+  // max_parts: at most that many parts per window, even when bytes are left.
+  std::vector<WindowPlan> two = PlanWindows(t, 100, 2);
+  REQUIRE(two.size() == 2);
+  CHECK(two[0].parts.size() == 2);
+  CHECK(two[1].parts.size() == 1);
+  CHECK(PlanWindows(t, 0).empty());
+  std::vector<TensorView> empty_only = {{"e", DType::kUint8, {0}, nullptr, 0}};
+  CHECK(PlanWindows(empty_only, 4).empty());
+}
+
+TEST_CASE("transport names; window_bytes bounds; local over TCP is refused, auto uses gRPC") {
+  CHECK(*ParseTransport("auto") == Transport::kAuto);
+  CHECK(*ParseTransport("local") == Transport::kLocal);
+  CHECK(*ParseTransport("grpc") == Transport::kGrpc);
+  CHECK(std::string(TransportName(Transport::kLocal)) == "local");
+  auto bad = ParseTransport("shm");
+  CHECK(bad.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(Contains(Message(bad.status()), "'shm' is not one of auto, local, grpc"));
+
+  Sample s = MixedSample();
+  PushOptions o;
+  o.window_bytes = (1 << 20) - 1;
+  CHECK(Contains(Message(ValidatePush(s.views, o)), "window_bytes must be 1 MiB to 16 GiB"));
+  o.window_bytes = (uint64_t{16} << 30) + 1;
+  CHECK(ValidatePush(s.views, o).code() == absl::StatusCode::kInvalidArgument);
+  o = PushOptions();
+  o.transport = static_cast<Transport>(7);
+  CHECK(Contains(Message(ValidatePush(s.views, o)), "unknown transport 7"));
+
+  FakeServer f;  // TCP
+  o = PushOptions();
+  o.transport = Transport::kLocal;
+  auto local = f.client->PushTensors(s.views, o);
+  CHECK(local.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(Message(local.status()), "needs the daemon's Unix socket"));
+  CHECK(f.service.versions().empty());
+  o.transport = Transport::kAuto;
+  auto chosen = f.client->PushTensors(s.views, o);
+  REQUIRE(chosen.ok());
+  CHECK(f.service.versions().size() == 1);  // through BeginVersion and PushChunks
 }
 
 TEST_CASE("GroupChunks packs consecutive pieces up to chunk_bytes and max_parts, in order") {

@@ -41,6 +41,7 @@ nlohmann::json VersionInfoJson(const v1::VersionInfo& info) {
       {"committed_unix_ms", info.committed_unix_ms()},
       {"label", info.label()},
       {"received_bytes", info.received_bytes()},
+      {"transport", info.transport()},
   };
 }
 
@@ -192,6 +193,7 @@ std::string VersionDetailText(const v1::GetVersionResponse& version, absl::TimeZ
   if (v.state() == v1::VERSION_STATE_STAGING) {
     absl::StrAppend(&out, "  received:   ", FormatBytes(v.received_bytes()), "\n");
   }
+  if (!v.transport().empty()) absl::StrAppend(&out, "  transport:  ", v.transport(), "\n");
   std::vector<DTypeTotal> totals = DTypeTotals(version.manifest());
   size_t name_width = 0, count_width = 0;
   for (const DTypeTotal& t : totals) {

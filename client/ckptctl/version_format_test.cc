@@ -27,6 +27,7 @@ v1::GetVersionResponse Detail() {
   v1::GetVersionResponse r;
   *r.mutable_info() = Info(7, v1::VERSION_STATE_COMMITTED, "step-1200");
   r.mutable_info()->set_committed_unix_ms(1795443091000);
+  r.mutable_info()->set_transport("local");
   auto add = [&](const std::string& name, v1::DType dtype, std::vector<int64_t> shape,
                  uint64_t bytes, uint64_t xxh3) {
     v1::TensorSpec* t = r.mutable_manifest()->add_tensors();
@@ -63,6 +64,8 @@ TEST_CASE("version JSON keeps proto field names and numbers as numbers") {
   CHECK(j["label"] == "x");
   CHECK(j.contains("received_bytes"));
   CHECK(j.contains("committed_unix_ms"));
+  CHECK(j["transport"] == "");
+  CHECK(VersionInfoJson(Detail().info())["transport"] == "local");
 
   v1::ListVersionsResponse list;
   CHECK(VersionsJson(list)["versions"].is_array());
@@ -121,6 +124,7 @@ TEST_CASE("show text: summary, dtypes, and tensors on request") {
   CHECK(Contains(t, "  created:    2026-11-23 14:11:29\n"));
   CHECK(Contains(t, "  committed:  2026-11-23 14:11:31\n"));
   CHECK(Contains(t, "  tensors:    3, 3.0 MiB (3145728 bytes)\n"));
+  CHECK(Contains(t, "  transport:  local\n"));
   CHECK(Contains(t, "  dtypes:     bfloat16  2 tensors  3.0 MiB\n"));
   CHECK(Contains(t, "              float32   1 tensor   1.0 KiB\n"));
   CHECK_FALSE(Contains(t, "embed"));

@@ -1,5 +1,7 @@
 #include "daemon/api/trainer_service.h"
 
+#include <xxhash.h>
+
 #include <set>
 #include <system_error>
 #include <thread>
@@ -7,7 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/units.h"
 #include "daemon/api/grpc_status.h"
+#include "daemon/api/local_push.h"
 #include "daemon/store/file_loader.h"
 #include "spdlog/spdlog.h"
 
@@ -230,6 +234,208 @@ grpc::Status TrainerService::LoadFilesWithProgress(
         absl::StrCat("the progress stream broke; version ", info->version(), " was committed"));
   }
   return grpc::Status::OK;
+}
+
+namespace {
+
+// Window pieces copied by one thread at a time.
+constexpr uint64_t kWindowPieceBytes = uint64_t{8} << 20;
+
+const char* StepName(v1::LocalPushRequest::StepCase step) {
+  switch (step) {
+    case v1::LocalPushRequest::kBegin:
+      return "begin";
+    case v1::LocalPushRequest::kWindow:
+      return "window";
+    case v1::LocalPushRequest::kCommit:
+      return "commit";
+    default:
+      return "an empty message";
+  }
+}
+
+}  // namespace
+
+grpc::Status TrainerService::PushLocal(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::LocalPushReply, v1::LocalPushRequest>* stream) {
+  Principal caller;
+  if (auto s = auth_->Check(*context, kRoleTrainer, "PushLocal", &caller); !s.ok()) return s;
+  if (IsTcpCall(*context) || !caller.local || options_.descriptors == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "PushLocal is for trainers on this node, over the daemon's Unix socket "
+                        "and its descriptor socket; over TCP push with PushChunks");
+  }
+  StreamWatchdog::Guard watch;
+  if (options_.watchdog != nullptr) {
+    watch = options_.watchdog->Watch(context, options_.push_idle_timeout,
+                                     absl::StrCat("PushLocal stream of ", caller.name));
+  }
+  v1::LocalPushRequest first;
+  if (!stream->Read(&first)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "PushLocal: the stream ended before begin");
+  }
+  watch.Touch();
+  if (first.step_case() != v1::LocalPushRequest::kBegin) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("PushLocal: the first message must be begin, not ",
+                                     StepName(first.step_case())));
+  }
+  return RunLocalPush(context, stream, caller, first.begin(), watch);
+}
+
+grpc::Status TrainerService::RunLocalPush(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::LocalPushReply, v1::LocalPushRequest>* stream,
+    const Principal& caller, const v1::LocalPushBegin& begin, StreamWatchdog::Guard& watch) {
+  // The checksums come at commit (the trainer hashes while it copies): the version begins without
+  // them and is verified against the commit's list.
+  auto begun = store_->Begin(begin.manifest(), begin.version(), begin.label(), caller.name,
+                             /*verify_checksums=*/false, CallDeadline(*context),
+                             /*may_retire=*/true, /*transport=*/"local");
+  if (!begun.ok()) return ToGrpc(begun.status());
+  const uint64_t version = begun->version;
+  const std::string token = begun->upload_token;
+  const v1::Manifest& manifest = begin.manifest();
+  const std::string what = absl::StrCat("PushLocal of version ", version);
+  bool committed = false;
+  std::string abort_why = "the trainer's PushLocal stream broke";
+  // Aborts the version on every way out but a commit.
+  struct AbortUnlessCommitted {
+    VersionStore* store;
+    uint64_t version;
+    const std::string& token;
+    const bool& committed;
+    const std::string& why;
+    ~AbortUnlessCommitted() {
+      if (!committed) (void)store->Abort(version, token, why);
+    }
+  } abort_guard{store_, version, token, committed, abort_why};
+  auto fail = [&](const absl::Status& s) {
+    abort_why = absl::StrCat("PushLocal failed: ", s.message());
+    return ToGrpc(Annotate(s, what));
+  };
+
+  v1::LocalPushReply reply;
+  reply.mutable_begun()->set_version(version);
+  reply.mutable_begun()->set_upload_token(token);
+  if (!stream->Write(reply)) return grpc::Status(grpc::StatusCode::CANCELLED, "stream broke");
+  watch.Touch();
+
+  auto cancelled = [context] { return context->IsCancelled(); };
+  // Each tensor is hashed as soon as its last byte is in (the parts of a local push come in order,
+  // each byte once: a final tensor does not change), while later windows are copied.
+  auto hash_lease = store_->OpenWriter(version, token);
+  if (!hash_lease.ok()) return fail(hash_lease.status());
+  TensorHasher hasher(*std::move(hash_lease), manifest.tensors_size(),
+                      std::max(1, options_.local_copy_threads / 2));
+  std::vector<uint64_t> next_byte(static_cast<size_t>(manifest.tensors_size()), 0);
+  uint64_t windows = 0;
+  v1::LocalPushRequest message;
+  while (stream->Read(&message)) {
+    watch.Touch();
+    if (message.step_case() == v1::LocalPushRequest::kWindow) {
+      uint64_t window_bytes = 0;
+      auto parts = WindowParts(message.window(), manifest, &window_bytes);
+      if (!parts.ok()) return fail(parts.status());
+      if (absl::Status s = CheckPartsInOrder(*parts, manifest, next_byte); !s.ok()) {
+        return fail(s);
+      }
+      HeldFds held(&held_passed_fds_);
+      auto fd = ClaimWindow(message.window().fd_nonce(), caller, held);
+      if (!fd.ok()) return fail(fd.status());
+      if (absl::Status s = CheckWindowFd(fd->get(), window_bytes); !s.ok()) return fail(s);
+      auto lease = store_->OpenWriter(version, token);
+      if (!lease.ok()) return fail(lease.status());
+      absl::Status copied = CopyWindow(fd->get(), *parts, **lease, options_.local_copy_threads,
+                                       kWindowPieceBytes, cancelled);
+      lease->reset();
+      if (!copied.ok()) return fail(Annotate(copied, absl::StrCat("window ", windows)));
+      for (const WindowPart& p : *parts) {
+        const uint64_t size = manifest.tensors(static_cast<int>(p.tensor)).byte_size();
+        if (p.offset + p.bytes == size) hasher.Add(static_cast<int>(p.tensor), size);
+      }
+      ++windows;
+      watch.Touch();
+      reply.Clear();
+      reply.set_windows_done(windows);
+      if (!stream->Write(reply)) break;  // the trainer went away: aborted below
+      continue;
+    }
+    if (message.step_case() == v1::LocalPushRequest::kCommit) {
+      std::vector<uint64_t> expected;
+      if (message.commit().xxh3_size() > 0) {
+        expected.assign(message.commit().xxh3().begin(), message.commit().xxh3().end());
+      } else {
+        for (const v1::TensorSpec& t : manifest.tensors()) expected.push_back(t.xxh3());
+      }
+      if (expected.size() != static_cast<size_t>(manifest.tensors_size())) {
+        return fail(absl::InvalidArgumentError(
+            absl::StrCat("version ", version, " has ", manifest.tensors_size(), " tensors but ",
+                         expected.size(), " checksums came")));
+      }
+      // Every tensor complete was hashed by the hasher; empty ones hash here (none of their bytes
+      // came in a window), and the store names any tensor still missing bytes.
+      std::vector<uint64_t> computed = hasher.Finish();
+      bool complete = true;
+      for (int i = 0; i < manifest.tensors_size(); ++i) {
+        const uint64_t size = manifest.tensors(i).byte_size();
+        if (size == 0) computed[static_cast<size_t>(i)] = XXH3_64bits(nullptr, 0);
+        if (next_byte[static_cast<size_t>(i)] != size) complete = false;
+      }
+      auto info = store_->Commit(version, token, /*notify=*/true, &expected,
+                                 complete ? &computed : nullptr);
+      if (!info.ok()) return fail(info.status());
+      committed = true;
+      reply.Clear();
+      *reply.mutable_committed() = *info;
+      if (!stream->Write(reply)) {
+        spdlog::warn(
+            "PushLocal: version {} is committed, but the stream of {} broke before it "
+            "was told",
+            version, caller.name);
+      }
+      spdlog::info("version {}: {} in {} window(s) by {} (local push)", version,
+                   FormatBytes(info->total_bytes()), windows, caller.name);
+      return grpc::Status::OK;
+    }
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("expected a window or the commit, not ", StepName(message.step_case()))));
+  }
+  if (watch.cancelled()) {
+    abort_why =
+        absl::StrCat("no message came for ", absl::FormatDuration(options_.push_idle_timeout));
+  }
+  return grpc::Status(grpc::StatusCode::CANCELLED,
+                      absl::StrCat(what, ": the stream ended before the commit (", abort_why,
+                                   "); the version is aborted"));
+}
+
+absl::StatusOr<ScopedFd> TrainerService::ClaimWindow(const std::string& nonce,
+                                                     const Principal& caller, HeldFds& held) {
+  if (!AttachSocket::ValidNonce(nonce)) {
+    return absl::InvalidArgumentError(
+        "the window's fd_nonce is not 16 to 128 printable characters");
+  }
+  auto p = options_.descriptors->Claim(nonce, absl::Now() + kPassedFilesTimeout);
+  if (!p.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the window's memfd (fd_nonce): ", p.status().message()));
+  }
+  if (p->peer.uid != caller.uid) {
+    return absl::PermissionDeniedError(absl::StrCat("the window's memfd comes from uid ",
+                                                    p->peer.uid, ", not from the caller's uid ",
+                                                    caller.uid));
+  }
+  if (p->fds.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a window's fd_nonce must carry exactly one descriptor (its memfd), not ", p->fds.size()));
+  }
+  if (!held.Add(1)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the daemon holds ", kMaxHeldPassedFds, " passed descriptors; retry when they are done"));
+  }
+  return std::move(p->fds[0]);
 }
 
 bool TrainerService::HeldFds::Add(int64_t n) {

@@ -32,6 +32,8 @@ class TrainerService final : public v1::Trainer::Service {
     // aborted); null watchdog: never.
     StreamWatchdog* watchdog = nullptr;
     absl::Duration push_idle_timeout = absl::Minutes(5);
+    // Threads that copy one PushLocal window into the store.
+    int local_copy_threads = 8;
   };
 
   // Every call needs the trainer role (`auth`); the caller's name is the per-client key of the
@@ -65,6 +67,14 @@ class TrainerService final : public v1::Trainer::Service {
   grpc::Status LoadFilesWithProgress(grpc::ServerContext* context,
                                      const v1::LoadFilesRequest* request,
                                      grpc::ServerWriter<v1::LoadFilesProgress>* writer) override;
+
+  // A push from a trainer on this node through shared-memory windows (docs/local-push.md). Unix
+  // socket only (FAILED_PRECONDITION over TCP); the windows' memfds must come from the caller's
+  // uid. A stream that breaks, errs or ends before its commit aborts its version; one silent for
+  // push_idle_timeout is cancelled.
+  grpc::Status PushLocal(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::LocalPushReply, v1::LocalPushRequest>* stream) override;
 
   // How often LoadFilesWithProgress sends an update while the counts change.
   static constexpr absl::Duration kProgressInterval = absl::Milliseconds(250);
@@ -100,6 +110,16 @@ class TrainerService final : public v1::Trainer::Service {
                                           LoadProgress* progress);
   // The end of a load started now: load_timeout, or the caller's deadline if sooner.
   absl::Time LoadDeadline(const grpc::ServerContext& context) const;
+
+  // The one memfd a local caller passed with `nonce` for a PushLocal window, counted in `held`.
+  absl::StatusOr<ScopedFd> ClaimWindow(const std::string& nonce, const Principal& caller,
+                                       HeldFds& held);
+  // The part of PushLocal after its first message: begins the version, copies the windows,
+  // commits. Aborts the version on any failure.
+  grpc::Status RunLocalPush(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::LocalPushReply, v1::LocalPushRequest>* stream,
+      const Principal& caller, const v1::LocalPushBegin& begin, StreamWatchdog::Guard& watch);
 
   // The descriptors a local caller passed for `request`, one per path, in order, counted in `held`.
   absl::StatusOr<std::vector<LoadFile>> ClaimPassedFiles(const v1::LoadFilesRequest& request,

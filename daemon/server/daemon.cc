@@ -249,6 +249,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
                                              d->auth_.get());
   TrainerService::Options trainer_options;
   trainer_options.load_threads = config.load_threads;
+  trainer_options.local_copy_threads = config.load_threads;
   trainer_options.load_files_dirs = config.load_files_dirs;
   trainer_options.descriptors = d->attach_socket_.get();
   trainer_options.watchdog = d->watchdog_.get();

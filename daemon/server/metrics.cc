@@ -85,16 +85,19 @@ std::string RenderMetrics(const MetricsSources& s) {
         u.latest_committed);
 
   p.Family("ckpt_pushes_total", "counter",
-           "Versions committed, by path (chunks: PushChunks; files: LoadFiles).");
+           "Versions committed, by path (chunks: PushChunks; local: PushLocal; files: LoadFiles).");
   p.Sample("ckpt_pushes_total", "path=\"chunks\"", sc.commits_chunks);
   p.Sample("ckpt_pushes_total", "path=\"files\"", sc.commits_files);
+  p.Sample("ckpt_pushes_total", "path=\"local\"", sc.commits_local);
   p.Family("ckpt_push_bytes_total", "counter", "Bytes of the committed versions, by path.");
   p.Sample("ckpt_push_bytes_total", "path=\"chunks\"", sc.bytes_chunks);
   p.Sample("ckpt_push_bytes_total", "path=\"files\"", sc.bytes_files);
+  p.Sample("ckpt_push_bytes_total", "path=\"local\"", sc.bytes_local);
   p.Family("ckpt_push_seconds_total", "counter",
            "Seconds from BeginVersion to commit of the committed versions, by path.");
   p.Sample("ckpt_push_seconds_total", "path=\"chunks\"", sc.seconds_chunks);
   p.Sample("ckpt_push_seconds_total", "path=\"files\"", sc.seconds_files);
+  p.Sample("ckpt_push_seconds_total", "path=\"local\"", sc.seconds_local);
   p.One("ckpt_pushes_aborted_total", "counter",
         "Staging versions aborted (by the trainer, a broken stream or staging_timeout).",
         sc.aborted);

@@ -63,6 +63,27 @@ TEST_CASE("the metrics page carries the store's and the engine's values") {
   CHECK(Has(page, "ckpt_latest_committed_version " + std::to_string(v2)));
   CHECK(Has(page, "ckpt_pushes_total{path=\"chunks\"} 2"));
   CHECK(Has(page, "ckpt_push_bytes_total{path=\"chunks\"} 4000"));
+  CHECK(Has(page, "ckpt_pushes_total{path=\"local\"} 0"));
+  // A local push's version (checksums at commit) counts as path "local".
+  {
+    const std::string bytes(500, 'c');
+    v1::Manifest m;
+    v1::TensorSpec* t = m.add_tensors();
+    t->set_name("w");
+    t->set_dtype(v1::DTYPE_UINT8);
+    t->add_shape(500);
+    t->set_byte_size(500);
+    auto b = n.store->Begin(m, 0, "", "test", /*verify_checksums=*/false, absl::InfiniteFuture(),
+                            /*may_retire=*/true, "local");
+    REQUIRE(b.ok());
+    REQUIRE(n.store->WriteChunk(b->version, b->upload_token, "w", 0, bytes.data(), 500).ok());
+    const std::vector<uint64_t> sums = {XXH3_64bits(bytes.data(), 500)};
+    REQUIRE(n.store->Commit(b->version, b->upload_token, true, &sums).ok());
+  }
+  page = RenderMetrics(n.sources);
+  CHECK(Has(page, "ckpt_pushes_total{path=\"local\"} 1"));
+  CHECK(Has(page, "ckpt_push_bytes_total{path=\"local\"} 500"));
+  CHECK(Has(page, "ckpt_pushes_total{path=\"chunks\"} 2"));
   CHECK(Has(page, "ckpt_workers_attached 0"));
   // No worker: an update is refused before it starts, so nothing is counted.
   v1::UpdateRequest r;

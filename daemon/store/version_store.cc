@@ -48,6 +48,8 @@ struct VersionStore::Version {
   std::string client;
   v1::Manifest manifest;
   bool verify_checksums = true;
+  // VersionInfo.transport: how the bytes came ("grpc", "local", "files", "cluster").
+  std::string transport;
   uint64_t total_bytes = 0;
   std::unordered_map<std::string, int> index;
   std::unique_ptr<Ranges> ranges;
@@ -125,6 +127,7 @@ v1::VersionInfo VersionStore::Info(const Version& v) const {
     info.set_committed_unix_ms(absl::ToUnixMillis(v.committed));
   }
   info.set_label(v.label);
+  info.set_transport(v.transport);
   absl::MutexLock lock(&v.mu);
   info.set_received_bytes(v.received_bytes);
   return info;
@@ -193,7 +196,8 @@ std::shared_ptr<VersionStore::Version> VersionStore::Remove(
 
 absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
     const v1::Manifest& manifest, uint64_t requested_version, const std::string& label,
-    const std::string& client, bool verify_checksums, absl::Time deadline, bool may_retire) {
+    const std::string& client, bool verify_checksums, absl::Time deadline, bool may_retire,
+    const std::string& transport) {
   if (label.size() > kMaxLabelBytes) {
     return absl::InvalidArgumentError(absl::StrCat("label of ", label.size(),
                                                    " bytes is too long (at most ", kMaxLabelBytes,
@@ -231,6 +235,7 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
   v->label = label;
   v->client = client;
   v->verify_checksums = verify_checksums;
+  v->transport = !transport.empty() ? transport : verify_checksums ? "grpc" : "files";
   v->total_bytes = total;
   v->token = RandomHex128();
   v->created = absl::Now();
@@ -521,6 +526,28 @@ bool VersionStore::WriteLease::Touch() {
   return !v_->dropped.load();
 }
 
+absl::Status VersionStore::WriteLease::MarkReceived(int i, uint64_t offset, uint64_t bytes) {
+  if (i < 0 || i >= v_->manifest.tensors_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor index ", i, " is past the manifest's ",
+                                                   v_->manifest.tensors_size(), " tensors"));
+  }
+  const uint64_t size = v_->manifest.tensors(i).byte_size();
+  if (offset > size || bytes > size - offset) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "bytes [", offset, ", ", offset, " + ", bytes, ") are past the end of tensor '",
+        v_->manifest.tensors(i).name(), "' (", size, " bytes)"));
+  }
+  if (v_->dropped.load()) {
+    return absl::AbortedError(
+        absl::StrCat("version ", v_->id, " was aborted while it was written"));
+  }
+  if (bytes == 0) return absl::OkStatus();
+  absl::MutexLock vlock(&v_->mu);
+  v_->received_bytes += v_->MarkReceived(i, offset, offset + bytes);
+  v_->Touch();
+  return absl::OkStatus();
+}
+
 absl::Status VersionStore::WriteLease::MarkAllReceived() {
   if (v_->dropped.load()) {
     return absl::AbortedError(
@@ -536,8 +563,28 @@ absl::Status VersionStore::WriteLease::MarkAllReceived() {
 }
 
 absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std::string& token,
-                                                     bool notify) {
+                                                     bool notify,
+                                                     const std::vector<uint64_t>* expected_xxh3,
+                                                     const std::vector<uint64_t>* computed_xxh3) {
   ASSIGN_OR_RETURN(std::shared_ptr<Version> v, LookUpStaging(version, token));
+  if (computed_xxh3 != nullptr &&
+      (expected_xxh3 == nullptr ||
+       computed_xxh3->size() != static_cast<size_t>(v->manifest.tensors_size()))) {
+    return absl::InternalError(absl::StrCat("version ", version,
+                                            ": computed checksums need expected ones, one per "
+                                            "tensor (a daemon bug)"));
+  }
+  if (expected_xxh3 != nullptr) {
+    if (v->verify_checksums) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "version ", version, " has its checksums in the manifest; none may come at commit"));
+    }
+    if (expected_xxh3->size() != static_cast<size_t>(v->manifest.tensors_size())) {
+      return absl::InvalidArgumentError(absl::StrCat("version ", version, " has ",
+                                                     v->manifest.tensors_size(), " tensors but ",
+                                                     expected_xxh3->size(), " checksums came"));
+    }
+  }
   {
     absl::MutexLock vlock(&v->mu);
     if (v->committing) {
@@ -597,20 +644,27 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
           XXH3_64bits(arena_->data() + v->ranges->offset(i), v->manifest.tensors(i).byte_size());
     }
   };
+  if (computed_xxh3 != nullptr) {
+    sums = *computed_xxh3;
+    next = n;  // nothing left to hash
+  }
   int threads = std::max(1, std::min(options_.hash_threads, n));
+  if (computed_xxh3 != nullptr) threads = 1;
   std::vector<std::thread> pool;
   for (int t = 1; t < threads; ++t) pool.emplace_back(hash);
   hash();
   for (auto& t : pool) t.join();
-  if (v->verify_checksums) {
+  if (v->verify_checksums || expected_xxh3 != nullptr) {
     uint64_t mismatches = 0;
     for (int i = 0; i < n; ++i) {
       const auto& spec = v->manifest.tensors(i);
-      if (sums[i] == spec.xxh3()) continue;
+      const uint64_t want = expected_xxh3 != nullptr ? (*expected_xxh3)[i] : spec.xxh3();
+      if (sums[i] == want) continue;
       ++mismatches;
       if (problems.size() < 8) {
-        problems.push_back(absl::StrFormat("'%s' has xxh3 %016x, manifest says %016x", spec.name(),
-                                           sums[i], spec.xxh3()));
+        problems.push_back(
+            absl::StrFormat("'%s' has xxh3 %016x, %s %016x", spec.name(), sums[i],
+                            expected_xxh3 != nullptr ? "the trainer says" : "manifest says", want));
       }
     }
     if (mismatches > 0) {
@@ -631,7 +685,7 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
   if (options_.ledger != nullptr) {
     const std::optional<uint64_t> before = options_.ledger->CommittedDigest(version);
     if (before.has_value() && *before != digest) {
-      return fail(absl::FailedPreconditionError(absl::StrCat(
+      return fail(absl::AlreadyExistsError(absl::StrCat(
           "version ", version, " was committed with other weights before the daemon restarted (",
           options_.ledger->path(), "): abort this push and name a new id")));
     }
@@ -666,7 +720,11 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
   {
     absl::MutexLock clock(&counters_mu_);
     const double seconds = absl::ToDoubleSeconds(v->committed - v->created);
-    if (v->verify_checksums) {
+    if (v->transport == "local") {
+      ++counters_.commits_local;
+      counters_.bytes_local += v->total_bytes;
+      counters_.seconds_local += seconds;
+    } else if (v->verify_checksums) {
       ++counters_.commits_chunks;
       counters_.bytes_chunks += v->total_bytes;
       counters_.seconds_chunks += seconds;

@@ -142,10 +142,13 @@ class VersionStore {
   // caller whose deadline passed gets DEADLINE_EXCEEDED instead of a version it can no longer use.
   // `may_retire` false: only free memory is used (RESOURCE_EXHAUSTED rather than retiring a
   // committed version to make room; a member's copy from a cluster update).
+  // `transport`: VersionInfo.transport ("local", "cluster"); empty: "grpc" with verify_checksums,
+  // else "files".
   absl::StatusOr<Begun> Begin(const v1::Manifest& manifest, uint64_t requested_version,
                               const std::string& label, const std::string& client = "",
                               bool verify_checksums = true,
-                              absl::Time deadline = absl::InfiniteFuture(), bool may_retire = true);
+                              absl::Time deadline = absl::InfiniteFuture(), bool may_retire = true,
+                              const std::string& transport = "");
 
   // Copies `size` bytes to `offset` of `tensor`. Errors: NOT_FOUND (version not staging, unknown
   // tensor), PERMISSION_DENIED (token), OUT_OF_RANGE (past the tensor's end).
@@ -183,6 +186,10 @@ class VersionStore {
     // Marks activity; false once the version was aborted or dropped (the writer should stop: its
     // bytes will never be committed).
     bool Touch();
+    // Records bytes [offset, offset + bytes) of tensor i as received: INVALID_ARGUMENT for an
+    // index past the manifest, OUT_OF_RANGE past the tensor's end, ABORTED when the version was
+    // aborted.
+    absl::Status MarkReceived(int i, uint64_t offset, uint64_t bytes);
     // Records every byte of every tensor as received. ABORTED when the version was aborted.
     absl::Status MarkAllReceived();
 
@@ -200,9 +207,16 @@ class VersionStore {
 
   // STAGING -> COMMITTED. FAILED_PRECONDITION listing tensors with missing bytes or a checksum
   // mismatch (the version stays STAGING: the trainer may resend and commit again, or abort).
-  // `notify` false: the commit listener (auto_update) is not told.
+  // `notify` false: the commit listener (auto_update) is not told. `expected_xxh3` (one per
+  // tensor, manifest order) for a version begun without checksums (verify_checksums false): the
+  // bytes are verified against them instead of only recorded (a local push, whose trainer hashes
+  // while it copies). `computed_xxh3` (with expected_xxh3 only): the checksums of the version's
+  // bytes, computed by the caller after its last write to each tensor (a local push hashes each
+  // tensor once it is final), used instead of hashing them again here.
   absl::StatusOr<v1::VersionInfo> Commit(uint64_t version, const std::string& token,
-                                         bool notify = true);
+                                         bool notify = true,
+                                         const std::vector<uint64_t>* expected_xxh3 = nullptr,
+                                         const std::vector<uint64_t>* computed_xxh3 = nullptr);
 
   // Forgets a STAGING version and frees its memory (once in-flight writers end). The token is
   // required (PERMISSION_DENIED when empty or wrong).
@@ -224,11 +238,12 @@ class VersionStore {
   uint64_t max_tensors() const { return options_.max_tensors; }
 
   // Totals since start, for metrics: commits by path (PushChunks with checksums from the trainer,
-  // or LoadFiles), their bytes and seconds from Begin to commit, and staging versions aborted.
+  // PushLocal, or LoadFiles), their bytes and seconds from Begin to commit, and staging versions
+  // aborted.
   struct Counters {
-    uint64_t commits_chunks = 0, commits_files = 0;
-    uint64_t bytes_chunks = 0, bytes_files = 0;
-    double seconds_chunks = 0, seconds_files = 0;
+    uint64_t commits_chunks = 0, commits_files = 0, commits_local = 0;
+    uint64_t bytes_chunks = 0, bytes_files = 0, bytes_local = 0;
+    double seconds_chunks = 0, seconds_files = 0, seconds_local = 0;
     uint64_t aborted = 0;
   };
   Counters GetCounters() const;

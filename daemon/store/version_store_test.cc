@@ -346,6 +346,67 @@ TEST_CASE("LoadFiles path: a write lease, mark received, checksums computed at c
   CHECK(got->manifest().tensors(0).xxh3() == XXH3_64bits(ts[0].bytes.data(), ts[0].bytes.size()));
 }
 
+TEST_CASE("local push path: ranges marked received, checksums from the commit verified") {
+  auto store = NewStore(1 << 20);
+  std::vector<Tensor> ts = {MakeTensor("x", {100}, 5), MakeTensor("y", {7}, 6)};
+  v1::Manifest m = ManifestOf(ts);
+  for (auto& t : *m.mutable_tensors()) t.clear_xxh3();
+  const std::vector<uint64_t> right = {XXH3_64bits(ts[0].bytes.data(), ts[0].bytes.size()),
+                                       XXH3_64bits(ts[1].bytes.data(), ts[1].bytes.size())};
+  auto b = store->Begin(m, 0, "", "test", /*verify_checksums=*/false, absl::InfiniteFuture(),
+                        /*may_retire=*/true, "local");
+  REQUIRE(b.ok());
+  CHECK(store->Get(b->version)->info().transport() == "local");
+  {
+    auto lease = store->OpenWriter(b->version, b->upload_token);
+    REQUIRE(lease.ok());
+    std::memcpy((*lease)->data(0), ts[0].bytes.data(), ts[0].bytes.size());
+    std::memcpy((*lease)->data(1), ts[1].bytes.data(), ts[1].bytes.size());
+    CHECK((*lease)->MarkReceived(2, 0, 1).code() == absl::StatusCode::kInvalidArgument);
+    CHECK((*lease)->MarkReceived(0, 399, 2).code() == absl::StatusCode::kOutOfRange);
+    CHECK((*lease)->MarkReceived(0, UINT64_MAX, 2).code() == absl::StatusCode::kOutOfRange);
+    // Tensor x in two ranges, y not yet: the commit names y's missing bytes.
+    REQUIRE((*lease)->MarkReceived(0, 0, 150).ok());
+    REQUIRE((*lease)->MarkReceived(0, 150, 250).ok());
+  }
+  auto missing = store->Commit(b->version, b->upload_token, true, &right);
+  CHECK(missing.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(missing.status().message(), "'y' has 28 of 28 bytes missing"));
+  REQUIRE((*store->OpenWriter(b->version, b->upload_token))->MarkReceived(1, 0, 28).ok());
+
+  // A wrong count of checksums, then a wrong checksum: refused, the version stays staging.
+  std::vector<uint64_t> one = {right[0]};
+  CHECK(store->Commit(b->version, b->upload_token, true, &one).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  std::vector<uint64_t> wrong = {right[0], right[1] ^ 1};
+  auto bad = store->Commit(b->version, b->upload_token, true, &wrong);
+  CHECK(bad.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(bad.status().message(), "'y' has xxh3"));
+  CHECK(Contains(bad.status().message(), "the trainer says"));
+  CHECK(store->Get(b->version)->info().state() == v1::VERSION_STATE_STAGING);
+
+  auto info = store->Commit(b->version, b->upload_token, true, &right);
+  REQUIRE(info.ok());
+  CHECK(info->transport() == "local");
+  auto got = store->Get(b->version);
+  CHECK(got->manifest().tensors(0).xxh3() == right[0]);
+  CHECK(got->manifest().tensors(1).xxh3() == right[1]);
+  CHECK(store->GetCounters().commits_local == 1);
+  CHECK(store->GetCounters().bytes_local == 428);
+
+  // Checksums at commit are only for versions begun without them.
+  auto chunks = store->Begin(ManifestOf(ts), 0, "");
+  REQUIRE(chunks.ok());
+  CHECK(store->Get(chunks->version)->info().transport() == "grpc");
+  PushAll(*store, *chunks, ts);
+  CHECK(store->Commit(chunks->version, chunks->upload_token, true, &right).status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(store->Commit(chunks->version, chunks->upload_token).ok());
+  auto files = store->Begin(m, 0, "", "test", /*verify_checksums=*/false);
+  REQUIRE(files.ok());
+  CHECK(store->Get(files->version)->info().transport() == "files");
+}
+
 TEST_CASE("a version aborted or dropped under a writer keeps its memory until the writer is done") {
   VersionStore::Options options;
   options.staging_timeout = absl::Seconds(1);

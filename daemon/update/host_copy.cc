@@ -16,7 +16,7 @@ std::unique_ptr<HostCopy> HostCopy::Begin(VersionStore* store, uint64_t version,
   // Only into free memory (never pushing out a version held here), without waiting for warm-up.
   auto begun = store->Begin(manifest, version, absl::StrCat("cluster copy from ", from), "cluster",
                             /*verify_checksums=*/true, absl::Now() + absl::Seconds(1),
-                            /*may_retire=*/false);
+                            /*may_retire=*/false, /*transport=*/"cluster");
   if (!begun.ok()) {
     *why_not = std::string(begun.status().message());
     return nullptr;

@@ -122,6 +122,47 @@ TEST_CASE("uid_roles: a uid gets exactly its roles; an unlisted uid gets none, w
   }
 }
 
+TEST_CASE("PushLocal: a uid without the trainer role is refused; one with it pushes locally") {
+  REQUIRE_ROOT();
+  for (const char* roles : {"65534=read", "65534=trainer"}) {
+    const bool allowed = std::string(roles) == "65534=trainer";
+    DYNAMIC_SECTION(roles) {
+      DaemonProcess d({"--backend", "host", "--host-memory-budget", "16MiB", "--uid-roles", roles});
+      REQUIRE(d.ready());
+      NobodyTools tools(d);
+      const std::string pusher =
+          CopyExecutable(Runfile("tests/integration/local_push_client"), tools.dir.path());
+      SpawnOptions as_nobody;
+      as_nobody.run_as_uid = kNobody;
+      for (const char* transport : {"local", "auto"}) {
+        INFO(transport);
+        RunResult r = Run(
+            {pusher, d.socket, "3", "100000", std::to_string(1 << 20), transport, "0"}, as_nobody);
+        INFO(r.err);
+        if (allowed) {
+          CHECK(r.exit.code == 0);
+          CHECK(Contains(r.out, "transport local"));
+        } else if (std::string(transport) == "local") {
+          // The descriptor socket closes on a uid without the worker or trainer role (the local
+          // path is not there for it: UNAVAILABLE, saying why) or, if the nonce went out before
+          // that close, PushLocal itself refuses the call naming the role.
+          CHECK(r.exit.code == 1);
+          CHECK((Contains(r.err, "is uid 65534 in its uid_roles?") ||
+                 (Contains(r.err, "PERMISSION_DENIED") && Contains(r.err, "trainer role"))));
+        } else {
+          // auto: no local path, so gRPC, where the call itself is refused.
+          CHECK(r.exit.code == 1);
+          CHECK(Contains(r.err, "PERMISSION_DENIED"));
+          CHECK(Contains(r.err, "trainer role"));
+        }
+      }
+      nlohmann::json versions = nlohmann::json::parse(d.Ctl({"versions", "--json"}).out);
+      CHECK(versions["versions"].size() == (allowed ? 2u : 0u));
+      for (const auto& v : versions["versions"]) CHECK(v["state"] == "committed");
+    }
+  }
+}
+
 TEST_CASE("LoadFiles on the Unix socket reads only what the caller itself could open") {
   REQUIRE_ROOT();
   TempDir files;

@@ -1,19 +1,25 @@
 // Every bad input of the Trainer API against the real daemon (host backend), each checked for its
 // status code, its message, and for leaving nothing behind: no STAGING version and no memory in
 // use.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <vector>
 
+#include "client/descriptor_socket.h"
+#include "common/scoped_fd.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "proto/admin.grpc.pb.h"
@@ -276,6 +282,247 @@ TEST_CASE("bad safetensors files are refused by LoadFiles and leave nothing") {
   CHECK(s.host_memory_used_bytes() == 256 + 256);
 }
 
+// A raw Trainer.PushLocal stream: begin, windows whose memfds the test presents itself, commit.
+struct LocalStream {
+  explicit LocalStream(TrainerDaemon& d) : daemon(d) {
+    ctx.set_deadline(In(20s));
+    stream = d.trainer->PushLocal(&ctx);
+  }
+
+  // Sends begin; the version id, or 0 when the stream ended (then Finish() has the status).
+  uint64_t Begin(const v1::Manifest& m) {
+    v1::LocalPushRequest r;
+    *r.mutable_begin()->mutable_manifest() = m;
+    v1::LocalPushReply reply;
+    if (!stream->Write(r) || !stream->Read(&reply)) return 0;
+    return reply.begun().version();
+  }
+
+  // Presents `fds` and sends a window naming them with `parts` (tensor, offset, bytes); true when
+  // the daemon answered windows_done.
+  bool Window(const std::vector<int>& fds,
+              std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> parts,
+              const std::string& nonce_override = "") {
+    v1::LocalPushRequest r;
+    if (nonce_override.empty()) {
+      auto p =
+          client::PresentOnDescriptorSocket(daemon.socket, fds, absl::Now() + absl::Seconds(5));
+      REQUIRE(p.ok());
+      r.mutable_window()->set_fd_nonce(p->nonce);
+      presentations.push_back(std::move(*p));
+    } else {
+      r.mutable_window()->set_fd_nonce(nonce_override);
+    }
+    for (auto [t, offset, bytes] : parts) {
+      r.mutable_window()->add_part_tensor(t);
+      r.mutable_window()->add_part_offset(offset);
+      r.mutable_window()->add_part_bytes(bytes);
+    }
+    v1::LocalPushReply reply;
+    return stream->Write(r) && stream->Read(&reply) && reply.has_windows_done();
+  }
+
+  // Sends commit with `xxh3`; the committed info, or nullopt when the stream ended.
+  std::optional<v1::VersionInfo> Commit(const std::vector<uint64_t>& xxh3) {
+    v1::LocalPushRequest r;
+    r.mutable_commit();
+    for (uint64_t h : xxh3) r.mutable_commit()->add_xxh3(h);
+    v1::LocalPushReply reply;
+    if (!stream->Write(r) || !stream->Read(&reply) || !reply.has_committed()) return std::nullopt;
+    return reply.committed();
+  }
+
+  grpc::Status Finish() {
+    stream->WritesDone();
+    return stream->Finish();
+  }
+
+  TrainerDaemon& daemon;
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::LocalPushRequest, v1::LocalPushReply>> stream;
+  std::vector<client::Presentation> presentations;
+};
+
+ScopedFd MemfdWith(const std::string& bytes) {
+  ScopedFd fd(::memfd_create("bad-input-test", MFD_CLOEXEC));
+  REQUIRE(fd.valid());
+  REQUIRE(::write(fd.get(), bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+  return fd;
+}
+
+uint64_t Xxh3(const std::string& bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
+
+TEST_CASE("PushLocal: a good stream commits the window's bytes; later writes change nothing") {
+  Daemon d;
+  std::string a = Bytes(4096, 1), b = Bytes(1000, 2);
+  v1::Manifest m;
+  *m.add_tensors() = Spec("a", a);
+  *m.add_tensors() = Spec("b", b);
+  for (auto& t : *m.mutable_tensors()) t.clear_xxh3();
+  LocalStream ls(d);
+  const uint64_t version = ls.Begin(m);
+  REQUIRE(version > 0);
+  // b, then a in two pieces, across two windows of one memfd each.
+  ScopedFd w1 = MemfdWith(b + a.substr(0, 1000));
+  ScopedFd w2 = MemfdWith(a.substr(1000));
+  REQUIRE(ls.Window({w1.get()}, {{1, 0, 1000}, {0, 0, 1000}}));
+  REQUIRE(ls.Window({w2.get()}, {{0, 1000, 3096}}));
+  // The trainer scribbles over its windows after the daemon copied them: the version keeps what
+  // was copied, and the commit verifies it against the trainer's checksums.
+  REQUIRE(::pwrite(w1.get(), Bytes(2000, 9).data(), 2000, 0) == 2000);
+  auto info = ls.Commit({Xxh3(a), Xxh3(b)});
+  REQUIRE(info.has_value());
+  CHECK(info->transport() == "local");
+  CHECK(info->total_bytes() == 5096);
+  CHECK(ls.Finish().ok());
+  v1::GetVersionResponse got;
+  REQUIRE(d.Get(version, &got).ok());
+  CHECK(got.manifest().tensors(0).xxh3() == Xxh3(a));
+  CHECK(got.manifest().tensors(1).xxh3() == Xxh3(b));
+  CHECK(d.Status().staging_versions() == 0);
+}
+
+TEST_CASE("PushLocal: every bad stream is refused naming the problem and leaves nothing") {
+  Daemon d;
+  std::string a = Bytes(4096, 1);
+  v1::Manifest m;
+  *m.add_tensors() = Spec("a", a);
+  const std::vector<uint64_t> right = {Xxh3(a)};
+  auto refused = [&](LocalStream& ls, grpc::StatusCode code, const std::string& needle) {
+    RequireError(ls.Finish(), code, needle);
+    // A broken stream aborts its version at once.
+    d.RequireClean();
+  };
+
+  SECTION("no begin first") {
+    LocalStream ls(d);
+    v1::LocalPushRequest r;
+    r.mutable_commit();
+    REQUIRE(ls.stream->Write(r));
+    refused(ls, grpc::StatusCode::INVALID_ARGUMENT, "the first message must be begin, not commit");
+  }
+  SECTION("a second begin") {
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    CHECK(ls.Begin(m) == 0);
+    refused(ls, grpc::StatusCode::INVALID_ARGUMENT, "expected a window or the commit, not begin");
+  }
+  SECTION("a manifest the store refuses") {
+    LocalStream ls(d);
+    v1::Manifest dup = m;
+    *dup.add_tensors() = m.tensors(0);
+    CHECK(ls.Begin(dup) == 0);
+    refused(ls, grpc::StatusCode::INVALID_ARGUMENT, "duplicate tensor name 'a'");
+  }
+  SECTION("a pipe instead of a memfd") {
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    ScopedFd r(p[0]), w(p[1]);
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    CHECK_FALSE(ls.Window({r.get()}, {{0, 0, 4096}}));
+    refused(ls, grpc::StatusCode::FAILED_PRECONDITION, "is not a memfd");
+  }
+  SECTION("a file on disk instead of a memfd") {
+    std::string path = d.dir.path() + "/window";
+    { std::ofstream(path) << a; }
+    ScopedFd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    REQUIRE(f.valid());
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    CHECK_FALSE(ls.Window({f.get()}, {{0, 0, 4096}}));
+    refused(ls, grpc::StatusCode::FAILED_PRECONDITION, "is not a memfd");
+  }
+  SECTION("a memfd shorter than its parts") {
+    ScopedFd w = MemfdWith(a.substr(0, 4000));
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    CHECK_FALSE(ls.Window({w.get()}, {{0, 0, 4096}}));
+    refused(ls, grpc::StatusCode::FAILED_PRECONDITION,
+            "has 4000 bytes, fewer than its parts' 4096");
+  }
+  SECTION("a part past its tensor's end") {
+    ScopedFd w = MemfdWith(a + a);
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    CHECK_FALSE(ls.Window({w.get()}, {{0, 4000, 97}}));
+    refused(ls, grpc::StatusCode::OUT_OF_RANGE, "past the end of tensor 'a'");
+  }
+  SECTION("a part that rewrites bytes already sent, or skips some") {
+    ScopedFd w = MemfdWith(a);
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    REQUIRE(ls.Window({w.get()}, {{0, 0, 2048}}));
+    CHECK_FALSE(ls.Window({w.get()}, {{0, 1024, 2048}}));
+    refused(ls, grpc::StatusCode::INVALID_ARGUMENT, "goes on at byte 2048, not 1024");
+    LocalStream skip(d);
+    REQUIRE(skip.Begin(m) > 0);
+    CHECK_FALSE(skip.Window({w.get()}, {{0, 8, 100}}));
+    refused(skip, grpc::StatusCode::INVALID_ARGUMENT, "goes on at byte 0, not 8");
+  }
+  SECTION("two descriptors under one nonce") {
+    ScopedFd w1 = MemfdWith(a), w2 = MemfdWith(a);
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    CHECK_FALSE(ls.Window({w1.get(), w2.get()}, {{0, 0, 4096}}));
+    refused(ls, grpc::StatusCode::INVALID_ARGUMENT, "exactly one descriptor");
+  }
+  SECTION("a malformed nonce") {
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    CHECK_FALSE(ls.Window({}, {{0, 0, 4096}}, "short"));
+    refused(ls, grpc::StatusCode::INVALID_ARGUMENT, "fd_nonce is not 16 to 128 printable");
+  }
+  SECTION("the window's bytes are not what the trainer hashed") {
+    ScopedFd w = MemfdWith(Bytes(4096, 5));
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    REQUIRE(ls.Window({w.get()}, {{0, 0, 4096}}));
+    CHECK_FALSE(ls.Commit(right).has_value());
+    refused(ls, grpc::StatusCode::FAILED_PRECONDITION, "checksum mismatch in 1 tensor(s)");
+  }
+  SECTION("a checksum list of the wrong length") {
+    ScopedFd w = MemfdWith(a);
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    REQUIRE(ls.Window({w.get()}, {{0, 0, 4096}}));
+    CHECK_FALSE(ls.Commit({right[0], right[0]}).has_value());
+    refused(ls, grpc::StatusCode::INVALID_ARGUMENT, "has 1 tensors but 2 checksums came");
+  }
+  SECTION("bytes missing at commit") {
+    ScopedFd w = MemfdWith(a);
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    REQUIRE(ls.Window({w.get()}, {{0, 0, 4000}}));
+    CHECK_FALSE(ls.Commit(right).has_value());
+    refused(ls, grpc::StatusCode::FAILED_PRECONDITION, "'a' has 96 of 4096 bytes missing");
+  }
+  SECTION("the stream ends before the commit") {
+    ScopedFd w = MemfdWith(a);
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    REQUIRE(ls.Window({w.get()}, {{0, 0, 4096}}));
+    refused(ls, grpc::StatusCode::CANCELLED, "the stream ended before the commit");
+  }
+  SECTION("an empty commit uses the manifest's checksums, which must then be right") {
+    ScopedFd w = MemfdWith(a);
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    REQUIRE(ls.Window({w.get()}, {{0, 0, 4096}}));
+    auto info = ls.Commit({});
+    REQUIRE(info.has_value());
+    CHECK(ls.Finish().ok());
+    REQUIRE(d.Drop(info->version()).ok());
+    v1::Manifest wrong = m;
+    wrong.mutable_tensors(0)->set_xxh3(right[0] ^ 1);
+    LocalStream bad(d);
+    REQUIRE(bad.Begin(wrong) > 0);
+    REQUIRE(bad.Window({w.get()}, {{0, 0, 4096}}));
+    CHECK_FALSE(bad.Commit({}).has_value());
+    refused(bad, grpc::StatusCode::FAILED_PRECONDITION, "checksum mismatch");
+  }
+}
+
 TEST_CASE("a trainer killed at any point of a push leaves nothing behind") {
   Daemon d;
   const uint64_t before = d.Status().host_memory_used_bytes();
@@ -333,6 +580,71 @@ TEST_CASE("a trainer killed at any point of a push leaves nothing behind") {
   WARN("a full push took " << push_us.count() << " us; of 16 killed pushes, " << killed_mid_push
                            << " were killed after BeginVersion, " << committed
                            << " committed before the kill");
+}
+
+TEST_CASE("a trainer killed at any point of a local push leaves nothing behind") {
+  // 8 MiB in 1 MiB windows with a 20 ms pause at each progress call: kills land before the begin,
+  // while windows are filled or copied, and around the commit.
+  Daemon d({"--host-memory-budget", "16MiB"});
+  const uint64_t before = d.Status().host_memory_used_bytes();
+  std::mt19937 rng(4321);
+  const std::vector<std::string> push = {Runfile("tests/integration/local_push_client"),
+                                         d.socket,
+                                         "4",
+                                         std::to_string(2 << 20),
+                                         std::to_string(1 << 20),
+                                         "local",
+                                         "20"};
+  auto started = Clock::now();
+  RunResult full = Run(push);
+  auto push_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started);
+  INFO(full.err);
+  REQUIRE(full.exit.code == 0);
+  REQUIRE(Contains(full.out, "transport local"));
+  REQUIRE(d.Drop(1).ok());
+  int killed_mid_push = 0, committed = 0;
+  for (int round = 0; round < 12; ++round) {
+    Subprocess pusher(push);
+    if (round % 4 != 0) {
+      auto deadline = Clock::now() + 20s;
+      while (!Contains(pusher.Stdout(), "progress") && pusher.running() &&
+             Clock::now() < deadline) {
+        std::this_thread::sleep_for(200us);
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % (push_us.count() / 2 + 1)));
+    }
+    pusher.Signal(SIGKILL);
+    pusher.Wait(20s);
+    killed_mid_push += Contains(pusher.Stdout(), "progress");
+    // The stream breaks with the process: its version is aborted at once (staging_timeout 1 s
+    // covers the rest).
+    auto deadline = Clock::now() + 15s;
+    v1::StatusResponse s = d.Status();
+    while ((s.staging_versions() != 0 || s.host_memory_used_bytes() != before) &&
+           Clock::now() < deadline) {
+      std::this_thread::sleep_for(50ms);
+      s = d.Status();
+      if (s.staging_versions() == 0 && s.committed_versions() > 0) break;
+    }
+    grpc::ClientContext list_ctx;
+    list_ctx.set_deadline(In(10s));
+    v1::ListVersionsResponse list;
+    REQUIRE(d.admin->ListVersions(&list_ctx, v1::ListVersionsRequest(), &list).ok());
+    for (const v1::VersionInfo& v : list.versions()) {
+      CHECK(v.state() == v1::VERSION_STATE_COMMITTED);
+      CHECK(v.transport() == "local");
+      REQUIRE(d.Drop(v.version()).ok());
+      ++committed;
+    }
+    s = d.Status();
+    INFO("round " << round);
+    CHECK(s.staging_versions() == 0);
+    CHECK(s.host_memory_used_bytes() == before);
+  }
+  WARN("a full local push took " << push_us.count() << " us; of 12 killed pushes, "
+                                 << killed_mid_push << " were killed after their first window, "
+                                 << committed << " committed before the kill");
+  CHECK(killed_mid_push - committed >= 4);  // most kills hit a push in flight
 }
 
 }  // namespace

@@ -19,6 +19,8 @@
 
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
 #include "tests/testing/safetensors_writer.h"
 #include "tests/testing/state_dict.h"
 #include "tests/testing/subprocess.h"
@@ -105,6 +107,7 @@ TEST_CASE(
   o.streams = streams;
   o.chunk_bytes = 256 << 10;
   o.label = "step-" + std::to_string(streams);
+  o.transport = client::Transport::kGrpc;
   std::vector<std::pair<uint64_t, uint64_t>> calls;
   o.progress = [&](uint64_t done, uint64_t total) { calls.emplace_back(done, total); };
 
@@ -112,6 +115,7 @@ TEST_CASE(
   INFO("daemon stderr: " << d.proc->Stderr());
   REQUIRE(info.ok());
   CHECK(info->state() == v1::VERSION_STATE_COMMITTED);
+  CHECK(info->transport() == "grpc");
   CHECK(info->tensor_count() == s.views.size());
   CHECK(info->total_bytes() == s.total);
   CHECK(info->label() == o.label);
@@ -134,6 +138,103 @@ TEST_CASE(
   REQUIRE(list.ok());
   CHECK(list->versions_size() == 2);
   CHECK(d.Status().staging_versions() == 0);
+}
+
+TEST_CASE(
+    "local push (transport auto on the Unix socket) through windows of any size is bit-exact, "
+    "reported as local") {
+  // 1 MiB windows: the 2 MiB embedding spans three of them, and most windows hold pieces of two
+  // tensors. 256 MiB: everything in one window.
+  const uint64_t window = GENERATE(uint64_t{1} << 20, uint64_t{256} << 20);
+  const int threads = GENERATE(1, 3);
+  Daemon d;
+  StateDict s = Model();
+  PushOptions o;
+  o.window_bytes = window;
+  o.hash_threads = threads;
+  o.label = "local";
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  o.progress = [&](uint64_t done, uint64_t total) { calls.emplace_back(done, total); };
+  auto info = d.trainer->PushTensors(s.views, o);
+  INFO("daemon stderr: " << d.proc->Stderr());
+  INFO(info.status().ToString());
+  REQUIRE(info.ok());
+  CHECK(info->state() == v1::VERSION_STATE_COMMITTED);
+  CHECK(info->transport() == "local");
+  CHECK(info->total_bytes() == s.total);
+  CHECK(info->label() == "local");
+  REQUIRE(!calls.empty());
+  CHECK(calls.back() == std::make_pair(s.total, s.total));
+  for (size_t i = 1; i < calls.size(); ++i) CHECK(calls[i].first >= calls[i - 1].first);
+  if (window == (uint64_t{1} << 20)) CHECK(calls.size() >= 3);
+
+  auto got = d.admin->GetVersion(info->version(), absl::Seconds(10));
+  REQUIRE(got.ok());
+  CHECK(got->info().transport() == "local");
+  RequireManifestMatches(got->manifest(), s);
+  CHECK(d.Status().staging_versions() == 0);
+
+  // Asked for explicitly: the same; asked for gRPC: gRPC.
+  o.transport = client::Transport::kLocal;
+  auto local = d.trainer->PushTensors(s.views, o);
+  REQUIRE(local.ok());
+  CHECK(local->transport() == "local");
+  o.transport = client::Transport::kGrpc;
+  auto grpc = d.trainer->PushTensors(s.views, o);
+  REQUIRE(grpc.ok());
+  CHECK(grpc->transport() == "grpc");
+  RequireManifestMatches(d.admin->GetVersion(grpc->version(), absl::Seconds(10))->manifest(), s);
+}
+
+TEST_CASE("a local push of an id in use is refused at its begin and leaves nothing") {
+  Daemon d;
+  StateDict s = Model();
+  PushOptions o;
+  o.version = 3;
+  REQUIRE(d.trainer->PushTensors(s.views, o).ok());
+  auto again = d.trainer->PushTensors(s.views, o);
+  CHECK(again.status().code() == absl::StatusCode::kAlreadyExists);
+  CHECK(Contains(std::string(again.status().message()), "local push"));
+  CHECK(d.Status().staging_versions() == 0);
+}
+
+TEST_CASE("over TCP: transport auto pushes over gRPC, local is refused, PushLocal is refused") {
+  DaemonProcess d({"--backend", "host", "--host-memory-budget", "64MiB", "--log-level", "warn",
+                   "--listen-tcp", "127.0.0.1:0", "--insecure-tcp", "true"});
+  INFO("daemon stderr: " << d.proc->Stderr());
+  REQUIRE(d.ready());
+  auto admin = std::move(*DaemonClient::Connect(*client::ResolveEndpoint(d.socket, "")));
+  auto status = admin->Status(absl::Seconds(10));
+  REQUIRE(status.ok());
+  REQUIRE(status->listen_addresses_size() == 2);
+  auto tcp =
+      std::move(*TrainerClient::Connect(*client::ResolveEndpoint("", status->listen_addresses(1))));
+  StateDict s = Model();
+  auto chosen = tcp->PushTensors(s.views, PushOptions());
+  INFO(chosen.status().ToString());
+  REQUIRE(chosen.ok());
+  CHECK(chosen->transport() == "grpc");
+  RequireManifestMatches(admin->GetVersion(chosen->version(), absl::Seconds(10))->manifest(), s);
+  PushOptions local;
+  local.transport = client::Transport::kLocal;
+  auto refused = tcp->PushTensors(s.views, local);
+  CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(std::string(refused.status().message()), "needs the daemon's Unix socket"));
+
+  // A raw PushLocal over TCP: refused by the daemon before it reads a message.
+  auto stub = v1::Trainer::NewStub(
+      grpc::CreateChannel(status->listen_addresses(1), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+  auto stream = stub->PushLocal(&ctx);
+  v1::LocalPushRequest begin;
+  *begin.mutable_begin()->mutable_manifest() = client::BuildManifest(s.views, {});
+  stream->Write(begin);
+  stream->WritesDone();
+  grpc::Status st = stream->Finish();
+  CHECK(st.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+  CHECK(Contains(st.error_message(), "over the daemon's Unix socket"));
+  CHECK(admin->Status(absl::Seconds(10))->staging_versions() == 0);
 }
 
 TEST_CASE("concurrent pushes both commit: one begun first and finished last is not lost") {
@@ -188,8 +289,9 @@ TEST_CASE("concurrent pushes both commit: one begun first and finished last is n
 // Issue 10 point 6: with a state_dir, version ids keep their meaning across a restart.
 TEST_CASE("state_dir: automatic ids continue after a restart; a named id keeps its weights") {
   testing::TempDir state;
-  const std::vector<std::string> args = {"--backend",   "host", "--host-memory-budget", "64MiB",
-                                         "--log-level", "info", "--state-dir",          state.path()};
+  const std::vector<std::string> args = {"--backend",   "host",        "--host-memory-budget",
+                                         "64MiB",       "--log-level", "info",
+                                         "--state-dir", state.path()};
   StateDict a = Model();
   StateDict b;
   b.Add("w", DType::kFloat32, {64, 64}, 5);
@@ -215,15 +317,21 @@ TEST_CASE("state_dir: automatic ids continue after a restart; a named id keeps i
   INFO("daemon stderr: " << d.proc->Stderr());
   REQUIRE(d.ready());
   auto trainer = std::move(*TrainerClient::Connect(*client::ResolveEndpoint(d.socket, "")));
-  // The store is empty again. Re-pushing id 10 with other weights is refused before a byte is
-  // sent; with the same weights (a trainer recovering what the restart lost) it is accepted.
+  // The store is empty again. Re-pushing id 10 with other weights is refused: over gRPC before a
+  // byte is sent, locally at commit (the checksums come then); with the same weights (a trainer
+  // recovering what the restart lost) it is accepted.
   PushOptions ten;
   ten.version = 10;
-  auto other = trainer->PushTensors(b.views, ten);
-  REQUIRE_FALSE(other.ok());
-  CHECK(other.status().code() == absl::StatusCode::kAlreadyExists);
-  CHECK(Contains(std::string(other.status().message()),
-                 "version 10 was committed with other weights before the daemon restarted"));
+  for (client::Transport transport : {client::Transport::kGrpc, client::Transport::kLocal}) {
+    ten.transport = transport;
+    auto other = trainer->PushTensors(b.views, ten);
+    INFO(client::TransportName(transport));
+    REQUIRE_FALSE(other.ok());
+    CHECK(other.status().code() == absl::StatusCode::kAlreadyExists);
+    CHECK(Contains(std::string(other.status().message()),
+                   "version 10 was committed with other weights before the daemon restarted"));
+  }
+  ten.transport = client::Transport::kAuto;
   auto same = trainer->PushTensors(a.views, ten);
   INFO(same.status().ToString());
   CHECK(same.ok());
@@ -416,10 +524,20 @@ TEST_CASE("bad inputs, seen from the client") {
   SECTION("a version that does not fit: RESOURCE_EXHAUSTED with the sizes") {
     StateDict big;
     big.Add("huge", DType::kUint8, {300 << 20});
-    auto r = d.trainer->PushTensors(big.views, PushOptions());
+    PushOptions o;
+    o.transport = client::Transport::kGrpc;
+    auto r = d.trainer->PushTensors(big.views, o);
     INFO(r.status().message());
     CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
     CHECK(Contains(std::string(r.status().message()), "BeginVersion failed: "));
+    CHECK(Contains(std::string(r.status().message()), "more than the whole host_memory_budget"));
+    // Locally: refused at the stream's begin, before a byte is copied.
+    auto local = d.trainer->PushTensors(big.views, PushOptions());
+    INFO(local.status().message());
+    CHECK(local.status().code() == absl::StatusCode::kResourceExhausted);
+    CHECK(Contains(std::string(local.status().message()), "PushLocal failed: "));
+    CHECK(
+        Contains(std::string(local.status().message()), "more than the whole host_memory_budget"));
     CHECK(d.Status().staging_versions() == 0);
   }
   SECTION("an id in use: ALREADY_EXISTS") {

@@ -194,6 +194,39 @@ class PushTest(unittest.TestCase):
         self.assertEqual(listed[version]["state"], "committed")
         self.assertEqual(listed[version]["total_bytes"], total)
 
+    def test_every_transport_is_bit_exact_and_says_which_it_took(self):
+        state = mixed_state_dict()
+        state["np.big"] = np.random.default_rng(1).integers(0, 255, 3 << 20, dtype=np.uint8)
+        for transport, window, expected in (("auto", 0, "local"), ("local", 1 << 20, "local"),
+                                            ("grpc", 0, "grpc")):
+            with self.subTest(transport=transport, window=window):
+                calls = []
+                version = self.client.push_state_dict(
+                    state, transport=transport, window_bytes=window,
+                    progress=lambda d, t: calls.append(d))
+                self.assertEqual(self.client.last_push["version"], version)
+                self.assertEqual(self.client.last_push["transport"], expected)
+                shown = self.show(version)
+                self.assertEqual(shown["transport"], expected)
+                self.assertEqual(ce.get_version(self.client, version)["transport"], expected)
+                for t in shown["tensors"]:
+                    self.assertEqual(t["xxh3"], xxh3(raw_bytes(state[t["name"]])), t["name"])
+                self.assertEqual(calls, sorted(calls))
+                if window:
+                    self.assertGreaterEqual(len(calls), 4)  # 4+ MiB in 1 MiB windows
+                ce.drop_version(self.client, version)
+
+    def test_bad_transport_options_are_refused(self):
+        state = {"w": np.ones(4, np.float32)}
+        with self.assertRaises(ce.CkptError) as e:
+            self.client.push_state_dict(state, transport="shm")
+        self.assertEqual(e.exception.code_name, "INVALID_ARGUMENT")
+        self.assertIn("'shm'", e.exception.message)
+        with self.assertRaises(ce.CkptError) as e:
+            self.client.push_state_dict(state, window_bytes=4096)
+        self.assertEqual(e.exception.code_name, "INVALID_ARGUMENT")
+        self.assertIn("window_bytes must be 1 MiB to 16 GiB", e.exception.message)
+
     def test_big_endian_numpy_is_sent_in_host_order(self):
         a = np.arange(6, dtype=">f4")
         v = self.client.push_state_dict({"be": a})

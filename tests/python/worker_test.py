@@ -353,6 +353,24 @@ class WorkerTest(DaemonTestCase):
         self.assertTrue(report["workers"][0]["ok"], report)
         self.assertFalse(report["workers"][0]["skipped"], report)
 
+    def test_writes_into_the_sources_after_a_local_push_change_nothing(self):
+        # The local path copies the trainer's tensors into the daemon's store: what the trainer
+        # does to them after the push returns never reaches a worker.
+        state = mixed_state(2)
+        want = collections.OrderedDict((n, t.clone()) for n, t in state.items())
+        version = self.client.push_state_dict(state, transport="local", window_bytes=1 << 20)
+        self.assertEqual(self.client.last_push["transport"], "local")
+        for t in state.values():
+            if t.numel():
+                t.view(torch.uint8).view(-1).fill_(0xA5) if t.dim() else t.fill_(7)
+        w = self.worker(engine="after-local-push")
+        self.wait_attached(1)
+        update = UpdateThread(self.client, version)
+        got = collections.OrderedDict((n, t.clone()) for n, t in w.receive(timeout=DEADLINE_S))
+        report = update.result(self)
+        self.assertTrue(report["workers"][0]["ok"], report)
+        self.assert_same(got, want)
+
     def test_views_are_reused_for_a_bucket_of_the_same_layout(self):
         # Two versions with the same names, dtypes and shapes but other bytes: a later update of
         # the same model. Their buckets have the same layout, so the second update hands out the

@@ -153,6 +153,7 @@ class Client(_Handle):
                  tls_key=None, token_file=None):
         self._lib = _native.lib()
         self._handle = None
+        self.last_push = None
         options = _native.ClientOptions()
         self._lib.ckpt_client_options_init(ctypes.byref(options))
         options.socket = _fspath(socket) if socket else None
@@ -170,7 +171,7 @@ class Client(_Handle):
         self._handle = handle
 
     def push_state_dict(self, tensors, version=0, label="", streams=4, progress=None,
-                        chunk_bytes=0, timeout=60.0):
+                        chunk_bytes=0, timeout=60.0, transport="auto", window_bytes=0):
         """Pushes a {name: tensor} mapping as one new version and commits it; returns the version.
 
         `version` 0 lets the daemon pick the next id. `progress(done_bytes, total_bytes)` is
@@ -178,7 +179,16 @@ class Client(_Handle):
         raises, the push is cancelled (nothing is left on the daemon) and the exception
         propagates. Ctrl-C cancels the push the same way. `timeout` (seconds) is the deadline of
         each request and how long an upload stream may stall.
+
+        `transport`: "auto" (shared memory when the daemon is on this node's Unix socket, else
+        gRPC), "local" (shared memory or an error) or "grpc". The tensors must stay alive and
+        unchanged until the call returns. `window_bytes` (0: 64 MiB) is the local path's
+        shared-memory window (two alternate). The committed version's info, whose "transport"
+        says which path was taken, is kept in `self.last_push`.
         """
+        if transport not in ("auto", "local", "grpc"):
+            raise CkptError(INVALID_ARGUMENT,
+                            f"transport must be 'auto', 'local' or 'grpc', not {transport!r}")
         try:
             table, keep, _ = describe(tensors)
         except Unsupported as e:
@@ -203,14 +213,22 @@ class Client(_Handle):
         options.chunk_bytes = int(chunk_bytes)
         options.timeout_s = float(timeout)
         options.progress = callback
+        extra = _native.PushExtra()
+        self._lib.ckpt_push_extra_init(ctypes.byref(extra))
+        extra.transport = transport.encode("ascii")
+        extra.window_bytes = int(window_bytes)
         err = ctypes.create_string_buffer(_ERR_LEN)
         out_version = ctypes.c_uint64()
-        code = self._lib.ckpt_push_table(self._h(), ctypes.byref(table), ctypes.byref(options),
-                                         ctypes.byref(out_version), None, err, _ERR_LEN)
+        info = ctypes.c_void_p()
+        code = self._lib.ckpt_push_table_ex(self._h(), ctypes.byref(table), ctypes.byref(options),
+                                            ctypes.byref(extra), ctypes.byref(out_version),
+                                            ctypes.byref(info), err, _ERR_LEN)
         del keep  # The tensors (and any copies) may go now.
+        info_json = _take_json(info) if code == 0 else None
         if raised:
             raise raised[0]
         _check(code, err)
+        self.last_push = info_json
         return out_version.value
 
     def push_files(self, paths, version=0, label="", timeout=1800.0):

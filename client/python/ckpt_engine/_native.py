@@ -55,6 +55,16 @@ class PushOptions(ctypes.Structure):
     ]
 
 
+class PushExtra(ctypes.Structure):
+    """struct ckpt_push_extra (fill with ckpt_push_extra_init: it sets struct_size)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("transport", ctypes.c_char_p),
+        ("window_bytes", ctypes.c_uint64),
+    ]
+
+
 class ClientOptions(ctypes.Structure):
     """struct ckpt_client_options (fill with ckpt_client_options_init: it sets struct_size)."""
 
@@ -164,6 +174,12 @@ def _declare(lib):
         c.c_void_p, c.POINTER(TensorTable), c.POINTER(PushOptions), c.POINTER(c.c_uint64),
         c.POINTER(c.c_void_p)] + err
     lib.ckpt_push_table.restype = c.c_int
+    lib.ckpt_push_extra_init.argtypes = [c.POINTER(PushExtra)]
+    lib.ckpt_push_extra_init.restype = None
+    lib.ckpt_push_table_ex.argtypes = [
+        c.c_void_p, c.POINTER(TensorTable), c.POINTER(PushOptions), c.POINTER(PushExtra),
+        c.POINTER(c.c_uint64), c.POINTER(c.c_void_p)] + err
+    lib.ckpt_push_table_ex.restype = c.c_int
     lib.ckpt_load_files.argtypes = [
         c.c_void_p, c.POINTER(c.c_char_p), c.c_size_t, c.c_uint64, c.c_char_p, c.c_double,
         c.POINTER(c.c_uint64), c.POINTER(c.c_void_p)] + err

@@ -1,0 +1,85 @@
+// The trainer's side of Trainer.PushLocal (proto/trainer.proto, docs/local-push.md): a push to a
+// daemon on the same node whose bytes never cross a socket. The client copies its tensors into a
+// memfd window (hashing them as it copies), passes the memfd on the descriptor socket, and the
+// daemon copies the window into the version with many threads while the client fills the other
+// of two windows.
+#ifndef CKPT_CLIENT_LOCAL_PUSH_H_
+#define CKPT_CLIENT_LOCAL_PUSH_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "client/daemon_client.h"
+#include "client/trainer_client.h"
+#include "proto/trainer.grpc.pb.h"
+
+namespace ckpt::client {
+
+// One part of a window: `bytes` bytes of tensors[tensor] at `offset`, at `window_offset` in the
+// window.
+struct WindowPartRef {
+  uint32_t tensor = 0;
+  uint64_t offset = 0;
+  uint64_t bytes = 0;
+  uint64_t window_offset = 0;
+};
+
+struct WindowPlan {
+  std::vector<WindowPartRef> parts;
+  uint64_t bytes = 0;
+};
+
+// The daemon's limit of parts in one window.
+inline constexpr size_t kMaxWindowParts = 65536;
+
+// Cuts the tensors, in order, into windows of at most `window_bytes` bytes and `max_parts` parts
+// each, parts back to back; a tensor larger than what is left of a window continues in the next.
+// Tensors of 0 bytes are in no window. `window_bytes` must be positive.
+std::vector<WindowPlan> PlanWindows(const std::vector<TensorView>& tensors, uint64_t window_bytes,
+                                    size_t max_parts = kMaxWindowParts);
+
+// A memfd of this process, mapped writable while the client fills it. The daemon only preads it.
+class PushWindow;
+
+// The windows of one client's pushes, kept between pushes so that their pages are made once (a
+// fresh memfd's first touch costs a page fault per 4 KiB): at most two, each reused by a push whose
+// window fits in it. Windows of a push that failed are not kept. Thread-safe.
+class WindowPool {
+ public:
+  WindowPool();
+  ~WindowPool();
+  WindowPool(const WindowPool&) = delete;
+  WindowPool& operator=(const WindowPool&) = delete;
+
+  // A kept window of at least `bytes` bytes, or a new one.
+  absl::StatusOr<std::unique_ptr<PushWindow>> Take(uint64_t bytes);
+  // Keeps `window` for a later push (or frees it when two are kept).
+  void Give(std::unique_ptr<PushWindow> window);
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<PushWindow>> spare_ ABSL_GUARDED_BY(mu_);
+};
+
+// Why a local push did not even start, so that transport "auto" may use gRPC instead: nothing was
+// begun on the daemon.
+struct LocalUnavailable {
+  bool unavailable = false;
+};
+
+// The local push of `tensors` (already validated) through `stub` (the daemon's Unix socket
+// `endpoint`), with windows from `pool` (null: made for this push). On failure nothing is left on
+// the daemon (the stream's end aborts the version); `*unavailable` (not null) is set when the path
+// itself is not there (no memfd, no descriptor socket, a daemon without PushLocal) and nothing was
+// begun.
+absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpoint& endpoint,
+                                            const std::vector<TensorView>& tensors,
+                                            const PushOptions& options, WindowPool* pool,
+                                            LocalUnavailable* unavailable);
+
+}  // namespace ckpt::client
+
+#endif  // CKPT_CLIENT_LOCAL_PUSH_H_
