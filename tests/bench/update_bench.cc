@@ -261,8 +261,10 @@ int main(int argc, char** argv) {
       Fail(info.status().ToString());
       return 0;
     }
-    std::printf("== pushed version %lu: %.3f GB in %.1f s\n", info->version(), m.total / 1e9,
-                Seconds(Clock::now() - start));
+    const double push_s = Seconds(Clock::now() - start);
+    std::printf("== pushed version %lu: %.3f GB in %.3f s = %.2f GB/s (transport %s)\n",
+                info->version(), m.total / 1e9, push_s, m.total / 1e9 / push_s,
+                info->transport().c_str());
     return info->version();
   };
   const uint64_t big_version = push(big);
