@@ -1,7 +1,6 @@
 #include "client/checksum_verify.h"
 
 #include <cuda_runtime_api.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -12,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "common/xxh3.h"
 #include "gpu/cuda_status.h"
 #include "gpu/cuda_stream.h"
 #include "gpu/pinned_region.h"

@@ -2,12 +2,12 @@
 
 #include <sys/mman.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <optional>
 #include <system_error>
@@ -20,25 +20,50 @@
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
 #include "common/units.h"
+#include "common/xxh3.h"
 
 namespace ckpt::client {
 
 std::vector<WindowPlan> PlanWindows(const std::vector<TensorView>& tensors, uint64_t window_bytes,
-                                    size_t max_parts) {
+                                    int lanes, size_t max_parts) {
   std::vector<WindowPlan> windows;
   if (window_bytes == 0 || max_parts == 0) return windows;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    for (uint64_t offset = 0; offset < tensors[i].bytes;) {
-      if (windows.empty() || windows.back().bytes == window_bytes ||
-          windows.back().parts.size() == max_parts) {
-        windows.emplace_back();
+  constexpr uint64_t kMinLaneBytes = uint64_t{1} << 20;
+  const uint64_t most_lanes = std::max<uint64_t>(1, window_bytes / kMinLaneBytes);
+  const size_t n_lanes = static_cast<size_t>(
+      std::min<uint64_t>(most_lanes, static_cast<uint64_t>(std::max(1, lanes))));
+  struct Lane {
+    bool busy = false;
+    uint32_t tensor = 0;
+    uint64_t offset = 0;
+  };
+  std::vector<Lane> lane(n_lanes);
+  size_t next = 0;  // the next tensor no lane has taken
+  auto take_next = [&](Lane& l) {
+    while (next < tensors.size() && tensors[next].bytes == 0) ++next;
+    if (next == tensors.size()) return false;
+    l = {true, static_cast<uint32_t>(next++), 0};
+    return true;
+  };
+  while (true) {
+    WindowPlan w;
+    for (size_t j = 0; j < n_lanes && w.parts.size() < max_parts; ++j) {
+      const uint64_t share =
+          window_bytes / n_lanes + (j + 1 == n_lanes ? window_bytes % n_lanes : 0);
+      uint64_t used = 0;
+      while (used < share && w.parts.size() < max_parts) {
+        Lane& l = lane[j];
+        if (!l.busy && !take_next(l)) break;
+        const uint64_t take = std::min(tensors[l.tensor].bytes - l.offset, share - used);
+        w.parts.push_back({l.tensor, l.offset, take, w.bytes, static_cast<uint32_t>(j)});
+        w.bytes += take;
+        used += take;
+        l.offset += take;
+        if (l.offset == tensors[l.tensor].bytes) l.busy = false;
       }
-      WindowPlan& w = windows.back();
-      const uint64_t n = std::min(tensors[i].bytes - offset, window_bytes - w.bytes);
-      w.parts.push_back({static_cast<uint32_t>(i), offset, n, w.bytes});
-      w.bytes += n;
-      offset += n;
     }
+    if (w.parts.empty()) break;
+    windows.push_back(std::move(w));
   }
   return windows;
 }
@@ -119,31 +144,62 @@ namespace {
 // Bytes one thread copies at a time.
 constexpr uint64_t kFillStep = uint64_t{1} << 20;
 
-// Copies the parts of `plan` from the tensors into `window` on up to `threads` threads, in steps
-// of kFillStep handed to whichever thread is free (one large part is copied by every thread).
-void FillWindow(const WindowPlan& plan, const std::vector<TensorView>& tensors,
-                const PushWindow& window, int threads) {
-  struct Step {
-    const uint8_t* src;
-    uint8_t* dst;
-    size_t bytes;
-  };
-  std::vector<Step> steps;
-  for (const WindowPartRef& p : plan.parts) {
-    const uint8_t* src = static_cast<const uint8_t*>(tensors[p.tensor].data) + p.offset;
-    uint8_t* dst = window.data() + p.window_offset;
-    for (uint64_t done = 0; done < p.bytes; done += kFillStep) {
-      steps.push_back(
-          {src + done, dst + done, static_cast<size_t>(std::min(kFillStep, p.bytes - done))});
+struct StateDeleter {
+  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
+};
+using HashState = std::unique_ptr<XXH3_state_t, StateDeleter>;
+
+// Copies the parts of `plan` from the tensors into `window`, one thread per lane, each lane's
+// parts in order, and hashes (XXH3-64) each piece of the source right after copying it, while it
+// is in cache. A tensor that goes on in the next window keeps its state in `open`; a tensor's last
+// part writes its checksum into `hashes`.
+absl::Status FillWindow(const WindowPlan& plan, const std::vector<TensorView>& tensors,
+                        const PushWindow& window, std::map<uint32_t, HashState>& open,
+                        std::vector<uint64_t>& hashes) {
+  // The parts of each lane (they are laid out lane by lane), and each part's hash state, made
+  // before the threads start: `open` is not touched concurrently.
+  std::vector<std::pair<size_t, size_t>> lanes;  // [begin, end) in plan.parts
+  std::vector<XXH3_state_t*> states(plan.parts.size(), nullptr);
+  for (size_t k = 0; k < plan.parts.size(); ++k) {
+    const WindowPartRef& p = plan.parts[k];
+    if (lanes.empty() || plan.parts[lanes.back().first].lane != p.lane) lanes.push_back({k, k});
+    lanes.back().second = k + 1;
+    const bool whole = p.offset == 0 && p.bytes == tensors[p.tensor].bytes;
+    if (whole && p.bytes <= kFillStep) continue;  // hashed in one go
+    auto it = open.find(p.tensor);
+    if (it == open.end()) {
+      HashState state(XXH3_createState());
+      if (state == nullptr || XXH3_64bits_reset(state.get()) != XXH_OK) {
+        return absl::ResourceExhaustedError("no memory for a hash state");
+      }
+      it = open.emplace(p.tensor, std::move(state)).first;
     }
+    states[k] = it->second.get();
   }
   std::atomic<size_t> next{0};
   auto work = [&] {
-    for (size_t k = next.fetch_add(1); k < steps.size(); k = next.fetch_add(1)) {
-      std::memcpy(steps[k].dst, steps[k].src, steps[k].bytes);
+    for (size_t j = next.fetch_add(1); j < lanes.size(); j = next.fetch_add(1)) {
+      for (size_t k = lanes[j].first; k < lanes[j].second; ++k) {
+        const WindowPartRef& p = plan.parts[k];
+        const uint8_t* src = static_cast<const uint8_t*>(tensors[p.tensor].data) + p.offset;
+        uint8_t* dst = window.data() + p.window_offset;
+        if (states[k] == nullptr) {
+          std::memcpy(dst, src, static_cast<size_t>(p.bytes));
+          hashes[p.tensor] = XXH3_64bits(src, static_cast<size_t>(p.bytes));
+          continue;
+        }
+        for (uint64_t done = 0; done < p.bytes; done += kFillStep) {
+          const size_t n = static_cast<size_t>(std::min(kFillStep, p.bytes - done));
+          std::memcpy(dst + done, src + done, n);
+          XXH3_64bits_update(states[k], src + done, n);
+        }
+        if (p.offset + p.bytes == tensors[p.tensor].bytes) {
+          hashes[p.tensor] = XXH3_64bits_digest(states[k]);
+        }
+      }
     }
   };
-  threads = std::max(1, std::min<int>(threads, static_cast<int>(steps.size())));
+  const int threads = static_cast<int>(lanes.size());
   std::vector<std::thread> pool;
   try {
     for (int i = 1; i < threads; ++i) pool.emplace_back(work);
@@ -152,55 +208,11 @@ void FillWindow(const WindowPlan& plan, const std::vector<TensorView>& tensors,
   }
   work();
   for (std::thread& t : pool) t.join();
+  for (const WindowPartRef& p : plan.parts) {
+    if (p.offset + p.bytes == tensors[p.tensor].bytes) open.erase(p.tensor);
+  }
+  return absl::OkStatus();
 }
-
-// The tensors' XXH3-64 checksums, computed from the trainer's memory on `threads` threads (whole
-// tensors handed out in order) while the windows are filled and copied. Wait() joins; the
-// destructor stops early and joins.
-class BackgroundHasher {
- public:
-  BackgroundHasher(const std::vector<TensorView>& tensors, int threads)
-      : tensors_(tensors), hashes_(tensors.size(), 0) {
-    threads = std::max(1, std::min<int>(threads, static_cast<int>(tensors.size())));
-    try {
-      for (int i = 0; i < threads; ++i) pool_.emplace_back([this] { Work(); });
-    } catch (const std::system_error&) {
-      // Fewer threads; Wait() does the rest if none started.
-    }
-  }
-  ~BackgroundHasher() {
-    stop_.store(true);
-    Join();
-  }
-  BackgroundHasher(const BackgroundHasher&) = delete;
-  BackgroundHasher& operator=(const BackgroundHasher&) = delete;
-
-  // Every checksum, in tensor order.
-  const std::vector<uint64_t>& Wait() {
-    Work();  // helps (and does everything if no thread could be started)
-    Join();
-    return hashes_;
-  }
-
- private:
-  void Work() {
-    for (size_t i = next_.fetch_add(1); i < tensors_.size() && !stop_.load();
-         i = next_.fetch_add(1)) {
-      hashes_[i] = XXH3_64bits(tensors_[i].data, tensors_[i].bytes);
-    }
-  }
-  void Join() {
-    for (std::thread& t : pool_) {
-      if (t.joinable()) t.join();
-    }
-  }
-
-  const std::vector<TensorView>& tensors_;
-  std::vector<uint64_t> hashes_;
-  std::atomic<size_t> next_{0};
-  std::atomic<bool> stop_{false};
-  std::vector<std::thread> pool_;
-};
 
 int DefaultThreads(int threads) {
   if (threads > 0) return threads;
@@ -224,8 +236,8 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   auto cancelled = [&] { return options.cancel != nullptr && options.cancel->load(); };
   uint64_t total = 0;
   for (const TensorView& t : tensors) total += t.bytes;
-  const std::vector<WindowPlan> plans = PlanWindows(tensors, options.window_bytes);
   const int threads = DefaultThreads(options.hash_threads);
+  const std::vector<WindowPlan> plans = PlanWindows(tensors, options.window_bytes, threads);
 
   std::vector<std::unique_ptr<PushWindow>> windows;
   uint64_t largest = 0;
@@ -358,8 +370,9 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
     }
   } abort_guard{stub, version, reply.begun().upload_token(), committed,
                 std::min(options.timeout, absl::Seconds(10))};
-  // The checksums are computed from the tensors while the windows are filled and copied.
-  BackgroundHasher hasher(tensors, threads);
+  // Checksums: tensors of 0 bytes now, the others as their last part is copied.
+  std::vector<uint64_t> hashes(tensors.size(), XXH3_64bits("", 0));
+  std::map<uint32_t, HashState> open;
 
   uint64_t acked = 0;  // windows the daemon has copied
   uint64_t bytes_done = 0;
@@ -397,8 +410,8 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
       context.TryCancel();
       return Annotate(finish("a window"), context_text());
     }
-    FillWindow(plans[k], tensors, *windows[k % 2], threads);
-    absl::Status filled = k > 0 ? present(k) : absl::OkStatus();
+    absl::Status filled = FillWindow(plans[k], tensors, *windows[k % 2], open, hashes);
+    if (filled.ok() && k > 0) filled = present(k);
     if (!filled.ok()) {
       context.TryCancel();
       (void)stream->Finish();  // aborts the version
@@ -419,7 +432,7 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   }
 
   v1::LocalPushRequest commit;
-  for (uint64_t h : hasher.Wait()) commit.mutable_commit()->add_xxh3(h);
+  for (uint64_t h : hashes) commit.mutable_commit()->add_xxh3(h);
   if (!stream->Write(commit) || !stream->Read(&reply) ||
       reply.step_case() != v1::LocalPushReply::kCommitted) {
     return Annotate(finish("the commit"), context_text());

@@ -19,15 +19,17 @@
 namespace ckpt::client {
 
 // One part of a window: `bytes` bytes of tensors[tensor] at `offset`, at `window_offset` in the
-// window.
+// window, streamed by lane `lane`.
 struct WindowPartRef {
   uint32_t tensor = 0;
   uint64_t offset = 0;
   uint64_t bytes = 0;
   uint64_t window_offset = 0;
+  uint32_t lane = 0;
 };
 
 struct WindowPlan {
+  // Back to back from offset 0, lane by lane (each lane's parts in its order).
   std::vector<WindowPartRef> parts;
   uint64_t bytes = 0;
 };
@@ -35,11 +37,15 @@ struct WindowPlan {
 // The daemon's limit of parts in one window.
 inline constexpr size_t kMaxWindowParts = 65536;
 
-// Cuts the tensors, in order, into windows of at most `window_bytes` bytes and `max_parts` parts
-// each, parts back to back; a tensor larger than what is left of a window continues in the next.
-// Tensors of 0 bytes are in no window. `window_bytes` must be positive.
+// Cuts the tensors into windows of at most `window_bytes` bytes and `max_parts` parts each, for
+// `lanes` threads that each stream whole tensors: a lane takes the next tensor (in order) when its
+// last one is done and fills its share of every window (window_bytes / lanes, at least 1 MiB: fewer
+// lanes for a small window) with the next bytes of its tensors, so that one thread copies and
+// hashes each tensor from its first byte to its last, and each tensor's bytes come once and in
+// order. Lanes whose tensors are done leave their share empty. Tensors of 0 bytes are in no window.
+// `window_bytes` must be positive. One lane is the tensors in order, back to back.
 std::vector<WindowPlan> PlanWindows(const std::vector<TensorView>& tensors, uint64_t window_bytes,
-                                    size_t max_parts = kMaxWindowParts);
+                                    int lanes = 1, size_t max_parts = kMaxWindowParts);
 
 // A memfd of this process, mapped writable while the client fills it. The daemon only preads it.
 class PushWindow;

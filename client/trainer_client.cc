@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -26,6 +25,7 @@
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
 #include "common/units.h"
+#include "common/xxh3.h"
 
 namespace ckpt::client {
 namespace {

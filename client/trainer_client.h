@@ -77,8 +77,8 @@ struct PushOptions {
   // When set and it becomes true, the push stops within ~50 ms, aborts the version and returns
   // CANCELLED. It is checked last after the final progress call, before Commit.
   const std::atomic<bool>* cancel = nullptr;
-  // Threads computing the checksums (on the local path, as many again copy the tensors into the
-  // windows meanwhile); 0: min(8, hardware threads).
+  // Threads computing the checksums (on the local path: the lanes, each copying whole tensors
+  // into the windows and hashing them as it copies); 0: min(8, hardware threads).
   int hash_threads = 0;
   Transport transport = Transport::kAuto;
   // The local path's window: the bytes copied into one memfd before the daemon copies them out.

@@ -19,7 +19,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/local_push.h"
-#include "client/local_push.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
@@ -415,13 +414,67 @@ TEST_CASE("PlanWindows fills windows back to back, splitting tensors across wind
   CHECK((w[2].parts[1].tensor == 2 && w[2].parts[1].bytes == 2));
   CHECK(PlanWindows(t, 100).size() == 1);
   // max_parts: at most that many parts per window, even when bytes are left.
-  std::vector<WindowPlan> two = PlanWindows(t, 100, 2);
+  std::vector<WindowPlan> two = PlanWindows(t, 100, /*lanes=*/1, /*max_parts=*/2);
   REQUIRE(two.size() == 2);
   CHECK(two[0].parts.size() == 2);
   CHECK(two[1].parts.size() == 1);
   CHECK(PlanWindows(t, 0).empty());
   std::vector<TensorView> empty_only = {{"e", DType::kUint8, {0}, nullptr, 0}};
   CHECK(PlanWindows(empty_only, 4).empty());
+}
+
+TEST_CASE("PlanWindows with lanes: each tensor streamed by one lane, once and in order") {
+  const uint64_t mib = 1 << 20;
+  std::vector<TensorView> t;
+  for (uint64_t size :
+       std::vector<uint64_t>{5 * mib, 1 * mib, 3 * mib + 7, 0, 2 * mib, 100, 9 * mib}) {
+    t.push_back({"t" + std::to_string(t.size()),
+                 DType::kUint8,
+                 {static_cast<int64_t>(size)},
+                 size ? "" : nullptr,
+                 size});
+  }
+  for (int lanes : {1, 3, 4, 64}) {
+    INFO("lanes " << lanes);
+    std::vector<WindowPlan> w = PlanWindows(t, 8 * mib, lanes);
+    std::vector<uint64_t> next(t.size(), 0);
+    std::vector<int> lane_of(t.size(), -1);
+    const size_t used_lanes = std::min<size_t>(lanes, 8);  // shares of at least 1 MiB
+    for (const WindowPlan& plan : w) {
+      CHECK(plan.bytes <= 8 * mib);
+      uint64_t at = 0;
+      std::vector<uint64_t> per_lane(used_lanes, 0);
+      uint32_t last_lane = 0;
+      for (const WindowPartRef& p : plan.parts) {
+        CHECK(p.window_offset == at);
+        CHECK(p.offset == next[p.tensor]);
+        CHECK(p.lane >= last_lane);  // laid out lane by lane
+        REQUIRE(p.lane < used_lanes);
+        last_lane = p.lane;
+        if (lane_of[p.tensor] == -1) lane_of[p.tensor] = static_cast<int>(p.lane);
+        CHECK(lane_of[p.tensor] == static_cast<int>(p.lane));  // one lane per tensor
+        next[p.tensor] += p.bytes;
+        per_lane[p.lane] += p.bytes;
+        at += p.bytes;
+      }
+      CHECK(at == plan.bytes);
+      for (uint64_t b : per_lane) CHECK(b <= 8 * mib / used_lanes + 8 * mib % used_lanes);
+    }
+    for (size_t i = 0; i < t.size(); ++i) CHECK(next[i] == t[i].bytes);
+    CHECK(lane_of[3] == -1);
+    if (lanes == 1) CHECK(w.size() == 3);  // 20 MiB + 107 bytes in 8 MiB windows
+  }
+  // 4 lanes: the first window holds the first bytes of four tensors, 2 MiB each at most.
+  std::vector<WindowPlan> four = PlanWindows(t, 8 * mib, 4);
+  // Lane 1 finishes t1 (1 MiB) and starts t2; lane 2 takes t4 (t3 is empty); lane 3 t5, then t6.
+  REQUIRE(four[0].parts.size() == 6);
+  CHECK(four[0].parts[0].tensor == 0);
+  CHECK(four[0].parts[1].tensor == 1);
+  CHECK(four[0].parts[2].tensor == 2);
+  CHECK(four[0].parts[2].bytes == 1 * mib);
+  CHECK(four[0].parts[3].tensor == 4);
+  CHECK(four[0].parts[5].tensor == 6);
+  CHECK(four[0].parts[5].bytes == 2 * mib - 100);
 }
 
 TEST_CASE("transport names; window_bytes bounds; local over TCP is refused, auto uses gRPC") {

@@ -101,6 +101,8 @@ cp tests/python/cuda_push_check.py tests/python/cuda_worker_check.py tests/pytho
   tests/bench/per_tensor_bench.py tests/bench/py_push_bench.py "$BUNDLE/"
 # The Python worker of the update tests, found like the binaries (CKPT_BIN_DIR).
 cp tests/python/worker_process.py "$BUNDLE/sbin/"
+# A session's one command: the GPU tests, the push check and the benchmarks (see the script).
+cp tools/gpu_session_check.sh "$BUNDLE/session_check.sh"
 
 # --- 4. The runner -----------------------------------------------------------------------------------
 cat >"$BUNDLE/run_gpu_tests.sh" <<'RUNNER'

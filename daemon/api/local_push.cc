@@ -5,7 +5,6 @@
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,7 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/checked_math.h"
+#include "common/status_macros.h"
 #include "common/units.h"
+#include "common/xxh3.h"
 
 namespace ckpt::daemon {
 
@@ -88,79 +89,6 @@ absl::Status CheckWindowFd(int fd, uint64_t bytes) {
   return absl::OkStatus();
 }
 
-absl::Status CopyWindow(int fd, const std::vector<WindowPart>& parts,
-                        VersionStore::WriteLease& lease, int threads, uint64_t piece_bytes,
-                        const std::function<bool()>& cancelled) {
-  // Pieces of at most piece_bytes, handed out in window order.
-  struct Piece {
-    uint32_t tensor;
-    uint64_t offset;
-    uint64_t bytes;
-    uint64_t window_offset;
-  };
-  piece_bytes = std::max<uint64_t>(piece_bytes, 4096);
-  std::vector<Piece> pieces;
-  for (const WindowPart& p : parts) {
-    for (uint64_t done = 0; done < p.bytes; done += piece_bytes) {
-      pieces.push_back({p.tensor, p.offset + done, std::min(piece_bytes, p.bytes - done),
-                        p.window_offset + done});
-    }
-  }
-  std::atomic<size_t> next{0};
-  std::atomic<bool> stop{false};
-  absl::Mutex mu;
-  absl::Status failure;
-  auto fail = [&](absl::Status s) {
-    absl::MutexLock lock(&mu);
-    if (failure.ok()) failure = std::move(s);
-    stop.store(true);
-  };
-  auto work = [&] {
-    for (size_t k = next.fetch_add(1); k < pieces.size() && !stop.load(); k = next.fetch_add(1)) {
-      if (cancelled && cancelled()) {
-        fail(absl::CancelledError("the trainer went away during the copy"));
-        return;
-      }
-      if (!lease.Touch()) {
-        fail(absl::AbortedError("the version was aborted during the copy"));
-        return;
-      }
-      const Piece& p = pieces[k];
-      uint8_t* dst = lease.data(static_cast<int>(p.tensor)) + p.offset;
-      uint64_t got = 0;
-      while (got < p.bytes) {
-        const ssize_t r = ::pread(fd, dst + got, static_cast<size_t>(p.bytes - got),
-                                  static_cast<off_t>(p.window_offset + got));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-          fail(absl::FailedPreconditionError(absl::StrCat(
-              "reading the window at offset ", p.window_offset + got, ": ",
-              r < 0 ? std::strerror(errno) : "it ended early (the trainer shrank its memfd)")));
-          return;
-        }
-        got += static_cast<uint64_t>(r);
-      }
-    }
-  };
-  threads = std::max(1, std::min<int>(threads, static_cast<int>(pieces.size())));
-  std::vector<std::thread> pool;
-  try {
-    for (int i = 1; i < threads; ++i) pool.emplace_back(work);
-  } catch (const std::system_error&) {
-    // Fewer threads: the ones started (and this one) do the work.
-  }
-  work();
-  for (std::thread& t : pool) t.join();
-  if (!failure.ok()) return failure;
-  for (const WindowPart& p : parts) {
-    if (absl::Status s = lease.MarkReceived(static_cast<int>(p.tensor), p.offset, p.bytes);
-        !s.ok()) {
-      return s;
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CheckPartsInOrder(const std::vector<WindowPart>& parts, const v1::Manifest& manifest,
                                std::vector<uint64_t>& next) {
   for (size_t k = 0; k < parts.size(); ++k) {
@@ -176,74 +104,152 @@ absl::Status CheckPartsInOrder(const std::vector<WindowPart>& parts, const v1::M
   return absl::OkStatus();
 }
 
-TensorHasher::TensorHasher(std::unique_ptr<VersionStore::WriteLease> lease, int tensors,
-                           int threads)
-    : lease_(std::move(lease)), sums_(static_cast<size_t>(tensors), 0) {
+struct LocalPushCopier::State {
+  struct Deleter {
+    void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
+  };
+  std::unique_ptr<XXH3_state_t, Deleter> xxh3;
+};
+
+LocalPushCopier::LocalPushCopier(const v1::Manifest& manifest)
+    : manifest_(manifest),
+      next_(static_cast<size_t>(manifest.tensors_size()), 0),
+      sums_(static_cast<size_t>(manifest.tensors_size()), 0) {
+  for (int i = 0; i < manifest.tensors_size(); ++i) {
+    if (manifest.tensors(i).byte_size() == 0) sums_[static_cast<size_t>(i)] = XXH3_64bits("", 0);
+  }
+}
+
+LocalPushCopier::~LocalPushCopier() = default;
+
+bool LocalPushCopier::Complete() const {
+  for (int i = 0; i < manifest_.tensors_size(); ++i) {
+    if (next_[static_cast<size_t>(i)] != manifest_.tensors(i).byte_size()) return false;
+  }
+  return true;
+}
+
+absl::Status LocalPushCopier::CopyWindow(int fd, const std::vector<WindowPart>& parts,
+                                         VersionStore::WriteLease& lease, int threads,
+                                         uint64_t piece_bytes,
+                                         const std::function<bool()>& cancelled) {
+  piece_bytes = std::max<uint64_t>(piece_bytes, 4096);
+  std::vector<uint64_t> next = next_;
+  RETURN_IF_ERROR(CheckPartsInOrder(parts, manifest_, next));
+  // One task per tensor of the window: its parts, in order. A part that starts a tensor and ends
+  // it is hashed in one go; any other continues (or starts) the tensor's streaming state.
+  std::map<uint32_t, std::vector<size_t>> by_tensor;
+  for (size_t k = 0; k < parts.size(); ++k) by_tensor[parts[k].tensor].push_back(k);
+  struct Task {
+    uint32_t tensor;
+    std::vector<size_t> parts;
+    uint64_t bytes = 0;
+    XXH3_state_t* state = nullptr;  // null: one piece, hashed in one go once copied
+    std::unique_ptr<State> own;     // the state of a tensor that starts and ends in this window
+  };
+  std::vector<Task> tasks;
+  tasks.reserve(by_tensor.size());
+  for (auto& [t, ks] : by_tensor) {
+    Task task{t, std::move(ks)};
+    for (size_t k : task.parts) task.bytes += parts[k].bytes;
+    const bool ends = next[t] == manifest_.tensors(static_cast<int>(t)).byte_size();
+    auto it = open_.find(t);
+    if (it != open_.end()) {
+      task.state = it->second->xxh3.get();
+    } else if (!ends || task.parts.size() > 1 || task.bytes > piece_bytes) {
+      if (!ends && open_.size() >= kMaxOpenTensors) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("more than ", kMaxOpenTensors, " tensors would be partly sent at once"));
+      }
+      auto state = std::make_unique<State>();
+      state->xxh3.reset(XXH3_createState());
+      if (state->xxh3 == nullptr || XXH3_64bits_reset(state->xxh3.get()) != XXH_OK) {
+        return absl::ResourceExhaustedError("no memory for a hash state");
+      }
+      task.state = state->xxh3.get();
+      if (ends) {
+        task.own = std::move(state);
+      } else {
+        open_.emplace(t, std::move(state));
+      }
+    }
+    tasks.push_back(std::move(task));
+  }
+  // The largest tasks first, so that the window's copy ends as early as it can.
+  std::stable_sort(tasks.begin(), tasks.end(),
+                   [](const Task& a, const Task& b) { return a.bytes > b.bytes; });
+  std::atomic<size_t> next_task{0};
+  std::atomic<bool> stop{false};
+  absl::Mutex mu;
+  absl::Status failure;
+  auto fail = [&](absl::Status st) {
+    absl::MutexLock lock(&mu);
+    if (failure.ok()) failure = std::move(st);
+    stop.store(true);
+  };
+  auto work = [&] {
+    for (size_t j = next_task.fetch_add(1); j < tasks.size() && !stop.load();
+         j = next_task.fetch_add(1)) {
+      Task& task = tasks[j];
+      uint8_t* base = lease.data(static_cast<int>(task.tensor));
+      for (size_t k : task.parts) {
+        const WindowPart& p = parts[k];
+        for (uint64_t done = 0; done < p.bytes;) {
+          if (stop.load()) return;
+          if (cancelled && cancelled()) {
+            fail(absl::CancelledError("the trainer went away during the copy"));
+            return;
+          }
+          if (!lease.Touch()) {
+            fail(absl::AbortedError("the version was aborted during the copy"));
+            return;
+          }
+          const uint64_t n = std::min(piece_bytes, p.bytes - done);
+          uint8_t* dst = base + p.offset + done;
+          uint64_t got = 0;
+          while (got < n) {
+            const ssize_t r = ::pread(fd, dst + got, static_cast<size_t>(n - got),
+                                      static_cast<off_t>(p.window_offset + done + got));
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {
+              fail(absl::FailedPreconditionError(absl::StrCat(
+                  "reading the window at offset ", p.window_offset + done + got, ": ",
+                  r < 0 ? std::strerror(errno) : "it ended early (the trainer shrank its memfd)")));
+              return;
+            }
+            got += static_cast<uint64_t>(r);
+          }
+          if (task.state != nullptr) XXH3_64bits_update(task.state, dst, static_cast<size_t>(n));
+          done += n;
+        }
+      }
+      if (task.state == nullptr) {
+        sums_[task.tensor] = XXH3_64bits(base, static_cast<size_t>(task.bytes));
+      }
+    }
+  };
+  threads = std::max(1, std::min<int>(threads, static_cast<int>(tasks.size())));
+  std::vector<std::thread> pool;
   try {
-    for (int i = 0; i < std::max(1, threads); ++i) pool_.emplace_back([this] { Work(); });
+    for (int i = 1; i < threads; ++i) pool.emplace_back(work);
   } catch (const std::system_error&) {
-    // Fewer threads; Finish() hashes what none took.
+    // Fewer threads: the ones started (and this one) do the work.
   }
-}
-
-TensorHasher::~TensorHasher() {
-  {
-    absl::MutexLock lock(&mu_);
-    stop_ = true;
-  }
-  for (std::thread& t : pool_) t.join();
-}
-
-void TensorHasher::Add(int tensor, uint64_t bytes) {
-  absl::MutexLock lock(&mu_);
-  queue_.emplace_back(tensor, bytes);
-}
-
-void TensorHasher::Work() {
-  while (true) {
-    std::pair<int, uint64_t> item;
-    {
-      absl::MutexLock lock(&mu_);
-      // Woken by Add (work) or by the destructor (stop); never waits past the push's life.
-      mu_.Await(absl::Condition(
-          +[](TensorHasher* h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(h->mu_) {
-            return h->stop_ || h->next_ < h->queue_.size();
-          },
-          this));
-      if (stop_) return;
-      item = queue_[next_++];
+  work();
+  for (std::thread& t : pool) t.join();
+  if (!failure.ok()) return failure;
+  next_ = std::move(next);
+  for (const Task& task : tasks) {
+    const uint64_t size = manifest_.tensors(static_cast<int>(task.tensor)).byte_size();
+    if (task.state != nullptr && next_[task.tensor] == size) {
+      sums_[task.tensor] = XXH3_64bits_digest(task.state);
+      open_.erase(task.tensor);  // frees the state (or none: `own` goes with the task)
     }
-    sums_[static_cast<size_t>(item.first)] = XXH3_64bits(lease_->data(item.first), item.second);
-    absl::MutexLock lock(&mu_);
-    ++done_;
   }
-}
-
-std::vector<uint64_t> TensorHasher::Finish() {
-  // Helps with what is queued (and does it all if no thread started), then waits for the rest.
-  while (true) {
-    std::pair<int, uint64_t> item;
-    {
-      absl::MutexLock lock(&mu_);
-      if (next_ >= queue_.size()) break;
-      item = queue_[next_++];
-    }
-    sums_[static_cast<size_t>(item.first)] = XXH3_64bits(lease_->data(item.first), item.second);
-    absl::MutexLock lock(&mu_);
-    ++done_;
+  for (const WindowPart& p : parts) {
+    RETURN_IF_ERROR(lease.MarkReceived(static_cast<int>(p.tensor), p.offset, p.bytes));
   }
-  {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](TensorHasher* h)
-             ABSL_EXCLUSIVE_LOCKS_REQUIRED(h->mu_) { return h->done_ == h->queue_.size(); },
-        this));
-    stop_ = true;
-  }
-  for (std::thread& t : pool_) t.join();
-  pool_.clear();
-  lease_.reset();  // the commit waits for the version's writers to be gone
-  return sums_;
+  return absl::OkStatus();
 }
 
 }  // namespace ckpt::daemon

@@ -12,13 +12,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
-#include <thread>
-#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "common/scoped_fd.h"
 #include "daemon/store/version_store.h"
 #include "proto/trainer.pb.h"
@@ -48,14 +46,6 @@ absl::StatusOr<std::vector<WindowPart>> WindowParts(const v1::LocalPushWindow& w
 // on hugetlbfs) of at least `bytes` bytes.
 absl::Status CheckWindowFd(int fd, uint64_t bytes);
 
-// Copies every part from `fd` into `lease` with up to `threads` parallel preads of at most
-// `piece_bytes` each, then marks the parts received. `cancelled` (may be empty) is polled between
-// pieces: true stops the copy (CANCELLED). A short read (the trainer shrank its window) is
-// FAILED_PRECONDITION naming the offset.
-absl::Status CopyWindow(int fd, const std::vector<WindowPart>& parts,
-                        VersionStore::WriteLease& lease, int threads, uint64_t piece_bytes,
-                        const std::function<bool()>& cancelled);
-
 // Checks that the parts of one window continue each tensor where the push left it: part k of
 // tensor t must start at `next[t]` (the bytes of t received so far), and advances `next`. So every
 // byte of a local push is written once, and a tensor whose last byte is in is final (it may be
@@ -63,33 +53,46 @@ absl::Status CopyWindow(int fd, const std::vector<WindowPart>& parts,
 absl::Status CheckPartsInOrder(const std::vector<WindowPart>& parts, const v1::Manifest& manifest,
                                std::vector<uint64_t>& next);
 
-// Hashes (XXH3-64) tensors of a version as they become final, on its own threads, while the push
-// goes on: the commit then only waits for the last ones. Add() may be called from one thread;
-// Finish() (once, after the last Add) waits for every tensor added, stops the threads, releases
-// the lease and returns the checksums (index: manifest position; tensors never added hold 0). The
-// destructor stops and joins.
-class TensorHasher {
+// The copy of one local push's windows into its version, hashing each tensor as its bytes land.
+//
+// Each tensor's bytes come once and in order across windows (CheckPartsInOrder), so one task
+// streams a tensor's part: it preads a piece of the window straight into the version and hashes
+// that piece from cache (XXH3-64, a state per tensor kept from window to window) before the next.
+// The parts of different tensors are copied by up to `threads` threads at once. So every byte is
+// read from the window and written to the store once and never read again to be hashed: the
+// checksums of the version's bytes are known when the last window is in. Only this copier writes
+// into the version (no other process maps it), so they are the checksums of what is stored.
+class LocalPushCopier {
  public:
-  // `lease` is kept open (the version's memory stays) until the hasher is destroyed.
-  TensorHasher(std::unique_ptr<VersionStore::WriteLease> lease, int tensors, int threads);
-  ~TensorHasher();
-  TensorHasher(const TensorHasher&) = delete;
-  TensorHasher& operator=(const TensorHasher&) = delete;
+  // Tensors partly in at once (a client streams a few: one per lane).
+  static constexpr size_t kMaxOpenTensors = 4096;
 
-  void Add(int tensor, uint64_t bytes);
-  std::vector<uint64_t> Finish();
+  explicit LocalPushCopier(const v1::Manifest& manifest);
+  ~LocalPushCopier();
+  LocalPushCopier(const LocalPushCopier&) = delete;
+  LocalPushCopier& operator=(const LocalPushCopier&) = delete;
+
+  // Checks `parts` (CheckPartsInOrder; at most kMaxOpenTensors tensors partly in), then copies
+  // every part from `fd` into `lease` with up to `threads` threads and preads of at most
+  // `piece_bytes`, hashing as it goes, and marks the parts received. `cancelled` (may be empty) is
+  // polled between pieces: true stops the copy (CANCELLED). A short read (the trainer shrank its
+  // window) is FAILED_PRECONDITION naming the offset. After an error the copier must not be used
+  // again (the push is aborted).
+  absl::Status CopyWindow(int fd, const std::vector<WindowPart>& parts,
+                          VersionStore::WriteLease& lease, int threads, uint64_t piece_bytes,
+                          const std::function<bool()>& cancelled);
+
+  // True once every byte of every tensor is in; Checksums() then holds each tensor's XXH3-64 of
+  // the bytes written (empty tensors included).
+  bool Complete() const;
+  const std::vector<uint64_t>& Checksums() const { return sums_; }
 
  private:
-  void Work();
-
-  std::unique_ptr<VersionStore::WriteLease> lease_;
-  absl::Mutex mu_;
-  std::vector<std::pair<int, uint64_t>> queue_ ABSL_GUARDED_BY(mu_);
-  size_t next_ ABSL_GUARDED_BY(mu_) = 0;
-  size_t done_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  struct State;
+  const v1::Manifest& manifest_;
+  std::vector<uint64_t> next_;  // bytes of each tensor in so far
   std::vector<uint64_t> sums_;
-  std::vector<std::thread> pool_;
+  std::map<uint32_t, std::unique_ptr<State>> open_;  // tensors partly in
 };
 
 }  // namespace ckpt::daemon

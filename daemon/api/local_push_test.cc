@@ -10,6 +10,8 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
+#include <vector>
 
 namespace ckpt::daemon {
 namespace {
@@ -108,41 +110,74 @@ TEST_CASE("CheckWindowFd: only a memfd long enough is read") {
   CHECK(Contains(CheckWindowFd(null_fd.get(), 0).message(), "not a memfd"));
 }
 
-std::unique_ptr<VersionStore> NewStore() {
-  auto arena = HostArena::Create(HostArena::Kind::kShared, 1 << 20);
+std::unique_ptr<VersionStore> NewStore(uint64_t budget = 1 << 20) {
+  auto arena = HostArena::Create(HostArena::Kind::kShared, budget);
   REQUIRE(arena.ok());
   return std::make_unique<VersionStore>(std::move(*arena), VersionStore::Options{});
 }
 
-TEST_CASE("CopyWindow: every part lands in its tensor, bit-exact, with any piece size") {
+v1::Manifest Sized(const std::vector<uint64_t>& sizes) {
+  v1::Manifest m;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    v1::TensorSpec* t = m.add_tensors();
+    t->set_name("t" + std::to_string(i));
+    t->set_dtype(v1::DTYPE_UINT8);
+    t->add_shape(static_cast<int64_t>(sizes[i]));
+    t->set_byte_size(sizes[i]);
+  }
+  return m;
+}
+
+std::string Random(size_t n, uint32_t seed) {
+  std::string s(n, '\0');
+  std::mt19937 rng(seed);
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+TEST_CASE("LocalPushCopier: windows land bit-exact, hashed as they land, with any piece size") {
   const uint64_t piece = GENERATE(uint64_t{1}, uint64_t{4096}, uint64_t{1} << 20);
   const int threads = GENERATE(1, 4);
   auto store = NewStore();
-  const v1::Manifest m = TwoTensors();
+  // A tensor over three windows (several pieces each), one whole in a window, one in two parts of
+  // one window, and an empty one.
+  const v1::Manifest m = Sized({100000, 40, 9000, 0});
+  const std::string big = Random(100000, 1), small = Random(40, 2), mid = Random(9000, 3);
   auto b = store->Begin(m, 0, "", "test", /*verify_checksums=*/false);
   REQUIRE(b.ok());
-  std::string a(4000, '\0'), bb(40, '\0');
-  std::mt19937 rng(3);
-  for (char& c : a) c = static_cast<char>(rng());
-  for (char& c : bb) c = static_cast<char>(rng());
-  // Window: a[1000..4000), b, a[0..1000) (what a client may send for pieces of tensors).
-  ScopedFd fd = Memfd(a.substr(1000) + bb + a.substr(0, 1000));
-  uint64_t bytes = 0;
-  auto parts = WindowParts(Window({{0, 1000, 3000}, {1, 0, 40}, {0, 0, 1000}}), m, &bytes);
-  REQUIRE(parts.ok());
-  REQUIRE(CheckWindowFd(fd.get(), bytes).ok());
-  {
+  LocalPushCopier copier(m);
+  CHECK_FALSE(copier.Complete());
+  auto copy = [&](const std::string& bytes,
+                  std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> layout) {
+    ScopedFd fd = Memfd(bytes);
+    uint64_t n = 0;
+    auto parts = WindowParts(Window(std::move(layout)), m, &n);
+    REQUIRE(parts.ok());
+    REQUIRE(n == bytes.size());
     auto lease = store->OpenWriter(b->version, b->upload_token);
     REQUIRE(lease.ok());
-    REQUIRE(CopyWindow(fd.get(), *parts, **lease, threads, piece, {}).ok());
-  }
-  std::vector<uint64_t> sums = {XXH3_64bits(a.data(), a.size()), XXH3_64bits(bb.data(), 40)};
-  auto info = store->Commit(b->version, b->upload_token, true, &sums);
+    absl::Status s = copier.CopyWindow(fd.get(), *parts, **lease, threads, piece, {});
+    INFO(s.ToString());
+    REQUIRE(s.ok());
+  };
+  copy(big.substr(0, 30000) + small, {{0, 0, 30000}, {1, 0, 40}});
+  CHECK_FALSE(copier.Complete());
+  copy(mid.substr(0, 5000) + mid.substr(5000) + big.substr(30000, 50000),
+       {{2, 0, 5000}, {2, 5000, 4000}, {0, 30000, 50000}});
+  CHECK_FALSE(copier.Complete());
+  copy(big.substr(80000), {{0, 80000, 20000}});
+  REQUIRE(copier.Complete());
+  const std::vector<uint64_t> want = {XXH3_64bits(big.data(), big.size()),
+                                      XXH3_64bits(small.data(), 40), XXH3_64bits(mid.data(), 9000),
+                                      XXH3_64bits("", 0)};
+  CHECK(copier.Checksums() == want);
+  // The store agrees (it hashes its bytes itself when not given the copier's checksums).
+  auto info = store->Commit(b->version, b->upload_token, true, &want);
   INFO(info.status().ToString());
   CHECK(info.ok());
 }
 
-TEST_CASE("CopyWindow: a window shrunk under the copy, or a cancelled copy, fails") {
+TEST_CASE("LocalPushCopier: bytes out of order, a shrunk window, a cancelled or aborted copy") {
   auto store = NewStore();
   const v1::Manifest m = TwoTensors();
   auto b = store->Begin(m, 0, "", "test", /*verify_checksums=*/false);
@@ -152,14 +187,25 @@ TEST_CASE("CopyWindow: a window shrunk under the copy, or a cancelled copy, fail
   REQUIRE(parts.ok());
   auto lease = store->OpenWriter(b->version, b->upload_token);
   REQUIRE(lease.ok());
-  ScopedFd shrunk = Memfd(std::string(3000, 'x'));  // 1000 bytes short
-  absl::Status s = CopyWindow(shrunk.get(), *parts, **lease, 2, 1024, {});
-  CHECK(s.code() == absl::StatusCode::kFailedPrecondition);
-  CHECK(Contains(s.message(), "ended early"));
-
   ScopedFd whole = Memfd(std::string(4000, 'y'));
-  s = CopyWindow(whole.get(), *parts, **lease, 1, 1024, [] { return true; });
-  CHECK(s.code() == absl::StatusCode::kCancelled);
+  {
+    LocalPushCopier copier(m);
+    auto late = WindowParts(Window({{0, 10, 100}}), m, &bytes);
+    absl::Status s = copier.CopyWindow(whole.get(), *late, **lease, 1, 1024, {});
+    CHECK(Contains(s.message(), "tensor 'a' goes on at byte 0, not 10"));
+  }
+  {
+    LocalPushCopier copier(m);
+    ScopedFd shrunk = Memfd(std::string(3000, 'x'));  // 1000 bytes short
+    absl::Status s = copier.CopyWindow(shrunk.get(), *parts, **lease, 2, 1024, {});
+    CHECK(s.code() == absl::StatusCode::kFailedPrecondition);
+    CHECK(Contains(s.message(), "ended early"));
+  }
+  {
+    LocalPushCopier copier(m);
+    absl::Status s = copier.CopyWindow(whole.get(), *parts, **lease, 1, 1024, [] { return true; });
+    CHECK(s.code() == absl::StatusCode::kCancelled);
+  }
   // Nothing was marked received: the commit names the missing bytes.
   lease->reset();
   const std::vector<uint64_t> zeros = {0, 0};
@@ -171,8 +217,36 @@ TEST_CASE("CopyWindow: a window shrunk under the copy, or a cancelled copy, fail
   auto again = store->OpenWriter(b->version, b->upload_token);
   REQUIRE(again.ok());
   REQUIRE(store->Abort(b->version, b->upload_token, "test").ok());
-  s = CopyWindow(whole.get(), *parts, **again, 1, 1024, {});
-  CHECK(s.code() == absl::StatusCode::kAborted);
+  LocalPushCopier copier(m);
+  CHECK(copier.CopyWindow(whole.get(), *parts, **again, 1, 1024, {}).code() ==
+        absl::StatusCode::kAborted);
+}
+
+TEST_CASE("LocalPushCopier: at most kMaxOpenTensors tensors partly sent at once") {
+  std::vector<uint64_t> sizes(LocalPushCopier::kMaxOpenTensors + 1, 2);
+  const v1::Manifest m = Sized(sizes);
+  auto store = NewStore(4 << 20);
+  auto b = store->Begin(m, 0, "", "test", /*verify_checksums=*/false);
+  REQUIRE(b.ok());
+  std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> layout;
+  for (uint32_t t = 0; t < sizes.size(); ++t) layout.emplace_back(t, 0, 1);
+  uint64_t bytes = 0;
+  auto parts = WindowParts(Window(layout), m, &bytes);
+  REQUIRE(parts.ok());
+  ScopedFd fd = Memfd(std::string(bytes, 'z'));
+  auto lease = store->OpenWriter(b->version, b->upload_token);
+  REQUIRE(lease.ok());
+  LocalPushCopier copier(m);
+  absl::Status s = copier.CopyWindow(fd.get(), *parts, **lease, 2, 4096, {});
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(Contains(s.message(), "tensors would be partly sent at once"));
+  // One fewer is fine.
+  layout.pop_back();
+  auto fewer = WindowParts(Window(layout), m, &bytes);
+  LocalPushCopier ok(m);
+  absl::Status fine = ok.CopyWindow(fd.get(), *fewer, **lease, 2, 4096, {});
+  INFO(fine.ToString());
+  CHECK(fine.ok());
 }
 
 TEST_CASE("CheckPartsInOrder: each tensor's bytes once, in order, across windows") {
@@ -189,35 +263,6 @@ TEST_CASE("CheckPartsInOrder: each tensor's bytes once, in order, across windows
   CHECK(Contains(s.message(), "tensor 'a' goes on at byte 1024, not 0"));
   auto gap = WindowParts(Window({{1, 11, 1}}), m, &bytes);
   CHECK(Contains(CheckPartsInOrder(*gap, m, next).message(), "'b' goes on at byte 10, not 11"));
-}
-
-TEST_CASE("TensorHasher: the checksum of every tensor added, with any thread count") {
-  const int threads = GENERATE(0, 1, 3);
-  auto store = NewStore();
-  const v1::Manifest m = TwoTensors();
-  auto b = store->Begin(m, 0, "", "test", /*verify_checksums=*/false);
-  REQUIRE(b.ok());
-  auto lease = store->OpenWriter(b->version, b->upload_token);
-  REQUIRE(lease.ok());
-  std::memset((*lease)->data(0), 7, 4000);
-  std::memset((*lease)->data(1), 9, 40);
-  const std::string a(4000, 7), bb(40, 9);
-  {
-    TensorHasher hasher(*std::move(lease), 2, threads);
-    hasher.Add(1, 40);
-    hasher.Add(0, 4000);
-    std::vector<uint64_t> sums = hasher.Finish();
-    CHECK(sums == std::vector<uint64_t>{XXH3_64bits(a.data(), 4000), XXH3_64bits(bb.data(), 40)});
-    // Finish released the lease: the commit is not held up by it.
-    auto info = store->Commit(b->version, b->upload_token, true, &sums);
-    CHECK(info.status().code() == absl::StatusCode::kFailedPrecondition);  // nothing marked
-    CHECK(Contains(info.status().message(), "missing"));
-  }
-  // Destroyed without Finish: stops and joins.
-  auto other = store->OpenWriter(b->version, b->upload_token);
-  REQUIRE(other.ok());
-  TensorHasher dropped(*std::move(other), 2, threads);
-  dropped.Add(0, 4000);
 }
 
 }  // namespace

@@ -1,7 +1,5 @@
 #include "daemon/api/trainer_service.h"
 
-#include <xxhash.h>
-
 #include <set>
 #include <system_error>
 #include <thread>
@@ -323,13 +321,9 @@ grpc::Status TrainerService::RunLocalPush(
   watch.Touch();
 
   auto cancelled = [context] { return context->IsCancelled(); };
-  // Each tensor is hashed as soon as its last byte is in (the parts of a local push come in order,
-  // each byte once: a final tensor does not change), while later windows are copied.
-  auto hash_lease = store_->OpenWriter(version, token);
-  if (!hash_lease.ok()) return fail(hash_lease.status());
-  TensorHasher hasher(*std::move(hash_lease), manifest.tensors_size(),
-                      std::max(1, options_.local_copy_threads / 2));
-  std::vector<uint64_t> next_byte(static_cast<size_t>(manifest.tensors_size()), 0);
+  // Copies the windows into the version, each tensor's bytes once and in order, hashing them as
+  // they land: the commit verifies those checksums against the trainer's.
+  LocalPushCopier copier(manifest);
   uint64_t windows = 0;
   v1::LocalPushRequest message;
   while (stream->Read(&message)) {
@@ -338,23 +332,16 @@ grpc::Status TrainerService::RunLocalPush(
       uint64_t window_bytes = 0;
       auto parts = WindowParts(message.window(), manifest, &window_bytes);
       if (!parts.ok()) return fail(parts.status());
-      if (absl::Status s = CheckPartsInOrder(*parts, manifest, next_byte); !s.ok()) {
-        return fail(s);
-      }
       HeldFds held(&held_passed_fds_);
       auto fd = ClaimWindow(message.window().fd_nonce(), caller, held);
       if (!fd.ok()) return fail(fd.status());
       if (absl::Status s = CheckWindowFd(fd->get(), window_bytes); !s.ok()) return fail(s);
       auto lease = store_->OpenWriter(version, token);
       if (!lease.ok()) return fail(lease.status());
-      absl::Status copied = CopyWindow(fd->get(), *parts, **lease, options_.local_copy_threads,
-                                       kWindowPieceBytes, cancelled);
+      absl::Status copied = copier.CopyWindow(
+          fd->get(), *parts, **lease, options_.local_copy_threads, kWindowPieceBytes, cancelled);
       lease->reset();
       if (!copied.ok()) return fail(Annotate(copied, absl::StrCat("window ", windows)));
-      for (const WindowPart& p : *parts) {
-        const uint64_t size = manifest.tensors(static_cast<int>(p.tensor)).byte_size();
-        if (p.offset + p.bytes == size) hasher.Add(static_cast<int>(p.tensor), size);
-      }
       ++windows;
       watch.Touch();
       reply.Clear();
@@ -374,17 +361,10 @@ grpc::Status TrainerService::RunLocalPush(
             absl::StrCat("version ", version, " has ", manifest.tensors_size(), " tensors but ",
                          expected.size(), " checksums came")));
       }
-      // Every tensor complete was hashed by the hasher; empty ones hash here (none of their bytes
-      // came in a window), and the store names any tensor still missing bytes.
-      std::vector<uint64_t> computed = hasher.Finish();
-      bool complete = true;
-      for (int i = 0; i < manifest.tensors_size(); ++i) {
-        const uint64_t size = manifest.tensors(i).byte_size();
-        if (size == 0) computed[static_cast<size_t>(i)] = XXH3_64bits(nullptr, 0);
-        if (next_byte[static_cast<size_t>(i)] != size) complete = false;
-      }
+      // With every byte in, the copier's checksums are those of the stored bytes; otherwise the
+      // store hashes what is there and names the tensors that lack bytes.
       auto info = store_->Commit(version, token, /*notify=*/true, &expected,
-                                 complete ? &computed : nullptr);
+                                 copier.Complete() ? &copier.Checksums() : nullptr);
       if (!info.ok()) return fail(info.status());
       committed = true;
       reply.Clear();

@@ -1,6 +1,5 @@
 #include "daemon/store/version_store.h"
 
-#include <xxhash.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +15,7 @@
 #include "common/random_id.h"
 #include "common/status_macros.h"
 #include "common/units.h"
+#include "common/xxh3.h"
 #include "daemon/store/manifest.h"
 #include "spdlog/spdlog.h"
 

@@ -24,7 +24,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -44,6 +43,7 @@
 #include "absl/strings/str_split.h"
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
+#include "common/xxh3.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/safetensors_writer.h"
 #include "tests/testing/subprocess.h"
