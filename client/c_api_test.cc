@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 
 #include <catch2/catch.hpp>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -227,6 +229,69 @@ TEST_CASE("ckpt_client_open and open2 still work without options") {
   ::setenv("CKPT_TOKEN_FILE", "/nonexistent/env-token", 1);
   CHECK(ckpt_client_open2(nullptr, "127.0.0.1:1", &out, err, sizeof err) == kFailedPrecondition);
   CHECK(Contains(err, "/nonexistent/env-token"));
+}
+
+TEST_CASE("ckpt_push_extra: init, and bad values are refused before anything is sent") {
+  CleanEnv env;
+  ckpt_push_extra extra;
+  std::memset(&extra, 0xff, sizeof extra);
+  ckpt_push_extra_init(&extra);
+  CHECK(extra.struct_size == sizeof(ckpt_push_extra));
+  CHECK(extra.transport == nullptr);
+  CHECK(extra.window_bytes == 0);
+  ckpt_push_extra_init(nullptr);  // no crash
+
+  char err[512] = "";
+  // A closed port: nothing is reached, so each error below comes from the checks before a call.
+  ckpt_client* c = ckpt_client_open(nullptr, "127.0.0.1:1", err, sizeof err);
+  REQUIRE(c != nullptr);
+  const char names[] = "w";
+  const uint64_t ends[] = {1};
+  const int32_t dtypes[] = {CKPT_DTYPE_UINT8};
+  const int32_t ndims[] = {1};
+  const int64_t shapes[] = {4};
+  const uint8_t data[4] = {1, 2, 3, 4};
+  const uint64_t ptrs[] = {reinterpret_cast<uintptr_t>(data)};
+  const uint64_t sizes[] = {4};
+  ckpt_tensor_table table;
+  std::memset(&table, 0, sizeof table);
+  table.struct_size = sizeof table;
+  table.count = 1;
+  table.names = names;
+  table.names_bytes = 1;
+  table.name_ends = ends;
+  table.dtypes = dtypes;
+  table.ndims = ndims;
+  table.shapes = shapes;
+  table.shapes_count = 1;
+  table.data = ptrs;
+  table.nbytes = sizes;
+  uint64_t version = 0;
+  extra.transport = "shm";
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+        kInvalidArgument);
+  CHECK(Contains(err, "'shm' is not one of auto, local, grpc"));
+  extra.transport = "local";  // over TCP: refused by the client
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+        kFailedPrecondition);
+  CHECK(Contains(err, "needs the daemon's Unix socket"));
+  extra.transport = nullptr;
+  extra.window_bytes = 4096;
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+        kInvalidArgument);
+  CHECK(Contains(err, "window_bytes must be 1 MiB to 16 GiB"));
+  ckpt_push_extra zero;
+  std::memset(&zero, 0, sizeof zero);
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &zero, &version, nullptr, err, sizeof err) ==
+        kInvalidArgument);
+  CHECK(Contains(err, "struct_size is 0"));
+  // An older caller's struct ends before window_bytes: that field is not read.
+  extra.struct_size = offsetof(ckpt_push_extra, window_bytes);
+  extra.transport = "local";
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+        kFailedPrecondition);
+  CHECK(version == 0);
+  ckpt_client_close(c);
 }
 
 }  // namespace
