@@ -10,13 +10,13 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "client/descriptor_socket.h"
+#include "common/parallel.h"
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
 #include "common/units.h"
@@ -200,23 +200,11 @@ absl::Status FillWindow(const WindowPlan& plan, const std::vector<TensorView>& t
     }
   };
   const int threads = static_cast<int>(lanes.size());
-  std::vector<std::thread> pool;
-  try {
-    for (int i = 1; i < threads; ++i) pool.emplace_back(work);
-  } catch (const std::system_error&) {
-    // Fewer threads: the ones started (and this one) do the work.
-  }
-  work();
-  for (std::thread& t : pool) t.join();
+  RunOnThreads(threads, work);
   for (const WindowPartRef& p : plan.parts) {
     if (p.offset + p.bytes == tensors[p.tensor].bytes) open.erase(p.tensor);
   }
   return absl::OkStatus();
-}
-
-int DefaultThreads(int threads) {
-  if (threads > 0) return threads;
-  return std::min<int>(8, std::max(1u, std::thread::hardware_concurrency()));
 }
 
 }  // namespace
@@ -236,7 +224,7 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   auto cancelled = [&] { return options.cancel != nullptr && options.cancel->load(); };
   uint64_t total = 0;
   for (const TensorView& t : tensors) total += t.bytes;
-  const int threads = DefaultThreads(options.hash_threads);
+  const int threads = HashThreadCount(options.hash_threads);
   const std::vector<WindowPlan> plans = PlanWindows(tensors, options.window_bytes, threads);
 
   std::vector<std::unique_ptr<PushWindow>> windows;
@@ -359,17 +347,9 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
     const bool& committed;
     absl::Duration timeout;
     ~AbortUnlessCommitted() {
-      if (committed) return;
-      grpc::ClientContext abort_context;
-      abort_context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-      v1::AbortRequest request;
-      request.set_version(version);
-      request.set_upload_token(token);
-      v1::AbortResponse response;
-      (void)stub->Abort(&abort_context, request, &response);  // the push's own error is reported
+      if (!committed) AbortQuietly(stub, version, token, timeout);
     }
-  } abort_guard{stub, version, reply.begun().upload_token(), committed,
-                std::min(options.timeout, absl::Seconds(10))};
+  } abort_guard{stub, version, reply.begun().upload_token(), committed, options.timeout};
   // Checksums: tensors of 0 bytes now, the others as their last part is copied.
   std::vector<uint64_t> hashes(tensors.size(), XXH3_64bits("", 0));
   std::map<uint32_t, HashState> open;

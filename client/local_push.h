@@ -34,8 +34,8 @@ struct WindowPlan {
   uint64_t bytes = 0;
 };
 
-// The daemon's limit of parts in one window.
-inline constexpr size_t kMaxWindowParts = 65536;
+// The daemon's limit of parts in one window (as in a chunk).
+inline constexpr size_t kMaxWindowParts = kMaxChunkParts;
 
 // Cuts the tensors into windows of at most `window_bytes` bytes and `max_parts` parts each, for
 // `lanes` threads that each stream whole tensors: a lane takes the next tensor (in order) when its

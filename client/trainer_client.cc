@@ -143,6 +143,11 @@ absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOpti
   return absl::OkStatus();
 }
 
+int HashThreadCount(int requested) {
+  if (requested > 0) return requested;
+  return std::min<int>(8, std::max(1u, std::thread::hardware_concurrency()));
+}
+
 std::vector<uint64_t> HashTensors(const std::vector<TensorView>& tensors, int threads) {
   std::vector<uint64_t> hashes(tensors.size());
   // Largest first, handed out one at a time: the threads finish close together.
@@ -150,10 +155,7 @@ std::vector<uint64_t> HashTensors(const std::vector<TensorView>& tensors, int th
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return tensors[a].bytes > tensors[b].bytes; });
-  if (threads <= 0) {
-    threads = std::min<int>(8, std::max(1u, std::thread::hardware_concurrency()));
-  }
-  threads = std::max(1, std::min<int>(threads, static_cast<int>(tensors.size())));
+  threads = std::max(1, std::min<int>(HashThreadCount(threads), static_cast<int>(tensors.size())));
   std::atomic<size_t> next{0};
   auto work = [&] {
     for (size_t k = next.fetch_add(1); k < order.size(); k = next.fetch_add(1)) {
@@ -234,15 +236,15 @@ absl::StatusOr<v1::Trainer::Stub*> TrainerClient::StreamStub(int i) {
   return stream_stubs_[i].get();
 }
 
-void TrainerClient::AbortQuietly(uint64_t version, const std::string& token,
-                                 absl::Duration timeout) {
+void AbortQuietly(v1::Trainer::Stub* stub, uint64_t version, const std::string& token,
+                  absl::Duration timeout) {
   grpc::ClientContext context;
   SetDeadline(&context, std::min(timeout, absl::Seconds(10)));
   v1::AbortRequest request;
   request.set_version(version);
   request.set_upload_token(token);
   v1::AbortResponse response;
-  stub_->Abort(&context, request, &response);  // Best effort: the push's own error is reported.
+  stub->Abort(&context, request, &response);  // Best effort: the push's own error is reported.
 }
 
 namespace {
@@ -308,7 +310,7 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushOverGrpc(const std::vector<Te
   const std::string& token = began.upload_token();
   const std::string context_text = absl::StrCat("push of version ", version);
   auto fail = [&](const absl::Status& status) {
-    AbortQuietly(version, token, options.timeout);
+    AbortQuietly(stub_.get(), version, token, options.timeout);
     return Annotate(status, context_text);
   };
 

@@ -96,6 +96,15 @@ using LoadProgressCallback = std::function<void(const v1::LoadFilesProgress& pro
 // set when bytes > 0; options in range. INVALID_ARGUMENT naming the tensor and the problem.
 absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOptions& options);
 
+// A best-effort Trainer.Abort of a version begun with `token` (deadline: `timeout`, at most
+// 10 s), for a push that failed: its own error is what the caller reports.
+void AbortQuietly(v1::Trainer::Stub* stub, uint64_t version, const std::string& token,
+                  absl::Duration timeout);
+
+// The threads that hash a push (PushOptions::hash_threads): `requested` if positive, else
+// min(8, hardware threads).
+int HashThreadCount(int requested);
+
 // XXH3-64 (seed 0) of each tensor's bytes, computed on up to `threads` threads (0: automatic).
 std::vector<uint64_t> HashTensors(const std::vector<TensorView>& tensors, int threads);
 
@@ -185,9 +194,6 @@ class TrainerClient {
   // PushTensors over gRPC (BeginVersion, PushChunks, Commit), after ValidatePush.
   absl::StatusOr<v1::VersionInfo> PushOverGrpc(const std::vector<TensorView>& tensors,
                                                const PushOptions& options);
-
-  // Best-effort Abort of a version this client began.
-  void AbortQuietly(uint64_t version, const std::string& token, absl::Duration timeout);
 
   const Endpoint endpoint_;
   const std::unique_ptr<v1::Trainer::Stub> stub_;

@@ -10,12 +10,11 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <system_error>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/checked_math.h"
+#include "common/parallel.h"
 #include "common/status_macros.h"
 #include "common/units.h"
 #include "common/xxh3.h"
@@ -42,20 +41,8 @@ absl::StatusOr<std::vector<WindowPart>> WindowParts(const v1::LocalPushWindow& w
     const uint32_t t = window.part_tensor(k);
     const uint64_t offset = window.part_offset(k);
     const uint64_t bytes = window.part_bytes(k);
-    if (t >= static_cast<uint32_t>(manifest.tensors_size())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "window part ", k, " names tensor #", t, "; the manifest has ", manifest.tensors_size()));
-    }
-    const uint64_t size = manifest.tensors(static_cast<int>(t)).byte_size();
-    if (bytes == 0) {
-      return absl::InvalidArgumentError(absl::StrCat("window part ", k, " has 0 bytes"));
-    }
-    if (offset > size || bytes > size - offset) {
-      return absl::OutOfRangeError(
-          absl::StrCat("window part ", k, ": bytes [", offset, ", ", offset, " + ", bytes,
-                       ") are past the end of tensor '",
-                       manifest.tensors(static_cast<int>(t)).name(), "' (", size, " bytes)"));
-    }
+    RETURN_IF_ERROR(
+        VersionStore::CheckPart(manifest, "window", static_cast<size_t>(k), {t, offset, bytes}));
     parts.push_back({t, offset, bytes, sum.total()});
     if (!sum.Add(bytes)) {
       return absl::InvalidArgumentError("a window's parts add up to more than 2^64 bytes");
@@ -229,14 +216,7 @@ absl::Status LocalPushCopier::CopyWindow(int fd, const std::vector<WindowPart>& 
     }
   };
   threads = std::max(1, std::min<int>(threads, static_cast<int>(tasks.size())));
-  std::vector<std::thread> pool;
-  try {
-    for (int i = 1; i < threads; ++i) pool.emplace_back(work);
-  } catch (const std::system_error&) {
-    // Fewer threads: the ones started (and this one) do the work.
-  }
-  work();
-  for (std::thread& t : pool) t.join();
+  RunOnThreads(threads, work);
   if (!failure.ok()) return failure;
   next_ = std::move(next);
   for (const Task& task : tasks) {

@@ -32,12 +32,12 @@ struct WindowPart {
   uint64_t window_offset = 0;
 };
 
-// At most this many parts in one window.
-inline constexpr size_t kMaxWindowParts = 65536;
+// At most this many parts in one window (as in a chunk).
+inline constexpr size_t kMaxWindowParts = VersionStore::kMaxChunkParts;
 
 // The parts of `window`, checked against `manifest`: the three lists of one length 1..65536,
-// every part at least one byte and inside its tensor, their sum without overflow. `*window_bytes`
-// gets the sum. INVALID_ARGUMENT or OUT_OF_RANGE naming the part.
+// every part as VersionStore::CheckPart checks a chunk's, their sum without overflow.
+// `*window_bytes` gets the sum. INVALID_ARGUMENT or OUT_OF_RANGE naming the part.
 absl::StatusOr<std::vector<WindowPart>> WindowParts(const v1::LocalPushWindow& window,
                                                     const v1::Manifest& manifest,
                                                     uint64_t* window_bytes);

@@ -1,6 +1,5 @@
 #include "daemon/store/version_store.h"
 
-
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -451,6 +450,27 @@ absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token
   return absl::OkStatus();
 }
 
+absl::Status VersionStore::CheckPart(const v1::Manifest& manifest, absl::string_view what, size_t k,
+                                     const ChunkPart& p) {
+  const uint64_t count = static_cast<uint64_t>(manifest.tensors_size());
+  if (p.bytes == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " part ", k, " has 0 bytes"));
+  }
+  if (p.tensor_index >= count) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " part ", k, " names tensor #",
+                                                   p.tensor_index, " of a version of ", count,
+                                                   " tensors"));
+  }
+  const v1::TensorSpec& spec = manifest.tensors(static_cast<int>(p.tensor_index));
+  if (!RangeWithin(p.offset, p.bytes, spec.byte_size())) {
+    return absl::OutOfRangeError(absl::StrCat(what, " part ", k, ": ", p.bytes, " bytes at offset ",
+                                              p.offset, " are past the end of tensor ",
+                                              QuoteForMessage(spec.name()), " (", spec.byte_size(),
+                                              " bytes)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status VersionStore::WriteChunkParts(uint64_t version, const std::string& token,
                                            const std::vector<ChunkPart>& parts, const void* data,
                                            uint64_t size) {
@@ -460,25 +480,10 @@ absl::Status VersionStore::WriteChunkParts(uint64_t version, const std::string& 
         absl::StrCat("chunk has ", parts.size(), " parts, more than ", kMaxChunkParts));
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Version> v, LookUpStaging(version, token));
-  const uint64_t count = static_cast<uint64_t>(v->manifest.tensors_size());
   uint64_t total = 0;
   for (size_t k = 0; k < parts.size(); ++k) {
     const ChunkPart& p = parts[k];
-    if (p.bytes == 0) {
-      return absl::InvalidArgumentError(absl::StrCat("chunk part ", k, " has 0 bytes"));
-    }
-    if (p.tensor_index >= count) {
-      return absl::InvalidArgumentError(absl::StrCat("chunk part ", k, " names tensor #",
-                                                     p.tensor_index, " of a version of ", count,
-                                                     " tensors"));
-    }
-    const v1::TensorSpec& spec = v->manifest.tensors(static_cast<int>(p.tensor_index));
-    if (!RangeWithin(p.offset, p.bytes, spec.byte_size())) {
-      return absl::OutOfRangeError(
-          absl::StrCat("chunk part ", k, ": ", p.bytes, " bytes at offset ", p.offset,
-                       " are past the end of tensor ", QuoteForMessage(spec.name()), " (",
-                       spec.byte_size(), " bytes)"));
-    }
+    RETURN_IF_ERROR(CheckPart(v->manifest, "chunk", k, p));
     if (p.bytes > size - total) {
       return absl::InvalidArgumentError(absl::StrCat("chunk parts add up to more than its ", size,
                                                      " data bytes (at part ", k, ")"));
@@ -532,7 +537,7 @@ absl::Status VersionStore::WriteLease::MarkReceived(int i, uint64_t offset, uint
                                                    v_->manifest.tensors_size(), " tensors"));
   }
   const uint64_t size = v_->manifest.tensors(i).byte_size();
-  if (offset > size || bytes > size - offset) {
+  if (!RangeWithin(offset, bytes, size)) {
     return absl::OutOfRangeError(absl::StrCat(
         "bytes [", offset, ", ", offset, " + ", bytes, ") are past the end of tensor '",
         v_->manifest.tensors(i).name(), "' (", size, " bytes)"));
@@ -645,15 +650,14 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
     }
   };
   if (computed_xxh3 != nullptr) {
-    sums = *computed_xxh3;
-    next = n;  // nothing left to hash
+    sums = *computed_xxh3;  // nothing left to hash
+  } else {
+    const int threads = std::max(1, std::min(options_.hash_threads, n));
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(hash);
+    hash();
+    for (auto& t : pool) t.join();
   }
-  int threads = std::max(1, std::min(options_.hash_threads, n));
-  if (computed_xxh3 != nullptr) threads = 1;
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(hash);
-  hash();
-  for (auto& t : pool) t.join();
   if (v->verify_checksums || expected_xxh3 != nullptr) {
     uint64_t mismatches = 0;
     for (int i = 0; i < n; ++i) {

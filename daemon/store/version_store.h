@@ -163,6 +163,10 @@ class VersionStore {
   };
   // At most this many parts in one chunk.
   static constexpr size_t kMaxChunkParts = 65536;
+  // Part `k` of a `what` ("chunk", "window") against `manifest`: at least one byte, a tensor of
+  // the manifest, inside it. INVALID_ARGUMENT or OUT_OF_RANGE naming the part.
+  static absl::Status CheckPart(const v1::Manifest& manifest, absl::string_view what, size_t k,
+                                const ChunkPart& part);
 
   // Copies `size` bytes of `data`, cut into `parts` in order, each to `offset` of its tensor. Every
   // part is checked before anything is written: INVALID_ARGUMENT (no parts, too many, a part of 0
