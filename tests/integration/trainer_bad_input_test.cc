@@ -460,6 +460,32 @@ TEST_CASE("PushLocal: every bad stream is refused naming the problem and leaves 
     CHECK_FALSE(skip.Window({w.get()}, {{0, 8, 100}}));
     refused(skip, grpc::StatusCode::INVALID_ARGUMENT, "goes on at byte 0, not 8");
   }
+  SECTION("parts at offset 2^64 - 1, of 2^64 - 1 bytes, or adding up past 2^64") {
+    ScopedFd w = MemfdWith(a);
+    for (auto part : std::vector<std::tuple<uint32_t, uint64_t, uint64_t>>{
+             {0, UINT64_MAX, 1}, {0, 0, UINT64_MAX}, {0, UINT64_MAX, UINT64_MAX}}) {
+      LocalStream ls(d);
+      REQUIRE(ls.Begin(m) > 0);
+      CHECK_FALSE(ls.Window({w.get()}, {part}));
+      refused(ls, grpc::StatusCode::OUT_OF_RANGE, "past the end of tensor 'a'");
+    }
+    LocalStream many(d);
+    REQUIRE(many.Begin(m) > 0);
+    std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> parts(5, {0, 0, 4096});
+    CHECK_FALSE(many.Window({w.get()}, parts));  // 20 KiB named; the memfd has 4 KiB
+    refused(many, grpc::StatusCode::FAILED_PRECONDITION, "fewer than its parts'");
+  }
+  SECTION("a trainer that goes silent after its begin is cancelled (staging_timeout 1 s)") {
+    LocalStream ls(d);
+    REQUIRE(ls.Begin(m) > 0);
+    const auto start = Clock::now();
+    v1::LocalPushReply reply;
+    CHECK_FALSE(ls.stream->Read(&reply));  // the daemon ends the stream; no reply comes
+    CHECK(Clock::now() - start < 15s);
+    // The watchdog cancels the call itself, so gRPC's own text comes back, not the daemon's.
+    CHECK(ls.stream->Finish().error_code() == grpc::StatusCode::CANCELLED);
+    d.RequireClean();
+  }
   SECTION("two descriptors under one nonce") {
     ScopedFd w1 = MemfdWith(a), w2 = MemfdWith(a);
     LocalStream ls(d);
