@@ -232,6 +232,10 @@ void ckpt_client_set_timeout(ckpt_client* client, double seconds) {
 
 void ckpt_client_close(ckpt_client* client) { delete client; }
 
+void ckpt_client_release_staging(ckpt_client* client) {
+  if (client != nullptr && client->trainer != nullptr) client->trainer->ReleaseStaging();
+}
+
 namespace {
 
 // The push of ckpt_push and ckpt_push_table, once the tensors are views.
@@ -329,11 +333,17 @@ int ckpt_push_table_ex(ckpt_client* client, const ckpt_tensor_table* table,
   return Guard(err, errlen, [&]() -> absl::Status {
     if (absl::Status s = NeedClient(client); !s.ok()) return s;
     if (table == nullptr) return absl::InvalidArgumentError("table is NULL");
-    if (table->struct_size < sizeof(ckpt_tensor_table)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("table->struct_size is ", table->struct_size,
-                       ", not sizeof(ckpt_tensor_table) = ", sizeof(ckpt_tensor_table)));
+    // The first table had no `devices`: a caller built then passes a smaller struct_size.
+    constexpr size_t kFirstSize = offsetof(ckpt_tensor_table, devices);
+    if (table->struct_size < kFirstSize) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "table->struct_size is ", table->struct_size, ", not sizeof(ckpt_tensor_table) = ",
+          sizeof(ckpt_tensor_table), " (or ", kFirstSize, " without devices)"));
     }
+    const int32_t* devices =
+        table->struct_size >= offsetof(ckpt_tensor_table, devices) + sizeof(table->devices)
+            ? table->devices
+            : nullptr;
     const size_t n = table->count;
     if (n > 0 &&
         (table->names == nullptr || table->name_ends == nullptr || table->dtypes == nullptr ||
@@ -373,6 +383,7 @@ int ckpt_push_table_ex(ckpt_client* client, const ckpt_tensor_table* table,
       dim += static_cast<uint64_t>(ndim);
       views[i].data = reinterpret_cast<const void*>(static_cast<uintptr_t>(table->data[i]));
       views[i].bytes = table->nbytes[i];
+      if (devices != nullptr) views[i].device = devices[i];
     }
     return PushViews(client, views, options, extra, version_out, info_json_out);
   });

@@ -145,6 +145,10 @@ CKPT_API void ckpt_client_set_timeout(ckpt_client* client, double seconds);
 /* Closes the client; NULL is a no-op. */
 CKPT_API void ckpt_client_close(ckpt_client* client);
 
+/* Frees the memory the client keeps between pushes (the local path's shared-memory windows, the
+ * pinned host copy of CUDA tensors for gRPC); the next push makes it again. NULL is a no-op. */
+CKPT_API void ckpt_client_release_staging(ckpt_client* client);
+
 /* Pushes `count` tensors as one new version and commits it: checksums, BeginVersion, parallel
  * upload, Commit. `options` NULL: defaults. On success *version_out (if not NULL) is the committed
  * version and *info_json_out (if not NULL) its version info JSON. On failure nothing is left on
@@ -168,11 +172,18 @@ typedef struct ckpt_tensor_table {
   uint64_t shapes_count; /* the length of `shapes`: the ndims may not add up to more */
   const uint64_t* data;  /* addresses of the bytes; 0 only where nbytes is 0 */
   const uint64_t* nbytes;
+  /* Read only when struct_size covers it (older callers stop at nbytes); NULL: every tensor is
+   * in host memory. devices[i] is -1 for host memory, else the CUDA ordinal (of this process) of
+   * the GPU whose memory data[i] points into. The push first waits for all work queued on those
+   * GPUs; a local daemon that drives the GPU copies the bytes from GPU memory itself (CUDA IPC),
+   * otherwise the client copies them device-to-host. The memory must stay unchanged until the push
+   * returns. */
+  const int32_t* devices;
 } ckpt_tensor_table;
 
 /* ckpt_push of the tensors of `table`: the same checks, options, outputs and errors, and
- * INVALID_ARGUMENT for a NULL column, a struct_size smaller than this header's, name_ends that go
- * back or past names_bytes, or ndims adding up to more than shapes_count. */
+ * INVALID_ARGUMENT for a NULL column, a struct_size smaller than the table without `devices`,
+ * name_ends that go back or past names_bytes, or ndims adding up to more than shapes_count. */
 CKPT_API int ckpt_push_table(ckpt_client* client, const ckpt_tensor_table* table,
                              const ckpt_push_options* options, uint64_t* version_out,
                              char** info_json_out, char* err, size_t errlen);

@@ -3,6 +3,7 @@
 // a real daemon (tokens, TLS, mTLS) are in tests/python/credentials_test.py.
 #include "client/c_api.h"
 
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
@@ -291,6 +292,74 @@ TEST_CASE("ckpt_push_extra: init, and bad values are refused before anything is 
   CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
         kFailedPrecondition);
   CHECK(version == 0);
+  ckpt_client_close(c);
+}
+
+TEST_CASE("ckpt_tensor_table.devices: read only when struct_size covers it; bad values refused") {
+  CleanEnv env;
+  char err[512] = "";
+  ckpt_client* c = ckpt_client_open(nullptr, "127.0.0.1:1", err, sizeof err);
+  REQUIRE(c != nullptr);
+  const char names[] = "w";
+  const uint64_t ends[] = {1};
+  const int32_t dtypes[] = {CKPT_DTYPE_UINT8};
+  const int32_t ndims[] = {1};
+  const int64_t shapes[] = {4};
+  const uint8_t data[4] = {1, 2, 3, 4};
+  const uint64_t ptrs[] = {reinterpret_cast<uintptr_t>(data)};
+  const uint64_t sizes[] = {4};
+  ckpt_tensor_table table;
+  std::memset(&table, 0, sizeof table);
+  table.struct_size = sizeof table;
+  table.count = 1;
+  table.names = names;
+  table.names_bytes = 1;
+  table.name_ends = ends;
+  table.dtypes = dtypes;
+  table.ndims = ndims;
+  table.shapes = shapes;
+  table.shapes_count = 1;
+  table.data = ptrs;
+  table.nbytes = sizes;
+  ckpt_push_extra extra;
+  ckpt_push_extra_init(&extra);
+  extra.transport = "local";  // over TCP: refused, but only after the tensors are checked
+  uint64_t version = 0;
+  // An older caller's table ends before `devices`: whatever lies there is not read.
+  table.struct_size = offsetof(ckpt_tensor_table, devices);
+  table.devices = reinterpret_cast<const int32_t*>(uintptr_t{8});
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+        kFailedPrecondition);
+  CHECK(Contains(err, "needs the daemon's Unix socket"));
+  table.struct_size = offsetof(ckpt_tensor_table, devices) - 1;
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+        kInvalidArgument);
+  CHECK(Contains(err, "struct_size is"));
+  table.struct_size = sizeof table;
+  const int32_t host[] = {-1};
+  table.devices = host;
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+        kFailedPrecondition);
+  CHECK(Contains(err, "needs the daemon's Unix socket"));
+  const int32_t bad[] = {-2};
+  table.devices = bad;
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+        kInvalidArgument);
+  CHECK(Contains(err, "tensor 'w': device -2 (-1: host memory, else a CUDA ordinal)"));
+  // A CUDA tensor on a machine without the CUDA driver: refused naming it, before any call.
+  if (void* cuda = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL); cuda == nullptr) {
+    const int32_t gpu[] = {0};
+    table.devices = gpu;
+    extra.transport = "grpc";
+    CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+          kFailedPrecondition);
+    CHECK(Contains(err, "CUDA tensors need the CUDA driver, and libcuda.so.1 cannot be loaded"));
+  } else {
+    ::dlclose(cuda);
+  }
+  CHECK(version == 0);
+  ckpt_client_release_staging(c);
+  ckpt_client_release_staging(nullptr);  // no-op
   ckpt_client_close(c);
 }
 

@@ -10,12 +10,15 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "client/cuda_driver.h"
 #include "client/descriptor_socket.h"
+#include "common/checked_math.h"
 #include "common/parallel.h"
 #include "common/scoped_fd.h"
 #include "common/status_macros.h"
@@ -25,7 +28,7 @@
 namespace ckpt::client {
 
 std::vector<WindowPlan> PlanWindows(const std::vector<TensorView>& tensors, uint64_t window_bytes,
-                                    int lanes, size_t max_parts) {
+                                    int lanes, size_t max_parts, const std::vector<bool>* skip) {
   std::vector<WindowPlan> windows;
   if (window_bytes == 0 || max_parts == 0) return windows;
   constexpr uint64_t kMinLaneBytes = uint64_t{1} << 20;
@@ -40,7 +43,10 @@ std::vector<WindowPlan> PlanWindows(const std::vector<TensorView>& tensors, uint
   std::vector<Lane> lane(n_lanes);
   size_t next = 0;  // the next tensor no lane has taken
   auto take_next = [&](Lane& l) {
-    while (next < tensors.size() && tensors[next].bytes == 0) ++next;
+    while (next < tensors.size() &&
+           (tensors[next].bytes == 0 || (skip != nullptr && (*skip)[next]))) {
+      ++next;
+    }
     if (next == tensors.size()) return false;
     l = {true, static_cast<uint32_t>(next++), 0};
     return true;
@@ -100,7 +106,22 @@ class PushWindow {
     return std::unique_ptr<PushWindow>(
         new PushWindow(std::move(fd), static_cast<uint8_t*>(map), size));
   }
-  ~PushWindow() { ::munmap(map_, size_); }
+  ~PushWindow() {
+    if (pinned_by_ != nullptr) pinned_by_->UnregisterHost(pinned_device_, map_);
+    ::munmap(map_, size_);
+  }
+
+  // Page-locks the window (once) so that device-to-host copies into it run at the link's rate.
+  // A window that cannot be pinned still works (the copies are slower).
+  void Pin(const CudaDriver* cuda, int device) {
+    if (pinned_by_ != nullptr || pin_failed_) return;
+    if (cuda->RegisterHost(device, map_, static_cast<size_t>(size_)).ok()) {
+      pinned_by_ = cuda;
+      pinned_device_ = device;
+    } else {
+      pin_failed_ = true;
+    }
+  }
   PushWindow(const PushWindow&) = delete;
   PushWindow& operator=(const PushWindow&) = delete;
 
@@ -114,6 +135,9 @@ class PushWindow {
   ScopedFd fd_;
   uint8_t* map_;
   uint64_t size_;
+  const CudaDriver* pinned_by_ = nullptr;  // set while registered
+  int pinned_device_ = -1;
+  bool pin_failed_ = false;
 };
 
 WindowPool::WindowPool() = default;
@@ -139,6 +163,12 @@ void WindowPool::Give(std::unique_ptr<PushWindow> window) {
   if (spare_.size() < 2) spare_.push_back(std::move(window));
 }
 
+void WindowPool::Release() {
+  std::vector<std::unique_ptr<PushWindow>> freed;
+  absl::MutexLock lock(&mu_);
+  freed.swap(spare_);
+}
+
 namespace {
 
 // Bytes one thread copies at a time.
@@ -150,12 +180,13 @@ struct StateDeleter {
 using HashState = std::unique_ptr<XXH3_state_t, StateDeleter>;
 
 // Copies the parts of `plan` from the tensors into `window`, one thread per lane, each lane's
-// parts in order, and hashes (XXH3-64) each piece of the source right after copying it, while it
-// is in cache. A tensor that goes on in the next window keeps its state in `open`; a tensor's last
-// part writes its checksum into `hashes`.
+// parts in order, and hashes (XXH3-64) each piece right after copying it, while it is in cache:
+// from the source for host tensors, from the window for CUDA tensors (copied device-to-host
+// through `cuda`, which is set when the plan has any). A tensor that goes on in the next window
+// keeps its state in `open`; a tensor's last part writes its checksum into `hashes`.
 absl::Status FillWindow(const WindowPlan& plan, const std::vector<TensorView>& tensors,
                         const PushWindow& window, std::map<uint32_t, HashState>& open,
-                        std::vector<uint64_t>& hashes) {
+                        std::vector<uint64_t>& hashes, const CudaDriver* cuda) {
   // The parts of each lane (they are laid out lane by lane), and each part's hash state, made
   // before the threads start: `open` is not touched concurrently.
   std::vector<std::pair<size_t, size_t>> lanes;  // [begin, end) in plan.parts
@@ -177,23 +208,46 @@ absl::Status FillWindow(const WindowPlan& plan, const std::vector<TensorView>& t
     states[k] = it->second.get();
   }
   std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  absl::Mutex mu;
+  absl::Status failure;
+  // Copies n bytes at `at` of part p's tensor to dst and returns where to hash them from.
+  auto copy = [&](const WindowPartRef& p, uint64_t at, uint8_t* dst,
+                  size_t n) -> absl::StatusOr<const uint8_t*> {
+    const TensorView& t = tensors[p.tensor];
+    if (t.device < 0) {
+      const uint8_t* src = static_cast<const uint8_t*>(t.data) + at;
+      std::memcpy(dst, src, n);
+      return src;
+    }
+    RETURN_IF_ERROR(cuda->CopyToHost(t.device, dst, reinterpret_cast<uint64_t>(t.data) + at, n));
+    return dst;
+  };
   auto work = [&] {
-    for (size_t j = next.fetch_add(1); j < lanes.size(); j = next.fetch_add(1)) {
+    for (size_t j = next.fetch_add(1); j < lanes.size() && !stop.load(); j = next.fetch_add(1)) {
       for (size_t k = lanes[j].first; k < lanes[j].second; ++k) {
         const WindowPartRef& p = plan.parts[k];
-        const uint8_t* src = static_cast<const uint8_t*>(tensors[p.tensor].data) + p.offset;
         uint8_t* dst = window.data() + p.window_offset;
-        if (states[k] == nullptr) {
-          std::memcpy(dst, src, static_cast<size_t>(p.bytes));
-          hashes[p.tensor] = XXH3_64bits(src, static_cast<size_t>(p.bytes));
-          continue;
-        }
         for (uint64_t done = 0; done < p.bytes; done += kFillStep) {
-          const size_t n = static_cast<size_t>(std::min(kFillStep, p.bytes - done));
-          std::memcpy(dst + done, src + done, n);
-          XXH3_64bits_update(states[k], src + done, n);
+          const size_t n = static_cast<size_t>(
+              states[k] == nullptr ? p.bytes : std::min(kFillStep, p.bytes - done));
+          absl::StatusOr<const uint8_t*> from = copy(p, p.offset + done, dst + done, n);
+          if (!from.ok()) {
+            absl::MutexLock lock(&mu);
+            if (failure.ok()) {
+              failure =
+                  Annotate(from.status(), absl::StrCat("tensor '", tensors[p.tensor].name, "'"));
+            }
+            stop.store(true);
+            return;
+          }
+          if (states[k] == nullptr) {
+            hashes[p.tensor] = XXH3_64bits(*from, n);
+            break;
+          }
+          XXH3_64bits_update(states[k], *from, n);
         }
-        if (p.offset + p.bytes == tensors[p.tensor].bytes) {
+        if (states[k] != nullptr && p.offset + p.bytes == tensors[p.tensor].bytes) {
           hashes[p.tensor] = XXH3_64bits_digest(states[k]);
         }
       }
@@ -201,6 +255,7 @@ absl::Status FillWindow(const WindowPlan& plan, const std::vector<TensorView>& t
   };
   const int threads = static_cast<int>(lanes.size());
   RunOnThreads(threads, work);
+  RETURN_IF_ERROR(failure);
   for (const WindowPartRef& p : plan.parts) {
     if (p.offset + p.bytes == tensors[p.tensor].bytes) open.erase(p.tensor);
   }
@@ -225,15 +280,37 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   uint64_t total = 0;
   for (const TensorView& t : tensors) total += t.bytes;
   const int threads = HashThreadCount(options.hash_threads);
-  const std::vector<WindowPlan> plans = PlanWindows(tensors, options.window_bytes, threads);
+  // The GPUs of CUDA tensors (this process's ordinal -> UUID), offered to the daemon at begin.
+  const CudaDriver* cuda = nullptr;
+  std::map<int, std::string> gpu_uuid;
+  for (const TensorView& t : tensors) {
+    if (t.device >= 0 && t.bytes > 0) gpu_uuid[t.device];
+  }
+  if (!gpu_uuid.empty()) {
+    absl::StatusOr<const CudaDriver*> driver = CudaDriver::Get();
+    if (!driver.ok()) return Annotate(driver.status(), "local push");
+    cuda = *driver;
+    for (auto& [device, uuid] : gpu_uuid) {
+      absl::StatusOr<std::string> id = cuda->GpuUuid(device);
+      if (!id.ok()) return Annotate(id.status(), "local push");
+      uuid = *std::move(id);
+    }
+  }
+  // Known once the daemon said which GPUs it copies from itself (after begin).
+  std::vector<WindowPlan> plans;
 
+  // Window 0 is made (and presented, below) before the begin; window 1 once the plans need it.
+  // No window is larger than window_bytes, nor than all the bytes.
+  const uint64_t window_size = std::max<uint64_t>(1, std::min(options.window_bytes, total));
   std::vector<std::unique_ptr<PushWindow>> windows;
-  uint64_t largest = 0;
-  for (const WindowPlan& w : plans) largest = std::max(largest, w.bytes);
-  for (size_t i = 0; i < std::min<size_t>(2, plans.size()); ++i) {
-    auto w = pool != nullptr ? pool->Take(largest) : PushWindow::Create(largest);
-    if (!w.ok()) return not_there(w.status());
+  auto take_window = [&]() -> absl::Status {
+    auto w = pool != nullptr ? pool->Take(window_size) : PushWindow::Create(window_size);
+    if (!w.ok()) return w.status();
     windows.push_back(*std::move(w));
+    return absl::OkStatus();
+  };
+  if (total > 0) {
+    if (absl::Status s = take_window(); !s.ok()) return not_there(s);
   }
   const absl::Duration present_timeout = std::min(options.timeout, absl::Seconds(10));
   std::optional<Presentation> presented[2];
@@ -260,7 +337,7 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   // the descriptor socket, "auto" goes to gRPC with nothing to undo. (The daemon reads a window
   // only once its message comes, so the window is filled after the begin: a refused begin costs
   // no copy.)
-  if (!plans.empty()) {
+  if (!windows.empty()) {
     if (absl::Status s = present(0); !s.ok()) {
       return s.code() == absl::StatusCode::kUnavailable ? not_there(s) : Annotate(s, "local push");
     }
@@ -324,6 +401,7 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   *begin.mutable_begin()->mutable_manifest() = BuildManifest(tensors, {});
   begin.mutable_begin()->set_version(options.version);
   begin.mutable_begin()->set_label(options.label);
+  for (const auto& [device, uuid] : gpu_uuid) begin.mutable_begin()->add_ipc_gpus(uuid);
   v1::LocalPushReply reply;
   if (!stream->Write(begin) || !stream->Read(&reply)) {
     absl::Status s = finish("begin");
@@ -354,7 +432,78 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   std::vector<uint64_t> hashes(tensors.size(), XXH3_64bits("", 0));
   std::map<uint32_t, HashState> open;
 
-  uint64_t acked = 0;  // windows the daemon has copied
+  // The daemon's error for a failure of ours after the begin: the stream is cancelled (which
+  // aborts the version there too).
+  auto give_up = [&](const absl::Status& s) {
+    context.TryCancel();
+    (void)stream->Finish();
+    return Annotate(s, context_text());
+  };
+
+  // CUDA tensors on the GPUs the daemon drives go in ipc steps, the rest in windows.
+  const std::set<std::string> accepted(reply.begun().ipc_gpus().begin(),
+                                       reply.begun().ipc_gpus().end());
+  std::vector<bool> via_ipc(tensors.size(), false);
+  std::vector<v1::LocalPushRequest> ipc_steps;
+  std::vector<uint64_t> ipc_step_bytes;
+  bool device_in_windows = false;
+  int pin_device = -1;
+  {
+    std::map<std::pair<int, uint64_t>, absl::StatusOr<std::string>> handles;  // (device, base)
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const TensorView& t = tensors[i];
+      if (t.device < 0 || t.bytes == 0) continue;
+      pin_device = t.device;
+      const std::string& uuid = gpu_uuid[t.device];
+      if (accepted.count(uuid) == 0) {
+        device_in_windows = true;
+        continue;
+      }
+      const uint64_t ptr = reinterpret_cast<uint64_t>(t.data);
+      absl::StatusOr<CudaDriver::Allocation> a = cuda->AllocationOf(t.device, ptr);
+      if (!a.ok()) return give_up(Annotate(a.status(), absl::StrCat("tensor '", t.name, "'")));
+      if (!RangeWithin(ptr - a->base, t.bytes, a->size)) {
+        // The tensor spans several mappings (cuMemMap: PyTorch's expandable segments map memory
+        // in granules): no one handle covers it, so the lanes copy it into windows.
+        device_in_windows = true;
+        continue;
+      }
+      auto h = handles.find({t.device, a->base});
+      if (h == handles.end()) {
+        h = handles.emplace(std::make_pair(t.device, a->base), cuda->IpcHandle(t.device, a->base))
+                .first;
+      }
+      if (!h->second.ok()) {  // memory that cannot be shared: the lanes copy it into windows
+        device_in_windows = true;
+        continue;
+      }
+      if (ipc_steps.empty() ||
+          static_cast<size_t>(ipc_steps.back().ipc().tensors_size()) == kMaxIpcTensors) {
+        ipc_steps.emplace_back();
+        ipc_step_bytes.push_back(0);
+      }
+      v1::IpcTensor* it = ipc_steps.back().mutable_ipc()->add_tensors();
+      it->set_tensor(static_cast<uint32_t>(i));
+      it->set_gpu(uuid);
+      it->set_handle(*h->second);
+      it->set_offset(ptr - a->base);
+      ipc_step_bytes.back() += t.bytes;
+      via_ipc[i] = true;
+    }
+  }
+  plans = PlanWindows(tensors, options.window_bytes, threads, kMaxWindowParts, &via_ipc);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (via_ipc[i]) hashes[i] = 0;  // not used: the daemon hashes what it copies
+  }
+  if (plans.size() >= 2) {
+    if (absl::Status s = take_window(); !s.ok()) return give_up(s);
+  }
+  if (device_in_windows) {
+    for (std::unique_ptr<PushWindow>& w : windows) w->Pin(cuda, pin_device);
+  }
+
+  uint64_t acked = 0;      // windows the daemon has copied
+  uint64_t ipc_acked = 0;  // ipc steps the daemon has copied
   uint64_t bytes_done = 0;
   uint64_t reported = 0;
   auto report = [&] {
@@ -363,34 +512,47 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
       reported = bytes_done;
     }
   };
-  // Reads answers until `want` windows are copied.
-  auto await_windows = [&](uint64_t want) -> absl::Status {
-    while (acked < want) {
-      if (!stream->Read(&reply)) return finish("a window");
-      if (reply.step_case() != v1::LocalPushReply::kWindowsDone ||
-          reply.windows_done() != acked + 1) {
+  // Reads answers until `want` windows are copied (and every ipc step, when `all_ipc`). The
+  // daemon answers the steps in the order they were sent.
+  auto await_replies = [&](uint64_t want, bool all_ipc) -> absl::Status {
+    while (acked < want || (all_ipc && ipc_acked < ipc_steps.size())) {
+      if (!stream->Read(&reply)) return finish(acked < want ? "a window" : "the GPU copy");
+      if (reply.step_case() == v1::LocalPushReply::kIpcDone && reply.ipc_done() == ipc_acked + 1 &&
+          ipc_acked < ipc_steps.size()) {
+        bytes_done += ipc_step_bytes[ipc_acked];
+        ++ipc_acked;
+      } else if (reply.step_case() == v1::LocalPushReply::kWindowsDone &&
+                 reply.windows_done() == acked + 1 && acked < plans.size()) {
+        bytes_done += plans[acked].bytes;
+        ++acked;
+      } else {
         context.TryCancel();
         (void)stream->Finish();
-        return absl::InternalError("the daemon answered a window out of order (a daemon bug)");
+        return absl::InternalError("the daemon answered a step out of order (a daemon bug)");
       }
-      bytes_done += plans[acked].bytes;
-      ++acked;
       touch();
       report();
     }
     return absl::OkStatus();
   };
 
+  // The daemon copies the GPU tensors while this thread fills the first windows.
+  for (const v1::LocalPushRequest& step : ipc_steps) {
+    if (!stream->Write(step)) return Annotate(finish("the GPU copy"), context_text());
+    touch();
+  }
   for (size_t k = 0; k < plans.size(); ++k) {
     // Window k refills the memfd of window k - 2, which the daemon must be done with.
     if (k >= 2) {
-      if (absl::Status s = await_windows(k - 1); !s.ok()) return Annotate(s, context_text());
+      if (absl::Status s = await_replies(k - 1, false); !s.ok()) {
+        return Annotate(s, context_text());
+      }
     }
     if (cancelled()) {
       context.TryCancel();
       return Annotate(finish("a window"), context_text());
     }
-    absl::Status filled = FillWindow(plans[k], tensors, *windows[k % 2], open, hashes);
+    absl::Status filled = FillWindow(plans[k], tensors, *windows[k % 2], open, hashes, cuda);
     if (filled.ok() && k > 0) filled = present(k);
     if (!filled.ok()) {
       context.TryCancel();
@@ -400,7 +562,9 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
     if (!stream->Write(window_message(k))) return Annotate(finish("a window"), context_text());
     touch();
   }
-  if (absl::Status s = await_windows(plans.size()); !s.ok()) return Annotate(s, context_text());
+  if (absl::Status s = await_replies(plans.size(), true); !s.ok()) {
+    return Annotate(s, context_text());
+  }
   if (cancelled()) {
     context.TryCancel();
     return Annotate(finish("the commit"), context_text());

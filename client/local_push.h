@@ -34,10 +34,12 @@ struct WindowPlan {
   uint64_t bytes = 0;
 };
 
-// The daemon's limit of parts in one window (as in a chunk).
+// The daemon's limit of parts in one window (as in a chunk), and of tensors in one ipc step.
 inline constexpr size_t kMaxWindowParts = kMaxChunkParts;
+inline constexpr size_t kMaxIpcTensors = 65536;
 
-// Cuts the tensors into windows of at most `window_bytes` bytes and `max_parts` parts each, for
+// Cuts the tensors (but those `skip` marks: the daemon copies them from GPU memory) into windows
+// of at most `window_bytes` bytes and `max_parts` parts each, for
 // `lanes` threads that each stream whole tensors: a lane takes the next tensor (in order) when its
 // last one is done and fills its share of every window (window_bytes / lanes, at least 1 MiB: fewer
 // lanes for a small window) with the next bytes of its tensors, so that one thread copies and
@@ -45,7 +47,8 @@ inline constexpr size_t kMaxWindowParts = kMaxChunkParts;
 // order. Lanes whose tensors are done leave their share empty. Tensors of 0 bytes are in no window.
 // `window_bytes` must be positive. One lane is the tensors in order, back to back.
 std::vector<WindowPlan> PlanWindows(const std::vector<TensorView>& tensors, uint64_t window_bytes,
-                                    int lanes = 1, size_t max_parts = kMaxWindowParts);
+                                    int lanes = 1, size_t max_parts = kMaxWindowParts,
+                                    const std::vector<bool>* skip = nullptr);
 
 // A memfd of this process, mapped writable while the client fills it. The daemon only preads it.
 class PushWindow;
@@ -64,6 +67,8 @@ class WindowPool {
   absl::StatusOr<std::unique_ptr<PushWindow>> Take(uint64_t bytes);
   // Keeps `window` for a later push (or frees it when two are kept).
   void Give(std::unique_ptr<PushWindow> window);
+  // Frees the kept windows.
+  void Release();
 
  private:
   absl::Mutex mu_;
@@ -76,11 +81,20 @@ struct LocalUnavailable {
   bool unavailable = false;
 };
 
-// The local push of `tensors` (already validated) through `stub` (the daemon's Unix socket
+// The local push of `tensors` (already validated; their GPUs synchronized: SynchronizeDevices)
+// through `stub` (the daemon's Unix socket
 // `endpoint`), with windows from `pool` (null: made for this push). On failure nothing is left on
 // the daemon (the stream's end aborts the version); `*unavailable` (not null) is set when the path
 // itself is not there (no memfd, no descriptor socket, a daemon without PushLocal) and nothing was
 // begun.
+//
+// CUDA tensors (device >= 0): begin names their GPUs; the daemon answers which it drives. For
+// those, the client hands over the CUDA IPC handle of each tensor's allocation and its offset in
+// it (one ipc step, sent before the windows) and the daemon copies the bytes from GPU memory
+// itself. A tensor whose allocation refuses an IPC handle (PyTorch's expandable segments,
+// cudaMallocAsync pools) or whose GPU the daemon does not drive goes through the windows: the
+// lanes copy it device-to-host into the window (pinned once with cuMemHostRegister) piece by piece
+// and hash each piece from the window.
 absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpoint& endpoint,
                                             const std::vector<TensorView>& tensors,
                                             const PushOptions& options, WindowPool* pool,

@@ -10,6 +10,7 @@
 #include <limits>
 #include <numeric>
 #include <optional>
+#include <set>
 #include <system_error>
 #include <thread>
 #include <unordered_set>
@@ -17,7 +18,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/cuda_driver.h"
 #include "client/descriptor_socket.h"
+#include "client/device_staging.h"
 #include "client/local_push.h"
 #include "common/fd_passing.h"
 #include "common/load_paths.h"
@@ -139,6 +142,11 @@ absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOpti
       return absl::InvalidArgumentError(
           absl::StrCat("tensor ", Quoted(t.name), ": data is null for ", t.bytes, " bytes"));
     }
+    if (t.device < -1) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", Quoted(t.name), ": device ",
+                                                     t.device,
+                                                     " (-1: host memory, else a CUDA ordinal)"));
+    }
   }
   return absl::OkStatus();
 }
@@ -216,9 +224,15 @@ std::vector<ChunkMessage> GroupChunks(const std::vector<ChunkRef>& pieces, size_
 TrainerClient::TrainerClient(Endpoint endpoint, std::shared_ptr<grpc::Channel> channel)
     : endpoint_(std::move(endpoint)),
       stub_(v1::Trainer::NewStub(std::move(channel))),
-      windows_(std::make_unique<WindowPool>()) {}
+      windows_(std::make_unique<WindowPool>()),
+      staging_(std::make_unique<StagingPool>()) {}
 
 TrainerClient::~TrainerClient() = default;
+
+void TrainerClient::ReleaseStaging() {
+  windows_->Release();
+  staging_->Release();
+}
 
 absl::StatusOr<std::unique_ptr<TrainerClient>> TrainerClient::Connect(const Endpoint& endpoint) {
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, OpenChannel(endpoint));
@@ -267,9 +281,10 @@ int64_t NowNs() { return absl::ToUnixNanos(absl::Now()); }
 absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<TensorView>& tensors,
                                                            const PushOptions& options) {
   RETURN_IF_ERROR(ValidatePush(tensors, options));
+  RETURN_IF_ERROR(SynchronizeDevices(tensors));
   if (options.transport == Transport::kGrpc ||
       (options.transport == Transport::kAuto && endpoint_.unix_path.empty())) {
-    return PushOverGrpc(tensors, options);
+    return StageAndPushOverGrpc(tensors, options);
   }
   LocalUnavailable unavailable;
   absl::StatusOr<v1::VersionInfo> local =
@@ -278,7 +293,26 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<Ten
     return local;
   }
   // kAuto: the local path is not there and nothing was begun.
-  return PushOverGrpc(tensors, options);
+  return StageAndPushOverGrpc(tensors, options);
+}
+
+absl::StatusOr<v1::VersionInfo> TrainerClient::StageAndPushOverGrpc(
+    const std::vector<TensorView>& tensors, const PushOptions& options) {
+  ASSIGN_OR_RETURN(StagedTensors staged, StageDeviceTensors(tensors, *staging_));
+  absl::StatusOr<v1::VersionInfo> pushed = PushOverGrpc(staged.tensors, options);
+  if (staged.block != nullptr) staging_->Give(std::move(staged.block));
+  return pushed;
+}
+
+absl::Status SynchronizeDevices(const std::vector<TensorView>& tensors) {
+  std::set<int> devices;
+  for (const TensorView& t : tensors) {
+    if (t.device >= 0) devices.insert(t.device);
+  }
+  if (devices.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
+  for (int d : devices) RETURN_IF_ERROR(cuda->Synchronize(d));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::VersionInfo> TrainerClient::PushOverGrpc(const std::vector<TensorView>& tensors,

@@ -35,9 +35,16 @@ struct TensorView {
   std::string name;
   DType dtype = DType::kUnspecified;
   std::vector<int64_t> shape;
+  // Host memory, or with `device` >= 0 a CUDA device address of this process.
   const void* data = nullptr;
   // Must equal product(shape) * DTypeSize(dtype).
   size_t bytes = 0;
+  // -1: host memory. Otherwise the CUDA ordinal (of this process) of the GPU whose memory holds
+  // the bytes: PushTensors first waits for all work queued on that GPU (so kernels still writing
+  // the tensor finish), then, to a local daemon that drives that GPU, hands over the allocation's
+  // CUDA IPC handle and the daemon copies the bytes itself; otherwise the client copies them
+  // device-to-host (into its shared-memory windows, or pinned memory for gRPC).
+  int device = -1;
 };
 
 // Called with the bytes sent so far and the total; see PushOptions::progress.
@@ -101,6 +108,10 @@ absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOpti
 void AbortQuietly(v1::Trainer::Stub* stub, uint64_t version, const std::string& token,
                   absl::Duration timeout);
 
+// Waits for all work queued on the GPUs of the CUDA tensors of `tensors` (CudaDriver::Synchronize):
+// a push reads them only after that. OK at once when none is on a GPU.
+absl::Status SynchronizeDevices(const std::vector<TensorView>& tensors);
+
 // The threads that hash a push (PushOptions::hash_threads): `requested` if positive, else
 // min(8, hardware threads).
 int HashThreadCount(int requested);
@@ -141,6 +152,7 @@ std::vector<ChunkMessage> GroupChunks(const std::vector<ChunkRef>& pieces, size_
 
 // Thread-safe: PushTensors and LoadFiles may run concurrently from several threads.
 class WindowPool;
+class StagingPool;
 
 class TrainerClient {
  public:
@@ -182,6 +194,10 @@ class TrainerClient {
 
   const Endpoint& endpoint() const { return endpoint_; }
 
+  // Frees the memory kept between pushes: the local path's windows and the pinned host copy of
+  // CUDA tensors (the next push makes them again).
+  void ReleaseStaging();
+
   ~TrainerClient();
 
  private:
@@ -191,6 +207,9 @@ class TrainerClient {
   // kept for later pushes.
   absl::StatusOr<v1::Trainer::Stub*> StreamStub(int i) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // PushOverGrpc of `tensors` with the CUDA tensors copied to pinned host memory first.
+  absl::StatusOr<v1::VersionInfo> StageAndPushOverGrpc(const std::vector<TensorView>& tensors,
+                                                       const PushOptions& options);
   // PushTensors over gRPC (BeginVersion, PushChunks, Commit), after ValidatePush.
   absl::StatusOr<v1::VersionInfo> PushOverGrpc(const std::vector<TensorView>& tensors,
                                                const PushOptions& options);
@@ -201,6 +220,9 @@ class TrainerClient {
   std::vector<std::unique_ptr<v1::Trainer::Stub>> stream_stubs_ ABSL_GUARDED_BY(mu_);
   // The local path's windows, kept between pushes (client/local_push.h).
   const std::unique_ptr<WindowPool> windows_;
+  // The gRPC path's pinned host copy of CUDA tensors, kept between pushes
+  // (client/device_staging.h).
+  const std::unique_ptr<StagingPool> staging_;
 };
 
 }  // namespace ckpt::client

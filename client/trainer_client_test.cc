@@ -423,6 +423,22 @@ TEST_CASE("PlanWindows fills windows back to back, splitting tensors across wind
   CHECK(PlanWindows(empty_only, 4).empty());
 }
 
+TEST_CASE("PlanWindows leaves out the tensors it is told to skip (the daemon copies them)") {
+  std::vector<TensorView> t = {{"a", DType::kUint8, {10}, "", 10},
+                               {"b", DType::kUint8, {8}, "", 8},
+                               {"c", DType::kUint8, {1}, "", 1}};
+  const std::vector<bool> skip = {false, true, false};
+  const int lanes = GENERATE(1, 3);
+  std::vector<WindowPlan> w = PlanWindows(t, 4 << 20, lanes, kMaxWindowParts, &skip);
+  REQUIRE(w.size() == 1);
+  REQUIRE(w[0].parts.size() == 2);
+  CHECK(w[0].parts[0].tensor == 0);
+  CHECK(w[0].parts[1].tensor == 2);
+  CHECK(w[0].bytes == 11);
+  const std::vector<bool> all = {true, true, true};
+  CHECK(PlanWindows(t, 4, 1, kMaxWindowParts, &all).empty());
+}
+
 TEST_CASE("PlanWindows with lanes: each tensor streamed by one lane, once and in order") {
   const uint64_t mib = 1 << 20;
   std::vector<TensorView> t;

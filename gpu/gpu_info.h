@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/gpu_uuid.h"
 
 namespace ckpt::gpu {
 
@@ -42,8 +43,8 @@ GpuProbe ProbeGpus();
 // The UUID of CUDA device `device` (an ordinal of this process), formatted as FormatGpuUuid.
 absl::StatusOr<std::string> GpuUuid(int device);
 
-// "GPU-" followed by the 16 bytes as 8-4-4-4-12 lowercase hex digits.
-std::string FormatGpuUuid(const unsigned char (&bytes)[16]);
+// "GPU-" followed by the 16 bytes as 8-4-4-4-12 lowercase hex digits (common/gpu_uuid.h).
+using ::ckpt::FormatGpuUuid;
 
 }  // namespace ckpt::gpu
 

@@ -24,13 +24,13 @@ for _ in $(seq 1 600); do
   "$B/sbin/ckptctl" --socket "$D/d.sock" status --json 2>/dev/null | grep -q '"store_ready":true' && break
   sleep 0.5
 done
-timeout 90 python3 "$B/cuda_push_check.py" "$D/d.sock" "$B/sbin/ckptctl" 2>&1 | tail -15
+timeout 240 python3 "$B/cuda_push_check.py" "$D/d.sock" "$B/sbin/ckptctl" 2>&1 | tail -30
 echo "=== py_push_bench"
 timeout 150 python3 "$B/py_push_bench.py" "$D/d.sock" --gib 6 --repeat 2 2>&1 | tail -12
 kill $P; wait $P; tail -3 "$D/daemon.log"
 echo "=== ingress_bench"
-timeout 200 "$B/bench/ingress_bench" --gib 8 --streams 8 --many-tensors 140000 --many-tensor-kib 48 \
-  --backend cuda --repeat 3 2>&1 | grep -v "^$" | tail -20
+timeout 320 "$B/bench/ingress_bench" --gib 8 --streams 8 --many-tensors 140000 --many-tensor-kib 48 \
+  --backend cuda --repeat 3 --cuda 2>&1 | grep -v "^$" | tail -32
 if [[ "$MODE" != push ]]; then
   echo "=== update_bench"
   timeout 150 "$B/bench/update_bench" --layers 16 --repeat 2 --small-gib 1 2>&1 | tail -16

@@ -42,6 +42,7 @@ nlohmann::json VersionInfoJson(const v1::VersionInfo& info) {
       {"label", info.label()},
       {"received_bytes", info.received_bytes()},
       {"transport", info.transport()},
+      {"ipc_bytes", info.ipc_bytes()},
   };
 }
 
@@ -193,7 +194,13 @@ std::string VersionDetailText(const v1::GetVersionResponse& version, absl::TimeZ
   if (v.state() == v1::VERSION_STATE_STAGING) {
     absl::StrAppend(&out, "  received:   ", FormatBytes(v.received_bytes()), "\n");
   }
-  if (!v.transport().empty()) absl::StrAppend(&out, "  transport:  ", v.transport(), "\n");
+  if (!v.transport().empty()) {
+    absl::StrAppend(&out, "  transport:  ", v.transport());
+    if (v.ipc_bytes() > 0) {
+      absl::StrAppend(&out, " (", FormatBytes(v.ipc_bytes()), " copied from GPU memory)");
+    }
+    absl::StrAppend(&out, "\n");
+  }
   std::vector<DTypeTotal> totals = DTypeTotals(version.manifest());
   size_t name_width = 0, count_width = 0;
   for (const DTypeTotal& t : totals) {

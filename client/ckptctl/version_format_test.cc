@@ -125,6 +125,11 @@ TEST_CASE("show text: summary, dtypes, and tensors on request") {
   CHECK(Contains(t, "  committed:  2026-11-23 14:11:31\n"));
   CHECK(Contains(t, "  tensors:    3, 3.0 MiB (3145728 bytes)\n"));
   CHECK(Contains(t, "  transport:  local\n"));
+  v1::GetVersionResponse ipc = Detail();
+  ipc.mutable_info()->set_ipc_bytes(3 << 20);
+  CHECK(Contains(VersionDetailText(ipc, utc, false),
+                 "  transport:  local (3.0 MiB copied from GPU memory)\n"));
+  CHECK(VersionInfoJson(ipc.info())["ipc_bytes"] == 3 << 20);
   CHECK(Contains(t, "  dtypes:     bfloat16  2 tensors  3.0 MiB\n"));
   CHECK(Contains(t, "              float32   1 tensor   1.0 KiB\n"));
   CHECK_FALSE(Contains(t, "embed"));

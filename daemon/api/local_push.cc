@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/checked_math.h"
+#include "common/message_text.h"
 #include "common/parallel.h"
 #include "common/status_macros.h"
 #include "common/units.h"
@@ -49,6 +50,53 @@ absl::StatusOr<std::vector<WindowPart>> WindowParts(const v1::LocalPushWindow& w
     }
   }
   *window_bytes = sum.total();
+  return parts;
+}
+
+absl::StatusOr<std::vector<IpcPart>> IpcParts(const v1::LocalPushIpc& ipc,
+                                              const v1::Manifest& manifest,
+                                              const std::map<std::string, int>& accepted) {
+  if (ipc.tensors_size() == 0 || static_cast<size_t>(ipc.tensors_size()) > kMaxIpcTensors) {
+    return absl::InvalidArgumentError(absl::StrCat("an ipc step has ", ipc.tensors_size(),
+                                                   " tensors; it needs 1 to ", kMaxIpcTensors));
+  }
+  if (accepted.empty()) {
+    return absl::FailedPreconditionError(
+        "this daemon copies from none of the trainer's GPUs (begun.ipc_gpus is empty: a host "
+        "backend, or GPUs it does not drive); send those tensors in windows");
+  }
+  std::vector<IpcPart> parts;
+  parts.reserve(static_cast<size_t>(ipc.tensors_size()));
+  for (int k = 0; k < ipc.tensors_size(); ++k) {
+    const v1::IpcTensor& t = ipc.tensors(k);
+    if (t.tensor() >= static_cast<uint32_t>(manifest.tensors_size())) {
+      return absl::InvalidArgumentError(absl::StrCat("ipc tensor ", k, ": index ", t.tensor(),
+                                                     " is past the manifest's ",
+                                                     manifest.tensors_size(), " tensors"));
+    }
+    const v1::TensorSpec& spec = manifest.tensors(static_cast<int>(t.tensor()));
+    auto gpu = accepted.find(t.gpu());
+    if (gpu == accepted.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("ipc tensor ", k, " ('", spec.name(),
+                                                     "'): GPU ", QuoteForMessage(t.gpu(), 64),
+                                                     " is not one of begun.ipc_gpus"));
+    }
+    if (t.handle().size() != 64) {
+      return absl::InvalidArgumentError(absl::StrCat("ipc tensor ", k, " ('", spec.name(),
+                                                     "'): its handle has ", t.handle().size(),
+                                                     " bytes, not 64"));
+    }
+    if (spec.byte_size() == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ipc tensor ", k, " ('", spec.name(), "') has no bytes to copy"));
+    }
+    if (!RangeWithin(t.offset(), spec.byte_size(), ~uint64_t{0})) {
+      return absl::InvalidArgumentError(absl::StrCat("ipc tensor ", k, " ('", spec.name(),
+                                                     "'): offset ", t.offset(), " + ",
+                                                     spec.byte_size(), " bytes passes 2^64"));
+    }
+    parts.push_back({t.tensor(), gpu->second, t.handle(), t.offset(), spec.byte_size()});
+  }
   return parts;
 }
 
@@ -101,7 +149,8 @@ struct LocalPushCopier::State {
 LocalPushCopier::LocalPushCopier(const v1::Manifest& manifest)
     : manifest_(manifest),
       next_(static_cast<size_t>(manifest.tensors_size()), 0),
-      sums_(static_cast<size_t>(manifest.tensors_size()), 0) {
+      sums_(static_cast<size_t>(manifest.tensors_size()), 0),
+      claimed_tensor_(static_cast<size_t>(manifest.tensors_size()), false) {
   for (int i = 0; i < manifest.tensors_size(); ++i) {
     if (manifest.tensors(i).byte_size() == 0) sums_[static_cast<size_t>(i)] = XXH3_64bits("", 0);
   }
@@ -109,7 +158,40 @@ LocalPushCopier::LocalPushCopier(const v1::Manifest& manifest)
 
 LocalPushCopier::~LocalPushCopier() = default;
 
+absl::Status LocalPushCopier::ClaimWhole(const std::vector<uint32_t>& tensors) {
+  std::vector<uint64_t> next = next_;
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    const uint32_t t = tensors[k];
+    if (t >= next.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ipc tensor ", k, ": index ", t, " is past the manifest's ", next.size(), " tensors"));
+    }
+    const v1::TensorSpec& spec = manifest_.tensors(static_cast<int>(t));
+    if (spec.byte_size() == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ipc tensor ", k, ": '", spec.name(), "' has no bytes to copy"));
+    }
+    if (next[t] != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ipc tensor ", k, ": '", spec.name(), "' is ",
+                       next[t] == spec.byte_size() ? "already sent" : "partly sent in windows",
+                       " (a local push sends each tensor's bytes once)"));
+    }
+    next[t] = spec.byte_size();
+  }
+  next_ = std::move(next);
+  claimed_ += tensors.size();
+  for (uint32_t t : tensors) claimed_tensor_[t] = true;
+  return absl::OkStatus();
+}
+
+void LocalPushCopier::CompleteClaimed(uint32_t tensor, uint64_t xxh3) {
+  sums_[tensor] = xxh3;
+  --claimed_;
+}
+
 bool LocalPushCopier::Complete() const {
+  if (claimed_ != 0) return false;
   for (int i = 0; i < manifest_.tensors_size(); ++i) {
     if (next_[static_cast<size_t>(i)] != manifest_.tensors(i).byte_size()) return false;
   }

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -53,6 +54,29 @@ absl::Status CheckWindowFd(int fd, uint64_t bytes);
 absl::Status CheckPartsInOrder(const std::vector<WindowPart>& parts, const v1::Manifest& manifest,
                                std::vector<uint64_t>& next);
 
+// At most this many GPUs in LocalPushBegin.ipc_gpus, and tensors in one ipc step.
+inline constexpr size_t kMaxIpcGpus = 64;
+inline constexpr size_t kMaxIpcTensors = 65536;
+
+// One tensor of an ipc step, checked: `bytes` (the manifest's byte_size, at least 1) at `offset`
+// of the allocation `handle` (64 bytes) on this process's CUDA ordinal `device`.
+struct IpcPart {
+  uint32_t tensor = 0;
+  int device = -1;
+  std::string handle;
+  uint64_t offset = 0;
+  uint64_t bytes = 0;
+};
+
+// The tensors of `ipc`, checked against `manifest` and `accepted` (the GPUs the push may use, by
+// UUID, with this process's ordinal): 1..kMaxIpcTensors tensors, each in the manifest with at
+// least one byte, on an accepted GPU, with a 64-byte handle, offset + bytes below 2^64.
+// INVALID_ARGUMENT naming the tensor. (Whether each is sent once is LocalPushCopier::ClaimWhole's
+// check; whether it lies inside its allocation, GpuIngest's.)
+absl::StatusOr<std::vector<IpcPart>> IpcParts(const v1::LocalPushIpc& ipc,
+                                              const v1::Manifest& manifest,
+                                              const std::map<std::string, int>& accepted);
+
 // The copy of one local push's windows into its version, hashing each tensor as its bytes land.
 //
 // Each tensor's bytes come once and in order across windows (CheckPartsInOrder), so one task
@@ -82,6 +106,16 @@ class LocalPushCopier {
                           VersionStore::WriteLease& lease, int threads, uint64_t piece_bytes,
                           const std::function<bool()>& cancelled);
 
+  // Claims whole tensors that another path copies into the version (the GPU copy of an ipc
+  // step): each must be in the manifest, have at least one byte, none of them in yet, and appear
+  // once. INVALID_ARGUMENT naming the tensor; nothing is claimed then. Windows may not carry a
+  // claimed tensor's bytes afterwards.
+  absl::Status ClaimWhole(const std::vector<uint32_t>& tensors);
+  // A claimed tensor is in: its XXH3-64 of the bytes written.
+  void CompleteClaimed(uint32_t tensor, uint64_t xxh3);
+  // Whether tensor t was claimed (its checksum is the daemon's own: the trainer has none).
+  bool Claimed(uint32_t t) const { return claimed_tensor_[t]; }
+
   // True once every byte of every tensor is in; Checksums() then holds each tensor's XXH3-64 of
   // the bytes written (empty tensors included).
   bool Complete() const;
@@ -92,6 +126,8 @@ class LocalPushCopier {
   const v1::Manifest& manifest_;
   std::vector<uint64_t> next_;  // bytes of each tensor in so far
   std::vector<uint64_t> sums_;
+  size_t claimed_ = 0;  // tensors claimed whose checksum has not come yet
+  std::vector<bool> claimed_tensor_;
   std::map<uint32_t, std::unique_ptr<State>> open_;  // tensors partly in
 };
 

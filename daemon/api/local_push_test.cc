@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <random>
 #include <string>
 #include <tuple>
@@ -247,6 +248,108 @@ TEST_CASE("LocalPushCopier: at most kMaxOpenTensors tensors partly sent at once"
   absl::Status fine = ok.CopyWindow(fd.get(), *fewer, **lease, 2, 4096, {});
   INFO(fine.ToString());
   CHECK(fine.ok());
+}
+
+v1::LocalPushIpc Ipc(std::vector<std::tuple<uint32_t, std::string, uint64_t>> tensors) {
+  v1::LocalPushIpc ipc;
+  for (auto [t, gpu, offset] : tensors) {
+    v1::IpcTensor* x = ipc.add_tensors();
+    x->set_tensor(t);
+    x->set_gpu(gpu);
+    x->set_handle(std::string(64, 'h'));
+    x->set_offset(offset);
+  }
+  return ipc;
+}
+
+TEST_CASE("IpcParts: tensors of the manifest on a GPU of the push; bad steps refused") {
+  v1::Manifest m = TwoTensors();
+  v1::TensorSpec* empty = m.add_tensors();
+  empty->set_name("empty");
+  empty->set_dtype(v1::DTYPE_UINT8);
+  empty->add_shape(0);
+  const std::map<std::string, int> gpus = {{"GPU-a", 0}, {"GPU-b", 3}};
+  auto ok = IpcParts(Ipc({{1, "GPU-b", 512}, {0, "GPU-a", 0}}), m, gpus);
+  REQUIRE(ok.ok());
+  REQUIRE(ok->size() == 2);
+  CHECK((*ok)[0].tensor == 1);
+  CHECK((*ok)[0].device == 3);
+  CHECK((*ok)[0].offset == 512);
+  CHECK((*ok)[0].bytes == 40);
+  CHECK((*ok)[1].bytes == 4000);
+  CHECK((*ok)[1].handle == std::string(64, 'h'));
+
+  auto refused = [&](const v1::LocalPushIpc& ipc, absl::StatusCode code, const std::string& needle,
+                     const std::map<std::string, int>& accepted) {
+    auto r = IpcParts(ipc, m, accepted);
+    INFO(r.status().ToString());
+    CHECK(r.status().code() == code);
+    CHECK(Contains(r.status().message(), needle));
+  };
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  refused(v1::LocalPushIpc(), kInvalid, "has 0 tensors; it needs 1 to 65536", gpus);
+  refused(Ipc({{0, "GPU-a", 0}}), absl::StatusCode::kFailedPrecondition,
+          "copies from none of the trainer's GPUs", {});
+  refused(Ipc({{3, "GPU-a", 0}}), kInvalid, "index 3 is past the manifest's 3 tensors", gpus);
+  refused(Ipc({{0, "GPU-c", 0}}), kInvalid, "GPU 'GPU-c' is not one of begun.ipc_gpus", gpus);
+  refused(Ipc({{2, "GPU-a", 0}}), kInvalid, "('empty') has no bytes to copy", gpus);
+  refused(Ipc({{0, "GPU-a", ~uint64_t{0} - 100}}), kInvalid, "passes 2^64", gpus);
+  v1::LocalPushIpc short_handle = Ipc({{0, "GPU-a", 0}});
+  short_handle.mutable_tensors(0)->set_handle("x");
+  refused(short_handle, kInvalid, "its handle has 1 bytes, not 64", gpus);
+  v1::LocalPushIpc many;
+  for (size_t i = 0; i <= kMaxIpcTensors; ++i)
+    *many.add_tensors() = Ipc({{0, "GPU-a", 0}}).tensors(0);
+  refused(many, kInvalid, "has 65537 tensors", gpus);
+}
+
+TEST_CASE(
+    "LocalPushCopier::ClaimWhole: a tensor copied by the GPU path once, and never in windows") {
+  auto store = NewStore();
+  const v1::Manifest m = Sized({4000, 40, 0});
+  auto b = store->Begin(m, 0, "", "test", /*verify_checksums=*/false);
+  REQUIRE(b.ok());
+  LocalPushCopier copier(m);
+  auto refused = [&](const std::vector<uint32_t>& tensors, const std::string& needle) {
+    absl::Status s = copier.ClaimWhole(tensors);
+    INFO(s.ToString());
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(Contains(s.message(), needle));
+  };
+  refused({3}, "index 3 is past the manifest's 3 tensors");
+  refused({2}, "has no bytes to copy");
+  refused({1, 1}, "ipc tensor 1: 't1' is already sent");
+  // Nothing of a refused claim stays: tensor 1 may still be claimed.
+  REQUIRE(copier.ClaimWhole({1}).ok());
+  CHECK(copier.Claimed(1));
+  CHECK_FALSE(copier.Claimed(0));
+  refused({1}, "'t1' is already sent");
+  // A window may not carry a claimed tensor's bytes.
+  ScopedFd fd = Memfd(Random(40, 7));
+  uint64_t n = 0;
+  auto parts = WindowParts(Window({{1, 0, 40}}), m, &n);
+  REQUIRE(parts.ok());
+  auto lease = store->OpenWriter(b->version, b->upload_token);
+  REQUIRE(lease.ok());
+  CHECK(Contains(copier.CopyWindow(fd.get(), *parts, **lease, 1, 4096, {}).message(),
+                 "goes on at byte 40, not 0"));
+  // A tensor partly sent in windows cannot be claimed.
+  const std::string a = Random(4000, 8);
+  ScopedFd half = Memfd(a.substr(0, 1000));
+  auto first = WindowParts(Window({{0, 0, 1000}}), m, &n);
+  REQUIRE(first.ok());
+  REQUIRE(copier.CopyWindow(half.get(), *first, **lease, 1, 4096, {}).ok());
+  refused({0}, "'t0' is partly sent in windows");
+  ScopedFd rest = Memfd(a.substr(1000));
+  auto second = WindowParts(Window({{0, 1000, 3000}}), m, &n);
+  REQUIRE(second.ok());
+  REQUIRE(copier.CopyWindow(rest.get(), *second, **lease, 1, 4096, {}).ok());
+  // Every byte is in, but the claimed tensor's checksum has not come: not complete until it does.
+  CHECK_FALSE(copier.Complete());
+  copier.CompleteClaimed(1, 1234);
+  CHECK(copier.Complete());
+  CHECK(copier.Checksums()[1] == 1234);
+  CHECK(copier.Checksums()[0] == XXH3_64bits(a.data(), a.size()));
 }
 
 TEST_CASE("CheckPartsInOrder: each tensor's bytes once, in order, across windows") {

@@ -247,6 +247,8 @@ const char* StepName(v1::LocalPushRequest::StepCase step) {
       return "window";
     case v1::LocalPushRequest::kCommit:
       return "commit";
+    case v1::LocalPushRequest::kIpc:
+      return "ipc";
     default:
       return "an empty message";
   }
@@ -286,6 +288,19 @@ grpc::Status TrainerService::RunLocalPush(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::LocalPushReply, v1::LocalPushRequest>* stream,
     const Principal& caller, const v1::LocalPushBegin& begin, StreamWatchdog::Guard& watch) {
+  if (static_cast<size_t>(begin.ipc_gpus_size()) > kMaxIpcGpus) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("PushLocal: begin names ", begin.ipc_gpus_size(),
+                                     " ipc_gpus; at most ", kMaxIpcGpus));
+  }
+  // The trainer's GPUs this daemon copies from itself (uuid -> this process's ordinal).
+  std::map<std::string, int> ipc_gpus;
+  if (options_.gpu_ingest != nullptr) {
+    for (const std::string& uuid : begin.ipc_gpus()) {
+      const int device = options_.gpu_ingest->DeviceOf(uuid);
+      if (device >= 0) ipc_gpus.emplace(uuid, device);
+    }
+  }
   // The checksums come at commit (the trainer hashes while it copies): the version begins without
   // them and is verified against the commit's list.
   auto begun = store_->Begin(begin.manifest(), begin.version(), begin.label(), caller.name,
@@ -317,6 +332,7 @@ grpc::Status TrainerService::RunLocalPush(
   v1::LocalPushReply reply;
   reply.mutable_begun()->set_version(version);
   reply.mutable_begun()->set_upload_token(token);
+  for (const auto& [uuid, device] : ipc_gpus) reply.mutable_begun()->add_ipc_gpus(uuid);
   if (!stream->Write(reply)) return grpc::Status(grpc::StatusCode::CANCELLED, "stream broke");
   watch.Touch();
 
@@ -325,6 +341,8 @@ grpc::Status TrainerService::RunLocalPush(
   // they land: the commit verifies those checksums against the trainer's.
   LocalPushCopier copier(manifest);
   uint64_t windows = 0;
+  uint64_t ipc_steps = 0;
+  uint64_t ipc_bytes = 0;
   v1::LocalPushRequest message;
   while (stream->Read(&message)) {
     watch.Touch();
@@ -349,12 +367,30 @@ grpc::Status TrainerService::RunLocalPush(
       if (!stream->Write(reply)) break;  // the trainer went away: aborted below
       continue;
     }
+    if (message.step_case() == v1::LocalPushRequest::kIpc) {
+      absl::Status copied = CopyIpcStep(message.ipc(), manifest, ipc_gpus, copier, version, token,
+                                        cancelled, &ipc_bytes);
+      if (!copied.ok()) return fail(Annotate(copied, absl::StrCat("ipc step ", ipc_steps)));
+      ++ipc_steps;
+      watch.Touch();
+      reply.Clear();
+      reply.set_ipc_done(ipc_steps);
+      if (!stream->Write(reply)) break;  // the trainer went away: aborted below
+      continue;
+    }
     if (message.step_case() == v1::LocalPushRequest::kCommit) {
       std::vector<uint64_t> expected;
       if (message.commit().xxh3_size() > 0) {
         expected.assign(message.commit().xxh3().begin(), message.commit().xxh3().end());
       } else {
         for (const v1::TensorSpec& t : manifest.tensors()) expected.push_back(t.xxh3());
+      }
+      // The trainer has no checksum of a tensor the daemon copied from its GPU memory: the
+      // daemon's, of the bytes it stored, is recorded (what workers verify against).
+      if (expected.size() == static_cast<size_t>(manifest.tensors_size())) {
+        for (size_t t = 0; t < expected.size(); ++t) {
+          if (copier.Claimed(static_cast<uint32_t>(t))) expected[t] = copier.Checksums()[t];
+        }
       }
       // With every byte in, the copier's checksums are those of the stored bytes; otherwise the
       // store hashes what is there and names the tensors that lack bytes.
@@ -370,12 +406,13 @@ grpc::Status TrainerService::RunLocalPush(
             "was told",
             version, caller.name);
       }
-      spdlog::info("version {}: {} in {} window(s) by {} (local push)", version,
-                   FormatBytes(info->total_bytes()), windows, caller.name);
+      spdlog::info("version {}: {} in {} window(s) and {} from GPU memory by {} (local push)",
+                   version, FormatBytes(info->total_bytes() - ipc_bytes), windows,
+                   FormatBytes(ipc_bytes), caller.name);
       return grpc::Status::OK;
     }
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("expected a window or the commit, not ", StepName(message.step_case()))));
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        "expected a window, an ipc step or the commit, not ", StepName(message.step_case()))));
   }
   if (watch.cancelled()) {
     abort_why =
@@ -384,6 +421,49 @@ grpc::Status TrainerService::RunLocalPush(
   return grpc::Status(grpc::StatusCode::CANCELLED,
                       absl::StrCat(what, ": the stream ended before the commit (", abort_why,
                                    "); the version is aborted"));
+}
+
+absl::Status TrainerService::CopyIpcStep(const v1::LocalPushIpc& ipc, const v1::Manifest& manifest,
+                                         const std::map<std::string, int>& ipc_gpus,
+                                         LocalPushCopier& copier, uint64_t version,
+                                         const std::string& token,
+                                         const std::function<bool()>& cancelled,
+                                         uint64_t* ipc_bytes) {
+  ASSIGN_OR_RETURN(std::vector<IpcPart> parts, IpcParts(ipc, manifest, ipc_gpus));
+  std::vector<uint32_t> tensors;
+  uint64_t bytes = 0;
+  for (const IpcPart& p : parts) {
+    tensors.push_back(p.tensor);
+    bytes += p.bytes;  // no overflow: each tensor is in the version's memory
+  }
+  RETURN_IF_ERROR(copier.ClaimWhole(tensors));
+  ASSIGN_OR_RETURN(std::unique_ptr<VersionStore::WriteLease> lease,
+                   store_->OpenWriter(version, token));
+  std::vector<GpuIngest::Source> sources;
+  sources.reserve(parts.size());
+  for (const IpcPart& p : parts) {
+    ASSIGN_OR_RETURN(gpu::IpcHandle handle, gpu::IpcHandle::FromBytes(p.handle));
+    sources.push_back({p.device, handle, p.offset, p.bytes, lease->data(static_cast<int>(p.tensor)),
+                       manifest.tensors(static_cast<int>(p.tensor)).name()});
+  }
+  GpuIngest::Result copied = options_.gpu_ingest->Copy(sources, cancelled);
+  if (!copied.quiesced) {
+    // The GPU never finished a copy into this version: its memory must never be reused, so the
+    // lease (which keeps it allocated) is kept forever. The daemon needs a restart to get it back.
+    spdlog::error(
+        "version {}: a GPU copy of a local push did not finish within the GPU timeout; "
+        "its {} of host memory stay reserved until the daemon restarts",
+        version, FormatBytes(bytes));
+    (void)lease.release();
+  }
+  RETURN_IF_ERROR(copied.status);
+  for (size_t k = 0; k < parts.size(); ++k) {
+    RETURN_IF_ERROR(lease->MarkReceived(static_cast<int>(parts[k].tensor), 0, parts[k].bytes));
+    copier.CompleteClaimed(parts[k].tensor, copied.xxh3[k]);
+  }
+  lease->AddIpcBytes(bytes);
+  *ipc_bytes += bytes;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ScopedFd> TrainerService::ClaimWindow(const std::string& nonce,

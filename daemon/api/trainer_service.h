@@ -4,13 +4,18 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
 
 #include "absl/time/time.h"
 #include "daemon/api/attach_socket.h"
 #include "daemon/api/auth.h"
+#include "daemon/api/local_push.h"
 #include "daemon/api/stream_watchdog.h"
 #include "daemon/store/file_loader.h"
 #include "daemon/store/version_store.h"
+#include "daemon/transfer/gpu_ingest.h"
 #include "proto/trainer.grpc.pb.h"
 
 namespace ckpt::daemon {
@@ -34,6 +39,9 @@ class TrainerService final : public v1::Trainer::Service {
     absl::Duration push_idle_timeout = absl::Minutes(5);
     // Threads that copy one PushLocal window into the store.
     int local_copy_threads = 8;
+    // The cuda backend's copy of a local trainer's CUDA tensors (PushLocal's ipc step); null on
+    // the host backend (no GPU is offered to trainers then). Must outlive the service.
+    const GpuIngest* gpu_ingest = nullptr;
   };
 
   // Every call needs the trainer role (`auth`); the caller's name is the per-client key of the
@@ -114,6 +122,13 @@ class TrainerService final : public v1::Trainer::Service {
   // The one memfd a local caller passed with `nonce` for a PushLocal window, counted in `held`.
   absl::StatusOr<ScopedFd> ClaimWindow(const std::string& nonce, const Principal& caller,
                                        HeldFds& held);
+  // One ipc step of a local push: checks its tensors, claims them in `copier`, copies them from
+  // the trainer's GPUs into the version and records their checksums; adds their bytes to
+  // `*ipc_bytes`.
+  absl::Status CopyIpcStep(const v1::LocalPushIpc& ipc, const v1::Manifest& manifest,
+                           const std::map<std::string, int>& ipc_gpus, LocalPushCopier& copier,
+                           uint64_t version, const std::string& token,
+                           const std::function<bool()>& cancelled, uint64_t* ipc_bytes);
   // The part of PushLocal after its first message: begins the version, copies the windows,
   // commits. Aborts the version on any failure.
   grpc::Status RunLocalPush(

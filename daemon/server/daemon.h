@@ -98,6 +98,7 @@ class Daemon {
   std::unique_ptr<UpdateEngine> engine_;
   std::unique_ptr<AttachSocket> attach_socket_;
   std::unique_ptr<AdminService> admin_;
+  std::unique_ptr<GpuIngest> gpu_ingest_;  // outlives the trainer service, which uses it
   std::unique_ptr<TrainerService> trainer_;
   std::unique_ptr<ConsumerService> consumer_;
   std::unique_ptr<grpc::Server> server_;

@@ -49,6 +49,8 @@ struct VersionStore::Version {
   bool verify_checksums = true;
   // VersionInfo.transport: how the bytes came ("grpc", "local", "files", "cluster").
   std::string transport;
+  // VersionInfo.ipc_bytes: bytes a local push copied from the trainer's GPUs.
+  std::atomic<uint64_t> ipc_bytes{0};
   uint64_t total_bytes = 0;
   std::unordered_map<std::string, int> index;
   std::unique_ptr<Ranges> ranges;
@@ -127,6 +129,7 @@ v1::VersionInfo VersionStore::Info(const Version& v) const {
   }
   info.set_label(v.label);
   info.set_transport(v.transport);
+  info.set_ipc_bytes(v.ipc_bytes.load());
   absl::MutexLock lock(&v.mu);
   info.set_received_bytes(v.received_bytes);
   return info;
@@ -552,6 +555,8 @@ absl::Status VersionStore::WriteLease::MarkReceived(int i, uint64_t offset, uint
   v_->Touch();
   return absl::OkStatus();
 }
+
+void VersionStore::WriteLease::AddIpcBytes(uint64_t bytes) { v_->ipc_bytes += bytes; }
 
 absl::Status VersionStore::WriteLease::MarkAllReceived() {
   if (v_->dropped.load()) {

@@ -196,6 +196,8 @@ class VersionStore {
     absl::Status MarkReceived(int i, uint64_t offset, uint64_t bytes);
     // Records every byte of every tensor as received. ABORTED when the version was aborted.
     absl::Status MarkAllReceived();
+    // Counts bytes copied from a trainer's GPU memory (VersionInfo.ipc_bytes).
+    void AddIpcBytes(uint64_t bytes);
 
    private:
     friend class VersionStore;

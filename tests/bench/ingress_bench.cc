@@ -19,8 +19,16 @@
 //      count: 139,583) locally and over the largest --streams count, and prints microseconds per
 //      tensor (the per-tensor cost of the C++ client and the daemon; 0 skips it).
 //
+//   4. with --cuda (a GPU, cuda backend): copies the same tensors to GPU 0 (one cudaMalloc each, as
+//      PyTorch's caching allocator gives large tensors their own segments) and measures the floor
+//      (device-to-host of every tensor into pinned memory, one stream), then pushes them as CUDA
+//      tensors: locally through CUDA IPC (the daemon copies from GPU memory), locally from pool
+//      memory that refuses IPC handles (cudaMallocAsync: the client copies into its windows), and
+//      over gRPC (the client stages them in pinned memory); each as a fraction of the floor.
+//
 //   ingress_bench [--gib 1] [--streams 1,8] [--chunk-mib 4] [--tcp] [--dir /tmp] [--backend host]
-//                 [--many-tensors 140000] [--many-tensor-kib 48] [--repeat 1]
+//                 [--many-tensors 140000] [--many-tensor-kib 48] [--repeat 1] [--cuda]
+#include <cuda_runtime_api.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -101,6 +109,63 @@ std::vector<ckpt::client::TensorView> Views(const Synthetic& s) {
   return v;
 }
 
+// The tensors of `s` on GPU 0: one allocation each (`pool`: from cudaMallocAsync's pool, whose
+// memory refuses CUDA IPC handles). Freed on destruction.
+struct OnGpu {
+  OnGpu(const Synthetic& s, bool pool) : pool(pool) {
+    for (const std::string& b : s.bytes) {
+      void* p = nullptr;
+      cudaError_t e = pool ? cudaMallocAsync(&p, b.size(), nullptr) : cudaMalloc(&p, b.size());
+      if (e == cudaSuccess) e = cudaMemcpy(p, b.data(), b.size(), cudaMemcpyHostToDevice);
+      if (e != cudaSuccess) {
+        error = cudaGetErrorString(e);
+        return;
+      }
+      ptrs.push_back(p);
+    }
+  }
+  ~OnGpu() {
+    for (void* p : ptrs) pool ? (void)cudaFreeAsync(p, nullptr) : (void)cudaFree(p);
+    (void)cudaDeviceSynchronize();
+  }
+  bool pool;
+  std::vector<void*> ptrs;
+  std::string error;
+};
+
+std::vector<ckpt::client::TensorView> GpuViews(const Synthetic& s, const OnGpu& g) {
+  std::vector<ckpt::client::TensorView> v;
+  for (size_t i = 0; i < s.names.size(); ++i) {
+    v.push_back({s.names[i], DType::kBfloat16, s.shapes[i], g.ptrs[i], s.bytes[i].size(), 0});
+  }
+  return v;
+}
+
+// GB/s of copying every tensor device-to-host into pinned memory on one stream: the floor of a
+// push of CUDA tensors. Best of 3; 0 on a CUDA error.
+double DeviceToHostGbps(const Synthetic& s, const OnGpu& g) {
+  void* host = nullptr;
+  if (cudaMallocHost(&host, s.total) != cudaSuccess) return 0;
+  std::memset(host, 1, s.total);
+  cudaStream_t stream = nullptr;
+  (void)cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    auto t0 = Clock::now();
+    uint64_t at = 0;
+    for (size_t i = 0; i < g.ptrs.size(); ++i) {
+      (void)cudaMemcpyAsync(static_cast<char*>(host) + at, g.ptrs[i], s.bytes[i].size(),
+                            cudaMemcpyDeviceToHost, stream);
+      at += s.bytes[i].size();
+    }
+    if (cudaStreamSynchronize(stream) != cudaSuccess) break;
+    best = std::max(best, s.total / 1e9 / Seconds(Clock::now() - t0));
+  }
+  (void)cudaStreamDestroy(stream);
+  (void)cudaFreeHost(host);
+  return best;
+}
+
 int Fail(const std::string& what) {
   std::fprintf(stderr, "ingress_bench: %s\n", what.c_str());
   return 1;
@@ -169,7 +234,9 @@ int main(int argc, char** argv) {
   uint64_t many_tensors = 140000, many_tensor_kib = 48;
   int repeat = 1;
   uint64_t window_mib = 0;
+  bool cuda = false;
   app.add_option("--gib", gib, "version size in GiB");
+  app.add_flag("--cuda", cuda, "also push the tensors from GPU 0 (CUDA IPC, windows, gRPC)");
   app.add_option("--many-tensors", many_tensors, "tensors of the many-tensor push (0: skip it)");
   app.add_option("--many-tensor-kib", many_tensor_kib, "size of each of them in KiB");
   app.add_option("--streams", streams_text, "comma-separated stream counts");
@@ -276,9 +343,9 @@ int main(int argc, char** argv) {
     *gbps = bytes / 1e9 / total_s;
     std::printf(
         "push %-18s %7.3f GB in %6.3f s = %6.2f GB/s  (checksums+begin %.3f s, transfer %.3f s, "
-        "commit %.3f s; transport %s)\n",
+        "commit %.3f s; transport %s, %.3f GB from GPU memory by the daemon)\n",
         what, bytes / 1e9, total_s, *gbps, Seconds(first - t0), Seconds(sent - first),
-        Seconds(t1 - sent), info->transport().c_str());
+        Seconds(t1 - sent), info->transport().c_str(), info->ipc_bytes() / 1e9);
     if (auto s = (*admin)->Drop(info->version(), absl::Seconds(30)); !s.ok()) {
       Fail(std::string(s.message()));
       return false;
@@ -310,6 +377,42 @@ int main(int argc, char** argv) {
                        tensors.total, &gbps)) {
           return 1;
         }
+      }
+    }
+  }
+
+  // CUDA tensors: the daemon copies them (IPC), the client copies them (pool memory), gRPC.
+  if (cuda) {
+    double floor = 0;
+    for (bool pool : {false, true}) {
+      OnGpu on_gpu(tensors, pool);
+      if (!on_gpu.error.empty()) return Fail("copying the tensors to GPU 0: " + on_gpu.error);
+      if (!pool) {
+        floor = DeviceToHostGbps(tensors, on_gpu);
+        std::printf("floor cuda device-to-host into pinned memory %.2f GB/s\n", floor);
+      }
+      const auto gpu_views = GpuViews(tensors, on_gpu);
+      std::vector<std::pair<std::string, ckpt::client::PushOptions>> runs;
+      ckpt::client::PushOptions local;
+      local.transport = ckpt::client::Transport::kLocal;
+      if (window_mib > 0) local.window_bytes = window_mib << 20;
+      runs.push_back({pool ? "cuda local windows" : "cuda local ipc", local});
+      if (!pool) {
+        ckpt::client::PushOptions grpc;
+        grpc.transport = ckpt::client::Transport::kGrpc;
+        grpc.streams = stream_counts.back();
+        grpc.chunk_bytes = static_cast<size_t>(chunk_mib) << 20;
+        runs.push_back({absl::StrCat("cuda grpc streams=", grpc.streams), grpc});
+      }
+      for (const auto& [what, o] : runs) {
+        double best = 0;
+        for (int r = 0; r < repeat; ++r) {
+          double gbps = 0;
+          if (!push_once(what.c_str(), *unix_ep, o, gpu_views, tensors.total, &gbps)) return 1;
+          best = std::max(best, gbps);
+        }
+        std::printf("%s: best %.2f GB/s = %.2f of the device-to-host floor (%.2f GB/s)\n",
+                    what.c_str(), best, floor > 0 ? best / floor : 0.0, floor);
       }
     }
   }

@@ -2,7 +2,9 @@
 # tensor list (bf16 layers of a dense 32B-class model, --gib GiB) as CUDA tensors and as CPU
 # tensors, over the local path and over gRPC, beside the floors measured in the same run: a
 # device-to-host copy into pinned memory (CUDA tensors) and torch's multi-threaded CPU copy (CPU
-# tensors). Each push is run --repeat times (the first CUDA push also pins its staging memory).
+# tensors). Locally, CUDA tensors are copied by the daemon from GPU memory (CUDA IPC; the line
+# says how many bytes); over gRPC the client stages them in pinned memory (the first such push
+# also pins it). Each push is run --repeat times.
 #
 #   python3 py_push_bench.py SOCKET [--gib 4] [--repeat 2]
 import argparse, time
@@ -56,8 +58,9 @@ for what, tensors, floor in (("cuda", gpu, floor_d2h), ("cpu", cpu, floor_cpu)):
             v = client.push_state_dict(tensors, transport=transport, streams=8, timeout=600)
             s = time.perf_counter() - t0
             took = client.last_push["transport"]
+            ipc = client.last_push.get("ipc_bytes", 0)
             ce.drop_version(client, v)
             print(f"py push {what:4s} {transport:5s} run {r}: {total / 1e9:.3f} GB in {s:.3f} s = "
                   f"{total / 1e9 / s:6.2f} GB/s = {total / 1e9 / s / floor:.2f} of the floor "
-                  f"(transport {took})")
+                  f"(transport {took}, {ipc / 1e9:.3f} GB from GPU memory by the daemon)")
 client.close()

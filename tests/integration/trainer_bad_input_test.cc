@@ -282,67 +282,6 @@ TEST_CASE("bad safetensors files are refused by LoadFiles and leave nothing") {
   CHECK(s.host_memory_used_bytes() == 256 + 256);
 }
 
-// A raw Trainer.PushLocal stream: begin, windows whose memfds the test presents itself, commit.
-struct LocalStream {
-  explicit LocalStream(TrainerDaemon& d) : daemon(d) {
-    ctx.set_deadline(In(20s));
-    stream = d.trainer->PushLocal(&ctx);
-  }
-
-  // Sends begin; the version id, or 0 when the stream ended (then Finish() has the status).
-  uint64_t Begin(const v1::Manifest& m) {
-    v1::LocalPushRequest r;
-    *r.mutable_begin()->mutable_manifest() = m;
-    v1::LocalPushReply reply;
-    if (!stream->Write(r) || !stream->Read(&reply)) return 0;
-    return reply.begun().version();
-  }
-
-  // Presents `fds` and sends a window naming them with `parts` (tensor, offset, bytes); true when
-  // the daemon answered windows_done.
-  bool Window(const std::vector<int>& fds,
-              std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> parts,
-              const std::string& nonce_override = "") {
-    v1::LocalPushRequest r;
-    if (nonce_override.empty()) {
-      auto p =
-          client::PresentOnDescriptorSocket(daemon.socket, fds, absl::Now() + absl::Seconds(5));
-      REQUIRE(p.ok());
-      r.mutable_window()->set_fd_nonce(p->nonce);
-      presentations.push_back(std::move(*p));
-    } else {
-      r.mutable_window()->set_fd_nonce(nonce_override);
-    }
-    for (auto [t, offset, bytes] : parts) {
-      r.mutable_window()->add_part_tensor(t);
-      r.mutable_window()->add_part_offset(offset);
-      r.mutable_window()->add_part_bytes(bytes);
-    }
-    v1::LocalPushReply reply;
-    return stream->Write(r) && stream->Read(&reply) && reply.has_windows_done();
-  }
-
-  // Sends commit with `xxh3`; the committed info, or nullopt when the stream ended.
-  std::optional<v1::VersionInfo> Commit(const std::vector<uint64_t>& xxh3) {
-    v1::LocalPushRequest r;
-    r.mutable_commit();
-    for (uint64_t h : xxh3) r.mutable_commit()->add_xxh3(h);
-    v1::LocalPushReply reply;
-    if (!stream->Write(r) || !stream->Read(&reply) || !reply.has_committed()) return std::nullopt;
-    return reply.committed();
-  }
-
-  grpc::Status Finish() {
-    stream->WritesDone();
-    return stream->Finish();
-  }
-
-  TrainerDaemon& daemon;
-  grpc::ClientContext ctx;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::LocalPushRequest, v1::LocalPushReply>> stream;
-  std::vector<client::Presentation> presentations;
-};
-
 ScopedFd MemfdWith(const std::string& bytes) {
   ScopedFd fd(::memfd_create("bad-input-test", MFD_CLOEXEC));
   REQUIRE(fd.valid());
@@ -382,6 +321,46 @@ TEST_CASE("PushLocal: a good stream commits the window's bytes; later writes cha
   CHECK(d.Status().staging_versions() == 0);
 }
 
+TEST_CASE("PushLocal on the host backend takes no GPU memory: ipc steps are refused") {
+  Daemon d;
+  std::string a = Bytes(4096, 1);
+  v1::Manifest m;
+  *m.add_tensors() = Spec("a", a);
+  const std::string gpu = "GPU-01234567-89ab-cdef-fedc-ba9876543210";
+  SECTION("begin's GPUs are not taken, and an ipc step is refused") {
+    LocalStream ls(d);
+    v1::LocalPushBegun begun;
+    REQUIRE(ls.Begin(m, {gpu}, &begun) > 0);
+    CHECK(begun.ipc_gpus_size() == 0);
+    v1::LocalPushIpc ipc;
+    v1::IpcTensor* t = ipc.add_tensors();
+    t->set_tensor(0);
+    t->set_gpu(gpu);
+    t->set_handle(std::string(64, '\x01'));
+    CHECK_FALSE(ls.Ipc(ipc));
+    RequireError(ls.Finish(), grpc::StatusCode::FAILED_PRECONDITION,
+                 "ipc step 0: this daemon copies from none of the trainer's GPUs");
+  }
+  SECTION("more than 64 GPUs at begin") {
+    LocalStream ls(d);
+    CHECK(ls.Begin(m, std::vector<std::string>(65, gpu), nullptr) == 0);
+    RequireError(ls.Finish(), grpc::StatusCode::INVALID_ARGUMENT, "65 ipc_gpus; at most 64");
+  }
+  SECTION("the bytes then come in a window, as a client does when its GPU is not taken") {
+    LocalStream ls(d);
+    v1::LocalPushBegun begun;
+    REQUIRE(ls.Begin(m, {gpu}, &begun) > 0);
+    ScopedFd w = MemfdWith(a);
+    REQUIRE(ls.Window({w.get()}, {{0, 0, 4096}}));
+    auto info = ls.Commit({Xxh3(a)});
+    REQUIRE(info.has_value());
+    CHECK(info->ipc_bytes() == 0);
+    CHECK(ls.Finish().ok());
+  }
+  v1::StatusResponse s = d.Status();
+  CHECK(s.staging_versions() == 0);
+}
+
 TEST_CASE("PushLocal: every bad stream is refused naming the problem and leaves nothing") {
   Daemon d;
   std::string a = Bytes(4096, 1);
@@ -405,7 +384,8 @@ TEST_CASE("PushLocal: every bad stream is refused naming the problem and leaves 
     LocalStream ls(d);
     REQUIRE(ls.Begin(m) > 0);
     CHECK(ls.Begin(m) == 0);
-    refused(ls, grpc::StatusCode::INVALID_ARGUMENT, "expected a window or the commit, not begin");
+    refused(ls, grpc::StatusCode::INVALID_ARGUMENT,
+            "expected a window, an ipc step or the commit, not begin");
   }
   SECTION("a manifest the store refuses") {
     LocalStream ls(d);

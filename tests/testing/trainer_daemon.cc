@@ -196,4 +196,63 @@ void RequireError(const grpc::Status& s, grpc::StatusCode code, const std::strin
   CHECK(Contains(s.error_message(), needle));
 }
 
+LocalStream::LocalStream(TrainerDaemon& d) : daemon(d) {
+  ctx.set_deadline(In(20s));
+  stream = d.trainer->PushLocal(&ctx);
+}
+
+uint64_t LocalStream::Begin(const v1::Manifest& m, const std::vector<std::string>& ipc_gpus,
+                            v1::LocalPushBegun* begun) {
+  v1::LocalPushRequest r;
+  *r.mutable_begin()->mutable_manifest() = m;
+  for (const std::string& g : ipc_gpus) r.mutable_begin()->add_ipc_gpus(g);
+  v1::LocalPushReply reply;
+  if (!stream->Write(r) || !stream->Read(&reply)) return 0;
+  if (begun != nullptr) *begun = reply.begun();
+  return reply.begun().version();
+}
+
+bool LocalStream::Window(const std::vector<int>& fds,
+                         std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> parts,
+                         const std::string& nonce_override) {
+  v1::LocalPushRequest r;
+  if (nonce_override.empty()) {
+    auto p = client::PresentOnDescriptorSocket(daemon.socket, fds, absl::Now() + absl::Seconds(5));
+    REQUIRE(p.ok());
+    r.mutable_window()->set_fd_nonce(p->nonce);
+    presentations.push_back(std::move(*p));
+  } else {
+    r.mutable_window()->set_fd_nonce(nonce_override);
+  }
+  for (auto [t, offset, bytes] : parts) {
+    r.mutable_window()->add_part_tensor(t);
+    r.mutable_window()->add_part_offset(offset);
+    r.mutable_window()->add_part_bytes(bytes);
+  }
+  v1::LocalPushReply reply;
+  return stream->Write(r) && stream->Read(&reply) && reply.has_windows_done();
+}
+
+bool LocalStream::Ipc(const v1::LocalPushIpc& ipc) {
+  v1::LocalPushRequest r;
+  *r.mutable_ipc() = ipc;
+  v1::LocalPushReply reply;
+  return stream->Write(r) && stream->Read(&reply) &&
+         reply.step_case() == v1::LocalPushReply::kIpcDone;
+}
+
+std::optional<v1::VersionInfo> LocalStream::Commit(const std::vector<uint64_t>& xxh3) {
+  v1::LocalPushRequest r;
+  r.mutable_commit();
+  for (uint64_t h : xxh3) r.mutable_commit()->add_xxh3(h);
+  v1::LocalPushReply reply;
+  if (!stream->Write(r) || !stream->Read(&reply) || !reply.has_committed()) return std::nullopt;
+  return reply.committed();
+}
+
+grpc::Status LocalStream::Finish() {
+  stream->WritesDone();
+  return stream->Finish();
+}
+
 }  // namespace ckpt::testing

@@ -5,9 +5,12 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "client/descriptor_socket.h"
 #include "grpcpp/channel.h"
 #include "proto/admin.grpc.pb.h"
 #include "proto/trainer.grpc.pb.h"
@@ -46,6 +49,37 @@ struct TrainerDaemon : DaemonProcess {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Trainer::Stub> trainer;
   std::unique_ptr<v1::Admin::Stub> admin;
+};
+
+// A raw Trainer.PushLocal stream: begin, windows whose memfds the test presents itself, ipc
+// steps, commit. Deadline 20 s.
+struct LocalStream {
+  explicit LocalStream(TrainerDaemon& d);
+
+  // Sends begin; the version id, or 0 when the stream ended (then Finish() has the status).
+  uint64_t Begin(const v1::Manifest& m) { return Begin(m, {}, nullptr); }
+  // Begin offering `ipc_gpus`; `*begun` (not null) gets the daemon's answer.
+  uint64_t Begin(const v1::Manifest& m, const std::vector<std::string>& ipc_gpus,
+                 v1::LocalPushBegun* begun);
+
+  // Presents `fds` and sends a window naming them with `parts` (tensor, offset, bytes); true when
+  // the daemon answered windows_done.
+  bool Window(const std::vector<int>& fds,
+              std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> parts,
+              const std::string& nonce_override = "");
+
+  // Sends an ipc step; true when the daemon answered ipc_done.
+  bool Ipc(const v1::LocalPushIpc& ipc);
+
+  // Sends commit with `xxh3`; the committed info, or nullopt when the stream ended.
+  std::optional<v1::VersionInfo> Commit(const std::vector<uint64_t>& xxh3);
+
+  grpc::Status Finish();
+
+  TrainerDaemon& daemon;
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::LocalPushRequest, v1::LocalPushReply>> stream;
+  std::vector<client::Presentation> presentations;
 };
 
 // A float32 tensor spec for `bytes` (a multiple of 4), with its XXH3.

@@ -32,7 +32,7 @@ import json
 import os
 
 from . import _native
-from ._tensors import DTYPES, DTYPE_NAMES, PinnedStaging, Unsupported, describe
+from ._tensors import DTYPES, DTYPE_NAMES, Unsupported, describe
 
 __all__ = [
     "CkptError", "Client", "push_state_dict", "push_files", "list_versions", "get_version",
@@ -154,7 +154,6 @@ class Client(_Handle):
         self._lib = _native.lib()
         self._handle = None
         self.last_push = None
-        self._staging = PinnedStaging()  # CUDA tensors' pinned host copy, kept between pushes
         options = _native.ClientOptions()
         self._lib.ckpt_client_options_init(ctypes.byref(options))
         options.socket = _fspath(socket) if socket else None
@@ -187,16 +186,19 @@ class Client(_Handle):
         shared-memory window (two alternate). The committed version's info, whose "transport"
         says which path was taken, is kept in `self.last_push`.
 
-        CUDA tensors are copied into pinned host memory first, all at once at the device-to-host
-        rate, after the devices' pending work (torch.cuda.synchronize). That memory is kept for
-        the next push (pinning it again would cost more than the copy); release_staging() or
-        close() frees it.
+        CUDA tensors are read where they are, once all work queued on their GPUs is done (the
+        client synchronizes those devices first, as torch.cuda.synchronize). A local daemon that
+        drives their GPU copies them out of GPU memory itself (CUDA IPC: `last_push["ipc_bytes"]`
+        counts those bytes); others (memory that cannot be shared, such as PyTorch's expandable
+        segments, or a daemon on another node) are copied device-to-host by the client, into its
+        pinned shared-memory windows or, for gRPC, into pinned host memory kept for the next push
+        (release_staging() or close() frees it).
         """
         if transport not in ("auto", "local", "grpc"):
             raise CkptError(INVALID_ARGUMENT,
                             f"transport must be 'auto', 'local' or 'grpc', not {transport!r}")
         try:
-            table, keep, _ = describe(tensors, self._staging)
+            table, keep, _ = describe(tensors)
         except Unsupported as e:
             raise CkptError(INVALID_ARGUMENT, str(e)) from None
         raised = []
@@ -238,14 +240,9 @@ class Client(_Handle):
         return out_version.value
 
     def release_staging(self):
-        """Frees the pinned host memory kept for CUDA tensors' pushes (the next one pins again)."""
-        self._staging.release()
-
-    def close(self):
-        staging = getattr(self, "_staging", None)
-        if staging is not None:
-            staging.release()
-        super().close()
+        """Frees the memory kept between pushes: the shared-memory windows and the pinned host
+        copy of CUDA tensors (the next push makes them again)."""
+        self._lib.ckpt_client_release_staging(self._h())
 
     def push_files(self, paths, version=0, label="", timeout=1800.0):
         """The daemon loads the safetensors files itself into one new version and commits it;

@@ -38,6 +38,7 @@ class TensorTable(ctypes.Structure):
         ("shapes_count", ctypes.c_uint64),
         ("data", ctypes.c_void_p),
         ("nbytes", ctypes.c_void_p),
+        ("devices", ctypes.c_void_p),  # NULL: every tensor in host memory
     ]
 
 
@@ -166,6 +167,8 @@ def _declare(lib):
     lib.ckpt_client_set_timeout.restype = None
     lib.ckpt_client_close.argtypes = [c.c_void_p]
     lib.ckpt_client_close.restype = None
+    lib.ckpt_client_release_staging.argtypes = [c.c_void_p]
+    lib.ckpt_client_release_staging.restype = None
     lib.ckpt_push.argtypes = [
         c.c_void_p, c.POINTER(Tensor), c.c_size_t, c.POINTER(PushOptions),
         c.POINTER(c.c_uint64), c.POINTER(c.c_void_p)] + err

@@ -69,8 +69,8 @@ def _torch_view(name, t):
         t = t.detach()
         if t.device.type not in ("cpu", "cuda"):
             t = t.to("cpu")  # other devices: one copy to host memory
-        # CUDA tensors are made contiguous (and resolved) on their device; describe() then copies
-        # them into pinned host memory all at once.
+        # CUDA tensors are made contiguous (and resolved) on their device; the push reads them
+        # there (the daemon through CUDA IPC, or the client device-to-host).
         if not t.is_contiguous():
             t = t.contiguous()
         if t.is_conj():
@@ -95,51 +95,7 @@ def _numpy_view(name, a):
     return dtype, tuple(a.shape), a.ctypes.data, a.nbytes, a
 
 
-class PinnedStaging:
-    """Pinned host memory that CUDA tensors are copied into before a push, kept for the next push
-    of its owner (pinning memory is slow: a few GB/s) and grown when a push needs more."""
-
-    def __init__(self):
-        self._buffer = None
-
-    def take(self, nbytes):
-        torch = sys.modules["torch"]
-        if self._buffer is None or self._buffer.numel() < nbytes:
-            self._buffer = None  # freed before the larger one is made
-            self._buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-        return self._buffer
-
-    def release(self):
-        self._buffer = None
-
-
-def _copy_cuda_to_host(device_items, staging):
-    """Copies [(index, contiguous CUDA tensor)] into pinned memory from `staging`: every copy is
-    queued at once on its device's current stream (device-to-host at the link's rate, no pageable
-    temporary) after the devices' pending work is done. Returns [(index, host address, nbytes)]
-    and the host buffer, which must outlive the push."""
-    torch = sys.modules["torch"]
-    offsets, total = [], 0
-    for _, t in device_items:
-        offsets.append(total)
-        total += (t.numel() * t.element_size() + 255) // 256 * 256
-    buffer = (staging or PinnedStaging()).take(max(total, 1))
-    devices = sorted({t.device.index for _, t in device_items})
-    for d in devices:
-        torch.cuda.synchronize(d)  # the trainer's work on every stream of the device is done
-    out = []
-    for (index, t), offset in zip(device_items, offsets):
-        nbytes = t.numel() * t.element_size()
-        if nbytes:
-            src = t.reshape(-1).view(torch.uint8) if t.dtype != torch.uint8 else t.reshape(-1)
-            buffer[offset:offset + nbytes].copy_(src, non_blocking=True)
-        out.append((index, buffer.data_ptr() + offset, nbytes))
-    for d in devices:
-        torch.cuda.synchronize(d)
-    return out, buffer
-
-
-def describe(tensors, staging=None):
+def describe(tensors):
     """The C table (ckpt_tensor_table) of a {name: tensor} mapping (or an iterable of (name,
     tensor) pairs).
 
@@ -147,8 +103,8 @@ def describe(tensors, staging=None):
     built once per push (no ctypes struct per tensor); its data addresses point into the tensors'
     memory (or into contiguous/host copies held by the keep-alive list), which must outlive the push
     call. The common case, a contiguous CPU torch tensor of a known dtype, is read with a handful of
-    attribute reads. CUDA tensors are copied into pinned host memory (`staging`, a PinnedStaging
-    kept by the caller for its next push; None: made for this call) in one batch.
+    attribute reads. A CUDA tensor's address is its device address, and its `devices` entry its
+    GPU's index (-1 for host memory; the column is left NULL when no tensor is on a GPU).
     """
     items = tensors.items() if hasattr(tensors, "items") else tensors
     torch = sys.modules.get("torch")
@@ -158,11 +114,12 @@ def describe(tensors, staging=None):
     strided = torch.strided if torch is not None else None
     known = _TORCH_DTYPES
     names, dtypes, ndims, shapes, ptrs, sizes, keep = [], [], [], [], [], [], []
-    device_items = []
+    devices = None  # made at the first CUDA tensor
     total = 0
     for name, value in items:
         if type(name) is not str and not isinstance(name, str):
             raise Unsupported(f"tensor names must be str, not {type(name).__name__} ({name!r})")
+        device = -1
         if isinstance(value, tensor_type):
             dtype = known.get(value.dtype)
             if (dtype is not None and value.is_cpu and value.layout is strided
@@ -175,13 +132,17 @@ def describe(tensors, staging=None):
                 dtype, shape, ptr, nbytes, owner = _torch_view(name, value)
                 keep.append(owner)
                 if owner.device.type == "cuda":
-                    device_items.append((len(names), owner))
+                    device = owner.device.index
         elif isinstance(value, array_type):
             dtype, shape, ptr, nbytes, owner = _numpy_view(name, value)
             keep.append(owner)
         else:
             raise Unsupported(f"tensor '{name}': expected a torch.Tensor or numpy.ndarray, "
                               f"not {type(value).__module__}.{type(value).__name__}")
+        if device >= 0 and devices is None:
+            devices = array.array("i", [-1] * len(names))
+        if devices is not None:
+            devices.append(device)
         names.append(name)
         dtypes.append(dtype)
         ndims.append(len(shape))
@@ -189,11 +150,6 @@ def describe(tensors, staging=None):
         ptrs.append(ptr if nbytes > 0 else 0)
         sizes.append(nbytes)
         total += nbytes
-    if device_items:
-        copied, buffer = _copy_cuda_to_host(device_items, staging)
-        for index, ptr, nbytes in copied:
-            ptrs[index] = ptr if nbytes > 0 else 0
-        keep.append(buffer)
     joined = "".join(names)
     if joined.isascii():
         blob = joined.encode("ascii")
@@ -219,5 +175,8 @@ def describe(tensors, staging=None):
     table.shapes_count = len(shapes)
     for field in ("name_ends", "dtypes", "ndims", "shapes", "data", "nbytes"):
         setattr(table, field, columns[field].buffer_info()[0])
+    if devices is not None:
+        columns["devices"] = devices
+        table.devices = devices.buffer_info()[0]
     keep.append(columns)
     return table, keep, total

@@ -1,0 +1,245 @@
+#include "daemon/transfer/gpu_ingest.h"
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/checked_math.h"
+#include "common/parallel.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+#include "common/xxh3.h"
+#include "gpu/cuda_event.h"
+#include "gpu/cuda_status.h"
+#include "gpu/cuda_stream.h"
+#include "gpu/ipc_mapping.h"
+#include "gpu/scoped_device.h"
+
+namespace ckpt::daemon {
+namespace {
+
+using GetAddressRange = CUresult (*)(CUdeviceptr*, size_t*, CUdeviceptr);
+
+// cuMemGetAddressRange through the runtime's entry-point query (the daemon links no libcuda).
+absl::StatusOr<GetAddressRange> AddressRangeFunction() {
+  static const absl::StatusOr<GetAddressRange> function = []() -> absl::StatusOr<GetAddressRange> {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    CUDA_RETURN_IF_ERROR(cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &fn, 12000,
+                                                          cudaEnableDefault, &found));
+    if (fn == nullptr || found != cudaDriverEntryPointSuccess) {
+      return absl::FailedPreconditionError("the CUDA driver has no cuMemGetAddressRange");
+    }
+    return reinterpret_cast<GetAddressRange>(fn);
+  }();
+  return function;
+}
+
+// One opened allocation: the mapping and its size as this process sees it.
+struct Opened {
+  gpu::IpcMapping mapping;
+  uint64_t size = 0;
+};
+
+absl::StatusOr<Opened> OpenAllocation(int device, const gpu::IpcHandle& handle) {
+  ASSIGN_OR_RETURN(GetAddressRange range, AddressRangeFunction());
+  ASSIGN_OR_RETURN(gpu::ScopedDevice scope, gpu::ScopedDevice::Create(device));
+  ASSIGN_OR_RETURN(gpu::IpcMapping mapping, gpu::IpcMapping::Open(device, handle, 0));
+  CUdeviceptr base = 0;
+  size_t size = 0;
+  const CUresult r = range(&base, &size, reinterpret_cast<CUdeviceptr>(mapping.data()));
+  if (r != CUDA_SUCCESS) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuMemGetAddressRange of the mapped allocation failed (CUresult ", r, ")"));
+  }
+  // The mapping starts at the allocation's base; anything else would make the offsets wrong.
+  if (base != reinterpret_cast<CUdeviceptr>(mapping.data())) {
+    return absl::FailedPreconditionError(
+        "the mapped allocation does not start where cudaIpcOpenMemHandle put it");
+  }
+  return Opened{std::move(mapping), static_cast<uint64_t>(size)};
+}
+
+// A lane's stream and two events on one device: piece p is copied on the stream and waited for
+// through events[p % 2].
+struct LaneDevice {
+  gpu::CudaStream stream;
+  gpu::CudaEvent events[2];
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GpuIngest>> GpuIngest::Create(const std::vector<gpu::GpuInfo>& gpus,
+                                                             Options options) {
+  if (gpus.empty()) return absl::FailedPreconditionError("GPU ingest without GPUs");
+  options.lanes = std::max(1, options.lanes);
+  options.piece_bytes = std::max<uint64_t>(options.piece_bytes, 4096);
+  RETURN_IF_ERROR(AddressRangeFunction().status());
+  return std::unique_ptr<GpuIngest>(new GpuIngest(gpus, options));
+}
+
+int GpuIngest::DeviceOf(const std::string& uuid) const {
+  for (const gpu::GpuInfo& g : gpus_) {
+    if (g.uuid == uuid) return g.index;
+  }
+  return -1;
+}
+
+GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
+                                  const std::function<bool()>& cancelled) const {
+  Result result;
+  // Every distinct allocation is opened once, and every range checked, before any copy.
+  std::map<std::pair<int, std::string>, Opened> opened;
+  std::vector<const uint8_t*> from(sources.size(), nullptr);
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const Source& s = sources[i];
+    const auto key = std::make_pair(s.device, s.handle.ToBytes());
+    auto it = opened.find(key);
+    if (it == opened.end()) {
+      absl::StatusOr<Opened> o = OpenAllocation(s.device, s.handle);
+      if (!o.ok()) {
+        result.status = absl::InvalidArgumentError(
+            absl::StrCat("tensor '", s.name, "': its CUDA IPC handle cannot be opened on GPU ",
+                         s.device, " of the daemon: ", o.status().message()));
+        return result;
+      }
+      it = opened.emplace(key, *std::move(o)).first;
+    }
+    CheckedSum end;
+    if (s.bytes == 0 || !end.Add(s.offset) || !end.Add(s.bytes) || end.total() > it->second.size) {
+      result.status = absl::OutOfRangeError(
+          absl::StrCat("tensor '", s.name, "': ", s.bytes, " bytes at offset ", s.offset,
+                       " do not lie inside its allocation of ", it->second.size, " bytes"));
+      return result;
+    }
+    from[i] = static_cast<const uint8_t*>(it->second.mapping.data()) + s.offset;
+  }
+
+  // The order lanes take tensors in: the GPUs in turn, so that all of them copy at once.
+  std::map<int, std::vector<size_t>> by_device;
+  for (size_t i = 0; i < sources.size(); ++i) by_device[sources[i].device].push_back(i);
+  std::vector<size_t> order;
+  for (size_t round = 0; order.size() < sources.size(); ++round) {
+    for (auto& [device, list] : by_device) {
+      if (round < list.size()) order.push_back(list[round]);
+    }
+  }
+
+  result.xxh3.assign(sources.size(), 0);
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::atomic<bool> pending_left{false};
+  absl::Mutex mu;
+  absl::Status failure;
+  auto fail = [&](absl::Status st) {
+    absl::MutexLock lock(&mu);
+    if (failure.ok()) failure = std::move(st);
+    stop.store(true);
+  };
+  const uint64_t piece = options_.piece_bytes;
+  const absl::Duration timeout = options_.gpu_timeout;
+  auto lane = [&] {
+    std::map<int, LaneDevice> devices;
+    struct Deleter {
+      void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
+    };
+    std::unique_ptr<XXH3_state_t, Deleter> state(XXH3_createState());
+    if (state == nullptr) {
+      fail(absl::ResourceExhaustedError("no memory for a hash state"));
+      return;
+    }
+    for (size_t j = next.fetch_add(1); j < order.size() && !stop.load(); j = next.fetch_add(1)) {
+      const size_t i = order[j];
+      const Source& s = sources[i];
+      absl::StatusOr<gpu::ScopedDevice> scope = gpu::ScopedDevice::Create(s.device);
+      if (!scope.ok()) {
+        fail(scope.status());
+        return;
+      }
+      auto it = devices.find(s.device);
+      if (it == devices.end()) {
+        LaneDevice d;
+        absl::StatusOr<gpu::CudaStream> stream = gpu::CudaStream::Create(s.device);
+        absl::Status made = stream.status();
+        if (made.ok()) d.stream = *std::move(stream);
+        for (gpu::CudaEvent& e : d.events) {
+          if (!made.ok()) break;
+          absl::StatusOr<gpu::CudaEvent> event = gpu::CudaEvent::Create(s.device);
+          made = event.status();
+          if (made.ok()) e = *std::move(event);
+        }
+        if (!made.ok()) {
+          fail(Annotate(made, absl::StrCat("a copy stream on GPU ", s.device)));
+          return;
+        }
+        it = devices.emplace(s.device, std::move(d)).first;
+      }
+      LaneDevice& d = it->second;
+      const uint64_t pieces = (s.bytes + piece - 1) / piece;
+      auto issue = [&](uint64_t p) -> absl::Status {
+        const uint64_t offset = p * piece;
+        const uint64_t n = std::min(piece, s.bytes - offset);
+        CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.dst + offset, from[i] + offset,
+                                             static_cast<size_t>(n), cudaMemcpyDeviceToHost,
+                                             d.stream.get()));
+        return d.events[p % 2].Record(d.stream);
+      };
+      (void)XXH3_64bits_reset(state.get());
+      absl::Status st = issue(0);
+      // Pieces issued but not yet waited for: [waited, issued).
+      uint64_t issued = st.ok() ? 1 : 0;
+      uint64_t waited = 0;
+      while (st.ok() && waited < pieces) {
+        if (stop.load()) break;
+        if (cancelled && cancelled()) {
+          st = absl::CancelledError("the trainer went away during the GPU copy");
+          break;
+        }
+        if (issued < pieces) {
+          st = issue(issued);
+          if (!st.ok()) break;
+          ++issued;
+        }
+        st = d.events[waited % 2].WaitWithDeadline(timeout);
+        if (!st.ok()) break;
+        const uint64_t offset = waited * piece;
+        XXH3_64bits_update(state.get(), s.dst + offset,
+                           static_cast<size_t>(std::min(piece, s.bytes - offset)));
+        ++waited;
+      }
+      if (waited == pieces && st.ok()) {
+        result.xxh3[i] = XXH3_64bits_digest(state.get());
+        continue;
+      }
+      // Stopping early: the copies still in flight must end before the mappings close and the
+      // destination may be reused.
+      for (uint64_t p = waited; p < issued; ++p) {
+        absl::Status drained = d.events[p % 2].WaitWithDeadline(timeout);
+        if (absl::IsDeadlineExceeded(drained)) pending_left.store(true);
+      }
+      if (!st.ok()) {
+        fail(Annotate(st, absl::StrCat("copying tensor '", s.name, "' (", FormatBytes(s.bytes),
+                                       ") from GPU ", s.device)));
+      }
+      return;
+    }
+  };
+  RunOnThreads(std::max(1, std::min<int>(options_.lanes, static_cast<int>(order.size()))), lane);
+  result.quiesced = !pending_left.load();
+  if (!result.quiesced) {
+    // A copy the GPU never finished may still read through these mappings: they stay open.
+    (void)new std::map<std::pair<int, std::string>, Opened>(std::move(opened));
+  }
+  result.status = failure;
+  if (!failure.ok()) result.xxh3.clear();
+  return result;
+}
+
+}  // namespace ckpt::daemon
