@@ -36,7 +36,7 @@ log "benches: $(echo ${benches:-none})"
 # --- 2. Build (same flags as a plain `bazel build`, so the cache is shared) ---------------------------
 # The product's binaries travel too (sbin/): integration tests start them (tests/testing/subprocess.h
 # finds them through CKPT_BIN_DIR when there are no Bazel runfiles).
-tools="//daemon:ckpt-engined //client/ckptctl:ckptctl //client:libckpt_client.so //tests/integration:worker_client"
+tools="//daemon:ckpt-engined //client/ckptctl:ckptctl //client:libckpt_client.so //tests/integration:worker_client //tests/integration:local_push_client"
 # shellcheck disable=SC2086
 bazel build --noshow_progress "$@" $tests $benches $tools >&2 || die "bazel build failed"
 

@@ -13,8 +13,12 @@
 // printing microseconds per tensor (the per-tensor cost of the plan, the daemon's messages and the
 // C++ worker; its own copy of each tensor included).
 //
+// Last, --rl-steps colocated RL steps: the big version's tensors in GPU 0's memory (a trainer on
+// the inference node), pushed locally (the daemon copies them through CUDA IPC) and then updated
+// into the workers; each step's push + update beside the update alone (the best big run).
+//
 //   update_bench [--layers 64] [--repeat 3] [--bucket-mib 0 (auto)] [--slots 2] [--small-gib 1]
-//                [--many-tensors 140000] [--many-tensor-kib 48]
+//                [--many-tensors 140000] [--many-tensor-kib 48] [--rl-steps 2]
 #include <cuda_runtime_api.h>
 
 #include <CLI/CLI.hpp>
@@ -180,6 +184,8 @@ int main(int argc, char** argv) {
   app.add_option("--small-gib", small_gib, "size of the latency version in GiB (0: skip)");
   app.add_option("--many-tensors", many_tensors, "tensors of the many-tensor version (0: skip it)");
   app.add_option("--many-tensor-kib", many_tensor_kib, "size of each of them in KiB");
+  int rl_steps = 2;
+  app.add_option("--rl-steps", rl_steps, "colocated RL steps: push from GPU memory + update");
   CLI11_PARSE(app, argc, argv);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
 
@@ -337,6 +343,52 @@ int main(int argc, char** argv) {
       std::printf("many  %zu tensors of %lu KiB: %.3f s = %.2f us/tensor\n", many.names.size(),
                   static_cast<unsigned long>(many_tensor_kib), r.seconds,
                   r.seconds / static_cast<double>(many.names.size()) * 1e6);
+    }
+  }
+  if (rl_steps > 0) {
+    // The trainer's weights in GPU 0's memory, one allocation per tensor.
+    Views host = MakeViews(big);
+    std::vector<void*> on_gpu;
+    std::vector<ckpt::client::TensorView> gpu_views;
+    struct FreeAll {
+      std::vector<void*>& p;
+      ~FreeAll() {
+        for (void* x : p) (void)cudaFree(x);
+      }
+    } free_all{on_gpu};
+    for (size_t i = 0; i < big.names.size(); ++i) {
+      void* p = nullptr;
+      if (cudaSetDevice(0) != cudaSuccess || cudaMalloc(&p, big.bytes[i]) != cudaSuccess ||
+          cudaMemcpy(p, host.data.data(), big.bytes[i], cudaMemcpyHostToDevice) != cudaSuccess) {
+        return Fail("placing the trainer's tensors on GPU 0");
+      }
+      on_gpu.push_back(p);
+      gpu_views.push_back({big.names[i], DType::kBfloat16, big.shapes[i], p, big.bytes[i], 0});
+    }
+    double update_alone = 0;
+    for (const Run& r : runs) {
+      if (r.label == "big" && (update_alone == 0 || r.seconds < update_alone)) {
+        update_alone = r.seconds;
+      }
+    }
+    for (int step = 1; step <= rl_steps; ++step) {
+      ckpt::client::PushOptions options;
+      options.timeout = absl::Seconds(600);
+      const auto start = Clock::now();
+      auto info = (*trainer)->PushTensors(gpu_views, options);
+      if (!info.ok()) return Fail(info.status().ToString());
+      const double push_s = Seconds(Clock::now() - start);
+      ckpt::v1::UpdateRequest request;
+      request.set_version(info->version());
+      auto result = (*admin)->Update(request, absl::Seconds(600));
+      if (!result.ok()) return Fail(result.status().ToString());
+      const double step_s = Seconds(Clock::now() - start);
+      std::printf(
+          "rl step %d: push %.3f s (%.1f GB/s, transport %s, %.3f GB copied by the daemon from "
+          "GPU memory) + update %.3f s = %.3f s = %.2f x the update alone (%.3f s)\n",
+          step, push_s, big.total / 1e9 / push_s, info->transport().c_str(),
+          info->ipc_bytes() / 1e9, step_s - push_s, step_s,
+          update_alone > 0 ? step_s / update_alone : 0.0, update_alone);
     }
   }
   // The floor, with the GPU memory the workers hold in place.

@@ -3,10 +3,14 @@
 // step), or the client copies it into windows when the memory cannot be shared. Raw streams check
 // that the daemon holds every handle and range to the allocation it names.
 #include <cuda_runtime_api.h>
+#include <signal.h>
 #include <xxhash.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/trainer_client.h"
@@ -67,8 +71,8 @@ v1::TensorSpec Bytes(const std::string& name, uint64_t n) {
   return t;
 }
 
-std::vector<std::string> CudaDaemon() {
-  return {"--backend", "cuda", "--host-memory-budget", "256MiB", "--staging-timeout", "10s"};
+std::vector<std::string> CudaDaemon(const std::string& budget = "256MiB") {
+  return {"--backend", "cuda", "--host-memory-budget", budget, "--staging-timeout", "10s"};
 }
 
 TEST_CASE("PushLocal ipc: the daemon copies from the named allocation only, bit-exact") {
@@ -193,6 +197,66 @@ TEST_CASE("TrainerClient: CUDA tensors over ipc, windows (memory IPC refuses) an
   }
   (*client)->ReleaseStaging();
   d.RequireClean();
+}
+
+TEST_CASE("a trainer killed during a push from GPU memory leaves nothing, and the daemon goes on") {
+  using Clock = std::chrono::steady_clock;
+  using namespace std::chrono_literals;
+  TrainerDaemon d(CudaDaemon("3GiB"));
+  const uint64_t before = d.Status().host_memory_used_bytes();
+  // 2 GiB in 32 allocations: the daemon's copy takes tens of milliseconds; kills land before the
+  // begin, during the copy (the exporter vanishes under the daemon's reads) and around the commit.
+  const std::vector<std::string> push = {Runfile("tests/integration/local_push_client"),
+                                         d.socket,
+                                         "32",
+                                         std::to_string(64 << 20),
+                                         std::to_string(64 << 20),
+                                         "local",
+                                         "0",
+                                         "cuda"};
+  RunResult full = Run(push);
+  INFO(full.err);
+  REQUIRE(full.exit.code == 0);
+  REQUIRE(Contains(full.out, "transport local ipc_bytes 2147483648"));
+  REQUIRE(d.Drop(1).ok());
+  std::mt19937 rng(77);
+  int committed = 0;
+  for (int round = 0; round < 8; ++round) {
+    Subprocess pusher(push);
+    // Wait until its tensors are on the GPU, then kill it 0..60 ms later.
+    for (auto deadline = Clock::now() + 60s;
+         pusher.running() && !Contains(pusher.Stdout(), "ready") && Clock::now() < deadline;) {
+      std::this_thread::sleep_for(200us);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 60000));
+    pusher.Signal(SIGKILL);
+    pusher.Wait(20s);
+    auto deadline = Clock::now() + 20s;
+    v1::StatusResponse s = d.Status();
+    while (s.staging_versions() != 0 && Clock::now() < deadline) {
+      std::this_thread::sleep_for(50ms);
+      s = d.Status();
+    }
+    grpc::ClientContext list_ctx;
+    list_ctx.set_deadline(In(10s));
+    v1::ListVersionsResponse list;
+    REQUIRE(d.admin->ListVersions(&list_ctx, v1::ListVersionsRequest(), &list).ok());
+    for (const v1::VersionInfo& v : list.versions()) {
+      CHECK(v.state() == v1::VERSION_STATE_COMMITTED);
+      REQUIRE(d.Drop(v.version()).ok());
+      ++committed;
+    }
+    s = d.Status();
+    INFO("round " << round);
+    CHECK(s.staging_versions() == 0);
+    CHECK(s.host_memory_used_bytes() == before);
+  }
+  WARN(committed << " of 8 killed pushes committed before the kill");
+  // The daemon's CUDA context survived: a full push from GPU memory still works.
+  RunResult after = Run(push);
+  INFO(after.err);
+  CHECK(after.exit.code == 0);
+  CHECK(Contains(after.out, "ipc_bytes 2147483648"));
 }
 
 }  // namespace

@@ -1,9 +1,13 @@
 // Test helper: pushes a synthetic version with TrainerClient::PushTensors (the C++ client library,
 // as a trainer would), slowly enough that a test can kill it at any point. Prints "progress N" at
 // every progress call (then sleeps SLEEP_MS) and "committed N transport T" at the end; on failure
-// prints "error CODE: message" to stderr and exits 1.
+// prints "error CODE: message" to stderr and exits 1. With "cuda" the tensors are in GPU 0's memory
+// (one cudaMalloc each) and the daemon copies them through CUDA IPC; it prints "ready" once they
+// are there.
 //
-//   local_push_client SOCKET TENSORS TENSOR_BYTES WINDOW_BYTES TRANSPORT SLEEP_MS
+//   local_push_client SOCKET TENSORS TENSOR_BYTES WINDOW_BYTES TRANSPORT SLEEP_MS [cuda]
+#include <cuda_runtime_api.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -15,12 +19,13 @@
 #include "client/trainer_client.h"
 
 int main(int argc, char** argv) {
-  if (argc != 7) {
+  if (argc != 7 && !(argc == 8 && std::string(argv[7]) == "cuda")) {
     std::fprintf(stderr,
                  "usage: local_push_client SOCKET TENSORS TENSOR_BYTES WINDOW_BYTES TRANSPORT "
-                 "SLEEP_MS\n");
+                 "SLEEP_MS [cuda]\n");
     return 2;
   }
+  const bool cuda = argc == 8;
   namespace client = ckpt::client;
   const int tensors = std::atoi(argv[2]);
   const uint64_t tensor_bytes = std::strtoull(argv[3], nullptr, 10);
@@ -43,6 +48,20 @@ int main(int argc, char** argv) {
                      {static_cast<int64_t>(tensor_bytes)},
                      storage[t].data(),
                      tensor_bytes});
+    if (cuda) {
+      void* p = nullptr;
+      if (cudaMalloc(&p, tensor_bytes) != cudaSuccess ||
+          cudaMemcpy(p, storage[t].data(), tensor_bytes, cudaMemcpyHostToDevice) != cudaSuccess) {
+        std::fprintf(stderr, "error placing tensor %d on GPU 0\n", t);
+        return 1;
+      }
+      views.back().data = p;  // freed with the process
+      views.back().device = 0;
+    }
+  }
+  if (cuda) {
+    std::printf("ready\n");
+    std::fflush(stdout);
   }
   auto endpoint = client::ResolveEndpoint(argv[1], "");
   if (!endpoint.ok()) {
@@ -67,7 +86,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error %s\n", info.status().ToString().c_str());
     return 1;
   }
-  std::printf("committed %llu transport %s\n", static_cast<unsigned long long>(info->version()),
-              info->transport().c_str());
+  std::printf("committed %llu transport %s ipc_bytes %llu\n",
+              static_cast<unsigned long long>(info->version()), info->transport().c_str(),
+              static_cast<unsigned long long>(info->ipc_bytes()));
   return 0;
 }
