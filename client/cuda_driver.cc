@@ -58,11 +58,11 @@ absl::StatusOr<const CudaDriver::Functions*> Load() {
   }
   auto* f = new CudaDriver::Functions;  // kept for the process's life
   absl::Status missing;
-  auto bind = [&](auto& fn, const char* name) {
+  auto bind = [&](auto& fn, const char* name, cuuint64_t flags = CU_GET_PROC_ADDRESS_DEFAULT) {
     void* p = nullptr;
     CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-    if (get_proc(name, &p, 12000, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS ||
-        p == nullptr || found != CU_GET_PROC_ADDRESS_SUCCESS) {
+    if (get_proc(name, &p, 12000, flags, &found) != CUDA_SUCCESS || p == nullptr ||
+        found != CU_GET_PROC_ADDRESS_SUCCESS) {
       if (missing.ok()) {
         missing = absl::FailedPreconditionError(absl::StrCat("the CUDA driver has no ", name));
       }
@@ -82,7 +82,9 @@ absl::StatusOr<const CudaDriver::Functions*> Load() {
   bind(f->pointer_get_attribute, "cuPointerGetAttribute");
   bind(f->mem_get_address_range, "cuMemGetAddressRange");
   bind(f->ipc_get_mem_handle, "cuIpcGetMemHandle");
-  bind(f->memcpy_dtoh, "cuMemcpyDtoH");
+  // The per-thread default stream: the lanes' copies run side by side, and do not wait for the
+  // trainer's work on the legacy default stream.
+  bind(f->memcpy_dtoh, "cuMemcpyDtoH", CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
   bind(f->mem_host_alloc, "cuMemHostAlloc");
   bind(f->mem_free_host, "cuMemFreeHost");
   bind(f->mem_host_register, "cuMemHostRegister");
@@ -198,24 +200,36 @@ absl::Status CudaDriver::Synchronize(int device) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<CudaDriver::Allocation> CudaDriver::AllocationOf(int device, uint64_t ptr) const {
+absl::Status CudaDriver::CheckDevicePointer(int device, uint64_t ptr) const {
   absl::StatusOr<InContext> in = InContext::Enter(*f_, device);
   if (!in.ok()) return in.status();
-  int ordinal = -1;
-  CUresult r = f_->pointer_get_attribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+  CUmemorytype type = CU_MEMORYTYPE_HOST;
+  CUresult r = f_->pointer_get_attribute(&type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
                                          static_cast<CUdeviceptr>(ptr));
-  if (r != CUDA_SUCCESS) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "address 0x", absl::Hex(ptr), " is not CUDA device memory (", ErrorText(*f_, r), ")"));
+  if (r != CUDA_SUCCESS || type != CU_MEMORYTYPE_DEVICE) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address 0x", absl::Hex(ptr), " is not CUDA device memory (",
+                     r != CUDA_SUCCESS ? ErrorText(*f_, r) : "host memory", ")"));
   }
+  int ordinal = -1;
+  r = f_->pointer_get_attribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                                static_cast<CUdeviceptr>(ptr));
+  if (r != CUDA_SUCCESS) return DriverError(*f_, r, "cuPointerGetAttribute");
   if (ordinal != device) {
     return absl::InvalidArgumentError(absl::StrCat("address 0x", absl::Hex(ptr),
                                                    " is memory of CUDA device ", ordinal,
                                                    ", not of device ", device));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CudaDriver::Allocation> CudaDriver::AllocationOf(int device, uint64_t ptr) const {
+  if (absl::Status s = CheckDevicePointer(device, ptr); !s.ok()) return s;
+  absl::StatusOr<InContext> in = InContext::Enter(*f_, device);
+  if (!in.ok()) return in.status();
   CUdeviceptr base = 0;
   size_t size = 0;
-  r = f_->mem_get_address_range(&base, &size, static_cast<CUdeviceptr>(ptr));
+  const CUresult r = f_->mem_get_address_range(&base, &size, static_cast<CUdeviceptr>(ptr));
   if (r != CUDA_SUCCESS) return DriverError(*f_, r, "cuMemGetAddressRange");
   return Allocation{static_cast<uint64_t>(base), static_cast<uint64_t>(size)};
 }

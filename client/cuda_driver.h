@@ -36,19 +36,22 @@ class CudaDriver {
   // primary context: every stream, as torch.cuda.synchronize).
   absl::Status Synchronize(int device) const;
 
+  // INVALID_ARGUMENT unless `ptr` is device memory (not host or pinned host memory) of `device`.
+  absl::Status CheckDevicePointer(int device, uint64_t ptr) const;
+
   struct Allocation {
     uint64_t base = 0;  // device address of the allocation's first byte
     uint64_t size = 0;
   };
   // The allocation that holds device address `ptr`; INVALID_ARGUMENT when `ptr` is not device
-  // memory of `device` (another GPU's, host memory, or nothing).
+  // memory of `device` (CheckDevicePointer).
   absl::StatusOr<Allocation> AllocationOf(int device, uint64_t ptr) const;
   // The 64-byte CUDA IPC handle of the allocation based at `base` (cuIpcGetMemHandle). An error
   // for memory that cannot be shared so: cuMemCreate/cuMemMap (PyTorch's expandable segments),
   // stream-ordered pools (cudaMallocAsync), managed memory.
   absl::StatusOr<std::string> IpcHandle(int device, uint64_t base) const;
-  // Device-to-host copy of `bytes` from device address `src` (synchronous; at the link's rate when
-  // `dst` is pinned).
+  // Device-to-host copy of `bytes` from device address `src` (synchronous, on the calling
+  // thread's per-thread default stream; at the link's rate when `dst` is pinned).
   absl::Status CopyToHost(int device, void* dst, uint64_t src, size_t bytes) const;
 
   // Page-locked host memory (cuMemHostAlloc, portable: every context may use it), made in the

@@ -299,8 +299,9 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   // Known once the daemon said which GPUs it copies from itself (after begin).
   std::vector<WindowPlan> plans;
 
-  // Window 0 is made (and presented, below) before the begin; window 1 once the plans need it.
-  // No window is larger than window_bytes, nor than all the bytes.
+  // Window 0 is made (and presented, below) before the begin, unless every byte is on a GPU (and
+  // may need no window at all); window 1 once the plans need it. No window is larger than
+  // window_bytes, nor than all the bytes.
   const uint64_t window_size = std::max<uint64_t>(1, std::min(options.window_bytes, total));
   std::vector<std::unique_ptr<PushWindow>> windows;
   auto take_window = [&]() -> absl::Status {
@@ -309,7 +310,9 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
     windows.push_back(*std::move(w));
     return absl::OkStatus();
   };
-  if (total > 0) {
+  bool all_on_gpu = true;
+  for (const TensorView& t : tensors) all_on_gpu = all_on_gpu && (t.bytes == 0 || t.device >= 0);
+  if (total > 0 && !all_on_gpu) {
     if (absl::Status s = take_window(); !s.ok()) return not_there(s);
   }
   const absl::Duration present_timeout = std::min(options.timeout, absl::Seconds(10));
@@ -353,12 +356,15 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   // `timeout`, so that a blocked Read or Write returns.
   std::atomic<int64_t> last_progress_ns{absl::ToUnixNanos(absl::Now())};
   std::atomic<bool> stalled{false};
+  // While the daemon copies from this process's GPU memory, a cancel waits for the copy to end:
+  // the call must not return (and the caller free its tensors) while the daemon still reads them.
+  std::atomic<bool> gpu_copy_in_flight{false};
   absl::Notification done_watching;
   std::thread watcher([&] {
     while (!done_watching.WaitForNotificationWithTimeout(kTick)) {
       const absl::Duration idle = absl::Now() - absl::FromUnixNanos(last_progress_ns.load());
       if (idle > options.timeout) stalled.store(true);
-      if (stalled.load() || cancelled()) {
+      if (stalled.load() || (cancelled() && !gpu_copy_in_flight.load())) {
         context.TryCancel();
         return;
       }
@@ -477,8 +483,10 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
         device_in_windows = true;
         continue;
       }
+      // Steps of at most kMaxIpcStepBytes: each answer is progress (and proof of life).
       if (ipc_steps.empty() ||
-          static_cast<size_t>(ipc_steps.back().ipc().tensors_size()) == kMaxIpcTensors) {
+          static_cast<size_t>(ipc_steps.back().ipc().tensors_size()) == kMaxIpcTensors ||
+          (ipc_step_bytes.back() > 0 && ipc_step_bytes.back() + t.bytes > kMaxIpcStepBytes)) {
         ipc_steps.emplace_back();
         ipc_step_bytes.push_back(0);
       }
@@ -494,12 +502,6 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   plans = PlanWindows(tensors, options.window_bytes, threads, kMaxWindowParts, &via_ipc);
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (via_ipc[i]) hashes[i] = 0;  // not used: the daemon hashes what it copies
-  }
-  if (plans.size() >= 2) {
-    if (absl::Status s = take_window(); !s.ok()) return give_up(s);
-  }
-  if (device_in_windows) {
-    for (std::unique_ptr<PushWindow>& w : windows) w->Pin(cuda, pin_device);
   }
 
   uint64_t acked = 0;      // windows the daemon has copied
@@ -536,10 +538,33 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
     return absl::OkStatus();
   };
 
-  // The daemon copies the GPU tensors while this thread fills the first windows.
-  for (const v1::LocalPushRequest& step : ipc_steps) {
-    if (!stream->Write(step)) return Annotate(finish("the GPU copy"), context_text());
-    touch();
+  // The GPU tensors first, to the end: the windows' nonces are presented only after (a nonce not
+  // claimed within seconds expires), and a failure of this process's own never leaves the daemon
+  // reading its GPU memory after the call returned.
+  if (!ipc_steps.empty()) {
+    gpu_copy_in_flight.store(true);
+    absl::Status copied;
+    for (const v1::LocalPushRequest& step : ipc_steps) {
+      if (!stream->Write(step)) {
+        copied = finish("the GPU copy");
+        break;
+      }
+      touch();
+    }
+    if (copied.ok()) copied = await_replies(0, true);
+    gpu_copy_in_flight.store(false);
+    if (!copied.ok()) return Annotate(copied, context_text());
+  }
+  while (windows.size() < std::min<size_t>(2, plans.size())) {
+    if (absl::Status s = take_window(); !s.ok()) return give_up(s);
+  }
+  if (device_in_windows) {
+    for (std::unique_ptr<PushWindow>& w : windows) w->Pin(cuda, pin_device);
+  }
+  // Window 0 again if it was presented before the GPU copy (that nonce may have expired), or not
+  // at all yet.
+  if (!plans.empty() && (!ipc_steps.empty() || !presented[0].has_value())) {
+    if (absl::Status s = present(0); !s.ok()) return give_up(s);
   }
   for (size_t k = 0; k < plans.size(); ++k) {
     // Window k refills the memfd of window k - 2, which the daemon must be done with.

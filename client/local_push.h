@@ -37,6 +37,8 @@ struct WindowPlan {
 // The daemon's limit of parts in one window (as in a chunk), and of tensors in one ipc step.
 inline constexpr size_t kMaxWindowParts = kMaxChunkParts;
 inline constexpr size_t kMaxIpcTensors = 65536;
+// The client's most bytes in one ipc step (a larger tensor goes alone in its step).
+inline constexpr uint64_t kMaxIpcStepBytes = uint64_t{8} << 30;
 
 // Cuts the tensors (but those `skip` marks: the daemon copies them from GPU memory) into windows
 // of at most `window_bytes` bytes and `max_parts` parts each, for
@@ -90,11 +92,13 @@ struct LocalUnavailable {
 //
 // CUDA tensors (device >= 0): begin names their GPUs; the daemon answers which it drives. For
 // those, the client hands over the CUDA IPC handle of each tensor's allocation and its offset in
-// it (one ipc step, sent before the windows) and the daemon copies the bytes from GPU memory
-// itself. A tensor whose allocation refuses an IPC handle (PyTorch's expandable segments,
-// cudaMallocAsync pools) or whose GPU the daemon does not drive goes through the windows: the
-// lanes copy it device-to-host into the window (pinned once with cuMemHostRegister) piece by piece
-// and hash each piece from the window.
+// it (ipc steps of at most kMaxIpcStepBytes, sent and answered before any window) and the daemon
+// copies the bytes from GPU memory itself; a cancel during that copy takes effect when it ends,
+// so the call never returns while the daemon reads the caller's GPU memory (unless the daemon
+// makes no progress for options.timeout). A tensor whose allocation refuses an IPC handle
+// (PyTorch's expandable segments, cudaMallocAsync pools) or whose GPU the daemon does not drive
+// goes through the windows: the lanes copy it device-to-host into the window (pinned once with
+// cuMemHostRegister) piece by piece and hash each piece from the window.
 absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpoint& endpoint,
                                             const std::vector<TensorView>& tensors,
                                             const PushOptions& options, WindowPool* pool,

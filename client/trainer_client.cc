@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "client/cuda_driver.h"
 #include "client/descriptor_socket.h"
 #include "client/device_staging.h"
@@ -281,7 +282,7 @@ int64_t NowNs() { return absl::ToUnixNanos(absl::Now()); }
 absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<TensorView>& tensors,
                                                            const PushOptions& options) {
   RETURN_IF_ERROR(ValidatePush(tensors, options));
-  RETURN_IF_ERROR(SynchronizeDevices(tensors));
+  RETURN_IF_ERROR(SynchronizeDevices(tensors, options.timeout));
   if (options.transport == Transport::kGrpc ||
       (options.transport == Transport::kAuto && endpoint_.unix_path.empty())) {
     return StageAndPushOverGrpc(tensors, options);
@@ -304,15 +305,46 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::StageAndPushOverGrpc(
   return pushed;
 }
 
-absl::Status SynchronizeDevices(const std::vector<TensorView>& tensors) {
+absl::Status SynchronizeDevices(const std::vector<TensorView>& tensors, absl::Duration timeout) {
   std::set<int> devices;
   for (const TensorView& t : tensors) {
-    if (t.device >= 0) devices.insert(t.device);
+    if (t.device >= 0 && t.bytes > 0) devices.insert(t.device);
   }
   if (devices.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const CudaDriver* cuda, CudaDriver::Get());
-  for (int d : devices) RETURN_IF_ERROR(cuda->Synchronize(d));
-  return absl::OkStatus();
+  // Every CUDA tensor must be where it says: the synchronization below covers only its GPU.
+  for (const TensorView& t : tensors) {
+    if (t.device < 0 || t.bytes == 0) continue;
+    if (absl::Status s = cuda->CheckDevicePointer(t.device, reinterpret_cast<uint64_t>(t.data));
+        !s.ok()) {
+      return Annotate(s, absl::StrCat("tensor ", Quoted(t.name), " (device ", t.device, ")"));
+    }
+  }
+  // cuCtxSynchronize has no deadline of its own: it runs on a helper thread, which is left
+  // behind (blocked in the driver) if the GPU never finishes.
+  struct Shared {
+    absl::Notification done;
+    absl::Status status;
+  };
+  auto shared = std::make_shared<Shared>();
+  std::vector<int> list(devices.begin(), devices.end());
+  try {
+    std::thread([shared, cuda, list] {
+      for (int d : list) {
+        shared->status = cuda->Synchronize(d);
+        if (!shared->status.ok()) break;
+      }
+      shared->done.Notify();
+    }).detach();
+  } catch (const std::system_error& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("starting a thread: ", e.what()));
+  }
+  if (!shared->done.WaitForNotificationWithTimeout(timeout)) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("the work queued on the tensors' GPUs did not finish within ",
+                     absl::FormatDuration(timeout), " (a hung kernel or collective?)"));
+  }
+  return shared->status;
 }
 
 absl::StatusOr<v1::VersionInfo> TrainerClient::PushOverGrpc(const std::vector<TensorView>& tensors,

@@ -108,9 +108,11 @@ absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOpti
 void AbortQuietly(v1::Trainer::Stub* stub, uint64_t version, const std::string& token,
                   absl::Duration timeout);
 
-// Waits for all work queued on the GPUs of the CUDA tensors of `tensors` (CudaDriver::Synchronize):
-// a push reads them only after that. OK at once when none is on a GPU.
-absl::Status SynchronizeDevices(const std::vector<TensorView>& tensors);
+// Checks that every CUDA tensor of `tensors` is device memory of the GPU it names
+// (INVALID_ARGUMENT naming the tensor), then waits up to `timeout` for all work queued on those
+// GPUs (CudaDriver::Synchronize; DEADLINE_EXCEEDED past it): a push reads them only after that.
+// OK at once when none is on a GPU.
+absl::Status SynchronizeDevices(const std::vector<TensorView>& tensors, absl::Duration timeout);
 
 // The threads that hash a push (PushOptions::hash_threads): `requested` if positive, else
 // min(8, hardware threads).

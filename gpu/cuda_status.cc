@@ -56,4 +56,22 @@ absl::Status CudaStatus(cudaError_t error, const char* expr, const char* file, i
                       absl::StrCat(expr, " at ", file, ":", line, ": ", CudaErrorText(error)));
 }
 
+bool IsStickyError(cudaError_t error) {
+  switch (error) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorContextIsDestroyed:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace ckpt::gpu

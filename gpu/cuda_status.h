@@ -35,6 +35,10 @@ absl::Status CudaStatus(cudaError_t error, const char* expr, const char* file, i
 // The canonical code for a CUDA error (see the table above). OK for cudaSuccess.
 absl::StatusCode CudaErrorToCode(cudaError_t error);
 
+// Whether `error` is sticky: the context that raised it is lost (a kernel or copy fault, an
+// uncorrectable ECC error), and every later call in it fails the same way.
+bool IsStickyError(cudaError_t error);
+
 // "cudaErrorMemoryAllocation: out of memory". Never null, works without a driver.
 std::string CudaErrorText(cudaError_t error);
 

@@ -35,6 +35,11 @@ TEST_CASE("CudaStatus maps error classes to canonical codes") {
   CHECK(CudaStatus(cudaErrorInvalidDevice, "x", "f.cc", 1).code() ==
         absl::StatusCode::kInvalidArgument);
   CHECK(CudaStatus(cudaErrorIllegalAddress, "x", "f.cc", 1).code() == absl::StatusCode::kInternal);
+  CHECK(IsStickyError(cudaErrorIllegalAddress));
+  CHECK(IsStickyError(cudaErrorLaunchFailure));
+  CHECK_FALSE(IsStickyError(cudaSuccess));
+  CHECK_FALSE(IsStickyError(cudaErrorNotReady));
+  CHECK_FALSE(IsStickyError(cudaErrorInvalidValue));
   CHECK(CudaStatus(cudaErrorLaunchFailure, "x", "f.cc", 1).code() == absl::StatusCode::kInternal);
 }
 

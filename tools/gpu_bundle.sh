@@ -76,8 +76,14 @@ copy_target() {  # label destdir
   [[ -e "$dst" ]] && die "two targets named $name; rename one"
   cp -L "$src" "$dst"
   chmod u+w "$dst"
-  # Debug sections only; symbols stay for readable stack traces.
-  strip --strip-debug "$dst" 2>/dev/null || true
+  # The product's binaries (sbin/) lose their debug sections only: symbols stay for readable stack
+  # traces. Tests and benchmarks lose their symbol tables too (the bundle must stay under 64 MiB;
+  # their failures name file and line themselves).
+  if [[ "$2" == */sbin ]]; then
+    strip --strip-debug "$dst" 2>/dev/null || true
+  else
+    strip --strip-unneeded "$dst" 2>/dev/null || true
+  fi
   # ldd on the original, so that its $ORIGIN rpath (bazel-bin/_solib_k8) resolves.
   local missing
   missing=$(ldd "$src" | awk '/not found/ {print $1}')
@@ -87,7 +93,8 @@ copy_target() {  # label destdir
     [[ -e "$BUNDLE/lib/$soname" ]] && continue
     cp -L "$path" "$BUNDLE/lib/$soname"
     chmod u+w "$BUNDLE/lib/$soname"
-    strip --strip-debug "$BUNDLE/lib/$soname" 2>/dev/null || true
+    # Shared libraries keep their dynamic symbols; their static symbol tables are not needed.
+    strip --strip-unneeded "$BUNDLE/lib/$soname" 2>/dev/null || true
   done
 }
 

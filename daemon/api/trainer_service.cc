@@ -1,5 +1,6 @@
 #include "daemon/api/trainer_service.h"
 
+#include <cstdlib>
 #include <set>
 #include <system_error>
 #include <thread>
@@ -368,8 +369,13 @@ grpc::Status TrainerService::RunLocalPush(
       continue;
     }
     if (message.step_case() == v1::LocalPushRequest::kIpc) {
+      // The lanes poll this between pieces: a long GPU copy keeps the stream alive.
+      auto cancelled_or_alive = [&] {
+        watch.Touch();
+        return context->IsCancelled();
+      };
       absl::Status copied = CopyIpcStep(message.ipc(), manifest, ipc_gpus, copier, version, token,
-                                        cancelled, &ipc_bytes);
+                                        cancelled_or_alive, &ipc_bytes);
       if (!copied.ok()) return fail(Annotate(copied, absl::StrCat("ipc step ", ipc_steps)));
       ++ipc_steps;
       watch.Touch();
@@ -447,6 +453,14 @@ absl::Status TrainerService::CopyIpcStep(const v1::LocalPushIpc& ipc, const v1::
                        manifest.tensors(static_cast<int>(p.tensor)).name()});
   }
   GpuIngest::Result copied = options_.gpu_ingest->Copy(sources, cancelled);
+  if (!copied.status.ok() && options_.gpu_ingest->ContextLost(sources)) {
+    // Every later CUDA call of this process would fail (updates too): only a restart recovers.
+    spdlog::critical(
+        "version {}: a GPU copy of a local push left the daemon's CUDA context lost ({}); exiting "
+        "so that the service manager restarts the daemon",
+        version, std::string(copied.status.message()));
+    std::_Exit(EXIT_FAILURE);
+  }
   if (!copied.quiesced) {
     // The GPU never finished a copy into this version: its memory must never be reused, so the
     // lease (which keeps it allocated) is kept forever. The daemon needs a restart to get it back.
@@ -455,6 +469,7 @@ absl::Status TrainerService::CopyIpcStep(const v1::LocalPushIpc& ipc, const v1::
         "its {} of host memory stay reserved until the daemon restarts",
         version, FormatBytes(bytes));
     (void)lease.release();
+    return copied.status.ok() ? absl::InternalError("a GPU copy did not finish") : copied.status;
   }
   RETURN_IF_ERROR(copied.status);
   for (size_t k = 0; k < parts.size(); ++k) {

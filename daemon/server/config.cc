@@ -94,6 +94,10 @@ const std::vector<ConfigKey>& ConfigKeys() {
        "$STATE_DIRECTORY (systemd StateDirectory=), else none (ids start again at 1)",
        "auto"},
       {"auto_update", "send every newly committed version to the attached workers", "false"},
+      {"gpu_ipc_push",
+       "cuda backend: copy local trainers' CUDA tensors straight from their GPU memory (CUDA IPC); "
+       "false: the trainers copy them into shared-memory windows themselves",
+       "true"},
       {"update_on_attach",
        "send the newest committed version to a worker when it attaches (auto: as auto_update)",
        "auto"},
@@ -233,9 +237,11 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
       uids.push_back(uid);
     }
     config.allowed_uids = std::move(uids);
-  } else if (key == "auto_update" || key == "insecure_tcp" || key == "insecure_peers") {
+  } else if (key == "auto_update" || key == "insecure_tcp" || key == "insecure_peers" ||
+             key == "gpu_ipc_push") {
     bool& flag = key == "auto_update"    ? config.auto_update
                  : key == "insecure_tcp" ? config.insecure_tcp
+                 : key == "gpu_ipc_push" ? config.gpu_ipc_push
                                          : config.insecure_peers;
     if (value == "true") {
       flag = true;
@@ -549,6 +555,7 @@ std::string DescribeConfig(const Config& config) {
       " metrics_listen=", config.metrics_listen.empty() ? "off" : config.metrics_listen,
       " state_dir=", config.ResolvedStateDir().empty() ? "none" : config.ResolvedStateDir(),
       " auto_update=", config.auto_update ? "true" : "false",
+      " gpu_ipc_push=", config.gpu_ipc_push ? "true" : "false",
       " update_on_attach=", config.UpdateOnAttach() ? "true" : "false",
       " on_update_failure=", config.resend_previous_on_failure ? "previous" : "keep",
       " tls_cert=", config.tls_cert.empty() ? "none" : config.tls_cert,

@@ -74,6 +74,8 @@ struct Config {
   std::string ResolvedStateDir() const;
   // Send every newly committed version to the attached workers.
   bool auto_update = false;
+  // cuda backend: copy local trainers' CUDA tensors from their GPU memory (PushLocal's ipc step).
+  bool gpu_ipc_push = true;
   // Send the newest committed version to a worker when it attaches; unset ("auto"): as auto_update.
   std::optional<bool> update_on_attach;
   bool UpdateOnAttach() const { return update_on_attach.value_or(auto_update); }

@@ -66,6 +66,9 @@ TEST_CASE("SetConfigValue parses every key and names the key on bad values") {
   CHECK(c.allowed_uids == std::vector<uint32_t>{0, 1000});
   REQUIRE(SetConfigValue(c, "auto_update", "true").ok());
   CHECK(c.auto_update);
+  CHECK(c.gpu_ipc_push);
+  REQUIRE(SetConfigValue(c, "gpu_ipc_push", "false").ok());
+  CHECK_FALSE(c.gpu_ipc_push);
 
   struct Bad {
     const char* key;
@@ -85,7 +88,8 @@ TEST_CASE("SetConfigValue parses every key and names the key on bad values") {
                                 {"bucket_bytes", "big"},
                                 {"ack_timeout", "10ms"},
                                 {"allowed_uids", "root"},
-                                {"auto_update", "yes"}}) {
+                                {"auto_update", "yes"},
+                                {"gpu_ipc_push", "on"}}) {
     INFO(b.key << " = " << b.value);
     Config before = c;
     absl::Status s = SetConfigValue(c, b.key, b.value);

@@ -7,10 +7,12 @@
 #include <atomic>
 #include <cstring>
 #include <map>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/checked_math.h"
 #include "common/parallel.h"
 #include "common/status_macros.h"
@@ -48,10 +50,18 @@ struct Opened {
   uint64_t size = 0;
 };
 
+// INVALID_ARGUMENT when the handle cannot be opened (it names nothing this process may map);
+// the daemon's own failures (its device, the driver) keep their codes.
 absl::StatusOr<Opened> OpenAllocation(int device, const gpu::IpcHandle& handle) {
   ASSIGN_OR_RETURN(GetAddressRange range, AddressRangeFunction());
   ASSIGN_OR_RETURN(gpu::ScopedDevice scope, gpu::ScopedDevice::Create(device));
-  ASSIGN_OR_RETURN(gpu::IpcMapping mapping, gpu::IpcMapping::Open(device, handle, 0));
+  absl::StatusOr<gpu::IpcMapping> opened = gpu::IpcMapping::Open(device, handle, 0);
+  if (!opened.ok()) {
+    if (opened.status().code() == absl::StatusCode::kResourceExhausted) return opened.status();
+    return absl::InvalidArgumentError(
+        absl::StrCat("its CUDA IPC handle cannot be opened: ", opened.status().message()));
+  }
+  gpu::IpcMapping mapping = *std::move(opened);
   CUdeviceptr base = 0;
   size_t size = 0;
   const CUresult r = range(&base, &size, reinterpret_cast<CUdeviceptr>(mapping.data()));
@@ -65,6 +75,19 @@ absl::StatusOr<Opened> OpenAllocation(int device, const gpu::IpcHandle& handle) 
         "the mapped allocation does not start where cudaIpcOpenMemHandle put it");
   }
   return Opened{std::move(mapping), static_cast<uint64_t>(size)};
+}
+
+// Polls `stream` until its work is done (true; also when that work failed) or `deadline` passes
+// (false: a copy may still be running).
+bool Drain(const gpu::CudaStream& stream, absl::Time deadline) {
+  absl::Duration pause = absl::Microseconds(10);
+  while (true) {
+    absl::StatusOr<bool> done = stream.Query();
+    if (!done.ok() || *done) return true;
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(pause);
+    pause = std::min(pause * 2, absl::Milliseconds(1));
+  }
 }
 
 // A lane's stream and two events on one device: piece p is copied on the stream and waited for
@@ -83,6 +106,19 @@ absl::StatusOr<std::unique_ptr<GpuIngest>> GpuIngest::Create(const std::vector<g
   options.piece_bytes = std::max<uint64_t>(options.piece_bytes, 4096);
   RETURN_IF_ERROR(AddressRangeFunction().status());
   return std::unique_ptr<GpuIngest>(new GpuIngest(gpus, options));
+}
+
+bool GpuIngest::ContextLost(const std::vector<Source>& sources) const {
+  std::set<int> devices;
+  for (const Source& s : sources) devices.insert(s.device);
+  for (int device : devices) {
+    absl::StatusOr<gpu::ScopedDevice> scope = gpu::ScopedDevice::Create(device);
+    // A sticky error comes back from any call in the lost context, this cheap one included.
+    const cudaError_t e = cudaStreamQuery(nullptr);
+    if (gpu::IsStickyError(e)) return true;
+    (void)cudaGetLastError();
+  }
+  return false;
 }
 
 int GpuIngest::DeviceOf(const std::string& uuid) const {
@@ -105,9 +141,8 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
     if (it == opened.end()) {
       absl::StatusOr<Opened> o = OpenAllocation(s.device, s.handle);
       if (!o.ok()) {
-        result.status = absl::InvalidArgumentError(
-            absl::StrCat("tensor '", s.name, "': its CUDA IPC handle cannot be opened on GPU ",
-                         s.device, " of the daemon: ", o.status().message()));
+        result.status = Annotate(
+            o.status(), absl::StrCat("tensor '", s.name, "' on GPU ", s.device, " of the daemon"));
         return result;
       }
       it = opened.emplace(key, *std::move(o)).first;
@@ -122,9 +157,15 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
     from[i] = static_cast<const uint8_t*>(it->second.mapping.data()) + s.offset;
   }
 
-  // The order lanes take tensors in: the GPUs in turn, so that all of them copy at once.
+  // The order lanes take tensors in: the GPUs in turn, so that all of them copy at once, and on
+  // each GPU the largest first (one lane hashes a tensor at about one core's rate: a large one
+  // taken last would finish long after the rest).
   std::map<int, std::vector<size_t>> by_device;
   for (size_t i = 0; i < sources.size(); ++i) by_device[sources[i].device].push_back(i);
+  for (auto& [device, list] : by_device) {
+    std::stable_sort(list.begin(), list.end(),
+                     [&](size_t a, size_t b) { return sources[a].bytes > sources[b].bytes; });
+  }
   std::vector<size_t> order;
   for (size_t round = 0; order.size() < sources.size(); ++round) {
     for (auto& [device, list] : by_device) {
@@ -199,7 +240,9 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
       while (st.ok() && waited < pieces) {
         if (stop.load()) break;
         if (cancelled && cancelled()) {
-          st = absl::CancelledError("the trainer went away during the GPU copy");
+          st = absl::CancelledError(
+              "the push was cancelled during the GPU copy (the trainer went away, or its stream "
+              "stayed idle for push_idle_timeout)");
           break;
         }
         if (issued < pieces) {
@@ -219,11 +262,9 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
         continue;
       }
       // Stopping early: the copies still in flight must end before the mappings close and the
-      // destination may be reused.
-      for (uint64_t p = waited; p < issued; ++p) {
-        absl::Status drained = d.events[p % 2].WaitWithDeadline(timeout);
-        if (absl::IsDeadlineExceeded(drained)) pending_left.store(true);
-      }
+      // destination may be reused. The stream, not only the events: a copy may be queued whose
+      // event could not be recorded.
+      if (!Drain(d.stream, absl::Now() + timeout)) pending_left.store(true);
       if (!st.ok()) {
         fail(Annotate(st, absl::StrCat("copying tensor '", s.name, "' (", FormatBytes(s.bytes),
                                        ") from GPU ", s.device)));

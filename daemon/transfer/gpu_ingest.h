@@ -74,10 +74,14 @@ class GpuIngest {
   int DeviceOf(const std::string& uuid) const;
 
   // Copies every source into its dst (see the header comment). `cancelled` (may be empty) is
-  // polled between pieces. Errors: INVALID_ARGUMENT / OUT_OF_RANGE naming the tensor for a handle
-  // that cannot be opened or a range past its allocation (nothing is copied then), CANCELLED,
-  // DEADLINE_EXCEEDED, or the CUDA error of a copy.
+  // polled between pieces, from every lane. Errors: INVALID_ARGUMENT / OUT_OF_RANGE naming the
+  // tensor for a handle that cannot be opened or a range past its allocation (nothing is copied
+  // then), CANCELLED, DEADLINE_EXCEEDED, or the CUDA error of a copy.
   Result Copy(const std::vector<Source>& sources, const std::function<bool()>& cancelled) const;
+
+  // After a failed Copy: true when a GPU of `sources` has lost its CUDA context (a sticky error:
+  // every later CUDA call on it fails, so the daemon must restart).
+  bool ContextLost(const std::vector<Source>& sources) const;
 
  private:
   GpuIngest(std::vector<gpu::GpuInfo> gpus, Options options)

@@ -213,7 +213,9 @@ int main(int argc, char** argv) {
     many.Add(absl::StrCat("model.layers.", i / 512, ".mlp.experts.", i % 512, ".w"),
              {static_cast<int64_t>(many_tensor_kib << 9)});
   }
-  const uint64_t budget = big.total + (small_gib > 0 ? small.total : 0) + many.total + (1ull << 30);
+  // The RL steps push a new big version while the last one is still the newest committed.
+  const uint64_t budget = big.total + (small_gib > 0 ? small.total : 0) + many.total +
+                          (1ull << 30) + (rl_steps > 0 ? big.total : 0);
   std::vector<std::string> args = {"--backend",
                                    "cuda",
                                    "--host-memory-budget",

@@ -199,6 +199,75 @@ TEST_CASE("TrainerClient: CUDA tensors over ipc, windows (memory IPC refuses) an
   d.RequireClean();
 }
 
+TEST_CASE("two pushes of one allocation at once; gpu_ipc_push = false; a tensor on the wrong GPU") {
+  const std::string bytes = Pattern(4 << 20, 5);
+  DeviceBytes mem(bytes);
+  std::vector<client::TensorView> tensors = {
+      {"a", DType::kUint8, {1 << 20}, mem.data(), 1 << 20, 0},
+      {"b", DType::kUint8, {3 << 20}, mem.data() + (1 << 20), 3 << 20, 0},
+  };
+  const uint64_t want_a = Xxh3(bytes.substr(0, 1 << 20)), want_b = Xxh3(bytes.substr(1 << 20));
+  client::PushOptions options;
+  options.transport = client::Transport::kLocal;
+  auto check = [&](TrainerDaemon& d, const absl::StatusOr<v1::VersionInfo>& info,
+                   uint64_t ipc_bytes) {
+    INFO(info.status().ToString());
+    REQUIRE(info.ok());
+    CHECK(info->ipc_bytes() == ipc_bytes);
+    v1::GetVersionResponse got;
+    REQUIRE(d.Get(info->version(), &got).ok());
+    CHECK(got.manifest().tensors(0).xxh3() == want_a);
+    CHECK(got.manifest().tensors(1).xxh3() == want_b);
+  };
+  SECTION("two clients push the same allocation at once: the daemon maps it twice") {
+    TrainerDaemon d(CudaDaemon());
+    auto endpoint = client::ResolveEndpoint(d.socket, "");
+    REQUIRE(endpoint.ok());
+    auto c1 = client::TrainerClient::Connect(*endpoint);
+    auto c2 = client::TrainerClient::Connect(*endpoint);
+    REQUIRE((c1.ok() && c2.ok()));
+    for (int round = 0; round < 4; ++round) {
+      absl::StatusOr<v1::VersionInfo> r1, r2;
+      std::thread t([&] { r1 = (*c1)->PushTensors(tensors, options); });
+      r2 = (*c2)->PushTensors(tensors, options);
+      t.join();
+      check(d, r1, 4 << 20);
+      check(d, r2, 4 << 20);
+      REQUIRE(d.Drop(r1->version()).ok());
+      REQUIRE(d.Drop(r2->version()).ok());
+    }
+    d.RequireClean();
+  }
+  SECTION("gpu_ipc_push = false: the daemon takes no GPU, the client copies into windows") {
+    std::vector<std::string> args = CudaDaemon();
+    args.insert(args.end(), {"--gpu-ipc-push", "false"});
+    TrainerDaemon d(args);
+    auto endpoint = client::ResolveEndpoint(d.socket, "");
+    REQUIRE(endpoint.ok());
+    auto c = client::TrainerClient::Connect(*endpoint);
+    REQUIRE(c.ok());
+    check(d, (*c)->PushTensors(tensors, options), 0);
+  }
+  SECTION("a CUDA tensor whose address is not on the GPU it names is refused, naming it") {
+    TrainerDaemon d(CudaDaemon());
+    auto endpoint = client::ResolveEndpoint(d.socket, "");
+    REQUIRE(endpoint.ok());
+    auto c = client::TrainerClient::Connect(*endpoint);
+    REQUIRE(c.ok());
+    std::vector<client::TensorView> wrong = tensors;
+    wrong[1].data = bytes.data();  // host memory, said to be on GPU 0
+    for (auto transport : {client::Transport::kLocal, client::Transport::kGrpc}) {
+      options.transport = transport;
+      auto info = (*c)->PushTensors(wrong, options);
+      INFO(info.status().ToString());
+      CHECK(info.status().code() == absl::StatusCode::kInvalidArgument);
+      CHECK(Contains(std::string(info.status().message()), "tensor 'b' (device 0)"));
+      CHECK(Contains(std::string(info.status().message()), "is not CUDA device memory"));
+    }
+    d.RequireClean();
+  }
+}
+
 TEST_CASE("a trainer killed during a push from GPU memory leaves nothing, and the daemon goes on") {
   using Clock = std::chrono::steady_clock;
   using namespace std::chrono_literals;
