@@ -232,6 +232,36 @@ TEST_CASE("ckpt_client_open and open2 still work without options") {
   CHECK(Contains(err, "/nonexistent/env-token"));
 }
 
+// A table of one tensor, "w": 4 uint8 bytes in host memory; the columns live in the struct.
+struct OneTensorTable {
+  OneTensorTable() {
+    std::memset(&table, 0, sizeof table);
+    table.struct_size = sizeof table;
+    table.count = 1;
+    table.names = names;
+    table.names_bytes = 1;
+    table.name_ends = ends;
+    table.dtypes = dtypes;
+    table.ndims = ndims;
+    table.shapes = shapes;
+    table.shapes_count = 1;
+    table.data = ptrs;
+    table.nbytes = sizes;
+  }
+  OneTensorTable(const OneTensorTable&) = delete;
+  OneTensorTable& operator=(const OneTensorTable&) = delete;
+
+  const char names[2] = "w";
+  const uint64_t ends[1] = {1};
+  const int32_t dtypes[1] = {CKPT_DTYPE_UINT8};
+  const int32_t ndims[1] = {1};
+  const int64_t shapes[1] = {4};
+  const uint8_t data[4] = {1, 2, 3, 4};
+  const uint64_t ptrs[1] = {reinterpret_cast<uintptr_t>(data)};
+  const uint64_t sizes[1] = {4};
+  ckpt_tensor_table table;
+};
+
 TEST_CASE("ckpt_push_extra: init, and bad values are refused before anything is sent") {
   CleanEnv env;
   ckpt_push_extra extra;
@@ -246,27 +276,8 @@ TEST_CASE("ckpt_push_extra: init, and bad values are refused before anything is 
   // A closed port: nothing is reached, so each error below comes from the checks before a call.
   ckpt_client* c = ckpt_client_open(nullptr, "127.0.0.1:1", err, sizeof err);
   REQUIRE(c != nullptr);
-  const char names[] = "w";
-  const uint64_t ends[] = {1};
-  const int32_t dtypes[] = {CKPT_DTYPE_UINT8};
-  const int32_t ndims[] = {1};
-  const int64_t shapes[] = {4};
-  const uint8_t data[4] = {1, 2, 3, 4};
-  const uint64_t ptrs[] = {reinterpret_cast<uintptr_t>(data)};
-  const uint64_t sizes[] = {4};
-  ckpt_tensor_table table;
-  std::memset(&table, 0, sizeof table);
-  table.struct_size = sizeof table;
-  table.count = 1;
-  table.names = names;
-  table.names_bytes = 1;
-  table.name_ends = ends;
-  table.dtypes = dtypes;
-  table.ndims = ndims;
-  table.shapes = shapes;
-  table.shapes_count = 1;
-  table.data = ptrs;
-  table.nbytes = sizes;
+  OneTensorTable one;
+  ckpt_tensor_table& table = one.table;
   uint64_t version = 0;
   extra.transport = "shm";
   CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
@@ -300,27 +311,8 @@ TEST_CASE("ckpt_tensor_table.devices: read only when struct_size covers it; bad 
   char err[512] = "";
   ckpt_client* c = ckpt_client_open(nullptr, "127.0.0.1:1", err, sizeof err);
   REQUIRE(c != nullptr);
-  const char names[] = "w";
-  const uint64_t ends[] = {1};
-  const int32_t dtypes[] = {CKPT_DTYPE_UINT8};
-  const int32_t ndims[] = {1};
-  const int64_t shapes[] = {4};
-  const uint8_t data[4] = {1, 2, 3, 4};
-  const uint64_t ptrs[] = {reinterpret_cast<uintptr_t>(data)};
-  const uint64_t sizes[] = {4};
-  ckpt_tensor_table table;
-  std::memset(&table, 0, sizeof table);
-  table.struct_size = sizeof table;
-  table.count = 1;
-  table.names = names;
-  table.names_bytes = 1;
-  table.name_ends = ends;
-  table.dtypes = dtypes;
-  table.ndims = ndims;
-  table.shapes = shapes;
-  table.shapes_count = 1;
-  table.data = ptrs;
-  table.nbytes = sizes;
+  OneTensorTable one;
+  ckpt_tensor_table& table = one.table;
   ckpt_push_extra extra;
   ckpt_push_extra_init(&extra);
   extra.transport = "local";  // over TCP: refused, but only after the tensors are checked

@@ -2,7 +2,6 @@
 
 #include <atomic>
 #include <map>
-#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -66,26 +65,25 @@ absl::StatusOr<StagedTensors> StageDeviceTensors(const std::vector<TensorView>& 
   std::vector<std::pair<int, const std::vector<size_t>*>> devices;
   for (const auto& [device, list] : by_device) devices.push_back({device, &list});
   std::atomic<size_t> next{0};
-  std::mutex mu;
-  absl::Status failure;
+  FirstFailure failure;
   auto work = [&] {
-    for (size_t d = next.fetch_add(1); d < devices.size(); d = next.fetch_add(1)) {
+    for (size_t d = next.fetch_add(1); d < devices.size() && !failure.stopped();
+         d = next.fetch_add(1)) {
       for (size_t i : *devices[d].second) {
         const TensorView& t = tensors[i];
         absl::Status s = cuda->CopyToHost(t.device, base + offset[i],
                                           reinterpret_cast<uint64_t>(t.data), t.bytes);
         if (!s.ok()) {
-          std::lock_guard<std::mutex> lock(mu);
-          if (failure.ok()) failure = Annotate(s, absl::StrCat("tensor '", t.name, "'"));
+          failure.Record(Annotate(s, absl::StrCat("tensor '", t.name, "'")));
           return;
         }
       }
     }
   };
   RunOnThreads(static_cast<int>(devices.size()), work);
-  if (!failure.ok()) {
+  if (absl::Status s = failure.status(); !s.ok()) {
     pool.Give(std::move(staged.block));
-    return failure;
+    return s;
   }
   for (const auto& [device, list] : by_device) {
     for (size_t i : list) {

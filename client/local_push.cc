@@ -208,9 +208,7 @@ absl::Status FillWindow(const WindowPlan& plan, const std::vector<TensorView>& t
     states[k] = it->second.get();
   }
   std::atomic<size_t> next{0};
-  std::atomic<bool> stop{false};
-  absl::Mutex mu;
-  absl::Status failure;
+  FirstFailure failure;
   // Copies n bytes at `at` of part p's tensor to dst and returns where to hash them from.
   auto copy = [&](const WindowPartRef& p, uint64_t at, uint8_t* dst,
                   size_t n) -> absl::StatusOr<const uint8_t*> {
@@ -224,7 +222,8 @@ absl::Status FillWindow(const WindowPlan& plan, const std::vector<TensorView>& t
     return dst;
   };
   auto work = [&] {
-    for (size_t j = next.fetch_add(1); j < lanes.size() && !stop.load(); j = next.fetch_add(1)) {
+    for (size_t j = next.fetch_add(1); j < lanes.size() && !failure.stopped();
+         j = next.fetch_add(1)) {
       for (size_t k = lanes[j].first; k < lanes[j].second; ++k) {
         const WindowPartRef& p = plan.parts[k];
         uint8_t* dst = window.data() + p.window_offset;
@@ -233,12 +232,8 @@ absl::Status FillWindow(const WindowPlan& plan, const std::vector<TensorView>& t
               states[k] == nullptr ? p.bytes : std::min(kFillStep, p.bytes - done));
           absl::StatusOr<const uint8_t*> from = copy(p, p.offset + done, dst + done, n);
           if (!from.ok()) {
-            absl::MutexLock lock(&mu);
-            if (failure.ok()) {
-              failure =
-                  Annotate(from.status(), absl::StrCat("tensor '", tensors[p.tensor].name, "'"));
-            }
-            stop.store(true);
+            failure.Record(
+                Annotate(from.status(), absl::StrCat("tensor '", tensors[p.tensor].name, "'")));
             return;
           }
           if (states[k] == nullptr) {
@@ -255,7 +250,7 @@ absl::Status FillWindow(const WindowPlan& plan, const std::vector<TensorView>& t
   };
   const int threads = static_cast<int>(lanes.size());
   RunOnThreads(threads, work);
-  RETURN_IF_ERROR(failure);
+  RETURN_IF_ERROR(failure.status());
   for (const WindowPartRef& p : plan.parts) {
     if (p.offset + p.bytes == tensors[p.tensor].bytes) open.erase(p.tensor);
   }

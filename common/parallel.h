@@ -3,9 +3,15 @@
 #ifndef CKPT_COMMON_PARALLEL_H_
 #define CKPT_COMMON_PARALLEL_H_
 
+#include <atomic>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 
 namespace ckpt {
 
@@ -23,6 +29,27 @@ void RunOnThreads(int threads, const Work& work) {
   work();
   for (std::thread& t : pool) t.join();
 }
+
+// The first error of work spread over threads: Record keeps the first status it is given and tells
+// every thread to stop (stopped()). Read status() once the threads have joined. Thread-safe.
+class FirstFailure {
+ public:
+  void Record(absl::Status status) {
+    absl::MutexLock lock(&mu_);
+    if (status_.ok()) status_ = std::move(status);
+    stop_.store(true);
+  }
+  bool stopped() const { return stop_.load(); }
+  absl::Status status() const {
+    absl::MutexLock lock(&mu_);
+    return status_;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> stop_{false};
+};
 
 }  // namespace ckpt
 

@@ -12,7 +12,6 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "common/checked_math.h"
 #include "common/message_text.h"
 #include "common/parallel.h"
@@ -248,23 +247,17 @@ absl::Status LocalPushCopier::CopyWindow(int fd, const std::vector<WindowPart>& 
   std::stable_sort(tasks.begin(), tasks.end(),
                    [](const Task& a, const Task& b) { return a.bytes > b.bytes; });
   std::atomic<size_t> next_task{0};
-  std::atomic<bool> stop{false};
-  absl::Mutex mu;
-  absl::Status failure;
-  auto fail = [&](absl::Status st) {
-    absl::MutexLock lock(&mu);
-    if (failure.ok()) failure = std::move(st);
-    stop.store(true);
-  };
+  FirstFailure failure;
+  auto fail = [&](absl::Status st) { failure.Record(std::move(st)); };
   auto work = [&] {
-    for (size_t j = next_task.fetch_add(1); j < tasks.size() && !stop.load();
+    for (size_t j = next_task.fetch_add(1); j < tasks.size() && !failure.stopped();
          j = next_task.fetch_add(1)) {
       Task& task = tasks[j];
       uint8_t* base = lease.data(static_cast<int>(task.tensor));
       for (size_t k : task.parts) {
         const WindowPart& p = parts[k];
         for (uint64_t done = 0; done < p.bytes;) {
-          if (stop.load()) return;
+          if (failure.stopped()) return;
           if (cancelled && cancelled()) {
             fail(absl::CancelledError("the trainer went away during the copy"));
             return;
@@ -299,7 +292,7 @@ absl::Status LocalPushCopier::CopyWindow(int fd, const std::vector<WindowPart>& 
   };
   threads = std::max(1, std::min<int>(threads, static_cast<int>(tasks.size())));
   RunOnThreads(threads, work);
-  if (!failure.ok()) return failure;
+  RETURN_IF_ERROR(failure.status());
   next_ = std::move(next);
   for (const Task& task : tasks) {
     const uint64_t size = manifest_.tensors(static_cast<int>(task.tensor)).byte_size();

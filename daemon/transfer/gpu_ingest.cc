@@ -11,7 +11,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/checked_math.h"
 #include "common/parallel.h"
@@ -175,15 +174,9 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
 
   result.xxh3.assign(sources.size(), 0);
   std::atomic<size_t> next{0};
-  std::atomic<bool> stop{false};
   std::atomic<bool> pending_left{false};
-  absl::Mutex mu;
-  absl::Status failure;
-  auto fail = [&](absl::Status st) {
-    absl::MutexLock lock(&mu);
-    if (failure.ok()) failure = std::move(st);
-    stop.store(true);
-  };
+  FirstFailure failure;
+  auto fail = [&](absl::Status st) { failure.Record(std::move(st)); };
   const uint64_t piece = options_.piece_bytes;
   const absl::Duration timeout = options_.gpu_timeout;
   auto lane = [&] {
@@ -196,7 +189,8 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
       fail(absl::ResourceExhaustedError("no memory for a hash state"));
       return;
     }
-    for (size_t j = next.fetch_add(1); j < order.size() && !stop.load(); j = next.fetch_add(1)) {
+    for (size_t j = next.fetch_add(1); j < order.size() && !failure.stopped();
+         j = next.fetch_add(1)) {
       const size_t i = order[j];
       const Source& s = sources[i];
       absl::StatusOr<gpu::ScopedDevice> scope = gpu::ScopedDevice::Create(s.device);
@@ -238,7 +232,7 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
       uint64_t issued = st.ok() ? 1 : 0;
       uint64_t waited = 0;
       while (st.ok() && waited < pieces) {
-        if (stop.load()) break;
+        if (failure.stopped()) break;
         if (cancelled && cancelled()) {
           st = absl::CancelledError(
               "the push was cancelled during the GPU copy (the trainer went away, or its stream "
@@ -278,8 +272,8 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
     // A copy the GPU never finished may still read through these mappings: they stay open.
     (void)new std::map<std::pair<int, std::string>, Opened>(std::move(opened));
   }
-  result.status = failure;
-  if (!failure.ok()) result.xxh3.clear();
+  result.status = failure.status();
+  if (!result.status.ok()) result.xxh3.clear();
   return result;
 }
 

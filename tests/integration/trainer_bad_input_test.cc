@@ -564,20 +564,7 @@ TEST_CASE("a trainer killed at any point of a push leaves nothing behind") {
       s = d.Status();
     }
     // Drop what did commit (the pusher may die after its commit), so every round starts alike.
-    grpc::ClientContext list_ctx;
-    list_ctx.set_deadline(In(10s));
-    v1::ListVersionsResponse list;
-    REQUIRE(d.admin->ListVersions(&list_ctx, v1::ListVersionsRequest(), &list).ok());
-    for (const v1::VersionInfo& v : list.versions()) {
-      CHECK(v.state() == v1::VERSION_STATE_COMMITTED);
-      grpc::ClientContext ctx;
-      ctx.set_deadline(In(10s));
-      v1::DropRequest req;
-      req.set_version(v.version());
-      v1::DropResponse r;
-      REQUIRE(d.admin->Drop(&ctx, req, &r).ok());
-      ++committed;
-    }
+    committed += d.DropCommitted();
     s = d.Status();
     INFO("round " << round);
     CHECK(s.staging_versions() == 0);
@@ -632,16 +619,7 @@ TEST_CASE("a trainer killed at any point of a local push leaves nothing behind")
       s = d.Status();
       if (s.staging_versions() == 0 && s.committed_versions() > 0) break;
     }
-    grpc::ClientContext list_ctx;
-    list_ctx.set_deadline(In(10s));
-    v1::ListVersionsResponse list;
-    REQUIRE(d.admin->ListVersions(&list_ctx, v1::ListVersionsRequest(), &list).ok());
-    for (const v1::VersionInfo& v : list.versions()) {
-      CHECK(v.state() == v1::VERSION_STATE_COMMITTED);
-      CHECK(v.transport() == "local");
-      REQUIRE(d.Drop(v.version()).ok());
-      ++committed;
-    }
+    committed += d.DropCommitted("local");
     s = d.Status();
     INFO("round " << round);
     CHECK(s.staging_versions() == 0);

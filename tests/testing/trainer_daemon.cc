@@ -196,6 +196,19 @@ void RequireError(const grpc::Status& s, grpc::StatusCode code, const std::strin
   CHECK(Contains(s.error_message(), needle));
 }
 
+int TrainerDaemon::DropCommitted(const std::string& transport) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10s));
+  v1::ListVersionsResponse list;
+  REQUIRE(admin->ListVersions(&ctx, v1::ListVersionsRequest(), &list).ok());
+  for (const v1::VersionInfo& v : list.versions()) {
+    CHECK(v.state() == v1::VERSION_STATE_COMMITTED);
+    if (!transport.empty()) CHECK(v.transport() == transport);
+    REQUIRE(Drop(v.version()).ok());
+  }
+  return list.versions_size();
+}
+
 LocalStream::LocalStream(TrainerDaemon& d) : daemon(d) {
   ctx.set_deadline(In(20s));
   stream = d.trainer->PushLocal(&ctx);

@@ -44,6 +44,9 @@ struct TrainerDaemon : DaemonProcess {
   // Paths only, no descriptors, as a raw caller may send them.
   grpc::Status LoadFilesByPath(const std::vector<std::string>& paths, v1::VersionInfo* info);
   grpc::Status Drop(uint64_t version);
+  // Drops every version the daemon holds (after pushes killed at random points), CHECKing that
+  // each is COMMITTED and, when `transport` is not empty, came that way. Returns how many.
+  int DropCommitted(const std::string& transport = "");
   grpc::Status Get(uint64_t version, v1::GetVersionResponse* out);
 
   std::shared_ptr<grpc::Channel> channel;
