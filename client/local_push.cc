@@ -319,6 +319,8 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
     presented[k % 2] = *std::move(p);
     return absl::OkStatus();
   };
+  // Checksums: tensors of 0 bytes now, the others as their last part is copied.
+  std::vector<uint64_t> hashes(tensors.size(), XXH3_64bits("", 0));
   auto window_message = [&](size_t k) {
     v1::LocalPushRequest m;
     v1::LocalPushWindow* w = m.mutable_window();
@@ -327,6 +329,12 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
       w->add_part_tensor(p.tensor);
       w->add_part_offset(p.offset);
       w->add_part_bytes(p.bytes);
+      // A tensor that ends here is hashed (FillWindow): the daemon verifies it at once, so an
+      // update that follows may send it before the commit.
+      if (p.offset + p.bytes == tensors[p.tensor].bytes) {
+        w->add_ended_tensor(p.tensor);
+        w->add_ended_xxh3(hashes[p.tensor]);
+      }
     }
     return m;
   };
@@ -402,6 +410,7 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   *begin.mutable_begin()->mutable_manifest() = BuildManifest(tensors, {});
   begin.mutable_begin()->set_version(options.version);
   begin.mutable_begin()->set_label(options.label);
+  begin.mutable_begin()->set_update(options.update);
   for (const auto& [device, uuid] : gpu_uuid) begin.mutable_begin()->add_ipc_gpus(uuid);
   v1::LocalPushReply reply;
   if (!stream->Write(begin) || !stream->Read(&reply)) {
@@ -429,8 +438,6 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
       if (!committed) AbortQuietly(stub, version, token, timeout);
     }
   } abort_guard{stub, version, reply.begun().upload_token(), committed, options.timeout};
-  // Checksums: tensors of 0 bytes now, the others as their last part is copied.
-  std::vector<uint64_t> hashes(tensors.size(), XXH3_64bits("", 0));
   std::map<uint32_t, HashState> open;
 
   // The daemon's error for a failure of ours after the begin: the stream is cancelled (which

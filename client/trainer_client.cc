@@ -283,8 +283,12 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<Ten
                                                            const PushOptions& options) {
   RETURN_IF_ERROR(ValidatePush(tensors, options));
   RETURN_IF_ERROR(SynchronizeDevices(tensors, options.timeout));
+  const absl::Status update_needs_local = absl::FailedPreconditionError(
+      "update (push and update) needs the local path: a daemon on this node, over its Unix "
+      "socket; over gRPC push first, then ask for the update (Admin.Update)");
   if (options.transport == Transport::kGrpc ||
       (options.transport == Transport::kAuto && endpoint_.unix_path.empty())) {
+    if (options.update) return update_needs_local;
     return StageAndPushOverGrpc(tensors, options);
   }
   LocalUnavailable unavailable;
@@ -294,6 +298,7 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushTensors(const std::vector<Ten
     return local;
   }
   // kAuto: the local path is not there and nothing was begun.
+  if (options.update) return Annotate(update_needs_local, local.status().message());
   return StageAndPushOverGrpc(tensors, options);
 }
 

@@ -92,6 +92,12 @@ struct PushOptions {
   // Two windows alternate; the client keeps them for its next push (so their pages are made
   // once), so a client holds up to twice this in shared memory: 1 MiB to 16 GiB.
   uint64_t window_bytes = uint64_t{64} << 20;
+  // Push and update (the local path only; FAILED_PRECONDITION over gRPC): the daemon sends the
+  // version to its workers while it arrives, each bucket once its tensors are in and verified, and
+  // finishes the update after the commit (a push that fails leaves every worker without it). The
+  // caller needs the operator role too. PushTensors returns once the version is committed;
+  // DaemonClient::WaitLoaded(version) then says when the workers have it.
+  bool update = false;
 };
 
 // Called with each message of a LoadFiles that reports progress (Trainer.LoadFilesWithProgress):

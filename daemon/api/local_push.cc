@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/checked_math.h"
 #include "common/message_text.h"
 #include "common/parallel.h"
@@ -187,6 +188,58 @@ absl::Status LocalPushCopier::ClaimWhole(const std::vector<uint32_t>& tensors) {
 void LocalPushCopier::CompleteClaimed(uint32_t tensor, uint64_t xxh3) {
   sums_[tensor] = xxh3;
   --claimed_;
+}
+
+bool LocalPushCopier::Final(uint32_t t) const {
+  return t < next_.size() && !claimed_tensor_[t] &&
+         next_[t] == manifest_.tensors(static_cast<int>(t)).byte_size();
+}
+
+absl::Status CheckEndedShape(const v1::LocalPushWindow& window, const v1::Manifest& manifest) {
+  const int n = window.ended_tensor_size();
+  if (n != window.ended_xxh3_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("the window names ", n,
+                                                   " ended tensors but carries ",
+                                                   window.ended_xxh3_size(), " checksums"));
+  }
+  if (static_cast<size_t>(n) > kMaxWindowParts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the window names ", n, " ended tensors; at most ", kMaxWindowParts));
+  }
+  for (int k = 0; k < n; ++k) {
+    if (window.ended_tensor(k) >= static_cast<uint32_t>(manifest.tensors_size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ended tensor ", k, ": index ", window.ended_tensor(k),
+                       " is past the manifest's ", manifest.tensors_size(), " tensors"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VerifyEnded(const v1::LocalPushWindow& window, const v1::Manifest& manifest,
+                         const LocalPushCopier& copier,
+                         const std::function<void(uint32_t tensor, uint64_t xxh3)>& verified) {
+  RETURN_IF_ERROR(CheckEndedShape(window, manifest));
+  for (int k = 0; k < window.ended_tensor_size(); ++k) {
+    const uint32_t t = window.ended_tensor(k);
+    const v1::TensorSpec& spec = manifest.tensors(static_cast<int>(t));
+    if (!copier.Final(t)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ended tensor ", k, ": '", spec.name(), "' ",
+                       copier.Claimed(t) ? "came by an ipc step" : "still has bytes to come"));
+    }
+    const uint64_t have = copier.Checksums()[t];
+    if (have != window.ended_xxh3(k)) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "'%s' has xxh3 %016x, the trainer says %016x", spec.name(), have, window.ended_xxh3(k)));
+    }
+  }
+  if (verified) {
+    for (int k = 0; k < window.ended_tensor_size(); ++k) {
+      verified(window.ended_tensor(k), window.ended_xxh3(k));
+    }
+  }
+  return absl::OkStatus();
 }
 
 bool LocalPushCopier::Complete() const {

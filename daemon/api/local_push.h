@@ -54,6 +54,20 @@ absl::Status CheckWindowFd(int fd, uint64_t bytes);
 absl::Status CheckPartsInOrder(const std::vector<WindowPart>& parts, const v1::Manifest& manifest,
                                std::vector<uint64_t>& next);
 
+// The tensors a window says it ends (LocalPushWindow.ended_tensor, ended_xxh3), checked against
+// `manifest` before the window is copied: two lists of one length, at most kMaxWindowParts, every
+// index in the manifest. INVALID_ARGUMENT naming the entry.
+absl::Status CheckEndedShape(const v1::LocalPushWindow& window, const v1::Manifest& manifest);
+
+class LocalPushCopier;
+// After the window is in: every tensor it says it ends must be final in `copier` (all its bytes
+// in, none by an ipc step; INVALID_ARGUMENT) with the trainer's checksum (FAILED_PRECONDITION
+// naming the tensor and both values otherwise). `verified` (may be empty) is called for each, in
+// order, once all of them passed.
+absl::Status VerifyEnded(const v1::LocalPushWindow& window, const v1::Manifest& manifest,
+                         const LocalPushCopier& copier,
+                         const std::function<void(uint32_t tensor, uint64_t xxh3)>& verified);
+
 // At most this many GPUs in LocalPushBegin.ipc_gpus, and tensors in one ipc step.
 inline constexpr size_t kMaxIpcGpus = 64;
 inline constexpr size_t kMaxIpcTensors = 65536;
@@ -115,6 +129,10 @@ class LocalPushCopier {
   void CompleteClaimed(uint32_t tensor, uint64_t xxh3);
   // Whether tensor t was claimed (its checksum is the daemon's own: the trainer has none).
   bool Claimed(uint32_t t) const { return claimed_tensor_[t]; }
+
+  // Whether every byte of tensor t came in windows (not claimed), so that Checksums()[t] is the
+  // XXH3-64 of its stored bytes. False for an index past the manifest.
+  bool Final(uint32_t t) const;
 
   // True once every byte of every tensor is in; Checksums() then holds each tensor's XXH3-64 of
   // the bytes written (empty tensors included).

@@ -352,6 +352,73 @@ TEST_CASE(
   CHECK(copier.Checksums()[0] == XXH3_64bits(a.data(), a.size()));
 }
 
+TEST_CASE("VerifyEnded: a window's ended tensors are final and carry the stored bytes' checksum") {
+  auto store = NewStore();
+  const v1::Manifest m = Sized({4000, 40, 40, 0});
+  auto b = store->Begin(m, 0, "", "test", /*verify_checksums=*/false);
+  REQUIRE(b.ok());
+  auto lease = store->OpenWriter(b->version, b->upload_token);
+  REQUIRE(lease.ok());
+  LocalPushCopier copier(m);
+  REQUIRE(copier.ClaimWhole({2}).ok());
+  const std::string a = Random(4000, 3), t1 = Random(40, 4);
+  auto ended = [](std::vector<std::pair<uint32_t, uint64_t>> list) {
+    v1::LocalPushWindow w;
+    for (auto [t, x] : list) {
+      w.add_ended_tensor(t);
+      w.add_ended_xxh3(x);
+    }
+    return w;
+  };
+  const uint64_t xa = XXH3_64bits(a.data(), a.size()), x1 = XXH3_64bits(t1.data(), t1.size());
+  // Before any window is in: nothing is final but the empty tensor.
+  CHECK(copier.Final(3));
+  CHECK_FALSE(copier.Final(0));
+  CHECK_FALSE(copier.Final(2));  // claimed by an ipc step
+  CHECK_FALSE(copier.Final(9));
+  // The shape, checked before the copy.
+  v1::LocalPushWindow uneven = ended({{0, xa}});
+  uneven.add_ended_xxh3(1);
+  CHECK(Contains(CheckEndedShape(uneven, m).message(), "names 1 ended tensors but carries 2"));
+  CHECK(Contains(CheckEndedShape(ended({{4, 1}}), m).message(),
+                 "ended tensor 0: index 4 is past the manifest's 4 tensors"));
+  v1::LocalPushWindow many;
+  for (size_t k = 0; k <= kMaxWindowParts; ++k) {
+    many.add_ended_tensor(0);
+    many.add_ended_xxh3(0);
+  }
+  CHECK(Contains(CheckEndedShape(many, m).message(), "at most 65536"));
+  CHECK(CheckEndedShape(ended({{0, xa}, {1, x1}}), m).ok());
+
+  ScopedFd first = Memfd(a.substr(0, 1000));
+  uint64_t n = 0;
+  auto parts = WindowParts(Window({{0, 0, 1000}}), m, &n);
+  REQUIRE(parts.ok());
+  REQUIRE(copier.CopyWindow(first.get(), *parts, **lease, 1, 4096, {}).ok());
+  std::vector<std::pair<uint32_t, uint64_t>> verified;
+  auto record = [&](uint32_t t, uint64_t x) { verified.push_back({t, x}); };
+  absl::Status s = VerifyEnded(ended({{0, xa}}), m, copier, record);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(Contains(s.message(), "ended tensor 0: 't0' still has bytes to come"));
+  s = VerifyEnded(ended({{2, 0}}), m, copier, record);
+  CHECK(Contains(s.message(), "'t2' came by an ipc step"));
+  ScopedFd rest = Memfd(a.substr(1000) + t1);
+  auto more = WindowParts(Window({{0, 1000, 3000}, {1, 0, 40}}), m, &n);
+  REQUIRE(more.ok());
+  REQUIRE(copier.CopyWindow(rest.get(), *more, **lease, 2, 4096, {}).ok());
+  CHECK(copier.Final(0));
+  CHECK(copier.Final(1));
+  // One wrong checksum: none of the list is reported verified.
+  s = VerifyEnded(ended({{0, xa}, {1, x1 ^ 1}}), m, copier, record);
+  CHECK(s.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(s.message(), "'t1' has xxh3"));
+  CHECK(verified.empty());
+  REQUIRE(VerifyEnded(ended({{0, xa}, {1, x1}, {3, XXH3_64bits("", 0)}}), m, copier, record).ok());
+  CHECK(verified ==
+        std::vector<std::pair<uint32_t, uint64_t>>{{0, xa}, {1, x1}, {3, XXH3_64bits("", 0)}});
+  CHECK(VerifyEnded(ended({}), m, copier, {}).ok());
+}
+
 TEST_CASE("CheckPartsInOrder: each tensor's bytes once, in order, across windows") {
   const v1::Manifest m = TwoTensors();
   std::vector<uint64_t> next(2, 0);

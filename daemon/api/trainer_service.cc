@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "common/units.h"
+#include "common/xxh3.h"
 #include "daemon/api/grpc_status.h"
 #include "daemon/api/local_push.h"
 #include "daemon/store/file_loader.h"
@@ -289,6 +290,12 @@ grpc::Status TrainerService::RunLocalPush(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::LocalPushReply, v1::LocalPushRequest>* stream,
     const Principal& caller, const v1::LocalPushBegin& begin, StreamWatchdog::Guard& watch) {
+  if (begin.update() && (caller.roles & kRoleOperator) == 0) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        absl::StrCat("PushLocal: begin.update (push and update) sends the version "
+                                     "to the workers: it needs the operator role, which ",
+                                     caller.name, " lacks"));
+  }
   if (static_cast<size_t>(begin.ipc_gpus_size()) > kMaxIpcGpus) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("PushLocal: begin names ", begin.ipc_gpus_size(),
@@ -314,17 +321,44 @@ grpc::Status TrainerService::RunLocalPush(
   const std::string what = absl::StrCat("PushLocal of version ", version);
   bool committed = false;
   std::string abort_why = "the trainer's PushLocal stream broke";
-  // Aborts the version on every way out but a commit.
+  // An update that follows the push is sent while the push arrives: the engine's overlapped
+  // update hears of each tensor through `feed` (null when it does not run: the version is then
+  // updated once committed).
+  const bool update_follows = begin.update() || options_.auto_update;
+  std::shared_ptr<PushFeed> feed;
+  if (update_follows && options_.engine != nullptr) {
+    auto leased = store_->LeaseStaging(version, token);
+    if (leased.ok()) {
+      feed = std::make_shared<PushFeed>(version, static_cast<size_t>(manifest.tensors_size()));
+      // Tensors of no bytes never come in a window: they are final now (the commit checks the
+      // trainer's value of them too).
+      for (int i = 0; i < manifest.tensors_size(); ++i) {
+        if (manifest.tensors(i).byte_size() == 0) {
+          feed->MarkReady(static_cast<size_t>(i), XXH3_64bits("", 0));
+        }
+      }
+      if (!options_.engine->StartOverlapped(std::move(leased->lease), std::move(leased->manifest),
+                                            feed, begin.update() ? "push" : "auto_update")) {
+        feed.reset();
+      }
+    }
+  }
+  // Aborts the version on every way out but a commit (and fails the update that follows it).
   struct AbortUnlessCommitted {
     VersionStore* store;
     uint64_t version;
     const std::string& token;
     const bool& committed;
     const std::string& why;
+    PushFeed* feed;
     ~AbortUnlessCommitted() {
-      if (!committed) (void)store->Abort(version, token, why);
+      if (committed) return;
+      if (feed != nullptr) {
+        feed->Fail(absl::AbortedError(absl::StrCat("version ", version, " was aborted: ", why)));
+      }
+      (void)store->Abort(version, token, why);
     }
-  } abort_guard{store_, version, token, committed, abort_why};
+  } abort_guard{store_, version, token, committed, abort_why, feed.get()};
   auto fail = [&](const absl::Status& s) {
     abort_why = absl::StrCat("PushLocal failed: ", s.message());
     return ToGrpc(Annotate(s, what));
@@ -351,6 +385,7 @@ grpc::Status TrainerService::RunLocalPush(
       uint64_t window_bytes = 0;
       auto parts = WindowParts(message.window(), manifest, &window_bytes);
       if (!parts.ok()) return fail(parts.status());
+      if (absl::Status s = CheckEndedShape(message.window(), manifest); !s.ok()) return fail(s);
       HeldFds held(&held_passed_fds_);
       auto fd = ClaimWindow(message.window().fd_nonce(), caller, held);
       if (!fd.ok()) return fail(fd.status());
@@ -360,6 +395,12 @@ grpc::Status TrainerService::RunLocalPush(
       absl::Status copied = copier.CopyWindow(
           fd->get(), *parts, **lease, options_.local_copy_threads, kWindowPieceBytes, cancelled);
       lease->reset();
+      if (copied.ok()) {
+        copied =
+            VerifyEnded(message.window(), manifest, copier, [&feed](uint32_t t, uint64_t xxh3) {
+              if (feed != nullptr) feed->MarkReady(t, xxh3);
+            });
+      }
       if (!copied.ok()) return fail(Annotate(copied, absl::StrCat("window ", windows)));
       ++windows;
       watch.Touch();
@@ -375,7 +416,7 @@ grpc::Status TrainerService::RunLocalPush(
         return context->IsCancelled();
       };
       absl::Status copied = CopyIpcStep(message.ipc(), manifest, ipc_gpus, copier, version, token,
-                                        cancelled_or_alive, &ipc_bytes);
+                                        cancelled_or_alive, &ipc_bytes, feed.get());
       if (!copied.ok()) return fail(Annotate(copied, absl::StrCat("ipc step ", ipc_steps)));
       ++ipc_steps;
       watch.Touch();
@@ -400,10 +441,16 @@ grpc::Status TrainerService::RunLocalPush(
       }
       // With every byte in, the copier's checksums are those of the stored bytes; otherwise the
       // store hashes what is there and names the tensors that lack bytes.
-      auto info = store_->Commit(version, token, /*notify=*/true, &expected,
+      // With an overlapped update the engine sends the version (or queues it) itself.
+      auto info = store_->Commit(version, token, /*notify=*/feed == nullptr, &expected,
                                  copier.Complete() ? &copier.Checksums() : nullptr);
       if (!info.ok()) return fail(info.status());
       committed = true;
+      if (feed != nullptr) {
+        feed->MarkCommitted(expected);
+      } else if (begin.update() && !options_.auto_update && options_.engine != nullptr) {
+        options_.engine->RequestAutoUpdate(version);
+      }
       reply.Clear();
       *reply.mutable_committed() = *info;
       if (!stream->Write(reply)) {
@@ -434,7 +481,7 @@ absl::Status TrainerService::CopyIpcStep(const v1::LocalPushIpc& ipc, const v1::
                                          LocalPushCopier& copier, uint64_t version,
                                          const std::string& token,
                                          const std::function<bool()>& cancelled,
-                                         uint64_t* ipc_bytes) {
+                                         uint64_t* ipc_bytes, PushFeed* feed) {
   ASSIGN_OR_RETURN(std::vector<IpcPart> parts, IpcParts(ipc, manifest, ipc_gpus));
   std::vector<uint32_t> tensors;
   uint64_t bytes = 0;
@@ -452,7 +499,16 @@ absl::Status TrainerService::CopyIpcStep(const v1::LocalPushIpc& ipc, const v1::
     sources.push_back({p.device, handle, p.offset, p.bytes, lease->data(static_cast<int>(p.tensor)),
                        manifest.tensors(static_cast<int>(p.tensor)).name()});
   }
-  GpuIngest::Result copied = options_.gpu_ingest->Copy(sources, cancelled);
+  GpuIngest::Feed progress;
+  if (feed != nullptr) {
+    // The update sends buckets in manifest order: the tensors it needs first come first. A tensor
+    // is final once copied and hashed (the daemon's checksum is its checksum).
+    progress.in_order = true;
+    progress.tensor_done = [&parts, feed](size_t k, uint64_t xxh3) {
+      feed->MarkReady(parts[k].tensor, xxh3);
+    };
+  }
+  GpuIngest::Result copied = options_.gpu_ingest->Copy(sources, cancelled, progress);
   if (!copied.status.ok() && options_.gpu_ingest->ContextLost(sources)) {
     // Every later CUDA call of this process would fail (updates too): only a restart recovers.
     spdlog::critical(

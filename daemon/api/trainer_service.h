@@ -16,6 +16,8 @@
 #include "daemon/store/file_loader.h"
 #include "daemon/store/version_store.h"
 #include "daemon/transfer/gpu_ingest.h"
+#include "daemon/update/push_feed.h"
+#include "daemon/update/update_engine.h"
 #include "proto/trainer.grpc.pb.h"
 
 namespace ckpt::daemon {
@@ -42,6 +44,11 @@ class TrainerService final : public v1::Trainer::Service {
     // The cuda backend's copy of a local trainer's CUDA tensors (PushLocal's ipc step); null on
     // the host backend (no GPU is offered to trainers then). Must outlive the service.
     const GpuIngest* gpu_ingest = nullptr;
+    // The update engine, for a local push that an update follows (LocalPushBegin.update, or every
+    // local push with auto_update): the push is sent to the workers while it arrives
+    // (UpdateEngine::StartOverlapped). Null: never. Must outlive the service.
+    UpdateEngine* engine = nullptr;
+    bool auto_update = false;
   };
 
   // Every call needs the trainer role (`auth`); the caller's name is the per-client key of the
@@ -124,11 +131,13 @@ class TrainerService final : public v1::Trainer::Service {
                                        HeldFds& held);
   // One ipc step of a local push: checks its tensors, claims them in `copier`, copies them from
   // the trainer's GPUs into the version and records their checksums; adds their bytes to
-  // `*ipc_bytes`.
+  // `*ipc_bytes`. `feed` (may be null: no update follows the push) hears of each tensor as it is
+  // in.
   absl::Status CopyIpcStep(const v1::LocalPushIpc& ipc, const v1::Manifest& manifest,
                            const std::map<std::string, int>& ipc_gpus, LocalPushCopier& copier,
                            uint64_t version, const std::string& token,
-                           const std::function<bool()>& cancelled, uint64_t* ipc_bytes);
+                           const std::function<bool()>& cancelled, uint64_t* ipc_bytes,
+                           PushFeed* feed);
   // The part of PushLocal after its first message: begins the version, copies the windows,
   // commits. Aborts the version on any failure.
   grpc::Status RunLocalPush(

@@ -429,10 +429,24 @@ absl::Status VersionStore::AddWriter(Version& v) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// A local push's version is written and committed by its own PushLocal stream only: its upload
+// token (handed to the trainer for Trainer.Abort) writes and commits nothing, so no byte changes
+// after the daemon hashed it (and perhaps sent it to workers: an overlapped push + update).
+absl::Status OnlyItsStream(uint64_t version, const std::string& transport, const char* what) {
+  if (transport != "local") return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "version ", version, " is being pushed over PushLocal: only that stream ", what, " it"));
+}
+
+}  // namespace
+
 absl::Status VersionStore::WriteChunk(uint64_t version, const std::string& token,
                                       const std::string& tensor, uint64_t offset, const void* data,
                                       uint64_t size) {
   ASSIGN_OR_RETURN(std::shared_ptr<Version> v, LookUpStaging(version, token));
+  RETURN_IF_ERROR(OnlyItsStream(version, v->transport, "writes"));
   auto it = v->index.find(tensor);
   if (it == v->index.end()) {
     return absl::NotFoundError(
@@ -483,6 +497,7 @@ absl::Status VersionStore::WriteChunkParts(uint64_t version, const std::string& 
         absl::StrCat("chunk has ", parts.size(), " parts, more than ", kMaxChunkParts));
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Version> v, LookUpStaging(version, token));
+  RETURN_IF_ERROR(OnlyItsStream(version, v->transport, "writes"));
   uint64_t total = 0;
   for (size_t k = 0; k < parts.size(); ++k) {
     const ChunkPart& p = parts[k];
@@ -577,6 +592,7 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
                                                      const std::vector<uint64_t>* expected_xxh3,
                                                      const std::vector<uint64_t>* computed_xxh3) {
   ASSIGN_OR_RETURN(std::shared_ptr<Version> v, LookUpStaging(version, token));
+  if (expected_xxh3 == nullptr) RETURN_IF_ERROR(OnlyItsStream(version, v->transport, "commits"));
   if (computed_xxh3 != nullptr &&
       (expected_xxh3 == nullptr ||
        computed_xxh3->size() != static_cast<size_t>(v->manifest.tensors_size()))) {
@@ -854,6 +870,20 @@ const uint8_t* VersionStore::ReadLease::data(int i) const {
   return store_->arena_->data() + v_->ranges->offset(i);
 }
 uint64_t VersionStore::ReadLease::arena_offset(int i) const { return v_->ranges->offset(i); }
+
+absl::StatusOr<VersionStore::StagingLease> VersionStore::LeaseStaging(uint64_t version,
+                                                                      const std::string& token) {
+  absl::MutexLock lock(&mu_);
+  absl::Status error;
+  std::shared_ptr<Version> v = FindStaging(version, token, &error);
+  if (v == nullptr) return error;
+  StagingLease out;
+  // Copied under mu_: Commit replaces the version's manifest under it.
+  out.manifest = std::make_shared<const v1::Manifest>(v->manifest);
+  ++v->readers;
+  out.lease = std::shared_ptr<ReadLease>(new ReadLease(this, std::move(v)));
+  return out;
+}
 
 absl::StatusOr<std::shared_ptr<VersionStore::ReadLease>> VersionStore::Lease(uint64_t version) {
   absl::MutexLock lock(&mu_);

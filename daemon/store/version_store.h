@@ -151,7 +151,9 @@ class VersionStore {
                               const std::string& transport = "");
 
   // Copies `size` bytes to `offset` of `tensor`. Errors: NOT_FOUND (version not staging, unknown
-  // tensor), PERMISSION_DENIED (token), OUT_OF_RANGE (past the tensor's end).
+  // tensor), PERMISSION_DENIED (token), OUT_OF_RANGE (past the tensor's end), FAILED_PRECONDITION
+  // for a version begun with transport "local" (only its PushLocal stream writes it, through a
+  // WriteLease; the same for Commit without expected checksums).
   absl::Status WriteChunk(uint64_t version, const std::string& token, const std::string& tensor,
                           uint64_t offset, const void* data, uint64_t size);
 
@@ -267,7 +269,8 @@ class VersionStore {
   // itself or with the warm-up thread.
   bool WarmUpStep(uint64_t piece_bytes);
 
-  // A COMMITTED version held for reading (an update sends it to workers): while a lease lives the
+  // A COMMITTED version held for reading (an update sends it to workers; LeaseStaging: a STAGING
+  // one, for an overlapped push + update): while a lease lives the
   // version is neither retired nor dropped (Drop answers FAILED_PRECONDITION). The store must
   // outlive its leases.
   class ReadLease {
@@ -293,6 +296,18 @@ class VersionStore {
   // Leases COMMITTED version `version` (0: the newest committed). NOT_FOUND for an unknown,
   // retired or still STAGING version (the message says which).
   absl::StatusOr<std::shared_ptr<ReadLease>> Lease(uint64_t version);
+
+  // A STAGING version leased while it is still being pushed (an overlapped push + update,
+  // UpdateEngine::StartOverlapped): its bytes stay allocated while the lease lives, even if the
+  // push is aborted meanwhile, and once committed it is not retired until the lease ends. Which of
+  // its bytes are final is the pusher's to say (PushFeed). `manifest` is a copy of the manifest as
+  // begun: the lease's manifest() must not be read while the version may commit (the commit
+  // rewrites it). Errors as for WriteChunk.
+  struct StagingLease {
+    std::shared_ptr<ReadLease> lease;
+    std::shared_ptr<const v1::Manifest> manifest;
+  };
+  absl::StatusOr<StagingLease> LeaseStaging(uint64_t version, const std::string& token);
 
   const HostArena& arena() const { return *arena_; }
 

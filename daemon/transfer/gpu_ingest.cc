@@ -128,7 +128,7 @@ int GpuIngest::DeviceOf(const std::string& uuid) const {
 }
 
 GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
-                                  const std::function<bool()>& cancelled) const {
+                                  const std::function<bool()>& cancelled, const Feed& feed) const {
   Result result;
   // Every distinct allocation is opened once, and every range checked, before any copy.
   std::map<std::pair<int, std::string>, Opened> opened;
@@ -158,12 +158,18 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
 
   // The order lanes take tensors in: the GPUs in turn, so that all of them copy at once, and on
   // each GPU the largest first (one lane hashes a tensor at about one core's rate: a large one
-  // taken last would finish long after the rest).
+  // taken last would finish long after the rest); for an update that follows, only the large ones
+  // first, then the others as given.
   std::map<int, std::vector<size_t>> by_device;
   for (size_t i = 0; i < sources.size(); ++i) by_device[sources[i].device].push_back(i);
   for (auto& [device, list] : by_device) {
-    std::stable_sort(list.begin(), list.end(),
-                     [&](size_t a, size_t b) { return sources[a].bytes > sources[b].bytes; });
+    std::stable_sort(list.begin(), list.end(), [&](size_t a, size_t b) {
+      const uint64_t x = sources[a].bytes, y = sources[b].bytes;
+      if (!feed.in_order) return x > y;
+      const bool early_x = x >= kEarlyBytes, early_y = y >= kEarlyBytes;
+      if (early_x != early_y) return early_x;
+      return early_x && x > y;
+    });
   }
   std::vector<size_t> order;
   for (size_t round = 0; order.size() < sources.size(); ++round) {
@@ -253,6 +259,7 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
       }
       if (waited == pieces && st.ok()) {
         result.xxh3[i] = XXH3_64bits_digest(state.get());
+        if (feed.tensor_done) feed.tensor_done(i, result.xxh3[i]);
         continue;
       }
       // Stopping early: the copies still in flight must end before the mappings close and the

@@ -73,11 +73,26 @@ class GpuIngest {
   // This process's CUDA ordinal of the GPU `uuid`, or -1 when the daemon does not drive it.
   int DeviceOf(const std::string& uuid) const;
 
+  // How a copy that an update follows at once (an overlapped push + update) goes.
+  struct Feed {
+    // Lanes take the tensors of at least kEarlyBytes first (largest first: one lane hashes each,
+    // so they take longest), then the others in the order given (the update's order), instead of
+    // all of them largest first (the fastest copy of the whole).
+    bool in_order = false;
+    // Called from a lane as source k is in and hashed (its XXH3-64): its bytes no longer change.
+    std::function<void(size_t k, uint64_t xxh3)> tensor_done;
+  };
+  static constexpr uint64_t kEarlyBytes = uint64_t{256} << 20;
+
   // Copies every source into its dst (see the header comment). `cancelled` (may be empty) is
   // polled between pieces, from every lane. Errors: INVALID_ARGUMENT / OUT_OF_RANGE naming the
   // tensor for a handle that cannot be opened or a range past its allocation (nothing is copied
   // then), CANCELLED, DEADLINE_EXCEEDED, or the CUDA error of a copy.
-  Result Copy(const std::vector<Source>& sources, const std::function<bool()>& cancelled) const;
+  Result Copy(const std::vector<Source>& sources, const std::function<bool()>& cancelled,
+              const Feed& feed) const;
+  Result Copy(const std::vector<Source>& sources, const std::function<bool()>& cancelled) const {
+    return Copy(sources, cancelled, Feed());
+  }
 
   // After a failed Copy: true when a GPU of `sources` has lost its CUDA context (a sticky error:
   // every later CUDA call on it fails, so the daemon must restart).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <set>
 #include <unordered_set>
 
@@ -17,6 +18,102 @@
 #include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
+namespace {
+
+// The filler of an overlapped update (a version still being pushed, PushFeed): a bucket goes out
+// once every tensor in it is in and verified. Buckets joined by a split tensor (a piece continues
+// from one bucket into the next) form a group that goes out whole, back to back and in order
+// (workers put a split tensor together from consecutive pieces); of the groups ready, the lowest
+// goes first. The fills themselves are the local store's (LocalFiller).
+class StagingFiller final : public BucketFiller {
+ public:
+  StagingFiller(TransferBackend* transfer, const uint8_t* arena, const UpdatePlan& plan,
+                std::shared_ptr<PushFeed> feed)
+      : local_(transfer, arena), feed_(std::move(feed)), groups_of_(feed_->size()) {
+    for (size_t b = 0; b < plan.buckets.size(); ++b) {
+      const std::vector<TensorPlacement>& placed = plan.buckets[b].tensors;
+      const bool continues = b > 0 && !placed.empty() && placed.front().tensor_offset > 0;
+      if (!continues) groups_.push_back({static_cast<int>(b), static_cast<int>(b), 0});
+      const int g = static_cast<int>(groups_.size()) - 1;
+      groups_.back().last = static_cast<int>(b);
+      for (const TensorPlacement& t : placed) {
+        const size_t i = static_cast<size_t>(t.tensor);
+        if (i >= groups_of_.size()) continue;  // not a tensor of the version: never sent
+        std::vector<int>& of = groups_of_[i];
+        if (!of.empty() && of.back() == g) continue;
+        of.push_back(g);
+        ++groups_[static_cast<size_t>(g)].missing;
+      }
+    }
+    for (size_t g = 0; g < groups_.size(); ++g) {
+      if (groups_[g].missing == 0) ready_.insert(static_cast<int>(g));
+    }
+  }
+
+  absl::Status Fill(const Bucket& bucket, int k, int slot) override {
+    return local_.Fill(bucket, k, slot);
+  }
+  absl::StatusOr<bool> Filled(int slot) override { return local_.Filled(slot); }
+  absl::Status Drain(absl::Time deadline) override { return local_.Drain(deadline); }
+
+  absl::StatusOr<int> NextBucket(int) override {
+    std::vector<size_t> newly;
+    RETURN_IF_ERROR(feed_->ReadySince(&cursor_, &newly));
+    for (size_t i : newly) {
+      if (i >= groups_of_.size()) continue;
+      for (int g : groups_of_[i]) {
+        if (--groups_[static_cast<size_t>(g)].missing == 0) ready_.insert(g);
+      }
+    }
+    if (next_in_group_ >= 0) {
+      const int b = next_in_group_;
+      next_in_group_ = b < groups_[static_cast<size_t>(current_)].last ? b + 1 : -1;
+      return b;
+    }
+    if (ready_.empty()) return -1;
+    current_ = *ready_.begin();
+    ready_.erase(ready_.begin());
+    const Group& g = groups_[static_cast<size_t>(current_)];
+    next_in_group_ = g.first < g.last ? g.first + 1 : -1;
+    return g.first;
+  }
+  // Whether a bucket could go out now (NextBucket takes it).
+  bool AnyReady() {
+    std::vector<size_t> newly;
+    size_t cursor = cursor_;
+    if (!feed_->ReadySince(&cursor, &newly).ok()) return false;
+    if (!ready_.empty()) return true;
+    // Count without consuming: NextBucket does that.
+    std::map<int, int> found;
+    for (size_t i : newly) {
+      if (i >= groups_of_.size()) continue;
+      for (int g : groups_of_[i]) {
+        if (++found[g] == groups_[static_cast<size_t>(g)].missing) return true;
+      }
+    }
+    return false;
+  }
+  absl::StatusOr<bool> Committed() override { return feed_->Committed(); }
+  uint64_t Xxh3(int tensor) const override {
+    return tensor < 0 ? 0 : feed_->Xxh3(static_cast<size_t>(tensor));
+  }
+
+ private:
+  struct Group {
+    int first = 0, last = 0;  // buckets of the plan
+    int missing = 0;          // its tensors not ready yet
+  };
+  LocalFiller local_;
+  const std::shared_ptr<PushFeed> feed_;
+  std::vector<Group> groups_;
+  std::vector<std::vector<int>> groups_of_;  // tensor -> the groups it lies in
+  std::set<int> ready_;                      // groups ready, not sent yet
+  size_t cursor_ = 0;                        // into the feed's ready tensors
+  int current_ = -1;                         // the group going out
+  int next_in_group_ = -1;                   // its next bucket (-1: none left)
+};
+
+}  // namespace
 
 UpdateEngine::UpdateEngine(std::unique_ptr<TransferBackend> transfer, VersionStore* store,
                            Options options)
@@ -39,6 +136,12 @@ absl::StatusOr<std::unique_ptr<UpdateEngine>> UpdateEngine::Create(
 UpdateEngine::~UpdateEngine() {
   Stop("ckpt-engined is shutting down");
   if (auto_thread_.joinable()) auto_thread_.join();
+  std::thread overlap;
+  {
+    absl::MutexLock lock(&mu_);
+    overlap = std::move(overlap_thread_);
+  }
+  if (overlap.joinable()) overlap.join();
 }
 
 uint64_t UpdateEngine::AddWorker(WorkerIdentity identity, std::shared_ptr<WorkerChannel> channel) {
@@ -311,7 +414,13 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
   // Only after an update that ran and failed for workers (not a refused request).
   const bool worker_failure =
       absl::IsAborted(result.status()) || absl::IsDeadlineExceeded(result.status());
-  if (worker_failure && options_.resend_previous_on_failure && trigger != "previous") {
+  if (worker_failure) RecoverMixed(result, trigger, deadline);
+  return result;
+}
+
+void UpdateEngine::RecoverMixed(const absl::StatusOr<v1::UpdateResponse>& result,
+                                const std::string& trigger, absl::Time deadline) {
+  if (!result.ok() && options_.resend_previous_on_failure && trigger != "previous") {
     bool mixed = false;
     {
       absl::MutexLock lock(&mu_);
@@ -328,7 +437,6 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
       }
     }
   }
-  return result;
 }
 
 absl::StatusOr<v1::UpdateResponse> UpdateEngine::ResendPrevious(absl::Time deadline) {
@@ -578,13 +686,139 @@ void UpdateEngine::AutoUpdateLoop() {
   }
 }
 
-void UpdateEngine::Stop(const std::string& reason) {
+bool UpdateEngine::StartOverlapped(std::shared_ptr<VersionStore::ReadLease> lease,
+                                   std::shared_ptr<const v1::Manifest> manifest,
+                                   std::shared_ptr<PushFeed> feed, const std::string& trigger) {
+  if (lease == nullptr || manifest == nullptr || feed == nullptr ||
+      static_cast<size_t>(manifest->tensors_size()) != feed->size()) {
+    return false;
+  }
+  // One node first: a cluster update plans over every member (docs/cluster.md).
+  if (Cluster* const cluster = cluster_.load(); cluster != nullptr) {
+    for (const v1::ClusterMember& m : cluster->Members()) {
+      if (m.state() == "up") return false;
+    }
+  }
+  std::thread previous;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ || registry_.empty() || overlap_feed_ != nullptr) return false;
+    overlap_feed_ = feed;
+    previous = std::move(overlap_thread_);  // ended: it cleared overlap_feed_ as its last step
+    overlap_thread_ = std::thread([this, lease = std::move(lease), manifest = std::move(manifest),
+                                   feed = std::move(feed), trigger]() mutable {
+      RunOverlapped(std::move(lease), std::move(manifest), std::move(feed), trigger);
+    });
+  }
+  if (previous.joinable()) previous.join();
+  return true;
+}
+
+void UpdateEngine::WakeRun() {
   absl::MutexLock lock(&mu_);
-  if (stopping_) return;
-  stopping_ = true;
-  stop_reason_ = reason;
-  if (running_ != nullptr) running_->Cancel(reason);
-  for (const auto& [id, worker] : registry_.all()) worker->channel->Close(reason);
+  if (running_ != nullptr) running_->Wake();
+}
+
+void UpdateEngine::RunOverlapped(std::shared_ptr<VersionStore::ReadLease> lease,
+                                 std::shared_ptr<const v1::Manifest> manifest,
+                                 std::shared_ptr<PushFeed> feed, const std::string& trigger) {
+  const absl::Time started = absl::Now();
+  const uint64_t version = feed->version();
+  // Whatever happens, the next overlapped update may start once this one is done.
+  struct Release {
+    UpdateEngine* engine;
+    PushFeed* feed;
+    ~Release() {
+      feed->SetListener({});
+      absl::MutexLock lock(&engine->mu_);
+      engine->overlap_feed_ = nullptr;
+    }
+  } release{this, feed.get()};
+  auto stopping = [this] {
+    absl::MutexLock lock(&mu_);
+    return stopping_;
+  };
+  // Waits until the push ends; true once it committed (false: failed, or the engine stops).
+  auto await_end = [&] {
+    for (;;) {
+      bool timed_out = false;
+      const bool committed = feed->AwaitEnd(absl::Now() + absl::Milliseconds(200), &timed_out);
+      if (!timed_out) return committed;
+      if (stopping()) return false;
+    }
+  };
+  // Not overlapped after all: the version goes to the workers once it is committed.
+  auto after_commit = [&](const std::string& why) {
+    spdlog::info("version {}: not sent while it is pushed ({}); sent once committed", version, why);
+    if (await_end()) RequestAutoUpdate(version);
+  };
+
+  auto plan = PlanManifest(
+      version, *manifest, [&lease](int i) { return lease->arena_offset(i); }, options_.bucket_bytes,
+      transfer_->slot_set_count());
+  if (!plan.ok()) {
+    after_commit(std::string(plan.status().message()));
+    return;
+  }
+  auto filler =
+      std::make_unique<StagingFiller>(transfer_.get(), store_->arena().data(), *plan, feed);
+  feed->SetListener([this] { WakeRun(); });
+  // The update slot is claimed only once a bucket can go: until then other updates may run.
+  for (;;) {
+    const uint64_t seen = feed->changes();
+    if (filler->AnyReady()) break;
+    if (!feed->Committed().ok()) return;  // the push failed: nothing was sent
+    if (stopping()) return;
+    feed->AwaitChange(seen, absl::Now() + absl::Milliseconds(200));
+  }
+
+  Prepared p;
+  p.version = version;
+  p.plan = *std::move(plan);
+  p.manifest = manifest;
+  p.lease = lease;
+  p.filler = std::move(filler);
+  p.response.set_version(version);
+  p.unrestricted = true;  // every attached worker, unforced: an Update of this version joins it
+  absl::StatusOr<v1::UpdateResponse> result = absl::UnknownError("not run");
+  std::string not_run;  // why it did not run (then it goes after the commit)
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    v1::UpdateRequest request;
+    request.set_version(version);
+    if (absl::Status free = SlotFreeLocked(); !free.ok()) {
+      not_run = std::string(free.message());
+    } else if (auto participants =
+                   UpdateRun::Select(registry_, request, version, *manifest, &p.response);
+               !participants.ok() || participants->empty()) {
+      not_run = participants.ok() ? std::string("every worker holds it")
+                                  : std::string(participants.status().message());
+    } else {
+      p.participants = *std::move(participants);
+      result = RunLocked(std::move(p), trigger, started);
+    }
+  }
+  if (!not_run.empty()) {
+    after_commit(not_run);
+    return;
+  }
+  if (!result.ok()) RecoverMixed(result, trigger, absl::InfiniteFuture());
+}
+
+void UpdateEngine::Stop(const std::string& reason) {
+  std::shared_ptr<PushFeed> overlapping;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    stop_reason_ = reason;
+    if (running_ != nullptr) running_->Cancel(reason);
+    for (const auto& [id, worker] : registry_.all()) worker->channel->Close(reason);
+    overlapping = overlap_feed_;
+  }
+  // Outside the lock: the feed calls its listener, which takes it.
+  if (overlapping != nullptr) overlapping->Fail(absl::UnavailableError(reason));
 }
 
 std::vector<v1::WorkerStatus> UpdateEngine::Workers() const {

@@ -41,6 +41,7 @@
 #include "daemon/transfer/backend_kind.h"
 #include "daemon/transfer/gloo_group.h"
 #include "daemon/transfer/transfer_backend.h"
+#include "daemon/update/push_feed.h"
 #include "daemon/update/update_run.h"
 #include "daemon/update/worker_registry.h"
 #include "gpu/gpu_info.h"
@@ -137,6 +138,22 @@ class UpdateEngine {
   // version older than one already asked for (a concurrent push that committed late) is not sent.
   void RequestAutoUpdate(uint64_t version);
 
+  // An overlapped push + update (docs/local-push.md): sends STAGING version feed->version() to
+  // every attached worker while it is still being pushed. `lease` holds its memory and `manifest`
+  // is its manifest as begun (a copy: the store rewrites its own at commit). A bucket goes out once
+  // `feed` says every tensor in it is in and verified (the buckets in the order they become ready,
+  // the pieces of a split tensor back to back), and VersionDone once the version committed. The
+  // update claims the one update slot only when its first bucket is ready; if another update holds
+  // it then, this version is sent after its commit instead, as auto_update sends one. A push that
+  // fails after buckets went out fails the update: no worker loads the version (those sent some of
+  // it report it as mixed_version; on_update_failure = previous applies). Runs on a thread of the
+  // engine; returns false, starting nothing, when it cannot overlap: no worker attached, a cluster
+  // with other members up, the engine stopping, or another overlapped update not ended yet (the
+  // caller then has the version updated after its commit).
+  bool StartOverlapped(std::shared_ptr<VersionStore::ReadLease> lease,
+                       std::shared_ptr<const v1::Manifest> manifest, std::shared_ptr<PushFeed> feed,
+                       const std::string& trigger);
+
   // Shutdown: fails a running update, refuses new ones, closes every worker's stream with `reason`.
   void Stop(const std::string& reason);
 
@@ -201,6 +218,16 @@ class UpdateEngine {
   absl::StatusOr<v1::UpdateResponse> RunUpdate(const v1::UpdateRequest& request,
                                                const std::string& trigger);
   absl::StatusOr<v1::UpdateResponse> ResendPrevious(absl::Time deadline);
+  // on_update_failure = previous: after `result` (an update that ran) failed, resends their last
+  // version to the workers left with mixed weights.
+  void RecoverMixed(const absl::StatusOr<v1::UpdateResponse>& result, const std::string& trigger,
+                    absl::Time deadline);
+  // StartOverlapped's thread.
+  void RunOverlapped(std::shared_ptr<VersionStore::ReadLease> lease,
+                     std::shared_ptr<const v1::Manifest> manifest, std::shared_ptr<PushFeed> feed,
+                     const std::string& trigger);
+  // The feed's listener: the running update looks at its filler again.
+  void WakeRun();
   // Records how the running update ended (outcome, per-worker state) and wakes waiters.
   void FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& result,
                      const v1::UpdateResponse& report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -242,6 +269,10 @@ class UpdateEngine {
   // Owned by whoever holds the update slot (one update at a time): no lock.
   ClusterGroup group_;
   std::thread auto_thread_;
+  // The overlapped update's push, from StartOverlapped until its thread is about to end (one at a
+  // time), and that thread (joined by the next StartOverlapped or the destructor).
+  std::shared_ptr<PushFeed> overlap_feed_ ABSL_GUARDED_BY(mu_);
+  std::thread overlap_thread_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ckpt::daemon

@@ -120,10 +120,12 @@ v1::DaemonMessage UpdateRun::BucketMessage(int k) const {
   b->set_bucket(k);
   b->set_slot(k % options_.slots);
   b->set_last(k == n - 1);
-  for (const TensorPlacement& t : plan_.buckets[k].tensors) {
+  for (const TensorPlacement& t : plan_.buckets[static_cast<size_t>(order_[k])].tensors) {
     v1::TensorPlacement* tp = b->add_tensors();
     // With its xxh3: workers with verify_checksums check the bytes they read against it.
     *tp->mutable_spec() = manifest.tensors(t.tensor);
+    if (const uint64_t xxh3 = filler_->Xxh3(t.tensor); xxh3 != 0)
+      tp->mutable_spec()->set_xxh3(xxh3);
     tp->set_slot_offset(t.slot_offset);
     tp->set_tensor_offset(t.tensor_offset);
     tp->set_bytes(t.bytes);
@@ -341,6 +343,7 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
         absl::StrCat("update to version ", version_, " cancelled: ", cancel_reason_));
   };
 
+  order_.assign(static_cast<size_t>(n), -1);
   if (options_.consistent) failure = PauseAll();
   while (failure.ok() && (AnyActive() || options_.every_bucket) && released_ < n) {
     if (cancelled_) {
@@ -352,17 +355,31 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
     // Release notified buckets whose every active worker acked.
     while (released_ < next_notify && AllAcked(released_)) {
       load += absl::Now() - notified[released_];
-      for (const TensorPlacement& t : plan_.buckets[released_].tensors) bytes_released_ += t.bytes;
+      for (const TensorPlacement& t :
+           plan_.buckets[static_cast<size_t>(order_[released_])].tensors) {
+        bytes_released_ += t.bytes;
+      }
       ++released_;
       progress = true;
     }
     // Fill the next bucket when its slot is free (the bucket k_slots before it released).
-    if (next_fill < n && next_fill - k_slots < released_) {
+    // (A version still being pushed: once its tensors are in.)
+    absl::StatusOr<int> which = -1;
+    if (next_fill < n && next_fill - k_slots < released_) which = filler_->NextBucket(next_fill);
+    if (!which.ok()) {
+      failure =
+          Annotate(which.status(), absl::StrCat("version ", version_, ": the push failed with ",
+                                                next_fill, " of ", n, " buckets sent"));
+      break;
+    }
+    if (*which >= 0) {
       const absl::Time t0 = absl::Now();
       wait_slot += t0 - fill_candidate_since;
       fill_started[next_fill] = t0;
+      order_[next_fill] = *which;
       mu_.Unlock();
-      absl::Status s = filler_->Fill(plan_.buckets[next_fill], next_fill, next_fill % k_slots);
+      absl::Status s =
+          filler_->Fill(plan_.buckets[static_cast<size_t>(*which)], next_fill, next_fill % k_slots);
       mu_.Lock();
       if (!s.ok()) {
         failure = Annotate(s, absl::StrCat("filling bucket ", next_fill, " of version ", version_));
@@ -415,6 +432,25 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
     auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return events_ != seen; };
     mu_.AwaitWithTimeout(absl::Condition(&changed),
                          next_notify < next_fill ? absl::Microseconds(20) : absl::Milliseconds(50));
+  }
+  // A version still being pushed: VersionDone only once it committed (a push that fails now
+  // leaves every worker without it).
+  while (failure.ok() && released_ == n && (AnyActive() || options_.every_bucket)) {
+    absl::StatusOr<bool> committed = filler_->Committed();
+    if (!committed.ok()) {
+      failure = Annotate(committed.status(), absl::StrCat("version ", version_,
+                                                          ": the push failed after every bucket "
+                                                          "was sent, before its commit"));
+      break;
+    }
+    if (*committed) break;
+    if (cancelled_) {
+      failure = cancelled();
+      break;
+    }
+    const uint64_t seen = events_;
+    auto changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return events_ != seen; };
+    mu_.AwaitWithTimeout(absl::Condition(&changed), absl::Milliseconds(50));
   }
   // VersionDone to the workers still going, then wait for their VersionLoaded.
   const absl::Time finish_start = absl::Now();

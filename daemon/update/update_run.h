@@ -4,10 +4,12 @@
 // workers' messages and detaches reach it through the engine (OnAck, OnLoaded, OnDetached), never
 // through a pointer into another thread's stack.
 //
-// Execute drives the pipeline: bucket k goes into slot k % K of every slot set through the transfer
-// backend; once a fill is complete the participants get BucketReady (filtered to the tensors each
-// asked for); a slot is filled again only after every participant acked the bucket in it; at the
-// end each gets VersionDone and answers VersionLoaded. A participant that does not ack within
+// Execute drives the pipeline: the k-th bucket to go out (the plan's k-th, unless the filler picks
+// another: an overlapped update sends the buckets whose tensors are in first) goes into slot k % K
+// of every slot set through the transfer backend; once a fill is complete the participants get
+// BucketReady number k (filtered to the tensors each asked for); a slot is filled again only after
+// every participant acked the bucket in it; at the end (and once the version committed) each gets
+// VersionDone and answers VersionLoaded. A participant that does not ack within
 // ack_timeout is failed, its stream closed and it is forgotten by the registry; one whose stream
 // ends is failed; the others go on.
 //
@@ -56,6 +58,16 @@ class BucketFiller {
   virtual absl::Status Fill(const Bucket& bucket, int k, int slot) = 0;
   virtual absl::StatusOr<bool> Filled(int slot) = 0;
   virtual absl::Status Drain(absl::Time deadline) = 0;
+  // Which bucket of the plan goes out s-th (s = 0, 1, ...; asked again for the same s until it
+  // answers): plan order, unless the version is still being pushed (an overlapped update,
+  // StagingFiller): then a bucket whose tensors are all in and verified, or -1 when none is yet.
+  // An error: the push failed. Called with the engine's mutex held: it must not block.
+  virtual absl::StatusOr<int> NextBucket(int s) { return s; }
+  // Whether the version committed (VersionDone goes only then); an error: the push failed.
+  virtual absl::StatusOr<bool> Committed() { return true; }
+  // Tensor i's checksum when the manifest's is not final yet (a version still being pushed); 0:
+  // the manifest's.
+  virtual uint64_t Xxh3(int tensor) const { return 0; }
 };
 
 // The bytes of bucket k come from `arena` (the host store) through `transfer`.
@@ -160,6 +172,9 @@ class UpdateRun {
   void OnPaused(uint64_t worker, const v1::Paused& paused) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Shutdown: Execute fails with UNAVAILABLE(reason) at its next step.
   void Cancel(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Something the filler waits for changed (a tensor of a version being pushed is in): Execute
+  // looks again at once.
+  void Wake() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++events_; }
 
   // Progress for Status while it runs: buckets and bytes released, workers loaded and failed.
   void Progress(v1::UpdateProgress* progress) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
@@ -196,6 +211,8 @@ class UpdateRun {
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::string cancel_reason_ ABSL_GUARDED_BY(mu_);
   int released_ ABSL_GUARDED_BY(mu_) = 0;
+  // The plan's bucket that went out s-th (BucketFiller::NextBucket); workers see s as its number.
+  std::vector<int> order_ ABSL_GUARDED_BY(mu_);
   uint64_t bytes_released_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

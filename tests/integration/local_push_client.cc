@@ -19,13 +19,17 @@
 #include "client/trainer_client.h"
 
 int main(int argc, char** argv) {
-  if (argc != 7 && !(argc == 8 && std::string(argv[7]) == "cuda")) {
+  bool cuda = false, update = false;  // the tensors in GPU memory; push and update
+  for (int i = 7; i < argc; ++i) {
+    cuda = cuda || std::string(argv[i]) == "cuda";
+    update = update || std::string(argv[i]) == "update";
+  }
+  if (argc < 7 || argc - 7 != static_cast<int>(cuda) + static_cast<int>(update)) {
     std::fprintf(stderr,
                  "usage: local_push_client SOCKET TENSORS TENSOR_BYTES WINDOW_BYTES TRANSPORT "
-                 "SLEEP_MS [cuda]\n");
+                 "SLEEP_MS [cuda] [update]\n");
     return 2;
   }
-  const bool cuda = argc == 8;
   namespace client = ckpt::client;
   const int tensors = std::atoi(argv[2]);
   const uint64_t tensor_bytes = std::strtoull(argv[3], nullptr, 10);
@@ -76,6 +80,7 @@ int main(int argc, char** argv) {
   client::PushOptions options;
   options.transport = *transport;
   options.window_bytes = std::strtoull(argv[4], nullptr, 10);
+  options.update = update;
   options.progress = [&](uint64_t done, uint64_t) {
     std::printf("progress %llu\n", static_cast<unsigned long long>(done));
     std::fflush(stdout);

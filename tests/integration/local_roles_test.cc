@@ -156,6 +156,16 @@ TEST_CASE("PushLocal: a uid without the trainer role is refused; one with it pus
           CHECK(Contains(r.err, "trainer role"));
         }
       }
+      if (allowed) {
+        // Push and update sends the version to the workers: the operator role too.
+        RunResult r =
+            Run({pusher, d.socket, "3", "100000", std::to_string(1 << 20), "local", "0", "update"},
+                as_nobody);
+        INFO(r.err);
+        CHECK(r.exit.code == 1);
+        CHECK(Contains(r.err, "PERMISSION_DENIED"));
+        CHECK(Contains(r.err, "operator role"));
+      }
       nlohmann::json versions = nlohmann::json::parse(d.Ctl({"versions", "--json"}).out);
       CHECK(versions["versions"].size() == (allowed ? 2u : 0u));
       for (const auto& v : versions["versions"]) CHECK(v["state"] == "committed");

@@ -219,6 +219,7 @@ uint64_t LocalStream::Begin(const v1::Manifest& m, const std::vector<std::string
   v1::LocalPushRequest r;
   *r.mutable_begin()->mutable_manifest() = m;
   for (const std::string& g : ipc_gpus) r.mutable_begin()->add_ipc_gpus(g);
+  r.mutable_begin()->set_update(update);
   v1::LocalPushReply reply;
   if (!stream->Write(r) || !stream->Read(&reply)) return 0;
   if (begun != nullptr) *begun = reply.begun();
@@ -227,7 +228,8 @@ uint64_t LocalStream::Begin(const v1::Manifest& m, const std::vector<std::string
 
 bool LocalStream::Window(const std::vector<int>& fds,
                          std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> parts,
-                         const std::string& nonce_override) {
+                         const std::string& nonce_override,
+                         const std::vector<std::pair<uint32_t, uint64_t>>& ended) {
   v1::LocalPushRequest r;
   if (nonce_override.empty()) {
     auto p = client::PresentOnDescriptorSocket(daemon.socket, fds, absl::Now() + absl::Seconds(5));
@@ -241,6 +243,10 @@ bool LocalStream::Window(const std::vector<int>& fds,
     r.mutable_window()->add_part_tensor(t);
     r.mutable_window()->add_part_offset(offset);
     r.mutable_window()->add_part_bytes(bytes);
+  }
+  for (auto [t, xxh3] : ended) {
+    r.mutable_window()->add_ended_tensor(t);
+    r.mutable_window()->add_ended_xxh3(xxh3);
   }
   v1::LocalPushReply reply;
   return stream->Write(r) && stream->Read(&reply) && reply.has_windows_done();

@@ -61,15 +61,18 @@ struct LocalStream {
 
   // Sends begin; the version id, or 0 when the stream ended (then Finish() has the status).
   uint64_t Begin(const v1::Manifest& m) { return Begin(m, {}, nullptr); }
-  // Begin offering `ipc_gpus`; `*begun` (not null) gets the daemon's answer.
+  // Begin offering `ipc_gpus` (and asking for the update when `update` is set); `*begun` (not
+  // null) gets the daemon's answer.
   uint64_t Begin(const v1::Manifest& m, const std::vector<std::string>& ipc_gpus,
                  v1::LocalPushBegun* begun);
+  bool update = false;
 
-  // Presents `fds` and sends a window naming them with `parts` (tensor, offset, bytes); true when
-  // the daemon answered windows_done.
+  // Presents `fds` and sends a window naming them with `parts` (tensor, offset, bytes) and the
+  // tensors it ends (`ended`: tensor, xxh3); true when the daemon answered windows_done.
   bool Window(const std::vector<int>& fds,
               std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> parts,
-              const std::string& nonce_override = "");
+              const std::string& nonce_override = "",
+              const std::vector<std::pair<uint32_t, uint64_t>>& ended = {});
 
   // Sends an ipc step; true when the daemon answered ipc_done.
   bool Ipc(const v1::LocalPushIpc& ipc);
