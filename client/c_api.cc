@@ -262,6 +262,9 @@ absl::Status PushViews(ckpt_client* client, const std::vector<ckpt::client::Tens
         extra->window_bytes != 0) {
       push.window_bytes = extra->window_bytes;
     }
+    if (has(offsetof(ckpt_push_extra, update) + sizeof(extra->update))) {
+      push.update = extra->update != 0;
+    }
   }
   push.version = o.version;
   if (o.label != nullptr) push.label = o.label;

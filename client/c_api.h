@@ -198,9 +198,14 @@ typedef struct ckpt_push_extra {
                           * "transport" says which was taken. */
   uint64_t window_bytes; /* the local path's shared-memory window, 1 MiB..16 GiB (two alternate);
                           * 0: 64 MiB */
+  int update;            /* non-zero: push and update (the local path only; FAILED_PRECONDITION
+                          * over gRPC; the operator role too): the daemon sends the version to its
+                          * workers while it arrives; the call returns once it is committed, and
+                          * ckpt_wait_loaded says when the workers have it */
 } ckpt_push_extra;
 
-/* Defaults: struct_size = sizeof(ckpt_push_extra), transport NULL (auto), window_bytes 0. */
+/* Defaults: struct_size = sizeof(ckpt_push_extra), transport NULL (auto), window_bytes 0,
+ * update 0. */
 CKPT_API void ckpt_push_extra_init(ckpt_push_extra* extra);
 
 /* ckpt_push_table with `extra` (NULL: defaults, which is what ckpt_push and ckpt_push_table use).

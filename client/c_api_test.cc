@@ -270,6 +270,7 @@ TEST_CASE("ckpt_push_extra: init, and bad values are refused before anything is 
   CHECK(extra.struct_size == sizeof(ckpt_push_extra));
   CHECK(extra.transport == nullptr);
   CHECK(extra.window_bytes == 0);
+  CHECK(extra.update == 0);
   ckpt_push_extra_init(nullptr);  // no crash
 
   char err[512] = "";
@@ -292,6 +293,18 @@ TEST_CASE("ckpt_push_extra: init, and bad values are refused before anything is 
   CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
         kInvalidArgument);
   CHECK(Contains(err, "window_bytes must be 1 MiB to 16 GiB"));
+  extra.window_bytes = 0;
+  extra.update = 1;  // push and update over TCP: refused by the client
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+        kFailedPrecondition);
+  CHECK(Contains(err, "update (push and update) needs the local path"));
+  // An older caller's struct ends before `update`: it is not read (a plain gRPC push, which
+  // finds no daemon on the closed port).
+  extra.struct_size = offsetof(ckpt_push_extra, update);
+  CHECK(ckpt_push_table_ex(c, &table, nullptr, &extra, &version, nullptr, err, sizeof err) ==
+        kUnavailable);
+  extra.struct_size = sizeof extra;
+  extra.update = 0;
   ckpt_push_extra zero;
   std::memset(&zero, 0, sizeof zero);
   CHECK(ckpt_push_table_ex(c, &table, nullptr, &zero, &version, nullptr, err, sizeof err) ==

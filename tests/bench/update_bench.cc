@@ -15,7 +15,9 @@
 //
 // Last, --rl-steps colocated RL steps: the big version's tensors in GPU 0's memory (a trainer on
 // the inference node), pushed locally (the daemon copies them through CUDA IPC) and then updated
-// into the workers; each step's push + update beside the update alone (the best big run).
+// into the workers, and in turn pushed with the update overlapped (push and update: the buckets
+// go out while the push arrives); each step's push + update beside the update alone (the best big
+// run).
 //
 //   update_bench [--layers 64] [--repeat 3] [--bucket-mib 0 (auto)] [--slots 2] [--small-gib 1]
 //                [--many-tensors 140000] [--many-tensor-kib 48] [--rl-steps 2]
@@ -373,23 +375,34 @@ int main(int argc, char** argv) {
         update_alone = r.seconds;
       }
     }
-    for (int step = 1; step <= rl_steps; ++step) {
+    // Sequential (push, then Admin.Update) and overlapped (push and update: PushOptions::update,
+    // the buckets going out while the push arrives; then Admin.WaitLoaded), in turn.
+    for (int step = 1; step <= 2 * rl_steps; ++step) {
+      const bool overlapped = step % 2 == 0;
       ckpt::client::PushOptions options;
       options.timeout = absl::Seconds(600);
+      options.update = overlapped;
       const auto start = Clock::now();
       auto info = (*trainer)->PushTensors(gpu_views, options);
       if (!info.ok()) return Fail(info.status().ToString());
       const double push_s = Seconds(Clock::now() - start);
-      ckpt::v1::UpdateRequest request;
-      request.set_version(info->version());
-      auto result = (*admin)->Update(request, absl::Seconds(600));
-      if (!result.ok()) return Fail(result.status().ToString());
+      if (overlapped) {
+        auto loaded = (*admin)->WaitLoaded(info->version(), absl::Seconds(600));
+        if (!loaded.ok()) return Fail(loaded.status().ToString());
+        if (!loaded->loaded()) return Fail(loaded->summary());
+      } else {
+        ckpt::v1::UpdateRequest request;
+        request.set_version(info->version());
+        auto result = (*admin)->Update(request, absl::Seconds(600));
+        if (!result.ok()) return Fail(result.status().ToString());
+      }
       const double step_s = Seconds(Clock::now() - start);
       std::printf(
-          "rl step %d: push %.3f s (%.1f GB/s, transport %s, %.3f GB copied by the daemon from "
-          "GPU memory) + update %.3f s = %.3f s = %.2f x the update alone (%.3f s)\n",
-          step, push_s, big.total / 1e9 / push_s, info->transport().c_str(),
-          info->ipc_bytes() / 1e9, step_s - push_s, step_s,
+          "rl step %d (%s): push %.3f s (%.1f GB/s, transport %s, %.3f GB copied by the daemon "
+          "from GPU memory) %s %.3f s = %.3f s = %.2f x the update alone (%.3f s)\n",
+          (step + 1) / 2, overlapped ? "push and update, overlapped" : "push, then update",
+          push_s, big.total / 1e9 / push_s, info->transport().c_str(), info->ipc_bytes() / 1e9,
+          overlapped ? "+ the update's end" : "+ update", step_s - push_s, step_s,
           update_alone > 0 ? step_s / update_alone : 0.0, update_alone);
     }
   }

@@ -371,6 +371,35 @@ class WorkerTest(DaemonTestCase):
         self.assertTrue(report["workers"][0]["ok"], report)
         self.assert_same(got, want)
 
+    def test_push_and_update_sends_the_version_while_it_arrives(self):
+        # push_state_dict(update=True): the daemon sends the buckets as the tensors come in and
+        # are verified (the worker checks every checksum), VersionDone after the commit.
+        state = mixed_state(3)
+        w = self.worker(engine="push-and-update", verify_checksums=True)
+        self.wait_attached(1)
+        pushed = {}
+
+        def push():
+            pushed["version"] = self.client.push_state_dict(
+                state, transport="local", window_bytes=1 << 20, update=True)
+
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        got = collections.OrderedDict((n, t.clone()) for n, t in w.receive(timeout=DEADLINE_S))
+        pusher.join(DEADLINE_S)
+        self.assertFalse(pusher.is_alive())
+        self.assert_same(got, state)
+        version = pushed["version"]
+        self.assertEqual(w.version, version)
+        loaded = self.client.wait_loaded(version, timeout=DEADLINE_S)
+        self.assertTrue(loaded["loaded"], loaded)
+        self.assertEqual(loaded["update"]["trigger"], "push")
+        # Over gRPC there is nothing to overlap with: refused before anything is begun.
+        with self.assertRaises(ce.CkptError) as e:
+            self.client.push_state_dict(state, transport="grpc", update=True)
+        self.assertEqual(e.exception.code, FAILED_PRECONDITION)
+        self.assertIn("needs the local path", str(e.exception))
+
     def test_views_are_reused_for_a_bucket_of_the_same_layout(self):
         # Two versions with the same names, dtypes and shapes but other bytes: a later update of
         # the same model. Their buckets have the same layout, so the second update hands out the

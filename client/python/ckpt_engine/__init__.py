@@ -171,7 +171,8 @@ class Client(_Handle):
         self._handle = handle
 
     def push_state_dict(self, tensors, version=0, label="", streams=4, progress=None,
-                        chunk_bytes=0, timeout=60.0, transport="auto", window_bytes=0):
+                        chunk_bytes=0, timeout=60.0, transport="auto", window_bytes=0,
+                        update=False):
         """Pushes a {name: tensor} mapping as one new version and commits it; returns the version.
 
         `version` 0 lets the daemon pick the next id. `progress(done_bytes, total_bytes)` is
@@ -185,6 +186,12 @@ class Client(_Handle):
         unchanged until the call returns. `window_bytes` (0: 64 MiB) is the local path's
         shared-memory window (two alternate). The committed version's info, whose "transport"
         says which path was taken, is kept in `self.last_push`.
+
+        `update=True`: push and update (the local path only; the caller needs the operator role
+        too). The daemon sends the version to its attached workers while it arrives, each bucket
+        once its tensors are in and verified, and finishes the update after the commit; a push
+        that fails leaves every worker without it. The call returns once the version is
+        committed: `wait_loaded(version)` says when the workers have it.
 
         CUDA tensors are read where they are, once all work queued on their GPUs is done (the
         client synchronizes those devices first, as torch.cuda.synchronize). A local daemon that
@@ -225,6 +232,7 @@ class Client(_Handle):
         self._lib.ckpt_push_extra_init(ctypes.byref(extra))
         extra.transport = transport.encode("ascii")
         extra.window_bytes = int(window_bytes)
+        extra.update = 1 if update else 0
         err = ctypes.create_string_buffer(_ERR_LEN)
         out_version = ctypes.c_uint64()
         info = ctypes.c_void_p()

@@ -63,6 +63,7 @@ class PushExtra(ctypes.Structure):
         ("struct_size", ctypes.c_size_t),
         ("transport", ctypes.c_char_p),
         ("window_bytes", ctypes.c_uint64),
+        ("update", ctypes.c_int),
     ]
 
 
