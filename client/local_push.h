@@ -37,8 +37,11 @@ struct WindowPlan {
 // The daemon's limit of parts in one window (as in a chunk), and of tensors in one ipc step.
 inline constexpr size_t kMaxWindowParts = kMaxChunkParts;
 inline constexpr size_t kMaxIpcTensors = 65536;
-// The client's most bytes in one ipc step (a larger tensor goes alone in its step).
-inline constexpr uint64_t kMaxIpcStepBytes = uint64_t{8} << 30;
+// The client's most bytes in one ipc step (a larger tensor goes alone in its step). Large: the
+// daemon copies one step at a time, so a step ends with its slowest tensor (one lane hashes each);
+// in one step the largest tensors of the whole push start first. At the device-to-host rate a step
+// of 64 GiB takes seconds, well inside a push's timeout between answers.
+inline constexpr uint64_t kMaxIpcStepBytes = uint64_t{64} << 30;
 
 // Cuts the tensors (but those `skip` marks: the daemon copies them from GPU memory) into windows
 // of at most `window_bytes` bytes and `max_parts` parts each, for

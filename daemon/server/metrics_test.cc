@@ -4,6 +4,7 @@
 #include <xxhash.h>
 
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <string>
 
 namespace ckpt::daemon {
@@ -76,7 +77,12 @@ TEST_CASE("the metrics page carries the store's and the engine's values") {
     auto b = n.store->Begin(m, 0, "", "test", /*verify_checksums=*/false, absl::InfiniteFuture(),
                             /*may_retire=*/true, "local");
     REQUIRE(b.ok());
-    REQUIRE(n.store->WriteChunk(b->version, b->upload_token, "w", 0, bytes.data(), 500).ok());
+    // Written as PushLocal writes it (its upload token writes nothing).
+    auto lease = n.store->OpenWriter(b->version, b->upload_token);
+    REQUIRE(lease.ok());
+    std::memcpy((*lease)->data(0), bytes.data(), 500);
+    REQUIRE((*lease)->MarkReceived(0, 0, 500).ok());
+    lease->reset();
     const std::vector<uint64_t> sums = {XXH3_64bits(bytes.data(), 500)};
     REQUIRE(n.store->Commit(b->version, b->upload_token, true, &sums).ok());
   }

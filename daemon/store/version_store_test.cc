@@ -346,6 +346,46 @@ TEST_CASE("LoadFiles path: a write lease, mark received, checksums computed at c
   CHECK(got->manifest().tensors(0).xxh3() == XXH3_64bits(ts[0].bytes.data(), ts[0].bytes.size()));
 }
 
+TEST_CASE("a staging lease keeps a version's memory through abort, and through commit leased") {
+  auto store = NewStore(1 << 20);
+  std::vector<Tensor> ts = {MakeTensor("x", {100}, 5)};
+  v1::Manifest m = ManifestOf(ts);
+  for (auto& t : *m.mutable_tensors()) t.clear_xxh3();
+  auto b = store->Begin(m, 0, "", "test", /*verify_checksums=*/false, absl::InfiniteFuture(),
+                        /*may_retire=*/true, "local");
+  REQUIRE(b.ok());
+  CHECK(store->LeaseStaging(b->version, "wrong").status().code() ==
+        absl::StatusCode::kPermissionDenied);
+  CHECK(store->LeaseStaging(b->version + 1, b->upload_token).status().code() ==
+        absl::StatusCode::kNotFound);
+  SECTION("aborted while leased: the memory returns when the lease ends") {
+    auto leased = store->LeaseStaging(b->version, b->upload_token);
+    REQUIRE(leased.ok());
+    CHECK(leased->manifest->tensors(0).name() == "x");
+    CHECK(leased->manifest->tensors(0).xxh3() == 0);
+    REQUIRE(store->Abort(b->version, b->upload_token, "test").ok());
+    CHECK(store->GetUsage().used_bytes == 512);  // still held by the lease
+    leased->lease.reset();
+    CHECK(store->GetUsage().used_bytes == 0);
+  }
+  SECTION("committed while leased: not dropped until the lease ends; the copy keeps its manifest") {
+    auto leased = store->LeaseStaging(b->version, b->upload_token);
+    REQUIRE(leased.ok());
+    {
+      auto lease = store->OpenWriter(b->version, b->upload_token);
+      REQUIRE(lease.ok());
+      std::memcpy((*lease)->data(0), ts[0].bytes.data(), ts[0].bytes.size());
+      REQUIRE((*lease)->MarkReceived(0, 0, 400).ok());
+    }
+    const std::vector<uint64_t> sums = {XXH3_64bits(ts[0].bytes.data(), 400)};
+    REQUIRE(store->Commit(b->version, b->upload_token, true, &sums).ok());
+    CHECK(leased->manifest->tensors(0).xxh3() == 0);
+    CHECK(store->Drop(b->version).code() == absl::StatusCode::kFailedPrecondition);
+    leased->lease.reset();
+    CHECK(store->Drop(b->version).ok());
+  }
+}
+
 TEST_CASE("local push path: ranges marked received, checksums from the commit verified") {
   auto store = NewStore(1 << 20);
   std::vector<Tensor> ts = {MakeTensor("x", {100}, 5), MakeTensor("y", {7}, 6)};
@@ -357,6 +397,13 @@ TEST_CASE("local push path: ranges marked received, checksums from the commit ve
                         /*may_retire=*/true, "local");
   REQUIRE(b.ok());
   CHECK(store->Get(b->version)->info().transport() == "local");
+  // Its upload token writes and commits nothing: only the stream's writer does.
+  CHECK(Contains(store->WriteChunk(b->version, b->upload_token, "x", 0, "a", 1).message(),
+                 "only that stream writes it"));
+  CHECK(store->WriteChunkParts(b->version, b->upload_token, {{0, 0, 1}}, "a", 1).code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(store->Commit(b->version, b->upload_token).status().message(),
+                 "only that stream commits it"));
   {
     auto lease = store->OpenWriter(b->version, b->upload_token);
     REQUIRE(lease.ok());

@@ -400,8 +400,8 @@ int main(int argc, char** argv) {
       std::printf(
           "rl step %d (%s): push %.3f s (%.1f GB/s, transport %s, %.3f GB copied by the daemon "
           "from GPU memory) %s %.3f s = %.3f s = %.2f x the update alone (%.3f s)\n",
-          (step + 1) / 2, overlapped ? "push and update, overlapped" : "push, then update",
-          push_s, big.total / 1e9 / push_s, info->transport().c_str(), info->ipc_bytes() / 1e9,
+          (step + 1) / 2, overlapped ? "push and update, overlapped" : "push, then update", push_s,
+          big.total / 1e9 / push_s, info->transport().c_str(), info->ipc_bytes() / 1e9,
           overlapped ? "+ the update's end" : "+ update", step_s - push_s, step_s,
           update_alone > 0 ? step_s / update_alone : 0.0, update_alone);
     }
