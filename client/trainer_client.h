@@ -94,7 +94,8 @@ struct PushOptions {
   uint64_t window_bytes = uint64_t{64} << 20;
   // Push and update (the local path only; FAILED_PRECONDITION over gRPC): the daemon sends the
   // version to its workers while it arrives, each bucket once its tensors are in and verified, and
-  // finishes the update after the commit (a push that fails leaves every worker without it). The
+  // finishes the update after the commit (a push that fails is loaded by no worker; those sent some
+  // of its buckets report it as mixed_version). The
   // caller needs the operator role too. PushTensors returns once the version is committed;
   // DaemonClient::WaitLoaded(version) then says when the workers have it.
   bool update = false;

@@ -796,7 +796,9 @@ absl::Status VersionStore::Drop(uint64_t version) {
     if (it == versions_.end()) {
       return absl::NotFoundError(absl::StrCat("no version ", version));
     }
-    if (it->second->readers > 0) {
+    // A STAGING version is aborted even while an overlapped update reads it (its lease keeps the
+    // memory; the update then fails): only committed versions being sent are kept.
+    if (it->second->readers > 0 && it->second->state == v1::VERSION_STATE_COMMITTED) {
       return absl::FailedPreconditionError(absl::StrCat(
           "version ", version, " is being sent to workers; drop it after the update ends"));
     }
@@ -870,6 +872,7 @@ const uint8_t* VersionStore::ReadLease::data(int i) const {
   return store_->arena_->data() + v_->ranges->offset(i);
 }
 uint64_t VersionStore::ReadLease::arena_offset(int i) const { return v_->ranges->offset(i); }
+bool VersionStore::ReadLease::dropped() const { return v_->dropped.load(); }
 
 absl::StatusOr<VersionStore::StagingLease> VersionStore::LeaseStaging(uint64_t version,
                                                                       const std::string& token) {

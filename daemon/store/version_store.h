@@ -272,7 +272,8 @@ class VersionStore {
   // A COMMITTED version held for reading (an update sends it to workers; LeaseStaging: a STAGING
   // one, for an overlapped push + update): while a lease lives the
   // version is neither retired nor dropped (Drop answers FAILED_PRECONDITION). The store must
-  // outlive its leases.
+  // outlive its leases. (A STAGING version may still be aborted or dropped while leased: the
+  // lease keeps its memory until it ends.)
   class ReadLease {
    public:
     ~ReadLease();
@@ -284,6 +285,9 @@ class VersionStore {
     // The bytes of tensor i (manifest order) and their offset in the host arena.
     const uint8_t* data(int i) const;
     uint64_t arena_offset(int i) const;
+    // True once the version left the store (a STAGING one leased by LeaseStaging was aborted or
+    // dropped: it will never commit).
+    bool dropped() const;
 
    private:
     friend class VersionStore;

@@ -363,7 +363,10 @@ TEST_CASE("a staging lease keeps a version's memory through abort, and through c
     REQUIRE(leased.ok());
     CHECK(leased->manifest->tensors(0).name() == "x");
     CHECK(leased->manifest->tensors(0).xxh3() == 0);
-    REQUIRE(store->Abort(b->version, b->upload_token, "test").ok());
+    CHECK_FALSE(leased->lease->dropped());
+    SECTION("by its token") { REQUIRE(store->Abort(b->version, b->upload_token, "test").ok()); }
+    SECTION("by an operator's Drop") { REQUIRE(store->Drop(b->version).ok()); }
+    CHECK(leased->lease->dropped());
     CHECK(store->GetUsage().used_bytes == 512);  // still held by the lease
     leased->lease.reset();
     CHECK(store->GetUsage().used_bytes == 0);

@@ -1,9 +1,11 @@
 #include "daemon/update/update_engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <set>
+#include <system_error>
 #include <unordered_set>
 
 #include "absl/strings/match.h"
@@ -24,12 +26,20 @@ namespace {
 // once every tensor in it is in and verified. Buckets joined by a split tensor (a piece continues
 // from one bucket into the next) form a group that goes out whole, back to back and in order
 // (workers put a split tensor together from consecutive pieces); of the groups ready, the lowest
-// goes first. The fills themselves are the local store's (LocalFiller).
+// goes first. The fills themselves are the local store's (LocalFiller). A push that fails, whose
+// version is aborted (Trainer.Abort, Drop, staging_timeout), or that brings nothing new for
+// `stall` while the update waits for it, fails the update; the last sets `*stalled`.
 class StagingFiller final : public BucketFiller {
  public:
   StagingFiller(TransferBackend* transfer, const uint8_t* arena, const UpdatePlan& plan,
-                std::shared_ptr<PushFeed> feed)
-      : local_(transfer, arena), feed_(std::move(feed)), groups_of_(feed_->size()) {
+                std::shared_ptr<PushFeed> feed, std::shared_ptr<VersionStore::ReadLease> lease,
+                absl::Duration stall, std::shared_ptr<std::atomic<bool>> stalled)
+      : local_(transfer, arena),
+        feed_(std::move(feed)),
+        lease_(std::move(lease)),
+        stall_(stall),
+        stalled_(std::move(stalled)),
+        groups_of_(feed_->size()) {
     for (size_t b = 0; b < plan.buckets.size(); ++b) {
       const std::vector<TensorPlacement>& placed = plan.buckets[b].tensors;
       const bool continues = b > 0 && !placed.empty() && placed.front().tensor_offset > 0;
@@ -57,43 +67,34 @@ class StagingFiller final : public BucketFiller {
   absl::Status Drain(absl::Time deadline) override { return local_.Drain(deadline); }
 
   absl::StatusOr<int> NextBucket(int) override {
-    std::vector<size_t> newly;
-    RETURN_IF_ERROR(feed_->ReadySince(&cursor_, &newly));
-    for (size_t i : newly) {
-      if (i >= groups_of_.size()) continue;
-      for (int g : groups_of_[i]) {
-        if (--groups_[static_cast<size_t>(g)].missing == 0) ready_.insert(g);
-      }
-    }
+    RETURN_IF_ERROR(Absorb());
     if (next_in_group_ >= 0) {
       const int b = next_in_group_;
       next_in_group_ = b < groups_[static_cast<size_t>(current_)].last ? b + 1 : -1;
       return b;
     }
-    if (ready_.empty()) return -1;
+    if (ready_.empty()) {
+      RETURN_IF_ERROR(Stalled());
+      return -1;
+    }
     current_ = *ready_.begin();
     ready_.erase(ready_.begin());
     const Group& g = groups_[static_cast<size_t>(current_)];
     next_in_group_ = g.first < g.last ? g.first + 1 : -1;
     return g.first;
   }
-  // Whether a bucket could go out now (NextBucket takes it).
-  bool AnyReady() {
-    std::vector<size_t> newly;
-    size_t cursor = cursor_;
-    if (!feed_->ReadySince(&cursor, &newly).ok()) return false;
-    if (!ready_.empty()) return true;
-    // Count without consuming: NextBucket does that.
-    std::map<int, int> found;
-    for (size_t i : newly) {
-      if (i >= groups_of_.size()) continue;
-      for (int g : groups_of_[i]) {
-        if (++found[g] == groups_[static_cast<size_t>(g)].missing) return true;
-      }
-    }
+  // Whether a bucket could go out now (NextBucket takes it); an error as NextBucket's.
+  absl::StatusOr<bool> AnyReady() {
+    RETURN_IF_ERROR(Absorb());
+    return !ready_.empty();
+  }
+  absl::StatusOr<bool> Committed() override {
+    ASSIGN_OR_RETURN(bool committed, feed_->Committed());
+    if (committed) return true;
+    RETURN_IF_ERROR(Absorb());
+    RETURN_IF_ERROR(Stalled());
     return false;
   }
-  absl::StatusOr<bool> Committed() override { return feed_->Committed(); }
   uint64_t Xxh3(int tensor) const override {
     return tensor < 0 ? 0 : feed_->Xxh3(static_cast<size_t>(tensor));
   }
@@ -103,14 +104,53 @@ class StagingFiller final : public BucketFiller {
     int first = 0, last = 0;  // buckets of the plan
     int missing = 0;          // its tensors not ready yet
   };
+  // Takes in the tensors that became ready since the last call; the push's failure, or its
+  // version's abort.
+  absl::Status Absorb() {
+    std::vector<size_t> newly;
+    RETURN_IF_ERROR(feed_->ReadySince(&cursor_, &newly));
+    for (size_t i : newly) {
+      if (i >= groups_of_.size()) continue;
+      for (int g : groups_of_[i]) {
+        if (--groups_[static_cast<size_t>(g)].missing == 0) ready_.insert(g);
+      }
+    }
+    if (lease_->dropped() && !feed_->Ended()) {
+      return absl::AbortedError(absl::StrCat("version ", feed_->version(),
+                                             " was aborted (Trainer.Abort, Drop, or no activity "
+                                             "for staging_timeout)"));
+    }
+    return absl::OkStatus();
+  }
+  // DEADLINE_EXCEEDED once the feed has not changed for stall_ while the update waits on it.
+  absl::Status Stalled() {
+    const uint64_t changes = feed_->changes();
+    const absl::Time now = absl::Now();
+    if (changes != seen_changes_ || seen_at_ == absl::InfinitePast()) {
+      seen_changes_ = changes;
+      seen_at_ = now;
+      return absl::OkStatus();
+    }
+    if (now - seen_at_ < stall_) return absl::OkStatus();
+    stalled_->store(true);
+    return absl::DeadlineExceededError(absl::StrCat(
+        "its push brought nothing new for ", absl::FormatDuration(stall_),
+        " (ack_timeout) while the update waited for it; the version is sent again once committed"));
+  }
+
   LocalFiller local_;
   const std::shared_ptr<PushFeed> feed_;
+  const std::shared_ptr<VersionStore::ReadLease> lease_;
+  const absl::Duration stall_;
+  const std::shared_ptr<std::atomic<bool>> stalled_;
   std::vector<Group> groups_;
   std::vector<std::vector<int>> groups_of_;  // tensor -> the groups it lies in
   std::set<int> ready_;                      // groups ready, not sent yet
   size_t cursor_ = 0;                        // into the feed's ready tensors
   int current_ = -1;                         // the group going out
   int next_in_group_ = -1;                   // its next bucket (-1: none left)
+  uint64_t seen_changes_ = 0;                // the feed's changes when last looked at
+  absl::Time seen_at_ = absl::InfinitePast();
 };
 
 }  // namespace
@@ -420,6 +460,10 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
 
 void UpdateEngine::RecoverMixed(const absl::StatusOr<v1::UpdateResponse>& result,
                                 const std::string& trigger, absl::Time deadline) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+  }
   if (!result.ok() && options_.resend_previous_on_failure && trigger != "previous") {
     bool mixed = false;
     {
@@ -607,6 +651,13 @@ std::optional<v1::UpdateOutcome> UpdateEngine::LastUpdate() const {
 
 void UpdateEngine::RequestAutoUpdate(uint64_t version) {
   absl::MutexLock lock(&mu_);
+  for (const auto& [id, w] : registry_.all()) {
+    if (w->loaded_version > version) {
+      spdlog::info("auto_update: version {} committed, but {} holds the newer version {}; not sent",
+                   version, w->Describe(), w->loaded_version);
+      return;
+    }
+  }
   if (version <= auto_highest_) {
     // A push that began before a newer one committed after it: workers never go back to it.
     spdlog::info("auto_update: version {} committed after the newer version {}; not sent", version,
@@ -703,12 +754,19 @@ bool UpdateEngine::StartOverlapped(std::shared_ptr<VersionStore::ReadLease> leas
   {
     absl::MutexLock lock(&mu_);
     if (stopping_ || registry_.empty() || overlap_feed_ != nullptr) return false;
-    overlap_feed_ = feed;
     previous = std::move(overlap_thread_);  // ended: it cleared overlap_feed_ as its last step
-    overlap_thread_ = std::thread([this, lease = std::move(lease), manifest = std::move(manifest),
-                                   feed = std::move(feed), trigger]() mutable {
-      RunOverlapped(std::move(lease), std::move(manifest), std::move(feed), trigger);
-    });
+    try {
+      overlap_thread_ =
+          std::thread([this, lease = std::move(lease), manifest, feed, trigger]() mutable {
+            RunOverlapped(std::move(lease), std::move(manifest), std::move(feed), trigger);
+          });
+    } catch (const std::system_error& e) {
+      spdlog::error("version {}: no thread for its overlapped update ({})", feed->version(),
+                    e.what());
+      overlap_thread_ = std::move(previous);
+      return false;
+    }
+    overlap_feed_ = feed;
   }
   if (previous.joinable()) previous.join();
   return true;
@@ -760,14 +818,18 @@ void UpdateEngine::RunOverlapped(std::shared_ptr<VersionStore::ReadLease> lease,
     after_commit(std::string(plan.status().message()));
     return;
   }
-  auto filler =
-      std::make_unique<StagingFiller>(transfer_.get(), store_->arena().data(), *plan, feed);
+  auto stalled = std::make_shared<std::atomic<bool>>(false);
+  auto filler = std::make_unique<StagingFiller>(transfer_.get(), store_->arena().data(), *plan,
+                                                feed, lease, options_.ack_timeout, stalled);
+  // The listener takes mu_: it is set and cleared (Release) with mu_ not held, and the feed calls
+  // it with none of its own data locks held.
   feed->SetListener([this] { WakeRun(); });
   // The update slot is claimed only once a bucket can go: until then other updates may run.
   for (;;) {
     const uint64_t seen = feed->changes();
-    if (filler->AnyReady()) break;
-    if (!feed->Committed().ok()) return;  // the push failed: nothing was sent
+    absl::StatusOr<bool> ready = filler->AnyReady();
+    if (!ready.ok()) return;  // the push failed, or its version was aborted: nothing was sent
+    if (*ready) break;
     if (stopping()) return;
     feed->AwaitChange(seen, absl::Now() + absl::Milliseconds(200));
   }
@@ -787,6 +849,15 @@ void UpdateEngine::RunOverlapped(std::shared_ptr<VersionStore::ReadLease> lease,
     if (stopping_) return;
     v1::UpdateRequest request;
     request.set_version(version);
+    uint64_t newest_loaded = 0;
+    for (const auto& [id, w] : registry_.all())
+      newest_loaded = std::max(newest_loaded, w->loaded_version);
+    if (version <= auto_highest_ || version < newest_loaded) {
+      // A newer version went (or goes) to the workers meanwhile: they never go back to this one.
+      spdlog::info("version {}: not sent (workers hold or were sent the newer version {})", version,
+                   std::max(auto_highest_, newest_loaded));
+      return;
+    }
     if (absl::Status free = SlotFreeLocked(); !free.ok()) {
       not_run = std::string(free.message());
     } else if (auto participants =
@@ -796,6 +867,8 @@ void UpdateEngine::RunOverlapped(std::shared_ptr<VersionStore::ReadLease> lease,
                                   : std::string(participants.status().message());
     } else {
       p.participants = *std::move(participants);
+      // Later auto_update requests for older versions are not sent (RequestAutoUpdate).
+      auto_highest_ = std::max(auto_highest_, version);
       result = RunLocked(std::move(p), trigger, started);
     }
   }
@@ -803,7 +876,17 @@ void UpdateEngine::RunOverlapped(std::shared_ptr<VersionStore::ReadLease> lease,
     after_commit(not_run);
     return;
   }
-  if (!result.ok()) RecoverMixed(result, trigger, absl::InfiniteFuture());
+  if (result.ok()) return;
+  RecoverMixed(result, trigger, absl::InfiniteFuture());
+  if (stalled->load()) {
+    // The push still goes on, too slowly to hold the update slot: the whole version follows its
+    // commit instead (as auto_update sends one).
+    {
+      absl::MutexLock lock(&mu_);
+      if (auto_highest_ == version) auto_highest_ = version - 1;
+    }
+    after_commit("its push stalled");
+  }
 }
 
 void UpdateEngine::Stop(const std::string& reason) {

@@ -369,7 +369,7 @@ UpdateRun::Result UpdateRun::Execute(v1::UpdateResponse* response,
     if (!which.ok()) {
       failure =
           Annotate(which.status(), absl::StrCat("version ", version_, ": the push failed with ",
-                                                next_fill, " of ", n, " buckets sent"));
+                                                next_notify, " of ", n, " buckets sent"));
       break;
     }
     if (*which >= 0) {

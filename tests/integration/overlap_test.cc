@@ -224,6 +224,15 @@ TEST_CASE(
     ls.reset();
     why = "aborted";
   }
+  SECTION("an operator drops the staging version") {
+    REQUIRE(o.d.Drop(version).ok());
+    const v1::UpdateOutcome failed = o.AwaitUpdate(version, "failed");
+    CHECK(Contains(failed.error(), "was aborted (Trainer.Abort, Drop"));
+    ls->ctx.TryCancel();
+    (void)ls->Finish();
+    ls.reset();
+    why = "was aborted";
+  }
   SECTION("every bucket went out, but the commit's checksum differs") {
     REQUIRE(ls->Window({w2.get()}, {{1, 0, t.b.size()}, {2, 0, t.c.size()}}, "",
                        {{1, Xxh3(t.b)}, {2, Xxh3(t.c)}}));
@@ -267,6 +276,70 @@ TEST_CASE(
   o.AwaitUpdate(next, "succeeded");
   CHECK(o.Worker().loaded_version() == next);
   CHECK(o.Worker().mixed_version() == 0);
+}
+
+TEST_CASE(
+    "push and update: a push that stalls gives the update up; the version follows its commit") {
+  Overlap o({"--ack-timeout", "1s"});
+  Tensors t;
+  ScopedFd w1 = MemfdWith(t.a), w2 = MemfdWith(t.b + t.c);
+  LocalStream ls(o.d);
+  ls.update = true;
+  const uint64_t version = ls.Begin(t.Manifest());
+  REQUIRE(version > 0);
+  REQUIRE(ls.Window({w1.get()}, {{0, 0, t.a.size()}}, "", {{0, Xxh3(t.a)}}));
+  o.ReceiveTensors(version, t.All(), {"a"});
+  // Nothing more for longer than ack_timeout: the update stops (the worker reports it mixed).
+  const v1::UpdateOutcome failed = o.AwaitUpdate(version, "failed");
+  CHECK(Contains(failed.error(), "its push brought nothing new for 1s"));
+  CHECK(o.Worker().mixed_version() == version);
+  // The push goes on and commits: the whole version then goes out again, and is loaded.
+  REQUIRE(ls.Window({w2.get()}, {{1, 0, t.b.size()}, {2, 0, t.c.size()}}, "",
+                    {{1, Xxh3(t.b)}, {2, Xxh3(t.c)}}));
+  REQUIRE(ls.Commit({Xxh3(t.a), Xxh3(t.b), Xxh3(t.c)}).has_value());
+  CHECK(ls.Finish().ok());
+  o.received.clear();
+  o.ReceiveTensors(version, t.All(), {"a", "b", "c"});
+  auto done = o.Next();
+  REQUIRE(done.ok());
+  REQUIRE(done->kind == client::ConsumerEvent::Kind::kVersionDone);
+  REQUIRE(o.worker->Loaded(version, 3, 0).ok());
+  CHECK(o.AwaitUpdate(version, "succeeded").trigger() == "auto_update");
+  CHECK(o.Worker().loaded_version() == version);
+  CHECK(o.Worker().mixed_version() == 0);
+}
+
+TEST_CASE("push and update never sends a version older than one the worker was sent") {
+  Overlap o;
+  Tensors t;
+  ScopedFd w = MemfdWith(t.a + t.b + t.c);
+  const std::vector<std::tuple<uint32_t, uint64_t, uint64_t>> parts = {
+      {0, 0, t.a.size()}, {1, 0, t.b.size()}, {2, 0, t.c.size()}};
+  const std::vector<std::pair<uint32_t, uint64_t>> ended = {
+      {0, Xxh3(t.a)}, {1, Xxh3(t.b)}, {2, Xxh3(t.c)}};
+  // The older push begins first, and waits; the newer one overlaps nothing (one overlapped update
+  // at a time) and goes after its commit.
+  LocalStream older(o.d), newer(o.d);
+  older.update = newer.update = true;
+  const uint64_t v_old = older.Begin(t.Manifest());
+  const uint64_t v_new = newer.Begin(t.Manifest());
+  REQUIRE(v_new > v_old);
+  REQUIRE(newer.Window({w.get()}, parts, "", ended));
+  REQUIRE(newer.Commit({Xxh3(t.a), Xxh3(t.b), Xxh3(t.c)}).has_value());
+  CHECK(newer.Finish().ok());
+  o.ReceiveTensors(v_new, t.All(), {"a", "b", "c"});
+  auto done = o.Next();
+  REQUIRE(done.ok());
+  REQUIRE(done->kind == client::ConsumerEvent::Kind::kVersionDone);
+  REQUIRE(o.worker->Loaded(v_new, 3, 0).ok());
+  o.AwaitUpdate(v_new, "succeeded");
+  // Now the older push arrives and commits: the worker is never sent it.
+  REQUIRE(older.Window({w.get()}, parts, "", ended));
+  REQUIRE(older.Commit({Xxh3(t.a), Xxh3(t.b), Xxh3(t.c)}).has_value());
+  CHECK(older.Finish().ok());
+  CHECK(o.Next(absl::Milliseconds(500)).status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(o.Worker().loaded_version() == v_new);
+  CHECK(o.d.Status().last_update().version() == v_new);
 }
 
 TEST_CASE("a window's list of ended tensors is checked") {

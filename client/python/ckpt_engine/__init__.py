@@ -190,7 +190,7 @@ class Client(_Handle):
         `update=True`: push and update (the local path only; the caller needs the operator role
         too). The daemon sends the version to its attached workers while it arrives, each bucket
         once its tensors are in and verified, and finishes the update after the commit; a push
-        that fails leaves every worker without it. The call returns once the version is
+        that fails is loaded by no worker (those sent some of it report it as mixed_version). The call returns once the version is
         committed: `wait_loaded(version)` says when the workers have it.
 
         CUDA tensors are read where they are, once all work queued on their GPUs is done (the
