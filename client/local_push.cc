@@ -411,6 +411,10 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   begin.mutable_begin()->set_version(options.version);
   begin.mutable_begin()->set_label(options.label);
   begin.mutable_begin()->set_update(options.update);
+  // Host tensors may be read by the daemon straight out of this process's memory (one copy).
+  for (const TensorView& t : tensors) {
+    if (t.device < 0 && t.bytes > 0) begin.mutable_begin()->set_pull(true);
+  }
   for (const auto& [device, uuid] : gpu_uuid) begin.mutable_begin()->add_ipc_gpus(uuid);
   v1::LocalPushReply reply;
   if (!stream->Write(begin) || !stream->Read(&reply)) {
@@ -501,6 +505,53 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
       via_ipc[i] = true;
     }
   }
+  // Host tensors the daemon reads out of this process's memory itself (pull steps), when it
+  // offered to: a probe first (the kernel may not let it read this process: then windows), then
+  // steps of at most kMaxIpcStepBytes. The nonce lies in this process's memory, where the daemon
+  // reads it to know whose memory it reads.
+  const std::string pull_nonce = reply.begun().pull_nonce();
+  std::vector<v1::LocalPushRequest> pull_steps;
+  std::vector<uint64_t> pull_step_bytes;
+  uint64_t pulls_answered = 0;
+  // Sends `m` and reads its `pulled` answer.
+  auto pull = [&](const v1::LocalPushRequest& m, const char* what) -> absl::StatusOr<bool> {
+    if (!stream->Write(m) || !stream->Read(&reply)) return Annotate(finish(what), context_text());
+    if (reply.step_case() != v1::LocalPushReply::kPulled ||
+        reply.pulled().steps() != pulls_answered + 1) {
+      context.TryCancel();
+      (void)stream->Finish();
+      return absl::InternalError("the daemon answered a pull step out of order (a daemon bug)");
+    }
+    ++pulls_answered;
+    touch();
+    return reply.pulled().ok();
+  };
+  if (!pull_nonce.empty()) {
+    bool any = false;
+    for (const TensorView& t : tensors) any = any || (t.device < 0 && t.bytes > 0);
+    if (any) {
+      v1::LocalPushRequest probe;
+      probe.mutable_pull()->set_nonce_address(reinterpret_cast<uint64_t>(pull_nonce.data()));
+      ASSIGN_OR_RETURN(bool can, pull(probe, "a pull probe"));
+      for (size_t i = 0; can && i < tensors.size(); ++i) {
+        const TensorView& t = tensors[i];
+        if (t.device >= 0 || t.bytes == 0) continue;
+        if (pull_steps.empty() ||
+            static_cast<size_t>(pull_steps.back().pull().tensors_size()) == kMaxIpcTensors ||
+            (pull_step_bytes.back() > 0 && pull_step_bytes.back() + t.bytes > kMaxIpcStepBytes)) {
+          pull_steps.emplace_back();
+          pull_steps.back().mutable_pull()->set_nonce_address(
+              reinterpret_cast<uint64_t>(pull_nonce.data()));
+          pull_step_bytes.push_back(0);
+        }
+        v1::PullTensor* pt = pull_steps.back().mutable_pull()->add_tensors();
+        pt->set_tensor(static_cast<uint32_t>(i));
+        pt->set_address(reinterpret_cast<uint64_t>(t.data));
+        pull_step_bytes.back() += t.bytes;
+        via_ipc[i] = true;  // not in a window
+      }
+    }
+  }
   plans = PlanWindows(tensors, options.window_bytes, threads, kMaxWindowParts, &via_ipc);
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (via_ipc[i]) hashes[i] = 0;  // not used: the daemon hashes what it copies
@@ -540,9 +591,19 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
     return absl::OkStatus();
   };
 
-  // The GPU tensors first, to the end: the windows' nonces are presented only after (a nonce not
-  // claimed within seconds expires), and a failure of this process's own never leaves the daemon
-  // reading its GPU memory after the call returned.
+  // The pulled host tensors, then the GPU tensors, to the end: the windows' nonces are presented
+  // only after (a nonce not claimed within seconds expires), and a failure of this process's own
+  // never leaves the daemon reading its memory after the call returned.
+  for (size_t k = 0; k < pull_steps.size(); ++k) {
+    if (cancelled()) {
+      context.TryCancel();
+      return Annotate(finish("a pull step"), context_text());
+    }
+    absl::StatusOr<bool> pulled = pull(pull_steps[k], "a pull step");
+    if (!pulled.ok()) return pulled.status();
+    bytes_done += pull_step_bytes[k];
+    report();
+  }
   if (!ipc_steps.empty()) {
     gpu_copy_in_flight.store(true);
     absl::Status copied;
@@ -565,7 +626,7 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   }
   // Window 0 again if it was presented before the GPU copy (that nonce may have expired), or not
   // at all yet.
-  if (!plans.empty() && (!ipc_steps.empty() || !presented[0].has_value())) {
+  if (!plans.empty() && (!ipc_steps.empty() || !pull_steps.empty() || !presented[0].has_value())) {
     if (absl::Status s = present(0); !s.ok()) return give_up(s);
   }
   for (size_t k = 0; k < plans.size(); ++k) {

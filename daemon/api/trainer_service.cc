@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/random_id.h"
 #include "common/status_macros.h"
 #include "common/units.h"
 #include "common/xxh3.h"
@@ -251,6 +252,8 @@ const char* StepName(v1::LocalPushRequest::StepCase step) {
       return "commit";
     case v1::LocalPushRequest::kIpc:
       return "ipc";
+    case v1::LocalPushRequest::kPull:
+      return "pull";
     default:
       return "an empty message";
   }
@@ -364,9 +367,24 @@ grpc::Status TrainerService::RunLocalPush(
     return ToGrpc(Annotate(s, what));
   };
 
+  // The trainer's memory, when it offered its host tensors to be read there: the nonce proves, at
+  // every pull step, that the memory read is that of the process the nonce was handed to.
+  std::unique_ptr<TrainerMemory> memory;
+  std::string pull_nonce;
+  if (begin.pull() && options_.local_pull) {
+    auto opened = TrainerMemory::Open(caller.pid);
+    if (opened.ok()) {
+      memory = *std::move(opened);
+      pull_nonce = RandomHex128();
+    } else {
+      spdlog::info("PushLocal of version {}: no pull ({}); the trainer uses windows", version,
+                   std::string(opened.status().message()));
+    }
+  }
   v1::LocalPushReply reply;
   reply.mutable_begun()->set_version(version);
   reply.mutable_begun()->set_upload_token(token);
+  reply.mutable_begun()->set_pull_nonce(pull_nonce);
   for (const auto& [uuid, device] : ipc_gpus) reply.mutable_begun()->add_ipc_gpus(uuid);
   if (!stream->Write(reply)) return grpc::Status(grpc::StatusCode::CANCELLED, "stream broke");
   watch.Touch();
@@ -378,6 +396,7 @@ grpc::Status TrainerService::RunLocalPush(
   uint64_t windows = 0;
   uint64_t ipc_steps = 0;
   uint64_t ipc_bytes = 0;
+  uint64_t pull_steps = 0;
   v1::LocalPushRequest message;
   while (stream->Read(&message)) {
     watch.Touch();
@@ -406,6 +425,22 @@ grpc::Status TrainerService::RunLocalPush(
       watch.Touch();
       reply.Clear();
       reply.set_windows_done(windows);
+      if (!stream->Write(reply)) break;  // the trainer went away: aborted below
+      continue;
+    }
+    if (message.step_case() == v1::LocalPushRequest::kPull) {
+      auto cancelled_or_alive = [&] {
+        watch.Touch();
+        return context->IsCancelled();
+      };
+      v1::LocalPushPulled pulled;
+      absl::Status st = PullStep(message.pull(), manifest, memory.get(), pull_nonce, copier,
+                                 version, token, cancelled_or_alive, feed.get(), &pulled);
+      if (!st.ok()) return fail(Annotate(st, absl::StrCat("pull step ", pull_steps)));
+      pulled.set_steps(++pull_steps);
+      watch.Touch();
+      reply.Clear();
+      *reply.mutable_pulled() = pulled;
       if (!stream->Write(reply)) break;  // the trainer went away: aborted below
       continue;
     }
@@ -534,6 +569,49 @@ absl::Status TrainerService::CopyIpcStep(const v1::LocalPushIpc& ipc, const v1::
   }
   lease->AddIpcBytes(bytes);
   *ipc_bytes += bytes;
+  return absl::OkStatus();
+}
+
+absl::Status TrainerService::PullStep(const v1::LocalPushPull& pull, const v1::Manifest& manifest,
+                                      const TrainerMemory* memory, const std::string& nonce,
+                                      LocalPushCopier& copier, uint64_t version,
+                                      const std::string& token,
+                                      const std::function<bool()>& cancelled, PushFeed* feed,
+                                      v1::LocalPushPulled* pulled) {
+  if (memory == nullptr) {
+    return absl::FailedPreconditionError(
+        "this daemon reads none of the trainer's memory (begun.pull_nonce is empty: local_pull "
+        "is off, begin did not offer it, or the platform lacks pidfd_open); send those tensors "
+        "in windows");
+  }
+  ASSIGN_OR_RETURN(std::vector<PullPart> parts, PullParts(pull, manifest));
+  absl::Status proof = memory->CheckNonce(pull.nonce_address(), nonce);
+  if (parts.empty()) {
+    // A probe: whether the daemon can read the trainer at all. It never fails the push.
+    pulled->set_ok(proof.ok());
+    if (!proof.ok()) pulled->set_why(std::string(proof.message()));
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(proof);
+  std::vector<uint32_t> tensors;
+  for (const PullPart& p : parts) tensors.push_back(p.tensor);
+  RETURN_IF_ERROR(copier.ClaimWhole(tensors));
+  ASSIGN_OR_RETURN(std::unique_ptr<VersionStore::WriteLease> lease,
+                   store_->OpenWriter(version, token));
+  std::vector<uint8_t*> dst;
+  dst.reserve(parts.size());
+  for (const PullPart& p : parts) dst.push_back(lease->data(static_cast<int>(p.tensor)));
+  std::vector<uint64_t> xxh3;
+  RETURN_IF_ERROR(PullTensors(*memory, parts, dst, manifest, options_.local_copy_threads,
+                              kWindowPieceBytes, cancelled, &xxh3,
+                              [&parts, feed](size_t k, uint64_t x) {
+                                if (feed != nullptr) feed->MarkReady(parts[k].tensor, x);
+                              }));
+  for (size_t k = 0; k < parts.size(); ++k) {
+    RETURN_IF_ERROR(lease->MarkReceived(static_cast<int>(parts[k].tensor), 0, parts[k].bytes));
+    copier.CompleteClaimed(parts[k].tensor, xxh3[k]);
+  }
+  pulled->set_ok(true);
   return absl::OkStatus();
 }
 

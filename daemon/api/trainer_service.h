@@ -11,6 +11,7 @@
 #include "absl/time/time.h"
 #include "daemon/api/attach_socket.h"
 #include "daemon/api/auth.h"
+#include "daemon/api/local_pull.h"
 #include "daemon/api/local_push.h"
 #include "daemon/api/stream_watchdog.h"
 #include "daemon/store/file_loader.h"
@@ -49,6 +50,9 @@ class TrainerService final : public v1::Trainer::Service {
     // (UpdateEngine::StartOverlapped). Null: never. Must outlive the service.
     UpdateEngine* engine = nullptr;
     bool auto_update = false;
+    // Config local_pull: a local trainer's host tensors may be read straight out of its memory
+    // (PushLocal's pull steps, process_vm_readv) instead of through its windows.
+    bool local_pull = true;
   };
 
   // Every call needs the trainer role (`auth`); the caller's name is the per-client key of the
@@ -138,6 +142,15 @@ class TrainerService final : public v1::Trainer::Service {
                            uint64_t version, const std::string& token,
                            const std::function<bool()>& cancelled, uint64_t* ipc_bytes,
                            PushFeed* feed);
+  // One pull step of a local push: checks its tensors and the nonce (`memory` null: the daemon
+  // offered no pull), claims the tensors in `copier`, reads them from the trainer's memory into
+  // the version and records their checksums; a step without tensors is a probe (`pulled->ok`).
+  // `feed` (may be null) hears of each tensor as it is in.
+  absl::Status PullStep(const v1::LocalPushPull& pull, const v1::Manifest& manifest,
+                        const TrainerMemory* memory, const std::string& nonce,
+                        LocalPushCopier& copier, uint64_t version, const std::string& token,
+                        const std::function<bool()>& cancelled, PushFeed* feed,
+                        v1::LocalPushPulled* pulled);
   // The part of PushLocal after its first message: begins the version, copies the windows,
   // commits. Aborts the version on any failure.
   grpc::Status RunLocalPush(

@@ -98,6 +98,10 @@ const std::vector<ConfigKey>& ConfigKeys() {
        "cuda backend: copy local trainers' CUDA tensors straight from their GPU memory (CUDA IPC); "
        "false: the trainers copy them into shared-memory windows themselves",
        "true"},
+      {"local_pull",
+       "read local trainers' host tensors straight out of their memory (process_vm_readv, one "
+       "copy); false: the trainers copy them into shared-memory windows",
+       "true"},
       {"update_on_attach",
        "send the newest committed version to a worker when it attaches (auto: as auto_update)",
        "auto"},
@@ -238,10 +242,11 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     }
     config.allowed_uids = std::move(uids);
   } else if (key == "auto_update" || key == "insecure_tcp" || key == "insecure_peers" ||
-             key == "gpu_ipc_push") {
+             key == "gpu_ipc_push" || key == "local_pull") {
     bool& flag = key == "auto_update"    ? config.auto_update
                  : key == "insecure_tcp" ? config.insecure_tcp
                  : key == "gpu_ipc_push" ? config.gpu_ipc_push
+                 : key == "local_pull"   ? config.local_pull
                                          : config.insecure_peers;
     if (value == "true") {
       flag = true;
@@ -556,6 +561,7 @@ std::string DescribeConfig(const Config& config) {
       " state_dir=", config.ResolvedStateDir().empty() ? "none" : config.ResolvedStateDir(),
       " auto_update=", config.auto_update ? "true" : "false",
       " gpu_ipc_push=", config.gpu_ipc_push ? "true" : "false",
+      " local_pull=", config.local_pull ? "true" : "false",
       " update_on_attach=", config.UpdateOnAttach() ? "true" : "false",
       " on_update_failure=", config.resend_previous_on_failure ? "previous" : "keep",
       " tls_cert=", config.tls_cert.empty() ? "none" : config.tls_cert,

@@ -76,6 +76,8 @@ struct Config {
   bool auto_update = false;
   // cuda backend: copy local trainers' CUDA tensors from their GPU memory (PushLocal's ipc step).
   bool gpu_ipc_push = true;
+  // Read local trainers' host tensors out of their memory (PushLocal's pull steps).
+  bool local_pull = true;
   // Send the newest committed version to a worker when it attaches; unset ("auto"): as auto_update.
   std::optional<bool> update_on_attach;
   bool UpdateOnAttach() const { return update_on_attach.value_or(auto_update); }

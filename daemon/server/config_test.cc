@@ -69,6 +69,9 @@ TEST_CASE("SetConfigValue parses every key and names the key on bad values") {
   CHECK(c.gpu_ipc_push);
   REQUIRE(SetConfigValue(c, "gpu_ipc_push", "false").ok());
   CHECK_FALSE(c.gpu_ipc_push);
+  CHECK(c.local_pull);
+  REQUIRE(SetConfigValue(c, "local_pull", "false").ok());
+  CHECK_FALSE(c.local_pull);
 
   struct Bad {
     const char* key;
@@ -89,7 +92,8 @@ TEST_CASE("SetConfigValue parses every key and names the key on bad values") {
                                 {"ack_timeout", "10ms"},
                                 {"allowed_uids", "root"},
                                 {"auto_update", "yes"},
-                                {"gpu_ipc_push", "on"}}) {
+                                {"gpu_ipc_push", "on"},
+                                {"local_pull", "1"}}) {
     INFO(b.key << " = " << b.value);
     Config before = c;
     absl::Status s = SetConfigValue(c, b.key, b.value);

@@ -257,6 +257,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   trainer_options.push_idle_timeout = config.staging_timeout;
   trainer_options.engine = d->engine_.get();
   trainer_options.auto_update = config.auto_update;
+  trainer_options.local_pull = config.local_pull;
   if (d->backend_ == BackendKind::kCuda && config.gpu_ipc_push) {
     // Local trainers' CUDA tensors are copied straight from their GPU memory (PushLocal's ipc
     // step). Without it they copy them into windows themselves: slower, nothing else lost.

@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -319,6 +320,106 @@ TEST_CASE("PushLocal: a good stream commits the window's bytes; later writes cha
   CHECK(got.manifest().tensors(0).xxh3() == Xxh3(a));
   CHECK(got.manifest().tensors(1).xxh3() == Xxh3(b));
   CHECK(d.Status().staging_versions() == 0);
+}
+
+TEST_CASE("PushLocal pull steps: the daemon reads only the stream's own process, checked") {
+  Daemon d;
+  const std::string a = Bytes(4096, 1), b = Bytes(1000, 2);
+  v1::Manifest m;
+  *m.add_tensors() = Spec("a", a);
+  *m.add_tensors() = Spec("b", b);
+  for (auto& t : *m.mutable_tensors()) t.clear_xxh3();
+  auto address = [](const std::string& s) { return reinterpret_cast<uint64_t>(s.data()); };
+  auto step = [](uint64_t nonce_at, std::vector<std::pair<uint32_t, uint64_t>> tensors) {
+    v1::LocalPushPull p;
+    p.set_nonce_address(nonce_at);
+    for (auto [t, at] : tensors) {
+      v1::PullTensor* pt = p.add_tensors();
+      pt->set_tensor(t);
+      pt->set_address(at);
+    }
+    return p;
+  };
+  SECTION("a good pull commits the bytes read from this process, with the daemon's checksums") {
+    LocalStream ls(d);
+    ls.pull = true;
+    v1::LocalPushBegun begun;
+    const uint64_t version = ls.Begin(m, {}, &begun);
+    REQUIRE(version > 0);
+    const std::string nonce = begun.pull_nonce();
+    REQUIRE(nonce.size() == 32);
+    // A probe with the wrong nonce address: not ok, and the push goes on.
+    const std::string elsewhere(32, 'x');
+    auto probe = ls.Pull(step(address(elsewhere), {}));
+    REQUIRE(probe.has_value());
+    CHECK_FALSE(probe->ok());
+    CHECK(Contains(probe->why(), "the pull's nonce is not at"));
+    probe = ls.Pull(step(address(nonce), {}));
+    REQUIRE(probe.has_value());
+    CHECK(probe->ok());
+    CHECK(probe->steps() == 2);
+    auto pulled = ls.Pull(step(address(nonce), {{0, address(a)}}));
+    REQUIRE(pulled.has_value());
+    CHECK(pulled->ok());
+    // b in a window; a may not come again, in a window or a pull.
+    ScopedFd w = MemfdWith(b);
+    REQUIRE(ls.Window({w.get()}, {{1, 0, 1000}}));
+    auto info = ls.Commit({0, Xxh3(b)});
+    REQUIRE(info.has_value());
+    CHECK(ls.Finish().ok());
+    v1::GetVersionResponse got;
+    REQUIRE(d.Get(version, &got).ok());
+    CHECK(got.manifest().tensors(0).xxh3() == Xxh3(a));
+    CHECK(got.manifest().tensors(1).xxh3() == Xxh3(b));
+  }
+  SECTION("refused: no pull offered, a wrong nonce, memory not mapped, a tensor twice") {
+    struct Case {
+      bool offer;
+      std::function<v1::LocalPushPull(const std::string& nonce)> make;
+      grpc::StatusCode code;
+      std::string needle;
+    };
+    const std::string wrong(32, 'y');
+    std::vector<Case> cases = {
+        {false, [&](const std::string&) { return step(address(wrong), {{0, address(a)}}); },
+         grpc::StatusCode::FAILED_PRECONDITION, "this daemon reads none of the trainer's memory"},
+        {true, [&](const std::string&) { return step(address(wrong), {{0, address(a)}}); },
+         grpc::StatusCode::PERMISSION_DENIED, "the pull's nonce is not at"},
+        {true, [&](const std::string& n) { return step(address(n), {{0, 4096}}); },
+         grpc::StatusCode::INVALID_ARGUMENT, "pulling tensor 'a' (4.0 KiB): 4096 bytes at 0x1000"},
+        {true,
+         [&](const std::string& n) { return step(address(n), {{0, address(a)}, {0, address(a)}}); },
+         grpc::StatusCode::INVALID_ARGUMENT, "'a' is already sent"},
+        {true, [&](const std::string& n) { return step(address(n), {{2, address(a)}}); },
+         grpc::StatusCode::INVALID_ARGUMENT, "index 2 is past the manifest's 2 tensors"},
+        {true, [&](const std::string& n) { return step(address(n), {{0, ~uint64_t{0} - 8}}); },
+         grpc::StatusCode::INVALID_ARGUMENT, "passes 2^64"},
+    };
+    for (size_t k = 0; k < cases.size(); ++k) {
+      INFO("case " << k);
+      LocalStream ls(d);
+      ls.pull = cases[k].offer;
+      v1::LocalPushBegun begun;
+      REQUIRE(ls.Begin(m, {}, &begun) > 0);
+      CHECK(begun.pull_nonce().empty() != cases[k].offer);
+      const std::string nonce = begun.pull_nonce();
+      CHECK_FALSE(ls.Pull(cases[k].make(nonce)).has_value());
+      RequireError(ls.Finish(), cases[k].code, cases[k].needle);
+    }
+    CHECK(d.Status().staging_versions() == 0);
+  }
+}
+
+TEST_CASE("PushLocal with local_pull off offers no pull") {
+  Daemon d({"--local-pull", "false"});
+  std::string a = Bytes(4096, 1);
+  v1::Manifest m;
+  *m.add_tensors() = Spec("a", a);
+  LocalStream ls(d);
+  ls.pull = true;
+  v1::LocalPushBegun begun;
+  REQUIRE(ls.Begin(m, {}, &begun) > 0);
+  CHECK(begun.pull_nonce().empty());
 }
 
 TEST_CASE("PushLocal on the host backend takes no GPU memory: ipc steps are refused") {

@@ -197,24 +197,35 @@ class PushTest(unittest.TestCase):
     def test_every_transport_is_bit_exact_and_says_which_it_took(self):
         state = mixed_state_dict()
         state["np.big"] = np.random.default_rng(1).integers(0, 255, 3 << 20, dtype=np.uint8)
-        for transport, window, expected in (("auto", 0, "local"), ("local", 1 << 20, "local"),
-                                            ("grpc", 0, "grpc")):
-            with self.subTest(transport=transport, window=window):
-                calls = []
-                version = self.client.push_state_dict(
-                    state, transport=transport, window_bytes=window,
-                    progress=lambda d, t: calls.append(d))
-                self.assertEqual(self.client.last_push["version"], version)
-                self.assertEqual(self.client.last_push["transport"], expected)
-                shown = self.show(version)
-                self.assertEqual(shown["transport"], expected)
-                self.assertEqual(ce.get_version(self.client, version)["transport"], expected)
-                for t in shown["tensors"]:
-                    self.assertEqual(t["xxh3"], xxh3(raw_bytes(state[t["name"]])), t["name"])
-                self.assertEqual(calls, sorted(calls))
-                if window:
-                    self.assertGreaterEqual(len(calls), 4)  # 4+ MiB in 1 MiB windows
-                ce.drop_version(self.client, version)
+        # The daemon reads host tensors out of this process (pull steps), or, with local_pull off,
+        # this process copies them into its windows.
+        windows_daemon = Daemon(extra_args=("--local-pull", "false"))
+        windows_client = ce.Client(socket=windows_daemon.socket)
+        try:
+            for pulled, transport, window, expected in (
+                    (True, "auto", 0, "local"), (True, "local", 1 << 20, "local"),
+                    (False, "local", 1 << 20, "local"), (True, "grpc", 0, "grpc")):
+                with self.subTest(transport=transport, window=window, pulled=pulled):
+                    client = self.client if pulled else windows_client
+                    calls = []
+                    version = client.push_state_dict(
+                        state, transport=transport, window_bytes=window,
+                        progress=lambda d, t: calls.append(d))
+                    self.assertEqual(client.last_push["version"], version)
+                    self.assertEqual(client.last_push["transport"], expected)
+                    daemon = self.daemon if pulled else windows_daemon
+                    shown = json.loads(daemon.ctl("show", str(version), "--json").stdout)
+                    self.assertEqual(shown["transport"], expected)
+                    self.assertEqual(ce.get_version(client, version)["transport"], expected)
+                    for t in shown["tensors"]:
+                        self.assertEqual(t["xxh3"], xxh3(raw_bytes(state[t["name"]])), t["name"])
+                    self.assertEqual(calls, sorted(calls))
+                    if not pulled:
+                        self.assertGreaterEqual(len(calls), 4)  # 4+ MiB in 1 MiB windows
+                    ce.drop_version(client, version)
+        finally:
+            windows_client.close()
+            windows_daemon.stop()
 
     def test_bad_transport_options_are_refused(self):
         state = {"w": np.ones(4, np.float32)}

@@ -220,6 +220,7 @@ uint64_t LocalStream::Begin(const v1::Manifest& m, const std::vector<std::string
   *r.mutable_begin()->mutable_manifest() = m;
   for (const std::string& g : ipc_gpus) r.mutable_begin()->add_ipc_gpus(g);
   r.mutable_begin()->set_update(update);
+  r.mutable_begin()->set_pull(pull);
   v1::LocalPushReply reply;
   if (!stream->Write(r) || !stream->Read(&reply)) return 0;
   if (begun != nullptr) *begun = reply.begun();
@@ -258,6 +259,14 @@ bool LocalStream::Ipc(const v1::LocalPushIpc& ipc) {
   v1::LocalPushReply reply;
   return stream->Write(r) && stream->Read(&reply) &&
          reply.step_case() == v1::LocalPushReply::kIpcDone;
+}
+
+std::optional<v1::LocalPushPulled> LocalStream::Pull(const v1::LocalPushPull& pull) {
+  v1::LocalPushRequest r;
+  *r.mutable_pull() = pull;
+  v1::LocalPushReply reply;
+  if (!stream->Write(r) || !stream->Read(&reply) || !reply.has_pulled()) return std::nullopt;
+  return reply.pulled();
 }
 
 std::optional<v1::VersionInfo> LocalStream::Commit(const std::vector<uint64_t>& xxh3) {

@@ -66,6 +66,7 @@ struct LocalStream {
   uint64_t Begin(const v1::Manifest& m, const std::vector<std::string>& ipc_gpus,
                  v1::LocalPushBegun* begun);
   bool update = false;
+  bool pull = false;  // begin offers the trainer's host tensors to be read from its memory
 
   // Presents `fds` and sends a window naming them with `parts` (tensor, offset, bytes) and the
   // tensors it ends (`ended`: tensor, xxh3); true when the daemon answered windows_done.
@@ -76,6 +77,8 @@ struct LocalStream {
 
   // Sends an ipc step; true when the daemon answered ipc_done.
   bool Ipc(const v1::LocalPushIpc& ipc);
+  // Sends a pull step; the daemon's answer, or nullopt when the stream ended.
+  std::optional<v1::LocalPushPulled> Pull(const v1::LocalPushPull& pull);
 
   // Sends commit with `xxh3`; the committed info, or nullopt when the stream ended.
   std::optional<v1::VersionInfo> Commit(const std::vector<uint64_t>& xxh3);

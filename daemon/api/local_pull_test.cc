@@ -1,0 +1,159 @@
+#include "daemon/api/local_pull.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace ckpt::daemon {
+namespace {
+
+bool Contains(absl::string_view s, absl::string_view needle) {
+  return s.find(needle) != absl::string_view::npos;
+}
+
+v1::Manifest Sized(const std::vector<uint64_t>& sizes) {
+  v1::Manifest m;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    v1::TensorSpec* t = m.add_tensors();
+    t->set_name("t" + std::to_string(i));
+    t->set_dtype(v1::DTYPE_UINT8);
+    t->add_shape(static_cast<int64_t>(sizes[i]));
+    t->set_byte_size(sizes[i]);
+  }
+  return m;
+}
+
+std::string Random(size_t n, uint32_t seed) {
+  std::string s(n, '\0');
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (char& c : s) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    c = static_cast<char>(x);
+  }
+  return s;
+}
+
+uint64_t Address(const void* p) { return reinterpret_cast<uint64_t>(p); }
+
+TEST_CASE("PullParts: tensors of the manifest with bytes, addresses below 2^64") {
+  const v1::Manifest m = Sized({100, 0, 50});
+  auto refused = [&](std::vector<std::pair<uint32_t, uint64_t>> list, const std::string& needle) {
+    v1::LocalPushPull pull;
+    for (auto [t, a] : list) {
+      v1::PullTensor* p = pull.add_tensors();
+      p->set_tensor(t);
+      p->set_address(a);
+    }
+    auto parts = PullParts(pull, m);
+    INFO(parts.status().ToString());
+    CHECK(parts.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(Contains(parts.status().message(), needle));
+  };
+  refused({{3, 0}}, "pull tensor 0: index 3 is past the manifest's 3 tensors");
+  refused({{0, 8}, {1, 8}}, "pull tensor 1 ('t1') has no bytes to read");
+  refused({{2, ~uint64_t{0} - 10}}, "passes 2^64");
+  v1::LocalPushPull many;
+  for (size_t k = 0; k <= kMaxPullTensors; ++k) many.add_tensors()->set_tensor(0);
+  CHECK(Contains(PullParts(many, m).status().message(), "has 65537 tensors"));
+  v1::LocalPushPull ok;
+  ok.add_tensors()->set_tensor(2);
+  ok.mutable_tensors(0)->set_address(4096);
+  auto parts = PullParts(ok, m);
+  REQUIRE(parts.ok());
+  REQUIRE(parts->size() == 1);
+  CHECK((*parts)[0].tensor == 2);
+  CHECK((*parts)[0].address == 4096);
+  CHECK((*parts)[0].bytes == 50);
+  CHECK(PullParts(v1::LocalPushPull(), m)->empty());  // a probe
+}
+
+TEST_CASE("TrainerMemory reads another process's memory bit-exact, and names what it cannot") {
+  // A child holds the tensors; the parent reads them as the daemon would.
+  const std::string a = Random(5 << 20, 1), b = Random(1000, 2), nonce = "0123456789abcdef";
+  char* shared = static_cast<char*>(
+      ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(shared != MAP_FAILED);
+  int go[2];
+  REQUIRE(::pipe(go) == 0);
+  // The child's own copies (not pages shared with the parent), their addresses in `shared`.
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    std::string* ca = new std::string(a);
+    std::string* cb = new std::string(b);
+    std::string* cn = new std::string(nonce);
+    uint64_t addresses[3] = {Address(ca->data()), Address(cb->data()), Address(cn->data())};
+    std::memcpy(shared, addresses, sizeof addresses);
+    shared[100] = 1;
+    char x;
+    (void)!::read(go[0], &x, 1);
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  while (__atomic_load_n(&shared[100], __ATOMIC_SEQ_CST) == 0) ::usleep(1000);
+  uint64_t addresses[3];
+  std::memcpy(addresses, shared, sizeof addresses);
+
+  auto memory = TrainerMemory::Open(child);
+  REQUIRE(memory.ok());
+  CHECK((*memory)->Alive().ok());
+  CHECK((*memory)->CheckNonce(addresses[2], nonce).ok());
+  CHECK((*memory)->CheckNonce(addresses[2], "fedcba9876543210").code() ==
+        absl::StatusCode::kPermissionDenied);
+  // An address nothing is mapped at.
+  char byte;
+  absl::Status s = (*memory)->Read(8, &byte, 1);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(Contains(s.message(), "are not mapped readable"));
+
+  const v1::Manifest m = Sized({a.size(), b.size()});
+  std::vector<PullPart> parts = {{0, addresses[0], a.size()}, {1, addresses[1], b.size()}};
+  std::string got_a(a.size(), '\0'), got_b(b.size(), '\0');
+  std::vector<uint8_t*> dst = {reinterpret_cast<uint8_t*>(got_a.data()),
+                               reinterpret_cast<uint8_t*>(got_b.data())};
+  for (int threads : {1, 2}) {
+    INFO("threads " << threads);
+    std::fill(got_a.begin(), got_a.end(), '\0');
+    std::vector<uint64_t> xxh3;
+    std::vector<size_t> done;
+    REQUIRE(PullTensors(**memory, parts, dst, m, threads, 1 << 20, {}, &xxh3,
+                        [&](size_t k, uint64_t) { done.push_back(k); })
+                .ok());
+    CHECK(got_a == a);
+    CHECK(got_b == b);
+    CHECK(xxh3[0] == XXH3_64bits(a.data(), a.size()));
+    CHECK(xxh3[1] == XXH3_64bits(b.data(), b.size()));
+    CHECK(done.size() == 2);
+  }
+  // A tensor running past the child's mapping: refused naming it.
+  std::vector<PullPart> past = {{0, addresses[1], a.size()}};
+  std::vector<uint64_t> xxh3;
+  s = PullTensors(**memory, past, {dst[0]}, m, 1, 1 << 20, {}, &xxh3, {});
+  CHECK_FALSE(s.ok());
+  CHECK(Contains(s.message(), "pulling tensor 't0'"));
+  // Cancelled between pieces.
+  s = PullTensors(**memory, parts, dst, m, 1, 1 << 20, [] { return true; }, &xxh3, {});
+  CHECK(s.code() == absl::StatusCode::kCancelled);
+
+  // The child exits: nothing more is read from that pid.
+  REQUIRE(::write(go[1], "x", 1) == 1);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK((*memory)->Alive().code() == absl::StatusCode::kAborted);
+  CHECK_FALSE((*memory)->CheckNonce(addresses[2], nonce).ok());
+  ::close(go[1]);
+  ::munmap(shared, 4096);
+  CHECK(TrainerMemory::Open(child).status().code() == absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace ckpt::daemon
