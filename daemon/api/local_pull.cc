@@ -22,6 +22,11 @@ namespace ckpt::daemon {
 namespace {
 
 constexpr uint64_t kEarlyBytes = uint64_t{256} << 20;
+// Tensors smaller than this are read in batches (one process_vm_readv and one liveness check for
+// up to kBatchBytes in up to kBatchTensors tensors), so that many small tensors cost few calls.
+constexpr uint64_t kSmallBytes = uint64_t{1} << 20;
+constexpr uint64_t kBatchBytes = uint64_t{8} << 20;
+constexpr size_t kBatchTensors = 512;  // below IOV_MAX (1024)
 
 }  // namespace
 
@@ -65,23 +70,41 @@ absl::Status TrainerMemory::Read(uint64_t address, void* dst, uint64_t n) const 
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) {
       const int e = got < 0 ? errno : EFAULT;  // 0 bytes: nothing readable there
-      const std::string where =
-          absl::StrFormat("%d bytes at 0x%x of the trainer's memory (pid %d)", n - done,
-                          address + done, pid_);
+      const std::string where = absl::StrFormat("%d bytes at 0x%x of the trainer's memory (pid %d)",
+                                                n - done, address + done, pid_);
       if (e == EFAULT) {
         return absl::InvalidArgumentError(absl::StrCat(where, " are not mapped readable"));
       }
       if (e == ESRCH) return absl::AbortedError(absl::StrCat(where, ": the trainer is gone"));
       if (e == EPERM) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            where, ": the daemon may not read it (process_vm_readv: EPERM; it needs the "
-                   "trainer's uid or CAP_SYS_PTRACE, and Yama's ptrace_scope)"));
+        return absl::FailedPreconditionError(
+            absl::StrCat(where,
+                         ": the daemon may not read it (process_vm_readv: EPERM; it needs the "
+                         "trainer's uid or CAP_SYS_PTRACE, and Yama's ptrace_scope)"));
       }
       return absl::InternalError(absl::StrCat(where, ": process_vm_readv: ", std::strerror(e)));
     }
     done += static_cast<uint64_t>(got);
   }
   return absl::OkStatus();
+}
+
+bool TrainerMemory::ReadAll(const std::vector<Range>& ranges) const {
+  std::vector<iovec> local, remote;
+  local.reserve(ranges.size());
+  remote.reserve(ranges.size());
+  uint64_t total = 0;
+  for (const Range& r : ranges) {
+    local.push_back({r.dst, static_cast<size_t>(r.bytes)});
+    remote.push_back(
+        {reinterpret_cast<void*>(static_cast<uintptr_t>(r.address)), static_cast<size_t>(r.bytes)});
+    total += r.bytes;  // callers keep it under kBatchBytes
+  }
+  ssize_t got;
+  do {
+    got = ::process_vm_readv(pid_, local.data(), local.size(), remote.data(), remote.size(), 0);
+  } while (got < 0 && errno == EINTR);
+  return got >= 0 && static_cast<uint64_t>(got) == total;
 }
 
 absl::Status TrainerMemory::CheckNonce(uint64_t address, const std::string& nonce) const {
@@ -144,8 +167,26 @@ absl::Status PullTensors(const TrainerMemory& memory, const std::vector<PullPart
     if (early_x != early_y) return early_x;
     return early_x && x > y;
   });
+  // Work items: a tensor streamed piece by piece, or a batch of small tensors read at once.
+  std::vector<std::vector<size_t>> items;
+  uint64_t batch_bytes = 0;
+  for (size_t k : order) {
+    const bool small = parts[k].bytes < kSmallBytes;
+    const bool join = small && !items.empty() && items.back().size() < kBatchTensors &&
+                      parts[items.back().front()].bytes < kSmallBytes &&
+                      batch_bytes + parts[k].bytes <= kBatchBytes;
+    if (!join) {
+      items.emplace_back();
+      batch_bytes = 0;
+    }
+    items.back().push_back(k);
+    batch_bytes += parts[k].bytes;
+  }
   std::atomic<size_t> next{0};
   FirstFailure failure;
+  auto name_of = [&](size_t k) -> const std::string& {
+    return manifest.tensors(static_cast<int>(parts[k].tensor)).name();
+  };
   auto lane = [&] {
     struct Deleter {
       void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
@@ -155,15 +196,47 @@ absl::Status PullTensors(const TrainerMemory& memory, const std::vector<PullPart
       failure.Record(absl::ResourceExhaustedError("no memory for a hash state"));
       return;
     }
-    for (size_t j = next.fetch_add(1); j < order.size() && !failure.stopped();
+    std::vector<TrainerMemory::Range> ranges;
+    for (size_t j = next.fetch_add(1); j < items.size() && !failure.stopped();
          j = next.fetch_add(1)) {
-      const size_t k = order[j];
+      const std::vector<size_t>& item = items[j];
+      if (cancelled && cancelled()) {
+        failure.Record(absl::CancelledError(
+            "the push was cancelled during the pull (the trainer went away, or its stream "
+            "stayed idle for push_idle_timeout)"));
+        return;
+      }
+      if (item.size() > 1 || parts[item[0]].bytes < kSmallBytes) {
+        ranges.clear();
+        for (size_t k : item) ranges.push_back({parts[k].address, dst[k], parts[k].bytes});
+        if (!memory.ReadAll(ranges)) {
+          // Short or failed: tensor by tensor, for the error that names the right one.
+          for (size_t k : item) {
+            absl::Status read = memory.Read(parts[k].address, dst[k], parts[k].bytes);
+            if (!read.ok()) {
+              failure.Record(Annotate(read, absl::StrCat("pulling tensor '", name_of(k), "' (",
+                                                         FormatBytes(parts[k].bytes), ")")));
+              return;
+            }
+          }
+        }
+        // Read while the trainer lived: its own memory (see the header comment).
+        if (absl::Status alive = memory.Alive(); !alive.ok()) {
+          failure.Record(Annotate(alive, absl::StrCat("pulling tensor '", name_of(item[0]), "'")));
+          return;
+        }
+        for (size_t k : item) {
+          (*xxh3)[k] = XXH3_64bits(dst[k], static_cast<size_t>(parts[k].bytes));
+          if (done) done(k, (*xxh3)[k]);
+        }
+        continue;
+      }
+      const size_t k = item[0];
       const PullPart& p = parts[k];
-      const std::string& name = manifest.tensors(static_cast<int>(p.tensor)).name();
       (void)XXH3_64bits_reset(state.get());
       for (uint64_t at = 0; at < p.bytes; at += piece_bytes) {
         if (failure.stopped()) return;
-        if (cancelled && cancelled()) {
+        if (at > 0 && cancelled && cancelled()) {
           failure.Record(absl::CancelledError(
               "the push was cancelled during the pull (the trainer went away, or its stream "
               "stayed idle for push_idle_timeout)"));
@@ -172,7 +245,7 @@ absl::Status PullTensors(const TrainerMemory& memory, const std::vector<PullPart
         const uint64_t n = std::min(piece_bytes, p.bytes - at);
         absl::Status read = memory.Read(p.address + at, dst[k] + at, n);
         if (!read.ok()) {
-          failure.Record(Annotate(read, absl::StrCat("pulling tensor '", name, "' (",
+          failure.Record(Annotate(read, absl::StrCat("pulling tensor '", name_of(k), "' (",
                                                      FormatBytes(p.bytes), ")")));
           return;
         }
@@ -180,14 +253,14 @@ absl::Status PullTensors(const TrainerMemory& memory, const std::vector<PullPart
       }
       // Read while the trainer lived: its own memory (see the header comment).
       if (absl::Status alive = memory.Alive(); !alive.ok()) {
-        failure.Record(Annotate(alive, absl::StrCat("pulling tensor '", name, "'")));
+        failure.Record(Annotate(alive, absl::StrCat("pulling tensor '", name_of(k), "'")));
         return;
       }
       (*xxh3)[k] = XXH3_64bits_digest(state.get());
       if (done) done(k, (*xxh3)[k]);
     }
   };
-  RunOnThreads(std::max(1, std::min<int>(threads, static_cast<int>(order.size()))), lane);
+  RunOnThreads(std::max(1, std::min<int>(threads, static_cast<int>(items.size()))), lane);
   return failure.status();
 }
 

@@ -43,6 +43,14 @@ class TrainerMemory {
   // mapped readable there (EFAULT), FAILED_PRECONDITION when the daemon may not read that process
   // (EPERM), ABORTED when it is gone (ESRCH).
   absl::Status Read(uint64_t address, void* dst, uint64_t n) const;
+  // Several ranges in one call (at most IOV_MAX, under 2 GiB in all): true when every byte came
+  // (otherwise Read each, for the error).
+  struct Range {
+    uint64_t address = 0;
+    uint8_t* dst = nullptr;
+    uint64_t bytes = 0;
+  };
+  bool ReadAll(const std::vector<Range>& ranges) const;
   // Reads nonce.size() bytes at `address`: OK when they are `nonce`, PERMISSION_DENIED when not
   // (the stream's process is not the one that holds the nonce), else as Read; then Alive.
   absl::Status CheckNonce(uint64_t address, const std::string& nonce) const;
@@ -72,8 +80,9 @@ absl::StatusOr<std::vector<PullPart>> PullParts(const v1::LocalPushPull& pull,
 
 // Copies part k from `memory` into dst[k] with up to `threads` threads, each streaming whole
 // tensors (the largest of at least 256 MiB first, then in the order given) in reads of at most
-// `piece_bytes`, hashing each piece (XXH3-64) right after reading it, while it is in cache. After
-// a tensor's last piece, checks the process is still alive, then stores its checksum in
+// `piece_bytes`, hashing each piece (XXH3-64) right after reading it, while it is in cache;
+// tensors under 1 MiB go in batches (one read of up to 8 MiB in up to 512 tensors). After a
+// tensor's (or batch's) last read, checks the process is still alive, then stores each checksum in
 // (*xxh3)[k] and calls `done(k, xxh3)` (may be empty). `cancelled` (may be empty) is polled
 // between pieces. The first error stops the rest (CANCELLED, or Read's, naming the tensor).
 absl::Status PullTensors(const TrainerMemory& memory, const std::vector<PullPart>& parts,

@@ -125,9 +125,10 @@ TEST_CASE("TrainerMemory reads another process's memory bit-exact, and names wha
     std::fill(got_a.begin(), got_a.end(), '\0');
     std::vector<uint64_t> xxh3;
     std::vector<size_t> done;
-    REQUIRE(PullTensors(**memory, parts, dst, m, threads, 1 << 20, {}, &xxh3,
-                        [&](size_t k, uint64_t) { done.push_back(k); })
-                .ok());
+    REQUIRE(
+        PullTensors(**memory, parts, dst, m, threads, 1 << 20, {}, &xxh3, [&](size_t k, uint64_t) {
+          done.push_back(k);
+        }).ok());
     CHECK(got_a == a);
     CHECK(got_b == b);
     CHECK(xxh3[0] == XXH3_64bits(a.data(), a.size()));
@@ -153,6 +154,63 @@ TEST_CASE("TrainerMemory reads another process's memory bit-exact, and names wha
   ::close(go[1]);
   ::munmap(shared, 4096);
   CHECK(TrainerMemory::Open(child).status().code() == absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("PullTensors reads many small tensors in batches, bit-exact, naming one that fails") {
+  constexpr size_t kCount = 1100;  // more than two batches of 512
+  std::vector<std::string> want;
+  for (size_t i = 0; i < kCount; ++i) want.push_back(Random(1 + (i * 37) % 3000, 10 + i));
+  const size_t shared_bytes = 8 * (kCount + 1);
+  uint64_t* shared = static_cast<uint64_t*>(
+      ::mmap(nullptr, shared_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(shared != MAP_FAILED);
+  int go[2];
+  REQUIRE(::pipe(go) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    for (size_t i = 0; i < kCount; ++i) shared[i] = Address((new std::string(want[i]))->data());
+    __atomic_store_n(&shared[kCount], 1, __ATOMIC_SEQ_CST);
+    char x;
+    (void)!::read(go[0], &x, 1);
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  while (__atomic_load_n(&shared[kCount], __ATOMIC_SEQ_CST) == 0) ::usleep(1000);
+  auto memory = TrainerMemory::Open(child);
+  REQUIRE(memory.ok());
+  std::vector<uint64_t> sizes;
+  for (const std::string& w : want) sizes.push_back(w.size());
+  const v1::Manifest m = Sized(sizes);
+  std::vector<PullPart> parts;
+  std::vector<std::string> got(kCount);
+  std::vector<uint8_t*> dst;
+  for (size_t i = 0; i < kCount; ++i) {
+    parts.push_back({static_cast<uint32_t>(i), shared[i], want[i].size()});
+    got[i].assign(want[i].size(), '\0');
+    dst.push_back(reinterpret_cast<uint8_t*>(got[i].data()));
+  }
+  std::vector<uint64_t> xxh3;
+  size_t done = 0;
+  REQUIRE(PullTensors(**memory, parts, dst, m, 2, 1 << 20, {}, &xxh3, [&](size_t, uint64_t) {
+            ++done;
+          }).ok());
+  CHECK(done == kCount);
+  size_t exact = 0;
+  for (size_t i = 0; i < kCount; ++i) {
+    exact += got[i] == want[i] && xxh3[i] == XXH3_64bits(want[i].data(), want[i].size());
+  }
+  CHECK(exact == kCount);
+  // One tensor of a batch at an address nothing is mapped at: the error names it.
+  parts[700].address = 4096;
+  absl::Status s = PullTensors(**memory, parts, dst, m, 1, 1 << 20, {}, &xxh3, {});
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(Contains(s.message(), "pulling tensor 't700'"));
+  REQUIRE(::write(go[1], "x", 1) == 1);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  ::close(go[1]);
+  ::munmap(shared, shared_bytes);
 }
 
 }  // namespace

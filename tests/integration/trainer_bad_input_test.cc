@@ -381,18 +381,35 @@ TEST_CASE("PushLocal pull steps: the daemon reads only the stream's own process,
     };
     const std::string wrong(32, 'y');
     std::vector<Case> cases = {
-        {false, [&](const std::string&) { return step(address(wrong), {{0, address(a)}}); },
+        {false,
+         [&](const std::string&) {
+           return step(address(wrong), {{0, address(a)}});
+         },
          grpc::StatusCode::FAILED_PRECONDITION, "this daemon reads none of the trainer's memory"},
-        {true, [&](const std::string&) { return step(address(wrong), {{0, address(a)}}); },
+        {true,
+         [&](const std::string&) {
+           return step(address(wrong), {{0, address(a)}});
+         },
          grpc::StatusCode::PERMISSION_DENIED, "the pull's nonce is not at"},
-        {true, [&](const std::string& n) { return step(address(n), {{0, 4096}}); },
+        {true,
+         [&](const std::string& n) {
+           return step(address(n), {{0, 4096}});
+         },
          grpc::StatusCode::INVALID_ARGUMENT, "pulling tensor 'a' (4.0 KiB): 4096 bytes at 0x1000"},
         {true,
-         [&](const std::string& n) { return step(address(n), {{0, address(a)}, {0, address(a)}}); },
+         [&](const std::string& n) {
+           return step(address(n), {{0, address(a)}, {0, address(a)}});
+         },
          grpc::StatusCode::INVALID_ARGUMENT, "'a' is already sent"},
-        {true, [&](const std::string& n) { return step(address(n), {{2, address(a)}}); },
+        {true,
+         [&](const std::string& n) {
+           return step(address(n), {{2, address(a)}});
+         },
          grpc::StatusCode::INVALID_ARGUMENT, "index 2 is past the manifest's 2 tensors"},
-        {true, [&](const std::string& n) { return step(address(n), {{0, ~uint64_t{0} - 8}}); },
+        {true,
+         [&](const std::string& n) {
+           return step(address(n), {{0, ~uint64_t{0} - 8}});
+         },
          grpc::StatusCode::INVALID_ARGUMENT, "passes 2^64"},
     };
     for (size_t k = 0; k < cases.size(); ++k) {

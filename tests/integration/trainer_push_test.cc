@@ -50,8 +50,8 @@ std::string Hex(uint64_t v) {
 struct Daemon : DaemonProcess {
   explicit Daemon(std::vector<std::string> extra = {})
       : DaemonProcess([&] {
-          std::vector<std::string> args = {"--backend", "host", "--host-memory-budget", "256MiB",
-                                           "--log-level", "warn"};
+          std::vector<std::string> args = {"--backend", "host",        "--host-memory-budget",
+                                           "256MiB",    "--log-level", "warn"};
           args.insert(args.end(), extra.begin(), extra.end());
           return args;
         }()) {
