@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -29,6 +30,33 @@ constexpr uint64_t kBatchBytes = uint64_t{8} << 20;
 constexpr size_t kBatchTensors = 512;  // below IOV_MAX (1024)
 
 }  // namespace
+
+bool MayPull(uid_t caller_uid, std::string* why) {
+  const uid_t me = ::geteuid();
+  if (caller_uid != me) {
+    *why = absl::StrCat("the trainer's uid ", caller_uid, " is not the daemon's (", me, ")");
+    return false;
+  }
+  if (me == 0) return true;  // root reading root: nothing it could not read itself
+  // CAP_SYS_PTRACE (bit 19) in the effective set would let the daemon read past the kernel's
+  // same-uid and dumpable checks.
+  std::FILE* f = std::fopen("/proc/self/status", "re");
+  if (f == nullptr) {
+    *why = "cannot read /proc/self/status for the daemon's capabilities";
+    return false;
+  }
+  char line[256];
+  unsigned long long eff = ~0ull;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::sscanf(line, "CapEff: %llx", &eff) == 1) break;
+  }
+  std::fclose(f);
+  if (eff & (1ull << 19)) {
+    *why = "the daemon holds CAP_SYS_PTRACE (it could read more than the trainer may)";
+    return false;
+  }
+  return true;
+}
 
 absl::StatusOr<std::unique_ptr<TrainerMemory>> TrainerMemory::Open(pid_t pid) {
 #ifdef SYS_pidfd_open
@@ -108,6 +136,10 @@ bool TrainerMemory::ReadAll(const std::vector<Range>& ranges) const {
 }
 
 absl::Status TrainerMemory::CheckNonce(uint64_t address, const std::string& nonce) const {
+  CheckedSum end;
+  if (!end.Add(address) || !end.Add(nonce.size())) {
+    return absl::InvalidArgumentError("the pull's nonce address passes 2^64");
+  }
   std::string got(nonce.size(), '\0');
   RETURN_IF_ERROR(Read(address, got.data(), got.size()));
   if (got != nonce) {

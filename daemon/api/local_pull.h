@@ -2,13 +2,15 @@
 // docs/local-push.md): the host tensors of a trainer on this node read straight out of the
 // trainer's memory with process_vm_readv, one copy into the version, each piece hashed as it lands.
 //
-// Whose memory: the process that opened the push's stream (its SO_PEERCRED pid). A pidfd taken at
-// begin pins that process: after every tensor the daemon checks it is still alive (a pid is reused
-// only once its process exited and was reaped, so reads made while it lives were of its memory),
-// and every step first reads, at the address the trainer names, the nonce the daemon chose at begin
-// (only the process it handed the nonce to holds it). So a trainer makes the daemon read only its
-// own memory; the kernel checks the rest (process_vm_readv needs PTRACE_MODE_ATTACH: the daemon's
-// own uid or CAP_SYS_PTRACE, and Yama's ptrace_scope).
+// Whose memory: the process that opened the push's stream (its SO_PEERCRED pid). The daemon pulls
+// only where it has no more rights over that process than the caller has (MayPull: the same uid
+// and no CAP_SYS_PTRACE, or root and root), so the kernel's check of every read
+// (PTRACE_MODE_ATTACH: same uids, dumpable, Yama's ptrace_scope) is the one the caller itself would
+// face: a trainer can have the daemon read only what it could read itself. On top, a pidfd taken at
+// begin pins the process (after every tensor the daemon checks it is still alive: a pid is reused
+// only once its process exited and was reaped), and every step first reads, at the address the
+// trainer names, the nonce the daemon chose at begin, so that the stream's driver proves it is that
+// process.
 //
 // Thread-safety: TrainerMemory's methods may be called from any thread.
 #ifndef CKPT_DAEMON_API_LOCAL_PULL_H_
@@ -60,6 +62,13 @@ class TrainerMemory {
   const pid_t pid_;
   const int pidfd_;
 };
+
+// Whether the daemon may read the memory of a caller of uid `caller_uid` without more rights over
+// it than the caller has itself: the caller has the daemon's own uid and the daemon holds no
+// CAP_SYS_PTRACE, or both are root. Otherwise (another uid, or CAP_SYS_PTRACE) a trainer could
+// have the daemon read a process it may not read itself: exec a setuid program under the same
+// pid, or a pid reused by another uid's process. `why` says why not.
+bool MayPull(uid_t caller_uid, std::string* why);
 
 // One tensor of a pull step, checked: its `bytes` (the manifest's byte_size, at least 1) at
 // `address` of the trainer's memory.

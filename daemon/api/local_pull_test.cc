@@ -44,6 +44,18 @@ std::string Random(size_t n, uint32_t seed) {
 
 uint64_t Address(const void* p) { return reinterpret_cast<uint64_t>(p); }
 
+TEST_CASE("MayPull: only a caller of the daemon's own uid, and never past CAP_SYS_PTRACE") {
+  std::string why;
+  CHECK_FALSE(MayPull(::geteuid() + 1, &why));
+  CHECK(Contains(why, "is not the daemon's"));
+  // Root reads root; a non-root daemon only without CAP_SYS_PTRACE (a test runner has none).
+  why.clear();
+  const bool same = MayPull(::geteuid(), &why);
+  INFO(why);
+  CHECK(same == (::geteuid() == 0 || why.empty()));
+  if (::geteuid() == 0) CHECK(same);
+}
+
 TEST_CASE("PullParts: tensors of the manifest with bytes, addresses below 2^64") {
   const v1::Manifest m = Sized({100, 0, 50});
   auto refused = [&](std::vector<std::pair<uint32_t, uint64_t>> list, const std::string& needle) {

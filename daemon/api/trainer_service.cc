@@ -372,13 +372,18 @@ grpc::Status TrainerService::RunLocalPush(
   std::unique_ptr<TrainerMemory> memory;
   std::string pull_nonce;
   if (begin.pull() && options_.local_pull) {
-    auto opened = TrainerMemory::Open(caller.pid);
-    if (opened.ok()) {
-      memory = *std::move(opened);
-      pull_nonce = RandomHex128();
-    } else {
-      spdlog::info("PushLocal of version {}: no pull ({}); the trainer uses windows", version,
-                   std::string(opened.status().message()));
+    std::string why;
+    if (MayPull(caller.uid, &why)) {
+      auto opened = TrainerMemory::Open(caller.pid);
+      if (opened.ok()) {
+        memory = *std::move(opened);
+        pull_nonce = RandomHex128();
+      } else {
+        why = std::string(opened.status().message());
+      }
+    }
+    if (memory == nullptr) {
+      spdlog::info("PushLocal of version {}: no pull ({}); the trainer uses windows", version, why);
     }
   }
   v1::LocalPushReply reply;
@@ -397,6 +402,7 @@ grpc::Status TrainerService::RunLocalPush(
   uint64_t ipc_steps = 0;
   uint64_t ipc_bytes = 0;
   uint64_t pull_steps = 0;
+  int pull_probes = 0;
   v1::LocalPushRequest message;
   while (stream->Read(&message)) {
     watch.Touch();
@@ -434,8 +440,9 @@ grpc::Status TrainerService::RunLocalPush(
         return context->IsCancelled();
       };
       v1::LocalPushPulled pulled;
-      absl::Status st = PullStep(message.pull(), manifest, memory.get(), pull_nonce, copier,
-                                 version, token, cancelled_or_alive, feed.get(), &pulled);
+      absl::Status st =
+          PullStep(message.pull(), manifest, memory.get(), pull_nonce, copier, version, token,
+                   cancelled_or_alive, feed.get(), &pull_probes, &pulled);
       if (!st.ok()) return fail(Annotate(st, absl::StrCat("pull step ", pull_steps)));
       pulled.set_steps(++pull_steps);
       watch.Touch();
@@ -494,9 +501,11 @@ grpc::Status TrainerService::RunLocalPush(
             "was told",
             version, caller.name);
       }
-      spdlog::info("version {}: {} in {} window(s) and {} from GPU memory by {} (local push)",
-                   version, FormatBytes(info->total_bytes() - ipc_bytes), windows,
-                   FormatBytes(ipc_bytes), caller.name);
+      spdlog::info(
+          "version {}: {} from host memory ({} window(s), {} pull step(s)) and {} from GPU memory "
+          "by {} (local push)",
+          version, FormatBytes(info->total_bytes() - ipc_bytes), windows, pull_steps,
+          FormatBytes(ipc_bytes), caller.name);
       return grpc::Status::OK;
     }
     return fail(absl::InvalidArgumentError(absl::StrCat(
@@ -577,7 +586,7 @@ absl::Status TrainerService::PullStep(const v1::LocalPushPull& pull, const v1::M
                                       LocalPushCopier& copier, uint64_t version,
                                       const std::string& token,
                                       const std::function<bool()>& cancelled, PushFeed* feed,
-                                      v1::LocalPushPulled* pulled) {
+                                      int* probes, v1::LocalPushPulled* pulled) {
   if (memory == nullptr) {
     return absl::FailedPreconditionError(
         "this daemon reads none of the trainer's memory (begun.pull_nonce is empty: local_pull "
@@ -585,11 +594,20 @@ absl::Status TrainerService::PullStep(const v1::LocalPushPull& pull, const v1::M
         "in windows");
   }
   ASSIGN_OR_RETURN(std::vector<PullPart> parts, PullParts(pull, manifest));
+  if (*probes > 0 && parts.empty()) {
+    return absl::InvalidArgumentError("a push probes whether the daemon can read it once");
+  }
   absl::Status proof = memory->CheckNonce(pull.nonce_address(), nonce);
   if (parts.empty()) {
-    // A probe: whether the daemon can read the trainer at all. It never fails the push.
+    // A probe: whether the daemon can read the trainer at all. It never fails the push, and says
+    // no more than yes or no (the detail goes to the log: no map of the trainer's memory).
+    ++*probes;
     pulled->set_ok(proof.ok());
-    if (!proof.ok()) pulled->set_why(std::string(proof.message()));
+    if (!proof.ok()) {
+      pulled->set_why("the daemon cannot read this process's memory (its log says why)");
+      spdlog::info("PushLocal of version {}: pull probe failed: {}", version,
+                   std::string(proof.message()));
+    }
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(proof);

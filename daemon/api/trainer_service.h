@@ -144,12 +144,13 @@ class TrainerService final : public v1::Trainer::Service {
                            PushFeed* feed);
   // One pull step of a local push: checks its tensors and the nonce (`memory` null: the daemon
   // offered no pull), claims the tensors in `copier`, reads them from the trainer's memory into
-  // the version and records their checksums; a step without tensors is a probe (`pulled->ok`).
+  // the version and records their checksums; a step without tensors is a probe (`pulled->ok`;
+  // one per push, counted in `*probes`).
   // `feed` (may be null) hears of each tensor as it is in.
   absl::Status PullStep(const v1::LocalPushPull& pull, const v1::Manifest& manifest,
                         const TrainerMemory* memory, const std::string& nonce,
                         LocalPushCopier& copier, uint64_t version, const std::string& token,
-                        const std::function<bool()>& cancelled, PushFeed* feed,
+                        const std::function<bool()>& cancelled, PushFeed* feed, int* probes,
                         v1::LocalPushPulled* pulled);
   // The part of PushLocal after its first message: begins the version, copies the windows,
   // commits. Aborts the version on any failure.
