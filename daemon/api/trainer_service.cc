@@ -620,9 +620,8 @@ absl::Status TrainerService::PullStep(const v1::LocalPushPull& pull, const v1::M
   dst.reserve(parts.size());
   for (const PullPart& p : parts) dst.push_back(lease->data(static_cast<int>(p.tensor)));
   std::vector<uint64_t> xxh3;
-  RETURN_IF_ERROR(PullTensors(*memory, parts, dst, manifest, options_.local_copy_threads,
-                              kWindowPieceBytes, cancelled, &xxh3,
-                              [&parts, feed](size_t k, uint64_t x) {
+  RETURN_IF_ERROR(PullTensors(*memory, parts, dst, manifest, options_.pull_lanes, kWindowPieceBytes,
+                              cancelled, &xxh3, [&parts, feed](size_t k, uint64_t x) {
                                 if (feed != nullptr) feed->MarkReady(parts[k].tensor, x);
                               }));
   for (size_t k = 0; k < parts.size(); ++k) {

@@ -53,6 +53,8 @@ class TrainerService final : public v1::Trainer::Service {
     // Config local_pull: a local trainer's host tensors may be read straight out of its memory
     // (PushLocal's pull steps, process_vm_readv) instead of through its windows.
     bool local_pull = true;
+    // Threads that read one pull step out of the trainer's memory.
+    int pull_lanes = 8;
   };
 
   // Every call needs the trainer role (`auth`); the caller's name is the per-client key of the

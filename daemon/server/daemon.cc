@@ -258,6 +258,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   trainer_options.engine = d->engine_.get();
   trainer_options.auto_update = config.auto_update;
   trainer_options.local_pull = config.local_pull;
+  // As the GPU lanes: one lane reads and hashes at about one core's streaming rate, so the pull
+  // takes up to 16 cores of a large host (at least load_threads).
+  trainer_options.pull_lanes = std::max(
+      config.load_threads, std::min(16, static_cast<int>(std::thread::hardware_concurrency())));
   if (d->backend_ == BackendKind::kCuda && config.gpu_ipc_push) {
     // Local trainers' CUDA tensors are copied straight from their GPU memory (PushLocal's ipc
     // step). Without it they copy them into windows themselves: slower, nothing else lost.
