@@ -94,6 +94,17 @@ struct Overlap {
       REQUIRE(worker->Ack(e->version, e->bucket).ok());
     }
   }
+  // The next event is VersionDone of `version`: answers it (the whole version loaded), then waits
+  // until the daemon's update of it succeeded; its outcome.
+  v1::UpdateOutcome Finish(uint64_t version) {
+    auto done = Next();
+    INFO(done.status().ToString());
+    REQUIRE(done.ok());
+    REQUIRE(done->kind == client::ConsumerEvent::Kind::kVersionDone);
+    CHECK(done->version == version);
+    REQUIRE(worker->Loaded(version, 3, 0).ok());
+    return AwaitUpdate(version, "succeeded");
+  }
   // Waits until the daemon's last update is `state` ("succeeded", "failed").
   v1::UpdateOutcome AwaitUpdate(uint64_t version, const std::string& state) {
     v1::UpdateOutcome last;
@@ -157,12 +168,7 @@ TEST_CASE(
   auto info = ls.Commit({Xxh3(t.a), Xxh3(t.b), Xxh3(t.c)});
   REQUIRE(info.has_value());
   CHECK(ls.Finish().ok());
-  auto done = o.Next();
-  REQUIRE(done.ok());
-  REQUIRE(done->kind == client::ConsumerEvent::Kind::kVersionDone);
-  CHECK(done->version == version);
-  REQUIRE(o.worker->Loaded(version, 3, t.a.size() + t.b.size() + t.c.size()).ok());
-  const v1::UpdateOutcome outcome = o.AwaitUpdate(version, "succeeded");
+  const v1::UpdateOutcome outcome = o.Finish(version);
   CHECK(outcome.trigger() == "push");
   CHECK(outcome.result().buckets() == 5);
   CHECK(o.Worker().loaded_version() == version);
@@ -191,11 +197,7 @@ TEST_CASE("push and update: the buckets go in the order their tensors come in") 
   o.ReceiveTensors(version, t.All(), {"a"});
   REQUIRE(ls.Commit({Xxh3(t.a), Xxh3(t.b), Xxh3(t.c)}).has_value());
   CHECK(ls.Finish().ok());
-  auto done = o.Next();
-  REQUIRE(done.ok());
-  REQUIRE(done->kind == client::ConsumerEvent::Kind::kVersionDone);
-  REQUIRE(o.worker->Loaded(version, 3, 0).ok());
-  o.AwaitUpdate(version, "succeeded");
+  o.Finish(version);
   CHECK(o.received == std::vector<std::string>{"b", "c", "a"});
 }
 
@@ -269,11 +271,7 @@ TEST_CASE(
   CHECK(again.Finish().ok());
   o.received.clear();
   o.ReceiveTensors(next, t.All(), {"a", "b", "c"});
-  auto done = o.Next();
-  REQUIRE(done.ok());
-  REQUIRE(done->kind == client::ConsumerEvent::Kind::kVersionDone);
-  REQUIRE(o.worker->Loaded(next, 3, 0).ok());
-  o.AwaitUpdate(next, "succeeded");
+  o.Finish(next);
   CHECK(o.Worker().loaded_version() == next);
   CHECK(o.Worker().mixed_version() == 0);
 }
@@ -300,11 +298,7 @@ TEST_CASE(
   CHECK(ls.Finish().ok());
   o.received.clear();
   o.ReceiveTensors(version, t.All(), {"a", "b", "c"});
-  auto done = o.Next();
-  REQUIRE(done.ok());
-  REQUIRE(done->kind == client::ConsumerEvent::Kind::kVersionDone);
-  REQUIRE(o.worker->Loaded(version, 3, 0).ok());
-  CHECK(o.AwaitUpdate(version, "succeeded").trigger() == "auto_update");
+  CHECK(o.Finish(version).trigger() == "auto_update");
   CHECK(o.Worker().loaded_version() == version);
   CHECK(o.Worker().mixed_version() == 0);
 }
@@ -328,11 +322,7 @@ TEST_CASE("push and update never sends a version older than one the worker was s
   REQUIRE(newer.Commit({Xxh3(t.a), Xxh3(t.b), Xxh3(t.c)}).has_value());
   CHECK(newer.Finish().ok());
   o.ReceiveTensors(v_new, t.All(), {"a", "b", "c"});
-  auto done = o.Next();
-  REQUIRE(done.ok());
-  REQUIRE(done->kind == client::ConsumerEvent::Kind::kVersionDone);
-  REQUIRE(o.worker->Loaded(v_new, 3, 0).ok());
-  o.AwaitUpdate(v_new, "succeeded");
+  o.Finish(v_new);
   // Now the older push arrives and commits: the worker is never sent it.
   REQUIRE(older.Window({w.get()}, parts, "", ended));
   REQUIRE(older.Commit({Xxh3(t.a), Xxh3(t.b), Xxh3(t.c)}).has_value());
