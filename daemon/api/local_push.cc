@@ -158,22 +158,22 @@ LocalPushCopier::LocalPushCopier(const v1::Manifest& manifest)
 
 LocalPushCopier::~LocalPushCopier() = default;
 
-absl::Status LocalPushCopier::ClaimWhole(const std::vector<uint32_t>& tensors) {
+absl::Status LocalPushCopier::ClaimWhole(const std::vector<uint32_t>& tensors, const char* step) {
   std::vector<uint64_t> next = next_;
   for (size_t k = 0; k < tensors.size(); ++k) {
     const uint32_t t = tensors[k];
     if (t >= next.size()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "ipc tensor ", k, ": index ", t, " is past the manifest's ", next.size(), " tensors"));
+          step, " tensor ", k, ": index ", t, " is past the manifest's ", next.size(), " tensors"));
     }
     const v1::TensorSpec& spec = manifest_.tensors(static_cast<int>(t));
     if (spec.byte_size() == 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("ipc tensor ", k, ": '", spec.name(), "' has no bytes to copy"));
+          absl::StrCat(step, " tensor ", k, ": '", spec.name(), "' has no bytes to copy"));
     }
     if (next[t] != 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("ipc tensor ", k, ": '", spec.name(), "' is ",
+          absl::StrCat(step, " tensor ", k, ": '", spec.name(), "' is ",
                        next[t] == spec.byte_size() ? "already sent" : "partly sent in windows",
                        " (a local push sends each tensor's bytes once)"));
     }

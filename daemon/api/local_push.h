@@ -124,7 +124,8 @@ class LocalPushCopier {
   // step): each must be in the manifest, have at least one byte, none of them in yet, and appear
   // once. INVALID_ARGUMENT naming the tensor; nothing is claimed then. Windows may not carry a
   // claimed tensor's bytes afterwards.
-  absl::Status ClaimWhole(const std::vector<uint32_t>& tensors);
+  // `step` names the step in errors ("ipc", "pull").
+  absl::Status ClaimWhole(const std::vector<uint32_t>& tensors, const char* step = "ipc");
   // A claimed tensor is in: its XXH3-64 of the bytes written.
   void CompleteClaimed(uint32_t tensor, uint64_t xxh3);
   // Whether tensor t was claimed (its checksum is the daemon's own: the trainer has none).

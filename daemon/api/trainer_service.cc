@@ -613,7 +613,7 @@ absl::Status TrainerService::PullStep(const v1::LocalPushPull& pull, const v1::M
   RETURN_IF_ERROR(proof);
   std::vector<uint32_t> tensors;
   for (const PullPart& p : parts) tensors.push_back(p.tensor);
-  RETURN_IF_ERROR(copier.ClaimWhole(tensors));
+  RETURN_IF_ERROR(copier.ClaimWhole(tensors, "pull"));
   ASSIGN_OR_RETURN(std::unique_ptr<VersionStore::WriteLease> lease,
                    store_->OpenWriter(version, token));
   std::vector<uint8_t*> dst;

@@ -396,7 +396,7 @@ TEST_CASE("PushLocal pull steps: the daemon reads only the stream's own process,
          [&](const std::string& n) {
            return step(address(n), {{0, address(a)}, {0, address(a)}});
          },
-         grpc::StatusCode::INVALID_ARGUMENT, "'a' is already sent"},
+         grpc::StatusCode::INVALID_ARGUMENT, "pull tensor 1: 'a' is already sent"},
         {true,
          [&](const std::string& n) {
            return step(address(n), {{2, address(a)}});
