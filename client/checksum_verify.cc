@@ -24,10 +24,7 @@ namespace {
 // another copy's fixed latency (~10 us, i.e. ~0.5 MB at D2H speed).
 constexpr uintptr_t kMaxGap = 64 << 10;
 
-struct FreeState {
-  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
-};
-using HashState = std::unique_ptr<XXH3_state_t, FreeState>;
+using HashState = Xxh3State;
 
 absl::Status Compare(const std::vector<TensorChecksum>& tensors,
                      const std::vector<uint64_t>& actual) {

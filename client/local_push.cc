@@ -174,10 +174,7 @@ namespace {
 // Bytes one thread copies at a time.
 constexpr uint64_t kFillStep = uint64_t{1} << 20;
 
-struct StateDeleter {
-  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
-};
-using HashState = std::unique_ptr<XXH3_state_t, StateDeleter>;
+using HashState = Xxh3State;
 
 // Copies the parts of `plan` from the tensors into `window`, one thread per lane, each lane's
 // parts in order, and hashes (XXH3-64) each piece right after copying it, while it is in cache:

@@ -11,4 +11,16 @@
 #include <xxh_x86dispatch.h>
 #endif
 
+#include <memory>
+
+namespace ckpt {
+
+// A streaming XXH3 state that frees itself (XXH3_createState: null when out of memory).
+struct Xxh3StateDeleter {
+  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
+};
+using Xxh3State = std::unique_ptr<XXH3_state_t, Xxh3StateDeleter>;
+
+}  // namespace ckpt
+
 #endif  // CKPT_COMMON_XXH3_H_

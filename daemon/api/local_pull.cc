@@ -220,10 +220,7 @@ absl::Status PullTensors(const TrainerMemory& memory, const std::vector<PullPart
     return manifest.tensors(static_cast<int>(parts[k].tensor)).name();
   };
   auto lane = [&] {
-    struct Deleter {
-      void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
-    };
-    std::unique_ptr<XXH3_state_t, Deleter> state(XXH3_createState());
+    Xxh3State state(XXH3_createState());
     if (state == nullptr) {
       failure.Record(absl::ResourceExhaustedError("no memory for a hash state"));
       return;

@@ -140,10 +140,7 @@ absl::Status CheckPartsInOrder(const std::vector<WindowPart>& parts, const v1::M
 }
 
 struct LocalPushCopier::State {
-  struct Deleter {
-    void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
-  };
-  std::unique_ptr<XXH3_state_t, Deleter> xxh3;
+  Xxh3State xxh3;
 };
 
 LocalPushCopier::LocalPushCopier(const v1::Manifest& manifest)

@@ -187,10 +187,7 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
   const absl::Duration timeout = options_.gpu_timeout;
   auto lane = [&] {
     std::map<int, LaneDevice> devices;
-    struct Deleter {
-      void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
-    };
-    std::unique_ptr<XXH3_state_t, Deleter> state(XXH3_createState());
+    Xxh3State state(XXH3_createState());
     if (state == nullptr) {
       fail(absl::ResourceExhaustedError("no memory for a hash state"));
       return;
