@@ -4,6 +4,7 @@
 #define CKPT_COMMON_PARALLEL_H_
 
 #include <atomic>
+#include <cstdint>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -14,6 +15,18 @@
 #include "absl/synchronization/mutex.h"
 
 namespace ckpt {
+
+// Lanes that each stream whole tensors (copy and hash) take the tensors of at least this many bytes
+// first when the others should go in the order given (an update that follows the copy wants them
+// in manifest order): one lane takes longest over a large tensor, so it must not start last.
+inline constexpr uint64_t kEarlyTensorBytes = uint64_t{256} << 20;
+// That order, for std::stable_sort by size: tensors of at least kEarlyTensorBytes first, largest
+// first; the others keep their order.
+inline bool TakenEarlier(uint64_t a_bytes, uint64_t b_bytes) {
+  const bool early_a = a_bytes >= kEarlyTensorBytes, early_b = b_bytes >= kEarlyTensorBytes;
+  if (early_a != early_b) return early_a;
+  return early_a && a_bytes > b_bytes;
+}
 
 // Runs `work` on `threads` threads (the caller's among them) and returns once every one has
 // returned. A thread that cannot be started is not waited for: `work` must take its items from a

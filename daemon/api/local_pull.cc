@@ -22,7 +22,6 @@
 namespace ckpt::daemon {
 namespace {
 
-constexpr uint64_t kEarlyBytes = uint64_t{256} << 20;
 // Tensors smaller than this are read in batches (one process_vm_readv and one liveness check for
 // up to kBatchBytes in up to kBatchTensors tensors), so that many small tensors cost few calls.
 constexpr uint64_t kSmallBytes = uint64_t{1} << 20;
@@ -194,10 +193,7 @@ absl::Status PullTensors(const TrainerMemory& memory, const std::vector<PullPart
   std::vector<size_t> order(parts.size());
   for (size_t k = 0; k < order.size(); ++k) order[k] = k;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    const uint64_t x = parts[a].bytes, y = parts[b].bytes;
-    const bool early_x = x >= kEarlyBytes, early_y = y >= kEarlyBytes;
-    if (early_x != early_y) return early_x;
-    return early_x && x > y;
+    return TakenEarlier(parts[a].bytes, parts[b].bytes);
   });
   // Work items: a tensor streamed piece by piece, or a batch of small tensors read at once.
   std::vector<std::vector<size_t>> items;

@@ -165,10 +165,7 @@ GpuIngest::Result GpuIngest::Copy(const std::vector<Source>& sources,
   for (auto& [device, list] : by_device) {
     std::stable_sort(list.begin(), list.end(), [&](size_t a, size_t b) {
       const uint64_t x = sources[a].bytes, y = sources[b].bytes;
-      if (!feed.in_order) return x > y;
-      const bool early_x = x >= kEarlyBytes, early_y = y >= kEarlyBytes;
-      if (early_x != early_y) return early_x;
-      return early_x && x > y;
+      return feed.in_order ? TakenEarlier(x, y) : x > y;
     });
   }
   std::vector<size_t> order;

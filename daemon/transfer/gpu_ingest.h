@@ -75,14 +75,13 @@ class GpuIngest {
 
   // How a copy that an update follows at once (an overlapped push + update) goes.
   struct Feed {
-    // Lanes take the tensors of at least kEarlyBytes first (largest first: one lane hashes each,
-    // so they take longest), then the others in the order given (the update's order), instead of
-    // all of them largest first (the fastest copy of the whole).
+    // Lanes take the tensors in TakenEarlier's order (common/parallel.h: those of at least 256 MiB
+    // first, largest first, then the others in the order given: the update's), instead of all of
+    // them largest first (the fastest copy of the whole).
     bool in_order = false;
     // Called from a lane as source k is in and hashed (its XXH3-64): its bytes no longer change.
     std::function<void(size_t k, uint64_t xxh3)> tensor_done;
   };
-  static constexpr uint64_t kEarlyBytes = uint64_t{256} << 20;
 
   // Copies every source into its dst (see the header comment). `cancelled` (may be empty) is
   // polled between pieces, from every lane. Errors: INVALID_ARGUMENT / OUT_OF_RANGE naming the
