@@ -176,6 +176,13 @@ constexpr uint64_t kFillStep = uint64_t{1} << 20;
 
 using HashState = Xxh3State;
 
+// Whether an ipc or pull step of `tensors` tensors and `bytes` takes no tensor of `more` bytes:
+// steps hold at most kMaxIpcTensors and kMaxIpcStepBytes (a larger tensor goes alone).
+bool StepFull(int tensors, uint64_t bytes, uint64_t more) {
+  return static_cast<size_t>(tensors) == kMaxIpcTensors ||
+         (bytes > 0 && bytes + more > kMaxIpcStepBytes);
+}
+
 // Copies the parts of `plan` from the tensors into `window`, one thread per lane, each lane's
 // parts in order, and hashes (XXH3-64) each piece right after copying it, while it is in cache:
 // from the source for host tensors, from the window for CUDA tensors (copied device-to-host
@@ -409,9 +416,9 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   begin.mutable_begin()->set_label(options.label);
   begin.mutable_begin()->set_update(options.update);
   // Host tensors may be read by the daemon straight out of this process's memory (one copy).
-  for (const TensorView& t : tensors) {
-    if (t.device < 0 && t.bytes > 0) begin.mutable_begin()->set_pull(true);
-  }
+  bool any_host = false;
+  for (const TensorView& t : tensors) any_host = any_host || (t.device < 0 && t.bytes > 0);
+  begin.mutable_begin()->set_pull(any_host);
   for (const auto& [device, uuid] : gpu_uuid) begin.mutable_begin()->add_ipc_gpus(uuid);
   v1::LocalPushReply reply;
   if (!stream->Write(begin) || !stream->Read(&reply)) {
@@ -488,8 +495,7 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
       }
       // Steps of at most kMaxIpcStepBytes: each answer is progress (and proof of life).
       if (ipc_steps.empty() ||
-          static_cast<size_t>(ipc_steps.back().ipc().tensors_size()) == kMaxIpcTensors ||
-          (ipc_step_bytes.back() > 0 && ipc_step_bytes.back() + t.bytes > kMaxIpcStepBytes)) {
+          StepFull(ipc_steps.back().ipc().tensors_size(), ipc_step_bytes.back(), t.bytes)) {
         ipc_steps.emplace_back();
         ipc_step_bytes.push_back(0);
       }
@@ -523,30 +529,25 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
     touch();
     return reply.pulled().ok();
   };
-  if (!pull_nonce.empty()) {
-    bool any = false;
-    for (const TensorView& t : tensors) any = any || (t.device < 0 && t.bytes > 0);
-    if (any) {
-      v1::LocalPushRequest probe;
-      probe.mutable_pull()->set_nonce_address(reinterpret_cast<uint64_t>(pull_nonce.data()));
-      ASSIGN_OR_RETURN(bool can, pull(probe, "a pull probe"));
-      for (size_t i = 0; can && i < tensors.size(); ++i) {
-        const TensorView& t = tensors[i];
-        if (t.device >= 0 || t.bytes == 0) continue;
-        if (pull_steps.empty() ||
-            static_cast<size_t>(pull_steps.back().pull().tensors_size()) == kMaxIpcTensors ||
-            (pull_step_bytes.back() > 0 && pull_step_bytes.back() + t.bytes > kMaxIpcStepBytes)) {
-          pull_steps.emplace_back();
-          pull_steps.back().mutable_pull()->set_nonce_address(
-              reinterpret_cast<uint64_t>(pull_nonce.data()));
-          pull_step_bytes.push_back(0);
-        }
-        v1::PullTensor* pt = pull_steps.back().mutable_pull()->add_tensors();
-        pt->set_tensor(static_cast<uint32_t>(i));
-        pt->set_address(reinterpret_cast<uint64_t>(t.data));
-        pull_step_bytes.back() += t.bytes;
-        via_ipc[i] = true;  // not in a window
+  if (!pull_nonce.empty() && any_host) {
+    v1::LocalPushRequest probe;
+    probe.mutable_pull()->set_nonce_address(reinterpret_cast<uint64_t>(pull_nonce.data()));
+    ASSIGN_OR_RETURN(bool can, pull(probe, "a pull probe"));
+    for (size_t i = 0; can && i < tensors.size(); ++i) {
+      const TensorView& t = tensors[i];
+      if (t.device >= 0 || t.bytes == 0) continue;
+      if (pull_steps.empty() ||
+          StepFull(pull_steps.back().pull().tensors_size(), pull_step_bytes.back(), t.bytes)) {
+        pull_steps.emplace_back();
+        pull_steps.back().mutable_pull()->set_nonce_address(
+            reinterpret_cast<uint64_t>(pull_nonce.data()));
+        pull_step_bytes.push_back(0);
       }
+      v1::PullTensor* pt = pull_steps.back().mutable_pull()->add_tensors();
+      pt->set_tensor(static_cast<uint32_t>(i));
+      pt->set_address(reinterpret_cast<uint64_t>(t.data));
+      pull_step_bytes.back() += t.bytes;
+      via_ipc[i] = true;  // not in a window
     }
   }
   plans = PlanWindows(tensors, options.window_bytes, threads, kMaxWindowParts, &via_ipc);

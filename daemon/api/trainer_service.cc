@@ -395,6 +395,11 @@ grpc::Status TrainerService::RunLocalPush(
   watch.Touch();
 
   auto cancelled = [context] { return context->IsCancelled(); };
+  // What the lanes of an ipc or pull step poll between pieces: a long copy keeps the stream alive.
+  auto cancelled_or_alive = [&] {
+    watch.Touch();
+    return context->IsCancelled();
+  };
   // Copies the windows into the version, each tensor's bytes once and in order, hashing them as
   // they land: the commit verifies those checksums against the trainer's.
   LocalPushCopier copier(manifest);
@@ -435,10 +440,6 @@ grpc::Status TrainerService::RunLocalPush(
       continue;
     }
     if (message.step_case() == v1::LocalPushRequest::kPull) {
-      auto cancelled_or_alive = [&] {
-        watch.Touch();
-        return context->IsCancelled();
-      };
       v1::LocalPushPulled pulled;
       absl::Status st =
           PullStep(message.pull(), manifest, memory.get(), pull_nonce, copier, version, token,
@@ -452,11 +453,6 @@ grpc::Status TrainerService::RunLocalPush(
       continue;
     }
     if (message.step_case() == v1::LocalPushRequest::kIpc) {
-      // The lanes poll this between pieces: a long GPU copy keeps the stream alive.
-      auto cancelled_or_alive = [&] {
-        watch.Touch();
-        return context->IsCancelled();
-      };
       absl::Status copied = CopyIpcStep(message.ipc(), manifest, ipc_gpus, copier, version, token,
                                         cancelled_or_alive, &ipc_bytes, feed.get());
       if (!copied.ok()) return fail(Annotate(copied, absl::StrCat("ipc step ", ipc_steps)));

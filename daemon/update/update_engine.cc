@@ -649,14 +649,20 @@ std::optional<v1::UpdateOutcome> UpdateEngine::LastUpdate() const {
   return out;
 }
 
+uint64_t UpdateEngine::NewestLoadedLocked() const {
+  uint64_t newest = 0;
+  for (const auto& [id, w] : registry_.all()) newest = std::max(newest, w->loaded_version);
+  return newest;
+}
+
 void UpdateEngine::RequestAutoUpdate(uint64_t version) {
   absl::MutexLock lock(&mu_);
-  for (const auto& [id, w] : registry_.all()) {
-    if (w->loaded_version > version) {
-      spdlog::info("auto_update: version {} committed, but {} holds the newer version {}; not sent",
-                   version, w->Describe(), w->loaded_version);
-      return;
-    }
+  if (const uint64_t newest = NewestLoadedLocked(); newest > version) {
+    spdlog::info(
+        "auto_update: version {} committed, but a worker holds the newer version {}; not "
+        "sent",
+        version, newest);
+    return;
   }
   if (version <= auto_highest_) {
     // A push that began before a newer one committed after it: workers never go back to it.
@@ -849,9 +855,7 @@ void UpdateEngine::RunOverlapped(std::shared_ptr<VersionStore::ReadLease> lease,
     if (stopping_) return;
     v1::UpdateRequest request;
     request.set_version(version);
-    uint64_t newest_loaded = 0;
-    for (const auto& [id, w] : registry_.all())
-      newest_loaded = std::max(newest_loaded, w->loaded_version);
+    const uint64_t newest_loaded = NewestLoadedLocked();
     if (version <= auto_highest_ || version < newest_loaded) {
       // A newer version went (or goes) to the workers meanwhile: they never go back to this one.
       spdlog::info("version {}: not sent (workers hold or were sent the newer version {})", version,

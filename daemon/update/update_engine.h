@@ -228,6 +228,8 @@ class UpdateEngine {
                      const std::string& trigger);
   // The feed's listener: the running update looks at its filler again.
   void WakeRun();
+  // The newest version any attached worker loaded (0: none); workers are never sent an older one.
+  uint64_t NewestLoadedLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Records how the running update ended (outcome, per-worker state) and wakes waiters.
   void FinishOutcome(const absl::StatusOr<v1::UpdateResponse>& result,
                      const v1::UpdateResponse& report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
