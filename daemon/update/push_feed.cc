@@ -47,21 +47,6 @@ void PushFeed::Fail(absl::Status why) {
   Notify();
 }
 
-bool PushFeed::AllReadyLocked(const std::vector<int>& tensors) const {
-  for (int t : tensors) {
-    if (t < 0 || static_cast<size_t>(t) >= ready_.size() || !ready_[static_cast<size_t>(t)]) {
-      return false;
-    }
-  }
-  return true;
-}
-
-absl::StatusOr<bool> PushFeed::Ready(const std::vector<int>& tensors) const {
-  absl::ReaderMutexLock lock(&mu_);
-  if (!failure_.ok()) return failure_;
-  return AllReadyLocked(tensors);
-}
-
 absl::Status PushFeed::ReadySince(size_t* cursor, std::vector<size_t>* out) const {
   absl::ReaderMutexLock lock(&mu_);
   if (!failure_.ok()) return failure_;
@@ -91,19 +76,6 @@ bool PushFeed::AwaitEnd(absl::Time deadline, bool* timed_out) const {
   auto ended = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return committed_ || !failure_.ok(); };
   *timed_out = !mu_.AwaitWithDeadline(absl::Condition(&ended), deadline);
   return committed_;
-}
-
-absl::Status PushFeed::AwaitReady(const std::vector<int>& tensors, absl::Time deadline) const {
-  absl::MutexLock lock(&mu_);
-  auto done = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return !failure_.ok() || AllReadyLocked(tensors);
-  };
-  const bool met = mu_.AwaitWithDeadline(absl::Condition(&done), deadline);
-  if (!failure_.ok()) return failure_;
-  if (!met) {
-    return absl::DeadlineExceededError("the push's tensors were not all in and verified in time");
-  }
-  return absl::OkStatus();
 }
 
 uint64_t PushFeed::changes() const {

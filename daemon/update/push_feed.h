@@ -47,9 +47,6 @@ class PushFeed {
   // ignored after MarkCommitted.
   void Fail(absl::Status why);
 
-  // Whether every tensor of `tensors` is ready (indices past the manifest: false); the push's
-  // failure once it failed.
-  absl::StatusOr<bool> Ready(const std::vector<int>& tensors) const;
   // The tensors that became ready since `*cursor` (0 at first), in the order they did, appended
   // to `out`; advances `*cursor`. The push's failure once it failed.
   absl::Status ReadySince(size_t* cursor, std::vector<size_t>* out) const;
@@ -63,9 +60,6 @@ class PushFeed {
   // Waits until the push ended: true once committed, false once failed or when `deadline` passed
   // first (`*timed_out` says which).
   bool AwaitEnd(absl::Time deadline, bool* timed_out) const;
-  // Waits until every tensor of `tensors` is ready (OK), the push failed (its error) or `deadline`
-  // passes (DEADLINE_EXCEEDED).
-  absl::Status AwaitReady(const std::vector<int>& tensors, absl::Time deadline) const;
 
   // Counts changes (a tensor ready, the commit, the failure); AwaitChange waits until it differs
   // from `seen` or `deadline` passes.
@@ -77,7 +71,6 @@ class PushFeed {
   void SetListener(std::function<void()> listener);
 
  private:
-  bool AllReadyLocked(const std::vector<int>& tensors) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void Notify();
 
   const uint64_t version_;
