@@ -92,8 +92,9 @@ absl::StatusOr<std::vector<PullPart>> PullParts(const v1::LocalPushPull& pull,
 // `piece_bytes`, hashing each piece (XXH3-64) right after reading it, while it is in cache;
 // tensors under 1 MiB go in batches (one read of up to 8 MiB in up to 512 tensors). After a
 // tensor's (or batch's) last read, checks the process is still alive, then stores each checksum in
-// (*xxh3)[k] and calls `done(k, xxh3)` (may be empty). `cancelled` (may be empty) is polled
-// between pieces. The first error stops the rest (CANCELLED, or Read's, naming the tensor).
+// (*xxh3)[k] and calls `done(k, xxh3)` (may be empty; from the lanes, concurrently). `cancelled`
+// (may be empty) is polled between pieces. The first error stops the rest (CANCELLED, or Read's,
+// naming the tensor).
 absl::Status PullTensors(const TrainerMemory& memory, const std::vector<PullPart>& parts,
                          const std::vector<uint8_t*>& dst, const v1::Manifest& manifest,
                          int threads, uint64_t piece_bytes, const std::function<bool()>& cancelled,

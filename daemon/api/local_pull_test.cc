@@ -6,7 +6,9 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -43,6 +45,65 @@ std::string Random(size_t n, uint32_t seed) {
 }
 
 uint64_t Address(const void* p) { return reinterpret_cast<uint64_t>(p); }
+
+// A child process holding its own copy of each of `bytes` (not pages shared with this process), as
+// a trainer holds its tensors: addresses()[i] is where copy i lies in the child. Release (or the
+// destructor) lets the child exit and reaps it.
+class Holder {
+ public:
+  explicit Holder(const std::vector<std::string>& bytes) : count_(bytes.size()) {
+    shared_bytes_ = 8 * (count_ + 1);
+    shared_ = static_cast<uint64_t*>(
+        ::mmap(nullptr, shared_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(shared_ != MAP_FAILED);
+    int go[2];
+    REQUIRE(::pipe(go) == 0);
+    pid_ = ::fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      for (size_t i = 0; i < count_; ++i) shared_[i] = Address((new std::string(bytes[i]))->data());
+      __atomic_store_n(&shared_[count_], 1, __ATOMIC_SEQ_CST);
+      char x;
+      (void)!::read(go[0], &x, 1);
+      ::_exit(0);
+    }
+    ::close(go[0]);
+    go_ = go[1];
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (__atomic_load_n(&shared_[count_], __ATOMIC_SEQ_CST) == 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      ::usleep(1000);
+    }
+    REQUIRE(__atomic_load_n(&shared_[count_], __ATOMIC_SEQ_CST) == 1);
+    addresses_.assign(shared_, shared_ + count_);
+  }
+  ~Holder() {
+    Release();
+    ::munmap(shared_, shared_bytes_);
+  }
+  Holder(const Holder&) = delete;
+  Holder& operator=(const Holder&) = delete;
+
+  pid_t pid() const { return pid_; }
+  const std::vector<uint64_t>& addresses() const { return addresses_; }
+  // The child exits; returns once it is reaped (its pid may then be reused).
+  void Release() {
+    if (go_ < 0) return;
+    (void)!::write(go_, "x", 1);
+    ::close(go_);
+    go_ = -1;
+    int status = 0;
+    (void)::waitpid(pid_, &status, 0);
+  }
+
+ private:
+  size_t count_;
+  size_t shared_bytes_ = 0;
+  uint64_t* shared_ = nullptr;
+  pid_t pid_ = -1;
+  int go_ = -1;
+  std::vector<uint64_t> addresses_;
+};
 
 TEST_CASE("MayPull: only a caller of the daemon's own uid, and never past CAP_SYS_PTRACE") {
   std::string why;
@@ -91,31 +152,10 @@ TEST_CASE("PullParts: tensors of the manifest with bytes, addresses below 2^64")
 TEST_CASE("TrainerMemory reads another process's memory bit-exact, and names what it cannot") {
   // A child holds the tensors; the parent reads them as the daemon would.
   const std::string a = Random(5 << 20, 1), b = Random(1000, 2), nonce = "0123456789abcdef";
-  char* shared = static_cast<char*>(
-      ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  REQUIRE(shared != MAP_FAILED);
-  int go[2];
-  REQUIRE(::pipe(go) == 0);
-  // The child's own copies (not pages shared with the parent), their addresses in `shared`.
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    std::string* ca = new std::string(a);
-    std::string* cb = new std::string(b);
-    std::string* cn = new std::string(nonce);
-    uint64_t addresses[3] = {Address(ca->data()), Address(cb->data()), Address(cn->data())};
-    std::memcpy(shared, addresses, sizeof addresses);
-    shared[100] = 1;
-    char x;
-    (void)!::read(go[0], &x, 1);
-    ::_exit(0);
-  }
-  ::close(go[0]);
-  while (__atomic_load_n(&shared[100], __ATOMIC_SEQ_CST) == 0) ::usleep(1000);
-  uint64_t addresses[3];
-  std::memcpy(addresses, shared, sizeof addresses);
+  Holder child({a, b, nonce});
+  const std::vector<uint64_t>& addresses = child.addresses();
 
-  auto memory = TrainerMemory::Open(child);
+  auto memory = TrainerMemory::Open(child.pid());
   REQUIRE(memory.ok());
   CHECK((*memory)->Alive().ok());
   CHECK((*memory)->CheckNonce(addresses[2], nonce).ok());
@@ -136,16 +176,16 @@ TEST_CASE("TrainerMemory reads another process's memory bit-exact, and names wha
     INFO("threads " << threads);
     std::fill(got_a.begin(), got_a.end(), '\0');
     std::vector<uint64_t> xxh3;
-    std::vector<size_t> done;
+    std::atomic<size_t> done{0};  // called from the lanes, concurrently
     REQUIRE(
-        PullTensors(**memory, parts, dst, m, threads, 1 << 20, {}, &xxh3, [&](size_t k, uint64_t) {
-          done.push_back(k);
+        PullTensors(**memory, parts, dst, m, threads, 1 << 20, {}, &xxh3, [&](size_t, uint64_t) {
+          ++done;
         }).ok());
     CHECK(got_a == a);
     CHECK(got_b == b);
     CHECK(xxh3[0] == XXH3_64bits(a.data(), a.size()));
     CHECK(xxh3[1] == XXH3_64bits(b.data(), b.size()));
-    CHECK(done.size() == 2);
+    CHECK(done.load() == 2);
   }
   // A tensor running past the child's mapping: refused naming it.
   std::vector<PullPart> past = {{0, addresses[1], a.size()}};
@@ -158,38 +198,18 @@ TEST_CASE("TrainerMemory reads another process's memory bit-exact, and names wha
   CHECK(s.code() == absl::StatusCode::kCancelled);
 
   // The child exits: nothing more is read from that pid.
-  REQUIRE(::write(go[1], "x", 1) == 1);
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
+  child.Release();
   CHECK((*memory)->Alive().code() == absl::StatusCode::kAborted);
   CHECK_FALSE((*memory)->CheckNonce(addresses[2], nonce).ok());
-  ::close(go[1]);
-  ::munmap(shared, 4096);
-  CHECK(TrainerMemory::Open(child).status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(TrainerMemory::Open(child.pid()).status().code() == absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_CASE("PullTensors reads many small tensors in batches, bit-exact, naming one that fails") {
   constexpr size_t kCount = 1100;  // more than two batches of 512
   std::vector<std::string> want;
   for (size_t i = 0; i < kCount; ++i) want.push_back(Random(1 + (i * 37) % 3000, 10 + i));
-  const size_t shared_bytes = 8 * (kCount + 1);
-  uint64_t* shared = static_cast<uint64_t*>(
-      ::mmap(nullptr, shared_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  REQUIRE(shared != MAP_FAILED);
-  int go[2];
-  REQUIRE(::pipe(go) == 0);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    for (size_t i = 0; i < kCount; ++i) shared[i] = Address((new std::string(want[i]))->data());
-    __atomic_store_n(&shared[kCount], 1, __ATOMIC_SEQ_CST);
-    char x;
-    (void)!::read(go[0], &x, 1);
-    ::_exit(0);
-  }
-  ::close(go[0]);
-  while (__atomic_load_n(&shared[kCount], __ATOMIC_SEQ_CST) == 0) ::usleep(1000);
-  auto memory = TrainerMemory::Open(child);
+  Holder child(want);
+  auto memory = TrainerMemory::Open(child.pid());
   REQUIRE(memory.ok());
   std::vector<uint64_t> sizes;
   for (const std::string& w : want) sizes.push_back(w.size());
@@ -198,16 +218,16 @@ TEST_CASE("PullTensors reads many small tensors in batches, bit-exact, naming on
   std::vector<std::string> got(kCount);
   std::vector<uint8_t*> dst;
   for (size_t i = 0; i < kCount; ++i) {
-    parts.push_back({static_cast<uint32_t>(i), shared[i], want[i].size()});
+    parts.push_back({static_cast<uint32_t>(i), child.addresses()[i], want[i].size()});
     got[i].assign(want[i].size(), '\0');
     dst.push_back(reinterpret_cast<uint8_t*>(got[i].data()));
   }
   std::vector<uint64_t> xxh3;
-  size_t done = 0;
+  std::atomic<size_t> done{0};  // called from the lanes, concurrently
   REQUIRE(PullTensors(**memory, parts, dst, m, 2, 1 << 20, {}, &xxh3, [&](size_t, uint64_t) {
             ++done;
           }).ok());
-  CHECK(done == kCount);
+  CHECK(done.load() == kCount);
   size_t exact = 0;
   for (size_t i = 0; i < kCount; ++i) {
     exact += got[i] == want[i] && xxh3[i] == XXH3_64bits(want[i].data(), want[i].size());
@@ -218,11 +238,6 @@ TEST_CASE("PullTensors reads many small tensors in batches, bit-exact, naming on
   absl::Status s = PullTensors(**memory, parts, dst, m, 1, 1 << 20, {}, &xxh3, {});
   CHECK(s.code() == absl::StatusCode::kInvalidArgument);
   CHECK(Contains(s.message(), "pulling tensor 't700'"));
-  REQUIRE(::write(go[1], "x", 1) == 1);
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  ::close(go[1]);
-  ::munmap(shared, shared_bytes);
 }
 
 }  // namespace
