@@ -265,6 +265,10 @@ absl::Status PushViews(ckpt_client* client, const std::vector<ckpt::client::Tens
     if (has(offsetof(ckpt_push_extra, update) + sizeof(extra->update))) {
       push.update = extra->update != 0;
     }
+    if (has(offsetof(ckpt_push_extra, part_count) + sizeof(extra->part_count))) {
+      push.part_index = extra->part_index;
+      push.part_count = extra->part_count;
+    }
   }
   push.version = o.version;
   if (o.label != nullptr) push.label = o.label;

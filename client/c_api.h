@@ -202,10 +202,14 @@ typedef struct ckpt_push_extra {
                           * over gRPC; the operator role too): the daemon sends the version to its
                           * workers while it arrives; the call returns once it is committed, and
                           * ckpt_wait_loaded says when the workers have it */
+  uint32_t part_index;   /* one part of a version pushed in parts (part_count 2..4096, part_index
+                          * below it, a named version, update 0): trainer rank part_index of
+                          * part_count pushes the whole tensors it owns; 0 and 0: whole */
+  uint32_t part_count;
 } ckpt_push_extra;
 
 /* Defaults: struct_size = sizeof(ckpt_push_extra), transport NULL (auto), window_bytes 0,
- * update 0. */
+ * update 0, part_index 0, part_count 0. */
 CKPT_API void ckpt_push_extra_init(ckpt_push_extra* extra);
 
 /* ckpt_push_table with `extra` (NULL: defaults, which is what ckpt_push and ckpt_push_table use).

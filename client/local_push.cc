@@ -415,6 +415,10 @@ absl::StatusOr<v1::VersionInfo> PushLocally(v1::Trainer::Stub* stub, const Endpo
   begin.mutable_begin()->set_version(options.version);
   begin.mutable_begin()->set_label(options.label);
   begin.mutable_begin()->set_update(options.update);
+  if (options.part_count != 0) {
+    begin.mutable_begin()->mutable_part()->set_index(options.part_index);
+    begin.mutable_begin()->mutable_part()->set_count(options.part_count);
+  }
   // Host tensors may be read by the daemon straight out of this process's memory (one copy).
   bool any_host = false;
   for (const TensorView& t : tensors) any_host = any_host || (t.device < 0 && t.bytes > 0);

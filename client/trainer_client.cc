@@ -110,6 +110,23 @@ absl::Status ValidatePush(const std::vector<TensorView>& tensors, const PushOpti
     return absl::InvalidArgumentError(
         absl::StrCat("window_bytes must be 1 MiB to 16 GiB, not ", options.window_bytes));
   }
+  if (options.part_count != 0 || options.part_index != 0) {
+    if (options.part_count < 2 || options.part_count > 4096 ||
+        options.part_index >= options.part_count) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("part ", options.part_index, " of ", options.part_count,
+                       ": part_count is 2..4096 and part_index below it (part_count 0: whole)"));
+    }
+    if (options.version == 0) {
+      return absl::InvalidArgumentError(
+          "a part needs a named version: every part of a version is pushed under the same id");
+    }
+    if (options.update) {
+      return absl::InvalidArgumentError(
+          "update (push and update) with a part: a version pushed in parts is sent to workers "
+          "once every part is in; ask for the update then (Admin.Update)");
+    }
+  }
   if (options.transport != Transport::kAuto && options.transport != Transport::kLocal &&
       options.transport != Transport::kGrpc) {
     return absl::InvalidArgumentError(
@@ -365,6 +382,10 @@ absl::StatusOr<v1::VersionInfo> TrainerClient::PushOverGrpc(const std::vector<Te
   *begin.mutable_manifest() = BuildManifest(tensors, hashes);
   begin.set_version(options.version);
   begin.set_label(options.label);
+  if (options.part_count != 0) {
+    begin.mutable_part()->set_index(options.part_index);
+    begin.mutable_part()->set_count(options.part_count);
+  }
   v1::BeginVersionResponse began;
   {
     grpc::ClientContext context;

@@ -99,6 +99,13 @@ struct PushOptions {
   // caller needs the operator role too. PushTensors returns once the version is committed;
   // DaemonClient::WaitLoaded(version) then says when the workers have it.
   bool update = false;
+  // One part of a version pushed in parts (docs/cluster.md "Versions in parts"): trainer rank
+  // `part_index` of `part_count` pushes the whole tensors it owns, every rank under the same named
+  // `version`, to the daemon of its choice. part_count 0: the version is pushed whole; else
+  // 2..4096, part_index below it, `version` non-zero and `update` false. The version info says
+  // which parts the daemon holds.
+  uint32_t part_index = 0;
+  uint32_t part_count = 0;
 };
 
 // Called with each message of a LoadFiles that reports progress (Trainer.LoadFilesWithProgress):

@@ -43,6 +43,8 @@ nlohmann::json VersionInfoJson(const v1::VersionInfo& info) {
       {"received_bytes", info.received_bytes()},
       {"transport", info.transport()},
       {"ipc_bytes", info.ipc_bytes()},
+      {"part_count", info.part_count()},
+      {"parts", std::vector<uint32_t>(info.parts().begin(), info.parts().end())},
   };
 }
 
@@ -98,6 +100,11 @@ std::string StateText(const v1::VersionInfo& v) {
   if (v.state() == v1::VERSION_STATE_STAGING && v.total_bytes() > 0) {
     absl::StrAppend(&state, absl::StrFormat(" (%d%%)", static_cast<int>(100.0 * v.received_bytes() /
                                                                         v.total_bytes())));
+  }
+  if (v.part_count() != 0) {
+    // A version pushed in parts: the parts held here.
+    absl::StrAppend(&state, v.parts_size() == 1 ? " part " : " parts ",
+                    absl::StrJoin(v.parts(), ","), " of ", v.part_count());
   }
   return state;
 }

@@ -25,7 +25,9 @@ grpc::Status TrainerService::BeginVersion(grpc::ServerContext* context,
   if (auto s = auth_->Check(*context, kRoleTrainer, "BeginVersion", &who); !s.ok()) return s;
   // The call's deadline bounds the wait for memory during warm-up.
   auto begun = store_->Begin(request->manifest(), request->version(), request->label(), who,
-                             /*verify_checksums=*/true, CallDeadline(*context));
+                             /*verify_checksums=*/true, CallDeadline(*context),
+                             /*may_retire=*/true, /*transport=*/"",
+                             {request->part().index(), request->part().count()});
   if (!begun.ok()) return ToGrpc(begun.status());
   response->set_version(begun->version);
   response->set_upload_token(begun->upload_token);
@@ -299,6 +301,13 @@ grpc::Status TrainerService::RunLocalPush(
                                      "to the workers: it needs the operator role, which ",
                                      caller.name, " lacks"));
   }
+  const bool is_part = begin.part().count() != 0;
+  if (begin.update() && is_part) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "PushLocal: begin.update (push and update) with begin.part: a version "
+                        "pushed in parts is sent to workers once every part is in (ask for the "
+                        "update then)");
+  }
   if (static_cast<size_t>(begin.ipc_gpus_size()) > kMaxIpcGpus) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("PushLocal: begin names ", begin.ipc_gpus_size(),
@@ -316,7 +325,8 @@ grpc::Status TrainerService::RunLocalPush(
   // them and is verified against the commit's list.
   auto begun = store_->Begin(begin.manifest(), begin.version(), begin.label(), caller.name,
                              /*verify_checksums=*/false, CallDeadline(*context),
-                             /*may_retire=*/true, /*transport=*/"local");
+                             /*may_retire=*/true, /*transport=*/"local",
+                             {begin.part().index(), begin.part().count()});
   if (!begun.ok()) return ToGrpc(begun.status());
   const uint64_t version = begun->version;
   const std::string token = begun->upload_token;
@@ -327,7 +337,8 @@ grpc::Status TrainerService::RunLocalPush(
   // An update that follows the push is sent while the push arrives: the engine's overlapped
   // update hears of each tensor through `feed` (null when it does not run: the version is then
   // updated once committed).
-  const bool update_follows = begin.update() || options_.auto_update;
+  // (Not for a part: auto_update hears of a parted version once every part is committed here.)
+  const bool update_follows = (begin.update() || options_.auto_update) && !is_part;
   std::shared_ptr<PushFeed> feed;
   if (update_follows && options_.engine != nullptr) {
     auto leased = store_->LeaseStaging(version, token);

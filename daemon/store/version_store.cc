@@ -31,12 +31,22 @@ class VersionStore::Ranges {
       if (!s.ok()) spdlog::error("version store: {}", std::string(s.message()));
     }
   }
-  void Add(uint64_t offset, uint64_t size) { ranges_.push_back({offset, size}); }
-  uint64_t offset(size_t i) const { return ranges_[i].first; }
+  // Tensor i's range, owned (freed with this object).
+  void Add(uint64_t offset, uint64_t size) {
+    ranges_.push_back({offset, size});
+    offsets_.push_back(offset);
+  }
+  // Tensor i's range, owned by a Ranges this one keeps (parts merged into one version: each
+  // part's ranges live as long as any version object that points into them).
+  void AddShared(uint64_t offset) { offsets_.push_back(offset); }
+  void Keep(std::shared_ptr<const Ranges> owner) { kept_.push_back(std::move(owner)); }
+  uint64_t offset(size_t i) const { return offsets_[i]; }
 
  private:
   VersionStore* store_;
   std::vector<std::pair<uint64_t, uint64_t>> ranges_;
+  std::vector<uint64_t> offsets_;
+  std::vector<std::shared_ptr<const Ranges>> kept_;
 };
 
 struct VersionStore::Version {
@@ -53,7 +63,14 @@ struct VersionStore::Version {
   std::atomic<uint64_t> ipc_bytes{0};
   uint64_t total_bytes = 0;
   std::unordered_map<std::string, int> index;
-  std::unique_ptr<Ranges> ranges;
+  std::shared_ptr<Ranges> ranges;
+  // Pushed in parts (VersionPart): the part count (0: whole), the parts held (a STAGING part: its
+  // own index), and each tensor's part (manifest order).
+  uint32_t part_count = 0;
+  std::vector<uint32_t> parts;
+  std::vector<uint32_t> tensor_part;
+  // Each tensor's position in its part's own manifest (the merged order: by part, then this).
+  std::vector<uint32_t> tensor_pos;
   absl::Time created;
   absl::Time committed;
   // STAGING or COMMITTED; a version being committed stays STAGING with `committing` set.
@@ -62,7 +79,8 @@ struct VersionStore::Version {
   // Set when the version leaves the store (abort, drop, retirement): writers still holding it stop.
   std::atomic<bool> dropped{false};
   // Live ReadLeases (guarded by the store's mu_): a leased version is not retired or dropped.
-  int readers = 0;
+  // Shared with the version objects that replace this one when parts are merged into it.
+  std::shared_ptr<int> readers = std::make_shared<int>(0);
 
   mutable absl::Mutex mu;
   bool committing ABSL_GUARDED_BY(mu) = false;
@@ -130,6 +148,8 @@ v1::VersionInfo VersionStore::Info(const Version& v) const {
   info.set_label(v.label);
   info.set_transport(v.transport);
   info.set_ipc_bytes(v.ipc_bytes.load());
+  info.set_part_count(v.part_count);
+  for (uint32_t p : v.parts) info.add_parts(p);
   absl::MutexLock lock(&v.mu);
   info.set_received_bytes(v.received_bytes);
   return info;
@@ -144,7 +164,7 @@ uint64_t VersionStore::RetirableBytes() const {
       newest = false;
       continue;
     }
-    if (it->second->readers > 0) continue;
+    if (*it->second->readers > 0) continue;
     // Committed tensors were allocated, so their rounded sizes exist and their sum fits the arena.
     for (const auto& t : it->second->manifest.tensors()) {
       bytes += allocator_.Rounded(t.byte_size()).value_or(0);
@@ -164,7 +184,7 @@ bool VersionStore::RetireOldest(std::vector<std::shared_ptr<Version>>* graveyard
   for (auto it = versions_.begin(); it != versions_.end(); ++it) {
     if (it->second->state != v1::VERSION_STATE_COMMITTED) continue;
     if (it->first == newest) return false;
-    if (it->second->readers > 0) continue;  // being sent to workers
+    if (*it->second->readers > 0) continue;  // being sent to workers
     spdlog::info("version {} retired", it->first);
     graveyard->push_back(Remove(it));
     return true;
@@ -178,7 +198,7 @@ void VersionStore::RetireBeyondMax(std::vector<std::shared_ptr<Version>>* gravey
   for (auto it = versions_.rbegin(); it != versions_.rend(); ++it) {
     if (it->second->state != v1::VERSION_STATE_COMMITTED) continue;
     if (++kept <= options_.max_versions) continue;
-    if (it->second->readers > 0) continue;  // being sent: retired when its last lease ends
+    if (*it->second->readers > 0) continue;  // being sent: retired when its last lease ends
     retire.push_back(it->first);
   }
   for (uint64_t id : retire) {
@@ -196,10 +216,189 @@ std::shared_ptr<VersionStore::Version> VersionStore::Remove(
   return v;
 }
 
+std::shared_ptr<VersionStore::Version> VersionStore::RemovePart(
+    std::map<PartKey, std::shared_ptr<Version>>::iterator it) {
+  std::shared_ptr<Version> v = std::move(it->second);
+  part_staging_.erase(it);
+  v->dropped = true;
+  return v;
+}
+
+absl::Status VersionStore::CheckPartOf(const PartOf& part, uint64_t version) {
+  if (part.count == 0) {
+    if (part.index != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("part ", part.index, " of a version not pushed in parts (count 0)"));
+    }
+    return absl::OkStatus();
+  }
+  if (part.count < 2 || part.count > kMaxVersionParts) {
+    return absl::InvalidArgumentError(absl::StrCat("a version of ", part.count, " parts (2..",
+                                                   kMaxVersionParts,
+                                                   "; push it whole instead of in one part)"));
+  }
+  if (part.index >= part.count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("part ", part.index, " of ", part.count, " (parts count from 0)"));
+  }
+  if (version == 0) {
+    return absl::InvalidArgumentError(
+        "a part needs a named version id: every part of a version is pushed under the same id");
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+bool SameTensor(const v1::TensorSpec& a, const v1::TensorSpec& b) {
+  return a.dtype() == b.dtype() && a.byte_size() == b.byte_size() && a.xxh3() == b.xxh3() &&
+         std::equal(a.shape().begin(), a.shape().end(), b.shape().begin(), b.shape().end());
+}
+
+std::string PartsText(const std::vector<uint32_t>& parts) { return absl::StrJoin(parts, ", "); }
+
+}  // namespace
+
+absl::Status VersionStore::CheckPartBeginLocked(const v1::Manifest& manifest, uint64_t version,
+                                                const PartOf& part, bool verify_checksums) const {
+  const std::string what =
+      absl::StrCat("part ", part.index, " of ", part.count, " of version ", version);
+  bool held_here = false;
+  if (auto it = versions_.find(version); it != versions_.end()) {
+    const Version& held = *it->second;
+    if (held.part_count == 0) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          what, ": version ", version, " is ",
+          held.state == v1::VERSION_STATE_STAGING ? "being pushed" : "held", " whole here",
+          held.label.empty() ? ""
+                             : absl::StrCat(" (label ", QuoteForMessage(held.label, 128), ")")));
+    }
+    if (held.part_count != part.count) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": the parts held here say it has ", held.part_count, " parts"));
+    }
+    if (std::find(held.parts.begin(), held.parts.end(), part.index) != held.parts.end()) {
+      return absl::AlreadyExistsError(
+          absl::StrCat(what, " is held here already (parts ", PartsText(held.parts), ")"));
+    }
+    if (verify_checksums) {
+      // A tensor another part holds too (replicated) must be the same; caught at commit otherwise.
+      for (const v1::TensorSpec& t : manifest.tensors()) {
+        auto found = held.index.find(t.name());
+        if (found == held.index.end()) continue;
+        const v1::TensorSpec& mine = held.manifest.tensors(found->second);
+        if (!SameTensor(mine, t)) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              what, ": tensor ", QuoteForMessage(t.name(), 128), " is held here by part ",
+              held.tensor_part[found->second], " with another dtype, shape or checksum (xxh3 ",
+              absl::Hex(mine.xxh3(), absl::kZeroPad16), " there, ",
+              absl::Hex(t.xxh3(), absl::kZeroPad16), " here)"));
+        }
+      }
+    }
+    held_here = true;
+  }
+  for (auto it = part_staging_.lower_bound({version, 0});
+       it != part_staging_.end() && it->first.first == version; ++it) {
+    if (it->second->part_count != part.count) {
+      return absl::FailedPreconditionError(absl::StrCat(what, ": part ", it->first.second,
+                                                        " being pushed here says it has ",
+                                                        it->second->part_count, " parts"));
+    }
+    if (it->first.second == part.index) {
+      return absl::AlreadyExistsError(absl::StrCat(what, " is being pushed here already"));
+    }
+    held_here = true;
+  }
+  if (!held_here && version <= max_committed_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("version ids must increase: ", version, " is not above the last committed id ",
+                     max_committed_, ", and no part of it is held here"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<VersionStore::Version>> VersionStore::MergePart(
+    const Version& held, const Version& part, const v1::Manifest& part_manifest) {
+  struct Entry {
+    uint32_t part;
+    uint32_t pos;
+    const v1::Manifest* manifest;
+    const Ranges* ranges;
+    int i;
+  };
+  std::vector<Entry> entries;
+  entries.reserve(held.manifest.tensors_size() + part_manifest.tensors_size());
+  for (int i = 0; i < held.manifest.tensors_size(); ++i) {
+    entries.push_back(
+        {held.tensor_part[i], held.tensor_pos[i], &held.manifest, held.ranges.get(), i});
+  }
+  const uint32_t index = part.parts.front();
+  for (int i = 0; i < part_manifest.tensors_size(); ++i) {
+    const v1::TensorSpec& t = part_manifest.tensors(i);
+    auto found = held.index.find(t.name());
+    if (found == held.index.end()) {
+      entries.push_back({index, static_cast<uint32_t>(i), &part_manifest, part.ranges.get(), i});
+      continue;
+    }
+    const v1::TensorSpec& mine = held.manifest.tensors(found->second);
+    if (!SameTensor(mine, t)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "part ", index, " of version ", part.id, ": tensor ", QuoteForMessage(t.name(), 128),
+          " is held here by part ", held.tensor_part[found->second],
+          " with another dtype, shape or checksum (xxh3 ", absl::Hex(mine.xxh3(), absl::kZeroPad16),
+          " there, ", absl::Hex(t.xxh3(), absl::kZeroPad16),
+          " in this part): abort this part, or drop the version and push it again"));
+    }
+    // Replicated (the same bytes in both parts): kept once, as a tensor of the lower part (so the
+    // manifest's order does not depend on the order in which parts came).
+    Entry& e = entries[static_cast<size_t>(found->second)];
+    if (index < e.part) {
+      e.part = index;
+      e.pos = static_cast<uint32_t>(i);
+    }
+  }
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return a.part != b.part ? a.part < b.part : a.pos < b.pos;
+  });
+  auto merged = std::make_shared<Version>();
+  merged->id = held.id;
+  merged->token = held.token;
+  merged->label = held.label.empty() ? part.label : held.label;
+  merged->client = held.client;
+  merged->transport = held.transport == part.transport ? held.transport : "mixed";
+  merged->ipc_bytes = held.ipc_bytes.load() + part.ipc_bytes.load();
+  merged->created = std::min(held.created, part.created);
+  merged->part_count = held.part_count;
+  merged->parts = held.parts;
+  merged->parts.insert(std::upper_bound(merged->parts.begin(), merged->parts.end(), index), index);
+  merged->readers = held.readers;  // leases of `held` still count against retiring this one
+  merged->ranges = std::make_shared<Ranges>(this);
+  merged->ranges->Keep(held.ranges);
+  merged->ranges->Keep(part.ranges);
+  merged->index.reserve(entries.size());
+  merged->tensor_part.reserve(entries.size());
+  merged->tensor_pos.reserve(entries.size());
+  for (const Entry& e : entries) {
+    const int i = merged->manifest.tensors_size();
+    const v1::TensorSpec& t = e.manifest->tensors(e.i);
+    *merged->manifest.add_tensors() = t;
+    merged->index[t.name()] = i;
+    merged->tensor_part.push_back(e.part);
+    merged->tensor_pos.push_back(e.pos);
+    merged->ranges->AddShared(e.ranges->offset(static_cast<size_t>(e.i)));
+    merged->total_bytes += t.byte_size();
+  }
+  absl::MutexLock vlock(&merged->mu);
+  merged->received_bytes = merged->total_bytes;
+  return merged;
+}
+
 absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
     const v1::Manifest& manifest, uint64_t requested_version, const std::string& label,
     const std::string& client, bool verify_checksums, absl::Time deadline, bool may_retire,
-    const std::string& transport) {
+    const std::string& transport, PartOf part) {
+  RETURN_IF_ERROR(CheckPartOf(part, requested_version));
   if (label.size() > kMaxLabelBytes) {
     return absl::InvalidArgumentError(absl::StrCat("label of ", label.size(),
                                                    " bytes is too long (at most ", kMaxLabelBytes,
@@ -244,6 +443,11 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
   v->Touch();
   v->index.reserve(manifest.tensors_size());
   for (int i = 0; i < manifest.tensors_size(); ++i) v->index[manifest.tensors(i).name()] = i;
+  v->part_count = part.count;
+  if (part.count != 0) v->parts = {part.index};
+  v->tensor_part.assign(static_cast<size_t>(manifest.tensors_size()), part.index);
+  v->tensor_pos.resize(static_cast<size_t>(manifest.tensors_size()));
+  for (size_t i = 0; i < v->tensor_pos.size(); ++i) v->tensor_pos[i] = static_cast<uint32_t>(i);
   {
     absl::MutexLock vlock(&v->mu);
     v->received.resize(manifest.tensors_size());
@@ -254,6 +458,10 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
   int staging = 0, staging_of_client = 0;
   for (const auto& [id, other] : versions_) {
     if (other->state != v1::VERSION_STATE_STAGING) continue;
+    ++staging;
+    staging_of_client += other->client == client;
+  }
+  for (const auto& [key, other] : part_staging_) {
     ++staging;
     staging_of_client += other->client == client;
   }
@@ -276,16 +484,21 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
       if (it == versions_.end() || it->second->label.empty()) return "";
       return absl::StrCat(" (label ", QuoteForMessage(it->second->label, 128), ")");
     };
-    if (versions_.count(requested_version) != 0) {
+    if (part.count != 0) {
+      RETURN_IF_ERROR(CheckPartBeginLocked(manifest, requested_version, part, verify_checksums));
+    } else if (versions_.count(requested_version) != 0) {
       return absl::AlreadyExistsError(absl::StrCat(
           "version ", requested_version, " is already in use", labelled(requested_version)));
-    }
-    if (requested_version <= max_committed_) {
+    } else if (auto p = part_staging_.lower_bound({requested_version, 0});
+               p != part_staging_.end() && p->first.first == requested_version) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("version ", requested_version, " is being pushed in parts here"));
+    } else if (requested_version <= max_committed_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "version ids must increase: ", requested_version, " is not above the last committed id ",
           max_committed_, labelled(max_committed_)));
     }
-    if (options_.ledger != nullptr && verify_checksums) {
+    if (options_.ledger != nullptr && verify_checksums && part.count == 0) {
       // Before a restart this id may have named other weights: refused before a byte is sent.
       const std::optional<uint64_t> before = options_.ledger->CommittedDigest(requested_version);
       if (before.has_value() && *before != IdLedger::Digest(manifest)) {
@@ -334,7 +547,7 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
   }
   // Per-tensor first fit; retire old versions while something does not fit.
   for (;;) {
-    auto ranges = std::make_unique<Ranges>(this);
+    auto ranges = std::make_shared<Ranges>(this);
     bool fits = true;
     {
       absl::MutexLock alock(&alloc_mu_);
@@ -378,9 +591,14 @@ absl::StatusOr<VersionStore::Begun> VersionStore::Begin(
     }
   }
   max_begun_ = std::max(max_begun_, v->id);
-  versions_[v->id] = v;
-  spdlog::info("version {} staging: {} tensors, {}{}{}", v->id, manifest.tensors_size(),
-               FormatBytes(total),
+  if (part.count != 0) {
+    part_staging_[{v->id, part.index}] = v;
+  } else {
+    versions_[v->id] = v;
+  }
+  spdlog::info("version {}{} staging: {} tensors, {}{}{}", v->id,
+               part.count != 0 ? absl::StrCat(" part ", part.index, " of ", part.count) : "",
+               manifest.tensors_size(), FormatBytes(total),
                label.empty() ? "" : absl::StrCat(", label ", QuoteForMessage(label)),
                client.empty() ? "" : absl::StrCat(", from ", EscapeForMessage(client)));
   return Begun{v->id, v->token};
@@ -391,8 +609,24 @@ std::shared_ptr<VersionStore::Version> VersionStore::FindStaging(uint64_t versio
                                                                  absl::Status* error) const {
   auto it = versions_.find(version);
   if (it == versions_.end() || it->second->state != v1::VERSION_STATE_STAGING) {
-    *error = absl::NotFoundError(
-        absl::StrCat("no staging version ", version, " (never begun, committed, or aborted)"));
+    // Parts of `version` staging here: the token says which.
+    auto p = part_staging_.lower_bound({version, 0});
+    if (p == part_staging_.end() || p->first.first != version) {
+      *error = absl::NotFoundError(
+          absl::StrCat("no staging version ", version, " (never begun, committed, or aborted)"));
+      return nullptr;
+    }
+    if (token.empty()) {
+      *error = absl::PermissionDeniedError(
+          absl::StrCat("no upload token for version ", version, " (BeginVersion returned one)"));
+      return nullptr;
+    }
+    for (; p != part_staging_.end() && p->first.first == version; ++p) {
+      if (p->second->token == token) return p->second;
+    }
+    *error = absl::PermissionDeniedError(absl::StrCat("wrong upload token for version ", version,
+                                                      " (no part of it staging here "
+                                                      "has this token)"));
     return nullptr;
   }
   if (token.empty()) {
@@ -706,8 +940,9 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
     for (int i = 0; i < n; ++i) committed_manifest.mutable_tensors(i)->set_xxh3(sums[i]);
   }
   const v1::Manifest& final_manifest = v->verify_checksums ? v->manifest : committed_manifest;
-  const uint64_t digest = options_.ledger != nullptr ? IdLedger::Digest(final_manifest) : 0;
-  if (options_.ledger != nullptr) {
+  const bool use_ledger = options_.ledger != nullptr && v->part_count == 0;
+  const uint64_t digest = use_ledger ? IdLedger::Digest(final_manifest) : 0;
+  if (use_ledger) {
     const std::optional<uint64_t> before = options_.ledger->CommittedDigest(version);
     if (before.has_value() && *before != digest) {
       return fail(absl::AlreadyExistsError(absl::StrCat(
@@ -718,20 +953,51 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
 
   std::vector<std::shared_ptr<Version>> graveyard;
   v1::VersionInfo info;
+  bool complete = true;  // every part of a parted version is held here now
   {
     absl::MutexLock lock(&mu_);
-    auto it = versions_.find(version);
-    if (it == versions_.end() || it->second != v) {
-      return absl::AbortedError(absl::StrCat("version ", version, " was aborted during commit"));
+    if (v->part_count == 0) {
+      auto it = versions_.find(version);
+      if (it == versions_.end() || it->second != v) {
+        return absl::AbortedError(absl::StrCat("version ", version, " was aborted during commit"));
+      }
+    } else {
+      auto it = part_staging_.find({version, v->parts.front()});
+      if (it == part_staging_.end() || it->second != v) {
+        return absl::AbortedError(absl::StrCat("part ", v->parts.front(), " of version ", version,
+                                               " was aborted during commit"));
+      }
     }
     // A version that began before a newer one committed commits too (concurrent pushes): it is
     // simply not the newest. Readers asking for the newest never see ids go backwards.
-    const bool newest = version > max_committed_;
+    const bool newest = version >= max_committed_;  // >=: another part of it may have committed
+    // A part joins the version of its id held here (a new object: leases of the one before keep
+    // it), or becomes it.
+    std::shared_ptr<Version> merged;
+    auto held = v->part_count != 0 ? versions_.find(version) : versions_.end();
+    if (held != versions_.end()) {
+      absl::StatusOr<std::shared_ptr<Version>> m = MergePart(*held->second, *v, final_manifest);
+      if (!m.ok()) return fail(m.status());
+      merged = *std::move(m);
+    }
     if (!v->verify_checksums) v->manifest = std::move(committed_manifest);
     v->state = v1::VERSION_STATE_COMMITTED;
     v->committed = absl::Now();
+    std::shared_ptr<Version> now_held = v;
+    if (v->part_count != 0) {
+      if (merged != nullptr) {
+        merged->state = v1::VERSION_STATE_COMMITTED;
+        merged->committed = v->committed;
+        now_held = merged;
+        held->second = merged;
+      } else {
+        versions_[version] = v;
+      }
+      part_staging_.erase({version, v->parts.front()});
+      complete = now_held->parts.size() == now_held->part_count;
+    }
     max_committed_ = std::max(max_committed_, version);
-    info = Info(*v);
+    info = Info(*now_held);
     RetireBeyondMax(&graveyard);
     if (!newest) {
       spdlog::info("version {} committed after the newer version {}{}", version, max_committed_,
@@ -741,7 +1007,13 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
                        : "");
     }
   }
-  spdlog::info("version {} committed: {} tensors, {}", version, n, FormatBytes(v->total_bytes));
+  if (v->part_count == 0) {
+    spdlog::info("version {} committed: {} tensors, {}", version, n, FormatBytes(v->total_bytes));
+  } else {
+    spdlog::info("version {} part {} of {} committed: {} tensors, {}; parts held here: {}{}",
+                 version, v->parts.front(), v->part_count, n, FormatBytes(v->total_bytes),
+                 absl::StrJoin(info.parts(), ", "), complete ? " (every part)" : "");
+  }
   {
     absl::MutexLock clock(&counters_mu_);
     const double seconds = absl::ToDoubleSeconds(v->committed - v->created);
@@ -759,14 +1031,14 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
       counters_.seconds_files += seconds;
     }
   }
-  if (options_.ledger != nullptr) {
+  if (use_ledger) {
     absl::Status recorded = options_.ledger->RecordCommitted(version, digest);
     if (!recorded.ok()) {
       spdlog::error("version {}: cannot record its digest in state_dir: {}", version,
                     std::string(recorded.message()));
     }
   }
-  if (notify && commit_listener_) commit_listener_(version);
+  if (notify && complete && commit_listener_) commit_listener_(version);
   return info;
 }
 
@@ -778,9 +1050,14 @@ absl::Status VersionStore::Abort(uint64_t version, const std::string& token,
     absl::Status error;
     victim = FindStaging(version, token, &error);
     if (victim == nullptr) return error;
-    victim = Remove(versions_.find(version));
+    victim = victim->part_count == 0 ? Remove(versions_.find(version))
+                                     : RemovePart(part_staging_.find({version, victim->parts[0]}));
   }
-  spdlog::info("version {} aborted: {}", version, EscapeForMessage(why, kMaxStatusMessageBytes));
+  spdlog::info("version {}{} aborted: {}", version,
+               victim->part_count == 0
+                   ? ""
+                   : absl::StrCat(" part ", victim->parts[0], " of ", victim->part_count),
+               EscapeForMessage(why, kMaxStatusMessageBytes));
   {
     absl::MutexLock clock(&counters_mu_);
     ++counters_.aborted;
@@ -789,20 +1066,27 @@ absl::Status VersionStore::Abort(uint64_t version, const std::string& token,
 }
 
 absl::Status VersionStore::Drop(uint64_t version) {
-  std::shared_ptr<Version> victim;
+  std::vector<std::shared_ptr<Version>> victims;
   {
     absl::MutexLock lock(&mu_);
     auto it = versions_.find(version);
-    if (it == versions_.end()) {
+    auto parts = part_staging_.lower_bound({version, 0});
+    const bool staging_parts = parts != part_staging_.end() && parts->first.first == version;
+    if (it == versions_.end() && !staging_parts) {
       return absl::NotFoundError(absl::StrCat("no version ", version));
     }
     // A STAGING version is aborted even while an overlapped update reads it (its lease keeps the
     // memory; the update then fails): only committed versions being sent are kept.
-    if (it->second->readers > 0 && it->second->state == v1::VERSION_STATE_COMMITTED) {
+    if (it != versions_.end() && *it->second->readers > 0 &&
+        it->second->state == v1::VERSION_STATE_COMMITTED) {
       return absl::FailedPreconditionError(absl::StrCat(
           "version ", version, " is being sent to workers; drop it after the update ends"));
     }
-    victim = Remove(it);
+    if (it != versions_.end()) victims.push_back(Remove(it));
+    // Its parts still being pushed go too (their pushes fail).
+    while (parts != part_staging_.end() && parts->first.first == version) {
+      victims.push_back(RemovePart(parts++));
+    }
   }
   spdlog::info("version {} dropped by request", version);
   return absl::OkStatus();
@@ -811,17 +1095,30 @@ absl::Status VersionStore::Drop(uint64_t version) {
 std::vector<v1::VersionInfo> VersionStore::List() const {
   absl::ReaderMutexLock lock(&mu_);
   std::vector<v1::VersionInfo> out;
-  for (const auto& [id, v] : versions_) out.push_back(Info(*v));
+  auto part = part_staging_.begin();
+  for (const auto& [id, v] : versions_) {
+    for (; part != part_staging_.end() && part->first.first < id; ++part) {
+      out.push_back(Info(*part->second));
+    }
+    out.push_back(Info(*v));
+  }
+  for (; part != part_staging_.end(); ++part) out.push_back(Info(*part->second));
   return out;
 }
 
 absl::StatusOr<v1::GetVersionResponse> VersionStore::Get(uint64_t version) const {
   absl::ReaderMutexLock lock(&mu_);
   auto it = versions_.find(version);
-  if (it == versions_.end()) return absl::NotFoundError(absl::StrCat("no version ", version));
+  const Version* v = it != versions_.end() ? it->second.get() : nullptr;
+  if (v == nullptr) {
+    // Only parts of it staging here: the first.
+    auto p = part_staging_.lower_bound({version, 0});
+    if (p != part_staging_.end() && p->first.first == version) v = p->second.get();
+  }
+  if (v == nullptr) return absl::NotFoundError(absl::StrCat("no version ", version));
   v1::GetVersionResponse r;
-  *r.mutable_info() = Info(*it->second);
-  *r.mutable_manifest() = it->second->manifest;
+  *r.mutable_info() = Info(*v);
+  *r.mutable_manifest() = v->manifest;
   return r;
 }
 
@@ -845,6 +1142,21 @@ int VersionStore::AbortStale(absl::Time now) {
         ++it;
       }
     }
+    for (auto it = part_staging_.begin(); it != part_staging_.end();) {
+      Version& v = *it->second;
+      bool stale = v.last_activity_ns.load() < cutoff;
+      if (stale) {
+        absl::MutexLock vlock(&v.mu);
+        stale = !v.committing && v.writers == 0;
+      }
+      if (stale) {
+        spdlog::warn("version {} part {} of {} aborted: no activity for {}", it->first.first,
+                     it->first.second, v.part_count, HumanDuration(options_.staging_timeout));
+        victims.push_back(RemovePart(it++));
+      } else {
+        ++it;
+      }
+    }
   }
   if (!victims.empty()) {
     absl::MutexLock clock(&counters_mu_);
@@ -861,9 +1173,9 @@ VersionStore::Counters VersionStore::GetCounters() const {
 VersionStore::ReadLease::~ReadLease() {
   std::vector<std::shared_ptr<Version>> graveyard;  // destroyed after mu_ is released
   absl::MutexLock lock(&store_->mu_);
-  --const_cast<Version&>(*v_).readers;
+  --*v_->readers;
   // A version kept past max_versions only because it was being sent goes now.
-  if (v_->readers == 0) store_->RetireBeyondMax(&graveyard);
+  if (*v_->readers == 0) store_->RetireBeyondMax(&graveyard);
 }
 
 uint64_t VersionStore::ReadLease::version() const { return v_->id; }
@@ -873,6 +1185,14 @@ const uint8_t* VersionStore::ReadLease::data(int i) const {
 }
 uint64_t VersionStore::ReadLease::arena_offset(int i) const { return v_->ranges->offset(i); }
 bool VersionStore::ReadLease::dropped() const { return v_->dropped.load(); }
+uint32_t VersionStore::ReadLease::part_count() const { return v_->part_count; }
+const std::vector<uint32_t>& VersionStore::ReadLease::parts() const { return v_->parts; }
+uint32_t VersionStore::ReadLease::tensor_part(int i) const {
+  return v_->tensor_part[static_cast<size_t>(i)];
+}
+bool VersionStore::ReadLease::complete() const {
+  return v_->part_count == 0 || v_->parts.size() == v_->part_count;
+}
 
 absl::StatusOr<VersionStore::StagingLease> VersionStore::LeaseStaging(uint64_t version,
                                                                       const std::string& token) {
@@ -880,10 +1200,16 @@ absl::StatusOr<VersionStore::StagingLease> VersionStore::LeaseStaging(uint64_t v
   absl::Status error;
   std::shared_ptr<Version> v = FindStaging(version, token, &error);
   if (v == nullptr) return error;
+  if (v->part_count != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("version ", version,
+                     " is pushed in parts: it is sent to workers once every part is in, "
+                     "not while one arrives"));
+  }
   StagingLease out;
   // Copied under mu_: Commit replaces the version's manifest under it.
   out.manifest = std::make_shared<const v1::Manifest>(v->manifest);
-  ++v->readers;
+  ++*v->readers;
   out.lease = std::shared_ptr<ReadLease>(new ReadLease(this, std::move(v)));
   return out;
 }
@@ -908,7 +1234,7 @@ absl::StatusOr<std::shared_ptr<VersionStore::ReadLease>> VersionStore::Lease(uin
     }
     found = it->second;
   }
-  ++found->readers;
+  ++*found->readers;
   return std::shared_ptr<ReadLease>(new ReadLease(this, std::move(found)));
 }
 
@@ -925,6 +1251,7 @@ VersionStore::Usage VersionStore::GetUsage() const {
         ++u.staging;
       }
     }
+    u.staging += static_cast<uint32_t>(part_staging_.size());
   }
   absl::MutexLock alock(&alloc_mu_);
   u.used_bytes = allocator_.capacity() - allocator_.free_bytes();

@@ -37,6 +37,18 @@
 // Limits (each refused at Begin, before a byte is sent): tensors per version, bytes of a tensor
 // and of a version (the budget), label length, STAGING versions in total and per client.
 //
+// Parts (v1::VersionPart; docs/cluster.md "Versions in parts"): a version may be pushed in parts,
+// trainer rank r of N pushing the whole tensors it owns under one named id. Each part stages on
+// its own (its own token; parts of one id stage in parallel) and, once its bytes and checksums
+// are verified, is merged into the version of that id held here: one COMMITTED version whose
+// manifest lists the tensors of every part held, by part index (a tensor that an earlier part
+// holds with the same dtype, shape and checksum is kept once; with other bytes the commit is
+// refused naming it). A merge replaces the version's object; leases of the one before keep it
+// (and its memory) alive. Ids: a part of an id held here (as parts) is accepted although that id
+// is not above the last committed one; the other rules stand. The commit listener hears of a
+// parted version only once every part is held here. The ledger (state_dir) does not check or
+// record parts' digests.
+//
 // Writers: every copy into a version (a chunk, a LoadFiles read) holds the version (shared
 // ownership) while it writes, so an Abort, Drop or the staging reaper in the middle of a write
 // never frees memory under it: the version leaves the store at once and its memory returns to the
@@ -103,6 +115,16 @@ class VersionStore {
     std::string upload_token;
   };
 
+  // Which part of a version a Begin opens: index < count, count 2..kMaxVersionParts; count 0: the
+  // version is pushed whole.
+  struct PartOf {
+    uint32_t index;
+    uint32_t count;
+  };
+  static constexpr uint32_t kMaxVersionParts = 4096;
+  // INVALID_ARGUMENT naming what is wrong with `part` for `version` (a part needs a named id).
+  static absl::Status CheckPartOf(const PartOf& part, uint64_t version);
+
   struct Usage {
     uint64_t budget_bytes = 0;
     uint64_t used_bytes = 0;
@@ -143,12 +165,15 @@ class VersionStore {
   // `may_retire` false: only free memory is used (RESOURCE_EXHAUSTED rather than retiring a
   // committed version to make room; a member's copy from a cluster update).
   // `transport`: VersionInfo.transport ("local", "cluster"); empty: "grpc" with verify_checksums,
-  // else "files".
+  // else "files". `part`: one part of a version pushed in parts (see the top of this file):
+  // ALREADY_EXISTS when that part is held or staging here, or the id is held whole;
+  // FAILED_PRECONDITION when the id's other parts here name another count, or a tensor that a
+  // committed part holds has another dtype, shape or checksum (when the manifest has checksums).
   absl::StatusOr<Begun> Begin(const v1::Manifest& manifest, uint64_t requested_version,
                               const std::string& label, const std::string& client = "",
                               bool verify_checksums = true,
                               absl::Time deadline = absl::InfiniteFuture(), bool may_retire = true,
-                              const std::string& transport = "");
+                              const std::string& transport = "", PartOf part = {0, 0});
 
   // Copies `size` bytes to `offset` of `tensor`. Errors: NOT_FOUND (version not staging, unknown
   // tensor), PERMISSION_DENIED (token), OUT_OF_RANGE (past the tensor's end), FAILED_PRECONDITION
@@ -288,6 +313,12 @@ class VersionStore {
     // True once the version left the store (a STAGING one leased by LeaseStaging was aborted or
     // dropped: it will never commit).
     bool dropped() const;
+    // Parts (see the top of this file): the count (0: pushed whole), the parts held, ascending,
+    // tensor i's part, and whether every part is held here (always, for a version pushed whole).
+    uint32_t part_count() const;
+    const std::vector<uint32_t>& parts() const;
+    uint32_t tensor_part(int i) const;
+    bool complete() const;
 
    private:
     friend class VersionStore;
@@ -343,6 +374,19 @@ class VersionStore {
   // Takes `it` out of versions_ and marks it dropped (its writers stop); returns it.
   std::shared_ptr<Version> Remove(std::map<uint64_t, std::shared_ptr<Version>>::iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same for a staging part.
+  using PartKey = std::pair<uint64_t, uint32_t>;  // version, part index
+  std::shared_ptr<Version> RemovePart(std::map<PartKey, std::shared_ptr<Version>>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Begin's checks of part `part` of `version` against what is held and staging here.
+  absl::Status CheckPartBeginLocked(const v1::Manifest& manifest, uint64_t version,
+                                    const PartOf& part, bool verify_checksums) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The version `held` with the committed part `part` merged in (a new object); FAILED_PRECONDITION
+  // naming a tensor both hold with other bytes.
+  // (`part_manifest`: its manifest as it commits, with every checksum).
+  absl::StatusOr<std::shared_ptr<Version>> MergePart(const Version& held, const Version& part,
+                                                     const v1::Manifest& part_manifest);
   v1::VersionInfo Info(const Version& v) const;
 
   // The allocator's charge for `size` bytes (rounded up), nullopt past 2^64.
@@ -370,6 +414,8 @@ class VersionStore {
   // reference drops, which may happen under mu_).
   mutable absl::Mutex mu_;
   std::map<uint64_t, std::shared_ptr<Version>> versions_ ABSL_GUARDED_BY(mu_);
+  // STAGING parts (versions_ holds a parted version once its first part committed).
+  std::map<PartKey, std::shared_ptr<Version>> part_staging_ ABSL_GUARDED_BY(mu_);
   uint64_t max_committed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t max_begun_ ABSL_GUARDED_BY(mu_) = 0;
 

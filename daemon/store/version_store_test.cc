@@ -886,5 +886,183 @@ TEST_CASE("warm-up: stopping is prompt and a Begin waiting for memory stops wait
   store->StopWarmUp();  // idempotent
 }
 
+VersionStore::PartOf Part(uint32_t index, uint32_t count) { return {index, count}; }
+
+// The bytes of tensor `name` of leased version `lease`.
+std::string LeasedBytes(const VersionStore::ReadLease& lease, const std::string& name) {
+  for (int i = 0; i < lease.manifest().tensors_size(); ++i) {
+    if (lease.manifest().tensors(i).name() != name) continue;
+    return std::string(reinterpret_cast<const char*>(lease.data(i)),
+                       lease.manifest().tensors(i).byte_size());
+  }
+  return "<missing>";
+}
+
+TEST_CASE("parts: each stages on its own and merges into one version, in part order") {
+  auto store = NewStore(1 << 20);
+  std::vector<uint64_t> commits;
+  store->SetCommitListener([&](uint64_t v) { commits.push_back(v); });
+  // "norm" is replicated: both parts hold it with the same bytes.
+  const Tensor norm = MakeTensor("norm", {8}, 9);
+  std::vector<Tensor> p0 = {MakeTensor("a", {10}, 1), norm, MakeTensor("b", {3, 3}, 2)};
+  std::vector<Tensor> p1 = {MakeTensor("c", {7}, 3), norm};
+  auto b1 = store->Begin(ManifestOf(p1), 5, "step-5", "", true, absl::InfiniteFuture(), true, "",
+                         Part(1, 2));
+  REQUIRE(b1.ok());
+  auto b0 = store->Begin(ManifestOf(p0), 5, "step-5", "", true, absl::InfiniteFuture(), true, "",
+                         Part(0, 2));
+  REQUIRE(b0.ok());
+  CHECK(b0->upload_token != b1->upload_token);
+  CHECK(store->GetUsage().staging == 2);
+  // A token writes only its own part.
+  CHECK(store->WriteChunk(5, b1->upload_token, "a", 0, p0[0].bytes.data(), 4).code() ==
+        absl::StatusCode::kNotFound);
+  PushAll(*store, *b1, p1);
+  auto c1 = store->Commit(5, b1->upload_token);
+  REQUIRE(c1.ok());
+  CHECK(c1->part_count() == 2);
+  CHECK(std::vector<uint32_t>(c1->parts().begin(), c1->parts().end()) == std::vector<uint32_t>{1});
+  CHECK(commits.empty());  // not every part is here
+  {
+    auto lease = store->Lease(5);
+    REQUIRE(lease.ok());
+    CHECK_FALSE((*lease)->complete());
+    // A lease of the version before the merge keeps working after it.
+    PushAll(*store, *b0, p0);
+    auto c0 = store->Commit(5, b0->upload_token);
+    REQUIRE(c0.ok());
+    CHECK(c0->tensor_count() == 4);  // norm once
+    CHECK(std::vector<uint32_t>(c0->parts().begin(), c0->parts().end()) ==
+          (std::vector<uint32_t>{0, 1}));
+    CHECK(LeasedBytes(**lease, "c") == p1[0].bytes);
+  }
+  CHECK(commits == std::vector<uint64_t>{5});
+  auto lease = store->Lease(5);
+  REQUIRE(lease.ok());
+  CHECK((*lease)->complete());
+  const v1::Manifest& m = (*lease)->manifest();
+  REQUIRE(m.tensors_size() == 4);
+  // Part 0's tensors first in its order, then part 1's; the replicated one once, as part 0's (the
+  // lower part, although part 1 came first): the order does not depend on the order of commits.
+  CHECK(m.tensors(0).name() == "a");
+  CHECK(m.tensors(1).name() == "norm");
+  CHECK(m.tensors(2).name() == "b");
+  CHECK(m.tensors(3).name() == "c");
+  CHECK((*lease)->tensor_part(1) == 0);
+  CHECK((*lease)->tensor_part(3) == 1);
+  for (const Tensor& t : {p0[0], p0[1], p0[2], p1[0]})
+    CHECK(LeasedBytes(**lease, t.name) == t.bytes);
+  CHECK(store->GetUsage().staging == 0);
+  CHECK(store->GetUsage().committed == 1);
+}
+
+TEST_CASE("parts: conflicts are refused naming the part, the tensor or the count") {
+  auto store = NewStore(1 << 20);
+  std::vector<Tensor> p0 = {MakeTensor("a", {10}, 1), MakeTensor("shared", {4}, 7)};
+  auto begin = [&](const std::vector<Tensor>& ts, uint64_t id, VersionStore::PartOf part) {
+    return store->Begin(ManifestOf(ts), id, "", "", true, absl::InfiniteFuture(), true, "", part);
+  };
+  // Bad declarations.
+  CHECK(begin(p0, 0, Part(0, 2)).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(begin(p0, 3, Part(2, 2)).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(begin(p0, 3, Part(0, 1)).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(begin(p0, 3, Part(0, VersionStore::kMaxVersionParts + 1)).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  auto b0 = begin(p0, 3, Part(0, 3));
+  REQUIRE(b0.ok());
+  // The same part twice, another count, the id pushed whole.
+  CHECK(begin(p0, 3, Part(0, 3)).status().code() == absl::StatusCode::kAlreadyExists);
+  auto other = begin(p0, 3, Part(1, 4));
+  CHECK(other.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(other.status().message(), "3 parts"));
+  CHECK(store->Begin(ManifestOf(p0), 3, "").status().code() == absl::StatusCode::kAlreadyExists);
+  PushAll(*store, *b0, p0);
+  REQUIRE(store->Commit(3, b0->upload_token).ok());
+  CHECK(begin(p0, 3, Part(0, 3)).status().code() == absl::StatusCode::kAlreadyExists);
+  // A tensor part 0 holds, with other bytes: refused at Begin (the manifest has checksums)...
+  std::vector<Tensor> clash = {MakeTensor("shared", {4}, 8)};
+  auto at_begin = begin(clash, 3, Part(1, 3));
+  CHECK(at_begin.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(at_begin.status().message(), "'shared'"));
+  // ... and at commit when the checksums come only then (a local push).
+  auto late = store->Begin(ManifestOf(clash), 3, "", "", false, absl::InfiniteFuture(), true,
+                           "local", Part(1, 3));
+  REQUIRE(late.ok());
+  {
+    auto w = store->OpenWriter(3, late->upload_token);
+    REQUIRE(w.ok());
+    std::memcpy((*w)->data(0), clash[0].bytes.data(), clash[0].bytes.size());
+    REQUIRE((*w)->MarkAllReceived().ok());
+  }
+  const std::vector<uint64_t> sums = {XXH3_64bits(clash[0].bytes.data(), clash[0].bytes.size())};
+  auto refused = store->Commit(3, late->upload_token, true, &sums);
+  CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(refused.status().message(), "'shared'"));
+  // The part stays staging (abort it); the version keeps part 0 alone.
+  CHECK(store->Abort(3, late->upload_token, "test").ok());
+  auto lease = store->Lease(3);
+  REQUIRE(lease.ok());
+  CHECK((*lease)->parts() == std::vector<uint32_t>{0});
+  CHECK((*lease)->manifest().tensors_size() == 2);
+}
+
+TEST_CASE("parts: ids, drop and the staging reaper") {
+  VersionStore::Options o;
+  o.staging_timeout = absl::Seconds(10);
+  auto store = NewStore(1 << 20, o);
+  std::vector<Tensor> whole = {MakeTensor("w", {4}, 1)};
+  auto w = store->Begin(ManifestOf(whole), 10, "");
+  REQUIRE(w.ok());
+  PushAll(*store, *w, whole);
+  REQUIRE(store->Commit(10, w->upload_token).ok());
+  auto begin = [&](uint64_t id, VersionStore::PartOf part, const std::string& name) {
+    return store->Begin(ManifestOf({MakeTensor(name, {4}, part.index + 2)}), id, "", "", true,
+                        absl::InfiniteFuture(), true, "", part);
+  };
+  // Ids still increase for a version with no part here...
+  CHECK(begin(9, Part(0, 2), "x").status().code() == absl::StatusCode::kFailedPrecondition);
+  // ... but a late part of an id held here as parts is taken although a newer id committed.
+  auto p0 = begin(11, Part(0, 2), "x");
+  REQUIRE(p0.ok());
+  PushAll(*store, *p0, {MakeTensor("x", {4}, 2)});
+  REQUIRE(store->Commit(11, p0->upload_token).ok());
+  auto v12 = store->Begin(ManifestOf(whole), 12, "");
+  REQUIRE(v12.ok());
+  PushAll(*store, *v12, whole);
+  REQUIRE(store->Commit(12, v12->upload_token).ok());
+  auto p1 = begin(11, Part(1, 2), "y");
+  REQUIRE(p1.ok());
+  // Drop takes the committed parts and the staging ones.
+  auto p1_write = store->WriteChunk(11, p1->upload_token, "y", 0, "abcd", 4);
+  CHECK(p1_write.ok());
+  REQUIRE(store->Drop(11).ok());
+  CHECK(store->WriteChunk(11, p1->upload_token, "y", 0, "abcd", 4).code() ==
+        absl::StatusCode::kNotFound);
+  CHECK(store->GetUsage().staging == 0);
+  // The reaper takes a stale part.
+  auto p2 = begin(13, Part(0, 2), "z");
+  REQUIRE(p2.ok());
+  CHECK(store->List().size() == 2);  // 12 committed, 13 part 0 staging
+  CHECK(store->Get(13)->info().parts_size() == 1);
+  CHECK(store->AbortStale(absl::Now() + absl::Seconds(11)) == 1);
+  CHECK(store->GetUsage().staging == 0);
+  CHECK(store->LeaseStaging(13, p2->upload_token).status().code() == absl::StatusCode::kNotFound);
+}
+
+TEST_CASE("parts: no overlapped lease of a part; a part's memory returns when it is dropped") {
+  auto store = NewStore(1 << 20);
+  const uint64_t free_before = store->GetUsage().used_bytes;
+  std::vector<Tensor> ts = {MakeTensor("a", {1000}, 1)};
+  auto p =
+      store->Begin(ManifestOf(ts), 4, "", "", true, absl::InfiniteFuture(), true, "", Part(0, 2));
+  REQUIRE(p.ok());
+  CHECK(store->LeaseStaging(4, p->upload_token).status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  PushAll(*store, *p, ts);
+  REQUIRE(store->Commit(4, p->upload_token).ok());
+  CHECK(store->GetUsage().used_bytes > free_before);
+  REQUIRE(store->Drop(4).ok());
+  CHECK(store->GetUsage().used_bytes == free_before);
+}
 }  // namespace
 }  // namespace ckpt::daemon

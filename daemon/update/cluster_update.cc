@@ -235,6 +235,13 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
         "cluster updates with the cuda backend are not built yet (a cluster whose other members "
         "are down updates this member alone)");
   }
+  if (!lease->complete()) {
+    return refuse(
+        absl::StrCat("it is pushed in ", lease->part_count(), " parts and this member holds ",
+                     lease->parts().size(),
+                     " of them: cluster updates of versions whose parts are on "
+                     "several members are not built yet (push every part to one member)"));
+  }
   if (request.consistent()) {
     for (const v1::ClusterMember& m : others) {
       if (m.protocol_version() < kPeerConsistentVersion) {

@@ -239,6 +239,23 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
     }
     return lease.status();
   }
+  if (!(*lease)->complete() && others.empty()) {
+    // Pushed in parts, not every one here: the others must be held by members that are up.
+    std::vector<uint32_t> missing;
+    const std::vector<uint32_t>& held = (*lease)->parts();
+    for (uint32_t i = 0; i < (*lease)->part_count(); ++i) {
+      if (!std::binary_search(held.begin(), held.end(), i)) missing.push_back(i);
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("version ", (*lease)->version(), " is pushed in ", (*lease)->part_count(),
+                     " parts; this daemon holds ", held.size() == 1 ? "part " : "parts ",
+                     absl::StrJoin(held, ", "), " and no member that is up holds the others (",
+                     missing.size() == 1 ? "part " : "parts ",
+                     absl::StrJoin(missing.begin(),
+                                   missing.begin() + std::min<size_t>(missing.size(), 16), ", "),
+                     missing.size() > 16 ? ", ..." : "",
+                     "): push them (to any member) before asking for the update"));
+  }
   if (!others.empty()) {
     return RunClusterUpdate(request, trigger, *std::move(lease), std::move(others));
   }

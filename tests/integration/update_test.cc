@@ -237,6 +237,93 @@ TEST_CASE("a C++ and a Python worker receive a pushed version bit-exact") {
   }
 }
 
+// Issue 13: a version pushed in parts (trainer rank r of N pushes the tensors it owns) to one
+// daemon: incomplete, an update is refused naming the missing parts; complete, it updates
+// bit-exact, a tensor replicated in every part arriving once.
+TEST_CASE("a version pushed in parts to one daemon updates once every part is in") {
+  Daemon d;
+  testing::TempDir dir;
+  StateDict m = Model(11);
+  const std::string replicated = "model.norm.weight";
+  constexpr uint32_t kParts = 3;
+  auto part_views = [&](uint32_t r) {
+    std::vector<TensorView> views;
+    for (size_t i = 0; i < m.views.size(); ++i) {
+      const bool shared = m.views[i].name == replicated;
+      if (shared || i % kParts == r) views.push_back(m.views[i]);
+    }
+    return views;
+  };
+  auto push_part = [&](uint32_t r, client::Transport transport) {
+    client::PushOptions o;
+    o.version = 40;
+    o.part_index = r;
+    o.part_count = kParts;
+    o.transport = transport;
+    o.label = "step-40";
+    return d.trainer->PushTensors(part_views(r), o);
+  };
+  // Out of order, over both paths.
+  auto p2 = push_part(2, client::Transport::kGrpc);
+  INFO(p2.status().ToString());
+  REQUIRE(p2.ok());
+  CHECK(p2->part_count() == kParts);
+  CHECK(p2->transport() == "grpc");
+  auto p0 = push_part(0, client::Transport::kAuto);
+  INFO(p0.status().ToString());
+  REQUIRE(p0.ok());
+  CHECK(std::vector<uint32_t>(p0->parts().begin(), p0->parts().end()) ==
+        (std::vector<uint32_t>{0, 2}));
+  CHECK(p0->transport() == "mixed");  // part 0 came over the local path
+
+  Worker cpp(Worker::Kind::kCpp, d, dir, "cpp", {"--versions", "1"});
+  Worker py(Worker::Kind::kPython, d, dir, "py", {"--versions", "1"});
+  cpp.WaitAttached();
+  py.WaitAttached();
+  REQUIRE(WaitUntil([&] { return d.Workers() == 2; }, 10s));
+
+  auto refused = d.Update(40);
+  CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(Contains(std::string(refused.status().message()), "parts 0, 2"));
+  CHECK(Contains(std::string(refused.status().message()), "(part 1)"));
+  RunResult listed = d.Ctl({"versions"});
+  CHECK(Contains(listed.out, "committed parts 0,2 of 3"));
+  // The same part twice, or another count, is refused.
+  CHECK(push_part(2, client::Transport::kGrpc).status().code() == absl::StatusCode::kAlreadyExists);
+  {
+    client::PushOptions o;
+    o.version = 40;
+    o.part_index = 1;
+    o.part_count = 4;
+    CHECK(d.trainer->PushTensors(part_views(1), o).status().code() ==
+          absl::StatusCode::kFailedPrecondition);
+  }
+
+  auto p1 = push_part(1, client::Transport::kGrpc);
+  INFO(p1.status().ToString());
+  REQUIRE(p1.ok());
+  CHECK(p1->parts_size() == 3);
+  CHECK(p1->tensor_count() == m.views.size());  // the replicated tensor once
+
+  auto result = d.Update(40);
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  REQUIRE(result->workers_size() == 2);
+  for (const auto& w : result->workers()) {
+    CHECK(w.ok());
+    CHECK(w.tensors() == m.views.size());
+  }
+  CheckReport(cpp.Report(40), m);
+  CheckReport(py.Report(40), m);
+  RunResult shown = d.Ctl({"show", "40", "--json"});
+  INFO(shown.err);
+  REQUIRE(shown.exit.code == 0);
+  nlohmann::json j = nlohmann::json::parse(shown.out);
+  CHECK(j["part_count"] == kParts);
+  CHECK(j["parts"] == nlohmann::json::array({0, 1, 2}));
+  CHECK(j["label"] == "step-40");
+}
+
 // Issue 10 point 1: tensors larger than a bucket (64 KiB here) are split by the daemon and handed
 // out whole by every client library.
 StateDict LargeModel(uint32_t seed) {

@@ -238,6 +238,35 @@ class PushTest(unittest.TestCase):
         self.assertEqual(e.exception.code_name, "INVALID_ARGUMENT")
         self.assertIn("window_bytes must be 1 MiB to 16 GiB", e.exception.message)
 
+    def test_parts_of_one_version_merge_on_the_daemon(self):
+        # Two trainer ranks, each pushing what it owns; "norm" is replicated in both.
+        rng = np.random.default_rng(5)
+        norm = rng.standard_normal(16).astype(np.float32)
+        rank0 = {"a": rng.standard_normal(100).astype(np.float32), "norm": norm}
+        rank1 = {"b": torch.randn(7, 3), "norm": norm.copy()}
+        v = 2_000_000
+        self.assertEqual(self.client.push_state_dict(rank1, version=v, part=(1, 2)), v)
+        self.assertEqual(self.client.last_push["parts"], [1])
+        self.assertEqual(self.client.last_push["part_count"], 2)
+        self.client.push_state_dict(rank0, version=v, part=(0, 2), transport="grpc")
+        self.assertEqual(self.client.last_push["parts"], [0, 1])
+        shown = ce.get_version(self.client, v)
+        self.assertEqual([t["name"] for t in shown["tensors"]], ["a", "norm", "b"])
+        for name, t in (("a", rank0["a"]), ("norm", norm), ("b", rank1["b"])):
+            got = [x for x in shown["tensors"] if x["name"] == name][0]
+            self.assertEqual(got["xxh3"], xxh3(raw_bytes(t)), name)
+        for bad, why in (((2, 2), "part_index below it"), ((0, 1), "part_count is 2..4096"),
+                         ("x", "part must be (index, count)")):
+            with self.subTest(part=bad):
+                with self.assertRaises(ce.CkptError) as e:
+                    self.client.push_state_dict(rank0, version=v + 1, part=bad)
+                self.assertEqual(e.exception.code_name, "INVALID_ARGUMENT")
+                self.assertIn(why, e.exception.message)
+        with self.assertRaises(ce.CkptError) as e:
+            self.client.push_state_dict(rank0, part=(0, 2))
+        self.assertIn("named version", e.exception.message)
+        ce.drop_version(self.client, v)
+
     def test_big_endian_numpy_is_sent_in_host_order(self):
         a = np.arange(6, dtype=">f4")
         v = self.client.push_state_dict({"be": a})

@@ -172,7 +172,7 @@ class Client(_Handle):
 
     def push_state_dict(self, tensors, version=0, label="", streams=4, progress=None,
                         chunk_bytes=0, timeout=60.0, transport="auto", window_bytes=0,
-                        update=False):
+                        update=False, part=None):
         """Pushes a {name: tensor} mapping as one new version and commits it; returns the version.
 
         `version` 0 lets the daemon pick the next id. `progress(done_bytes, total_bytes)` is
@@ -193,6 +193,13 @@ class Client(_Handle):
         that fails is loaded by no worker (those sent some of it report it as mixed_version). The call returns once the version is
         committed: `wait_loaded(version)` says when the workers have it.
 
+        `part=(index, count)`: one part of a version pushed in parts (docs/cluster.md "Versions in
+        parts"): trainer rank `index` of `count` (2..4096) pushes the whole tensors it owns, every
+        rank under the same named `version`, to the daemon of its choice (not with update=True). A
+        tensor several ranks hold (replicated) may be in several parts with the same bytes. The
+        version info's "parts" says which parts the daemon holds; a cluster update is refused,
+        naming what is missing, until every part is held by some member.
+
         CUDA tensors are read where they are, once all work queued on their GPUs is done (the
         client synchronizes those devices first, as torch.cuda.synchronize). A local daemon that
         drives their GPU copies them out of GPU memory itself (CUDA IPC: `last_push["ipc_bytes"]`
@@ -201,6 +208,16 @@ class Client(_Handle):
         pinned shared-memory windows or, for gRPC, into pinned host memory kept for the next push
         (release_staging() or close() frees it).
         """
+        part_index, part_count = 0, 0
+        if part is not None:
+            try:
+                part_index, part_count = (int(x) for x in part)
+            except (TypeError, ValueError):
+                raise CkptError(INVALID_ARGUMENT,
+                                f"part must be (index, count), not {part!r}") from None
+            if part_index < 0 or part_count < 0 or part_count > 0xFFFFFFFF or \
+                    part_index > 0xFFFFFFFF:
+                raise CkptError(INVALID_ARGUMENT, f"part {part!r} is out of range")
         if transport not in ("auto", "local", "grpc"):
             raise CkptError(INVALID_ARGUMENT,
                             f"transport must be 'auto', 'local' or 'grpc', not {transport!r}")
@@ -233,6 +250,8 @@ class Client(_Handle):
         extra.transport = transport.encode("ascii")
         extra.window_bytes = int(window_bytes)
         extra.update = 1 if update else 0
+        extra.part_index = part_index
+        extra.part_count = part_count
         err = ctypes.create_string_buffer(_ERR_LEN)
         out_version = ctypes.c_uint64()
         info = ctypes.c_void_p()

@@ -64,6 +64,8 @@ class PushExtra(ctypes.Structure):
         ("transport", ctypes.c_char_p),
         ("window_bytes", ctypes.c_uint64),
         ("update", ctypes.c_int),
+        ("part_index", ctypes.c_uint32),
+        ("part_count", ctypes.c_uint32),
     ]
 
 
