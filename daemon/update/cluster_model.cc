@@ -116,7 +116,6 @@ absl::StatusOr<ClusterModelResult> ModelClusterUpdate(const UpdatePlan& plan,
     const int r = roots[k];
     const uint64_t s = b.used_bytes;
     out.bucket_bytes_total += s;
-    out.member_upload_bytes[r] += s;
     uint64_t seg_max = 0, seg_min = std::numeric_limits<uint64_t>::max(), copy_max = 0;
     for (int u = 0; u < g; ++u) {
       const Segment& seg = b.segments[u];
@@ -126,6 +125,7 @@ absl::StatusOr<ClusterModelResult> ModelClusterUpdate(const UpdatePlan& plan,
       seg_min = std::min(seg_min, seg.bytes);
       copy_max = std::max(copy_max, copied);
       up_bytes[r][u] += copied;
+      out.member_upload_bytes[r] += copied;
       pcie_bytes[r][u] += copied;
       for (int m = 0; m < n; ++m) {
         if (m != r && receptions_use_pcie) pcie_bytes[m][u] += seg.bytes;
@@ -143,21 +143,24 @@ absl::StatusOr<ClusterModelResult> ModelClusterUpdate(const UpdatePlan& plan,
     const double recv_pcie = receptions_use_pcie ? static_cast<double>(seg_max) / h2d : 0;
     double broadcast = 0;
     if (n > 1 || g > 1) {
-      double longest = 0;
-      if (g > 1) {
-        longest =
-            std::max(longest, static_cast<double>(s - seg_min) / intra + (g - 1) * chunk / intra);
-      }
+      double nvlink_t = 0, nic_t = 0;
+      if (g > 1) nvlink_t = static_cast<double>(s - seg_min) / intra + (g - 1) * chunk / intra;
       if (n > 1) {
         const double rail = inter / g;
         if (t.broadcast == CrossMemberBroadcast::kRing) {
-          longest = std::max(
-              longest, static_cast<double>(s) / inter + (n - 1) * (chunk / rail + t.hop_latency_s));
+          nic_t = static_cast<double>(s) / inter + (n - 1) * (chunk / rail + t.hop_latency_s);
         } else {
-          longest = std::max(longest, 2.0 * static_cast<double>(s) / inter +
-                                          CeilLog2(n) * (2 * chunk / rail + t.hop_latency_s));
+          nic_t = 2.0 * static_cast<double>(s) / inter +
+                  CeilLog2(n) * (2 * chunk / rail + t.hop_latency_s);
         }
-        longest = std::max(longest, recv_pcie);
+      }
+      const double longest = std::max({nvlink_t, nic_t, recv_pcie});
+      if (longest == nvlink_t) {
+        ++out.broadcasts_by_nvlink;
+      } else if (longest == nic_t) {
+        ++out.broadcasts_by_nic;
+      } else {
+        ++out.broadcasts_by_pcie;
       }
       broadcast = t.collective_latency_s + longest;
     }

@@ -75,11 +75,13 @@ struct BucketTiming {
 struct ClusterModelResult {
   uint64_t bucket_bytes_total = 0;  // sum of used_bytes (tensor bytes plus alignment padding)
   uint64_t tensor_bytes = 0;
-  std::vector<uint64_t> member_upload_bytes;  // bytes each member's GPUs upload together
+  std::vector<uint64_t> member_upload_bytes;  // tensor bytes each member's GPUs copy from its host
   std::vector<ResourceBound> bounds;          // the largest per kind, in a fixed order
   double lower_bound_s = 0;                   // the largest of `bounds`
   std::string bound_by;                       // its resource
   double predicted_s = 0;                     // when the last bucket is released everywhere
+  // Which link set each broadcast's duration (the longest of its terms).
+  int broadcasts_by_nvlink = 0, broadcasts_by_nic = 0, broadcasts_by_pcie = 0;
   std::vector<BucketTiming> buckets;
 };
 

@@ -84,6 +84,8 @@ TEST_CASE("two GPUs of one member: halves uploaded, NVLink spreads the rest, ove
   CHECK(Bound(*r, "NVLink ingress per GPU") == Approx(0.01));
   CHECK(Bound(*r, "broadcasts") == Approx(0.01));
   CHECK(r->lower_bound_s == Approx(0.02));
+  CHECK(r->broadcasts_by_nvlink == 2);
+  CHECK(r->broadcasts_by_nic + r->broadcasts_by_pcie == 0);
 }
 
 TEST_CASE("one slot: the next upload waits for the workers to release the bucket") {
@@ -151,6 +153,7 @@ TEST_CASE("NIC receptions share the GPU's PCIe link with its uploads") {
   // Each GPU's PCIe carries 1 GB uploaded and 1 GB received.
   CHECK(Bound(*r, "PCIe per GPU") == Approx(0.04));
   CHECK(Bound(*r, "broadcasts") == Approx(0.04));
+  CHECK(r->broadcasts_by_pcie == 2);
 }
 
 TEST_CASE("an upload waits for the PCIe link when a reception holds it") {
@@ -214,6 +217,7 @@ TEST_CASE("several members of several GPUs: every bound by hand") {
   // A broadcast: max(NVLink .0025, NIC .02, reception .0125) = 0.02 s; four of them: 0.08 s.
   CHECK(Bound(*r, "broadcasts") == Approx(0.08));
   CHECK(r->lower_bound_s == Approx(0.08));
+  CHECK(r->broadcasts_by_nic == 4);
   // Schedule: U0 m0 [0,.0125], U1 m1 [0,.0125]; X0 [.0125,.0325] (m1 receives [.0125,.025]);
   // X1 [.0325,.0525] (m0 receives [.0325,.045]). U2 (slot 0, free at .0325) waits for m0's
   // reception: [.045,.0575]; X2 [.0575,.0775] (m1 receives [.0575,.07]). U3 (slot 1, free at
