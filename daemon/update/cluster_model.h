@@ -47,12 +47,14 @@ struct ClusterTopology {
   int gpus_per_member = 1;
   double h2d_gbps = 50;   // pinned host -> device, per GPU, with every GPU of the member copying
   double intra_gbps = 0;  // NVLink, per GPU and direction; needed when gpus_per_member > 1
-  double inter_gbps =
-      0;  // per member and direction, all its NICs together; needed when members > 1
+  // Per member and direction, all its NICs together; needed when members > 1.
+  double inter_gbps = 0;
   bool nic_via_pcie = true;  // a GPU's NIC traffic enters it through its own PCIe link
   CrossMemberBroadcast broadcast = CrossMemberBroadcast::kRing;
-  int slots = 2;                        // K slots per GPU
-  double bucket_latency_s = 1e-3;       // per bucket: workers told, load, ack, slot released
+  int slots = 2;  // K slots per GPU
+  // Per bucket: workers told, their copy out of the slot, the acks; about 2 ms measured on one
+  // H100 with 2 GiB buckets (docs/benchmarks.md, 2026-11-23: worker loads 0.073 s / 34 buckets).
+  double bucket_latency_s = 2e-3;
   double collective_latency_s = 20e-6;  // to start one (grouped) broadcast
   double hop_latency_s = 5e-6;          // per NIC hop between members
   uint64_t chunk_bytes = 512 << 10;     // a broadcast's pipelining unit (0: no fill time)
