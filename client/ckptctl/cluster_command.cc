@@ -1,6 +1,9 @@
 #include "client/ckptctl/cluster_command.h"
 
+#include <algorithm>
 #include <iostream>
+#include <map>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -14,6 +17,107 @@ CLI::App* AddClusterCommand(CLI::App* app, ClusterArgs* args) {
   return cmd;
 }
 
+namespace {
+
+nlohmann::json HeldJson(const v1::ClusterMember& m) {
+  nlohmann::json held = nlohmann::json::array();
+  for (const v1::HeldVersion& h : m.held()) {
+    held.push_back({{"version", h.version()},
+                    {"part_count", h.part_count()},
+                    {"parts", std::vector<uint32_t>(h.parts().begin(), h.parts().end())},
+                    {"tensor_count", h.tensor_count()},
+                    {"total_bytes", h.total_bytes()}});
+  }
+  return held;
+}
+
+// Per version held by any member: who holds it (whole, or which parts), and the parts no member
+// holds.
+struct ClusterVersion {
+  uint32_t part_count = 0;
+  std::vector<std::pair<const v1::ClusterMember*, const v1::HeldVersion*>> holders;
+};
+
+std::map<uint64_t, ClusterVersion> ByVersion(const v1::StatusResponse& s) {
+  std::map<uint64_t, ClusterVersion> out;
+  for (const v1::ClusterMember& m : s.cluster_members()) {
+    for (const v1::HeldVersion& h : m.held()) {
+      ClusterVersion& v = out[h.version()];
+      v.part_count = std::max(v.part_count, h.part_count());
+      v.holders.emplace_back(&m, &h);
+    }
+  }
+  for (auto& [version, v] : out) {
+    std::stable_sort(v.holders.begin(), v.holders.end(), [](const auto& a, const auto& b) {
+      return a.first->node_name() < b.first->node_name();
+    });
+  }
+  return out;
+}
+
+// The parts of `v` that no member that is up (or this one) holds.
+std::vector<uint32_t> MissingParts(const ClusterVersion& v) {
+  std::set<uint32_t> held;
+  for (const auto& [m, h] : v.holders) {
+    if (m->state() != "self" && m->state() != "up") continue;
+    if (h->part_count() == 0) return {};
+    held.insert(h->parts().begin(), h->parts().end());
+  }
+  std::vector<uint32_t> missing;
+  for (uint32_t p = 0; p < v.part_count; ++p) {
+    if (held.count(p) == 0) missing.push_back(p);
+  }
+  return missing;
+}
+
+}  // namespace
+
+nlohmann::json ClusterVersionsJson(const v1::StatusResponse& s) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& [version, v] : ByVersion(s)) {
+    nlohmann::json holders = nlohmann::json::array();
+    for (const auto& [m, h] : v.holders) {
+      holders.push_back({{"node_name", m->node_name()},
+                         {"state", m->state()},
+                         {"whole", h->part_count() == 0},
+                         {"parts", std::vector<uint32_t>(h->parts().begin(), h->parts().end())}});
+    }
+    out.push_back({{"version", version},
+                   {"part_count", v.part_count},
+                   {"members", std::move(holders)},
+                   {"missing_parts", MissingParts(v)}});
+  }
+  return out;
+}
+
+std::string ClusterVersionsText(const v1::StatusResponse& s) {
+  const auto versions = ByVersion(s);
+  if (versions.empty()) return "no member holds a version\n";
+  std::string out = absl::StrFormat("%-8s %-10s %s\n", "VERSION", "PARTS", "HELD BY");
+  for (const auto& [version, v] : versions) {
+    std::vector<std::string> holders;
+    for (const auto& [m, h] : v.holders) {
+      std::string who = m->node_name().empty() ? m->address() : m->node_name();
+      if (m->state() != "self" && m->state() != "up") absl::StrAppend(&who, " (", m->state(), ")");
+      if (h->part_count() == 0) {
+        absl::StrAppend(&who, ": whole");
+      } else {
+        absl::StrAppend(&who, h->parts_size() == 1 ? ": part " : ": parts ",
+                        absl::StrJoin(h->parts(), ","));
+      }
+      holders.push_back(std::move(who));
+    }
+    const std::vector<uint32_t> missing = MissingParts(v);
+    std::string parts = v.part_count == 0 ? "whole" : absl::StrCat(v.part_count);
+    absl::StrAppendFormat(&out, "%8d %-10s %s%s\n", version, parts, absl::StrJoin(holders, "; "),
+                          missing.empty()
+                              ? ""
+                              : absl::StrCat("; MISSING ", missing.size() == 1 ? "part " : "parts ",
+                                             absl::StrJoin(missing, ",")));
+  }
+  return out;
+}
+
 nlohmann::json ClusterJson(const v1::StatusResponse& s) {
   nlohmann::json members = nlohmann::json::array();
   for (const v1::ClusterMember& m : s.cluster_members()) {
@@ -24,6 +128,7 @@ nlohmann::json ClusterJson(const v1::StatusResponse& s) {
          {"error", m.error()},
          {"gpu_uuids", std::vector<std::string>(m.gpu_uuids().begin(), m.gpu_uuids().end())},
          {"versions", std::vector<uint64_t>(m.versions().begin(), m.versions().end())},
+         {"held", HeldJson(m)},
          {"workers", m.workers()},
          {"release", m.release()},
          {"protocol_version", m.protocol_version()},

@@ -25,6 +25,11 @@ int RunClusterCommand(const GlobalOptions& global, const ClusterArgs& args);
 nlohmann::json ClusterJson(const v1::StatusResponse& status);
 // One line per member; "not in a cluster" when cluster_listen is empty.
 std::string ClusterText(const v1::StatusResponse& status);
+// The versions every member holds (ClusterMember.held): per version, its part count (0: whole),
+// each holder with its state and parts, and the parts no member that is up holds. `ckptctl
+// versions` prints it in a cluster.
+nlohmann::json ClusterVersionsJson(const v1::StatusResponse& status);
+std::string ClusterVersionsText(const v1::StatusResponse& status);
 
 }  // namespace ckpt::ctl
 

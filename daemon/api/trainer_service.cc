@@ -243,6 +243,10 @@ namespace {
 
 // Window pieces copied by one thread at a time.
 constexpr uint64_t kWindowPieceBytes = uint64_t{8} << 20;
+// A pull lane reads 1 MiB at a time and hashes it at once: up to 16 lanes then keep 16 MiB in
+// flight, which stays in cache for the hash (8 MiB pieces, 128 MiB across 16 lanes, did not: the
+// hash read them back from memory, a third pass).
+constexpr uint64_t kPullPieceBytes = uint64_t{1} << 20;
 
 const char* StepName(v1::LocalPushRequest::StepCase step) {
   switch (step) {
@@ -627,7 +631,7 @@ absl::Status TrainerService::PullStep(const v1::LocalPushPull& pull, const v1::M
   dst.reserve(parts.size());
   for (const PullPart& p : parts) dst.push_back(lease->data(static_cast<int>(p.tensor)));
   std::vector<uint64_t> xxh3;
-  RETURN_IF_ERROR(PullTensors(*memory, parts, dst, manifest, options_.pull_lanes, kWindowPieceBytes,
+  RETURN_IF_ERROR(PullTensors(*memory, parts, dst, manifest, options_.pull_lanes, kPullPieceBytes,
                               cancelled, &xxh3, [&parts, feed](size_t k, uint64_t x) {
                                 if (feed != nullptr) feed->MarkReady(parts[k].tensor, x);
                               }));

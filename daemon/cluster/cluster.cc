@@ -69,6 +69,8 @@ class Cluster::PeerService final : public v1::Peer::Service {
     }
     if (request->leaving()) cluster_->MarkLeft(request->node_name(), request->instance());
     *response = cluster_->self_();
+    // A caller of protocol 3 knows no parts (its proof would not cover them).
+    if (theirs < kPeerPartsVersion) response->clear_held();
     response->set_protocol_version(kPeerProtocolVersion);
     response->set_node_name(o.node_name);
     response->set_instance(cluster_->instance_);
@@ -88,6 +90,28 @@ class Cluster::PeerService final : public v1::Peer::Service {
       return ToGrpc(s);
     }
     auto answer = cluster_->rendezvous_.Serve(r);
+    if (!answer.ok()) return ToGrpc(answer.status());
+    return ToGrpc(session.Seal(*answer, response));
+  }
+
+  grpc::Status VersionManifest(grpc::ServerContext* context, const v1::PeerEnvelope* request,
+                               v1::PeerEnvelope* response) override {
+    const ClusterOptions& o = cluster_->options_;
+    PeerSession session(o.token, "VersionManifest", PeerSession::Side::kCallee);
+    v1::VersionManifestRequest r;
+    if (absl::Status s = session.Open(*request, &r, "the request"); !s.ok()) {
+      Refused(context, "sent a manifest request without a valid proof");
+      return ToGrpc(s);
+    }
+    VersionManifestHandler handler;
+    {
+      absl::MutexLock lock(&cluster_->hooks_mu_);
+      handler = cluster_->manifest_handler_;
+    }
+    if (!handler) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this member serves no manifests");
+    }
+    auto answer = handler(r);
     if (!answer.ok()) return ToGrpc(answer.status());
     return ToGrpc(session.Seal(*answer, response));
   }
@@ -287,9 +311,29 @@ std::vector<PeerAddress> Cluster::Resolve(std::string* error) const {
   return out;
 }
 
+void Cluster::SetVersionManifestHandler(VersionManifestHandler handler) {
+  absl::MutexLock lock(&hooks_mu_);
+  manifest_handler_ = std::move(handler);
+}
+
+void Cluster::SetAfterRound(std::function<void()> after_round) {
+  absl::MutexLock lock(&hooks_mu_);
+  after_round_ = std::move(after_round);
+}
+
 void Cluster::Loop() {
   for (;;) {
     Round(/*leaving=*/false, absl::InfiniteFuture());
+    std::function<void()> after;
+    {
+      absl::MutexLock lock(&hooks_mu_);
+      after = after_round_;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+    }
+    if (after) after();
     absl::MutexLock lock(&mu_);
     auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
     if (mu_.AwaitWithTimeout(absl::Condition(&stopping), options_.interval)) return;
@@ -470,6 +514,19 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       }
       shown.clear_versions();
       for (int i = 0; i < std::min(r.versions_size(), 1024); ++i) shown.add_versions(r.versions(i));
+      // Bounded and checked: parts ascending, below a count of 2..4096.
+      shown.clear_held();
+      for (int i = 0; i < std::min(r.held_size(), 1024); ++i) {
+        const v1::HeldVersion& h = r.held(i);
+        bool well_formed = h.part_count() == 0
+                               ? h.parts_size() == 0
+                               : h.part_count() >= 2 && h.part_count() <= 4096 &&
+                                     h.parts_size() <= static_cast<int>(h.part_count());
+        for (int k = 0; well_formed && k < h.parts_size(); ++k) {
+          well_formed = h.parts(k) < h.part_count() && (k == 0 || h.parts(k - 1) < h.parts(k));
+        }
+        if (well_formed) *shown.add_held() = h;
+      }
       shown.set_workers(r.workers());
       shown.set_release(EscapeForMessage(r.release(), 64));
       shown.set_instance(EscapeForMessage(r.instance(), 64));
@@ -531,6 +588,7 @@ std::vector<v1::ClusterMember> Cluster::Members() const {
   self.set_state("self");
   *self.mutable_gpu_uuids() = me.gpu_uuids();
   *self.mutable_versions() = me.versions();
+  *self.mutable_held() = me.held();
   self.set_workers(me.workers());
   self.set_release(me.release());
   self.set_instance(instance_);
@@ -681,6 +739,29 @@ absl::StatusOr<std::unique_ptr<Cluster::MemberCall>> Cluster::CallMemberUpdate(
   }
   return std::unique_ptr<MemberCall>(std::make_unique<GrpcMemberCall>(
       std::move(peer.stub), node_name, options_.token, options_.tls.enabled()));
+}
+
+absl::StatusOr<v1::VersionManifestResponse> Cluster::CallVersionManifest(
+    const std::string& node_name, const v1::VersionManifestRequest& request, absl::Time deadline) {
+  ASSIGN_OR_RETURN(PeerStub peer, StubOf(node_name));
+  PeerSession session(options_.token, "VersionManifest", PeerSession::Side::kCaller);
+  v1::PeerEnvelope in, out;
+  RETURN_IF_ERROR(session.Seal(request, &in));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + options_.timeout)));
+  grpc::Status s = peer.stub->VersionManifest(&context, in, &out);
+  if (!s.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                        absl::StrCat("the manifest of version ", request.version(), " at member '",
+                                     node_name, "': ", EscapeForMessage(s.error_message(), 400)));
+  }
+  if (options_.tls.enabled()) {
+    RETURN_IF_ERROR(PeerNamed(PeerCertificateNames(context.auth_context().get()), node_name,
+                              absl::StrCat("member '", node_name, "'")));
+  }
+  v1::VersionManifestResponse response;
+  RETURN_IF_ERROR(session.Open(out, &response, "the manifest answer"));
+  return response;
 }
 
 absl::StatusOr<v1::RendezvousResponse> Cluster::CallRendezvous(const std::string& node_name,

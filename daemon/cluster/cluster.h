@@ -39,7 +39,7 @@ namespace ckpt::daemon {
 
 // The Peer API's version (HelloRequest.protocol_version); members whose versions differ by more
 // than one refuse each other.
-inline constexpr uint32_t kPeerProtocolVersion = 3;
+inline constexpr uint32_t kPeerProtocolVersion = 4;
 // The first version that serves Rendezvous and MemberUpdate (cluster updates).
 inline constexpr uint32_t kPeerClusterUpdateVersion = 2;
 // The first version whose members upload too (MemberUpdateGo.uploader_ranks): with an older
@@ -47,6 +47,9 @@ inline constexpr uint32_t kPeerClusterUpdateVersion = 2;
 inline constexpr uint32_t kPeerMultiUploadVersion = 3;
 // The first version that takes part in a consistent switch (MemberUpdateStart.consistent).
 inline constexpr uint32_t kPeerConsistentVersion = 3;
+// The first version that knows versions in parts (HelloResponse.held, VersionManifest,
+// ManifestPart.parts, MemberUpdateGo.bucket_roots).
+inline constexpr uint32_t kPeerPartsVersion = 4;
 
 // The member side of Peer.MemberUpdate: typed messages over proved envelopes (PeerSession).
 class MemberUpdateStream {
@@ -66,6 +69,9 @@ class MemberUpdateStream {
 };
 // Serves one MemberUpdate call (UpdateEngine::ServeMemberUpdate); its error ends the call.
 using MemberUpdateHandler = std::function<absl::Status(MemberUpdateStream&)>;
+// Answers a VersionManifest request (UpdateEngine::ServeVersionManifest).
+using VersionManifestHandler =
+    std::function<absl::StatusOr<v1::VersionManifestResponse>(const v1::VersionManifestRequest&)>;
 
 struct ClusterOptions {
   std::string node_name;
@@ -135,6 +141,14 @@ class Cluster {
   // communicator.
   RendezvousStore& rendezvous() { return rendezvous_; }
 
+  // Peer.VersionManifest at the member `node_name` (up): one page.
+  absl::StatusOr<v1::VersionManifestResponse> CallVersionManifest(
+      const std::string& node_name, const v1::VersionManifestRequest& request, absl::Time deadline);
+  // What serves VersionManifest here (unset: UNIMPLEMENTED), and what runs on the rounds' thread
+  // after every round (a member's catalog of the parts the others hold). Set once, before use.
+  void SetVersionManifestHandler(VersionManifestHandler handler);
+  void SetAfterRound(std::function<void()> after_round);
+
  private:
   class PeerService;
   struct Member {
@@ -172,6 +186,10 @@ class Cluster {
   std::unique_ptr<grpc::Server> server_;
   // Of every channel to a member: made once (with TLS, one watcher of the certificate files).
   std::shared_ptr<grpc::ChannelCredentials> channel_credentials_;
+
+  absl::Mutex hooks_mu_;
+  VersionManifestHandler manifest_handler_ ABSL_GUARDED_BY(hooks_mu_);
+  std::function<void()> after_round_ ABSL_GUARDED_BY(hooks_mu_);
 
   mutable absl::Mutex mu_;
   std::map<std::string, Member> members_ ABSL_GUARDED_BY(mu_);  // by address

@@ -75,6 +75,19 @@ std::string ResponseProof(absl::string_view secret, absl::string_view nonce,
   Field(&text, r.workers());
   Field(&text, r.leaving() ? 1 : 0);
   Field(&text, r.instance());
+  if (r.held_size() > 0) {
+    // Protocol 4 (sent only to callers of 4 or later): a proof without held is protocol 3's.
+    Field(&text, "held");
+    Field(&text, static_cast<uint64_t>(r.held_size()));
+    for (const v1::HeldVersion& h : r.held()) {
+      Field(&text, h.version());
+      Field(&text, h.part_count());
+      Field(&text, static_cast<uint64_t>(h.parts_size()));
+      for (uint32_t p : h.parts()) Field(&text, p);
+      Field(&text, h.tensor_count());
+      Field(&text, h.total_bytes());
+    }
+  }
   return Mac(secret, text);
 }
 

@@ -359,7 +359,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
         for (const gpu::GpuInfo& g : gpus) r.add_gpu_uuids(g.uuid);
       }
       for (const v1::VersionInfo& v : store->List()) {
-        if (v.state() == v1::VERSION_STATE_COMMITTED) r.add_versions(v.version());
+        if (v.state() != v1::VERSION_STATE_COMMITTED) continue;
+        r.add_versions(v.version());
+        v1::HeldVersion* held = r.add_held();
+        held->set_version(v.version());
+        held->set_part_count(v.part_count());
+        *held->mutable_parts() = v.parts();
+        held->set_tensor_count(v.tensor_count());
+        held->set_total_bytes(v.total_bytes());
       }
       std::sort(r.mutable_versions()->begin(), r.mutable_versions()->end());
       r.set_workers(static_cast<uint32_t>(engine->Workers().size()));
@@ -371,6 +378,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
                                       return engine->ServeMemberUpdate(s);
                                     }));
     d->engine_->SetCluster(d->cluster_.get());
+    d->cluster_->SetVersionManifestHandler(
+        [engine = d->engine_.get()](const v1::VersionManifestRequest& r) {
+          return engine->ServeVersionManifest(r);
+        });
+    d->cluster_->SetAfterRound([engine = d->engine_.get()] { engine->RefreshPartCatalog(); });
     d->admin_->SetCluster(config.node_name, d->cluster_->address(),
                           [c = d->cluster_.get()] { return c->Members(); });
   }

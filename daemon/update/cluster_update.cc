@@ -14,7 +14,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <optional>
+#include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -26,6 +29,7 @@
 #include "daemon/cluster/members.h"
 #include "daemon/cluster/rendezvous.h"
 #include "daemon/store/manifest.h"
+#include "daemon/update/bucket_roots.h"
 #include "daemon/update/host_copy.h"
 #include "daemon/update/update_engine.h"
 #include "spdlog/spdlog.h"
@@ -172,9 +176,248 @@ std::string ManifestDifference(const v1::Manifest& here, const v1::Manifest& the
   return "";
 }
 
+// Empty when every tensor `held` (a member's parts) is in `composed` with the same dtype, shape and
+// checksum, and (`all`) `composed` has no other tensor; else the first difference.
+std::string HeldDifference(const v1::Manifest& held, const v1::Manifest& composed, bool all) {
+  std::unordered_map<std::string, int> index;
+  for (int i = 0; i < composed.tensors_size(); ++i) index[composed.tensors(i).name()] = i;
+  for (const v1::TensorSpec& a : held.tensors()) {
+    const std::string name = QuoteForMessage(a.name(), 128);
+    auto it = index.find(a.name());
+    if (it == index.end()) return absl::StrCat("tensor ", name, " is held here but not there");
+    const v1::TensorSpec& b = composed.tensors(it->second);
+    if (a.dtype() != b.dtype() || a.byte_size() != b.byte_size() ||
+        !std::equal(a.shape().begin(), a.shape().end(), b.shape().begin(), b.shape().end())) {
+      return absl::StrCat("tensor ", name, " has another dtype or shape");
+    }
+    if (a.xxh3() != b.xxh3()) {
+      return absl::StrCat("tensor ", name, " differs (xxh3 ", absl::Hex(a.xxh3(), absl::kZeroPad16),
+                          " here, ", absl::Hex(b.xxh3(), absl::kZeroPad16), " there)");
+    }
+  }
+  if (all && held.tensors_size() != composed.tensors_size()) {
+    return absl::StrCat(held.tensors_size(), " tensors here, ", composed.tensors_size(), " there");
+  }
+  return "";
+}
+
+// Pages of a VersionManifest answer: at most this many tensors or (about) bytes of specs.
+constexpr int kManifestPageTensors = 8192;
+constexpr size_t kManifestPageBytes = 512 << 10;
+// Catalog fetches per Hello round.
+constexpr int kCatalogFetchesPerRound = 4;
+
 }  // namespace
 
 void UpdateEngine::SetCluster(Cluster* cluster) { cluster_ = cluster; }
+
+absl::StatusOr<v1::VersionManifestResponse> UpdateEngine::ServeVersionManifest(
+    const v1::VersionManifestRequest& request) {
+  if (request.version() == 0) return absl::InvalidArgumentError("a manifest of version 0");
+  ASSIGN_OR_RETURN(std::shared_ptr<VersionStore::ReadLease> lease,
+                   store_->Lease(request.version()));
+  const v1::Manifest& m = lease->manifest();
+  if (request.first() > static_cast<uint32_t>(m.tensors_size())) {
+    return absl::InvalidArgumentError(absl::StrCat("version ", request.version(), " has ",
+                                                   m.tensors_size(), " tensors, not ",
+                                                   request.first()));
+  }
+  v1::VersionManifestResponse r;
+  r.set_part_count(lease->part_count());
+  for (uint32_t p : lease->parts()) r.add_parts(p);
+  r.set_tensors(static_cast<uint32_t>(m.tensors_size()));
+  size_t bytes = 0;
+  for (int i = static_cast<int>(request.first());
+       i < m.tensors_size() && r.specs_size() < kManifestPageTensors && bytes < kManifestPageBytes;
+       ++i) {
+    *r.add_specs() = m.tensors(i);
+    r.add_tensor_parts(lease->tensor_part(i));
+    bytes += m.tensors(i).ByteSizeLong();
+  }
+  return r;
+}
+
+absl::StatusOr<PartHolding> UpdateEngine::FetchHolding(const std::string& member,
+                                                       uint64_t version) {
+  Cluster* const cluster = cluster_.load();
+  if (cluster == nullptr) return absl::FailedPreconditionError("not in a cluster");
+  const absl::Time deadline = absl::Now() + cluster->timeout();
+  PartHolding h;
+  h.member = member;
+  h.state = "up";
+  h.usable = true;
+  uint32_t total = 0;
+  v1::VersionManifestRequest request;
+  request.set_version(version);
+  const std::string what = absl::StrCat("member '", member, "''s manifest of version ", version);
+  for (;;) {
+    request.set_first(static_cast<uint32_t>(h.manifest.tensors_size()));
+    ASSIGN_OR_RETURN(v1::VersionManifestResponse page,
+                     cluster->CallVersionManifest(member, request, deadline));
+    if (request.first() == 0) {
+      if (page.tensors() == 0 || page.tensors() > store_->max_tensors()) {
+        return absl::InvalidArgumentError(absl::StrCat(what, " lists ", page.tensors(),
+                                                       " tensors (1..", store_->max_tensors(),
+                                                       ", max_tensors_per_version)"));
+      }
+      total = page.tensors();
+      h.part_count = page.part_count();
+      h.parts.assign(page.parts().begin(), page.parts().end());
+    } else if (page.tensors() != total || page.part_count() != h.part_count ||
+               !std::equal(page.parts().begin(), page.parts().end(), h.parts.begin(),
+                           h.parts.end())) {
+      return absl::AbortedError(absl::StrCat(what, " changed while it was read"));
+    }
+    if (page.specs_size() != page.tensor_parts_size() || page.specs().empty() ||
+        h.manifest.tensors_size() + page.specs_size() > static_cast<int>(total)) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": a page that does not add up"));
+    }
+    for (int i = 0; i < page.specs_size(); ++i) {
+      *h.manifest.add_tensors() = std::move(*page.mutable_specs(i));
+      h.tensor_part.push_back(page.tensor_parts(i));
+    }
+    if (h.manifest.tensors_size() == static_cast<int>(total)) break;
+  }
+  ManifestLimits limits;
+  limits.max_tensors = store_->max_tensors();
+  if (absl::Status s = ValidateManifest(h.manifest, limits); !s.ok()) return Annotate(s, what);
+  return h;
+}
+
+void UpdateEngine::RefreshPartCatalog() {
+  Cluster* const cluster = cluster_.load();
+  if (cluster == nullptr) return;
+  // Versions held here in parts.
+  std::map<uint64_t, v1::VersionInfo> mine;
+  for (v1::VersionInfo& v : store_->List()) {
+    if (v.state() == v1::VERSION_STATE_COMMITTED && v.part_count() != 0) {
+      mine.emplace(v.version(), std::move(v));
+    }
+  }
+  const std::vector<v1::ClusterMember> members = cluster->Members();
+  {
+    absl::MutexLock lock(&catalog_mu_);
+    for (auto it = catalog_.begin(); it != catalog_.end();) {
+      it = mine.count(it->first) == 0 ? catalog_.erase(it) : std::next(it);
+    }
+    // Each entry shows its member's state now (a missing part's message says it).
+    for (auto& [version, held] : catalog_) {
+      for (auto& [name, h] : held) {
+        h.state = "gone from the member list";
+        for (const v1::ClusterMember& m : members) {
+          if (m.node_name() != name) continue;
+          h.state = m.instance() == h.instance || m.state() != "up"
+                        ? m.state()
+                        : "up again as another process (the parts it held are gone)";
+        }
+      }
+    }
+  }
+  int fetches = 0;
+  for (const v1::ClusterMember& m : members) {
+    if (m.state() != "up" || m.protocol_version() < kPeerPartsVersion) continue;
+    for (const v1::HeldVersion& held : m.held()) {
+      if (held.part_count() == 0 || mine.count(held.version()) == 0) continue;
+      {
+        absl::MutexLock lock(&catalog_mu_);
+        auto v = catalog_.find(held.version());
+        if (v != catalog_.end()) {
+          auto e = v->second.find(m.node_name());
+          if (e != v->second.end() && e->second.instance == m.instance() &&
+              std::equal(e->second.parts.begin(), e->second.parts.end(), held.parts().begin(),
+                         held.parts().end())) {
+            continue;  // current
+          }
+        }
+      }
+      if (fetches++ >= kCatalogFetchesPerRound) return;  // the next round goes on
+      auto got = FetchHolding(m.node_name(), held.version());
+      if (!got.ok()) {
+        spdlog::debug("cluster: {}", std::string(got.status().message()));
+        continue;
+      }
+      got->instance = m.instance();
+      spdlog::info("cluster: member '{}' holds {} {} of version {} ({} tensors)", m.node_name(),
+                   got->parts.size() == 1 ? "part" : "parts", absl::StrJoin(got->parts, ", "),
+                   held.version(), got->manifest.tensors_size());
+      absl::MutexLock lock(&catalog_mu_);
+      catalog_[held.version()][m.node_name()] = *std::move(got);
+    }
+  }
+}
+
+absl::StatusOr<std::vector<PartHolding>> UpdateEngine::GatherHoldings(
+    const VersionStore::ReadLease& lease, const std::vector<v1::ClusterMember>& others) {
+  const uint64_t version = lease.version();
+  std::vector<PartHolding> holdings;
+  PartHolding self;
+  self.member = cluster_.load()->node_name();
+  self.state = "self";
+  self.usable = true;
+  self.part_count = lease.part_count();
+  self.parts = lease.parts();
+  self.manifest = lease.manifest();
+  for (int i = 0; i < lease.manifest().tensors_size(); ++i) {
+    self.tensor_part.push_back(lease.tensor_part(i));
+  }
+  holdings.push_back(std::move(self));
+  std::set<std::string> up;
+  for (const v1::ClusterMember& m : others) {
+    up.insert(m.node_name());
+    const v1::HeldVersion* held = nullptr;
+    for (const v1::HeldVersion& h : m.held()) {
+      if (h.version() == version) held = &h;
+    }
+    if (held == nullptr) continue;
+    if (held->part_count() == 0) {
+      PartHolding whole;
+      whole.member = m.node_name();
+      whole.state = "up";
+      whole.usable = true;
+      holdings.push_back(std::move(whole));
+      continue;
+    }
+    std::optional<PartHolding> h;
+    {
+      absl::MutexLock lock(&catalog_mu_);
+      auto v = catalog_.find(version);
+      if (v != catalog_.end()) {
+        auto e = v->second.find(m.node_name());
+        if (e != v->second.end() && e->second.instance == m.instance() &&
+            std::equal(e->second.parts.begin(), e->second.parts.end(), held->parts().begin(),
+                       held->parts().end())) {
+          h = e->second;
+        }
+      }
+    }
+    if (!h.has_value()) {
+      auto got = FetchHolding(m.node_name(), version);
+      if (!got.ok()) {
+        return Annotate(got.status(),
+                        absl::StrCat("member '", m.node_name(), "' holds parts ",
+                                     absl::StrJoin(held->parts(), ", "), " of version ", version));
+      }
+      got->instance = m.instance();
+      h = *got;
+      absl::MutexLock lock(&catalog_mu_);
+      catalog_[version][m.node_name()] = *got;
+    }
+    h->state = "up";
+    h->usable = true;
+    holdings.push_back(*std::move(h));
+  }
+  // Where the parts of members that are not up were.
+  absl::MutexLock lock(&catalog_mu_);
+  if (auto v = catalog_.find(version); v != catalog_.end()) {
+    for (const auto& [name, h] : v->second) {
+      if (up.count(name) != 0 || name == holdings.front().member) continue;
+      PartHolding gone = h;
+      gone.usable = false;
+      holdings.push_back(std::move(gone));
+    }
+  }
+  return holdings;
+}
 
 absl::Status UpdateEngine::EnsureGroup(
     const std::string& id, bool create,
@@ -235,13 +478,6 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
         "cluster updates with the cuda backend are not built yet (a cluster whose other members "
         "are down updates this member alone)");
   }
-  if (!lease->complete()) {
-    return refuse(
-        absl::StrCat("it is pushed in ", lease->part_count(), " parts and this member holds ",
-                     lease->parts().size(),
-                     " of them: cluster updates of versions whose parts are on "
-                     "several members are not built yet (push every part to one member)"));
-  }
   if (request.consistent()) {
     for (const v1::ClusterMember& m : others) {
       if (m.protocol_version() < kPeerConsistentVersion) {
@@ -277,8 +513,72 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
 
   Prepared p;
   p.version = version;
-  ASSIGN_OR_RETURN(p.plan, PlanVersion(*lease, options_.bucket_bytes, 1));
-  p.manifest = std::shared_ptr<const v1::Manifest>(lease, &lease->manifest());
+  // A version in parts that this member does not hold whole: composed from the parts of every
+  // member that is up (docs/cluster.md, "Versions in parts"); each bucket comes from a member
+  // that holds all of it.
+  std::optional<ComposedVersion> composed;
+  std::vector<PartHolding> holdings;
+  std::vector<int> composed_roots;
+  if (!lease->complete()) {
+    for (const v1::ClusterMember& m : others) {
+      if (m.protocol_version() < kPeerPartsVersion) {
+        return refuse(absl::StrCat("it is pushed in parts and member '", m.node_name(),
+                                   "' runs Peer protocol ", m.protocol_version(),
+                                   ", which knows no versions in parts: upgrade it"));
+      }
+    }
+    ASSIGN_OR_RETURN(holdings, GatherHoldings(*lease, others));
+    auto c = ComposeParts(version, holdings);
+    if (!c.ok()) return Annotate(c.status(), absl::StrCat("cluster update to version ", version));
+    composed = *std::move(c);
+    std::unordered_map<std::string, int> mine;
+    for (int i = 0; i < lease->manifest().tensors_size(); ++i) {
+      mine[lease->manifest().tensors(i).name()] = i;
+    }
+    const v1::Manifest& m = composed->manifest;
+    ASSIGN_OR_RETURN(p.plan, PlanManifest(
+                                 version, m,
+                                 [&](int i) -> uint64_t {
+                                   auto it = mine.find(m.tensors(i).name());
+                                   return it == mine.end() ? 0 : lease->arena_offset(it->second);
+                                 },
+                                 options_.bucket_bytes, 1, &composed->tensor_part));
+    p.manifest = std::make_shared<const v1::Manifest>(composed->manifest);
+    // Who may upload each bucket: the ranks holding every tensor of it.
+    std::map<std::string, int> rank_of;
+    for (size_t r = 0; r < ranks.size(); ++r) rank_of[ranks[r].first] = static_cast<int>(r);
+    std::vector<std::vector<int>> eligible;
+    for (const Bucket& b : p.plan.buckets) {
+      std::vector<int> can;
+      for (size_t j = 0; j < b.tensors.size(); ++j) {
+        std::vector<int> these;
+        for (int h : composed->holders[static_cast<size_t>(b.tensors[j].tensor)]) {
+          these.push_back(rank_of.at(holdings[static_cast<size_t>(h)].member));
+        }
+        std::sort(these.begin(), these.end());
+        if (j == 0) {
+          can = std::move(these);
+        } else {
+          std::vector<int> both;
+          std::set_intersection(can.begin(), can.end(), these.begin(), these.end(),
+                                std::back_inserter(both));
+          can = std::move(both);
+        }
+      }
+      eligible.push_back(std::move(can));
+    }
+    auto roots = AssignBucketRoots(p.plan, eligible);
+    if (!roots.ok()) {
+      return refuse(absl::StrCat("no member holds every tensor of a bucket (a daemon bug): ",
+                                 roots.status().message()));
+    }
+    composed_roots = *std::move(roots);
+    spdlog::info("cluster update to version {}: composed from {} parts held by {} members", version,
+                 lease->part_count(), holdings.size());
+  } else {
+    ASSIGN_OR_RETURN(p.plan, PlanVersion(*lease, options_.bucket_bytes, 1));
+    p.manifest = std::shared_ptr<const v1::Manifest>(lease, &lease->manifest());
+  }
   p.response.set_version(version);
   p.every_bucket = true;
   // Not joinable: a joiner would be answered with this member's part alone.
@@ -386,6 +686,9 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     for (int i = 0; s.ok() && i < p.manifest->tensors_size(); ++i) {
       const v1::TensorSpec& t = p.manifest->tensors(i);
       *piece.mutable_manifest()->add_tensors() = t;
+      if (composed.has_value()) {
+        piece.mutable_manifest()->add_parts(composed->tensor_part[static_cast<size_t>(i)]);
+      }
       bytes += t.ByteSizeLong();
       if (bytes >= kManifestPartBytes || i + 1 == p.manifest->tensors_size()) {
         s = part.call->Write(piece);
@@ -405,6 +708,20 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
     if (s.ok() && !out.has_ready()) {
       s = absl::InvalidArgumentError(
           absl::StrCat("member '", part.node_name, "' answered the start with something else"));
+    }
+    if (s.ok() && composed.has_value()) {
+      // It holds the parts it was planned with (it may have dropped or got some since).
+      std::vector<uint32_t> planned;
+      for (const PartHolding& h : holdings) {
+        if (h.usable && h.member == part.node_name) planned = h.parts;
+      }
+      if (!std::equal(planned.begin(), planned.end(), out.ready().parts().begin(),
+                      out.ready().parts().end())) {
+        s = absl::AbortedError(absl::StrCat(
+            "member '", part.node_name, "' holds parts [", absl::StrJoin(out.ready().parts(), ", "),
+            "] of version ", version, ", not the [", absl::StrJoin(planned, ", "),
+            "] the update was planned with: retry"));
+      }
     }
     if (!s.ok()) {
       phase1 = s;
@@ -463,10 +780,18 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   for (const v1::ClusterMember& m : others) {
     all_upload = all_upload && m.protocol_version() >= kPeerMultiUploadVersion;
   }
-  for (const Part& part : parts) {
-    if (all_upload && part.ready.holds_version()) {
-      uploaders.push_back(part.rank);
-      uploader_names.push_back(part.node_name);
+  if (composed.has_value()) {
+    // The ranks the buckets come from (every member runs protocol 4: checked above).
+    std::set<int> from(composed_roots.begin(), composed_roots.end());
+    uploaders.assign(from.begin(), from.end());
+    uploader_names.clear();
+    for (int u : uploaders) uploader_names.push_back(ranks[static_cast<size_t>(u)].first);
+  } else {
+    for (const Part& part : parts) {
+      if (all_upload && part.ready.holds_version()) {
+        uploaders.push_back(part.rank);
+        uploader_names.push_back(part.node_name);
+      }
     }
   }
   std::sort(uploaders.begin(), uploaders.end());
@@ -477,6 +802,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   go.mutable_go()->set_communicator_id(communicator);
   go.mutable_go()->set_create(!reuse);
   for (int u : uploaders) go.mutable_go()->add_uploader_ranks(static_cast<uint32_t>(u));
+  for (int r : composed_roots) go.mutable_go()->add_bucket_roots(static_cast<uint32_t>(r));
   for (Part& part : parts) {
     part.status = part.call->Write(go);
   }
@@ -535,9 +861,10 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   {
     absl::Status group = EnsureGroup(communicator, !reuse, ranks, my_rank, self);
     if (group.ok()) {
-      p.filler = std::make_unique<ClusterFiller>(transfer_.get(), store_->arena().data(),
-                                                 group_.group.get(), BucketRoots(p.plan, uploaders),
-                                                 nullptr, &uploaded);
+      p.filler = std::make_unique<ClusterFiller>(
+          transfer_.get(), store_->arena().data(), group_.group.get(),
+          composed.has_value() ? composed_roots : BucketRoots(p.plan, uploaders), nullptr,
+          &uploaded);
       p.lease = std::move(lease);
       absl::MutexLock lock(&mu_);
       if (cancel_requested) {
@@ -765,6 +1092,8 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   }
   // The manifest, in parts.
   auto manifest = std::make_shared<v1::Manifest>();
+  // A version composed of parts (protocol 4): each tensor's part, for every tensor or none.
+  std::vector<uint32_t> tensor_parts;
   while (manifest->tensors_size() < static_cast<int>(st.tensors())) {
     RETURN_IF_ERROR(stream.Read(&in, "the manifest"));
     if (!in.has_manifest() || in.manifest().tensors().empty() ||
@@ -772,33 +1101,75 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
       return absl::InvalidArgumentError(
           absl::StrCat("the manifest's parts do not add up to ", st.tensors(), " tensors"));
     }
+    const bool with_parts = in.manifest().parts_size() != 0;
+    if ((with_parts && in.manifest().parts_size() != in.manifest().tensors_size()) ||
+        (with_parts != !tensor_parts.empty() && manifest->tensors_size() > 0)) {
+      return absl::InvalidArgumentError("the manifest gives the part of some tensors only");
+    }
     for (v1::TensorSpec& t : *in.mutable_manifest()->mutable_tensors()) {
       *manifest->add_tensors() = std::move(t);
+    }
+    for (uint32_t part : in.manifest().parts()) {
+      if (part >= VersionStore::kMaxVersionParts) {
+        return absl::InvalidArgumentError(absl::StrCat("a tensor of part ", part));
+      }
+      tensor_parts.push_back(part);
     }
   }
   ManifestLimits limits;
   limits.max_tensors = store_->max_tensors();
   RETURN_IF_ERROR(ValidateManifest(*manifest, limits));
+  const bool composed = !tensor_parts.empty();
   // A member that holds a version of this id itself must hold the same weights: two trainers that
   // pushed different checkpoints under one id would otherwise leave the cluster serving both.
   // Holding the same weights, it can upload buckets too (the coordinator decides in the go).
+  // A member holding parts of it holds them with the same weights (and, holding every part, can
+  // upload any bucket).
   std::shared_ptr<VersionStore::ReadLease> held;
+  bool holds_all = false;
+  std::unordered_map<std::string, int> held_index;  // a parted holding's tensors by name
   if (auto mine = store_->Lease(st.version()); mine.ok()) {
-    if (std::string diff = ManifestDifference((*mine)->manifest(), *manifest); !diff.empty()) {
+    const bool parted = (*mine)->part_count() != 0;
+    std::string diff = parted ? HeldDifference((*mine)->manifest(), *manifest, /*all=*/false)
+                              : ManifestDifference((*mine)->manifest(), *manifest);
+    if (!diff.empty()) {
       return refuse(absl::StrCat("it holds a version ", st.version(),
                                  " with other weights than member '", st.coordinator(), "': ", diff,
                                  " (two trainers pushed under one id?): drop it on one of them"));
     }
+    if (composed && !parted) {
+      return refuse(absl::StrCat("it holds version ", st.version(),
+                                 " whole, and the coordinator composed it of parts"));
+    }
     held = *std::move(mine);
+    holds_all = !parted || (held->complete() &&
+                            HeldDifference(held->manifest(), *manifest, /*all=*/true).empty());
+    if (parted) {
+      for (int i = 0; i < held->manifest().tensors_size(); ++i) {
+        held_index[held->manifest().tensors(i).name()] = i;
+      }
+    }
   }
   Prepared p;
   p.version = st.version();
-  // The same buckets as on every rank (the plan depends on the manifest and bucket_bytes); a
-  // member holding the version plans its own store's offsets for the copies it uploads.
-  if (held != nullptr) {
+  // The same buckets as on every rank (the plan depends on the manifest, the parts and
+  // bucket_bytes); a member holding the version (or parts of it) plans its own store's offsets for
+  // the copies it uploads.
+  if (held != nullptr && held->part_count() == 0) {
     ASSIGN_OR_RETURN(p.plan, PlanVersion(*held, st.bucket_bytes(), 1));
+  } else if (held != nullptr) {
+    const VersionStore::ReadLease& lease = *held;
+    ASSIGN_OR_RETURN(p.plan, PlanManifest(
+                                 st.version(), *manifest,
+                                 [&](int i) -> uint64_t {
+                                   auto it = held_index.find(manifest->tensors(i).name());
+                                   return it == held_index.end() ? 0
+                                                                 : lease.arena_offset(it->second);
+                                 },
+                                 st.bucket_bytes(), 1, composed ? &tensor_parts : nullptr));
   } else {
-    ASSIGN_OR_RETURN(p.plan, PlanManifest(st.version(), *manifest, nullptr, st.bucket_bytes(), 1));
+    ASSIGN_OR_RETURN(p.plan, PlanManifest(st.version(), *manifest, nullptr, st.bucket_bytes(), 1,
+                                          composed ? &tensor_parts : nullptr));
   }
   p.manifest = manifest;
   p.response.set_version(st.version());
@@ -847,7 +1218,11 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   ready->set_has_communicator(!st.communicator_id().empty() && group_.group != nullptr &&
                               group_.id == st.communicator_id() && group_.ranks == ranks &&
                               !group_.group->broken());
-  ready->set_holds_version(held != nullptr);
+  ready->set_holds_version(held != nullptr && holds_all);
+  if (held != nullptr) {
+    ready->set_part_count(held->part_count());
+    for (uint32_t part : held->parts()) ready->add_parts(part);
+  }
   ready->set_participants(static_cast<uint32_t>(p.participants.size()));
   ready->set_skipped(static_cast<uint32_t>(p.response.workers_size()));
   if (absl::Status s = stream.Write(out); !s.ok()) {
@@ -883,12 +1258,47 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
         release();
         return refuse("asked to upload a version it does not hold");
       }
+      if (u == st.rank() && !holds_all && in.go().bucket_roots().empty()) {
+        release();
+        return refuse("asked to upload any bucket of a version of which it holds some parts only");
+      }
       uploaders.push_back(static_cast<int>(u));
     }
     if (uploaders.empty()) {
       release();
       return absl::InvalidArgumentError("no uploading rank");
     }
+  }
+  // The rank each bucket comes from: the go's (a version composed of parts), each one an uploader
+  // and, where it is this member, holding every tensor of its bucket; else BucketRoots.
+  std::vector<int> roots;
+  if (!in.go().bucket_roots().empty()) {
+    if (static_cast<size_t>(in.go().bucket_roots_size()) != p.plan.buckets.size()) {
+      release();
+      return absl::InvalidArgumentError(absl::StrCat("the go names ", in.go().bucket_roots_size(),
+                                                     " bucket roots for ", p.plan.buckets.size(),
+                                                     " buckets"));
+    }
+    for (size_t k = 0; k < p.plan.buckets.size(); ++k) {
+      const int r = static_cast<int>(in.go().bucket_roots(static_cast<int>(k)));
+      if (!std::binary_search(uploaders.begin(), uploaders.end(), r)) {
+        release();
+        return absl::InvalidArgumentError("a bucket root that is not an uploading rank");
+      }
+      if (r == static_cast<int>(st.rank()) && !holds_all) {
+        for (const TensorPlacement& t : p.plan.buckets[k].tensors) {
+          if (held_index.count(manifest->tensors(t.tensor).name()) == 0) {
+            release();
+            return refuse(absl::StrCat("asked to upload bucket ", k, ", whose tensor ",
+                                       QuoteForMessage(manifest->tensors(t.tensor).name(), 128),
+                                       " it does not hold"));
+          }
+        }
+      }
+      roots.push_back(r);
+    }
+  } else {
+    roots = BucketRoots(p.plan, uploaders);
   }
   const bool uploads =
       std::find(uploaders.begin(), uploaders.end(), static_cast<int>(st.rank())) != uploaders.end();
@@ -908,9 +1318,9 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
     return stream.Write(result);
   }
   std::atomic<uint64_t> uploaded{0};
-  p.filler = std::make_unique<ClusterFiller>(
-      transfer_.get(), uploads ? store_->arena().data() : nullptr, group_.group.get(),
-      BucketRoots(p.plan, uploaders), copy.get(), &uploaded);
+  p.filler =
+      std::make_unique<ClusterFiller>(transfer_.get(), uploads ? store_->arena().data() : nullptr,
+                                      group_.group.get(), roots, copy.get(), &uploaded);
   p.lease = held;  // not retired while it uploads
   // The coordinator may end the update (its call breaks): the run stops at its next step. Polled
   // until the run ends (a cancel before the run began is seen when it begins).

@@ -43,6 +43,7 @@
 #include "daemon/transfer/transfer_backend.h"
 #include "daemon/update/push_feed.h"
 #include "daemon/update/update_run.h"
+#include "daemon/update/version_parts.h"
 #include "daemon/update/worker_registry.h"
 #include "gpu/gpu_info.h"
 #include "proto/admin.pb.h"
@@ -166,6 +167,15 @@ class UpdateEngine {
   // use of it (set once, before the cluster serves; null: no cluster).
   void SetCluster(Cluster* cluster);
   absl::Status ServeMemberUpdate(MemberUpdateStream& stream);
+  // Peer.VersionManifest: a page of the manifest of a committed version held here.
+  absl::StatusOr<v1::VersionManifestResponse> ServeVersionManifest(
+      const v1::VersionManifestRequest& request);
+  // After every Hello round (Cluster::SetAfterRound): for each version held here in parts, learns
+  // the tensors of the parts other members that are up hold (VersionManifest), and keeps them
+  // while the version is held here, also once that member is gone (an update refused for a
+  // missing part then names its tensors and where they were). At most a few fetches per round,
+  // each bounded by cluster_timeout.
+  void RefreshPartCatalog();
 
  private:
   // What one run needs (RunLocked).
@@ -207,6 +217,14 @@ class UpdateEngine {
   };
   // Creates (create) or checks the communicator `id` of `ranks`; this rank is `rank`; the
   // rendezvous is at `coordinator` (this member when it is its own name).
+  // What a member (`member`, process `instance`) holds of a version in parts, fetched through
+  // VersionManifest; every page bounded by cluster_timeout.
+  absl::StatusOr<PartHolding> FetchHolding(const std::string& member, uint64_t version);
+  // Every holding of `version` the cluster update may use: this member's (`lease`), each up
+  // member's in `others` holding parts of it (from the catalog when current, else fetched now),
+  // and the catalog's of members that are not up (usable false: where parts were).
+  absl::StatusOr<std::vector<PartHolding>> GatherHoldings(
+      const VersionStore::ReadLease& lease, const std::vector<v1::ClusterMember>& others);
   absl::Status EnsureGroup(const std::string& id, bool create,
                            const std::vector<std::pair<std::string, std::string>>& ranks, int rank,
                            const std::string& coordinator);
@@ -268,6 +286,10 @@ class UpdateEngine {
   // Set once, just after the cluster starts (its Peer server and this engine's auto-update thread
   // may read it from then on).
   std::atomic<Cluster*> cluster_{nullptr};
+  // The parts other members hold of versions held here in parts (RefreshPartCatalog): version ->
+  // member -> what it held when last fetched (state: its state now).
+  absl::Mutex catalog_mu_;
+  std::map<uint64_t, std::map<std::string, PartHolding>> catalog_ ABSL_GUARDED_BY(catalog_mu_);
   // Owned by whoever holds the update slot (one update at a time): no lock.
   ClusterGroup group_;
   std::thread auto_thread_;

@@ -78,8 +78,13 @@ absl::StatusOr<UpdatePlan> PlanUpdate(const std::vector<PlanTensor>& tensors, ui
   plan.uploaders = uploaders;
   plan.upload_bytes.assign(uploaders, 0);
   Bucket current;
+  uint32_t group = tensors.empty() ? 0 : tensors[0].group;
   for (int i = 0; i < static_cast<int>(tensors.size()); ++i) {
     const PlanTensor& t = tensors[i];
+    if (t.group != group) {
+      if (!current.tensors.empty()) plan.buckets.push_back(std::exchange(current, Bucket()));
+      group = t.group;
+    }
     if (AlignUp(t.bytes) > bucket_bytes) {
       // Pieces of `piece` bytes, each starting a bucket; the last stays open for what follows.
       const uint64_t unit = std::max<uint64_t>(1, t.split_unit);

@@ -35,6 +35,10 @@ struct PlanTensor {
   // Pieces of a tensor larger than a bucket are multiples of this many bytes (except the last);
   // 0 or 1: any byte count. SplitUnit computes it from the tensor's shape.
   uint64_t split_unit = 0;
+  // Tensors of different groups never share a bucket (a version in parts: the part, so that each
+  // bucket can be uploaded by any member holding its part). Consecutive tensors of one group pack
+  // as usual.
+  uint32_t group = 0;
 };
 
 // A tensor, or one piece of a tensor larger than a bucket, in a bucket.

@@ -238,6 +238,38 @@ TEST_CASE("random tensor lists with tensors larger than a bucket keep the invari
   }
 }
 
+TEST_CASE("tensors of different groups (parts) never share a bucket") {
+  std::mt19937_64 rng(11);
+  for (int round = 0; round < 200; ++round) {
+    std::vector<uint64_t> sizes(1 + rng() % 30);
+    for (auto& s : sizes) s = rng() % 5 == 0 ? rng() % (3 << 20) : rng() % (200 << 10);
+    auto tensors = Tensors(sizes);
+    uint32_t group = 0;
+    for (auto& t : tensors) {
+      if (rng() % 4 == 0) ++group;
+      t.group = group;
+    }
+    const uint64_t bucket = (1 << 20) + (rng() % 16) * 256;
+    auto plan = PlanUpdate(tensors, bucket, 1 + static_cast<int>(rng() % 4));
+    REQUIRE(plan.ok());
+    CheckInvariants(tensors, *plan);
+    for (const Bucket& b : plan->buckets) {
+      for (const TensorPlacement& p : b.tensors) {
+        CHECK(tensors[p.tensor].group == tensors[b.tensors.front().tensor].group);
+      }
+    }
+  }
+  // Without groups, the same tensors pack across the boundary.
+  auto tensors = Tensors({1000, 1000});
+  auto one = PlanUpdate(tensors, 4096, 1);
+  REQUIRE(one.ok());
+  CHECK(one->buckets.size() == 1);
+  tensors[1].group = 1;
+  auto two = PlanUpdate(tensors, 4096, 1);
+  REQUIRE(two.ok());
+  CHECK(two->buckets.size() == 2);
+}
+
 TEST_CASE("bad settings are refused") {
   CHECK(PlanUpdate(Tensors({1}), 1000, 1).status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(PlanUpdate(Tensors({1}), 4096, 0).status().code() == absl::StatusCode::kInvalidArgument);

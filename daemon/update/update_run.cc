@@ -16,7 +16,11 @@ namespace ckpt::daemon {
 
 absl::StatusOr<UpdatePlan> PlanManifest(uint64_t version, const v1::Manifest& manifest,
                                         const std::function<uint64_t(int)>& host_offset,
-                                        uint64_t bucket_bytes, int slot_sets) {
+                                        uint64_t bucket_bytes, int slot_sets,
+                                        const std::vector<uint32_t>* groups) {
+  if (groups != nullptr && groups->size() != static_cast<size_t>(manifest.tensors_size())) {
+    return absl::InternalError("a group per tensor (a daemon bug)");
+  }
   std::vector<PlanTensor> tensors;
   tensors.reserve(manifest.tensors_size());
   for (int i = 0; i < manifest.tensors_size(); ++i) {
@@ -27,7 +31,8 @@ absl::StatusOr<UpdatePlan> PlanManifest(uint64_t version, const v1::Manifest& ma
     const uint64_t element =
         static_cast<uint64_t>(std::max(1, DTypeSize(static_cast<DType>(spec.dtype()))));
     tensors.push_back({spec.name(), host_offset ? host_offset(i) : 0, spec.byte_size(),
-                       SplitUnit(shape, element, spec.byte_size(), bucket_bytes)});
+                       SplitUnit(shape, element, spec.byte_size(), bucket_bytes),
+                       groups != nullptr ? (*groups)[static_cast<size_t>(i)] : 0});
   }
   auto plan = PlanUpdate(tensors, bucket_bytes, slot_sets);
   if (!plan.ok()) return Annotate(plan.status(), absl::StrCat("update to version ", version));

@@ -41,9 +41,12 @@ namespace ckpt::daemon {
 // host_offset(i) for tensor i (null: offsets 0, for a member that receives every bucket). The
 // buckets and placements depend only on the manifest and the settings, so every member computes
 // the same ones.
+// `groups` (null, or one per tensor): tensors of different groups never share a bucket (a version
+// composed of parts: PlanTensor::group).
 absl::StatusOr<UpdatePlan> PlanManifest(uint64_t version, const v1::Manifest& manifest,
                                         const std::function<uint64_t(int)>& host_offset,
-                                        uint64_t bucket_bytes, int slot_sets);
+                                        uint64_t bucket_bytes, int slot_sets,
+                                        const std::vector<uint32_t>* groups = nullptr);
 // The plan of a leased version (copies from its place in the host store).
 absl::StatusOr<UpdatePlan> PlanVersion(const VersionStore::ReadLease& lease, uint64_t bucket_bytes,
                                        int slot_sets);

@@ -180,6 +180,49 @@ struct Cluster {
     REQUIRE(info.ok());
     return info->version();
   }
+  // Part `part` of `count` of version `version`: the tensors of `m` that `owns` says.
+  absl::StatusOr<v1::VersionInfo> PushPart(int i, const StateDict& m, uint64_t version,
+                                           uint32_t part, uint32_t count,
+                                           const std::function<bool(size_t)>& owns) {
+    auto endpoint = client::ResolveEndpoint(members[i].daemon->socket, "");
+    REQUIRE(endpoint.ok());
+    auto trainer = client::TrainerClient::Connect(*endpoint);
+    REQUIRE(trainer.ok());
+    std::vector<client::TensorView> views;
+    for (size_t k = 0; k < m.views.size(); ++k) {
+      if (owns(k)) views.push_back(m.views[k]);
+    }
+    client::PushOptions options;
+    options.version = version;
+    options.part_index = part;
+    options.part_count = count;
+    return (*trainer)->PushTensors(views, options);
+  }
+  // Waits until member `i` has heard (Hello) that member `j` holds `parts` of `version`.
+  void WaitHeld(int i, int j, uint64_t version, const std::vector<uint32_t>& parts) {
+    std::string last;
+    const bool seen = WaitUntil(
+        [&] {
+          RunResult r = members[i].daemon->Ctl({"cluster", "--json"});
+          last = r.out + r.err;
+          if (r.exit.code != 0) return false;
+          const nlohmann::json shown = nlohmann::json::parse(r.out);  // outlives the loop
+          for (const auto& m : shown["members"]) {
+            if (m["node_name"] != members[j].name) continue;
+            for (const auto& h : m["held"]) {
+              if (h["version"].get<uint64_t>() == version &&
+                  h["parts"].get<std::vector<uint32_t>>() == parts) {
+                return true;
+              }
+            }
+          }
+          return false;
+        },
+        20s);
+    if (!seen) {
+      FAIL(members[i].name << " did not hear of " << members[j].name << "'s parts: " << last);
+    }
+  }
   TempDir dir;
   std::string token;
   std::vector<Member> members;
@@ -679,10 +722,126 @@ TEST_CASE(
   for (int i = 0; i < 3; ++i) {
     RunResult s = c.members[i].daemon->Ctl({"status", "--json"});
     REQUIRE(s.exit.code == 0);
-    for (const auto& w : nlohmann::json::parse(s.out)["workers"]) {
+    const nlohmann::json status = nlohmann::json::parse(s.out);  // outlives the loop
+    for (const auto& w : status["workers"]) {
       CHECK(w["mixed_version"] == 0);
       CHECK(w["loaded_version"] != v2);
     }
+  }
+}
+
+// Issue 13: a version pushed in parts to several members (trainer rank r pushes the tensors it
+// owns to the member of its choice). Tensor 0 ("model.embed_tokens.weight") is replicated: every
+// rank pushes it.
+bool OwnsEven(size_t k) { return k == 0 || k % 2 == 0; }
+bool OwnsOdd(size_t k) { return k == 0 || k % 2 == 1; }
+
+TEST_CASE("a version pushed in parts to two members updates every worker bit-exact") {
+  Cluster c(3);
+  for (int i = 0; i < 3; ++i) c.WaitUp(i, 2);
+  TempDir dir;
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (int i : {0, 1, 2}) {
+    workers.push_back(std::make_unique<Worker>(*c.members[i].daemon, dir, "w" + std::to_string(i),
+                                               std::vector<std::string>{"--versions", "1"}));
+  }
+  for (auto& w : workers) w->WaitAttached();
+  StateDict m = Model(61);
+  auto p0 = c.PushPart(0, m, 300, 0, 2, OwnsEven);
+  INFO(p0.status().ToString());
+  REQUIRE(p0.ok());
+  auto p1 = c.PushPart(1, m, 300, 1, 2, OwnsOdd);
+  INFO(p1.status().ToString());
+  REQUIRE(p1.ok());
+  c.WaitHeld(0, 1, 300, {1});
+  // ckptctl versions shows where each part is.
+  RunResult listed = c.members[2].daemon->Ctl({"versions", "--json"});
+  REQUIRE(listed.exit.code == 0);
+  c.WaitHeld(2, 0, 300, {0});
+  c.WaitHeld(2, 1, 300, {1});
+  listed = c.members[2].daemon->Ctl({"versions"});
+  INFO(listed.out);
+  CHECK(Contains(listed.out, "node-0: part 0; node-1: part 1"));
+  CHECK_FALSE(Contains(listed.out, "MISSING"));
+
+  // Asked of the member holding part 1 (either holder coordinates).
+  auto admin = c.Admin(1);
+  auto r = Update(*admin, 300);
+  INFO(r.status().ToString());
+  for (auto& mm : c.members) INFO(mm.name << " stderr: " << mm.daemon->proc->Stderr());
+  REQUIRE(r.ok());
+  REQUIRE(r->workers_size() == 3);
+  for (const auto& w : r->workers()) CHECK(w.ok());
+  for (auto& w : workers) CHECK(testing::CompareWorkerReport(w->Report(300), m) == "");
+  // Each holder uploaded (its own part's buckets); node-2 holds nothing and uploaded nothing.
+  const std::string log0 = c.members[0].daemon->proc->Stderr();
+  const std::string log1 = c.members[1].daemon->proc->Stderr();
+  CHECK(Contains(log1, "composed from 2 parts held by 2 members"));
+  CHECK(Contains(log0, "this member uploaded "));
+  CHECK_FALSE(Contains(log0, "this member uploaded 0 B"));
+  CHECK_FALSE(Contains(log1, "this member uploaded 0 B"));
+  CHECK_FALSE(Contains(c.members[2].daemon->proc->Stderr(), "this member uploaded"));
+  for (auto& w : workers) CHECK(w->proc->Wait(20s).code == 0);
+}
+
+TEST_CASE("versions in parts: a missing part and conflicting tensors are refused, naming them") {
+  Cluster c(3, "2s");
+  for (int i = 0; i < 3; ++i) c.WaitUp(i, 2);
+  TempDir dir;
+  Worker w0(*c.members[0].daemon, dir, "w0", {"--versions", "1"});
+  Worker w1(*c.members[1].daemon, dir, "w1", {"--versions", "1"});
+  w0.WaitAttached();
+  w1.WaitAttached();
+  auto admin = c.Admin(0);
+
+  SECTION("two members hold one name with other bytes") {
+    StateDict a = Model(71);
+    StateDict b = Model(72);  // the same names, other bytes
+    REQUIRE(c.PushPart(0, a, 400, 0, 2, OwnsEven).ok());
+    REQUIRE(c.PushPart(1, b, 400, 1, 2, OwnsOdd).ok());
+    c.WaitHeld(0, 1, 400, {1});
+    auto r = Update(*admin, 400);
+    REQUIRE(r.status().code() == absl::StatusCode::kFailedPrecondition);
+    const std::string msg(r.status().message());
+    INFO(msg);
+    CHECK(Contains(msg, "tensor 'model.embed_tokens.weight' differs between member 'node-0'"));
+    CHECK(Contains(msg, "member 'node-1'"));
+    // Nothing reached a worker.
+    RunResult s = c.members[1].daemon->Ctl({"status", "--json"});
+    const nlohmann::json status = nlohmann::json::parse(s.out);
+    for (const auto& w : status["workers"]) CHECK(w["loaded_version"] == 0);
+  }
+  SECTION("a part whose member died: named with its tensors; pushed again elsewhere, it updates") {
+    StateDict m = Model(81);
+    REQUIRE(c.PushPart(0, m, 500, 0, 2, OwnsEven).ok());
+    REQUIRE(c.PushPart(2, m, 500, 1, 2, OwnsOdd).ok());
+    // node-0 learns node-2's tensors (its catalog), then node-2 dies.
+    REQUIRE(WaitUntil(
+        [&] {
+          return Contains(c.members[0].daemon->proc->Stderr(),
+                          "member 'node-2' holds part 1 of version 500");
+        },
+        20s));
+    c.members[2].daemon->proc->Signal(SIGKILL);
+    c.WaitUp(0, 1);
+    auto r = Update(*admin, 500);
+    REQUIRE(r.status().code() == absl::StatusCode::kFailedPrecondition);
+    const std::string msg(r.status().message());
+    INFO(msg);
+    CHECK(Contains(msg, "part 1: its "));
+    CHECK(Contains(msg, "'model.layers.0.self_attn.q_proj.weight'"));  // tensor 1: an odd one
+    CHECK(Contains(msg, "were on member 'node-2', now unreachable"));
+    RunResult listed = c.members[0].daemon->Ctl({"versions"});
+    CHECK(Contains(listed.out, "MISSING part 1"));
+    // Part 1 pushed again, to node-1: the update works, bit-exact.
+    REQUIRE(c.PushPart(1, m, 500, 1, 2, OwnsOdd).ok());
+    c.WaitHeld(0, 1, 500, {1});
+    auto again = Update(*admin, 500);
+    INFO(again.status().ToString());
+    REQUIRE(again.ok());
+    REQUIRE(again->workers_size() == 2);
+    CHECK(testing::CompareWorkerReport(w0.Report(500), m) == "");
+    CHECK(testing::CompareWorkerReport(w1.Report(500), m) == "");
   }
 }
 
