@@ -6,8 +6,9 @@
 // SIGPIPE is ignored (a client that goes away mid-write is an error on that call, not the end of
 // the daemon).
 //
-// Exit codes: 0 after a clean shutdown (or --help/--version), 2 when start-up fails (bad flag or
-// config, socket in use, ...: one line on stderr names the problem), 1 for failures after start-up,
+// Exit codes: 0 after a clean shutdown (or --help/--version, or --check-config with a good
+// config), 2 when start-up fails (bad flag or config, socket in use, ...: one line on stderr names
+// the problem; --check-config: the same line for a bad config), 1 for failures after start-up,
 // including a shutdown that had to be forced because a request handler did not end within
 // shutdown_grace + kForcedExitMargin.
 #include <signal.h>
@@ -53,6 +54,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   Config config = ResolveConfig(cmdline->config);
+  if (cmdline->check_config) {
+    // Before the logger: nothing but the verdict is printed.
+    if (absl::Status s = Daemon::CheckConfig(config); !s.ok()) return StartupFailure(s);
+    std::puts("config ok");
+    return 0;
+  }
 
   auto logger = spdlog::stderr_logger_mt("ckpt-engined");
   spdlog::set_default_logger(logger);

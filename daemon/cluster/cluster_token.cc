@@ -20,6 +20,12 @@ absl::StatusOr<std::string> ReadClusterToken(const std::string& path) {
     return absl::FailedPreconditionError(absl::StrCat("cluster_token_file ", path, ": ", why));
   };
   ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd.valid() && errno == ELOOP) {
+    // O_NOFOLLOW: the last component is a link. Kubernetes Secret volumes are made of them.
+    return unreadable(
+        "a symbolic link, which is not followed (the keys of a Kubernetes Secret volume are "
+        "links: mount the key itself with subPath; docs/operations.md, Running on Kubernetes)");
+  }
   if (!fd.valid()) return unreadable(std::strerror(errno));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return unreadable(std::strerror(errno));

@@ -21,6 +21,7 @@
 #include "common/version.h"
 #include "daemon/cluster/cluster_token.h"
 #include "daemon/cluster/members.h"
+#include "daemon/cluster/peer_tls.h"
 #include "daemon/server/backend.h"
 #include "daemon/server/grpc_log.h"
 #include "daemon/server/systemd_notify.h"
@@ -154,7 +155,33 @@ mode_t SocketMode(const Authorizer& auth) { return auth.OtherUidsHaveRoles() ? 0
 
 }  // namespace
 
+absl::Status Daemon::CheckConfig(const Config& config) {
+  AuthOptions auth;
+  auth.auth_tokens_file = config.auth_tokens_file;
+  if (!config.san_roles.empty()) {
+    ASSIGN_OR_RETURN(auth.san_roles, ParseSanRoles(config.san_roles));
+  }
+  ASSIGN_OR_RETURN(auth.uid_roles, LocalUidRoles(config));
+  RETURN_IF_ERROR(Authorizer::Create(std::move(auth)).status());  // reads auth_tokens_file
+  if (config.cluster_listen.empty()) return absl::OkStatus();
+  if (absl::Status s = CheckNodeName(config.node_name); !s.ok()) {
+    return Annotate(s, "node_name (auto: the host name; set node_name explicitly)");
+  }
+  RETURN_IF_ERROR(ParseClusterMembers(config.cluster_members).status());
+  if (!config.cluster_token_file.empty()) {
+    RETURN_IF_ERROR(ReadClusterToken(config.cluster_token_file).status());
+  }
+  if (!config.cluster_ca.empty()) {
+    RETURN_IF_ERROR(CheckPeerTls(PeerTls{config.tls_cert, config.tls_key, config.cluster_ca},
+                                 config.node_name));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
+  // What can be checked without taking anything fails first: a bad token file or certificate
+  // is not found only after the memory is reserved.
+  RETURN_IF_ERROR(CheckConfig(config));
   std::unique_ptr<Daemon> d(new Daemon());
   d->gpus_ = gpu::ProbeGpus();
   ASSIGN_OR_RETURN(d->backend_, ResolveBackend(config.backend, d->gpus_));
@@ -346,9 +373,6 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
     }
     if (!config.cluster_ca.empty()) {
       cluster.tls = PeerTls{config.tls_cert, config.tls_key, config.cluster_ca};
-    }
-    if (absl::Status s = CheckNodeName(cluster.node_name); !s.ok()) {
-      return Annotate(s, "node_name (auto: the host name; set node_name explicitly)");
     }
     auto self = [store = d->store_.get(), engine = d->engine_.get(), backend = d->backend_,
                  gpus = d->gpus_.gpus]() {

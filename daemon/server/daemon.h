@@ -38,6 +38,12 @@ class Daemon {
   // (VersionStore::StartWarmUp; Status shows the progress).
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const Config& config);
 
+  // The checks of Start that take no resource (no socket, memory, GPU or port), which Start makes
+  // first: uid_roles and san_roles, auth_tokens_file, and with cluster_listen the node_name,
+  // cluster_token_file and, with cluster_ca, this member's certificate (CheckPeerTls). `config`
+  // must be resolved and have passed ValidateConfig. `--check-config` runs this and exits.
+  static absl::Status CheckConfig(const Config& config);
+
   // Shuts down with no grace if Shutdown was not called.
   ~Daemon();
 

@@ -18,6 +18,11 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
   app.set_version_flag("--version", std::string(kVersion));
   std::string config_file;
   app.add_option("--config", config_file, "TOML config file (flags override its keys)");
+  bool check_config = false;
+  app.add_flag("--check-config", check_config,
+               "check the config file and flags as start-up does (values, relations between keys, "
+               "the token and certificate files), print 'config ok' and exit 0 without starting; "
+               "exit 2 with the error otherwise");
 
   // Flags are read as text and applied through SetConfigValue, so that a flag and a TOML key are
   // checked by one piece of code and fail with the same message.
@@ -56,6 +61,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
     }
   }
   RETURN_IF_ERROR(ValidateConfig(result.config));
+  result.check_config = check_config;
   return result;
 }
 

@@ -16,6 +16,8 @@ struct CommandLine {
   // Set for --help and --version: print `output` to stdout and exit 0 without starting.
   bool exit_now = false;
   std::string output;
+  // --check-config: check the configuration (Daemon::CheckConfig) instead of starting.
+  bool check_config = false;
 };
 
 // Parses argv. Errors (unknown flag, bad value, unreadable or invalid config file) come back as

@@ -202,6 +202,66 @@ TEST_CASE("cluster keys and the cluster token file are checked at start-up") {
   CHECK_FALSE(Contains(readable.err, std::string(40, 't')));  // the secret is never printed
 }
 
+TEST_CASE("--check-config checks what start-up checks, takes nothing and exits") {
+  TempDir dir;
+  const std::string sock = dir / "d.sock";
+  auto check = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {Daemon(), "--check-config", "--listen-unix", sock};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Run(args);
+  };
+  const std::string token = dir / "token";
+  std::ofstream(token) << std::string(40, 't') << "\n";
+  REQUIRE(::chmod(token.c_str(), 0600) == 0);
+  const std::vector<std::string> cluster = {
+      "--cluster-listen",     "0.0.0.0:7071",
+      "--cluster-members",    "dns:ckpt-engine-peers.ckpt-engine.svc.cluster.local:7071",
+      "--cluster-token-file", token,
+      "--node-name",          "gpu-node-1"};
+
+  RunResult ok = check(cluster);
+  INFO("stderr: " << ok.err);
+  CHECK(ok.exit.code == 0);
+  CHECK(ok.out == "config ok\n");
+  CHECK(ok.err.empty());
+  // Nothing was taken: no socket, no lock; the cluster port was not bound.
+  CHECK_FALSE(Exists(sock));
+  CHECK_FALSE(Exists(sock + ".lock"));
+  // A config file and flags together, as at start-up.
+  std::ofstream(dir / "c.toml") << "backend = \"host\"\nhost_memory_budget = \"64GiB\"\n";
+  CHECK(check({"--config", dir / "c.toml"}).out == "config ok\n");
+  // A socket held by a running daemon is no error here: the check claims nothing.
+  {
+    RunningDaemon live;
+    RunResult r = Run({Daemon(), "--check-config", "--listen-unix", live.socket});
+    CHECK(r.exit.code == 0);
+    CHECK(live.Ctl({"status"}).exit.code == 0);
+  }
+
+  // Each failure: exit 2 and start-up's one line.
+  RequireStartupFailure(check({"--config", dir / "missing.toml"}), "cannot read config file");
+  RequireStartupFailure(check({"--cluster-listen", "0.0.0.0:7071"}), "would accept any peer");
+  REQUIRE(::chmod(token.c_str(), 0640) == 0);
+  RunResult readable = check(cluster);
+  RequireStartupFailure(readable, "chmod 600");
+  CHECK_FALSE(Contains(readable.err, std::string(40, 't')));  // the secret is never printed
+  REQUIRE(::chmod(token.c_str(), 0600) == 0);
+  const std::string link = dir / "link";
+  REQUIRE(::symlink(token.c_str(), link.c_str()) == 0);
+  std::vector<std::string> linked = cluster;
+  linked[5] = link;
+  RequireStartupFailure(check(linked), "a symbolic link, which is not followed");
+  std::vector<std::string> unnamed = cluster;
+  unnamed[7] = "-bad-";
+  RequireStartupFailure(check(unnamed), "node_name");
+  std::ofstream(dir / "tokens") << std::string(20, 'a') << " nosuchrole\n";
+  REQUIRE(::chmod((dir / "tokens").c_str(), 0600) == 0);
+  RequireStartupFailure(
+      check({"--listen-tcp", "127.0.0.1:0", "--auth-tokens-file", dir / "tokens"}),
+      "auth_tokens_file");
+  CHECK_FALSE(Exists(sock));
+}
+
 TEST_CASE("CKPT_SOCKET chooses the socket") {
   RunningDaemon d;
   SpawnOptions env;
