@@ -23,6 +23,8 @@ PACKAGES=(
   libgloo-dev
   # Python client tests (tests/python, run by /usr/bin/python3): numpy and torch
   python3-numpy python3-torch
+  # the Kubernetes example's manifest test (deploy/kubernetes_test.py)
+  python3-yaml
   # fuzzing
   clang-14 libfuzzer-14-dev
 )
