@@ -223,6 +223,15 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
     for (v1::ClusterMember& m : cluster->Members()) {
       if (m.state() == "up") others.push_back(std::move(m));
     }
+    if (!others.empty() && transfer_->kind() != BackendKind::kHost) {
+      // Cluster updates on the cuda backend (NCCL ranks per GPU of every member) are not built:
+      // this member's own workers are updated, as when it is alone, and the log says so.
+      spdlog::warn(
+          "update to version {}: {} other member(s) are up, but cluster updates with the {} "
+          "backend are not built yet: only this member's workers are updated (ask each member)",
+          request.version(), others.size(), std::string(BackendName(transfer_->kind())));
+      others.clear();
+    }
   }
   auto lease = store_->Lease(request.version());
   if (!lease.ok()) {
