@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <optional>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -16,12 +17,39 @@
 #include "common/message_text.h"
 #include "common/random_id.h"
 #include "common/status_macros.h"
+#include "common/units.h"
 #include "daemon/cluster/peer_proof.h"
 #include "daemon/cluster/peer_session.h"
 #include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
 namespace {}  // namespace
+
+namespace {
+
+// Where a caller listens: the host of its bound cluster_listen, or (a wildcard host) the address
+// its call came from (gRPC's "ipv4:A.B.C.D:PORT" / "ipv6:[ADDR]:PORT"), with that port.
+std::optional<PeerAddress> CallerAddress(const std::string& grpc_peer, const std::string& listen) {
+  auto bound = ParseListenAddress(listen);
+  if (!bound.ok() || bound->port == 0) return std::nullopt;
+  if (bound->host != "0.0.0.0" && bound->host != "::" && !bound->host.empty()) return *bound;
+  std::string host;
+  if (absl::StartsWith(grpc_peer, "ipv4:")) {
+    host = grpc_peer.substr(5, grpc_peer.rfind(':') - 5);
+  } else if (absl::StartsWith(grpc_peer, "ipv6:[")) {
+    const size_t end = grpc_peer.find(']');
+    if (end == std::string::npos) return std::nullopt;
+    host = grpc_peer.substr(6, end - 6);
+  } else {
+    return std::nullopt;
+  }
+  auto parsed = ParseClusterMembers(absl::StrCat(
+      host.find(':') != std::string::npos ? absl::StrCat("[", host, "]") : host, ":", bound->port));
+  if (!parsed.ok() || parsed->addresses.size() != 1) return std::nullopt;
+  return parsed->addresses[0];
+}
+
+}  // namespace
 
 class Cluster::PeerService final : public v1::Peer::Service {
  public:
@@ -68,9 +96,22 @@ class Cluster::PeerService final : public v1::Peer::Service {
                        " is this member's own name: every member needs a node_name of its own"));
     }
     if (request->leaving()) cluster_->MarkLeft(request->node_name(), request->instance());
+    if (theirs >= kPeerPartsVersion && !request->leaving() &&
+        request->instance() != cluster_->instance_) {
+      // Scale-out: a proved caller this member does not list is a member all the same; it is
+      // called back at its bound port (at the address the call came from, when it listens on a
+      // wildcard address).
+      if (auto at = CallerAddress(context->peer(), request->cluster_listen()); at.has_value()) {
+        cluster_->LearnCaller(*at, request->node_name());
+      }
+    }
     *response = cluster_->self_();
-    // A caller of protocol 3 knows no parts (its proof would not cover them).
-    if (theirs < kPeerPartsVersion) response->clear_held();
+    // A caller of protocol 3 knows no parts or peers (its proof would not cover them).
+    if (theirs < kPeerPartsVersion) {
+      response->clear_held();
+    } else {
+      for (std::string& p : cluster_->UpPeers()) response->add_peers(std::move(p));
+    }
     response->set_protocol_version(kPeerProtocolVersion);
     response->set_node_name(o.node_name);
     response->set_instance(cluster_->instance_);
@@ -321,6 +362,36 @@ void Cluster::SetAfterRound(std::function<void()> after_round) {
   after_round_ = std::move(after_round);
 }
 
+void Cluster::LearnLocked(const PeerAddress& address, const std::string& how) {
+  const std::string key = address.ToString();
+  if (members_.count(key) != 0 || key == address_) return;
+  if (members_.size() >= kMaxClusterMembers) return;
+  Member& m = members_[key];
+  m.address = address;
+  m.learned = true;
+  m.last_answer = absl::Now();  // the forget clock starts now
+  m.shown.set_address(key);
+  m.shown.set_state("unreachable");
+  m.shown.set_error("not called yet");
+  spdlog::info("cluster: learned of a member at {} ({})", key, how);
+}
+
+void Cluster::LearnCaller(const PeerAddress& address, const std::string& node_name) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  LearnLocked(address, absl::StrCat("'", EscapeForMessage(node_name, 64),
+                                    "' called this member; it is not in cluster_members"));
+}
+
+std::vector<std::string> Cluster::UpPeers() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (const auto& [key, m] : members_) {
+    if (m.shown.state() == "up" && out.size() < kMaxClusterMembers) out.push_back(key);
+  }
+  return out;
+}
+
 void Cluster::Loop() {
   for (;;) {
     Round(/*leaving=*/false, absl::InfiniteFuture());
@@ -365,11 +436,32 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       // DNS failed this round: keep calling the members known so far (their states stay true).
       for (const auto& [key, m] : members_) addresses.push_back(m.address);
     } else if (!leaving && !options_.members.dns_name.empty()) {
-      // Members whose records are gone are gone (a headless Service drops pods that are not ready).
+      // Members whose records are gone are gone (a headless Service drops pods that are not ready);
+      // learned ones stay until they are forgotten.
       std::set<std::string> now;
       for (const PeerAddress& a : addresses) now.insert(a.ToString());
       for (auto it = members_.begin(); it != members_.end();) {
-        it = now.count(it->first) == 0 ? members_.erase(it) : std::next(it);
+        it = now.count(it->first) == 0 && !it->second.learned ? members_.erase(it) : std::next(it);
+      }
+    }
+    if (!leaving) {
+      // Learned members are called too; those silent for kForgetLearned are forgotten.
+      std::set<std::string> listed;
+      for (const PeerAddress& a : addresses) listed.insert(a.ToString());
+      const absl::Time now = absl::Now();
+      for (auto it = members_.begin(); it != members_.end();) {
+        if (!it->second.learned || listed.count(it->first) != 0) {
+          ++it;
+          continue;
+        }
+        if (it->second.shown.state() != "up" && now - it->second.last_answer > kForgetLearned) {
+          spdlog::info("cluster: forgot the member at {} (learned; silent for {})", it->first,
+                       HumanDuration(now - it->second.last_answer));
+          it = members_.erase(it);
+          continue;
+        }
+        addresses.push_back(it->second.address);
+        ++it;
       }
     }
     for (const PeerAddress& a : addresses) {
@@ -400,7 +492,9 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       call->address = key;
       call->request.set_protocol_version(kPeerProtocolVersion);
       call->request.set_node_name(options_.node_name);
-      call->request.set_cluster_listen(options_.listen);
+      // As bound (port 0 in the configuration is the port picked): a member that does not list
+      // this one can call it back.
+      call->request.set_cluster_listen(address_);
       call->request.set_instance(instance_);
       call->request.set_leaving(leaving);
       call->context.set_deadline(
@@ -502,7 +596,29 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       if (r.instance() == it->second.left_instance && !r.leaving()) {
         continue;  // an answer sent before that process said goodbye: it stays left
       }
+      if (it->second.learned) {
+        // Known already under another address (a host name in the list, its IP learned): the
+        // learned entry goes.
+        bool known = false;
+        for (const auto& [key, other] : members_) {
+          known = known || (key != it->first && other.shown.state() == "up" &&
+                            other.shown.instance() == r.instance());
+        }
+        if (known) {
+          members_.erase(it);
+          continue;
+        }
+      }
       const bool first = shown.state() != "up";
+      it->second.last_answer = absl::Now();
+      // Scale-out: the members it sees up that this one does not know yet.
+      for (int i = 0; i < std::min(r.peers_size(), static_cast<int>(kMaxClusterMembers)); ++i) {
+        auto parsed = ParseClusterMembers(r.peers(i));
+        if (parsed.ok() && parsed->addresses.size() == 1) {
+          LearnLocked(parsed->addresses[0],
+                      absl::StrCat("member '", r.node_name(), "' sees it up"));
+        }
+      }
       shown.set_node_name(r.node_name());
       shown.set_state(r.leaving() ? "left" : "up");
       if (r.leaving()) it->second.left_instance = r.instance();

@@ -159,7 +159,17 @@ class Cluster {
     // The process that said goodbye from this address: its late answers do not make it up again
     // (a restarted member has another instance id).
     std::string left_instance;
+    // Not in cluster_members: learned from a proved Hello of its own, or from another member's
+    // answer (scale-out). Forgotten once it has not answered for kForgetLearned.
+    bool learned = false;
+    absl::Time last_answer = absl::InfinitePast();
   };
+  // A learned member that has not answered for this long is forgotten (a node scaled in).
+  static constexpr absl::Duration kForgetLearned = absl::Minutes(10);
+  // Adds `address` as a learned member unless it is known (or the list is full). `how`: for the
+  // log line.
+  void LearnLocked(const PeerAddress& address, const std::string& how)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Cluster(ClusterOptions options, SelfInfo self, MemberUpdateHandler member_update);
   // The channel and stub of the member `node_name` while it is up.
@@ -172,6 +182,11 @@ class Cluster {
   // One round: resolve the members, call each (in parallel, each call until cluster_timeout or
   // `deadline`), record the answers. `leaving`: tell the members that are up that this one stops.
   void Round(bool leaving, absl::Time deadline);
+  // From the Peer service: a proved caller of protocol 4 that this member does not know, reachable
+  // at `address` (scale-out).
+  void LearnCaller(const PeerAddress& address, const std::string& node_name);
+  // The addresses of the members that are up (a Hello answer's peers).
+  std::vector<std::string> UpPeers() const;
   std::vector<PeerAddress> Resolve(std::string* error) const;
   // From the Peer service: the member `node_name` (process `instance`) said it is leaving.
   void MarkLeft(const std::string& node_name, const std::string& instance);

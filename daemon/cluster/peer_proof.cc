@@ -88,6 +88,11 @@ std::string ResponseProof(absl::string_view secret, absl::string_view nonce,
       Field(&text, h.total_bytes());
     }
   }
+  if (r.peers_size() > 0) {
+    Field(&text, "peers");
+    Field(&text, static_cast<uint64_t>(r.peers_size()));
+    for (const std::string& p : r.peers()) Field(&text, p);
+  }
   return Mac(secret, text);
 }
 

@@ -153,6 +153,52 @@ TEST_CASE("three members see each other, then one killed and one stopped") {
   CHECK(StateAt(Cluster(*m[0].daemon), m[1].address) == "left");
 }
 
+// Issue 13, scale-out: a daemon that names one member and proves the cluster's secret joins (the
+// others do not list it); every member then lists it, and a clean stop shows it as left. One
+// with another secret, naming the same member, is listed by none.
+TEST_CASE("a member that names one member joins; every member lists it; stopped, it is left") {
+  TempDir dir;
+  const std::string token = WriteToken(dir, "token", std::string(48, 's'));
+  const std::string other = WriteToken(dir, "other", std::string(48, 'o'));
+  const std::vector<int> ports = FreeLoopbackPorts(5);
+  std::vector<Member> m(5);
+  std::string list;
+  for (int i = 0; i < 5; ++i) {
+    m[i].name = "node-" + std::to_string(i);
+    m[i].address = "127.0.0.1:" + std::to_string(ports[i]);
+    if (i < 3) list += (list.empty() ? "" : ",") + m[i].address;
+  }
+  for (int i = 0; i < 3; ++i) m[i].daemon = StartMember(m[i].name, m[i].address, list, token);
+  // node-4 has another secret; node-3 the cluster's; both name node-0 only.
+  m[4].daemon = StartMember(m[4].name, m[4].address, m[0].address, other);
+  m[3].daemon = StartMember(m[3].name, m[3].address, m[0].address, token);
+  for (int i = 0; i < 4; ++i) {
+    WaitFor(
+        *m[i].daemon,
+        [&](const nlohmann::json& j) {
+          for (int k = 0; k < 4; ++k) {
+            if (k != i && StateAt(j, m[k].address) != "up") return false;
+          }
+          return true;
+        },
+        30s, m[i].name + " sees every member of the four up");
+  }
+  const nlohmann::json seen = Cluster(*m[1].daemon);
+  CHECK(At(seen, m[3].address)["node_name"] == "node-3");
+  CHECK(seen["members"].size() == 4);  // node-4 (another secret) is not listed
+  CHECK(At(Cluster(*m[0].daemon), m[4].address).is_null());
+  CHECK(At(Cluster(*m[2].daemon), m[4].address).is_null());
+  CHECK(Contains(m[1].daemon->proc->Stderr(), "learned of a member at " + m[3].address));
+  // node-3 stops cleanly: every member shows it as left.
+  m[3].daemon->proc->Signal(SIGTERM);
+  REQUIRE(m[3].daemon->proc->Wait(20s).exited);
+  for (int i = 0; i < 3; ++i) {
+    WaitFor(
+        *m[i].daemon, [&](const nlohmann::json& j) { return StateAt(j, m[3].address) == "left"; },
+        10s, m[i].name + " sees node-3 left");
+  }
+}
+
 TEST_CASE("a member with another secret or a duplicate name is refused, saying why") {
   TempDir dir;
   const std::string good = WriteToken(dir, "good", std::string(40, 'g'));
