@@ -288,6 +288,7 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options, 
   bound.port = port;
   c->address_ = bound.ToString();
   c->thread_ = std::thread([raw = c.get()] { raw->Loop(); });
+  c->after_thread_ = std::thread([raw = c.get()] { raw->AfterRounds(); });
   spdlog::info(
       "cluster: member '{}' serves the Peer API on {} ({}); members: {}", c->options_.node_name,
       c->address_,
@@ -317,9 +318,16 @@ void Cluster::Stop(absl::Time deadline) {
     stopping_ = true;
   }
   if (thread_.joinable()) thread_.join();  // its round ends at once (cancelled)
-  if (server_ == nullptr) return;          // Start failed before serving
-  Round(/*leaving=*/true, deadline);
-  if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(deadline));
+  {
+    absl::MutexLock lock(&hooks_mu_);
+    after_stop_ = true;
+  }
+  if (server_ != nullptr) {  // else Start failed before serving
+    Round(/*leaving=*/true, deadline);
+    server_->Shutdown(absl::ToChronoTime(deadline));
+  }
+  // A catalog fetch still running ends by its own deadline (UpdateEngine::FetchHolding).
+  if (after_thread_.joinable()) after_thread_.join();
 }
 
 std::vector<PeerAddress> Cluster::Resolve(std::string* error) const {
@@ -392,19 +400,30 @@ std::vector<std::string> Cluster::UpPeers() const {
   return out;
 }
 
-void Cluster::Loop() {
+void Cluster::AfterRounds() {
   for (;;) {
-    Round(/*leaving=*/false, absl::InfiniteFuture());
     std::function<void()> after;
     {
       absl::MutexLock lock(&hooks_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(hooks_mu_) {
+        return after_pending_ || after_stop_;
+      };
+      hooks_mu_.Await(absl::Condition(&ready));
+      if (after_stop_) return;
+      after_pending_ = false;
       after = after_round_;
     }
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return;
-    }
     if (after) after();
+  }
+}
+
+void Cluster::Loop() {
+  for (;;) {
+    Round(/*leaving=*/false, absl::InfiniteFuture());
+    {
+      absl::MutexLock lock(&hooks_mu_);
+      after_pending_ = true;  // AfterRounds runs the hook
+    }
     absl::MutexLock lock(&mu_);
     auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
     if (mu_.AwaitWithTimeout(absl::Condition(&stopping), options_.interval)) return;

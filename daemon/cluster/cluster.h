@@ -212,6 +212,12 @@ class Cluster {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
+  // Runs after_round_ after each round, on its own thread, so that a slow peer it calls never
+  // delays the rounds (nor Stop's goodbye); a round that ends while it runs is not queued twice.
+  void AfterRounds();
+  bool after_pending_ ABSL_GUARDED_BY(hooks_mu_) = false;
+  bool after_stop_ ABSL_GUARDED_BY(hooks_mu_) = false;
+  std::thread after_thread_;
 };
 
 }  // namespace ckpt::daemon

@@ -41,6 +41,17 @@ class VersionStore::Ranges {
   void AddShared(uint64_t offset) { offsets_.push_back(offset); }
   void Keep(std::shared_ptr<const Ranges> owner) { kept_.push_back(std::move(owner)); }
   uint64_t offset(size_t i) const { return offsets_[i]; }
+  // Returns tensor i's owned range to the allocator now (a replicated tensor merged into a version
+  // that holds it already: nothing points into it any more).
+  void FreeNow(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(store_->alloc_mu_) {
+    for (auto it = ranges_.begin(); it != ranges_.end(); ++it) {
+      if (it->first != offsets_[i]) continue;
+      absl::Status s = store_->allocator_.Free(it->first, it->second);
+      if (!s.ok()) spdlog::error("version store: {}", std::string(s.message()));
+      ranges_.erase(it);
+      return;
+    }
+  }
 
  private:
   VersionStore* store_;
@@ -328,6 +339,7 @@ absl::StatusOr<std::shared_ptr<VersionStore::Version>> VersionStore::MergePart(
     int i;
   };
   std::vector<Entry> entries;
+  std::vector<size_t> replicated;  // of the part: their bytes are held already
   entries.reserve(held.manifest.tensors_size() + part_manifest.tensors_size());
   for (int i = 0; i < held.manifest.tensors_size(); ++i) {
     entries.push_back(
@@ -352,6 +364,7 @@ absl::StatusOr<std::shared_ptr<VersionStore::Version>> VersionStore::MergePart(
     }
     // Replicated (the same bytes in both parts): kept once, as a tensor of the lower part (so the
     // manifest's order does not depend on the order in which parts came).
+    replicated.push_back(static_cast<size_t>(i));
     Entry& e = entries[static_cast<size_t>(found->second)];
     if (index < e.part) {
       e.part = index;
@@ -388,6 +401,11 @@ absl::StatusOr<std::shared_ptr<VersionStore::Version>> VersionStore::MergePart(
     merged->tensor_pos.push_back(e.pos);
     merged->ranges->AddShared(e.ranges->offset(static_cast<size_t>(e.i)));
     merged->total_bytes += t.byte_size();
+  }
+  {
+    // The part's copies of replicated tensors go back to the arena (nothing points into them).
+    absl::MutexLock alock(&alloc_mu_);
+    for (size_t i : replicated) part.ranges->FreeNow(i);
   }
   absl::MutexLock vlock(&merged->mu);
   merged->received_bytes = merged->total_bytes;
@@ -1029,6 +1047,14 @@ absl::StatusOr<v1::VersionInfo> VersionStore::Commit(uint64_t version, const std
       ++counters_.commits_files;
       counters_.bytes_files += v->total_bytes;
       counters_.seconds_files += seconds;
+    }
+  }
+  if (options_.ledger != nullptr && v->part_count != 0) {
+    // A part's id is kept from automatic ids after a restart (no digest: a part is not the
+    // version's weights).
+    if (absl::Status s = options_.ledger->RecordBegun(version); !s.ok()) {
+      spdlog::error("version {}: cannot record its id in state_dir: {}", version,
+                    std::string(s.message()));
     }
   }
   if (use_ledger) {

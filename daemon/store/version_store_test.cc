@@ -1,5 +1,7 @@
 #include "daemon/store/version_store.h"
 
+#include <stdlib.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <atomic>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "daemon/store/id_ledger.h"
 
 namespace ckpt::daemon {
 namespace {
@@ -1063,6 +1066,108 @@ TEST_CASE("parts: no overlapped lease of a part; a part's memory returns when it
   CHECK(store->GetUsage().used_bytes > free_before);
   REQUIRE(store->Drop(4).ok());
   CHECK(store->GetUsage().used_bytes == free_before);
+}
+
+// A part of `ts` begun, pushed and committed.
+absl::StatusOr<v1::VersionInfo> PushPart(VersionStore& store, uint64_t id, uint32_t index,
+                                         uint32_t count, const std::vector<Tensor>& ts) {
+  auto b = store.Begin(ManifestOf(ts), id, "", "", true, absl::InfiniteFuture(), true, "",
+                       Part(index, count));
+  if (!b.ok()) return b.status();
+  PushAll(store, *b, ts);
+  return store.Commit(id, b->upload_token);
+}
+
+TEST_CASE("parts: a replicated tensor's second copy returns to the arena at the merge") {
+  auto store = NewStore(1 << 20);
+  const uint64_t used0 = store->GetUsage().used_bytes;
+  const Tensor big = MakeTensor("embed", {76800}, 9);  // 300 KiB, in both parts
+  REQUIRE(PushPart(*store, 5, 0, 2, {big, MakeTensor("a", {4}, 1)}).ok());
+  auto c = PushPart(*store, 5, 1, 2, {big, MakeTensor("b", {4}, 2)});
+  REQUIRE(c.ok());
+  // One copy of "embed" (rounded to 256 bytes per tensor), not two.
+  CHECK(store->GetUsage().used_bytes - used0 == 307200 + 256 + 256);
+  CHECK(c->total_bytes() == 307200 + 16 + 16);
+  // So a version that fits once 5 is retired (6 is newer) is admitted.
+  const std::vector<Tensor> tiny = {MakeTensor("tiny", {4}, 3)};
+  auto six = store->Begin(ManifestOf(tiny), 6, "");
+  REQUIRE(six.ok());
+  PushAll(*store, *six, tiny);
+  REQUIRE(store->Commit(6, six->upload_token).ok());
+  auto w = store->Begin(ManifestOf({MakeTensor("new", {180000}, 4)}), 7, "");
+  INFO(w.status().ToString());
+  CHECK(w.ok());
+}
+
+TEST_CASE("parts: ids pushed in parts are kept from automatic ids after a restart (state_dir)") {
+  char tmpl[] = "/tmp/parts-ledger-XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  const std::string dir = tmpl;
+  {
+    auto ledger = IdLedger::Open(dir);
+    REQUIRE(ledger.ok());
+    VersionStore::Options o;
+    o.ledger = ledger->get();
+    auto store = NewStore(1 << 20, o);
+    REQUIRE(PushPart(*store, 2, 0, 2, {MakeTensor("a", {4}, 1)}).ok());
+    REQUIRE(PushPart(*store, 2, 1, 2, {MakeTensor("b", {4}, 2)}).ok());
+  }
+  auto ledger = IdLedger::Open(dir);
+  REQUIRE(ledger.ok());
+  VersionStore::Options o;
+  o.ledger = ledger->get();
+  auto store = NewStore(1 << 20, o);
+  const std::vector<Tensor> x = {MakeTensor("x", {4}, 3)};
+  auto b = store->Begin(ManifestOf(x), 0, "");
+  REQUIRE(b.ok());
+  CHECK(b->version > 2);
+  std::remove((dir + "/" + IdLedger::kFileName).c_str());
+  ::rmdir(dir.c_str());
+}
+
+TEST_CASE("parts: many parts of one id committed at once, read meanwhile, leave nothing behind") {
+  VersionStore::Options o;
+  o.max_staging = 64;
+  o.max_staging_per_client = 64;
+  auto store = NewStore(16 << 20, o);
+  const uint64_t used0 = store->GetUsage().used_bytes;
+  const Tensor shared = MakeTensor("shared", {64}, 77);
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t id = 100 + static_cast<uint64_t>(round);
+    constexpr uint32_t kParts = 12;
+    std::atomic<int> ok{0};
+    std::atomic<bool> stop{false};
+    std::thread reader([&] {
+      while (!stop) {
+        auto l = store->Lease(id);
+        if (!l.ok()) continue;
+        for (int i = 0; i < (*l)->manifest().tensors_size(); ++i) {
+          CHECK(XXH3_64bits((*l)->data(i), (*l)->manifest().tensors(i).byte_size()) ==
+                (*l)->manifest().tensors(i).xxh3());
+        }
+      }
+    });
+    std::vector<std::thread> pushers;
+    for (uint32_t p = 0; p < kParts; ++p) {
+      pushers.emplace_back([&, p] {
+        auto c = PushPart(*store, id, p, kParts,
+                          {shared, MakeTensor("t" + std::to_string(p), {256}, 1000 + p)});
+        if (c.ok()) ++ok;
+      });
+    }
+    for (auto& t : pushers) t.join();
+    stop = true;
+    reader.join();
+    CHECK(ok == static_cast<int>(kParts));
+    auto l = store->Lease(id);
+    REQUIRE(l.ok());
+    CHECK((*l)->complete());
+    CHECK((*l)->manifest().tensors_size() == static_cast<int>(kParts) + 1);
+    CHECK((*l)->manifest().tensors(0).name() == "shared");
+    l->reset();
+    REQUIRE(store->Drop(id).ok());
+  }
+  CHECK(store->GetUsage().used_bytes == used0);
 }
 }  // namespace
 }  // namespace ckpt::daemon

@@ -204,8 +204,10 @@ std::string HeldDifference(const v1::Manifest& held, const v1::Manifest& compose
 // Pages of a VersionManifest answer: at most this many tensors or (about) bytes of specs.
 constexpr int kManifestPageTensors = 8192;
 constexpr size_t kManifestPageBytes = 512 << 10;
-// Catalog fetches per Hello round.
+// Catalog fetches per Hello round, each's deadline, and how long a failed one is not tried again.
 constexpr int kCatalogFetchesPerRound = 4;
+constexpr absl::Duration kCatalogFetchLimit = absl::Seconds(5);
+constexpr absl::Duration kCatalogBackoff = absl::Seconds(30);
 
 }  // namespace
 
@@ -237,11 +239,11 @@ absl::StatusOr<v1::VersionManifestResponse> UpdateEngine::ServeVersionManifest(
   return r;
 }
 
-absl::StatusOr<PartHolding> UpdateEngine::FetchHolding(const std::string& member,
-                                                       uint64_t version) {
+absl::StatusOr<PartHolding> UpdateEngine::FetchHolding(const std::string& member, uint64_t version,
+                                                       absl::Duration limit) {
   Cluster* const cluster = cluster_.load();
   if (cluster == nullptr) return absl::FailedPreconditionError("not in a cluster");
-  const absl::Time deadline = absl::Now() + cluster->timeout();
+  const absl::Time deadline = absl::Now() + std::min(limit, cluster->timeout());
   PartHolding h;
   h.member = member;
   h.state = "up";
@@ -263,6 +265,18 @@ absl::StatusOr<PartHolding> UpdateEngine::FetchHolding(const std::string& member
       total = page.tensors();
       h.part_count = page.part_count();
       h.parts.assign(page.parts().begin(), page.parts().end());
+      // As a Hello's held entry is checked: a count of 0 (whole) or 2..4096, parts ascending
+      // below it.
+      bool well_formed = h.part_count == 0 ? h.parts.empty()
+                                           : h.part_count >= 2 &&
+                                                 h.part_count <= VersionStore::kMaxVersionParts &&
+                                                 !h.parts.empty() && h.parts.size() <= h.part_count;
+      for (size_t k = 0; well_formed && k < h.parts.size(); ++k) {
+        well_formed = h.parts[k] < h.part_count && (k == 0 || h.parts[k - 1] < h.parts[k]);
+      }
+      if (!well_formed) {
+        return absl::InvalidArgumentError(absl::StrCat(what, ": malformed parts"));
+      }
     } else if (page.tensors() != total || page.part_count() != h.part_count ||
                !std::equal(page.parts().begin(), page.parts().end(), h.parts.begin(),
                            h.parts.end())) {
@@ -273,8 +287,14 @@ absl::StatusOr<PartHolding> UpdateEngine::FetchHolding(const std::string& member
       return absl::InvalidArgumentError(absl::StrCat(what, ": a page that does not add up"));
     }
     for (int i = 0; i < page.specs_size(); ++i) {
+      const uint32_t part = page.tensor_parts(i);
+      if (h.part_count == 0 ? part != 0
+                            : !std::binary_search(h.parts.begin(), h.parts.end(), part)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(what, ": a tensor of part ", part, ", which it does not hold"));
+      }
       *h.manifest.add_tensors() = std::move(*page.mutable_specs(i));
-      h.tensor_part.push_back(page.tensor_parts(i));
+      h.tensor_part.push_back(part);
     }
     if (h.manifest.tensors_size() == static_cast<int>(total)) break;
   }
@@ -330,10 +350,21 @@ void UpdateEngine::RefreshPartCatalog() {
           }
         }
       }
+      const std::string key = absl::StrCat(m.node_name(), "/", m.instance(), "/", held.version());
+      {
+        absl::MutexLock lock(&catalog_mu_);
+        auto failed = catalog_failed_.find(key);
+        if (failed != catalog_failed_.end() && absl::Now() < failed->second) continue;  // backoff
+      }
       if (fetches++ >= kCatalogFetchesPerRound) return;  // the next round goes on
-      auto got = FetchHolding(m.node_name(), held.version());
+      // Bounded (the shutdown joins this thread); an update that needs it fetches again itself.
+      auto got = FetchHolding(m.node_name(), held.version(), kCatalogFetchLimit);
       if (!got.ok()) {
-        spdlog::debug("cluster: {}", std::string(got.status().message()));
+        spdlog::warn("cluster: {} (tried again in {})", std::string(got.status().message()),
+                     HumanDuration(kCatalogBackoff));
+        absl::MutexLock lock(&catalog_mu_);
+        if (catalog_failed_.size() > 4096) catalog_failed_.clear();
+        catalog_failed_[key] = absl::Now() + kCatalogBackoff;
         continue;
       }
       got->instance = m.instance();
@@ -391,7 +422,7 @@ absl::StatusOr<std::vector<PartHolding>> UpdateEngine::GatherHoldings(
       }
     }
     if (!h.has_value()) {
-      auto got = FetchHolding(m.node_name(), version);
+      auto got = FetchHolding(m.node_name(), version, absl::InfiniteDuration());
       if (!got.ok()) {
         return Annotate(got.status(),
                         absl::StrCat("member '", m.node_name(), "' holds parts ",
@@ -1204,7 +1235,14 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   // A member without the version keeps a copy of what it receives when its free memory allows
   // (host backend: the slots are host memory).
   std::unique_ptr<HostCopy> copy;
-  if (transfer_->kind() == BackendKind::kHost && held == nullptr) {
+  if (transfer_->kind() == BackendKind::kHost && held == nullptr && composed) {
+    // A copy would be the version whole, beside the members' parts of it, and a later update
+    // composing it from those parts would refuse that mix: none is kept (docs/cluster.md).
+    spdlog::info(
+        "cluster update {}: no host copy of version {} is kept here: it is composed of "
+        "parts held by other members",
+        st.update_id(), st.version());
+  } else if (transfer_->kind() == BackendKind::kHost && held == nullptr) {
     std::string why_not;
     copy = HostCopy::Begin(store_, st.version(), *manifest, p.plan.buckets.size(), st.coordinator(),
                            &why_not);

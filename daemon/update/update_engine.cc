@@ -218,6 +218,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
   // A request naming workers (worker_pids; update_on_attach and previous too) is for this
   // member's own workers: it runs here alone. Any other goes to every member that is up.
   std::vector<v1::ClusterMember> others;
+  bool cuda_alone = false;  // other members are up, but this backend updates alone
   Cluster* const cluster = cluster_.load();
   if (cluster != nullptr && request.worker_pids().empty()) {
     for (v1::ClusterMember& m : cluster->Members()) {
@@ -231,6 +232,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
           "backend are not built yet: only this member's workers are updated (ask each member)",
           request.version(), others.size(), std::string(BackendName(transfer_->kind())));
       others.clear();
+      cuda_alone = true;
     }
   }
   auto lease = store_->Lease(request.version());
@@ -249,6 +251,14 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
     return lease.status();
   }
   if (!(*lease)->complete() && others.empty()) {
+    if (cuda_alone) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "version ", (*lease)->version(),
+          " is pushed in parts and this daemon holds some of them: "
+          "composing it from other members' parts needs cluster updates, which are not built for "
+          "the ",
+          BackendName(transfer_->kind()), " backend yet (push every part to each member)"));
+    }
     // Pushed in parts, not every one here: the others must be held by members that are up.
     std::vector<uint32_t> missing;
     const std::vector<uint32_t>& held = (*lease)->parts();

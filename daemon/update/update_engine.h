@@ -217,9 +217,10 @@ class UpdateEngine {
   };
   // Creates (create) or checks the communicator `id` of `ranks`; this rank is `rank`; the
   // rendezvous is at `coordinator` (this member when it is its own name).
-  // What a member (`member`, process `instance`) holds of a version in parts, fetched through
-  // VersionManifest; every page bounded by cluster_timeout.
-  absl::StatusOr<PartHolding> FetchHolding(const std::string& member, uint64_t version);
+  // What a member holds of a version in parts, fetched through VersionManifest; every page within
+  // min(limit, cluster_timeout) of the start.
+  absl::StatusOr<PartHolding> FetchHolding(const std::string& member, uint64_t version,
+                                           absl::Duration limit);
   // Every holding of `version` the cluster update may use: this member's (`lease`), each up
   // member's in `others` holding parts of it (from the catalog when current, else fetched now),
   // and the catalog's of members that are not up (usable false: where parts were).
@@ -290,6 +291,8 @@ class UpdateEngine {
   // member -> what it held when last fetched (state: its state now).
   absl::Mutex catalog_mu_;
   std::map<uint64_t, std::map<std::string, PartHolding>> catalog_ ABSL_GUARDED_BY(catalog_mu_);
+  // Fetches that failed ("member/instance/version"), not tried again before the time given.
+  std::map<std::string, absl::Time> catalog_failed_ ABSL_GUARDED_BY(catalog_mu_);
   // Owned by whoever holds the update slot (one update at a time): no lock.
   ClusterGroup group_;
   std::thread auto_thread_;

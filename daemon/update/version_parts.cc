@@ -148,7 +148,8 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
             absl::Hex(composed.xxh3(), absl::kZeroPad16), ", part ",
             out.tensor_part[static_cast<size_t>(it->second)], ") and ", Member(h), " (xxh3 ",
             absl::Hex(t.xxh3(), absl::kZeroPad16), ", part ", h.tensor_part[static_cast<size_t>(i)],
-            "): two trainers pushed other weights under one id; drop it on one of them"));
+            "): two trainers pushed other weights under one id; drop it on one member and push "
+            "that part again (to another member: ids must increase on each)"));
       }
       out.holders[static_cast<size_t>(it->second)].push_back(static_cast<int>(k));
     }

@@ -743,7 +743,7 @@ TEST_CASE("a version pushed in parts to two members updates every worker bit-exa
   std::vector<std::unique_ptr<Worker>> workers;
   for (int i : {0, 1, 2}) {
     workers.push_back(std::make_unique<Worker>(*c.members[i].daemon, dir, "w" + std::to_string(i),
-                                               std::vector<std::string>{"--versions", "1"}));
+                                               std::vector<std::string>{"--versions", "2"}));
   }
   for (auto& w : workers) w->WaitAttached();
   StateDict m = Model(61);
@@ -781,6 +781,36 @@ TEST_CASE("a version pushed in parts to two members updates every worker bit-exa
   CHECK_FALSE(Contains(log0, "this member uploaded 0 B"));
   CHECK_FALSE(Contains(log1, "this member uploaded 0 B"));
   CHECK_FALSE(Contains(c.members[2].daemon->proc->Stderr(), "this member uploaded"));
+  // node-2 keeps no whole copy beside the parts (a later composition would refuse the mix), so
+  // the same version goes again, asked of the other holder (forced: every worker holds it).
+  CHECK(Contains(c.members[2].daemon->proc->Stderr(),
+                 "no host copy of version 300 is kept here: it is composed of parts"));
+  // node-0 hears from node-2 after that (a copy, had it kept one, would be in its answer).
+  const int64_t ended_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+  REQUIRE(WaitUntil(
+      [&] {
+        RunResult r = c.members[0].daemon->Ctl({"cluster", "--json"});
+        if (r.exit.code != 0) return false;
+        const nlohmann::json shown = nlohmann::json::parse(r.out);
+        for (const auto& mm : shown["members"]) {
+          if (mm["node_name"] == "node-2" &&
+              mm["last_seen_unix_ms"].get<int64_t>() > ended_ms + 500) {
+            return true;
+          }
+        }
+        return false;
+      },
+      20s));
+  auto admin0 = c.Admin(0);
+  v1::UpdateRequest again;
+  again.set_version(300);
+  again.set_force(true);
+  auto r2 = admin0->Update(again, absl::Seconds(60));
+  INFO(r2.status().ToString());
+  REQUIRE(r2.ok());
+  CHECK(r2->workers_size() == 3);
   for (auto& w : workers) CHECK(w->proc->Wait(20s).code == 0);
 }
 
