@@ -401,11 +401,15 @@ absl::StatusOr<std::vector<PartHolding>> UpdateEngine::GatherHoldings(
     }
     if (held == nullptr) continue;
     if (held->part_count() == 0) {
-      PartHolding whole;
-      whole.member = m.node_name();
-      whole.state = "up";
-      whole.usable = true;
-      holdings.push_back(std::move(whole));
+      // Held whole (a host copy of an earlier update, a pull): its tensors are checked against
+      // the parts' and it may upload any bucket.
+      auto whole = FetchHolding(m.node_name(), version, absl::InfiniteDuration());
+      if (!whole.ok()) {
+        return Annotate(whole.status(),
+                        absl::StrCat("member '", m.node_name(), "' holds version ", version));
+      }
+      whole->instance = m.instance();
+      holdings.push_back(*std::move(whole));
       continue;
     }
     std::optional<PartHolding> h;
@@ -1169,13 +1173,20 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
                                  " (two trainers pushed under one id?): drop it on one of them"));
     }
     if (composed && !parted) {
-      return refuse(absl::StrCat("it holds version ", st.version(),
-                                 " whole, and the coordinator composed it of parts"));
+      // Held whole (a host copy, a pull): the same tensors as the parts make, in its own order.
+      if (std::string whole = HeldDifference((*mine)->manifest(), *manifest, /*all=*/true);
+          !whole.empty()) {
+        return refuse(absl::StrCat("it holds version ", st.version(),
+                                   " whole with other weights "
+                                   "than the parts member '",
+                                   st.coordinator(), "' composed: ", whole,
+                                   ": drop it on one of them"));
+      }
     }
     held = *std::move(mine);
     holds_all = !parted || (held->complete() &&
                             HeldDifference(held->manifest(), *manifest, /*all=*/true).empty());
-    if (parted) {
+    if (parted || composed) {
       for (int i = 0; i < held->manifest().tensors_size(); ++i) {
         held_index[held->manifest().tensors(i).name()] = i;
       }
@@ -1186,7 +1197,7 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   // The same buckets as on every rank (the plan depends on the manifest, the parts and
   // bucket_bytes); a member holding the version (or parts of it) plans its own store's offsets for
   // the copies it uploads.
-  if (held != nullptr && held->part_count() == 0) {
+  if (held != nullptr && held->part_count() == 0 && !composed) {
     ASSIGN_OR_RETURN(p.plan, PlanVersion(*held, st.bucket_bytes(), 1));
   } else if (held != nullptr) {
     const VersionStore::ReadLease& lease = *held;
@@ -1235,14 +1246,7 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
   // A member without the version keeps a copy of what it receives when its free memory allows
   // (host backend: the slots are host memory).
   std::unique_ptr<HostCopy> copy;
-  if (transfer_->kind() == BackendKind::kHost && held == nullptr && composed) {
-    // A copy would be the version whole, beside the members' parts of it, and a later update
-    // composing it from those parts would refuse that mix: none is kept (docs/cluster.md).
-    spdlog::info(
-        "cluster update {}: no host copy of version {} is kept here: it is composed of "
-        "parts held by other members",
-        st.update_id(), st.version());
-  } else if (transfer_->kind() == BackendKind::kHost && held == nullptr) {
+  if (transfer_->kind() == BackendKind::kHost && held == nullptr) {
     std::string why_not;
     copy = HostCopy::Begin(store_, st.version(), *manifest, p.plan.buckets.size(), st.coordinator(),
                            &why_not);

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/message_text.h"
+#include "common/status_macros.h"
 
 namespace ckpt::daemon {
 namespace {
@@ -36,6 +37,7 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
   const std::string what = absl::StrCat("version ", version);
   uint32_t count = 0;
   const PartHolding* counted = nullptr;
+  std::vector<int> wholes;  // usable holdings of the version whole (a host copy, a pull)
   for (const PartHolding& h : holdings) {
     if (h.tensor_part.size() != static_cast<size_t>(h.manifest.tensors_size())) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": ", Member(h), " lists a part for ",
@@ -43,7 +45,7 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
                                                      h.manifest.tensors_size(), " tensors"));
     }
     for (uint32_t p : h.tensor_part) {
-      if (!std::binary_search(h.parts.begin(), h.parts.end(), p)) {
+      if (h.part_count == 0 ? p != 0 : !std::binary_search(h.parts.begin(), h.parts.end(), p)) {
         return absl::InvalidArgumentError(absl::StrCat(what, ": ", Member(h),
                                                        " lists a tensor of part ", p,
                                                        ", which is not among the parts it holds"));
@@ -51,8 +53,8 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
     }
     if (!h.usable) continue;
     if (h.part_count == 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          what, " is held whole by ", Member(h), " and in parts by others: drop one of them"));
+      wholes.push_back(static_cast<int>(&h - holdings.data()));  // checked against the others below
+      continue;
     }
     if (counted != nullptr && h.part_count != count) {
       return absl::FailedPreconditionError(
@@ -62,7 +64,60 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
     count = h.part_count;
     counted = &h;
   }
+  // Holdings of the whole version: each must hold exactly the tensors the version has; each is
+  // then a holder of every tensor.
+  auto add_wholes = [&](ComposedVersion& out) -> absl::Status {
+    std::unordered_map<std::string, int> index;
+    for (int t = 0; t < out.manifest.tensors_size(); ++t) index[out.manifest.tensors(t).name()] = t;
+    for (int k : wholes) {
+      const PartHolding& h = holdings[static_cast<size_t>(k)];
+      bool same = h.manifest.tensors_size() == out.manifest.tensors_size();
+      std::string which;
+      for (int i = 0; same && i < h.manifest.tensors_size(); ++i) {
+        auto it = index.find(h.manifest.tensors(i).name());
+        same =
+            it != index.end() && SameSpec(out.manifest.tensors(it->second), h.manifest.tensors(i));
+        if (!same) which = h.manifest.tensors(i).name();
+      }
+      if (!same) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            what, " is held whole by ", Member(h), " with other tensors than its parts",
+            which.empty() ? std::string(" (another count)") : absl::StrCat(" (", Name(which), ")"),
+            ": drop it on one of them"));
+      }
+      for (auto& holders : out.holders) holders.push_back(k);
+    }
+    return absl::OkStatus();
+  };
+  // Only whole holdings, or parts missing where a whole holding has them all: the version as the
+  // first whole holding has it (one group), its tensors also uploadable by the members holding
+  // parts of them.
+  auto from_whole = [&]() -> absl::StatusOr<ComposedVersion> {
+    const PartHolding& w = holdings[static_cast<size_t>(wholes.front())];
+    ComposedVersion out;
+    out.manifest = w.manifest;
+    out.tensor_part.assign(static_cast<size_t>(w.manifest.tensors_size()), 0);
+    out.holders.resize(static_cast<size_t>(w.manifest.tensors_size()));
+    std::unordered_map<std::string, int> index;
+    for (int t = 0; t < w.manifest.tensors_size(); ++t) index[w.manifest.tensors(t).name()] = t;
+    for (size_t k = 0; k < holdings.size(); ++k) {
+      const PartHolding& h = holdings[k];
+      if (!h.usable || h.part_count == 0) continue;
+      for (const v1::TensorSpec& t : h.manifest.tensors()) {
+        auto it = index.find(t.name());
+        if (it == index.end() || !SameSpec(out.manifest.tensors(it->second), t)) {
+          return absl::FailedPreconditionError(
+              absl::StrCat(what, ": tensor ", Name(t.name()), " of ", Member(h),
+                           "'s parts is not in it as ", Member(w), " holds it whole"));
+        }
+        out.holders[static_cast<size_t>(it->second)].push_back(static_cast<int>(k));
+      }
+    }
+    RETURN_IF_ERROR(add_wholes(out));
+    return out;
+  };
   if (counted == nullptr) {
+    if (!wholes.empty()) return from_whole();
     return absl::FailedPreconditionError(
         absl::StrCat("no member that takes part holds any part of ", what));
   }
@@ -90,6 +145,7 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
     if (where.empty()) where = ": no member was seen holding it";
     missing.push_back(absl::StrCat("part ", p, where));
   }
+  if (!missing.empty() && !wholes.empty()) return from_whole();
   if (!missing.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         what, " is pushed in ", count, " parts and ", missing.size() == 1 ? "one is" : "some are",
@@ -124,7 +180,7 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
   // tensor of a part it holds.
   for (size_t k = 0; k < holdings.size(); ++k) {
     const PartHolding& h = holdings[k];
-    if (!h.usable) continue;
+    if (!h.usable || h.part_count == 0) continue;  // whole holdings: add_wholes
     std::unordered_map<std::string, int> mine;
     for (int i = 0; i < h.manifest.tensors_size(); ++i) {
       const v1::TensorSpec& t = h.manifest.tensors(i);
@@ -166,6 +222,7 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
                        " with other tensors?): drop the version on one of them"));
     }
   }
+  RETURN_IF_ERROR(add_wholes(out));
   return out;
 }
 

@@ -97,6 +97,33 @@ TEST_CASE("two members holding one name with other bytes are refused naming both
   CHECK(Contains(m, "0000000000000062"));  // 98
 }
 
+TEST_CASE(
+    "a member holding the version whole holds every tensor, and stands in for missing parts") {
+  const std::vector<std::tuple<std::string, uint32_t, uint64_t>> all = {
+      {"l0", 0, 10}, {"norm", 0, 99}, {"l1", 0, 11}};
+  SECTION("beside complete parts: a holder of every tensor") {
+    auto c = ComposeParts(7, {Holding("a", true, 2, {0}, {{"l0", 0, 10}, {"norm", 0, 99}}),
+                              Holding("b", true, 2, {1}, {{"l1", 1, 11}, {"norm", 1, 99}}),
+                              Holding("copy", true, 0, {}, all)});
+    INFO(c.status().ToString());
+    REQUIRE(c.ok());
+    CHECK(Names(*c) == std::vector<std::string>{"l0", "norm", "l1"});
+    CHECK(c->holders[0] == std::vector<int>{0, 2});
+    CHECK(c->holders[1] == std::vector<int>{0, 1, 2});
+    CHECK(c->holders[2] == std::vector<int>{1, 2});
+  }
+  SECTION("a part's member gone: the whole holding makes the version") {
+    auto c = ComposeParts(
+        7, {Holding("a", true, 2, {0}, {{"l0", 0, 10}, {"norm", 0, 99}}),
+            Holding("b", false, 2, {1}, {{"l1", 1, 11}}), Holding("copy", true, 0, {}, all)});
+    INFO(c.status().ToString());
+    REQUIRE(c.ok());
+    CHECK(Names(*c) == std::vector<std::string>{"l0", "norm", "l1"});
+    CHECK(c->holders[0] == std::vector<int>{0, 2});  // l0: a's part and the copy
+    CHECK(c->holders[2] == std::vector<int>{2});     // l1: the copy alone
+  }
+}
+
 TEST_CASE("counts, whole holders and parts with other tensors are refused") {
   SECTION("another count") {
     auto c = ComposeParts(
@@ -104,11 +131,11 @@ TEST_CASE("counts, whole holders and parts with other tensors are refused") {
     REQUIRE(c.status().code() == absl::StatusCode::kFailedPrecondition);
     CHECK(Contains(std::string(c.status().message()), "as 2 parts and member 'b' as 3"));
   }
-  SECTION("held whole by one") {
-    auto c = ComposeParts(
-        7, {Holding("a", true, 0, {0}, {{"x", 0, 1}}), Holding("b", true, 2, {1}, {{"y", 1, 2}})});
+  SECTION("held whole by one with other tensors than the parts") {
+    auto c = ComposeParts(7, {Holding("a", true, 0, {}, {{"x", 0, 1}, {"y", 0, 9}}),
+                              Holding("b", true, 2, {0, 1}, {{"x", 0, 1}, {"y", 1, 2}})});
     REQUIRE(c.status().code() == absl::StatusCode::kFailedPrecondition);
-    CHECK(Contains(std::string(c.status().message()), "held whole by member 'a'"));
+    CHECK(Contains(std::string(c.status().message()), "held whole by member 'a' with other"));
   }
   SECTION("one part, two contents") {
     auto c = ComposeParts(7, {Holding("a", true, 2, {0, 1}, {{"x", 0, 1}, {"y", 1, 2}}),

@@ -781,10 +781,13 @@ TEST_CASE("a version pushed in parts to two members updates every worker bit-exa
   CHECK_FALSE(Contains(log0, "this member uploaded 0 B"));
   CHECK_FALSE(Contains(log1, "this member uploaded 0 B"));
   CHECK_FALSE(Contains(c.members[2].daemon->proc->Stderr(), "this member uploaded"));
-  // node-2 keeps no whole copy beside the parts (a later composition would refuse the mix), so
-  // the same version goes again, asked of the other holder (forced: every worker holds it).
-  CHECK(Contains(c.members[2].daemon->proc->Stderr(),
-                 "no host copy of version 300 is kept here: it is composed of parts"));
+  // node-2 keeps a verified copy of the whole version; the next update, asked of the other holder
+  // (forced: every worker holds it), composes the version from the parts and that copy.
+  REQUIRE(WaitUntil(
+      [&] {
+        return Contains(c.members[2].daemon->proc->Stderr(), "kept a host copy of version 300");
+      },
+      20s));
   // node-0 hears from node-2 after that (a copy, had it kept one, would be in its answer).
   const int64_t ended_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                std::chrono::system_clock::now().time_since_epoch())
@@ -811,6 +814,7 @@ TEST_CASE("a version pushed in parts to two members updates every worker bit-exa
   INFO(r2.status().ToString());
   REQUIRE(r2.ok());
   CHECK(r2->workers_size() == 3);
+  CHECK(Contains(c.members[0].daemon->proc->Stderr(), "composed from 2 parts held by 3 members"));
   for (auto& w : workers) CHECK(w->proc->Wait(20s).code == 0);
 }
 
