@@ -271,6 +271,19 @@ absl::Status DaemonClient::Drop(uint64_t version, absl::Duration timeout) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<v1::PullResponse> DaemonClient::Pull(uint64_t version, bool update,
+                                                    absl::Duration timeout) {
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout);
+  v1::PullRequest request;
+  request.set_version(version);
+  request.set_update(update);
+  v1::PullResponse response;
+  grpc::Status s = admin_->Pull(&context, request, &response);
+  if (!s.ok()) return FromGrpc(s, "Pull", endpoint_);
+  return response;
+}
+
 absl::StatusOr<v1::UpdateResponse> DaemonClient::Update(const v1::UpdateRequest& request,
                                                         absl::Duration timeout) {
   grpc::ClientContext context;

@@ -80,6 +80,9 @@ class DaemonClient {
   // Admin.Drop: retires a COMMITTED version (FAILED_PRECONDITION while workers read it) or aborts a
   // STAGING one; NOT_FOUND for an unknown version.
   absl::Status Drop(uint64_t version, absl::Duration timeout);
+  // Admin.Pull: copies a version from the cluster's members (0: the newest), then with `update`
+  // sends it to this daemon's workers.
+  absl::StatusOr<v1::PullResponse> Pull(uint64_t version, bool update, absl::Duration timeout);
 
   // Admin.Update: sends a committed version to the attached workers and waits until they have it
   // (or `timeout`). The daemon's errors keep their code (see UpdateEngine::Update).

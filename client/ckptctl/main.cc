@@ -9,6 +9,8 @@
 //     drop VERSION
 //     update VERSION|latest [--force] [--json] [--wait-timeout 10m]
 //     cluster [--json]                    the cluster's members (docs/cluster.md)
+//     pull [VERSION|latest] [--no-update] [--json] [--wait-timeout 30m]
+//                                         copy a version from the members, update this daemon's
 //
 // The global options may also come after the command (`ckptctl status --socket PATH`).
 //
@@ -22,6 +24,7 @@
 #include "client/ckptctl/cluster_command.h"
 #include "client/ckptctl/command.h"
 #include "client/ckptctl/drop_command.h"
+#include "client/ckptctl/pull_command.h"
 #include "client/ckptctl/push_command.h"
 #include "client/ckptctl/show_command.h"
 #include "client/ckptctl/status_command.h"
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
   DropArgs drop_args;
   UpdateArgs update_args;
   ClusterArgs cluster_args;
+  PullArgs pull_args;
   CLI::App* status_cmd = AddStatusCommand(&app, &status_args);
   CLI::App* versions_cmd = AddVersionsCommand(&app, &versions_args);
   CLI::App* show_cmd = AddShowCommand(&app, &show_args);
@@ -69,6 +73,7 @@ int main(int argc, char** argv) {
   CLI::App* drop_cmd = AddDropCommand(&app, &drop_args);
   CLI::App* update_cmd = AddUpdateCommand(&app, &update_args);
   CLI::App* cluster_cmd = AddClusterCommand(&app, &cluster_args);
+  CLI::App* pull_cmd = AddPullCommand(&app, &pull_args);
 
   try {
     app.parse(argc, argv);
@@ -102,5 +107,6 @@ int main(int argc, char** argv) {
   if (drop_cmd->parsed()) return RunDropCommand(global, drop_args);
   if (update_cmd->parsed()) return RunUpdateCommand(global, update_args);
   if (cluster_cmd->parsed()) return RunClusterCommand(global, cluster_args);
+  if (pull_cmd->parsed()) return RunPullCommand(global, pull_args);
   return 2;
 }

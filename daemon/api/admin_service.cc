@@ -133,4 +133,13 @@ grpc::Status AdminService::Update(grpc::ServerContext* context, const v1::Update
   return grpc::Status::OK;
 }
 
+grpc::Status AdminService::Pull(grpc::ServerContext* context, const v1::PullRequest* request,
+                                v1::PullResponse* response) {
+  if (auto s = auth_->Check(*context, kRoleOperator, "Pull"); !s.ok()) return s;
+  auto result = engine_->PullVersion(*request, CallDeadline(*context));
+  if (!result.ok()) return ToGrpc(result.status());
+  *response = std::move(*result);
+  return grpc::Status::OK;
+}
+
 }  // namespace ckpt::daemon

@@ -52,6 +52,9 @@ class AdminService final : public v1::Admin::Service {
   // it joins a running update.
   grpc::Status Update(grpc::ServerContext* context, const v1::UpdateRequest* request,
                       v1::UpdateResponse* response) override;
+  // Operator role. Blocks until the pull (and its update) ends, by the call's deadline.
+  grpc::Status Pull(grpc::ServerContext* context, const v1::PullRequest* request,
+                    v1::PullResponse* response) override;
   // Read role. Blocks until the verdict or min(call deadline, timeout_seconds).
   grpc::Status WaitLoaded(grpc::ServerContext* context, const v1::WaitLoadedRequest* request,
                           v1::WaitLoadedResponse* response) override;

@@ -157,6 +157,39 @@ class Cluster::PeerService final : public v1::Peer::Service {
     return ToGrpc(session.Seal(*answer, response));
   }
 
+  grpc::Status ReadTensors(grpc::ServerContext* context, const v1::PeerEnvelope* request,
+                           grpc::ServerWriter<v1::TensorChunk>* writer) override {
+    const ClusterOptions& o = cluster_->options_;
+    PeerSession session(o.token, "ReadTensors", PeerSession::Side::kCallee);
+    v1::ReadTensorsRequest r;
+    if (absl::Status s = session.Open(*request, &r, "the request"); !s.ok()) {
+      Refused(context, "sent a read request without a valid proof");
+      return ToGrpc(s);
+    }
+    ReadTensorsHandler handler;
+    {
+      absl::MutexLock lock(&cluster_->hooks_mu_);
+      handler = cluster_->read_handler_;
+    }
+    if (!handler) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this member serves no tensors");
+    }
+    // A few at once: the Peer server's other threads stay free for Hello and updates.
+    if (read_calls_.fetch_add(1) >= kMaxReadCalls) {
+      read_calls_.fetch_sub(1);
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          absl::StrCat("member '", o.node_name, "' serves ", kMaxReadCalls,
+                                       " ReadTensors calls at once"));
+    }
+    struct Leave {
+      std::atomic<int>* n;
+      ~Leave() { n->fetch_sub(1); }
+    } leave{&read_calls_};
+    return ToGrpc(handler(r, [context, writer](const v1::TensorChunk& c) {
+      return !context->IsCancelled() && writer->Write(c);
+    }));
+  }
+
   grpc::Status MemberUpdate(
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::PeerEnvelope, v1::PeerEnvelope>* stream) override {
@@ -236,6 +269,8 @@ class Cluster::PeerService final : public v1::Peer::Service {
   }
 
   static constexpr int kMaxMemberUpdateCalls = 4;
+  static constexpr int kMaxReadCalls = 8;
+  std::atomic<int> read_calls_{0};
   Cluster* const cluster_;
   std::atomic<int> member_calls_{0};
   absl::Mutex mu_;
@@ -363,6 +398,46 @@ std::vector<PeerAddress> Cluster::Resolve(std::string* error) const {
 void Cluster::SetVersionManifestHandler(VersionManifestHandler handler) {
   absl::MutexLock lock(&hooks_mu_);
   manifest_handler_ = std::move(handler);
+}
+
+void Cluster::SetReadTensorsHandler(ReadTensorsHandler handler) {
+  absl::MutexLock lock(&hooks_mu_);
+  read_handler_ = std::move(handler);
+}
+
+absl::Status Cluster::CallReadTensors(
+    const std::string& node_name, const v1::ReadTensorsRequest& request, absl::Time deadline,
+    const std::function<absl::Status(const v1::TensorChunk&)>& on_chunk) {
+  ASSIGN_OR_RETURN(PeerStub peer, StubOf(node_name));
+  PeerSession session(options_.token, "ReadTensors", PeerSession::Side::kCaller);
+  v1::PeerEnvelope in;
+  RETURN_IF_ERROR(session.Seal(request, &in));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(deadline));
+  std::unique_ptr<grpc::ClientReader<v1::TensorChunk>> reader =
+      peer.stub->ReadTensors(&context, in);
+  v1::TensorChunk chunk;
+  absl::Status failed;
+  while (reader->Read(&chunk)) {
+    failed = on_chunk(chunk);
+    if (!failed.ok()) {
+      context.TryCancel();
+      break;
+    }
+  }
+  grpc::Status s = reader->Finish();
+  if (!failed.ok()) return failed;
+  if (!s.ok()) {
+    return absl::Status(
+        static_cast<absl::StatusCode>(s.error_code()),
+        absl::StrCat("reading tensors of version ", request.version(), " from member '", node_name,
+                     "': ", EscapeForMessage(s.error_message(), 400)));
+  }
+  if (options_.tls.enabled()) {
+    RETURN_IF_ERROR(PeerNamed(PeerCertificateNames(context.auth_context().get()), node_name,
+                              absl::StrCat("member '", node_name, "'")));
+  }
+  return absl::OkStatus();
 }
 
 void Cluster::SetAfterRound(std::function<void()> after_round) {

@@ -69,6 +69,10 @@ class MemberUpdateStream {
 };
 // Serves one MemberUpdate call (UpdateEngine::ServeMemberUpdate); its error ends the call.
 using MemberUpdateHandler = std::function<absl::Status(MemberUpdateStream&)>;
+// Serves a ReadTensors request (UpdateEngine::ServeReadTensors): `write` sends one chunk (false:
+// the caller went away).
+using ReadTensorsHandler = std::function<absl::Status(
+    const v1::ReadTensorsRequest&, const std::function<bool(const v1::TensorChunk&)>& write)>;
 // Answers a VersionManifest request (UpdateEngine::ServeVersionManifest).
 using VersionManifestHandler =
     std::function<absl::StatusOr<v1::VersionManifestResponse>(const v1::VersionManifestRequest&)>;
@@ -147,6 +151,12 @@ class Cluster {
   // What serves VersionManifest here (unset: UNIMPLEMENTED), and what runs on the rounds' thread
   // after every round (a member's catalog of the parts the others hold). Set once, before use.
   void SetVersionManifestHandler(VersionManifestHandler handler);
+  void SetReadTensorsHandler(ReadTensorsHandler handler);
+  // Peer.ReadTensors at the member `node_name` (up): `on_chunk` for each chunk, in order (its
+  // error ends the call); the call ends by `deadline`. Errors name the member.
+  absl::Status CallReadTensors(const std::string& node_name, const v1::ReadTensorsRequest& request,
+                               absl::Time deadline,
+                               const std::function<absl::Status(const v1::TensorChunk&)>& on_chunk);
   void SetAfterRound(std::function<void()> after_round);
 
  private:
@@ -204,6 +214,7 @@ class Cluster {
 
   absl::Mutex hooks_mu_;
   VersionManifestHandler manifest_handler_ ABSL_GUARDED_BY(hooks_mu_);
+  ReadTensorsHandler read_handler_ ABSL_GUARDED_BY(hooks_mu_);
   std::function<void()> after_round_ ABSL_GUARDED_BY(hooks_mu_);
 
   mutable absl::Mutex mu_;

@@ -102,6 +102,11 @@ const std::vector<ConfigKey>& ConfigKeys() {
        "read local trainers' host tensors straight out of their memory (process_vm_readv, one "
        "copy); false: the trainers copy them into shared-memory windows",
        "true"},
+      {"pull_bytes_per_second",
+       "pulls (ckptctl pull: a version copied from other members): the bytes per second a pull "
+       "reads from them all together, and this member serves to others' pulls, at most, so that "
+       "a node serving traffic is not starved (e.g. 2GiB); 0: no limit",
+       "0"},
       {"update_on_attach",
        "send the newest committed version to a worker when it attaches (auto: as auto_update)",
        "auto"},
@@ -217,6 +222,13 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     }
     (key == "max_staging_versions" ? config.max_staging_versions : config.max_staging_per_client) =
         n;
+  } else if (key == "pull_bytes_per_second") {
+    auto bytes = ParseByteSize(value);
+    if (!bytes.ok()) return BadValue(key, value, bytes.status().message());
+    if (*bytes != 0 && *bytes < (uint64_t{1} << 20)) {
+      return BadValue(key, value, "must be 0 (no limit) or at least 1 MiB per second");
+    }
+    config.pull_bytes_per_second = *bytes;
   } else if (key == "bucket_bytes") {
     if (value == "auto") {
       config.bucket_bytes = 0;
@@ -561,7 +573,8 @@ std::string DescribeConfig(const Config& config) {
       " state_dir=", config.ResolvedStateDir().empty() ? "none" : config.ResolvedStateDir(),
       " auto_update=", config.auto_update ? "true" : "false",
       " gpu_ipc_push=", config.gpu_ipc_push ? "true" : "false",
-      " local_pull=", config.local_pull ? "true" : "false",
+      " local_pull=", config.local_pull ? "true" : "false", " pull_bytes_per_second=",
+      config.pull_bytes_per_second == 0 ? "unlimited" : FormatBytes(config.pull_bytes_per_second),
       " update_on_attach=", config.UpdateOnAttach() ? "true" : "false",
       " on_update_failure=", config.resend_previous_on_failure ? "previous" : "keep",
       " tls_cert=", config.tls_cert.empty() ? "none" : config.tls_cert,

@@ -78,6 +78,8 @@ struct Config {
   bool gpu_ipc_push = true;
   // Read local trainers' host tensors out of their memory (PushLocal's pull steps).
   bool local_pull = true;
+  // Pulls from other members (Admin.Pull): bytes per second at most; 0: no limit.
+  uint64_t pull_bytes_per_second = 0;
   // Send the newest committed version to a worker when it attaches; unset ("auto"): as auto_update.
   std::optional<bool> update_on_attach;
   bool UpdateOnAttach() const { return update_on_attach.value_or(auto_update); }

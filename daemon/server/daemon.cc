@@ -225,6 +225,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   engine_options.bucket_bytes = config.bucket_bytes;
   engine_options.update_on_attach = config.UpdateOnAttach();
   engine_options.resend_previous_on_failure = config.resend_previous_on_failure;
+  engine_options.pull_bytes_per_second = config.pull_bytes_per_second;
   if (engine_options.bucket_bytes == 0) {
     ASSIGN_OR_RETURN(engine_options.bucket_bytes,
                      AutoBucketBytes(d->backend_, d->gpus_, config.slots_per_gpu));
@@ -407,6 +408,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
           return engine->ServeVersionManifest(r);
         });
     d->cluster_->SetAfterRound([engine = d->engine_.get()] { engine->RefreshPartCatalog(); });
+    d->cluster_->SetReadTensorsHandler(
+        [engine = d->engine_.get()](const v1::ReadTensorsRequest& r,
+                                    const std::function<bool(const v1::TensorChunk&)>& write) {
+          return engine->ServeReadTensors(r, write);
+        });
     d->admin_->SetCluster(config.node_name, d->cluster_->address(),
                           [c = d->cluster_.get()] { return c->Members(); });
   }

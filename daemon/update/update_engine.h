@@ -41,6 +41,7 @@
 #include "daemon/transfer/backend_kind.h"
 #include "daemon/transfer/gloo_group.h"
 #include "daemon/transfer/transfer_backend.h"
+#include "daemon/update/byte_rate.h"
 #include "daemon/update/push_feed.h"
 #include "daemon/update/update_run.h"
 #include "daemon/update/version_parts.h"
@@ -65,6 +66,10 @@ class UpdateEngine {
     // on_update_failure = previous: after a failed update, workers left with mixed weights are
     // sent the last version each fully loaded (UpdateRequest.previous).
     bool resend_previous_on_failure = false;
+    // Pulls: the bytes per second a pull reads from other members at most (all sources
+    // together), and that this member serves to others' pulls (config pull_bytes_per_second);
+    // 0: no limit.
+    uint64_t pull_bytes_per_second = 0;
   };
 
   // Creates the transfer backend of `backend` (host: one SlotSet in shared memory; cuda: a SlotSet,
@@ -176,6 +181,15 @@ class UpdateEngine {
   // missing part then names its tensors and where they were). At most a few fetches per round,
   // each bounded by cluster_timeout.
   void RefreshPartCatalog();
+  // Peer.ReadTensors: the bytes of tensors of a committed version held here, in chunks.
+  absl::Status ServeReadTensors(const v1::ReadTensorsRequest& request,
+                                const std::function<bool(const v1::TensorChunk&)>& write);
+  // Admin.Pull (docs/cluster.md, "Pulls"): copies a committed version (0: the newest the members
+  // that are up hold, whole or in every part) from those members into this store, each tensor
+  // from one of its holders (bytes balanced over them, all at once; a holder that fails midway is
+  // replaced by another holding the same tensors), verified by the store's commit; nothing of a
+  // failed pull stays. Then, with request.update, updates this daemon's own workers.
+  absl::StatusOr<v1::PullResponse> PullVersion(const v1::PullRequest& request, absl::Time deadline);
 
  private:
   // What one run needs (RunLocked).
@@ -287,6 +301,8 @@ class UpdateEngine {
   // Set once, just after the cluster starts (its Peer server and this engine's auto-update thread
   // may read it from then on).
   std::atomic<Cluster*> cluster_{nullptr};
+  // What this member serves to others' pulls (ReadTensors), all calls together.
+  ByteRate serve_rate_{options_.pull_bytes_per_second};
   // The parts other members hold of versions held here in parts (RefreshPartCatalog): version ->
   // member -> what it held when last fetched (state: its state now).
   absl::Mutex catalog_mu_;

@@ -879,5 +879,109 @@ TEST_CASE("versions in parts: a missing part and conflicting tensors are refused
   }
 }
 
+// Issue 13, pulls: a member copies a version from the members holding it (parts from several at
+// once), verified, and serves its own workers; a source that dies midway is replaced by another
+// holder; with none left, the pull fails naming what is missing and nothing of it is committed.
+TEST_CASE("a member pulls a version from the members holding its parts and serves its workers") {
+  Cluster c(3);
+  for (int i = 0; i < 3; ++i) c.WaitUp(i, 2);
+  TempDir dir;
+  Worker w2(*c.members[2].daemon, dir, "w2", {"--versions", "1"});
+  w2.WaitAttached();
+  StateDict m = Model(91);
+  REQUIRE(c.PushPart(0, m, 700, 0, 2, OwnsEven).ok());
+  REQUIRE(c.PushPart(1, m, 700, 1, 2, OwnsOdd).ok());
+  c.WaitHeld(2, 0, 700, {0});
+  c.WaitHeld(2, 1, 700, {1});
+  RunResult r = c.members[2].daemon->Ctl({"pull", "latest", "--json"});
+  INFO(r.out << r.err << c.members[2].daemon->proc->Stderr());
+  REQUIRE(r.exit.code == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  CHECK(j["version"] == 700);
+  CHECK(j["workers"] == 1);
+  REQUIRE(j["sources"].size() == 2);
+  for (const auto& src : j["sources"]) CHECK(src["bytes"].get<uint64_t>() > 0);  // both at once
+  CHECK(testing::CompareWorkerReport(w2.Report(700), m) == "");
+  RunResult shown = c.members[2].daemon->Ctl({"show", "700", "--json"});
+  REQUIRE(shown.exit.code == 0);
+  CHECK(nlohmann::json::parse(shown.out)["transport"] == "pulled");
+  // Held now: a second pull says so.
+  RunResult again = c.members[2].daemon->Ctl({"pull", "700"});
+  CHECK(again.exit.code == 1);
+  CHECK(Contains(again.err, "held here already"));
+  CHECK(w2.proc->Wait(20s).code == 0);
+}
+
+// About 6 MiB: a pull limited to 1 MiB/s takes seconds, so a source can be killed midway.
+StateDict BigModel(uint32_t seed) {
+  StateDict m;
+  for (int i = 0; i < 6; ++i) {
+    m.Add("model.layers." + std::to_string(i) + ".mlp.weight", DType::kBfloat16, {512, 1024},
+          seed + static_cast<uint32_t>(i));
+  }
+  return m;
+}
+
+TEST_CASE("a pull whose source dies goes on from the other holder, or fails leaving nothing") {
+  Cluster c(3, "2s", {"--pull-bytes-per-second", "1MiB"});
+  for (int i = 0; i < 3; ++i) c.WaitUp(i, 2);
+  auto admin2 = c.Admin(2);
+  // Version 800 whole on node-0 and node-1 (the same weights).
+  StateDict m = BigModel(5);
+  REQUIRE(c.Push(0, m, 800) == 800);
+  REQUIRE(c.Push(1, m, 800) == 800);
+  REQUIRE(WaitUntil(
+      [&] {
+        RunResult r = c.members[2].daemon->Ctl({"versions"});
+        return Contains(r.out, "node-0: whole; node-1: whole");
+      },
+      20s));
+  auto pending =
+      std::async(std::launch::async, [&] { return admin2->Pull(800, false, absl::Seconds(60)); });
+  REQUIRE(WaitUntil(
+      [&] {
+        return Contains(c.members[2].daemon->proc->Stderr(), "pull of version 800: 6 tensors");
+      },
+      20s));
+  c.members[1].daemon->proc->Signal(SIGKILL);
+  REQUIRE(pending.wait_for(60s) == std::future_status::ready);
+  auto pulled = pending.get();
+  INFO(pulled.status().ToString() << c.members[2].daemon->proc->Stderr());
+  REQUIRE(pulled.ok());
+  CHECK(Contains(c.members[2].daemon->proc->Stderr(), "its tensors go to the other holders"));
+  // The same checksums as the source's (the pull's commit verified every byte against them).
+  auto detail = admin2->GetVersion(800, absl::Seconds(5));
+  auto source = c.Admin(0)->GetVersion(800, absl::Seconds(5));
+  REQUIRE(detail.ok());
+  REQUIRE(source.ok());
+  REQUIRE(detail->manifest().tensors_size() == 6);
+  CHECK(detail->manifest().SerializeAsString() == source->manifest().SerializeAsString());
+  // Version 801 on node-0 alone; node-0 dies mid-pull: no holder left.
+  c.WaitUp(2, 1);
+  StateDict m2 = BigModel(17);
+  REQUIRE(c.Push(0, m2, 801) == 801);
+  REQUIRE(WaitUntil(
+      [&] { return Contains(c.members[2].daemon->Ctl({"versions"}).out, "801 whole"); }, 20s));
+  auto failing =
+      std::async(std::launch::async, [&] { return admin2->Pull(801, false, absl::Seconds(60)); });
+  REQUIRE(WaitUntil(
+      [&] {
+        return Contains(c.members[2].daemon->proc->Stderr(), "pull of version 801: 6 tensors");
+      },
+      20s));
+  c.members[0].daemon->proc->Signal(SIGKILL);
+  REQUIRE(failing.wait_for(60s) == std::future_status::ready);
+  auto lost = failing.get();
+  INFO(lost.status().ToString());
+  REQUIRE_FALSE(lost.ok());
+  CHECK(Contains(std::string(lost.status().message()), "have no holder left"));
+  CHECK(Contains(std::string(lost.status().message()), "model.layers."));
+  // Nothing of it stays: no version 801, staging or committed.
+  RunResult versions = c.members[2].daemon->Ctl({"versions", "--json"});
+  REQUIRE(versions.exit.code == 0);
+  const nlohmann::json held = nlohmann::json::parse(versions.out);
+  for (const auto& v : held["versions"]) CHECK(v["version"] != 801);
+}
+
 }  // namespace
 }  // namespace ckpt

@@ -1,0 +1,44 @@
+// ByteRate: bytes per second at most, shared by the threads that take from it (a pull's readers,
+// or the ReadTensors calls a member serves).
+#ifndef CKPT_DAEMON_UPDATE_BYTE_RATE_H_
+#define CKPT_DAEMON_UPDATE_BYTE_RATE_H_
+
+#include <algorithm>
+#include <cstdint>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace ckpt::daemon {
+
+class ByteRate {
+ public:
+  // 0: no limit.
+  explicit ByteRate(uint64_t bytes_per_second) : rate_(bytes_per_second) {}
+  // Waits until `bytes` more fit the rate, or until `deadline`.
+  void Take(uint64_t bytes, absl::Time deadline) {
+    if (rate_ == 0) return;
+    absl::Time at;
+    {
+      absl::MutexLock lock(&mu_);
+      const absl::Time now = absl::Now();
+      if (next_ < now) next_ = now;
+      at = next_;
+      next_ += absl::Seconds(static_cast<double>(bytes) / static_cast<double>(rate_));
+    }
+    const absl::Time until = std::min(at, deadline);
+    const absl::Time now = absl::Now();
+    if (until > now) absl::SleepFor(until - now);
+  }
+
+ private:
+  const uint64_t rate_;
+  absl::Mutex mu_;
+  absl::Time next_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+};
+
+}  // namespace ckpt::daemon
+
+#endif  // CKPT_DAEMON_UPDATE_BYTE_RATE_H_

@@ -1,0 +1,307 @@
+// Pulls (docs/cluster.md, "Pulls"): a member copies a committed version from the members that
+// hold it (whole or in parts) into its own store, reading from all of them at once over
+// Peer.ReadTensors, verified where it lands (the store's commit checks every checksum of the
+// proved manifest), then updates its own workers.
+#include <algorithm>
+#include <map>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/message_text.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+#include "daemon/update/byte_rate.h"
+#include "daemon/update/update_engine.h"
+#include "daemon/update/version_parts.h"
+#include "spdlog/spdlog.h"
+
+namespace ckpt::daemon {
+namespace {
+
+constexpr uint64_t kReadChunkBytes = uint64_t{1} << 20;
+constexpr size_t kMaxReadTensors = 16384;
+
+}  // namespace
+
+absl::Status UpdateEngine::ServeReadTensors(
+    const v1::ReadTensorsRequest& request,
+    const std::function<bool(const v1::TensorChunk&)>& write) {
+  if (request.version() == 0) return absl::InvalidArgumentError("tensors of version 0");
+  ASSIGN_OR_RETURN(std::shared_ptr<VersionStore::ReadLease> lease,
+                   store_->Lease(request.version()));
+  const v1::Manifest& m = lease->manifest();
+  if (request.manifest_tensors() != static_cast<uint32_t>(m.tensors_size())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "version ", request.version(), " here has ", m.tensors_size(), " tensors, not ",
+        request.manifest_tensors(), " (it changed since its manifest was read)"));
+  }
+  if (request.tensors().empty() || static_cast<size_t>(request.tensors_size()) > kMaxReadTensors) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a read of ", request.tensors_size(), " tensors (1..", kMaxReadTensors, ")"));
+  }
+  for (uint32_t t : request.tensors()) {
+    if (t >= static_cast<uint32_t>(m.tensors_size())) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor #", t, " of ", m.tensors_size()));
+    }
+  }
+  v1::TensorChunk chunk;
+  for (uint32_t t : request.tensors()) {
+    const uint64_t bytes = m.tensors(static_cast<int>(t)).byte_size();
+    const uint8_t* data = lease->data(static_cast<int>(t));
+    for (uint64_t off = 0; off < bytes; off += kReadChunkBytes) {
+      const uint64_t n = std::min(kReadChunkBytes, bytes - off);
+      chunk.set_tensor(t);
+      chunk.set_offset(off);
+      chunk.set_data(data + off, n);
+      // pull_bytes_per_second holds for what this member serves too (all readers together).
+      serve_rate_.Take(n, absl::InfiniteFuture());
+      if (!write(chunk)) return absl::CancelledError("the reader went away");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest& request,
+                                                           absl::Time deadline) {
+  Cluster* const cluster = cluster_.load();
+  if (cluster == nullptr) {
+    return absl::FailedPreconditionError("a pull copies from other members: not in a cluster");
+  }
+  const absl::Time started = absl::Now();
+  std::vector<v1::ClusterMember> up;
+  for (v1::ClusterMember& m : cluster->Members()) {
+    if (m.state() == "up" && m.protocol_version() >= kPeerPartsVersion) up.push_back(std::move(m));
+  }
+  // Which version: the one asked for, or the newest held whole or in every part by members up.
+  uint64_t version = request.version();
+  if (version == 0) {
+    std::map<uint64_t, std::pair<uint32_t, std::set<uint32_t>>> parts;  // id -> count, held
+    std::set<uint64_t> whole;
+    for (const v1::ClusterMember& m : up) {
+      for (const v1::HeldVersion& h : m.held()) {
+        if (h.part_count() == 0) {
+          whole.insert(h.version());
+        } else {
+          auto& e = parts[h.version()];
+          e.first = h.part_count();
+          e.second.insert(h.parts().begin(), h.parts().end());
+        }
+      }
+    }
+    for (const auto& [id, e] : parts) {
+      if (e.second.size() == e.first) whole.insert(id);
+    }
+    if (whole.empty()) {
+      return absl::FailedPreconditionError(
+          "no member that is up holds a whole version (or every part of one) to pull");
+    }
+    version = *whole.rbegin();
+  }
+  if (auto mine = store_->Lease(version); mine.ok()) {
+    if ((*mine)->complete()) {
+      return absl::AlreadyExistsError(absl::StrCat("version ", version, " is held here already"));
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("this member holds parts of version ", version,
+                     ": pulling the others into it is not built (drop it, then pull it whole)"));
+  }
+  // What each member that is up holds of it.
+  std::vector<PartHolding> holdings;
+  for (const v1::ClusterMember& m : up) {
+    bool holds = false;
+    for (const v1::HeldVersion& h : m.held()) holds = holds || h.version() == version;
+    if (!holds) continue;
+    auto h = FetchHolding(m.node_name(), version,
+                          std::max(absl::ZeroDuration(), deadline - absl::Now()));
+    if (!h.ok()) {
+      spdlog::warn("pull of version {}: {}; not a source", version,
+                   std::string(h.status().message()));
+      continue;
+    }
+    h->instance = m.instance();
+    holdings.push_back(*std::move(h));
+  }
+  if (holdings.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no member that is up holds version ", version, " (ckptctl versions)"));
+  }
+  ASSIGN_OR_RETURN(ComposedVersion composed, ComposeParts(version, holdings));
+  const v1::Manifest& manifest = composed.manifest;
+  const int n = manifest.tensors_size();
+  // Each tensor's position in each holding's manifest.
+  std::vector<std::unordered_map<std::string, uint32_t>> position(holdings.size());
+  for (size_t k = 0; k < holdings.size(); ++k) {
+    for (int i = 0; i < holdings[k].manifest.tensors_size(); ++i) {
+      position[k][holdings[k].manifest.tensors(i).name()] = static_cast<uint32_t>(i);
+    }
+  }
+  std::vector<std::string> names;
+  for (const PartHolding& h : holdings) names.push_back(h.member);
+  auto begun =
+      store_->Begin(manifest, version, absl::StrCat("pulled from ", absl::StrJoin(names, ", ")),
+                    "cluster pull", /*verify_checksums=*/true, deadline,
+                    /*may_retire=*/true, /*transport=*/"pulled");
+  if (!begun.ok()) return Annotate(begun.status(), absl::StrCat("pull of version ", version));
+  const std::string token = begun->upload_token;
+  uint64_t total = 0;
+  for (const v1::TensorSpec& t : manifest.tensors()) total += t.byte_size();
+  spdlog::info("pull of version {}: {} tensors, {} from {}", version, n, FormatBytes(total),
+               absl::StrJoin(names, ", "));
+
+  // Rounds: every tensor not yet in goes to the usable holder with the fewest bytes so far
+  // (largest first); each holder reads its share on a thread of its own. A holder that fails is
+  // not used again; its unfinished tensors go to the others in the next round.
+  std::vector<char> done(static_cast<size_t>(n), 0);
+  for (int t = 0; t < n; ++t) done[static_cast<size_t>(t)] = manifest.tensors(t).byte_size() == 0;
+  std::vector<char> failed(holdings.size(), 0);
+  std::vector<std::string> failures;
+  std::vector<uint64_t> sent(holdings.size(), 0);
+  ByteRate limit(options_.pull_bytes_per_second);
+  absl::Status result;
+  for (;;) {
+    std::vector<int> order;
+    for (int t = 0; t < n; ++t) {
+      if (!done[static_cast<size_t>(t)]) order.push_back(t);
+    }
+    if (order.empty()) break;
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+      return manifest.tensors(a).byte_size() > manifest.tensors(b).byte_size();
+    });
+    std::vector<std::vector<int>> share(holdings.size());
+    std::vector<uint64_t> load(holdings.size(), 0);
+    std::vector<std::string> orphans;
+    for (int t : order) {
+      int best = -1;
+      for (int k : composed.holders[static_cast<size_t>(t)]) {
+        if (failed[static_cast<size_t>(k)]) continue;
+        if (best < 0 || load[static_cast<size_t>(k)] < load[static_cast<size_t>(best)]) best = k;
+      }
+      if (best < 0) {
+        orphans.push_back(manifest.tensors(t).name());
+        continue;
+      }
+      share[static_cast<size_t>(best)].push_back(t);
+      load[static_cast<size_t>(best)] += manifest.tensors(t).byte_size();
+    }
+    if (!orphans.empty()) {
+      std::vector<std::string> shown;
+      for (size_t i = 0; i < orphans.size() && i < 8; ++i) {
+        shown.push_back(QuoteForMessage(orphans[i], 128));
+      }
+      result = absl::UnavailableError(
+          absl::StrCat("pull of version ", version, ": ", orphans.size(), " tensors (",
+                       absl::StrJoin(shown, ", "), orphans.size() > 8 ? ", ..." : "",
+                       ") have no holder left: ", absl::StrJoin(failures, "; ")));
+      break;
+    }
+    std::vector<absl::Status> status(holdings.size());
+    std::vector<std::thread> readers;
+    for (size_t k = 0; k < holdings.size(); ++k) {
+      if (share[k].empty()) continue;
+      readers.emplace_back([&, k] {
+        const PartHolding& h = holdings[k];
+        for (size_t from = 0; from < share[k].size() && status[k].ok(); from += kMaxReadTensors) {
+          v1::ReadTensorsRequest r;
+          r.set_version(version);
+          r.set_manifest_tensors(static_cast<uint32_t>(h.manifest.tensors_size()));
+          const size_t to = std::min(share[k].size(), from + kMaxReadTensors);
+          std::unordered_map<uint32_t, int> asked;  // holder's position -> composed index
+          for (size_t j = from; j < to; ++j) {
+            const int t = share[k][j];
+            const uint32_t at = position[k].at(manifest.tensors(t).name());
+            r.add_tensors(at);
+            asked[at] = t;
+          }
+          std::vector<uint64_t> got(static_cast<size_t>(n), 0);
+          status[k] = cluster->CallReadTensors(
+              h.member, r, deadline, [&](const v1::TensorChunk& c) -> absl::Status {
+                auto it = asked.find(c.tensor());
+                if (it == asked.end()) {
+                  return absl::InvalidArgumentError(
+                      absl::StrCat("member '", h.member, "' sent a tensor that was not asked for"));
+                }
+                const v1::TensorSpec& spec = manifest.tensors(it->second);
+                uint64_t& have = got[static_cast<size_t>(it->second)];
+                if (c.offset() != have || c.data().size() > spec.byte_size() - have) {
+                  return absl::InvalidArgumentError(absl::StrCat(
+                      "member '", h.member, "' sent bytes out of order or past the end of ",
+                      QuoteForMessage(spec.name(), 128)));
+                }
+                limit.Take(c.data().size(), deadline);
+                RETURN_IF_ERROR(store_->WriteChunk(version, token, spec.name(), c.offset(),
+                                                   c.data().data(), c.data().size()));
+                have += c.data().size();
+                sent[k] += c.data().size();
+                if (have == spec.byte_size()) done[static_cast<size_t>(it->second)] = 1;
+                return absl::OkStatus();
+              });
+        }
+      });
+    }
+    for (std::thread& t : readers) t.join();
+    bool any_failed = false;
+    for (size_t k = 0; k < holdings.size(); ++k) {
+      if (status[k].ok()) continue;
+      any_failed = true;
+      failed[k] = 1;
+      failures.push_back(std::string(status[k].message()));
+      spdlog::warn("pull of version {}: {}; its tensors go to the other holders", version,
+                   std::string(status[k].message()));
+    }
+    if (!any_failed) break;
+    if (absl::Now() >= deadline) {
+      result = absl::DeadlineExceededError(
+          absl::StrCat("pull of version ", version, ": the deadline passed"));
+      break;
+    }
+  }
+  if (result.ok()) {
+    for (int t = 0; t < n; ++t) {
+      if (!done[static_cast<size_t>(t)]) {
+        result = absl::InternalError(
+            absl::StrCat("pull of version ", version, ": a tensor not received (a daemon bug)"));
+      }
+    }
+  }
+  if (!result.ok()) {
+    (void)store_->Abort(version, token, std::string(result.message()));
+    spdlog::error("{}", std::string(result.message()));
+    return result;
+  }
+  // Verified here: every byte against the proved manifest's checksums. The pull's own update
+  // (below) serves this member's workers, not auto_update (it would go to every member).
+  auto info = store_->Commit(version, token, /*notify=*/false);
+  if (!info.ok()) {
+    (void)store_->Abort(version, token, std::string(info.status().message()));
+    return Annotate(info.status(), absl::StrCat("pull of version ", version));
+  }
+  v1::PullResponse response;
+  *response.mutable_info() = *info;
+  for (size_t k = 0; k < holdings.size(); ++k) {
+    response.add_sources(holdings[k].member);
+    response.add_source_bytes(sent[k]);
+  }
+  spdlog::info("pull of version {}: {} in {} (checksums verified)", version,
+               FormatBytes(info->total_bytes()), HumanDuration(absl::Now() - started));
+  if (request.update()) {
+    v1::UpdateRequest u;
+    u.set_version(version);
+    for (const v1::WorkerStatus& w : Workers()) u.add_worker_pids(w.pid());
+    if (u.worker_pids_size() > 0) {
+      auto updated = Update(u, deadline, "pull", nullptr);
+      if (!updated.ok()) {
+        return Annotate(updated.status(), absl::StrCat("version ", version,
+                                                       " was pulled; updating this daemon's "
+                                                       "workers"));
+      }
+      *response.mutable_update() = *std::move(updated);
+    }
+  }
+  response.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
+  return response;
+}
+
+}  // namespace ckpt::daemon
