@@ -322,7 +322,7 @@ TEST_CASE("ckptctl usage errors exit 2") {
 
 // Issue 10 point 9: an unknown command is named, with the commands there are.
 TEST_CASE("ckptctl names an unknown command and lists the commands") {
-  const std::string commands = "commands: status, versions, show, push, drop, update, cluster";
+  const std::string commands = "commands: status, versions, show, push, drop, update, cluster, pull";
   RunResult r = Run({Ctl(), "bogus"});
   CHECK(r.exit.code == 2);
   CHECK(r.err == "ckptctl: unknown command 'bogus'; " + commands + " (see ckptctl --help)\n");
