@@ -136,7 +136,8 @@ grpc::Status AdminService::Update(grpc::ServerContext* context, const v1::Update
 grpc::Status AdminService::Pull(grpc::ServerContext* context, const v1::PullRequest* request,
                                 v1::PullResponse* response) {
   if (auto s = auth_->Check(*context, kRoleOperator, "Pull"); !s.ok()) return s;
-  auto result = engine_->PullVersion(*request, CallDeadline(*context));
+  auto result = engine_->PullVersion(*request, CallDeadline(*context),
+                                     [context] { return context->IsCancelled(); });
   if (!result.ok()) return ToGrpc(result.status());
   *response = std::move(*result);
   return grpc::Status::OK;

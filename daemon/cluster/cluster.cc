@@ -102,15 +102,18 @@ class Cluster::PeerService final : public v1::Peer::Service {
       // called back at its bound port (at the address the call came from, when it listens on a
       // wildcard address).
       if (auto at = CallerAddress(context->peer(), request->cluster_listen()); at.has_value()) {
-        cluster_->LearnCaller(*at, request->node_name());
+        cluster_->LearnCaller(*at, request->node_name(), request->instance());
       }
     }
     *response = cluster_->self_();
     // A caller of protocol 3 knows no parts or peers (its proof would not cover them).
     if (theirs < kPeerPartsVersion) {
       response->clear_held();
+      response->clear_updating();
     } else {
-      for (std::string& p : cluster_->UpPeers()) response->add_peers(std::move(p));
+      for (std::string& p : cluster_->UpPeers(request->instance())) {
+        response->add_peers(std::move(p));
+      }
     }
     response->set_protocol_version(kPeerProtocolVersion);
     response->set_node_name(o.node_name);
@@ -321,7 +324,10 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(ClusterOptions options, 
   }
   PeerAddress bound = *listen;
   bound.port = port;
-  c->address_ = bound.ToString();
+  {
+    absl::MutexLock lock(&c->mu_);  // a Hello may already be learning (LearnLocked reads it)
+    c->address_ = bound.ToString();
+  }
   c->thread_ = std::thread([raw = c.get()] { raw->Loop(); });
   c->after_thread_ = std::thread([raw = c.get()] { raw->AfterRounds(); });
   spdlog::info(
@@ -407,6 +413,7 @@ void Cluster::SetReadTensorsHandler(ReadTensorsHandler handler) {
 
 absl::Status Cluster::CallReadTensors(
     const std::string& node_name, const v1::ReadTensorsRequest& request, absl::Time deadline,
+    absl::Duration idle, const std::function<bool()>& stop,
     const std::function<absl::Status(const v1::TensorChunk&)>& on_chunk) {
   ASSIGN_OR_RETURN(PeerStub peer, StubOf(node_name));
   PeerSession session(options_.token, "ReadTensors", PeerSession::Side::kCaller);
@@ -416,9 +423,35 @@ absl::Status Cluster::CallReadTensors(
   context.set_deadline(absl::ToChronoTime(deadline));
   std::unique_ptr<grpc::ClientReader<v1::TensorChunk>> reader =
       peer.stub->ReadTensors(&context, in);
+  // The watchdog: a holder that stops sending (stopped, cut off: TCP may never say so) or a pull
+  // being stopped ends the call.
+  absl::Mutex watch_mu;
+  bool finished = false;
+  absl::Time last_chunk = absl::Now();
+  std::string why;
+  std::thread watchdog([&] {
+    absl::MutexLock lock(&watch_mu);
+    while (!finished) {
+      watch_mu.AwaitWithTimeout(absl::Condition(&finished), absl::Milliseconds(100));
+      if (finished) break;
+      if (stop && stop()) {
+        why = "the pull was stopped";
+      } else if (absl::Now() - last_chunk > idle) {
+        why = absl::StrCat("member '", node_name, "' sent nothing for ", HumanDuration(idle));
+      } else {
+        continue;
+      }
+      context.TryCancel();
+      break;
+    }
+  });
   v1::TensorChunk chunk;
   absl::Status failed;
   while (reader->Read(&chunk)) {
+    {
+      absl::MutexLock lock(&watch_mu);
+      last_chunk = absl::Now();
+    }
     failed = on_chunk(chunk);
     if (!failed.ok()) {
       context.TryCancel();
@@ -426,7 +459,13 @@ absl::Status Cluster::CallReadTensors(
     }
   }
   grpc::Status s = reader->Finish();
+  {
+    absl::MutexLock lock(&watch_mu);
+    finished = true;
+  }
+  watchdog.join();
   if (!failed.ok()) return failed;
+  if (!why.empty()) return absl::UnavailableError(absl::StrCat("reading tensors: ", why));
   if (!s.ok()) {
     return absl::Status(
         static_cast<absl::StatusCode>(s.error_code()),
@@ -447,8 +486,16 @@ void Cluster::SetAfterRound(std::function<void()> after_round) {
 
 void Cluster::LearnLocked(const PeerAddress& address, const std::string& how) {
   const std::string key = address.ToString();
-  if (members_.count(key) != 0 || key == address_) return;
-  if (members_.size() >= kMaxClusterMembers) return;
+  if (members_.count(key) != 0 || key == address_ || address_.empty()) return;
+  if (auto alias = aliases_.find(key); alias != aliases_.end()) {
+    if (absl::Now() < alias->second) return;
+    aliases_.erase(alias);
+  }
+  if (members_.size() >= kMaxClusterMembers) {
+    spdlog::warn("cluster: {} members are listed, the most: the member at {} is not learned",
+                 kMaxClusterMembers, key);
+    return;
+  }
   Member& m = members_[key];
   m.address = address;
   m.learned = true;
@@ -459,18 +506,23 @@ void Cluster::LearnLocked(const PeerAddress& address, const std::string& how) {
   spdlog::info("cluster: learned of a member at {} ({})", key, how);
 }
 
-void Cluster::LearnCaller(const PeerAddress& address, const std::string& node_name) {
+void Cluster::LearnCaller(const PeerAddress& address, const std::string& node_name,
+                          const std::string& instance) {
   absl::MutexLock lock(&mu_);
   if (stopping_) return;
+  for (const auto& [key, m] : members_) {
+    if (m.shown.instance() == instance) return;  // known already, under another address
+  }
   LearnLocked(address, absl::StrCat("'", EscapeForMessage(node_name, 64),
                                     "' called this member; it is not in cluster_members"));
 }
 
-std::vector<std::string> Cluster::UpPeers() const {
+std::vector<std::string> Cluster::UpPeers(const std::string& caller) const {
   absl::MutexLock lock(&mu_);
   std::vector<std::string> out;
   for (const auto& [key, m] : members_) {
-    if (m.shown.state() == "up" && out.size() < kMaxClusterMembers) out.push_back(key);
+    if (m.shown.state() != "up" || m.shown.instance() == caller) continue;
+    if (out.size() < kMaxClusterMembers) out.push_back(key);
   }
   return out;
 }
@@ -544,8 +596,15 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       for (const PeerAddress& a : addresses) listed.insert(a.ToString());
       const absl::Time now = absl::Now();
       for (auto it = members_.begin(); it != members_.end();) {
-        if (!it->second.learned || listed.count(it->first) != 0) {
+        if (listed.count(it->first) != 0) it->second.learned = false;  // listed (DNS) now
+        if (!it->second.learned) {
           ++it;
+          continue;
+        }
+        if (it->second.shown.state() == "self") {
+          // This member under another address: dropped, and not learned again for a while.
+          aliases_[it->first] = now + kForgetLearned;
+          it = members_.erase(it);
           continue;
         }
         if (it->second.shown.state() != "up" && now - it->second.last_answer > kForgetLearned) {
@@ -699,6 +758,7 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
                             other.shown.instance() == r.instance());
         }
         if (known) {
+          aliases_[it->first] = absl::Now() + kForgetLearned;
           members_.erase(it);
           continue;
         }
@@ -738,6 +798,7 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
         if (well_formed) *shown.add_held() = h;
       }
       shown.set_workers(r.workers());
+      shown.set_updating_version(r.updating());
       shown.set_release(EscapeForMessage(r.release(), 64));
       shown.set_instance(EscapeForMessage(r.instance(), 64));
       shown.set_protocol_version(r.protocol_version());
@@ -775,6 +836,21 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
     shown.set_state(state);
     shown.set_error(error);
   }
+  if (!joined_late_.has_value() && !leaving) {
+    // Decided once, in the same critical section that shows the members up.
+    bool any_up = false, any_held = false;
+    for (const auto& [key, m] : members_) {
+      if (m.shown.state() != "up") continue;
+      any_up = true;
+      any_held = any_held || m.shown.held_size() > 0 || m.shown.versions_size() > 0;
+    }
+    if (any_up) joined_late_ = any_held;
+  }
+}
+
+std::optional<bool> Cluster::JoinedLate() const {
+  absl::MutexLock lock(&mu_);
+  return joined_late_;
 }
 
 void Cluster::MarkLeft(const std::string& node_name, const std::string& instance) {
@@ -799,6 +875,7 @@ std::vector<v1::ClusterMember> Cluster::Members() const {
   *self.mutable_gpu_uuids() = me.gpu_uuids();
   *self.mutable_versions() = me.versions();
   *self.mutable_held() = me.held();
+  self.set_updating_version(me.updating());
   self.set_workers(me.workers());
   self.set_release(me.release());
   self.set_instance(instance_);

@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -154,10 +155,17 @@ class Cluster {
   void SetReadTensorsHandler(ReadTensorsHandler handler);
   // Peer.ReadTensors at the member `node_name` (up): `on_chunk` for each chunk, in order (its
   // error ends the call); the call ends by `deadline`. Errors name the member.
+  // The call is also ended when no chunk came for `idle` (a holder that stalls), or once
+  // `stop()` holds (polled every 100 ms).
   absl::Status CallReadTensors(const std::string& node_name, const v1::ReadTensorsRequest& request,
-                               absl::Time deadline,
+                               absl::Time deadline, absl::Duration idle,
+                               const std::function<bool()>& stop,
                                const std::function<absl::Status(const v1::TensorChunk&)>& on_chunk);
   void SetAfterRound(std::function<void()> after_round);
+  // Whether this member joined late: at the first round that found another member up, one of
+  // them held a version (a member that joins a running cluster, or restarts in one); nullopt
+  // until a round found one up.
+  std::optional<bool> JoinedLate() const;
 
  private:
   class PeerService;
@@ -194,9 +202,11 @@ class Cluster {
   void Round(bool leaving, absl::Time deadline);
   // From the Peer service: a proved caller of protocol 4 that this member does not know, reachable
   // at `address` (scale-out).
-  void LearnCaller(const PeerAddress& address, const std::string& node_name);
-  // The addresses of the members that are up (a Hello answer's peers).
-  std::vector<std::string> UpPeers() const;
+  void LearnCaller(const PeerAddress& address, const std::string& node_name,
+                   const std::string& instance);
+  // The addresses of the members that are up (a Hello answer's peers), but the one of process
+  // `caller` (its own address, as this member dials it).
+  std::vector<std::string> UpPeers(const std::string& caller) const;
   std::vector<PeerAddress> Resolve(std::string* error) const;
   // From the Peer service: the member `node_name` (process `instance`) said it is leaving.
   void MarkLeft(const std::string& node_name, const std::string& instance);
@@ -219,7 +229,11 @@ class Cluster {
 
   mutable absl::Mutex mu_;
   std::map<std::string, Member> members_ ABSL_GUARDED_BY(mu_);  // by address
+  // Addresses found to be a second address of a member known already (or of this one): not
+  // learned again before the time given.
+  std::map<std::string, absl::Time> aliases_ ABSL_GUARDED_BY(mu_);
   std::string resolve_error_ ABSL_GUARDED_BY(mu_);
+  std::optional<bool> joined_late_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;

@@ -88,6 +88,10 @@ std::string ResponseProof(absl::string_view secret, absl::string_view nonce,
       Field(&text, h.total_bytes());
     }
   }
+  if (r.updating() != 0) {
+    Field(&text, "updating");
+    Field(&text, r.updating());
+  }
   if (r.peers_size() > 0) {
     Field(&text, "peers");
     Field(&text, static_cast<uint64_t>(r.peers_size()));

@@ -107,6 +107,10 @@ const std::vector<ConfigKey>& ConfigKeys() {
        "reads from them all together, and this member serves to others' pulls, at most, so that "
        "a node serving traffic is not starved (e.g. 2GiB); 0: no limit",
        "0"},
+      {"pull_on_join",
+       "a member that joins or restarts holding no version pulls the newest one the others hold "
+       "(once they end any update), then updates its workers",
+       "true"},
       {"update_on_attach",
        "send the newest committed version to a worker when it attaches (auto: as auto_update)",
        "auto"},
@@ -254,11 +258,12 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     }
     config.allowed_uids = std::move(uids);
   } else if (key == "auto_update" || key == "insecure_tcp" || key == "insecure_peers" ||
-             key == "gpu_ipc_push" || key == "local_pull") {
+             key == "gpu_ipc_push" || key == "local_pull" || key == "pull_on_join") {
     bool& flag = key == "auto_update"    ? config.auto_update
                  : key == "insecure_tcp" ? config.insecure_tcp
                  : key == "gpu_ipc_push" ? config.gpu_ipc_push
                  : key == "local_pull"   ? config.local_pull
+                 : key == "pull_on_join" ? config.pull_on_join
                                          : config.insecure_peers;
     if (value == "true") {
       flag = true;
@@ -573,7 +578,8 @@ std::string DescribeConfig(const Config& config) {
       " state_dir=", config.ResolvedStateDir().empty() ? "none" : config.ResolvedStateDir(),
       " auto_update=", config.auto_update ? "true" : "false",
       " gpu_ipc_push=", config.gpu_ipc_push ? "true" : "false",
-      " local_pull=", config.local_pull ? "true" : "false", " pull_bytes_per_second=",
+      " local_pull=", config.local_pull ? "true" : "false",
+      " pull_on_join=", config.pull_on_join ? "true" : "false", " pull_bytes_per_second=",
       config.pull_bytes_per_second == 0 ? "unlimited" : FormatBytes(config.pull_bytes_per_second),
       " update_on_attach=", config.UpdateOnAttach() ? "true" : "false",
       " on_update_failure=", config.resend_previous_on_failure ? "previous" : "keep",

@@ -80,6 +80,8 @@ struct Config {
   bool local_pull = true;
   // Pulls from other members (Admin.Pull): bytes per second at most; 0: no limit.
   uint64_t pull_bytes_per_second = 0;
+  // A member that starts holding no version pulls the newest from the others (docs/cluster.md).
+  bool pull_on_join = true;
   // Send the newest committed version to a worker when it attaches; unset ("auto"): as auto_update.
   std::optional<bool> update_on_attach;
   bool UpdateOnAttach() const { return update_on_attach.value_or(auto_update); }

@@ -226,6 +226,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   engine_options.update_on_attach = config.UpdateOnAttach();
   engine_options.resend_previous_on_failure = config.resend_previous_on_failure;
   engine_options.pull_bytes_per_second = config.pull_bytes_per_second;
+  engine_options.pull_on_join = config.pull_on_join;
   if (engine_options.bucket_bytes == 0) {
     ASSIGN_OR_RETURN(engine_options.bucket_bytes,
                      AutoBucketBytes(d->backend_, d->gpus_, config.slots_per_gpu));
@@ -395,6 +396,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
       }
       std::sort(r.mutable_versions()->begin(), r.mutable_versions()->end());
       r.set_workers(static_cast<uint32_t>(engine->Workers().size()));
+      r.set_updating(engine->updating_version());
       return r;
     };
     ASSIGN_OR_RETURN(d->cluster_,
@@ -407,7 +409,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
         [engine = d->engine_.get()](const v1::VersionManifestRequest& r) {
           return engine->ServeVersionManifest(r);
         });
-    d->cluster_->SetAfterRound([engine = d->engine_.get()] { engine->RefreshPartCatalog(); });
+    d->cluster_->SetAfterRound([engine = d->engine_.get()] {
+      engine->RefreshPartCatalog();
+      engine->MaybePullOnJoin();
+    });
     d->cluster_->SetReadTensorsHandler(
         [engine = d->engine_.get()](const v1::ReadTensorsRequest& r,
                                     const std::function<bool(const v1::TensorChunk&)>& write) {

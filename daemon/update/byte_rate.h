@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -17,20 +18,30 @@ class ByteRate {
  public:
   // 0: no limit.
   explicit ByteRate(uint64_t bytes_per_second) : rate_(bytes_per_second) {}
-  // Waits until `bytes` more fit the rate, or until `deadline`.
-  void Take(uint64_t bytes, absl::Time deadline) {
-    if (rate_ == 0) return;
+  // Waits until `bytes` more fit the rate, or until `deadline`; in slices of at most 100 ms,
+  // returning false (the reservation given back) once `stop()` holds.
+  bool Take(uint64_t bytes, absl::Time deadline, const std::function<bool()>& stop) {
+    if (rate_ == 0) return true;
+    const absl::Duration cost =
+        absl::Seconds(static_cast<double>(bytes) / static_cast<double>(rate_));
     absl::Time at;
     {
       absl::MutexLock lock(&mu_);
       const absl::Time now = absl::Now();
       if (next_ < now) next_ = now;
       at = next_;
-      next_ += absl::Seconds(static_cast<double>(bytes) / static_cast<double>(rate_));
+      next_ += cost;
     }
     const absl::Time until = std::min(at, deadline);
-    const absl::Time now = absl::Now();
-    if (until > now) absl::SleepFor(until - now);
+    for (absl::Time now = absl::Now(); now < until; now = absl::Now()) {
+      if (stop && stop()) {
+        absl::MutexLock lock(&mu_);
+        next_ -= cost;
+        return false;
+      }
+      absl::SleepFor(std::min(until - now, absl::Milliseconds(100)));
+    }
+    return true;
   }
 
  private:

@@ -22,7 +22,9 @@ namespace ckpt::daemon {
 namespace {
 
 constexpr uint64_t kReadChunkBytes = uint64_t{1} << 20;
-constexpr size_t kMaxReadTensors = 16384;
+// Positions per ReadTensors request: 8192 varints of up to 4 bytes stay within the Peer
+// server's 64 KiB requests whatever the manifest's size.
+constexpr size_t kMaxReadTensors = 8192;
 
 }  // namespace
 
@@ -42,9 +44,13 @@ absl::Status UpdateEngine::ServeReadTensors(
     return absl::InvalidArgumentError(
         absl::StrCat("a read of ", request.tensors_size(), " tensors (1..", kMaxReadTensors, ")"));
   }
+  std::set<uint32_t> seen;
   for (uint32_t t : request.tensors()) {
     if (t >= static_cast<uint32_t>(m.tensors_size())) {
       return absl::InvalidArgumentError(absl::StrCat("tensor #", t, " of ", m.tensors_size()));
+    }
+    if (!seen.insert(t).second) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor #", t, " asked for twice"));
     }
   }
   v1::TensorChunk chunk;
@@ -57,7 +63,9 @@ absl::Status UpdateEngine::ServeReadTensors(
       chunk.set_offset(off);
       chunk.set_data(data + off, n);
       // pull_bytes_per_second holds for what this member serves too (all readers together).
-      serve_rate_.Take(n, absl::InfiniteFuture());
+      if (!serve_rate_.Take(n, absl::InfiniteFuture(), [&] { return pulls_cancelled_.load(); })) {
+        return absl::UnavailableError("this member is stopping");
+      }
       if (!write(chunk)) return absl::CancelledError("the reader went away");
     }
   }
@@ -65,7 +73,12 @@ absl::Status UpdateEngine::ServeReadTensors(
 }
 
 absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest& request,
-                                                           absl::Time deadline) {
+                                                           absl::Time deadline,
+                                                           const std::function<bool()>& cancelled) {
+  if (pulls_cancelled_) return absl::UnavailableError("the daemon is stopping");
+  // Without a caller's deadline, at most an hour.
+  deadline = std::min(deadline, absl::Now() + absl::Hours(1));
+  auto stop = [&] { return pulls_cancelled_.load() || (cancelled && cancelled()); };
   Cluster* const cluster = cluster_.load();
   if (cluster == nullptr) {
     return absl::FailedPreconditionError("a pull copies from other members: not in a cluster");
@@ -216,8 +229,11 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
             asked[at] = t;
           }
           std::vector<uint64_t> got(static_cast<size_t>(n), 0);
+          // A holder silent this long counts as failed (its tensors go to the others); a
+          // rate-limited pull's chunks come at least this often.
+          const absl::Duration idle = std::max(absl::Seconds(30), 4 * cluster->timeout());
           status[k] = cluster->CallReadTensors(
-              h.member, r, deadline, [&](const v1::TensorChunk& c) -> absl::Status {
+              h.member, r, deadline, idle, stop, [&](const v1::TensorChunk& c) -> absl::Status {
                 auto it = asked.find(c.tensor());
                 if (it == asked.end()) {
                   return absl::InvalidArgumentError(
@@ -225,12 +241,15 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
                 }
                 const v1::TensorSpec& spec = manifest.tensors(it->second);
                 uint64_t& have = got[static_cast<size_t>(it->second)];
-                if (c.offset() != have || c.data().size() > spec.byte_size() - have) {
+                if (c.offset() != have || c.data().empty() ||
+                    c.data().size() > spec.byte_size() - have) {
                   return absl::InvalidArgumentError(absl::StrCat(
                       "member '", h.member, "' sent bytes out of order or past the end of ",
                       QuoteForMessage(spec.name(), 128)));
                 }
-                limit.Take(c.data().size(), deadline);
+                if (!limit.Take(c.data().size(), deadline, stop)) {
+                  return absl::UnavailableError("the pull was stopped");
+                }
                 RETURN_IF_ERROR(store_->WriteChunk(version, token, spec.name(), c.offset(),
                                                    c.data().data(), c.data().size()));
                 have += c.data().size();
@@ -238,6 +257,16 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
                 if (have == spec.byte_size()) done[static_cast<size_t>(it->second)] = 1;
                 return absl::OkStatus();
               });
+          // Ended with OK but short: a failure like any other (the tensors go to the others).
+          for (size_t j = from; status[k].ok() && j < to; ++j) {
+            const int t = share[k][j];
+            if (got[static_cast<size_t>(t)] != manifest.tensors(t).byte_size() &&
+                manifest.tensors(t).byte_size() != 0) {
+              status[k] = absl::DataLossError(
+                  absl::StrCat("member '", h.member, "' ended before sending all of ",
+                               QuoteForMessage(manifest.tensors(t).name(), 128)));
+            }
+          }
         }
       });
     }
@@ -252,6 +281,10 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
                    std::string(status[k].message()));
     }
     if (!any_failed) break;
+    if (stop()) {
+      result = absl::UnavailableError(absl::StrCat("pull of version ", version, ": stopped"));
+      break;
+    }
     if (absl::Now() >= deadline) {
       result = absl::DeadlineExceededError(
           absl::StrCat("pull of version ", version, ": the deadline passed"));
@@ -302,6 +335,54 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
   }
   response.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
   return response;
+}
+
+void UpdateEngine::MaybePullOnJoin() {
+  if (!options_.pull_on_join || join_done_ || join_running_ || pulls_cancelled_) return;
+  Cluster* const cluster = cluster_.load();
+  if (cluster == nullptr) return;
+  if (absl::Now() - engine_started_ > kJoinWindow || store_->GetUsage().committed > 0 ||
+      store_->GetUsage().staging > 0) {
+    join_done_ = true;  // it holds (or gets) versions of its own: nothing to join
+    return;
+  }
+  const std::optional<bool> late = cluster->JoinedLate();
+  if (!late.has_value()) return;  // no member seen up yet
+  if (!*late) {
+    join_done_ = true;  // it started with the others: nothing to catch up
+    return;
+  }
+  bool held = false;
+  for (const v1::ClusterMember& m : cluster->Members()) {
+    if (m.state() != "up" || m.protocol_version() < kPeerPartsVersion) continue;
+    if (m.updating_version() != 0) {
+      spdlog::info(
+          "cluster: joining: member '{}' is updating to version {}; the pull waits for "
+          "it to end",
+          m.node_name(), m.updating_version());
+      return;
+    }
+    held = held || m.held_size() > 0;
+  }
+  if (!held) return;
+  if (join_thread_.joinable()) join_thread_.join();  // a try that ended
+  join_running_ = true;
+  join_thread_ = std::thread([this] {
+    v1::PullRequest request;
+    request.set_update(true);
+    auto pulled = PullVersion(request, absl::Now() + absl::Minutes(30), nullptr);
+    if (pulled.ok()) {
+      spdlog::info("cluster: joined: pulled version {} and sent it to {} workers here",
+                   pulled->info().version(), pulled->update().workers_size());
+      join_done_ = true;
+    } else if (absl::IsAlreadyExists(pulled.status())) {
+      join_done_ = true;
+    } else {
+      spdlog::warn("cluster: joining: {} (tried again next round)",
+                   std::string(pulled.status().message()));
+    }
+    join_running_ = false;
+  });
 }
 
 }  // namespace ckpt::daemon

@@ -176,6 +176,7 @@ absl::StatusOr<std::unique_ptr<UpdateEngine>> UpdateEngine::Create(
 UpdateEngine::~UpdateEngine() {
   Stop("ckpt-engined is shutting down");
   if (auto_thread_.joinable()) auto_thread_.join();
+  if (join_thread_.joinable()) join_thread_.join();
   std::thread overlap;
   {
     absl::MutexLock lock(&mu_);
@@ -936,6 +937,7 @@ void UpdateEngine::Stop(const std::string& reason) {
     if (stopping_) return;
     stopping_ = true;
     stop_reason_ = reason;
+    pulls_cancelled_ = true;
     if (running_ != nullptr) running_->Cancel(reason);
     for (const auto& [id, worker] : registry_.all()) worker->channel->Close(reason);
     overlapping = overlap_feed_;

@@ -70,6 +70,8 @@ class UpdateEngine {
     // together), and that this member serves to others' pulls (config pull_bytes_per_second);
     // 0: no limit.
     uint64_t pull_bytes_per_second = 0;
+    // A member that starts holding no version pulls the newest the others hold (MaybePullOnJoin).
+    bool pull_on_join = false;
   };
 
   // Creates the transfer backend of `backend` (host: one SlotSet in shared memory; cuda: a SlotSet,
@@ -189,7 +191,14 @@ class UpdateEngine {
   // from one of its holders (bytes balanced over them, all at once; a holder that fails midway is
   // replaced by another holding the same tensors), verified by the store's commit; nothing of a
   // failed pull stays. Then, with request.update, updates this daemon's own workers.
-  absl::StatusOr<v1::PullResponse> PullVersion(const v1::PullRequest& request, absl::Time deadline);
+  // `cancelled` (may be empty): the caller went away; the pull stops at its next step.
+  absl::StatusOr<v1::PullResponse> PullVersion(const v1::PullRequest& request, absl::Time deadline,
+                                               const std::function<bool()>& cancelled);
+  // After every Hello round, in the first kJoinWindow after start (pull_on_join): when this store
+  // holds no version and other members that are up hold one, and none of them is updating, pulls
+  // the newest (with update) on a thread of its own; a failed try is tried again next round.
+  void MaybePullOnJoin();
+  static constexpr absl::Duration kJoinWindow = absl::Minutes(10);
 
  private:
   // What one run needs (RunLocked).
@@ -301,6 +310,13 @@ class UpdateEngine {
   // Set once, just after the cluster starts (its Peer server and this engine's auto-update thread
   // may read it from then on).
   std::atomic<Cluster*> cluster_{nullptr};
+  // The join pull (MaybePullOnJoin): its thread, whether one runs, and the engine's start.
+  std::thread join_thread_;
+  std::atomic<bool> join_running_{false};
+  std::atomic<bool> join_done_{false};
+  const absl::Time engine_started_ = absl::Now();
+  // Set by Stop: a running pull ends at its next chunk.
+  std::atomic<bool> pulls_cancelled_{false};
   // What this member serves to others' pulls (ReadTensors), all calls together.
   ByteRate serve_rate_{options_.pull_bytes_per_second};
   // The parts other members hold of versions held here in parts (RefreshPartCatalog): version ->

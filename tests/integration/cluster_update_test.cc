@@ -983,5 +983,52 @@ TEST_CASE("a pull whose source dies goes on from the other holder, or fails leav
   for (const auto& v : held["versions"]) CHECK(v["version"] != 801);
 }
 
+// Issue 13, elastic join: a member that joins a running cluster (naming one member) holding no
+// version waits for the update running there to end, then pulls the newest version and its
+// worker gets it, with no trainer and no operator.
+TEST_CASE("a member joining during an update waits for it to end, then pulls and serves it") {
+  Cluster c(2, "2s");
+  for (int i = 0; i < 2; ++i) c.WaitUp(i, 1);
+  TempDir dir;
+  const std::string go = dir / "go";
+  // node-1's worker holds the first bucket until `go` exists: the update runs until then.
+  Worker held(*c.members[1].daemon, dir, "held", {"--wait-for-file", go});
+  held.WaitAttached();
+  StateDict m = Model(101);
+  const uint64_t v = c.Push(0, m);
+  auto admin = c.Admin(0);
+  auto pending = std::async(std::launch::async, [&] { return Update(*admin, v); });
+  REQUIRE(WaitUntil(
+      [&] {
+        RunResult s = c.members[1].daemon->Ctl({"status", "--json"});
+        return s.exit.code == 0 &&
+               nlohmann::json::parse(s.out)["updating_version"].get<uint64_t>() == v;
+      },
+      20s));
+  // The late member: it names node-0 only, and has a worker of its own.
+  const int port = testing::FreeLoopbackPorts(1)[0];
+  // clang-format off
+  DaemonProcess late({"--backend", "host", "--bucket-bytes", "64KiB", "--host-memory-budget", "32MiB",
+                      "--node-name", "node-9", "--cluster-listen", "127.0.0.1:" + std::to_string(port),
+                      "--cluster-members", c.members[0].address, "--cluster-token-file", c.token,
+                      "--cluster-timeout", "2s", "--ack-timeout", "5s", "--log-level", "info"});
+  // clang-format on
+  INFO("late member stderr: " << late.proc->Stderr());
+  REQUIRE(late.ready());
+  Worker w9(late, dir, "w9", {"--versions", "1"});
+  w9.WaitAttached();
+  REQUIRE(WaitUntil([&] { return Contains(late.proc->Stderr(), "the pull waits for it to end"); },
+                    30s));
+  CHECK_FALSE(Contains(late.proc->Stderr(), "pull of version"));
+  { std::ofstream(go) << "go\n"; }
+  REQUIRE(pending.wait_for(60s) == std::future_status::ready);
+  auto r = pending.get();
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(testing::CompareWorkerReport(w9.Report(v), m) == "");
+  CHECK(Contains(late.proc->Stderr(), "joined: pulled version " + std::to_string(v)));
+  CHECK(w9.proc->Wait(20s).code == 0);
+}
+
 }  // namespace
 }  // namespace ckpt
