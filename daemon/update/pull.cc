@@ -117,9 +117,10 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
     if ((*mine)->complete()) {
       return absl::AlreadyExistsError(absl::StrCat("version ", version, " is held here already"));
     }
-    return absl::FailedPreconditionError(
-        absl::StrCat("this member holds parts of version ", version,
-                     ": pulling the others into it is not built (drop it, then pull it whole)"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this member holds parts of version ", version,
+        ": pulling the other parts into it is not built (push them to this member, or ask "
+        "a member that holds every part for the update)"));
   }
   // What each member that is up holds of it.
   std::vector<PartHolding> holdings;
