@@ -23,9 +23,27 @@
 #include "spdlog/spdlog.h"
 
 namespace ckpt::daemon {
-namespace {}  // namespace
-
 namespace {
+
+// One of at most `most` calls of a kind at once (`count` of them run), held while it lives.
+class CallSlot {
+ public:
+  CallSlot(std::atomic<int>& count, int most)
+      : count_(count), most_(most), taken_(count.fetch_add(1) < most) {}
+  ~CallSlot() { count_.fetch_sub(1); }
+  bool taken() const { return taken_; }
+  // RESOURCE_EXHAUSTED for a call of `what` that found every slot taken.
+  grpc::Status Refusal(const std::string& node_name, const char* what) const {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("member '", node_name, "' serves ", most_, " ", what, " calls at once"));
+  }
+
+ private:
+  std::atomic<int>& count_;
+  const int most_;
+  const bool taken_;
+};
 
 // Where a caller listens: the host of its bound cluster_listen, or (a wildcard host) the address
 // its call came from (gRPC's "ipv4:A.B.C.D:PORT" / "ipv6:[ADDR]:PORT"), with that port.
@@ -178,16 +196,8 @@ class Cluster::PeerService final : public v1::Peer::Service {
       return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this member serves no tensors");
     }
     // A few at once: the Peer server's other threads stay free for Hello and updates.
-    if (read_calls_.fetch_add(1) >= kMaxReadCalls) {
-      read_calls_.fetch_sub(1);
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat("member '", o.node_name, "' serves ", kMaxReadCalls,
-                                       " ReadTensors calls at once"));
-    }
-    struct Leave {
-      std::atomic<int>* n;
-      ~Leave() { n->fetch_sub(1); }
-    } leave{&read_calls_};
+    CallSlot slot(read_calls_, kMaxReadCalls);
+    if (!slot.taken()) return slot.Refusal(o.node_name, "ReadTensors");
     return ToGrpc(handler(r, [context, writer](const v1::TensorChunk& c) {
       return !context->IsCancelled() && writer->Write(c);
     }));
@@ -202,16 +212,8 @@ class Cluster::PeerService final : public v1::Peer::Service {
     }
     // One update runs at a time: a few calls at once are plenty, and the Peer server's other
     // threads stay free for Hello and Rendezvous whatever a caller opens.
-    if (member_calls_.fetch_add(1) >= kMaxMemberUpdateCalls) {
-      member_calls_.fetch_sub(1);
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat("member '", o.node_name, "' serves ", kMaxMemberUpdateCalls,
-                                       " MemberUpdate calls at once"));
-    }
-    struct Leave {
-      std::atomic<int>* n;
-      ~Leave() { n->fetch_sub(1); }
-    } leave{&member_calls_};
+    CallSlot slot(member_calls_, kMaxMemberUpdateCalls);
+    if (!slot.taken()) return slot.Refusal(o.node_name, "MemberUpdate");
     class Stream final : public MemberUpdateStream {
      public:
       Stream(grpc::ServerContext* context,

@@ -1,5 +1,6 @@
 #include "daemon/store/manifest.h"
 
+#include <algorithm>
 #include <string_view>
 #include <unordered_set>
 #include <vector>
@@ -80,6 +81,11 @@ absl::Status ValidateManifest(const v1::Manifest& manifest, const ManifestLimits
   }
   if (total_bytes != nullptr) *total_bytes = total.total();
   return absl::OkStatus();
+}
+
+bool SameTensor(const v1::TensorSpec& a, const v1::TensorSpec& b) {
+  return a.dtype() == b.dtype() && a.byte_size() == b.byte_size() && a.xxh3() == b.xxh3() &&
+         std::equal(a.shape().begin(), a.shape().end(), b.shape().begin(), b.shape().end());
 }
 
 }  // namespace ckpt::daemon

@@ -37,6 +37,10 @@ struct ManifestLimits {
 absl::Status ValidateManifest(const v1::Manifest& manifest, const ManifestLimits& limits,
                               uint64_t* total_bytes = nullptr);
 
+// Whether `a` and `b` have the same dtype, shape, byte size and XXH3-64 (names aside): the same
+// tensor held twice (parts of a version, members holding one version).
+bool SameTensor(const v1::TensorSpec& a, const v1::TensorSpec& b);
+
 }  // namespace ckpt::daemon
 
 #endif  // CKPT_DAEMON_STORE_MANIFEST_H_

@@ -261,11 +261,6 @@ absl::Status VersionStore::CheckPartOf(const PartOf& part, uint64_t version) {
 
 namespace {
 
-bool SameTensor(const v1::TensorSpec& a, const v1::TensorSpec& b) {
-  return a.dtype() == b.dtype() && a.byte_size() == b.byte_size() && a.xxh3() == b.xxh3() &&
-         std::equal(a.shape().begin(), a.shape().end(), b.shape().begin(), b.shape().end());
-}
-
 std::string PartsText(const std::vector<uint32_t>& parts) { return absl::StrJoin(parts, ", "); }
 
 }  // namespace

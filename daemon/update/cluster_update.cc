@@ -37,22 +37,12 @@
 namespace ckpt::daemon {
 namespace {
 
-// The rank each bucket comes from: every uploader in turn takes the next bucket while it has
-// uploaded the fewest bytes so far (ties: the lowest rank), so bytes are balanced over the
-// uploaders. A pure function of the plan and the uploaders: the same on every rank.
-std::vector<int> BucketRoots(const UpdatePlan& plan, const std::vector<int>& uploaders) {
-  std::vector<uint64_t> bytes(uploaders.size(), 0);
-  std::vector<int> roots;
-  roots.reserve(plan.buckets.size());
-  for (const Bucket& b : plan.buckets) {
-    size_t best = 0;
-    for (size_t u = 1; u < uploaders.size(); ++u) {
-      if (bytes[u] < bytes[best]) best = u;
-    }
-    bytes[best] += b.used_bytes;
-    roots.push_back(uploaders[best]);
-  }
-  return roots;
+// The rank each bucket comes from when every one of `uploaders` (ascending) holds every bucket:
+// AssignBucketRoots with each bucket eligible to all of them (bytes balanced, ties to the lowest
+// rank; the same on every rank).
+absl::StatusOr<std::vector<int>> BucketRoots(const UpdatePlan& plan,
+                                             const std::vector<int>& uploaders) {
+  return AssignBucketRoots(plan, std::vector<std::vector<int>>(plan.buckets.size(), uploaders));
 }
 
 // Bucket k comes from rank roots[k]: that rank fills its slot from its store, then the group
@@ -150,6 +140,18 @@ absl::Status MemberStatus(const v1::MemberUpdateResult& r) {
   return absl::Status(code, EscapeForMessage(r.error(), 2000));
 }
 
+// Empty when `a` (here) and `b` (there), of one name, are the same tensor; else how they differ.
+std::string TensorDifference(const v1::TensorSpec& a, const v1::TensorSpec& b) {
+  if (SameTensor(a, b)) return "";
+  const std::string name = QuoteForMessage(a.name(), 128);
+  if (a.xxh3() != b.xxh3() && a.dtype() == b.dtype() && a.byte_size() == b.byte_size() &&
+      std::equal(a.shape().begin(), a.shape().end(), b.shape().begin(), b.shape().end())) {
+    return absl::StrCat("tensor ", name, " differs (xxh3 ", absl::Hex(a.xxh3(), absl::kZeroPad16),
+                        " here, ", absl::Hex(b.xxh3(), absl::kZeroPad16), " there)");
+  }
+  return absl::StrCat("tensor ", name, " has another dtype or shape");
+}
+
 // Empty when `here` and `there` list the same tensors (names, dtypes, shapes, sizes, checksums);
 // else the first difference, with `here` as this member's.
 std::string ManifestDifference(const v1::Manifest& here, const v1::Manifest& there) {
@@ -159,19 +161,11 @@ std::string ManifestDifference(const v1::Manifest& here, const v1::Manifest& the
   for (int i = 0; i < here.tensors_size(); ++i) {
     const v1::TensorSpec& a = here.tensors(i);
     const v1::TensorSpec& b = there.tensors(i);
-    const std::string name = QuoteForMessage(a.name(), 128);
     if (a.name() != b.name()) {
-      return absl::StrCat("tensor ", i, " is ", name, " here and ", QuoteForMessage(b.name(), 128),
-                          " there");
+      return absl::StrCat("tensor ", i, " is ", QuoteForMessage(a.name(), 128), " here and ",
+                          QuoteForMessage(b.name(), 128), " there");
     }
-    if (a.dtype() != b.dtype() || a.byte_size() != b.byte_size() ||
-        !std::equal(a.shape().begin(), a.shape().end(), b.shape().begin(), b.shape().end())) {
-      return absl::StrCat("tensor ", name, " has another dtype or shape");
-    }
-    if (a.xxh3() != b.xxh3()) {
-      return absl::StrCat("tensor ", name, " differs (xxh3 ", absl::Hex(a.xxh3(), absl::kZeroPad16),
-                          " here, ", absl::Hex(b.xxh3(), absl::kZeroPad16), " there)");
-    }
+    if (std::string diff = TensorDifference(a, b); !diff.empty()) return diff;
   }
   return "";
 }
@@ -182,17 +176,12 @@ std::string HeldDifference(const v1::Manifest& held, const v1::Manifest& compose
   std::unordered_map<std::string, int> index;
   for (int i = 0; i < composed.tensors_size(); ++i) index[composed.tensors(i).name()] = i;
   for (const v1::TensorSpec& a : held.tensors()) {
-    const std::string name = QuoteForMessage(a.name(), 128);
     auto it = index.find(a.name());
-    if (it == index.end()) return absl::StrCat("tensor ", name, " is held here but not there");
-    const v1::TensorSpec& b = composed.tensors(it->second);
-    if (a.dtype() != b.dtype() || a.byte_size() != b.byte_size() ||
-        !std::equal(a.shape().begin(), a.shape().end(), b.shape().begin(), b.shape().end())) {
-      return absl::StrCat("tensor ", name, " has another dtype or shape");
+    if (it == index.end()) {
+      return absl::StrCat("tensor ", QuoteForMessage(a.name(), 128), " is held here but not there");
     }
-    if (a.xxh3() != b.xxh3()) {
-      return absl::StrCat("tensor ", name, " differs (xxh3 ", absl::Hex(a.xxh3(), absl::kZeroPad16),
-                          " here, ", absl::Hex(b.xxh3(), absl::kZeroPad16), " there)");
+    if (std::string diff = TensorDifference(a, composed.tensors(it->second)); !diff.empty()) {
+      return diff;
     }
   }
   if (all && held.tensors_size() != composed.tensors_size()) {
@@ -304,6 +293,20 @@ absl::StatusOr<PartHolding> UpdateEngine::FetchHolding(const std::string& member
   return h;
 }
 
+std::optional<PartHolding> UpdateEngine::CatalogEntry(const v1::ClusterMember& member,
+                                                      const v1::HeldVersion& held) {
+  absl::MutexLock lock(&catalog_mu_);
+  auto v = catalog_.find(held.version());
+  if (v == catalog_.end()) return std::nullopt;
+  auto e = v->second.find(member.node_name());
+  if (e == v->second.end() || e->second.instance != member.instance() ||
+      !std::equal(e->second.parts.begin(), e->second.parts.end(), held.parts().begin(),
+                  held.parts().end())) {
+    return std::nullopt;
+  }
+  return e->second;
+}
+
 void UpdateEngine::RefreshPartCatalog() {
   Cluster* const cluster = cluster_.load();
   if (cluster == nullptr) return;
@@ -338,18 +341,7 @@ void UpdateEngine::RefreshPartCatalog() {
     if (m.state() != "up" || m.protocol_version() < kPeerPartsVersion) continue;
     for (const v1::HeldVersion& held : m.held()) {
       if (held.part_count() == 0 || mine.count(held.version()) == 0) continue;
-      {
-        absl::MutexLock lock(&catalog_mu_);
-        auto v = catalog_.find(held.version());
-        if (v != catalog_.end()) {
-          auto e = v->second.find(m.node_name());
-          if (e != v->second.end() && e->second.instance == m.instance() &&
-              std::equal(e->second.parts.begin(), e->second.parts.end(), held.parts().begin(),
-                         held.parts().end())) {
-            continue;  // current
-          }
-        }
-      }
+      if (CatalogEntry(m, held).has_value()) continue;  // current
       const std::string key = absl::StrCat(m.node_name(), "/", m.instance(), "/", held.version());
       {
         absl::MutexLock lock(&catalog_mu_);
@@ -412,19 +404,7 @@ absl::StatusOr<std::vector<PartHolding>> UpdateEngine::GatherHoldings(
       holdings.push_back(*std::move(whole));
       continue;
     }
-    std::optional<PartHolding> h;
-    {
-      absl::MutexLock lock(&catalog_mu_);
-      auto v = catalog_.find(version);
-      if (v != catalog_.end()) {
-        auto e = v->second.find(m.node_name());
-        if (e != v->second.end() && e->second.instance == m.instance() &&
-            std::equal(e->second.parts.begin(), e->second.parts.end(), held->parts().begin(),
-                       held->parts().end())) {
-          h = e->second;
-        }
-      }
-    }
+    std::optional<PartHolding> h = CatalogEntry(m, *held);
     if (!h.has_value()) {
       auto got = FetchHolding(m.node_name(), version, absl::InfiniteDuration());
       if (!got.ok()) {
@@ -895,11 +875,13 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunClusterUpdate(
   v1::UpdateResponse local;
   {
     absl::Status group = EnsureGroup(communicator, !reuse, ranks, my_rank, self);
+    absl::StatusOr<std::vector<int>> roots =
+        composed.has_value() ? composed_roots : BucketRoots(p.plan, uploaders);
+    if (group.ok() && !roots.ok()) group = roots.status();
     if (group.ok()) {
-      p.filler = std::make_unique<ClusterFiller>(
-          transfer_.get(), store_->arena().data(), group_.group.get(),
-          composed.has_value() ? composed_roots : BucketRoots(p.plan, uploaders), nullptr,
-          &uploaded);
+      p.filler = std::make_unique<ClusterFiller>(transfer_.get(), store_->arena().data(),
+                                                 group_.group.get(), *std::move(roots), nullptr,
+                                                 &uploaded);
       p.lease = std::move(lease);
       absl::MutexLock lock(&mu_);
       if (cancel_requested) {
@@ -1340,7 +1322,12 @@ absl::Status UpdateEngine::ServeMemberUpdate(MemberUpdateStream& stream) {
       roots.push_back(r);
     }
   } else {
-    roots = BucketRoots(p.plan, uploaders);
+    auto every = BucketRoots(p.plan, uploaders);
+    if (!every.ok()) {
+      release();
+      return every.status();
+    }
+    roots = *std::move(every);
   }
   const bool uploads =
       std::find(uploaders.begin(), uploaders.end(), static_cast<int>(st.rank())) != uploaders.end();

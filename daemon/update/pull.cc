@@ -342,8 +342,8 @@ void UpdateEngine::MaybePullOnJoin() {
   if (!options_.pull_on_join || join_done_ || join_running_ || pulls_cancelled_) return;
   Cluster* const cluster = cluster_.load();
   if (cluster == nullptr) return;
-  if (absl::Now() - engine_started_ > kJoinWindow || store_->GetUsage().committed > 0 ||
-      store_->GetUsage().staging > 0) {
+  const VersionStore::Usage usage = store_->GetUsage();
+  if (absl::Now() - engine_started_ > kJoinWindow || usage.committed > 0 || usage.staging > 0) {
     join_done_ = true;  // it holds (or gets) versions of its own: nothing to join
     return;
   }

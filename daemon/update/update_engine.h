@@ -244,6 +244,10 @@ class UpdateEngine {
   // min(limit, cluster_timeout) of the start.
   absl::StatusOr<PartHolding> FetchHolding(const std::string& member, uint64_t version,
                                            absl::Duration limit);
+  // The catalog's entry for what `member` holds of `held.version()`, when it is current (the same
+  // process, the same parts as its Hello says).
+  std::optional<PartHolding> CatalogEntry(const v1::ClusterMember& member,
+                                          const v1::HeldVersion& held);
   // Every holding of `version` the cluster update may use: this member's (`lease`), each up
   // member's in `others` holding parts of it (from the catalog when current, else fetched now),
   // and the catalog's of members that are not up (usable false: where parts were).

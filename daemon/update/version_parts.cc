@@ -8,14 +8,10 @@
 #include "absl/strings/str_join.h"
 #include "common/message_text.h"
 #include "common/status_macros.h"
+#include "daemon/store/manifest.h"
 
 namespace ckpt::daemon {
 namespace {
-
-bool SameSpec(const v1::TensorSpec& a, const v1::TensorSpec& b) {
-  return a.dtype() == b.dtype() && a.byte_size() == b.byte_size() && a.xxh3() == b.xxh3() &&
-         std::equal(a.shape().begin(), a.shape().end(), b.shape().begin(), b.shape().end());
-}
 
 std::string Name(const std::string& name) { return QuoteForMessage(name, 128); }
 
@@ -75,8 +71,8 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
       std::string which;
       for (int i = 0; same && i < h.manifest.tensors_size(); ++i) {
         auto it = index.find(h.manifest.tensors(i).name());
-        same =
-            it != index.end() && SameSpec(out.manifest.tensors(it->second), h.manifest.tensors(i));
+        same = it != index.end() &&
+               SameTensor(out.manifest.tensors(it->second), h.manifest.tensors(i));
         if (!same) which = h.manifest.tensors(i).name();
       }
       if (!same) {
@@ -105,7 +101,7 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
       if (!h.usable || h.part_count == 0) continue;
       for (const v1::TensorSpec& t : h.manifest.tensors()) {
         auto it = index.find(t.name());
-        if (it == index.end() || !SameSpec(out.manifest.tensors(it->second), t)) {
+        if (it == index.end() || !SameTensor(out.manifest.tensors(it->second), t)) {
           return absl::FailedPreconditionError(
               absl::StrCat(what, ": tensor ", Name(t.name()), " of ", Member(h),
                            "'s parts is not in it as ", Member(w), " holds it whole"));
@@ -197,7 +193,7 @@ absl::StatusOr<ComposedVersion> ComposeParts(uint64_t version,
                          p, " with other tensors?): drop the version on one of them"));
       }
       const v1::TensorSpec& composed = out.manifest.tensors(it->second);
-      if (!SameSpec(composed, t)) {
+      if (!SameTensor(composed, t)) {
         const PartHolding& other = holdings[static_cast<size_t>(first_holder[it->second])];
         return absl::FailedPreconditionError(absl::StrCat(
             what, ": tensor ", Name(t.name()), " differs between ", Member(other), " (xxh3 ",

@@ -9,15 +9,20 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "client/daemon_client.h"
+#include "client/trainer_client.h"
+#include "common/dtype.h"
 #include "daemon/cluster/cluster.h"
 #include "daemon/cluster/peer_proof.h"
 #include "daemon/cluster/peer_session.h"
 #include "proto/peer.grpc.pb.h"
+#include "tests/testing/state_dict.h"
 #include "tests/testing/subprocess.h"
 
 namespace ckpt {
@@ -415,6 +420,134 @@ TEST_CASE("Rendezvous: without the secret refused; with it, only ids being creat
   INFO(s.error_message());
   CHECK_FALSE(s.ok());  // no communicator is being created: no key may be set
   CHECK(s.error_code() != grpc::StatusCode::UNAUTHENTICATED);
+  t.CheckIdle();
+}
+
+// Issue 13: the Peer calls that read a member's versions (VersionManifest, ReadTensors) refuse
+// callers without the secret, and hostile requests of proved callers, each naming why; the
+// member keeps serving.
+TEST_CASE("VersionManifest and ReadTensors: unproved refused; hostile requests refused") {
+  Target t;
+  // A committed version of two tensors (2 MiB and 4 bytes) on node-a.
+  testing::StateDict m;
+  m.Add("big", DType::kFloat32, {512, 1024}, 1);
+  m.Add("small", DType::kFloat32, {1}, 2);
+  auto endpoint = client::ResolveEndpoint(t.daemon->socket, "");
+  REQUIRE(endpoint.ok());
+  auto trainer = client::TrainerClient::Connect(*endpoint);
+  REQUIRE(trainer.ok());
+  client::PushOptions o;
+  o.version = 7;
+  REQUIRE((*trainer)->PushTensors(m.views, o).ok());
+
+  auto manifest = [&](const v1::PeerEnvelope& in) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 10s);
+    v1::PeerEnvelope out;
+    return t.stub->VersionManifest(&context, in, &out);
+  };
+  auto seal = [](const char* method, const google::protobuf::MessageLite& body) {
+    PeerSession session(kSecret, method, PeerSession::Side::kCaller);
+    v1::PeerEnvelope e;
+    REQUIRE(session.Seal(body, &e).ok());
+    return e;
+  };
+  // Reads every chunk of a ReadTensors call; its status and the bytes that came.
+  auto read = [&](const v1::PeerEnvelope& in, uint64_t* bytes) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 10s);
+    auto reader = t.stub->ReadTensors(&context, in);
+    v1::TensorChunk c;
+    while (reader->Read(&c)) *bytes += c.data().size();
+    return reader->Finish();
+  };
+
+  v1::VersionManifestRequest mr;
+  mr.set_version(7);
+  v1::PeerEnvelope plain;
+  mr.SerializeToString(plain.mutable_body());
+  CHECK(manifest(plain).error_code() == grpc::StatusCode::UNAUTHENTICATED);
+  PeerSession wrong(std::string(40, 'x'), "VersionManifest", PeerSession::Side::kCaller);
+  v1::PeerEnvelope forged;
+  REQUIRE(wrong.Seal(mr, &forged).ok());
+  CHECK(manifest(forged).error_code() == grpc::StatusCode::UNAUTHENTICATED);
+  CHECK(manifest(seal("VersionManifest", mr)).ok());
+  mr.set_first(3);  // past its 2 tensors
+  grpc::Status past = manifest(seal("VersionManifest", mr));
+  CHECK(past.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  mr.set_first(0);
+  mr.set_version(8);
+  CHECK(manifest(seal("VersionManifest", mr)).error_code() == grpc::StatusCode::NOT_FOUND);
+  mr.set_version(0);
+  CHECK(manifest(seal("VersionManifest", mr)).error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  // A proved request sealed for another method is not one for this method.
+  mr.set_version(7);
+  CHECK(manifest(seal("ReadTensors", mr)).error_code() == grpc::StatusCode::UNAUTHENTICATED);
+
+  v1::ReadTensorsRequest rr;
+  rr.set_version(7);
+  rr.set_manifest_tensors(2);
+  rr.add_tensors(0);
+  uint64_t bytes = 0;
+  v1::PeerEnvelope unproved;
+  rr.SerializeToString(unproved.mutable_body());
+  CHECK(read(unproved, &bytes).error_code() == grpc::StatusCode::UNAUTHENTICATED);
+  CHECK(bytes == 0);
+  // Proved: the whole tensor, in 1 MiB chunks.
+  grpc::Status whole = read(seal("ReadTensors", rr), &bytes);
+  INFO(whole.error_message());
+  CHECK(whole.ok());
+  CHECK(bytes == 512 * 1024 * 4);
+  struct Bad {
+    const char* what;
+    std::function<void(v1::ReadTensorsRequest&)> change;
+    grpc::StatusCode code;
+    const char* says;
+  };
+  const std::vector<Bad> bad = {
+      {"no positions", [](auto& r) { r.clear_tensors(); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "a read of 0 tensors"},
+      {"a position twice", [](auto& r) { r.add_tensors(0); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "asked for twice"},
+      {"a position past the manifest", [](auto& r) { r.add_tensors(2); },
+       grpc::StatusCode::INVALID_ARGUMENT, "tensor #2 of 2"},
+      {"a position at 2^32-1", [](auto& r) { r.add_tensors(0xFFFFFFFFu); },
+       grpc::StatusCode::INVALID_ARGUMENT, "tensor #4294967295"},
+      {"8193 positions",
+       [](auto& r) {
+         for (int i = 0; i < 8192; ++i) r.add_tensors(1);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "a read of 8193 tensors"},
+      {"another manifest count", [](auto& r) { r.set_manifest_tensors(3); },
+       grpc::StatusCode::FAILED_PRECONDITION, "changed since"},
+      {"a version not held", [](auto& r) { r.set_version(9); }, grpc::StatusCode::NOT_FOUND, ""},
+      {"version 0", [](auto& r) { r.set_version(0); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "version 0"},
+  };
+  for (const Bad& b : bad) {
+    INFO(b.what);
+    v1::ReadTensorsRequest r = rr;
+    b.change(r);
+    uint64_t got = 0;
+    grpc::Status s = read(seal("ReadTensors", r), &got);
+    INFO(s.error_message());
+    CHECK(s.error_code() == b.code);
+    CHECK(Contains(s.error_message(), b.says));
+    CHECK(got == 0);
+  }
+  // A reader that stops mid-stream (cancels after its first chunk) leaves the member serving.
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 10s);
+    auto reader = t.stub->ReadTensors(&context, seal("ReadTensors", rr));
+    v1::TensorChunk c;
+    REQUIRE(reader->Read(&c));
+    context.TryCancel();
+    (void)reader->Finish();
+  }
+  uint64_t again = 0;
+  CHECK(read(seal("ReadTensors", rr), &again).ok());
+  CHECK(again == 512 * 1024 * 4);
   t.CheckIdle();
 }
 
