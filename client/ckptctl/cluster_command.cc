@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "common/units.h"
 
 namespace ckpt::ctl {
 
@@ -70,7 +72,66 @@ std::vector<uint32_t> MissingParts(const ClusterVersion& v) {
   return missing;
 }
 
+std::string Percent(uint64_t done, uint64_t total) {
+  if (total == 0) return "100%";
+  const double f = std::min(1.0, static_cast<double>(done) / static_cast<double>(total));
+  return absl::StrFormat("%d%%", static_cast<int>(f * 100));
+}
+
 }  // namespace
+
+nlohmann::json PullJson(const v1::PullProgress& p) {
+  nlohmann::json sources = nlohmann::json::array();
+  for (const v1::PullSource& src : p.sources()) {
+    sources.push_back({{"member", src.member()},
+                       {"received_bytes", src.received_bytes()},
+                       {"error", src.error()}});
+  }
+  return {{"version", p.version()},
+          {"trigger", p.trigger()},
+          {"phase", p.phase()},
+          {"started_unix_ms", p.started_unix_ms()},
+          {"ended_unix_ms", p.ended_unix_ms()},
+          {"seconds", p.seconds()},
+          {"total_bytes", p.total_bytes()},
+          {"received_bytes", p.received_bytes()},
+          {"tensor_count", p.tensor_count()},
+          {"tensors_received", p.tensors_received()},
+          {"sources", std::move(sources)},
+          {"code", p.code()},
+          {"error", p.error()}};
+}
+
+std::string PullText(const v1::PullProgress& p) {
+  const bool running = p.ended_unix_ms() == 0;
+  std::string out = absl::StrCat(running ? "pull" : "last pull", ": version ", p.version(), " (",
+                                 p.trigger(), ") ", p.phase());
+  if (p.total_bytes() > 0 || p.tensor_count() > 0) {
+    absl::StrAppend(&out, ", ", FormatBytes(p.received_bytes()), " of ",
+                    FormatBytes(p.total_bytes()), " (",
+                    Percent(p.received_bytes(), p.total_bytes()), "), ", p.tensors_received(), "/",
+                    p.tensor_count(), " tensors");
+  }
+  absl::StrAppend(&out, running ? ", " : " after ", HumanDuration(absl::Seconds(p.seconds())));
+  if (p.seconds() > 0 && p.received_bytes() > 0) {
+    absl::StrAppend(
+        &out, ", ",
+        FormatBytes(static_cast<uint64_t>(static_cast<double>(p.received_bytes()) / p.seconds())),
+        "/s");
+  }
+  absl::StrAppend(&out, "\n");
+  if (p.sources_size() > 0) {
+    std::vector<std::string> from;
+    for (const v1::PullSource& src : p.sources()) {
+      std::string one = absl::StrCat(src.member(), " ", FormatBytes(src.received_bytes()));
+      if (!src.error().empty()) absl::StrAppend(&one, " (dropped: ", src.error(), ")");
+      from.push_back(std::move(one));
+    }
+    absl::StrAppend(&out, "    from ", absl::StrJoin(from, "; "), "\n");
+  }
+  if (!p.error().empty()) absl::StrAppend(&out, "    ", p.code(), ": ", p.error(), "\n");
+  return out;
+}
 
 nlohmann::json ClusterVersionsJson(const v1::StatusResponse& s) {
   nlohmann::json out = nlohmann::json::array();
@@ -133,12 +194,19 @@ nlohmann::json ClusterJson(const v1::StatusResponse& s) {
          {"release", m.release()},
          {"protocol_version", m.protocol_version()},
          {"backend", m.backend()},
+         {"updating_version", m.updating_version()},
+         {"pulling", m.pulling_version() == 0
+                         ? nlohmann::json(nullptr)
+                         : nlohmann::json{{"version", m.pulling_version()},
+                                          {"received_bytes", m.pull_received_bytes()},
+                                          {"total_bytes", m.pull_total_bytes()}}},
          {"instance", m.instance()},
          {"last_seen_unix_ms", m.last_seen_unix_ms()}});
   }
   return {{"node_name", s.node_name()},
           {"cluster_listen", s.cluster_listen()},
-          {"members", std::move(members)}};
+          {"members", std::move(members)},
+          {"pull", s.has_pull() ? PullJson(s.pull()) : nlohmann::json(nullptr)}};
 }
 
 std::string ClusterText(const v1::StatusResponse& s) {
@@ -155,7 +223,17 @@ std::string ClusterText(const v1::StatusResponse& s) {
                           m.node_name().empty() ? "?" : m.node_name(), m.address(), m.state(),
                           m.gpu_uuids_size(), m.workers(), versions);
     if (!m.error().empty()) absl::StrAppend(&out, "    ", m.error(), "\n");
+    if (m.updating_version() != 0) {
+      absl::StrAppend(&out, "    updating to version ", m.updating_version(), "\n");
+    }
+    if (m.pulling_version() != 0) {
+      absl::StrAppend(&out, "    pulling version ", m.pulling_version(), ": ",
+                      FormatBytes(m.pull_received_bytes()), " of ",
+                      FormatBytes(m.pull_total_bytes()), " (",
+                      Percent(m.pull_received_bytes(), m.pull_total_bytes()), ")\n");
+    }
   }
+  if (s.has_pull()) absl::StrAppend(&out, PullText(s.pull()));
   return out;
 }
 

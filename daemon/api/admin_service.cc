@@ -52,6 +52,7 @@ grpc::Status AdminService::Status(grpc::ServerContext* context, const v1::Status
   response->set_updating_version(engine_->updating_version());
   for (v1::WorkerStatus& w : engine_->Workers()) *response->add_workers() = std::move(w);
   if (auto last = engine_->LastUpdate(); last.has_value()) *response->mutable_last_update() = *last;
+  if (auto pull = engine_->LastPull(); pull.has_value()) *response->mutable_pull() = *pull;
   response->set_attached_workers(response->workers_size());
   ClusterView cluster;
   {

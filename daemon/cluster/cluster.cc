@@ -128,6 +128,9 @@ class Cluster::PeerService final : public v1::Peer::Service {
     if (theirs < kPeerPartsVersion) {
       response->clear_held();
       response->clear_updating();
+      response->clear_pulling();
+      response->clear_pull_received_bytes();
+      response->clear_pull_total_bytes();
     } else {
       for (std::string& p : cluster_->UpPeers(request->instance())) {
         response->add_peers(std::move(p));
@@ -801,6 +804,9 @@ void Cluster::Round(bool leaving, absl::Time deadline) {
       }
       shown.set_workers(r.workers());
       shown.set_updating_version(r.updating());
+      shown.set_pulling_version(r.pulling());
+      shown.set_pull_received_bytes(r.pulling() != 0 ? r.pull_received_bytes() : 0);
+      shown.set_pull_total_bytes(r.pulling() != 0 ? r.pull_total_bytes() : 0);
       shown.set_release(EscapeForMessage(r.release(), 64));
       shown.set_instance(EscapeForMessage(r.instance(), 64));
       shown.set_protocol_version(r.protocol_version());
@@ -878,6 +884,9 @@ std::vector<v1::ClusterMember> Cluster::Members() const {
   *self.mutable_versions() = me.versions();
   *self.mutable_held() = me.held();
   self.set_updating_version(me.updating());
+  self.set_pulling_version(me.pulling());
+  self.set_pull_received_bytes(me.pull_received_bytes());
+  self.set_pull_total_bytes(me.pull_total_bytes());
   self.set_workers(me.workers());
   self.set_release(me.release());
   self.set_instance(instance_);

@@ -92,6 +92,12 @@ std::string ResponseProof(absl::string_view secret, absl::string_view nonce,
     Field(&text, "updating");
     Field(&text, r.updating());
   }
+  if (r.pulling() != 0) {
+    Field(&text, "pulling");
+    Field(&text, r.pulling());
+    Field(&text, r.pull_received_bytes());
+    Field(&text, r.pull_total_bytes());
+  }
   if (r.peers_size() > 0) {
     Field(&text, "peers");
     Field(&text, static_cast<uint64_t>(r.peers_size()));

@@ -397,6 +397,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
       std::sort(r.mutable_versions()->begin(), r.mutable_versions()->end());
       r.set_workers(static_cast<uint32_t>(engine->Workers().size()));
       r.set_updating(engine->updating_version());
+      if (auto pull = engine->LastPull(); pull.has_value() && pull->ended_unix_ms() == 0) {
+        r.set_pulling(pull->version());
+        r.set_pull_received_bytes(pull->received_bytes());
+        r.set_pull_total_bytes(pull->total_bytes());
+      }
       return r;
     };
     ASSIGN_OR_RETURN(d->cluster_,

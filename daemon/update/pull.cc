@@ -72,10 +72,62 @@ absl::Status UpdateEngine::ServeReadTensors(
   return absl::OkStatus();
 }
 
+std::optional<v1::PullProgress> UpdateEngine::LastPull() const {
+  absl::MutexLock lock(&pull_mu_);
+  std::optional<v1::PullProgress> out = pull_;
+  if (out.has_value() && out->ended_unix_ms() == 0) {
+    out->set_seconds(
+        absl::ToDoubleSeconds(absl::Now() - absl::FromUnixMillis(out->started_unix_ms())));
+  }
+  return out;
+}
+
+void UpdateEngine::PullProgressed(const std::function<void(v1::PullProgress&)>& change) {
+  absl::MutexLock lock(&pull_mu_);
+  if (pull_.has_value()) change(*pull_);
+}
+
 absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest& request,
                                                            absl::Time deadline,
-                                                           const std::function<bool()>& cancelled) {
+                                                           const std::function<bool()>& cancelled,
+                                                           const std::string& trigger) {
   if (pulls_cancelled_) return absl::UnavailableError("the daemon is stopping");
+  const absl::Time started = absl::Now();
+  {
+    absl::MutexLock lock(&pull_mu_);
+    if (pull_running_) {
+      const uint64_t v = pull_.has_value() ? pull_->version() : 0;
+      return absl::FailedPreconditionError(absl::StrCat(
+          "a pull is running here (", v == 0 ? "choosing its version" : absl::StrCat("version ", v),
+          ", started by ", pull_.has_value() ? pull_->trigger() : trigger,
+          "); ckptctl cluster shows its progress"));
+    }
+    pull_running_ = true;
+    // The record of the last pull stays until this one has chosen a version to pull (RunPull).
+    pending_pull_trigger_ = trigger;
+    pending_pull_started_ = started;
+  }
+  absl::StatusOr<v1::PullResponse> result = RunPull(request, deadline, cancelled);
+  absl::MutexLock lock(&pull_mu_);
+  pull_running_ = false;
+  if (pull_.has_value() && pull_->ended_unix_ms() == 0) {
+    const absl::Time ended = absl::Now();
+    pull_->set_ended_unix_ms(absl::ToUnixMillis(ended));
+    pull_->set_seconds(absl::ToDoubleSeconds(ended - started));
+    if (result.ok()) {
+      pull_->set_phase("succeeded");
+    } else {
+      pull_->set_phase("failed");
+      pull_->set_code(absl::StatusCodeToString(result.status().code()));
+      pull_->set_error(std::string(result.status().message()));
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<v1::PullResponse> UpdateEngine::RunPull(const v1::PullRequest& request,
+                                                       absl::Time deadline,
+                                                       const std::function<bool()>& cancelled) {
   // Without a caller's deadline, at most an hour.
   deadline = std::min(deadline, absl::Now() + absl::Hours(1));
   auto stop = [&] { return pulls_cancelled_.load() || (cancelled && cancelled()); };
@@ -83,7 +135,11 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
   if (cluster == nullptr) {
     return absl::FailedPreconditionError("a pull copies from other members: not in a cluster");
   }
-  const absl::Time started = absl::Now();
+  absl::Time started;
+  {
+    absl::MutexLock lock(&pull_mu_);
+    started = pending_pull_started_;
+  }
   std::vector<v1::ClusterMember> up;
   for (v1::ClusterMember& m : cluster->Members()) {
     if (m.state() == "up" && m.protocol_version() >= kPeerPartsVersion) up.push_back(std::move(m));
@@ -121,6 +177,15 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
         "this member holds parts of version ", version,
         ": pulling the other parts into it is not built (push them to this member, or ask "
         "a member that holds every part for the update)"));
+  }
+  {
+    // From here on the pull is shown (Status.pull, ckptctl cluster).
+    absl::MutexLock lock(&pull_mu_);
+    pull_.emplace();
+    pull_->set_version(version);
+    pull_->set_trigger(pending_pull_trigger_);
+    pull_->set_phase("listing");
+    pull_->set_started_unix_ms(absl::ToUnixMillis(started));
   }
   // What each member that is up holds of it.
   std::vector<PartHolding> holdings;
@@ -161,7 +226,18 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
   if (!begun.ok()) return Annotate(begun.status(), absl::StrCat("pull of version ", version));
   const std::string token = begun->upload_token;
   uint64_t total = 0;
-  for (const v1::TensorSpec& t : manifest.tensors()) total += t.byte_size();
+  uint32_t empty_tensors = 0;
+  for (const v1::TensorSpec& t : manifest.tensors()) {
+    total += t.byte_size();
+    empty_tensors += t.byte_size() == 0 ? 1 : 0;
+  }
+  PullProgressed([&](v1::PullProgress& p) {
+    p.set_phase("reading");
+    p.set_total_bytes(total);
+    p.set_tensor_count(static_cast<uint32_t>(n));
+    p.set_tensors_received(empty_tensors);
+    for (const PartHolding& h : holdings) p.add_sources()->set_member(h.member);
+  });
   spdlog::info("pull of version {}: {} tensors, {} from {}", version, n, FormatBytes(total),
                absl::StrJoin(names, ", "));
 
@@ -255,7 +331,14 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
                                                    c.data().data(), c.data().size()));
                 have += c.data().size();
                 sent[k] += c.data().size();
-                if (have == spec.byte_size()) done[static_cast<size_t>(it->second)] = 1;
+                const bool whole = have == spec.byte_size();
+                if (whole) done[static_cast<size_t>(it->second)] = 1;
+                PullProgressed([&](v1::PullProgress& p) {
+                  p.set_received_bytes(p.received_bytes() + c.data().size());
+                  v1::PullSource* source = p.mutable_sources(static_cast<int>(k));
+                  source->set_received_bytes(source->received_bytes() + c.data().size());
+                  if (whole) p.set_tensors_received(p.tensors_received() + 1);
+                });
                 return absl::OkStatus();
               });
           // Ended with OK but short: a failure like any other (the tensors go to the others).
@@ -267,6 +350,18 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
                   absl::StrCat("member '", h.member, "' ended before sending all of ",
                                QuoteForMessage(manifest.tensors(t).name(), 128)));
             }
+          }
+          if (!status[k].ok()) {
+            // What it sent of tensors it did not finish is read again from another holder.
+            uint64_t partial = 0;
+            for (size_t j = from; j < to; ++j) {
+              const int t = share[k][j];
+              if (!done[static_cast<size_t>(t)]) partial += got[static_cast<size_t>(t)];
+            }
+            PullProgressed([&](v1::PullProgress& p) {
+              p.set_received_bytes(p.received_bytes() - std::min(p.received_bytes(), partial));
+              p.mutable_sources(static_cast<int>(k))->set_error(std::string(status[k].message()));
+            });
           }
         }
       });
@@ -307,6 +402,7 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
   }
   // Verified here: every byte against the proved manifest's checksums. The pull's own update
   // (below) serves this member's workers, not auto_update (it would go to every member).
+  PullProgressed([](v1::PullProgress& p) { p.set_phase("verifying"); });
   auto info = store_->Commit(version, token, /*notify=*/false);
   if (!info.ok()) {
     (void)store_->Abort(version, token, std::string(info.status().message()));
@@ -325,6 +421,7 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
     u.set_version(version);
     for (const v1::WorkerStatus& w : Workers()) u.add_worker_pids(w.pid());
     if (u.worker_pids_size() > 0) {
+      PullProgressed([](v1::PullProgress& p) { p.set_phase("updating"); });
       auto updated = Update(u, deadline, "pull", nullptr);
       if (!updated.ok()) {
         return Annotate(updated.status(), absl::StrCat("version ", version,
@@ -371,7 +468,7 @@ void UpdateEngine::MaybePullOnJoin() {
   join_thread_ = std::thread([this] {
     v1::PullRequest request;
     request.set_update(true);
-    auto pulled = PullVersion(request, absl::Now() + absl::Minutes(30), nullptr);
+    auto pulled = PullVersion(request, absl::Now() + absl::Minutes(30), nullptr, "join");
     if (pulled.ok()) {
       spdlog::info("cluster: joined: pulled version {} and sent it to {} workers here",
                    pulled->info().version(), pulled->update().workers_size());

@@ -191,9 +191,15 @@ class UpdateEngine {
   // from one of its holders (bytes balanced over them, all at once; a holder that fails midway is
   // replaced by another holding the same tensors), verified by the store's commit; nothing of a
   // failed pull stays. Then, with request.update, updates this daemon's own workers.
-  // `cancelled` (may be empty): the caller went away; the pull stops at its next step.
+  // `cancelled` (may be empty): the caller went away; the pull stops at its next step. One pull
+  // at a time (FAILED_PRECONDITION naming the running one); `trigger` ("operator", "join") is
+  // recorded in its progress (LastPull).
   absl::StatusOr<v1::PullResponse> PullVersion(const v1::PullRequest& request, absl::Time deadline,
-                                               const std::function<bool()>& cancelled);
+                                               const std::function<bool()>& cancelled,
+                                               const std::string& trigger = "operator");
+  // The running pull's progress as of this call, or the last pull's (nullopt before the first
+  // that chose a version it did not hold).
+  std::optional<v1::PullProgress> LastPull() const;
   // After every Hello round, in the first kJoinWindow after start (pull_on_join): when this store
   // holds no version and other members that are up hold one, and none of them is updating, pulls
   // the newest (with update) on a thread of its own; a failed try is tried again next round.
@@ -321,6 +327,15 @@ class UpdateEngine {
   const absl::Time engine_started_ = absl::Now();
   // Set by Stop: a running pull ends at its next chunk.
   std::atomic<bool> pulls_cancelled_{false};
+  // The pull running now (pull_running_) or the last one, kept current by the pull (LastPull).
+  absl::StatusOr<v1::PullResponse> RunPull(const v1::PullRequest& request, absl::Time deadline,
+                                           const std::function<bool()>& cancelled);
+  void PullProgressed(const std::function<void(v1::PullProgress&)>& change);
+  mutable absl::Mutex pull_mu_;
+  bool pull_running_ ABSL_GUARDED_BY(pull_mu_) = false;
+  std::optional<v1::PullProgress> pull_ ABSL_GUARDED_BY(pull_mu_);
+  std::string pending_pull_trigger_ ABSL_GUARDED_BY(pull_mu_);
+  absl::Time pending_pull_started_ ABSL_GUARDED_BY(pull_mu_);
   // What this member serves to others' pulls (ReadTensors), all calls together.
   ByteRate serve_rate_{options_.pull_bytes_per_second};
   // The parts other members hold of versions held here in parts (RefreshPartCatalog): version ->

@@ -912,10 +912,11 @@ TEST_CASE("a member pulls a version from the members holding its parts and serve
   CHECK(w2.proc->Wait(20s).code == 0);
 }
 
-// About 6 MiB: a pull limited to 1 MiB/s takes seconds, so a source can be killed midway.
-StateDict BigModel(uint32_t seed) {
+// About 1 MiB a tensor: a pull limited to 1 MiB/s takes seconds, so a source can be killed
+// midway.
+StateDict BigModel(uint32_t seed, int tensors = 6) {
   StateDict m;
-  for (int i = 0; i < 6; ++i) {
+  for (int i = 0; i < tensors; ++i) {
     m.Add("model.layers." + std::to_string(i) + ".mlp.weight", DType::kBfloat16, {512, 1024},
           seed + static_cast<uint32_t>(i));
   }
@@ -943,12 +944,48 @@ TEST_CASE("a pull whose source dies goes on from the other holder, or fails leav
         return Contains(c.members[2].daemon->proc->Stderr(), "pull of version 800: 6 tensors");
       },
       20s));
+  // Its progress (ckptctl cluster): reading, part of the bytes in, from both holders.
+  auto pull_shown = [&](int i) {
+    RunResult r = c.members[i].daemon->Ctl({"cluster", "--json"});
+    REQUIRE(r.exit.code == 0);
+    return nlohmann::json::parse(r.out);
+  };
+  nlohmann::json midway;
+  REQUIRE(WaitUntil(
+      [&] {
+        midway = pull_shown(2)["pull"];
+        return !midway.is_null() && midway["phase"] == "reading" &&
+               midway["received_bytes"].get<uint64_t>() > 0;
+      },
+      20s));
+  CHECK(midway["version"] == 800);
+  CHECK(midway["trigger"] == "operator");
+  CHECK(midway["received_bytes"].get<uint64_t>() < midway["total_bytes"].get<uint64_t>());
+  CHECK(midway["total_bytes"] == 6 * 512 * 1024 * 2);
+  CHECK(midway["tensor_count"] == 6);
+  CHECK(midway["ended_unix_ms"] == 0);
+  CHECK(midway["sources"].size() == 2);
+  // One pull at a time: a second is refused, naming the running one.
+  RunResult second = c.members[2].daemon->Ctl({"pull", "800"});
+  CHECK(second.exit.code == 1);
+  CHECK(Contains(second.err, "a pull is running here (version 800, started by operator)"));
+  RunResult text = c.members[2].daemon->Ctl({"cluster"});
+  CHECK(Contains(text.out, "pull: version 800 (operator) reading"));
   c.members[1].daemon->proc->Signal(SIGKILL);
   REQUIRE(pending.wait_for(60s) == std::future_status::ready);
   auto pulled = pending.get();
   INFO(pulled.status().ToString() << c.members[2].daemon->proc->Stderr());
   REQUIRE(pulled.ok());
   CHECK(Contains(c.members[2].daemon->proc->Stderr(), "its tensors go to the other holders"));
+  const nlohmann::json ended = pull_shown(2)["pull"];
+  CHECK(ended["phase"] == "succeeded");
+  // What node-1 sent of the tensor it did not finish was read again from node-0: counted once.
+  CHECK(ended["received_bytes"] == ended["total_bytes"]);
+  CHECK(ended["tensors_received"] == 6);
+  CHECK(ended["ended_unix_ms"].get<int64_t>() > 0);
+  for (const auto& src : ended["sources"]) {
+    CHECK(src["error"].get<std::string>().empty() == (src["member"] == "node-0"));
+  }
   // The same checksums as the source's (the pull's commit verified every byte against them).
   auto detail = admin2->GetVersion(800, absl::Seconds(5));
   auto source = c.Admin(0)->GetVersion(800, absl::Seconds(5));
@@ -958,7 +995,7 @@ TEST_CASE("a pull whose source dies goes on from the other holder, or fails leav
   CHECK(detail->manifest().SerializeAsString() == source->manifest().SerializeAsString());
   // Version 801 on node-0 alone; node-0 dies mid-pull: no holder left.
   c.WaitUp(2, 1);
-  StateDict m2 = BigModel(17);
+  StateDict m2 = BigModel(17, 12);
   REQUIRE(c.Push(0, m2, 801) == 801);
   REQUIRE(WaitUntil(
       [&] { return Contains(c.members[2].daemon->Ctl({"versions"}).out, "801 whole"); }, 20s));
@@ -966,9 +1003,24 @@ TEST_CASE("a pull whose source dies goes on from the other holder, or fails leav
       std::async(std::launch::async, [&] { return admin2->Pull(801, false, absl::Seconds(60)); });
   REQUIRE(WaitUntil(
       [&] {
-        return Contains(c.members[2].daemon->proc->Stderr(), "pull of version 801: 6 tensors");
+        return Contains(c.members[2].daemon->proc->Stderr(), "pull of version 801: 12 tensors");
       },
       20s));
+  // The source sees the pull too (Hello): node-2 pulling 801, part of its bytes in.
+  std::string seen;
+  REQUIRE(WaitUntil(
+      [&] {
+        const nlohmann::json shown = pull_shown(0);
+        seen = shown.dump();
+        for (const auto& member : shown["members"]) {
+          if (member["node_name"] == "node-2" && !member["pulling"].is_null()) {
+            return member["pulling"]["version"] == 801 &&
+                   member["pulling"]["total_bytes"] == 12 * 512 * 1024 * 2;
+          }
+        }
+        return false;
+      },
+      10s));
   c.members[0].daemon->proc->Signal(SIGKILL);
   REQUIRE(failing.wait_for(60s) == std::future_status::ready);
   auto lost = failing.get();
@@ -976,6 +1028,11 @@ TEST_CASE("a pull whose source dies goes on from the other holder, or fails leav
   REQUIRE_FALSE(lost.ok());
   CHECK(Contains(std::string(lost.status().message()), "have no holder left"));
   CHECK(Contains(std::string(lost.status().message()), "model.layers."));
+  const nlohmann::json failed_pull = pull_shown(2)["pull"];
+  CHECK(failed_pull["version"] == 801);
+  CHECK(failed_pull["phase"] == "failed");
+  CHECK(failed_pull["code"] == "UNAVAILABLE");
+  CHECK(Contains(failed_pull["error"].get<std::string>(), "have no holder left"));
   // Nothing of it stays: no version 801, staging or committed.
   RunResult versions = c.members[2].daemon->Ctl({"versions", "--json"});
   REQUIRE(versions.exit.code == 0);
@@ -1027,6 +1084,12 @@ TEST_CASE("a member joining during an update waits for it to end, then pulls and
   REQUIRE(r.ok());
   CHECK(testing::CompareWorkerReport(w9.Report(v), m) == "");
   CHECK(Contains(late.proc->Stderr(), "joined: pulled version " + std::to_string(v)));
+  RunResult shown = late.Ctl({"cluster", "--json"});
+  REQUIRE(shown.exit.code == 0);
+  const nlohmann::json pull = nlohmann::json::parse(shown.out)["pull"];
+  CHECK(pull["trigger"] == "join");
+  CHECK(pull["phase"] == "succeeded");
+  CHECK(pull["version"] == v);
   CHECK(w9.proc->Wait(20s).code == 0);
 }
 
