@@ -1040,6 +1040,50 @@ TEST_CASE("a pull whose source dies goes on from the other holder, or fails leav
   for (const auto& v : held["versions"]) CHECK(v["version"] != 801);
 }
 
+// Parts with a replica: part 0 on node-0 and node-1, part 1 on node-1. node-0 dies midway
+// through a pull of both parts: its tensors come from node-1, and the pull commits the same
+// manifest.
+TEST_CASE("a pull of parts goes on from a replica of the part whose source died") {
+  Cluster c(3, "2s", {"--pull-bytes-per-second", "1MiB"});
+  for (int i = 0; i < 3; ++i) c.WaitUp(i, 2);
+  StateDict m = BigModel(29, 8);
+  auto even = [](size_t k) { return k % 2 == 0; };
+  auto odd = [](size_t k) { return k % 2 == 1; };
+  REQUIRE(c.PushPart(0, m, 900, 0, 2, even).ok());
+  REQUIRE(c.PushPart(1, m, 900, 0, 2, even).ok());
+  REQUIRE(c.PushPart(1, m, 900, 1, 2, odd).ok());
+  c.WaitHeld(2, 0, 900, {0});
+  c.WaitHeld(2, 1, 900, {0, 1});
+  auto admin2 = c.Admin(2);
+  auto pending =
+      std::async(std::launch::async, [&] { return admin2->Pull(900, false, absl::Seconds(60)); });
+  // Both sources read from (node-0 has part 0's share), then node-0 dies.
+  REQUIRE(WaitUntil(
+      [&] {
+        RunResult r = c.members[2].daemon->Ctl({"cluster", "--json"});
+        if (r.exit.code != 0) return false;
+        const nlohmann::json j = nlohmann::json::parse(r.out);
+        if (j["pull"].is_null() || j["pull"]["sources"].size() != 2) return false;
+        for (const auto& src : j["pull"]["sources"]) {
+          if (src["member"] == "node-0") return src["received_bytes"].get<uint64_t>() > 0;
+        }
+        return false;
+      },
+      20s));
+  c.members[0].daemon->proc->Signal(SIGKILL);
+  REQUIRE(pending.wait_for(60s) == std::future_status::ready);
+  auto pulled = pending.get();
+  INFO(pulled.status().ToString() << c.members[2].daemon->proc->Stderr());
+  REQUIRE(pulled.ok());
+  CHECK(pulled->info().tensor_count() == 8);
+  auto detail = admin2->GetVersion(900, absl::Seconds(5));
+  auto source = c.Admin(1)->GetVersion(900, absl::Seconds(5));
+  REQUIRE(detail.ok());
+  REQUIRE(source.ok());
+  CHECK(detail->manifest().SerializeAsString() == source->manifest().SerializeAsString());
+  CHECK(Contains(c.members[2].daemon->proc->Stderr(), "its tensors go to the other holders"));
+}
+
 // Issue 13, elastic join: a member that joins a running cluster (naming one member) holding no
 // version waits for the update running there to end, then pulls the newest version and its
 // worker gets it, with no trainer and no operator.
