@@ -16,18 +16,38 @@ uint64_t AlignUp(uint64_t v) { return (v + kSlotAlignment - 1) / kSlotAlignment 
 void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t bucket_index,
                  Bucket* b) {
   const uint64_t units = b->used_bytes / kSlotAlignment;
-  uint64_t start = 0;
-  size_t t = 0;  // first placement that may overlap the current segment
+  // Cut points: cuts[u] is where uploader u's segment starts; cuts[uploaders] = used_bytes.
+  std::vector<uint64_t> cuts(static_cast<size_t>(uploaders) + 1, 0);
   for (int u = 0; u < uploaders; ++u) {
     // Units split as evenly as possible; the (units % uploaders) spare units go to uploaders in
     // turn across buckets, starting after the previous bucket's, so no uploader gets all of them.
     uint64_t rank = (static_cast<uint64_t>(u) + uploaders - bucket_index % uploaders) % uploaders;
     uint64_t n = units / uploaders + (rank < units % uploaders ? 1 : 0);
+    cuts[static_cast<size_t>(u) + 1] = cuts[static_cast<size_t>(u)] + n * kSlotAlignment;
+  }
+  // A cut inside a block row of a converted weight moves to the nearer edge of that block row.
+  for (int u = 1; u < uploaders; ++u) {
+    uint64_t& x = cuts[static_cast<size_t>(u)];
+    for (const TensorPlacement& p : b->tensors) {
+      const PlanTensor& t = tensors[static_cast<size_t>(p.tensor)];
+      if (t.transform != Transform::kFp8Weight || x <= p.slot_offset ||
+          x >= p.slot_offset + p.bytes) {
+        continue;
+      }
+      const uint64_t unit = t.split_unit;  // 128 x cols; pieces start at multiples of it
+      const uint64_t rel = x - p.slot_offset;
+      x = p.slot_offset + std::min(p.bytes, (rel + unit / 2) / unit * unit);
+    }
+    x = std::max(x, cuts[static_cast<size_t>(u) - 1]);
+  }
+  size_t t = 0;  // first placement that may overlap the current segment
+  for (int u = 0; u < uploaders; ++u) {
     Segment s;
     s.uploader = u;
+    const uint64_t start = cuts[static_cast<size_t>(u)];
+    const uint64_t end = cuts[static_cast<size_t>(u) + 1];
     s.slot_offset = start;
-    s.bytes = n * kSlotAlignment;
-    const uint64_t end = start + s.bytes;
+    s.bytes = end - start;
     // Copies: the parts of tensors (not of alignment padding) inside [start, end).
     while (t < b->tensors.size() && b->tensors[t].slot_offset + b->tensors[t].bytes <= start) ++t;
     for (size_t k = t; k < b->tensors.size() && b->tensors[k].slot_offset < end; ++k) {
@@ -35,21 +55,52 @@ void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t b
       uint64_t lo = std::max(start, p.slot_offset);
       uint64_t hi = std::min(end, p.slot_offset + p.bytes);
       if (lo >= hi) continue;
-      const uint64_t host = tensors[p.tensor].host_offset + p.tensor_offset + (lo - p.slot_offset);
+      const PlanTensor& pt = tensors[static_cast<size_t>(p.tensor)];
+      const uint64_t within = p.tensor_offset + (lo - p.slot_offset);  // byte of the tensor
+      if (pt.transform == Transform::kFp8Weight) {
+        // `within` starts a block row (pieces and cuts are at multiples of 128 x cols).
+        Copy c;
+        c.host_offset = pt.host_offset + 2 * within;
+        c.slot_offset = lo;
+        c.bytes = hi - lo;
+        c.transform = Transform::kFp8Weight;
+        c.cols = pt.cols;
+        c.scale_offset = pt.scale_offset + (within / pt.cols / kSplitRows) *
+                                               ((pt.cols + kSplitRows - 1) / kSplitRows) *
+                                               sizeof(float);
+        c.tensor = p.tensor;
+        s.copies.push_back(c);
+        continue;
+      }
+      if (pt.transform == Transform::kFp8Scale) {
+        Copy c;
+        c.host_offset = pt.host_offset + within;
+        c.slot_offset = lo;
+        c.bytes = hi - lo;
+        c.transform = Transform::kFp8Scale;
+        c.tensor = p.tensor;
+        s.copies.push_back(c);
+        continue;
+      }
+      const uint64_t host = pt.host_offset + within;
       // Tensors that follow each other without a gap both in the host store and in the slot (sizes
       // that are multiples of the alignment) become one copy: one cudaMemcpyAsync instead of one
       // per tensor, which matters for checkpoints of many small tensors.
       if (!s.copies.empty()) {
         Copy& last = s.copies.back();
-        if (last.host_offset + last.bytes == host && last.slot_offset + last.bytes == lo) {
+        if (last.transform == Transform::kCopy && last.host_offset + last.bytes == host &&
+            last.slot_offset + last.bytes == lo) {
           last.bytes += hi - lo;
           continue;
         }
       }
-      s.copies.push_back({host, lo, hi - lo});
+      Copy c;
+      c.host_offset = host;
+      c.slot_offset = lo;
+      c.bytes = hi - lo;
+      s.copies.push_back(c);
     }
     b->segments.push_back(std::move(s));
-    start = end;
   }
 }
 
@@ -72,6 +123,19 @@ absl::StatusOr<UpdatePlan> PlanUpdate(const std::vector<PlanTensor>& tensors, ui
   if (bucket_bytes == 0 || bucket_bytes % kSlotAlignment != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "bucket_bytes ", bucket_bytes, " must be a positive multiple of ", kSlotAlignment));
+  }
+  for (const PlanTensor& t : tensors) {
+    if (t.transform != Transform::kFp8Weight) continue;
+    if (t.cols == 0 || t.bytes % t.cols != 0 || t.split_unit != kSplitRows * t.cols ||
+        t.scale_offset % sizeof(float) != 0) {
+      return absl::InternalError(
+          absl::StrCat("converted tensor '", t.name, "' planned without its shape (a daemon bug)"));
+    }
+    if (t.split_unit > bucket_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", t.name, "': FP8 conversion quantizes 128 rows at once (", t.split_unit,
+          " bytes in e4m3), more than a bucket of ", bucket_bytes, " (raise bucket_bytes)"));
+    }
   }
   UpdatePlan plan;
   plan.bucket_bytes = bucket_bytes;
@@ -118,7 +182,11 @@ absl::StatusOr<UpdatePlan> PlanUpdate(const std::vector<PlanTensor>& tensors, ui
     Bucket& b = plan.buckets[i];
     CutSegments(tensors, uploaders, i, &b);
     for (const Segment& s : b.segments) {
-      for (const Copy& c : s.copies) plan.upload_bytes[s.uploader] += c.bytes;
+      for (const Copy& c : s.copies) {
+        plan.upload_bytes[s.uploader] +=
+            c.transform == Transform::kFp8Weight ? 2 * c.bytes : c.bytes;
+        plan.converts = plan.converts || c.transform != Transform::kCopy;
+      }
     }
   }
   return plan;

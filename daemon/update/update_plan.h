@@ -27,6 +27,13 @@
 
 namespace ckpt::daemon {
 
+// How a tensor's slot bytes are made (FP8 conversion, docs/conversion.md).
+enum class Transform : uint8_t {
+  kCopy,       // copied from the host store
+  kFp8Weight,  // float8_e4m3fn, quantized from a BF16 matrix in the host store
+  kFp8Scale,   // the float32 block scales the weight's quantization wrote (the scale buffer)
+};
+
 // One tensor as the planner sees it: where its bytes lie in the host store.
 struct PlanTensor {
   std::string name;
@@ -39,6 +46,12 @@ struct PlanTensor {
   // bucket can be uploaded by any member holding its part). Consecutive tensors of one group pack
   // as usual.
   uint32_t group = 0;
+  // kFp8Weight: `bytes` = rows x cols e4m3 bytes, host_offset is the BF16 source's (2 x bytes),
+  // split_unit must be 128 x cols, and scale_offset says where its block scales go in the scale
+  // buffer. kFp8Scale: host_offset is its offset in the scale buffer (its weight comes before it).
+  Transform transform = Transform::kCopy;
+  uint64_t cols = 0;
+  uint64_t scale_offset = 0;
 };
 
 // A tensor, or one piece of a tensor larger than a bucket, in a bucket.
@@ -53,11 +66,20 @@ struct Copy {
   uint64_t host_offset = 0;
   uint64_t slot_offset = 0;
   uint64_t bytes = 0;
+  // kFp8Weight: rows (bytes / cols, the first one starting a block row) of `cols` columns are
+  // quantized from the BF16 at host_offset; their block scales go to scale_offset of the scale
+  // buffer. kFp8Scale: bytes copied from host_offset of the scale buffer, after every weight
+  // quantization of the bucket and the ones before.
+  Transform transform = Transform::kCopy;
+  uint64_t cols = 0;
+  uint64_t scale_offset = 0;
+  int tensor = -1;  // the planner's input index (converted copies, for errors)
 };
 
 struct Segment {
   int uploader = 0;          // index into the uploaders (also the broadcast root)
-  uint64_t slot_offset = 0;  // start of the segment in the slot
+  uint64_t slot_offset = 0;  // start of the segment in the slot (aligned, unless moved to a block
+                             // row of a converted weight)
   uint64_t bytes = 0;  // may be 0 when a bucket is smaller than one alignment unit per uploader
   std::vector<Copy> copies;  // host -> slot copies that fill [slot_offset, slot_offset + bytes)
 };
@@ -73,8 +95,11 @@ struct UpdatePlan {
   int uploaders = 0;
   uint64_t total_tensor_bytes = 0;
   std::vector<Bucket> buckets;
-  // Bytes each uploader copies from the host (equal up to alignment within every bucket).
+  // Bytes each uploader copies from the host (equal up to alignment within every bucket, or up to
+  // a block row of a converted weight). A converted weight counts its BF16 source bytes.
   std::vector<uint64_t> upload_bytes;
+  // Some copy is a conversion (Transform other than kCopy).
+  bool converts = false;
 };
 
 inline constexpr uint64_t kSlotAlignment = 256;
@@ -90,7 +115,9 @@ uint64_t SplitUnit(const std::vector<int64_t>& shape, uint64_t element_bytes, ui
                    uint64_t bucket_bytes);
 
 // Plans `tensors` for `uploaders` (>= 1) GPUs and slots of `bucket_bytes` (a multiple of 256).
-// INVALID_ARGUMENT for bad settings (also a split unit larger than a bucket).
+// INVALID_ARGUMENT for bad settings (also a split unit larger than a bucket). A segment boundary
+// that would fall inside a block row of a converted weight moves to the nearest block row's edge
+// (each block's rows are quantized by one uploader); converted copies are never merged.
 absl::StatusOr<UpdatePlan> PlanUpdate(const std::vector<PlanTensor>& tensors, uint64_t bucket_bytes,
                                       int uploaders);
 
