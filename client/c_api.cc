@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/ckptctl/update_format.h"
@@ -21,6 +23,7 @@
 #include "client/consumer.h"
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
+#include "common/message_text.h"
 #include "common/status_macros.h"
 #include "common/version.h"
 
@@ -455,6 +458,64 @@ int ckpt_update(ckpt_client* client, uint64_t version, int force, double timeout
     ckpt::v1::UpdateRequest request;
     request.set_version(version);
     request.set_force(force != 0);
+    auto response = client->admin->Update(request, absl::Seconds(timeout_s > 0 ? timeout_s : 600));
+    if (!response.ok()) return response.status();
+    return Output(ckpt::ctl::UpdateJson(*response), json_out);
+  });
+}
+
+int ckpt_update_options(ckpt_client* client, uint64_t version, int force, double timeout_s,
+                        const char* options_json, char** json_out, char* err, size_t errlen) {
+  ClearOutput(json_out);
+  return Guard(err, errlen, [&]() -> absl::Status {
+    if (absl::Status s = NeedClient(client); !s.ok()) return s;
+    ckpt::v1::UpdateRequest request;
+    request.set_version(version);
+    request.set_force(force != 0);
+    if (options_json != nullptr && options_json[0] != '\0') {
+      const nlohmann::json options = nlohmann::json::parse(options_json, nullptr, false);
+      if (options.is_discarded() || !options.is_object()) {
+        return absl::InvalidArgumentError("update options: not a JSON object");
+      }
+      auto patterns = [](const nlohmann::json& v, const char* key,
+                         std::vector<std::string>* out) -> absl::Status {
+        if (!v.is_array()) return absl::InvalidArgumentError(absl::StrCat(key, ": not a list"));
+        for (const nlohmann::json& p : v) {
+          if (!p.is_string()) {
+            return absl::InvalidArgumentError(absl::StrCat(key, ": not a list of strings"));
+          }
+          out->push_back(p.get<std::string>());
+        }
+        return absl::OkStatus();
+      };
+      for (const auto& [key, value] : options.items()) {
+        if (key == "convert") {
+          const std::string c = value.is_string() ? value.get<std::string>() : "";
+          if (c != "default" && c != "fp8" && c != "none") {
+            return absl::InvalidArgumentError(
+                "update options: convert is \"default\", \"fp8\" or \"none\"");
+          }
+          request.set_convert(c == "fp8"    ? ckpt::v1::CONVERSION_FP8
+                              : c == "none" ? ckpt::v1::CONVERSION_NONE
+                                            : ckpt::v1::CONVERSION_DEFAULT);
+        } else if (key == "fp8_weights" || key == "fp8_exclude") {
+          std::vector<std::string> list;
+          if (absl::Status st = patterns(value, key.c_str(), &list); !st.ok()) return st;
+          for (std::string& p : list) {
+            *(key == "fp8_weights" ? request.add_fp8_weights() : request.add_fp8_exclude()) =
+                std::move(p);
+          }
+        } else if (key == "consistent") {
+          if (!value.is_boolean()) {
+            return absl::InvalidArgumentError("update options: consistent is true or false");
+          }
+          request.set_consistent(value.get<bool>());
+        } else {
+          return absl::InvalidArgumentError(
+              absl::StrCat("update options: unknown key ", ckpt::QuoteForMessage(key, 64)));
+        }
+      }
+    }
     auto response = client->admin->Update(request, absl::Seconds(timeout_s > 0 ? timeout_s : 600));
     if (!response.ok()) return response.status();
     return Output(ckpt::ctl::UpdateJson(*response), json_out);

@@ -248,6 +248,13 @@ CKPT_API int ckpt_drop_version(ckpt_client* client, uint64_t version, char* err,
 CKPT_API int ckpt_update(ckpt_client* client, uint64_t version, int force, double timeout_s,
                          char** json_out, char* err, size_t errlen);
 
+/* Admin.Update as ckpt_update, with `options_json` (may be NULL or "{}"): {"convert": "default" |
+ * "fp8" | "none", "fp8_weights": [pattern, ...], "fp8_exclude": [pattern, ...], "consistent":
+ * bool} (docs/conversion.md). INVALID_ARGUMENT for malformed JSON or an unknown key. */
+CKPT_API int ckpt_update_options(ckpt_client* client, uint64_t version, int force,
+                                 double timeout_s, const char* options_json, char** json_out,
+                                 char* err, size_t errlen);
+
 /* Admin.Update with previous: resends to each worker left with mixed weights by a failed update
  * the last version it fully loaded. `*json_out` as for ckpt_update. Errors: FAILED_PRECONDITION
  * (no worker has mixed weights), ABORTED (some could not be restored: the version is no longer in

@@ -36,7 +36,7 @@ struct TensorChecksum {
   absl::string_view name;
   const void* data = nullptr;
   uint64_t bytes = 0;
-  uint64_t xxh3 = 0;  // expected
+  uint64_t xxh3 = 0;  // expected; 0: not known (a tensor the daemon converted), not checked
 };
 
 // XXH3-64 of host memory read in place; OK when every tensor matches.

@@ -110,6 +110,15 @@ CLI::App* AddUpdateCommand(CLI::App* app, UpdateArgs* args) {
   cmd->add_flag("--consistent", args->consistent,
                 "a consistent switch: every worker pauses generation before any bucket is sent, "
                 "all load, then all resume (every worker needs a pause hook)");
+  cmd->add_option("--convert", args->convert,
+                  "FP8 on the way: fp8 (the tensors fp8_weights names as float8_e4m3fn with "
+                  "128 x 128 block scales), none, or default (the daemon's fp8_by_default)")
+      ->check(CLI::IsMember({"default", "fp8", "none"}));
+  cmd->add_option("--fp8-weights", args->fp8_weights,
+                  "name pattern of tensors to convert in this update (repeatable; implies "
+                  "--convert fp8; instead of the daemon's fp8_weights)");
+  cmd->add_option("--fp8-exclude", args->fp8_exclude,
+                  "name pattern --fp8-weights leaves as it is (repeatable)");
   cmd->add_flag("--json", args->json, "print the result as JSON");
   cmd->add_option("--wait-timeout", args->wait_timeout,
                   "how long to wait for the workers (default 10m)");
@@ -162,6 +171,11 @@ int RunUpdateCommand(const GlobalOptions& global, const UpdateArgs& args) {
   request.set_force(args.force);
   request.set_previous(args.previous);
   request.set_consistent(args.consistent);
+  request.set_convert(args.convert == "fp8"    ? v1::CONVERSION_FP8
+                      : args.convert == "none" ? v1::CONVERSION_NONE
+                                               : v1::CONVERSION_DEFAULT);
+  for (const std::string& p : args.fp8_weights) request.add_fp8_weights(p);
+  for (const std::string& p : args.fp8_exclude) request.add_fp8_exclude(p);
   UpdateTracker tracker(args.previous ? 0 : version);
   auto result = WithProgress<v1::UpdateResponse>(
       global, show, [&] { return (*client)->Update(request, *wait); },

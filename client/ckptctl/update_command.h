@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "client/ckptctl/command.h"
 
@@ -30,6 +31,11 @@ struct UpdateArgs {
   // A consistent switch: every worker pauses before any bucket, all load, all resume.
   bool consistent = false;
   std::string wait_timeout = "10m";
+  // FP8 on the way: "default" (the daemon's fp8_by_default), "fp8" or "none"; patterns of this
+  // update's own (imply fp8).
+  std::string convert = "default";
+  std::vector<std::string> fp8_weights;
+  std::vector<std::string> fp8_exclude;
 };
 
 CLI::App* AddUpdateCommand(CLI::App* app, UpdateArgs* args);

@@ -38,6 +38,9 @@ nlohmann::json UpdateJson(const v1::UpdateResponse& u) {
           {"fill_seconds", u.fill_seconds()},
           {"load_seconds", u.load_seconds()},
           {"finish_seconds", u.finish_seconds()},
+          {"fp8_tensors", u.fp8_tensors()},
+          {"fp8_source_bytes", u.fp8_source_bytes()},
+          {"fp8_bytes", u.fp8_bytes()},
           {"workers", workers}};
 }
 
@@ -55,6 +58,12 @@ std::string UpdateText(const v1::UpdateResponse& u) {
                     " workers: ", FormatBytes(u.bytes()), " in ", u.buckets(), " buckets, ",
                     absl::StrFormat("%.3fs wall time (%.2f GB/s)", u.seconds(), GbPerSecond(u)),
                     "\n");
+    if (u.fp8_tensors() > 0) {
+      absl::StrAppend(
+          &out, "  ", u.fp8_tensors(), u.fp8_tensors() == 1 ? " weight" : " weights",
+          " sent as FP8 (e4m3, 128 x 128 block scales): ", FormatBytes(u.fp8_source_bytes()),
+          " in the store, ", FormatBytes(u.fp8_bytes()), " sent\n");
+    }
     absl::StrAppend(&out, "  per-stage time summed over ", u.buckets(),
                     u.buckets() == 1 ? " bucket" : " buckets",
                     absl::StrFormat(" (stages overlap; not wall time): waiting for slots %.3fs, "

@@ -111,6 +111,15 @@ const std::vector<ConfigKey>& ConfigKeys() {
        "a member that joins or restarts holding no version pulls the newest one the others hold "
        "(once they end any update), then updates its workers",
        "true"},
+      {"fp8_weights",
+       "FP8 on the way: name patterns (shell-style, comma-separated) of the 2-D bfloat16 "
+       "tensors an FP8 update delivers as float8_e4m3fn with 128 x 128 block scales "
+       "(X_scale_inv); empty: none (docs/conversion.md)",
+       ""},
+      {"fp8_exclude", "name patterns fp8_weights leaves as they are, comma-separated", ""},
+      {"fp8_by_default",
+       "every update (auto_update, attach and requests that do not say) converts by fp8_weights",
+       "false"},
       {"update_on_attach",
        "send the newest committed version to a worker when it attaches (auto: as auto_update)",
        "auto"},
@@ -258,13 +267,15 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     }
     config.allowed_uids = std::move(uids);
   } else if (key == "auto_update" || key == "insecure_tcp" || key == "insecure_peers" ||
-             key == "gpu_ipc_push" || key == "local_pull" || key == "pull_on_join") {
-    bool& flag = key == "auto_update"    ? config.auto_update
-                 : key == "insecure_tcp" ? config.insecure_tcp
-                 : key == "gpu_ipc_push" ? config.gpu_ipc_push
-                 : key == "local_pull"   ? config.local_pull
-                 : key == "pull_on_join" ? config.pull_on_join
-                                         : config.insecure_peers;
+             key == "gpu_ipc_push" || key == "local_pull" || key == "pull_on_join" ||
+             key == "fp8_by_default") {
+    bool& flag = key == "auto_update"      ? config.auto_update
+                 : key == "fp8_by_default" ? config.fp8_by_default
+                 : key == "insecure_tcp"   ? config.insecure_tcp
+                 : key == "gpu_ipc_push"   ? config.gpu_ipc_push
+                 : key == "local_pull"     ? config.local_pull
+                 : key == "pull_on_join"   ? config.pull_on_join
+                                           : config.insecure_peers;
     if (value == "true") {
       flag = true;
     } else if (value == "false") {
@@ -352,6 +363,17 @@ absl::Status SetConfigValue(Config& config, absl::string_view key, absl::string_
     auto parsed = ParseSanRoles(std::string(value));
     if (!parsed.ok()) return BadValue(key, value, parsed.status().message());
     config.san_roles = std::string(value);
+  } else if (key == "fp8_weights" || key == "fp8_exclude") {
+    std::vector<std::string> patterns;
+    for (absl::string_view part : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+      std::string pattern(absl::StripAsciiWhitespace(part));
+      if (pattern.empty() || pattern.size() > 1024) {
+        return BadValue(key, value, "expected name patterns (1 to 1024 characters each)");
+      }
+      patterns.push_back(std::move(pattern));
+    }
+    if (patterns.size() > 256) return BadValue(key, value, "at most 256 patterns");
+    (key == "fp8_weights" ? config.fp8_weights : config.fp8_exclude) = std::move(patterns);
   } else if (key == "load_files_dirs") {
     std::vector<std::string> dirs;
     for (absl::string_view part : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
@@ -581,6 +603,9 @@ std::string DescribeConfig(const Config& config) {
       " local_pull=", config.local_pull ? "true" : "false",
       " pull_on_join=", config.pull_on_join ? "true" : "false", " pull_bytes_per_second=",
       config.pull_bytes_per_second == 0 ? "unlimited" : FormatBytes(config.pull_bytes_per_second),
+      " fp8_weights=", config.fp8_weights.empty() ? "none" : absl::StrJoin(config.fp8_weights, ","),
+      " fp8_exclude=", config.fp8_exclude.empty() ? "none" : absl::StrJoin(config.fp8_exclude, ","),
+      " fp8_by_default=", config.fp8_by_default ? "true" : "false",
       " update_on_attach=", config.UpdateOnAttach() ? "true" : "false",
       " on_update_failure=", config.resend_previous_on_failure ? "previous" : "keep",
       " tls_cert=", config.tls_cert.empty() ? "none" : config.tls_cert,

@@ -82,6 +82,11 @@ struct Config {
   uint64_t pull_bytes_per_second = 0;
   // A member that starts holding no version pulls the newest from the others (docs/cluster.md).
   bool pull_on_join = true;
+  // FP8 on the way (docs/conversion.md): patterns of the tensors converted, those left alone, and
+  // whether updates convert unless they say otherwise.
+  std::vector<std::string> fp8_weights;
+  std::vector<std::string> fp8_exclude;
+  bool fp8_by_default = false;
   // Send the newest committed version to a worker when it attaches; unset ("auto"): as auto_update.
   std::optional<bool> update_on_attach;
   bool UpdateOnAttach() const { return update_on_attach.value_or(auto_update); }

@@ -227,6 +227,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Config& config) {
   engine_options.resend_previous_on_failure = config.resend_previous_on_failure;
   engine_options.pull_bytes_per_second = config.pull_bytes_per_second;
   engine_options.pull_on_join = config.pull_on_join;
+  engine_options.fp8.include = config.fp8_weights;
+  engine_options.fp8.exclude = config.fp8_exclude;
+  engine_options.fp8_by_default = config.fp8_by_default;
   if (engine_options.bucket_bytes == 0) {
     ASSIGN_OR_RETURN(engine_options.bucket_bytes,
                      AutoBucketBytes(d->backend_, d->gpus_, config.slots_per_gpu));

@@ -3,16 +3,23 @@
 // NCCL communicator over them (created once, kept across updates).
 #include <cuda_runtime_api.h>
 
+#include <cstring>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/fp8_block.h"
+#include "common/message_text.h"
 #include "common/status_macros.h"
 #include "daemon/transfer/transfer_backend.h"
 #include "gpu/cuda_event.h"
 #include "gpu/cuda_status.h"
 #include "gpu/cuda_stream.h"
+#include "gpu/device_buffer.h"
+#include "gpu/fp8_kernel.h"
 #include "gpu/nccl_comm.h"
 #include "gpu/scoped_device.h"
 
@@ -29,6 +36,7 @@ class CudaTransfer final : public TransferBackend {
     std::unique_ptr<CudaTransfer> f(new CudaTransfer);
     f->gpus_ = gpus;
     f->slot_bytes_per_gpu_ = static_cast<uint64_t>(options.slots_per_gpu) * options.bucket_bytes;
+    f->bucket_bytes_ = options.bucket_bytes;
     const absl::Duration timeout = options.gpu_timeout;
     f->timeout_ = timeout;
     std::vector<int> devices;
@@ -44,11 +52,16 @@ class CudaTransfer final : public TransferBackend {
       f->nccl_.push_back(std::move(nccl));
       f->uploaded_.emplace_back();
       f->filled_.emplace_back();
+      f->converted_.emplace_back();
+      f->scratch_.emplace_back();
+      f->flags_dev_.emplace_back();
       for (int s = 0; s < set->count(); ++s) {
         ASSIGN_OR_RETURN(gpu::CudaEvent up, gpu::CudaEvent::Create(set->device()));
         ASSIGN_OR_RETURN(gpu::CudaEvent done, gpu::CudaEvent::Create(set->device()));
+        ASSIGN_OR_RETURN(gpu::CudaEvent converted, gpu::CudaEvent::Create(set->device()));
         f->uploaded_.back().push_back(std::move(up));
         f->filled_.back().push_back(std::move(done));
+        f->converted_.back().push_back(std::move(converted));
       }
     }
     if (devices.size() > 1) {
@@ -63,7 +76,9 @@ class CudaTransfer final : public TransferBackend {
   }
 
   BackendKind kind() const override { return BackendKind::kCuda; }
-  uint64_t gpu_bytes_per_gpu() const override { return slot_bytes_per_gpu_; }
+  uint64_t gpu_bytes_per_gpu() const override {
+    return slot_bytes_per_gpu_ + conversion_bytes_per_gpu_;
+  }
   std::vector<int> GrantFds(int) const override { return {}; }
 
   absl::StatusOr<int> SlotSetForGpu(const std::string& uuid) const override {
@@ -77,14 +92,89 @@ class CudaTransfer final : public TransferBackend {
         " (check the daemon's CUDA_VISIBLE_DEVICES and the worker's GPU)"));
   }
 
+  absl::Status BeginConversion(uint64_t scale_bytes, std::vector<std::string> names) override {
+    names_ = std::move(names);
+    if (scales_.bytes < scale_bytes) {
+      ASSIGN_OR_RETURN(gpu::ScopedDevice device, gpu::ScopedDevice::Create(slots_[0]->device()));
+      MappedHost grown;
+      CUDA_RETURN_IF_ERROR(
+          cudaHostAlloc(&grown.data, scale_bytes, cudaHostAllocMapped | cudaHostAllocPortable));
+      grown.bytes = scale_bytes;
+      CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&grown.device, grown.data, 0));
+      scales_ = std::move(grown);
+    }
+    if (flags_host_.data == nullptr) {
+      const size_t count = slots_.size() * static_cast<size_t>(slots_[0]->count());
+      ASSIGN_OR_RETURN(gpu::ScopedDevice device, gpu::ScopedDevice::Create(slots_[0]->device()));
+      CUDA_RETURN_IF_ERROR(
+          cudaHostAlloc(&flags_host_.data, count * sizeof(int), cudaHostAllocPortable));
+      flags_host_.bytes = count * sizeof(int);
+      std::memset(flags_host_.data, 0, flags_host_.bytes);
+    }
+    for (size_t g = 0; g < slots_.size(); ++g) {
+      if (!scratch_[g].empty()) continue;
+      // A converted copy's BF16 source: at most a segment's e4m3 bytes (one bucket) times 2.
+      ASSIGN_OR_RETURN(scratch_[g],
+                       gpu::DeviceBuffer::Create(slots_[g]->device(), 2 * bucket_bytes_));
+      ASSIGN_OR_RETURN(flags_dev_[g], gpu::DeviceBuffer::Create(
+                                          slots_[g]->device(),
+                                          static_cast<size_t>(slots_[g]->count()) * sizeof(int)));
+      conversion_bytes_per_gpu_ = scratch_[g].size() + flags_dev_[g].size();
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status Fill(const Bucket& bucket, int slot, const uint8_t* arena) override {
     const size_t n = slots_.size();
+    bool converts = false;
+    for (const Segment& s : bucket.segments) {
+      for (const Copy& c : s.copies) converts = converts || c.transform != Transform::kCopy;
+    }
+    if (converts && (scratch_[0].empty() || scales_.data == nullptr)) {
+      return absl::InternalError("an FP8 conversion without BeginConversion (a daemon bug)");
+    }
+    if (flags_host_.data != nullptr) {
+      // The last fill of this slot is complete (its buckets were acked): nothing writes here now.
+      for (size_t g = 0; g < n; ++g) Flag(g, slot) = 0;
+    }
     for (size_t g = 0; g < n; ++g) {
       ASSIGN_OR_RETURN(gpu::ScopedDevice device, gpu::ScopedDevice::Create(slots_[g]->device()));
       uint8_t* base = slots_[g]->data(slot);
+      cudaStream_t stream = copy_[g].get();
+      if (converts) {
+        CUDA_RETURN_IF_ERROR(cudaMemsetAsync(DeviceFlag(g, slot), 0, sizeof(int), stream));
+      }
       for (const Copy& c : bucket.segments[g].copies) {
-        CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(base + c.slot_offset, arena + c.host_offset, c.bytes,
-                                             cudaMemcpyHostToDevice, copy_[g].get()));
+        if (c.transform == Transform::kCopy) {
+          CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(base + c.slot_offset, arena + c.host_offset, c.bytes,
+                                               cudaMemcpyHostToDevice, stream));
+        } else if (c.transform == Transform::kFp8Weight) {
+          RETURN_IF_ERROR(Quantize(g, slot, c, base, arena));
+        }
+      }
+      if (converts) RETURN_IF_ERROR(converted_[g][slot].Record(copy_[g]));
+    }
+    for (size_t g = 0; g < n; ++g) {
+      ASSIGN_OR_RETURN(gpu::ScopedDevice device, gpu::ScopedDevice::Create(slots_[g]->device()));
+      cudaStream_t stream = copy_[g].get();
+      bool waited = false;
+      for (const Copy& c : bucket.segments[g].copies) {
+        if (c.transform != Transform::kFp8Scale) continue;
+        if (!waited) {
+          // Scales of weights quantized on any GPU, in this bucket or an earlier one.
+          for (size_t h = 0; h < n; ++h) RETURN_IF_ERROR(converted_[h][slot].StreamWait(stream));
+          waited = true;
+        }
+        if (c.host_offset + c.bytes > scales_.bytes) {
+          return absl::InternalError("an FP8 scale copy past the scale buffer (a daemon bug)");
+        }
+        CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(slots_[g]->data(slot) + c.slot_offset,
+                                             static_cast<uint8_t*>(scales_.data) + c.host_offset,
+                                             c.bytes, cudaMemcpyHostToDevice, stream));
+      }
+      if (converts) {
+        CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(&Flag(g, slot), DeviceFlag(g, slot), sizeof(int),
+                                             cudaMemcpyDeviceToHost, stream));
       }
       RETURN_IF_ERROR(uploaded_[g][slot].Record(copy_[g]));
     }
@@ -113,6 +203,18 @@ class CudaTransfer final : public TransferBackend {
         return false;
       }
     }
+    if (flags_host_.data != nullptr) {
+      for (size_t g = 0; g < slots_.size(); ++g) {
+        const int mark = Flag(g, slot);
+        if (mark == 0) continue;
+        const std::string name = mark > 0 && static_cast<size_t>(mark) <= names_.size()
+                                     ? names_[static_cast<size_t>(mark) - 1]
+                                     : absl::StrCat("#", mark - 1);
+        return absl::FailedPreconditionError(
+            absl::StrCat("tensor ", QuoteForMessage(name, 128),
+                         " holds a NaN or infinity: it cannot be converted to FP8 (fp8_weights)"));
+      }
+    }
     return true;
   }
 
@@ -134,6 +236,62 @@ class CudaTransfer final : public TransferBackend {
   std::vector<std::vector<gpu::CudaEvent>> uploaded_;  // [gpu][slot]
   std::vector<std::vector<gpu::CudaEvent>> filled_;    // [gpu][slot]
   std::vector<gpu::NcclComm> comms_;
+
+  // FP8 conversion (BeginConversion): host memory from cudaHostAlloc, freed with cudaFreeHost.
+  struct MappedHost {
+    void* data = nullptr;
+    void* device = nullptr;  // the address kernels write through (mapped memory)
+    size_t bytes = 0;
+    MappedHost() = default;
+    MappedHost(MappedHost&& o) noexcept
+        : data(std::exchange(o.data, nullptr)),
+          device(std::exchange(o.device, nullptr)),
+          bytes(std::exchange(o.bytes, 0)) {}
+    MappedHost& operator=(MappedHost&& o) noexcept {
+      if (this != &o) {
+        if (data != nullptr) cudaFreeHost(data);
+        data = std::exchange(o.data, nullptr);
+        device = std::exchange(o.device, nullptr);
+        bytes = std::exchange(o.bytes, 0);
+      }
+      return *this;
+    }
+    ~MappedHost() {
+      if (data != nullptr) cudaFreeHost(data);
+    }
+  };
+  int& Flag(size_t g, int slot) {
+    return static_cast<int*>(
+        flags_host_.data)[g * static_cast<size_t>(slots_[0]->count()) + static_cast<size_t>(slot)];
+  }
+  int* DeviceFlag(size_t g, int slot) { return static_cast<int*>(flags_dev_[g].data()) + slot; }
+  // Quantizes copy `c` on GPU g: its BF16 rows into the scratch buffer, then the kernel into the
+  // slot, its block scales into the mapped scale buffer (all on the copy stream, in order).
+  absl::Status Quantize(size_t g, int slot, const Copy& c, uint8_t* base, const uint8_t* arena) {
+    const uint64_t rows = c.bytes / c.cols;
+    const uint64_t scale_bytes = Fp8ScaleBlocks(rows) * Fp8ScaleBlocks(c.cols) * sizeof(float);
+    if (c.cols == 0 || c.bytes % c.cols != 0 || 2 * c.bytes > scratch_[g].size() ||
+        c.scale_offset + scale_bytes > scales_.bytes) {
+      return absl::InternalError("an FP8 weight copy without its shape or scales (a daemon bug)");
+    }
+    cudaStream_t stream = copy_[g].get();
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(scratch_[g].data(), arena + c.host_offset, 2 * c.bytes,
+                                         cudaMemcpyHostToDevice, stream));
+    CUDA_RETURN_IF_ERROR(gpu::LaunchFp8BlockQuantize(
+        static_cast<const uint16_t*>(scratch_[g].data()), rows, c.cols, base + c.slot_offset,
+        reinterpret_cast<float*>(static_cast<uint8_t*>(scales_.device) + c.scale_offset),
+        DeviceFlag(g, slot), c.tensor + 1, stream));
+    return absl::OkStatus();
+  }
+
+  uint64_t bucket_bytes_ = 0;
+  uint64_t conversion_bytes_per_gpu_ = 0;
+  std::vector<std::string> names_;
+  MappedHost scales_;
+  MappedHost flags_host_;                               // [gpu][slot] ints, pinned
+  std::vector<gpu::DeviceBuffer> scratch_;              // [gpu]
+  std::vector<gpu::DeviceBuffer> flags_dev_;            // [gpu]: an int per slot
+  std::vector<std::vector<gpu::CudaEvent>> converted_;  // [gpu][slot]
 };
 
 }  // namespace

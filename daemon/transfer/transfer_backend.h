@@ -61,9 +61,18 @@ class TransferBackend {
   virtual std::vector<int> GrantFds(int set) const = 0;
   void DescribeGrant(int set, v1::SlotGrant* grant) const;
 
-  // Fills slot `slot` of every slot set with `bucket` (host: copies; cuda: enqueues).
+  // FP8 conversion (docs/conversion.md): called before the first Fill of an update whose plan
+  // converts (UpdatePlan::converts), with the scale buffer's size and the name of each of the
+  // plan's tensors (errors name them). Buffers are kept and grown across updates (cuda: a mapped
+  // pinned scale buffer, and per GPU a device buffer of 2 x bucket_bytes for the BF16 sources).
+  virtual absl::Status BeginConversion(uint64_t scale_bytes, std::vector<std::string> names) = 0;
+
+  // Fills slot `slot` of every slot set with `bucket` (host: copies; cuda: enqueues). Converted
+  // copies are quantized (host: here, on the CPU; cuda: on the uploader's GPU) and their scales
+  // copied once every quantization before them is done.
   virtual absl::Status Fill(const Bucket& bucket, int slot, const uint8_t* arena) = 0;
-  // Whether the last Fill of `slot` is complete in every set.
+  // Whether the last Fill of `slot` is complete in every set. FAILED_PRECONDITION naming the
+  // tensor when a converted weight held a NaN or infinity (host: Fill says so).
   virtual absl::StatusOr<bool> Filled(int slot) = 0;
   // Waits for all enqueued work (before an error return leaves slots to be reused).
   virtual absl::Status Drain(absl::Time deadline) = 0;

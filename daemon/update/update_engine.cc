@@ -276,14 +276,64 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
                      missing.size() > 16 ? ", ..." : "",
                      "): push them (to any member) before asking for the update"));
   }
+  ASSIGN_OR_RETURN(Fp8Choice fp8, Fp8For(request));
   if (!others.empty()) {
+    if (fp8.rules.has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "update to version ", (*lease)->version(), ": FP8 conversion in cluster updates (",
+          others.size() + 1,
+          " members up) is not built yet (docs/conversion.md); ask without conversion, or for "
+          "this member's workers alone (worker pids)"));
+    }
     return RunClusterUpdate(request, trigger, *std::move(lease), std::move(others));
   }
   Prepared p;
   p.version = (*lease)->version();
-  ASSIGN_OR_RETURN(p.plan,
-                   PlanVersion(**lease, options_.bucket_bytes, transfer_->slot_set_count()));
-  p.manifest = std::shared_ptr<const v1::Manifest>(*lease, &(*lease)->manifest());
+  std::optional<Conversion> conversion;
+  if (fp8.rules.has_value()) {
+    auto converted = ConvertManifest((*lease)->manifest(), *fp8.rules);
+    if (!converted.ok()) {
+      return Annotate(converted.status(), absl::StrCat("update to version ", p.version));
+    }
+    if (converted->converted > 0) {
+      conversion = *std::move(converted);
+    } else if (fp8.asked) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("update to version ", p.version,
+                       ": FP8 conversion asked for, but no 2-D bfloat16 "
+                       "tensor of it matches the patterns (",
+                       absl::StrJoin(fp8.rules->include, ", "), ")"));
+    } else {
+      spdlog::warn(
+          "update to version {}: fp8_by_default, but no 2-D bfloat16 tensor matches "
+          "fp8_weights: sent as it is",
+          p.version);
+    }
+  }
+  if (conversion.has_value()) {
+    const VersionStore::ReadLease& held = **lease;
+    auto planned = PlanUpdate(
+        ConvertedPlanTensors(
+            *conversion, [&held](int i) { return held.arena_offset(i); }, options_.bucket_bytes),
+        options_.bucket_bytes, transfer_->slot_set_count());
+    if (!planned.ok()) {
+      return Annotate(planned.status(), absl::StrCat("update to version ", p.version));
+    }
+    p.plan = *std::move(planned);
+    p.fp8 = true;
+    p.fp8_scale_bytes = conversion->scale_bytes;
+    p.response.set_fp8_tensors(conversion->converted);
+    p.response.set_fp8_source_bytes(conversion->source_bytes);
+    p.response.set_fp8_bytes(conversion->converted_bytes);
+    spdlog::info("update to version {}: {} weights as FP8 ({} in the store, {} sent)", p.version,
+                 conversion->converted, FormatBytes(conversion->source_bytes),
+                 FormatBytes(conversion->converted_bytes));
+    p.manifest = std::make_shared<const v1::Manifest>(std::move(conversion->manifest));
+  } else {
+    ASSIGN_OR_RETURN(p.plan,
+                     PlanVersion(**lease, options_.bucket_bytes, transfer_->slot_set_count()));
+    p.manifest = std::shared_ptr<const v1::Manifest>(*lease, &(*lease)->manifest());
+  }
   p.filler = std::make_unique<LocalFiller>(transfer_.get(), store_->arena().data());
   p.lease = *std::move(lease);
   p.response.set_version(p.version);
@@ -295,7 +345,54 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
   ASSIGN_OR_RETURN(p.participants,
                    UpdateRun::Select(registry_, request, p.version, *p.manifest, &p.response));
   if (p.participants.empty()) return p.response;  // every one holds it already
+  if (p.fp8) {
+    // The slot is claimed by no one else (one update at a time): its buffers are this update's.
+    std::vector<std::string> names;
+    names.reserve(static_cast<size_t>(p.manifest->tensors_size()));
+    for (const v1::TensorSpec& t : p.manifest->tensors()) names.push_back(t.name());
+    RETURN_IF_ERROR(transfer_->BeginConversion(p.fp8_scale_bytes, std::move(names)));
+  }
   return RunLocked(std::move(p), trigger, started);
+}
+
+absl::StatusOr<UpdateEngine::Fp8Choice> UpdateEngine::Fp8For(
+    const v1::UpdateRequest& request) const {
+  constexpr int kMaxPatterns = 256;
+  Fp8Choice choice;
+  if (request.fp8_weights_size() > kMaxPatterns || request.fp8_exclude_size() > kMaxPatterns) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("an update with more than ", kMaxPatterns, " FP8 name patterns"));
+  }
+  if (!request.fp8_weights().empty() || !request.fp8_exclude().empty()) {
+    if (request.convert() == v1::CONVERSION_NONE) {
+      return absl::InvalidArgumentError("an update with FP8 name patterns and conversion none");
+    }
+    if (request.fp8_weights().empty()) {
+      return absl::InvalidArgumentError("an update with fp8_exclude but no fp8_weights");
+    }
+    Fp8Rules rules;
+    rules.include.assign(request.fp8_weights().begin(), request.fp8_weights().end());
+    rules.exclude.assign(request.fp8_exclude().begin(), request.fp8_exclude().end());
+    choice.rules = std::move(rules);
+    choice.asked = true;
+    return choice;
+  }
+  switch (request.convert()) {
+    case v1::CONVERSION_NONE:
+      return choice;
+    case v1::CONVERSION_FP8:
+      if (options_.fp8.empty()) {
+        return absl::FailedPreconditionError(
+            "FP8 conversion asked for, but fp8_weights is not configured (name the tensors to "
+            "convert in the config, or with the update: ckptctl update --fp8-weights PATTERN)");
+      }
+      choice.rules = options_.fp8;
+      choice.asked = true;
+      return choice;
+    default:
+      if (options_.fp8_by_default && !options_.fp8.empty()) choice.rules = options_.fp8;
+      return choice;
+  }
 }
 
 absl::Status UpdateEngine::SlotFreeLocked() const {
@@ -342,6 +439,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunLocked(Prepared p, const std
   while (outcomes_.size() > 32) outcomes_.erase(outcomes_.begin());
   running_unrestricted_ = p.unrestricted;
   running_consistent_ = p.consistent;
+  running_fp8_ = p.fp8;
   registry_.NoteChange();
   spdlog::info("update to version {}: {} buckets of up to {}, {} workers", version,
                running_->plan().buckets.size(), FormatBytes(options_.bucket_bytes), count);
@@ -459,9 +557,12 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     // Join only an update that goes to every attached worker unforced, as this request would:
     // one restricted to some workers (update_on_attach, previous, worker_pids) or forced would
     // answer for others.
+    auto fp8 = Fp8For(request);
+    const bool wants_fp8 = fp8.ok() && fp8->rules.has_value();
     if (updating_ != 0 && running_unrestricted_ && !request.force() &&
         request.worker_pids().empty() && wanted == updating_ &&
-        (!request.consistent() || running_consistent_)) {
+        (!request.consistent() || running_consistent_) && wants_fp8 == running_fp8_ &&
+        request.fp8_weights().empty()) {
       {
         // The same version is being sent: wait for that update and answer with its outcome.
         const uint64_t joined = started_serial_;
@@ -787,6 +888,9 @@ bool UpdateEngine::StartOverlapped(std::shared_ptr<VersionStore::ReadLease> leas
       static_cast<size_t>(manifest->tensors_size()) != feed->size()) {
     return false;
   }
+  // FP8 conversion plans the version's final manifest in order (scales after their weights): the
+  // update follows the commit instead.
+  if (options_.fp8_by_default && !options_.fp8.empty()) return false;
   // One node first: a cluster update plans over every member (docs/cluster.md).
   if (Cluster* const cluster = cluster_.load(); cluster != nullptr) {
     for (const v1::ClusterMember& m : cluster->Members()) {

@@ -42,6 +42,7 @@
 #include "daemon/transfer/gloo_group.h"
 #include "daemon/transfer/transfer_backend.h"
 #include "daemon/update/byte_rate.h"
+#include "daemon/update/conversion.h"
 #include "daemon/update/push_feed.h"
 #include "daemon/update/update_run.h"
 #include "daemon/update/version_parts.h"
@@ -72,6 +73,9 @@ class UpdateEngine {
     uint64_t pull_bytes_per_second = 0;
     // A member that starts holding no version pulls the newest the others hold (MaybePullOnJoin).
     bool pull_on_join = false;
+    // FP8 on the way (config fp8_weights, fp8_exclude, fp8_by_default; docs/conversion.md).
+    Fp8Rules fp8;
+    bool fp8_by_default = false;
   };
 
   // Creates the transfer backend of `backend` (host: one SlotSet in shared memory; cuda: a SlotSet,
@@ -219,6 +223,8 @@ class UpdateEngine {
     bool every_bucket = false;  // a rank of a cluster update
     bool unrestricted = false;  // joinable by a plain request
     bool consistent = false;    // pause every participant first (UpdateRequest.consistent)
+    bool fp8 = false;           // converts (BeginConversion before the run)
+    uint64_t fp8_scale_bytes = 0;
     // Consistent: set, the workers that paused are handed here (a cluster member resumes them
     // when the coordinator says so); null, RunLocked resumes them as its run ends.
     std::vector<std::shared_ptr<WorkerRecord>>* paused = nullptr;
@@ -226,6 +232,14 @@ class UpdateEngine {
   // OK when no update runs (or holds the slot) and the engine is not stopping; else UNAVAILABLE or
   // FAILED_PRECONDITION naming the running version.
   absl::Status SlotFreeLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The FP8 rules an update converts with (nullopt: none), and whether it asked for them itself
+  // (CONVERSION_FP8 or patterns of its own) rather than by fp8_by_default. INVALID_ARGUMENT /
+  // FAILED_PRECONDITION for a request that cannot be served.
+  struct Fp8Choice {
+    std::optional<Fp8Rules> rules;
+    bool asked = false;
+  };
+  absl::StatusOr<Fp8Choice> Fp8For(const v1::UpdateRequest& request) const;
   // Runs `p` in the update slot (free, or claimed for p.version by this caller), records its
   // outcome (trigger, started) and frees the slot, unless `keep_slot` (a cluster update frees it
   // when its other parts ended too). UNAVAILABLE when the engine is stopping.
@@ -316,6 +330,8 @@ class UpdateEngine {
   // The running update pauses its workers (UpdateRequest.consistent): only it serves a consistent
   // request that joins.
   bool running_consistent_ ABSL_GUARDED_BY(mu_) = false;
+  // The running update converts to FP8: only a request that converts joins it.
+  bool running_fp8_ ABSL_GUARDED_BY(mu_) = false;
   int waiters_ ABSL_GUARDED_BY(mu_) = 0;
   // Set once, just after the cluster starts (its Peer server and this engine's auto-update thread
   // may read it from then on).

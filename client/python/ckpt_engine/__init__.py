@@ -313,13 +313,20 @@ class Client(_Handle):
         err = ctypes.create_string_buffer(_ERR_LEN)
         _check(self._lib.ckpt_drop_version(self._h(), int(version), err, _ERR_LEN), err)
 
-    def update(self, version=0, force=False, timeout=600.0):
+    def update(self, version=0, force=False, timeout=600.0, convert=None, fp8_weights=None,
+               fp8_exclude=None, consistent=False):
         """Sends a committed version (0: the newest) to the workers attached to the daemon and
         waits up to `timeout` seconds until all of them loaded it; `force` resends it to workers
         that already hold it (they are skipped otherwise). Returns the daemon's report: {"version",
         "seconds", "bytes", "buckets", "gb_per_s", "wait_slot_seconds", "fill_seconds",
-        "load_seconds", "finish_seconds", "workers": [{"pid", "gpu_uuid", "engine", "ok",
-        "skipped", "error", "tensors", "bytes"}]}.
+        "load_seconds", "finish_seconds", "fp8_tensors", "fp8_source_bytes", "fp8_bytes",
+        "workers": [{"pid", "gpu_uuid", "engine", "ok", "skipped", "error", "tensors", "bytes"}]}.
+
+        FP8 on the way (docs/conversion.md): convert="fp8" delivers the 2-D bfloat16 tensors the
+        daemon's fp8_weights names as float8_e4m3fn `X` plus float32 `X_scale_inv` (128 x 128
+        block scales); fp8_weights / fp8_exclude (lists of name patterns) choose them for this
+        update instead; "none" sends the version as it is; None: the daemon's fp8_by_default.
+        `consistent`: every worker pauses before any bucket and all resume together.
 
         The workers must be receiving meanwhile (Worker.receive in their own thread or process):
         the call blocks until they loaded the version. CkptError NOT_FOUND for an unknown or
@@ -328,8 +335,22 @@ class Client(_Handle):
         """
         err = ctypes.create_string_buffer(_ERR_LEN)
         out = ctypes.c_void_p()
-        code = self._lib.ckpt_update(self._h(), int(version), 1 if force else 0, float(timeout),
-                                     ctypes.byref(out), err, _ERR_LEN)
+        options = {}
+        if convert is not None:
+            options["convert"] = str(convert)
+        if fp8_weights is not None:
+            options["fp8_weights"] = [str(p) for p in fp8_weights]
+        if fp8_exclude is not None:
+            options["fp8_exclude"] = [str(p) for p in fp8_exclude]
+        if consistent:
+            options["consistent"] = True
+        if options:
+            code = self._lib.ckpt_update_options(
+                self._h(), int(version), 1 if force else 0, float(timeout),
+                json.dumps(options).encode(), ctypes.byref(out), err, _ERR_LEN)
+        else:
+            code = self._lib.ckpt_update(self._h(), int(version), 1 if force else 0,
+                                         float(timeout), ctypes.byref(out), err, _ERR_LEN)
         _check(code, err)
         return _take_json(out)
 

@@ -199,6 +199,9 @@ def _declare(lib):
     lib.ckpt_update.argtypes = [
         c.c_void_p, c.c_uint64, c.c_int, c.c_double, c.POINTER(c.c_void_p)] + err
     lib.ckpt_update.restype = c.c_int
+    lib.ckpt_update_options.argtypes = [
+        c.c_void_p, c.c_uint64, c.c_int, c.c_double, c.c_char_p, c.POINTER(c.c_void_p)] + err
+    lib.ckpt_update_options.restype = c.c_int
     lib.ckpt_update_previous.argtypes = [c.c_void_p, c.c_double, c.POINTER(c.c_void_p)] + err
     lib.ckpt_update_previous.restype = c.c_int
     lib.ckpt_wait_loaded.argtypes = [
