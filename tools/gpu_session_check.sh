@@ -2,7 +2,8 @@
 # One device-tool command for a session's GPU work, copied into the bundle by tools/gpu_bundle.sh:
 #   run(kind="nvidia-h200", carry=[".gpu_bundle"], command="bash .gpu_bundle/session_check.sh MODE")
 # MODE: tests (every GPU test of the bundle), bench (the Python CUDA push check and the ingress,
-# Python push and update benchmarks), push (the push check and benchmarks only), all (default).
+# Python push and update benchmarks), push (the push check and benchmarks only), fp8 (the FP8
+# conversion on the cuda backend: tests/python/fp8_test.py and update_bench --fp8), all (default).
 set -u
 B="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MODE="${1:-all}"
@@ -14,6 +15,16 @@ if [[ "$MODE" == all || "$MODE" == tests ]]; then
   bash "$B/run_gpu_tests.sh" 2>&1 | grep -E "PASS|FAIL|passed|failed" | tail -30
 fi
 [[ "$MODE" == tests ]] && exit 0
+if [[ "$MODE" == fp8 ]]; then
+  echo "=== fp8_test on the cuda backend"
+  CKPT_DAEMON=$B/sbin/ckpt-engined CKPTCTL=$B/sbin/ckptctl CKPT_FP8_BACKEND=cuda \
+    timeout 200 python3 -m unittest -v "$B/fp8_test.py" 2>&1 | tail -15
+  echo "=== update_bench --fp8"
+  timeout 330 "$B/bench/update_bench" --layers 64 --repeat 2 --small-gib 0 --many-tensors 0 \
+    --rl-steps 0 --fp8 2>&1 | tail -20
+  echo "=== done"
+  exit 0
+fi
 echo "=== python cuda push check"
 D=$(mktemp -d)
 "$B/sbin/ckpt-engined" --backend auto --listen-unix "$D/d.sock" --host-memory-budget 24GiB \

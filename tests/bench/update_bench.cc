@@ -40,6 +40,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/daemon_client.h"
 #include "client/trainer_client.h"
+#include "gpu/fp8_kernel.h"
 #include "gpu/gpu_info.h"
 #include "tests/testing/subprocess.h"
 
@@ -161,7 +162,8 @@ Views MakeViews(const Model& m) {
   v.data.resize(m.largest);
   std::mt19937_64 rng(42);
   for (size_t i = 0; i + 8 <= v.data.size(); i += 8) {
-    const uint64_t x = rng();
+    // Bit 14 of each bfloat16 cleared: finite values below 2 (FP8 conversion refuses NaN/Inf).
+    const uint64_t x = rng() & ~uint64_t{0x4000400040004000};
     std::memcpy(&v.data[i], &x, 8);
   }
   for (size_t i = 0; i < m.names.size(); ++i) {
@@ -188,6 +190,10 @@ int main(int argc, char** argv) {
   app.add_option("--many-tensor-kib", many_tensor_kib, "size of each of them in KiB");
   int rl_steps = 2;
   app.add_option("--rl-steps", rl_steps, "colocated RL steps: push from GPU memory + update");
+  bool fp8 = false;
+  app.add_flag("--fp8", fp8,
+               "also update the big version delivered as FP8 (model.layers.*.weight as e4m3 "
+               "with 128 x 128 block scales), and time the conversion kernel alone");
   CLI11_PARSE(app, argc, argv);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
 
@@ -335,6 +341,65 @@ int main(int argc, char** argv) {
     return true;
   };
   if (!run("big", big_version, big)) return 1;
+  if (fp8) {
+    // The same version delivered as FP8, the same run: what the workers got, and how long.
+    for (int r = 0; r < repeat; ++r) {
+      ckpt::v1::UpdateRequest request;
+      request.set_version(big_version);
+      request.set_force(true);
+      request.set_convert(ckpt::v1::CONVERSION_FP8);
+      request.add_fp8_weights("model.layers.*.weight");
+      const auto start = Clock::now();
+      auto result = (*admin)->Update(request, absl::Seconds(600));
+      const double secs = Seconds(Clock::now() - start);
+      if (!result.ok()) return Fail(result.status().ToString());
+      std::printf(
+          "big-fp8 run %d: %.3f GB version delivered as %.3f GB (%u weights: %.3f GB of bfloat16 "
+          "as %.3f GB of e4m3 + scales) in %.3f s = %.1f GB/s of the version; %u buckets, fill "
+          "%.3f s, worker-load %.3f s\n",
+          r + 1, big.total / 1e9, result->bytes() / 1e9, result->fp8_tensors(),
+          result->fp8_source_bytes() / 1e9, result->fp8_bytes() / 1e9, secs, big.total / 1e9 / secs,
+          result->buckets(), result->fill_seconds(), result->load_seconds());
+      runs.push_back({"fp8", secs, big.total, ""});
+    }
+    // The conversion kernel alone on GPU 0: 1 GiB of bfloat16 (8192 x 65536) in device memory.
+    const uint64_t rows = 8192, cols = 65536;
+    void *src = nullptr, *dst = nullptr, *scales = nullptr, *flag = nullptr;
+    cudaEvent_t a = nullptr, b = nullptr;
+    if (cudaSetDevice(0) != cudaSuccess || cudaMalloc(&src, rows * cols * 2) != cudaSuccess ||
+        cudaMalloc(&dst, rows * cols) != cudaSuccess ||
+        cudaMalloc(&scales, (rows / 128) * (cols / 128) * 4) != cudaSuccess ||
+        cudaMalloc(&flag, 4) != cudaSuccess ||
+        cudaMemset(src, 0x3c, rows * cols * 2) != cudaSuccess ||
+        cudaMemset(flag, 0, 4) != cudaSuccess || cudaEventCreate(&a) != cudaSuccess ||
+        cudaEventCreate(&b) != cudaSuccess) {
+      return Fail("allocating the conversion kernel's buffers");
+    }
+    float best_ms = 0;
+    for (int r = 0; r < 5; ++r) {
+      cudaEventRecord(a, nullptr);
+      if (ckpt::gpu::LaunchFp8BlockQuantize(static_cast<uint16_t*>(src), rows, cols,
+                                            static_cast<uint8_t*>(dst), static_cast<float*>(scales),
+                                            static_cast<int*>(flag), 1, nullptr) != cudaSuccess) {
+        return Fail("the conversion kernel did not launch");
+      }
+      cudaEventRecord(b, nullptr);
+      cudaEventSynchronize(b);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, a, b);
+      if (r > 0 && (best_ms == 0 || ms < best_ms)) best_ms = ms;
+    }
+    std::printf(
+        "fp8 kernel alone (GPU 0): 1 GiB of bfloat16 (8192 x 65536) to e4m3 in %.3f ms = %.0f GB/s "
+        "of bfloat16 read\n",
+        best_ms, rows * cols * 2 / 1e9 / (best_ms / 1e3));
+    cudaFree(src);
+    cudaFree(dst);
+    cudaFree(scales);
+    cudaFree(flag);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
   if (small_gib > 0) {
     const uint64_t small_version = push(small);
     if (small_version == 0 || !run("small", small_version, small)) return 1;

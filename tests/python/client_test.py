@@ -58,7 +58,7 @@ def short_tempdir():
 class Daemon:
     """ckpt-engined on a private socket; ready once it sent READY=1."""
 
-    def __init__(self, budget="256MiB", extra_args=()):
+    def __init__(self, budget="256MiB", extra_args=(), backend="host"):
         self.dir = short_tempdir()
         self.socket = os.path.join(self.dir, "d.sock")
         notify_path = os.path.join(self.dir, "notify")
@@ -67,7 +67,7 @@ class Daemon:
         self.log = open(os.path.join(self.dir, "daemon.log"), "wb")
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
         self.proc = subprocess.Popen(
-            [DAEMON, "--backend", "host", "--listen-unix", self.socket, "--host-memory-budget",
+            [DAEMON, "--backend", backend, "--listen-unix", self.socket, "--host-memory-budget",
              budget, *extra_args], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         try:

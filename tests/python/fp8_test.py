@@ -118,9 +118,7 @@ class Fp8Test(unittest.TestCase):
     def setUpClass(cls):
         args = ["--bucket-bytes", "64KiB", "--ack-timeout", "10s",
                 "--fp8-weights", "model.layers.*.weight", "--fp8-exclude", "*.o_proj.*"]
-        if BACKEND == "cuda":
-            args = ["--backend", "cuda"] + args
-        cls.daemon = Daemon(extra_args=args)
+        cls.daemon = Daemon(extra_args=args, backend=BACKEND)
         cls.client = ce.Client(socket=cls.daemon.socket)
 
     @classmethod
@@ -252,7 +250,7 @@ class Fp8Test(unittest.TestCase):
 
 class Fp8ConfigTest(unittest.TestCase):
     def test_without_fp8_weights_fp8_is_refused_and_by_default_converts(self):
-        plain = Daemon(extra_args=["--backend", BACKEND] if BACKEND == "cuda" else [])
+        plain = Daemon(backend=BACKEND)
         self.addCleanup(plain.stop)
         client = ce.Client(socket=plain.socket)
         self.addCleanup(client.close)
@@ -263,7 +261,7 @@ class Fp8ConfigTest(unittest.TestCase):
             client.update(version, timeout=DEADLINE_S, convert="fp8")
         self.assertIn("fp8_weights is not configured", str(e.exception))
         w.close()
-        by_default = Daemon(extra_args=(["--backend", "cuda"] if BACKEND == "cuda" else []) + [
+        by_default = Daemon(backend=BACKEND, extra_args=[
             "--fp8-weights", "*.weight", "--fp8-by-default", "true", "--auto-update", "true"])
         self.addCleanup(by_default.stop)
         client2 = ce.Client(socket=by_default.socket)
