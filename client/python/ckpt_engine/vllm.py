@@ -25,6 +25,10 @@ which every method here accepts), the worker's `model_runner.model`, `device` an
 and `vllm.model_executor.model_loader.utils.process_weights_after_loading(model, model_config,
 device)`. Tested only against a stand-in engine (tests/python/adapter_test.py): vLLM cannot be
 installed where this was written. vLLM is imported lazily: this module imports without it.
+
+vLLM with pluggable weight transfer (2026) has a native path too: ckpt_engine.vllm_transfer, a
+weight-transfer backend (`--weight-transfer-config '{"backend": "ckpt_engine"}'`). Use one of the
+two in a server: each attaches its workers to the daemon.
 """
 
 import asyncio
