@@ -58,7 +58,10 @@ log = logging.getLogger("ckpt_engine")
 
 _END = object()
 
-# CU_POINTER_ATTRIBUTE_MAPPED of cuda.h: whether a device address is backed by mapped memory.
+# cuda.h's CUpointer_attribute values: MEMORY_TYPE (CU_MEMORYTYPE_HOST is 1) and MAPPED ("1 if this
+# pointer is in a valid address range that is mapped to a backing allocation, 0 otherwise").
+_CU_POINTER_ATTRIBUTE_MEMORY_TYPE = 2
+_CU_MEMORYTYPE_HOST = 1
 _CU_POINTER_ATTRIBUTE_MAPPED = 13
 
 
@@ -322,6 +325,12 @@ def _cuda_mapped(address):
     code = fn(ctypes.byref(mapped), _CU_POINTER_ATTRIBUTE_MAPPED, ctypes.c_uint64(address))
     if code != 0 or mapped.value not in (0, 1):
         return None
+    if not mapped.value:
+        # Pinned host memory seen by the GPU (CPU offloading) is resident whatever MAPPED says.
+        kind = ctypes.c_uint(0)
+        if fn(ctypes.byref(kind), _CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+              ctypes.c_uint64(address)) == 0 and kind.value == _CU_MEMORYTYPE_HOST:
+            return True
     return bool(mapped.value)
 
 
