@@ -251,9 +251,9 @@ CKPT_API int ckpt_update(ckpt_client* client, uint64_t version, int force, doubl
 /* Admin.Update as ckpt_update, with `options_json` (may be NULL or "{}"): {"convert": "default" |
  * "fp8" | "none", "fp8_weights": [pattern, ...], "fp8_exclude": [pattern, ...], "consistent":
  * bool} (docs/conversion.md). INVALID_ARGUMENT for malformed JSON or an unknown key. */
-CKPT_API int ckpt_update_options(ckpt_client* client, uint64_t version, int force,
-                                 double timeout_s, const char* options_json, char** json_out,
-                                 char* err, size_t errlen);
+CKPT_API int ckpt_update_options(ckpt_client* client, uint64_t version, int force, double timeout_s,
+                                 const char* options_json, char** json_out, char* err,
+                                 size_t errlen);
 
 /* Admin.Update with previous: resends to each worker left with mixed weights by a failed update
  * the last version it fully loaded. `*json_out` as for ckpt_update. Errors: FAILED_PRECONDITION
