@@ -369,3 +369,32 @@ TEST_CASE("ckpt_tensor_table.devices: read only when struct_size covers it; bad 
 }
 
 }  // namespace
+
+TEST_CASE("ckpt_update_options: malformed options are refused before anything is sent") {
+  CleanEnv env;
+  char err[512] = "";
+  // A closed port: each error below comes from parsing the options, before a call.
+  ckpt_client* c = ckpt_client_open(nullptr, "127.0.0.1:1", err, sizeof err);
+  REQUIRE(c != nullptr);
+  char* out = nullptr;
+  const std::vector<std::pair<const char*, const char*>> bad = {
+      {"not json", "not a JSON object"},
+      {"[1, 2]", "not a JSON object"},
+      {R"({"convert": "fp16"})", "convert is \"default\", \"fp8\" or \"none\""},
+      {R"({"convert": 8})", "convert is"},
+      {R"({"fp8_weights": "*.weight"})", "fp8_weights: not a list"},
+      {R"({"fp8_exclude": [1]})", "fp8_exclude: not a list of strings"},
+      {R"({"consistent": "yes"})", "consistent is true or false"},
+      {R"({"fp8": true})", "unknown key 'fp8'"},
+  };
+  for (const auto& [options, why] : bad) {
+    INFO(options);
+    CHECK(ckpt_update_options(c, 1, 0, 1.0, options, &out, err, sizeof err) == kInvalidArgument);
+    CHECK(Contains(err, why));
+    CHECK(out == nullptr);
+  }
+  // Well-formed: it gets as far as the call (nothing listens on port 1).
+  CHECK(ckpt_update_options(c, 1, 0, 1.0, R"({"convert": "fp8", "fp8_weights": ["*"]})", &out, err,
+                            sizeof err) != kInvalidArgument);
+  ckpt_client_close(c);
+}
