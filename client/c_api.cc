@@ -451,16 +451,7 @@ int ckpt_drop_version(ckpt_client* client, uint64_t version, char* err, size_t e
 
 int ckpt_update(ckpt_client* client, uint64_t version, int force, double timeout_s, char** json_out,
                 char* err, size_t errlen) {
-  ClearOutput(json_out);
-  return Guard(err, errlen, [&]() -> absl::Status {
-    if (absl::Status s = NeedClient(client); !s.ok()) return s;
-    ckpt::v1::UpdateRequest request;
-    request.set_version(version);
-    request.set_force(force != 0);
-    auto response = client->admin->Update(request, absl::Seconds(timeout_s > 0 ? timeout_s : 600));
-    if (!response.ok()) return response.status();
-    return Output(ckpt::ctl::UpdateJson(*response), json_out);
-  });
+  return ckpt_update_options(client, version, force, timeout_s, nullptr, json_out, err, errlen);
 }
 
 int ckpt_update_options(ckpt_client* client, uint64_t version, int force, double timeout_s,

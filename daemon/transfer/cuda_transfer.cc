@@ -12,7 +12,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/fp8_block.h"
-#include "common/message_text.h"
 #include "common/status_macros.h"
 #include "daemon/transfer/transfer_backend.h"
 #include "gpu/cuda_event.h"
@@ -93,7 +92,7 @@ class CudaTransfer final : public TransferBackend {
   }
 
   absl::Status BeginConversion(uint64_t scale_bytes, std::vector<std::string> names) override {
-    names_ = std::move(names);
+    conversion_names_ = std::move(names);
     if (scales_.bytes < scale_bytes) {
       ASSIGN_OR_RETURN(gpu::ScopedDevice device, gpu::ScopedDevice::Create(slots_[0]->device()));
       MappedHost grown;
@@ -205,14 +204,8 @@ class CudaTransfer final : public TransferBackend {
     }
     if (flags_host_.data != nullptr) {
       for (size_t g = 0; g < slots_.size(); ++g) {
-        const int mark = Flag(g, slot);
-        if (mark == 0) continue;
-        const std::string name = mark > 0 && static_cast<size_t>(mark) <= names_.size()
-                                     ? names_[static_cast<size_t>(mark) - 1]
-                                     : absl::StrCat("#", mark - 1);
-        return absl::FailedPreconditionError(
-            absl::StrCat("tensor ", QuoteForMessage(name, 128),
-                         " holds a NaN or infinity: it cannot be converted to FP8 (fp8_weights)"));
+        const int mark = Flag(g, slot);  // the plan's tensor + 1
+        if (mark != 0) return NonFiniteError(mark - 1);
       }
     }
     return true;
@@ -286,7 +279,6 @@ class CudaTransfer final : public TransferBackend {
 
   uint64_t bucket_bytes_ = 0;
   uint64_t conversion_bytes_per_gpu_ = 0;
-  std::vector<std::string> names_;
   MappedHost scales_;
   MappedHost flags_host_;                               // [gpu][slot] ints, pinned
   std::vector<gpu::DeviceBuffer> scratch_;              // [gpu]

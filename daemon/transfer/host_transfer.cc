@@ -6,9 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "common/fp8_block.h"
-#include "common/message_text.h"
 #include "common/status_macros.h"
 #include "daemon/transfer/transfer_backend.h"
 
@@ -33,7 +31,7 @@ class HostTransfer final : public TransferBackend {
     if (scales_.size() * sizeof(float) < scale_bytes) {
       scales_.resize((scale_bytes + sizeof(float) - 1) / sizeof(float));
     }
-    names_ = std::move(names);
+    conversion_names_ = std::move(names);
     return absl::OkStatus();
   }
 
@@ -76,22 +74,12 @@ class HostTransfer final : public TransferBackend {
     const auto* src = reinterpret_cast<const uint16_t*>(arena + c.host_offset);
     float* scales = scales_.data() + c.scale_offset / sizeof(float);
     if (!QuantizeBf16BlocksE4m3(src, rows, c.cols, base + c.slot_offset, scales)) {
-      return NonFinite(c.tensor);
+      return NonFiniteError(c.tensor);
     }
     return absl::OkStatus();
   }
 
-  absl::Status NonFinite(int tensor) const {
-    const std::string name = tensor >= 0 && static_cast<size_t>(tensor) < names_.size()
-                                 ? names_[static_cast<size_t>(tensor)]
-                                 : absl::StrCat("#", tensor);
-    return absl::FailedPreconditionError(
-        absl::StrCat("tensor ", QuoteForMessage(name, 128),
-                     " holds a NaN or infinity: it cannot be converted to FP8 (fp8_weights)"));
-  }
-
   std::vector<float> scales_;
-  std::vector<std::string> names_;
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "daemon/transfer/transfer_backend.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/message_text.h"
 
 namespace ckpt::daemon {
 
@@ -21,6 +22,15 @@ absl::StatusOr<std::unique_ptr<TransferBackend>> TransferBackend::Create(
       break;
   }
   return absl::InvalidArgumentError("transfer backend: resolve backend 'auto' before creating it");
+}
+
+absl::Status TransferBackend::NonFiniteError(int tensor) const {
+  const std::string name = tensor >= 0 && static_cast<size_t>(tensor) < conversion_names_.size()
+                               ? conversion_names_[static_cast<size_t>(tensor)]
+                               : absl::StrCat("#", tensor);
+  return absl::FailedPreconditionError(
+      absl::StrCat("tensor ", QuoteForMessage(name, 128),
+                   " holds a NaN or infinity: it cannot be converted to FP8 (fp8_weights)"));
 }
 
 void TransferBackend::DescribeGrant(int set, v1::SlotGrant* grant) const {

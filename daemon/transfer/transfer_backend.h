@@ -79,7 +79,12 @@ class TransferBackend {
 
  protected:
   TransferBackend() = default;
+  // FAILED_PRECONDITION naming tensor `tensor` of the plan (conversion_names_) as holding a NaN
+  // or infinity.
+  absl::Status NonFiniteError(int tensor) const;
   std::vector<std::unique_ptr<SlotSet>> slots_;
+  // The plan's tensor names, from the last BeginConversion (for errors).
+  std::vector<std::string> conversion_names_;
 };
 
 // The two implementations (Create picks one).

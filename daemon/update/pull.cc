@@ -102,12 +102,10 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
           ", started by ", pull_.has_value() ? pull_->trigger() : trigger,
           "); ckptctl cluster shows its progress"));
     }
-    pull_running_ = true;
     // The record of the last pull stays until this one has chosen a version to pull (RunPull).
-    pending_pull_trigger_ = trigger;
-    pending_pull_started_ = started;
+    pull_running_ = true;
   }
-  absl::StatusOr<v1::PullResponse> result = RunPull(request, deadline, cancelled);
+  absl::StatusOr<v1::PullResponse> result = RunPull(request, deadline, cancelled, trigger, started);
   absl::MutexLock lock(&pull_mu_);
   pull_running_ = false;
   if (pull_.has_value() && pull_->ended_unix_ms() == 0) {
@@ -127,18 +125,15 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::PullVersion(const v1::PullRequest
 
 absl::StatusOr<v1::PullResponse> UpdateEngine::RunPull(const v1::PullRequest& request,
                                                        absl::Time deadline,
-                                                       const std::function<bool()>& cancelled) {
+                                                       const std::function<bool()>& cancelled,
+                                                       const std::string& trigger,
+                                                       absl::Time started) {
   // Without a caller's deadline, at most an hour.
   deadline = std::min(deadline, absl::Now() + absl::Hours(1));
   auto stop = [&] { return pulls_cancelled_.load() || (cancelled && cancelled()); };
   Cluster* const cluster = cluster_.load();
   if (cluster == nullptr) {
     return absl::FailedPreconditionError("a pull copies from other members: not in a cluster");
-  }
-  absl::Time started;
-  {
-    absl::MutexLock lock(&pull_mu_);
-    started = pending_pull_started_;
   }
   std::vector<v1::ClusterMember> up;
   for (v1::ClusterMember& m : cluster->Members()) {
@@ -183,7 +178,7 @@ absl::StatusOr<v1::PullResponse> UpdateEngine::RunPull(const v1::PullRequest& re
     absl::MutexLock lock(&pull_mu_);
     pull_.emplace();
     pull_->set_version(version);
-    pull_->set_trigger(pending_pull_trigger_);
+    pull_->set_trigger(trigger);
     pull_->set_phase("listing");
     pull_->set_started_unix_ms(absl::ToUnixMillis(started));
   }

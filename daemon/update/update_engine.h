@@ -345,13 +345,12 @@ class UpdateEngine {
   std::atomic<bool> pulls_cancelled_{false};
   // The pull running now (pull_running_) or the last one, kept current by the pull (LastPull).
   absl::StatusOr<v1::PullResponse> RunPull(const v1::PullRequest& request, absl::Time deadline,
-                                           const std::function<bool()>& cancelled);
+                                           const std::function<bool()>& cancelled,
+                                           const std::string& trigger, absl::Time started);
   void PullProgressed(const std::function<void(v1::PullProgress&)>& change);
   mutable absl::Mutex pull_mu_;
   bool pull_running_ ABSL_GUARDED_BY(pull_mu_) = false;
   std::optional<v1::PullProgress> pull_ ABSL_GUARDED_BY(pull_mu_);
-  std::string pending_pull_trigger_ ABSL_GUARDED_BY(pull_mu_);
-  absl::Time pending_pull_started_ ABSL_GUARDED_BY(pull_mu_);
   // What this member serves to others' pulls (ReadTensors), all calls together.
   ByteRate serve_rate_{options_.pull_bytes_per_second};
   // The parts other members hold of versions held here in parts (RefreshPartCatalog): version ->

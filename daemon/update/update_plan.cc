@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/fp8_block.h"
 #include "common/units.h"
 
 namespace ckpt::daemon {
@@ -65,9 +66,8 @@ void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t b
         c.bytes = hi - lo;
         c.transform = Transform::kFp8Weight;
         c.cols = pt.cols;
-        c.scale_offset = pt.scale_offset + (within / pt.cols / kSplitRows) *
-                                               ((pt.cols + kSplitRows - 1) / kSplitRows) *
-                                               sizeof(float);
+        c.scale_offset = pt.scale_offset +
+                         (within / pt.cols / kFp8Block) * Fp8ScaleBlocks(pt.cols) * sizeof(float);
         c.tensor = p.tensor;
         s.copies.push_back(c);
         continue;

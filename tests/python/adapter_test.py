@@ -9,6 +9,7 @@ model); the others push a Hugging Face state dict to the real ckpt-engined (host
 """
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -236,7 +237,23 @@ class UpdateThread(threading.Thread):
         test.assertFalse(self.is_alive(), "Client.update did not return")
 
 
-class DaemonAdapterTest(StandinTestCase):
+class DaemonHelpers:
+    """For test cases with a `daemon` (client_test.Daemon) and a `client`: attached workers, and a
+    push of the stand-in model large enough for several 64 KiB buckets."""
+
+    def attached(self):
+        r = self.daemon.ctl("status", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)["attached_workers"]
+
+    def push(self, seed, extra=None):
+        state = se.hf_state_dict(seed=seed)
+        self.assertGreater(sum(t.numel() * t.element_size() for t in state.values()), 2 << 16,
+                           "several buckets")
+        return self.client.push_state_dict(dict(state, **(extra or {}))), state
+
+
+class DaemonAdapterTest(DaemonHelpers, StandinTestCase):
     @classmethod
     def setUpClass(cls):
         cls.daemon = Daemon(extra_args=["--bucket-bytes", "64KiB", "--ack-timeout", "5s"])
@@ -252,18 +269,6 @@ class DaemonAdapterTest(StandinTestCase):
         while self.attached() != 0:
             self.assertLess(time.monotonic(), deadline, "workers of an earlier test still attached")
             time.sleep(0.02)
-
-    def attached(self):
-        r = self.daemon.ctl("status", "--json")
-        self.assertEqual(r.returncode, 0, r.stderr)
-        import json
-        return json.loads(r.stdout)["attached_workers"]
-
-    def push(self, seed, extra=None):
-        state = se.hf_state_dict(seed=seed)
-        self.assertGreater(sum(t.numel() * t.element_size() for t in state.values()), 2 << 16,
-                           "several buckets")
-        return self.client.push_state_dict(dict(state, **(extra or {}))), state
 
     def test_vllm_extension_through_collective_rpc(self):
         version, state = self.push(10)

@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import standin_engine as se  # noqa: E402
-from adapter_test import FakeSglangEngine  # noqa: E402
+from adapter_test import DaemonHelpers, FakeSglangEngine  # noqa: E402
 from client_test import Daemon, short_tempdir  # noqa: E402
 
 import ckpt_engine as ce  # noqa: E402
@@ -126,7 +126,7 @@ def parameter_bytes(tensor):
     return t.numpy().tobytes().hex()
 
 
-class ServerTestCase(unittest.TestCase):
+class ServerTestCase(DaemonHelpers, unittest.TestCase):
     TP = 1
     ENV = {}
 
@@ -146,17 +146,6 @@ class ServerTestCase(unittest.TestCase):
         cls.server.stop()
         cls.client.close()
         cls.daemon.stop()
-
-    def attached(self):
-        r = self.daemon.ctl("status", "--json")
-        self.assertEqual(r.returncode, 0, r.stderr)
-        return json.loads(r.stdout)["attached_workers"]
-
-    def push(self, seed, extra=None):
-        state = se.hf_state_dict(seed=seed)
-        self.assertGreater(sum(t.numel() * t.element_size() for t in state.values()), 2 << 16,
-                           "several buckets")
-        return self.client.push_state_dict(dict(state, **(extra or {}))), state
 
     def update(self, version, **kwargs):
         return ces.update_server(self.server.url, version, socket=self.daemon.socket,

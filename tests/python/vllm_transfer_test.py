@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
@@ -26,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import vllm_standin as vs  # noqa: E402
+from adapter_test import UpdateThread  # noqa: E402
 
 vs.install()
 
@@ -64,25 +64,6 @@ def run_python(code, env=None, timeout=DEADLINE_S):
     base.update(env or {})
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=timeout, env=base)
-
-
-class UpdateThread(threading.Thread):
-    """Client.update on a thread of its own, as the process asking the daemon for an update."""
-
-    def __init__(self, client, version):
-        super().__init__(daemon=True)
-        self.client, self.version, self.report, self.error = client, version, None, None
-        self.start()
-
-    def run(self):
-        try:
-            self.report = self.client.update(self.version, timeout=DEADLINE_S)
-        except ce.CkptError as e:
-            self.error = e
-
-    def wait(self, test):
-        self.join(DEADLINE_S + 10)
-        test.assertFalse(self.is_alive(), "Client.update did not return")
 
 
 class ImportTest(unittest.TestCase):
