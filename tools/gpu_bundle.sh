@@ -105,7 +105,8 @@ for t in $tools; do copy_target "$t" "$BUNDLE/sbin"; done
 mv "$BUNDLE/sbin/libckpt_client.so" "$BUNDLE/lib/"
 cp -r client/python "$BUNDLE/python"
 cp tests/python/cuda_push_check.py tests/python/cuda_worker_check.py tests/python/standin_engine.py \
-  tests/python/client_test.py tests/python/fp8_test.py \
+  tests/python/client_test.py tests/python/fp8_test.py tests/python/adapters_gpu_check.py \
+  tests/python/vllm_standin.py tests/python/sglang_standin.py \
   tests/bench/per_tensor_bench.py tests/bench/py_push_bench.py "$BUNDLE/"
 # The Python worker of the update tests, found like the binaries (CKPT_BIN_DIR).
 cp tests/python/worker_process.py "$BUNDLE/sbin/"

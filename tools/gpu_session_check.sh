@@ -3,7 +3,9 @@
 #   run(kind="nvidia-h200", carry=[".gpu_bundle"], command="bash .gpu_bundle/session_check.sh MODE")
 # MODE: tests (every GPU test of the bundle), bench (the Python CUDA push check and the ingress,
 # Python push and update benchmarks), push (the push check and benchmarks only), fp8 (the FP8
-# conversion on the cuda backend: tests/python/fp8_test.py and update_bench --fp8), all (default).
+# conversion on the cuda backend: tests/python/fp8_test.py and update_bench --fp8), adapters (the
+# Python worker and the engine adapters on CUDA: cuda_worker_check.py, adapters_gpu_check.py), all
+# (default: tests, then bench).
 set -u
 B="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MODE="${1:-all}"
@@ -25,16 +27,29 @@ if [[ "$MODE" == fp8 ]]; then
   echo "=== done"
   exit 0
 fi
+start_daemon() {  # a daemon on the cuda backend at $D/d.sock (pid $P), its pinned store ready
+  D=$(mktemp -d)
+  "$B/sbin/ckpt-engined" --backend auto --listen-unix "$D/d.sock" --host-memory-budget "$1" \
+    --log-level warn >"$D/daemon.log" 2>&1 &
+  P=$!
+  for _ in $(seq 1 600); do "$B/sbin/ckptctl" --socket "$D/d.sock" status >/dev/null 2>&1 && break; sleep 0.2; done
+  for _ in $(seq 1 600); do
+    "$B/sbin/ckptctl" --socket "$D/d.sock" status --json 2>/dev/null | grep -q '"store_ready":true' && break
+    sleep 0.5
+  done
+}
+if [[ "$MODE" == adapters ]]; then
+  start_daemon 4GiB
+  echo "=== cuda_worker_check"
+  timeout 200 python3 "$B/cuda_worker_check.py" "$D/d.sock" 2>&1 | tail -20
+  echo "=== adapters_gpu_check"
+  CKPTCTL="$B/sbin/ckptctl" timeout 300 python3 "$B/adapters_gpu_check.py" "$D/d.sock" 2>&1 | tail -30
+  kill $P; wait $P; tail -3 "$D/daemon.log"
+  echo "=== done"
+  exit 0
+fi
 echo "=== python cuda push check"
-D=$(mktemp -d)
-"$B/sbin/ckpt-engined" --backend auto --listen-unix "$D/d.sock" --host-memory-budget 24GiB \
-  --log-level warn >"$D/daemon.log" 2>&1 &
-P=$!
-for _ in $(seq 1 600); do "$B/sbin/ckptctl" --socket "$D/d.sock" status >/dev/null 2>&1 && break; sleep 0.2; done
-for _ in $(seq 1 600); do
-  "$B/sbin/ckptctl" --socket "$D/d.sock" status --json 2>/dev/null | grep -q '"store_ready":true' && break
-  sleep 0.5
-done
+start_daemon 24GiB
 timeout 240 python3 "$B/cuda_push_check.py" "$D/d.sock" "$B/sbin/ckptctl" 2>&1 | tail -30
 echo "=== py_push_bench"
 timeout 150 python3 "$B/py_push_bench.py" "$D/d.sock" --gib 6 --repeat 2 2>&1 | tail -12

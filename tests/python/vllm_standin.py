@@ -515,8 +515,8 @@ class GpuWorker:
             if backup is not None:
                 _replace_parameters(model, lambda name, _: backup[name])
             else:
-                _replace_parameters(model, lambda _, p: torch.full(p.shape, float("nan"),
-                                                                   dtype=p.dtype))
+                _replace_parameters(model, lambda _, p: torch.full(
+                    p.shape, float("nan"), dtype=p.dtype, device=self.device))
             self.weights_asleep = None
         if (tags is None or "kv_cache" in tags) and self.kv_cache is None:
             self.kv_cache = torch.zeros(4)
@@ -548,13 +548,13 @@ class StandinVllm:
     model), built and loaded as vLLM does at start-up."""
 
     def __init__(self, weight_transfer_config=None, workers=1, model_factory=se.StandinLlama,
-                 worker_extension_cls=None):
+                 worker_extension_cls=None, device=None):
         self.vllm_config = VllmConfig(
             parallel_config=ParallelConfig(tensor_parallel_size=workers,
                                            worker_extension_cls=worker_extension_cls or ""),
             weight_transfer_config=weight_transfer_config)
         cls = worker_class(worker_extension_cls)
-        self.workers = [cls(self.vllm_config, rank=r, model_factory=model_factory)
+        self.workers = [cls(self.vllm_config, rank=r, device=device, model_factory=model_factory)
                         for r in range(workers)]
         for w in self.workers:
             w.init_worker()
