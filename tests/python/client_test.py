@@ -292,6 +292,28 @@ class PushTest(unittest.TestCase):
         self.assertNotIn(version, [v["version"] for v in self.client.list_versions()
                                    if v["state"] != "retired"])
 
+    def test_version_ids_out_of_uint64_are_refused_not_wrapped(self):
+        # ctypes wrapped them modulo 2^64: drop_version(2**64 + v) dropped version v.
+        version = self.client.push_state_dict({"w": np.ones(4, np.float32)})
+        for bad in (2 ** 64 + version, -1, -(2 ** 64) + version, True, 1.5, "x"):
+            for call in (self.client.get_version, self.client.drop_version,
+                         lambda v: self.client.update(v, timeout=1),
+                         lambda v: self.client.wait_loaded(v, timeout=1)):
+                with self.subTest(version=bad, call=call):
+                    with self.assertRaises(ce.CkptError) as e:
+                        call(bad)
+                    self.assertEqual(e.exception.code, 3)  # INVALID_ARGUMENT
+        with self.assertRaises(ce.CkptError) as e:
+            self.client.push_state_dict({"w": np.ones(4, np.float32)}, version=2 ** 64 + 5)
+        self.assertEqual(e.exception.code, 3)
+        self.assertEqual(self.client.get_version(version)["state"], "committed")
+        self.assertEqual(self.client.get_version(float(version))["version"], version)
+        self.assertEqual(self.client.get_version(str(version))["version"], version)
+        self.assertEqual(self.client.get_version(np.uint64(version))["version"], version)
+        with self.assertRaises(ce.CkptError) as e:
+            self.client.get_version(2 ** 64 - 1)
+        self.assertEqual(e.exception.code, 5)  # in range: NOT_FOUND from the daemon
+
     def test_bad_inputs_raise_ckpt_error(self):
         cases = {
             "unsupported dtype": {"c": torch.zeros(2, dtype=torch.complex64)},

@@ -29,6 +29,7 @@ custom weight loader); docs/engines.md.
 
 import ctypes
 import json
+import operator
 import os
 
 from . import _native
@@ -73,6 +74,31 @@ class CkptError(Exception):
 def _check(code, err):
     if code != OK:
         raise CkptError(code, err.value.decode("utf-8", "replace"))
+
+
+_MAX_VERSION = 2 ** 64 - 1
+
+
+def _version_id(version, what="version"):
+    """`version` as the uint64 the library takes: an integer in [0, 2^64 - 1]. CkptError
+    INVALID_ARGUMENT otherwise (ctypes would wrap it modulo 2^64 and name another version: -1 or
+    2^64 + 1 silently became 2^64 - 1 or 1). A bool is no version id."""
+    if isinstance(version, bool):
+        raise CkptError(INVALID_ARGUMENT, f"{what} must be an integer, not {version!r}")
+    try:
+        if isinstance(version, str):
+            value = int(version.strip(), 10)
+        elif isinstance(version, float):
+            if not version.is_integer():
+                raise ValueError
+            value = int(version)
+        else:
+            value = operator.index(version)
+    except (TypeError, ValueError):
+        raise CkptError(INVALID_ARGUMENT, f"{what} must be an integer, not {version!r}") from None
+    if not 0 <= value <= _MAX_VERSION:
+        raise CkptError(INVALID_ARGUMENT, f"{what} {value} is out of range (0 to 2^64 - 1)")
+    return value
 
 
 def _take_json(ptr):
@@ -239,7 +265,7 @@ class Client(_Handle):
         callback = _native.PROGRESS_FN(on_progress)
         options = _native.PushOptions()
         self._lib.ckpt_push_options_init(ctypes.byref(options))
-        options.version = int(version)
+        options.version = _version_id(version)
         options.label = label.encode("utf-8") if label else None
         options.streams = int(streams)
         options.chunk_bytes = int(chunk_bytes)
@@ -284,7 +310,8 @@ class Client(_Handle):
         err = ctypes.create_string_buffer(_ERR_LEN)
         out_version = ctypes.c_uint64()
         code = self._lib.ckpt_load_files(
-            self._h(), array, len(encoded), int(version), label.encode("utf-8") if label else None,
+            self._h(), array, len(encoded), _version_id(version),
+            label.encode("utf-8") if label else None,
             float(timeout), ctypes.byref(out_version), None, err, _ERR_LEN)
         _check(code, err)
         return out_version.value
@@ -303,7 +330,7 @@ class Client(_Handle):
         CkptError NOT_FOUND for an unknown version."""
         err = ctypes.create_string_buffer(_ERR_LEN)
         out = ctypes.c_void_p()
-        code = self._lib.ckpt_get_version(self._h(), int(version), ctypes.byref(out), err,
+        code = self._lib.ckpt_get_version(self._h(), _version_id(version), ctypes.byref(out), err,
                                           _ERR_LEN)
         _check(code, err)
         return _take_json(out)
@@ -311,7 +338,7 @@ class Client(_Handle):
     def drop_version(self, version):
         """Retires a committed version or aborts a staging one."""
         err = ctypes.create_string_buffer(_ERR_LEN)
-        _check(self._lib.ckpt_drop_version(self._h(), int(version), err, _ERR_LEN), err)
+        _check(self._lib.ckpt_drop_version(self._h(), _version_id(version), err, _ERR_LEN), err)
 
     def update(self, version=0, force=False, timeout=600.0, convert=None, fp8_weights=None,
                fp8_exclude=None, consistent=False):
@@ -346,10 +373,10 @@ class Client(_Handle):
             options["consistent"] = True
         if options:
             code = self._lib.ckpt_update_options(
-                self._h(), int(version), 1 if force else 0, float(timeout),
+                self._h(), _version_id(version), 1 if force else 0, float(timeout),
                 json.dumps(options).encode(), ctypes.byref(out), err, _ERR_LEN)
         else:
-            code = self._lib.ckpt_update(self._h(), int(version), 1 if force else 0,
+            code = self._lib.ckpt_update(self._h(), _version_id(version), 1 if force else 0,
                                          float(timeout), ctypes.byref(out), err, _ERR_LEN)
         _check(code, err)
         return _take_json(out)
@@ -380,7 +407,7 @@ class Client(_Handle):
         """
         err = ctypes.create_string_buffer(_ERR_LEN)
         out = ctypes.c_void_p()
-        code = self._lib.ckpt_wait_loaded(self._h(), int(version), float(timeout),
+        code = self._lib.ckpt_wait_loaded(self._h(), _version_id(version), float(timeout),
                                           ctypes.byref(out), err, _ERR_LEN)
         _check(code, err)
         report = _take_json(out)
