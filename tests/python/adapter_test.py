@@ -160,6 +160,33 @@ class LoadPathTest(StandinTestCase):
                 bad()
             self.assertEqual(e.exception.code, 3)
 
+    def test_versions_and_timeouts_are_checked(self):
+        self.assertEqual(_adapter.as_version("7", "v"), 7)
+        self.assertEqual(_adapter.as_version(2 ** 64 - 1, "v"), 2 ** 64 - 1)
+        self.assertEqual(_adapter.as_timeout("2.5", "t"), 2.5)
+        self.assertEqual(_adapter.as_timeout(0, "t"), 0.0)
+        self.assertEqual(_adapter.as_timeout("inf", "t"), float("inf"))
+        # Out of uint64 a version wrapped in ctypes (2^64 + 1 named version 1); a negative or NaN
+        # timeout failed the receive at once while the daemon's update waited for this worker.
+        bad = [lambda: _adapter.as_version(-1, "v"), lambda: _adapter.as_version(2 ** 64, "v"),
+               lambda: _adapter.as_version("18446744073709551617", "v"),
+               lambda: _adapter.as_version(True, "v"), lambda: _adapter.as_timeout(-5, "t"),
+               lambda: _adapter.as_timeout("nan", "t"),
+               lambda: _adapter.as_timeout(float("inf"), "t", finite=True),
+               lambda: ce_sglang.request_tensors(version=-1),
+               lambda: ce_sglang.request_tensors(version=2 ** 63),
+               lambda: ce_sglang.request_tensors(timeout=float("nan")),
+               lambda: ce_sglang.request_tensors(timeout=float("inf")),
+               lambda: ce_sglang.ipc_request(version=2 ** 64 + 1),
+               lambda: ce_sglang.ipc_request(timeout=-1)]
+        for i, call in enumerate(bad):
+            with self.subTest(case=i):
+                with self.assertRaises(ce.CkptError) as e:
+                    call()
+                self.assertEqual(e.exception.code, 3)
+        body = ce_sglang.ipc_request(version=3, timeout=1234567)
+        self.assertEqual(float(body["zmq_handles"][ce_sglang.IPC_KEY_TIMEOUT]), 1234567.0)
+
     def test_sglang_request_round_trip(self):
         req = ce_sglang._request(ce_sglang.request_tensors(version=9, force=True, timeout=1.5,
                                                            socket="/run/x/d.sock"))

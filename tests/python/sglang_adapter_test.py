@@ -339,6 +339,17 @@ class FailureServerTest(ServerTestCase):
         self.assertEqual(status, 400, body)
         self.assertFalse(body["success"])
         self.assertIn("no update from the daemon within 0.3 s", body["message"])
+        # Versions outside uint64 (2^64 + v wrapped to v) and negative or NaN timeouts (no wait
+        # at all) are refused before anything is received.
+        for handles in ({ces.IPC_KEY_VERSION: str(2 ** 64 + version)},
+                        {ces.IPC_KEY_VERSION: "-1"},
+                        {ces.IPC_KEY_VERSION: str(version), ces.IPC_KEY_TIMEOUT: "-5"},
+                        {ces.IPC_KEY_VERSION: str(version), ces.IPC_KEY_TIMEOUT: "nan"}):
+            with self.subTest(handles=handles):
+                status, body = self.server.post("/update_weights_from_ipc", {
+                    "zmq_handles": {ces.IPC_KEY: "", **handles}})
+                self.assertEqual(status, 400, body)
+                self.assertIn("INVALID_ARGUMENT", body["message"])
         self.assertEqual(self.weight_version(), label)
         self.assertEqual(self.server.get("/ping")[0], 200)
 

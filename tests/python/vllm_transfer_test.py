@@ -94,6 +94,23 @@ print('LOCAL_BASES_OK')
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("LOCAL_BASES_OK", r.stdout)
 
+    def test_bad_versions_and_timeouts_are_refused_when_parsed(self):
+        # What parse_update_info / parse_init_info build (their dataclasses check the values).
+        for info in ({"version": 2 ** 64 + 1}, {"version": "18446744073709551617"},
+                     {"version": -1}, {"version": True}, {"timeout": -5}, {"timeout": "nan"}):
+            with self.subTest(update_info=info):
+                with self.assertRaises(ce.CkptError) as e:
+                    vt.CkptEngineUpdateInfo(**info)
+                self.assertEqual(e.exception.code, 3)
+        for info in ({"attach_timeout": -1}, {"receive_timeout": "nan"},
+                     {"receive_timeout": -0.5}):
+            with self.subTest(init_info=info):
+                with self.assertRaises(ce.CkptError) as e:
+                    vt.CkptEngineInitInfo(**info)
+                self.assertEqual(e.exception.code, 3)
+        self.assertEqual(vt.CkptEngineUpdateInfo(version="7", timeout="0"),
+                         vt.CkptEngineUpdateInfo(7, False, 0.0))
+
     def test_with_vllm_the_classes_derive_from_its_bases(self):
         self.assertTrue(vt.USES_VLLM)
         self.assertTrue(issubclass(vt.CkptEngineWeightTransferEngine, vs.WeightTransferEngine))

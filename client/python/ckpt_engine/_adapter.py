@@ -3,9 +3,10 @@ a model through its load_weights, and parsing arguments that may arrive as strin
 /collective_rpc passes only strings)."""
 
 import logging
+import math
 import threading
 
-from . import INVALID_ARGUMENT, NOT_FOUND, CkptError, Client
+from . import INVALID_ARGUMENT, NOT_FOUND, CkptError, Client, _version_id
 
 log = logging.getLogger("ckpt_engine")
 
@@ -28,6 +29,25 @@ def as_int(value, what):
         return int(value)
     except (TypeError, ValueError):
         raise CkptError(INVALID_ARGUMENT, f"{what} must be an integer, not {value!r}") from None
+
+
+def as_version(value, what="version"):
+    """A version id: as_int, then an integer in [0, 2^64 - 1] (a bool is none). Out of range it
+    would reach the library modulo 2^64 and name another version (-1: 2^64 - 1, 2^64 + 1: 1)."""
+    if isinstance(value, bool):
+        raise CkptError(INVALID_ARGUMENT, f"{what} must be an integer, not {value!r}")
+    return _version_id(as_int(value, what), what)
+
+
+def as_timeout(value, what, finite=False):
+    """Seconds to wait: as_float, then not NaN and not negative (either meant "do not wait at all"
+    before: the receive failed at once while the daemon's update went on without this worker, until
+    its ack_timeout). `finite`: infinity refused too (where it becomes milliseconds)."""
+    seconds = as_float(value, what)
+    if math.isnan(seconds) or seconds < 0 or (finite and math.isinf(seconds)):
+        raise CkptError(INVALID_ARGUMENT, f"{what} must be a {'finite ' if finite else ''}number "
+                                          f"of seconds >= 0, not {value!r}")
+    return seconds
 
 
 def as_bool(value, what):
@@ -93,7 +113,7 @@ def resolve_version(socket, version):
     checked to exist (CkptError NOT_FOUND otherwise) before any worker starts waiting for it."""
     client = Client(socket=socket)
     try:
-        version = as_int(version, "version")
+        version = as_version(version, "version")
         if version == 0:
             version = newest_committed(client)
         else:

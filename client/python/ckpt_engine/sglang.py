@@ -189,9 +189,13 @@ def request_tensors(attach_only=False, version=0, force=False, timeout=600.0, so
     if attach_only:
         out.append((ATTACH, torch.ones(1, dtype=torch.uint8)))
         return out
-    out.append((VERSION, torch.tensor([_adapter.as_int(version, "version")], dtype=torch.int64)))
+    version = _adapter.as_version(version, "version")
+    if version >= 2 ** 63:
+        raise CkptError(INVALID_ARGUMENT, f"version {version} does not fit the request's int64")
+    out.append((VERSION, torch.tensor([version], dtype=torch.int64)))
     out.append((FORCE, torch.tensor([1 if force else 0], dtype=torch.int64)))
-    out.append((TIMEOUT_MS, torch.tensor([int(_adapter.as_float(timeout, "timeout") * 1000)],
+    out.append((TIMEOUT_MS, torch.tensor([int(_adapter.as_timeout(timeout, "timeout",
+                                                                   finite=True) * 1000)],
                                          dtype=torch.int64)))
     return out
 
@@ -251,13 +255,15 @@ def ipc_request(version=0, socket=None, force=False, timeout=600.0, flush_cache=
     ckpt_engine.sglang_plugin) receive `version` from the daemon at `socket` (None: each worker's
     $CKPT_SOCKET or the default path). `weight_version`: SGLang's label for the new weights
     (None: str(version), or no label when version is 0)."""
-    version = _adapter.as_int(version, "version")
+    version = _adapter.as_version(version, "version")
     handles = {IPC_KEY: os.fsdecode(socket) if socket else ""}
     if version:
         handles[IPC_KEY_VERSION] = str(version)
     if force:
         handles[IPC_KEY_FORCE] = "1"
-    handles[IPC_KEY_TIMEOUT] = f"{_adapter.as_float(timeout, 'timeout'):g}"
+    # Every digit (":g" kept six: 1234567 s became 1234570).
+    timeout = _adapter.as_timeout(timeout, "timeout")
+    handles[IPC_KEY_TIMEOUT] = str(int(timeout)) if timeout.is_integer() else repr(timeout)
     body = {"zmq_handles": handles, "flush_cache": bool(flush_cache)}
     if weight_version is None and version:
         weight_version = str(version)

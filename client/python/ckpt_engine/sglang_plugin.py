@@ -229,9 +229,9 @@ def _receive(tp_worker, handles):
                         f"--weight-cache-mode {mode}: SGLang's weight cache refuses in-place "
                         "updates, and so does ckpt-engine")
     socket = handles.get(KEY) or None
-    version = _adapter.as_int(handles.get(KEY_VERSION) or 0, KEY_VERSION)
+    version = _adapter.as_version(handles.get(KEY_VERSION) or 0, KEY_VERSION)
     force = _adapter.as_bool(handles.get(KEY_FORCE) or "0", KEY_FORCE)
-    timeout = _adapter.as_float(handles.get(KEY_TIMEOUT) or DEFAULT_TIMEOUT_S, KEY_TIMEOUT)
+    timeout = _adapter.as_timeout(handles.get(KEY_TIMEOUT) or DEFAULT_TIMEOUT_S, KEY_TIMEOUT)
     model = tp_worker.model_runner.model
     checked = False
     for attempt in (1, 2):

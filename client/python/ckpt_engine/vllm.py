@@ -85,9 +85,9 @@ class CkptEngineWorkerExtension:
         Attaches first if needed (an update already running does not include this worker). If
         the daemon ended the stream (it restarted, or gave up on this worker after its
         ack_timeout), raises CkptError UNAVAILABLE and attaches afresh on the next call."""
-        version = _adapter.as_int(version, "version")
+        version = _adapter.as_version(version, "version")
         force = _adapter.as_bool(force, "force")
-        timeout = _adapter.as_float(timeout, "timeout")
+        timeout = _adapter.as_timeout(timeout, "timeout")
         worker = getattr(self, "_ckpt_engine_worker", None)
         if worker is None or worker.closed:
             self.ckpt_engine_attach()

@@ -268,8 +268,8 @@ class CkptEngineInitInfo(WeightTransferInitInfo):
         if self.socket is not None and not isinstance(self.socket, str):
             raise ValueError(f"init_info socket must be a path, not {self.socket!r}")
         self.socket = self.socket or None
-        self.attach_timeout = _adapter.as_float(self.attach_timeout, "attach_timeout")
-        self.receive_timeout = _adapter.as_float(self.receive_timeout, "receive_timeout")
+        self.attach_timeout = _adapter.as_timeout(self.attach_timeout, "attach_timeout")
+        self.receive_timeout = _adapter.as_timeout(self.receive_timeout, "receive_timeout")
         if isinstance(self.tensor_names, str):
             self.tensor_names = [n.strip() for n in self.tensor_names.split(",") if n.strip()]
         self.tensor_names = list(self.tensor_names) if self.tensor_names else None
@@ -295,12 +295,10 @@ class CkptEngineUpdateInfo(WeightTransferUpdateInfo):
     timeout: Optional[float] = None
 
     def __post_init__(self):
-        self.version = _adapter.as_int(self.version, "version")
-        if self.version < 0:
-            raise ValueError(f"update_info version must be >= 0, not {self.version}")
+        self.version = _adapter.as_version(self.version, "version")
         self.force = _adapter.as_bool(self.force, "force")
         if self.timeout is not None:
-            self.timeout = _adapter.as_float(self.timeout, "timeout")
+            self.timeout = _adapter.as_timeout(self.timeout, "timeout")
 
 
 def _mtp_check_disabled():
