@@ -308,6 +308,7 @@ absl::StatusOr<std::optional<ConsumerEvent>> Consumer::NextOnce(absl::Time deadl
     v.shape.assign(t.spec().shape().begin(), t.spec().shape().end());
     v.bytes = t.spec().byte_size();
     v.xxh3 = t.spec().xxh3();
+    v.no_checksum = t.no_checksum();
     // bytes 0 with a non-empty tensor: a daemon that never splits (older than this client).
     const uint64_t placed = t.bytes() == 0 && t.tensor_offset() == 0 ? v.bytes : t.bytes();
     if (t.slot_offset() > slot_bytes_ || placed > slot_bytes_ - t.slot_offset()) {
@@ -347,11 +348,13 @@ absl::Status Consumer::VerifyBucket(const ConsumerEvent& event) {
   tensors.reserve(event.tensors.size());
   bool any_checksum = false;
   for (const ReceivedTensor& t : event.tensors) {
-    tensors.push_back({t.name, t.data, t.bytes, t.xxh3});
-    any_checksum = any_checksum || t.xxh3 != 0;
+    // Tensors the daemon made on the way (FP8) have no checksum and say so: skipped.
+    any_checksum = any_checksum || t.xxh3 != 0 || t.no_checksum;
+    if (!t.no_checksum) tensors.push_back({t.name, t.data, t.bytes, t.xxh3});
   }
-  // No real XXH3-64 is 0 in practice (2^-64), that of no bytes included: a bucket without any
-  // comes from a daemon that does not send them (older than this client).
+  // No real XXH3-64 is 0 in practice (2^-64), that of no bytes included: a bucket without any,
+  // none of its tensors marked no_checksum, comes from a daemon that does not send them (older
+  // than this client).
   absl::Status verified =
       any_checksum || tensors.empty()
           ? verifier_->Verify(tensors)

@@ -85,6 +85,7 @@ struct ReceivedTensor {
   void* data = nullptr;  // device pointer (cuda) or host pointer (host)
   uint64_t bytes = 0;
   uint64_t xxh3 = 0;  // the version's XXH3-64 of these bytes (checked by Next when verifying)
+  bool no_checksum = false;  // the daemon has none (converted on the way): not verified
 };
 
 struct ConsumerEvent {

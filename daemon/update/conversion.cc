@@ -101,7 +101,7 @@ std::vector<PlanTensor> ConvertedPlanTensors(const Conversion& conversion,
       case Transform::kFp8Weight:
         t.host_offset = host_offset ? host_offset(src.tensor) : 0;
         t.cols = src.cols;
-        t.split_unit = kSplitRows * src.cols;
+        t.split_unit = Fp8SplitUnit(spec.byte_size(), src.cols);
         t.scale_offset = src.scale_offset;
         break;
       case Transform::kFp8Scale:

@@ -27,6 +27,10 @@ struct Fp8Rules {
   std::vector<std::string> include;
   std::vector<std::string> exclude;
   bool empty() const { return include.empty(); }
+  bool operator==(const Fp8Rules& other) const {
+    return include == other.include && exclude == other.exclude;
+  }
+  bool operator!=(const Fp8Rules& other) const { return !(*this == other); }
 };
 
 // The engine's view of a version: its manifest (what workers receive) and, per tensor of it, how

@@ -127,6 +127,39 @@ TEST_CASE("plans cut converted weights at block rows and split them in 128-row p
         2 * 100000 + 32 + 40);
 }
 
+TEST_CASE("a converted weight of fewer than 128 rows is one block row: it fits a small bucket") {
+  v1::Manifest m;
+  Add(&m, "row.weight", DType::kBfloat16, {1, 200});     // 200 bytes of e4m3
+  Add(&m, "few.weight", DType::kBfloat16, {4, 4000});    // 16,000 bytes: one block row
+  Add(&m, "tall.weight", DType::kBfloat16, {129, 128});  // 2 block rows of 16,384 and 128 bytes
+  auto c = ConvertManifest(m, Fp8Rules{{"*"}, {}});
+  REQUIRE(c.ok());
+  const uint64_t bucket = 16 * 1024;
+  std::vector<PlanTensor> tensors = ConvertedPlanTensors(*c, nullptr, bucket);
+  REQUIRE(tensors.size() == 6);
+  CHECK(tensors[0].split_unit == 200);
+  CHECK(tensors[2].split_unit == 16000);
+  CHECK(tensors[4].split_unit == 128 * 128);
+  for (int uploaders : {1, 3}) {
+    auto plan = PlanUpdate(tensors, bucket, uploaders);
+    REQUIRE(plan.ok());
+    uint64_t weight_bytes = 0;
+    for (const Bucket& b : plan->buckets) {
+      for (const Segment& s : b.segments) {
+        for (const Copy& copy : s.copies) {
+          if (copy.transform != Transform::kFp8Weight) continue;
+          weight_bytes += copy.bytes;
+          // A weight of fewer than 128 rows is never cut between uploaders or buckets.
+          if (copy.cols == 200) CHECK(copy.bytes == 200);
+          if (copy.cols == 4000) CHECK(copy.bytes == 16000);
+          if (copy.cols == 128) CHECK((copy.bytes == 128 * 128 || copy.bytes == 128));
+        }
+      }
+    }
+    CHECK(weight_bytes == 200 + 16000 + 129 * 128);
+  }
+}
+
 TEST_CASE("a converted weight whose 128 rows exceed a bucket is refused, naming it") {
   v1::Manifest m;
   Add(&m, "wide.weight", DType::kBfloat16, {256, 1024});  // 128 rows = 128 KiB of e4m3

@@ -289,6 +289,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
   }
   Prepared p;
   p.version = (*lease)->version();
+  p.fp8_rules = fp8.rules;
   std::optional<Conversion> conversion;
   if (fp8.rules.has_value()) {
     auto converted = ConvertManifest((*lease)->manifest(), *fp8.rules);
@@ -440,6 +441,7 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunLocked(Prepared p, const std
   running_unrestricted_ = p.unrestricted;
   running_consistent_ = p.consistent;
   running_fp8_ = p.fp8;
+  running_fp8_rules_ = p.fp8_rules;
   registry_.NoteChange();
   spdlog::info("update to version {}: {} buckets of up to {}, {} workers", version,
                running_->plan().buckets.size(), FormatBytes(options_.bucket_bytes), count);
@@ -454,6 +456,8 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunLocked(Prepared p, const std
   if (!keep_slot) updating_ = 0;
   running_unrestricted_ = false;
   running_consistent_ = false;
+  running_fp8_ = false;
+  running_fp8_rules_.reset();
   // Execute's response seconds run from its own start; the whole update from the request.
   response.set_seconds(absl::ToDoubleSeconds(absl::Now() - started));
   if (p.paused != nullptr) {
@@ -556,13 +560,15 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::Update(const v1::UpdateRequest&
     absl::MutexLock lock(&mu_);
     // Join only an update that goes to every attached worker unforced, as this request would:
     // one restricted to some workers (update_on_attach, previous, worker_pids) or forced would
-    // answer for others.
+    // answer for others. Its conversion too: the same FP8 rules, and a request that asked for FP8
+    // itself only an update that converts (alone it would be refused); a malformed request runs
+    // alone, and is refused there.
     auto fp8 = Fp8For(request);
-    const bool wants_fp8 = fp8.ok() && fp8->rules.has_value();
+    const bool same_conversion =
+        fp8.ok() && fp8->rules == running_fp8_rules_ && (!fp8->asked || running_fp8_);
     if (updating_ != 0 && running_unrestricted_ && !request.force() &&
         request.worker_pids().empty() && wanted == updating_ &&
-        (!request.consistent() || running_consistent_) && wants_fp8 == running_fp8_ &&
-        request.fp8_weights().empty()) {
+        (!request.consistent() || running_consistent_) && same_conversion) {
       {
         // The same version is being sent: wait for that update and answer with its outcome.
         const uint64_t joined = started_serial_;

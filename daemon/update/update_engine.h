@@ -220,10 +220,11 @@ class UpdateEngine {
     std::vector<UpdateRun::Participant> participants;
     v1::UpdateResponse response;  // the workers skipped so far
     std::unique_ptr<BucketFiller> filler;
-    bool every_bucket = false;  // a rank of a cluster update
-    bool unrestricted = false;  // joinable by a plain request
-    bool consistent = false;    // pause every participant first (UpdateRequest.consistent)
-    bool fp8 = false;           // converts (BeginConversion before the run)
+    bool every_bucket = false;          // a rank of a cluster update
+    bool unrestricted = false;          // joinable by a plain request
+    bool consistent = false;            // pause every participant first (UpdateRequest.consistent)
+    bool fp8 = false;                   // converts (BeginConversion before the run)
+    std::optional<Fp8Rules> fp8_rules;  // the rules it was asked with (Fp8For), converting or not
     uint64_t fp8_scale_bytes = 0;
     // Consistent: set, the workers that paused are handed here (a cluster member resumes them
     // when the coordinator says so); null, RunLocked resumes them as its run ends.
@@ -330,8 +331,10 @@ class UpdateEngine {
   // The running update pauses its workers (UpdateRequest.consistent): only it serves a consistent
   // request that joins.
   bool running_consistent_ ABSL_GUARDED_BY(mu_) = false;
-  // The running update converts to FP8: only a request that converts joins it.
+  // The running update converts to FP8, and the rules it was asked with (Fp8For): only a request
+  // with the same rules joins it (and one that asked for FP8 itself only one that converts).
   bool running_fp8_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<Fp8Rules> running_fp8_rules_ ABSL_GUARDED_BY(mu_);
   int waiters_ ABSL_GUARDED_BY(mu_) = 0;
   // Set once, just after the cluster starts (its Peer server and this engine's auto-update thread
   // may read it from then on).

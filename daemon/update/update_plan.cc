@@ -35,7 +35,9 @@ void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t b
           x >= p.slot_offset + p.bytes) {
         continue;
       }
-      const uint64_t unit = t.split_unit;  // 128 x cols; pieces start at multiples of it
+      // One block row (Fp8SplitUnit: 128 x cols, or all of a weight with fewer rows); pieces start
+      // at multiples of it.
+      const uint64_t unit = t.split_unit;
       const uint64_t rel = x - p.slot_offset;
       x = p.slot_offset + std::min(p.bytes, (rel + unit / 2) / unit * unit);
     }
@@ -59,7 +61,7 @@ void CutSegments(const std::vector<PlanTensor>& tensors, int uploaders, size_t b
       const PlanTensor& pt = tensors[static_cast<size_t>(p.tensor)];
       const uint64_t within = p.tensor_offset + (lo - p.slot_offset);  // byte of the tensor
       if (pt.transform == Transform::kFp8Weight) {
-        // `within` starts a block row (pieces and cuts are at multiples of 128 x cols).
+        // `within` starts a block row (pieces and cuts are at multiples of Fp8SplitUnit).
         Copy c;
         c.host_offset = pt.host_offset + 2 * within;
         c.slot_offset = lo;
@@ -126,7 +128,7 @@ absl::StatusOr<UpdatePlan> PlanUpdate(const std::vector<PlanTensor>& tensors, ui
   }
   for (const PlanTensor& t : tensors) {
     if (t.transform != Transform::kFp8Weight) continue;
-    if (t.cols == 0 || t.bytes % t.cols != 0 || t.split_unit != kSplitRows * t.cols ||
+    if (t.cols == 0 || t.bytes % t.cols != 0 || t.split_unit != Fp8SplitUnit(t.bytes, t.cols) ||
         t.scale_offset % sizeof(float) != 0) {
       return absl::InternalError(
           absl::StrCat("converted tensor '", t.name, "' planned without its shape (a daemon bug)"));

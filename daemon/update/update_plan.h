@@ -114,6 +114,14 @@ inline constexpr uint64_t kSplitRows = 128;
 uint64_t SplitUnit(const std::vector<int64_t>& shape, uint64_t element_bytes, uint64_t bytes,
                    uint64_t bucket_bytes);
 
+// The split unit of a weight converted to FP8 (`bytes` of e4m3 in rows of `cols`): one block row,
+// 128 rows, or the whole weight when it has fewer rows (its only block row; one row when empty).
+inline uint64_t Fp8SplitUnit(uint64_t bytes, uint64_t cols) {
+  if (cols == 0) return 0;
+  const uint64_t rows = bytes / cols;
+  return (rows == 0 ? 1 : rows < kSplitRows ? rows : kSplitRows) * cols;
+}
+
 // Plans `tensors` for `uploaders` (>= 1) GPUs and slots of `bucket_bytes` (a multiple of 256).
 // INVALID_ARGUMENT for bad settings (also a split unit larger than a bucket). A segment boundary
 // that would fall inside a block row of a converted weight moves to the nearest block row's edge

@@ -131,6 +131,8 @@ v1::DaemonMessage UpdateRun::BucketMessage(int k) const {
     *tp->mutable_spec() = manifest.tensors(t.tensor);
     if (const uint64_t xxh3 = filler_->Xxh3(t.tensor); xxh3 != 0)
       tp->mutable_spec()->set_xxh3(xxh3);
+    // Converted tensors (FP8) have none: said, so that a worker tells them from an old daemon's.
+    if (tp->spec().xxh3() == 0) tp->set_no_checksum(true);
     tp->set_slot_offset(t.slot_offset);
     tp->set_tensor_offset(t.tensor_offset);
     tp->set_bytes(t.bytes);

@@ -13,6 +13,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 import unittest
 
 import numpy as np
@@ -246,6 +247,88 @@ class Fp8Test(unittest.TestCase):
                       r.stdout)
         self.assertEqual(received, ["model.layers.1.mlp.up_proj.weight",
                                     "model.layers.1.mlp.up_proj.weight_scale_inv"])
+
+
+    def test_verify_checksums_skips_converted_tensors_and_checks_the_rest(self):
+        # A bucket of converted tensors only (the weight and its scales) has no checksum: the
+        # daemon marks them, so the worker does not take it for an old daemon's.
+        for state in ({"model.layers.5.mlp.up_proj.weight": torch.ones(64, 64, dtype=torch.bfloat16)},
+                      dict(model(5), **{"model.norm.bias": torch.randn(7)})):
+            version = self.client.push_state_dict(state, label="verify")
+            w = ce.Worker(socket=self.daemon.socket, engine="fp8-verify", verify_checksums=True,
+                          device="cuda:0" if BACKEND == "cuda" else None)
+            self.addCleanup(w.close)
+            got, report = self.receive(w, version, convert="fp8")
+            self.assertTrue(report["workers"][0]["ok"], report)
+            self.assertGreater(report["fp8_tensors"], 0)
+            for name, t in state.items():
+                if got[name][0] != "float8_e4m3fn":  # as pushed, and verified on the way
+                    self.assertEqual(got[name][2], t.contiguous().view(torch.uint8).numpy().tobytes())
+            w.close()
+
+    def test_a_request_joins_a_running_update_only_with_the_same_conversion(self):
+        state = {"model.layers.0.a.weight": torch.ones(64, 64, dtype=torch.bfloat16),
+                 "model.layers.0.b.weight": torch.full((64, 64), 2.0, dtype=torch.bfloat16)}
+        version = self.client.push_state_dict(state, label="join")
+        for running, other in [
+                (dict(convert="none"), dict(convert="fp8")),
+                (dict(fp8_weights=["*.a.weight"]), dict(fp8_weights=["*.b.weight"])),
+                (dict(fp8_weights=["*.a.weight"]), dict(fp8_weights=["*.a.weight"],
+                                                        fp8_exclude=["*.zzz"])),
+                (dict(convert="none"), dict(fp8_exclude=["*.zzz"]))]:  # malformed
+            with self.subTest(running=running, other=other):
+                w = self.worker()
+                result = {}
+
+                def run(tag, args):
+                    try:
+                        result[tag] = self.client.update(version, timeout=DEADLINE_S, force=True,
+                                                         **args) if tag == "a" else \
+                            self.client.update(version, timeout=DEADLINE_S, **args)
+                    except ce.CkptError as e:
+                        result[tag] = e
+
+                a = threading.Thread(target=run, args=("a", running), daemon=True)
+                a.start()
+                buckets = w.receive_raw(timeout=DEADLINE_S)
+                next(buckets)  # the running update waits for this bucket's ack meanwhile
+                b = threading.Thread(target=run, args=("b", other), daemon=True)
+                b.start()
+                # Not joined: answered at once, while the other update still waits for the ack
+                # (ack_timeout 10 s: a joined request would wait that long at least).
+                b.join(5)
+                self.assertFalse(b.is_alive(), "the request joined an update it differs from")
+                self.assertIsInstance(result["b"], ce.CkptError)
+                self.assertIn(result["b"].code_name, ("FAILED_PRECONDITION", "INVALID_ARGUMENT"))
+                self.assertTrue(a.is_alive())
+                for _ in buckets:
+                    pass
+                a.join(DEADLINE_S)
+                self.assertNotIsInstance(result["a"], ce.CkptError, result["a"])
+                w.close()
+        # The same conversion joins (and gets the running update's report).
+        w = self.worker()
+        result = {}
+        same = dict(fp8_weights=["*.a.weight"])
+        joins = self.daemon.output().count("joining it")
+        a = threading.Thread(target=lambda: result.setdefault("a", self.client.update(
+            version, timeout=DEADLINE_S, **same)), daemon=True)  # unforced: joinable
+        a.start()
+        buckets = w.receive_raw(timeout=DEADLINE_S)
+        next(buckets)
+        b = threading.Thread(target=lambda: result.setdefault("b", self.client.update(
+            version, timeout=DEADLINE_S, **same)), daemon=True)
+        b.start()
+        deadline = time.monotonic() + DEADLINE_S
+        while self.daemon.output().count("joining it") == joins and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(self.daemon.output().count("joining it"), joins + 1)
+        for _ in buckets:
+            pass
+        a.join(DEADLINE_S)
+        b.join(DEADLINE_S)
+        self.assertEqual(result["b"]["fp8_tensors"], 1)
+        self.assertEqual(result["a"]["fp8_tensors"], 1)
 
 
 class Fp8ConfigTest(unittest.TestCase):
