@@ -326,9 +326,11 @@ absl::StatusOr<v1::UpdateResponse> UpdateEngine::RunUpdate(const v1::UpdateReque
     p.response.set_fp8_tensors(conversion->converted);
     p.response.set_fp8_source_bytes(conversion->source_bytes);
     p.response.set_fp8_bytes(conversion->converted_bytes);
-    spdlog::info("update to version {}: {} weights as FP8 ({} in the store, {} sent)", p.version,
-                 conversion->converted, FormatBytes(conversion->source_bytes),
-                 FormatBytes(conversion->converted_bytes));
+    spdlog::info(
+        "update to version {}: {} weights as FP8 ({} in the store, {} sent); {} more matched "
+        "the patterns but are not 2-D bfloat16, sent as they are",
+        p.version, conversion->converted, FormatBytes(conversion->source_bytes),
+        FormatBytes(conversion->converted_bytes), conversion->skipped);
     p.manifest = std::make_shared<const v1::Manifest>(std::move(conversion->manifest));
   } else {
     ASSIGN_OR_RETURN(p.plan,
