@@ -30,7 +30,6 @@ struct Fp8Rules {
   bool operator==(const Fp8Rules& other) const {
     return include == other.include && exclude == other.exclude;
   }
-  bool operator!=(const Fp8Rules& other) const { return !(*this == other); }
 };
 
 // The engine's view of a version: its manifest (what workers receive) and, per tensor of it, how

@@ -17,7 +17,6 @@ import threading
 import types
 
 import torch
-from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vllm_standin as vs  # noqa: E402
@@ -55,20 +54,6 @@ def check_loaded(what, model, state):
     print(f"{what}: {len(want)} parameters on {CUDA} equal the pushed version", flush=True)
 
 
-def hf_module(state, device):
-    root = nn.Module()
-    for name, value in state.items():
-        *path, leaf = name.split(".")
-        module = root
-        for part in path:
-            if part not in module._modules:
-                module.add_module(part, nn.Module())
-            module = module._modules[part]
-        module.register_parameter(leaf, nn.Parameter(value.clone().to(device),
-                                                     requires_grad=False))
-    return root
-
-
 def wait_detached():
     import json
     import subprocess
@@ -103,7 +88,7 @@ def vllm_weight_transfer():
         http = vt.HttpWeightSyncClient(server.url, timeout=TIMEOUT + 30)
         kwargs = dict(socket=sock, engine_socket=sock, receive_timeout=TIMEOUT, timeout=TIMEOUT)
         state = se.hf_state_dict(seed=41)
-        report = vt.sync_weights(server.url, hf_module(state, CUDA), pause="wait",
+        report = vt.sync_weights(server.url, se.hf_module(state, CUDA), pause="wait",
                                  weight_version="gpu-step-1", **kwargs)
         assert report["update"]["workers"][0]["ok"], report
         assert http.weight_info() == "gpu-step-1", http.weight_info()

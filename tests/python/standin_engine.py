@@ -208,6 +208,22 @@ def hf_state_dict(config=StandinConfig(), seed=0):
     return state
 
 
+def hf_module(state, device=None):
+    """A torch module whose named_parameters are the Hugging Face `state` (copies, on `device`
+    when given): a trainer's model, as sync_weights takes it."""
+    root = nn.Module()
+    for name, value in state.items():
+        *path, leaf = name.split(".")
+        module = root
+        for part in path:
+            if part not in module._modules:
+                module.add_module(part, nn.Module())
+            module = module._modules[part]
+        copy = value.clone() if device is None else value.to(device, copy=True)
+        module.register_parameter(leaf, nn.Parameter(copy, requires_grad=False))
+    return root
+
+
 def expected_parameters(config, state):
     """{parameter name: tensor} the model must hold after loading the HF `state`."""
     out = {}

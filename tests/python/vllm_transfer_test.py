@@ -19,7 +19,6 @@ import time
 import unittest
 
 import torch
-from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -42,20 +41,6 @@ CPU = torch.device("cpu")
 
 def setUpModule():
     vt.register()  # what the vllm.general_plugins entry point does in each process
-
-
-def hf_module(state):
-    """A torch module whose named_parameters are the Hugging Face `state` (copies)."""
-    root = nn.Module()
-    for name, value in state.items():
-        *path, leaf = name.split(".")
-        module = root
-        for part in path:
-            if part not in module._modules:
-                module.add_module(part, nn.Module())
-            module = module._modules[part]
-        module.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
-    return root
 
 
 def run_python(code, env=None, timeout=DEADLINE_S):
@@ -340,7 +325,7 @@ class TransferTest(unittest.TestCase):
     def test_trainer_engine_through_vllms_trainer_factory(self):
         vllm, http = self.start_server()
         state = se.hf_state_dict(seed=23)
-        trainer_model = hf_module(state)
+        trainer_model = se.hf_module(state)
         engine = vs.WeightTransferTrainerFactory.trainer_init(
             self.trainer_info(), client=http, source=vs.ModuleSource(trainer_model))
         self.addCleanup(engine.shutdown)
@@ -395,7 +380,7 @@ class TransferTest(unittest.TestCase):
     def test_sync_weights_pauses_around_the_update(self):
         vllm, http = self.start_server()
         state = se.hf_state_dict(seed=25)
-        report = self.sync(http, hf_module(state), pause="wait", weight_version="rl-step-1")
+        report = self.sync(http, se.hf_module(state), pause="wait", weight_version="rl-step-1")
         self.assertEqual(report["weight_version"], "rl-step-1")
         self.assertEqual(http.weight_info(), "rl-step-1")
         self.assertTrue(report["update"]["workers"][0]["ok"])
@@ -444,7 +429,7 @@ class TransferTest(unittest.TestCase):
                 http.sleep(level=level)
                 del vllm.events[:]
                 state = se.hf_state_dict(seed=seed)
-                self.sync(http, hf_module(state))
+                self.sync(http, se.hf_module(state))
                 self.assertEqual(self.route_events(vllm), [
                     ("init",), ("pause", "keep", True), ("wake_up", ("weights",)), ("start",),
                     ("update",), ("finish",), ("wake_up", ("kv_cache",)), ("resume",)])
